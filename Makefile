@@ -1,0 +1,43 @@
+# ragkv — thin wrapper over CMake. `make run` and `make test` are the two commands in README.
+#   make test RAGKV_SANITIZE=address,undefined   sanitizer build in build-san/
+#   make test CMAKE_FLAGS=-DRAGKV_CUDA=OFF        CPU-only
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+ifdef RAGKV_SANITIZE
+BUILD ?= build-san
+CMAKE_FLAGS += -DRAGKV_SANITIZE=$(RAGKV_SANITIZE)
+else
+BUILD ?= build
+endif
+
+.PHONY: all deps build test run fuzz gpu-check clean help
+
+all: build
+
+help:
+	@echo "make run       install deps, build, start ragkvd (data in ./var)"
+	@echo "make test      install deps, build, run every test with a private Redis"
+	@echo "make build     configure and build into $(BUILD)/"
+	@echo "make fuzz      build the libFuzzer targets with clang and run each briefly"
+	@echo "make clean     remove build directories"
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	scripts/test.sh $(BUILD)
+
+run: build
+	scripts/run.sh $(BUILD)
+
+fuzz: deps
+	scripts/fuzz.sh
+
+gpu-check:
+	scripts/gpu-check.sh
+
+clean:
+	rm -rf build build-san build-fuzz build-gpu

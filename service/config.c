@@ -1,0 +1,238 @@
+/* config.c — ragkvd options: one table drives the config file, the flags and --help. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ragkv/log.h"
+#include "ragkv/service.h"
+#include "ragkv/version.h"
+
+typedef enum { OPT_STR, OPT_INT } opt_kind;
+
+struct opt_desc {
+    const char *name;  /* config key and flag name */
+    opt_kind kind;
+    size_t offset;     /* into svc_config */
+    size_t size;       /* buffer size for OPT_STR */
+    long min, max;     /* bounds for OPT_INT */
+    const char *help;
+};
+
+#define STR_OPT(n, field, h) {n, OPT_STR, offsetof(svc_config, field), sizeof(((svc_config *)0)->field), 0, 0, h}
+#define INT_OPT(n, field, lo, hi, h) {n, OPT_INT, offsetof(svc_config, field), 0, lo, hi, h}
+
+static const struct opt_desc opts[] = {
+    STR_OPT("bind", bind, "address to listen on (protocol and HTTP)"),
+    INT_OPT("port", port, 0, 65535, "protocol port (0: pick a free one)"),
+    INT_OPT("http-port", http_port, -1, 65535, "HTTP port for /healthz and /metrics (0: pick, -1: off)"),
+    STR_OPT("data-dir", data_dir, "data directory, created if missing"),
+    STR_OPT("model", model, "model: llama2.c .bin file or Hugging Face folder"),
+    STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
+    INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
+    INT_OPT("max-connections", max_connections, 1, 1000000, "connections served at once"),
+    STR_OPT("log-level", log_level, "debug, info, warn or error"),
+};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+void svc_config_defaults(svc_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->bind, sizeof(cfg->bind), "127.0.0.1");
+    cfg->port = SVC_DEFAULT_PORT;
+    cfg->http_port = SVC_DEFAULT_HTTP_PORT;
+    snprintf(cfg->data_dir, sizeof(cfg->data_dir), "./var");
+    cfg->workers = 0;
+    cfg->max_connections = 1024;
+    snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
+}
+
+static const struct opt_desc *opt_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+/* Store value into the option; on a bad value write the reason to err. */
+static rk_status opt_set(svc_config *cfg, const struct opt_desc *o, const char *value,
+                         char *err, size_t errlen)
+{
+    char *field = (char *)cfg + o->offset;
+    if (o->kind == OPT_STR) {
+        if (strlen(value) >= o->size) {
+            snprintf(err, errlen, "%s: value longer than %zu bytes", o->name, o->size - 1);
+            return RK_ERR_INVALID;
+        }
+        memcpy(field, value, strlen(value) + 1);
+        if (strcmp(o->name, "log-level") == 0 && rk_log_level_parse(value) < 0) {
+            snprintf(err, errlen, "log-level: '%s' is not debug, info, warn or error", value);
+            return RK_ERR_INVALID;
+        }
+        return RK_OK;
+    }
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end != '\0') {
+        snprintf(err, errlen, "%s: '%s' is not an integer", o->name, value);
+        return RK_ERR_INVALID;
+    }
+    if (v < o->min || v > o->max) {
+        snprintf(err, errlen, "%s: %ld is outside %ld..%ld", o->name, v, o->min, o->max);
+        return RK_ERR_INVALID;
+    }
+    *(int *)field = (int)v;
+    return RK_OK;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+rk_status svc_config_load_file(svc_config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return RK_ERR_IO;
+    }
+    char line[4096], sub[256];
+    int lineno = 0;
+    rk_status st = RK_OK;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%d: expected 'key = value'", path, lineno);
+            st = RK_ERR_FORMAT;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        size_t vl = strlen(val);
+        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') { /* optional quotes */
+            val[vl - 1] = '\0';
+            val++;
+        }
+        const struct opt_desc *o = opt_find(key, strlen(key));
+        if (!o) {
+            snprintf(err, errlen, "%s:%d: unknown option '%s'", path, lineno, key);
+            st = RK_ERR_FORMAT;
+            break;
+        }
+        if ((st = opt_set(cfg, o, val, sub, sizeof(sub))) != RK_OK) {
+            snprintf(err, errlen, "%s:%d: %s", path, lineno, sub);
+            break;
+        }
+    }
+    fclose(f);
+    if (st == RK_OK)
+        snprintf(cfg->config_file, sizeof(cfg->config_file), "%s", path);
+    return st;
+}
+
+void svc_config_print_help(const char *prog)
+{
+    svc_config d;
+    svc_config_defaults(&d);
+    printf("usage: %s [--config FILE] [--OPTION VALUE]...\n\n"
+           "ragkvd %s — multi-tenant RAG context cache daemon.\n"
+           "Every option can also be set in the config file as `OPTION = VALUE`;\n"
+           "flags override the file.\n\n",
+           prog, RAGKV_VERSION);
+    printf("  --%-18s %s\n", "config FILE", "read options from FILE first");
+    for (size_t i = 0; i < NOPTS; i++) {
+        const struct opt_desc *o = &opts[i];
+        char def[64];
+        const char *field = (const char *)&d + o->offset;
+        if (o->kind == OPT_STR)
+            snprintf(def, sizeof(def), "%s", *field ? field : "none");
+        else
+            snprintf(def, sizeof(def), "%d", *(const int *)field);
+        printf("  --%-18s %s (default: %s)\n", o->name, o->help, def);
+    }
+    printf("  --%-18s %s\n  --%-18s %s\n", "help", "show this help", "version", "show the version");
+    printf("\nSignals: SIGTERM/SIGINT shut down cleanly (exit 0); SIGHUP re-reads the config file's log level.\n");
+}
+
+rk_status svc_config_parse_args(svc_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    /* pass 1: --help, --version, --config */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            svc_config_print_help(argv[0]);
+            return RK_ERR_CANCELLED;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("ragkvd %s\n", RAGKV_VERSION);
+            return RK_ERR_CANCELLED;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *path = NULL;
+        if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "--config needs a file");
+                return RK_ERR_INVALID;
+            }
+            path = argv[i + 1];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            path = argv[i] + 9;
+        }
+        if (path) {
+            rk_status st = svc_config_load_file(cfg, path, err, errlen);
+            if (st != RK_OK)
+                return st;
+        }
+    }
+    /* pass 2: everything else, overriding the file */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%s' (try --help)", a);
+            return RK_ERR_INVALID;
+        }
+        a += 2;
+        const char *eq = strchr(a, '=');
+        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        const char *val;
+        if (nl == 6 && strncmp(a, "config", 6) == 0) {
+            if (!eq)
+                i++;
+            continue;
+        }
+        const struct opt_desc *o = opt_find(a, nl);
+        if (!o) {
+            snprintf(err, errlen, "unknown option '--%.*s' (try --help)", (int)nl, a);
+            return RK_ERR_INVALID;
+        }
+        if (eq) {
+            val = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "--%s needs a value", o->name);
+                return RK_ERR_INVALID;
+            }
+            val = argv[++i];
+        }
+        rk_status st = opt_set(cfg, o, val, err, errlen);
+        if (st != RK_OK)
+            return st;
+    }
+    return RK_OK;
+}

@@ -1,0 +1,105 @@
+/*
+ * ragkv/service.h — the ragkvd daemon as a library: configuration, the server object, and
+ * its metrics registry. bin/ragkvd.c is a thin main() over this header, and tests embed a
+ * server in-process the same way.
+ *
+ *     svc_config cfg;
+ *     svc_config_defaults(&cfg);
+ *     if (svc_config_parse_args(&cfg, argc, argv, err, sizeof err) != RK_OK) ...;
+ *     svc_server *srv;
+ *     if (svc_server_open(&cfg, &srv) != RK_OK) ...;   // binds, locks the data dir
+ *     svc_server_run(srv);                              // until SIGTERM/SIGINT or stop
+ *     svc_server_close(srv);
+ *
+ * Threads: svc_server_run runs the listener and the HTTP endpoint on the calling thread and
+ * starts cfg.workers worker threads, each with its own libevent event_base; accepted
+ * connections are handed to workers round-robin and stay on that worker for their life.
+ */
+#ifndef RAGKV_SERVICE_H
+#define RAGKV_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragkv/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SVC_DEFAULT_PORT 7470
+#define SVC_DEFAULT_HTTP_PORT 7471
+#define SVC_PATH_MAX 1024
+
+/* Every option is both a config-file key and a flag of the same name (`port = 7470` in the
+ * file, `--port 7470` on the command line); flags override the file. */
+typedef struct svc_config {
+    char bind[64];               /* address for both listeners; default 127.0.0.1 */
+    int port;                    /* protocol port; 0 picks a free one; default 7470 */
+    int http_port;               /* health/metrics port; 0 picks a free one; -1 disables */
+    char data_dir[SVC_PATH_MAX]; /* RocksDB and state; created if missing; default ./var */
+    char model[SVC_PATH_MAX];    /* model checkpoint (llama2.c .bin or HF folder); "" none */
+    char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
+    int workers;                 /* connection worker threads; 0 = number of CPUs */
+    int max_connections;         /* accepted at once; extra connections are refused */
+    char log_level[16];          /* debug|info|warn|error */
+    char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
+} svc_config;
+
+void svc_config_defaults(svc_config *cfg);
+
+/* Apply `key = value` lines from path ('#' starts a comment). Unknown keys and bad values
+ * are errors naming file and line, written to err (errlen bytes). */
+rk_status svc_config_load_file(svc_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Parse argv: `--config FILE` is read first, then every other flag overrides it. `--help`
+ * and `--version` return RK_ERR_CANCELLED after printing to stdout (the caller exits 0). */
+rk_status svc_config_parse_args(svc_config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Print the option table (name, default, help) to stdout: the --help text. */
+void svc_config_print_help(const char *prog);
+
+/* ---- metrics ------------------------------------------------------------------------- */
+
+/* A process-wide registry of Prometheus series; every name is prefixed "ragkv_". Counters
+ * and gauges are lock-free atomics; registering is done once at start-up. */
+typedef struct svc_metric svc_metric;
+
+typedef enum svc_metric_type { SVC_COUNTER, SVC_GAUGE } svc_metric_type;
+
+/* Register (or find) a series. name without the prefix ("connections_total"); labels is ""
+ * or a Prometheus label set without braces ('path="/healthz"'). The registry owns it. */
+svc_metric *svc_metric_get(svc_metric_type type, const char *name, const char *labels,
+                           const char *help);
+void svc_metric_add(svc_metric *m, int64_t delta);
+void svc_metric_set(svc_metric *m, int64_t value);
+int64_t svc_metric_value(const svc_metric *m);
+
+/* Render every series in the Prometheus text format (0.0.4). Caller frees with rk_free. */
+char *svc_metrics_render(size_t *len);
+
+/* ---- server -------------------------------------------------------------------------- */
+
+typedef struct svc_server svc_server;
+
+/* Lock the data dir, bind the listeners. The config is copied. *out freed by _close. */
+rk_status svc_server_open(const svc_config *cfg, svc_server **out);
+
+/* Serve until stopped. Returns RK_OK after a clean shutdown. */
+rk_status svc_server_run(svc_server *srv);
+
+/* Ask a running server to shut down; safe from any thread and from signal context via
+ * the server's own signal handling. */
+void svc_server_stop(svc_server *srv);
+
+/* Bound ports (useful with port 0). */
+int svc_server_port(const svc_server *srv);
+int svc_server_http_port(const svc_server *srv);
+
+/* Release everything. NULL is a no-op. */
+void svc_server_close(svc_server *srv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

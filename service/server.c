@@ -1,0 +1,528 @@
+/*
+ * server.c — ragkvd's event plumbing: a listener thread that accepts and hands sockets to
+ * worker threads (each with its own event_base, memcached-style), the HTTP endpoint for
+ * health and metrics, signals, and the data-directory lock.
+ */
+#define RK_LOG_COMPONENT "server"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/clock.h"
+#include "ragkv/log.h"
+#include "ragkv/service.h"
+#include "ragkv/version.h"
+
+struct svc_conn {
+    struct bufferevent *bev;   /* owns the socket */
+    struct svc_worker *w;      /* owning worker; only its thread touches the conn */
+    struct svc_conn *prev, *next; /* the worker's list of live connections */
+};
+
+struct svc_worker {
+    int id;
+    struct svc_server *srv;
+    pthread_t thread;
+    struct event_base *base;   /* this worker's loop; connections live here */
+    struct event *notify_ev;   /* activated by the listener when fds are queued */
+    struct event *exit_ev;     /* activated to stop the loop */
+    pthread_mutex_t lock;      /* protects pending, npending */
+    int *pending;              /* accepted fds not yet picked up (cap max_connections) */
+    int npending, cap;
+    struct svc_conn *conns;    /* live connections (worker thread only) */
+};
+
+struct svc_server {
+    svc_config cfg;
+    struct event_base *base;            /* listener + HTTP + signals (the run() thread) */
+    struct evconnlistener *listener;
+    struct evhttp *http;
+    struct event *sig_int, *sig_term, *sig_hup;
+    struct event *stop_ev;              /* activated by svc_server_stop from any thread */
+    struct svc_worker *workers;         /* (nworkers) */
+    int nworkers;
+    int next_worker;                    /* round-robin cursor (listener thread only) */
+    int port, http_port;                /* bound ports */
+    int lock_fd;                        /* flock()ed data_dir/LOCK, -1 when none */
+    atomic_int active;                  /* live protocol connections */
+    uint64_t start_ns;
+};
+
+static struct {
+    svc_metric *accepted, *refused, *active, *http_requests, *uptime, *build;
+} m;
+
+static void metrics_register(void)
+{
+    char lbl[96];
+    snprintf(lbl, sizeof(lbl), "version=\"%s\"", RAGKV_VERSION);
+    m.build = svc_metric_get(SVC_GAUGE, "build_info", lbl, "ragkvd build; always 1");
+    svc_metric_set(m.build, 1);
+    m.uptime = svc_metric_get(SVC_GAUGE, "uptime_seconds", "", "seconds since ragkvd started");
+    m.accepted = svc_metric_get(SVC_COUNTER, "connections_accepted_total", "",
+                                "protocol connections accepted");
+    m.refused = svc_metric_get(SVC_COUNTER, "connections_refused_total", "",
+                               "protocol connections refused over max-connections");
+    m.active = svc_metric_get(SVC_GAUGE, "connections_active", "", "protocol connections open now");
+    m.http_requests = svc_metric_get(SVC_COUNTER, "http_requests_total", "",
+                                     "requests to the HTTP endpoint");
+}
+
+/* ---- worker side ------------------------------------------------------------------- */
+
+static void conn_free(struct svc_conn *c)
+{
+    struct svc_worker *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    bufferevent_free(c->bev);
+    rk_free(c);
+    atomic_fetch_sub(&w->srv->active, 1);
+    svc_metric_add(m.active, -1);
+}
+
+/* The binary protocol lands with the service issue; until then a connection that sends
+ * anything is closed, so clients fail fast instead of hanging. */
+static void conn_on_read(struct bufferevent *bev, void *arg)
+{
+    struct svc_conn *c = arg;
+    RK_DEBUG("worker %d: protocol v1 not implemented yet; closing connection", c->w->id);
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    conn_free(c);
+}
+
+static void conn_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        conn_free(arg);
+}
+
+static void worker_on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct svc_worker *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->lock);
+        int sock = w->npending ? w->pending[--w->npending] : -1;
+        pthread_mutex_unlock(&w->lock);
+        if (sock < 0)
+            return;
+        struct svc_conn *c = rk_calloc(1, sizeof(*c));
+        struct bufferevent *bev = c ? bufferevent_socket_new(w->base, sock, BEV_OPT_CLOSE_ON_FREE) : NULL;
+        if (!bev) {
+            RK_WARN("worker %d: out of memory for a connection; closing it", w->id);
+            rk_free(c);
+            close(sock);
+            atomic_fetch_sub(&w->srv->active, 1);
+            svc_metric_add(m.active, -1);
+            continue;
+        }
+        c->bev = bev;
+        c->w = w;
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        bufferevent_setcb(bev, conn_on_read, NULL, conn_on_event, c);
+        bufferevent_enable(bev, EV_READ);
+    }
+}
+
+static void worker_on_exit(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct svc_worker *w = arg;
+    event_base_loopexit(w->base, NULL);
+}
+
+static void *worker_main(void *arg)
+{
+    struct svc_worker *w = arg;
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    while (w->conns)
+        conn_free(w->conns);
+    pthread_mutex_lock(&w->lock);
+    for (int i = 0; i < w->npending; i++) {
+        close(w->pending[i]);
+        atomic_fetch_sub(&w->srv->active, 1);
+        svc_metric_add(m.active, -1);
+    }
+    w->npending = 0;
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* ---- listener side ----------------------------------------------------------------- */
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t sock, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    (void)l;
+    (void)sa;
+    (void)salen;
+    struct svc_server *srv = arg;
+    if (atomic_load(&srv->active) >= srv->cfg.max_connections) {
+        /* refuse now rather than leave the client hanging */
+        svc_metric_add(m.refused, 1);
+        RK_WARN("refusing connection: %d connections open (max-connections)", srv->cfg.max_connections);
+        close(sock);
+        return;
+    }
+    evutil_make_socket_nonblocking(sock);
+    struct svc_worker *w = &srv->workers[srv->next_worker];
+    srv->next_worker = (srv->next_worker + 1) % srv->nworkers;
+    pthread_mutex_lock(&w->lock);
+    if (w->npending == w->cap) {
+        pthread_mutex_unlock(&w->lock);
+        svc_metric_add(m.refused, 1);
+        close(sock);
+        return;
+    }
+    w->pending[w->npending++] = sock;
+    pthread_mutex_unlock(&w->lock);
+    atomic_fetch_add(&srv->active, 1);
+    svc_metric_add(m.accepted, 1);
+    svc_metric_add(m.active, 1);
+    event_active(w->notify_ev, EV_READ, 0);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    RK_WARN("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void http_reply(struct evhttp_request *req, int code, const char *reason,
+                       const char *ctype, const char *body, size_t len)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    evbuffer_add(out, body, len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, reason, out);
+    evbuffer_free(out);
+}
+
+static void on_healthz(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    svc_metric_add(m.http_requests, 1);
+    http_reply(req, 200, "OK", "text/plain; charset=utf-8", "OK\n", 3);
+}
+
+static void on_metrics(struct evhttp_request *req, void *arg)
+{
+    struct svc_server *srv = arg;
+    svc_metric_add(m.http_requests, 1);
+    svc_metric_set(m.uptime, (int64_t)((rk_now_ns() - srv->start_ns) / 1000000000ull));
+    size_t len;
+    char *text = svc_metrics_render(&len);
+    if (!text) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    http_reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len);
+    rk_free(text);
+}
+
+static void on_http_other(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    svc_metric_add(m.http_requests, 1);
+    static const char msg[] = "not found; try /healthz or /metrics\n";
+    http_reply(req, 404, "Not Found", "text/plain; charset=utf-8", msg, sizeof(msg) - 1);
+}
+
+static void do_stop(struct svc_server *srv)
+{
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct svc_server *srv = arg;
+    if (sig == SIGHUP) {
+        if (srv->cfg.config_file[0]) {
+            svc_config fresh;
+            char err[512];
+            svc_config_defaults(&fresh);
+            if (svc_config_load_file(&fresh, srv->cfg.config_file, err, sizeof(err)) != RK_OK) {
+                RK_WARN("SIGHUP: keeping the old settings: %s", err);
+                return;
+            }
+            rk_log_set_level((rk_log_level)rk_log_level_parse(fresh.log_level));
+            RK_INFO("SIGHUP: reloaded %s (log level %s)", srv->cfg.config_file, fresh.log_level);
+        } else {
+            RK_INFO("SIGHUP: no config file to reload");
+        }
+        return;
+    }
+    RK_INFO("%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    do_stop(srv);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    do_stop(arg);
+}
+
+static int bound_port(evutil_socket_t fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static rk_status mkdir_p(const char *path)
+{
+    char tmp[SVC_PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+            return rk_error_set(RK_ERR_IO, "mkdir %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+        return rk_error_set(RK_ERR_IO, "mkdir %s: %s", tmp, strerror(errno));
+    return RK_OK;
+}
+
+static rk_status lock_data_dir(struct svc_server *srv)
+{
+    rk_status st = mkdir_p(srv->cfg.data_dir);
+    if (st != RK_OK)
+        return st;
+    char path[SVC_PATH_MAX + 8];
+    snprintf(path, sizeof(path), "%s/LOCK", srv->cfg.data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return rk_error_set(RK_ERR_IO, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        close(fd);
+        return rk_error_set(RK_ERR_EXISTS, "data dir %s is in use by another ragkvd (pid %s)",
+                            srv->cfg.data_dir, n > 0 ? strtok(pid, "\n") : "?");
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        RK_WARN("%s: could not record the pid", path);
+    srv->lock_fd = fd;
+    return RK_OK;
+}
+
+rk_status svc_server_open(const svc_config *cfg, svc_server **out)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, metrics_register);
+    if (evthread_use_pthreads() != 0)
+        return rk_error_set(RK_ERR_INTERNAL, "libevent: no pthreads support");
+    rk_status st = RK_ERR_NOMEM;
+    struct svc_server *srv = rk_calloc(1, sizeof(*srv));
+    if (!srv)
+        return RK_ERR_NOMEM;
+    srv->cfg = *cfg;
+    srv->lock_fd = -1;
+    srv->start_ns = rk_now_ns();
+    int lvl = rk_log_level_parse(cfg->log_level);
+    if (lvl >= 0)
+        rk_log_set_level((rk_log_level)lvl);
+
+    if (cfg->model[0] && access(cfg->model, R_OK) != 0) {
+        st = rk_error_set(RK_ERR_NOT_FOUND, "model %s: %s", cfg->model, strerror(errno));
+        goto fail;
+    }
+    if ((st = lock_data_dir(srv)) != RK_OK)
+        goto fail;
+    st = RK_ERR_NOMEM;
+    if (!(srv->base = event_base_new()))
+        goto fail;
+
+    /* protocol listener */
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    char addr[96];
+    snprintf(addr, sizeof(addr), strchr(cfg->bind, ':') ? "[%s]:%d" : "%s:%d", cfg->bind, cfg->port);
+    /* parsed without a port (libevent refuses port 0), which is then set by hand */
+    if (evutil_parse_sockaddr_port(cfg->bind, (struct sockaddr *)&ss, &sl) != 0) {
+        st = rk_error_set(RK_ERR_INVALID, "bind: '%s' is not an IP address", cfg->bind);
+        goto fail;
+    }
+    if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->port);
+    else
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->port);
+    srv->listener = evconnlistener_new_bind(srv->base, on_accept, srv,
+                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                            128, (struct sockaddr *)&ss, sl);
+    if (!srv->listener) {
+        st = rk_error_set(RK_ERR_IO, "listen on %s: %s", addr, strerror(errno));
+        goto fail;
+    }
+    evconnlistener_set_error_cb(srv->listener, on_accept_error);
+    srv->port = bound_port(evconnlistener_get_fd(srv->listener));
+
+    /* HTTP: health and metrics */
+    if (cfg->http_port >= 0) {
+        if (!(srv->http = evhttp_new(srv->base)))
+            goto fail;
+        struct evhttp_bound_socket *hs = evhttp_bind_socket_with_handle(srv->http, cfg->bind, (uint16_t)cfg->http_port);
+        if (!hs) {
+            st = rk_error_set(RK_ERR_IO, "HTTP listen on %s port %d: %s", cfg->bind, cfg->http_port, strerror(errno));
+            goto fail;
+        }
+        srv->http_port = bound_port(evhttp_bound_socket_get_fd(hs));
+        evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+        evhttp_set_timeout(srv->http, 10);
+        evhttp_set_cb(srv->http, "/healthz", on_healthz, srv);
+        evhttp_set_cb(srv->http, "/metrics", on_metrics, srv);
+        evhttp_set_gencb(srv->http, on_http_other, srv);
+    } else {
+        srv->http_port = -1;
+    }
+
+    srv->sig_int = evsignal_new(srv->base, SIGINT, on_signal, srv);
+    srv->sig_term = evsignal_new(srv->base, SIGTERM, on_signal, srv);
+    srv->sig_hup = evsignal_new(srv->base, SIGHUP, on_signal, srv);
+    srv->stop_ev = event_new(srv->base, -1, 0, on_stop, srv);
+    if (!srv->sig_int || !srv->sig_term || !srv->sig_hup || !srv->stop_ev)
+        goto fail;
+    event_add(srv->sig_int, NULL);
+    event_add(srv->sig_term, NULL);
+    event_add(srv->sig_hup, NULL);
+
+    /* workers */
+    srv->nworkers = cfg->workers > 0 ? cfg->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (srv->nworkers < 1)
+        srv->nworkers = 1;
+    if (!(srv->workers = rk_calloc((size_t)srv->nworkers, sizeof(*srv->workers))))
+        goto fail;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct svc_worker *w = &srv->workers[i];
+        w->id = i;
+        w->srv = srv;
+        w->cap = cfg->max_connections;
+        pthread_mutex_init(&w->lock, NULL);
+        if (!(w->base = event_base_new()) || !(w->pending = rk_calloc((size_t)w->cap, sizeof(int))))
+            goto fail;
+        w->notify_ev = event_new(w->base, -1, 0, worker_on_notify, w);
+        w->exit_ev = event_new(w->base, -1, 0, worker_on_exit, w);
+        if (!w->notify_ev || !w->exit_ev)
+            goto fail;
+    }
+    RK_INFO("ragkvd %s: data dir %s, %d workers, model %s", RAGKV_VERSION, cfg->data_dir,
+            srv->nworkers, cfg->model[0] ? cfg->model : "(none)");
+    *out = srv;
+    return RK_OK;
+fail:
+    svc_server_close(srv);
+    return st;
+}
+
+rk_status svc_server_run(svc_server *srv)
+{
+    int started = 0;
+    rk_status st = RK_OK;
+    for (; started < srv->nworkers; started++) {
+        struct svc_worker *w = &srv->workers[started];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            st = rk_error_set(RK_ERR_INTERNAL, "could not start worker %d", started);
+            break;
+        }
+    }
+    if (st == RK_OK) {
+        RK_INFO("listening: protocol %s:%d, http %s:%d", srv->cfg.bind, srv->port, srv->cfg.bind,
+                srv->http_port);
+        event_base_dispatch(srv->base);
+    }
+    /* stop accepting first, then let every worker close its connections */
+    if (srv->listener) {
+        evconnlistener_free(srv->listener);
+        srv->listener = NULL;
+    }
+    for (int i = 0; i < started; i++)
+        event_active(srv->workers[i].exit_ev, EV_READ, 0);
+    for (int i = 0; i < started; i++)
+        pthread_join(srv->workers[i].thread, NULL);
+    RK_INFO("stopped cleanly");
+    return st;
+}
+
+void svc_server_stop(svc_server *srv)
+{
+    event_active(srv->stop_ev, EV_READ, 0);
+}
+
+int svc_server_port(const svc_server *srv) { return srv->port; }
+int svc_server_http_port(const svc_server *srv) { return srv->http_port; }
+
+void svc_server_close(svc_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->listener)
+        evconnlistener_free(srv->listener);
+    if (srv->http)
+        evhttp_free(srv->http);
+    for (int i = 0; srv->workers && i < srv->nworkers; i++) {
+        struct svc_worker *w = &srv->workers[i];
+        if (w->notify_ev)
+            event_free(w->notify_ev);
+        if (w->exit_ev)
+            event_free(w->exit_ev);
+        if (w->base)
+            event_base_free(w->base);
+        pthread_mutex_destroy(&w->lock);
+        rk_free(w->pending);
+    }
+    rk_free(srv->workers);
+    struct event *evs[] = {srv->sig_int, srv->sig_term, srv->sig_hup, srv->stop_ev};
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (srv->base)
+        event_base_free(srv->base);
+    if (srv->lock_fd >= 0)
+        close(srv->lock_fd); /* releases the flock */
+    rk_free(srv);
+}

@@ -1,0 +1,181 @@
+/* testutil.c — see testutil.h. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ragkv/clock.h"
+
+static bool file_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+const char *rk_test_models_dir(void)
+{
+    static char dir[4096];
+    const char *env = getenv("RAGKV_TEST_MODELS");
+    char probe[4200];
+    if (env && *env) {
+        snprintf(probe, sizeof(probe), "%s/stories260K.bin", env);
+        if (file_exists(probe)) {
+            snprintf(dir, sizeof(dir), "%s", env);
+            return dir;
+        }
+    }
+    snprintf(dir, sizeof(dir), "%s/../shared/models", RAGKV_SOURCE_DIR);
+    snprintf(probe, sizeof(probe), "%s/stories260K.bin", dir);
+    return file_exists(probe) ? dir : NULL;
+}
+
+const char *rk_test_model_path(const char *file)
+{
+    static _Thread_local char path[4400];
+    const char *dir = rk_test_models_dir();
+    if (!dir)
+        return NULL;
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    return file_exists(path) ? path : NULL;
+}
+
+const char *rk_test_bin(const char *name, char *buf, size_t len)
+{
+    static const char *dirs[] = {"service", "clients", "bench", "."};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        snprintf(buf, len, "%s/%s/%s", RAGKV_BINARY_DIR, dirs[i], name);
+        if (access(buf, X_OK) == 0)
+            return buf;
+    }
+    snprintf(buf, len, "%s/%s", RAGKV_BINARY_DIR, name);
+    return buf;
+}
+
+char *rk_test_tmpdir(char *buf, size_t len)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, len, "%s/ragkv-test-XXXXXX", t && *t ? t : "/tmp");
+    return mkdtemp(buf);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void rk_test_rmrf(const char *path)
+{
+    if (path && *path)
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+bool rk_test_spawn(char *const argv[], rk_test_proc *p)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return false;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return false;
+    }
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(fds[1]);
+    p->pid = pid;
+    p->out_fd = fds[0];
+    return true;
+}
+
+bool rk_test_read_line(rk_test_proc *p, char *line, size_t len, int timeout_ms)
+{
+    uint64_t deadline = rk_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    size_t n = 0;
+    while (n + 1 < len) {
+        uint64_t now = rk_now_ns();
+        if (now >= deadline)
+            return false;
+        struct pollfd pf = {p->out_fd, POLLIN, 0};
+        int r = poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        char c;
+        ssize_t got = read(p->out_fd, &c, 1);
+        if (got <= 0)
+            return false;
+        if (c == '\n')
+            break;
+        line[n++] = c;
+    }
+    line[n] = '\0';
+    return true;
+}
+
+int rk_test_wait(rk_test_proc *p, int timeout_ms)
+{
+    uint64_t deadline = rk_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(p->pid, &status, WNOHANG);
+        if (r == p->pid) {
+            close(p->out_fd);
+            if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+            return 128 + WTERMSIG(status);
+        }
+        if (rk_now_ns() >= deadline) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, &status, 0);
+            close(p->out_fd);
+            return -1;
+        }
+        /* waitpid has no timeout; poll the child's stdout for EOF as the exit event */
+        struct pollfd pf = {p->out_fd, POLLIN, 0};
+        char sink[256];
+        if (poll(&pf, 1, 50) > 0 && read(p->out_fd, sink, sizeof(sink)) <= 0) {
+            struct timespec ts = {0, 1000000}; /* stdout closed; exit is imminent */
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+int rk_test_stop(rk_test_proc *p, int sig, int timeout_ms)
+{
+    kill(p->pid, sig);
+    return rk_test_wait(p, timeout_ms);
+}
+
+bool rk_test_redis(char *host, size_t hostlen, int *port)
+{
+    const char *env = getenv("RAGKV_TEST_REDIS");
+    if (!env || !*env)
+        return false;
+    const char *colon = strrchr(env, ':');
+    if (!colon || (size_t)(colon - env) >= hostlen)
+        return false;
+    memcpy(host, env, (size_t)(colon - env));
+    host[colon - env] = '\0';
+    *port = atoi(colon + 1);
+    return *port > 0;
+}

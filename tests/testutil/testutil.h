@@ -1,0 +1,49 @@
+/*
+ * testutil.h — helpers shared by ragkv's Criterion tests (white-box by nature: not API).
+ */
+#ifndef RAGKV_TESTUTIL_H
+#define RAGKV_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Folder with the real test models: $RAGKV_TEST_MODELS, else ../shared/models beside the
+ * source tree; NULL when neither holds stories260K.bin. */
+const char *rk_test_models_dir(void);
+
+/* Path of a model file in that folder (static buffer), or NULL (see above). Tests that need
+ * one call cr_skip_test("skipped: no real model ...") when it is NULL. */
+const char *rk_test_model_path(const char *file);
+
+/* Path of a built executable, e.g. rk_test_bin("ragkvd") (static buffer per call site). */
+const char *rk_test_bin(const char *name, char *buf, size_t len);
+
+/* A fresh temporary directory (mkdtemp under $TMPDIR); caller removes with rk_test_rmrf. */
+char *rk_test_tmpdir(char *buf, size_t len);
+void rk_test_rmrf(const char *path);
+
+/* A child process whose stdout we read. */
+typedef struct rk_test_proc {
+    pid_t pid;
+    int out_fd; /* read end of the child's stdout */
+} rk_test_proc;
+
+/* Start argv[0] (a path) with argv; stdout piped to us, stderr inherited. */
+bool rk_test_spawn(char *const argv[], rk_test_proc *p);
+
+/* Read one line of the child's stdout (without '\n') within timeout_ms. false on EOF or
+ * timeout. This is the synchronisation event for daemons: they print "ready" lines. */
+bool rk_test_read_line(rk_test_proc *p, char *line, size_t len, int timeout_ms);
+
+/* Send sig and wait up to timeout_ms for exit. Returns the exit status (0..255), 128+signal
+ * when killed by a signal, or -1 on timeout (the child is then SIGKILLed). */
+int rk_test_stop(rk_test_proc *p, int sig, int timeout_ms);
+
+/* Wait for exit without signalling (same return values). */
+int rk_test_wait(rk_test_proc *p, int timeout_ms);
+
+/* "host:port" of the test Redis ($RAGKV_TEST_REDIS) split out; false when unset. */
+bool rk_test_redis(char *host, size_t hostlen, int *port);
+
+#endif
