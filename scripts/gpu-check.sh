@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# gpu-check.sh — what a run on the GPU machine executes (through the device tool; see
+# docs/development.md): build with CUDA for sm_90, run the `gpu`-labelled tests (then the rest
+# of the suite), run the GPU benchmarks that exist, and copy logs and results to $OUT
+# (default ./gpu-out). Exit status: non-zero when a build or a gpu test failed.
+#
+#   GPU_CHECK_FULL=0   skip the non-gpu tests (default 1: run everything)
+#   GPU_CHECK_BENCH=0  skip benchmarks
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/gpu-out}
+mkdir -p "$out"
+log() { echo "gpu-check: $*" | tee -a "$out/gpu-check.log"; }
+
+# the device image lacks RocksDB, hiredis, Criterion, libsodium, Redis: gpu-deps.sh carries them
+if [ -f .gpu-deps/env.sh ]; then
+  # shellcheck disable=SC1091
+  source .gpu-deps/env.sh
+  # the carried .pc files say prefix=/usr: let pkg-config prefix their -I/-L with the folder
+  export PKG_CONFIG_SYSROOT_DIR="$root/.gpu-deps/root"
+  export PKG_CONFIG="$root/.gpu-deps/root/usr/bin/pkg-config"
+  log "using .gpu-deps (models: ${RAGKV_TEST_MODELS:-none})"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"
+
+build=build-gpu
+jobs=$(nproc)
+if ! cmake -S . -B "$build" -DRAGKV_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1; then
+  log "cmake failed"; tail -40 "$out/cmake.log"; exit 1
+fi
+if ! cmake --build "$build" -j "$jobs" >"$out/build.log" 2>&1; then
+  log "build failed"; grep -E "error" "$out/build.log" | head -40; exit 1
+fi
+log "built with CUDA in $build"
+
+rc=0
+(cd "$build" && ctest -L gpu --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
+grep -E "Passed|Failed|skipped|tests passed|device 0" "$out/ctest-gpu.log" | tee -a "$out/gpu-check.log"
+log "gpu tests: $([ $rc = 0 ] && echo PASSED || echo FAILED)"
+
+if [ "${GPU_CHECK_FULL:-1}" = 1 ]; then
+  if scripts/test.sh "$build" -LE gpu >"$out/ctest-all.log" 2>&1; then
+    log "full suite (non-gpu): PASSED"
+  else
+    log "full suite (non-gpu): FAILED"; rc=1
+  fi
+  tail -25 "$out/ctest-all.log"
+fi
+
+if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
+  # benchmarks register themselves in scripts/gpu-bench.d/*.sh; each writes into $OUT
+  for b in scripts/gpu-bench.d/*.sh; do
+    [ -f "$b" ] || continue
+    log "benchmark $(basename "$b")"
+    BUILD="$build" OUT="$out" bash "$b" 2>&1 | tee -a "$out/bench.log" || { log "benchmark $b failed"; rc=1; }
+  done
+fi
+exit $rc
