@@ -4,6 +4,7 @@
 # seeded synthetic demo model generated into ./var/models. Ctrl-C stops it cleanly.
 set -euo pipefail
 build=${1:-build}
+shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mkdir -p var
