@@ -32,6 +32,9 @@ static const struct opt_desc opts[] = {
     STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
     INT_OPT("max-connections", max_connections, 1, 1000000, "connections served at once"),
+    INT_OPT("max-frame-mb", max_frame_mb, 1, 2047, "largest request payload after AUTH, MiB"),
+    INT_OPT("idle-timeout", idle_timeout_s, 1, 86400, "seconds a silent connection stays open"),
+    INT_OPT("frame-timeout", frame_timeout_s, 1, 3600, "seconds a started frame may take to arrive (slowloris guard)"),
     STR_OPT("log-level", log_level, "debug, info, warn or error"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -45,6 +48,9 @@ void svc_config_defaults(svc_config *cfg)
     snprintf(cfg->data_dir, sizeof(cfg->data_dir), "./var");
     cfg->workers = 0;
     cfg->max_connections = 1024;
+    cfg->max_frame_mb = 64;
+    cfg->idle_timeout_s = 300;
+    cfg->frame_timeout_s = 10;
     snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
 }
 

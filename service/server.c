@@ -29,95 +29,34 @@
 #include "ragkv/log.h"
 #include "ragkv/service.h"
 #include "ragkv/version.h"
+#include "server_int.h"
 
-struct svc_conn {
-    struct bufferevent *bev;   /* owns the socket */
-    struct svc_worker *w;      /* owning worker; only its thread touches the conn */
-    struct svc_conn *prev, *next; /* the worker's list of live connections */
-};
-
-struct svc_worker {
-    int id;
-    struct svc_server *srv;
-    pthread_t thread;
-    struct event_base *base;   /* this worker's loop; connections live here */
-    struct event *notify_ev;   /* activated by the listener when fds are queued */
-    struct event *exit_ev;     /* activated to stop the loop */
-    pthread_mutex_t lock;      /* protects pending, npending */
-    int *pending;              /* accepted fds not yet picked up (cap max_connections) */
-    int npending, cap;
-    struct svc_conn *conns;    /* live connections (worker thread only) */
-};
-
-struct svc_server {
-    svc_config cfg;
-    struct event_base *base;            /* listener + HTTP + signals (the run() thread) */
-    struct evconnlistener *listener;
-    struct evhttp *http;
-    struct event *sig_int, *sig_term, *sig_hup;
-    struct event *stop_ev;              /* activated by svc_server_stop from any thread */
-    struct svc_worker *workers;         /* (nworkers) */
-    int nworkers;
-    int next_worker;                    /* round-robin cursor (listener thread only) */
-    int port, http_port;                /* bound ports */
-    int lock_fd;                        /* flock()ed data_dir/LOCK, -1 when none */
-    atomic_int active;                  /* live protocol connections */
-    uint64_t start_ns;
-};
-
-static struct {
-    svc_metric *accepted, *refused, *active, *http_requests, *uptime, *build;
-} m;
+struct svc_server_metrics svc_m;
 
 static void metrics_register(void)
 {
     char lbl[96];
     snprintf(lbl, sizeof(lbl), "version=\"%s\"", RAGKV_VERSION);
-    m.build = svc_metric_get(SVC_GAUGE, "build_info", lbl, "ragkvd build; always 1");
-    svc_metric_set(m.build, 1);
-    m.uptime = svc_metric_get(SVC_GAUGE, "uptime_seconds", "", "seconds since ragkvd started");
-    m.accepted = svc_metric_get(SVC_COUNTER, "connections_accepted_total", "",
-                                "protocol connections accepted");
-    m.refused = svc_metric_get(SVC_COUNTER, "connections_refused_total", "",
-                               "protocol connections refused over max-connections");
-    m.active = svc_metric_get(SVC_GAUGE, "connections_active", "", "protocol connections open now");
-    m.http_requests = svc_metric_get(SVC_COUNTER, "http_requests_total", "",
-                                     "requests to the HTTP endpoint");
+    svc_m.build = svc_metric_get(SVC_GAUGE, "build_info", lbl, "ragkvd build; always 1");
+    svc_metric_set(svc_m.build, 1);
+    svc_m.uptime = svc_metric_get(SVC_GAUGE, "uptime_seconds", "", "seconds since ragkvd started");
+    svc_m.accepted = svc_metric_get(SVC_COUNTER, "connections_accepted_total", "",
+                                    "protocol connections accepted");
+    svc_m.refused = svc_metric_get(SVC_COUNTER, "connections_refused_total", "",
+                                   "protocol connections refused over max-connections");
+    svc_m.active = svc_metric_get(SVC_GAUGE, "connections_active", "", "protocol connections open now");
+    svc_m.http_requests = svc_metric_get(SVC_COUNTER, "http_requests_total", "",
+                                         "requests to the HTTP endpoint");
+    svc_m.requests = svc_metric_get(SVC_COUNTER, "requests_total", "", "protocol requests decoded");
+    svc_m.errors = svc_metric_get(SVC_COUNTER, "request_errors_total", "",
+                                  "protocol requests answered with an error status");
+    svc_m.protocol_errors = svc_metric_get(SVC_COUNTER, "protocol_errors_total", "",
+                                           "connections closed because framing was lost or a frame was too large");
+    svc_m.timeouts = svc_metric_get(SVC_COUNTER, "connection_timeouts_total", "",
+                                    "connections closed for idleness or a frame arriving too slowly");
 }
 
 /* ---- worker side ------------------------------------------------------------------- */
-
-static void conn_free(struct svc_conn *c)
-{
-    struct svc_worker *w = c->w;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    bufferevent_free(c->bev);
-    rk_free(c);
-    atomic_fetch_sub(&w->srv->active, 1);
-    svc_metric_add(m.active, -1);
-}
-
-/* The binary protocol lands with the service issue; until then a connection that sends
- * anything is closed, so clients fail fast instead of hanging. */
-static void conn_on_read(struct bufferevent *bev, void *arg)
-{
-    struct svc_conn *c = arg;
-    RK_DEBUG("worker %d: protocol v1 not implemented yet; closing connection", c->w->id);
-    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
-    conn_free(c);
-}
-
-static void conn_on_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
-        conn_free(arg);
-}
 
 static void worker_on_notify(evutil_socket_t fd, short what, void *arg)
 {
@@ -130,24 +69,11 @@ static void worker_on_notify(evutil_socket_t fd, short what, void *arg)
         pthread_mutex_unlock(&w->lock);
         if (sock < 0)
             return;
-        struct svc_conn *c = rk_calloc(1, sizeof(*c));
-        struct bufferevent *bev = c ? bufferevent_socket_new(w->base, sock, BEV_OPT_CLOSE_ON_FREE) : NULL;
-        if (!bev) {
+        if (!svc_conn_open(w, sock)) {
             RK_WARN("worker %d: out of memory for a connection; closing it", w->id);
-            rk_free(c);
-            close(sock);
             atomic_fetch_sub(&w->srv->active, 1);
-            svc_metric_add(m.active, -1);
-            continue;
+            svc_metric_add(svc_m.active, -1);
         }
-        c->bev = bev;
-        c->w = w;
-        c->next = w->conns;
-        if (w->conns)
-            w->conns->prev = c;
-        w->conns = c;
-        bufferevent_setcb(bev, conn_on_read, NULL, conn_on_event, c);
-        bufferevent_enable(bev, EV_READ);
     }
 }
 
@@ -164,12 +90,12 @@ static void *worker_main(void *arg)
     struct svc_worker *w = arg;
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     while (w->conns)
-        conn_free(w->conns);
+        svc_conn_free(w->conns);
     pthread_mutex_lock(&w->lock);
     for (int i = 0; i < w->npending; i++) {
         close(w->pending[i]);
         atomic_fetch_sub(&w->srv->active, 1);
-        svc_metric_add(m.active, -1);
+        svc_metric_add(svc_m.active, -1);
     }
     w->npending = 0;
     pthread_mutex_unlock(&w->lock);
@@ -187,7 +113,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t sock, struct soc
     struct svc_server *srv = arg;
     if (atomic_load(&srv->active) >= srv->cfg.max_connections) {
         /* refuse now rather than leave the client hanging */
-        svc_metric_add(m.refused, 1);
+        svc_metric_add(svc_m.refused, 1);
         RK_WARN("refusing connection: %d connections open (max-connections)", srv->cfg.max_connections);
         close(sock);
         return;
@@ -198,15 +124,15 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t sock, struct soc
     pthread_mutex_lock(&w->lock);
     if (w->npending == w->cap) {
         pthread_mutex_unlock(&w->lock);
-        svc_metric_add(m.refused, 1);
+        svc_metric_add(svc_m.refused, 1);
         close(sock);
         return;
     }
     w->pending[w->npending++] = sock;
     pthread_mutex_unlock(&w->lock);
     atomic_fetch_add(&srv->active, 1);
-    svc_metric_add(m.accepted, 1);
-    svc_metric_add(m.active, 1);
+    svc_metric_add(svc_m.accepted, 1);
+    svc_metric_add(svc_m.active, 1);
     event_active(w->notify_ev, EV_READ, 0);
 }
 
@@ -234,15 +160,15 @@ static void http_reply(struct evhttp_request *req, int code, const char *reason,
 static void on_healthz(struct evhttp_request *req, void *arg)
 {
     (void)arg;
-    svc_metric_add(m.http_requests, 1);
+    svc_metric_add(svc_m.http_requests, 1);
     http_reply(req, 200, "OK", "text/plain; charset=utf-8", "OK\n", 3);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
 {
     struct svc_server *srv = arg;
-    svc_metric_add(m.http_requests, 1);
-    svc_metric_set(m.uptime, (int64_t)((rk_now_ns() - srv->start_ns) / 1000000000ull));
+    svc_metric_add(svc_m.http_requests, 1);
+    svc_metric_set(svc_m.uptime, (int64_t)((rk_now_ns() - srv->start_ns) / 1000000000ull));
     size_t len;
     char *text = svc_metrics_render(&len);
     if (!text) {
@@ -256,7 +182,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
 static void on_http_other(struct evhttp_request *req, void *arg)
 {
     (void)arg;
-    svc_metric_add(m.http_requests, 1);
+    svc_metric_add(svc_m.http_requests, 1);
     static const char msg[] = "not found; try /healthz or /metrics\n";
     http_reply(req, 404, "Not Found", "text/plain; charset=utf-8", msg, sizeof(msg) - 1);
 }
@@ -363,6 +289,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         return RK_ERR_NOMEM;
     srv->cfg = *cfg;
     srv->lock_fd = -1;
+    svc_request_limits_default(&srv->limits);
+    srv->max_frame = (uint32_t)cfg->max_frame_mb << 20;
     srv->start_ns = rk_now_ns();
     int lvl = rk_log_level_parse(cfg->log_level);
     if (lvl >= 0)

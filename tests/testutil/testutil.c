@@ -179,3 +179,24 @@ bool rk_test_redis(char *host, size_t hostlen, int *port)
     *port = atoi(colon + 1);
     return *port > 0;
 }
+
+bool rk_test_daemon_start(const char *dir, const char *const *extra, rk_test_proc *p, int *port,
+                          int *http_port)
+{
+    char bin[1024], dd[1024], line[512], host[64];
+    rk_test_bin("ragkvd", bin, sizeof(bin));
+    snprintf(dd, sizeof(dd), "%s/var", dir);
+    char *argv[64] = {bin, "--port", "0", "--http-port", "0", "--data-dir", dd, "--workers", "2"};
+    int n = 9;
+    for (int i = 0; extra && extra[i] && n < 63; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    if (!rk_test_spawn(argv, p))
+        return false;
+    if (!rk_test_read_line(p, line, sizeof(line), 20000) ||
+        sscanf(line, "ragkvd ready: protocol %63[^:]:%d http %*[^:]:%d", host, port, http_port) != 3) {
+        rk_test_stop(p, 9, 5000);
+        return false;
+    }
+    return true;
+}

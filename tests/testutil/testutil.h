@@ -43,6 +43,12 @@ int rk_test_stop(rk_test_proc *p, int sig, int timeout_ms);
 /* Wait for exit without signalling (same return values). */
 int rk_test_wait(rk_test_proc *p, int timeout_ms);
 
+/* Start the built ragkvd with data under dir/var, both ports 0 (the kernel picks), plus
+ * extra flags (NULL-terminated list, may be NULL); wait for its ready line and report the
+ * ports. false (with the child reaped) when it does not come up within 20 s. */
+bool rk_test_daemon_start(const char *dir, const char *const *extra, rk_test_proc *p, int *port,
+                          int *http_port);
+
 /* "host:port" of the test Redis ($RAGKV_TEST_REDIS) split out; false when unset. */
 bool rk_test_redis(char *host, size_t hostlen, int *port);
 

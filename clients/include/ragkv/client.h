@@ -1,9 +1,17 @@
 /*
- * ragkv/client.h — the public C client API of ragkv.
+ * ragkv/client.h — the public C client API of ragkv (libragkv).
  *
- * This version carries the pieces the admin CLI needs today (the daemon's HTTP endpoint);
- * the binary-protocol client (connect, auth, PUT_CHUNK, GENERATE, ...) joins it with the
- * protocol itself.
+ * A connection speaks protocol v1 (docs/protocol.md) synchronously: ragkv_call() sends one
+ * request and reads its response. Pipelining is ragkv_send_frame() several times, then
+ * ragkv_recv_frame() as many times (responses carry the request ids). Typed calls for the
+ * chunk and generation operations join as the daemon implements them; HELLO and PING are
+ * here now, and the HTTP helper serves the admin CLI's health and metrics commands.
+ *
+ *     ragkv_conn *c;
+ *     ragkv_server_info info;
+ *     if (ragkv_connect("127.0.0.1", 7470, 5000, &c) == RK_OK && ragkv_hello(c, &info) == RK_OK)
+ *         printf("%s serving %s\n", info.server, info.model);
+ *     ragkv_close(c);
  *
  *     char *body; int code;
  *     if (ragkv_http_get("127.0.0.1", 7471, "/healthz", 2000, &code, &body) == RK_OK) {
@@ -14,6 +22,9 @@
 #ifndef RAGKV_CLIENT_H
 #define RAGKV_CLIENT_H
 
+#include <stdint.h>
+
+#include "ragkv/proto.h"
 #include "ragkv/status.h"
 
 #ifdef __cplusplus
@@ -26,6 +37,50 @@ extern "C" {
  * is not HTTP, RK_ERR_LIMIT when the body exceeds 16 MiB. */
 rk_status ragkv_http_get(const char *host, int port, const char *path, int timeout_ms,
                          int *status, char **body);
+
+/* ---- binary protocol ---------------------------------------------------------------- */
+
+typedef struct ragkv_conn ragkv_conn;
+
+/* Connect to host:port; every later call on the connection waits at most timeout_ms.
+ * *out is freed by ragkv_close. RK_ERR_UNAVAILABLE when nothing listens. */
+rk_status ragkv_connect(const char *host, int port, int timeout_ms, ragkv_conn **out);
+
+/* Close and free. NULL is a no-op. */
+void ragkv_close(ragkv_conn *c);
+
+/* Send one REQUEST frame. */
+rk_status ragkv_send_frame(ragkv_conn *c, uint16_t opcode, uint64_t request_id,
+                           const void *payload, uint32_t len);
+
+/* Send raw bytes as they are (tests of malformed input use this). */
+rk_status ragkv_send_raw(ragkv_conn *c, const void *bytes, size_t len);
+
+/* Read one frame. *payload gets h->length bytes (caller frees with rk_free; NULL when 0).
+ * RK_ERR_UNAVAILABLE when the server closed the connection, RK_ERR_TIMEOUT, RK_ERR_PROTOCOL
+ * on a malformed frame, RK_ERR_LIMIT above 1 GiB. */
+rk_status ragkv_recv_frame(ragkv_conn *c, rk_proto_hdr *h, uint8_t **payload);
+
+/* Send a request and read its final response (stream frames, if any, are skipped). On an
+ * error status the server's message is in rk_error_msg() and the status is returned;
+ * otherwise *payload and *len hold the response payload (caller frees). */
+rk_status ragkv_call(ragkv_conn *c, uint16_t opcode, const void *req, uint32_t req_len,
+                     uint8_t **payload, uint32_t *len);
+
+typedef struct ragkv_server_info {
+    uint16_t version;      /* protocol version the server speaks */
+    uint32_t max_frame;    /* largest request payload after AUTH */
+    char server[128];      /* "ragkvd 0.1.0" */
+    char model[256];       /* model the daemon serves */
+    uint32_t vocab;        /* its vocabulary size (0 when unknown) */
+    uint32_t max_context;  /* its context length (0 when unknown) */
+} ragkv_server_info;
+
+/* HELLO: negotiate version 1 and describe the server. */
+rk_status ragkv_hello(ragkv_conn *c, ragkv_server_info *info);
+
+/* PING: a round trip. */
+rk_status ragkv_ping(ragkv_conn *c);
 
 #ifdef __cplusplus
 }

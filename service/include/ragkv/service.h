@@ -42,6 +42,9 @@ typedef struct svc_config {
     char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
     int max_connections;         /* accepted at once; extra connections are refused */
+    int max_frame_mb;            /* largest frame payload after AUTH, MiB; default 64 */
+    int idle_timeout_s;          /* close a connection silent this long; default 300 */
+    int frame_timeout_s;         /* a started frame must complete within this; default 10 */
     char log_level[16];          /* debug|info|warn|error */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;

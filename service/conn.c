@@ -1,0 +1,221 @@
+/*
+ * conn.c — one protocol connection on its worker thread: framing with limits, the frame
+ * timer (a started frame must finish within frame-timeout, so trickling clients cannot hold a
+ * connection open), request decoding, dispatch, and replies. Framing errors answer with an
+ * error frame and close once it is written; request errors answer and keep the connection.
+ */
+#define RK_LOG_COMPONENT "conn"
+#include <event2/buffer.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/bytes.h"
+#include "ragkv/log.h"
+#include "ragkv/proto.h"
+#include "ragkv/version.h"
+#include "server_int.h"
+
+/* Queue one frame on the connection's output. */
+static void conn_send(struct svc_conn *c, uint8_t type, uint16_t op, uint64_t id, rk_status st,
+                      const void *payload, size_t len)
+{
+    rk_proto_hdr h = {.version = RK_PROTO_VERSION, .type = type, .opcode = op, .request_id = id,
+                      .status = st, .length = (uint32_t)len};
+    uint8_t hdr[RK_PROTO_HDR_SIZE];
+    rk_proto_hdr_encode(&h, hdr);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add(out, hdr, sizeof(hdr));
+    if (len)
+        evbuffer_add(out, payload, len);
+}
+
+/* An error response: status plus a `str` message (docs/protocol.md §3). */
+static void conn_send_error(struct svc_conn *c, uint16_t op, uint64_t id, rk_status st, const char *msg)
+{
+    rk_buf b = RK_BUF_INIT;
+    char m[RK_PROTO_MAX_STR + 1];
+    snprintf(m, sizeof(m), "%s%s%s", rk_strerror(st), msg && *msg ? ": " : "", msg ? msg : "");
+    rk_buf_put_str(&b, m);
+    conn_send(c, RK_PT_RESPONSE, op, id, st, b.data, b.failed ? 0 : b.len);
+    rk_buf_free(&b);
+    svc_metric_add(svc_m.errors, 1);
+}
+
+/* Stop reading and close once everything queued has been written. */
+static void conn_close_after_write(struct svc_conn *c)
+{
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        svc_conn_free(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct svc_conn *c = arg;
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        svc_conn_free(c);
+}
+
+static void handle_hello(struct svc_conn *c, const svc_request *rq)
+{
+    if (rq->min_version > RK_PROTO_VERSION || rq->max_version < RK_PROTO_VERSION) {
+        char m[96];
+        snprintf(m, sizeof(m), "this server speaks version %d only", RK_PROTO_VERSION);
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, m);
+        return;
+    }
+    const char *model = c->w->srv->cfg.model;
+    const char *slash = strrchr(model, '/');
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_u16(&b, RK_PROTO_VERSION);
+    rk_buf_put_u32(&b, c->w->srv->max_frame);
+    rk_buf_put_str(&b, "ragkvd " RAGKV_VERSION);
+    rk_buf_put_str(&b, slash ? slash + 1 : model);
+    rk_buf_put_u32(&b, 0); /* vocab: filled in once the daemon loads the engine */
+    rk_buf_put_u32(&b, 0); /* max context */
+    conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
+}
+
+static void dispatch(struct svc_conn *c, const svc_request *rq)
+{
+    switch (rq->opcode) {
+    case RK_OP_HELLO:
+        handle_hello(c, rq);
+        return;
+    case RK_OP_PING:
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
+        return;
+    case RK_OP_AUTH:
+        /* tenants and their tokens live in the chunk store's metadata (issue 6/7) */
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED,
+                        "tenant authentication is not available in this version");
+        return;
+    default:
+        /* every other opcode passes the same gate */
+        if (!c->authed) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "authenticate first (AUTH)");
+            return;
+        }
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
+    }
+}
+
+static void on_frame_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct svc_conn *c = arg;
+    RK_INFO("worker %d: closing a connection whose frame did not arrive within %d s", c->w->id,
+            c->w->srv->cfg.frame_timeout_s);
+    svc_metric_add(svc_m.timeouts, 1);
+    svc_conn_free(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct svc_conn *c = arg;
+    struct svc_server *srv = c->w->srv;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    while (!c->closing) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0) {
+            evtimer_del(c->frame_timer);
+            return;
+        }
+        if (!evtimer_pending(c->frame_timer, NULL)) {
+            struct timeval tv = {srv->cfg.frame_timeout_s, 0};
+            evtimer_add(c->frame_timer, &tv);
+        }
+        if (avail < RK_PROTO_HDR_SIZE)
+            return;
+        const uint8_t *p = evbuffer_pullup(in, RK_PROTO_HDR_SIZE);
+        rk_proto_hdr h;
+        uint32_t cap = c->authed ? srv->max_frame : RK_PROTO_UNAUTH_MAX_FRAME;
+        rk_status st = rk_proto_hdr_decode(p, RK_PROTO_HDR_SIZE, cap, &h);
+        if (st != RK_OK) {
+            /* framing lost (or a frame we will not read): say why, then close */
+            RK_INFO("worker %d: closing connection: %s", c->w->id, rk_error_msg());
+            svc_metric_add(svc_m.protocol_errors, 1);
+            conn_send_error(c, st == RK_ERR_LIMIT ? h.opcode : 0, st == RK_ERR_LIMIT ? h.request_id : 0,
+                            st, rk_error_msg());
+            conn_close_after_write(c);
+            return;
+        }
+        if (avail < RK_PROTO_HDR_SIZE + (size_t)h.length)
+            return; /* the frame timer bounds the wait */
+        evtimer_del(c->frame_timer);
+        const uint8_t *frame = evbuffer_pullup(in, RK_PROTO_HDR_SIZE + (ssize_t)h.length);
+        svc_request rq;
+        st = svc_request_decode(&h, frame + RK_PROTO_HDR_SIZE, h.length, &srv->limits, &rq);
+        svc_metric_add(svc_m.requests, 1);
+        if (st == RK_ERR_PROTOCOL) { /* e.g. a response frame sent to the server */
+            svc_metric_add(svc_m.protocol_errors, 1);
+            conn_send_error(c, h.opcode, h.request_id, st, rk_error_msg());
+            svc_request_free(&rq);
+            conn_close_after_write(c);
+            return;
+        }
+        if (st != RK_OK)
+            conn_send_error(c, h.opcode, h.request_id, st, rk_error_msg());
+        else
+            dispatch(c, &rq);
+        svc_request_free(&rq);
+        evbuffer_drain(in, RK_PROTO_HDR_SIZE + (size_t)h.length);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct svc_conn *c = arg;
+    if (what & BEV_EVENT_TIMEOUT)
+        svc_metric_add(svc_m.timeouts, 1);
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        svc_conn_free(c);
+}
+
+bool svc_conn_open(struct svc_worker *w, int sock)
+{
+    struct svc_conn *c = rk_calloc(1, sizeof(*c));
+    struct bufferevent *bev = c ? bufferevent_socket_new(w->base, sock, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    struct event *timer = bev ? evtimer_new(w->base, on_frame_timeout, c) : NULL;
+    if (!timer) {
+        if (bev)
+            bufferevent_free(bev);
+        else
+            close(sock);
+        rk_free(c);
+        return false;
+    }
+    c->bev = bev;
+    c->w = w;
+    c->frame_timer = timer;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    struct timeval idle = {w->srv->cfg.idle_timeout_s, 0};
+    bufferevent_set_timeouts(bev, &idle, NULL);
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    return true;
+}
+
+void svc_conn_free(struct svc_conn *c)
+{
+    struct svc_worker *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->frame_timer);
+    bufferevent_free(c->bev);
+    rk_free(c);
+    atomic_fetch_sub(&w->srv->active, 1);
+    svc_metric_add(svc_m.active, -1);
+}

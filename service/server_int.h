@@ -1,0 +1,74 @@
+/*
+ * server_int.h — private to service/: the daemon's objects, shared by server.c (threads,
+ * listeners, HTTP, signals) and conn.c (one protocol connection's state machine).
+ */
+#ifndef RAGKV_SERVER_INT_H
+#define RAGKV_SERVER_INT_H
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "ragkv/service.h"
+#include "ragkv/svc_request.h"
+
+struct svc_conn {
+    struct bufferevent *bev;   /* owns the socket */
+    struct svc_worker *w;      /* owning worker; only its thread touches the conn */
+    struct svc_conn *prev, *next; /* the worker's list of live connections */
+    struct event *frame_timer; /* armed while a frame is partly received (slowloris guard) */
+    bool authed;               /* AUTH succeeded: larger frames and data operations allowed */
+    bool closing;              /* framing lost or shutting down: close once output drains */
+    char tenant[SVC_NAME_MAX]; /* the authenticated tenant ("" before AUTH) */
+};
+
+struct svc_worker {
+    int id;
+    struct svc_server *srv;
+    pthread_t thread;
+    struct event_base *base;   /* this worker's loop; connections live here */
+    struct event *notify_ev;   /* activated by the listener when fds are queued */
+    struct event *exit_ev;     /* activated to stop the loop */
+    pthread_mutex_t lock;      /* protects pending, npending */
+    int *pending;              /* accepted fds not yet picked up (cap max_connections) */
+    int npending, cap;
+    struct svc_conn *conns;    /* live connections (worker thread only) */
+};
+
+struct svc_server {
+    svc_config cfg;
+    struct event_base *base;            /* listener + HTTP + signals (the run() thread) */
+    struct evconnlistener *listener;
+    struct evhttp *http;
+    struct event *sig_int, *sig_term, *sig_hup;
+    struct event *stop_ev;              /* activated by svc_server_stop from any thread */
+    struct svc_worker *workers;         /* (nworkers) */
+    int nworkers;
+    int next_worker;                    /* round-robin cursor (listener thread only) */
+    int port, http_port;                /* bound ports */
+    int lock_fd;                        /* flock()ed data_dir/LOCK, -1 when none */
+    svc_request_limits limits;          /* caps on decoded requests */
+    uint32_t max_frame;                 /* payload cap after AUTH, bytes */
+    atomic_int active;                  /* live protocol connections */
+    uint64_t start_ns;
+};
+
+/* Series the server and its connections update (registered once, process-wide). */
+struct svc_server_metrics {
+    svc_metric *accepted, *refused, *active, *http_requests, *uptime, *build;
+    svc_metric *requests, *errors, *protocol_errors, *timeouts;
+};
+extern struct svc_server_metrics svc_m;
+
+/* conn.c: adopt an accepted socket on worker w (worker thread). false on no memory (the
+ * socket is then closed). */
+bool svc_conn_open(struct svc_worker *w, int sock);
+
+/* conn.c: close and free a connection now (worker thread). */
+void svc_conn_free(struct svc_conn *c);
+
+#endif
