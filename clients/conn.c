@@ -152,3 +152,131 @@ rk_status ragkv_ping(ragkv_conn *c)
 {
     return ragkv_call(c, RK_OP_PING, NULL, 0, NULL, NULL);
 }
+
+/* A call whose request is one `str` and whose response is one `str` (or empty). */
+static rk_status call_str(ragkv_conn *c, uint16_t op, const char *arg, char *out, size_t outlen)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, arg);
+    if (b.failed) {
+        rk_buf_free(&b);
+        return rk_error_set(RK_ERR_INVALID, "argument longer than %d bytes", RK_PROTO_MAX_STR);
+    }
+    uint8_t *p = NULL;
+    uint32_t n = 0;
+    rk_status st = ragkv_call(c, op, b.data, (uint32_t)b.len, &p, &n);
+    rk_buf_free(&b);
+    if (st == RK_OK && out) {
+        rk_reader r = rk_reader_make(p, n);
+        rk_reader_str(&r, out, outlen);
+        if (r.short_read)
+            st = rk_error_set(RK_ERR_PROTOCOL, "%s response malformed", rk_opcode_name(op));
+    }
+    rk_free(p);
+    return st;
+}
+
+rk_status ragkv_auth(ragkv_conn *c, const char *token, char *tenant, size_t tenant_len)
+{
+    char tmp[256];
+    return call_str(c, RK_OP_AUTH, token, tenant ? tenant : tmp, tenant ? tenant_len : sizeof(tmp));
+}
+
+rk_status ragkv_admin_tenant_create(ragkv_conn *c, const char *tenant, uint64_t quota_bytes,
+                                    uint64_t quota_chunks, int evict_policy, char *token_out,
+                                    size_t token_len)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, tenant);
+    rk_buf_put_u64(&b, quota_bytes);
+    rk_buf_put_u64(&b, quota_chunks);
+    rk_buf_put_u8(&b, evict_policy ? 1 : 0);
+    if (b.failed) {
+        rk_buf_free(&b);
+        return rk_error_set(RK_ERR_INVALID, "tenant name too long");
+    }
+    uint8_t *p = NULL;
+    uint32_t n = 0;
+    rk_status st = ragkv_call(c, RK_OP_TENANT_CREATE, b.data, (uint32_t)b.len, &p, &n);
+    rk_buf_free(&b);
+    if (st == RK_OK) {
+        rk_reader r = rk_reader_make(p, n);
+        rk_reader_str(&r, token_out, token_len);
+        if (r.short_read)
+            st = rk_error_set(RK_ERR_PROTOCOL, "TENANT_CREATE response malformed");
+    }
+    rk_free(p);
+    return st;
+}
+
+rk_status ragkv_admin_tenant_delete(ragkv_conn *c, const char *tenant)
+{
+    return call_str(c, RK_OP_TENANT_DELETE, tenant, NULL, 0);
+}
+
+rk_status ragkv_admin_token_rotate(ragkv_conn *c, const char *tenant, char *token_out, size_t token_len)
+{
+    return call_str(c, RK_OP_TOKEN_ROTATE, tenant, token_out, token_len);
+}
+
+rk_status ragkv_admin_tenant_list(ragkv_conn *c, ragkv_tenant_row **rows, size_t *n)
+{
+    uint8_t *p = NULL;
+    uint32_t len = 0;
+    rk_status st = ragkv_call(c, RK_OP_TENANT_LIST, NULL, 0, &p, &len);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, len);
+    uint32_t cnt = rk_reader_u32(&r);
+    /* each row is at least 34 bytes: a count the payload cannot hold is malformed */
+    ragkv_tenant_row *v = NULL;
+    if (!r.short_read && (size_t)cnt * 34 <= rk_reader_left(&r))
+        v = rk_calloc(cnt ? cnt : 1, sizeof(*v));
+    if (!v) {
+        rk_free(p);
+        return rk_error_set(RK_ERR_PROTOCOL, "TENANT_LIST response malformed");
+    }
+    for (uint32_t i = 0; i < cnt; i++) {
+        rk_reader_str(&r, v[i].name, sizeof(v[i].name));
+        v[i].bytes = rk_reader_u64(&r);
+        v[i].chunks = rk_reader_u64(&r);
+        v[i].quota_bytes = rk_reader_u64(&r);
+        v[i].quota_chunks = rk_reader_u64(&r);
+    }
+    rk_free(p);
+    if (r.short_read) {
+        rk_free(v);
+        return rk_error_set(RK_ERR_PROTOCOL, "TENANT_LIST response malformed");
+    }
+    *rows = v;
+    *n = cnt;
+    return RK_OK;
+}
+
+rk_status ragkv_admin_config_get(ragkv_conn *c, char **text)
+{
+    char *buf = rk_malloc(RK_PROTO_MAX_STR + 1);
+    if (!buf)
+        return RK_ERR_NOMEM;
+    uint8_t *p = NULL;
+    uint32_t n = 0;
+    rk_status st = ragkv_call(c, RK_OP_CONFIG_GET, NULL, 0, &p, &n);
+    if (st == RK_OK) {
+        rk_reader r = rk_reader_make(p, n);
+        rk_reader_str(&r, buf, RK_PROTO_MAX_STR + 1);
+        if (r.short_read)
+            st = rk_error_set(RK_ERR_PROTOCOL, "CONFIG_GET response malformed");
+    }
+    rk_free(p);
+    if (st != RK_OK) {
+        rk_free(buf);
+        return st;
+    }
+    *text = buf;
+    return RK_OK;
+}
+
+rk_status ragkv_admin_shutdown(ragkv_conn *c)
+{
+    return ragkv_call(c, RK_OP_SHUTDOWN, NULL, 0, NULL, NULL);
+}

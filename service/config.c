@@ -35,6 +35,7 @@ static const struct opt_desc opts[] = {
     INT_OPT("max-frame-mb", max_frame_mb, 1, 2047, "largest request payload after AUTH, MiB"),
     INT_OPT("idle-timeout", idle_timeout_s, 1, 86400, "seconds a silent connection stays open"),
     INT_OPT("frame-timeout", frame_timeout_s, 1, 3600, "seconds a started frame may take to arrive (slowloris guard)"),
+    INT_OPT("admin-remote", admin_remote, 0, 1, "1: accept the admin credential from non-loopback clients"),
     STR_OPT("log-level", log_level, "debug, info, warn or error"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))

@@ -5,12 +5,17 @@
  * error frame and close once it is written; request errors answer and keep the connection.
  */
 #define RK_LOG_COMPONENT "conn"
+#include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ragkv/alloc.h"
 #include "ragkv/bytes.h"
+#include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/proto.h"
 #include "ragkv/version.h"
@@ -54,7 +59,13 @@ static void conn_close_after_write(struct svc_conn *c)
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct svc_conn *c = arg;
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
+        return;
+    if (c->stop_after_write) {
+        c->stop_after_write = false;
+        svc_server_stop(c->w->srv);
+    }
+    if (c->closing)
         svc_conn_free(c);
 }
 
@@ -79,6 +90,127 @@ static void handle_hello(struct svc_conn *c, const svc_request *rq)
     rk_buf_free(&b);
 }
 
+static void reply_str(struct svc_conn *c, const svc_request *rq, const char *text)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, text);
+    if (b.failed)
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "reply too large");
+    else
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
+}
+
+static void handle_auth(struct svc_conn *c, const svc_request *rq)
+{
+    svc_auth *auth = c->w->srv->auth;
+    uint64_t now = rk_now_ns() / 1000000000ull;
+    if (!svc_auth_allowed(auth, c->peer, now)) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_BUSY, "too many failed attempts from this address; wait a minute");
+        return;
+    }
+    char tenant[SVC_NAME_MAX];
+    bool admin = false;
+    if (svc_auth_check(auth, rq->token, tenant, &admin) != RK_OK) {
+        svc_auth_failed(auth, c->peer, now);
+        RK_INFO("failed AUTH from %s", c->peer);
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "unknown token");
+        return;
+    }
+    if (admin && !c->loopback && !c->w->srv->cfg.admin_remote) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED,
+                        "the admin credential is accepted from loopback only (see admin-remote)");
+        return;
+    }
+    c->authed = true;
+    c->admin = admin;
+    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    RK_DEBUG("%s authenticated as %s", c->peer, tenant);
+    reply_str(c, rq, tenant);
+}
+
+/* The effective configuration as `key = value` lines (no secrets live in it). */
+static void handle_config_get(struct svc_conn *c, const svc_request *rq)
+{
+    const svc_config *k = &c->w->srv->cfg;
+    char text[4096];
+    snprintf(text, sizeof(text),
+             "bind = %s\nport = %d\nhttp-port = %d\ndata-dir = %s\nmodel = %s\ntokenizer = %s\n"
+             "workers = %d\nmax-connections = %d\nmax-frame-mb = %d\nidle-timeout = %d\n"
+             "frame-timeout = %d\nadmin-remote = %d\nlog-level = %s\n",
+             k->bind, c->w->srv->port, c->w->srv->http_port, k->data_dir, k->model, k->tokenizer,
+             c->w->srv->nworkers, k->max_connections, k->max_frame_mb, k->idle_timeout_s,
+             k->frame_timeout_s, k->admin_remote, k->log_level);
+    reply_str(c, rq, text);
+}
+
+static void handle_admin(struct svc_conn *c, const svc_request *rq)
+{
+    svc_auth *auth = c->w->srv->auth;
+    char token[SVC_TOKEN_MAX];
+    rk_status st;
+    switch (rq->opcode) {
+    case RK_OP_TENANT_CREATE:
+        if ((st = svc_auth_tenant_add(auth, rq->tenant, token)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("tenant %s created", rq->tenant);
+        reply_str(c, rq, token);
+        sodium_memzero(token, sizeof(token));
+        return;
+    case RK_OP_TOKEN_ROTATE:
+        if ((st = svc_auth_tenant_rotate(auth, rq->tenant, token)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("tenant %s: token rotated", rq->tenant);
+        reply_str(c, rq, token);
+        sodium_memzero(token, sizeof(token));
+        return;
+    case RK_OP_TENANT_DELETE:
+        if ((st = svc_auth_tenant_remove(auth, rq->tenant)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("tenant %s deleted", rq->tenant);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
+        return;
+    case RK_OP_TENANT_LIST: {
+        char **names;
+        size_t n;
+        if ((st = svc_auth_tenant_list(auth, &names, &n)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        rk_buf b = RK_BUF_INIT;
+        rk_buf_put_u32(&b, (uint32_t)n);
+        for (size_t i = 0; i < n; i++) {
+            rk_buf_put_str(&b, names[i]);
+            for (int f = 0; f < 4; f++) /* usage and quotas: from the chunk store once wired */
+                rk_buf_put_u64(&b, 0);
+        }
+        svc_auth_names_free(names, n);
+        if (b.failed)
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "tenant list");
+        else
+            conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+        rk_buf_free(&b);
+        return;
+    }
+    case RK_OP_CONFIG_GET:
+        handle_config_get(c, rq);
+        return;
+    case RK_OP_SHUTDOWN:
+        RK_INFO("SHUTDOWN requested by the admin at %s", c->peer);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
+        c->stop_after_write = true; /* the admin hears the answer before the stop */
+        return;
+    default:
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
+    }
+}
+
 static void dispatch(struct svc_conn *c, const svc_request *rq)
 {
     switch (rq->opcode) {
@@ -89,18 +221,26 @@ static void dispatch(struct svc_conn *c, const svc_request *rq)
         conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
         return;
     case RK_OP_AUTH:
-        /* tenants and their tokens live in the chunk store's metadata (issue 6/7) */
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED,
-                        "tenant authentication is not available in this version");
+        handle_auth(c, rq);
         return;
     default:
-        /* every other opcode passes the same gate */
-        if (!c->authed) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "authenticate first (AUTH)");
-            return;
-        }
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
+        break;
     }
+    /* every other opcode passes the same gate */
+    if (!c->authed) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "authenticate first (AUTH)");
+        return;
+    }
+    if (rk_opcode_is_admin(rq->opcode) != c->admin) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED,
+                        c->admin ? "the admin credential serves admin operations only"
+                                 : "admin operations need the admin credential");
+        return;
+    }
+    if (c->admin)
+        handle_admin(c, rq);
+    else /* chunk and generation operations arrive with the chunk store and the engine */
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
 }
 
 static void on_frame_timeout(evutil_socket_t fd, short what, void *arg)
@@ -177,6 +317,29 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         svc_conn_free(c);
 }
 
+/* Record the peer's address and whether it is loopback (admin credential policy). */
+static void peer_describe(int sock, struct svc_conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    snprintf(c->peer, sizeof(c->peer), "?");
+    if (getpeername(sock, (struct sockaddr *)&ss, &sl) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, c->peer, sizeof(c->peer));
+        c->loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, c->peer, sizeof(c->peer));
+        c->loopback = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
+                      (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && a->sin6_addr.s6_addr[12] == 127);
+    } else if (ss.ss_family == AF_UNIX) {
+        snprintf(c->peer, sizeof(c->peer), "unix");
+        c->loopback = true;
+    }
+}
+
 bool svc_conn_open(struct svc_worker *w, int sock)
 {
     struct svc_conn *c = rk_calloc(1, sizeof(*c));
@@ -193,6 +356,7 @@ bool svc_conn_open(struct svc_worker *w, int sock)
     c->bev = bev;
     c->w = w;
     c->frame_timer = timer;
+    peer_describe(sock, c);
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
@@ -207,6 +371,10 @@ bool svc_conn_open(struct svc_worker *w, int sock)
 void svc_conn_free(struct svc_conn *c)
 {
     struct svc_worker *w = c->w;
+    /* a last, non-blocking attempt to deliver replies still queued (shutdown path) */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out))
+        evbuffer_write(out, bufferevent_getfd(c->bev));
     if (c->prev)
         c->prev->next = c->next;
     else

@@ -302,6 +302,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     }
     if ((st = lock_data_dir(srv)) != RK_OK)
         goto fail;
+    if ((st = svc_auth_open(cfg->data_dir, &srv->auth)) != RK_OK)
+        goto fail;
     st = RK_ERR_NOMEM;
     if (!(srv->base = event_base_new()))
         goto fail;
@@ -450,6 +452,7 @@ void svc_server_close(svc_server *srv)
             event_free(evs[i]);
     if (srv->base)
         event_base_free(srv->base);
+    svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */
     rk_free(srv);

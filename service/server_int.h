@@ -14,6 +14,7 @@
 #include <stdbool.h>
 
 #include "ragkv/service.h"
+#include "ragkv/svc_auth.h"
 #include "ragkv/svc_request.h"
 
 struct svc_conn {
@@ -22,7 +23,11 @@ struct svc_conn {
     struct svc_conn *prev, *next; /* the worker's list of live connections */
     struct event *frame_timer; /* armed while a frame is partly received (slowloris guard) */
     bool authed;               /* AUTH succeeded: larger frames and data operations allowed */
+    bool admin;                /* authenticated with the admin credential */
+    bool loopback;             /* the peer is on a loopback address */
+    char peer[64];             /* peer address, for logs and failed-auth limiting */
     bool closing;              /* framing lost or shutting down: close once output drains */
+    bool stop_after_write;     /* SHUTDOWN: stop the server once the reply is written */
     char tenant[SVC_NAME_MAX]; /* the authenticated tenant ("" before AUTH) */
 };
 
@@ -52,6 +57,7 @@ struct svc_server {
     int port, http_port;                /* bound ports */
     int lock_fd;                        /* flock()ed data_dir/LOCK, -1 when none */
     svc_request_limits limits;          /* caps on decoded requests */
+    svc_auth *auth;                     /* tenant and admin credentials */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -1,4 +1,10 @@
-/* ragkv-admin — operator CLI for a running ragkvd. */
+/*
+ * ragkv-admin — operator CLI for a running ragkvd (on libragkv).
+ *
+ * Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
+ * 3 the daemon could not be reached or the admin credential was refused.
+ */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,67 +14,287 @@
 #include "ragkv/service.h"
 #include "ragkv/version.h"
 
+enum { EXIT_OPFAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
+
+struct opts {
+    const char *host;
+    int port, http_port, timeout_ms;
+    const char *token_file;
+    int json;
+    uint64_t quota_bytes, quota_chunks;
+    int evict;
+};
+
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: ragkv-admin [--host HOST] [--http-port N] [--timeout MS] COMMAND\n\n"
+            "usage: ragkv-admin [OPTIONS] COMMAND [ARGS]\n\n"
             "Commands:\n"
-            "  health     ask /healthz; exit 0 when the daemon answers OK\n"
-            "  metrics    print the daemon's Prometheus metrics\n"
-            "  version    print this tool's version\n\n"
-            "Defaults: --host 127.0.0.1 --http-port %d --timeout 2000.\n"
-            "Tenant, quota and namespace commands arrive with the admin protocol.\n",
-            SVC_DEFAULT_HTTP_PORT);
+            "  health                       ask /healthz; exit 0 when the daemon answers OK\n"
+            "  metrics                      print the daemon's Prometheus metrics\n"
+            "  tenant create NAME [--quota-bytes N] [--quota-chunks N] [--evict]\n"
+            "                               create a tenant and print its token (shown only once)\n"
+            "  tenant delete NAME           delete a tenant's credential\n"
+            "  tenant list                  list tenants with usage and quotas\n"
+            "  token rotate NAME            issue a new token for NAME; the old one stops working\n"
+            "  config                       print the daemon's effective configuration\n"
+            "  shutdown                     shut the daemon down cleanly\n"
+            "  version                      print this tool's version\n\n"
+            "Options:\n"
+            "  --host H          daemon address (default 127.0.0.1)\n"
+            "  --port N          protocol port (default %d)\n"
+            "  --http-port N     HTTP port for health and metrics (default %d)\n"
+            "  --token-file F    admin credential file (default ./var/admin.token, or\n"
+            "                    $RAGKV_ADMIN_TOKEN when set)\n"
+            "  --timeout MS      per-call timeout (default 5000)\n"
+            "  --json            machine-readable output\n\n"
+            "Exit status: 0 ok, 1 operation failed, 2 usage error, 3 daemon unreachable or\n"
+            "credential refused.\n",
+            SVC_DEFAULT_PORT, SVC_DEFAULT_HTTP_PORT);
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int http_cmd(const struct opts *o, const char *path)
+{
+    int code = 0;
+    char *body = NULL;
+    rk_status st = ragkv_http_get(o->host, o->http_port, path, o->timeout_ms, &code, &body);
+    if (st != RK_OK) {
+        fprintf(stderr, "ragkv-admin: %s:%d: %s (%s)\n", o->host, o->http_port, rk_strerror(st), rk_error_msg());
+        return EXIT_CONN;
+    }
+    fputs(body, stdout);
+    rk_free(body);
+    return code == 200 ? 0 : EXIT_OPFAIL;
+}
+
+/* Connect and authenticate with the admin credential. */
+static int admin_connect(const struct opts *o, ragkv_conn **out)
+{
+    char token[256] = "";
+    const char *env = getenv("RAGKV_ADMIN_TOKEN");
+    if (env && *env && !o->token_file) {
+        snprintf(token, sizeof(token), "%s", env);
+    } else {
+        const char *path = o->token_file ? o->token_file : "./var/admin.token";
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            fprintf(stderr, "ragkv-admin: cannot read the admin credential %s: %s\n"
+                            "  (it is DATA_DIR/admin.token of the daemon; pass --token-file)\n",
+                    path, strerror(errno));
+            return EXIT_CONN;
+        }
+        if (!fgets(token, sizeof(token), f))
+            token[0] = '\0';
+        fclose(f);
+        token[strcspn(token, "\r\n")] = '\0';
+    }
+    rk_status st = ragkv_connect(o->host, o->port, o->timeout_ms, out);
+    if (st != RK_OK) {
+        fprintf(stderr, "ragkv-admin: %s:%d: %s (%s)\n", o->host, o->port, rk_strerror(st), rk_error_msg());
+        return EXIT_CONN;
+    }
+    if ((st = ragkv_auth(*out, token, NULL, 0)) != RK_OK) {
+        fprintf(stderr, "ragkv-admin: admin credential refused: %s\n", rk_error_msg());
+        ragkv_close(*out);
+        return EXIT_CONN;
+    }
+    return 0;
+}
+
+static int fail(rk_status st)
+{
+    fprintf(stderr, "ragkv-admin: %s\n", rk_error_msg()[0] ? rk_error_msg() : rk_strerror(st));
+    return st == RK_ERR_UNAVAILABLE || st == RK_ERR_TIMEOUT ? EXIT_CONN : EXIT_OPFAIL;
+}
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static int run_cmd(const struct opts *o, int argc, char **argv)
+{
+    const char *cmd = argv[0];
+    const char *sub = argc > 1 ? argv[1] : "";
+    const char *name = argc > 2 ? argv[2] : NULL;
+    ragkv_conn *c = NULL;
+    int rc;
+    rk_status st;
+    if (!strcmp(cmd, "tenant") && (!strcmp(sub, "create") || !strcmp(sub, "delete")) && !name) {
+        fprintf(stderr, "ragkv-admin: tenant %s needs a NAME\n", sub);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(cmd, "token") && (strcmp(sub, "rotate") || !name)) {
+        fprintf(stderr, "ragkv-admin: usage: token rotate NAME\n");
+        return EXIT_USAGE;
+    }
+    if (!strcmp(cmd, "tenant") && strcmp(sub, "create") && strcmp(sub, "delete") && strcmp(sub, "list")) {
+        fprintf(stderr, "ragkv-admin: usage: tenant create|delete|list\n");
+        return EXIT_USAGE;
+    }
+    if (strcmp(cmd, "tenant") && strcmp(cmd, "token") && strcmp(cmd, "config") && strcmp(cmd, "shutdown")) {
+        fprintf(stderr, "ragkv-admin: unknown command '%s' (try --help)\n", cmd);
+        return EXIT_USAGE;
+    }
+    if ((rc = admin_connect(o, &c)) != 0)
+        return rc;
+    char token[256];
+    if (!strcmp(cmd, "tenant") && !strcmp(sub, "create")) {
+        st = ragkv_admin_tenant_create(c, name, o->quota_bytes, o->quota_chunks, o->evict, token, sizeof(token));
+        if (st == RK_OK) {
+            if (o->json) {
+                printf("{\"tenant\": ");
+                json_str(name);
+                printf(", \"token\": ");
+                json_str(token);
+                printf("}\n");
+            } else {
+                printf("tenant %s created; its token (shown only once, keep it secret):\n%s\n", name, token);
+            }
+        }
+    } else if (!strcmp(cmd, "tenant") && !strcmp(sub, "delete")) {
+        if ((st = ragkv_admin_tenant_delete(c, name)) == RK_OK && !o->json)
+            printf("tenant %s deleted\n", name);
+    } else if (!strcmp(cmd, "tenant")) {
+        ragkv_tenant_row *rows;
+        size_t n;
+        if ((st = ragkv_admin_tenant_list(c, &rows, &n)) == RK_OK) {
+            if (o->json) {
+                printf("[");
+                for (size_t i = 0; i < n; i++) {
+                    printf("%s{\"tenant\": ", i ? ", " : "");
+                    json_str(rows[i].name);
+                    printf(", \"bytes\": %llu, \"chunks\": %llu, \"quota_bytes\": %llu, \"quota_chunks\": %llu}",
+                           (unsigned long long)rows[i].bytes, (unsigned long long)rows[i].chunks,
+                           (unsigned long long)rows[i].quota_bytes, (unsigned long long)rows[i].quota_chunks);
+                }
+                printf("]\n");
+            } else {
+                printf("%-24s %14s %10s %14s %12s\n", "TENANT", "BYTES", "CHUNKS", "QUOTA_BYTES", "QUOTA_CHUNKS");
+                for (size_t i = 0; i < n; i++)
+                    printf("%-24s %14llu %10llu %14llu %12llu\n", rows[i].name,
+                           (unsigned long long)rows[i].bytes, (unsigned long long)rows[i].chunks,
+                           (unsigned long long)rows[i].quota_bytes, (unsigned long long)rows[i].quota_chunks);
+            }
+            rk_free(rows);
+        }
+    } else if (!strcmp(cmd, "token")) {
+        if ((st = ragkv_admin_token_rotate(c, name, token, sizeof(token))) == RK_OK) {
+            if (o->json) {
+                printf("{\"tenant\": ");
+                json_str(name);
+                printf(", \"token\": ");
+                json_str(token);
+                printf("}\n");
+            } else {
+                printf("new token for %s (the old one no longer works):\n%s\n", name, token);
+            }
+        }
+    } else if (!strcmp(cmd, "config")) {
+        char *text;
+        if ((st = ragkv_admin_config_get(c, &text)) == RK_OK) {
+            fputs(text, stdout);
+            rk_free(text);
+        }
+    } else {
+        if ((st = ragkv_admin_shutdown(c)) == RK_OK && !o->json)
+            printf("ragkvd is shutting down\n");
+    }
+    ragkv_close(c);
+    return st == RK_OK ? 0 : fail(st);
 }
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1";
-    int port = SVC_DEFAULT_HTTP_PORT, timeout = 2000;
-    int i = 1;
-    for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
-        if (!strcmp(argv[i], "--help")) {
+    struct opts o = {.host = "127.0.0.1", .port = SVC_DEFAULT_PORT, .http_port = SVC_DEFAULT_HTTP_PORT,
+                     .timeout_ms = 5000};
+    char *rest[8];
+    int nrest = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "ragkv-admin: %s needs a value\n", argv[i]);
-            return 2;
+        if (!strcmp(a, "--json")) {
+            o.json = 1;
+            continue;
         }
-        if (!strcmp(argv[i], "--host"))
-            host = argv[++i];
-        else if (!strcmp(argv[i], "--http-port"))
-            port = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--timeout"))
-            timeout = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "ragkv-admin: unknown option %s\n", argv[i]);
-            return 2;
+        if (!strcmp(a, "--evict")) {
+            o.evict = 1;
+            continue;
         }
+        if (!strncmp(a, "--", 2)) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "ragkv-admin: %s needs a value\n", a);
+                return EXIT_USAGE;
+            }
+            const char *v = argv[++i];
+            uint64_t n = 0;
+            int bad = 0;
+            if (!strcmp(a, "--host"))
+                o.host = v;
+            else if (!strcmp(a, "--token-file"))
+                o.token_file = v;
+            else if (!strcmp(a, "--port") || !strcmp(a, "--http-port") || !strcmp(a, "--timeout")) {
+                bad = parse_u64(v, &n) || n > (strcmp(a, "--timeout") ? 65535u : 3600000u);
+                if (!strcmp(a, "--port"))
+                    o.port = (int)n;
+                else if (!strcmp(a, "--http-port"))
+                    o.http_port = (int)n;
+                else
+                    o.timeout_ms = (int)n;
+            } else if (!strcmp(a, "--quota-bytes"))
+                bad = parse_u64(v, &o.quota_bytes);
+            else if (!strcmp(a, "--quota-chunks"))
+                bad = parse_u64(v, &o.quota_chunks);
+            else {
+                fprintf(stderr, "ragkv-admin: unknown option %s (try --help)\n", a);
+                return EXIT_USAGE;
+            }
+            if (bad) {
+                fprintf(stderr, "ragkv-admin: %s: '%s' is not a valid number\n", a, v);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
+        if (nrest == 8) {
+            fprintf(stderr, "ragkv-admin: too many arguments\n");
+            return EXIT_USAGE;
+        }
+        rest[nrest++] = argv[i];
     }
-    if (i >= argc) {
+    if (nrest == 0) {
         usage(stderr);
-        return 2;
+        return EXIT_USAGE;
     }
-    const char *cmd = argv[i];
-    if (!strcmp(cmd, "version")) {
+    if (!strcmp(rest[0], "version")) {
         printf("ragkv-admin %s\n", RAGKV_VERSION);
         return 0;
     }
-    const char *path = !strcmp(cmd, "health") ? "/healthz" : !strcmp(cmd, "metrics") ? "/metrics" : NULL;
-    if (!path) {
-        fprintf(stderr, "ragkv-admin: unknown command '%s'\n", cmd);
-        usage(stderr);
-        return 2;
-    }
-    int code = 0;
-    char *body = NULL;
-    rk_status st = ragkv_http_get(host, port, path, timeout, &code, &body);
-    if (st != RK_OK) {
-        fprintf(stderr, "ragkv-admin: %s:%d: %s (%s)\n", host, port, rk_strerror(st), rk_error_msg());
-        return 1;
-    }
-    fputs(body, stdout);
-    rk_free(body);
-    return code == 200 ? 0 : 1;
+    if (!strcmp(rest[0], "health"))
+        return http_cmd(&o, "/healthz");
+    if (!strcmp(rest[0], "metrics"))
+        return http_cmd(&o, "/metrics");
+    return run_cmd(&o, nrest, rest);
 }

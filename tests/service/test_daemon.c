@@ -119,7 +119,39 @@ Test(daemon, admin_cli_health)
     cr_expect_str_eq(line, "OK");
     cr_expect_eq(rk_test_wait(&a, 10000), 0);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 10000), 0);
-    /* with the daemon gone the CLI fails with status 1, not a hang */
+    /* with the daemon gone the CLI fails with status 3 (unreachable), not a hang */
     cr_assert(rk_test_spawn(argv, &a));
-    cr_expect_eq(rk_test_wait(&a, 10000), 1);
+    cr_expect_eq(rk_test_wait(&a, 10000), 3);
+}
+
+Test(daemon, admin_cli_tenants)
+{
+    rk_test_proc d, a;
+    int port, hport;
+    start(&d, &port, &hport, NULL);
+    char bin[1024], ps[16], tf[512], line[512];
+    rk_test_bin("ragkv-admin", bin, sizeof(bin));
+    snprintf(ps, sizeof(ps), "%d", port);
+    snprintf(tf, sizeof(tf), "%s/var/admin.token", tmp);
+    char *create[] = {bin, "--port", ps, "--token-file", tf, "--json", "tenant", "create", "acme", NULL};
+    cr_assert(rk_test_spawn(create, &a));
+    cr_assert(rk_test_read_line(&a, line, sizeof(line), 10000));
+    cr_expect(strstr(line, "{\"tenant\": \"acme\", \"token\": \"rk_"), "%s", line);
+    cr_expect_eq(rk_test_wait(&a, 10000), 0);
+    cr_assert(rk_test_spawn(create, &a));
+    cr_expect_eq(rk_test_wait(&a, 10000), 1, "a refused operation exits 1");
+    char *list[] = {bin, "--port", ps, "--token-file", tf, "tenant", "list", NULL};
+    cr_assert(rk_test_spawn(list, &a));
+    cr_assert(rk_test_read_line(&a, line, sizeof(line), 10000));
+    cr_expect(strncmp(line, "TENANT", 6) == 0, "%s", line);
+    cr_assert(rk_test_read_line(&a, line, sizeof(line), 10000));
+    cr_expect(strncmp(line, "acme ", 5) == 0, "%s", line);
+    cr_expect_eq(rk_test_wait(&a, 10000), 0);
+    char *usage[] = {bin, "tenant", "create", NULL};
+    cr_assert(rk_test_spawn(usage, &a));
+    cr_expect_eq(rk_test_wait(&a, 10000), 2, "usage errors exit 2");
+    char *badtok[] = {bin, "--port", ps, "--token-file", "/nonexistent", "tenant", "list", NULL};
+    cr_assert(rk_test_spawn(badtok, &a));
+    cr_expect_eq(rk_test_wait(&a, 10000), 3, "no credential exits 3");
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 10000), 0);
 }

@@ -82,6 +82,30 @@ rk_status ragkv_hello(ragkv_conn *c, ragkv_server_info *info);
 /* PING: a round trip. */
 rk_status ragkv_ping(ragkv_conn *c);
 
+/* AUTH with a tenant token or the admin credential; tenant (may be NULL) receives the
+ * authenticated name (SVC-side limit: 256 bytes including NUL). */
+rk_status ragkv_auth(ragkv_conn *c, const char *token, char *tenant, size_t tenant_len);
+
+/* ---- admin operations (connection authenticated with the admin credential) ------------ */
+
+typedef struct ragkv_tenant_row {
+    char name[256];
+    uint64_t bytes, chunks;             /* usage */
+    uint64_t quota_bytes, quota_chunks; /* 0 = unlimited */
+} ragkv_tenant_row;
+
+/* Create a tenant; its token (shown once) goes to token_out (token_len >= 64). */
+rk_status ragkv_admin_tenant_create(ragkv_conn *c, const char *tenant, uint64_t quota_bytes,
+                                    uint64_t quota_chunks, int evict_policy, char *token_out,
+                                    size_t token_len);
+rk_status ragkv_admin_tenant_delete(ragkv_conn *c, const char *tenant);
+/* *rows: an array of *n rows (caller frees with rk_free). */
+rk_status ragkv_admin_tenant_list(ragkv_conn *c, ragkv_tenant_row **rows, size_t *n);
+rk_status ragkv_admin_token_rotate(ragkv_conn *c, const char *tenant, char *token_out, size_t token_len);
+/* The daemon's effective configuration text (caller frees with rk_free). */
+rk_status ragkv_admin_config_get(ragkv_conn *c, char **text);
+rk_status ragkv_admin_shutdown(ragkv_conn *c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -45,6 +45,7 @@ typedef struct svc_config {
     int max_frame_mb;            /* largest frame payload after AUTH, MiB; default 64 */
     int idle_timeout_s;          /* close a connection silent this long; default 300 */
     int frame_timeout_s;         /* a started frame must complete within this; default 10 */
+    int admin_remote;            /* 1: accept the admin credential from non-loopback peers */
     char log_level[16];          /* debug|info|warn|error */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;
