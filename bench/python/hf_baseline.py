@@ -86,8 +86,15 @@ def main():
 
     for b in a.batches:
         ids = torch.randint(0, cfg.vocab_size, (b, a.ctx), device="cuda", generator=g)
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        # fill the cache in slices along the sequence: a whole batch-32 x 8K prefill at once
+        # needs more activation memory than the card has
+        cache = None
+        step_len = max(1, 16384 // b)
+        for s0 in range(0, a.ctx, step_len):
+            out = model(input_ids=ids[:, s0:s0 + step_len], past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+            cache = out.past_key_values
+        del ids
         nxt = torch.randint(0, cfg.vocab_size, (b, 1), device="cuda", generator=g)
         crop = a.ctx
 
