@@ -526,9 +526,8 @@ static rk_status e_insert(void *ctx, const cc_record *rec, unsigned flags, cc_ev
     cc_tenant_info *ti = &t->info;
     double clock = ti->clock;
     if (!(flags & CC_INSERT_FORCE) && over(ti, ti->bytes + rec->size, ti->chunks + 1)) {
-        bool pinned = rec->flags & CC_RECORD_FLAG_PINNED;
-        if (ti->cfg.policy != CC_QUOTA_EVICT ||
-            over(ti, ti->pinned_bytes + rec->size, ti->pinned_chunks + 1) || (pinned && 0)) {
+        /* evicting every unpinned chunk must be able to make room, or nothing is evicted */
+        if (ti->cfg.policy != CC_QUOTA_EVICT || over(ti, ti->pinned_bytes + rec->size, ti->pinned_chunks + 1)) {
             s = rk_error_set(RK_ERR_QUOTA, "tenant '%s' over quota (%llu bytes, %llu chunks used)",
                              rec->ns, (unsigned long long)ti->bytes, (unsigned long long)ti->chunks);
             goto out;

@@ -3,8 +3,8 @@
  * Locks (always taken in this order):
  *   gate    rwlock. Every public operation holds it shared; rebuild holds it exclusive, so
  *           nothing reads half-rebuilt metadata.
- *   ram_mu  mutex. Guards the RAM tier (map, heap, bytes, clock) and the buffered touches.
- *           Never held across a backend call.
+ *   ram_mu  mutex. Guards the RAM tier (map, heap, bytes, clock), the buffered touches and
+ *           the flusher's stop flag. Never held across a backend call.
  * The backends are thread-safe on their own. */
 #define RK_LOG_COMPONENT "cc.store"
 #include <math.h>
@@ -47,6 +47,10 @@ struct cc_store {
     double ram_clock;        /* GDSF clock of the RAM tier */
     cc_touch *pend;          /* (npend) buffered hit counts */
     size_t npend, cappend;
+    pthread_t flusher;       /* sends full touch buffers to the metadata store, off the read path */
+    pthread_cond_t flush_cv; /* signalled (under ram_mu) when the buffer is full or at close */
+    bool flusher_on;         /* the flusher thread was started */
+    bool stopping;           /* close asked the flusher to exit (under ram_mu) */
     atomic_uint_fast64_t disk_bytes; /* blob bytes accounted on disk (sum over tenants) */
     counters st;             /* statistics */
 };
@@ -246,9 +250,34 @@ static void count_hit(cc_store *s, const cc_key *key)
         s->npend++;
     }
     full = s->npend >= (s->cfg.touch_batch ? s->cfg.touch_batch : 1);
+    if (full && s->flusher_on)
+        pthread_cond_signal(&s->flush_cv);
     pthread_mutex_unlock(&s->ram_mu);
-    if (full && flush_touches(s) != RK_OK)
+    if (full && !s->flusher_on && flush_touches(s) != RK_OK)
         RK_WARN("hit counts not recorded: %s", rk_error_msg());
+}
+
+/* The flusher thread: waits for a full buffer, sends it under the shared gate (so never
+ * during a rebuild), until close. A read never waits for Redis to count its hit. */
+static void *flusher_main(void *arg)
+{
+    cc_store *s = arg;
+    uint32_t batch = s->cfg.touch_batch ? s->cfg.touch_batch : 1;
+    pthread_mutex_lock(&s->ram_mu);
+    while (!s->stopping) {
+        if (s->npend < batch) {
+            pthread_cond_wait(&s->flush_cv, &s->ram_mu);
+            continue;
+        }
+        pthread_mutex_unlock(&s->ram_mu);
+        pthread_rwlock_rdlock(&s->gate);
+        if (flush_touches(s) != RK_OK)
+            RK_WARN("hit counts not recorded: %s", rk_error_msg());
+        pthread_rwlock_unlock(&s->gate);
+        pthread_mutex_lock(&s->ram_mu);
+    }
+    pthread_mutex_unlock(&s->ram_mu);
+    return NULL;
 }
 
 /* ---- removal ----------------------------------------------------------------------------- */
@@ -988,8 +1017,10 @@ static rk_status do_rebuild(cc_store *s)
 static bool recover(cc_store *s)
 {
     bool ok = true;
-    if (cc_metastore_intact(&s->ms, &ok) != RK_OK || ok)
-        return ok; /* reachable and intact: a transient failure, retry once */
+    if (cc_metastore_intact(&s->ms, &ok) != RK_OK)
+        return false; /* still unreachable: report the failure, do not wait twice */
+    if (ok)
+        return true; /* reachable and intact: the failure was transient, retry once */
     pthread_rwlock_wrlock(&s->gate);
     rk_status st = RK_OK;
     if (cc_metastore_intact(&s->ms, &ok) == RK_OK && !ok)
@@ -1173,6 +1204,7 @@ rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore
     s->ms = ms;
     pthread_rwlock_init(&s->gate, NULL);
     pthread_mutex_init(&s->ram_mu, NULL);
+    pthread_cond_init(&s->flush_cv, NULL);
     if (s->cfg.device) {
         st = rk_error_set(RK_ERR_NOT_IMPLEMENTED, "the device tier is not backed yet");
         goto fail;
@@ -1187,6 +1219,9 @@ rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore
     } else {
         atomic_store(&s->disk_bytes, sum_usage(s));
     }
+    /* touch_batch 1 means "count every hit before returning": no flusher thread */
+    if (s->cfg.touch_batch > 1 && pthread_create(&s->flusher, NULL, flusher_main, s) == 0)
+        s->flusher_on = true;
     *out = s;
     return RK_OK;
 fail:
@@ -1225,6 +1260,13 @@ void cc_store_close(cc_store *s)
 {
     if (!s)
         return;
+    if (s->flusher_on) {
+        pthread_mutex_lock(&s->ram_mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->flush_cv);
+        pthread_mutex_unlock(&s->ram_mu);
+        pthread_join(s->flusher, NULL);
+    }
     if (s->ms.iface && flush_touches(s) != RK_OK)
         RK_WARN("hit counts lost at close: %s", rk_error_msg());
     cc_store_drop_ram(s);
@@ -1235,5 +1277,6 @@ void cc_store_close(cc_store *s)
     rk_free(s->pend);
     pthread_rwlock_destroy(&s->gate);
     pthread_mutex_destroy(&s->ram_mu);
+    pthread_cond_destroy(&s->flush_cv);
     rk_free(s);
 }

@@ -84,7 +84,8 @@ typedef struct cc_config {
     const struct cc_devtier_i *device; /* must be NULL (see cc_devtier_i) */
     uint64_t gc_grace_ms;         /* orphan blobs younger than this survive gc (default 60000:
                                      a put may be between its blob and metadata writes) */
-    uint32_t touch_batch;         /* reads buffered before hit counts go to metadata (default 64) */
+    uint32_t touch_batch;         /* reads buffered before a background thread sends their hit
+                                     counts to metadata (default 64; 1 = each read, inline) */
     bool ram_on_put;              /* admit new chunks to the RAM tier (default true) */
 } cc_config;
 
