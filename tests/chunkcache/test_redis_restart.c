@@ -74,3 +74,43 @@ Test(redis_restart, data_loss_is_rebuilt_from_rocksdb)
     cct_redis_fini(&r);
     rk_test_rmrf(dir);
 }
+
+Test(redis_restart, unreachable_or_stalled_redis_fails_fast)
+{
+    if (!cct_redis_server_path())
+        cr_skip_test("skipped: redis-server not on PATH");
+    /* nobody listens: open fails with UNAVAILABLE */
+    cc_config cfg = cc_config_default();
+    cfg.redis_host = "127.0.0.1";
+    cfg.redis_port = cct_free_port();
+    cfg.redis.connect_timeout_ms = 200;
+    cc_store *s = NULL;
+    cr_expect_eq(cc_store_open(&cfg, &s), RK_ERR_UNAVAILABLE);
+
+    /* a stalled Redis (SIGSTOP): commands time out instead of hanging; SIGCONT recovers */
+    cct_redis_proc r = {0};
+    cr_assert(cct_redis_start(&r));
+    cfg.redis_port = r.port;
+    cfg.redis.command_timeout_ms = 200;
+    cfg.redis.connect_timeout_ms = 200;
+    cfg.redis.retries = 1;
+    cfg.redis.backoff_ms = 1;
+    cfg.touch_batch = 1;
+    cfg.ram_budget_bytes = 0;
+    cr_assert_eq(cc_store_open(&cfg, &s), RK_OK, "%s", rk_error_msg());
+    cct_make_tenant(s, "t", 0, 0, CC_QUOTA_REJECT);
+    cc_key k;
+    cr_assert_eq(cct_put(s, "t", 1, 1000, 1, &k), RK_OK);
+    kill(r.p.pid, SIGSTOP);
+    uint64_t t0 = rk_now_ns();
+    cc_buf *b;
+    rk_status rc = cc_store_get(s, "t", &k, &b, NULL);
+    double secs = (rk_now_ns() - t0) / 1e9;
+    cr_expect(rc == RK_ERR_UNAVAILABLE || rc == RK_ERR_TIMEOUT, "stalled: %s", rk_strerror(rc));
+    cr_expect(secs < 5, "bounded by the timeouts (%.1f s)", secs);
+    kill(r.p.pid, SIGCONT);
+    cct_expect_blob(s, "t", &k, 1, 1000);
+    cc_store_close(s);
+    cct_redis_kill(&r);
+    cct_redis_fini(&r);
+}
