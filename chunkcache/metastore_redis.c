@@ -42,6 +42,8 @@ typedef struct redis_ms {
     cc_redis_opts o;           /* timeouts, retries, limits */
     char sha[S_COUNT][41];     /* SCRIPT LOAD digests ("" until loaded) */
     bool known_intact;         /* marker seen since the last clear/open */
+    bool lost;                 /* Redis came back without our data: every command but the
+                                  rebuild's (clear/intact/mark_intact) fails until clear() */
 } redis_ms;
 
 cc_redis_opts cc_redis_opts_default(void)
@@ -112,6 +114,7 @@ static rk_status do_connect(redis_ms *r, bool *lost)
                 r->port, r->prefix);
         *lost = true;
         r->known_intact = false;
+        r->lost = true;
     }
     r->c = c;
     return RK_OK;
@@ -119,7 +122,8 @@ static rk_status do_connect(redis_ms *r, bool *lost)
 
 /* Caller holds mu. Run one command (argv form), reconnecting with backoff. *out is the
  * reply (caller frees); a Redis error reply is returned as a reply, not as a failure. */
-static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t *lens, redisReply **out)
+static rk_status do_call_any(redis_ms *r, bool allow_lost, int argc, const char **argv, const size_t *lens,
+                             redisReply **out)
 {
     rk_status s = RK_OK;
     int delay = r->o.backoff_ms;
@@ -132,7 +136,7 @@ static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t 
             bool lost;
             if ((s = do_connect(r, &lost)) != RK_OK)
                 continue;
-            if (lost)
+            if (lost && !allow_lost)
                 return rk_error_set(RK_ERR_UNAVAILABLE, "redis lost ragkv's metadata (restart without persistence?)");
         }
         redisReply *rep = redisCommandArgv(r->c, argc, argv, lens);
@@ -145,6 +149,15 @@ static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t 
         do_disconnect(r);
     }
     return s;
+}
+
+/* do_call_any, refused while the data is known lost: a command against the empty Redis
+ * would answer wrongly ("no such tenant") until the rebuild has run. */
+static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t *lens, redisReply **out)
+{
+    if (r->lost)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "redis lost ragkv's metadata: rebuild pending");
+    return do_call_any(r, false, argc, argv, lens, out);
 }
 
 static bool is_noscript(const redisReply *rep)
@@ -485,6 +498,10 @@ static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
     /* pipelined: append every HMGET, then read the replies; on a connection failure the
      * whole batch is retried once through do_call's reconnect path */
     for (int round = 0; round < 2; round++) {
+        if (r->lost) {
+            s = rk_error_set(RK_ERR_UNAVAILABLE, "redis lost ragkv's metadata: rebuild pending");
+            break;
+        }
         if (!r->c) {
             redisReply *ping;
             const char *pv[] = {"PING"};
@@ -625,13 +642,15 @@ static rk_status r_clear(void *ctx)
     rk_status s;
     redisReply *rep;
     const char *dm[] = {"DEL", mk};
-    if ((s = do_call(r, 2, dm, NULL, &rep)) != RK_OK)
+    if ((s = do_call_any(r, true, 2, dm, NULL, &rep)) != RK_OK)
+        goto out;
+    r->lost = false; /* the rebuild has started: commands may run again */
         goto out;
     freeReplyObject(rep);
     char cursor[32] = "0";
     do {
         const char *argv[] = {"SCAN", cursor, "MATCH", pat, "COUNT", "1000"};
-        if ((s = do_call(r, 6, argv, NULL, &rep)) != RK_OK)
+        if ((s = do_call_any(r, true, 6, argv, NULL, &rep)) != RK_OK)
             goto out;
         if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
             rep->element[1]->type != REDIS_REPLY_ARRAY || !reply_ok_size(r, rep->element[1])) {
@@ -657,7 +676,7 @@ static rk_status r_clear(void *ctx)
                 l2[i + 1] = keys->element[i]->len;
             }
             redisReply *d;
-            s = do_call(r, (int)keys->elements + 1, argv2, l2, &d);
+            s = do_call_any(r, true, (int)keys->elements + 1, argv2, l2, &d);
             rk_free(argv2);
             rk_free(l2);
             if (s == RK_OK)
@@ -680,10 +699,15 @@ static rk_status r_intact(void *ctx, bool *ok)
     const char *argv[] = {"EXISTS", mk};
     redisReply *rep;
     pthread_mutex_lock(&r->mu);
-    rk_status s = do_call(r, 2, argv, NULL, &rep);
+    if (r->lost) {
+        *ok = false;
+        pthread_mutex_unlock(&r->mu);
+        return RK_OK;
+    }
+    rk_status s = do_call_any(r, true, 2, argv, NULL, &rep);
     if (s == RK_OK) {
         if (rep->type == REDIS_REPLY_INTEGER) {
-            *ok = r->known_intact = rep->integer == 1;
+            *ok = r->known_intact = rep->integer == 1 && !r->lost;
         } else {
             s = rk_error_set(RK_ERR_META, "redis EXISTS: unexpected reply");
         }
@@ -701,7 +725,7 @@ static rk_status r_mark_intact(void *ctx)
     const char *argv[] = {"SET", mk, "intact"};
     redisReply *rep;
     pthread_mutex_lock(&r->mu);
-    rk_status s = do_call(r, 3, argv, NULL, &rep);
+    rk_status s = do_call_any(r, true, 3, argv, NULL, &rep);
     if (s == RK_OK) {
         if (rep->type == REDIS_REPLY_STATUS)
             r->known_intact = true;

@@ -114,3 +114,90 @@ Test(redis_restart, unreachable_or_stalled_redis_fails_fast)
     cct_redis_kill(&r);
     cct_redis_fini(&r);
 }
+
+/* ---- Redis killed and restarted while writers are running ------------------------------- */
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+enum { NW = 4, PER = 30 };
+
+typedef struct writer {
+    cc_store *s;
+    int id;
+    cc_key keys[PER];
+    rk_status st[PER];
+    atomic_int *progress;
+} writer;
+
+static void *write_loop(void *arg)
+{
+    writer *w = arg;
+    for (int i = 0; i < PER; i++) {
+        w->st[i] = cct_put(w->s, "t", (uint64_t)(w->id * 1000 + i), 2000, 1, &w->keys[i]);
+        atomic_fetch_add(w->progress, 1);
+    }
+    return NULL;
+}
+
+static int count_cb(void *arg, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl)
+{
+    ++*(int *)arg;
+    return 0;
+}
+
+Test(redis_restart, during_concurrent_writes_acknowledged_puts_survive)
+{
+    if (!cct_redis_server_path())
+        cr_skip_test("skipped: redis-server not on PATH");
+    cct_redis_proc r = {0};
+    cr_assert(cct_redis_start(&r));
+    char dir[256];
+    cr_assert_not_null(rk_test_tmpdir(dir, sizeof(dir)));
+    cc_store *s = open_on(dir, r.port, "rk:");
+    cct_make_tenant(s, "t", 0, 0, CC_QUOTA_REJECT);
+    atomic_int progress = 0;
+    writer w[NW];
+    pthread_t th[NW];
+    for (int i = 0; i < NW; i++) {
+        w[i] = (writer){.s = s, .id = i, .progress = &progress};
+        pthread_create(&th[i], NULL, write_loop, &w[i]);
+    }
+    while (atomic_load(&progress) < NW * PER / 3)
+        sched_yield(); /* waits for the writers' own progress, not for time */
+    cct_redis_kill(&r);
+    r.p.pid = 0;
+    cr_assert(cct_redis_start(&r), "redis-server did not restart");
+    for (int i = 0; i < NW; i++)
+        pthread_join(th[i], NULL);
+
+    int ok = 0;
+    for (int i = 0; i < NW; i++)
+        for (int j = 0; j < PER; j++) {
+            cr_expect(w[i].st[j] == RK_OK || w[i].st[j] == RK_ERR_UNAVAILABLE, "put %d/%d: %s", i, j,
+                      rk_strerror(w[i].st[j]));
+            if (w[i].st[j] == RK_OK) {
+                ok++;
+                cct_expect_blob(s, "t", &w[i].keys[j], (uint64_t)(w[i].id * 1000 + j), 2000);
+            }
+        }
+    cr_expect(ok >= NW * PER / 3, "%d puts acknowledged", ok);
+    uint64_t removed;
+    cr_assert_eq(cc_store_gc(s, &removed), RK_OK);
+    int blobs = 0;
+    cr_assert_eq(cc_blobstore_scan(cc_store_blobstore(s), CC_SPACE_CHUNKS, count_cb, &blobs), RK_OK);
+    cc_tenant_info ti;
+    cr_assert_eq(cc_store_tenant_usage(s, "t", &ti), RK_OK);
+    cr_expect(ti.chunks >= (uint64_t)ok, "every acknowledged chunk is accounted (%llu < %d)",
+              (unsigned long long)ti.chunks, ok);
+    cr_expect_eq(ti.chunks, (uint64_t)blobs, "usage matches the blobs on disk exactly");
+    cr_expect_eq(ti.bytes, ti.chunks * 2000);
+    cc_stats st;
+    cc_store_stats(s, &st);
+    cr_expect(st.rebuilds >= 2, "open + after the restart");
+    cc_store_close(s);
+    cct_redis_kill(&r);
+    cct_redis_fini(&r);
+    rk_test_rmrf(dir);
+}
