@@ -645,7 +645,6 @@ static rk_status r_clear(void *ctx)
     if ((s = do_call_any(r, true, 2, dm, NULL, &rep)) != RK_OK)
         goto out;
     r->lost = false; /* the rebuild has started: commands may run again */
-        goto out;
     freeReplyObject(rep);
     char cursor[32] = "0";
     do {
