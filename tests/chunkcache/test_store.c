@@ -51,10 +51,31 @@ static void t_round_trip(cct_bs_kind bk, cct_ms_kind mk)
     cc_record_clear(&rec);
     cc_buf_release(b);
 
+    /* Cache-Craft metadata and variants travel with the chunk, as opaque bytes */
+    int32_t ct[2] = {77, 78};
+    uint8_t craft[40], variants[9];
+    cct_fill(craft, sizeof(craft), 5);
+    cct_fill(variants, sizeof(variants), 6);
+    cc_put_args ca = {.model = "m", .tokens = ct, .ntokens = 2, .codec = 4, .level = 1, .blob = "kv", .blob_len = 2,
+                      .cost = 3, .pinned = true, .craft = craft, .craft_len = sizeof(craft), .variants = variants,
+                      .variants_len = sizeof(variants)};
+    cc_key kc;
+    cr_assert_eq(cc_store_put(s, "acme", &ca, &kc), RK_OK);
+    for (int pass = 0; pass < 2; pass++) {
+        cr_assert_eq(cc_store_get(s, "acme", &kc, &b, &rec), RK_OK);
+        cr_expect(rec.codec == 4 && rec.level == 1 && rec.ntokens == 2 && (rec.flags & CC_RECORD_FLAG_PINNED));
+        cr_expect(rec.craft_len == sizeof(craft) && memcmp(rec.craft, craft, sizeof(craft)) == 0);
+        cr_expect(rec.variants_len == sizeof(variants) && memcmp(rec.variants, variants, sizeof(variants)) == 0);
+        cc_record_clear(&rec);
+        cc_buf_release(b);
+        cc_store_drop_ram(s); /* second pass: from the blob store */
+    }
+    cr_assert_eq(cc_store_delete(s, "acme", &kc), RK_OK);
+
     cr_expect_eq(cct_put(s, "acme", 1, 5000, 2.0, NULL), RK_OK, "a second put of the same chunk is fine");
     cc_stats stt;
     cc_store_stats(s, &stt);
-    cr_expect_eq(stt.puts, 2);
+    cr_expect_eq(stt.puts, 3);
     cr_expect_eq(stt.put_dups, 1);
     cr_expect(stt.ram_hits >= 2 && stt.disk_hits >= 1);
 
