@@ -34,8 +34,8 @@ typedef struct row {
 } row;
 
 typedef struct bench {
-    row rows[64];
-    size_t nrows;
+    row rows[64]; /* results in measurement order */
+    size_t nrows; /* rows used */
 } bench;
 
 static int cmp_u64(const void *a, const void *b)

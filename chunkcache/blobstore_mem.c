@@ -14,6 +14,7 @@ typedef struct mem_bs {
     uint64_t bytes[CC_SPACE_COUNT];   /* sum of value lengths per space */
 } mem_bs;
 
+/* RK_ERR_INVALID for a space outside CC_SPACE_*. */
 static rk_status check_space(cc_space sp)
 {
     return (unsigned)sp < CC_SPACE_COUNT ? RK_OK : rk_error_set(RK_ERR_INVALID, "blobstore: bad space %d", (int)sp);
@@ -36,6 +37,7 @@ static rk_status do_put(mem_bs *m, cc_space sp, const void *key, size_t klen, cc
     return RK_OK;
 }
 
+/* Remove key and release its value. Caller holds mu. */
 static void do_del(mem_bs *m, cc_space sp, const void *key, size_t klen)
 {
     cc_buf *old = cc_keymap_del(&m->maps[sp], key, klen);
@@ -45,6 +47,7 @@ static void do_del(mem_bs *m, cc_space sp, const void *key, size_t klen)
     }
 }
 
+/* One new buffer holding the concatenation of parts (NULL when out of memory). */
 static cc_buf *gather(const cc_iov *parts, size_t n)
 {
     size_t total = 0;
@@ -66,6 +69,7 @@ static cc_buf *gather(const cc_iov *parts, size_t n)
     return b;
 }
 
+/* cc_blobstore_i.put (contract in ragkv/blobstore.h). */
 static rk_status mem_put(void *ctx, cc_space sp, const void *key, size_t klen, const cc_iov *parts, size_t n)
 {
     mem_bs *m = ctx;
@@ -81,6 +85,7 @@ static rk_status mem_put(void *ctx, cc_space sp, const void *key, size_t klen, c
     return s;
 }
 
+/* cc_blobstore_i.get (contract in ragkv/blobstore.h). */
 static rk_status mem_get(void *ctx, cc_space sp, const void *key, size_t klen, cc_buf **out)
 {
     mem_bs *m = ctx;
@@ -98,6 +103,7 @@ static rk_status mem_get(void *ctx, cc_space sp, const void *key, size_t klen, c
     return RK_OK;
 }
 
+/* cc_blobstore_i.del (contract in ragkv/blobstore.h). */
 static rk_status mem_del(void *ctx, cc_space sp, const void *key, size_t klen)
 {
     mem_bs *m = ctx;
@@ -110,6 +116,7 @@ static rk_status mem_del(void *ctx, cc_space sp, const void *key, size_t klen)
     return RK_OK;
 }
 
+/* cc_blobstore_i.write_batch (contract in ragkv/blobstore.h). */
 static rk_status mem_write_batch(void *ctx, cc_space sp, size_t n, const cc_iov *keys, const cc_iov *vals)
 {
     mem_bs *m = ctx;
@@ -157,6 +164,7 @@ typedef struct collect {
     int oom;
 } collect;
 
+/* keymap visitor: copy the key, reference the value. */
 static int collect_one(void *arg, const uint8_t *key, size_t klen, void *val)
 {
     collect *c = arg;
@@ -172,6 +180,7 @@ static int collect_one(void *arg, const uint8_t *key, size_t klen, void *val)
     return 0;
 }
 
+/* Byte-wise key order, shorter first on a common prefix (RocksDB's order). */
 static int kv_cmp(const void *a, const void *b)
 {
     const kv *x = a, *y = b;
@@ -210,6 +219,7 @@ static rk_status mem_scan(void *ctx, cc_space sp, cc_scan_fn fn, void *arg)
     return s;
 }
 
+/* cc_blobstore_i.usage (contract in ragkv/blobstore.h). */
 static rk_status mem_usage(void *ctx, cc_space sp, uint64_t *bytes)
 {
     mem_bs *m = ctx;
@@ -222,12 +232,14 @@ static rk_status mem_usage(void *ctx, cc_space sp, uint64_t *bytes)
     return RK_OK;
 }
 
+/* keymap visitor: drop the map's reference. */
 static int release_one(void *arg, const uint8_t *key, size_t klen, void *val)
 {
     cc_buf_release(val);
     return 0;
 }
 
+/* cc_blobstore_i.close (contract in ragkv/blobstore.h). */
 static void mem_close(void *ctx)
 {
     mem_bs *m = ctx;
@@ -252,6 +264,7 @@ static const struct cc_blobstore_i mem_iface = {
     .close = mem_close,
 };
 
+/* See ragkv/blobstore.h. */
 rk_status cc_blobstore_mem_open(cc_blobstore *out)
 {
     mem_bs *m = rk_calloc(1, sizeof(*m));

@@ -27,6 +27,7 @@ typedef struct rocks_bs {
     rocksdb_readoptions_t *ro;              /* default reads (checksums verified) */
 } rocks_bs;
 
+/* Defaults documented in ragkv/blobstore.h. */
 cc_blobstore_opts cc_blobstore_opts_default(void)
 {
     cc_blobstore_opts o = {
@@ -48,11 +49,13 @@ static rk_status rocks_err(char *err, const char *what)
     return s;
 }
 
+/* RK_ERR_INVALID for a space outside CC_SPACE_*. */
 static rk_status check_space(cc_space sp)
 {
     return (unsigned)sp < CC_SPACE_COUNT ? RK_OK : rk_error_set(RK_ERR_INVALID, "blobstore: bad space %d", (int)sp);
 }
 
+/* cc_blobstore_i.put (contract in ragkv/blobstore.h). */
 static rk_status r_put(void *ctx, cc_space sp, const void *key, size_t klen, const cc_iov *parts, size_t n)
 {
     rocks_bs *r = ctx;
@@ -77,12 +80,14 @@ static rk_status r_put(void *ctx, cc_space sp, const void *key, size_t klen, con
     return err ? rocks_err(err, "put") : RK_OK;
 }
 
+/* cc_buf destructor of a pinned read: unpin the RocksDB slice. */
 static void destroy_pinned(cc_buf *b)
 {
     rocksdb_pinnableslice_destroy(b->owner);
     rk_free(b);
 }
 
+/* cc_blobstore_i.get (contract in ragkv/blobstore.h). */
 static rk_status r_get(void *ctx, cc_space sp, const void *key, size_t klen, cc_buf **out)
 {
     rocks_bs *r = ctx;
@@ -110,6 +115,7 @@ static rk_status r_get(void *ctx, cc_space sp, const void *key, size_t klen, cc_
     return RK_OK;
 }
 
+/* cc_blobstore_i.del (contract in ragkv/blobstore.h). */
 static rk_status r_del(void *ctx, cc_space sp, const void *key, size_t klen)
 {
     rocks_bs *r = ctx;
@@ -121,6 +127,7 @@ static rk_status r_del(void *ctx, cc_space sp, const void *key, size_t klen)
     return err ? rocks_err(err, "delete") : RK_OK;
 }
 
+/* cc_blobstore_i.write_batch (contract in ragkv/blobstore.h). */
 static rk_status r_write_batch(void *ctx, cc_space sp, size_t n, const cc_iov *keys, const cc_iov *vals)
 {
     rocks_bs *r = ctx;
@@ -140,6 +147,7 @@ static rk_status r_write_batch(void *ctx, cc_space sp, size_t n, const cc_iov *k
     return err ? rocks_err(err, "write batch") : RK_OK;
 }
 
+/* cc_blobstore_i.scan (contract in ragkv/blobstore.h). */
 static rk_status r_scan(void *ctx, cc_space sp, cc_scan_fn fn, void *arg)
 {
     rocks_bs *r = ctx;
@@ -166,6 +174,7 @@ static rk_status r_scan(void *ctx, cc_space sp, cc_scan_fn fn, void *arg)
     return err ? rocks_err(err, "scan") : RK_OK;
 }
 
+/* cc_blobstore_i.usage (contract in ragkv/blobstore.h). */
 static rk_status r_usage(void *ctx, cc_space sp, uint64_t *bytes)
 {
     rocks_bs *r = ctx;
@@ -180,6 +189,7 @@ static rk_status r_usage(void *ctx, cc_space sp, uint64_t *bytes)
     return RK_OK;
 }
 
+/* cc_blobstore_i.close (contract in ragkv/blobstore.h). */
 static void r_close(void *ctx)
 {
     rocks_bs *r = ctx;
@@ -217,6 +227,7 @@ static const struct cc_blobstore_i rocks_iface = {
     .close = r_close,
 };
 
+/* See ragkv/blobstore.h. */
 rk_status cc_blobstore_rocksdb_open(const char *dir, const cc_blobstore_opts *opts, cc_blobstore *out)
 {
     if (!dir || !*dir || !out)

@@ -51,11 +51,13 @@ typedef struct batch {
     bool oom;   /* an addition failed: the batch must not be committed */
 } batch;
 
+/* An empty batch. */
 static void batch_init(batch *b)
 {
     memset(b, 0, sizeof(*b));
 }
 
+/* Free the batch and every key and value it owns. */
 static void batch_free(batch *b)
 {
     for (size_t i = 0; i < b->n; i++) {
@@ -96,6 +98,7 @@ oom:
     rk_free(vbuf);
 }
 
+/* Write the batch to META atomically (memory-only: nothing to do). */
 static rk_status batch_commit(emb_ms *m, batch *b)
 {
     if (b->oom)
@@ -106,6 +109,7 @@ static rk_status batch_commit(emb_ms *m, batch *b)
     return s == RK_OK ? RK_OK : rk_error_set(RK_ERR_META, "embedded metastore: %s", rk_error_msg());
 }
 
+/* A META key: tag, a, and (when b2) a NUL and b2. rk_malloc'd; *kl its length. */
 static uint8_t *mk_key(char tag, const void *a, size_t al, const void *b2, size_t bl, size_t *kl)
 {
     size_t n = 1 + al + (b2 ? 1 + bl : 0);
@@ -122,6 +126,7 @@ static uint8_t *mk_key(char tag, const void *a, size_t al, const void *b2, size_
     return k;
 }
 
+/* Add the row of a record (encoding + hits + last access). */
 static void batch_rec_put(batch *b, const cc_record *r)
 {
     size_t kl = 0;
@@ -142,6 +147,7 @@ static void batch_rec_put(batch *b, const cc_record *r)
     batch_add(b, k, kl, vb, vl);
 }
 
+/* Add the deletion of a record row. */
 static void batch_rec_del(batch *b, const cc_key *key)
 {
     size_t kl = 0;
@@ -149,6 +155,7 @@ static void batch_rec_del(batch *b, const cc_key *key)
     batch_add(b, k, kl, NULL, 0);
 }
 
+/* Add the row of a tenant (quota, policy, clock). */
 static void batch_tenant_put(batch *b, const cc_tenant_info *t)
 {
     size_t kl = 0;
@@ -173,6 +180,7 @@ static double rec_prio(double clock, const cc_record *r)
     return cc_gdsf_priority(clock, r->hits + 1, r->cost, r->size);
 }
 
+/* Add (sign > 0) or remove a record's size and count in its tenant's usage. */
 static void account(emb_tenant *t, const cc_record *r, int sign)
 {
     bool pinned = r->flags & CC_RECORD_FLAG_PINNED;
@@ -193,6 +201,7 @@ static void account(emb_tenant *t, const cc_record *r, int sign)
     }
 }
 
+/* Free an in-memory record (NULL is a no-op). */
 static void free_rec(emb_rec *e)
 {
     if (e) {
@@ -210,6 +219,7 @@ typedef struct cand {
     bool oom;
 } cand;
 
+/* keymap visitor: gather records matching the cand filter (mode). */
 static int cand_collect(void *arg, const uint8_t *key, size_t klen, void *val)
 {
     cand *c = arg;
@@ -232,6 +242,7 @@ static int cand_collect(void *arg, const uint8_t *key, size_t klen, void *val)
     return 0;
 }
 
+/* Lowest priority first; key order breaks ties (deterministic eviction). */
 static int cand_cmp(const void *a, const void *b)
 {
     const emb_rec *x = *(emb_rec *const *)a, *y = *(emb_rec *const *)b;
@@ -240,6 +251,7 @@ static int cand_cmp(const void *a, const void *b)
     return memcmp(x->rec.key.b, y->rec.key.b, CC_KEY_BYTES);
 }
 
+/* Gather and sort the candidates of c. Caller holds mu; frees c->v. */
 static rk_status collect(emb_ms *m, cand *c)
 {
     cc_keymap_each(&m->recs, cand_collect, c);
@@ -299,6 +311,7 @@ static rk_status e_tenant_put(void *ctx, const cc_tenant_cfg *cfg)
     return s;
 }
 
+/* cc_metastore_i.tenant_get (contract in ragkv/metastore.h). */
 static rk_status e_tenant_get(void *ctx, const char *name, cc_tenant_info *out)
 {
     emb_ms *m = ctx;
@@ -319,6 +332,7 @@ typedef struct gcol {
     bool oom;
 } gcol;
 
+/* keymap visitor: grant keys naming g->name on either side. */
 static int grant_collect(void *arg, const uint8_t *key, size_t klen, void *val)
 {
     gcol *g = arg;
@@ -347,6 +361,7 @@ static int grant_collect(void *arg, const uint8_t *key, size_t klen, void *val)
     return 0;
 }
 
+/* cc_metastore_i.tenant_del (contract in ragkv/metastore.h). */
 static rk_status e_tenant_del(void *ctx, const char *name, cc_evlist *removed)
 {
     emb_ms *m = ctx;
@@ -404,6 +419,7 @@ typedef struct nlist {
     bool oom;
 } nlist;
 
+/* keymap visitor: copy tenant names. */
 static int name_collect(void *arg, const uint8_t *key, size_t klen, void *val)
 {
     nlist *l = arg;
@@ -418,11 +434,13 @@ static int name_collect(void *arg, const uint8_t *key, size_t klen, void *val)
     return 0;
 }
 
+/* qsort comparator over C strings. */
 static int str_cmp(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* cc_metastore_i.tenant_list (contract in ragkv/metastore.h). */
 static rk_status e_tenant_list(void *ctx, char ***names, size_t *n)
 {
     emb_ms *m = ctx;
@@ -442,6 +460,7 @@ static rk_status e_tenant_list(void *ctx, char ***names, size_t *n)
     return RK_OK;
 }
 
+/* cc_metastore_i.grant (contract in ragkv/metastore.h). */
 static rk_status e_grant(void *ctx, const char *ns, const char *tenant, bool on)
 {
     emb_ms *m = ctx;
@@ -477,6 +496,7 @@ out:
     return s;
 }
 
+/* cc_metastore_i.readable (contract in ragkv/metastore.h). */
 static rk_status e_readable(void *ctx, const char *tenant, const char *ns, bool *ok)
 {
     emb_ms *m = ctx;
@@ -499,11 +519,13 @@ static rk_status e_readable(void *ctx, const char *tenant, const char *ns, bool 
     return RK_OK;
 }
 
+/* True when bytes or chunks pass the tenant's quota (0 = unlimited). */
 static bool over(const cc_tenant_info *t, uint64_t bytes, uint64_t chunks)
 {
     return (t->cfg.max_bytes && bytes > t->cfg.max_bytes) || (t->cfg.max_chunks && chunks > t->cfg.max_chunks);
 }
 
+/* cc_metastore_i.insert (contract in ragkv/metastore.h). */
 static rk_status e_insert(void *ctx, const cc_record *rec, unsigned flags, cc_evlist *evicted)
 {
     emb_ms *m = ctx;
@@ -578,6 +600,7 @@ out:
     return s;
 }
 
+/* cc_metastore_i.get (contract in ragkv/metastore.h). */
 static rk_status e_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs, rk_status *st)
 {
     emb_ms *m = ctx;
@@ -594,6 +617,7 @@ static rk_status e_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
     return s;
 }
 
+/* cc_metastore_i.remove (contract in ragkv/metastore.h). */
 static rk_status e_remove(void *ctx, const cc_key *key, uint64_t expect_csum, cc_record *removed)
 {
     emb_ms *m = ctx;
@@ -621,6 +645,7 @@ out:
     return s;
 }
 
+/* cc_metastore_i.touch (contract in ragkv/metastore.h). */
 static rk_status e_touch(void *ctx, const cc_touch *tv, size_t n)
 {
     emb_ms *m = ctx;
@@ -650,6 +675,7 @@ static rk_status e_touch(void *ctx, const cc_touch *tv, size_t n)
     return s;
 }
 
+/* cc_metastore_i.evict (contract in ragkv/metastore.h). */
 static rk_status e_evict(void *ctx, const char *ns, uint64_t bytes, cc_evlist *evicted)
 {
     emb_ms *m = ctx;
@@ -688,6 +714,7 @@ out:
     return s;
 }
 
+/* cc_metastore_i.expire (contract in ragkv/metastore.h). */
 static rk_status e_expire(void *ctx, uint64_t now_ms, cc_evlist *removed)
 {
     emb_ms *m = ctx;
@@ -710,11 +737,13 @@ out:
     return s;
 }
 
+/* keymap visitor: free a record. */
 static int free_rec_cb(void *arg, const uint8_t *k, size_t kl, void *v)
 {
     free_rec(v);
     return 0;
 }
+/* keymap visitor: rk_free the value. */
 static int free_ptr_cb(void *arg, const uint8_t *k, size_t kl, void *v)
 {
     rk_free(v);
@@ -735,6 +764,7 @@ typedef struct keycol {
     batch *b;
 } keycol;
 
+/* scan visitor: add the deletion of every META row. */
 static int del_all_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     batch *b = arg;
@@ -745,6 +775,7 @@ static int del_all_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t 
     return b->oom;
 }
 
+/* cc_metastore_i.clear (contract in ragkv/metastore.h). */
 static rk_status e_clear(void *ctx)
 {
     emb_ms *m = ctx;
@@ -766,6 +797,7 @@ static rk_status e_clear(void *ctx)
     return s;
 }
 
+/* cc_metastore_i.intact (contract in ragkv/metastore.h). */
 static rk_status e_intact(void *ctx, bool *ok)
 {
     emb_ms *m = ctx;
@@ -775,6 +807,7 @@ static rk_status e_intact(void *ctx, bool *ok)
     return RK_OK;
 }
 
+/* cc_metastore_i.mark_intact (contract in ragkv/metastore.h). */
 static rk_status e_mark_intact(void *ctx)
 {
     emb_ms *m = ctx;
@@ -797,6 +830,7 @@ static rk_status e_mark_intact(void *ctx)
     return s;
 }
 
+/* cc_metastore_i.close (contract in ragkv/metastore.h). */
 static void e_close(void *ctx)
 {
     emb_ms *m = ctx;
@@ -834,6 +868,7 @@ typedef struct loader {
     rk_status s;
 } loader;
 
+/* Open, pass 1: the intact marker, grants and tenants. */
 static int load_tenant_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     loader *L = arg;
@@ -871,6 +906,7 @@ static int load_tenant_cb(void *arg, const uint8_t *key, size_t klen, const uint
     return 0;
 }
 
+/* Open, pass 2: records, accounted to their tenants (damaged rows are skipped). */
 static int load_rec_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     loader *L = arg;
@@ -905,6 +941,7 @@ static int load_rec_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t
     return 0;
 }
 
+/* See ragkv/metastore.h. */
 rk_status cc_metastore_embedded_open(cc_blobstore *bs, cc_metastore *out)
 {
     emb_ms *m = rk_calloc(1, sizeof(*m));

@@ -46,6 +46,7 @@ typedef struct redis_ms {
                                   rebuild's (clear/intact/mark_intact) fails until clear() */
 } redis_ms;
 
+/* Defaults documented in ragkv/metastore.h. */
 cc_redis_opts cc_redis_opts_default(void)
 {
     cc_redis_opts o = {
@@ -59,12 +60,14 @@ cc_redis_opts cc_redis_opts_default(void)
     return o;
 }
 
+/* Milliseconds as a struct timeval. */
 static struct timeval tv_ms(int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     return tv;
 }
 
+/* Sleep for a reconnect backoff (restarted on EINTR). */
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -160,6 +163,7 @@ static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t 
     return do_call_any(r, false, argc, argv, lens, out);
 }
 
+/* True for the NOSCRIPT error that makes EVALSHA fall back to EVAL. */
 static bool is_noscript(const redisReply *rep)
 {
     return rep->type == REDIS_REPLY_ERROR && rep->str && strncmp(rep->str, "NOSCRIPT", 8) == 0;
@@ -206,6 +210,7 @@ static rk_status do_script(redis_ms *r, int id, int nargs, const char **args, co
     return RK_OK;
 }
 
+/* Free rep and translate an unexpected or error reply into RK_ERR_META. */
 static rk_status reply_error(redis_ms *r, redisReply *rep, const char *what)
 {
     rk_status s = rk_error_set(RK_ERR_META, "redis %s: %s", what,
@@ -214,6 +219,7 @@ static rk_status reply_error(redis_ms *r, redisReply *rep, const char *what)
     return s;
 }
 
+/* False for an array reply longer than max_reply_elements. */
 static bool reply_ok_size(redis_ms *r, const redisReply *rep)
 {
     return rep->type != REDIS_REPLY_ARRAY || rep->elements <= r->o.max_reply_elements;
@@ -255,6 +261,7 @@ static rk_status script_triples(redis_ms *r, int id, int nargs, const char **arg
     return s;
 }
 
+/* do_call under mu. */
 static rk_status simple(redis_ms *r, int argc, const char **argv, const size_t *lens, redisReply **out)
 {
     pthread_mutex_lock(&r->mu);
@@ -263,6 +270,7 @@ static rk_status simple(redis_ms *r, int argc, const char **argv, const size_t *
     return s;
 }
 
+/* prefix + kind + name into buf. */
 static void key_name(redis_ms *r, char *buf, size_t n, const char *kind, const char *name)
 {
     snprintf(buf, n, "%s%s%s", r->prefix, kind, name);
@@ -276,6 +284,7 @@ static rk_status check_name(const char *s)
     return n && n <= CC_NAME_MAX ? RK_OK : rk_error_set(RK_ERR_INVALID, "redis: bad name");
 }
 
+/* cc_metastore_i.tenant_put (contract in ragkv/metastore.h). */
 static rk_status r_tenant_put(void *ctx, const cc_tenant_cfg *cfg)
 {
     redis_ms *r = ctx;
@@ -298,11 +307,13 @@ static rk_status r_tenant_put(void *ctx, const cc_tenant_cfg *cfg)
     return RK_OK;
 }
 
+/* A decimal string reply as u64 (0 for nil or another type). */
 static uint64_t u64_of(const redisReply *e)
 {
     return e->type == REDIS_REPLY_STRING ? strtoull(e->str, NULL, 10) : 0;
 }
 
+/* cc_metastore_i.tenant_get (contract in ragkv/metastore.h). */
 static rk_status r_tenant_get(void *ctx, const char *name, cc_tenant_info *out)
 {
     redis_ms *r = ctx;
@@ -335,6 +346,7 @@ static rk_status r_tenant_get(void *ctx, const char *name, cc_tenant_info *out)
     return RK_OK;
 }
 
+/* cc_metastore_i.tenant_del (contract in ragkv/metastore.h). */
 static rk_status r_tenant_del(void *ctx, const char *name, cc_evlist *removed)
 {
     redis_ms *r = ctx;
@@ -346,11 +358,13 @@ static rk_status r_tenant_del(void *ctx, const char *name, cc_evlist *removed)
     return s != RK_OK ? s : code < 0 ? RK_ERR_NOT_FOUND : RK_OK;
 }
 
+/* qsort comparator over C strings. */
 static int str_cmp(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* cc_metastore_i.tenant_list (contract in ragkv/metastore.h). */
 static rk_status r_tenant_list(void *ctx, char ***names, size_t *n)
 {
     redis_ms *r = ctx;
@@ -384,6 +398,7 @@ static rk_status r_tenant_list(void *ctx, char ***names, size_t *n)
     return RK_OK;
 }
 
+/* cc_metastore_i.grant (contract in ragkv/metastore.h). */
 static rk_status r_grant(void *ctx, const char *ns, const char *tenant, bool on)
 {
     redis_ms *r = ctx;
@@ -403,6 +418,7 @@ static rk_status r_grant(void *ctx, const char *ns, const char *tenant, bool on)
     return v < 0 ? rk_error_set(RK_ERR_NOT_FOUND, "grant: no such namespace or tenant") : RK_OK;
 }
 
+/* cc_metastore_i.readable (contract in ragkv/metastore.h). */
 static rk_status r_readable(void *ctx, const char *tenant, const char *ns, bool *ok)
 {
     redis_ms *r = ctx;
@@ -424,6 +440,7 @@ static rk_status r_readable(void *ctx, const char *tenant, const char *ns, bool 
     return RK_OK;
 }
 
+/* cc_metastore_i.insert (contract in ragkv/metastore.h). */
 static rk_status r_insert(void *ctx, const cc_record *rec, unsigned flags, cc_evlist *evicted)
 {
     redis_ms *r = ctx;
@@ -486,6 +503,7 @@ static rk_status parse_rec(const redisReply *rep, const cc_key *key, cc_record *
     return RK_OK;
 }
 
+/* cc_metastore_i.get (contract in ragkv/metastore.h). */
 static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs, rk_status *st)
 {
     redis_ms *r = ctx;
@@ -543,6 +561,7 @@ static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
     return s;
 }
 
+/* cc_metastore_i.remove (contract in ragkv/metastore.h). */
 static rk_status r_remove(void *ctx, const cc_key *key, uint64_t expect_csum, cc_record *removed)
 {
     redis_ms *r = ctx;
@@ -573,6 +592,7 @@ static rk_status r_remove(void *ctx, const cc_key *key, uint64_t expect_csum, cc
     return RK_OK;
 }
 
+/* cc_metastore_i.touch (contract in ragkv/metastore.h). */
 static rk_status r_touch(void *ctx, const cc_touch *t, size_t n)
 {
     redis_ms *r = ctx;
@@ -602,6 +622,7 @@ static rk_status r_touch(void *ctx, const cc_touch *t, size_t n)
     return RK_OK;
 }
 
+/* cc_metastore_i.evict (contract in ragkv/metastore.h). */
 static rk_status r_evict(void *ctx, const char *ns, uint64_t bytes, cc_evlist *evicted)
 {
     redis_ms *r = ctx;
@@ -615,6 +636,7 @@ static rk_status r_evict(void *ctx, const char *ns, uint64_t bytes, cc_evlist *e
     return s != RK_OK ? s : code < 0 ? RK_ERR_NOT_FOUND : RK_OK;
 }
 
+/* cc_metastore_i.expire (contract in ragkv/metastore.h). */
 static rk_status r_expire(void *ctx, uint64_t now_ms, cc_evlist *removed)
 {
     redis_ms *r = ctx;
@@ -631,6 +653,7 @@ static rk_status r_expire(void *ctx, uint64_t now_ms, cc_evlist *removed)
     return s;
 }
 
+/* cc_metastore_i.clear (contract in ragkv/metastore.h). */
 static rk_status r_clear(void *ctx)
 {
     redis_ms *r = ctx;
@@ -690,6 +713,7 @@ out:
     return s;
 }
 
+/* cc_metastore_i.intact (contract in ragkv/metastore.h). */
 static rk_status r_intact(void *ctx, bool *ok)
 {
     redis_ms *r = ctx;
@@ -716,6 +740,7 @@ static rk_status r_intact(void *ctx, bool *ok)
     return s;
 }
 
+/* cc_metastore_i.mark_intact (contract in ragkv/metastore.h). */
 static rk_status r_mark_intact(void *ctx)
 {
     redis_ms *r = ctx;
@@ -736,6 +761,7 @@ static rk_status r_mark_intact(void *ctx)
     return s;
 }
 
+/* cc_metastore_i.close (contract in ragkv/metastore.h). */
 static void r_close(void *ctx)
 {
     redis_ms *r = ctx;
@@ -767,6 +793,7 @@ static const struct cc_metastore_i redis_iface = {
     .close = r_close,
 };
 
+/* See ragkv/metastore.h. */
 rk_status cc_metastore_redis_open(const char *host, int port, const char *prefix, const cc_redis_opts *opts,
                                   cc_metastore *out)
 {

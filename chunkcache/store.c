@@ -57,6 +57,7 @@ struct cc_store {
 
 #define BUMP(s, f, n) atomic_fetch_add_explicit(&(s)->st.f, (n), memory_order_relaxed)
 
+/* Defaults documented field by field in ragkv/chunkcache.h. */
 cc_config cc_config_default(void)
 {
     cc_config c;
@@ -71,12 +72,14 @@ cc_config cc_config_default(void)
     return c;
 }
 
+/* The blob store key of one version of a chunk: key || checksum (LE). */
 static void bkey_make(uint8_t out[BKEY_LEN], const cc_key *k, uint64_t csum)
 {
     memcpy(out, k->b, CC_KEY_BYTES);
     rk_put_le64(out + CC_KEY_BYTES, csum);
 }
 
+/* RK_ERR_INVALID unless s is a non-empty name of at most CC_NAME_MAX bytes. */
 static rk_status check_name(const char *what, const char *s)
 {
     size_t n = s ? strnlen(s, CC_NAME_MAX + 1) : 0;
@@ -96,6 +99,7 @@ static void heap_swap(cc_store *s, size_t i, size_t j)
     s->heap[j]->hidx = j;
 }
 
+/* Restore the heap property around position i (after its priority changed). */
 static void heap_fix(cc_store *s, size_t i)
 {
     while (i > 0 && s->heap[(i - 1) / 2]->prio > s->heap[i]->prio) {
@@ -115,6 +119,7 @@ static void heap_fix(cc_store *s, size_t i)
     }
 }
 
+/* Take e out of the heap (e stays allocated). */
 static void heap_remove(cc_store *s, ram_ent *e)
 {
     size_t i = e->hidx;
@@ -126,6 +131,7 @@ static void heap_remove(cc_store *s, ram_ent *e)
     }
 }
 
+/* Release an entry that is in neither the map nor the heap. */
 static void ram_ent_free(ram_ent *e)
 {
     cc_buf_release(e->blob);
@@ -133,6 +139,7 @@ static void ram_ent_free(ram_ent *e)
     rk_free(e);
 }
 
+/* Remove key from the RAM tier if present. Caller holds ram_mu. */
 static void do_ram_drop(cc_store *s, const cc_key *key)
 {
     ram_ent *e = cc_keymap_del(&s->ram, key->b, CC_KEY_BYTES);
@@ -143,6 +150,7 @@ static void do_ram_drop(cc_store *s, const cc_key *key)
     ram_ent_free(e);
 }
 
+/* do_ram_drop under ram_mu. */
 static void ram_drop(cc_store *s, const cc_key *key)
 {
     pthread_mutex_lock(&s->ram_mu);
@@ -150,6 +158,7 @@ static void ram_drop(cc_store *s, const cc_key *key)
     pthread_mutex_unlock(&s->ram_mu);
 }
 
+/* GDSF priority of a RAM entry against the RAM tier clock. Caller holds ram_mu. */
 static double ram_prio(cc_store *s, const ram_ent *e)
 {
     return cc_gdsf_priority(s->ram_clock, e->hits + 1, e->rec.cost, e->rec.size);
@@ -206,6 +215,7 @@ static void ram_admit(cc_store *s, const cc_record *rec, cc_buf *blob)
     pthread_mutex_unlock(&s->ram_mu);
 }
 
+/* See ragkv/chunkcache.h. */
 void cc_store_drop_ram(cc_store *s)
 {
     pthread_mutex_lock(&s->ram_mu);
@@ -467,6 +477,7 @@ static rk_status miss(cc_store *s)
     return RK_ERR_NOT_FOUND;
 }
 
+/* May tenant read namespace ns? Own namespace without a round trip, else a grant lookup. */
 static rk_status readable(cc_store *s, const char *tenant, const char *ns, bool *ok)
 {
     if (strcmp(tenant, ns) == 0) {
@@ -476,11 +487,14 @@ static rk_status readable(cc_store *s, const char *tenant, const char *ns, bool 
     return cc_metastore_readable(&s->ms, tenant, ns, ok);
 }
 
+/* True when r has a TTL that passed at wall-clock time now (ms). */
 static bool expired(const cc_record *r, uint64_t now)
 {
     return r->expires_ms && r->expires_ms <= now;
 }
 
+/* cc_store_get under the gate: RAM tier, else metadata + blob store with checksum
+ * verification, repair of missing/corrupt blobs, and admission to the RAM tier. */
 static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec_out)
 {
     rk_status st;
@@ -592,6 +606,7 @@ static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_b
     return RK_OK;
 }
 
+/* cc_store_lookup under the gate: one pipelined metadata read for all keys. */
 static rk_status do_lookup(cc_store *s, const char *tenant, const cc_key *keys, size_t n, uint8_t *present)
 {
     rk_status st;
@@ -623,6 +638,7 @@ out:
     return st;
 }
 
+/* cc_store_delete under the gate: only the tenant's own namespace. */
 static rk_status do_delete(cc_store *s, const char *tenant, const cc_key *key)
 {
     rk_status st, gs;
@@ -664,6 +680,7 @@ static size_t cfg_key(uint8_t *k, char tag, const char *a, const char *b)
     return n;
 }
 
+/* Mirror a tenant's quota and policy into CC_SPACE_CONFIG (for rebuilds). */
 static rk_status save_tenant_cfg(cc_store *s, const cc_tenant_cfg *c)
 {
     uint8_t k[CC_NAME_MAX + 2], v[17];
@@ -675,6 +692,7 @@ static rk_status save_tenant_cfg(cc_store *s, const cc_tenant_cfg *c)
     return cc_blobstore_put(&s->bs, CC_SPACE_CONFIG, k, kl, &part, 1);
 }
 
+/* Validate a tenant name and quota policy. */
 static rk_status quota_check(const char *name, const cc_quota *q)
 {
     rk_status st = check_name("tenant", name);
@@ -685,6 +703,7 @@ static rk_status quota_check(const char *name, const cc_quota *q)
     return RK_OK;
 }
 
+/* A cc_tenant_cfg from a name and a quota (NULL: unlimited, reject). */
 static cc_tenant_cfg cfg_of(const char *name, const cc_quota *q)
 {
     cc_tenant_cfg c;
@@ -698,6 +717,8 @@ static cc_tenant_cfg cfg_of(const char *name, const cc_quota *q)
     return c;
 }
 
+/* Create (mode 0, RK_ERR_EXISTS if present) or update (mode 1, RK_ERR_NOT_FOUND if
+ * absent) a tenant: configuration first, then the metadata store. */
 static rk_status do_tenant_set(cc_store *s, const char *name, const cc_quota *q, int mode /*0 create,1 update*/)
 {
     rk_status st = quota_check(name, q);
@@ -724,6 +745,7 @@ typedef struct grant_scan {
     bool oom;
 } grant_scan;
 
+/* Collect the CONFIG grant keys that name g->name on either side. */
 static int grant_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     grant_scan *g = arg;
@@ -752,6 +774,7 @@ static int grant_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8
     return 0;
 }
 
+/* cc_store_tenant_delete under the gate: configuration, then metadata, then blobs. */
 static rk_status do_tenant_delete(cc_store *s, const char *name)
 {
     rk_status st = check_name("tenant", name);
@@ -793,6 +816,7 @@ static rk_status do_tenant_delete(cc_store *s, const char *name)
     return st;
 }
 
+/* cc_store_grant / revoke under the gate: configuration, then metadata. */
 static rk_status do_grant(cc_store *s, const char *ns, const char *tenant, bool on)
 {
     rk_status st;
@@ -846,6 +870,7 @@ typedef struct gc_scan {
     bool oom;
 } gc_scan;
 
+/* Remember every chunk value (blob key, creation time) for do_gc. */
 static int gc_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     gc_scan *g = arg;
@@ -874,6 +899,7 @@ static int gc_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t 
     return 0;
 }
 
+/* cc_store_gc under the gate: delete blobs no record points to, older than the grace. */
 static rk_status do_gc(cc_store *s, uint64_t *removed)
 {
     gc_scan g = {0};
@@ -916,6 +942,7 @@ typedef struct rb_ctx {
     int pass;        /* 0: tenants, 1: grants */
 } rb_ctx;
 
+/* Rebuild pass over CONFIG: tenants (pass 0), then grants (pass 1). */
 static int rb_config_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     rb_ctx *c = arg;
@@ -951,6 +978,7 @@ static int rb_config_cb(void *arg, const uint8_t *key, size_t klen, const uint8_
     return 0;
 }
 
+/* Rebuild pass over CHUNKS: re-insert each well-formed record, quota unchecked. */
 static int rb_chunk_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     rb_ctx *c = arg;
@@ -970,6 +998,7 @@ static int rb_chunk_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t
     return c->st != RK_OK;
 }
 
+/* Blob bytes over all tenants, from the metadata store (0 when unreachable). */
 static uint64_t sum_usage(cc_store *s)
 {
     char **names = NULL;
@@ -1053,52 +1082,62 @@ rk_status cc_store_put(cc_store *s, const char *tenant, const cc_put_args *a, cc
     GATED(s, do_put(s, tenant, a, key));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec)
 {
     GATED(s, do_get(s, tenant, key, blob, rec));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_lookup(cc_store *s, const char *tenant, const cc_key *keys, size_t n, uint8_t *present)
 {
     GATED(s, do_lookup(s, tenant, keys, n, present));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_delete(cc_store *s, const char *tenant, const cc_key *key)
 {
     GATED(s, do_delete(s, tenant, key));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_tenant_create(cc_store *s, const char *name, const cc_quota *q)
 {
     GATED(s, do_tenant_set(s, name, q, 0));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_quota_set(cc_store *s, const char *name, const cc_quota *q)
 {
     GATED(s, do_tenant_set(s, name, q, 1));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_tenant_delete(cc_store *s, const char *name)
 {
     GATED(s, do_tenant_delete(s, name));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_tenant_list(cc_store *s, char ***names, size_t *n)
 {
     GATED(s, cc_metastore_tenant_list(&s->ms, names, n));
 }
 
+/* cc_store_tenant_usage under the gate. */
 static rk_status do_usage(cc_store *s, const char *name, cc_tenant_info *out)
 {
     rk_status st = check_name("tenant", name);
     return st != RK_OK ? st : cc_metastore_tenant_get(&s->ms, name, out);
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_tenant_usage(cc_store *s, const char *name, cc_tenant_info *out)
 {
     GATED(s, do_usage(s, name, out));
 }
 
+/* cc_store_quota_get under the gate. */
 static rk_status do_quota_get(cc_store *s, const char *name, cc_quota *q)
 {
     cc_tenant_info ti;
@@ -1111,36 +1150,43 @@ static rk_status do_quota_get(cc_store *s, const char *name, cc_quota *q)
     return st;
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_quota_get(cc_store *s, const char *name, cc_quota *q)
 {
     GATED(s, do_quota_get(s, name, q));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_grant(cc_store *s, const char *ns, const char *tenant)
 {
     GATED(s, do_grant(s, ns, tenant, true));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_revoke(cc_store *s, const char *ns, const char *tenant)
 {
     GATED(s, do_grant(s, ns, tenant, false));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_evict(cc_store *s, uint64_t *removed)
 {
     GATED(s, do_evict(s, removed));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_flush(cc_store *s)
 {
     GATED(s, flush_touches(s));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_gc(cc_store *s, uint64_t *removed)
 {
     GATED(s, do_gc(s, removed));
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_rebuild(cc_store *s)
 {
     if (!s)
@@ -1151,6 +1197,7 @@ rk_status cc_store_rebuild(cc_store *s)
     return st;
 }
 
+/* See ragkv/chunkcache.h. */
 void cc_store_stats(cc_store *s, cc_stats *o)
 {
     memset(o, 0, sizeof(*o));
@@ -1179,16 +1226,19 @@ void cc_store_stats(cc_store *s, cc_stats *o)
     o->device_bytes = 0;
 }
 
+/* See ragkv/chunkcache.h. */
 cc_blobstore *cc_store_blobstore(cc_store *s)
 {
     return &s->bs;
 }
 
+/* See ragkv/chunkcache.h. */
 cc_metastore *cc_store_metastore(cc_store *s)
 {
     return &s->ms;
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore ms, cc_store **out)
 {
     rk_status st;
@@ -1229,6 +1279,7 @@ fail:
     return st;
 }
 
+/* See ragkv/chunkcache.h. */
 rk_status cc_store_open(const cc_config *cfg_in, cc_store **out)
 {
     cc_config cfg = cfg_in ? *cfg_in : cc_config_default();
@@ -1256,6 +1307,7 @@ rk_status cc_store_open(const cc_config *cfg_in, cc_store **out)
     return cc_store_open_with(&cfg, bs, ms, out);
 }
 
+/* See ragkv/chunkcache.h. */
 void cc_store_close(cc_store *s)
 {
     if (!s)
