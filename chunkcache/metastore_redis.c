@@ -22,6 +22,7 @@
 #include <hiredis/hiredis.h>
 
 #include "metastore_redis_lua.h"
+#include "redis_private.h"
 #include "ragkv/alloc.h"
 #include "ragkv/log.h"
 #include "ragkv/metastore.h"
@@ -482,8 +483,8 @@ static rk_status r_insert(void *ctx, const cc_record *rec, unsigned flags, cc_ev
     }
 }
 
-/* Fill rec from HMGET {rec, hits, last}. */
-static rk_status parse_rec(const redisReply *rep, const cc_key *key, cc_record *out)
+/* See redis_private.h. */
+rk_status cc_redis_parse_record(const redisReply *rep, const cc_key *key, cc_record *out)
 {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 3)
         return rk_error_set(RK_ERR_META, "redis: bad record reply");
@@ -539,7 +540,7 @@ static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
             redisReply *rep;
             if (redisGetReply(r->c, (void **)&rep) != REDIS_OK)
                 break;
-            st[i] = parse_rec(rep, &keys[i], &recs[i]);
+            st[i] = cc_redis_parse_record(rep, &keys[i], &recs[i]);
             if (st[i] != RK_OK && st[i] != RK_ERR_NOT_FOUND) {
                 RK_WARN("record %zu of a batch: %s", i, rk_error_msg());
                 st[i] = RK_ERR_NOT_FOUND; /* a damaged record is a miss (repaired on the next put) */

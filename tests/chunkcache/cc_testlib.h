@@ -6,7 +6,9 @@
 #ifndef RAGKV_CC_TESTLIB_H
 #define RAGKV_CC_TESTLIB_H
 
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <signal.h>
