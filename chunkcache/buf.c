@@ -1,0 +1,70 @@
+/* buf.c — refcounted read-only buffers (see ragkv/blobstore.h). */
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/blobstore.h"
+
+static void destroy_owned(cc_buf *b)
+{
+    rk_free(b->owner);
+    rk_free(b);
+}
+
+cc_buf *cc_buf_wrap(void *data, size_t n)
+{
+    cc_buf *b = rk_malloc(sizeof(*b));
+    if (!b)
+        return NULL;
+    b->data = data;
+    b->len = n;
+    atomic_init(&b->refs, 1);
+    b->destroy = destroy_owned;
+    b->owner = data;
+    return b;
+}
+
+cc_buf *cc_buf_copy(const void *data, size_t n)
+{
+    void *p = rk_malloc(n ? n : 1);
+    if (!p)
+        return NULL;
+    if (n)
+        memcpy(p, data, n);
+    cc_buf *b = cc_buf_wrap(p, n);
+    if (!b)
+        rk_free(p);
+    return b;
+}
+
+static void destroy_slice(cc_buf *b)
+{
+    cc_buf_release(b->owner);
+    rk_free(b);
+}
+
+cc_buf *cc_buf_slice(cc_buf *parent, size_t off, size_t n)
+{
+    if (off > parent->len || n > parent->len - off)
+        return NULL;
+    cc_buf *b = rk_malloc(sizeof(*b));
+    if (!b)
+        return NULL;
+    b->data = parent->data + off;
+    b->len = n;
+    atomic_init(&b->refs, 1);
+    b->destroy = destroy_slice;
+    b->owner = cc_buf_ref(parent);
+    return b;
+}
+
+cc_buf *cc_buf_ref(cc_buf *b)
+{
+    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    return b;
+}
+
+void cc_buf_release(cc_buf *b)
+{
+    if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+        b->destroy(b);
+}

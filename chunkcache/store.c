@@ -1,0 +1,1334 @@
+/* store.c — cc_store: tiers, admission, eviction, repair, rebuild (see ragkv/chunkcache.h).
+ *
+ * Locks (always taken in this order):
+ *   gate    rwlock. Every public operation holds it shared; rebuild holds it exclusive, so
+ *           nothing reads half-rebuilt metadata.
+ *   ram_mu  mutex. Guards the RAM tier (map, heap, bytes, clock), the buffered touches and
+ *           the flusher's stop flag. Never held across a backend call.
+ * The backends are thread-safe on their own. */
+#define RK_LOG_COMPONENT "cc.store"
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "keymap.h"
+#include "ragkv/alloc.h"
+#include "ragkv/chunkcache.h"
+#include "ragkv/clock.h"
+#include "ragkv/hash.h"
+#include "ragkv/log.h"
+
+#define BKEY_LEN (CC_KEY_BYTES + 8) /* blob store key: chunk key || blob checksum (LE) */
+
+typedef struct ram_ent {
+    cc_buf *blob;  /* the blob bytes (a reference) */
+    cc_record rec; /* its record (owned copy) */
+    double prio;   /* GDSF priority in the RAM tier */
+    uint64_t hits; /* hits while resident */
+    size_t hidx;   /* position in the heap */
+} ram_ent;
+
+typedef struct counters {
+    atomic_uint_fast64_t puts, put_dups, quota_rejects, gets, ram_hits, disk_hits, misses, corrupt,
+        repairs, evicted_quota, evicted_disk, expired, ram_evictions, rebuilds, gc_removed;
+} counters;
+
+struct cc_store {
+    cc_config cfg;           /* copy of the configuration (strings not used after open) */
+    cc_blobstore bs;         /* owned */
+    cc_metastore ms;         /* owned; closed before bs */
+    pthread_rwlock_t gate;   /* see the top of the file */
+    pthread_mutex_t ram_mu;  /* see the top of the file */
+    cc_keymap ram;           /* key[32] -> ram_ent* */
+    ram_ent **heap;          /* (nheap) min-heap on prio */
+    size_t nheap, capheap;
+    uint64_t ram_bytes;      /* sum of blob lengths in the RAM tier */
+    double ram_clock;        /* GDSF clock of the RAM tier */
+    cc_touch *pend;          /* (npend) buffered hit counts */
+    size_t npend, cappend;
+    pthread_t flusher;       /* sends full touch buffers to the metadata store, off the read path */
+    pthread_cond_t flush_cv; /* signalled (under ram_mu) when the buffer is full or at close */
+    bool flusher_on;         /* the flusher thread was started */
+    bool stopping;           /* close asked the flusher to exit (under ram_mu) */
+    atomic_uint_fast64_t disk_bytes; /* blob bytes accounted on disk (sum over tenants) */
+    counters st;             /* statistics */
+};
+
+#define BUMP(s, f, n) atomic_fetch_add_explicit(&(s)->st.f, (n), memory_order_relaxed)
+
+/* Defaults documented field by field in ragkv/chunkcache.h. */
+cc_config cc_config_default(void)
+{
+    cc_config c;
+    memset(&c, 0, sizeof(c));
+    c.redis_prefix = "rk:";
+    c.redis = cc_redis_opts_default();
+    c.rocks = cc_blobstore_opts_default();
+    c.ram_budget_bytes = 256ull << 20;
+    c.gc_grace_ms = 60000;
+    c.touch_batch = 64;
+    c.ram_on_put = true;
+    return c;
+}
+
+/* The blob store key of one version of a chunk: key || checksum (LE). */
+static void bkey_make(uint8_t out[BKEY_LEN], const cc_key *k, uint64_t csum)
+{
+    memcpy(out, k->b, CC_KEY_BYTES);
+    rk_put_le64(out + CC_KEY_BYTES, csum);
+}
+
+/* RK_ERR_INVALID unless s is a non-empty name of at most CC_NAME_MAX bytes. */
+static rk_status check_name(const char *what, const char *s)
+{
+    size_t n = s ? strnlen(s, CC_NAME_MAX + 1) : 0;
+    if (!n || n > CC_NAME_MAX)
+        return rk_error_set(RK_ERR_INVALID, "%s: empty or longer than %d bytes", what, CC_NAME_MAX);
+    return RK_OK;
+}
+
+/* ---- RAM tier (caller holds ram_mu for the do_ functions) ----------------------------------- */
+
+static void heap_swap(cc_store *s, size_t i, size_t j)
+{
+    ram_ent *t = s->heap[i];
+    s->heap[i] = s->heap[j];
+    s->heap[j] = t;
+    s->heap[i]->hidx = i;
+    s->heap[j]->hidx = j;
+}
+
+/* Restore the heap property around position i (after its priority changed). */
+static void heap_fix(cc_store *s, size_t i)
+{
+    while (i > 0 && s->heap[(i - 1) / 2]->prio > s->heap[i]->prio) {
+        heap_swap(s, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < s->nheap && s->heap[l]->prio < s->heap[m]->prio)
+            m = l;
+        if (r < s->nheap && s->heap[r]->prio < s->heap[m]->prio)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(s, i, m);
+        i = m;
+    }
+}
+
+/* Take e out of the heap (e stays allocated). */
+static void heap_remove(cc_store *s, ram_ent *e)
+{
+    size_t i = e->hidx;
+    s->nheap--;
+    if (i != s->nheap) {
+        s->heap[i] = s->heap[s->nheap];
+        s->heap[i]->hidx = i;
+        heap_fix(s, i);
+    }
+}
+
+/* Release an entry that is in neither the map nor the heap. */
+static void ram_ent_free(ram_ent *e)
+{
+    cc_buf_release(e->blob);
+    cc_record_clear(&e->rec);
+    rk_free(e);
+}
+
+/* Remove key from the RAM tier if present. Caller holds ram_mu. */
+static void do_ram_drop(cc_store *s, const cc_key *key)
+{
+    ram_ent *e = cc_keymap_del(&s->ram, key->b, CC_KEY_BYTES);
+    if (!e)
+        return;
+    heap_remove(s, e);
+    s->ram_bytes -= e->blob->len;
+    ram_ent_free(e);
+}
+
+/* do_ram_drop under ram_mu. */
+static void ram_drop(cc_store *s, const cc_key *key)
+{
+    pthread_mutex_lock(&s->ram_mu);
+    do_ram_drop(s, key);
+    pthread_mutex_unlock(&s->ram_mu);
+}
+
+/* GDSF priority of a RAM entry against the RAM tier clock. Caller holds ram_mu. */
+static double ram_prio(cc_store *s, const ram_ent *e)
+{
+    return cc_gdsf_priority(s->ram_clock, e->hits + 1, e->rec.cost, e->rec.size);
+}
+
+/* Admit blob (takes over the reference) for rec. Lowest-priority entries leave first. */
+static void ram_admit(cc_store *s, const cc_record *rec, cc_buf *blob)
+{
+    uint64_t budget = s->cfg.ram_budget_bytes;
+    if (!budget || blob->len > budget) {
+        cc_buf_release(blob);
+        return;
+    }
+    ram_ent *e = rk_calloc(1, sizeof(*e));
+    if (!e || cc_record_copy(&e->rec, rec) != RK_OK) {
+        rk_free(e);
+        cc_buf_release(blob);
+        return;
+    }
+    e->blob = blob;
+    pthread_mutex_lock(&s->ram_mu);
+    if (cc_keymap_get(&s->ram, rec->key.b, CC_KEY_BYTES)) {
+        pthread_mutex_unlock(&s->ram_mu);
+        ram_ent_free(e);
+        return;
+    }
+    if (s->nheap == s->capheap) {
+        size_t cap = s->capheap ? 2 * s->capheap : 64;
+        ram_ent **h = rk_realloc(s->heap, cap * sizeof(*h));
+        if (!h) {
+            pthread_mutex_unlock(&s->ram_mu);
+            ram_ent_free(e);
+            return;
+        }
+        s->heap = h;
+        s->capheap = cap;
+    }
+    if (cc_keymap_put(&s->ram, rec->key.b, CC_KEY_BYTES, e, NULL) != RK_OK) {
+        pthread_mutex_unlock(&s->ram_mu);
+        ram_ent_free(e);
+        return;
+    }
+    e->prio = ram_prio(s, e);
+    e->hidx = s->nheap;
+    s->heap[s->nheap++] = e;
+    heap_fix(s, e->hidx);
+    s->ram_bytes += blob->len;
+    while (s->ram_bytes > budget && s->nheap > 0) {
+        ram_ent *v = s->heap[0];
+        s->ram_clock = v->prio;
+        do_ram_drop(s, &v->rec.key);
+        BUMP(s, ram_evictions, 1);
+    }
+    pthread_mutex_unlock(&s->ram_mu);
+}
+
+/* See ragkv/chunkcache.h. */
+void cc_store_drop_ram(cc_store *s)
+{
+    pthread_mutex_lock(&s->ram_mu);
+    while (s->nheap)
+        do_ram_drop(s, &s->heap[0]->rec.key);
+    pthread_mutex_unlock(&s->ram_mu);
+}
+
+/* ---- touches ----------------------------------------------------------------------------- */
+
+/* Send buffered touches (caller holds the gate shared). */
+static rk_status flush_touches(cc_store *s)
+{
+    pthread_mutex_lock(&s->ram_mu);
+    cc_touch *t = s->pend;
+    size_t n = s->npend;
+    s->pend = NULL;
+    s->npend = s->cappend = 0;
+    pthread_mutex_unlock(&s->ram_mu);
+    rk_status st = n ? cc_metastore_touch(&s->ms, t, n) : RK_OK;
+    rk_free(t);
+    return st;
+}
+
+/* Count a hit; flushes when the buffer is full. */
+static void count_hit(cc_store *s, const cc_key *key)
+{
+    bool full = false;
+    pthread_mutex_lock(&s->ram_mu);
+    if (s->npend == s->cappend) {
+        size_t cap = s->cappend ? 2 * s->cappend : 64;
+        cc_touch *p = rk_realloc(s->pend, cap * sizeof(*p));
+        if (p) {
+            s->pend = p;
+            s->cappend = cap;
+        }
+    }
+    if (s->npend < s->cappend) {
+        s->pend[s->npend].key = *key;
+        s->pend[s->npend].n = 1;
+        s->pend[s->npend].now_ms = rk_wall_ms();
+        s->npend++;
+    }
+    full = s->npend >= (s->cfg.touch_batch ? s->cfg.touch_batch : 1);
+    if (full && s->flusher_on)
+        pthread_cond_signal(&s->flush_cv);
+    pthread_mutex_unlock(&s->ram_mu);
+    if (full && !s->flusher_on && flush_touches(s) != RK_OK)
+        RK_WARN("hit counts not recorded: %s", rk_error_msg());
+}
+
+/* The flusher thread: waits for a full buffer, sends it under the shared gate (so never
+ * during a rebuild), until close. A read never waits for Redis to count its hit. */
+static void *flusher_main(void *arg)
+{
+    cc_store *s = arg;
+    uint32_t batch = s->cfg.touch_batch ? s->cfg.touch_batch : 1;
+    pthread_mutex_lock(&s->ram_mu);
+    while (!s->stopping) {
+        if (s->npend < batch) {
+            pthread_cond_wait(&s->flush_cv, &s->ram_mu);
+            continue;
+        }
+        pthread_mutex_unlock(&s->ram_mu);
+        pthread_rwlock_rdlock(&s->gate);
+        if (flush_touches(s) != RK_OK)
+            RK_WARN("hit counts not recorded: %s", rk_error_msg());
+        pthread_rwlock_unlock(&s->gate);
+        pthread_mutex_lock(&s->ram_mu);
+    }
+    pthread_mutex_unlock(&s->ram_mu);
+    return NULL;
+}
+
+/* ---- removal ----------------------------------------------------------------------------- */
+
+/* Chunks the metadata no longer has: delete their blobs, drop them from RAM, unaccount. */
+static void apply_removed(cc_store *s, const cc_evlist *ev)
+{
+    for (size_t i = 0; i < ev->n; i++) {
+        uint8_t bk[BKEY_LEN];
+        bkey_make(bk, &ev->items[i].key, ev->items[i].csum);
+        if (cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN) != RK_OK)
+            RK_WARN("blob delete failed (gc will collect it): %s", rk_error_msg());
+        ram_drop(s, &ev->items[i].key);
+        uint64_t cur = atomic_load(&s->disk_bytes);
+        uint64_t sz = ev->items[i].size;
+        while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > sz ? cur - sz : 0)) {
+        }
+    }
+}
+
+/* Metadata whose blob is missing or corrupt: remove that exact version. */
+static void repair(cc_store *s, const cc_record *r, bool delete_blob)
+{
+    if (delete_blob) {
+        uint8_t bk[BKEY_LEN];
+        bkey_make(bk, &r->key, r->csum);
+        cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN);
+    }
+    if (cc_metastore_remove(&s->ms, &r->key, r->csum, NULL) == RK_OK) {
+        BUMP(s, repairs, 1);
+        cc_evlist one = {0};
+        cc_evlist_push(&one, &r->key, r->csum, r->size);
+        ram_drop(s, &r->key);
+        uint64_t cur = atomic_load(&s->disk_bytes);
+        while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > r->size ? cur - r->size : 0)) {
+        }
+        cc_evlist_free(&one);
+    }
+}
+
+/* ---- disk budget ------------------------------------------------------------------------- */
+
+/* Make room for `need` bytes under the disk budget by evicting from the namespaces that
+ * use the most bytes (so a small tenant is never pushed out by a big one). */
+static rk_status make_room(cc_store *s, uint64_t need)
+{
+    uint64_t budget = s->cfg.disk_budget_bytes;
+    if (!budget)
+        return RK_OK;
+    if (need > budget)
+        return rk_error_set(RK_ERR_LIMIT, "chunk of %llu bytes exceeds the disk budget", (unsigned long long)need);
+    for (int round = 0; round < 64 && atomic_load(&s->disk_bytes) + need > budget; round++) {
+        char **names = NULL;
+        size_t n = 0;
+        rk_status st = cc_metastore_tenant_list(&s->ms, &names, &n);
+        if (st != RK_OK)
+            return st;
+        char best[CC_NAME_MAX + 1] = "";
+        uint64_t best_bytes = 0;
+        for (size_t i = 0; i < n; i++) {
+            cc_tenant_info ti;
+            if (cc_metastore_tenant_get(&s->ms, names[i], &ti) == RK_OK &&
+                ti.bytes - ti.pinned_bytes > best_bytes) {
+                best_bytes = ti.bytes - ti.pinned_bytes;
+                snprintf(best, sizeof(best), "%s", names[i]);
+            }
+        }
+        cc_names_free(names, n);
+        if (!best_bytes)
+            return rk_error_set(RK_ERR_LIMIT, "disk budget full of pinned chunks");
+        cc_evlist ev = {0};
+        uint64_t want = atomic_load(&s->disk_bytes) + need - budget;
+        st = cc_metastore_evict(&s->ms, best, want, &ev);
+        BUMP(s, evicted_disk, ev.n);
+        apply_removed(s, &ev);
+        cc_evlist_free(&ev);
+        if (st != RK_OK)
+            return st;
+    }
+    return RK_OK;
+}
+
+/* ---- put --------------------------------------------------------------------------------- */
+
+static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, cc_key *out)
+{
+    rk_status st;
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    if (!a || (st = check_name("model id", a->model)) != RK_OK)
+        return a ? st : rk_error_set(RK_ERR_INVALID, "put: no arguments");
+    if ((!a->blob && a->blob_len) || (!a->tokens && a->ntokens) || !(a->cost >= 0) || !isfinite(a->cost) ||
+        a->craft_len > CC_OPAQUE_MAX || a->variants_len > CC_OPAQUE_MAX || (!a->craft && a->craft_len) ||
+        (!a->variants && a->variants_len) || a->ntokens > UINT32_MAX)
+        return rk_error_set(RK_ERR_INVALID, "put: bad blob, tokens, cost or Cache-Craft fields");
+    const char *ns = a->ns ? a->ns : tenant;
+    if (strcmp(ns, tenant) != 0)
+        return rk_error_set(RK_ERR_DENIED, "put: tenant '%s' may not write namespace '%s'", tenant, ns);
+    cc_record r;
+    cc_record_init(&r);
+    if ((st = cc_key_compute(a->model, ns, a->tokens, a->ntokens, &r.key)) != RK_OK)
+        return st;
+    snprintf(r.ns, sizeof(r.ns), "%s", ns);
+    snprintf(r.model, sizeof(r.model), "%s", a->model);
+    r.ntokens = (uint32_t)a->ntokens;
+    r.codec = a->codec;
+    r.level = a->level;
+    r.size = a->blob_len;
+    r.csum = rk_xxh3_64(a->blob, a->blob_len);
+    r.created_ms = rk_wall_ms();
+    r.expires_ms = a->ttl_ms ? r.created_ms + a->ttl_ms : 0;
+    r.flags = a->pinned ? CC_RECORD_FLAG_PINNED : 0;
+    r.cost = a->cost;
+    r.craft = (uint8_t *)a->craft; /* borrowed for the encoding only */
+    r.craft_len = (uint32_t)a->craft_len;
+    r.variants = (uint8_t *)a->variants;
+    r.variants_len = (uint32_t)a->variants_len;
+
+    /* the value: record header then blob, built once; the RAM tier keeps the same bytes */
+    rk_buf v = RK_BUF_INIT;
+    st = cc_record_encode(&r, &v);
+    size_t hdr = v.len;
+    rk_buf_append(&v, a->blob, a->blob_len);
+    if (st == RK_OK && v.failed)
+        st = rk_error_set(RK_ERR_NOMEM, "put: %zu-byte value", a->blob_len);
+    if (st != RK_OK)
+        goto out;
+    if ((st = make_room(s, r.size)) != RK_OK)
+        goto out;
+    uint8_t bk[BKEY_LEN];
+    bkey_make(bk, &r.key, r.csum);
+    cc_iov part = {v.data, v.len};
+    if ((st = cc_blobstore_put(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &part, 1)) != RK_OK)
+        goto out;
+    cc_evlist ev = {0};
+    st = cc_metastore_insert(&s->ms, &r, 0, &ev);
+    if (st == RK_ERR_EXISTS) {
+        /* someone stored this chunk first; keep theirs, drop ours unless it is the same blob */
+        cc_record cur;
+        rk_status gs;
+        if (cc_metastore_get(&s->ms, &r.key, 1, &cur, &gs) == RK_OK && gs == RK_OK) {
+            if (cur.csum != r.csum)
+                cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN);
+            cc_record_clear(&cur);
+        }
+        BUMP(s, put_dups, 1);
+        st = RK_OK;
+    } else if (st != RK_OK) {
+        rk_status keep = st;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", rk_error_msg());
+        cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN); /* never admitted: not an orphan */
+        if (st == RK_ERR_QUOTA)
+            BUMP(s, quota_rejects, 1);
+        st = rk_error_set(keep, "%s", msg);
+    } else {
+        BUMP(s, puts, 1);
+        atomic_fetch_add(&s->disk_bytes, r.size);
+        BUMP(s, evicted_quota, ev.n);
+        apply_removed(s, &ev);
+        if (s->cfg.ram_on_put && s->cfg.ram_budget_bytes >= r.size) {
+            size_t len;
+            uint8_t *p = rk_buf_steal(&v, &len);
+            cc_buf *whole = cc_buf_wrap(p, len);
+            if (!whole)
+                rk_free(p);
+            cc_buf *blob = whole ? cc_buf_slice(whole, hdr, r.size) : NULL;
+            cc_buf_release(whole);
+            if (blob)
+                ram_admit(s, &r, blob);
+        }
+    }
+    cc_evlist_free(&ev);
+    if (st == RK_OK && out)
+        *out = r.key;
+out:
+    rk_buf_free(&v);
+    return st;
+}
+
+/* ---- get --------------------------------------------------------------------------------- */
+
+/* The one answer for "absent", "expired", "corrupt" and "not yours". */
+static rk_status miss(cc_store *s)
+{
+    BUMP(s, misses, 1);
+    return RK_ERR_NOT_FOUND;
+}
+
+/* May tenant read namespace ns? Own namespace without a round trip, else a grant lookup. */
+static rk_status readable(cc_store *s, const char *tenant, const char *ns, bool *ok)
+{
+    if (strcmp(tenant, ns) == 0) {
+        *ok = true;
+        return RK_OK;
+    }
+    return cc_metastore_readable(&s->ms, tenant, ns, ok);
+}
+
+/* True when r has a TTL that passed at wall-clock time now (ms). */
+static bool expired(const cc_record *r, uint64_t now)
+{
+    return r->expires_ms && r->expires_ms <= now;
+}
+
+/* cc_store_get under the gate: RAM tier, else metadata + blob store with checksum
+ * verification, repair of missing/corrupt blobs, and admission to the RAM tier. */
+static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec_out)
+{
+    rk_status st;
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    if (!key || !blob)
+        return rk_error_set(RK_ERR_INVALID, "get: no key or output");
+    BUMP(s, gets, 1);
+    uint64_t now = rk_wall_ms();
+
+    /* RAM tier */
+    char ns[CC_NAME_MAX + 1];
+    cc_buf *b = NULL;
+    cc_record r;
+    cc_record_init(&r);
+    pthread_mutex_lock(&s->ram_mu);
+    ram_ent *e = cc_keymap_get(&s->ram, key->b, CC_KEY_BYTES);
+    if (e && !expired(&e->rec, now)) {
+        b = cc_buf_ref(e->blob);
+        memcpy(ns, e->rec.ns, sizeof(ns));
+        if (rec_out && cc_record_copy(&r, &e->rec) != RK_OK) {
+            cc_buf_release(b);
+            b = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->ram_mu);
+    if (b) {
+        bool ok;
+        if ((st = readable(s, tenant, ns, &ok)) != RK_OK || !ok) {
+            cc_buf_release(b);
+            cc_record_clear(&r);
+            return st != RK_OK ? st : miss(s);
+        }
+        pthread_mutex_lock(&s->ram_mu);
+        if ((e = cc_keymap_get(&s->ram, key->b, CC_KEY_BYTES)) != NULL) {
+            e->hits++;
+            e->prio = ram_prio(s, e);
+            heap_fix(s, e->hidx);
+        }
+        pthread_mutex_unlock(&s->ram_mu);
+        count_hit(s, key);
+        BUMP(s, ram_hits, 1);
+        *blob = b;
+        if (rec_out)
+            *rec_out = r;
+        return RK_OK;
+    }
+
+    /* metadata, then the blob store */
+    rk_status gs;
+    if ((st = cc_metastore_get(&s->ms, key, 1, &r, &gs)) != RK_OK)
+        return st;
+    if (gs != RK_OK)
+        return miss(s);
+    bool ok;
+    if ((st = readable(s, tenant, r.ns, &ok)) != RK_OK || !ok) {
+        cc_record_clear(&r);
+        return st != RK_OK ? st : miss(s);
+    }
+    if (expired(&r, now)) {
+        repair(s, &r, true);
+        cc_record_clear(&r);
+        return miss(s);
+    }
+    uint8_t bk[BKEY_LEN];
+    bkey_make(bk, &r.key, r.csum);
+    cc_buf *whole;
+    st = cc_blobstore_get(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &whole);
+    if (st == RK_ERR_NOT_FOUND) {
+        RK_WARN("chunk metadata without its blob: repaired");
+        repair(s, &r, false);
+        cc_record_clear(&r);
+        return miss(s);
+    }
+    if (st != RK_OK) {
+        cc_record_clear(&r);
+        return st;
+    }
+    cc_record hdr;
+    size_t used = 0;
+    bool good = cc_record_decode(whole->data, whole->len, &hdr, &used) == RK_OK;
+    if (good) {
+        good = cc_key_equal(&hdr.key, &r.key) && hdr.csum == r.csum && hdr.size == r.size &&
+               whole->len - used == r.size && rk_xxh3_64(whole->data + used, r.size) == r.csum;
+        cc_record_clear(&hdr);
+    }
+    if (!good) {
+        RK_WARN("chunk blob failed its checksum: deleted, metadata repaired");
+        BUMP(s, corrupt, 1);
+        cc_buf_release(whole);
+        repair(s, &r, true);
+        cc_record_clear(&r);
+        return miss(s);
+    }
+    b = cc_buf_slice(whole, used, r.size);
+    cc_buf_release(whole);
+    if (!b) {
+        cc_record_clear(&r);
+        return rk_error_set(RK_ERR_NOMEM, "get: buffer");
+    }
+    ram_admit(s, &r, cc_buf_ref(b));
+    count_hit(s, key);
+    BUMP(s, disk_hits, 1);
+    *blob = b;
+    if (rec_out)
+        *rec_out = r;
+    else
+        cc_record_clear(&r);
+    return RK_OK;
+}
+
+/* cc_store_lookup under the gate: one pipelined metadata read for all keys. */
+static rk_status do_lookup(cc_store *s, const char *tenant, const cc_key *keys, size_t n, uint8_t *present)
+{
+    rk_status st;
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    if ((!keys || !present) && n)
+        return rk_error_set(RK_ERR_INVALID, "lookup: no keys");
+    cc_record *recs = rk_calloc(n ? n : 1, sizeof(*recs));
+    rk_status *sts = rk_calloc(n ? n : 1, sizeof(*sts));
+    if (!recs || !sts) {
+        st = rk_error_set(RK_ERR_NOMEM, "lookup");
+        goto out;
+    }
+    if ((st = cc_metastore_get(&s->ms, keys, n, recs, sts)) != RK_OK)
+        goto out;
+    uint64_t now = rk_wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        present[i] = 0;
+        bool ok = false;
+        if (sts[i] == RK_OK && !expired(&recs[i], now) && (st = readable(s, tenant, recs[i].ns, &ok)) != RK_OK)
+            goto out;
+        present[i] = ok && sts[i] == RK_OK && !expired(&recs[i], now);
+    }
+out:
+    for (size_t i = 0; recs && i < n; i++)
+        cc_record_clear(&recs[i]);
+    rk_free(recs);
+    rk_free(sts);
+    return st;
+}
+
+/* cc_store_delete under the gate: only the tenant's own namespace. */
+static rk_status do_delete(cc_store *s, const char *tenant, const cc_key *key)
+{
+    rk_status st, gs;
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    cc_record r;
+    if ((st = cc_metastore_get(&s->ms, key, 1, &r, &gs)) != RK_OK)
+        return st;
+    if (gs != RK_OK)
+        return RK_ERR_NOT_FOUND;
+    if (strcmp(r.ns, tenant) != 0) {
+        cc_record_clear(&r);
+        return RK_ERR_NOT_FOUND;
+    }
+    st = cc_metastore_remove(&s->ms, key, r.csum, NULL);
+    if (st == RK_OK) {
+        cc_evlist one = {0};
+        cc_evlist_push(&one, &r.key, r.csum, r.size);
+        apply_removed(s, &one);
+        cc_evlist_free(&one);
+    }
+    cc_record_clear(&r);
+    return st;
+}
+
+/* ---- tenants (configuration is mirrored in CC_SPACE_CONFIG for rebuilds) ----------------- */
+
+static size_t cfg_key(uint8_t *k, char tag, const char *a, const char *b)
+{
+    size_t al = strlen(a), n = 1 + al;
+    k[0] = (uint8_t)tag;
+    memcpy(k + 1, a, al);
+    if (b) {
+        size_t bl = strlen(b);
+        k[n++] = 0;
+        memcpy(k + n, b, bl);
+        n += bl;
+    }
+    return n;
+}
+
+/* Mirror a tenant's quota and policy into CC_SPACE_CONFIG (for rebuilds). */
+static rk_status save_tenant_cfg(cc_store *s, const cc_tenant_cfg *c)
+{
+    uint8_t k[CC_NAME_MAX + 2], v[17];
+    size_t kl = cfg_key(k, 't', c->name, NULL);
+    rk_put_le64(v, c->max_bytes);
+    rk_put_le64(v + 8, c->max_chunks);
+    v[16] = (uint8_t)c->policy;
+    cc_iov part = {v, sizeof(v)};
+    return cc_blobstore_put(&s->bs, CC_SPACE_CONFIG, k, kl, &part, 1);
+}
+
+/* Validate a tenant name and quota policy. */
+static rk_status quota_check(const char *name, const cc_quota *q)
+{
+    rk_status st = check_name("tenant", name);
+    if (st != RK_OK)
+        return st;
+    if (q && q->policy != CC_QUOTA_REJECT && q->policy != CC_QUOTA_EVICT)
+        return rk_error_set(RK_ERR_INVALID, "quota: bad policy");
+    return RK_OK;
+}
+
+/* A cc_tenant_cfg from a name and a quota (NULL: unlimited, reject). */
+static cc_tenant_cfg cfg_of(const char *name, const cc_quota *q)
+{
+    cc_tenant_cfg c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    if (q) {
+        c.max_bytes = q->max_bytes;
+        c.max_chunks = q->max_chunks;
+        c.policy = q->policy;
+    }
+    return c;
+}
+
+/* Create (mode 0, RK_ERR_EXISTS if present) or update (mode 1, RK_ERR_NOT_FOUND if
+ * absent) a tenant: configuration first, then the metadata store. */
+static rk_status do_tenant_set(cc_store *s, const char *name, const cc_quota *q, int mode /*0 create,1 update*/)
+{
+    rk_status st = quota_check(name, q);
+    if (st != RK_OK)
+        return st;
+    cc_tenant_info ti;
+    st = cc_metastore_tenant_get(&s->ms, name, &ti);
+    if (st != RK_OK && st != RK_ERR_NOT_FOUND)
+        return st;
+    if (mode == 0 && st == RK_OK)
+        return rk_error_set(RK_ERR_EXISTS, "tenant '%s' exists", name);
+    if (mode == 1 && st == RK_ERR_NOT_FOUND)
+        return rk_error_set(RK_ERR_NOT_FOUND, "no tenant '%s'", name);
+    cc_tenant_cfg c = cfg_of(name, q);
+    if ((st = save_tenant_cfg(s, &c)) != RK_OK)
+        return st;
+    return cc_metastore_tenant_put(&s->ms, &c);
+}
+
+typedef struct grant_scan {
+    const char *name; /* delete grants naming this tenant/ns */
+    cc_iov *keys;
+    size_t n, cap;
+    bool oom;
+} grant_scan;
+
+/* Collect the CONFIG grant keys that name g->name on either side. */
+static int grant_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    grant_scan *g = arg;
+    if (klen < 3 || key[0] != 'g')
+        return 0;
+    const uint8_t *z = memchr(key + 1, 0, klen - 1);
+    if (!z)
+        return 0;
+    size_t al = (size_t)(z - key - 1), bl = klen - 2 - al, nl = strlen(g->name);
+    if (!((al == nl && memcmp(key + 1, g->name, nl) == 0) || (bl == nl && memcmp(z + 1, g->name, nl) == 0)))
+        return 0;
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 16;
+        cc_iov *k = rk_realloc(g->keys, cap * sizeof(*k));
+        if (!k)
+            return g->oom = true;
+        g->keys = k;
+        g->cap = cap;
+    }
+    uint8_t *c = rk_malloc(klen);
+    if (!c)
+        return g->oom = true;
+    memcpy(c, key, klen);
+    g->keys[g->n].base = c;
+    g->keys[g->n++].len = klen;
+    return 0;
+}
+
+/* cc_store_tenant_delete under the gate: configuration, then metadata, then blobs. */
+static rk_status do_tenant_delete(cc_store *s, const char *name)
+{
+    rk_status st = check_name("tenant", name);
+    if (st != RK_OK)
+        return st;
+    cc_tenant_info ti;
+    if ((st = cc_metastore_tenant_get(&s->ms, name, &ti)) != RK_OK)
+        return st;
+    /* configuration first: a crash after this leaves metadata a rebuild drops */
+    grant_scan g = {.name = name};
+    st = cc_blobstore_scan(&s->bs, CC_SPACE_CONFIG, grant_scan_cb, &g);
+    if (st == RK_OK && g.oom)
+        st = rk_error_set(RK_ERR_NOMEM, "tenant delete");
+    if (st == RK_OK) {
+        uint8_t k[CC_NAME_MAX + 2];
+        size_t kl = cfg_key(k, 't', name, NULL);
+        cc_iov *keys = rk_realloc(g.keys, (g.n + 1) * sizeof(cc_iov));
+        cc_iov *vals = rk_calloc(g.n + 1, sizeof(cc_iov));
+        if (keys)
+            g.keys = keys;
+        if (!keys || !vals) {
+            st = rk_error_set(RK_ERR_NOMEM, "tenant delete");
+        } else {
+            g.keys[g.n].base = k;
+            g.keys[g.n].len = kl;
+            st = cc_blobstore_write_batch(&s->bs, CC_SPACE_CONFIG, g.n + 1, g.keys, vals);
+        }
+        rk_free(vals);
+    }
+    for (size_t i = 0; i < g.n; i++)
+        rk_free((void *)g.keys[i].base);
+    rk_free(g.keys);
+    if (st != RK_OK)
+        return st;
+    cc_evlist ev = {0};
+    st = cc_metastore_tenant_del(&s->ms, name, &ev);
+    apply_removed(s, &ev);
+    cc_evlist_free(&ev);
+    return st;
+}
+
+/* cc_store_grant / revoke under the gate: configuration, then metadata. */
+static rk_status do_grant(cc_store *s, const char *ns, const char *tenant, bool on)
+{
+    rk_status st;
+    if ((st = check_name("namespace", ns)) != RK_OK || (st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    cc_tenant_info ti;
+    if ((st = cc_metastore_tenant_get(&s->ms, ns, &ti)) != RK_OK ||
+        (st = cc_metastore_tenant_get(&s->ms, tenant, &ti)) != RK_OK)
+        return st == RK_ERR_NOT_FOUND ? rk_error_set(st, "grant: no such namespace or tenant") : st;
+    uint8_t k[2 * CC_NAME_MAX + 3];
+    size_t kl = cfg_key(k, 'g', ns, tenant);
+    if (on) {
+        cc_iov part = {"", 0};
+        st = cc_blobstore_put(&s->bs, CC_SPACE_CONFIG, k, kl, &part, 1);
+    } else {
+        st = cc_blobstore_del(&s->bs, CC_SPACE_CONFIG, k, kl);
+    }
+    return st != RK_OK ? st : cc_metastore_grant(&s->ms, ns, tenant, on);
+}
+
+/* ---- expiry, gc, rebuild ----------------------------------------------------------------- */
+
+static rk_status do_evict(cc_store *s, uint64_t *removed)
+{
+    cc_evlist ev = {0};
+    rk_status st = cc_metastore_expire(&s->ms, rk_wall_ms(), &ev);
+    BUMP(s, expired, ev.n);
+    uint64_t n = ev.n;
+    apply_removed(s, &ev);
+    cc_evlist_free(&ev);
+    uint64_t before = atomic_load(&s->st.evicted_disk);
+    if (st == RK_OK)
+        st = make_room(s, 0);
+    n += atomic_load(&s->st.evicted_disk) - before;
+    if (st == RK_OK)
+        st = flush_touches(s);
+    if (removed)
+        *removed = n;
+    return st;
+}
+
+typedef struct gc_item {
+    uint8_t bk[BKEY_LEN]; /* blob store key */
+    uint64_t created_ms;  /* from its header; 0 when unreadable */
+    bool parsed;          /* the header decoded */
+} gc_item;
+
+typedef struct gc_scan {
+    gc_item *v;
+    size_t n, cap;
+    bool oom;
+} gc_scan;
+
+/* Remember every chunk value (blob key, creation time) for do_gc. */
+static int gc_scan_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    gc_scan *g = arg;
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 256;
+        gc_item *p = rk_realloc(g->v, cap * sizeof(*p));
+        if (!p)
+            return g->oom = true;
+        g->v = p;
+        g->cap = cap;
+    }
+    gc_item *it = &g->v[g->n];
+    memset(it, 0, sizeof(*it));
+    if (klen == BKEY_LEN)
+        memcpy(it->bk, key, BKEY_LEN);
+    cc_record r;
+    size_t used;
+    if (klen == BKEY_LEN && cc_record_decode(val, vlen, &r, &used) == RK_OK) {
+        it->parsed = cc_key_equal(&r.key, (const cc_key *)key) && r.csum == rk_get_le64(key + CC_KEY_BYTES);
+        it->created_ms = r.created_ms;
+        cc_record_clear(&r);
+    }
+    if (klen != BKEY_LEN) /* a foreign key: remember it by its first bytes? delete it below */
+        memcpy(it->bk, key, klen < BKEY_LEN ? klen : BKEY_LEN);
+    g->n++;
+    return 0;
+}
+
+/* cc_store_gc under the gate: delete blobs no record points to, older than the grace. */
+static rk_status do_gc(cc_store *s, uint64_t *removed)
+{
+    gc_scan g = {0};
+    uint64_t n = 0;
+    rk_status st = cc_blobstore_scan(&s->bs, CC_SPACE_CHUNKS, gc_scan_cb, &g);
+    if (st == RK_OK && g.oom)
+        st = rk_error_set(RK_ERR_NOMEM, "gc: scan");
+    uint64_t now = rk_wall_ms(), grace = s->cfg.gc_grace_ms;
+    enum { B = 128 };
+    cc_key keys[B];
+    cc_record recs[B];
+    rk_status sts[B];
+    for (size_t i = 0; st == RK_OK && i < g.n; i += B) {
+        size_t m = g.n - i < B ? g.n - i : B;
+        for (size_t j = 0; j < m; j++)
+            memcpy(keys[j].b, g.v[i + j].bk, CC_KEY_BYTES);
+        if ((st = cc_metastore_get(&s->ms, keys, m, recs, sts)) != RK_OK)
+            break;
+        for (size_t j = 0; j < m; j++) {
+            gc_item *it = &g.v[i + j];
+            bool live = sts[j] == RK_OK && recs[j].csum == rk_get_le64(it->bk + CC_KEY_BYTES);
+            cc_record_clear(&recs[j]);
+            if (live || (it->parsed && now < it->created_ms + grace))
+                continue;
+            if (cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, it->bk, BKEY_LEN) == RK_OK)
+                n++;
+        }
+    }
+    rk_free(g.v);
+    BUMP(s, gc_removed, n);
+    if (removed)
+        *removed = n;
+    return st;
+}
+
+typedef struct rb_ctx {
+    cc_store *s;
+    rk_status st;   /* first hard failure */
+    uint64_t chunks; /* records restored */
+    int pass;        /* 0: tenants, 1: grants */
+} rb_ctx;
+
+/* Rebuild pass over CONFIG: tenants (pass 0), then grants (pass 1). */
+static int rb_config_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    rb_ctx *c = arg;
+    if (klen < 2 || klen > 2 * CC_NAME_MAX + 2)
+        return 0;
+    if (c->pass == 0 && key[0] == 't' && vlen == 17 && klen - 1 <= CC_NAME_MAX) {
+        cc_tenant_cfg t;
+        memset(&t, 0, sizeof(t));
+        memcpy(t.name, key + 1, klen - 1);
+        t.max_bytes = rk_get_le64(val);
+        t.max_chunks = rk_get_le64(val + 8);
+        t.policy = val[16] == CC_QUOTA_EVICT ? CC_QUOTA_EVICT : CC_QUOTA_REJECT;
+        if ((c->st = cc_metastore_tenant_put(&c->s->ms, &t)) != RK_OK)
+            return 1;
+    } else if (c->pass == 1 && key[0] == 'g') {
+        char a[CC_NAME_MAX + 1], b[CC_NAME_MAX + 1];
+        const uint8_t *z = memchr(key + 1, 0, klen - 1);
+        if (!z)
+            return 0;
+        size_t al = (size_t)(z - key - 1), bl = klen - 2 - al;
+        if (!al || !bl || al > CC_NAME_MAX || bl > CC_NAME_MAX)
+            return 0;
+        memcpy(a, key + 1, al);
+        a[al] = 0;
+        memcpy(b, z + 1, bl);
+        b[bl] = 0;
+        rk_status st = cc_metastore_grant(&c->s->ms, a, b, true);
+        if (st != RK_OK && st != RK_ERR_NOT_FOUND) {
+            c->st = st;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Rebuild pass over CHUNKS: re-insert each well-formed record, quota unchecked. */
+static int rb_chunk_cb(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    rb_ctx *c = arg;
+    cc_record r;
+    size_t used;
+    if (klen != BKEY_LEN || cc_record_decode(val, vlen, &r, &used) != RK_OK)
+        return 0; /* not a chunk value: gc removes it */
+    if (cc_key_equal(&r.key, (const cc_key *)key) && r.csum == rk_get_le64(key + CC_KEY_BYTES) &&
+        vlen - used == r.size) {
+        rk_status st = cc_metastore_insert(&c->s->ms, &r, CC_INSERT_FORCE, NULL);
+        if (st == RK_OK)
+            c->chunks++;
+        else if (st != RK_ERR_EXISTS && st != RK_ERR_NOT_FOUND) /* duplicates/ownerless: orphans */
+            c->st = st;
+    }
+    cc_record_clear(&r);
+    return c->st != RK_OK;
+}
+
+/* Blob bytes over all tenants, from the metadata store (0 when unreachable). */
+static uint64_t sum_usage(cc_store *s)
+{
+    char **names = NULL;
+    size_t n = 0;
+    uint64_t total = 0;
+    if (cc_metastore_tenant_list(&s->ms, &names, &n) != RK_OK)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        cc_tenant_info ti;
+        if (cc_metastore_tenant_get(&s->ms, names[i], &ti) == RK_OK)
+            total += ti.bytes;
+    }
+    cc_names_free(names, n);
+    return total;
+}
+
+/* Caller holds the gate exclusively. */
+static rk_status do_rebuild(cc_store *s)
+{
+    uint64_t t0 = rk_now_ns();
+    rk_status st = cc_metastore_clear(&s->ms);
+    rb_ctx c = {s, RK_OK, 0, 0};
+    if (st == RK_OK)
+        st = cc_blobstore_scan(&s->bs, CC_SPACE_CONFIG, rb_config_cb, &c);
+    c.pass = 1;
+    if (st == RK_OK && c.st == RK_OK)
+        st = cc_blobstore_scan(&s->bs, CC_SPACE_CONFIG, rb_config_cb, &c);
+    if (st == RK_OK && c.st == RK_OK)
+        st = cc_blobstore_scan(&s->bs, CC_SPACE_CHUNKS, rb_chunk_cb, &c);
+    if (st == RK_OK)
+        st = c.st;
+    if (st == RK_OK)
+        st = cc_metastore_mark_intact(&s->ms);
+    if (st != RK_OK)
+        return st;
+    atomic_store(&s->disk_bytes, sum_usage(s));
+    BUMP(s, rebuilds, 1);
+    RK_INFO("metadata rebuilt from the blob store: %llu chunks in %.1f ms", (unsigned long long)c.chunks,
+            (rk_now_ns() - t0) / 1e6);
+    return RK_OK;
+}
+
+/* After RK_ERR_UNAVAILABLE: if the metadata store lost its data, rebuild. True when the
+ * caller should retry. */
+static bool recover(cc_store *s)
+{
+    bool ok = true;
+    if (cc_metastore_intact(&s->ms, &ok) != RK_OK)
+        return false; /* still unreachable: report the failure, do not wait twice */
+    if (ok)
+        return true; /* reachable and intact: the failure was transient, retry once */
+    pthread_rwlock_wrlock(&s->gate);
+    rk_status st = RK_OK;
+    if (cc_metastore_intact(&s->ms, &ok) == RK_OK && !ok)
+        st = do_rebuild(s);
+    pthread_rwlock_unlock(&s->gate);
+    if (st != RK_OK)
+        RK_ERROR("metadata rebuild failed: %s", rk_error_msg());
+    return st == RK_OK;
+}
+
+/* Run expr under the shared gate; on RK_ERR_UNAVAILABLE recover once and retry. */
+#define GATED(s, expr)                                                                             \
+    do {                                                                                           \
+        if (!(s))                                                                                  \
+            return rk_error_set(RK_ERR_INVALID, "no store");                                       \
+        for (int try_ = 0;; try_++) {                                                              \
+            pthread_rwlock_rdlock(&(s)->gate);                                                     \
+            rk_status st_ = (expr);                                                                \
+            pthread_rwlock_unlock(&(s)->gate);                                                     \
+            if (st_ == RK_ERR_UNAVAILABLE && try_ == 0 && recover(s))                              \
+                continue;                                                                          \
+            return st_;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* ---- public ------------------------------------------------------------------------------ */
+
+rk_status cc_store_put(cc_store *s, const char *tenant, const cc_put_args *a, cc_key *key)
+{
+    GATED(s, do_put(s, tenant, a, key));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec)
+{
+    GATED(s, do_get(s, tenant, key, blob, rec));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_lookup(cc_store *s, const char *tenant, const cc_key *keys, size_t n, uint8_t *present)
+{
+    GATED(s, do_lookup(s, tenant, keys, n, present));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_delete(cc_store *s, const char *tenant, const cc_key *key)
+{
+    GATED(s, do_delete(s, tenant, key));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_tenant_create(cc_store *s, const char *name, const cc_quota *q)
+{
+    GATED(s, do_tenant_set(s, name, q, 0));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_quota_set(cc_store *s, const char *name, const cc_quota *q)
+{
+    GATED(s, do_tenant_set(s, name, q, 1));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_tenant_delete(cc_store *s, const char *name)
+{
+    GATED(s, do_tenant_delete(s, name));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_tenant_list(cc_store *s, char ***names, size_t *n)
+{
+    GATED(s, cc_metastore_tenant_list(&s->ms, names, n));
+}
+
+/* cc_store_tenant_usage under the gate. */
+static rk_status do_usage(cc_store *s, const char *name, cc_tenant_info *out)
+{
+    rk_status st = check_name("tenant", name);
+    return st != RK_OK ? st : cc_metastore_tenant_get(&s->ms, name, out);
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_tenant_usage(cc_store *s, const char *name, cc_tenant_info *out)
+{
+    GATED(s, do_usage(s, name, out));
+}
+
+/* cc_store_quota_get under the gate. */
+static rk_status do_quota_get(cc_store *s, const char *name, cc_quota *q)
+{
+    cc_tenant_info ti;
+    rk_status st = do_usage(s, name, &ti);
+    if (st == RK_OK) {
+        q->max_bytes = ti.cfg.max_bytes;
+        q->max_chunks = ti.cfg.max_chunks;
+        q->policy = ti.cfg.policy;
+    }
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_quota_get(cc_store *s, const char *name, cc_quota *q)
+{
+    GATED(s, do_quota_get(s, name, q));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_grant(cc_store *s, const char *ns, const char *tenant)
+{
+    GATED(s, do_grant(s, ns, tenant, true));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_revoke(cc_store *s, const char *ns, const char *tenant)
+{
+    GATED(s, do_grant(s, ns, tenant, false));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_evict(cc_store *s, uint64_t *removed)
+{
+    GATED(s, do_evict(s, removed));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_flush(cc_store *s)
+{
+    GATED(s, flush_touches(s));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_gc(cc_store *s, uint64_t *removed)
+{
+    GATED(s, do_gc(s, removed));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_rebuild(cc_store *s)
+{
+    if (!s)
+        return rk_error_set(RK_ERR_INVALID, "no store");
+    pthread_rwlock_wrlock(&s->gate);
+    rk_status st = do_rebuild(s);
+    pthread_rwlock_unlock(&s->gate);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+void cc_store_stats(cc_store *s, cc_stats *o)
+{
+    memset(o, 0, sizeof(*o));
+#define LD(f) o->f = atomic_load_explicit(&s->st.f, memory_order_relaxed)
+    LD(puts);
+    LD(put_dups);
+    LD(quota_rejects);
+    LD(gets);
+    LD(ram_hits);
+    LD(disk_hits);
+    LD(misses);
+    LD(corrupt);
+    LD(repairs);
+    LD(evicted_quota);
+    LD(evicted_disk);
+    LD(expired);
+    LD(ram_evictions);
+    LD(rebuilds);
+    LD(gc_removed);
+#undef LD
+    pthread_mutex_lock(&s->ram_mu);
+    o->ram_bytes = s->ram_bytes;
+    o->ram_chunks = s->nheap;
+    pthread_mutex_unlock(&s->ram_mu);
+    o->disk_bytes = atomic_load(&s->disk_bytes);
+    o->device_bytes = 0;
+}
+
+/* See ragkv/chunkcache.h. */
+cc_blobstore *cc_store_blobstore(cc_store *s)
+{
+    return &s->bs;
+}
+
+/* See ragkv/chunkcache.h. */
+cc_metastore *cc_store_metastore(cc_store *s)
+{
+    return &s->ms;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore ms, cc_store **out)
+{
+    rk_status st;
+    cc_store *s = rk_calloc(1, sizeof(*s));
+    if (!s) {
+        cc_metastore_close(&ms);
+        cc_blobstore_close(&bs);
+        return rk_error_set(RK_ERR_NOMEM, "store");
+    }
+    s->cfg = cfg ? *cfg : cc_config_default();
+    s->cfg.data_dir = s->cfg.redis_host = s->cfg.redis_prefix = NULL;
+    s->bs = bs;
+    s->ms = ms;
+    pthread_rwlock_init(&s->gate, NULL);
+    pthread_mutex_init(&s->ram_mu, NULL);
+    pthread_cond_init(&s->flush_cv, NULL);
+    if (s->cfg.device) {
+        st = rk_error_set(RK_ERR_NOT_IMPLEMENTED, "the device tier is not backed yet");
+        goto fail;
+    }
+    bool ok = false;
+    if ((st = cc_metastore_intact(&s->ms, &ok)) != RK_OK)
+        goto fail;
+    if (!ok) {
+        RK_INFO("metadata store (%s) not intact: rebuilding from the blob store", s->ms.iface->name);
+        if ((st = do_rebuild(s)) != RK_OK)
+            goto fail;
+    } else {
+        atomic_store(&s->disk_bytes, sum_usage(s));
+    }
+    /* touch_batch 1 means "count every hit before returning": no flusher thread */
+    if (s->cfg.touch_batch > 1 && pthread_create(&s->flusher, NULL, flusher_main, s) == 0)
+        s->flusher_on = true;
+    *out = s;
+    return RK_OK;
+fail:
+    cc_store_close(s);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_open(const cc_config *cfg_in, cc_store **out)
+{
+    cc_config cfg = cfg_in ? *cfg_in : cc_config_default();
+    cc_blobstore bs = {0};
+    cc_metastore ms = {0};
+    rk_status st;
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "store: no output");
+    if (cfg.data_dir)
+        st = cc_blobstore_rocksdb_open(cfg.data_dir, &cfg.rocks, &bs);
+    else
+        st = cc_blobstore_mem_open(&bs);
+    if (st != RK_OK)
+        return st;
+    if (cfg.redis_host)
+        st = cc_metastore_redis_open(cfg.redis_host, cfg.redis_port, cfg.redis_prefix, &cfg.redis, &ms);
+    else
+        st = cc_metastore_embedded_open(&bs, &ms);
+    if (st != RK_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", rk_error_msg());
+        cc_blobstore_close(&bs);
+        return rk_error_set(st, "%s", msg);
+    }
+    return cc_store_open_with(&cfg, bs, ms, out);
+}
+
+/* See ragkv/chunkcache.h. */
+void cc_store_close(cc_store *s)
+{
+    if (!s)
+        return;
+    if (s->flusher_on) {
+        pthread_mutex_lock(&s->ram_mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->flush_cv);
+        pthread_mutex_unlock(&s->ram_mu);
+        pthread_join(s->flusher, NULL);
+    }
+    if (s->ms.iface && flush_touches(s) != RK_OK)
+        RK_WARN("hit counts lost at close: %s", rk_error_msg());
+    cc_store_drop_ram(s);
+    cc_metastore_close(&s->ms);
+    cc_blobstore_close(&s->bs);
+    cc_keymap_free(&s->ram);
+    rk_free(s->heap);
+    rk_free(s->pend);
+    pthread_rwlock_destroy(&s->gate);
+    pthread_mutex_destroy(&s->ram_mu);
+    pthread_cond_destroy(&s->flush_cv);
+    rk_free(s);
+}
