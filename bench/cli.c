@@ -1,11 +1,38 @@
-/* cli.c — `ragkv bench`: placeholder until the benchmarks land (issues 3, 4, 10). */
+/* cli.c — `ragkv bench`: dispatch to the benchmarks each module implements. */
 #include <stdio.h>
+#include <string.h>
 
+#include "ragkv/chunkcache.h"
 #include "ragkv/cli.h"
+
+struct bench {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+};
+
+static const struct bench benches[] = {
+    {"store", cc_bench_main, "chunk store put/get throughput and latency vs redis-server SET/GET"},
+};
+#define NBENCH (sizeof(benches) / sizeof(benches[0]))
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ragkv bench NAME [ARGS...]   ('ragkv bench NAME --help')\n\nBenchmarks:\n");
+    for (size_t i = 0; i < NBENCH; i++)
+        fprintf(f, "  %-8s %s\n", benches[i].name, benches[i].help);
+}
 
 int bench_cli_main(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "ragkv %s: no benchmarks are built yet in this version\n", argv[0]);
+    if (argc < 2 || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < NBENCH; i++)
+        if (!strcmp(argv[1], benches[i].name))
+            return benches[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "ragkv bench: unknown benchmark '%s'\n", argv[1]);
+    usage(stderr);
     return 2;
 }
