@@ -40,7 +40,7 @@ typedef struct cpu_layer {
 
 typedef struct cpu_ctx {
     eng_model *m;            /* borrowed */
-    const eng_model_info *mi;
+    const eng_model_info *mi; /* &m->info */
     rk_pool *pool;           /* owned worker threads */
     const float *tok_emb;    /* (vocab, d) */
     const float *final_norm; /* (d) */
@@ -105,10 +105,10 @@ static void rope(float *vec, int n_heads, int hd, int32_t pos, const float *inv_
 }
 
 typedef struct matmul_job {
-    float *y;       /* (n, out) */
-    const float *x; /* (n, in) */
-    const float *w; /* (out, in) */
-    size_t n, in, out;
+    float *y;          /* (n, out) */
+    const float *x;    /* (n, in) */
+    const float *w;    /* (out, in) */
+    size_t n, in, out; /* tokens, input width, output width */
 } matmul_job;
 
 /* Output rows [o0, o1) for every token, in blocks of ~64 KB of weight rows that stay in
@@ -150,9 +150,9 @@ static void matmul(cpu_ctx *c, float *y, const float *x, const float *w, size_t 
 /* ---- weights --------------------------------------------------------------------------- */
 
 typedef struct conv_job {
-    float *dst;
-    const uint16_t *src;
-    eng_dtype dt;
+    float *dst;          /* widened float32 elements */
+    const uint16_t *src; /* f16 or bf16 elements */
+    eng_dtype dt;        /* which of the two */
 } conv_job;
 
 static void conv_range(void *arg, size_t b, size_t e)
@@ -290,9 +290,9 @@ static rk_status cpu_embed(void *ctx, eng_hidden *h, size_t row0, const int32_t 
 /* ---- the layer ------------------------------------------------------------------------- */
 
 typedef struct attn_job {
-    const cpu_ctx *c;
+    const cpu_ctx *c;     /* the backend */
     eng_seq *const *seqs; /* (n) the sequence of each row */
-    int layer;
+    int layer;            /* which layer's cache */
     const float *q;       /* (n, q_dim) rotated queries */
     const int32_t *pos;   /* (n) */
     float *out;           /* (n, q_dim) */

@@ -212,10 +212,10 @@ out:
 
 /* One mapped shard and its parsed header. */
 typedef struct shard {
-    char file[256];    /* file name inside the folder */
-    const uint8_t *base;
-    size_t len;
-    eng_st_header *hdr;
+    char file[256];      /* file name inside the folder */
+    const uint8_t *base; /* its read-only mapping (owned by the model) */
+    size_t len;          /* bytes mapped */
+    eng_st_header *hdr;  /* parsed header, owned here until the load ends */
 } shard;
 
 static rk_status map_shard(eng_model *m, const char *dir, shard *sh)
