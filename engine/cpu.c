@@ -296,6 +296,8 @@ typedef struct attn_job {
     const float *q;       /* (n, q_dim) rotated queries */
     const int32_t *pos;   /* (n) */
     float *out;           /* (n, q_dim) */
+    const eng_attn_mass *am; /* optional attention-mass groups */
+    float *mass_h;        /* (n, n_heads, n_groups) per-head masses when am */
     bool failed;          /* a worker ran out of memory */
 } attn_job;
 
@@ -355,6 +357,17 @@ static void attn_range(void *arg, size_t b, size_t e)
             for (size_t i = 0; i < hd; i++)
                 o[i] += a * v[i];
         }
+        if (j->am) {
+            float *mh = j->mass_h + rh * j->am->n_groups;
+            for (size_t g = 0; g < j->am->n_groups; g++) {
+                float m = 0.0f;
+                size_t end = j->am->bounds[g + 1] < len ? j->am->bounds[g + 1] : len;
+                for (size_t t = j->am->bounds[g]; t < end; t++)
+                    if (s->pos[t] <= p)
+                        m += scores[t] / sum;
+                mh[g] = m;
+            }
+        }
     }
     rk_free(scores);
 }
@@ -362,7 +375,7 @@ static void attn_range(void *arg, size_t b, size_t e)
 /* Layer `layer` over n rows x (n, d) in place; row i belongs to seqs[i] at pos[i], slot
  * slots[i] (already recorded in seqs[i]->pos). */
 static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, float *x, size_t n, const int32_t *pos,
-                                const int32_t *slots, float *k_fresh, float *v_fresh)
+                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am)
 {
     const eng_model_info *mi = c->mi;
     const cpu_layer *w = &c->layers[layer];
@@ -407,15 +420,33 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
         rope(q + i * qd, mi->n_heads, mi->head_dim, pos[i], c->m->inv_freq, mi->rope);
     }
     /* attention over each row's whole sequence */
-    attn_job aj = {c, seqs, layer, q, pos, att, false};
     size_t pairs = n * (size_t)mi->n_heads;
+    float *mass_h = NULL;
+    if (am && !(mass_h = rk_malloc(pairs * am->n_groups * sizeof(float)))) {
+        rk_aligned_free(buf);
+        return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory for attention masses");
+    }
+    attn_job aj = {c, seqs, layer, q, pos, att, am, mass_h, false};
     if (pairs == 1 || rk_pool_size(c->pool) <= 1)
         attn_range(&aj, 0, pairs);
     else
         rk_pool_for(c->pool, pairs, 1, attn_range, &aj);
     if (aj.failed) {
+        rk_free(mass_h);
         rk_aligned_free(buf);
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory in attention");
+    }
+    if (am) {
+        /* average over heads, in head order (deterministic whatever the thread split) */
+        size_t H = (size_t)mi->n_heads, G = am->n_groups;
+        for (size_t r = 0; r < n; r++)
+            for (size_t g = 0; g < G; g++) {
+                float m = 0.0f;
+                for (size_t h = 0; h < H; h++)
+                    m += mass_h[(r * H + h) * G + g];
+                am->mass[r * G + g] = m / (float)H;
+            }
+        rk_free(mass_h);
     }
     matmul(c, xb, att, w->wo, n, qd, d);
     for (size_t i = 0; i < n * d; i++)
@@ -439,14 +470,14 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
 }
 
 static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
-                                   const int32_t *slots, float *k_fresh, float *v_fresh)
+                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am)
 {
     eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
     if (!seqs)
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
     for (size_t i = 0; i < n; i++)
         seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh);
+    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, am);
     rk_free(seqs);
     return st;
 }
@@ -511,7 +542,7 @@ static rk_status cpu_decode(void *ctx, eng_seq *const *seqs, const int32_t *toke
         memcpy(x + i * d, c->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
     rk_status st = RK_OK;
     for (int l = 0; l < c->mi->n_layers && st == RK_OK; l++)
-        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL);
+        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL, NULL);
     if (st == RK_OK)
         st = logits_rows(c, x, NULL, n, logits);
     rk_aligned_free(x);

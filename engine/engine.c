@@ -223,6 +223,12 @@ rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *
 rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                             const int32_t *slots, float *k_fresh, float *v_fresh)
 {
+    return eng_layer_forward_ex(s, layer, h, n, pos, slots, k_fresh, v_fresh, NULL);
+}
+
+rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                               const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am)
+{
     if (!s || !h || h->be != s->be)
         return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: sequence and hidden block of different backends");
     const eng_model_info *mi = &s->be->model->info;
@@ -232,10 +238,18 @@ rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, cons
         return RK_OK;
     if (n > h->rows)
         return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: %zu rows but the block has %zu", n, h->rows);
+    if (am) {
+        if (am->n_groups == 0 || !am->bounds || !am->mass)
+            return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: attention mass needs groups, bounds and output");
+        for (size_t g = 0; g < am->n_groups; g++)
+            if (am->bounds[g] > am->bounds[g + 1] || am->bounds[g + 1] > s->capacity)
+                return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: attention group %zu bounds [%zu, %zu) bad "
+                                    "(capacity %zu)", g, am->bounds[g], am->bounds[g + 1], s->capacity);
+    }
     rk_status st = seq_claim(s, n, pos, slots, "eng_layer_forward");
     if (st != RK_OK)
         return st;
-    return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh);
+    return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh, am);
 }
 
 rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n, float *logits)
@@ -343,7 +357,7 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
             eng_hidden *h = NULL;
             if ((st = eng_hidden_new(be, 1, &h)) == RK_OK && (st = eng_embed(be, h, 0, &tokens[i], 1)) == RK_OK)
                 for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
-                    st = be->iface->layer_forward(be->ctx, seqs[i], l, h, 1, &ps[i], &sl[i], NULL, NULL);
+                    st = be->iface->layer_forward(be->ctx, seqs[i], l, h, 1, &ps[i], &sl[i], NULL, NULL, NULL);
             if (st == RK_OK)
                 st = eng_logits(be, h, NULL, 1, logits + i * (size_t)mi->vocab);
             eng_hidden_free(h);

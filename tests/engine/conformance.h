@@ -404,4 +404,78 @@ static void conf_bad_calls(conf_backend_ctor ctor, const char *model)
     eng_model_close(m);
 }
 
+/* Attention mass by slot group: non-negative, sums to 1 over groups covering every slot,
+ * zero on slots a row cannot see, and asking for it changes no hidden state. */
+static void conf_attention_mass(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 12, d = (size_t)mi->dim;
+    int32_t tok[12], pos[4], sl[4];
+    conf_tokens(tok, n, mi->vocab, 8);
+    float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float));
+    eng_seq *a, *b, *c;
+    cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &b), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &c), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, 8, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, 8, kv), RK_OK);
+    int32_t p8[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    cr_assert_eq(eng_kv_import(b, 0, 8, p8, kv), RK_OK);
+    cr_assert_eq(eng_kv_import(c, 0, 8, p8, kv), RK_OK);
+    for (int i = 0; i < 4; i++) {
+        pos[i] = 8 + i;
+        sl[i] = 8 + i;
+    }
+    eng_hidden *hb, *hc;
+    cr_assert_eq(eng_hidden_new(be, 4, &hb), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, 4, &hc), RK_OK);
+    cr_assert_eq(eng_embed(be, hb, 0, tok + 8, 4), RK_OK);
+    cr_assert_eq(eng_embed(be, hc, 0, tok + 8, 4), RK_OK);
+    const size_t bounds3[4] = {0, 4, 8, 12}, bounds_late[2] = {9, 12};
+    float mass3[4 * 3], late[4];
+    eng_attn_mass am3 = {3, bounds3, mass3}, aml = {1, bounds_late, late};
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_forward_ex(b, l, hb, 4, pos, sl, NULL, NULL, l % 2 ? &aml : &am3), RK_OK, "%s",
+                     rk_error_msg());
+        cr_assert_eq(eng_layer_forward(c, l, hc, 4, pos, sl, NULL, NULL), RK_OK);
+        for (int r = 0; r < 4; r++) {
+            if (l % 2) {
+                /* slots 9..11 hold positions 9..11: invisible to the row at 8, visible after */
+                cr_expect(late[r] >= 0.0f && late[r] <= 1.0f + tol, "row %d mass %g", r, late[r]);
+                if (r == 0)
+                    cr_expect_eq(late[0], 0.0f, "%s: the row at position 8 sees no later slot", model);
+                else
+                    cr_expect_gt(late[r], 0.0f);
+            } else {
+                double sum = 0;
+                for (int g = 0; g < 3; g++) {
+                    cr_expect(mass3[r * 3 + g] >= 0.0f, "negative mass");
+                    sum += mass3[r * 3 + g];
+                }
+                cr_expect(fabs(sum - 1.0) <= tol, "%s: layer %d row %d masses sum to %g", model, l, r, sum);
+            }
+        }
+    }
+    float *xb = malloc(4 * d * sizeof(float)), *xc = malloc(4 * d * sizeof(float));
+    cr_assert_eq(eng_hidden_read(hb, 0, 4, xb), RK_OK);
+    cr_assert_eq(eng_hidden_read(hc, 0, 4, xc), RK_OK);
+    cr_expect(conf_rel_err(xb, xc, 4 * d) <= tol, "asking for masses changed the hidden states");
+    const size_t badb[2] = {5, 3};
+    eng_attn_mass bad = {1, badb, late};
+    cr_expect_eq(eng_layer_forward_ex(c, 0, hc, 1, pos, sl, NULL, NULL, &bad), RK_ERR_RANGE);
+    free(kv);
+    free(xb);
+    free(xc);
+    eng_hidden_free(hb);
+    eng_hidden_free(hc);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
 #endif

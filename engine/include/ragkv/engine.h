@@ -215,6 +215,21 @@ rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *
 rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                             const int32_t *slots, float *k_fresh, float *v_fresh);
 
+/* Attention mass by slot group, an optional output of eng_layer_forward_ex (Cache-Craft's
+ * inter/intra-chunk attention): group g is the slots [bounds[g], bounds[g+1]); for each row,
+ * mass[row * n_groups + g] receives the attention probability the row's queries put on the
+ * group's slots, averaged over heads (slots outside every group are counted nowhere, so a
+ * row's masses sum to 1 only when the groups cover every slot it sees). */
+typedef struct eng_attn_mass {
+    size_t n_groups;       /* groups */
+    const size_t *bounds;  /* (n_groups + 1) non-decreasing slot boundaries */
+    float *mass;           /* out: (n, n_groups) float32, host memory */
+} eng_attn_mass;
+
+/* eng_layer_forward, plus the attention mass by slot group of every row when am is not NULL. */
+rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                               const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am);
+
 /* Final RMSNorm and classifier for chosen rows of h: logits row i (vocab floats) for h row
  * rows[i] (rows NULL: rows 0..n-1). logits is (n, vocab) float32 host memory. */
 rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n,
