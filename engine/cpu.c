@@ -296,8 +296,9 @@ typedef struct attn_job {
     const float *q;       /* (n, q_dim) rotated queries */
     const int32_t *pos;   /* (n) */
     float *out;           /* (n, q_dim) */
-    const eng_attn_mass *am; /* optional attention-mass groups */
-    float *mass_h;        /* (n, n_heads, n_groups) per-head masses when am */
+    const eng_attn_groups *ag; /* optional slot groups */
+    const int32_t *grp;   /* (seq len) group of each slot, -1 for none; NULL without ag */
+    float *mass_h;        /* (n, n_heads, n_groups) per-head masses when ag->mass */
     bool failed;          /* a worker ran out of memory */
 } attn_job;
 
@@ -336,6 +337,12 @@ static void attn_range(void *arg, size_t b, size_t e)
                 continue;
             }
             float sc = dot(q, kr + t * kvd, hd) / scale;
+            if (j->grp && j->grp[t] >= 0) {
+                if (j->ag->temperature)
+                    sc /= j->ag->temperature[j->grp[t]];
+                if (j->ag->log_scale)
+                    sc += j->ag->log_scale[j->grp[t]];
+            }
             scores[t] = sc;
             if (sc > maxv)
                 maxv = sc;
@@ -344,12 +351,12 @@ static void attn_range(void *arg, size_t b, size_t e)
         for (size_t t = 0; t < len; t++) {
             if (s->pos[t] > p)
                 continue;
-            scores[t] = expf(scores[t] - maxv);
+            scores[t] = maxv == -INFINITY ? 0.0f : expf(scores[t] - maxv); /* all hidden: no weight */
             sum += scores[t];
         }
         float *o = j->out + r * H * hd + h * hd;
         memset(o, 0, hd * sizeof(float));
-        for (size_t t = 0; t < len; t++) {
+        for (size_t t = 0; t < len && sum > 0.0f; t++) {
             if (s->pos[t] > p)
                 continue;
             float a = scores[t] / sum;
@@ -357,12 +364,12 @@ static void attn_range(void *arg, size_t b, size_t e)
             for (size_t i = 0; i < hd; i++)
                 o[i] += a * v[i];
         }
-        if (j->am) {
-            float *mh = j->mass_h + rh * j->am->n_groups;
-            for (size_t g = 0; g < j->am->n_groups; g++) {
+        if (j->mass_h) {
+            float *mh = j->mass_h + rh * j->ag->n_groups;
+            for (size_t g = 0; g < j->ag->n_groups; g++) {
                 float m = 0.0f;
-                size_t end = j->am->bounds[g + 1] < len ? j->am->bounds[g + 1] : len;
-                for (size_t t = j->am->bounds[g]; t < end; t++)
+                size_t end = j->ag->bounds[g + 1] < len ? j->ag->bounds[g + 1] : len;
+                for (size_t t = j->ag->bounds[g]; t < end && sum > 0.0f; t++)
                     if (s->pos[t] <= p)
                         m += scores[t] / sum;
                 mh[g] = m;
@@ -375,7 +382,7 @@ static void attn_range(void *arg, size_t b, size_t e)
 /* Layer `layer` over n rows x (n, d) in place; row i belongs to seqs[i] at pos[i], slot
  * slots[i] (already recorded in seqs[i]->pos). */
 static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, float *x, size_t n, const int32_t *pos,
-                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am)
+                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
     const eng_model_info *mi = c->mi;
     const cpu_layer *w = &c->layers[layer];
@@ -422,29 +429,47 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
     /* attention over each row's whole sequence */
     size_t pairs = n * (size_t)mi->n_heads;
     float *mass_h = NULL;
-    if (am && !(mass_h = rk_malloc(pairs * am->n_groups * sizeof(float)))) {
-        rk_aligned_free(buf);
-        return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory for attention masses");
+    int32_t *grp = NULL;
+    if (ag) {
+        /* slot -> group, for the score modifiers (groups apply to a single sequence) */
+        size_t len = seqs[0]->len;
+        grp = rk_malloc((len ? len : 1) * sizeof(int32_t));
+        if (grp) {
+            for (size_t t = 0; t < len; t++)
+                grp[t] = -1;
+            for (size_t g = 0; g < ag->n_groups; g++)
+                for (size_t t = ag->bounds[g]; t < ag->bounds[g + 1] && t < len; t++)
+                    grp[t] = (int32_t)g;
+        }
+        if (ag->mass)
+            mass_h = rk_malloc(pairs * ag->n_groups * sizeof(float));
+        if (!grp || (ag->mass && !mass_h)) {
+            rk_free(grp);
+            rk_free(mass_h);
+            rk_aligned_free(buf);
+            return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory for attention groups");
+        }
     }
-    attn_job aj = {c, seqs, layer, q, pos, att, am, mass_h, false};
+    attn_job aj = {c, seqs, layer, q, pos, att, ag, grp, mass_h, false};
     if (pairs == 1 || rk_pool_size(c->pool) <= 1)
         attn_range(&aj, 0, pairs);
     else
         rk_pool_for(c->pool, pairs, 1, attn_range, &aj);
+    rk_free(grp);
     if (aj.failed) {
         rk_free(mass_h);
         rk_aligned_free(buf);
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory in attention");
     }
-    if (am) {
+    if (mass_h) {
         /* average over heads, in head order (deterministic whatever the thread split) */
-        size_t H = (size_t)mi->n_heads, G = am->n_groups;
+        size_t H = (size_t)mi->n_heads, G = ag->n_groups;
         for (size_t r = 0; r < n; r++)
             for (size_t g = 0; g < G; g++) {
                 float m = 0.0f;
                 for (size_t h = 0; h < H; h++)
                     m += mass_h[(r * H + h) * G + g];
-                am->mass[r * G + g] = m / (float)H;
+                ag->mass[r * G + g] = m / (float)H;
             }
         rk_free(mass_h);
     }
@@ -470,14 +495,14 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
 }
 
 static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
-                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_mass *am)
+                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
     eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
     if (!seqs)
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
     for (size_t i = 0; i < n; i++)
         seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, am);
+    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag);
     rk_free(seqs);
     return st;
 }

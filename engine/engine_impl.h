@@ -131,7 +131,7 @@ struct eng_backend_i {
     rk_status (*embed)(void *ctx, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n);
     rk_status (*layer_forward)(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n,
                                const int32_t *pos, const int32_t *slots, float *k_fresh,
-                               float *v_fresh, const eng_attn_mass *am);
+                               float *v_fresh, const eng_attn_groups *ag);
     rk_status (*logits)(void *ctx, const eng_hidden *h, const size_t *rows, size_t n,
                         float *logits);
 
