@@ -149,7 +149,7 @@ rk_status eng_model_synth_write(const char *shape, uint64_t seed, const char *di
  * the folder, read with rotate-half RoPE, computes the same function. */
 rk_status eng_model_write_hf(const eng_model *m, const char *dir);
 
-const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" */
+const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" (static storage) */
 
 /* ---- backends --------------------------------------------------------------------------- */
 
