@@ -47,8 +47,9 @@ Test(cpu_conformance, row_subset_equals_full_forward)
 
 Test(cpu_conformance, kv_import_at_shifted_positions)
 {
-    /* shifted: the same function of relative positions, different cos/sin rounding */
-    EACH_MODEL(conf_export_import_shift(cpu_ctor, model, TOL, 1e-4));
+    /* shifted: the same function of relative positions, different cos/sin rounding (measured
+     * ~3e-7 relative on every model here) */
+    EACH_MODEL(conf_export_import_shift(cpu_ctor, model, TOL, TOL));
 }
 
 Test(cpu_conformance, batched_decode_equals_alone)
