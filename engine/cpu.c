@@ -525,30 +525,33 @@ static rk_status cpu_logits(void *ctx, const eng_hidden *h, const size_t *rows, 
     return logits_rows(ctx, h->ctx, rows, n, logits);
 }
 
-static rk_status cpu_kv_export(void *ctx, const eng_seq *s, size_t slot0, size_t n, float *out)
+static rk_status cpu_kv_export(void *ctx, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n,
+                               float *out)
 {
     cpu_ctx *c = ctx;
     const cpu_kv *kv = s->ctx;
     size_t kvd = (size_t)c->mi->n_kv_heads * (size_t)c->mi->head_dim;
-    for (size_t l = 0; l < (size_t)c->mi->n_layers; l++) {
-        size_t src = (l * s->capacity + slot0) * kvd;
-        memcpy(out + (2 * l) * n * kvd, kv->k_raw + src, n * kvd * sizeof(float));
-        memcpy(out + (2 * l + 1) * n * kvd, kv->v + src, n * kvd * sizeof(float));
+    for (size_t i = 0; i < (size_t)n_layers; i++) {
+        size_t src = (((size_t)layer0 + i) * s->capacity + slot0) * kvd;
+        memcpy(out + (2 * i) * n * kvd, kv->k_raw + src, n * kvd * sizeof(float));
+        memcpy(out + (2 * i + 1) * n * kvd, kv->v + src, n * kvd * sizeof(float));
     }
     return RK_OK;
 }
 
-static rk_status cpu_kv_import(void *ctx, eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv_in)
+static rk_status cpu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n,
+                               const int32_t *pos, const float *kv_in)
 {
     cpu_ctx *c = ctx;
     cpu_kv *kv = s->ctx;
     const eng_model_info *mi = c->mi;
     size_t kvd = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
-    for (size_t l = 0; l < (size_t)mi->n_layers; l++) {
+    for (size_t i = 0; i < (size_t)n_layers; i++) {
+        size_t l = (size_t)layer0 + i;
         size_t dst = (l * s->capacity + slot0) * kvd;
-        memcpy(kv->k_raw + dst, kv_in + (2 * l) * n * kvd, n * kvd * sizeof(float));
-        memcpy(kv->k_rot + dst, kv_in + (2 * l) * n * kvd, n * kvd * sizeof(float));
-        memcpy(kv->v + dst, kv_in + (2 * l + 1) * n * kvd, n * kvd * sizeof(float));
+        memcpy(kv->k_raw + dst, kv_in + (2 * i) * n * kvd, n * kvd * sizeof(float));
+        memcpy(kv->k_rot + dst, kv_in + (2 * i) * n * kvd, n * kvd * sizeof(float));
+        memcpy(kv->v + dst, kv_in + (2 * i + 1) * n * kvd, n * kvd * sizeof(float));
         for (size_t t = 0; t < n; t++)
             rope(kv->k_rot + dst + t * kvd, mi->n_kv_heads, mi->head_dim, pos[t], c->m->inv_freq, mi->rope);
     }

@@ -384,21 +384,48 @@ size_t eng_kv_floats(const eng_model *m, size_t n)
 
 rk_status eng_kv_export(const eng_seq *s, size_t slot0, size_t n, float *out)
 {
+    return s ? eng_kv_export_layers(s, 0, s->be->model->info.n_layers, slot0, n, out)
+             : rk_error_set(RK_ERR_INVALID, "eng_kv_export: no sequence");
+}
+
+rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv)
+{
+    return s ? eng_kv_import_layers(s, 0, s->be->model->info.n_layers, slot0, n, pos, kv)
+             : rk_error_set(RK_ERR_INVALID, "eng_kv_import: no sequence");
+}
+
+static rk_status check_layers(const eng_seq *s, int layer0, int n_layers, const char *who)
+{
+    int L = s->be->model->info.n_layers;
+    if (layer0 < 0 || n_layers < 0 || layer0 > L || n_layers > L - layer0)
+        return rk_error_set(RK_ERR_RANGE, "%s: layers [%d, +%d) outside 0..%d", who, layer0, n_layers, L - 1);
+    return RK_OK;
+}
+
+rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
+{
     if (!s || (n && !out))
         return rk_error_set(RK_ERR_INVALID, "eng_kv_export: bad arguments");
+    rk_status st = check_layers(s, layer0, n_layers, "eng_kv_export");
+    if (st != RK_OK)
+        return st;
     if (slot0 > s->len || n > s->len - slot0)
         return rk_error_set(RK_ERR_RANGE, "eng_kv_export: slots [%zu, +%zu) outside the length %zu", slot0, n,
                             s->len);
     for (size_t i = 0; i < n; i++)
         if (s->pos[slot0 + i] == ENG_POS_EMPTY)
             return rk_error_set(RK_ERR_INVALID, "eng_kv_export: slot %zu is empty", slot0 + i);
-    return n ? s->be->iface->kv_export(s->be->ctx, s, slot0, n, out) : RK_OK;
+    return n && n_layers ? s->be->iface->kv_export(s->be->ctx, s, layer0, n_layers, slot0, n, out) : RK_OK;
 }
 
-rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv)
+rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
+                               const float *kv)
 {
     if (!s || (n && (!pos || !kv)))
         return rk_error_set(RK_ERR_INVALID, "eng_kv_import: bad arguments");
+    rk_status cs = check_layers(s, layer0, n_layers, "eng_kv_import");
+    if (cs != RK_OK)
+        return cs;
     if (slot0 > s->capacity || n > s->capacity - slot0)
         return rk_error_set(RK_ERR_RANGE, "eng_kv_import: slots [%zu, +%zu) outside the capacity %zu", slot0, n,
                             s->capacity);
@@ -413,5 +440,5 @@ rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, 
     rk_free(sl);
     if (st != RK_OK)
         return st;
-    return s->be->iface->kv_import(s->be->ctx, s, slot0, n, pos, kv);
+    return n_layers ? s->be->iface->kv_import(s->be->ctx, s, layer0, n_layers, slot0, n, pos, kv) : RK_OK;
 }

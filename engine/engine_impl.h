@@ -135,10 +135,12 @@ struct eng_backend_i {
     rk_status (*logits)(void *ctx, const eng_hidden *h, const size_t *rows, size_t n,
                         float *logits);
 
-    /* KV in the canonical layout; import also receives the positions (already in s->pos) */
-    rk_status (*kv_export)(void *ctx, const eng_seq *s, size_t slot0, size_t n, float *out);
-    rk_status (*kv_import)(void *ctx, eng_seq *s, size_t slot0, size_t n, const int32_t *pos,
-                           const float *kv);
+    /* KV of layers [layer0, layer0+n_layers) in the canonical layout; import also receives
+     * the positions (already in s->pos) */
+    rk_status (*kv_export)(void *ctx, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n,
+                           float *out);
+    rk_status (*kv_import)(void *ctx, eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n,
+                           const int32_t *pos, const float *kv);
 
     /* Batched decode: seqs[i] gets tokens[i] at pos[i] in slot slots[i] (s->pos updated).
      * Optional: NULL means engine.c runs embed + layer_forward per layer per sequence. */

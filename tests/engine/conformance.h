@@ -571,4 +571,47 @@ static void conf_attention_modifiers(conf_backend_ctor ctor, const char *model, 
     eng_model_close(m);
 }
 
+/* Layer-range export/import: a layer range is the matching slice of the full block, and
+ * importing layer by layer equals importing all layers at once. */
+static void conf_kv_layers(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 6, V = (size_t)mi->vocab, F = eng_kv_floats(m, n), per = F / (size_t)mi->n_layers;
+    int32_t tok[6], pos[6], next = 4;
+    conf_tokens(tok, n, mi->vocab, 14);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = 3 + (int32_t)i;
+    float *full = malloc(F * sizeof(float)), *part = malloc(F * sizeof(float));
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    eng_seq *a, *b, *c;
+    cr_assert_eq(eng_seq_new(be, 16, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 16, &b), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 16, &c), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, n, full), RK_OK);
+    int mid = mi->n_layers / 2, cnt = mi->n_layers - mid;
+    cr_assert_eq(eng_kv_export_layers(a, mid, cnt, 0, n, part), RK_OK, "%s", rk_error_msg());
+    cr_expect(conf_rel_err(part, full + (size_t)mid * per, (size_t)cnt * per) <= tol, "layer slice differs");
+    cr_assert_eq(eng_kv_import(b, 0, n, pos, full), RK_OK);
+    for (int l = mi->n_layers - 1; l >= 0; l--) /* any order */
+        cr_assert_eq(eng_kv_import_layers(c, l, 1, 0, n, pos, full + (size_t)l * per), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_decode(be, &b, &next, 1, la), RK_OK);
+    cr_assert_eq(eng_decode(be, &c, &next, 1, lb), RK_OK);
+    cr_expect(conf_rel_err(lb, la, V) <= tol, "%s: layer-by-layer import differs", model);
+    cr_expect_eq(eng_kv_export_layers(a, mi->n_layers, 1, 0, n, part), RK_ERR_RANGE);
+    cr_expect_eq(eng_kv_import_layers(c, -1, 1, 0, n, pos, full), RK_ERR_RANGE);
+    free(full);
+    free(part);
+    free(la);
+    free(lb);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
 #endif

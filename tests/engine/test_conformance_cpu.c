@@ -72,6 +72,11 @@ Test(cpu_conformance, attention_group_modifiers)
     EACH_MODEL(conf_attention_modifiers(cpu_ctor, model, TOL));
 }
 
+Test(cpu_conformance, kv_by_layer_ranges)
+{
+    EACH_MODEL(conf_kv_layers(cpu_ctor, model, TOL));
+}
+
 Test(cpu_conformance, bad_calls_rejected)
 {
     EACH_MODEL(conf_bad_calls(cpu_ctor, model));

@@ -48,4 +48,5 @@ Test(gpu_conformance, batched_decode_equals_alone) { EACH(conf_batched_decode(cu
 Test(gpu_conformance, causal_rule_by_position) { EACH(conf_causal_by_position(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, attention_mass_by_slot_group) { EACH(conf_attention_mass(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers(cuda_ctor, model, TOL)); }
+Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }

@@ -275,6 +275,15 @@ rk_status eng_kv_export(const eng_seq *s, size_t slot0, size_t n, float *out);
  * s at positions pos[0..n) (RoPE is applied at those positions); extends len as needed. */
 rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv);
 
+/* The same for layers [layer0, layer0+n_layers) only (layout `[layer in range][K|V][token]
+ * [kv_head][head_dim]`, n_layers * 2 * n * n_kv_heads * head_dim floats): to load a chunk's
+ * cache layer by layer while earlier layers compute, or to restore cached KV of one layer.
+ * Import sets the slots' positions for every layer, as eng_kv_import does; a slot whose other
+ * layers have not been written holds stale KV there, which the caller fills before using. */
+rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out);
+rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
+                               const float *kv);
+
 /* ---- sampling --------------------------------------------------------------------------- */
 
 /* A seeded sampler. temperature 0: greedy (argmax, lowest id on ties); otherwise softmax of
