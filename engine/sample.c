@@ -52,20 +52,53 @@ int32_t eng_argmax(const float *logits, int vocab)
     return best;
 }
 
-/* Sort candidates by probability, descending; ties by id so the order is total. */
-static const float *sort_probs;
-static int cmp_prob(const void *a, const void *b)
+/* Candidate order: more probable first, lower id first on ties (a total order, so the
+ * result never depends on the sorting algorithm). */
+static inline bool better(const float *p, int a, int b)
 {
-    int x = *(const int *)a, y = *(const int *)b;
-    float px = sort_probs[x], py = sort_probs[y];
-    if (px != py)
-        return px > py ? -1 : 1;
-    return (x > y) - (x < y);
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
 }
 
-/* qsort has no context argument; keep the sort itself single-threaded per process. */
-#include <pthread.h>
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Heap whose root is the worst kept candidate. */
+static void sift_down(int *h, size_t n, size_t i, const float *p)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && better(p, h[w], h[l]))
+            w = l;
+        if (r < n && better(p, h[w], h[r]))
+            w = r;
+        if (w == i)
+            return;
+        int t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+/* Keep the best k of the m ids in ids[] and sort them best first; returns how many. Heap
+ * selection: O(m log k), instead of sorting a 150K-entry vocabulary every token. */
+static size_t select_best(int *ids, size_t m, size_t k, const float *p)
+{
+    if (k > m)
+        k = m;
+    for (size_t i = k / 2; i-- > 0;)
+        sift_down(ids, k, i, p);
+    for (size_t i = k; i < m; i++)
+        if (better(p, ids[i], ids[0])) {
+            ids[0] = ids[i];
+            sift_down(ids, k, 0, p);
+        }
+    /* pop the worst to the end repeatedly: best first */
+    for (size_t n = k; n > 1; n--) {
+        int t = ids[0];
+        ids[0] = ids[n - 1];
+        ids[n - 1] = t;
+        sift_down(ids, n - 1, 0, p);
+    }
+    return k;
+}
 
 int32_t eng_sample(eng_sampler *s, const float *logits, int vocab)
 {
@@ -107,14 +140,18 @@ int32_t eng_sample(eng_sampler *s, const float *logits, int vocab)
         }
         return vocab - 1; /* rounding */
     }
+    /* candidates: with top-p, a token below (1 - top_p) / (vocab - 1) cannot be in the
+     * nucleus (all such tokens together hold less than 1 - top_p), so skip it (llama2.c's
+     * cut-off); keep the top-k of the rest, sorted */
+    size_t m = 0;
+    float cutoff = s->top_p < 1.0f && vocab > 1 ? (1.0f - s->top_p) / (float)(vocab - 1) : 0.0f;
     for (int i = 0; i < vocab; i++)
-        s->order[i] = i;
-    pthread_mutex_lock(&sort_lock);
-    sort_probs = prob;
-    qsort(s->order, (size_t)vocab, sizeof(int), cmp_prob);
-    pthread_mutex_unlock(&sort_lock);
-    if (s->top_k > 0 && s->top_k < n)
-        n = s->top_k;
+        if (prob[i] >= cutoff)
+            s->order[m++] = i;
+    if (m == 0) /* rounding: fall back to everything */
+        for (int i = 0; i < vocab; i++)
+            s->order[m++] = i;
+    n = (int)select_best(s->order, m, s->top_k > 0 ? (size_t)s->top_k : m, prob);
     float mass = 0.0f;
     int keep = n;
     for (int i = 0; i < n; i++) {

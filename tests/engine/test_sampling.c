@@ -104,3 +104,51 @@ Test(sampling, top_k_and_top_p_restrict_candidates)
     for (int i = 0; i < 100; i++)
         cr_expect_eq(t[i], 1);
 }
+
+/* A large vocabulary: the drawn ids are exactly within the brute-force top-k / nucleus. */
+Test(sampling, large_vocabulary_candidates_match_brute_force)
+{
+    enum { V = 5000, N = 4000 };
+    static float lg[V];
+    static int32_t t[N];
+    uint32_t x = 12345;
+    for (int i = 0; i < V; i++) {
+        x = x * 1664525u + 1013904223u;
+        lg[i] = (float)(x >> 8) / 16777216.0f * 12.0f; /* spread: a few dominate */
+    }
+    lg[17] = lg[4000] = 13.0f; /* a tie at the top */
+    /* brute force: rank of each id (how many are better) */
+    static int rank[V];
+    for (int i = 0; i < V; i++) {
+        int r = 0;
+        for (int j = 0; j < V; j++)
+            r += lg[j] > lg[i] || (lg[j] == lg[i] && j < i);
+        rank[i] = r;
+    }
+    eng_sampler s;
+    eng_sampler_init(&s, 1.0f, 7, 1.0f, 9);
+    int seen_top = 0;
+    for (int i = 0; i < N; i++) {
+        t[i] = eng_sample(&s, lg, V);
+        cr_assert(t[i] >= 0 && rank[t[i]] < 7, "top-k 7 drew id %d of rank %d", t[i], t[i] >= 0 ? rank[t[i]] : -1);
+        seen_top |= (t[i] == 17) << 0 | (t[i] == 4000) << 1;
+    }
+    cr_expect_eq(seen_top, 3, "both tied leaders drawn");
+    eng_sampler_free(&s);
+    /* nucleus 0.6 by brute force over probabilities in rank order */
+    double z = 0, mass = 0;
+    for (int i = 0; i < V; i++)
+        z += exp(lg[i] - 13.0);
+    static int order[V];
+    for (int i = 0; i < V; i++)
+        order[rank[i]] = i;
+    int nucleus = 0;
+    while (mass < 0.6)
+        mass += exp(lg[order[nucleus++]] - 13.0) / z;
+    eng_sampler_init(&s, 1.0f, 0, 0.6f, 10);
+    for (int i = 0; i < N; i++) {
+        int32_t id = eng_sample(&s, lg, V);
+        cr_assert(rank[id] < nucleus + 1, "top-p drew id %d of rank %d (nucleus %d)", id, rank[id], nucleus);
+    }
+    eng_sampler_free(&s);
+}
