@@ -295,6 +295,7 @@ rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t
         goto out;
     }
     int32_t next = eng_seq_next_pos(s);
+    size_t old_len = s->len;
     for (size_t i = 0; i < n; i++) {
         ps[i] = pos ? pos[i] : next + (int32_t)i;
         sl[i] = (int32_t)(s->len + i);
@@ -316,6 +317,8 @@ rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t
         st = eng_logits(be, h, &last, 1, logits);
     }
 out:
+    if (st != RK_OK && s->len > old_len)
+        eng_seq_truncate(s, old_len); /* a failed prefill appends nothing */
     eng_hidden_free(h);
     rk_free(ps);
     rk_free(sl);
@@ -358,6 +361,8 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
     }
     if (be->iface->decode) {
         st = be->iface->decode(be->ctx, seqs, tokens, ps, sl, n, logits);
+        if (st != RK_OK)
+            goto out;
     } else {
         for (size_t i = 0; i < n && st == RK_OK; i++) {
             eng_hidden *h = NULL;
@@ -370,6 +375,9 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
         }
     }
 out:
+    if (st != RK_OK && ps && sl)
+        for (size_t i = 0; i < n; i++)
+            eng_seq_truncate(seqs[i], (size_t)sl[i]); /* a failed step appends nothing */
     rk_free(ps);
     rk_free(sl);
     return st;

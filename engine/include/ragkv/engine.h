@@ -211,7 +211,10 @@ rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *
  * every layer. Then every row's query attends over all of s's slots of this layer with the
  * exact causal rule (slot j visible iff pos(j) <= pos[i]), the fresh ones included.
  * k_fresh/v_fresh, when not NULL, receive the rows' fresh pre-RoPE K and V, (n, n_kv_heads,
- * head_dim) float32 each, as computed (e.g. to measure deviation from a cached K). */
+ * head_dim) float32 each, as computed (e.g. to measure deviation from a cached K).
+ * Arguments are checked before anything changes; if the backend then fails (out of memory,
+ * device error) the slots keep their new positions but their contents in this layer are
+ * unspecified. */
 rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                             const int32_t *slots, float *k_fresh, float *v_fresh);
 
@@ -251,14 +254,14 @@ typedef enum eng_logits_mode {
 
 /* Append n tokens to s in slots len..len+n-1 at positions pos[0..n) (pos NULL: next_pos,
  * next_pos+1, ...) and run every layer over them: exactly embed + layer_forward for each
- * layer + logits. */
+ * layer + logits. On failure nothing is appended (the sequence is truncated back). */
 rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t *pos,
                       eng_logits_mode mode, float *logits);
 
 /* One decode step for a batch: sequence seqs[i] (distinct, all on be) gets tokens[i] appended
  * at its next position (slot len), and logits row i (vocab floats) is the distribution of the
  * token after it. Sequences may join or leave the batch between steps freely. logits is
- * (n, vocab) float32. Equal to n separate calls with n = 1. */
+ * (n, vocab) float32. Equal to n separate calls with n = 1. On failure no sequence grows. */
 rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
                      float *logits);
 
