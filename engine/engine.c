@@ -287,6 +287,7 @@ rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t
     rk_status st = check_tokens(mi, tokens, n, "eng_prefill");
     if (st != RK_OK)
         return st;
+    size_t old_len = s->len;
     int32_t *ps = rk_malloc(n * sizeof(int32_t));
     int32_t *sl = rk_malloc(n * sizeof(int32_t));
     eng_hidden *h = NULL;
@@ -295,7 +296,6 @@ rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t
         goto out;
     }
     int32_t next = eng_seq_next_pos(s);
-    size_t old_len = s->len;
     for (size_t i = 0; i < n; i++) {
         ps[i] = pos ? pos[i] : next + (int32_t)i;
         sl[i] = (int32_t)(s->len + i);
