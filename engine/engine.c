@@ -1,0 +1,397 @@
+/*
+ * engine.c — the engine's front end: argument validation and sequence bookkeeping around
+ * the backend interface (engine_impl.h), and the composed operations (prefill, decode
+ * fallback) built from the layer-granular ones.
+ */
+#include <string.h>
+
+#include "engine_impl.h"
+#include "ragkv/alloc.h"
+
+/* ---- backends --------------------------------------------------------------------------- */
+
+void eng_backend_free(eng_backend *be)
+{
+    if (!be)
+        return;
+    be->iface->free(be->ctx);
+    rk_free(be);
+}
+
+const char *eng_backend_name(const eng_backend *be) { return be->iface->name; }
+eng_model *eng_backend_model(const eng_backend *be) { return be->model; }
+
+rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out)
+{
+    *out = NULL;
+    if (!name || !strcmp(name, "cpu"))
+        return eng_backend_cpu_new(m, nthreads, out);
+    if (!strcmp(name, "cuda"))
+        return eng_backend_cuda_new(m, nthreads < 0 ? 0 : nthreads, out);
+    return rk_error_set(RK_ERR_INVALID, "unknown backend '%s' (cpu or cuda)", name);
+}
+
+/* ---- sequences -------------------------------------------------------------------------- */
+
+rk_status eng_seq_new(eng_backend *be, size_t capacity, eng_seq **out)
+{
+    *out = NULL;
+    if (!be)
+        return rk_error_set(RK_ERR_INVALID, "eng_seq_new: no backend");
+    if (capacity == 0)
+        capacity = (size_t)be->model->info.max_seq;
+    if (capacity > (size_t)INT32_MAX)
+        return rk_error_set(RK_ERR_LIMIT, "eng_seq_new: capacity %zu too large", capacity);
+    eng_seq *s = rk_calloc(1, sizeof(*s));
+    if (!s)
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    s->be = be;
+    s->capacity = capacity;
+    s->pos = rk_malloc(capacity * sizeof(int32_t));
+    if (!s->pos) {
+        rk_free(s);
+        return rk_error_set(RK_ERR_NOMEM, "out of memory for a sequence of %zu slots", capacity);
+    }
+    for (size_t i = 0; i < capacity; i++)
+        s->pos[i] = ENG_POS_EMPTY;
+    rk_status st = be->iface->seq_init(be->ctx, s);
+    if (st != RK_OK) {
+        rk_free(s->pos);
+        rk_free(s);
+        return st;
+    }
+    *out = s;
+    return RK_OK;
+}
+
+void eng_seq_free(eng_seq *s)
+{
+    if (!s)
+        return;
+    s->be->iface->seq_release(s->be->ctx, s);
+    rk_free(s->pos);
+    rk_free(s);
+}
+
+size_t eng_seq_len(const eng_seq *s) { return s->len; }
+size_t eng_seq_capacity(const eng_seq *s) { return s->capacity; }
+eng_backend *eng_seq_backend(const eng_seq *s) { return s->be; }
+
+int32_t eng_seq_pos(const eng_seq *s, size_t slot)
+{
+    if (slot >= s->len || s->pos[slot] == ENG_POS_EMPTY)
+        return -1;
+    return s->pos[slot];
+}
+
+int32_t eng_seq_next_pos(const eng_seq *s)
+{
+    int32_t best = -1;
+    for (size_t i = 0; i < s->len; i++)
+        if (s->pos[i] != ENG_POS_EMPTY && s->pos[i] > best)
+            best = s->pos[i];
+    return best + 1;
+}
+
+rk_status eng_seq_truncate(eng_seq *s, size_t n)
+{
+    if (n > s->len)
+        return rk_error_set(RK_ERR_RANGE, "eng_seq_truncate: %zu > length %zu", n, s->len);
+    for (size_t i = n; i < s->len; i++)
+        s->pos[i] = ENG_POS_EMPTY;
+    s->len = n;
+    return RK_OK;
+}
+
+/* Check positions and slots of a write of n rows into s, then record them. */
+static rk_status seq_claim(eng_seq *s, size_t n, const int32_t *pos, const int32_t *slots, const char *who)
+{
+    const eng_model_info *mi = &s->be->model->info;
+    if (!pos || !slots)
+        return rk_error_set(RK_ERR_INVALID, "%s: positions and slots are required", who);
+    uint8_t *seen = rk_calloc(s->capacity / 8 + 1, 1);
+    if (!seen)
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] >= mi->max_seq) {
+            rk_free(seen);
+            return rk_error_set(RK_ERR_RANGE, "%s: position %d outside the model's context 0..%d", who, pos[i],
+                                mi->max_seq - 1);
+        }
+        if (slots[i] < 0 || (size_t)slots[i] >= s->capacity) {
+            rk_free(seen);
+            return rk_error_set(RK_ERR_RANGE, "%s: slot %d outside the sequence's %zu slots", who, slots[i],
+                                s->capacity);
+        }
+        size_t sl = (size_t)slots[i];
+        if (seen[sl / 8] & (1u << (sl % 8))) {
+            rk_free(seen);
+            return rk_error_set(RK_ERR_INVALID, "%s: slot %d appears twice", who, slots[i]);
+        }
+        seen[sl / 8] |= (uint8_t)(1u << (sl % 8));
+    }
+    rk_free(seen);
+    for (size_t i = 0; i < n; i++) {
+        size_t sl = (size_t)slots[i];
+        s->pos[sl] = pos[i];
+        if (sl + 1 > s->len)
+            s->len = sl + 1; /* slots skipped over keep ENG_POS_EMPTY */
+    }
+    return RK_OK;
+}
+
+/* ---- hidden blocks ---------------------------------------------------------------------- */
+
+rk_status eng_hidden_new(eng_backend *be, size_t rows, eng_hidden **out)
+{
+    *out = NULL;
+    if (!be || rows == 0)
+        return rk_error_set(RK_ERR_INVALID, "eng_hidden_new: need a backend and rows > 0");
+    eng_hidden *h = rk_calloc(1, sizeof(*h));
+    if (!h)
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    h->be = be;
+    h->rows = rows;
+    rk_status st = be->iface->hidden_init(be->ctx, h);
+    if (st != RK_OK) {
+        rk_free(h);
+        return st;
+    }
+    *out = h;
+    return RK_OK;
+}
+
+void eng_hidden_free(eng_hidden *h)
+{
+    if (!h)
+        return;
+    h->be->iface->hidden_release(h->be->ctx, h);
+    rk_free(h);
+}
+
+size_t eng_hidden_rows(const eng_hidden *h) { return h->rows; }
+
+rk_status eng_hidden_write(eng_hidden *h, size_t row0, size_t n, const float *src)
+{
+    if (!src || row0 > h->rows || n > h->rows - row0)
+        return rk_error_set(RK_ERR_RANGE, "eng_hidden_write: rows [%zu, +%zu) outside %zu", row0, n, h->rows);
+    return n ? h->be->iface->hidden_write(h->be->ctx, h, row0, n, src) : RK_OK;
+}
+
+rk_status eng_hidden_read(const eng_hidden *h, size_t row0, size_t n, float *dst)
+{
+    if (!dst || row0 > h->rows || n > h->rows - row0)
+        return rk_error_set(RK_ERR_RANGE, "eng_hidden_read: rows [%zu, +%zu) outside %zu", row0, n, h->rows);
+    return n ? h->be->iface->hidden_read(h->be->ctx, h, row0, n, dst) : RK_OK;
+}
+
+rk_status eng_hidden_gather(eng_hidden *dst, const eng_hidden *src, const size_t *idx, size_t n)
+{
+    if (!dst || !src || dst == src || dst->be != src->be || n > dst->rows || (n && !idx))
+        return rk_error_set(RK_ERR_INVALID, "eng_hidden_gather: bad arguments");
+    for (size_t i = 0; i < n; i++)
+        if (idx[i] >= src->rows)
+            return rk_error_set(RK_ERR_RANGE, "eng_hidden_gather: row %zu outside %zu", idx[i], src->rows);
+    return n ? dst->be->iface->hidden_gather(dst->be->ctx, dst, src, idx, n) : RK_OK;
+}
+
+/* ---- forward ---------------------------------------------------------------------------- */
+
+static rk_status check_tokens(const eng_model_info *mi, const int32_t *tokens, size_t n, const char *who)
+{
+    if (n && !tokens)
+        return rk_error_set(RK_ERR_INVALID, "%s: no tokens", who);
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= mi->vocab)
+            return rk_error_set(RK_ERR_RANGE, "%s: token id %d outside the vocabulary (0..%d)", who, tokens[i],
+                                mi->vocab - 1);
+    return RK_OK;
+}
+
+rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n)
+{
+    if (!be || !h || h->be != be)
+        return rk_error_set(RK_ERR_INVALID, "eng_embed: hidden block of another backend");
+    if (row0 > h->rows || n > h->rows - row0)
+        return rk_error_set(RK_ERR_RANGE, "eng_embed: rows [%zu, +%zu) outside %zu", row0, n, h->rows);
+    rk_status st = check_tokens(&be->model->info, tokens, n, "eng_embed");
+    if (st != RK_OK)
+        return st;
+    return n ? be->iface->embed(be->ctx, h, row0, tokens, n) : RK_OK;
+}
+
+rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                            const int32_t *slots, float *k_fresh, float *v_fresh)
+{
+    if (!s || !h || h->be != s->be)
+        return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: sequence and hidden block of different backends");
+    const eng_model_info *mi = &s->be->model->info;
+    if (layer < 0 || layer >= mi->n_layers)
+        return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: layer %d outside 0..%d", layer, mi->n_layers - 1);
+    if (n == 0)
+        return RK_OK;
+    if (n > h->rows)
+        return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: %zu rows but the block has %zu", n, h->rows);
+    rk_status st = seq_claim(s, n, pos, slots, "eng_layer_forward");
+    if (st != RK_OK)
+        return st;
+    return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh);
+}
+
+rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n, float *logits)
+{
+    if (!be || !h || h->be != be || (n && !logits))
+        return rk_error_set(RK_ERR_INVALID, "eng_logits: bad arguments");
+    for (size_t i = 0; i < n; i++) {
+        size_t r = rows ? rows[i] : i;
+        if (r >= h->rows)
+            return rk_error_set(RK_ERR_RANGE, "eng_logits: row %zu outside %zu", r, h->rows);
+    }
+    return n ? be->iface->logits(be->ctx, h, rows, n, logits) : RK_OK;
+}
+
+rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t *pos, eng_logits_mode mode,
+                      float *logits)
+{
+    if (!s)
+        return rk_error_set(RK_ERR_INVALID, "eng_prefill: no sequence");
+    if (n == 0)
+        return rk_error_set(RK_ERR_INVALID, "eng_prefill: no tokens");
+    if (mode != ENG_LOGITS_NONE && !logits)
+        return rk_error_set(RK_ERR_INVALID, "eng_prefill: logits wanted but no buffer");
+    eng_backend *be = s->be;
+    const eng_model_info *mi = &be->model->info;
+    if (n > s->capacity - s->len)
+        return rk_error_set(RK_ERR_LIMIT, "eng_prefill: %zu tokens do not fit (%zu of %zu slots used)", n, s->len,
+                            s->capacity);
+    rk_status st = check_tokens(mi, tokens, n, "eng_prefill");
+    if (st != RK_OK)
+        return st;
+    int32_t *ps = rk_malloc(n * sizeof(int32_t));
+    int32_t *sl = rk_malloc(n * sizeof(int32_t));
+    eng_hidden *h = NULL;
+    if (!ps || !sl) {
+        st = rk_error_set(RK_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    int32_t next = eng_seq_next_pos(s);
+    for (size_t i = 0; i < n; i++) {
+        ps[i] = pos ? pos[i] : next + (int32_t)i;
+        sl[i] = (int32_t)(s->len + i);
+        if (ps[i] < 0 || ps[i] >= mi->max_seq) {
+            st = rk_error_set(RK_ERR_RANGE, "eng_prefill: position %d outside the model's context 0..%d", ps[i],
+                              mi->max_seq - 1);
+            goto out;
+        }
+    }
+    if ((st = eng_hidden_new(be, n, &h)) || (st = eng_embed(be, h, 0, tokens, n)))
+        goto out;
+    for (int l = 0; l < mi->n_layers; l++)
+        if ((st = eng_layer_forward(s, l, h, n, ps, sl, NULL, NULL)) != RK_OK)
+            goto out;
+    if (mode == ENG_LOGITS_ALL) {
+        st = eng_logits(be, h, NULL, n, logits);
+    } else if (mode == ENG_LOGITS_LAST) {
+        size_t last = n - 1;
+        st = eng_logits(be, h, &last, 1, logits);
+    }
+out:
+    eng_hidden_free(h);
+    rk_free(ps);
+    rk_free(sl);
+    return st;
+}
+
+rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n, float *logits)
+{
+    if (!be || (n && (!seqs || !tokens || !logits)))
+        return rk_error_set(RK_ERR_INVALID, "eng_decode: bad arguments");
+    if (n == 0)
+        return RK_OK;
+    const eng_model_info *mi = &be->model->info;
+    rk_status st = check_tokens(mi, tokens, n, "eng_decode");
+    if (st != RK_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        if (!seqs[i] || seqs[i]->be != be)
+            return rk_error_set(RK_ERR_INVALID, "eng_decode: sequence %zu is not on this backend", i);
+        for (size_t j = 0; j < i; j++)
+            if (seqs[j] == seqs[i])
+                return rk_error_set(RK_ERR_INVALID, "eng_decode: sequence appears twice in the batch");
+        if (seqs[i]->len >= seqs[i]->capacity)
+            return rk_error_set(RK_ERR_LIMIT, "eng_decode: sequence %zu is full (%zu slots)", i, seqs[i]->capacity);
+        if (eng_seq_next_pos(seqs[i]) >= mi->max_seq)
+            return rk_error_set(RK_ERR_RANGE, "eng_decode: sequence %zu reached the model's context (%d)", i,
+                                mi->max_seq);
+    }
+    int32_t *ps = rk_malloc(n * sizeof(int32_t));
+    int32_t *sl = rk_malloc(n * sizeof(int32_t));
+    if (!ps || !sl) {
+        st = rk_error_set(RK_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ps[i] = eng_seq_next_pos(seqs[i]);
+        sl[i] = (int32_t)seqs[i]->len;
+        seqs[i]->pos[sl[i]] = ps[i];
+        seqs[i]->len++;
+    }
+    if (be->iface->decode) {
+        st = be->iface->decode(be->ctx, seqs, tokens, ps, sl, n, logits);
+    } else {
+        for (size_t i = 0; i < n && st == RK_OK; i++) {
+            eng_hidden *h = NULL;
+            if ((st = eng_hidden_new(be, 1, &h)) == RK_OK && (st = eng_embed(be, h, 0, &tokens[i], 1)) == RK_OK)
+                for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
+                    st = be->iface->layer_forward(be->ctx, seqs[i], l, h, 1, &ps[i], &sl[i], NULL, NULL);
+            if (st == RK_OK)
+                st = eng_logits(be, h, NULL, 1, logits + i * (size_t)mi->vocab);
+            eng_hidden_free(h);
+        }
+    }
+out:
+    rk_free(ps);
+    rk_free(sl);
+    return st;
+}
+
+/* ---- KV export / import ---------------------------------------------------------------- */
+
+size_t eng_kv_floats(const eng_model *m, size_t n)
+{
+    return (size_t)m->info.n_layers * 2 * n * (size_t)m->info.n_kv_heads * (size_t)m->info.head_dim;
+}
+
+rk_status eng_kv_export(const eng_seq *s, size_t slot0, size_t n, float *out)
+{
+    if (!s || (n && !out))
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_export: bad arguments");
+    if (slot0 > s->len || n > s->len - slot0)
+        return rk_error_set(RK_ERR_RANGE, "eng_kv_export: slots [%zu, +%zu) outside the length %zu", slot0, n,
+                            s->len);
+    for (size_t i = 0; i < n; i++)
+        if (s->pos[slot0 + i] == ENG_POS_EMPTY)
+            return rk_error_set(RK_ERR_INVALID, "eng_kv_export: slot %zu is empty", slot0 + i);
+    return n ? s->be->iface->kv_export(s->be->ctx, s, slot0, n, out) : RK_OK;
+}
+
+rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv)
+{
+    if (!s || (n && (!pos || !kv)))
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import: bad arguments");
+    if (slot0 > s->capacity || n > s->capacity - slot0)
+        return rk_error_set(RK_ERR_RANGE, "eng_kv_import: slots [%zu, +%zu) outside the capacity %zu", slot0, n,
+                            s->capacity);
+    if (n == 0)
+        return RK_OK;
+    int32_t *sl = rk_malloc(n * sizeof(int32_t));
+    if (!sl)
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        sl[i] = (int32_t)(slot0 + i);
+    rk_status st = seq_claim(s, n, pos, sl, "eng_kv_import");
+    rk_free(sl);
+    if (st != RK_OK)
+        return st;
+    return s->be->iface->kv_import(s->be->ctx, s, slot0, n, pos, kv);
+}

@@ -1,0 +1,285 @@
+/*
+ * ragkv/engine.h — ragkv's transformer runtime: models, compute backends, sequences with
+ * their own KV cache, layer-granular forward operations, batched decode and sampling.
+ *
+ * Three objects:
+ *   - eng_model:   the weights of a Llama-family model (llama2.c .bin, a Hugging Face folder,
+ *                  or seeded synthetic weights). Read-only once open; share it freely.
+ *   - eng_backend: a compute device bound to one model ({iface, ctx}: CPU now, CUDA later).
+ *                  Not thread-safe: one thread drives a backend at a time.
+ *   - eng_seq:     one sequence's KV cache on a backend: `capacity` slots, each holding a
+ *                  token's K and V for every layer and that token's position. Slots need not
+ *                  hold contiguous positions; attention follows the exact causal rule by
+ *                  position: key j is visible to a query at position p iff pos(j) <= p.
+ * plus eng_hidden, a backend-resident block of hidden states (rows, dim), the input and output
+ * of the layer-granular operations.
+ *
+ * Generation in a few lines:
+ *
+ *     eng_model *m;  eng_backend *be;  eng_seq *s;
+ *     if (eng_model_open("stories260K.bin", &m) != RK_OK) ... rk_error_msg() ...;
+ *     eng_backend_cpu_new(m, 0, &be);                 // 0 threads: one per CPU
+ *     eng_seq_new(be, 0, &s);                         // 0: the model's context length
+ *     const eng_model_info *mi = eng_model_get_info(m);
+ *     float *logits = malloc(mi->vocab * sizeof(float));
+ *     eng_prefill(s, prompt, n, NULL, ENG_LOGITS_LAST, logits);   // positions 0..n-1
+ *     eng_sampler sm;  eng_sampler_init(&sm, 0.0f, 0, 1.0f, 42);  // greedy
+ *     int32_t tok = eng_sample(&sm, logits, mi->vocab);
+ *     eng_decode(be, &s, &tok, 1, logits);            // one step, next position
+ *     ...
+ *     eng_seq_free(s);  eng_backend_free(be);  eng_model_close(m);
+ *
+ * A whole-prompt prefill is exactly these layer-granular steps (what blend/ uses):
+ *
+ *     eng_hidden *h;  eng_hidden_new(be, n, &h);
+ *     eng_embed(be, h, 0, tokens, n);
+ *     for (int l = 0; l < mi->n_layers; l++)
+ *         eng_layer_forward(s, l, h, n, pos, slots, NULL, NULL);
+ *     eng_logits(be, h, NULL, n, logits);             // final norm + classifier, all rows
+ *
+ * KV in the API is float32 in the canonical chunk-cache layout
+ * `[layer][K|V][token][kv_head][head_dim]`, K *before* RoPE; RoPE is applied at whatever
+ * positions the K is imported at.
+ *
+ * Errors: every fallible call returns rk_status and leaves a detail in rk_error_msg().
+ */
+#ifndef RAGKV_ENGINE_H
+#define RAGKV_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragkv/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct eng_model eng_model;
+typedef struct eng_backend eng_backend;
+typedef struct eng_seq eng_seq;
+typedef struct eng_hidden eng_hidden;
+
+/* ---- models ---------------------------------------------------------------------------- */
+
+typedef enum eng_format {
+    ENG_FORMAT_LLAMA2C = 0, /* llama2.c checkpoint (version 0) */
+    ENG_FORMAT_HF = 1,      /* Hugging Face folder: config.json + safetensors */
+    ENG_FORMAT_SYNTH = 2,   /* generated in memory by eng_model_synth */
+} eng_format;
+
+typedef enum eng_rope_layout {
+    ENG_ROPE_INTERLEAVED = 0, /* pairs (2i, 2i+1) within a head: llama2.c, GPT-J */
+    ENG_ROPE_HALF = 1,        /* pairs (i, i + head_dim/2): Hugging Face rotate_half */
+} eng_rope_layout;
+
+typedef enum eng_dtype {
+    ENG_DTYPE_F32 = 0,
+    ENG_DTYPE_F16 = 1,
+    ENG_DTYPE_BF16 = 2,
+} eng_dtype;
+
+#define ENG_MAX_STOP 4
+
+/* What a model is. Returned by eng_model_get_info; lives as long as the model. */
+typedef struct eng_model_info {
+    eng_format format;        /* where the weights came from */
+    char arch[32];            /* "llama", "mistral", "qwen2" */
+    char id[80];              /* stable model id: "<name>-<16 hex of BLAKE2b(header/config)>";
+                                 same weights file -> same id on every machine (chunk keys) */
+    int dim;                  /* model width (hidden_size) */
+    int hidden;               /* FFN width (intermediate_size) */
+    int n_layers;
+    int n_heads;              /* query heads */
+    int n_kv_heads;           /* key/value heads (GQA: n_heads % n_kv_heads == 0) */
+    int head_dim;             /* per-head width (usually dim / n_heads) */
+    int vocab;
+    int max_seq;              /* context length: positions are 0..max_seq-1 */
+    float rope_theta;         /* RoPE base */
+    eng_rope_layout rope;     /* pair layout of q/k within a head */
+    bool rope_llama3;         /* rope_scaling {"rope_type": "llama3"} applied to frequencies */
+    float rope_factor;        /* llama3 scaling: factor, low/high freq factors, original length */
+    float rope_low_freq;
+    float rope_high_freq;
+    int rope_orig_max;
+    float norm_eps;           /* RMSNorm epsilon */
+    bool qkv_bias;            /* q/k/v projections have biases (Qwen2) */
+    bool tied_embeddings;     /* classifier shares the token embedding matrix */
+    eng_dtype dtype;          /* storage type of the weight matrices */
+    int bos;                  /* beginning-of-sequence token id (prepended to prompts) */
+    int eos;                  /* primary end-of-sequence id */
+    int stop[ENG_MAX_STOP];   /* ids that end generation: BOS for llama2.c models (their
+                                 stories are separated by BOS), the config's EOS ids for HF */
+    int n_stop;
+    uint64_t n_params;        /* number of weights */
+} eng_model_info;
+
+/* Open a model: a llama2.c .bin file, or a Hugging Face folder (config.json plus
+ * model.safetensors or model.safetensors.index.json with its shards). Weights are mapped
+ * read-only, never copied when usable in place. Bad, truncated or inconsistent files give
+ * RK_ERR_FORMAT / RK_ERR_TRUNCATED / RK_ERR_UNSUPPORTED with the reason in rk_error_msg().
+ * *out owned by the caller; close with eng_model_close after every backend using it. */
+rk_status eng_model_open(const char *path, eng_model **out);
+
+/* Seeded synthetic weights of a named shape, generated in memory (for benchmarks: no disk).
+ * Shapes: see eng_synth_shape_names(). Same (shape, seed) -> same weights everywhere. */
+rk_status eng_model_synth(const char *shape, uint64_t seed, eng_model **out);
+
+/* Release a model. NULL is a no-op. */
+void eng_model_close(eng_model *m);
+
+/* Model description (borrowed: valid until eng_model_close). */
+const eng_model_info *eng_model_get_info(const eng_model *m);
+
+/* Path the model was opened from ("" for synthetic). Borrowed. */
+const char *eng_model_path(const eng_model *m);
+
+/* NULL-terminated list of shape names for eng_model_synth / eng_model_synth_write
+ * (static storage). */
+const char *const *eng_synth_shape_names(void);
+
+/* Write the synthetic model of a shape as a Hugging Face folder (config.json,
+ * model.safetensors, tokenizer.bin with a byte-level vocabulary) in dir (created if needed).
+ * Large shapes are written as bf16, small ones as f32. */
+rk_status eng_model_synth_write(const char *shape, uint64_t seed, const char *dir);
+
+/* Write an open model (any format) as a Hugging Face folder: config.json + model.safetensors
+ * (float32). Interleaved-RoPE models (llama2.c) get their q/k rows permuted per head so that
+ * the folder, read with rotate-half RoPE, computes the same function. */
+rk_status eng_model_write_hf(const eng_model *m, const char *dir);
+
+const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" */
+
+/* ---- backends --------------------------------------------------------------------------- */
+
+/* CPU reference backend, float32, nthreads workers (<= 0: one per online CPU). Weights in
+ * float32 are used in place from the mapping; f16/bf16 weights are converted to float32 copies
+ * at construction. *out owned by the caller (eng_backend_free); the model must outlive it. */
+rk_status eng_backend_cpu_new(eng_model *m, int nthreads, eng_backend **out);
+
+/* CUDA backend (issue 3). RK_ERR_UNSUPPORTED in builds without CUDA. */
+rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out);
+
+/* Backend by name: "cpu" or "cuda" (nthreads is the CPU thread count or the CUDA device). */
+rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out);
+
+/* Release a backend (all its sequences and hidden blocks must be freed first). NULL no-op. */
+void eng_backend_free(eng_backend *be);
+
+const char *eng_backend_name(const eng_backend *be); /* "cpu", "cuda"; static storage */
+eng_model *eng_backend_model(const eng_backend *be);  /* borrowed */
+
+/* ---- sequences ------------------------------------------------------------------------- */
+
+/* A sequence with room for `capacity` slots (0: the model's max_seq). Starts empty.
+ * *out owned by the caller, freed with eng_seq_free before its backend. */
+rk_status eng_seq_new(eng_backend *be, size_t capacity, eng_seq **out);
+void eng_seq_free(eng_seq *s); /* NULL is a no-op */
+
+size_t eng_seq_len(const eng_seq *s);      /* slots in use: 0..len-1 (some may be empty) */
+size_t eng_seq_capacity(const eng_seq *s);
+/* Position held by a slot, or -1 for an empty slot or slot >= len. */
+int32_t eng_seq_pos(const eng_seq *s, size_t slot);
+/* Position the next appended token gets: 1 + the highest position held (0 when empty). */
+int32_t eng_seq_next_pos(const eng_seq *s);
+/* Forget slots >= n (n <= len). */
+rk_status eng_seq_truncate(eng_seq *s, size_t n);
+eng_backend *eng_seq_backend(const eng_seq *s); /* borrowed */
+
+/* ---- hidden states ---------------------------------------------------------------------- */
+
+/* A block of `rows` hidden states (rows, dim) float32 in the backend's memory. */
+rk_status eng_hidden_new(eng_backend *be, size_t rows, eng_hidden **out);
+void eng_hidden_free(eng_hidden *h); /* NULL is a no-op */
+size_t eng_hidden_rows(const eng_hidden *h);
+/* Copy rows [row0, row0+n) from / to host memory src/dst (n, dim) float32. */
+rk_status eng_hidden_write(eng_hidden *h, size_t row0, size_t n, const float *src);
+rk_status eng_hidden_read(const eng_hidden *h, size_t row0, size_t n, float *dst);
+/* dst row i = src row idx[i], i < n (a gather; dst and src distinct, same backend). */
+rk_status eng_hidden_gather(eng_hidden *dst, const eng_hidden *src, const size_t *idx, size_t n);
+
+/* ---- forward operations ----------------------------------------------------------------- */
+
+/* Rows [row0, row0+n) of h = token embeddings of tokens[0..n). RK_ERR_RANGE on a bad id. */
+rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n);
+
+/* Run transformer layer `layer` on the first n rows of h (in place: input hidden states in,
+ * output hidden states out). Row i is the token at position pos[i]; its fresh K (pre-RoPE)
+ * and V are written into slot slots[i] of s (slots distinct, < capacity; a slot past the
+ * current length extends it, slots skipped over stay empty), which takes position pos[i] for
+ * every layer. Then every row's query attends over all of s's slots of this layer with the
+ * exact causal rule (slot j visible iff pos(j) <= pos[i]), the fresh ones included.
+ * k_fresh/v_fresh, when not NULL, receive the rows' fresh pre-RoPE K and V, (n, n_kv_heads,
+ * head_dim) float32 each, as computed (e.g. to measure deviation from a cached K). */
+rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                            const int32_t *slots, float *k_fresh, float *v_fresh);
+
+/* Final RMSNorm and classifier for chosen rows of h: logits row i (vocab floats) for h row
+ * rows[i] (rows NULL: rows 0..n-1). logits is (n, vocab) float32 host memory. */
+rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n,
+                     float *logits);
+
+typedef enum eng_logits_mode {
+    ENG_LOGITS_NONE = 0, /* logits not wanted */
+    ENG_LOGITS_LAST = 1, /* (1, vocab): the last token's */
+    ENG_LOGITS_ALL = 2,  /* (n, vocab): every token's */
+} eng_logits_mode;
+
+/* Append n tokens to s in slots len..len+n-1 at positions pos[0..n) (pos NULL: next_pos,
+ * next_pos+1, ...) and run every layer over them: exactly embed + layer_forward for each
+ * layer + logits. */
+rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t *pos,
+                      eng_logits_mode mode, float *logits);
+
+/* One decode step for a batch: sequence seqs[i] (distinct, all on be) gets tokens[i] appended
+ * at its next position (slot len), and logits row i (vocab floats) is the distribution of the
+ * token after it. Sequences may join or leave the batch between steps freely. logits is
+ * (n, vocab) float32. Equal to n separate calls with n = 1. */
+rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
+                     float *logits);
+
+/* ---- KV export / import ---------------------------------------------------------------- */
+
+/* Floats in the canonical KV block of n tokens: n_layers * 2 * n * n_kv_heads * head_dim. */
+size_t eng_kv_floats(const eng_model *m, size_t n);
+
+/* Copy slots [slot0, slot0+n) of s out as float32 `[layer][K|V][token][kv_head][head_dim]`,
+ * K before RoPE. out holds eng_kv_floats(model, n) floats. Empty slots: RK_ERR_INVALID. */
+rk_status eng_kv_export(const eng_seq *s, size_t slot0, size_t n, float *out);
+
+/* Write n tokens' K (pre-RoPE) and V in the canonical layout into slots [slot0, slot0+n) of
+ * s at positions pos[0..n) (RoPE is applied at those positions); extends len as needed. */
+rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const float *kv);
+
+/* ---- sampling --------------------------------------------------------------------------- */
+
+/* A seeded sampler. temperature 0: greedy (argmax, lowest id on ties); otherwise softmax of
+ * logits/temperature, restricted to the top_k most likely (0: no limit), then to the smallest
+ * set whose mass reaches top_p (>= 1: no limit), sampled with its own PCG32 stream: the same
+ * seed and logits give the same tokens on every machine. */
+typedef struct eng_sampler {
+    float temperature; /* 0: greedy */
+    int top_k;         /* 0: off */
+    float top_p;       /* >= 1: off */
+    uint64_t state;    /* PCG32 state */
+    uint64_t inc;      /* PCG32 stream (odd) */
+    float *scratch;    /* (vocab) probabilities; owned, grown on demand */
+    int *order;        /* (vocab) candidate ids; owned */
+    size_t cap;        /* floats/ints allocated in scratch/order */
+} eng_sampler;
+
+void eng_sampler_init(eng_sampler *s, float temperature, int top_k, float top_p, uint64_t seed);
+void eng_sampler_free(eng_sampler *s); /* frees scratch; the struct itself is the caller's */
+/* Choose a token from vocab logits (left unchanged). Returns -1 when out of memory or when
+ * the logits are all NaN. */
+int32_t eng_sample(eng_sampler *s, const float *logits, int vocab);
+/* Index of the largest logit (lowest index on ties; NaN never wins). */
+int32_t eng_argmax(const float *logits, int vocab);
+/* A uniform float in [0, 1) from the sampler's stream. */
+float eng_sampler_uniform(eng_sampler *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

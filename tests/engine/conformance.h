@@ -1,0 +1,407 @@
+/*
+ * conformance.h — the backend conformance suite: the checks every engine backend must pass,
+ * parameterised by the backend's constructor. test_conformance_cpu.c runs them on the CPU
+ * backend; the CUDA backend's test_gpu_conformance.c includes this file and runs the same
+ * checks (with its own tolerances) where a device exists.
+ *
+ * Each check opens its own model (a seeded synthetic shape, or a real model path) and fails
+ * through Criterion assertions.
+ */
+#ifndef RAGKV_TEST_ENGINE_CONFORMANCE_H
+#define RAGKV_TEST_ENGINE_CONFORMANCE_H
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ragkv/engine.h"
+
+typedef rk_status (*conf_backend_ctor)(eng_model *m, eng_backend **out);
+
+/* A model: a synthetic shape name, or a path (contains '/'). */
+static eng_model *conf_open(const char *what)
+{
+    eng_model *m = NULL;
+    rk_status st = strchr(what, '/') ? eng_model_open(what, &m) : eng_model_synth(what, 7, &m);
+    cr_assert_eq(st, RK_OK, "open %s: %s", what, rk_error_msg());
+    return m;
+}
+
+/* Deterministic token ids in [3, vocab). */
+static void conf_tokens(int32_t *t, size_t n, int vocab, uint32_t seed)
+{
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        t[i] = 3 + (int32_t)(x % (uint32_t)(vocab - 3));
+    }
+}
+
+/* max |a-b| / max(1e-3, max |b|) over n values: relative to the row's scale */
+static double conf_rel_err(const float *a, const float *b, size_t n)
+{
+    double maxd = 0, maxb = 1e-3;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= maxd))
+            maxd = d; /* NaN propagates as a failure */
+        if (fabs((double)b[i]) > maxb)
+            maxb = fabs((double)b[i]);
+    }
+    return maxd / maxb;
+}
+
+/* One-shot prefill == token-by-token decode, every position's logits. */
+static void conf_prefill_equals_decode(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 24, V = (size_t)mi->vocab;
+    int32_t tok[24];
+    conf_tokens(tok, n, mi->vocab, 1);
+    tok[0] = mi->bos;
+    float *all = malloc(n * V * sizeof(float)), *one = malloc(V * sizeof(float));
+    eng_seq *a, *b;
+    cr_assert_eq(eng_seq_new(be, 64, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 64, &b), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_ALL, all), RK_OK, "%s", rk_error_msg());
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(eng_decode(be, &b, &tok[i], 1, one), RK_OK, "%s", rk_error_msg());
+        double e = conf_rel_err(one, all + i * V, V);
+        cr_assert(e <= tol, "%s: position %zu: decode vs prefill relative error %g > %g", model, i, e, tol);
+    }
+    cr_assert_eq(eng_seq_len(a), n);
+    cr_assert_eq(eng_seq_next_pos(b), (int32_t)n);
+    free(all);
+    free(one);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* Prefill == the layer-granular steps (embed, layer_forward per layer, logits); and the
+ * fresh K/V the layer op reports == what export returns. */
+static void conf_layers_equal_prefill(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 16, V = (size_t)mi->vocab, kvd = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    int32_t tok[16], pos[16], slots[16];
+    conf_tokens(tok, n, mi->vocab, 2);
+    for (size_t i = 0; i < n; i++) {
+        pos[i] = (int32_t)i;
+        slots[i] = (int32_t)i;
+    }
+    float *ref = malloc(n * V * sizeof(float)), *got = malloc(n * V * sizeof(float));
+    float *kf = malloc(n * kvd * sizeof(float)), *vf = malloc(n * kvd * sizeof(float));
+    float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
+    eng_seq *a, *b;
+    eng_hidden *h;
+    cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &b), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_ALL, ref), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_hidden_new(be, n, &h), RK_OK);
+    cr_assert_eq(eng_embed(be, h, 0, tok, n), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, n, kv), RK_OK, "%s", rk_error_msg());
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_forward(b, l, h, n, pos, slots, kf, vf), RK_OK, "%s", rk_error_msg());
+        /* canonical layout: [layer][K|V][token][kv_head][head_dim] */
+        const float *K = kv + (size_t)(2 * l) * n * kvd, *Vv = kv + (size_t)(2 * l + 1) * n * kvd;
+        cr_assert(conf_rel_err(kf, K, n * kvd) <= tol, "layer %d fresh K differs from exported K", l);
+        cr_assert(conf_rel_err(vf, Vv, n * kvd) <= tol, "layer %d fresh V differs from exported V", l);
+    }
+    cr_assert_eq(eng_logits(be, h, NULL, n, got), RK_OK);
+    double e = conf_rel_err(got, ref, n * V);
+    cr_assert(e <= tol, "%s: layer-granular vs prefill relative error %g", model, e);
+    free(ref);
+    free(got);
+    free(kf);
+    free(vf);
+    free(kv);
+    eng_hidden_free(h);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* Row-subset forward: with every other row's KV imported from a full prefill, recomputing a
+ * subset of rows through all layers gives the full prefill's logits for those rows; and the
+ * subset "all rows" (shuffled) equals full forward. */
+static void conf_row_subset(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 20, V = (size_t)mi->vocab;
+    int32_t tok[20];
+    conf_tokens(tok, n, mi->vocab, 3);
+    float *ref = malloc(n * V * sizeof(float)), *got = malloc(n * V * sizeof(float));
+    float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
+    eng_seq *a;
+    cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_ALL, ref), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kv_export(a, 0, n, kv), RK_OK);
+    int32_t allpos[20];
+    for (size_t i = 0; i < n; i++)
+        allpos[i] = (int32_t)i;
+
+    /* subsets: a few interior rows + the last; then every row in a shuffled order */
+    const size_t sub_a[] = {2, 7, 8, 13, 19};
+    size_t sub_b[20];
+    for (size_t i = 0; i < n; i++)
+        sub_b[i] = (i * 7 + 3) % n; /* 7 is coprime with 20: a permutation */
+    const size_t *subs[2] = {sub_a, sub_b};
+    const size_t lens[2] = {sizeof(sub_a) / sizeof(sub_a[0]), n};
+    for (int s = 0; s < 2; s++) {
+        size_t k = lens[s];
+        eng_seq *b;
+        eng_hidden *h;
+        cr_assert_eq(eng_seq_new(be, n, &b), RK_OK);
+        cr_assert_eq(eng_kv_import(b, 0, n, allpos, kv), RK_OK, "%s", rk_error_msg());
+        int32_t t[20], p[20], sl[20];
+        for (size_t i = 0; i < k; i++) {
+            t[i] = tok[subs[s][i]];
+            p[i] = (int32_t)subs[s][i];
+            sl[i] = (int32_t)subs[s][i];
+        }
+        cr_assert_eq(eng_hidden_new(be, k, &h), RK_OK);
+        cr_assert_eq(eng_embed(be, h, 0, t, k), RK_OK);
+        for (int l = 0; l < mi->n_layers; l++)
+            cr_assert_eq(eng_layer_forward(b, l, h, k, p, sl, NULL, NULL), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_logits(be, h, NULL, k, got), RK_OK);
+        for (size_t i = 0; i < k; i++) {
+            double e = conf_rel_err(got + i * V, ref + subs[s][i] * V, V);
+            cr_assert(e <= tol, "%s: subset %d row %zu (position %zu): relative error %g", model, s, i, subs[s][i], e);
+        }
+        eng_hidden_free(h);
+        eng_seq_free(b);
+    }
+    free(ref);
+    free(got);
+    free(kv);
+    eng_seq_free(a);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* Export at positions 0..n-1, import at shift..shift+n-1 == computing the same tokens at
+ * those positions (RoPE is relative: pre-RoPE K/V and the next logits agree up to rounding);
+ * importing at the original positions reproduces decode bit for bit (up to tol_exact). */
+static void conf_export_import_shift(conf_backend_ctor ctor, const char *model, double tol_exact, double tol_shift)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 12, V = (size_t)mi->vocab, F = eng_kv_floats(m, n);
+    int32_t tok[12], shift = 37, pos[12], next;
+    conf_tokens(tok, n, mi->vocab, 4);
+    conf_tokens(&next, 1, mi->vocab, 5);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = shift + (int32_t)i;
+    float *kv_a = malloc(F * sizeof(float)), *kv_b = malloc(F * sizeof(float)), *kv_c = malloc(F * sizeof(float));
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *lc = malloc(V * sizeof(float));
+    eng_seq *a, *b, *c, *d;
+    cr_assert_eq(eng_seq_new(be, 64, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 64, &b), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 64, &c), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 64, &d), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, n, kv_a), RK_OK);
+    /* c: the same tokens computed at the shifted positions */
+    cr_assert_eq(eng_prefill(c, tok, n, pos, ENG_LOGITS_NONE, NULL), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_seq_next_pos(c), shift + (int32_t)n);
+    cr_assert_eq(eng_kv_export(c, 0, n, kv_c), RK_OK);
+    double ek = conf_rel_err(kv_a, kv_c, F);
+    cr_assert(ek <= tol_shift, "%s: pre-RoPE KV at shifted positions differs by %g", model, ek);
+    /* b: a's KV imported at the shifted positions, round trip through export */
+    cr_assert_eq(eng_kv_import(b, 0, n, pos, kv_a), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kv_export(b, 0, n, kv_b), RK_OK);
+    cr_assert(memcmp(kv_a, kv_b, F * sizeof(float)) == 0 || conf_rel_err(kv_b, kv_a, F) <= tol_exact,
+              "export(import(kv)) != kv");
+    cr_assert_eq(eng_decode(be, &b, &next, 1, lb), RK_OK);
+    cr_assert_eq(eng_decode(be, &c, &next, 1, lc), RK_OK);
+    double e = conf_rel_err(lb, lc, V);
+    cr_assert(e <= tol_shift, "%s: imported-at-shift vs computed-at-shift logits differ by %g", model, e);
+    /* d: import at the original positions == a */
+    int32_t p0[12];
+    for (size_t i = 0; i < n; i++)
+        p0[i] = (int32_t)i;
+    cr_assert_eq(eng_kv_import(d, 0, n, p0, kv_a), RK_OK);
+    cr_assert_eq(eng_decode(be, &a, &next, 1, la), RK_OK);
+    cr_assert_eq(eng_decode(be, &d, &next, 1, lb), RK_OK);
+    e = conf_rel_err(lb, la, V);
+    cr_assert(e <= tol_exact, "%s: import at the same positions differs by %g", model, e);
+    free(kv_a);
+    free(kv_b);
+    free(kv_c);
+    free(la);
+    free(lb);
+    free(lc);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_seq_free(d);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* A batch whose members join and leave between steps == each sequence decoded alone. */
+static void conf_batched_decode(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    enum { NS = 3, STEPS = 8 };
+    size_t V = (size_t)mi->vocab;
+    const size_t plen[NS] = {5, 9, 3};
+    eng_seq *bat[NS], *solo[NS];
+    int32_t steps_tok[NS][STEPS];
+    float *lb = malloc(NS * V * sizeof(float)), *ls = malloc(V * sizeof(float));
+    for (int i = 0; i < NS; i++) {
+        int32_t p[16];
+        conf_tokens(p, plen[i], mi->vocab, 10 + (uint32_t)i);
+        conf_tokens(steps_tok[i], STEPS, mi->vocab, 20 + (uint32_t)i);
+        cr_assert_eq(eng_seq_new(be, 32, &bat[i]), RK_OK);
+        cr_assert_eq(eng_seq_new(be, 32, &solo[i]), RK_OK);
+        cr_assert_eq(eng_prefill(bat[i], p, plen[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+        cr_assert_eq(eng_prefill(solo[i], p, plen[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    }
+    int done[NS] = {0, 0, 0};
+    for (int step = 0; step < STEPS + 2; step++) {
+        /* membership: seq 0 every step; seq 1 joins at step 2; seq 2 skips odd steps */
+        eng_seq *batch[NS];
+        int32_t toks[NS];
+        int who[NS], k = 0;
+        for (int i = 0; i < NS; i++) {
+            bool in = i == 0 || (i == 1 && step >= 2) || (i == 2 && step % 2 == 0);
+            if (!in || done[i] >= STEPS)
+                continue;
+            batch[k] = bat[i];
+            toks[k] = steps_tok[i][done[i]];
+            who[k++] = i;
+        }
+        if (k == 0)
+            continue;
+        cr_assert_eq(eng_decode(be, batch, toks, (size_t)k, lb), RK_OK, "%s", rk_error_msg());
+        for (int j = 0; j < k; j++) {
+            int i = who[j];
+            cr_assert_eq(eng_decode(be, &solo[i], &toks[j], 1, ls), RK_OK);
+            double e = conf_rel_err(lb + (size_t)j * V, ls, V);
+            cr_assert(e <= tol, "%s: step %d seq %d: batched vs alone differ by %g", model, step, i, e);
+            done[i]++;
+        }
+    }
+    for (int i = 0; i < NS; i++) {
+        eng_seq_free(bat[i]);
+        eng_seq_free(solo[i]);
+    }
+    free(lb);
+    free(ls);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* The causal rule is by position, not by slot: tokens stored in reversed slot order, plus an
+ * empty slot and a slot holding a far-future position, give the same logits. */
+static void conf_causal_by_position(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 10, V = (size_t)mi->vocab;
+    int32_t tok[10];
+    conf_tokens(tok, n, mi->vocab, 6);
+    float *ref = malloc(n * V * sizeof(float)), *got = malloc(n * V * sizeof(float));
+    eng_seq *a, *b;
+    cr_assert_eq(eng_seq_new(be, 32, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 32, &b), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_ALL, ref), RK_OK);
+    /* b: an extra token at position 50 in slot 0 (visible to no row), slot 1 left empty,
+     * then token i at position i in slot 2 + (n-1-i) */
+    int32_t far = 3, farpos = 50, farslot = 0;
+    eng_hidden *h1, *h;
+    cr_assert_eq(eng_hidden_new(be, 1, &h1), RK_OK);
+    cr_assert_eq(eng_embed(be, h1, 0, &far, 1), RK_OK);
+    for (int l = 0; l < mi->n_layers; l++)
+        cr_assert_eq(eng_layer_forward(b, l, h1, 1, &farpos, &farslot, NULL, NULL), RK_OK);
+    int32_t pos[10], sl[10];
+    for (size_t i = 0; i < n; i++) {
+        pos[i] = (int32_t)i;
+        sl[i] = (int32_t)(2 + n - 1 - i);
+    }
+    cr_assert_eq(eng_hidden_new(be, n, &h), RK_OK);
+    cr_assert_eq(eng_embed(be, h, 0, tok, n), RK_OK);
+    for (int l = 0; l < mi->n_layers; l++)
+        cr_assert_eq(eng_layer_forward(b, l, h, n, pos, sl, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_logits(be, h, NULL, n, got), RK_OK);
+    cr_assert_eq(eng_seq_len(b), n + 2);
+    cr_assert_eq(eng_seq_pos(b, 1), -1, "slot 1 stays empty");
+    cr_assert_eq(eng_seq_pos(b, 0), farpos);
+    double e = conf_rel_err(got, ref, n * V);
+    cr_assert(e <= tol, "%s: reversed slots vs in-order differ by %g", model, e);
+    eng_hidden_free(h1);
+    eng_hidden_free(h);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* Bad calls are rejected with errors, never crash, and leave the sequence usable. */
+static void conf_bad_calls(conf_backend_ctor ctor, const char *model)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    eng_seq *s;
+    eng_hidden *h;
+    cr_assert_eq(eng_seq_new(be, 4, &s), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, 2, &h), RK_OK);
+    float *lg = malloc((size_t)mi->vocab * 4 * sizeof(float));
+    int32_t bad = mi->vocab, ok[5] = {1, 5, 6, 7, 8};
+    cr_expect_eq(eng_prefill(s, &bad, 1, NULL, ENG_LOGITS_LAST, lg), RK_ERR_RANGE);
+    cr_expect_eq(eng_decode(be, &s, &bad, 1, lg), RK_ERR_RANGE);
+    cr_expect_eq(eng_prefill(s, ok, 5, NULL, ENG_LOGITS_LAST, lg), RK_ERR_LIMIT, "5 tokens into 4 slots");
+    int32_t p2[2] = {0, 1}, dup[2] = {1, 1}, far[2] = {0, 9};
+    cr_expect_eq(eng_embed(be, h, 0, ok, 2), RK_OK);
+    cr_expect_eq(eng_layer_forward(s, 0, h, 2, p2, dup, NULL, NULL), RK_ERR_INVALID, "duplicate slot");
+    cr_expect_eq(eng_layer_forward(s, 0, h, 2, p2, far, NULL, NULL), RK_ERR_RANGE, "slot past capacity");
+    int32_t negpos[2] = {-1, 0}, bigpos[2] = {0, mi->max_seq};
+    cr_expect_eq(eng_layer_forward(s, 0, h, 2, negpos, p2, NULL, NULL), RK_ERR_RANGE);
+    cr_expect_eq(eng_layer_forward(s, 0, h, 2, bigpos, p2, NULL, NULL), RK_ERR_RANGE);
+    cr_expect_eq(eng_layer_forward(s, mi->n_layers, h, 2, p2, p2, NULL, NULL), RK_ERR_RANGE);
+    cr_expect_eq(eng_layer_forward(s, 0, h, 3, p2, p2, NULL, NULL), RK_ERR_RANGE, "more rows than the block");
+    cr_expect_eq(eng_seq_len(s), 0, "rejected calls leave the sequence alone");
+    float kvbuf[4];
+    cr_expect_eq(eng_kv_export(s, 0, 1, kvbuf), RK_ERR_RANGE, "export past the length");
+    eng_seq *pair[2] = {s, s};
+    int32_t two[2] = {5, 6};
+    cr_expect_eq(eng_decode(be, pair, two, 2, lg), RK_ERR_INVALID, "same sequence twice");
+    /* still usable */
+    cr_expect_eq(eng_prefill(s, ok, 4, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(eng_decode(be, &s, &two[0], 1, lg), RK_ERR_LIMIT, "full sequence");
+    cr_expect_eq(eng_seq_truncate(s, 2), RK_OK);
+    cr_expect_eq(eng_seq_next_pos(s), 2);
+    cr_expect_eq(eng_decode(be, &s, &two[0], 1, lg), RK_OK);
+    free(lg);
+    eng_hidden_free(h);
+    eng_seq_free(s);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+#endif
