@@ -99,7 +99,8 @@ static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, 
             pr->kv_row[r] = t;
             pr->kv_len[r] = segs[i].n;
         }
-    memcpy(pr->tokens + r, query, nq * sizeof(int32_t));
+    if (nq)
+        memcpy(pr->tokens + r, query, nq * sizeof(int32_t));
     for (size_t i = 0; i < n; i++)
         pr->pos[i] = (int32_t)i;
     return RK_OK;
