@@ -21,6 +21,9 @@ struct eval_opts {
     int cases, chunks, chunk_len, query_len, threads;
     uint64_t seed;
     const char *json;
+    int check_layer;   /* CacheBlend check layer */
+    int deviation_v;   /* count V's deviation too */
+    float g_first, g_step; /* gradual schedule (g_first 0: flat) */
     bl_mode modes[8];
     int nmodes;
     float ratios[16];
@@ -40,6 +43,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: ragkv blend eval --model PATH [--cases N] [--chunks K] [--chunk-len T]\n"
             "                        [--query-len Q] [--seed S] [--modes LIST] [--ratios LIST]\n"
+            "                        [--check-layer N] [--deviation-v 0|1] [--gradual FIRST,STEP]\n"
             "                        [--threads N] [--json FILE]\n\n"
             "Builds N prompts of K chunks (T tokens each, sampled from the model itself) and a\n"
             "query, and compares every mode with full prefill of the same prompt: next-token KL,\n"
@@ -150,6 +154,16 @@ static int eval_main(int argc, char **argv)
                 return 2;
             }
             *ip = (int)x;
+        } else if (!strcmp(a, "--check-layer")) {
+            o.check_layer = atoi(v);
+        } else if (!strcmp(a, "--deviation-v")) {
+            o.deviation_v = atoi(v);
+        } else if (!strcmp(a, "--gradual")) {
+            if (sscanf(v, "%f,%f", &o.g_first, &o.g_step) != 2 || !(o.g_first > 0 && o.g_first <= 1) ||
+                !(o.g_step > 0 && o.g_step <= 1)) {
+                fprintf(stderr, "ragkv blend eval: --gradual FIRST,STEP (each in (0, 1])\n");
+                return 2;
+            }
         } else if (!strcmp(a, "--model")) {
             o.model = v;
         } else if (!strcmp(a, "--tokenizer")) {
@@ -253,6 +267,14 @@ static int eval_main(int argc, char **argv)
         for (int r = 0; r < nruns && st == RK_OK; r++) {
             bl_params_default(&p, runs[r].mode);
             p.ratio = runs[r].ratio;
+            if (o.check_layer > 0)
+                p.check_layer = o.check_layer;
+            p.deviation_v = o.deviation_v != 0;
+            if (o.g_first > 0 && runs[r].mode == BL_CACHEBLEND) {
+                p.schedule.first = o.g_first > runs[r].ratio ? o.g_first : runs[r].ratio;
+                p.schedule.step = o.g_step;
+                p.schedule.final = runs[r].ratio;
+            }
             bl_stats bs;
             s = NULL;
             st = eng_seq_new(be, nprompt + CONT + 1, &s);
