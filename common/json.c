@@ -11,9 +11,9 @@
 
 typedef struct parser {
     const unsigned char *p; /* the text, borrowed */
-    size_t len;
-    size_t off;
-    int depth;
+    size_t len;             /* bytes of text */
+    size_t off;             /* next byte to read */
+    int depth;              /* open arrays/objects */
 } parser;
 
 static rk_status fail(parser *ps, const char *why)

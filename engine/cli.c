@@ -109,7 +109,8 @@ static void generate_usage(FILE *f)
     fprintf(f, "usage: ragkv generate --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens-in FILE)\n"
                "         --steps N [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
                "         [--backend cpu|cuda] [--threads N] [--tokens-out FILE] [--logits-out FILE]\n"
-               "  --steps counts positions processed, prompt (with BOS) included, as llama2.c's -n.\n"
+               "  --steps counts positions processed, prompt (with BOS) included, as llama2.c's -n\n"
+               "  (0 or more than the model's context: the context).\n"
                "  Stops early at BOS (llama2.c models) or the config's EOS (Hugging Face models).\n"
                "  --tokens-in/--tokens-out: decimal token ids, one per line (tokens-out: every\n"
                "  position, prompt with BOS first). --logits-out: little-endian float32 rows of vocab\n"
@@ -150,7 +151,7 @@ int eng_cli_generate(int argc, char **argv)
         else if (!strcmp(a, "--backend"))
             backend = v;
         else if (!strcmp(a, "--steps"))
-            ok = parse_long(v, 1, INT32_MAX, &steps);
+            ok = parse_long(v, 0, INT32_MAX, &steps); /* 0: the model's context, as llama2.c */
         else if (!strcmp(a, "--seed"))
             ok = parse_long(v, 0, LONG_MAX, &seed);
         else if (!strcmp(a, "--threads"))
@@ -229,7 +230,7 @@ int eng_cli_generate(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (steps > mi->max_seq)
+    if (steps == 0 || steps > mi->max_seq)
         steps = mi->max_seq;
     size_t total = (size_t)steps + 1; /* tokens at positions 0..steps */
     if (total < n_prompt)

@@ -40,7 +40,7 @@ typedef struct cpu_layer {
 
 typedef struct cpu_ctx {
     eng_model *m;            /* borrowed */
-    const eng_model_info *mi;
+    const eng_model_info *mi; /* &m->info */
     rk_pool *pool;           /* owned worker threads */
     const float *tok_emb;    /* (vocab, d) */
     const float *final_norm; /* (d) */
@@ -105,21 +105,29 @@ static void rope(float *vec, int n_heads, int hd, int32_t pos, const float *inv_
 }
 
 typedef struct matmul_job {
-    float *y;       /* (n, out) */
-    const float *x; /* (n, in) */
-    const float *w; /* (out, in) */
-    size_t n, in, out;
+    float *y;          /* (n, out) */
+    const float *x;    /* (n, in) */
+    const float *w;    /* (out, in) */
+    size_t n, in, out; /* tokens, input width, output width */
 } matmul_job;
 
-/* Output rows [o0, o1) for every token: the weight rows stay in cache across tokens. */
+/* Output rows [o0, o1) for every token, in blocks of ~64 KB of weight rows that stay in
+ * cache while every token passes over them (without blocking, each token would stream the
+ * whole matrix from memory). The block size changes no result: each y is one dot(). */
 static void matmul_range(void *arg, size_t o0, size_t o1)
 {
     const matmul_job *j = arg;
-    for (size_t t = 0; t < j->n; t++) {
-        const float *x = j->x + t * j->in;
-        float *y = j->y + t * j->out;
-        for (size_t o = o0; o < o1; o++)
-            y[o] = dot(j->w + o * j->in, x, j->in);
+    size_t block = (64u << 10) / (j->in * sizeof(float));
+    if (block == 0)
+        block = 1;
+    for (size_t ob = o0; ob < o1; ob += block) {
+        size_t oe = ob + block < o1 ? ob + block : o1;
+        for (size_t t = 0; t < j->n; t++) {
+            const float *x = j->x + t * j->in;
+            float *y = j->y + t * j->out;
+            for (size_t o = ob; o < oe; o++)
+                y[o] = dot(j->w + o * j->in, x, j->in);
+        }
     }
 }
 
@@ -142,9 +150,9 @@ static void matmul(cpu_ctx *c, float *y, const float *x, const float *w, size_t 
 /* ---- weights --------------------------------------------------------------------------- */
 
 typedef struct conv_job {
-    float *dst;
-    const uint16_t *src;
-    eng_dtype dt;
+    float *dst;          /* widened float32 elements */
+    const uint16_t *src; /* f16 or bf16 elements */
+    eng_dtype dt;        /* which of the two */
 } conv_job;
 
 static void conv_range(void *arg, size_t b, size_t e)
@@ -282,12 +290,15 @@ static rk_status cpu_embed(void *ctx, eng_hidden *h, size_t row0, const int32_t 
 /* ---- the layer ------------------------------------------------------------------------- */
 
 typedef struct attn_job {
-    const cpu_ctx *c;
+    const cpu_ctx *c;     /* the backend */
     eng_seq *const *seqs; /* (n) the sequence of each row */
-    int layer;
+    int layer;            /* which layer's cache */
     const float *q;       /* (n, q_dim) rotated queries */
     const int32_t *pos;   /* (n) */
     float *out;           /* (n, q_dim) */
+    const eng_attn_groups *ag; /* optional slot groups */
+    const int32_t *grp;   /* (seq len) group of each slot, -1 for none; NULL without ag */
+    float *mass_h;        /* (n, n_heads, n_groups) per-head masses when ag->mass */
     bool failed;          /* a worker ran out of memory */
 } attn_job;
 
@@ -326,6 +337,12 @@ static void attn_range(void *arg, size_t b, size_t e)
                 continue;
             }
             float sc = dot(q, kr + t * kvd, hd) / scale;
+            if (j->grp && j->grp[t] >= 0) {
+                if (j->ag->temperature)
+                    sc /= j->ag->temperature[j->grp[t]];
+                if (j->ag->log_scale)
+                    sc += j->ag->log_scale[j->grp[t]];
+            }
             scores[t] = sc;
             if (sc > maxv)
                 maxv = sc;
@@ -334,18 +351,29 @@ static void attn_range(void *arg, size_t b, size_t e)
         for (size_t t = 0; t < len; t++) {
             if (s->pos[t] > p)
                 continue;
-            scores[t] = expf(scores[t] - maxv);
+            scores[t] = maxv == -INFINITY ? 0.0f : expf(scores[t] - maxv); /* all hidden: no weight */
             sum += scores[t];
         }
         float *o = j->out + r * H * hd + h * hd;
         memset(o, 0, hd * sizeof(float));
-        for (size_t t = 0; t < len; t++) {
+        for (size_t t = 0; t < len && sum > 0.0f; t++) {
             if (s->pos[t] > p)
                 continue;
             float a = scores[t] / sum;
             const float *v = vv + t * kvd;
             for (size_t i = 0; i < hd; i++)
                 o[i] += a * v[i];
+        }
+        if (j->mass_h) {
+            float *mh = j->mass_h + rh * j->ag->n_groups;
+            for (size_t g = 0; g < j->ag->n_groups; g++) {
+                float m = 0.0f;
+                size_t end = j->ag->bounds[g + 1] < len ? j->ag->bounds[g + 1] : len;
+                for (size_t t = j->ag->bounds[g]; t < end && sum > 0.0f; t++)
+                    if (s->pos[t] <= p)
+                        m += scores[t] / sum;
+                mh[g] = m;
+            }
         }
     }
     rk_free(scores);
@@ -354,7 +382,7 @@ static void attn_range(void *arg, size_t b, size_t e)
 /* Layer `layer` over n rows x (n, d) in place; row i belongs to seqs[i] at pos[i], slot
  * slots[i] (already recorded in seqs[i]->pos). */
 static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, float *x, size_t n, const int32_t *pos,
-                                const int32_t *slots, float *k_fresh, float *v_fresh)
+                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
     const eng_model_info *mi = c->mi;
     const cpu_layer *w = &c->layers[layer];
@@ -399,15 +427,51 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
         rope(q + i * qd, mi->n_heads, mi->head_dim, pos[i], c->m->inv_freq, mi->rope);
     }
     /* attention over each row's whole sequence */
-    attn_job aj = {c, seqs, layer, q, pos, att, false};
     size_t pairs = n * (size_t)mi->n_heads;
+    float *mass_h = NULL;
+    int32_t *grp = NULL;
+    if (ag) {
+        /* slot -> group, for the score modifiers (groups apply to a single sequence) */
+        size_t len = seqs[0]->len;
+        grp = rk_malloc((len ? len : 1) * sizeof(int32_t));
+        if (grp) {
+            for (size_t t = 0; t < len; t++)
+                grp[t] = -1;
+            for (size_t g = 0; g < ag->n_groups; g++)
+                for (size_t t = ag->bounds[g]; t < ag->bounds[g + 1] && t < len; t++)
+                    grp[t] = (int32_t)g;
+        }
+        if (ag->mass)
+            mass_h = rk_malloc(pairs * ag->n_groups * sizeof(float));
+        if (!grp || (ag->mass && !mass_h)) {
+            rk_free(grp);
+            rk_free(mass_h);
+            rk_aligned_free(buf);
+            return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory for attention groups");
+        }
+    }
+    attn_job aj = {c, seqs, layer, q, pos, att, ag, grp, mass_h, false};
     if (pairs == 1 || rk_pool_size(c->pool) <= 1)
         attn_range(&aj, 0, pairs);
     else
         rk_pool_for(c->pool, pairs, 1, attn_range, &aj);
+    rk_free(grp);
     if (aj.failed) {
+        rk_free(mass_h);
         rk_aligned_free(buf);
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory in attention");
+    }
+    if (mass_h) {
+        /* average over heads, in head order (deterministic whatever the thread split) */
+        size_t H = (size_t)mi->n_heads, G = ag->n_groups;
+        for (size_t r = 0; r < n; r++)
+            for (size_t g = 0; g < G; g++) {
+                float m = 0.0f;
+                for (size_t h = 0; h < H; h++)
+                    m += mass_h[(r * H + h) * G + g];
+                ag->mass[r * G + g] = m / (float)H;
+            }
+        rk_free(mass_h);
     }
     matmul(c, xb, att, w->wo, n, qd, d);
     for (size_t i = 0; i < n * d; i++)
@@ -431,14 +495,14 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
 }
 
 static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
-                                   const int32_t *slots, float *k_fresh, float *v_fresh)
+                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
     eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
     if (!seqs)
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
     for (size_t i = 0; i < n; i++)
         seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh);
+    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag);
     rk_free(seqs);
     return st;
 }
@@ -503,7 +567,7 @@ static rk_status cpu_decode(void *ctx, eng_seq *const *seqs, const int32_t *toke
         memcpy(x + i * d, c->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
     rk_status st = RK_OK;
     for (int l = 0; l < c->mi->n_layers && st == RK_OK; l++)
-        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL);
+        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL, NULL);
     if (st == RK_OK)
         st = logits_rows(c, x, NULL, n, logits);
     rk_aligned_free(x);

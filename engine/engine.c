@@ -3,6 +3,7 @@
  * the backend interface (engine_impl.h), and the composed operations (prefill, decode
  * fallback) built from the layer-granular ones.
  */
+#include <math.h>
 #include <string.h>
 
 #include "engine_impl.h"
@@ -223,6 +224,12 @@ rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *
 rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                             const int32_t *slots, float *k_fresh, float *v_fresh)
 {
+    return eng_layer_forward_ex(s, layer, h, n, pos, slots, k_fresh, v_fresh, NULL);
+}
+
+rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                               const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+{
     if (!s || !h || h->be != s->be)
         return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: sequence and hidden block of different backends");
     const eng_model_info *mi = &s->be->model->info;
@@ -232,10 +239,23 @@ rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, cons
         return RK_OK;
     if (n > h->rows)
         return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: %zu rows but the block has %zu", n, h->rows);
+    if (ag) {
+        if (ag->n_groups == 0 || !ag->bounds)
+            return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: attention groups need n_groups > 0 and bounds");
+        for (size_t g = 0; g < ag->n_groups; g++) {
+            if (ag->bounds[g] > ag->bounds[g + 1] || ag->bounds[g + 1] > s->capacity)
+                return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: attention group %zu bounds [%zu, %zu) bad "
+                                    "(capacity %zu)", g, ag->bounds[g], ag->bounds[g + 1], s->capacity);
+            if (ag->temperature && !(ag->temperature[g] > 0.0f && isfinite(ag->temperature[g])))
+                return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: group %zu temperature must be > 0", g);
+            if (ag->log_scale && (isnan(ag->log_scale[g]) || ag->log_scale[g] == INFINITY))
+                return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: group %zu log_scale must be finite or -inf", g);
+        }
+    }
     rk_status st = seq_claim(s, n, pos, slots, "eng_layer_forward");
     if (st != RK_OK)
         return st;
-    return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh);
+    return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh, ag);
 }
 
 rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n, float *logits)
@@ -343,7 +363,7 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
             eng_hidden *h = NULL;
             if ((st = eng_hidden_new(be, 1, &h)) == RK_OK && (st = eng_embed(be, h, 0, &tokens[i], 1)) == RK_OK)
                 for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
-                    st = be->iface->layer_forward(be->ctx, seqs[i], l, h, 1, &ps[i], &sl[i], NULL, NULL);
+                    st = be->iface->layer_forward(be->ctx, seqs[i], l, h, 1, &ps[i], &sl[i], NULL, NULL, NULL);
             if (st == RK_OK)
                 st = eng_logits(be, h, NULL, 1, logits + i * (size_t)mi->vocab);
             eng_hidden_free(h);

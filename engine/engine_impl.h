@@ -32,8 +32,8 @@ static inline rk_status eng_error_wrap(rk_status st, const char *prefix)
 typedef struct eng_tensor {
     eng_dtype dtype;  /* element type of data */
     const void *data; /* (rows, cols) elements; borrowed from a mapping or model-owned */
-    size_t rows;
-    size_t cols;
+    size_t rows;      /* 1 for vectors */
+    size_t cols;      /* contiguous elements per row */
 } eng_tensor;
 
 /* One transformer layer. Shapes with d = dim, q = n_heads*head_dim, kv = n_kv_heads*head_dim,
@@ -56,7 +56,7 @@ typedef struct eng_layer_weights {
 /* A file mapping the model keeps open. */
 typedef struct eng_mapping {
     void *addr; /* mmap'd, read-only */
-    size_t len;
+    size_t len; /* bytes mapped */
 } eng_mapping;
 
 struct eng_model {
@@ -131,7 +131,7 @@ struct eng_backend_i {
     rk_status (*embed)(void *ctx, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n);
     rk_status (*layer_forward)(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n,
                                const int32_t *pos, const int32_t *slots, float *k_fresh,
-                               float *v_fresh);
+                               float *v_fresh, const eng_attn_groups *ag);
     rk_status (*logits)(void *ctx, const eng_hidden *h, const size_t *rows, size_t n,
                         float *logits);
 

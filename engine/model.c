@@ -301,7 +301,22 @@ rk_status eng_model_open(const char *path, eng_model **out)
     if (!m)
         return rk_error_set(RK_ERR_NOMEM, "out of memory");
     snprintf(m->path, sizeof(m->path), "%s", path);
-    rk_status st = S_ISDIR(sb.st_mode) ? eng_load_hf(m, path) : eng_load_llama2c(m, path);
+    /* a file of a Hugging Face folder (config.json, *.safetensors, the index) names its folder */
+    bool hf = S_ISDIR(sb.st_mode);
+    size_t pl = strlen(m->path);
+    const char *sfx[] = {"/config.json", ".safetensors", ".safetensors.index.json"};
+    for (size_t i = 0; !hf && i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+        size_t sl = strlen(sfx[i]);
+        if (pl > sl && !strcmp(m->path + pl - sl, sfx[i])) {
+            char *slash = strrchr(m->path, '/');
+            if (slash && slash != m->path)
+                *slash = 0;
+            else
+                snprintf(m->path, sizeof(m->path), ".");
+            hf = true;
+        }
+    }
+    rk_status st = hf ? eng_load_hf(m, m->path) : eng_load_llama2c(m, path);
     if (st != RK_OK) {
         eng_model_close(m);
         return st;

@@ -113,9 +113,13 @@ rk_status eng_hf_config_parse(const char *text, size_t len, eng_model_info *mi)
         st = rk_error_set(RK_ERR_UNSUPPORTED, "config.json: hidden_act %.32s (only silu)", act);
         goto out;
     }
-    bool attn_bias = false;
+    bool attn_bias = false, mlp_bias = false;
     if (rk_json_get_bool(cfg, "attention_bias", &attn_bias) && attn_bias) {
         st = rk_error_set(RK_ERR_UNSUPPORTED, "config.json: attention_bias (o_proj bias) is not supported");
+        goto out;
+    }
+    if (rk_json_get_bool(cfg, "mlp_bias", &mlp_bias) && mlp_bias) {
+        st = rk_error_set(RK_ERR_UNSUPPORTED, "config.json: mlp_bias is not supported");
         goto out;
     }
     mi->qkv_bias = qwen;
@@ -212,10 +216,10 @@ out:
 
 /* One mapped shard and its parsed header. */
 typedef struct shard {
-    char file[256];    /* file name inside the folder */
-    const uint8_t *base;
-    size_t len;
-    eng_st_header *hdr;
+    char file[256];      /* file name inside the folder */
+    const uint8_t *base; /* its read-only mapping (owned by the model) */
+    size_t len;          /* bytes mapped */
+    eng_st_header *hdr;  /* parsed header, owned here until the load ends */
 } shard;
 
 static rk_status map_shard(eng_model *m, const char *dir, shard *sh)

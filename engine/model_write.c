@@ -20,12 +20,14 @@
 /* ---- synthetic shapes ------------------------------------------------------------------ */
 
 typedef struct synth_shape {
-    const char *name;
-    const char *arch; /* llama, mistral, qwen2 */
-    int dim, hidden, n_layers, n_heads, n_kv_heads, head_dim, vocab, max_seq;
-    float theta, eps;
-    bool bias, tied, llama3;
-    eng_dtype dtype;
+    const char *name;  /* --shape name */
+    const char *arch;  /* llama, mistral, qwen2 */
+    int dim, hidden, n_layers, n_heads, n_kv_heads, head_dim, vocab, max_seq; /* as eng_model_info */
+    float theta, eps;  /* rope_theta, rms_norm_eps */
+    bool bias;         /* q/k/v biases (Qwen2) */
+    bool tied;         /* classifier shares the embedding */
+    bool llama3;       /* llama3 RoPE scaling (factor 8, low 1, high 4) */
+    eng_dtype dtype;   /* storage type of every tensor */
 } synth_shape;
 
 static const synth_shape shapes[] = {
@@ -71,8 +73,8 @@ static uint64_t splitmix64(uint64_t x)
 }
 
 typedef struct fill_job {
-    void *dst;
-    eng_dtype dt;
+    void *dst;     /* the tensor's elements */
+    eng_dtype dt;  /* their type */
     uint64_t key;  /* seed mixed with the tensor's index */
     float center;  /* values are center + scale * u, u uniform in [-1, 1) */
     float scale;

@@ -15,7 +15,7 @@ typedef struct piece_ref {
 } piece_ref;
 
 struct eng_tokenizer {
-    int vocab;
+    int vocab;         /* pieces */
     char **pieces;     /* (vocab) bytes of each piece, NUL-terminated, owned */
     size_t *lens;      /* (vocab) byte length of each piece */
     float *scores;     /* (vocab) merge scores: higher merges first */

@@ -404,4 +404,171 @@ static void conf_bad_calls(conf_backend_ctor ctor, const char *model)
     eng_model_close(m);
 }
 
+/* Attention mass by slot group: non-negative, sums to 1 over groups covering every slot,
+ * zero on slots a row cannot see, and asking for it changes no hidden state. */
+static void conf_attention_mass(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 12, d = (size_t)mi->dim;
+    int32_t tok[12], pos[4], sl[4];
+    conf_tokens(tok, n, mi->vocab, 8);
+    float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float));
+    eng_seq *a, *b, *c;
+    cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &b), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &c), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, 8, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, 8, kv), RK_OK);
+    int32_t p8[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    cr_assert_eq(eng_kv_import(b, 0, 8, p8, kv), RK_OK);
+    cr_assert_eq(eng_kv_import(c, 0, 8, p8, kv), RK_OK);
+    for (int i = 0; i < 4; i++) {
+        pos[i] = 8 + i;
+        sl[i] = 8 + i;
+    }
+    eng_hidden *hb, *hc;
+    cr_assert_eq(eng_hidden_new(be, 4, &hb), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, 4, &hc), RK_OK);
+    cr_assert_eq(eng_embed(be, hb, 0, tok + 8, 4), RK_OK);
+    cr_assert_eq(eng_embed(be, hc, 0, tok + 8, 4), RK_OK);
+    const size_t bounds3[4] = {0, 4, 8, 12}, bounds_late[2] = {9, 12};
+    float mass3[4 * 3], late[4];
+    eng_attn_groups am3 = {3, bounds3, NULL, NULL, mass3}, aml = {1, bounds_late, NULL, NULL, late};
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_forward_ex(b, l, hb, 4, pos, sl, NULL, NULL, l % 2 ? &aml : &am3), RK_OK, "%s",
+                     rk_error_msg());
+        cr_assert_eq(eng_layer_forward(c, l, hc, 4, pos, sl, NULL, NULL), RK_OK);
+        for (int r = 0; r < 4; r++) {
+            if (l % 2) {
+                /* slots 9..11 hold positions 9..11: invisible to the row at 8, visible after */
+                cr_expect(late[r] >= 0.0f && late[r] <= 1.0f + tol, "row %d mass %g", r, late[r]);
+                if (r == 0)
+                    cr_expect_eq(late[0], 0.0f, "%s: the row at position 8 sees no later slot", model);
+                else
+                    cr_expect_gt(late[r], 0.0f);
+            } else {
+                double sum = 0;
+                for (int g = 0; g < 3; g++) {
+                    cr_expect(mass3[r * 3 + g] >= 0.0f, "negative mass");
+                    sum += mass3[r * 3 + g];
+                }
+                cr_expect(fabs(sum - 1.0) <= tol, "%s: layer %d row %d masses sum to %g", model, l, r, sum);
+            }
+        }
+    }
+    float *xb = malloc(4 * d * sizeof(float)), *xc = malloc(4 * d * sizeof(float));
+    cr_assert_eq(eng_hidden_read(hb, 0, 4, xb), RK_OK);
+    cr_assert_eq(eng_hidden_read(hc, 0, 4, xc), RK_OK);
+    cr_expect(conf_rel_err(xb, xc, 4 * d) <= tol, "asking for masses changed the hidden states");
+    const size_t badb[2] = {5, 3};
+    eng_attn_groups bad = {1, badb, NULL, NULL, late};
+    cr_expect_eq(eng_layer_forward_ex(c, 0, hc, 1, pos, sl, NULL, NULL, &bad), RK_ERR_RANGE);
+    free(kv);
+    free(xb);
+    free(xc);
+    eng_hidden_free(hb);
+    eng_hidden_free(hc);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* Score modifiers on slot groups: temperature 1 and log-scale 0 change nothing; log-scale
+ * -inf on a group equals a sequence without those slots; another temperature changes the
+ * result. */
+static void conf_attention_modifiers(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t d = (size_t)mi->dim;
+    int32_t tok[10], junk[4];
+    conf_tokens(tok, 10, mi->vocab, 12);
+    conf_tokens(junk, 4, mi->vocab, 13);
+    float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float)), *kvj = malloc(eng_kv_floats(m, 4) * sizeof(float));
+    eng_seq *a, *j, *b, *c, *e, *f;
+    cr_assert_eq(eng_seq_new(be, 16, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, 16, &j), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, 8, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_prefill(j, junk, 4, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, 8, kv), RK_OK);
+    cr_assert_eq(eng_kv_export(j, 0, 4, kvj), RK_OK);
+    int32_t p8[8] = {0, 1, 2, 3, 4, 5, 6, 7}, p4[4] = {0, 1, 2, 3};
+    eng_seq *all[4];
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(eng_seq_new(be, 16, &all[i]), RK_OK);
+        cr_assert_eq(eng_kv_import(all[i], 0, 8, p8, kv), RK_OK);
+    }
+    b = all[0]; /* + junk in slots 8..11, hidden by log-scale -inf */
+    c = all[1]; /* without junk */
+    e = all[2]; /* + junk, temperature 1 and log-scale 0: like plain attention over all */
+    f = all[3]; /* + junk, plain */
+    cr_assert_eq(eng_kv_import(b, 8, 4, p4, kvj), RK_OK);
+    cr_assert_eq(eng_kv_import(e, 8, 4, p4, kvj), RK_OK);
+    cr_assert_eq(eng_kv_import(f, 8, 4, p4, kvj), RK_OK);
+    int32_t qpos[2] = {8, 9}, slots_far[2] = {12, 13}, slots_near[2] = {8, 9};
+    eng_hidden *h[4];
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(eng_hidden_new(be, 2, &h[i]), RK_OK);
+        cr_assert_eq(eng_embed(be, h[i], 0, tok + 8, 2), RK_OK);
+    }
+    const size_t bj[2] = {8, 12}, ball[3] = {0, 8, 12};
+    const float ninf[1] = {-INFINITY}, one[2] = {1.0f, 1.0f}, zero[2] = {0.0f, 0.0f};
+    eng_attn_groups hide = {1, bj, NULL, ninf, NULL}, ident = {2, ball, one, zero, NULL};
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_forward_ex(b, l, h[0], 2, qpos, slots_far, NULL, NULL, &hide), RK_OK, "%s",
+                     rk_error_msg());
+        cr_assert_eq(eng_layer_forward(c, l, h[1], 2, qpos, slots_near, NULL, NULL), RK_OK);
+        cr_assert_eq(eng_layer_forward_ex(e, l, h[2], 2, qpos, slots_far, NULL, NULL, &ident), RK_OK);
+        cr_assert_eq(eng_layer_forward(f, l, h[3], 2, qpos, slots_far, NULL, NULL), RK_OK);
+    }
+    float *x[4];
+    for (int i = 0; i < 4; i++) {
+        x[i] = malloc(2 * d * sizeof(float));
+        cr_assert_eq(eng_hidden_read(h[i], 0, 2, x[i]), RK_OK);
+    }
+    cr_expect(conf_rel_err(x[0], x[1], 2 * d) <= tol, "%s: hidden group != absent slots", model);
+    cr_expect(conf_rel_err(x[2], x[3], 2 * d) <= tol, "%s: identity modifiers changed the result", model);
+    cr_expect(conf_rel_err(x[3], x[1], 2 * d) > 1e-3, "%s: the junk slots should matter when visible", model);
+    /* a temperature on the junk group changes the result */
+    eng_seq *g;
+    eng_hidden *hg;
+    cr_assert_eq(eng_seq_new(be, 16, &g), RK_OK);
+    cr_assert_eq(eng_kv_import(g, 0, 8, p8, kv), RK_OK);
+    cr_assert_eq(eng_kv_import(g, 8, 4, p4, kvj), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, 2, &hg), RK_OK);
+    cr_assert_eq(eng_embed(be, hg, 0, tok + 8, 2), RK_OK);
+    const float temp[1] = {0.5f};
+    eng_attn_groups hot = {1, bj, temp, NULL, NULL};
+    for (int l = 0; l < mi->n_layers; l++)
+        cr_assert_eq(eng_layer_forward_ex(g, l, hg, 2, qpos, slots_far, NULL, NULL, &hot), RK_OK);
+    float *xg = malloc(2 * d * sizeof(float));
+    cr_assert_eq(eng_hidden_read(hg, 0, 2, xg), RK_OK);
+    cr_expect(conf_rel_err(xg, x[3], 2 * d) > 1e-4, "%s: temperature had no effect", model);
+    const float badt[1] = {0.0f}, badl[1] = {INFINITY};
+    eng_attn_groups bt = {1, bj, badt, NULL, NULL}, bl = {1, bj, NULL, badl, NULL};
+    cr_expect_eq(eng_layer_forward_ex(g, 0, hg, 1, qpos, slots_far, NULL, NULL, &bt), RK_ERR_INVALID);
+    cr_expect_eq(eng_layer_forward_ex(g, 0, hg, 1, qpos, slots_far, NULL, NULL, &bl), RK_ERR_INVALID);
+    for (int i = 0; i < 4; i++) {
+        free(x[i]);
+        eng_hidden_free(h[i]);
+        eng_seq_free(all[i]);
+    }
+    free(xg);
+    free(kv);
+    free(kvj);
+    eng_hidden_free(hg);
+    eng_seq_free(g);
+    eng_seq_free(a);
+    eng_seq_free(j);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
 #endif

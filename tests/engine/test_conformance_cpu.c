@@ -61,6 +61,16 @@ Test(cpu_conformance, causal_rule_by_position)
     EACH_MODEL(conf_causal_by_position(cpu_ctor, model, TOL));
 }
 
+Test(cpu_conformance, attention_mass_by_slot_group)
+{
+    EACH_MODEL(conf_attention_mass(cpu_ctor, model, TOL));
+}
+
+Test(cpu_conformance, attention_group_modifiers)
+{
+    EACH_MODEL(conf_attention_modifiers(cpu_ctor, model, TOL));
+}
+
 Test(cpu_conformance, bad_calls_rejected)
 {
     EACH_MODEL(conf_bad_calls(cpu_ctor, model));

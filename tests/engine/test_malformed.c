@@ -171,6 +171,13 @@ Test(malformed, hf_config_errors)
     eng_model *m;
     cr_assert_eq(eng_model_open(d, &m), RK_OK, "%s", rk_error_msg());
     eng_model_close(m);
+    char files[2][800];
+    snprintf(files[0], sizeof(files[0]), "%s/config.json", d);
+    snprintf(files[1], sizeof(files[1]), "%s/model.safetensors", d);
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(eng_model_open(files[i], &m), RK_OK, "a file of the folder names the folder: %s", rk_error_msg());
+        eng_model_close(m);
+    }
     edit_config(d, "\"tie_word_embeddings\": false,", "\"tie_word_embeddings\": false,,");
     expect_reject(d, RK_ERR_FORMAT, "config.json");
     d = hf_folder("b", "test-llama");

@@ -2,12 +2,14 @@
  * fuzz_safetensors.c — the safetensors header parser (engine/safetensors.c) and, through it,
  * the strict JSON parser (common/json.c). Every accepted header must describe tensors that
  * lie inside the input: the target reads every byte of every tensor, so ASan catches a
- * range check that lets one escape. The input is also fed to the JSON parser on its own.
+ * range check that lets one escape. The input is also fed to the JSON parser on its own and
+ * to the Hugging Face config.json reader.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../engine/engine_impl.h" /* eng_hf_config_parse: the config.json reader */
 #include "ragkv/json.h"
 #include "ragkv/safetensors.h"
 
@@ -36,6 +38,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rk_json *j;
     if (rk_json_parse((const char *)buf, size, &j) == RK_OK)
         rk_json_free(j);
+    eng_model_info mi;
+    memset(&mi, 0, sizeof(mi));
+    (void)eng_hf_config_parse((const char *)buf, size, &mi);
     free(buf);
     return 0;
 }

@@ -149,7 +149,7 @@ rk_status eng_model_synth_write(const char *shape, uint64_t seed, const char *di
  * the folder, read with rotate-half RoPE, computes the same function. */
 rk_status eng_model_write_hf(const eng_model *m, const char *dir);
 
-const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" */
+const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" (static storage) */
 
 /* ---- backends --------------------------------------------------------------------------- */
 
@@ -214,6 +214,29 @@ rk_status eng_embed(eng_backend *be, eng_hidden *h, size_t row0, const int32_t *
  * head_dim) float32 each, as computed (e.g. to measure deviation from a cached K). */
 rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                             const int32_t *slots, float *k_fresh, float *v_fresh);
+
+/* Slot groups for eng_layer_forward_ex: group g is the slots [bounds[g], bounds[g+1]) (groups
+ * need not cover every slot). Two optional inputs change how rows attend to a group's keys,
+ * one optional output reports where the attention went:
+ *   - temperature[g] > 0: the group's scores q.k/sqrt(head_dim) are divided by it (APE's T);
+ *   - log_scale[g]: added to the group's scores after that, i.e. its softmax weights are
+ *     multiplied by exp(log_scale[g]) before normalising (APE's ln S, which merges the context
+ *     part with the causal part by log-sum-exp weights); -INFINITY hides the group;
+ *   - mass (n, n_groups): the attention probability each row puts on each group's slots,
+ *     averaged over heads (Cache-Craft's inter/intra-chunk attention), from the very
+ *     probabilities the layer used. A row's masses sum to 1 when the groups cover every slot
+ *     it sees. A row that sees no key at all (all hidden) gets zero attention output. */
+typedef struct eng_attn_groups {
+    size_t n_groups;          /* groups (> 0) */
+    const size_t *bounds;     /* (n_groups + 1) non-decreasing slot boundaries, <= capacity */
+    const float *temperature; /* optional (n_groups), each > 0; NULL: 1 */
+    const float *log_scale;   /* optional (n_groups), finite or -INFINITY; NULL: 0 */
+    float *mass;              /* optional out: (n, n_groups) float32, host memory */
+} eng_attn_groups;
+
+/* eng_layer_forward with slot groups (ag may be NULL: then exactly eng_layer_forward). */
+rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                               const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag);
 
 /* Final RMSNorm and classifier for chosen rows of h: logits row i (vocab floats) for h row
  * rows[i] (rows NULL: rows 0..n-1). logits is (n, vocab) float32 host memory. */

@@ -67,8 +67,8 @@ const eng_st_tensor *eng_st_find(const eng_st_header *h, const char *name);
 typedef struct eng_st_writer {
     FILE *f;           /* open output, owned */
     char *header;      /* JSON being built, owned */
-    size_t header_len;
-    size_t header_cap;
+    size_t header_len; /* bytes used in header */
+    size_t header_cap; /* bytes allocated */
     uint64_t next_off; /* data offset of the next declared tensor */
     uint64_t written;  /* data bytes written so far */
     int failed;        /* an allocation failed while declaring */
