@@ -105,12 +105,12 @@ static long find_id(const uint64_t *v, size_t n, uint64_t id)
 
 double bl_prefix_overlap(const uint64_t *stored, size_t ns, const uint64_t *current, size_t nc)
 {
-    if (ns == 0)
+    if (nc == 0)
         return 1.0;
     size_t common = 0;
-    for (size_t i = 0; i < ns; i++)
-        common += find_id(current, nc, stored[i]) >= 0;
-    return (double)common / (double)ns;
+    for (size_t i = 0; i < nc; i++)
+        common += find_id(stored, ns, current[i]) >= 0;
+    return (double)common / (double)nc;
 }
 
 double bl_order_penalty(const uint64_t *stored, size_t ns, const uint64_t *current, size_t nc)

@@ -280,3 +280,84 @@ rk_status ragkv_admin_shutdown(ragkv_conn *c)
 {
     return ragkv_call(c, RK_OP_SHUTDOWN, NULL, 0, NULL, NULL);
 }
+
+rk_status ragkv_generate(ragkv_conn *c, const ragkv_gen_params *p, ragkv_token_cb cb, void *ctx,
+                         ragkv_gen_stats *stats)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, p->ns ? p->ns : "");
+    rk_buf_put_u32(&b, p->nsegs);
+    for (uint32_t i = 0; i < p->nsegs; i++) {
+        if (p->segs[i].key) {
+            rk_buf_put_u8(&b, 0);
+            rk_buf_append(&b, p->segs[i].key, RK_PROTO_KEY_SIZE);
+        } else {
+            rk_buf_put_u8(&b, 1);
+            rk_buf_put_tokens(&b, p->segs[i].tokens, p->segs[i].ntokens);
+        }
+    }
+    rk_buf_put_tokens(&b, p->query, p->nquery);
+    rk_buf_put_u8(&b, p->blend);
+    rk_buf_put_f32(&b, p->recompute);
+    rk_buf_put_u32(&b, p->max_tokens);
+    rk_buf_put_f32(&b, p->temperature);
+    rk_buf_put_f32(&b, p->top_p > 0 ? p->top_p : 1.0f);
+    rk_buf_put_u32(&b, p->top_k);
+    rk_buf_put_u64(&b, p->seed);
+    rk_buf_put_u8(&b, cb ? 1 : 0);
+    if (b.failed) {
+        rk_buf_free(&b);
+        return RK_ERR_NOMEM;
+    }
+    uint64_t id = c->next_id++;
+    rk_status st = ragkv_send_frame(c, RK_OP_GENERATE, id, b.data, (uint32_t)b.len);
+    rk_buf_free(&b);
+    uint32_t generated = 0;
+    while (st == RK_OK) {
+        rk_proto_hdr h;
+        uint8_t *pl;
+        if ((st = ragkv_recv_frame(c, &h, &pl)) != RK_OK)
+            break;
+        if (h.request_id != id) {
+            rk_free(pl);
+            continue;
+        }
+        rk_reader r = rk_reader_make(pl, h.length);
+        if (h.status != RK_OK) {
+            char msg[RK_PROTO_MAX_STR + 1];
+            rk_reader_str(&r, msg, sizeof(msg));
+            rk_free(pl);
+            return rk_error_set((rk_status)h.status, "%s", msg);
+        }
+        int32_t *toks;
+        uint32_t n;
+        rk_reader_tokens(&r, 1u << 24, &toks, &n);
+        generated += n;
+        int stop = (n && cb) ? cb(ctx, toks, n) : 0;
+        rk_free(toks);
+        if (h.type == RK_PT_STREAM) {
+            rk_free(pl);
+            if (r.short_read)
+                return rk_error_set(RK_ERR_PROTOCOL, "malformed stream frame");
+            if (stop)
+                return rk_error_set(RK_ERR_CANCELLED, "stopped by the callback");
+            continue;
+        }
+        ragkv_gen_stats s = {0};
+        s.generated = generated;
+        s.prompt_tokens = rk_reader_u32(&r);
+        s.recomputed = rk_reader_u32(&r);
+        s.chunk_hits = rk_reader_u32(&r);
+        s.chunk_misses = rk_reader_u32(&r);
+        s.ttft_ms = rk_reader_f32(&r);
+        s.total_ms = rk_reader_f32(&r);
+        s.finish = rk_reader_u8(&r);
+        rk_free(pl);
+        if (r.short_read)
+            return rk_error_set(RK_ERR_PROTOCOL, "malformed GENERATE response");
+        if (stats)
+            *stats = s;
+        return RK_OK;
+    }
+    return st;
+}

@@ -31,6 +31,9 @@ static const struct opt_desc opts[] = {
     STR_OPT("model", model, "model: llama2.c .bin file or Hugging Face folder"),
     STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
+    STR_OPT("backend", backend, "compute backend for the model: cpu or cuda"),
+    INT_OPT("compute-threads", compute_threads, 0, 1024, "CPU backend threads (0: one per CPU)"),
+    INT_OPT("max-batch", max_batch, 1, 4096, "generations decoded together in one step"),
     INT_OPT("max-connections", max_connections, 1, 1000000, "connections served at once"),
     INT_OPT("max-frame-mb", max_frame_mb, 1, 2047, "largest request payload after AUTH, MiB"),
     INT_OPT("idle-timeout", idle_timeout_s, 1, 86400, "seconds a silent connection stays open"),
@@ -48,6 +51,8 @@ void svc_config_defaults(svc_config *cfg)
     cfg->http_port = SVC_DEFAULT_HTTP_PORT;
     snprintf(cfg->data_dir, sizeof(cfg->data_dir), "./var");
     cfg->workers = 0;
+    snprintf(cfg->backend, sizeof(cfg->backend), "cpu");
+    cfg->max_batch = 32;
     cfg->max_connections = 1024;
     cfg->max_frame_mb = 64;
     cfg->idle_timeout_s = 300;

@@ -19,6 +19,7 @@
 #include "ragkv/log.h"
 #include "ragkv/proto.h"
 #include "ragkv/version.h"
+#include "exec.h"
 #include "server_int.h"
 
 /* Queue one frame on the connection's output. */
@@ -77,15 +78,14 @@ static void handle_hello(struct svc_conn *c, const svc_request *rq)
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, m);
         return;
     }
-    const char *model = c->w->srv->cfg.model;
-    const char *slash = strrchr(model, '/');
+    const eng_model_info *mi = c->w->srv->model ? eng_model_get_info(c->w->srv->model) : NULL;
     rk_buf b = RK_BUF_INIT;
     rk_buf_put_u16(&b, RK_PROTO_VERSION);
     rk_buf_put_u32(&b, c->w->srv->max_frame);
     rk_buf_put_str(&b, "ragkvd " RAGKV_VERSION);
-    rk_buf_put_str(&b, slash ? slash + 1 : model);
-    rk_buf_put_u32(&b, 0); /* vocab: filled in once the daemon loads the engine */
-    rk_buf_put_u32(&b, 0); /* max context */
+    rk_buf_put_str(&b, mi ? mi->id : "");
+    rk_buf_put_u32(&b, mi ? (uint32_t)mi->vocab : 0);
+    rk_buf_put_u32(&b, mi ? (uint32_t)mi->max_seq : 0);
     conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
     rk_buf_free(&b);
 }
@@ -211,7 +211,148 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
     }
 }
 
-static void dispatch(struct svc_conn *c, const svc_request *rq)
+
+/* ---- generation: submitted to the executor, delivered back here ------------------------- */
+
+static void gen_unlink(struct svc_conn *c, svc_gen *g)
+{
+    for (svc_gen **p = &c->gens; *p; p = &(*p)->next)
+        if (*p == g) {
+            *p = g->next;
+            return;
+        }
+}
+
+/* The final GENERATE response: tokens not yet streamed, then the statistics. */
+static void gen_send_final(struct svc_conn *c, svc_gen *g, const int32_t *toks, size_t n)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_tokens(&b, toks, (uint32_t)n);
+    rk_buf_put_u32(&b, g->prompt_tokens);
+    rk_buf_put_u32(&b, g->recomputed);
+    rk_buf_put_u32(&b, 0); /* chunk hits: chunks by key arrive with the chunk store */
+    rk_buf_put_u32(&b, 0); /* chunk misses */
+    rk_buf_put_f32(&b, g->ttft_ms);
+    rk_buf_put_f32(&b, g->total_ms);
+    rk_buf_put_u8(&b, g->finish);
+    if (b.failed)
+        conn_send_error(c, g->opcode, g->request_id, RK_ERR_NOMEM, "reply");
+    else
+        conn_send(c, RK_PT_RESPONSE, g->opcode, g->request_id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
+}
+
+/* Executor -> worker: new tokens and/or the end of a generation. */
+static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    svc_gen *g = arg;
+    struct svc_conn *c = g->conn;
+    pthread_mutex_lock(&g->lock);
+    bool done = g->done;
+    size_t n = g->nout - g->nsent;
+    int32_t *toks = NULL;
+    if (c && n && (toks = rk_malloc(n * sizeof(int32_t))))
+        memcpy(toks, g->out + g->nsent, n * sizeof(int32_t));
+    pthread_mutex_unlock(&g->lock);
+    if (c && !done && g->stream && toks) {
+        rk_buf b = RK_BUF_INIT;
+        rk_buf_put_tokens(&b, toks, (uint32_t)n);
+        if (!b.failed) {
+            conn_send(c, RK_PT_STREAM, g->opcode, g->request_id, RK_OK, b.data, b.len);
+            g->nsent += n;
+        }
+        rk_buf_free(&b);
+    } else if (c && done) {
+        if (g->status != RK_OK)
+            conn_send_error(c, g->opcode, g->request_id, g->status, g->errmsg);
+        else
+            gen_send_final(c, g, toks ? toks : g->out + g->nsent, n);
+    }
+    rk_free(toks);
+    if (done) {
+        if (c)
+            gen_unlink(c, g);
+        event_free(g->notify);
+        g->notify = NULL;
+        svc_gen_release(g);
+    }
+}
+
+static void handle_generate(struct svc_conn *c, svc_request *rq)
+{
+    struct svc_server *srv = c->w->srv;
+    if (!srv->exec) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
+        return;
+    }
+    const eng_model_info *mi = eng_model_get_info(srv->model);
+    static const int modes[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, -1, -1};
+    if (modes[rq->blend] < 0) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "blend modes cachecraft and ape are not in this version");
+        return;
+    }
+    for (uint32_t i = 0; i < rq->nsegments; i++) {
+        if (rq->segments[i].kind == SVC_SEG_KEY) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_FOUND,
+                            "chunks by key need the chunk store, which this version of ragkvd does not run yet");
+            return;
+        }
+        for (uint32_t t = 0; t < rq->segments[i].ntokens; t++)
+            if (rq->segments[i].tokens[t] >= mi->vocab) {
+                char m[128];
+                snprintf(m, sizeof(m), "segment %u: token %d is outside the vocabulary of %d", i,
+                         rq->segments[i].tokens[t], mi->vocab);
+                conn_send_error(c, rq->opcode, rq->id, RK_ERR_RANGE, m);
+                return;
+            }
+    }
+    for (uint32_t t = 0; t < rq->nquery; t++)
+        if (rq->query[t] >= mi->vocab) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_RANGE, "query token outside the vocabulary");
+            return;
+        }
+    svc_gen *g = svc_gen_new();
+    if (!g || (rq->nsegments && !(g->segs = rk_calloc(rq->nsegments, sizeof(bl_segment)))) ||
+        !(g->notify = event_new(c->w->base, -1, 0, gen_on_notify, g))) {
+        svc_gen_release(g);
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "generation");
+        return;
+    }
+    /* the request's token arrays move into the generation */
+    for (uint32_t i = 0; i < rq->nsegments; i++) {
+        g->segs[i] = (bl_segment){rq->segments[i].tokens, rq->segments[i].ntokens, NULL};
+        rq->segments[i].tokens = NULL;
+    }
+    g->nsegs = rq->nsegments;
+    g->query = rq->query;
+    g->nquery = rq->nquery;
+    rq->query = NULL;
+    bl_params_default(&g->blend, (bl_mode)modes[rq->blend]);
+    g->blend.ratio = rq->recompute;
+    g->max_tokens = rq->max_tokens;
+    g->temperature = rq->temperature;
+    g->top_p = rq->top_p;
+    g->top_k = (int)(rq->top_k > 100000 ? 100000 : rq->top_k);
+    g->seed = rq->seed;
+    g->conn = c;
+    g->request_id = rq->id;
+    g->opcode = rq->opcode;
+    g->stream = rq->stream;
+    rk_status st = svc_exec_submit(srv->exec, g);
+    if (st != RK_OK) {
+        event_free(g->notify);
+        g->notify = NULL;
+        svc_gen_release(g);
+        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+        return;
+    }
+    g->next = c->gens;
+    c->gens = g;
+}
+
+static void dispatch(struct svc_conn *c, svc_request *rq)
 {
     switch (rq->opcode) {
     case RK_OP_HELLO:
@@ -239,7 +380,9 @@ static void dispatch(struct svc_conn *c, const svc_request *rq)
     }
     if (c->admin)
         handle_admin(c, rq);
-    else /* chunk and generation operations arrive with the chunk store and the engine */
+    else if (rq->opcode == RK_OP_GENERATE)
+        handle_generate(c, rq);
+    else /* chunk operations arrive with the chunk store */
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
 }
 
@@ -381,6 +524,22 @@ void svc_conn_free(struct svc_conn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    /* generations still running lose their connection: cancel them; the executor's final
+     * notification frees them (or now, when they are already done) */
+    while (c->gens) {
+        svc_gen *g = c->gens;
+        c->gens = g->next;
+        pthread_mutex_lock(&g->lock);
+        bool done = g->done;
+        pthread_mutex_unlock(&g->lock);
+        if (done) {
+            event_free(g->notify);
+            svc_gen_release(g);
+        } else {
+            g->conn = NULL;
+            atomic_store(&g->cancelled, true);
+        }
+    }
     event_free(c->frame_timer);
     bufferevent_free(c->bev);
     rk_free(c);

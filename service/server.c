@@ -29,6 +29,7 @@
 #include "ragkv/log.h"
 #include "ragkv/service.h"
 #include "ragkv/version.h"
+#include "exec.h"
 #include "server_int.h"
 
 struct svc_server_metrics svc_m;
@@ -296,9 +297,20 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     if (lvl >= 0)
         rk_log_set_level((rk_log_level)lvl);
 
-    if (cfg->model[0] && access(cfg->model, R_OK) != 0) {
-        st = rk_error_set(RK_ERR_NOT_FOUND, "model %s: %s", cfg->model, strerror(errno));
-        goto fail;
+    if (cfg->model[0]) {
+        if ((st = eng_model_open(cfg->model, &srv->model)) != RK_OK) {
+            rk_error_set(st, "model %s: %s", cfg->model, rk_error_msg());
+            goto fail;
+        }
+        if ((st = eng_backend_new(srv->model, cfg->backend, cfg->compute_threads, &srv->backend)) != RK_OK) {
+            rk_error_set(st, "backend %s: %s", cfg->backend, rk_error_msg());
+            goto fail;
+        }
+        if ((st = svc_exec_start(srv->model, srv->backend, cfg->max_batch, &srv->exec)) != RK_OK)
+            goto fail;
+        const eng_model_info *mi = eng_model_get_info(srv->model);
+        RK_INFO("model %s: %s, %d layers, dim %d, vocab %d, context %d, backend %s", cfg->model, mi->id,
+                mi->n_layers, mi->dim, mi->vocab, mi->max_seq, eng_backend_name(srv->backend));
     }
     if ((st = lock_data_dir(srv)) != RK_OK)
         goto fail;
@@ -410,6 +422,9 @@ rk_status svc_server_run(svc_server *srv)
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
     }
+    /* the executor ends every generation (notifying its worker) before the workers stop */
+    svc_exec_stop(srv->exec);
+    srv->exec = NULL;
     for (int i = 0; i < started; i++)
         event_active(srv->workers[i].exit_ev, EV_READ, 0);
     for (int i = 0; i < started; i++)
@@ -452,6 +467,9 @@ void svc_server_close(svc_server *srv)
             event_free(evs[i]);
     if (srv->base)
         event_base_free(srv->base);
+    svc_exec_stop(srv->exec);
+    eng_backend_free(srv->backend);
+    eng_model_close(srv->model);
     svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */

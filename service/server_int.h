@@ -29,6 +29,7 @@ struct svc_conn {
     bool closing;              /* framing lost or shutting down: close once output drains */
     bool stop_after_write;     /* SHUTDOWN: stop the server once the reply is written */
     char tenant[SVC_NAME_MAX]; /* the authenticated tenant ("" before AUTH) */
+    struct svc_gen *gens;      /* generations in flight for this connection */
 };
 
 struct svc_worker {
@@ -58,6 +59,9 @@ struct svc_server {
     int lock_fd;                        /* flock()ed data_dir/LOCK, -1 when none */
     svc_request_limits limits;          /* caps on decoded requests */
     svc_auth *auth;                     /* tenant and admin credentials */
+    struct eng_model *model;            /* the served model; NULL when none is configured */
+    struct eng_backend *backend;        /* its compute backend, driven by exec only */
+    struct svc_exec *exec;              /* the compute executor; NULL without a model */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -68,8 +68,9 @@ Test(cachecraft, overlap_order_and_cfo)
     const uint64_t rev[] = {40, 30, 20, 10};
     const uint64_t swap1[] = {20, 10, 30, 40};
     cr_expect_float_eq(bl_prefix_overlap(stored, 4, same, 4), 1.0, 0);
-    cr_expect_float_eq(bl_prefix_overlap(stored, 4, half, 3), 0.5, 0);
-    cr_expect_float_eq(bl_prefix_overlap(stored, 0, half, 3), 1.0, 0, "nothing stored before");
+    cr_expect_float_eq(bl_prefix_overlap(stored, 4, half, 3), 2.0 / 3.0, 1e-12, "99 is new");
+    cr_expect_float_eq(bl_prefix_overlap(stored, 0, half, 3), 0.0, 0, "a standalone cache saw nothing");
+    cr_expect_float_eq(bl_prefix_overlap(stored, 4, half, 0), 1.0, 0, "nothing precedes it now");
     cr_expect_float_eq(bl_order_penalty(stored, 4, same, 4), 0.0, 0);
     cr_expect_float_eq(bl_order_penalty(stored, 4, rev, 4), 1.0, 0, "fully reversed");
     cr_expect_float_eq(bl_order_penalty(stored, 4, swap1, 4), 1.0 / 6.0, 1e-12, "one of six pairs");

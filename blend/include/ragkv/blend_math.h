@@ -60,8 +60,9 @@ bl_schedule bl_schedule_flat(float r);
 double bl_cci(const float *inter, const float *intra, int nlayers, size_t chunk_tokens,
               size_t prev_tokens);
 
-/* Prefix overlap beta: the fraction of the chunks that preceded chunk i when its cache was made
- * (stored[ns], chunk ids) that also precede it now (current[nc]). 1 when ns == 0. */
+/* Prefix overlap beta: the fraction of the chunks preceding chunk i now (current[nc], chunk ids)
+ * that also preceded it when its cache was made (stored[ns]): the share of today's context the
+ * cache has already seen. 1 when nothing precedes it now (nothing is missing). */
 double bl_prefix_overlap(const uint64_t *stored, size_t ns, const uint64_t *current, size_t nc);
 
 /* Order penalty gamma: the normalised Kendall tau distance between the order of the chunks

@@ -86,6 +86,44 @@ rk_status ragkv_ping(ragkv_conn *c);
  * authenticated name (SVC-side limit: 256 bytes including NUL). */
 rk_status ragkv_auth(ragkv_conn *c, const char *token, char *tenant, size_t tenant_len);
 
+/* ---- generation ------------------------------------------------------------------------ */
+
+/* One prompt segment: a cached chunk by key (key != NULL) or literal tokens. */
+typedef struct ragkv_segment {
+    const uint8_t *key;      /* 32 bytes, or NULL */
+    const int32_t *tokens;   /* (ntokens) when key is NULL */
+    uint32_t ntokens;
+} ragkv_segment;
+
+typedef struct ragkv_gen_params {
+    const char *ns;              /* namespace ("" or NULL: the tenant's own) */
+    const ragkv_segment *segs;   /* (nsegs) */
+    uint32_t nsegs;
+    const int32_t *query;        /* (nquery) */
+    uint32_t nquery;
+    uint8_t blend;               /* 0 full, 1 prefix, 2 naive, 3 cacheblend, 4 cachecraft, 5 ape */
+    float recompute;             /* 0..1 */
+    uint32_t max_tokens;
+    float temperature;           /* 0 = greedy */
+    float top_p;                 /* (0, 1]; 0 is taken as 1 */
+    uint32_t top_k;              /* 0 = off */
+    uint64_t seed;
+} ragkv_gen_params;
+
+typedef struct ragkv_gen_stats {
+    uint32_t generated, prompt_tokens, recomputed, chunk_hits, chunk_misses;
+    float ttft_ms, total_ms;     /* measured by the server */
+    uint8_t finish;              /* 0 max_tokens, 1 end of sequence, 2 context full */
+} ragkv_gen_stats;
+
+/* Called with each group of new tokens as they stream in; return non-zero to stop reading
+ * (the call then returns RK_ERR_CANCELLED and the connection should be closed). */
+typedef int (*ragkv_token_cb)(void *ctx, const int32_t *tokens, uint32_t n);
+
+/* GENERATE with streaming. stats may be NULL. */
+rk_status ragkv_generate(ragkv_conn *c, const ragkv_gen_params *p, ragkv_token_cb cb, void *ctx,
+                         ragkv_gen_stats *stats);
+
 /* ---- admin operations (connection authenticated with the admin credential) ------------ */
 
 typedef struct ragkv_tenant_row {

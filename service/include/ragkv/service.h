@@ -41,6 +41,9 @@ typedef struct svc_config {
     char model[SVC_PATH_MAX];    /* model checkpoint (llama2.c .bin or HF folder); "" none */
     char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
+    char backend[16];            /* compute backend: cpu (cuda once built) */
+    int compute_threads;         /* CPU backend threads; 0 = number of CPUs */
+    int max_batch;               /* generations decoded together; default 32 */
     int max_connections;         /* accepted at once; extra connections are refused */
     int max_frame_mb;            /* largest frame payload after AUTH, MiB; default 64 */
     int idle_timeout_s;          /* close a connection silent this long; default 300 */

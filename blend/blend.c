@@ -1,0 +1,411 @@
+/* blend.c — full, prefix, naive and CacheBlend prompt assembly on the engine's layer ops. */
+#include "ragkv/blend.h"
+
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/clock.h"
+
+const char *bl_mode_name(bl_mode m)
+{
+    static const char *names[] = {"full", "prefix", "naive", "cacheblend"};
+    return (unsigned)m < 4 ? names[m] : "unknown";
+}
+
+int bl_mode_parse(const char *name)
+{
+    for (int i = 0; i < 4; i++)
+        if (name && strcmp(name, bl_mode_name((bl_mode)i)) == 0)
+            return i;
+    return -1;
+}
+
+void bl_params_default(bl_params *p, bl_mode mode)
+{
+    memset(p, 0, sizeof(*p));
+    p->mode = mode;
+    p->ratio = 0.15f;
+    p->check_layer = 1;
+}
+
+rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens, size_t n,
+                           float *kv_out)
+{
+    if (n == 0)
+        return rk_error_set(RK_ERR_INVALID, "empty chunk");
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_seq *s = NULL;
+    int32_t *toks = rk_malloc((n + 1) * sizeof(int32_t));
+    rk_status st = toks ? eng_seq_new(be, n + 1, &s) : RK_ERR_NOMEM;
+    if (st == RK_OK) {
+        toks[0] = mi->bos;
+        memcpy(toks + 1, tokens, n * sizeof(int32_t));
+        st = eng_prefill(s, toks, n + 1, NULL, ENG_LOGITS_NONE, NULL);
+    }
+    if (st == RK_OK)
+        st = eng_kv_export(s, 1, n, kv_out);
+    eng_seq_free(s);
+    rk_free(toks);
+    return st;
+}
+
+/* The prompt laid out row by row: row i is the token at position i and lives in slot i. */
+struct prompt {
+    size_t n;              /* rows */
+    int32_t *tokens;       /* (n) */
+    int32_t *pos;          /* (n) = slot = row */
+    const float **kv_base; /* (n) cached rows: their segment's KV; NULL for uncached rows */
+    size_t *kv_row;        /* (n) the row's token index inside its segment */
+    size_t *kv_len;        /* (n) its segment's token count */
+};
+
+static void prompt_free(struct prompt *pr)
+{
+    rk_free(pr->tokens);
+    rk_free(pr->pos);
+    rk_free(pr->kv_base);
+    rk_free(pr->kv_row);
+    rk_free(pr->kv_len);
+}
+
+static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, size_t nseg,
+                              const int32_t *query, size_t nq, struct prompt *pr)
+{
+    memset(pr, 0, sizeof(*pr));
+    size_t n = 1 + nq;
+    for (size_t i = 0; i < nseg; i++) {
+        if (segs[i].n == 0 || !segs[i].tokens)
+            return rk_error_set(RK_ERR_INVALID, "segment %zu is empty", i);
+        n += segs[i].n;
+    }
+    if (n > (size_t)mi->max_seq)
+        return rk_error_set(RK_ERR_RANGE, "prompt of %zu tokens exceeds the context of %d", n, mi->max_seq);
+    pr->n = n;
+    pr->tokens = rk_malloc(n * sizeof(int32_t));
+    pr->pos = rk_malloc(n * sizeof(int32_t));
+    pr->kv_base = rk_calloc(n, sizeof(float *));
+    pr->kv_row = rk_calloc(n, sizeof(size_t));
+    pr->kv_len = rk_calloc(n, sizeof(size_t));
+    if (!pr->tokens || !pr->pos || !pr->kv_base || !pr->kv_row || !pr->kv_len) {
+        prompt_free(pr);
+        return RK_ERR_NOMEM;
+    }
+    size_t r = 0;
+    pr->tokens[r++] = mi->bos;
+    for (size_t i = 0; i < nseg; i++)
+        for (size_t t = 0; t < segs[i].n; t++, r++) {
+            pr->tokens[r] = segs[i].tokens[t];
+            pr->kv_base[r] = segs[i].kv;
+            pr->kv_row[r] = t;
+            pr->kv_len[r] = segs[i].n;
+        }
+    if (nq)
+        memcpy(pr->tokens + r, query, nq * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++)
+        pr->pos[i] = (int32_t)i;
+    return RK_OK;
+}
+
+/* Import every cached segment at its positions. */
+static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, const int32_t *pos,
+                               size_t first_seg)
+{
+    size_t row = 1;
+    for (size_t i = 0; i < nseg; i++) {
+        if (segs[i].kv && i >= first_seg) {
+            rk_status st = eng_kv_import(s, row, segs[i].n, pos + row, segs[i].kv);
+            if (st != RK_OK)
+                return st;
+        }
+        row += segs[i].n;
+    }
+    return RK_OK;
+}
+
+/* Cached pre-RoPE K (or V: which = 1) of row r at layer l: (n_kv_heads * head_dim) floats. */
+static const float *cached_row(const eng_model_info *mi, const struct prompt *pr, size_t r, int l, int which)
+{
+    size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    size_t len = pr->kv_len[r];
+    return pr->kv_base[r] + (((size_t)l * 2 + (size_t)which) * len + pr->kv_row[r]) * w;
+}
+
+/* Run layers [l0, l1) for the rows idx[0..k) whose hidden states are the first k rows of h;
+ * k_fresh/v_fresh (when not NULL) receive the last layer's fresh K/V. */
+static rk_status run_layers(eng_seq *s, eng_hidden *h, const size_t *idx, size_t k,
+                            const struct prompt *pr, int l0, int l1, int32_t *pos_buf,
+                            float *k_fresh, float *v_fresh)
+{
+    for (size_t i = 0; i < k; i++)
+        pos_buf[i] = pr->pos[idx[i]];
+    for (int l = l0; l < l1; l++) {
+        rk_status st = eng_layer_forward(s, l, h, k, pos_buf, pos_buf, l == l1 - 1 ? k_fresh : NULL,
+                                         l == l1 - 1 ? v_fresh : NULL);
+        if (st != RK_OK)
+            return st;
+    }
+    return RK_OK;
+}
+
+/* Squared deviation of fresh vs cached K (and V) for row r at layer l. */
+static float deviation(const eng_model_info *mi, const struct prompt *pr, size_t r, int l,
+                       const float *kf, const float *vf, bool use_v)
+{
+    size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    const float *kc = cached_row(mi, pr, r, l, 0);
+    double d = 0;
+    for (size_t j = 0; j < w; j++)
+        d += (double)(kf[j] - kc[j]) * (double)(kf[j] - kc[j]);
+    if (use_v) {
+        const float *vc = cached_row(mi, pr, r, l, 1);
+        for (size_t j = 0; j < w; j++)
+            d += (double)(vf[j] - vc[j]) * (double)(vf[j] - vc[j]);
+    }
+    return (float)d;
+}
+
+/* Keep, of the rows sel[0..*k) (ascending), every uncached row, the last row, and the
+ * `want` reused rows with the largest dev[] (dev indexed like sel). Shrinks in place. */
+static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, const float *dev,
+                             size_t want)
+{
+    size_t nre = 0;
+    for (size_t i = 0; i < *k; i++)
+        nre += pr->kv_base[sel[i]] && sel[i] != pr->n - 1;
+    if (want >= nre)
+        return RK_OK;
+    float *rd = rk_malloc((nre ? nre : 1) * sizeof(float));
+    uint32_t *top = rk_malloc((want ? want : 1) * sizeof(uint32_t));
+    size_t *remap = rk_malloc((nre ? nre : 1) * sizeof(size_t));
+    rk_status st = RK_ERR_NOMEM;
+    if (rd && top && remap) {
+        size_t j = 0;
+        for (size_t i = 0; i < *k; i++)
+            if (pr->kv_base[sel[i]] && sel[i] != pr->n - 1) {
+                rd[j] = dev[i];
+                remap[j++] = i;
+            }
+        st = bl_select_top(rd, nre, want, top);
+    }
+    if (st == RK_OK) {
+        unsigned char *keep = rk_calloc(*k, 1);
+        if (!keep) {
+            st = RK_ERR_NOMEM;
+        } else {
+            for (size_t i = 0; i < *k; i++)
+                keep[i] = !pr->kv_base[sel[i]] || sel[i] == pr->n - 1;
+            for (size_t t = 0; t < want; t++)
+                keep[remap[top[t]]] = 1;
+            size_t o = 0;
+            for (size_t i = 0; i < *k; i++)
+                if (keep[i])
+                    sel[o++] = sel[i];
+            *k = o;
+            rk_free(keep);
+        }
+    }
+    rk_free(rd);
+    rk_free(top);
+    rk_free(remap);
+    return st;
+}
+
+static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
+                                     const struct prompt *pr, const bl_params *p, float *logits,
+                                     bl_stats *stats)
+{
+    const eng_model_info *mi = eng_model_get_info(m);
+    const size_t n = pr->n, w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    const int L = mi->n_layers;
+    const bool naive = p->mode == BL_NAIVE;
+    int c = naive ? 0 : p->check_layer;
+    if (c >= L)
+        c = L; /* no layer left to check: everything before it ran for all rows */
+    bl_schedule sched = p->schedule.first > 0 ? p->schedule : bl_schedule_flat(p->ratio);
+    size_t nreused = 0;
+    for (size_t i = 0; i < n; i++)
+        nreused += pr->kv_base[i] != NULL;
+
+    eng_hidden *h = NULL, *hs = NULL, *probe = NULL;
+    eng_seq *scratch = NULL;
+    size_t *sel = rk_malloc(n * sizeof(size_t));
+    int32_t *posb = rk_malloc(n * sizeof(int32_t));
+    float *kf = rk_malloc(n * w * sizeof(float)), *vf = rk_malloc(n * w * sizeof(float));
+    float *dev = rk_malloc(n * sizeof(float));
+    double computed = 0; /* token-layers */
+    rk_status st = RK_ERR_NOMEM;
+    if (!sel || !posb || !kf || !vf || !dev)
+        goto out;
+    if ((st = eng_hidden_new(be, n, &h)) != RK_OK)
+        goto out;
+
+    size_t k = 0;
+    if (naive) { /* only uncached rows, every layer */
+        for (size_t i = 0; i < n; i++)
+            if (!pr->kv_base[i])
+                sel[k++] = i;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            sel[k++] = i;
+    }
+    for (size_t i = 0; i < k; i++)
+        posb[i] = pr->tokens[sel[i]];
+    if ((st = eng_embed(be, h, 0, posb, k)) != RK_OK)
+        goto out;
+    /* layers before the check layer: every row (their KV is exact there; layer 0's K/V do not
+     * depend on context at all) */
+    if ((st = run_layers(s, h, sel, k, pr, 0, c, posb, NULL, NULL)) != RK_OK)
+        goto out;
+    computed += (double)k * c;
+
+    if (!naive && c < L) {
+        /* fresh K/V of every row at the check layer, measured on a scratch copy so that the
+         * real cache keeps its cached K/V for the rows that are not selected */
+        if ((st = eng_hidden_new(be, n, &probe)) != RK_OK || (st = eng_seq_new(be, n, &scratch)) != RK_OK)
+            goto out;
+        if ((st = eng_hidden_gather(probe, h, sel, k)) != RK_OK)
+            goto out;
+        if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, kf, vf)) != RK_OK)
+            goto out;
+        computed += (double)k; /* the probe costs a layer for every row */
+        for (size_t i = 0; i < k; i++)
+            dev[i] = pr->kv_base[sel[i]] ? deviation(mi, pr, sel[i], c, kf + i * w, vf + i * w, p->deviation_v) : 0;
+        if ((st = select_rows(pr, sel, &k, dev, bl_select_count(nreused, bl_schedule_ratio(&sched, 0)))) != RK_OK)
+            goto out;
+        /* the selected rows' hidden states entering layer c */
+        if ((st = eng_hidden_new(be, n, &hs)) != RK_OK)
+            goto out;
+        size_t *idx = rk_malloc((k ? k : 1) * sizeof(size_t));
+        if (!idx) {
+            st = RK_ERR_NOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < k; i++)
+            idx[i] = sel[i]; /* rows of h are rows of the prompt (k was n) */
+        st = eng_hidden_gather(hs, h, idx, k);
+        rk_free(idx);
+        if (st != RK_OK)
+            goto out;
+        eng_hidden *t = h;
+        h = hs;
+        hs = t;
+        /* from the check layer on: the selection, shrinking with a gradual schedule */
+        for (int l = c; l < L; l++) {
+            size_t next_want = bl_select_count(nreused, bl_schedule_ratio(&sched, l - c + 1));
+            bool shrink = l + 1 < L && next_want < bl_select_count(nreused, bl_schedule_ratio(&sched, l - c));
+            if ((st = run_layers(s, h, sel, k, pr, l, l + 1, posb, shrink ? kf : NULL, shrink ? vf : NULL)) != RK_OK)
+                goto out;
+            computed += (double)k;
+            if (shrink) {
+                size_t before = k;
+                for (size_t i = 0; i < k; i++)
+                    dev[i] = pr->kv_base[sel[i]] ? deviation(mi, pr, sel[i], l, kf + i * w, vf + i * w, p->deviation_v) : 0;
+                size_t *old = rk_malloc(before * sizeof(size_t));
+                if (!old) {
+                    st = RK_ERR_NOMEM;
+                    goto out;
+                }
+                memcpy(old, sel, before * sizeof(size_t));
+                if ((st = select_rows(pr, sel, &k, dev, next_want)) != RK_OK) {
+                    rk_free(old);
+                    goto out;
+                }
+                /* compact h to the surviving rows (positions within the old selection) */
+                size_t *keep = rk_malloc((k ? k : 1) * sizeof(size_t));
+                if (!keep) {
+                    rk_free(old);
+                    st = RK_ERR_NOMEM;
+                    goto out;
+                }
+                for (size_t i = 0, j = 0; i < before && j < k; i++)
+                    if (old[i] == sel[j])
+                        keep[j++] = i;
+                st = eng_hidden_gather(hs, h, keep, k);
+                rk_free(keep);
+                rk_free(old);
+                if (st != RK_OK)
+                    goto out;
+                t = h;
+                h = hs;
+                hs = t;
+            }
+        }
+    } else if (naive) {
+        if ((st = run_layers(s, h, sel, k, pr, 0, L, posb, NULL, NULL)) != RK_OK)
+            goto out;
+        computed += (double)k * L;
+    }
+    /* the last row is always selected and always last in sel */
+    size_t last = k - 1;
+    if ((st = eng_logits(be, h, &last, 1, logits)) != RK_OK)
+        goto out;
+    if (stats) {
+        stats->reused_tokens = nreused;
+        stats->recomputed = k;
+        stats->token_layers = computed / ((double)n * L);
+    }
+out:
+    eng_hidden_free(h);
+    eng_hidden_free(hs);
+    eng_hidden_free(probe);
+    eng_seq_free(scratch);
+    rk_free(sel);
+    rk_free(posb);
+    rk_free(kf);
+    rk_free(vf);
+    rk_free(dev);
+    return st;
+}
+
+rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segment *segs,
+                      size_t nseg, const int32_t *query, size_t nquery, const bl_params *p,
+                      float *logits, bl_stats *stats)
+{
+    uint64_t t0 = rk_now_ns();
+    const eng_model_info *mi = eng_model_get_info(m);
+    if (eng_seq_len(s) != 0)
+        return rk_error_set(RK_ERR_INVALID, "bl_assemble needs an empty sequence");
+    if ((unsigned)p->mode > BL_CACHEBLEND)
+        return rk_error_set(RK_ERR_INVALID, "unknown blend mode %d", (int)p->mode);
+    if (!(p->ratio >= 0.0f && p->ratio <= 1.0f) || p->check_layer < 1)
+        return rk_error_set(RK_ERR_INVALID, "ratio %g or check layer %d out of range", (double)p->ratio, p->check_layer);
+    if (nseg == 0 && nquery == 0)
+        return rk_error_set(RK_ERR_INVALID, "empty prompt");
+    struct prompt pr;
+    rk_status st = prompt_build(mi, segs, nseg, query, nquery, &pr);
+    if (st != RK_OK)
+        return st;
+    if (pr.n > eng_seq_capacity(s)) {
+        prompt_free(&pr);
+        return rk_error_set(RK_ERR_RANGE, "prompt of %zu tokens exceeds the sequence's %zu slots", pr.n, eng_seq_capacity(s));
+    }
+    bl_stats local = {0};
+    local.prompt_tokens = pr.n;
+    if (p->mode == BL_FULL || p->mode == BL_PREFIX) {
+        size_t done = 0;
+        if (p->mode == BL_PREFIX && nseg > 0 && segs[0].kv) {
+            /* BOS, then the first chunk's cache: exactly the prompt's prefix */
+            if ((st = eng_prefill(s, pr.tokens, 1, pr.pos, ENG_LOGITS_NONE, NULL)) == RK_OK)
+                st = import_cached(s, segs, 1, pr.pos, 0);
+            done = 1 + segs[0].n;
+            local.reused_tokens = segs[0].n;
+        }
+        if (st == RK_OK && done == pr.n) /* the whole prompt was the prefix: the last row's logits */
+            st = rk_error_set(RK_ERR_INVALID, "prefix mode needs at least one token after the cached prefix");
+        if (st == RK_OK)
+            st = eng_prefill(s, pr.tokens + done, pr.n - done, pr.pos + done, ENG_LOGITS_LAST, logits);
+        local.recomputed = pr.n - local.reused_tokens; /* BOS is computed too */
+        local.token_layers = (double)local.recomputed / (double)pr.n;
+    } else {
+        if (pr.kv_base[pr.n - 1]) /* the last row must be computed: it makes the logits */
+            pr.kv_base[pr.n - 1] = NULL;
+        st = import_cached(s, segs, nseg, pr.pos, 0);
+        if (st == RK_OK)
+            st = assemble_cacheblend(m, be, s, &pr, p, logits, &local);
+    }
+    prompt_free(&pr);
+    local.ms = (double)(rk_now_ns() - t0) / 1e6;
+    if (stats)
+        *stats = local;
+    return st;
+}

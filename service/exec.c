@@ -1,0 +1,356 @@
+/* exec.c — the compute executor: prompt assembly and continuous-batched decode. */
+#define RK_LOG_COMPONENT "exec"
+#include "exec.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/clock.h"
+#include "ragkv/log.h"
+#include "ragkv/service.h"
+
+#define QUEUE_MAX 4096
+
+static struct {
+    svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
+} xm;
+
+static void exec_metrics(void)
+{
+    xm.gens = svc_metric_get(SVC_COUNTER, "generations_total", "", "generations started");
+    xm.gen_errors = svc_metric_get(SVC_COUNTER, "generation_errors_total", "", "generations that ended in an error");
+    xm.steps = svc_metric_get(SVC_COUNTER, "decode_steps_total", "", "batched decode steps");
+    xm.step_tokens = svc_metric_get(SVC_COUNTER, "decode_tokens_total", "",
+                                    "tokens decoded (over decode_steps_total: the mean batch)");
+    xm.prompt_tokens = svc_metric_get(SVC_COUNTER, "prompt_tokens_total", "", "prompt tokens assembled");
+    xm.recomputed = svc_metric_get(SVC_COUNTER, "prompt_tokens_recomputed_total", "",
+                                   "prompt tokens computed rather than reused from chunk caches");
+    xm.active = svc_metric_get(SVC_GAUGE, "generations_active", "", "generations queued or decoding");
+}
+
+struct active {
+    svc_gen *g;
+    eng_seq *s;
+    eng_sampler sm;
+    int32_t last;     /* the token to feed next */
+};
+
+struct svc_exec {
+    eng_model *m;
+    eng_backend *be;
+    int max_batch;
+    pthread_t thread;
+    pthread_mutex_t lock;      /* guards queue, nq, stop, load */
+    pthread_cond_t wake;
+    svc_gen **queue;           /* (QUEUE_MAX) submitted, not started; FIFO from head */
+    size_t head, nq;
+    bool stop;
+    int load;                  /* queued + active */
+    /* executor thread only */
+    struct active *act;        /* (max_batch) */
+    size_t nact;
+    float *logits;             /* (max_batch, vocab) */
+    eng_seq **seqs;            /* (max_batch) batch view for eng_decode */
+    int32_t *toks;             /* (max_batch) */
+};
+
+svc_gen *svc_gen_new(void)
+{
+    svc_gen *g = rk_calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    atomic_init(&g->refs, 1);
+    pthread_mutex_init(&g->lock, NULL);
+    return g;
+}
+
+void svc_gen_release(svc_gen *g)
+{
+    if (!g || atomic_fetch_sub(&g->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < g->nsegs; i++)
+        rk_free((void *)g->segs[i].tokens);
+    rk_free(g->segs);
+    rk_free(g->query);
+    rk_free(g->out);
+    pthread_mutex_destroy(&g->lock);
+    rk_free(g);
+}
+
+/* Append a token to g's outbox and wake its worker. */
+static void emit(svc_gen *g, int32_t tok)
+{
+    pthread_mutex_lock(&g->lock);
+    if (g->nout == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 64;
+        int32_t *o = rk_realloc(g->out, cap * sizeof(int32_t));
+        if (!o) {
+            pthread_mutex_unlock(&g->lock);
+            atomic_store(&g->cancelled, true); /* finish() reports it */
+            return;
+        }
+        g->out = o;
+        g->cap = cap;
+    }
+    g->out[g->nout++] = tok;
+    if (g->stream)
+        event_active(g->notify, EV_READ, 0);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
+static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
+{
+    pthread_mutex_lock(&g->lock);
+    g->done = true;
+    g->status = st;
+    g->finish = why;
+    g->total_ms = (float)((rk_now_ns() - g->submit_ns) / 1e6);
+    if (msg)
+        snprintf(g->errmsg, sizeof(g->errmsg), "%s", msg);
+    /* activated under the lock: once the worker sees done, the executor never touches the
+     * event again, so the worker may free it */
+    event_active(g->notify, EV_READ, 0);
+    pthread_mutex_unlock(&g->lock);
+    svc_gen_release(g);
+    if (st != RK_OK)
+        svc_metric_add(xm.gen_errors, 1);
+    svc_metric_add(xm.active, -1);
+    pthread_mutex_lock(&x->lock);
+    x->load--;
+    pthread_mutex_unlock(&x->lock);
+}
+
+static bool is_stop(const eng_model_info *mi, int32_t t)
+{
+    for (int i = 0; i < mi->n_stop; i++)
+        if (t == mi->stop[i])
+            return true;
+    return false;
+}
+
+/* Assemble g's prompt into a new active slot and produce its first token. */
+static void start_gen(svc_exec *x, svc_gen *g)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    if (atomic_load(&g->cancelled)) {
+        finish(x, g, RK_ERR_CANCELLED, "client gone", 0);
+        return;
+    }
+    struct active *a = &x->act[x->nact];
+    memset(a, 0, sizeof(*a));
+    float *logits = x->logits + x->nact * (size_t)mi->vocab;
+    rk_status st = eng_seq_new(x->be, 0, &a->s);
+    bl_stats bs = {0};
+    if (st == RK_OK)
+        st = bl_assemble(x->m, x->be, a->s, g->segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
+    if (st != RK_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", rk_error_msg());
+        eng_seq_free(a->s);
+        finish(x, g, st, msg, 0);
+        return;
+    }
+    eng_sampler_init(&a->sm, g->temperature, g->top_k, g->top_p, g->seed);
+    a->g = g;
+    g->prompt_tokens = (uint32_t)bs.prompt_tokens;
+    g->recomputed = (uint32_t)bs.recomputed;
+    g->ttft_ms = (float)((rk_now_ns() - g->submit_ns) / 1e6);
+    svc_metric_add(xm.gens, 1);
+    svc_metric_add(xm.prompt_tokens, (int64_t)bs.prompt_tokens);
+    svc_metric_add(xm.recomputed, (int64_t)bs.recomputed);
+    x->nact++;
+    int32_t t = eng_sample(&a->sm, logits, mi->vocab);
+    if (g->max_tokens == 0 || is_stop(mi, t)) {
+        x->nact--;
+        eng_sampler_free(&a->sm);
+        eng_seq_free(a->s);
+        finish(x, g, RK_OK, NULL, g->max_tokens == 0 ? SVC_FINISH_LENGTH : SVC_FINISH_STOP);
+        return;
+    }
+    emit(g, t);
+    a->last = t;
+}
+
+/* Remove active slot i (swap with the last). */
+static void drop_active(svc_exec *x, size_t i, rk_status st, const char *msg, uint8_t why)
+{
+    struct active *a = &x->act[i];
+    svc_gen *g = a->g;
+    eng_sampler_free(&a->sm);
+    eng_seq_free(a->s);
+    x->act[i] = x->act[--x->nact];
+    finish(x, g, st, msg, why);
+}
+
+/* One batched decode step over every active generation. */
+static void step(svc_exec *x)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    /* leave: cancelled, finished by length, or out of context */
+    for (size_t i = 0; i < x->nact;) {
+        struct active *a = &x->act[i];
+        if (atomic_load(&a->g->cancelled))
+            drop_active(x, i, RK_ERR_CANCELLED, "cancelled", 0);
+        else if (a->g->nout >= a->g->max_tokens)
+            drop_active(x, i, RK_OK, NULL, SVC_FINISH_LENGTH);
+        else if (eng_seq_len(a->s) >= eng_seq_capacity(a->s))
+            drop_active(x, i, RK_OK, NULL, SVC_FINISH_CONTEXT);
+        else
+            i++;
+    }
+    if (x->nact == 0)
+        return;
+    for (size_t i = 0; i < x->nact; i++) {
+        x->seqs[i] = x->act[i].s;
+        x->toks[i] = x->act[i].last;
+    }
+    rk_status st = eng_decode(x->be, x->seqs, x->toks, x->nact, x->logits);
+    svc_metric_add(xm.steps, 1);
+    svc_metric_add(xm.step_tokens, (int64_t)x->nact);
+    if (st != RK_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "decode: %s", rk_error_msg());
+        RK_ERROR("%s", msg);
+        while (x->nact)
+            drop_active(x, x->nact - 1, st, msg, 0);
+        return;
+    }
+    for (size_t i = 0; i < x->nact;) {
+        struct active *a = &x->act[i];
+        int32_t t = eng_sample(&a->sm, x->logits + i * (size_t)mi->vocab, mi->vocab);
+        if (is_stop(mi, t)) {
+            /* the logits rows after i move with the swap; keep them consistent */
+            size_t last = x->nact - 1;
+            if (i != last)
+                memcpy(x->logits + i * (size_t)mi->vocab, x->logits + last * (size_t)mi->vocab,
+                       (size_t)mi->vocab * sizeof(float));
+            drop_active(x, i, RK_OK, NULL, SVC_FINISH_STOP);
+            continue; /* slot i now holds the former last one, not yet sampled */
+        }
+        emit(a->g, t);
+        a->last = t;
+        i++;
+    }
+}
+
+static void *exec_main(void *arg)
+{
+    svc_exec *x = arg;
+    for (;;) {
+        pthread_mutex_lock(&x->lock);
+        while (!x->stop && x->nq == 0 && x->nact == 0)
+            pthread_cond_wait(&x->wake, &x->lock);
+        if (x->stop) {
+            pthread_mutex_unlock(&x->lock);
+            break;
+        }
+        /* admit new generations up to the batch size */
+        svc_gen *admit[64];
+        size_t na = 0;
+        while (x->nq && x->nact + na < (size_t)x->max_batch && na < 64) {
+            admit[na++] = x->queue[x->head];
+            x->head = (x->head + 1) % QUEUE_MAX;
+            x->nq--;
+        }
+        pthread_mutex_unlock(&x->lock);
+        for (size_t i = 0; i < na; i++)
+            start_gen(x, admit[i]);
+        step(x);
+    }
+    /* shutdown: everything still here ends with RK_ERR_SHUTDOWN */
+    while (x->nact)
+        drop_active(x, x->nact - 1, RK_ERR_SHUTDOWN, "server shutting down", 0);
+    pthread_mutex_lock(&x->lock);
+    while (x->nq) {
+        svc_gen *g = x->queue[x->head];
+        x->head = (x->head + 1) % QUEUE_MAX;
+        x->nq--;
+        pthread_mutex_unlock(&x->lock);
+        finish(x, g, RK_ERR_SHUTDOWN, "server shutting down", 0);
+        pthread_mutex_lock(&x->lock);
+    }
+    pthread_mutex_unlock(&x->lock);
+    return NULL;
+}
+
+rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec **out)
+{
+    const eng_model_info *mi = eng_model_get_info(m);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, exec_metrics);
+    svc_exec *x = rk_calloc(1, sizeof(*x));
+    if (!x)
+        return RK_ERR_NOMEM;
+    x->m = m;
+    x->be = be;
+    x->max_batch = max_batch > 0 ? max_batch : 32;
+    pthread_mutex_init(&x->lock, NULL);
+    pthread_cond_init(&x->wake, NULL);
+    x->queue = rk_calloc(QUEUE_MAX, sizeof(svc_gen *));
+    x->act = rk_calloc((size_t)x->max_batch, sizeof(struct active));
+    x->logits = rk_malloc((size_t)x->max_batch * (size_t)mi->vocab * sizeof(float));
+    x->seqs = rk_calloc((size_t)x->max_batch, sizeof(eng_seq *));
+    x->toks = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
+    if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks ||
+        pthread_create(&x->thread, NULL, exec_main, x) != 0) {
+        rk_free(x->queue);
+        rk_free(x->act);
+        rk_free(x->logits);
+        rk_free(x->seqs);
+        rk_free(x->toks);
+        rk_free(x);
+        return RK_ERR_NOMEM;
+    }
+    *out = x;
+    return RK_OK;
+}
+
+void svc_exec_stop(svc_exec *x)
+{
+    if (!x)
+        return;
+    pthread_mutex_lock(&x->lock);
+    x->stop = true;
+    pthread_cond_signal(&x->wake);
+    pthread_mutex_unlock(&x->lock);
+    pthread_join(x->thread, NULL);
+    pthread_mutex_destroy(&x->lock);
+    pthread_cond_destroy(&x->wake);
+    rk_free(x->queue);
+    rk_free(x->act);
+    rk_free(x->logits);
+    rk_free(x->seqs);
+    rk_free(x->toks);
+    rk_free(x);
+}
+
+rk_status svc_exec_submit(svc_exec *x, svc_gen *g)
+{
+    pthread_mutex_lock(&x->lock);
+    rk_status st = RK_OK;
+    if (x->stop)
+        st = rk_error_set(RK_ERR_SHUTDOWN, "server shutting down");
+    else if (x->nq == QUEUE_MAX)
+        st = rk_error_set(RK_ERR_BUSY, "%d generations queued; try again later", QUEUE_MAX);
+    if (st == RK_OK) {
+        atomic_fetch_add(&g->refs, 1);
+        g->submit_ns = rk_now_ns();
+        x->queue[(x->head + x->nq) % QUEUE_MAX] = g;
+        x->nq++;
+        x->load++;
+        svc_metric_add(xm.active, 1);
+        pthread_cond_signal(&x->wake);
+    }
+    pthread_mutex_unlock(&x->lock);
+    return st;
+}
+
+int svc_exec_load(svc_exec *x)
+{
+    pthread_mutex_lock(&x->lock);
+    int n = x->load;
+    pthread_mutex_unlock(&x->lock);
+    return n;
+}

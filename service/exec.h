@@ -1,0 +1,89 @@
+/*
+ * exec.h — private to service/: the compute executor. One thread owns the model's backend
+ * and runs every generation: it assembles each new prompt (blend/), then advances all active
+ * generations together, one batched decode step at a time (continuous batching: generations
+ * join and leave between steps). Tokens flow back to the worker that owns the connection
+ * through the generation's outbox and an event activated on that worker's event_base.
+ *
+ * Ownership: a generation is refcounted; the worker (which submitted it) and the executor
+ * hold one reference each. The executor drops its reference after its final notification;
+ * the worker drops its own once it has delivered the final frame (or when the connection is
+ * gone). Only the worker thread touches conn/notify; the outbox is guarded by g->lock, and the
+ * executor activates notify only while holding g->lock, the last time together with setting
+ * done: a worker that has seen done under the lock may free the event.
+ */
+#ifndef RAGKV_SVC_EXEC_H
+#define RAGKV_SVC_EXEC_H
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ragkv/blend.h"
+#include "ragkv/engine.h"
+#include "ragkv/status.h"
+
+typedef enum svc_finish {
+    SVC_FINISH_LENGTH = 0,  /* max_tokens generated */
+    SVC_FINISH_STOP = 1,    /* the model produced an end-of-sequence token */
+    SVC_FINISH_CONTEXT = 2, /* the context is full */
+} svc_finish;
+
+typedef struct svc_gen {
+    atomic_int refs;
+    /* request (immutable after submit) */
+    bl_segment *segs;          /* (nsegs) token segments, owned with their token arrays */
+    size_t nsegs;
+    int32_t *query;            /* (nquery), owned */
+    size_t nquery;
+    bl_params blend;
+    uint32_t max_tokens;
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    atomic_bool cancelled;     /* set by the worker when the client is gone */
+    /* outbox, guarded by lock */
+    pthread_mutex_t lock;
+    int32_t *out;              /* (nout) generated tokens */
+    size_t nout, cap;
+    bool done;
+    rk_status status;
+    char errmsg[256];
+    uint32_t prompt_tokens, recomputed;
+    float ttft_ms, total_ms;
+    uint8_t finish;            /* svc_finish */
+    /* worker side only */
+    struct event *notify;      /* on the owning worker's base; activated by the executor */
+    void *conn;                /* the owning connection, NULL once it is gone */
+    struct svc_gen *next;      /* the connection's list of generations */
+    uint64_t request_id;
+    uint16_t opcode;
+    bool stream;
+    size_t nsent;              /* tokens already sent in stream frames */
+    uint64_t submit_ns;
+} svc_gen;
+
+typedef struct svc_exec svc_exec;
+
+/* Start the executor thread over a model and backend it does not own (they must outlive it).
+ * max_batch caps the generations decoded together. */
+rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec **out);
+
+/* Stop: every queued or active generation finishes with RK_ERR_SHUTDOWN (and is notified),
+ * then the thread is joined. NULL is a no-op. */
+void svc_exec_stop(svc_exec *x);
+
+/* A new generation with one reference (the caller's); free with svc_gen_release. */
+svc_gen *svc_gen_new(void);
+void svc_gen_release(svc_gen *g);
+
+/* Hand g to the executor (it takes its own reference). RK_ERR_SHUTDOWN when stopping,
+ * RK_ERR_BUSY when the queue is full. */
+rk_status svc_exec_submit(svc_exec *x, svc_gen *g);
+
+/* Generations queued or active now. */
+int svc_exec_load(svc_exec *x);
+
+#endif

@@ -1,0 +1,243 @@
+/* blend/: exactness of prompt assembly on the real test models (acceptance list of issue 5):
+ * CacheBlend at r = 1 equals full prefill, r = 0 equals naive, a true-prefix chunk cache equals
+ * the prompt's own KV, prefix mode is exact, RoPE shifts are exact in both pair layouts. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/blend.h"
+#include "testutil.h"
+
+static eng_model *m;
+static eng_backend *be;
+static const eng_model_info *mi;
+static char tmp[256];
+
+static void open_model(const char *file, bool as_hf)
+{
+    const char *path = rk_test_model_path(file);
+    if (!path)
+        cr_skip_test("skipped: no real model (%s)", file);
+    cr_assert_eq(eng_model_open(path, &m), RK_OK, "%s", rk_error_msg());
+    if (as_hf) { /* the Hugging Face copy: rotate-half RoPE */
+        cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+        cr_assert_eq(eng_model_write_hf(m, tmp), RK_OK, "%s", rk_error_msg());
+        eng_model_close(m);
+        cr_assert_eq(eng_model_open(tmp, &m), RK_OK, "%s", rk_error_msg());
+    }
+    mi = eng_model_get_info(m);
+    cr_assert_eq(eng_backend_cpu_new(m, 2, &be), RK_OK, "%s", rk_error_msg());
+}
+
+static void teardown(void)
+{
+    eng_backend_free(be);
+    eng_model_close(m);
+    be = NULL;
+    m = NULL;
+    if (tmp[0])
+        rk_test_rmrf(tmp);
+    tmp[0] = '\0';
+}
+
+TestSuite(blend, .fini = teardown, .timeout = 120);
+
+/* Seeded "text": token ids in [3, vocab). */
+static void fill_tokens(int32_t *t, size_t n, unsigned seed)
+{
+    srand(seed);
+    for (size_t i = 0; i < n; i++)
+        t[i] = 3 + rand() % (mi->vocab - 3);
+}
+
+struct fixture {
+    int32_t c[3][40];  /* three chunks */
+    size_t n[3];
+    float *kv[3];      /* their standalone caches */
+    int32_t q[6];      /* the query */
+    bl_segment seg[3];
+};
+
+static void make_fixture(struct fixture *f, unsigned seed)
+{
+    static const size_t lens[3] = {40, 23, 31};
+    for (int i = 0; i < 3; i++) {
+        f->n[i] = lens[i];
+        fill_tokens(f->c[i], lens[i], seed + (unsigned)i);
+        f->kv[i] = malloc(eng_kv_floats(m, lens[i]) * sizeof(float));
+        cr_assert_eq(bl_chunk_prefill(m, be, f->c[i], lens[i], f->kv[i]), RK_OK, "%s", rk_error_msg());
+        f->seg[i] = (bl_segment){f->c[i], lens[i], f->kv[i]};
+    }
+    fill_tokens(f->q, 6, seed + 99);
+}
+
+static void free_fixture(struct fixture *f)
+{
+    for (int i = 0; i < 3; i++)
+        free(f->kv[i]);
+}
+
+/* Assemble into a fresh sequence; returns it (caller frees) and the last-row logits. */
+static eng_seq *assemble(struct fixture *f, bl_mode mode, float ratio, float *logits, bl_stats *st)
+{
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    bl_params p;
+    bl_params_default(&p, mode);
+    p.ratio = ratio;
+    cr_assert_eq(bl_assemble(m, be, s, f->seg, 3, f->q, 6, &p, logits, st), RK_OK, "%s: %s",
+                 bl_mode_name(mode), rk_error_msg());
+    return s;
+}
+
+static double max_rel(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num)
+            num = d;
+        if (fabs((double)a[i]) > den)
+            den = fabs((double)a[i]);
+    }
+    return num / den;
+}
+
+/* Whole-prompt KV of a sequence. */
+static float *export_all(eng_seq *s, size_t n)
+{
+    float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
+    cr_assert_eq(eng_kv_export(s, 0, n, kv), RK_OK, "%s", rk_error_msg());
+    return kv;
+}
+
+/* Greedy continuation of `steps` tokens from a sequence and its last logits. */
+static void continue_greedy(eng_seq *s, float *logits, int32_t *out, int steps)
+{
+    for (int i = 0; i < steps; i++) {
+        out[i] = eng_argmax(logits, mi->vocab);
+        cr_assert_eq(eng_decode(be, &s, &out[i], 1, logits), RK_OK, "%s", rk_error_msg());
+    }
+}
+
+static void check_r1_equals_full(void)
+{
+    struct fixture f;
+    make_fixture(&f, 7);
+    size_t n = 1 + 40 + 23 + 31 + 6;
+    float *lf = malloc(mi->vocab * sizeof(float)), *lb = malloc(mi->vocab * sizeof(float));
+    bl_stats sf, sb;
+    eng_seq *full = assemble(&f, BL_FULL, 0, lf, &sf);
+    eng_seq *blend = assemble(&f, BL_CACHEBLEND, 1.0f, lb, &sb);
+    cr_expect_eq(sf.prompt_tokens, n);
+    cr_expect_eq(sb.recomputed, n, "r = 1 recomputes every token");
+    cr_expect_leq(max_rel(lf, lb, mi->vocab), 1e-5, "logits");
+    float *kf = export_all(full, n), *kb = export_all(blend, n);
+    cr_expect_leq(max_rel(kf, kb, eng_kv_floats(m, n)), 1e-5, "the whole KV cache");
+    int32_t tf[24], tb[24];
+    continue_greedy(full, lf, tf, 24);
+    continue_greedy(blend, lb, tb, 24);
+    cr_expect(memcmp(tf, tb, sizeof(tf)) == 0, "same greedy continuation");
+    free(kf);
+    free(kb);
+    free(lf);
+    free(lb);
+    eng_seq_free(full);
+    eng_seq_free(blend);
+    free_fixture(&f);
+}
+
+Test(blend, cacheblend_r1_equals_full)
+{
+    open_model("stories260K.bin", false);
+    check_r1_equals_full();
+}
+
+Test(blend, cacheblend_r1_equals_full_rotate_half)
+{
+    open_model("stories260K.bin", true);
+    check_r1_equals_full();
+}
+
+Test(blend, cacheblend_r0_equals_naive)
+{
+    open_model("stories260K.bin", false);
+    struct fixture f;
+    make_fixture(&f, 11);
+    size_t n = 1 + 40 + 23 + 31 + 6;
+    float *ln = malloc(mi->vocab * sizeof(float)), *lb = malloc(mi->vocab * sizeof(float));
+    bl_stats sn, sb;
+    eng_seq *naive = assemble(&f, BL_NAIVE, 0, ln, &sn);
+    eng_seq *blend = assemble(&f, BL_CACHEBLEND, 0.0f, lb, &sb);
+    cr_expect_eq(sn.recomputed, 7, "BOS + query");
+    cr_expect_eq(sb.recomputed, 7);
+    cr_expect_eq(sn.reused_tokens, 94);
+    cr_expect_leq(max_rel(ln, lb, mi->vocab), 1e-5);
+    float *kn = export_all(naive, n), *kb = export_all(blend, n);
+    cr_expect_leq(max_rel(kn, kb, eng_kv_floats(m, n)), 1e-5);
+    free(kn);
+    free(kb);
+    free(ln);
+    free(lb);
+    eng_seq_free(naive);
+    eng_seq_free(blend);
+    free_fixture(&f);
+}
+
+Test(blend, true_prefix_chunk_is_exact_and_prefix_mode_equals_full)
+{
+    open_model("stories260K.bin", false);
+    struct fixture f;
+    make_fixture(&f, 23);
+    size_t n = 1 + 40 + 23 + 31 + 6;
+    float *lf = malloc(mi->vocab * sizeof(float)), *lp = malloc(mi->vocab * sizeof(float));
+    eng_seq *full = assemble(&f, BL_FULL, 0, lf, NULL);
+    /* the first chunk's standalone cache is the prompt's own KV of those tokens: zero deviation */
+    float *kf = malloc(eng_kv_floats(m, 40) * sizeof(float));
+    cr_assert_eq(eng_kv_export(full, 1, 40, kf), RK_OK);
+    cr_expect_leq(max_rel(kf, f.kv[0], eng_kv_floats(m, 40)), 1e-6);
+    /* hence prefix mode (reusing it) equals full */
+    bl_stats sp;
+    eng_seq *pre = assemble(&f, BL_PREFIX, 0, lp, &sp);
+    cr_expect_eq(sp.reused_tokens, 40);
+    cr_expect_eq(sp.recomputed, n - 40);
+    cr_expect_leq(max_rel(lf, lp, mi->vocab), 1e-5);
+    /* while the second chunk's standalone cache differs from its in-context KV beyond layer 0 */
+    float *k2 = malloc(eng_kv_floats(m, 23) * sizeof(float));
+    cr_assert_eq(eng_kv_export(full, 41, 23, k2), RK_OK);
+    cr_expect_gt(max_rel(k2, f.kv[1], eng_kv_floats(m, 23)), 1e-3);
+    free(k2);
+    free(kf);
+    free(lf);
+    free(lp);
+    eng_seq_free(full);
+    eng_seq_free(pre);
+    free_fixture(&f);
+}
+
+Test(blend, selection_and_errors)
+{
+    open_model("stories260K.bin", false);
+    struct fixture f;
+    make_fixture(&f, 31);
+    float *l = malloc(mi->vocab * sizeof(float));
+    bl_stats st;
+    eng_seq *s = assemble(&f, BL_CACHEBLEND, 0.15f, l, &st);
+    /* 15% of 94 reused tokens (15) + BOS + 6 query tokens */
+    cr_expect_eq(st.recomputed, 15 + 7);
+    cr_expect_gt(st.token_layers, 0.0);
+    cr_expect_lt(st.token_layers, 1.0);
+    bl_params p;
+    bl_params_default(&p, BL_CACHEBLEND);
+    cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_INVALID, "non-empty sequence");
+    eng_seq_free(s);
+    cr_assert_eq(eng_seq_new(be, 50, &s), RK_OK);
+    cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_RANGE, "too small");
+    p.ratio = 1.5f;
+    cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_INVALID);
+    eng_seq_free(s);
+    free(l);
+    free_fixture(&f);
+}

@@ -1,0 +1,41 @@
+/* `ragkv blend eval` end to end on the real model: it runs, writes JSON, and its reference
+ * points hold (r = 1 and prefix mode are exact: KL 0, full agreement). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "testutil.h"
+
+Test(blend_eval, runs_and_reference_points_hold, .timeout = 120)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char tmp[256], json[512], bin[1024];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    snprintf(json, sizeof(json), "%s/eval.json", tmp);
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    char *argv[] = {bin, "blend", "eval", "--model", (char *)model, "--cases", "2", "--chunks", "3",
+                    "--modes", "naive,cacheblend,prefix", "--ratios", "0.15,1", "--json", json, NULL};
+    rk_test_proc p;
+    cr_assert(rk_test_spawn(argv, &p));
+    char line[512];
+    cr_assert(rk_test_read_line(&p, line, sizeof(line), 60000));
+    cr_expect(strncmp(line, "mode", 4) == 0, "table header: %s", line);
+    int rows = 0;
+    while (rk_test_read_line(&p, line, sizeof(line), 60000))
+        rows++;
+    cr_expect_eq(rows, 4, "naive, cacheblend x2, prefix");
+    cr_assert_eq(rk_test_wait(&p, 60000), 0);
+    FILE *f = fopen(json, "r");
+    cr_assert_not_null(f);
+    char buf[16384];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    char *r1 = strstr(buf, "\"mode\": \"cacheblend\", \"ratio\": 1.0000");
+    cr_assert_not_null(r1, "%s", buf);
+    cr_expect(strstr(r1, "\"kl\": 0.0000000") == strstr(r1, "\"kl\""), "r = 1 is exact: %s", r1);
+    cr_expect(strstr(r1, "\"top1\": 1.00000") == strstr(r1, "\"top1\""), "%s", r1);
+    rk_test_rmrf(tmp);
+}
