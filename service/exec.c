@@ -141,7 +141,17 @@ static void start_gen(svc_exec *x, svc_gen *g)
     struct active *a = &x->act[x->nact];
     memset(a, 0, sizeof(*a));
     float *logits = x->logits + x->nact * (size_t)mi->vocab;
-    rk_status st = eng_seq_new(x->be, 0, &a->s);
+    /* room for the prompt and the tokens asked for, never the whole context by default (a
+     * 128K-context model would reserve gigabytes per generation) */
+    size_t plen = 1 + g->nquery;
+    for (size_t i = 0; i < g->nsegs; i++)
+        plen += g->segs[i].n;
+    size_t cap = plen + (size_t)g->max_tokens + 1;
+    if (cap > (size_t)mi->max_seq)
+        cap = (size_t)mi->max_seq;
+    if (cap < plen)
+        cap = plen; /* bl_assemble reports the prompt as too long for the context */
+    rk_status st = eng_seq_new(x->be, cap, &a->s);
     bl_stats bs = {0};
     if (st == RK_OK)
         st = bl_assemble(x->m, x->be, a->s, g->segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
