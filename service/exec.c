@@ -285,6 +285,19 @@ static void *exec_main(void *arg)
     return NULL;
 }
 
+/* Release the executor's memory (its thread is not running). */
+static void exec_free(svc_exec *x)
+{
+    pthread_mutex_destroy(&x->lock);
+    pthread_cond_destroy(&x->wake);
+    rk_free(x->queue);
+    rk_free(x->act);
+    rk_free(x->logits);
+    rk_free(x->seqs);
+    rk_free(x->toks);
+    rk_free(x);
+}
+
 rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec **out)
 {
     const eng_model_info *mi = eng_model_get_info(m);
@@ -305,12 +318,7 @@ rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec 
     x->toks = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
     if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks ||
         pthread_create(&x->thread, NULL, exec_main, x) != 0) {
-        rk_free(x->queue);
-        rk_free(x->act);
-        rk_free(x->logits);
-        rk_free(x->seqs);
-        rk_free(x->toks);
-        rk_free(x);
+        exec_free(x);
         return RK_ERR_NOMEM;
     }
     *out = x;
@@ -326,14 +334,7 @@ void svc_exec_stop(svc_exec *x)
     pthread_cond_signal(&x->wake);
     pthread_mutex_unlock(&x->lock);
     pthread_join(x->thread, NULL);
-    pthread_mutex_destroy(&x->lock);
-    pthread_cond_destroy(&x->wake);
-    rk_free(x->queue);
-    rk_free(x->act);
-    rk_free(x->logits);
-    rk_free(x->seqs);
-    rk_free(x->toks);
-    rk_free(x);
+    exec_free(x);
 }
 
 rk_status svc_exec_submit(svc_exec *x, svc_gen *g)

@@ -132,6 +132,21 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+/* A freshly issued token, as JSON or as a sentence (intro has one %s for the tenant). */
+static void print_token(const struct opts *o, const char *tenant, const char *token, const char *intro)
+{
+    if (o->json) {
+        printf("{\"tenant\": ");
+        json_str(tenant);
+        printf(", \"token\": ");
+        json_str(token);
+        printf("}\n");
+    } else {
+        printf(intro, tenant);
+        printf("%s\n", token);
+    }
+}
+
 static int run_cmd(const struct opts *o, int argc, char **argv)
 {
     const char *cmd = argv[0];
@@ -162,15 +177,7 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
     if (!strcmp(cmd, "tenant") && !strcmp(sub, "create")) {
         st = ragkv_admin_tenant_create(c, name, o->quota_bytes, o->quota_chunks, o->evict, token, sizeof(token));
         if (st == RK_OK) {
-            if (o->json) {
-                printf("{\"tenant\": ");
-                json_str(name);
-                printf(", \"token\": ");
-                json_str(token);
-                printf("}\n");
-            } else {
-                printf("tenant %s created; its token (shown only once, keep it secret):\n%s\n", name, token);
-            }
+            print_token(o, name, token, "tenant %s created; its token (shown only once, keep it secret):\n");
         }
     } else if (!strcmp(cmd, "tenant") && !strcmp(sub, "delete")) {
         if ((st = ragkv_admin_tenant_delete(c, name)) == RK_OK && !o->json)
@@ -200,15 +207,7 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
         }
     } else if (!strcmp(cmd, "token")) {
         if ((st = ragkv_admin_token_rotate(c, name, token, sizeof(token))) == RK_OK) {
-            if (o->json) {
-                printf("{\"tenant\": ");
-                json_str(name);
-                printf(", \"token\": ");
-                json_str(token);
-                printf("}\n");
-            } else {
-                printf("new token for %s (the old one no longer works):\n%s\n", name, token);
-            }
+            print_token(o, name, token, "new token for %s (the old one no longer works):\n");
         }
     } else if (!strcmp(cmd, "config")) {
         char *text;
