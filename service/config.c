@@ -30,6 +30,9 @@ static const struct opt_desc opts[] = {
     STR_OPT("data-dir", data_dir, "data directory, created if missing"),
     STR_OPT("model", model, "model: llama2.c .bin file or Hugging Face folder"),
     STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
+    STR_OPT("redis", redis, "chunk metadata in Redis at HOST:PORT (none: embedded in RocksDB)"),
+    INT_OPT("ram-budget-mb", ram_budget_mb, 0, 1 << 30, "RAM tier of compressed chunks, MiB (0: off)"),
+    INT_OPT("disk-budget-mb", disk_budget_mb, 0, 1 << 30, "disk tier over all tenants, MiB (0: unlimited)"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
     STR_OPT("backend", backend, "compute backend for the model: cpu or cuda"),
     INT_OPT("compute-threads", compute_threads, 0, 1024, "CPU backend threads (0: one per CPU)"),
@@ -54,6 +57,7 @@ void svc_config_defaults(svc_config *cfg)
     snprintf(cfg->backend, sizeof(cfg->backend), "cpu");
     cfg->max_batch = 32;
     cfg->max_connections = 1024;
+    cfg->ram_budget_mb = 256;
     cfg->max_frame_mb = 64;
     cfg->idle_timeout_s = 300;
     cfg->frame_timeout_s = 10;

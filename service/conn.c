@@ -20,6 +20,7 @@
 #include "ragkv/proto.h"
 #include "ragkv/version.h"
 #include "exec.h"
+#include "ragkv/chunkcache.h"
 #include "server_int.h"
 
 /* Queue one frame on the connection's output. */
@@ -147,18 +148,32 @@ static void handle_config_get(struct svc_conn *c, const svc_request *rq)
 static void handle_admin(struct svc_conn *c, const svc_request *rq)
 {
     svc_auth *auth = c->w->srv->auth;
+    struct cc_store *store = c->w->srv->store;
     char token[SVC_TOKEN_MAX];
     rk_status st;
     switch (rq->opcode) {
-    case RK_OP_TENANT_CREATE:
+    case RK_OP_TENANT_CREATE: {
         if ((st = svc_auth_tenant_add(auth, rq->tenant, token)) != RK_OK) {
             conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        cc_quota q = {rq->quota_bytes, rq->quota_chunks, rq->quota_policy ? CC_QUOTA_EVICT : CC_QUOTA_REJECT};
+        st = cc_store_tenant_create(store, rq->tenant, &q);
+        if (st == RK_ERR_EXISTS) /* an account left by an earlier tenant of that name: reset it */
+            st = cc_store_tenant_delete(store, rq->tenant) == RK_OK ? cc_store_tenant_create(store, rq->tenant, &q) : st;
+        if (st != RK_OK) {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "chunk store: %s", rk_error_msg());
+            svc_auth_tenant_remove(auth, rq->tenant); /* not created after all */
+            sodium_memzero(token, sizeof(token));
+            conn_send_error(c, rq->opcode, rq->id, st, msg);
             return;
         }
         RK_INFO("tenant %s created", rq->tenant);
         reply_str(c, rq, token);
         sodium_memzero(token, sizeof(token));
         return;
+    }
     case RK_OP_TOKEN_ROTATE:
         if ((st = svc_auth_tenant_rotate(auth, rq->tenant, token)) != RK_OK) {
             conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
@@ -169,7 +184,11 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
         sodium_memzero(token, sizeof(token));
         return;
     case RK_OP_TENANT_DELETE:
-        if ((st = svc_auth_tenant_remove(auth, rq->tenant)) != RK_OK) {
+        /* the credential first: once it is gone nobody can add chunks the delete would miss */
+        if ((st = svc_auth_tenant_remove(auth, rq->tenant)) == RK_OK &&
+            (st = cc_store_tenant_delete(store, rq->tenant)) == RK_ERR_NOT_FOUND)
+            st = RK_OK; /* no account: nothing stored */
+        if (st != RK_OK) {
             conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
             return;
         }
@@ -186,9 +205,14 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
         rk_buf b = RK_BUF_INIT;
         rk_buf_put_u32(&b, (uint32_t)n);
         for (size_t i = 0; i < n; i++) {
+            cc_tenant_info ti;
+            if (cc_store_tenant_usage(store, names[i], &ti) != RK_OK)
+                memset(&ti, 0, sizeof(ti));
             rk_buf_put_str(&b, names[i]);
-            for (int f = 0; f < 4; f++) /* usage and quotas: from the chunk store once wired */
-                rk_buf_put_u64(&b, 0);
+            rk_buf_put_u64(&b, ti.bytes);
+            rk_buf_put_u64(&b, ti.chunks);
+            rk_buf_put_u64(&b, ti.cfg.max_bytes);
+            rk_buf_put_u64(&b, ti.cfg.max_chunks);
         }
         svc_auth_names_free(names, n);
         if (b.failed)
@@ -198,6 +222,45 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
         rk_buf_free(&b);
         return;
     }
+    case RK_OP_QUOTA_SET: {
+        cc_quota q = {rq->quota_bytes, rq->quota_chunks, rq->quota_policy ? CC_QUOTA_EVICT : CC_QUOTA_REJECT};
+        if ((st = cc_store_quota_set(store, rq->tenant, &q)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("tenant %s: quota %llu bytes, %llu chunks, %s", rq->tenant, (unsigned long long)q.max_bytes,
+                (unsigned long long)q.max_chunks, q.policy == CC_QUOTA_EVICT ? "evict" : "reject");
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
+        return;
+    }
+    case RK_OP_QUOTA_GET: {
+        cc_tenant_info ti;
+        if ((st = cc_store_tenant_usage(store, rq->tenant, &ti)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        rk_buf b = RK_BUF_INIT;
+        rk_buf_put_u64(&b, ti.cfg.max_bytes);
+        rk_buf_put_u64(&b, ti.cfg.max_chunks);
+        rk_buf_put_u8(&b, ti.cfg.policy == CC_QUOTA_EVICT ? 1 : 0);
+        rk_buf_put_u64(&b, ti.bytes);
+        rk_buf_put_u64(&b, ti.chunks);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+        rk_buf_free(&b);
+        return;
+    }
+    case RK_OP_NS_GRANT:
+    case RK_OP_NS_REVOKE:
+        st = rq->opcode == RK_OP_NS_GRANT ? cc_store_grant(store, rq->ns, rq->tenant)
+                                          : cc_store_revoke(store, rq->ns, rq->tenant);
+        if (st != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("namespace %s %s tenant %s", rq->ns, rq->opcode == RK_OP_NS_GRANT ? "granted to" : "revoked from",
+                rq->tenant);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
+        return;
     case RK_OP_CONFIG_GET:
         handle_config_get(c, rq);
         return;
@@ -352,6 +415,54 @@ static void handle_generate(struct svc_conn *c, svc_request *rq)
     c->gens = g;
 }
 
+/* LOOKUP, DELETE, STATS: metadata operations on the tenant's view of the store. They run on
+ * the worker thread (the store's calls are short and thread-safe). */
+static void handle_chunk_meta(struct svc_conn *c, const svc_request *rq)
+{
+    struct cc_store *store = c->w->srv->store;
+    rk_status st;
+    rk_buf b = RK_BUF_INIT;
+    if (rq->opcode == RK_OP_LOOKUP) {
+        uint8_t *present = rk_calloc(rq->nkeys ? rq->nkeys : 1, 1);
+        cc_key *keys = rk_malloc((rq->nkeys ? rq->nkeys : 1) * sizeof(cc_key));
+        st = present && keys ? RK_OK : RK_ERR_NOMEM;
+        for (uint32_t i = 0; st == RK_OK && i < rq->nkeys; i++)
+            memcpy(keys[i].b, rq->keys + (size_t)i * RK_PROTO_KEY_SIZE, CC_KEY_BYTES);
+        if (st == RK_OK && rq->nkeys)
+            st = cc_store_lookup(store, c->tenant, keys, rq->nkeys, present);
+        if (st == RK_OK) {
+            rk_buf_put_u32(&b, rq->nkeys);
+            rk_buf_append(&b, present, rq->nkeys);
+        }
+        rk_free(present);
+        rk_free(keys);
+    } else if (rq->opcode == RK_OP_DELETE) {
+        cc_key k;
+        memcpy(k.b, rq->key, CC_KEY_BYTES);
+        st = cc_store_delete(store, c->tenant, &k);
+    } else {
+        cc_tenant_info ti;
+        cc_stats cs;
+        st = cc_store_tenant_usage(store, c->tenant, &ti);
+        cc_store_stats(store, &cs);
+        if (st == RK_OK) {
+            rk_buf_put_u64(&b, ti.chunks);
+            rk_buf_put_u64(&b, ti.bytes);
+            rk_buf_put_u64(&b, cs.ram_hits + cs.disk_hits); /* store-wide until per-tenant counters exist */
+            rk_buf_put_u64(&b, cs.misses);
+            rk_buf_put_u64(&b, ti.cfg.max_bytes);
+            rk_buf_put_u64(&b, ti.cfg.max_chunks);
+        }
+    }
+    if (st == RK_OK && b.failed)
+        st = RK_ERR_NOMEM;
+    if (st != RK_OK)
+        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+    else
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
+}
+
 static void dispatch(struct svc_conn *c, svc_request *rq)
 {
     switch (rq->opcode) {
@@ -382,6 +493,8 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
         handle_admin(c, rq);
     else if (rq->opcode == RK_OP_GENERATE)
         handle_generate(c, rq);
+    else if (rq->opcode == RK_OP_LOOKUP || rq->opcode == RK_OP_DELETE || rq->opcode == RK_OP_STATS)
+        handle_chunk_meta(c, rq);
     else /* chunk operations arrive with the chunk store */
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
 }

@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -30,6 +31,7 @@
 #include "ragkv/service.h"
 #include "ragkv/version.h"
 #include "exec.h"
+#include "ragkv/chunkcache.h"
 #include "server_int.h"
 
 struct svc_server_metrics svc_m;
@@ -278,6 +280,48 @@ static rk_status lock_data_dir(struct svc_server *srv)
     return RK_OK;
 }
 
+/* The chunk store in DATA_DIR/store, metadata in Redis or embedded; every credentialed tenant
+ * gets an account there (tenants created before the store existed, or a wiped store). */
+static rk_status open_store(struct svc_server *srv)
+{
+    const svc_config *cfg = &srv->cfg;
+    char dir[SVC_PATH_MAX + 16], host[128] = "";
+    snprintf(dir, sizeof(dir), "%s/store", cfg->data_dir);
+    cc_config cc = cc_config_default();
+    cc.data_dir = dir;
+    cc.ram_budget_bytes = (uint64_t)cfg->ram_budget_mb << 20;
+    cc.disk_budget_bytes = (uint64_t)cfg->disk_budget_mb << 20;
+    if (cfg->redis[0]) {
+        const char *colon = strrchr(cfg->redis, ':');
+        int port = colon ? atoi(colon + 1) : 0;
+        if (!colon || port <= 0 || port > 65535 || (size_t)(colon - cfg->redis) >= sizeof(host))
+            return rk_error_set(RK_ERR_INVALID, "redis: '%s' is not HOST:PORT", cfg->redis);
+        memcpy(host, cfg->redis, (size_t)(colon - cfg->redis));
+        host[colon - cfg->redis] = '\0';
+        cc.redis_host = host;
+        cc.redis_port = port;
+    }
+    rk_status st = cc_store_open(&cc, &srv->store);
+    if (st != RK_OK)
+        return rk_error_set(st, "chunk store in %s: %s", dir, rk_error_msg());
+    char **names;
+    size_t n;
+    if ((st = svc_auth_tenant_list(srv->auth, &names, &n)) != RK_OK)
+        return st;
+    for (size_t i = 0; i < n && st == RK_OK; i++) {
+        cc_quota q = {0};
+        st = cc_store_tenant_create(srv->store, names[i], &q);
+        if (st == RK_ERR_EXISTS)
+            st = RK_OK;
+        else if (st == RK_OK)
+            RK_WARN("tenant %s had no account in the chunk store; created one without quota", names[i]);
+    }
+    svc_auth_names_free(names, n);
+    RK_INFO("chunk store: %s, metadata %s, RAM tier %d MiB", dir, cfg->redis[0] ? cfg->redis : "embedded",
+            cfg->ram_budget_mb);
+    return st;
+}
+
 rk_status svc_server_open(const svc_config *cfg, svc_server **out)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -315,6 +359,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     if ((st = lock_data_dir(srv)) != RK_OK)
         goto fail;
     if ((st = svc_auth_open(cfg->data_dir, &srv->auth)) != RK_OK)
+        goto fail;
+    if ((st = open_store(srv)) != RK_OK)
         goto fail;
     st = RK_ERR_NOMEM;
     if (!(srv->base = event_base_new()))
@@ -470,6 +516,7 @@ void svc_server_close(svc_server *srv)
     svc_exec_stop(srv->exec);
     eng_backend_free(srv->backend);
     eng_model_close(srv->model);
+    cc_store_close(srv->store);
     svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */

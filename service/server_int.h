@@ -62,6 +62,7 @@ struct svc_server {
     struct eng_model *model;            /* the served model; NULL when none is configured */
     struct eng_backend *backend;        /* its compute backend, driven by exec only */
     struct svc_exec *exec;              /* the compute executor; NULL without a model */
+    struct cc_store *store;             /* chunk caches, tenants' usage and quotas (thread-safe) */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -269,3 +269,66 @@ Test(protocol, admin_shutdown_stops_the_daemon)
     static const char *const extra[] = {NULL};
     start_with(extra);
 }
+
+Test(protocol, quotas_lookup_delete_and_grants)
+{
+    char adm[256], tok[256];
+    admin_token(adm, sizeof(adm));
+    ragkv_conn *a = dial();
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 1 << 20, 50, 1, tok, sizeof(tok)), RK_OK, "%s", rk_error_msg());
+    /* QUOTA_GET reflects the creation, QUOTA_SET changes it */
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "acme");
+    uint8_t *p;
+    uint32_t n;
+    cr_assert_eq(ragkv_call(a, RK_OP_QUOTA_GET, b.data, (uint32_t)b.len, &p, &n), RK_OK, "%s", rk_error_msg());
+    rk_reader r = rk_reader_make(p, n);
+    cr_expect_eq(rk_reader_u64(&r), 1u << 20);
+    cr_expect_eq(rk_reader_u64(&r), 50);
+    cr_expect_eq(rk_reader_u8(&r), 1, "evict policy");
+    cr_expect_eq(rk_reader_u64(&r), 0, "no bytes yet");
+    rk_free(p);
+    rk_buf_put_u64(&b, 4096);
+    rk_buf_put_u64(&b, 7);
+    rk_buf_put_u8(&b, 0);
+    cr_assert_eq(ragkv_call(a, RK_OP_QUOTA_SET, b.data, (uint32_t)b.len, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    b.len = 0;
+    rk_buf_put_str(&b, "acme");
+    cr_assert_eq(ragkv_call(a, RK_OP_QUOTA_GET, b.data, (uint32_t)b.len, &p, &n), RK_OK);
+    r = rk_reader_make(p, n);
+    cr_expect_eq(rk_reader_u64(&r), 4096);
+    cr_expect_eq(rk_reader_u64(&r), 7);
+    rk_free(p);
+    /* grants need both sides to exist */
+    b.len = 0;
+    rk_buf_put_str(&b, "no-such-corpus");
+    rk_buf_put_str(&b, "acme");
+    cr_expect_eq(ragkv_call(a, RK_OP_NS_GRANT, b.data, (uint32_t)b.len, NULL, NULL), RK_ERR_NOT_FOUND);
+    ragkv_close(a);
+
+    /* the tenant: an empty store */
+    ragkv_conn *t = dial();
+    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    b.len = 0;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_u32(&b, 2);
+    for (int i = 0; i < 64; i++)
+        rk_buf_put_u8(&b, (uint8_t)i);
+    cr_assert_eq(ragkv_call(t, RK_OP_LOOKUP, b.data, (uint32_t)b.len, &p, &n), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(n, 4 + 2);
+    cr_expect(p[4] == 0 && p[5] == 0, "absent");
+    rk_free(p);
+    b.len = 0;
+    rk_buf_put_str(&b, "");
+    for (int i = 0; i < 32; i++)
+        rk_buf_put_u8(&b, 7);
+    cr_expect_eq(ragkv_call(t, RK_OP_DELETE, b.data, (uint32_t)b.len, NULL, NULL), RK_ERR_NOT_FOUND);
+    cr_assert_eq(ragkv_call(t, RK_OP_STATS, NULL, 0, &p, &n), RK_OK);
+    cr_expect_eq(n, 48);
+    r = rk_reader_make(p, n);
+    cr_expect_eq(rk_reader_u64(&r), 0, "no chunks");
+    rk_free(p);
+    rk_buf_free(&b);
+    ragkv_close(t);
+}

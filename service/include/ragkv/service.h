@@ -40,6 +40,9 @@ typedef struct svc_config {
     char data_dir[SVC_PATH_MAX]; /* RocksDB and state; created if missing; default ./var */
     char model[SVC_PATH_MAX];    /* model checkpoint (llama2.c .bin or HF folder); "" none */
     char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
+    char redis[128];             /* metadata in Redis at host:port; "" = embedded in RocksDB */
+    int ram_budget_mb;           /* RAM tier of compressed chunks, MiB; default 256 */
+    int disk_budget_mb;          /* disk tier over all tenants, MiB; 0 = unlimited */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
     char backend[16];            /* compute backend: cpu (cuda once built) */
     int compute_threads;         /* CPU backend threads; 0 = number of CPUs */
