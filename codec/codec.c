@@ -251,7 +251,9 @@ void codec_synth_kv(const codec_shape *shape, uint64_t seed, float *out)
 {
     uint32_t L = shape->n_layers, T = shape->n_tokens, H = shape->n_kv_heads,
              D = shape->head_dim, C = H * D;
-    uint64_t s = seed * 0x2545f4914f6cdd1dull + 1;
+    /* Channel statistics come from the upper 32 bits (the "model"), token noise from all
+     * 64: seeds that share the upper half behave like chunks of one model. */
+    uint64_t sm = (seed >> 32) * 0x2545f4914f6cdd1dull + 7, s = seed * 0x9e3779b97f4a7c15ull + 1;
     float *mean = rk_malloc(sizeof(float) * C), *sd = rk_malloc(sizeof(float) * C);
     float *state = rk_malloc(sizeof(float) * C);
     if (!mean || !sd || !state) { /* tiny allocations; fall back to zeros */
@@ -263,17 +265,17 @@ void codec_synth_kv(const codec_shape *shape, uint64_t seed, float *out)
             /* Layer-dependent magnitude; K has outlier channels, V is milder. */
             float base = kv == 0 ? 1.0f + 0.05f * (float)l : 0.3f + 0.02f * (float)l;
             for (uint32_t c = 0; c < C; c++) {
-                sd[c] = base * (0.5f + unif(&s));
-                mean[c] = kv == 0 ? 0.5f * base * gauss(&s) : 0.1f * base * gauss(&s);
+                sd[c] = base * (0.5f + unif(&sm));
+                mean[c] = kv == 0 ? 0.5f * base * gauss(&sm) : 0.1f * base * gauss(&sm);
             }
             if (kv == 0) /* 2-4 outlier channels per head, 10-50x */
                 for (uint32_t h = 0; h < H; h++) {
-                    uint32_t no = 2 + (uint32_t)(sm64(&s) % 3);
+                    uint32_t no = 2 + (uint32_t)(sm64(&sm) % 3);
                     for (uint32_t o = 0; o < no; o++) {
-                        uint32_t c = h * D + (uint32_t)(sm64(&s) % D);
-                        float f = 10.0f + 40.0f * unif(&s);
+                        uint32_t c = h * D + (uint32_t)(sm64(&sm) % D);
+                        float f = 10.0f + 40.0f * unif(&sm);
                         sd[c] = base * f * 0.25f;
-                        mean[c] = base * f * (unif(&s) < 0.5f ? -1.0f : 1.0f);
+                        mean[c] = base * f * (unif(&sm) < 0.5f ? -1.0f : 1.0f);
                     }
                 }
             /* AR(1) over tokens: x_t = rho x_{t-1} + sqrt(1 - rho^2) e_t (unit variance). */

@@ -208,6 +208,12 @@ rk_status cg_prepare(const codec_view *v, const codec_codebook *cb, cg_prepared 
 void cg_prepared_free(cg_prepared *pr);
 
 
+/* codec_decode_cuda, also reporting the decode kernel's time in ms (0 for lz4, which decodes
+ * on the CPU); for the benchmark. */
+rk_status codec_decode_cuda_timed(const void *data, size_t len, const codec_decode_opts *opts,
+                                  codec_dtype dtype, void *dev_out, size_t out_bytes,
+                                  void *stream, float *kernel_ms);
+
 /* ---- shared helpers -------------------------------------------------------------------- */
 
 /* The level's cachegen defaults into p (qmax per layer and the option defaults). */

@@ -201,7 +201,8 @@ rk_status codec_f32_file_write(const char *path, const float *v, size_t n);
 
 /* Synthetic KV with realistic statistics, deterministic in seed: K pre-RoPE with a few
  * outlier channels per head (10-50x), per-channel means, AR(1) token locality; V milder.
- * out holds codec_shape_values(shape) floats (canonical layout). */
+ * out holds codec_shape_values(shape) floats (canonical layout). Channel statistics depend
+ * on seed >> 32 only: seeds sharing their upper 32 bits are chunks of one "model". */
 void codec_synth_kv(const codec_shape *shape, uint64_t seed, float *out);
 
 /* `ragkv bench codec`: encode/decode throughput and compression table; prints a table and,
