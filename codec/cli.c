@@ -23,6 +23,7 @@ static void usage(FILE *f)
             "         OUT.cb IN.f32...\n"
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
+            "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
             "K before RoPE.\n");
 }
@@ -428,6 +429,8 @@ int codec_cli_main(int argc, char **argv)
     }
     struct opts o;
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "bench")) /* also `ragkv bench codec` once bench/ dispatches here */
+        return codec_bench_main(argc - 1, argv + 1);
     if (!parse_opts(argc - 1, argv + 1, &o))
         return 2;
     if (!strcmp(cmd, "encode"))

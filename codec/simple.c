@@ -27,18 +27,28 @@ struct f16_job {
     const uint8_t *src; /* n little-endian fp16 */
     codec_dtype dtype;
     void *out;
+    int bad;            /* an Inf or NaN pattern: no encoder of ours writes one */
 };
 
 static void f16_range(void *vctx, size_t b, size_t e)
 {
     struct f16_job *j = vctx;
+    uint16_t all = 0;
     if (j->dtype == CODEC_F16) {
-        for (size_t i = b; i < e; i++)
-            ((uint16_t *)j->out)[i] = rk_get_le16(j->src + 2 * i);
-        return;
+        for (size_t i = b; i < e; i++) {
+            uint16_t h = rk_get_le16(j->src + 2 * i);
+            ((uint16_t *)j->out)[i] = h;
+            all |= (uint16_t)((h & 0x7c00) == 0x7c00);
+        }
+    } else {
+        for (size_t i = b; i < e; i++) {
+            uint16_t h = rk_get_le16(j->src + 2 * i);
+            codec_store(j->out, j->dtype, i, rk_f16_to_f32(h));
+            all |= (uint16_t)((h & 0x7c00) == 0x7c00);
+        }
     }
-    for (size_t i = b; i < e; i++)
-        codec_store(j->out, j->dtype, i, rk_f16_to_f32(rk_get_le16(j->src + 2 * i)));
+    if (all)
+        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
 }
 
 static rk_status raw_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
@@ -49,8 +59,10 @@ static rk_status raw_decode(const codec_view *v, const codec_codebook *cb, codec
     if (v->info.n_sections != 1 || !pay || pay->len / 2 != n || pay->len % 2)
         return rk_error_set(RK_ERR_FORMAT, "raw: payload of %zu bytes for %zu values",
                             pay ? pay->len : 0, n);
-    struct f16_job j = {pay->data, dtype, out};
+    struct f16_job j = {pay->data, dtype, out, 0};
     rk_pool_for(pool, n, 1 << 16, f16_range, &j);
+    if (j.bad)
+        return rk_error_set(RK_ERR_FORMAT, "raw: Inf or NaN value");
     return RK_OK;
 }
 
@@ -162,6 +174,10 @@ static void lz4_dec_range(void *vctx, size_t b, size_t e)
         }
         for (size_t k = 0; k < n; k++) {
             uint16_t h = (uint16_t)(sh[k] | sh[n + k] << 8);
+            if ((h & 0x7c00) == 0x7c00) { /* Inf or NaN: no encoder of ours writes one */
+                __atomic_store_n(&j->failed, 3, __ATOMIC_RELAXED);
+                break;
+            }
             if (j->dtype == CODEC_F16)
                 ((uint16_t *)j->out)[i * n + k] = h;
             else
@@ -205,6 +221,8 @@ static rk_status lz4_decode(const codec_view *v, const codec_codebook *cb, codec
     rk_free(offs);
     if (j.failed == 2)
         return rk_error_set(RK_ERR_NOMEM, "lz4");
+    if (j.failed == 3)
+        return rk_error_set(RK_ERR_FORMAT, "lz4: Inf or NaN value");
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "lz4: malformed block");
     return RK_OK;

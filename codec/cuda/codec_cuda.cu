@@ -254,6 +254,9 @@ static rk_status simple_decode_cuda(const codec_view *v, int bf16, void *dev_out
     if (v->info.codec == CODEC_RAW) {
         if (v->info.n_sections != 1 || !pay || pay->len != 2 * n)
             return rk_error_set(RK_ERR_FORMAT, "raw: payload does not fit the geometry");
+        for (size_t i = 0; i < n; i++) /* same check as the CPU decoder */
+            if ((rk_get_le16(pay->data + 2 * i) & 0x7c00) == 0x7c00)
+                return rk_error_set(RK_ERR_FORMAT, "raw: Inf or NaN value");
     } else {
         if (v->info.n_sections != 2 || !sc || !pay || sc->len != 2 * (n / D) || pay->len != n)
             return rk_error_set(RK_ERR_FORMAT, "q8: sections do not fit the geometry");
