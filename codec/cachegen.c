@@ -519,52 +519,142 @@ static inline uint32_t find_sym(const rans_model *m, uint32_t slot)
     return s;
 }
 
-static void store_row(void *out, codec_dtype dtype, size_t at, const float *v, uint32_t n)
+#define CG_LANE_GROUP 64 /* the interleaved decoder handles groups up to this many channels */
+
+/* One stream being decoded by decode_lanes. */
+struct lane {
+    uint32_t x;                                  /* rANS state */
+    const uint8_t *ptr, *end;                    /* the stream's remaining bytes */
+    uint32_t c0;                                 /* first channel */
+    const rans_model *mod[2][CG_LANE_GROUP];     /* [residual][channel of group] */
+    const float *csc[2][CG_LANE_GROUP];          /* channel mode: [residual][channel] scale */
+    uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
+    float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
+    float row[CG_LANE_GROUP];                    /* the row being decoded */
+};
+
+/* Decode NL streams si.. si+NL-1 of one (layer, K|V, token block) with equal channel counts
+ * in lockstep: NL independent rANS state chains give the CPU parallel work. The arithmetic
+ * per value is the reference's (and cuda/'s): val = (q * scale) [+ anchor]. Returns false on
+ * a malformed stream. */
+static inline __attribute__((always_inline)) bool
+decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
 {
-    if (dtype == CODEC_F32)
-        memcpy((float *)out + at, v, n * sizeof(float));
-    else if (dtype == CODEC_F16)
-        for (uint32_t i = 0; i < n; i++)
-            ((uint16_t *)out)[at + i] = rk_f32_to_f16(v[i]);
-    else
-        for (uint32_t i = 0; i < n; i++)
-            ((uint16_t *)out)[at + i] = rk_f32_to_bf16(v[i]);
+    const cg_params *p = j->p;
+    const cg_layout *lay = j->lay;
+    uint32_t g = (uint32_t)(si % lay->n_groups);
+    uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
+    size_t lkv = si / lay->n_groups / lay->n_tblocks;
+    uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+    int qmax = p->qmax[lkv];
+    int mode = kv ? p->v_scale_mode : p->k_scale_mode;
+    uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
+    if (t1 > lay->T)
+        t1 = lay->T;
+    uint32_t c0 = g * p->group, nc = lay->C - c0 < p->group ? lay->C - c0 : p->group;
+    const float *tsc = &j->scales[cg_scale_index(lay, p, l, kv, 0, 0, 0)]; /* token mode */
+    for (int k = 0; k < NL; k++) {
+        struct lane *L = &ln[k];
+        L->c0 = c0 + (uint32_t)k * p->group;
+        for (uint32_t i = 0; i < nc; i++) {
+            for (int r = 0; r < 2; r++) {
+                int rr = r && p->anchor_interval;
+                L->mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, L->c0 + i, rr)];
+                L->csc[r][i] = &j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
+            }
+            L->head[i] = (L->c0 + i) / lay->D;
+        }
+        L->ptr = j->payload + j->offs[si + (size_t)k];
+        L->end = j->payload + j->offs[si + (size_t)k + 1];
+        if (L->end - L->ptr < 4)
+            return false;
+        L->x = rk_get_le32(L->ptr);
+        L->ptr += 4;
+    }
+    for (uint32_t t = t0; t < t1; t++) {
+        uint32_t a;
+        int res = cg_is_residual(p, t, &a);
+        const float *trow = tsc + (size_t)t * lay->H;
+        for (uint32_t i = 0; i < nc; i++)
+            for (int k = 0; k < NL; k++) {
+                struct lane *L = &ln[k];
+                const rans_model *m = L->mod[res][i];
+                uint32_t x = L->x, slot = x & (RANS_PROB_SCALE - 1);
+                uint32_t s = find_sym(m, slot);
+                x = (m->cum[s + 1] - m->cum[s]) * (x >> RANS_PROB_BITS) + slot - m->cum[s];
+                while (x < RANS_L) {
+                    if (L->ptr == L->end)
+                        return false;
+                    x = (x << 8) | *L->ptr++;
+                }
+                L->x = x;
+                float sc = mode == CODEC_SCALE_TOKEN ? trow[L->head[i]] : *L->csc[res][i];
+                float val = (float)((int)s - qmax) * sc;
+                if (res)
+                    val = L->anchor[i] + val;
+                else
+                    L->anchor[i] = val;
+                L->row[i] = val;
+            }
+        for (int k = 0; k < NL; k++)
+            codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + ln[k].c0, ln[k].row, nc);
+    }
+    for (int k = 0; k < NL; k++) /* the encoder's initial state, and every byte used */
+        if (ln[k].x != RANS_L || ln[k].ptr != ln[k].end)
+            return false;
+    return true;
 }
 
-/* Decode streams [b, e): the reference decoder; cuda/ mirrors it operation for operation. */
+/* Decode streams [b, e), four at a time where four consecutive ones share a token block
+ * and width. Groups wider than CG_LANE_GROUP use the reference loop below. */
+static void decode_streams_generic(struct dec_job *j, size_t b, size_t e);
+
 static void decode_streams(void *vctx, size_t b, size_t e)
 {
     struct dec_job *j = vctx;
+    const cg_layout *lay = j->lay;
+    if (j->p->group > CG_LANE_GROUP) {
+        decode_streams_generic(j, b, e);
+        return;
+    }
+    struct lane ln[4];
+    size_t si = b;
+    while (si < e) {
+        uint32_t g = (uint32_t)(si % lay->n_groups);
+        /* four full-width groups of the same block: g..g+3 all before the last group */
+        bool ok;
+        if (si + 4 <= e && g + 4 < lay->n_groups) {
+            ok = decode_lanes(j, si, 4, ln);
+            si += 4;
+        } else {
+            ok = decode_lanes(j, si, 1, ln);
+            si += 1;
+        }
+        if (!ok) {
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
+/* The reference decoder, one stream at a time, any group width. */
+static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
+{
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
-    float anchor[1024];              /* the block's current anchor row, per channel of group */
-    float row[1024];                 /* the row being decoded */
-    const rans_model *mod[2][1024];  /* [residual][channel of group] */
-    const float *csc[2][1024];       /* channel mode: [residual][channel] scale */
-    uint32_t head[1024];             /* token mode: head of each channel */
+    float anchor[1024], row[1024];
     for (size_t si = b; si < e; si++) {
         uint32_t g = (uint32_t)(si % lay->n_groups);
         uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
         size_t lkv = si / lay->n_groups / lay->n_tblocks;
         uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
         int qmax = p->qmax[lkv];
-        int mode = kv ? p->v_scale_mode : p->k_scale_mode;
         uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
         uint32_t c0 = g * p->group, c1 = c0 + p->group;
         if (t1 > lay->T)
             t1 = lay->T;
         if (c1 > lay->C)
             c1 = lay->C;
-        uint32_t nc = c1 - c0;
-        for (uint32_t i = 0; i < nc; i++) {
-            for (int r = 0; r < 2; r++) {
-                mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, c0 + i, r && p->anchor_interval)];
-                csc[r][i] = &j->scales[cg_scale_index(lay, p, l, kv, 0, c0 + i,
-                                                      r && p->anchor_interval)];
-            }
-            head[i] = (c0 + i) / lay->D;
-        }
-        const float *tsc = &j->scales[cg_scale_index(lay, p, l, kv, 0, 0, 0)]; /* token mode */
         const uint8_t *ptr = j->payload + j->offs[si], *end = j->payload + j->offs[si + 1];
         if (end - ptr < 4)
             goto bad;
@@ -573,9 +663,8 @@ static void decode_streams(void *vctx, size_t b, size_t e)
         for (uint32_t t = t0; t < t1; t++) {
             uint32_t a;
             int res = cg_is_residual(p, t, &a);
-            const rans_model *const *mr = mod[res];
-            for (uint32_t i = 0; i < nc; i++) {
-                const rans_model *m = mr[i];
+            for (uint32_t c = c0; c < c1; c++) {
+                const rans_model *m = &j->models[cg_model_index(lay, p, l, kv, c, res)];
                 uint32_t slot = x & (RANS_PROB_SCALE - 1);
                 uint32_t s = find_sym(m, slot);
                 x = (m->cum[s + 1] - m->cum[s]) * (x >> RANS_PROB_BITS) + slot - m->cum[s];
@@ -584,17 +673,16 @@ static void decode_streams(void *vctx, size_t b, size_t e)
                         goto bad;
                     x = (x << 8) | *ptr++;
                 }
-                float sc = mode == CODEC_SCALE_TOKEN ? tsc[(size_t)t * lay->H + head[i]] : *csc[res][i];
-                float val = (float)((int)s - qmax) * sc;
+                float val = (float)((int)s - qmax) * j->scales[cg_scale_index(lay, p, l, kv, t, c, res)];
                 if (res)
-                    val = anchor[i] + val;
+                    val = anchor[c - c0] + val;
                 else
-                    anchor[i] = val;
-                row[i] = val;
+                    anchor[c - c0] = val;
+                row[c - c0] = val;
             }
-            store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, nc);
+            codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, c1 - c0);
         }
-        if (x != RANS_L || ptr != end) /* the encoder's initial state, every byte used */
+        if (x != RANS_L || ptr != end)
             goto bad;
         continue;
     bad:

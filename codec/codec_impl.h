@@ -95,6 +95,12 @@ const struct codec_i *codec_lookup(codec_id id);
 /* Store value v (float) at index i of out in dtype. */
 static inline void codec_store(void *out, codec_dtype dtype, size_t i, float v);
 
+/* Convert n floats to fp16 (round to nearest even); allow_simd 0 forces the portable path
+ * (tests compare the two). */
+void codec_f32_to_f16_row(uint16_t *dst, const float *src, size_t n, int allow_simd);
+/* Store n floats at element offset `at` of out in dtype. */
+void codec_store_row(void *out, codec_dtype dtype, size_t at, const float *v, size_t n);
+
 /* Resolve the codebook a view needs (NULL when none) from opts. */
 rk_status codec_resolve_codebook(const codec_view *v, const codec_decode_opts *opts,
                                  const codec_codebook **out);

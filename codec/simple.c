@@ -295,8 +295,13 @@ static void q8_dec_range(void *vctx, size_t b, size_t e)
             __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
             return;
         }
-        for (uint32_t d = 0; d < j->D; d++)
-            codec_store(j->out, j->dtype, r * j->D + d, (float)j->q[r * j->D + d] * s);
+        float row[256];
+        for (uint32_t d0 = 0; d0 < j->D; d0 += 256) {
+            uint32_t m = j->D - d0 < 256 ? j->D - d0 : 256;
+            for (uint32_t d = 0; d < m; d++)
+                row[d] = (float)j->q[r * j->D + d0 + d] * s;
+            codec_store_row(j->out, j->dtype, r * j->D + d0, row, m);
+        }
     }
 }
 
