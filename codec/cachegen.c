@@ -10,15 +10,16 @@
 #include "ragkv/hash.h"
 
 #define CG_DEFAULT_LEVEL 1
-#define CG_MAX_LEVEL 3
+#define CG_MAX_LEVEL 4
 
 /* qmax per level: {K early, K late, V early, V late}. Early K layers are the first third,
  * early V layers the first two (CacheGen's bands). Symbols per value: 2 * qmax + 1. */
 static const uint8_t level_qmax[CG_MAX_LEVEL + 1][4] = {
-    {15, 7, 15, 7}, /* 0: best */
-    {7, 3, 7, 3},   /* 1: default */
-    {3, 2, 3, 1},   /* 2 */
-    {2, 1, 1, 1},   /* 3: smallest */
+    {31, 15, 31, 15}, /* 0: best */
+    {15, 7, 15, 7},   /* 1: default, CacheGen's bins (32 early, 16 late) */
+    {7, 3, 7, 3},     /* 2 */
+    {3, 2, 3, 1},     /* 3 */
+    {2, 1, 1, 1},     /* 4: smallest */
 };
 
 void cg_params_for_level(int level, uint32_t n_layers, const codec_params *user,

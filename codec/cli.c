@@ -397,14 +397,9 @@ static int cmd_eval(struct opts *o)
 {
     codec_kv_source src;
     rk_status st;
-    if (o->model) {
-        /* Generation fidelity needs the engine's forward pass with substituted KV; the
-         * engine plugs in through codec_kv_source (codec_eval.h). */
-        fprintf(stderr, "ragkv codec eval --model: generation fidelity needs the engine, which "
-                        "this build does not link yet; use --synthetic or --shape IN.f32\n");
-        return 2;
-    }
-    if (o->synthetic) {
+    if (o->model) /* llama2.c checkpoints; the engine becomes the source for other formats */
+        st = codec_kv_source_llama2(o->model, (uint64_t)o->seed, &src);
+    else if (o->synthetic) {
         codec_shape s = {(uint32_t)o->layers, (uint32_t)o->tokens, (uint32_t)o->heads,
                          (uint32_t)o->dim};
         st = codec_kv_source_synthetic(&s, (uint64_t)o->seed, &src);

@@ -30,12 +30,16 @@ typedef struct codec_kv_source {
     /* Optional: score decoded KV (same shape) against kv; NULL when the source cannot. */
     rk_status (*fidelity)(void *ctx, const float *decoded, codec_fidelity *out);
     void *ctx;
+    void (*free_ctx)(void *ctx); /* optional: releases ctx */
     /* Optional: training chunks for a codebook (other chunks of the same model); returns
      * a fresh tensor of the source's shape (caller frees with rk_free), NULL when none. */
     float *(*train_chunk)(struct codec_kv_source *src, int i);
 } codec_kv_source;
 
 rk_status codec_kv_source_synthetic(const codec_shape *s, uint64_t seed, codec_kv_source *out);
+/* The private llama2.c forward pass (eval_llama2.c): KV of prompts sampled from the model,
+ * with fidelity scoring. */
+rk_status codec_kv_source_llama2(const char *model_path, uint64_t seed, codec_kv_source *out);
 rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out);
 void codec_kv_source_free(codec_kv_source *src);
 

@@ -6,6 +6,7 @@
 #include "codec_impl.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 
 __attribute__((target("f16c,avx"))) static void to_f16_f16c(uint16_t *dst, const float *src,
@@ -25,8 +26,14 @@ static int have_f16c(void)
     static int cached = -1;
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        unsigned a, b, c, d;
+        v = 0;
+        /* CPUID.1:ECX bit 29 F16C, 28 AVX, 27 OSXSAVE; XCR0 bits 1-2: the OS saves YMM */
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1) && (c >> 28 & 1) && (c >> 27 & 1)) {
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            v = (lo & 6) == 6;
+        }
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;

@@ -49,6 +49,9 @@ void codec_kv_source_free(codec_kv_source *src)
 {
     rk_free(src->kv);
     src->kv = NULL;
+    if (src->free_ctx)
+        src->free_ctx(src->ctx);
+    src->ctx = NULL;
 }
 
 /* ---- evaluation -------------------------------------------------------------------------- */
@@ -167,7 +170,7 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_pat
     cf[nc++] = (struct config){"lz4", cfg(CODEC_LZ4, 0, -1, -1), 0};
     cf[nc++] = (struct config){"lz4 hc", cfg(CODEC_LZ4, 1, -1, -1), 0};
     cf[nc++] = (struct config){"q8", cfg(CODEC_Q8, 0, -1, -1), 0};
-    for (int lv = 0; lv <= 3; lv++)
+    for (int lv = 0; lv <= 4; lv++)
         for (int cbk = 0; cbk < 2; cbk++) {
             snprintf(labels[nc], sizeof labels[nc], "cachegen L%d %s", lv, cbk ? "codebook" : "chunk-tables");
             cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), cbk};
@@ -363,7 +366,8 @@ int codec_bench_main(int argc, char **argv)
                  {"cachegen L1 tables", CODEC_CACHEGEN, 1, 0},
                  {"cachegen L1 codebook", CODEC_CACHEGEN, 1, 1},
                  {"cachegen L2 tables", CODEC_CACHEGEN, 2, 0},
-                 {"cachegen L3 tables", CODEC_CACHEGEN, 3, 0}};
+                 {"cachegen L3 tables", CODEC_CACHEGEN, 3, 0},
+                 {"cachegen L4 tables", CODEC_CACHEGEN, 4, 0}};
     size_t ncases = sizeof cases / sizeof cases[0];
     for (size_t c = 0; c < ncases; c++) {
         codec_params p = codec_params_default(cases[c].id);

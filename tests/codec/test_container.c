@@ -54,7 +54,7 @@ Test(container, constant_and_zero_rows)
     for (size_t i = n / 2; i < n; i++)
         kv[i] = ((i / 16) % 2) ? 0.0f : 3.25f;
     for (int c = 0; c < N_CODECS; c++) {
-        for (int lv = 0; lv <= 3; lv++) {
+        for (int lv = 0; lv <= 4; lv++) {
             int maxl;
             codec_levels(all_codecs[c], NULL, &maxl);
             if (lv > maxl)

@@ -44,7 +44,7 @@ Test(gpu_decode, identical_to_cpu_all_codecs)
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         float *kv = synth(shapes[k], 3 + k);
         for (int c = 0; c < N_CODECS; c++)
-            for (int lv = 0; lv <= 3; lv++) {
+            for (int lv = 0; lv <= 4; lv++) {
                 int maxl;
                 codec_levels(all_codecs[c], NULL, &maxl);
                 if (lv > maxl)
