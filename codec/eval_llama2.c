@@ -3,7 +3,7 @@
  * engine is linked. It is an evaluation KV source (codec_eval.h), not an inference engine:
  * the engine replaces it as the source once it lands.
  *
- * Procedure: NP prompts of P tokens are sampled from the model itself (BOS, then temperature
+ * Procedure: 4 prompts of P tokens are sampled from the model itself (BOS, then temperature
  * 1, seeded: no tokenizer needed). Their pre-RoPE K and V, stacked along the token axis, are
  * the tensor the codecs compress. Fidelity of a decoded tensor: each prompt's cache is
  * replaced by its decoded version and the next N tokens (the exact run's own sample) are
@@ -263,7 +263,7 @@ rk_status codec_kv_source_llama2(const char *path, uint64_t seed, codec_kv_sourc
     /* prompts: 256 tokens (one stream block) when they fit, else half the context */
     m->p = m->seq_len >= 512 ? 256 : m->seq_len / 2;
     m->n = m->seq_len - m->p - GREEDY_TOKENS < 96 ? m->seq_len - m->p - GREEDY_TOKENS : 96;
-    m->np = 2;
+    m->np = 4;
     size_t act = D * 4 + Hd * 2 + (size_t)m->seq_len + (size_t)m->vocab;
     m->x = rk_calloc(act, sizeof(float));
     m->kc = rk_calloc(L * m->seq_len * m->kv_dim, sizeof(float));
