@@ -268,7 +268,7 @@ static void bench_usage(FILE *f)
 {
     fprintf(f, "usage: ragkv bench codec [--tokens N] [--layers L --heads H --dim D]\n"
                "       [--threads N] [--iters N] [--cuda] [--cuda-tokens N]\n"
-               "       [--kv FILE --shape L,T,H,D] [--json FILE]\n"
+               "       [--kv FILE --shape L,T,H,D | --model LLAMA2.bin] [--json FILE]\n"
                "Encode/decode throughput in MB/s of fp16 KV (decode writes fp16), per codec and\n"
                "level, on synthetic Llama-3-8B-shaped KV (32 x 8 x 128) unless --kv is given.\n"
                "--threads 1 (default) measures one core; --cuda also times codec_decode_cuda.\n");
@@ -280,7 +280,7 @@ int codec_bench_main(int argc, char **argv)
 {
     int tokens = 256, layers = 32, heads = 8, dim = 128, threads = 1, iters = 3, cuda = 0;
     int cuda_tokens = 0;
-    const char *json = NULL, *kvfile = NULL;
+    const char *json = NULL, *kvfile = NULL, *model = NULL;
     codec_shape fshape = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -297,6 +297,8 @@ int codec_bench_main(int argc, char **argv)
             json = v, i++;
         else if (!strcmp(a, "--kv") && v)
             kvfile = v, i++;
+        else if (!strcmp(a, "--model") && v)
+            model = v, i++;
         else if (!strcmp(a, "--shape") && v) {
             unsigned l, t, h, d;
             if (sscanf(v, "%u,%u,%u,%u", &l, &t, &h, &d) != 4) {
@@ -315,7 +317,9 @@ int codec_bench_main(int argc, char **argv)
     codec_kv_source src;
     rk_status st;
     codec_shape shape = {(uint32_t)layers, (uint32_t)tokens, (uint32_t)heads, (uint32_t)dim};
-    if (kvfile)
+    if (model)
+        st = codec_kv_source_llama2(model, 1, &src);
+    else if (kvfile)
         st = codec_kv_source_file(kvfile, &fshape, &src);
     else
         st = codec_kv_source_synthetic(&shape, 7, &src);
