@@ -528,7 +528,7 @@ struct lane {
     const uint8_t *ptr, *end;                    /* the stream's remaining bytes */
     uint32_t c0;                                 /* first channel */
     const rans_model *mod[2][CG_LANE_GROUP];     /* [residual][channel of group] */
-    const float *csc[2][CG_LANE_GROUP];          /* channel mode: [residual][channel] scale */
+    float csc[2][CG_LANE_GROUP];                 /* channel mode: [residual][channel] scale */
     uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
     float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
     float row[CG_LANE_GROUP];                    /* the row being decoded */
@@ -539,7 +539,8 @@ struct lane {
  * per value is the reference's (and cuda/'s): val = (q * scale) [+ anchor]. Returns false on
  * a malformed stream. */
 static inline __attribute__((always_inline)) bool
-decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
+decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, const int DELTA,
+             struct lane *ln)
 {
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
@@ -548,7 +549,6 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
     size_t lkv = si / lay->n_groups / lay->n_tblocks;
     uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
     int qmax = p->qmax[lkv];
-    int mode = kv ? p->v_scale_mode : p->k_scale_mode;
     uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
     if (t1 > lay->T)
         t1 = lay->T;
@@ -561,7 +561,7 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
             for (int r = 0; r < 2; r++) {
                 int rr = r && p->anchor_interval;
                 L->mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, L->c0 + i, rr)];
-                L->csc[r][i] = &j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
+                L->csc[r][i] = j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
             }
             L->head[i] = (L->c0 + i) / lay->D;
         }
@@ -577,6 +577,7 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
         int res = cg_is_residual(p, t, &a);
         const float *trow = tsc + (size_t)t * lay->H;
         for (uint32_t i = 0; i < nc; i++)
+#pragma GCC unroll 4
             for (int k = 0; k < NL; k++) {
                 struct lane *L = &ln[k];
                 const rans_model *m = L->mod[res][i];
@@ -589,12 +590,14 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, struct lane *ln)
                     x = (x << 8) | *L->ptr++;
                 }
                 L->x = x;
-                float sc = mode == CODEC_SCALE_TOKEN ? trow[L->head[i]] : *L->csc[res][i];
+                float sc = MODE == CODEC_SCALE_TOKEN ? trow[L->head[i]] : L->csc[res][i];
                 float val = (float)((int)s - qmax) * sc;
-                if (res)
-                    val = L->anchor[i] + val;
-                else
-                    L->anchor[i] = val;
+                if (DELTA) {
+                    if (res)
+                        val = L->anchor[i] + val;
+                    else
+                        L->anchor[i] = val;
+                }
                 L->row[i] = val;
             }
         for (int k = 0; k < NL; k++)
@@ -623,14 +626,21 @@ static void decode_streams(void *vctx, size_t b, size_t e)
     while (si < e) {
         uint32_t g = (uint32_t)(si % lay->n_groups);
         /* four full-width groups of the same block: g..g+3 all before the last group */
+        size_t lkv = si / lay->n_groups / lay->n_tblocks;
+        int mode = lkv % 2 ? j->p->v_scale_mode : j->p->k_scale_mode;
+        int delta = j->p->anchor_interval != 0;
+        int four = si + 4 <= e && g + 4 < lay->n_groups;
         bool ok;
-        if (si + 4 <= e && g + 4 < lay->n_groups) {
-            ok = decode_lanes(j, si, 4, ln);
-            si += 4;
-        } else {
-            ok = decode_lanes(j, si, 1, ln);
-            si += 1;
-        }
+        /* constant arguments: each combination compiles to its own straight-line loop */
+#define CG_LANES(nl, md, dl) decode_lanes(j, si, nl, md, dl, ln)
+        if (four)
+            ok = mode == CODEC_SCALE_TOKEN ? (delta ? CG_LANES(4, 0, 1) : CG_LANES(4, 0, 0))
+                                           : (delta ? CG_LANES(4, 1, 1) : CG_LANES(4, 1, 0));
+        else
+            ok = mode == CODEC_SCALE_TOKEN ? (delta ? CG_LANES(1, 0, 1) : CG_LANES(1, 0, 0))
+                                           : (delta ? CG_LANES(1, 1, 1) : CG_LANES(1, 1, 0));
+#undef CG_LANES
+        si += four ? 4 : 1;
         if (!ok) {
             __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
             return;
