@@ -531,7 +531,6 @@ struct lane {
     float csc[2][CG_LANE_GROUP];                 /* channel mode: [residual][channel] scale */
     uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
     float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
-    float row[CG_LANE_GROUP];                    /* the row being decoded */
 };
 
 /* Decode NL streams si.. si+NL-1 of one (layer, K|V, token block) with equal channel counts
@@ -542,6 +541,7 @@ static inline __attribute__((always_inline)) bool
 decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, const int DELTA,
              struct lane *ln)
 {
+    float row[4 * CG_LANE_GROUP]; /* the token's values of all lanes: adjacent channels */
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
     uint32_t g = (uint32_t)(si % lay->n_groups);
@@ -598,10 +598,10 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                     else
                         L->anchor[i] = val;
                 }
-                L->row[i] = val;
+                row[(uint32_t)k * nc + i] = val;
             }
-        for (int k = 0; k < NL; k++)
-            codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + ln[k].c0, ln[k].row, nc);
+        /* lanes are consecutive groups of equal width: one contiguous run of channels */
+        codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, (size_t)NL * nc);
     }
     for (int k = 0; k < NL; k++) /* the encoder's initial state, and every byte used */
         if (ln[k].x != RANS_L || ln[k].ptr != ln[k].end)
