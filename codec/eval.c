@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codec_eval.h"
 #include "codec_impl.h"
@@ -276,6 +277,15 @@ static void bench_usage(FILE *f)
 
 static double best_of(double a, double b) { return a < b ? a : b; }
 
+/* CPU time of the process: on a shared machine a one-thread run's CPU time is its cost on one
+ * core, whatever else the machine runs. */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int codec_bench_main(int argc, char **argv)
 {
     int tokens = 256, layers = 32, heads = 8, dim = 128, threads = 1, iters = 3, cuda = 0;
@@ -356,7 +366,8 @@ int codec_bench_main(int argc, char **argv)
     printf("KV %s L=%u T=%u H=%u D=%u: %.1f MB fp16; %s thread(s)\n", src.name, shape.n_layers,
            shape.n_tokens, shape.n_kv_heads, shape.head_dim, mb,
            threads == 1 ? "1" : threads == 0 ? "all" : argv[0] ? "N" : "N");
-    printf("%-28s %8s %12s %12s\n", "codec", "bits/val", "encode MB/s", "decode MB/s");
+    printf("%-28s %8s %12s %12s %12s %12s\n", "codec", "bits/val", "encode MB/s", "decode MB/s",
+           "enc MB/cpu-s", "dec MB/cpu-s");
     if (jf)
         fprintf(jf, "{\"source\":\"%s\",\"shape\":[%u,%u,%u,%u],\"threads\":%d,\"cpu\":[\n",
                 src.name, shape.n_layers, shape.n_tokens, shape.n_kv_heads, shape.head_dim,
@@ -378,20 +389,25 @@ int codec_bench_main(int argc, char **argv)
         p.level = cases[c].level;
         p.pool = pool;
         p.codebook = cases[c].codebook ? cb : NULL;
-        double te = 1e30, td = 1e30;
+        double te = 1e30, td = 1e30, ce = 1e30, cd = 1e30;
         rk_buf b = RK_BUF_INIT;
         for (int it = 0; it < iters; it++) {
             b.len = 0;
+            double c0 = cpu_s();
             uint64_t t0 = rk_now_ns();
             if ((st = codec_encode(src.kv, &shape, &p, &b)) != RK_OK)
                 break;
             uint64_t t1 = rk_now_ns();
+            double c1 = cpu_s();
             codec_decode_opts o = {.pool = pool, .codebook = cb};
             if ((st = codec_decode(b.data, b.len, &o, CODEC_F16, out, n * 2)) != RK_OK)
                 break;
             uint64_t t2 = rk_now_ns();
+            double c2 = cpu_s();
             te = best_of(te, (double)(t1 - t0) * 1e-9);
             td = best_of(td, (double)(t2 - t1) * 1e-9);
+            ce = best_of(ce, c1 - c0);
+            cd = best_of(cd, c2 - c1);
         }
         if (st != RK_OK) {
             rk_buf_free(&b);
@@ -400,11 +416,14 @@ int codec_bench_main(int argc, char **argv)
             goto done;
         }
         double bits = 8.0 * (double)b.len / (double)n;
-        printf("%-28s %8.3f %12.1f %12.1f\n", cases[c].label, bits, mb / te, mb / td);
+        printf("%-28s %8.3f %12.1f %12.1f %12.1f %12.1f\n", cases[c].label, bits, mb / te,
+               mb / td, mb / ce, mb / cd);
         if (jf)
             fprintf(jf, "{\"label\":\"%s\",\"bits_per_value\":%.5f,\"encode_mb_s\":%.2f,"
-                        "\"decode_mb_s\":%.2f}%s\n",
-                    cases[c].label, bits, mb / te, mb / td, c + 1 < ncases ? "," : "");
+                        "\"decode_mb_s\":%.2f,\"encode_mb_per_cpu_s\":%.2f,"
+                        "\"decode_mb_per_cpu_s\":%.2f}%s\n",
+                    cases[c].label, bits, mb / te, mb / td, mb / ce, mb / cd,
+                    c + 1 < ncases ? "," : "");
         rk_buf_free(&b);
     }
     if (jf)
