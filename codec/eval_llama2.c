@@ -208,6 +208,74 @@ static void l2_free(struct l2model *m)
 
 static void l2_free_ctx(void *ctx) { l2_free(ctx); }
 
+/* Sample np sequences of p + n tokens (BOS, then temperature 1, seeded) into tokens and stack
+ * the prompts' KV (positions 0..p-1) into kv [L][2][np*p][kv_dim]. With record, also keep
+ * the exact next-token log-probs and greedy continuations the fidelity score compares to. */
+static void sample_kv(struct l2model *m, uint64_t seed, int *tokens, float *kv, int record)
+{
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 0x1234567ull;
+    size_t T = (size_t)m->np * m->p;
+    for (int k = 0; k < m->np; k++) {
+        int *seq = tokens + (size_t)k * (m->p + m->n);
+        seq[0] = 1; /* BOS */
+        for (int i = 0; i + 1 < m->p + m->n; i++) {
+            forward(m, seq[i], i);
+            if (record && i >= m->p)
+                log_softmax(m->ref_logp + ((size_t)k * m->n + (i - m->p)) * m->vocab,
+                            m->logits, m->vocab);
+            float mx = m->logits[0], s = 0;
+            for (int v = 1; v < m->vocab; v++)
+                mx = m->logits[v] > mx ? m->logits[v] : mx;
+            for (int v = 0; v < m->vocab; v++)
+                s += expf(m->logits[v] - mx);
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            float u = (float)((rng >> 40) * (1.0 / 16777216.0)) * s, c = 0;
+            int pick = m->vocab - 1;
+            for (int v = 0; v < m->vocab; v++) {
+                c += expf(m->logits[v] - mx);
+                if (c >= u) {
+                    pick = v;
+                    break;
+                }
+            }
+            seq[i + 1] = pick;
+        }
+        if (record) {
+            forward(m, seq[m->p + m->n - 1], m->p + m->n - 1);
+            log_softmax(m->ref_logp + ((size_t)k * m->n + (m->n - 1)) * m->vocab, m->logits,
+                        m->vocab);
+        }
+        for (int l = 0; l < m->n_layers; l++)
+            for (int t = 0; t < m->p; t++) {
+                size_t dst = ((size_t)l * 2 * T + (size_t)k * m->p + t) * m->kv_dim;
+                size_t src = ((size_t)l * m->seq_len + t) * m->kv_dim;
+                memcpy(kv + dst, m->kc + src, sizeof(float) * m->kv_dim);
+                memcpy(kv + dst + T * m->kv_dim, m->vc + src, sizeof(float) * m->kv_dim);
+            }
+        if (!record)
+            continue;
+        int tok = seq[m->p]; /* the exact greedy continuation from the prompt */
+        for (int g = 0; g < GREEDY_TOKENS; g++) {
+            forward(m, tok, m->p + g);
+            tok = argmax(m->logits, m->vocab);
+            m->ref_greedy[k * GREEDY_TOKENS + g] = tok;
+        }
+    }
+}
+
+/* Codebook training data: KV of other prompts of the same model (seeds unlike the
+ * evaluated prompts'). */
+static float *l2_train_chunk(codec_kv_source *src, int i)
+{
+    struct l2model *m = src->ctx;
+    float *kv = rk_malloc(codec_shape_values(&src->shape) * sizeof(float));
+    int *tok = rk_malloc(sizeof(int) * (size_t)m->np * (m->p + m->n));
+    if (kv && tok)
+        sample_kv(m, src->model_seed * 7919 + 1000 + (uint64_t)i, tok, kv, 0);
+    rk_free(tok);
+    return kv;
+}
+
 rk_status codec_kv_source_llama2(const char *path, uint64_t seed, codec_kv_source *out)
 {
     memset(out, 0, sizeof *out);
@@ -278,59 +346,16 @@ rk_status codec_kv_source_llama2(const char *path, uint64_t seed, codec_kv_sourc
     }
     m->xb = m->x + D, m->xb2 = m->xb + D, m->q = m->xb2 + D, m->hb = m->q + D;
     m->hb2 = m->hb + Hd, m->att = m->hb2 + Hd, m->logits = m->att + m->seq_len;
-    uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 0x1234567ull;
-    size_t T = (size_t)m->np * m->p;
-    for (int k = 0; k < m->np; k++) {
-        int *seq = m->tokens + (size_t)k * (m->p + m->n);
-        seq[0] = 1; /* BOS */
-        for (int i = 0; i + 1 < m->p + m->n; i++) {
-            forward(m, seq[i], i);
-            if (i >= m->p)
-                log_softmax(m->ref_logp + ((size_t)k * m->n + (i - m->p)) * m->vocab,
-                            m->logits, m->vocab);
-            /* sample at temperature 1 */
-            float mx = m->logits[0], s = 0;
-            for (int v = 1; v < m->vocab; v++)
-                mx = m->logits[v] > mx ? m->logits[v] : mx;
-            for (int v = 0; v < m->vocab; v++)
-                s += expf(m->logits[v] - mx);
-            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-            float u = (float)((rng >> 40) * (1.0 / 16777216.0)) * s, c = 0;
-            int pick = m->vocab - 1;
-            for (int v = 0; v < m->vocab; v++) {
-                c += expf(m->logits[v] - mx);
-                if (c >= u) {
-                    pick = v;
-                    break;
-                }
-            }
-            seq[i + 1] = pick;
-        }
-        forward(m, seq[m->p + m->n - 1], m->p + m->n - 1);
-        log_softmax(m->ref_logp + ((size_t)k * m->n + (m->n - 1)) * m->vocab, m->logits, m->vocab);
-        /* stack this prompt's KV (positions 0..p-1) into the canonical tensor */
-        for (int l = 0; l < m->n_layers; l++)
-            for (int t = 0; t < m->p; t++) {
-                size_t dst = ((size_t)l * 2 * T + (size_t)k * m->p + t) * m->kv_dim;
-                size_t src = ((size_t)l * m->seq_len + t) * m->kv_dim;
-                memcpy(out->kv + dst, m->kc + src, sizeof(float) * m->kv_dim);
-                memcpy(out->kv + dst + T * m->kv_dim, m->vc + src, sizeof(float) * m->kv_dim);
-            }
-        /* the exact greedy continuation from the prompt */
-        int tok = seq[m->p];
-        for (int g = 0; g < GREEDY_TOKENS; g++) {
-            forward(m, tok, m->p + g);
-            tok = argmax(m->logits, m->vocab);
-            m->ref_greedy[k * GREEDY_TOKENS + g] = tok;
-        }
-    }
+    sample_kv(m, seed, m->tokens, out->kv, 1);
     fclose(f);
     out->name = path;
-    out->shape = (codec_shape){(uint32_t)m->n_layers, (uint32_t)T, (uint32_t)m->n_kv,
+    out->shape = (codec_shape){(uint32_t)m->n_layers, (uint32_t)(m->np * m->p), (uint32_t)m->n_kv,
                                (uint32_t)m->hs};
     out->fidelity = l2_fidelity;
     out->ctx = m;
     out->free_ctx = l2_free_ctx;
+    out->train_chunk = l2_train_chunk;
+    out->model_seed = seed;
     return RK_OK;
 fail:
     if (f)
