@@ -86,7 +86,8 @@ typedef struct codec_codebook codec_codebook;
  * set to -1 take the level's default (docs/codec.md lists them). */
 typedef struct codec_params {
     codec_id codec;   /* which codec */
-    int level;        /* quality level, 0 = best; -1: the codec's default level */
+    int level;        /* quality level, 0 = best (cachegen 0..4, default 1; lz4 0..1); -1:
+                         the codec's default level */
     /* cachegen only: */
     const codec_codebook *codebook; /* borrowed; NULL: per-chunk probability tables. When set
                                        it fixes level and every option below. */
@@ -94,7 +95,8 @@ typedef struct codec_params {
     int v_scale_mode;    /* codec_scale_mode for V; -1: default (token) */
     int anchor_interval; /* delta coding against an anchor token every n tokens; 0 off;
                             -1: default (off) */
-    int group;           /* channels per independent stream (1..1024); -1: default 8 */
+    int group;           /* channels per independent stream (1..1024; the CUDA decoder takes
+                            up to 64); -1: default 8 */
     int model_group;     /* channels sharing one probability model in per-chunk tables;
                             -1: default (head_dim) */
     rk_pool *pool;       /* borrowed, optional: parallel encode */
@@ -162,7 +164,9 @@ rk_status codec_decode(const void *data, size_t len, const codec_decode_opts *op
  * thread: dev_out (canonical layout, dtype CODEC_F16 or CODEC_BF16) must hold
  * codec_decoded_bytes(). stream is a cudaStream_t (NULL: the default stream); the call
  * returns when the output is complete. Output is bit-identical to codec_decode(). Builds
- * without CUDA return RK_ERR_UNSUPPORTED; no device gives RK_ERR_UNAVAILABLE. */
+ * without CUDA return RK_ERR_UNSUPPORTED; no device gives RK_ERR_UNAVAILABLE; cachegen
+ * containers with stream groups wider than 64 channels give RK_ERR_UNSUPPORTED. Device
+ * buffers for the compressed data are allocated and freed inside the call. */
 rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opts *opts,
                             codec_dtype dtype, void *dev_out, size_t out_bytes, void *stream);
 
