@@ -36,7 +36,7 @@ void cg_params_for_level(int level, uint32_t n_layers, const codec_params *user,
     p->k_scale_mode = user && user->k_scale_mode >= 0 ? (uint8_t)user->k_scale_mode
                                                       : CODEC_SCALE_CHANNEL;
     p->v_scale_mode = user && user->v_scale_mode >= 0 ? (uint8_t)user->v_scale_mode
-                                                      : CODEC_SCALE_TOKEN;
+                                                      : CODEC_SCALE_CHANNEL;
     p->anchor_interval = user && user->anchor_interval >= 0 ? (uint16_t)user->anchor_interval : 0;
     p->stream_tokens = 256;
     p->group = user && user->group > 0 ? (uint16_t)user->group : 8;

@@ -185,6 +185,10 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_pat
         cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, 1, kmode, anchor), 1};
         nc++;
     }
+    snprintf(labels[nc], sizeof labels[nc], "cachegen L1 cb V-token");
+    cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, 1, -1, 0), 1};
+    cf[nc].p.v_scale_mode = CODEC_SCALE_TOKEN;
+    nc++;
     size_t n = codec_shape_values(&src->shape);
     uint32_t L = src->shape.n_layers;
     float *dec = rk_malloc(n * sizeof(float));

@@ -92,7 +92,7 @@ typedef struct codec_params {
     const codec_codebook *codebook; /* borrowed; NULL: per-chunk probability tables. When set
                                        it fixes level and every option below. */
     int k_scale_mode;    /* codec_scale_mode for K; -1: default (channel) */
-    int v_scale_mode;    /* codec_scale_mode for V; -1: default (token) */
+    int v_scale_mode;    /* codec_scale_mode for V; -1: default (channel) */
     int anchor_interval; /* delta coding against an anchor token every n tokens; 0 off;
                             -1: default (off) */
     int group;           /* channels per independent stream (1..1024; the CUDA decoder takes
