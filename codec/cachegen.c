@@ -130,6 +130,7 @@ static uint16_t scale_of(float absmax, int qmax)
     return rk_f32_to_f16(s);
 }
 
+/* Symmetric quantization of v with step s, clamped to [-qmax, qmax] (0 for a zero step). */
 static int quant(float v, float s, int qmax)
 {
     if (!(s > 0.0f))
@@ -268,6 +269,7 @@ struct stream_job {
     int failed;
 };
 
+/* rANS-encode every stream of (layer, K|V) planes [b, e) into bufs[plane], lengths into lens. */
 static void encode_lkv(void *vctx, size_t b, size_t e)
 {
     struct stream_job *j = vctx;
@@ -314,6 +316,8 @@ done:
     rk_free(m);
 }
 
+/* Build every model from its frequencies (model index order); RK_ERR_FORMAT when one is
+ * invalid. */
 static rk_status models_from_freqs(const uint16_t *freqs, const cg_params *p,
                                    const cg_layout *lay, rans_model *models)
 {
@@ -337,6 +341,7 @@ static size_t freqs_len(const cg_params *p, const cg_layout *lay)
     return n;
 }
 
+/* Normalise every model's symbol counts to 16-bit frequencies (model index order). */
 static void freqs_from_counts(const uint64_t *counts, const cg_params *p, const cg_layout *lay,
                               uint16_t *freqs)
 {
@@ -348,6 +353,8 @@ static void freqs_from_counts(const uint64_t *counts, const cg_params *p, const 
     }
 }
 
+/* cachegen: quantize, pick tables (codebook or per chunk), entropy-code the streams, emit the
+ * sections. */
 static rk_status cg_encode(const float *kv, const codec_shape *shape, const codec_params *up,
                            int level, codec_wsections *w, uint64_t *codebook_id)
 {
@@ -613,6 +620,7 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
  * and width. Groups wider than CG_LANE_GROUP use the reference loop below. */
 static void decode_streams_generic(struct dec_job *j, size_t b, size_t e);
 
+/* rk_pool_for body: decode streams [b, e) into j->out; any malformed stream sets j->failed. */
 static void decode_streams(void *vctx, size_t b, size_t e)
 {
     struct dec_job *j = vctx;
@@ -770,6 +778,8 @@ void cg_prepared_free(cg_prepared *pr)
     memset(pr, 0, sizeof *pr);
 }
 
+/* cachegen on the CPU: prepare (validate everything but the streams), decode streams in
+ * parallel. */
 static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
                            void *out, rk_pool *pool)
 {
@@ -829,6 +839,7 @@ void codec_codebook_free(codec_codebook *cb)
     rk_free(cb);
 }
 
+/* Serialise a codebook without its trailing checksum (docs/format.md section 5). */
 static void cb_body(const codec_codebook *cb, rk_buf *out)
 {
     rk_buf_put_u32(out, CB_MAGIC);

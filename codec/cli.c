@@ -10,6 +10,7 @@
 #include "ragkv/alloc.h"
 #include "ragkv/cli.h"
 
+/* The subcommands' synopsis. */
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -50,6 +51,7 @@ static rk_status read_file(const char *path, uint8_t **out, size_t *len)
     return RK_OK;
 }
 
+/* Write len bytes to path (created or truncated). */
 static rk_status write_file(const char *path, const void *data, size_t len)
 {
     FILE *f = fopen(path, "wb");
@@ -61,6 +63,7 @@ static rk_status write_file(const char *path, const void *data, size_t len)
     return RK_OK;
 }
 
+/* "L,T,H,D" with every field >= 1 into *sh; 0 when malformed. */
 static int parse_shape(const char *s, codec_shape *sh)
 {
     unsigned a, b, c, d;
@@ -71,6 +74,7 @@ static int parse_shape(const char *s, codec_shape *sh)
     return 1;
 }
 
+/* A decimal integer in [lo, hi] into *out; 0 when malformed or out of range. */
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
     char *end;
@@ -84,6 +88,7 @@ static int parse_int(const char *s, int lo, int hi, int *out)
     return 1;
 }
 
+/* "token" or "channel" into a codec_scale_mode; 0 otherwise. */
 static int parse_mode(const char *s, int *out)
 {
     if (s && !strcmp(s, "token"))
@@ -95,6 +100,7 @@ static int parse_mode(const char *s, int *out)
     return 1;
 }
 
+/* Print what failed with the status and its detail; returns exit status 1. */
 static int fail(const char *what, rk_status st)
 {
     fprintf(stderr, "ragkv codec: %s: %s (%s)\n", what, rk_strerror(st), rk_error_msg());
@@ -112,6 +118,7 @@ struct opts {
     int npos;
 };
 
+/* Parse argv (argv[0] = the subcommand) into o; 0 (after a message) on a bad option. */
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -192,6 +199,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     return 1;
 }
 
+/* Read and parse a codebook file; *cb owned by the caller. */
 static rk_status load_codebook(const char *path, codec_codebook **cb)
 {
     uint8_t *d;
@@ -204,6 +212,7 @@ static rk_status load_codebook(const char *path, codec_codebook **cb)
     return st;
 }
 
+/* `ragkv codec encode`: raw tensor file -> container file. */
 static int cmd_encode(struct opts *o)
 {
     if (!o->have_shape || o->npos != 2) {
@@ -251,6 +260,8 @@ done:
     return rc;
 }
 
+/* `ragkv codec decode`: container file -> raw tensor file (f32) or 16-bit little-endian
+ * values. */
 static int cmd_decode(struct opts *o)
 {
     if (o->npos != 2) {
@@ -322,6 +333,7 @@ done:
     return rc;
 }
 
+/* `ragkv codec inspect`: print the header and sizes. */
 static int cmd_inspect(struct opts *o)
 {
     if (o->npos != 1) {
@@ -349,6 +361,7 @@ static int cmd_inspect(struct opts *o)
     return 0;
 }
 
+/* `ragkv codec train-codebook`: codebook file from sample tensor files. */
 static int cmd_train(struct opts *o)
 {
     if (!o->have_shape || o->npos < 2) {
@@ -393,6 +406,7 @@ done:
     return rc;
 }
 
+/* `ragkv codec eval`: the compression/fidelity table over a KV source. */
 static int cmd_eval(struct opts *o)
 {
     codec_kv_source src;

@@ -63,6 +63,7 @@ struct check_ctx {
     size_t bad; /* first offending index + 1, 0 when none (racy writes of any bad index) */
 };
 
+/* rk_pool_for body: record an index of a non-finite or out-of-fp16-range value in [b, e). */
 static void check_range(void *vctx, size_t b, size_t e)
 {
     struct check_ctx *c = vctx;
@@ -237,8 +238,10 @@ static uint64_t sm64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* Uniform in [0, 1) from the top 24 bits. */
 static float unif(uint64_t *s) { return (float)((sm64(s) >> 40) * (1.0 / 16777216.0)); }
 
+/* Standard normal (Box-Muller). */
 static float gauss(uint64_t *s)
 {
     float u1 = unif(s), u2 = unif(s);

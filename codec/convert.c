@@ -21,6 +21,7 @@ __attribute__((target("f16c,avx"))) static void to_f16_f16c(uint16_t *dst, const
         dst[i] = rk_f32_to_f16(src[i]);
 }
 
+/* Whether the CPU and OS support F16C and AVX (CPUID + XGETBV), cached after the first call. */
 static int have_f16c(void)
 {
     static int cached = -1;

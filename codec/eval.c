@@ -72,6 +72,7 @@ struct result {
     int has_fid;
 };
 
+/* Relative L2 error of b against a, per layer for K and V, and overall, into r. */
 static void rel_l2_layers(const float *a, const float *b, const codec_shape *s,
                           struct result *r)
 {
@@ -103,6 +104,7 @@ static void rel_l2_layers(const float *a, const float *b, const codec_shape *s,
     r->rel_l2 = tx > 0 ? sqrt(te / tx) : sqrt(te);
 }
 
+/* Encode (training a codebook first when asked), decode and score one configuration. */
 static rk_status run_config(codec_kv_source *src, const struct config *c, rk_pool *pool,
                             float *dec, struct result *r)
 {
@@ -153,6 +155,7 @@ done:
     return st;
 }
 
+/* Encoder parameters for a codec, level, K scale mode and anchor interval. */
 static codec_params cfg(codec_id id, int level, int kmode, int anchor)
 {
     codec_params p = codec_params_default(id);
@@ -279,6 +282,7 @@ static void bench_usage(FILE *f)
                "--threads 1 (default) measures one core; --cuda also times codec_decode_cuda.\n");
 }
 
+/* The smaller of two times. */
 static double best_of(double a, double b) { return a < b ? a : b; }
 
 /* CPU time of the process: on a shared machine a one-thread run's CPU time is its cost on one

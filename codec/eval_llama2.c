@@ -35,6 +35,7 @@ struct l2model {
     int *ref_greedy;                    /* (np, GREEDY_TOKENS) exact greedy continuation */
 };
 
+/* o = w * x / rms(x) (eps 1e-5). */
 static void rmsnorm(float *o, const float *x, const float *w, int n)
 {
     float ss = 0;
@@ -119,6 +120,7 @@ static void forward(struct l2model *m, int tok, int pos)
     matmul(m->logits, m->xb, m->wcls, dim, m->vocab);
 }
 
+/* o = log softmax(x). */
 static void log_softmax(float *o, const float *x, int n)
 {
     float mx = x[0], s = 0;
@@ -131,6 +133,7 @@ static void log_softmax(float *o, const float *x, int n)
         o[i] = x[i] - ls;
 }
 
+/* Index of the largest of n values (the first on ties). */
 static int argmax(const float *x, int n)
 {
     int b = 0;
@@ -153,6 +156,8 @@ static void load_prompt_kv(struct l2model *m, const float *kv, int k)
         }
 }
 
+/* codec_kv_source.fidelity: KL, top-1 and greedy match of decoded prompt KV against the exact
+ * run. */
 static rk_status l2_fidelity(void *ctx, const float *decoded, codec_fidelity *out)
 {
     struct l2model *m = ctx;
@@ -192,6 +197,7 @@ static rk_status l2_fidelity(void *ctx, const float *decoded, codec_fidelity *ou
     return RK_OK;
 }
 
+/* Release the model and its run state; NULL is a no-op. */
 static void l2_free(struct l2model *m)
 {
     if (!m)
@@ -206,6 +212,7 @@ static void l2_free(struct l2model *m)
     rk_free(m);
 }
 
+/* codec_kv_source.free_ctx. */
 static void l2_free_ctx(void *ctx) { l2_free(ctx); }
 
 /* Sample np sequences of p + n tokens (BOS, then temperature 1, seeded) into tokens and stack

@@ -30,6 +30,7 @@ struct f16_job {
     int bad;            /* an Inf or NaN pattern: no encoder of ours writes one */
 };
 
+/* Copy or convert fp16 values [b, e) to the output dtype; flags Inf/NaN patterns. */
 static void f16_range(void *vctx, size_t b, size_t e)
 {
     struct f16_job *j = vctx;
@@ -51,6 +52,7 @@ static void f16_range(void *vctx, size_t b, size_t e)
         __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
 }
 
+/* raw: check the payload size against the geometry, then convert in parallel. */
 static rk_status raw_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
                             void *out, rk_pool *pool)
 {
@@ -82,6 +84,7 @@ struct lz4_enc_job {
     int failed;
 };
 
+/* Shuffle and compress planes [b, e), each into its own malloc'd block. */
 static void lz4_enc_range(void *vctx, size_t b, size_t e)
 {
     struct lz4_enc_job *j = vctx;
@@ -113,6 +116,7 @@ fail:
     __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
 }
 
+/* lz4: INDEX (u32 compressed size per plane) and PAYLOAD (the blocks back to back). */
 static rk_status lz4_encode(const float *kv, const codec_shape *shape, const codec_params *p,
                             int level, codec_wsections *w, uint64_t *cbid)
 {
@@ -156,6 +160,7 @@ struct lz4_dec_job {
     int failed;
 };
 
+/* Decompress and unshuffle planes [b, e); any malformed block sets failed. */
 static void lz4_dec_range(void *vctx, size_t b, size_t e)
 {
     struct lz4_dec_job *j = vctx;
@@ -242,6 +247,7 @@ struct q8_job {
     int8_t *q;         /* [rows][D] */
 };
 
+/* Quantize rows [b, e) of head_dim values: fp16 scale = max|x| / 127, int8 q. */
 static void q8_enc_range(void *vctx, size_t b, size_t e)
 {
     struct q8_job *j = vctx;
@@ -262,6 +268,7 @@ static void q8_enc_range(void *vctx, size_t b, size_t e)
     }
 }
 
+/* q8: SCALES (fp16 per row) and PAYLOAD (int8 per value). */
 static rk_status q8_encode(const float *kv, const codec_shape *shape, const codec_params *p,
                            int level, codec_wsections *w, uint64_t *cbid)
 {
@@ -286,6 +293,7 @@ struct q8_dec_job {
     int bad; /* a scale was not a finite non-negative number */
 };
 
+/* Dequantize rows [b, e); a non-finite or negative scale sets bad. */
 static void q8_dec_range(void *vctx, size_t b, size_t e)
 {
     struct q8_dec_job *j = vctx;
@@ -305,6 +313,7 @@ static void q8_dec_range(void *vctx, size_t b, size_t e)
     }
 }
 
+/* q8: check section sizes against the geometry, then dequantize in parallel. */
 static rk_status q8_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
                            void *out, rk_pool *pool)
 {

@@ -18,6 +18,7 @@
 
 #define CG_CUDA_MAX_GROUP 64
 
+/* Translate a CUDA error: no device/driver -> RK_ERR_UNAVAILABLE, else RK_ERR_DEVICE. */
 static rk_status cuda_err(cudaError_t e, const char *what)
 {
     if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
@@ -44,6 +45,7 @@ extern "C" int codec_cuda_available(void)
     return n > 0;
 }
 
+/* Store v at index i as bf16 or fp16, rounding to nearest even (as the CPU does). */
 __device__ __forceinline__ void store_out(void *out, int bf16, size_t i, float v)
 {
     if (bf16)
@@ -69,6 +71,7 @@ struct cg_dev {
     int *failed;              /* device flag */
 };
 
+/* One thread per stream: decode_streams() of cachegen.c, operation for operation. */
 __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
 {
     const cg_dev &d = *dp;
@@ -134,6 +137,7 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
         atomicExch(d.failed, 1);
 }
 
+/* cachegen into device memory: host-side validation, uploads, the kernel, the error flag. */
 static rk_status cg_decode_cuda(const codec_view *v, const codec_codebook *cb, int bf16,
                                 void *dev_out, cudaStream_t stream, float *kernel_ms)
 {
@@ -232,6 +236,7 @@ __global__ void q8_kernel(const uint16_t *scales, const int8_t *q, size_t n, uin
     store_out(out, bf16, i, __fmul_rn((float)q[i], s));
 }
 
+/* One thread per value: fp16 -> bf16. */
 __global__ void f16_to_bf16_kernel(const uint16_t *in, size_t n, void *out)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -239,6 +244,7 @@ __global__ void f16_to_bf16_kernel(const uint16_t *in, size_t n, void *out)
         store_out(out, 1, i, __half2float(__ushort_as_half(in[i])));
 }
 
+/* raw and q8 into device memory, with the CPU decoder's checks. */
 static rk_status simple_decode_cuda(const codec_view *v, int bf16, void *dev_out,
                                     cudaStream_t stream, float *kernel_ms)
 {
