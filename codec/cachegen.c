@@ -260,13 +260,13 @@ static int model_nsym(const cg_params *p, const cg_layout *lay, size_t m)
 /* ---- streams --------------------------------------------------------------------------- */
 
 struct stream_job {
-    const uint8_t *sym;
-    const cg_params *p;
-    const cg_layout *lay;
-    const rans_model *models;
+    const uint8_t *sym;       /* [L][2][T][C] symbols */
+    const cg_params *p;       /* the container's parameters */
+    const cg_layout *lay;     /* sizes derived from them */
+    const rans_model *models; /* [n_models] */
     rk_buf *bufs;        /* [L*2] concatenated streams per plane */
     uint32_t *lens;      /* [n_streams] */
-    int failed;
+    int failed;          /* an allocation failed */
 };
 
 /* rANS-encode every stream of (layer, K|V) planes [b, e) into bufs[plane], lengths into lens. */
@@ -507,14 +507,14 @@ fail:
 }
 
 struct dec_job {
-    const cg_params *p;
-    const cg_layout *lay;
-    const rans_model *models;
+    const cg_params *p;       /* the container's parameters */
+    const cg_layout *lay;     /* sizes derived from them */
+    const rans_model *models; /* [n_models] */
     const float *scales;      /* [n_scales] */
-    const uint8_t *payload;
-    const uint64_t *offs;     /* [n_streams + 1] */
-    codec_dtype dtype;
-    void *out;
+    const uint8_t *payload;   /* the PAYLOAD section (borrowed) */
+    const uint64_t *offs;     /* [n_streams + 1] stream offsets in payload */
+    codec_dtype dtype;        /* output element type */
+    void *out;                /* canonical layout output */
     int failed;               /* a stream was malformed */
 };
 

@@ -76,12 +76,12 @@ const struct codec_i codec_raw_i = {
 /* ---- lz4: per (layer, K|V) plane, fp16 low bytes then high bytes, one LZ4 block -------- */
 
 struct lz4_enc_job {
-    const float *kv;
+    const float *kv;   /* canonical layout input */
     size_t plane;      /* values per (layer, K|V) */
-    int level;
+    int level;         /* 0 LZ4 fast, 1 LZ4 HC */
     uint8_t **blocks;  /* [L*2] compressed, owned by the caller */
-    int *sizes;        /* [L*2] */
-    int failed;
+    int *sizes;        /* [L*2] compressed bytes */
+    int failed;        /* allocation or compression failed */
 };
 
 /* Shuffle and compress planes [b, e), each into its own malloc'd block. */
@@ -152,12 +152,12 @@ done:
 }
 
 struct lz4_dec_job {
-    const uint8_t *payload;
-    const uint64_t *offs; /* [nb + 1] */
-    size_t plane;
-    codec_dtype dtype;
-    void *out;
-    int failed;
+    const uint8_t *payload; /* the concatenated blocks (borrowed) */
+    const uint64_t *offs;   /* [nb + 1] block offsets */
+    size_t plane;           /* values per block */
+    codec_dtype dtype;      /* output element type */
+    void *out;              /* canonical layout output */
+    int failed;             /* 1 malformed block, 2 out of memory, 3 Inf/NaN value */
 };
 
 /* Decompress and unshuffle planes [b, e); any malformed block sets failed. */
@@ -242,7 +242,7 @@ const struct codec_i codec_lz4_i = {
 
 struct q8_job {
     const float *kv;   /* [rows][D] */
-    uint32_t D;
+    uint32_t D;        /* head_dim: values per row */
     uint8_t *scales;   /* [rows] fp16 LE */
     int8_t *q;         /* [rows][D] */
 };
@@ -285,11 +285,11 @@ static rk_status q8_encode(const float *kv, const codec_shape *shape, const code
 }
 
 struct q8_dec_job {
-    const uint8_t *scales;
-    const int8_t *q;
-    uint32_t D;
-    codec_dtype dtype;
-    void *out;
+    const uint8_t *scales;  /* [rows] fp16 LE */
+    const int8_t *q;        /* [rows][D] */
+    uint32_t D;             /* head_dim: values per row */
+    codec_dtype dtype;      /* output element type */
+    void *out;              /* canonical layout output */
     int bad; /* a scale was not a finite non-negative number */
 };
 

@@ -119,13 +119,13 @@ rk_status codec_encode(const float *kv, const codec_shape *shape, const codec_pa
 
 /* What a container holds, read from its header and section table. */
 typedef struct codec_info {
-    codec_shape shape;
+    codec_shape shape;       /* geometry of the tensor */
     codec_dtype src_dtype;   /* the dtype the values had before encoding */
-    codec_id codec;
-    int level;
+    codec_id codec;          /* how the values are coded */
+    int level;               /* the codec's quality level */
     uint64_t codebook_id;    /* 0: none needed */
     uint32_t version;        /* container format version */
-    uint32_t n_sections;
+    uint32_t n_sections;     /* entries in the section table */
     size_t total_bytes;      /* whole container */
     size_t table_bytes;      /* per-chunk probability tables (cachegen), 0 otherwise */
     size_t overhead_bytes;   /* header, section table, parameters, scales, stream index */
