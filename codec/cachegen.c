@@ -1,0 +1,1042 @@
+/* cachegen.c — the cachegen codec: layer-banded symmetric quantization (scales per token or
+ * per channel, optional delta coding against anchor tokens) and rANS entropy coding with
+ * probability models per (layer, K|V, channel group), cut into independent streams of at
+ * most 256 tokens x one channel group. docs/codec.md explains the choices and measures them. */
+#include <math.h>
+#include <string.h>
+
+#include "codec_impl.h"
+#include "ragkv/alloc.h"
+#include "ragkv/hash.h"
+
+#define CG_DEFAULT_LEVEL 1
+#define CG_MAX_LEVEL 4
+
+/* qmax per level: {K early, K late, V early, V late}. Early K layers are the first third,
+ * early V layers the first two (CacheGen's bands). Symbols per value: 2 * qmax + 1. */
+static const uint8_t level_qmax[CG_MAX_LEVEL + 1][4] = {
+    {31, 15, 31, 15}, /* 0: best */
+    {15, 7, 15, 7},   /* 1: default, CacheGen's bins (32 early, 16 late) */
+    {7, 3, 7, 3},     /* 2 */
+    {3, 2, 3, 1},     /* 3 */
+    {2, 1, 1, 1},     /* 4: smallest */
+};
+
+void cg_params_for_level(int level, uint32_t n_layers, const codec_params *user,
+                         uint32_t head_dim, cg_params *p)
+{
+    memset(p, 0, sizeof *p);
+    if (level < 0 || level > CG_MAX_LEVEL)
+        level = CG_DEFAULT_LEVEL;
+    uint32_t k_early = (n_layers + 2) / 3, v_early = 2;
+    for (uint32_t l = 0; l < n_layers && l < CG_MAX_LAYERS; l++) {
+        p->qmax[2 * l] = level_qmax[level][l < k_early ? 0 : 1];
+        p->qmax[2 * l + 1] = level_qmax[level][l < v_early ? 2 : 3];
+    }
+    p->k_scale_mode = user && user->k_scale_mode >= 0 ? (uint8_t)user->k_scale_mode
+                                                      : CODEC_SCALE_CHANNEL;
+    p->v_scale_mode = user && user->v_scale_mode >= 0 ? (uint8_t)user->v_scale_mode
+                                                      : CODEC_SCALE_CHANNEL;
+    p->anchor_interval = user && user->anchor_interval >= 0 ? (uint16_t)user->anchor_interval : 0;
+    p->stream_tokens = 256;
+    p->group = user && user->group > 0 ? (uint16_t)user->group : 8;
+    p->model_group = user && user->model_group > 0 ? (uint16_t)user->model_group
+                                                   : (uint16_t)(head_dim > 65535 ? 65535 : head_dim);
+}
+
+rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_params *p)
+{
+    memset(p, 0, sizeof *p);
+    if (n_layers > CG_MAX_LAYERS || len != CG_PARAMS_FIXED + 2 * (size_t)n_layers)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: parameter section of %zu bytes for %u "
+                            "layers", len, n_layers);
+    p->k_scale_mode = d[0];
+    p->v_scale_mode = d[1];
+    p->tables = d[2];
+    p->anchor_interval = rk_get_le16(d + 4);
+    p->stream_tokens = rk_get_le16(d + 6);
+    p->group = rk_get_le16(d + 8);
+    p->model_group = rk_get_le16(d + 10);
+    if (p->k_scale_mode > 1 || p->v_scale_mode > 1 || p->tables > 1 || d[3] != 0)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: bad mode byte");
+    if (!p->stream_tokens || p->stream_tokens > 256 || !p->group || !p->model_group ||
+        p->anchor_interval > p->stream_tokens)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: bad stream parameters");
+    for (uint32_t i = 0; i < 2 * n_layers; i++) {
+        p->qmax[i] = d[CG_PARAMS_FIXED + i];
+        if (p->qmax[i] < 1 || 2 * p->qmax[i] + 1 > CODEC_MAX_SYMBOLS)
+            return rk_error_set(RK_ERR_FORMAT, "cachegen: qmax %u", p->qmax[i]);
+    }
+    return RK_OK;
+}
+
+void cg_params_write(const cg_params *p, uint32_t n_layers, rk_buf *out)
+{
+    uint8_t f[CG_PARAMS_FIXED] = {p->k_scale_mode, p->v_scale_mode, p->tables, 0};
+    rk_put_le16(f + 4, p->anchor_interval);
+    rk_put_le16(f + 6, p->stream_tokens);
+    rk_put_le16(f + 8, p->group);
+    rk_put_le16(f + 10, p->model_group);
+    rk_buf_append(out, f, sizeof f);
+    rk_buf_append(out, p->qmax, 2 * (size_t)n_layers);
+}
+
+rk_status cg_layout_make(const codec_shape *s, const cg_params *p, cg_layout *lay)
+{
+    memset(lay, 0, sizeof *lay);
+    lay->L = s->n_layers;
+    lay->T = s->n_tokens;
+    lay->H = s->n_kv_heads;
+    lay->D = s->head_dim;
+    if ((uint64_t)lay->H * lay->D > (1u << 20) || lay->L > CG_MAX_LAYERS)
+        return rk_error_set(RK_ERR_LIMIT, "cachegen: %u layers x %u channels", lay->L,
+                            lay->H * lay->D);
+    lay->C = lay->H * lay->D;
+    lay->n_tblocks = (lay->T + p->stream_tokens - 1) / p->stream_tokens;
+    lay->n_groups = (lay->C + p->group - 1) / p->group;
+    lay->n_streams = (size_t)lay->L * 2 * lay->n_tblocks * lay->n_groups;
+    lay->n_mgroups = (lay->C + p->model_group - 1) / p->model_group;
+    lay->models_per_lkv = lay->n_mgroups * (p->anchor_interval ? 2 : 1);
+    lay->n_models = (size_t)lay->L * 2 * lay->models_per_lkv;
+    for (int kv = 0; kv < 2; kv++) {
+        int mode = kv ? p->v_scale_mode : p->k_scale_mode;
+        lay->scale_block[kv] = mode == CODEC_SCALE_TOKEN
+                                   ? (size_t)lay->T * lay->H
+                                   : (size_t)lay->C * (p->anchor_interval ? 2 : 1);
+    }
+    lay->n_scales = (size_t)lay->L * (lay->scale_block[0] + lay->scale_block[1]);
+    return RK_OK;
+}
+
+size_t cg_scale_index(const cg_layout *lay, const cg_params *p, uint32_t l, uint32_t kv,
+                      uint32_t t, uint32_t c, int residual)
+{
+    size_t base = (size_t)l * (lay->scale_block[0] + lay->scale_block[1]) +
+                  (kv ? lay->scale_block[0] : 0);
+    int mode = kv ? p->v_scale_mode : p->k_scale_mode;
+    if (mode == CODEC_SCALE_TOKEN)
+        return base + (size_t)t * lay->H + c / lay->D;
+    return base + (size_t)(residual ? lay->C : 0) + c;
+}
+
+/* ---- quantization ---------------------------------------------------------------------- */
+
+/* A scale as stored (fp16), from the largest magnitude it must cover. */
+static uint16_t scale_of(float absmax, int qmax)
+{
+    float s = absmax / (float)qmax;
+    if (s > 65504.0f)
+        s = 65504.0f;
+    return rk_f32_to_f16(s);
+}
+
+/* Symmetric quantization of v with step s, clamped to [-qmax, qmax] (0 for a zero step). */
+static int quant(float v, float s, int qmax)
+{
+    if (!(s > 0.0f))
+        return 0;
+    float q = rintf(v / s);
+    if (q > (float)qmax)
+        q = (float)qmax;
+    if (q < -(float)qmax)
+        q = -(float)qmax;
+    return (int)q;
+}
+
+struct quant_job {
+    const float *kv;     /* [L][2][T][C] input */
+    const cg_params *p;
+    const cg_layout *lay;
+    uint8_t *sym;        /* [L][2][T][C] symbols out */
+    uint16_t *scales;    /* [n_scales] fp16 out */
+    int failed;          /* an allocation failed */
+};
+
+/* Quantize one (layer, K|V) plane: anchors (or every token without delta coding) first,
+ * then residual tokens against their anchors' reconstruction. */
+static void quant_lkv(void *vctx, size_t b, size_t e)
+{
+    struct quant_job *j = vctx;
+    const cg_layout *lay = j->lay;
+    const cg_params *p = j->p;
+    uint32_t T = lay->T, C = lay->C, D = lay->D;
+    float *recon = p->anchor_interval ? rk_malloc(sizeof(float) * (size_t)T * C) : NULL;
+    float *cmax = rk_malloc(sizeof(float) * C);
+    if ((p->anchor_interval && !recon) || !cmax) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (size_t lkv = b; lkv < e; lkv++) {
+        uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+        int qmax = p->qmax[lkv];
+        int mode = kv ? p->v_scale_mode : p->k_scale_mode;
+        const float *x = j->kv + lkv * (size_t)T * C;
+        uint8_t *sym = j->sym + lkv * (size_t)T * C;
+        for (int pass = 0; pass < 2; pass++) { /* 0: anchors, 1: residuals */
+            if (pass == 1 && !p->anchor_interval)
+                break;
+            if (mode == CODEC_SCALE_CHANNEL) {
+                memset(cmax, 0, sizeof(float) * C);
+                for (uint32_t t = 0; t < T; t++) {
+                    uint32_t a = t;
+                    if (cg_is_residual(p, t, &a) != pass)
+                        continue;
+                    for (uint32_t c = 0; c < C; c++) {
+                        float v = x[(size_t)t * C + c];
+                        if (pass)
+                            v -= recon[(size_t)a * C + c];
+                        if (fabsf(v) > cmax[c])
+                            cmax[c] = fabsf(v);
+                    }
+                }
+                for (uint32_t c = 0; c < C; c++)
+                    j->scales[cg_scale_index(lay, p, l, kv, 0, c, pass)] = scale_of(cmax[c], qmax);
+            }
+            for (uint32_t t = 0; t < T; t++) {
+                uint32_t a = t;
+                if (cg_is_residual(p, t, &a) != pass)
+                    continue;
+                const float *row = x + (size_t)t * C;
+                if (mode == CODEC_SCALE_TOKEN)
+                    for (uint32_t h = 0; h < lay->H; h++) {
+                        float m = 0;
+                        for (uint32_t d = 0; d < D; d++) {
+                            float v = row[h * D + d];
+                            if (pass)
+                                v -= recon[(size_t)a * C + h * D + d];
+                            if (fabsf(v) > m)
+                                m = fabsf(v);
+                        }
+                        j->scales[cg_scale_index(lay, p, l, kv, t, h * D, pass)] = scale_of(m, qmax);
+                    }
+                for (uint32_t c = 0; c < C; c++) {
+                    float s = rk_f16_to_f32(j->scales[cg_scale_index(lay, p, l, kv, t, c, pass)]);
+                    float v = row[c];
+                    if (pass)
+                        v -= recon[(size_t)a * C + c];
+                    int q = quant(v, s, qmax);
+                    sym[(size_t)t * C + c] = (uint8_t)(q + qmax);
+                    if (recon && !pass) /* the decoder's reconstruction, op for op */
+                        recon[(size_t)t * C + c] = (float)q * s;
+                }
+            }
+        }
+    }
+done:
+    rk_free(recon);
+    rk_free(cmax);
+}
+
+/* Quantize kv into symbols [L][2][T][C] and fp16 scales [n_scales]. */
+static rk_status cg_quantize(const float *kv, const cg_params *p, const cg_layout *lay,
+                             rk_pool *pool, uint8_t *sym, uint16_t *scales)
+{
+    struct quant_job j = {kv, p, lay, sym, scales, 0};
+    rk_pool_for(pool, (size_t)lay->L * 2, 1, quant_lkv, &j);
+    return j.failed ? rk_error_set(RK_ERR_NOMEM, "cachegen: quantize") : RK_OK;
+}
+
+/* Add the symbol counts of one quantized tensor to counts[n_models][CODEC_MAX_SYMBOLS]. */
+static void cg_count(const uint8_t *sym, const cg_params *p, const cg_layout *lay,
+                     uint64_t *counts)
+{
+    for (uint32_t l = 0; l < lay->L; l++)
+        for (uint32_t kv = 0; kv < 2; kv++)
+            for (uint32_t t = 0; t < lay->T; t++) {
+                uint32_t a;
+                int res = cg_is_residual(p, t, &a);
+                const uint8_t *row = sym + (((size_t)l * 2 + kv) * lay->T + t) * lay->C;
+                for (uint32_t c = 0; c < lay->C; c++)
+                    counts[cg_model_index(lay, p, l, kv, c, res) * CODEC_MAX_SYMBOLS + row[c]]++;
+            }
+}
+
+/* Alphabet size of model m. */
+static int model_nsym(const cg_params *p, const cg_layout *lay, size_t m)
+{
+    return 2 * p->qmax[m / lay->models_per_lkv] + 1;
+}
+
+/* ---- streams --------------------------------------------------------------------------- */
+
+struct stream_job {
+    const uint8_t *sym;       /* [L][2][T][C] symbols */
+    const cg_params *p;       /* the container's parameters */
+    const cg_layout *lay;     /* sizes derived from them */
+    const rans_model *models; /* [n_models] */
+    rk_buf *bufs;        /* [L*2] concatenated streams per plane */
+    uint32_t *lens;      /* [n_streams] */
+    int failed;          /* an allocation failed */
+};
+
+/* rANS-encode every stream of (layer, K|V) planes [b, e) into bufs[plane], lengths into lens. */
+static void encode_lkv(void *vctx, size_t b, size_t e)
+{
+    struct stream_job *j = vctx;
+    const cg_layout *lay = j->lay;
+    const cg_params *p = j->p;
+    size_t cap = (size_t)p->stream_tokens * p->group;
+    uint8_t *s = rk_malloc(cap);
+    const rans_model **m = rk_malloc(cap * sizeof *m);
+    if (!s || !m) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (size_t lkv = b; lkv < e; lkv++) {
+        uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+        for (uint32_t tb = 0; tb < lay->n_tblocks; tb++)
+            for (uint32_t g = 0; g < lay->n_groups; g++) {
+                uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
+                uint32_t c0 = g * p->group, c1 = c0 + p->group;
+                if (t1 > lay->T)
+                    t1 = lay->T;
+                if (c1 > lay->C)
+                    c1 = lay->C;
+                size_t n = 0;
+                for (uint32_t t = t0; t < t1; t++) {
+                    uint32_t a;
+                    int res = cg_is_residual(p, t, &a);
+                    const uint8_t *row = j->sym + (lkv * lay->T + t) * lay->C;
+                    for (uint32_t c = c0; c < c1; c++, n++) {
+                        s[n] = row[c];
+                        m[n] = &j->models[cg_model_index(lay, p, l, kv, c, res)];
+                    }
+                }
+                size_t before = j->bufs[lkv].len;
+                if (rans_encode(s, m, n, &j->bufs[lkv]) != RK_OK) {
+                    __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+                    goto done;
+                }
+                j->lens[(lkv * lay->n_tblocks + tb) * lay->n_groups + g] =
+                    (uint32_t)(j->bufs[lkv].len - before);
+            }
+    }
+done:
+    rk_free(s);
+    rk_free(m);
+}
+
+/* Build every model from its frequencies (model index order); RK_ERR_FORMAT when one is
+ * invalid. */
+static rk_status models_from_freqs(const uint16_t *freqs, const cg_params *p,
+                                   const cg_layout *lay, rans_model *models)
+{
+    const uint16_t *f = freqs;
+    for (size_t i = 0; i < lay->n_models; i++) {
+        int ns = model_nsym(p, lay, i);
+        rk_status st = rans_model_build(f, ns, &models[i]);
+        if (st != RK_OK)
+            return st;
+        f += ns;
+    }
+    return RK_OK;
+}
+
+/* Train frequencies for every model from counts; freqs sized sum of nsym. */
+static size_t freqs_len(const cg_params *p, const cg_layout *lay)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < lay->n_models; i++)
+        n += (size_t)model_nsym(p, lay, i);
+    return n;
+}
+
+/* Normalise every model's symbol counts to 16-bit frequencies (model index order). */
+static void freqs_from_counts(const uint64_t *counts, const cg_params *p, const cg_layout *lay,
+                              uint16_t *freqs)
+{
+    uint16_t *f = freqs;
+    for (size_t i = 0; i < lay->n_models; i++) {
+        int ns = model_nsym(p, lay, i);
+        rans_normalize(counts + i * CODEC_MAX_SYMBOLS, ns, f);
+        f += ns;
+    }
+}
+
+/* cachegen: quantize, pick tables (codebook or per chunk), entropy-code the streams, emit the
+ * sections. */
+static rk_status cg_encode(const float *kv, const codec_shape *shape, const codec_params *up,
+                           int level, codec_wsections *w, uint64_t *codebook_id)
+{
+    cg_params p;
+    cg_layout lay;
+    rk_status st;
+    uint8_t *sym = NULL;
+    uint16_t *scales = NULL, *freqs = NULL;
+    uint64_t *counts = NULL;
+    rans_model *models = NULL;
+    rk_buf *bufs = NULL;
+    uint32_t *lens = NULL;
+    const codec_codebook *cb = up->codebook;
+    if (cb) {
+        if ((st = cg_codebook_check(cb, shape)) != RK_OK)
+            return st;
+        p = *cg_codebook_params(cb);
+        *codebook_id = codec_codebook_id(cb);
+    } else {
+        cg_params_for_level(level, shape->n_layers, up, shape->head_dim, &p);
+        if (up->k_scale_mode > 1 || up->v_scale_mode > 1 || up->anchor_interval > 256 ||
+            up->group > 1024 || up->model_group > 65535)
+            return rk_error_set(RK_ERR_INVALID, "cachegen: option out of range");
+    }
+    if ((st = cg_layout_make(shape, &p, &lay)) != RK_OK)
+        return st;
+    size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
+    sym = rk_malloc(nval);
+    scales = rk_calloc(lay.n_scales ? lay.n_scales : 1, sizeof *scales);
+    models = rk_malloc(lay.n_models * sizeof *models);
+    bufs = rk_calloc((size_t)lay.L * 2, sizeof *bufs);
+    lens = rk_malloc(lay.n_streams * sizeof *lens);
+    if (!sym || !scales || !models || !bufs || !lens) {
+        st = rk_error_set(RK_ERR_NOMEM, "cachegen: encode buffers");
+        goto fail;
+    }
+    if ((st = cg_quantize(kv, &p, &lay, up->pool, sym, scales)) != RK_OK)
+        goto fail;
+    if (cb) {
+        size_t nm;
+        memcpy(models, cg_codebook_models(cb, &nm), lay.n_models * sizeof *models);
+    } else {
+        counts = rk_calloc(lay.n_models * CODEC_MAX_SYMBOLS, sizeof *counts);
+        freqs = rk_malloc(freqs_len(&p, &lay) * sizeof *freqs);
+        if (!counts || !freqs) {
+            st = rk_error_set(RK_ERR_NOMEM, "cachegen: tables");
+            goto fail;
+        }
+        cg_count(sym, &p, &lay, counts);
+        freqs_from_counts(counts, &p, &lay, freqs);
+        if ((st = models_from_freqs(freqs, &p, &lay, models)) != RK_OK)
+            goto fail;
+    }
+    p.tables = cb ? 1 : 0;
+    struct stream_job j = {sym, &p, &lay, models, bufs, lens, 0};
+    rk_pool_for(up->pool, (size_t)lay.L * 2, 1, encode_lkv, &j);
+    if (j.failed) {
+        st = rk_error_set(RK_ERR_NOMEM, "cachegen: streams");
+        goto fail;
+    }
+    rk_buf *b = codec_wsections_add(w, SEC_PARAMS);
+    cg_params_write(&p, lay.L, b);
+    b = codec_wsections_add(w, SEC_SCALES);
+    for (size_t i = 0; i < lay.n_scales; i++)
+        rk_buf_put_u16(b, scales[i]);
+    if (!cb) {
+        b = codec_wsections_add(w, SEC_TABLES);
+        size_t nf = freqs_len(&p, &lay);
+        for (size_t i = 0; i < nf; i++)
+            rk_buf_put_u16(b, freqs[i]);
+    }
+    b = codec_wsections_add(w, SEC_INDEX);
+    for (size_t i = 0; i < lay.n_streams; i++)
+        rk_buf_put_u32(b, lens[i]);
+    b = codec_wsections_add(w, SEC_PAYLOAD);
+    size_t total = 0;
+    for (size_t i = 0; i < (size_t)lay.L * 2; i++)
+        total += bufs[i].len;
+    rk_buf_reserve(b, total);
+    for (size_t i = 0; i < (size_t)lay.L * 2; i++)
+        rk_buf_append(b, bufs[i].data, bufs[i].len);
+    st = RK_OK;
+fail:
+    if (bufs)
+        for (size_t i = 0; i < (size_t)lay.L * 2; i++)
+            rk_buf_free(&bufs[i]);
+    rk_free(bufs);
+    rk_free(lens);
+    rk_free(sym);
+    rk_free(scales);
+    rk_free(counts);
+    rk_free(freqs);
+    rk_free(models);
+    return st;
+}
+
+/* ---- decoding -------------------------------------------------------------------------- */
+
+rk_status cg_models_get(const codec_view *v, const cg_params *p, const cg_layout *lay,
+                        const codec_codebook *cb, const rans_model **models, bool *owned)
+{
+    *models = NULL;
+    *owned = false;
+    const codec_rsection *tab = codec_view_section(v, SEC_TABLES);
+    if (p->tables == 1) {
+        if (!cb)
+            return rk_error_set(RK_ERR_NOT_FOUND, "cachegen: codebook needed");
+        if (tab)
+            return rk_error_set(RK_ERR_FORMAT, "cachegen: codebook container with tables");
+        rk_status st = cg_codebook_check(cb, &v->info.shape);
+        if (st != RK_OK)
+            return st;
+        const cg_params *cp = cg_codebook_params(cb);
+        if (memcmp(cp->qmax, p->qmax, 2 * (size_t)lay->L) || cp->k_scale_mode != p->k_scale_mode ||
+            cp->v_scale_mode != p->v_scale_mode || cp->anchor_interval != p->anchor_interval ||
+            cp->model_group != p->model_group)
+            return rk_error_set(RK_ERR_FORMAT, "cachegen: parameters differ from the codebook's");
+        size_t nm;
+        *models = cg_codebook_models(cb, &nm);
+        if (nm != lay->n_models)
+            return rk_error_set(RK_ERR_FORMAT, "cachegen: codebook has %zu models, need %zu", nm,
+                                lay->n_models);
+        return RK_OK;
+    }
+    if (v->info.codebook_id != 0)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: codebook id without codebook tables");
+    size_t nf = freqs_len(p, lay);
+    if (!tab || tab->len != 2 * nf)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: tables section of %zu bytes, need %zu",
+                            tab ? tab->len : 0, 2 * nf);
+    uint16_t *freqs = rk_malloc(nf * sizeof *freqs);
+    rans_model *m = rk_malloc(lay->n_models * sizeof *m);
+    rk_status st = RK_OK;
+    if (!freqs || !m) {
+        st = rk_error_set(RK_ERR_NOMEM, "cachegen: tables");
+        goto fail;
+    }
+    for (size_t i = 0; i < nf; i++)
+        freqs[i] = rk_get_le16(tab->data + 2 * i);
+    if ((st = models_from_freqs(freqs, p, lay, m)) != RK_OK)
+        goto fail;
+    rk_free(freqs);
+    *models = m;
+    *owned = true;
+    return RK_OK;
+fail:
+    rk_free(freqs);
+    rk_free(m);
+    return st;
+}
+
+struct dec_job {
+    const cg_params *p;       /* the container's parameters */
+    const cg_layout *lay;     /* sizes derived from them */
+    const rans_model *models; /* [n_models] */
+    const float *scales;      /* [n_scales] */
+    const uint8_t *payload;   /* the PAYLOAD section (borrowed) */
+    const uint64_t *offs;     /* [n_streams + 1] stream offsets in payload */
+    codec_dtype dtype;        /* output element type */
+    void *out;                /* canonical layout output */
+    int failed;               /* a stream was malformed */
+};
+
+/* Find the symbol whose interval holds slot: start at its 256-slot bucket, step up. */
+static inline uint32_t find_sym(const rans_model *m, uint32_t slot)
+{
+    uint32_t s = m->bucket[slot >> 8];
+    while (m->cum[s + 1] <= slot)
+        s++;
+    return s;
+}
+
+#define CG_LANE_GROUP 64 /* the interleaved decoder handles groups up to this many channels */
+
+/* One stream being decoded by decode_lanes. */
+struct lane {
+    uint32_t x;                                  /* rANS state */
+    const uint8_t *ptr, *end;                    /* the stream's remaining bytes */
+    uint32_t c0;                                 /* first channel */
+    const rans_model *mod[2][CG_LANE_GROUP];     /* [residual][channel of group] */
+    float csc[2][CG_LANE_GROUP];                 /* channel mode: [residual][channel] scale */
+    uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
+    float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
+};
+
+/* Decode NL streams si.. si+NL-1 of one (layer, K|V, token block) with equal channel counts
+ * in lockstep: NL independent rANS state chains give the CPU parallel work. The arithmetic
+ * per value is the reference's (and cuda/'s): val = (q * scale) [+ anchor]. Returns false on
+ * a malformed stream. */
+static inline __attribute__((always_inline)) bool
+decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, const int DELTA,
+             struct lane *ln)
+{
+    float row[4 * CG_LANE_GROUP]; /* the token's values of all lanes: adjacent channels */
+    const cg_params *p = j->p;
+    const cg_layout *lay = j->lay;
+    uint32_t g = (uint32_t)(si % lay->n_groups);
+    uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
+    size_t lkv = si / lay->n_groups / lay->n_tblocks;
+    uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+    int qmax = p->qmax[lkv];
+    uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
+    if (t1 > lay->T)
+        t1 = lay->T;
+    uint32_t c0 = g * p->group, nc = lay->C - c0 < p->group ? lay->C - c0 : p->group;
+    const float *tsc = &j->scales[cg_scale_index(lay, p, l, kv, 0, 0, 0)]; /* token mode */
+    for (int k = 0; k < NL; k++) {
+        struct lane *L = &ln[k];
+        L->c0 = c0 + (uint32_t)k * p->group;
+        for (uint32_t i = 0; i < nc; i++) {
+            for (int r = 0; r < 2; r++) {
+                int rr = r && p->anchor_interval;
+                L->mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, L->c0 + i, rr)];
+                L->csc[r][i] = j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
+            }
+            L->head[i] = (L->c0 + i) / lay->D;
+        }
+        L->ptr = j->payload + j->offs[si + (size_t)k];
+        L->end = j->payload + j->offs[si + (size_t)k + 1];
+        if (L->end - L->ptr < 4)
+            return false;
+        L->x = rk_get_le32(L->ptr);
+        L->ptr += 4;
+    }
+    for (uint32_t t = t0; t < t1; t++) {
+        uint32_t a;
+        int res = cg_is_residual(p, t, &a);
+        const float *trow = tsc + (size_t)t * lay->H;
+        for (uint32_t i = 0; i < nc; i++)
+#pragma GCC unroll 4
+            for (int k = 0; k < NL; k++) {
+                struct lane *L = &ln[k];
+                const rans_model *m = L->mod[res][i];
+                uint32_t x = L->x, slot = x & (RANS_PROB_SCALE - 1);
+                uint32_t s = find_sym(m, slot);
+                x = (m->cum[s + 1] - m->cum[s]) * (x >> RANS_PROB_BITS) + slot - m->cum[s];
+                while (x < RANS_L) {
+                    if (L->ptr == L->end)
+                        return false;
+                    x = (x << 8) | *L->ptr++;
+                }
+                L->x = x;
+                float sc = MODE == CODEC_SCALE_TOKEN ? trow[L->head[i]] : L->csc[res][i];
+                float val = (float)((int)s - qmax) * sc;
+                if (DELTA) {
+                    if (res)
+                        val = L->anchor[i] + val;
+                    else
+                        L->anchor[i] = val;
+                }
+                row[(uint32_t)k * nc + i] = val;
+            }
+        /* lanes are consecutive groups of equal width: one contiguous run of channels */
+        codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, (size_t)NL * nc);
+    }
+    for (int k = 0; k < NL; k++) /* the encoder's initial state, and every byte used */
+        if (ln[k].x != RANS_L || ln[k].ptr != ln[k].end)
+            return false;
+    return true;
+}
+
+/* Decode streams [b, e), four at a time where four consecutive ones share a token block
+ * and width. Groups wider than CG_LANE_GROUP use the reference loop below. */
+static void decode_streams_generic(struct dec_job *j, size_t b, size_t e);
+
+/* rk_pool_for body: decode streams [b, e) into j->out; any malformed stream sets j->failed. */
+static void decode_streams(void *vctx, size_t b, size_t e)
+{
+    struct dec_job *j = vctx;
+    const cg_layout *lay = j->lay;
+    if (j->p->group > CG_LANE_GROUP) {
+        decode_streams_generic(j, b, e);
+        return;
+    }
+    struct lane ln[4];
+    size_t si = b;
+    while (si < e) {
+        uint32_t g = (uint32_t)(si % lay->n_groups);
+        /* four full-width groups of the same block: g..g+3 all before the last group */
+        size_t lkv = si / lay->n_groups / lay->n_tblocks;
+        int mode = lkv % 2 ? j->p->v_scale_mode : j->p->k_scale_mode;
+        int delta = j->p->anchor_interval != 0;
+        int four = si + 4 <= e && g + 4 < lay->n_groups;
+        bool ok;
+        /* constant arguments: each combination compiles to its own straight-line loop */
+#define CG_LANES(nl, md, dl) decode_lanes(j, si, nl, md, dl, ln)
+        if (four)
+            ok = mode == CODEC_SCALE_TOKEN ? (delta ? CG_LANES(4, 0, 1) : CG_LANES(4, 0, 0))
+                                           : (delta ? CG_LANES(4, 1, 1) : CG_LANES(4, 1, 0));
+        else
+            ok = mode == CODEC_SCALE_TOKEN ? (delta ? CG_LANES(1, 0, 1) : CG_LANES(1, 0, 0))
+                                           : (delta ? CG_LANES(1, 1, 1) : CG_LANES(1, 1, 0));
+#undef CG_LANES
+        si += four ? 4 : 1;
+        if (!ok) {
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
+/* The reference decoder, one stream at a time, any group width. */
+static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
+{
+    const cg_params *p = j->p;
+    const cg_layout *lay = j->lay;
+    float anchor[1024], row[1024];
+    for (size_t si = b; si < e; si++) {
+        uint32_t g = (uint32_t)(si % lay->n_groups);
+        uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
+        size_t lkv = si / lay->n_groups / lay->n_tblocks;
+        uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+        int qmax = p->qmax[lkv];
+        uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
+        uint32_t c0 = g * p->group, c1 = c0 + p->group;
+        if (t1 > lay->T)
+            t1 = lay->T;
+        if (c1 > lay->C)
+            c1 = lay->C;
+        const uint8_t *ptr = j->payload + j->offs[si], *end = j->payload + j->offs[si + 1];
+        if (end - ptr < 4)
+            goto bad;
+        uint32_t x = rk_get_le32(ptr);
+        ptr += 4;
+        for (uint32_t t = t0; t < t1; t++) {
+            uint32_t a;
+            int res = cg_is_residual(p, t, &a);
+            for (uint32_t c = c0; c < c1; c++) {
+                const rans_model *m = &j->models[cg_model_index(lay, p, l, kv, c, res)];
+                uint32_t slot = x & (RANS_PROB_SCALE - 1);
+                uint32_t s = find_sym(m, slot);
+                x = (m->cum[s + 1] - m->cum[s]) * (x >> RANS_PROB_BITS) + slot - m->cum[s];
+                while (x < RANS_L) {
+                    if (ptr == end)
+                        goto bad;
+                    x = (x << 8) | *ptr++;
+                }
+                float val = (float)((int)s - qmax) * j->scales[cg_scale_index(lay, p, l, kv, t, c, res)];
+                if (res)
+                    val = anchor[c - c0] + val;
+                else
+                    anchor[c - c0] = val;
+                row[c - c0] = val;
+            }
+            codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, c1 - c0);
+        }
+        if (x != RANS_L || ptr != end)
+            goto bad;
+        continue;
+    bad:
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+}
+
+rk_status cg_prepare(const codec_view *v, const codec_codebook *cb, cg_prepared *pr)
+{
+    memset(pr, 0, sizeof *pr);
+    rk_status st;
+    const codec_rsection *par = codec_view_section(v, SEC_PARAMS);
+    const codec_rsection *sca = codec_view_section(v, SEC_SCALES);
+    const codec_rsection *idx = codec_view_section(v, SEC_INDEX);
+    const codec_rsection *pay = codec_view_section(v, SEC_PAYLOAD);
+    if (!par || !sca || !idx || !pay)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: missing section");
+    if ((st = cg_params_parse(par->data, par->len, v->info.shape.n_layers, &pr->p)) != RK_OK)
+        return st;
+    if ((st = cg_layout_make(&v->info.shape, &pr->p, &pr->lay)) != RK_OK)
+        return st;
+    if ((pr->p.tables == 1) != (v->info.codebook_id != 0))
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: table source and codebook id disagree");
+    if (pr->lay.C > 1024 * 1024 || pr->p.group > 1024)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "cachegen: stream group %u", pr->p.group);
+    if (sca->len != 2 * pr->lay.n_scales)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: scales section of %zu bytes, need %zu",
+                            sca->len, 2 * pr->lay.n_scales);
+    if (idx->len / 4 != pr->lay.n_streams || idx->len % 4)
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: index of %zu bytes for %zu streams",
+                            idx->len, pr->lay.n_streams);
+    pr->scales = rk_malloc((pr->lay.n_scales + 1) * sizeof(float));
+    pr->offs = rk_malloc((pr->lay.n_streams + 1) * sizeof(uint64_t));
+    if (!pr->scales || !pr->offs) {
+        st = rk_error_set(RK_ERR_NOMEM, "cachegen: decode buffers");
+        goto fail;
+    }
+    for (size_t i = 0; i < pr->lay.n_scales; i++) {
+        float s = rk_f16_to_f32(rk_get_le16(sca->data + 2 * i));
+        if (!(s >= 0.0f && s <= 65504.0f)) { /* NaN, Inf, negative: not from our encoder */
+            st = rk_error_set(RK_ERR_FORMAT, "cachegen: scale %zu is %g", i, (double)s);
+            goto fail;
+        }
+        pr->scales[i] = s;
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; i < pr->lay.n_streams; i++) {
+        pr->offs[i] = off;
+        off += rk_get_le32(idx->data + 4 * i);
+    }
+    pr->offs[pr->lay.n_streams] = off;
+    if (off != pay->len) {
+        st = rk_error_set(RK_ERR_FORMAT, "cachegen: streams total %llu bytes, payload %zu",
+                          (unsigned long long)off, pay->len);
+        goto fail;
+    }
+    pr->payload = pay->data;
+    pr->payload_len = pay->len;
+    if ((st = cg_models_get(v, &pr->p, &pr->lay, cb, &pr->models, &pr->models_owned)) != RK_OK)
+        goto fail;
+    return RK_OK;
+fail:
+    cg_prepared_free(pr);
+    return st;
+}
+
+void cg_prepared_free(cg_prepared *pr)
+{
+    rk_free(pr->scales);
+    rk_free(pr->offs);
+    if (pr->models_owned)
+        rk_free((void *)pr->models);
+    memset(pr, 0, sizeof *pr);
+}
+
+/* cachegen on the CPU: prepare (validate everything but the streams), decode streams in
+ * parallel. */
+static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
+                           void *out, rk_pool *pool)
+{
+    cg_prepared pr;
+    rk_status st = cg_prepare(v, cb, &pr);
+    if (st != RK_OK)
+        return st;
+    struct dec_job j = {&pr.p, &pr.lay, pr.models, pr.scales, pr.payload, pr.offs, dtype, out, 0};
+    rk_pool_for(pool, pr.lay.n_streams, 16, decode_streams, &j);
+    cg_prepared_free(&pr);
+    if (j.failed)
+        return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
+    return RK_OK;
+}
+
+/* ---- codebooks ------------------------------------------------------------------------- */
+
+#define CB_MAGIC 0x42434b52u /* "RKCB" */
+#define CB_VERSION 1
+
+struct codec_codebook {
+    uint64_t id;          /* XXH3-64 of the serialised body (never 0) */
+    int level;            /* quality level trained for */
+    uint32_t L, H, D;     /* geometry (tokens free) */
+    cg_params p;          /* quantizer and model layout; tables = 1 */
+    cg_layout lay;        /* of a 1-token tensor: models count */
+    uint16_t *freqs;      /* [freqs_len] every model's frequencies, in model order */
+    rans_model *models;   /* [lay.n_models] */
+};
+
+const cg_params *cg_codebook_params(const codec_codebook *cb) { return &cb->p; }
+
+const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models)
+{
+    *n_models = cb->lay.n_models;
+    return cb->models;
+}
+
+rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s)
+{
+    if (s->n_layers != cb->L || s->n_kv_heads != cb->H || s->head_dim != cb->D)
+        return rk_error_set(RK_ERR_INVALID, "codebook is for %u layers x %u heads x %u, "
+                            "tensor is %u x %u x %u", cb->L, cb->H, cb->D, s->n_layers,
+                            s->n_kv_heads, s->head_dim);
+    return RK_OK;
+}
+
+uint64_t codec_codebook_id(const codec_codebook *cb) { return cb->id; }
+int codec_codebook_level(const codec_codebook *cb) { return cb->level; }
+
+void codec_codebook_free(codec_codebook *cb)
+{
+    if (!cb)
+        return;
+    rk_free(cb->freqs);
+    rk_free(cb->models);
+    rk_free(cb);
+}
+
+/* Serialise a codebook without its trailing checksum (docs/format.md section 5). */
+static void cb_body(const codec_codebook *cb, rk_buf *out)
+{
+    rk_buf_put_u32(out, CB_MAGIC);
+    rk_buf_put_u16(out, CB_VERSION);
+    rk_buf_put_u8(out, (uint8_t)cb->level);
+    rk_buf_put_u8(out, 0);
+    rk_buf_put_u32(out, cb->L);
+    rk_buf_put_u32(out, cb->H);
+    rk_buf_put_u32(out, cb->D);
+    rk_buf_put_u32(out, (uint32_t)(CG_PARAMS_FIXED + 2 * cb->L));
+    cg_params_write(&cb->p, cb->L, out);
+    rk_buf_put_u32(out, (uint32_t)cb->lay.n_models);
+    size_t nf = freqs_len(&cb->p, &cb->lay);
+    for (size_t i = 0; i < nf; i++)
+        rk_buf_put_u16(out, cb->freqs[i]);
+}
+
+/* Build models and the id of a codebook whose freqs, params and geometry are set. */
+static rk_status cb_finish(codec_codebook *cb)
+{
+    cb->models = rk_malloc(cb->lay.n_models * sizeof *cb->models);
+    if (!cb->models)
+        return rk_error_set(RK_ERR_NOMEM, "codebook models");
+    rk_status st = models_from_freqs(cb->freqs, &cb->p, &cb->lay, cb->models);
+    if (st != RK_OK)
+        return st;
+    rk_buf b = RK_BUF_INIT;
+    cb_body(cb, &b);
+    if (b.failed) {
+        rk_buf_free(&b);
+        return rk_error_set(RK_ERR_NOMEM, "codebook");
+    }
+    cb->id = rk_xxh3_64(b.data, b.len);
+    if (!cb->id)
+        cb->id = 1;
+    rk_buf_free(&b);
+    return RK_OK;
+}
+
+rk_status codec_codebook_serialize(const codec_codebook *cb, rk_buf *out)
+{
+    size_t start = out->len;
+    cb_body(cb, out);
+    rk_buf_put_u64(out, rk_xxh3_64(out->data + start, out->len - start));
+    if (out->failed) {
+        out->len = start;
+        return rk_error_set(RK_ERR_NOMEM, "codebook serialise");
+    }
+    return RK_OK;
+}
+
+rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **out)
+{
+    *out = NULL;
+    const uint8_t *d = data;
+    rk_status st;
+    if (!data || len < 32)
+        return rk_error_set(RK_ERR_TRUNCATED, "codebook: %zu bytes", len);
+    if (rk_get_le32(d) != CB_MAGIC)
+        return rk_error_set(RK_ERR_FORMAT, "codebook: bad magic");
+    if (rk_get_le16(d + 4) != CB_VERSION)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "codebook: version %u", rk_get_le16(d + 4));
+    if (rk_xxh3_64(d, len - 8) != rk_get_le64(d + len - 8))
+        return rk_error_set(RK_ERR_CORRUPT, "codebook: checksum mismatch");
+    codec_codebook *cb = rk_calloc(1, sizeof *cb);
+    if (!cb)
+        return rk_error_set(RK_ERR_NOMEM, "codebook");
+    rk_reader r = rk_reader_make(d + 8, len - 16);
+    cb->level = d[6];
+    cb->L = rk_reader_u32(&r);
+    cb->H = rk_reader_u32(&r);
+    cb->D = rk_reader_u32(&r);
+    uint32_t plen = rk_reader_u32(&r);
+    const uint8_t *pd = rk_reader_take(&r, plen);
+    if (r.short_read || !pd || d[7] != 0 || cb->level > CG_MAX_LEVEL || !cb->L || !cb->H || !cb->D) {
+        st = rk_error_set(RK_ERR_FORMAT, "codebook: bad header");
+        goto fail;
+    }
+    if ((st = cg_params_parse(pd, plen, cb->L, &cb->p)) != RK_OK)
+        goto fail;
+    codec_shape s1 = {cb->L, 1, cb->H, cb->D};
+    if (cb->p.tables != 1) {
+        st = rk_error_set(RK_ERR_FORMAT, "codebook: table source %u", cb->p.tables);
+        goto fail;
+    }
+    if ((st = cg_layout_make(&s1, &cb->p, &cb->lay)) != RK_OK)
+        goto fail;
+    uint32_t nm = rk_reader_u32(&r);
+    size_t nf = freqs_len(&cb->p, &cb->lay);
+    if (r.short_read || nm != cb->lay.n_models || rk_reader_left(&r) != 2 * nf) {
+        st = rk_error_set(RK_ERR_FORMAT, "codebook: %u models / %zu bytes do not fit the "
+                          "geometry", nm, rk_reader_left(&r));
+        goto fail;
+    }
+    cb->freqs = rk_malloc(nf * sizeof *cb->freqs);
+    if (!cb->freqs) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook");
+        goto fail;
+    }
+    for (size_t i = 0; i < nf; i++)
+        cb->freqs[i] = rk_reader_u16(&r);
+    if ((st = cb_finish(cb)) != RK_OK)
+        goto fail;
+    *out = cb;
+    return RK_OK;
+fail:
+    codec_codebook_free(cb);
+    return st;
+}
+
+rk_status codec_codebook_train(const float *const *samples, const codec_shape *shapes,
+                               size_t n, const codec_params *p, codec_codebook **out)
+{
+    *out = NULL;
+    if (!samples || !shapes || !n || !p || p->codec != CODEC_CACHEGEN || p->codebook)
+        return rk_error_set(RK_ERR_INVALID, "codebook train: bad arguments");
+    int level = p->level < 0 ? CG_DEFAULT_LEVEL : p->level;
+    if (level > CG_MAX_LEVEL)
+        return rk_error_set(RK_ERR_RANGE, "codebook train: level %d (0..%d)", level, CG_MAX_LEVEL);
+    codec_codebook *cb = rk_calloc(1, sizeof *cb);
+    uint64_t *counts = NULL;
+    uint8_t *sym = NULL;
+    uint16_t *scales = NULL;
+    rk_status st;
+    if (!cb)
+        return rk_error_set(RK_ERR_NOMEM, "codebook");
+    cb->level = level;
+    cb->L = shapes[0].n_layers;
+    cb->H = shapes[0].n_kv_heads;
+    cb->D = shapes[0].head_dim;
+    if (!cb->L || !cb->H || !cb->D || cb->L > CG_MAX_LAYERS) {
+        st = rk_error_set(RK_ERR_INVALID, "codebook train: bad shape");
+        goto fail;
+    }
+    codec_params up = *p;
+    if (up.model_group < 0)
+        up.model_group = 1; /* a codebook is paid once: one model per channel */
+    cg_params_for_level(level, cb->L, &up, cb->D, &cb->p);
+    cb->p.tables = 1;
+    codec_shape s1 = {cb->L, 1, cb->H, cb->D};
+    if ((st = cg_layout_make(&s1, &cb->p, &cb->lay)) != RK_OK)
+        goto fail;
+    counts = rk_calloc(cb->lay.n_models * CODEC_MAX_SYMBOLS, sizeof *counts);
+    if (!counts) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook counts");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cg_layout lay;
+        if ((st = cg_codebook_check(cb, &shapes[i])) != RK_OK || !shapes[i].n_tokens)
+            goto fail;
+        if ((st = cg_layout_make(&shapes[i], &cb->p, &lay)) != RK_OK)
+            goto fail;
+        size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
+        for (size_t k = 0; k < nval; k++)
+            if (!(fabsf(samples[i][k]) <= 65504.0f)) {
+                st = rk_error_set(RK_ERR_RANGE, "codebook train: sample %zu value %zu", i, k);
+                goto fail;
+            }
+        sym = rk_malloc(nval);
+        scales = rk_malloc((lay.n_scales + 1) * sizeof *scales);
+        if (!sym || !scales) {
+            st = rk_error_set(RK_ERR_NOMEM, "codebook train");
+            goto fail;
+        }
+        if ((st = cg_quantize(samples[i], &cb->p, &lay, p->pool, sym, scales)) != RK_OK)
+            goto fail;
+        cg_count(sym, &cb->p, &lay, counts);
+        rk_free(sym);
+        rk_free(scales);
+        sym = NULL;
+        scales = NULL;
+    }
+    cb->freqs = rk_malloc(freqs_len(&cb->p, &cb->lay) * sizeof *cb->freqs);
+    if (!cb->freqs) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook");
+        goto fail;
+    }
+    freqs_from_counts(counts, &cb->p, &cb->lay, cb->freqs);
+    if ((st = cb_finish(cb)) != RK_OK)
+        goto fail;
+    rk_free(counts);
+    *out = cb;
+    return RK_OK;
+fail:
+    rk_free(counts);
+    rk_free(sym);
+    rk_free(scales);
+    codec_codebook_free(cb);
+    return st;
+}
+
+const struct codec_i codec_cachegen_i = {
+    .id = CODEC_CACHEGEN,
+    .name = "cachegen",
+    .default_level = CG_DEFAULT_LEVEL,
+    .max_level = CG_MAX_LEVEL,
+    .encode = cg_encode,
+    .decode = cg_decode,
+};

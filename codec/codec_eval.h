@@ -1,0 +1,58 @@
+/*
+ * codec_eval.h — private to codec/: where `ragkv codec eval` and `ragkv bench codec` get KV
+ * from, and the evaluation itself.
+ *
+ * A codec_kv_source yields one KV tensor (canonical layout, float32) plus, later, a way to
+ * score generation with substituted KV. Today's sources: a raw tensor file and the seeded
+ * synthetic generator. The engine plugs in as a third source (prefill a prompt, hand back
+ * its KV, and score next-token KL / top-1 / greedy match with the decoded KV through
+ * `fidelity`) without changing the evaluation loop.
+ */
+#ifndef RAGKV_CODEC_EVAL_H
+#define RAGKV_CODEC_EVAL_H
+
+#include <stdio.h>
+
+#include "ragkv/codec.h"
+
+/* Generation fidelity of decoded KV against the exact KV (filled by an engine source). */
+typedef struct codec_fidelity {
+    double kl;            /* mean next-token KL(exact || decoded), nats */
+    double top1;          /* fraction of positions with the same argmax */
+    double greedy_match;  /* mean matched greedy continuation length, tokens */
+} codec_fidelity;
+
+typedef struct codec_kv_source {
+    const char *name;     /* "synthetic", a file path, a model path */
+    codec_shape shape;
+    float *kv;            /* [shape] canonical layout, owned by the source */
+    uint64_t model_seed;  /* synthetic: seeds of further chunks of the same "model" */
+    /* Optional: score decoded KV (same shape) against kv; NULL when the source cannot. */
+    rk_status (*fidelity)(void *ctx, const float *decoded, codec_fidelity *out);
+    void *ctx;
+    void (*free_ctx)(void *ctx); /* optional: releases ctx */
+    /* Optional: training chunks for a codebook (other chunks of the same model); returns
+     * a fresh tensor of the source's shape (caller frees with rk_free), NULL when none. */
+    float *(*train_chunk)(struct codec_kv_source *src, int i);
+} codec_kv_source;
+
+rk_status codec_kv_source_synthetic(const codec_shape *s, uint64_t seed, codec_kv_source *out);
+/* The private llama2.c forward pass (eval_llama2.c): KV of prompts sampled from the model,
+ * with fidelity scoring. */
+rk_status codec_kv_source_llama2(const char *model_path, uint64_t seed, codec_kv_source *out);
+rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out);
+void codec_kv_source_free(codec_kv_source *src);
+
+/* Encode/decode the source's KV with every codec, level and the cachegen variants; print
+ * the table (bits per value with every overhead, ratio vs fp16 and q8, relative L2 per
+ * layer for K and V, fidelity when the source scores it) and write JSON when json_path. */
+rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_path, FILE *out);
+
+/* `--cuda` part of the benchmark: time codec_decode_cuda (kernel and end to end, best of
+ * iters) and check it is bit-identical to the CPU decoder, on the source's KV or, with
+ * tokens > 0 and a synthetic source, on a fresh synthetic tensor of that many tokens.
+ * Prints a table, appends ",\"cuda\":[...]" to jf when set. Returns 1 on success. */
+int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
+                     int iters, FILE *jf);
+
+#endif

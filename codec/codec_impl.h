@@ -1,0 +1,245 @@
+/*
+ * codec_impl.h — private to codec/: the container reader/writer, the codec function table,
+ * the rANS coder and the cachegen layout shared by the CPU and CUDA decoders.
+ */
+#ifndef RAGKV_CODEC_IMPL_H
+#define RAGKV_CODEC_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ragkv/codec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- container (container.c) ----------------------------------------------------------- */
+
+#define CODEC_MAGIC 0x43564b52u /* "RKVC" little-endian */
+#define CODEC_VERSION 1
+#define CODEC_HEADER_BYTES 48
+#define CODEC_SECTION_BYTES 32
+#define CODEC_MAX_SECTIONS 16
+
+/* Section types (never renumber). */
+enum codec_section_type {
+    SEC_PARAMS = 1, /* codec parameters */
+    SEC_SCALES = 2, /* fp16 quantization scales */
+    SEC_TABLES = 3, /* per-chunk probability tables */
+    SEC_INDEX = 4,  /* u32 byte length of every independent stream / block */
+    SEC_PAYLOAD = 5 /* coded values */
+};
+
+/* A section being written: type and its bytes. */
+typedef struct codec_wsection {
+    uint32_t type;
+    rk_buf buf; /* owned */
+} codec_wsection;
+
+/* Sections produced by an encoder. */
+typedef struct codec_wsections {
+    codec_wsection s[CODEC_MAX_SECTIONS]; /* [n] used */
+    int n;
+} codec_wsections;
+
+/* A new empty section of this type, or NULL when the table is full. */
+rk_buf *codec_wsections_add(codec_wsections *w, uint32_t type);
+void codec_wsections_free(codec_wsections *w);
+
+/* One section of a parsed container: borrowed bytes. */
+typedef struct codec_rsection {
+    uint32_t type;
+    const uint8_t *data; /* borrowed from the container */
+    size_t len;
+} codec_rsection;
+
+/* A parsed, checksum-verified container. */
+typedef struct codec_view {
+    codec_info info;
+    codec_rsection sec[CODEC_MAX_SECTIONS]; /* [info.n_sections] */
+} codec_view;
+
+/* Parse header + table; with verify also check every section checksum. */
+rk_status codec_view_parse(const void *data, size_t len, bool verify, codec_view *v);
+/* The section of this type, or NULL. */
+const codec_rsection *codec_view_section(const codec_view *v, uint32_t type);
+/* Append header, table and sections to out. */
+rk_status codec_container_write(const codec_shape *shape, codec_id id, int level,
+                                uint64_t codebook_id, const codec_wsections *w, rk_buf *out);
+
+/* ---- codecs ---------------------------------------------------------------------------- */
+
+/* A codec: a table of functions so that new ones slot in (codecs are stateless). */
+struct codec_i {
+    codec_id id;
+    const char *name;
+    int default_level;
+    int max_level;
+    /* Encode kv (checked: finite, in fp16 range) into sections; level already resolved. */
+    rk_status (*encode)(const float *kv, const codec_shape *shape, const codec_params *p,
+                        int level, codec_wsections *w, uint64_t *codebook_id);
+    /* Decode a verified view into out (dtype); codebook resolved by the caller or NULL. */
+    rk_status (*decode)(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
+                        void *out, rk_pool *pool);
+};
+
+extern const struct codec_i codec_raw_i;
+extern const struct codec_i codec_lz4_i;
+extern const struct codec_i codec_q8_i;
+extern const struct codec_i codec_cachegen_i;
+
+/* The codec for id, or NULL. */
+const struct codec_i *codec_lookup(codec_id id);
+
+/* Store value v (float) at index i of out in dtype. */
+static inline void codec_store(void *out, codec_dtype dtype, size_t i, float v);
+
+/* Convert n floats to fp16 (round to nearest even); allow_simd 0 forces the portable path
+ * (tests compare the two). */
+void codec_f32_to_f16_row(uint16_t *dst, const float *src, size_t n, int allow_simd);
+/* Store n floats at element offset `at` of out in dtype. */
+void codec_store_row(void *out, codec_dtype dtype, size_t at, const float *v, size_t n);
+
+/* Resolve the codebook a view needs (NULL when none) from opts. */
+rk_status codec_resolve_codebook(const codec_view *v, const codec_decode_opts *opts,
+                                 const codec_codebook **out);
+
+/* ---- rANS (rans.c): 32-bit state, byte renormalisation, 16-bit probabilities ---------- */
+
+#define RANS_PROB_BITS 16
+#define RANS_PROB_SCALE (1u << RANS_PROB_BITS)
+#define RANS_L (1u << 23) /* lower bound of the normalised state */
+#define CODEC_MAX_SYMBOLS 64
+
+/* Frequencies -> a model: freq[s] >= 1 for every s < nsym, summing to RANS_PROB_SCALE. */
+typedef struct rans_model {
+    uint32_t cum[CODEC_MAX_SYMBOLS + 1]; /* cum[s] = sum of freq[0..s) ; cum[nsym] = 2^16 */
+    uint16_t nsym;                       /* alphabet size, 2..CODEC_MAX_SYMBOLS */
+    uint8_t bucket[256];                 /* [slot >> 8]: the symbol holding slot (slot & ~255);
+                                            the decoder steps up from there */
+} rans_model;
+
+/* Turn counts[nsym] into frequencies summing to 2^16, each >= 1. */
+void rans_normalize(const uint64_t *counts, int nsym, uint16_t *freq);
+/* Build a model from frequencies; RK_ERR_FORMAT when they do not sum to 2^16 or one is 0. */
+rk_status rans_model_build(const uint16_t *freq, int nsym, rans_model *m);
+
+/* Encode n symbols (sym[i] < model(i).nsym) as one stream appended to out. models[i] gives
+ * symbol i's model. Returns RK_ERR_NOMEM or RK_OK. */
+rk_status rans_encode(const uint8_t *sym, const rans_model *const *models, size_t n,
+                      rk_buf *out);
+
+/* ---- cachegen layout (cachegen.c, cuda/) ----------------------------------------------- */
+
+/* Parameters of a cachegen container (its PARAMS section, docs/format.md). */
+typedef struct cg_params {
+    uint8_t k_scale_mode;     /* codec_scale_mode */
+    uint8_t v_scale_mode;     /* codec_scale_mode */
+    uint8_t tables;           /* 0: per-chunk tables section, 1: codebook */
+    uint16_t anchor_interval; /* 0: no delta coding */
+    uint16_t stream_tokens;   /* tokens per stream block, 1..256 */
+    uint16_t group;           /* channels per stream */
+    uint16_t model_group;     /* channels per probability model */
+    uint8_t qmax[2 * 1024];   /* [layer][K|V]: symbols are q + qmax, q in [-qmax, qmax] */
+} cg_params;
+
+#define CG_MAX_LAYERS 1024
+#define CG_PARAMS_FIXED 12
+
+/* Derived sizes of a cachegen container. */
+typedef struct cg_layout {
+    uint32_t L, T, H, D, C;   /* layers, tokens, heads, head dim, channels (H*D) */
+    uint32_t n_tblocks;       /* ceil(T / stream_tokens) */
+    uint32_t n_groups;        /* ceil(C / group) */
+    size_t n_streams;         /* L * 2 * n_tblocks * n_groups */
+    uint32_t n_mgroups;       /* ceil(C / model_group) */
+    uint32_t models_per_lkv;  /* n_mgroups * (delta ? 2 : 1) */
+    size_t n_models;          /* L * 2 * models_per_lkv */
+    size_t scale_block[2];    /* scales per layer for K and V: T*H (token mode) or
+                                 C * (delta ? 2 : 1) (channel mode) */
+    size_t n_scales;          /* fp16 scales in the SCALES section */
+} cg_layout;
+
+rk_status cg_layout_make(const codec_shape *s, const cg_params *p, cg_layout *lay);
+/* Index into the scale array for (layer l, kv, token t, channel c, residual r). */
+size_t cg_scale_index(const cg_layout *lay, const cg_params *p, uint32_t l, uint32_t kv,
+                      uint32_t t, uint32_t c, int residual);
+/* Index of the probability model for (layer, kv, channel, residual). */
+static inline size_t cg_model_index(const cg_layout *lay, const cg_params *p, uint32_t l,
+                                    uint32_t kv, uint32_t c, int residual)
+{
+    size_t m = ((size_t)l * 2 + kv) * lay->models_per_lkv + (size_t)(c / p->model_group) *
+               (p->anchor_interval ? 2 : 1);
+    return m + (size_t)(residual ? 1 : 0);
+}
+/* Whether token t (absolute) is coded as a residual against its block's anchor, and which
+ * token is that anchor. */
+static inline int cg_is_residual(const cg_params *p, uint32_t t, uint32_t *anchor)
+{
+    if (!p->anchor_interval)
+        return 0;
+    uint32_t b0 = t - t % p->stream_tokens;
+    uint32_t a = b0 + (t - b0) / p->anchor_interval * p->anchor_interval;
+    *anchor = a;
+    return a != t;
+}
+/* Parse / serialise the PARAMS section for n_layers. */
+rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_params *p);
+void cg_params_write(const cg_params *p, uint32_t n_layers, rk_buf *out);
+/* The codebook's parameters, models (n_models of them) and shape; for decoders. */
+const cg_params *cg_codebook_params(const codec_codebook *cb);
+const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models);
+/* Codebook geometry check against a shape; RK_ERR_INVALID on mismatch. */
+rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s);
+/* Parse the per-chunk TABLES section or take the codebook's: *models owned by caller
+ * (rk_free) when *owned. */
+rk_status cg_models_get(const codec_view *v, const cg_params *p, const cg_layout *lay,
+                        const codec_codebook *cb, const rans_model **models, bool *owned);
+
+/* Everything the CPU and CUDA decoders share: params, layout, float scales, stream offsets,
+ * models. Filled by cg_prepare, released by cg_prepared_free. */
+typedef struct cg_prepared {
+    cg_params p;
+    cg_layout lay;
+    float *scales;           /* [n_scales] owned */
+    uint64_t *offs;          /* [n_streams + 1] owned */
+    const rans_model *models;
+    bool models_owned;
+    const uint8_t *payload;  /* borrowed from the container */
+    size_t payload_len;
+} cg_prepared;
+
+rk_status cg_prepare(const codec_view *v, const codec_codebook *cb, cg_prepared *pr);
+void cg_prepared_free(cg_prepared *pr);
+
+
+/* codec_decode_cuda, also reporting the decode kernel's time in ms (0 for lz4, which decodes
+ * on the CPU); for the benchmark. */
+rk_status codec_decode_cuda_timed(const void *data, size_t len, const codec_decode_opts *opts,
+                                  codec_dtype dtype, void *dev_out, size_t out_bytes,
+                                  void *stream, float *kernel_ms);
+
+/* ---- shared helpers -------------------------------------------------------------------- */
+
+/* The level's cachegen defaults into p (qmax per layer and the option defaults). */
+void cg_params_for_level(int level, uint32_t n_layers, const codec_params *user,
+                         uint32_t head_dim, cg_params *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "ragkv/fp16.h"
+
+static inline void codec_store(void *out, codec_dtype dtype, size_t i, float v)
+{
+    if (dtype == CODEC_F32)
+        ((float *)out)[i] = v;
+    else if (dtype == CODEC_F16)
+        ((uint16_t *)out)[i] = rk_f32_to_f16(v);
+    else
+        ((uint16_t *)out)[i] = rk_f32_to_bf16(v);
+}
+
+#endif

@@ -1,0 +1,455 @@
+/* eval.c — `ragkv codec eval` (compression and error per codec, level and cachegen variant)
+ * and `ragkv bench codec` (encode/decode throughput, CPU per core and CUDA). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec_eval.h"
+#include "codec_impl.h"
+#include "ragkv/alloc.h"
+#include "ragkv/clock.h"
+
+/* ---- KV sources -------------------------------------------------------------------------- */
+
+static float *synth_train_chunk(codec_kv_source *src, int i)
+{
+    float *kv = rk_malloc(codec_shape_values(&src->shape) * sizeof(float));
+    if (kv)
+        codec_synth_kv(&src->shape, (src->model_seed << 32) | (uint64_t)(1000 + i), kv);
+    return kv;
+}
+
+rk_status codec_kv_source_synthetic(const codec_shape *s, uint64_t seed, codec_kv_source *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t n = codec_shape_values(s);
+    if (!n)
+        return rk_error_set(RK_ERR_INVALID, "synthetic: bad shape");
+    out->name = "synthetic";
+    out->shape = *s;
+    out->model_seed = seed;
+    out->kv = rk_malloc(n * sizeof(float));
+    if (!out->kv)
+        return rk_error_set(RK_ERR_NOMEM, "synthetic: %zu values", n);
+    codec_synth_kv(s, seed << 32 | 1, out->kv);
+    out->train_chunk = synth_train_chunk;
+    return RK_OK;
+}
+
+rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out)
+{
+    memset(out, 0, sizeof *out);
+    out->name = path;
+    out->shape = *s;
+    return codec_f32_file_read(path, s, &out->kv);
+}
+
+void codec_kv_source_free(codec_kv_source *src)
+{
+    rk_free(src->kv);
+    src->kv = NULL;
+    if (src->free_ctx)
+        src->free_ctx(src->ctx);
+    src->ctx = NULL;
+}
+
+/* ---- evaluation -------------------------------------------------------------------------- */
+
+struct config {
+    const char *label;
+    codec_params p;
+    int codebook; /* train a codebook on other chunks first */
+};
+
+struct result {
+    size_t bytes, tables;
+    double bits, rel_l2, k_mean, v_mean, k_max, v_max;
+    double enc_s, dec_s;
+    double *k_layer, *v_layer; /* [L] */
+    codec_fidelity fid;
+    int has_fid;
+};
+
+/* Relative L2 error of b against a, per layer for K and V, and overall, into r. */
+static void rel_l2_layers(const float *a, const float *b, const codec_shape *s,
+                          struct result *r)
+{
+    size_t plane = (size_t)s->n_tokens * s->n_kv_heads * s->head_dim;
+    double te = 0, tx = 0;
+    r->k_mean = r->v_mean = r->k_max = r->v_max = 0;
+    for (uint32_t l = 0; l < s->n_layers; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            const float *x = a + ((size_t)l * 2 + kv) * plane, *y = b + ((size_t)l * 2 + kv) * plane;
+            double e = 0, n = 0;
+            for (size_t i = 0; i < plane; i++) {
+                double d = (double)y[i] - x[i];
+                e += d * d;
+                n += (double)x[i] * x[i];
+            }
+            te += e;
+            tx += n;
+            double rl = n > 0 ? sqrt(e / n) : sqrt(e);
+            if (kv == 0) {
+                r->k_layer[l] = rl;
+                r->k_mean += rl / s->n_layers;
+                r->k_max = rl > r->k_max ? rl : r->k_max;
+            } else {
+                r->v_layer[l] = rl;
+                r->v_mean += rl / s->n_layers;
+                r->v_max = rl > r->v_max ? rl : r->v_max;
+            }
+        }
+    r->rel_l2 = tx > 0 ? sqrt(te / tx) : sqrt(te);
+}
+
+/* Encode (training a codebook first when asked), decode and score one configuration. */
+static rk_status run_config(codec_kv_source *src, const struct config *c, rk_pool *pool,
+                            float *dec, struct result *r)
+{
+    codec_codebook *cb = NULL;
+    rk_buf b = RK_BUF_INIT;
+    rk_status st = RK_OK;
+    codec_params p = c->p;
+    p.pool = pool;
+    if (c->codebook) {
+        float *tr[4] = {0};
+        codec_shape sh[4];
+        for (int i = 0; i < 4; i++) {
+            sh[i] = src->shape;
+            tr[i] = src->train_chunk ? src->train_chunk(src, i) : NULL;
+        }
+        if (!tr[0]) /* no other chunks: train on the evaluated one (optimistic, said so) */
+            st = codec_codebook_train((const float *const *)&src->kv, sh, 1, &p, &cb);
+        else
+            st = codec_codebook_train((const float *const *)tr, sh, 4, &p, &cb);
+        for (int i = 0; i < 4; i++)
+            rk_free(tr[i]);
+        if (st != RK_OK)
+            return st;
+        p.codebook = cb;
+    }
+    uint64_t t0 = rk_now_ns();
+    if ((st = codec_encode(src->kv, &src->shape, &p, &b)) != RK_OK)
+        goto done;
+    uint64_t t1 = rk_now_ns();
+    codec_decode_opts o = {.pool = pool, .codebook = cb};
+    size_t n = codec_shape_values(&src->shape);
+    if ((st = codec_decode(b.data, b.len, &o, CODEC_F32, dec, n * 4)) != RK_OK)
+        goto done;
+    uint64_t t2 = rk_now_ns();
+    codec_info info;
+    codec_inspect(b.data, b.len, &info);
+    r->bytes = b.len;
+    r->tables = info.table_bytes;
+    r->bits = 8.0 * (double)b.len / (double)n;
+    r->enc_s = (double)(t1 - t0) * 1e-9;
+    r->dec_s = (double)(t2 - t1) * 1e-9;
+    rel_l2_layers(src->kv, dec, &src->shape, r);
+    if (src->fidelity && src->fidelity(src->ctx, dec, &r->fid) == RK_OK)
+        r->has_fid = 1;
+done:
+    rk_buf_free(&b);
+    codec_codebook_free(cb);
+    return st;
+}
+
+/* Encoder parameters for a codec, level, K scale mode and anchor interval. */
+static codec_params cfg(codec_id id, int level, int kmode, int anchor)
+{
+    codec_params p = codec_params_default(id);
+    p.level = level;
+    p.k_scale_mode = kmode;
+    p.anchor_interval = anchor;
+    return p;
+}
+
+rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_path, FILE *out)
+{
+    static char labels[64][64];
+    struct config cf[64];
+    int nc = 0;
+    cf[nc++] = (struct config){"raw", cfg(CODEC_RAW, 0, -1, -1), 0};
+    cf[nc++] = (struct config){"lz4", cfg(CODEC_LZ4, 0, -1, -1), 0};
+    cf[nc++] = (struct config){"lz4 hc", cfg(CODEC_LZ4, 1, -1, -1), 0};
+    cf[nc++] = (struct config){"q8", cfg(CODEC_Q8, 0, -1, -1), 0};
+    for (int lv = 0; lv <= 4; lv++)
+        for (int cbk = 0; cbk < 2; cbk++) {
+            snprintf(labels[nc], sizeof labels[nc], "cachegen L%d %s", lv, cbk ? "codebook" : "chunk-tables");
+            cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), cbk};
+            nc++;
+        }
+    /* The measured design questions, at the default level with a codebook. */
+    for (int v = 0; v < 4; v++) {
+        int kmode = v & 1 ? CODEC_SCALE_TOKEN : CODEC_SCALE_CHANNEL, anchor = v & 2 ? 10 : 0;
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L1 cb K-%s delta-%s",
+                 kmode == CODEC_SCALE_TOKEN ? "token" : "channel", anchor ? "10" : "off");
+        cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, 1, kmode, anchor), 1};
+        nc++;
+    }
+    snprintf(labels[nc], sizeof labels[nc], "cachegen L1 cb V-token");
+    cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, 1, -1, 0), 1};
+    cf[nc].p.v_scale_mode = CODEC_SCALE_TOKEN;
+    nc++;
+    size_t n = codec_shape_values(&src->shape);
+    uint32_t L = src->shape.n_layers;
+    float *dec = rk_malloc(n * sizeof(float));
+    struct result *res = rk_calloc((size_t)nc, sizeof *res);
+    double *layers = rk_calloc((size_t)nc * 2 * L, sizeof(double));
+    rk_pool *pool = NULL;
+    rk_status st = RK_OK;
+    FILE *jf = NULL;
+    if (!dec || !res || !layers) {
+        st = rk_error_set(RK_ERR_NOMEM, "eval");
+        goto done;
+    }
+    if (threads != 1 && (st = rk_pool_create(threads, &pool)) != RK_OK)
+        goto done;
+    fprintf(out, "KV: %s, shape L=%u T=%u H=%u D=%u (%zu values, %.1f MiB fp16)\n", src->name,
+            L, src->shape.n_tokens, src->shape.n_kv_heads, src->shape.head_dim, n,
+            (double)n * 2 / 1048576.0);
+    fprintf(out, "%-36s %10s %8s %7s %7s %8s %8s %8s %8s\n", "codec", "bytes", "bits/val",
+            "x fp16", "x q8", "relL2", "K mean", "V mean", "K max");
+    size_t q8_bytes = 0;
+    for (int i = 0; i < nc; i++) {
+        res[i].k_layer = layers + (size_t)i * 2 * L;
+        res[i].v_layer = res[i].k_layer + L;
+        if ((st = run_config(src, &cf[i], pool, dec, &res[i])) != RK_OK)
+            goto done;
+        if (cf[i].p.codec == CODEC_Q8)
+            q8_bytes = res[i].bytes;
+        fprintf(out, "%-36s %10zu %8.3f %7.2f %7.2f %8.4f %8.4f %8.4f %8.4f", cf[i].label,
+                res[i].bytes, res[i].bits, 2.0 * (double)n / (double)res[i].bytes,
+                q8_bytes ? (double)q8_bytes / (double)res[i].bytes : 0.0, res[i].rel_l2,
+                res[i].k_mean, res[i].v_mean, res[i].k_max);
+        if (res[i].has_fid)
+            fprintf(out, "  KL %.5f top1 %.4f greedy %.1f", res[i].fid.kl, res[i].fid.top1,
+                    res[i].fid.greedy_match);
+        fprintf(out, "\n");
+        fflush(out);
+    }
+    if (!src->fidelity)
+        fprintf(out, "(generation fidelity: not measured; this KV source has no model)\n");
+    if (json_path) {
+        jf = fopen(json_path, "w");
+        if (!jf) {
+            st = rk_error_set(RK_ERR_IO, "%s: cannot write", json_path);
+            goto done;
+        }
+        fprintf(jf, "{\"source\":\"%s\",\"shape\":[%u,%u,%u,%u],\"results\":[\n", src->name, L,
+                src->shape.n_tokens, src->shape.n_kv_heads, src->shape.head_dim);
+        for (int i = 0; i < nc; i++) {
+            fprintf(jf, "{\"label\":\"%s\",\"codec\":\"%s\",\"level\":%d,\"bytes\":%zu,"
+                        "\"table_bytes\":%zu,\"bits_per_value\":%.5f,\"ratio_fp16\":%.4f,"
+                        "\"ratio_q8\":%.4f,\"rel_l2\":%.6f,\"k_rel_l2\":[",
+                    cf[i].label, codec_id_name(cf[i].p.codec), cf[i].p.level, res[i].bytes,
+                    res[i].tables, res[i].bits, 2.0 * (double)n / (double)res[i].bytes,
+                    (double)q8_bytes / (double)res[i].bytes, res[i].rel_l2);
+            for (uint32_t l = 0; l < L; l++)
+                fprintf(jf, "%s%.6f", l ? "," : "", res[i].k_layer[l]);
+            fprintf(jf, "],\"v_rel_l2\":[");
+            for (uint32_t l = 0; l < L; l++)
+                fprintf(jf, "%s%.6f", l ? "," : "", res[i].v_layer[l]);
+            fprintf(jf, "]");
+            if (res[i].has_fid)
+                fprintf(jf, ",\"kl\":%.6f,\"top1\":%.6f,\"greedy_match\":%.3f", res[i].fid.kl,
+                        res[i].fid.top1, res[i].fid.greedy_match);
+            fprintf(jf, "}%s\n", i + 1 < nc ? "," : "");
+        }
+        fprintf(jf, "]}\n");
+        if (fclose(jf) != 0)
+            st = rk_error_set(RK_ERR_IO, "%s: write failed", json_path);
+        jf = NULL;
+    }
+done:
+    rk_free(dec);
+    rk_free(res);
+    rk_free(layers);
+    rk_pool_free(pool);
+    return st;
+}
+
+/* ---- benchmark --------------------------------------------------------------------------- */
+
+static void bench_usage(FILE *f)
+{
+    fprintf(f, "usage: ragkv bench codec [--tokens N] [--layers L --heads H --dim D]\n"
+               "       [--threads N] [--iters N] [--cuda] [--cuda-tokens N]\n"
+               "       [--kv FILE --shape L,T,H,D | --model LLAMA2.bin] [--json FILE]\n"
+               "Encode/decode throughput in MB/s of fp16 KV (decode writes fp16), per codec and\n"
+               "level, on synthetic Llama-3-8B-shaped KV (32 x 8 x 128) unless --kv is given.\n"
+               "--threads 1 (default) measures one core; --cuda also times codec_decode_cuda.\n");
+}
+
+/* The smaller of two times. */
+static double best_of(double a, double b) { return a < b ? a : b; }
+
+/* CPU time of the process: on a shared machine a one-thread run's CPU time is its cost on one
+ * core, whatever else the machine runs. */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int codec_bench_main(int argc, char **argv)
+{
+    int tokens = 256, layers = 32, heads = 8, dim = 128, threads = 1, iters = 3, cuda = 0;
+    int cuda_tokens = 0;
+    const char *json = NULL, *kvfile = NULL, *model = NULL;
+    codec_shape fshape = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int *ip = !strcmp(a, "--tokens") ? &tokens : !strcmp(a, "--layers") ? &layers
+                : !strcmp(a, "--heads") ? &heads : !strcmp(a, "--dim") ? &dim
+                : !strcmp(a, "--threads") ? &threads : !strcmp(a, "--iters") ? &iters
+                : !strcmp(a, "--cuda-tokens") ? &cuda_tokens : NULL;
+        if (ip && v && atoi(v) >= 0) {
+            *ip = atoi(v);
+            i++;
+        } else if (!strcmp(a, "--cuda"))
+            cuda = 1;
+        else if (!strcmp(a, "--json") && v)
+            json = v, i++;
+        else if (!strcmp(a, "--kv") && v)
+            kvfile = v, i++;
+        else if (!strcmp(a, "--model") && v)
+            model = v, i++;
+        else if (!strcmp(a, "--shape") && v) {
+            unsigned l, t, h, d;
+            if (sscanf(v, "%u,%u,%u,%u", &l, &t, &h, &d) != 4) {
+                bench_usage(stderr);
+                return 2;
+            }
+            fshape = (codec_shape){l, t, h, d};
+            i++;
+        } else {
+            bench_usage(!strcmp(a, "--help") ? stdout : stderr);
+            return strcmp(a, "--help") ? 2 : 0;
+        }
+    }
+    if (iters < 1)
+        iters = 1;
+    codec_kv_source src;
+    rk_status st;
+    codec_shape shape = {(uint32_t)layers, (uint32_t)tokens, (uint32_t)heads, (uint32_t)dim};
+    if (model)
+        st = codec_kv_source_llama2(model, 1, &src);
+    else if (kvfile)
+        st = codec_kv_source_file(kvfile, &fshape, &src);
+    else
+        st = codec_kv_source_synthetic(&shape, 7, &src);
+    if (st != RK_OK) {
+        fprintf(stderr, "ragkv bench codec: %s (%s)\n", rk_strerror(st), rk_error_msg());
+        return 1;
+    }
+    shape = src.shape;
+    size_t n = codec_shape_values(&shape);
+    double mb = 2.0 * (double)n / 1e6; /* fp16 MB */
+    rk_pool *pool = NULL;
+    uint16_t *out = rk_malloc(n * 2);
+    codec_codebook *cb = NULL;
+    FILE *jf = NULL;
+    int rc = 1;
+    if (!out)
+        goto done;
+    if (threads != 1 && rk_pool_create(threads, &pool) != RK_OK)
+        goto done;
+    {
+        codec_params tp = codec_params_default(CODEC_CACHEGEN);
+        float *tr = src.train_chunk ? src.train_chunk(&src, 0) : NULL;
+        const float *trp = tr ? tr : src.kv;
+        tp.pool = pool;
+        st = codec_codebook_train(&trp, &shape, 1, &tp, &cb);
+        rk_free(tr);
+        if (st != RK_OK)
+            goto done;
+    }
+    if (json && !(jf = fopen(json, "w"))) {
+        fprintf(stderr, "ragkv bench codec: cannot write %s\n", json);
+        goto done;
+    }
+    printf("KV %s L=%u T=%u H=%u D=%u: %.1f MB fp16; %s thread(s)\n", src.name, shape.n_layers,
+           shape.n_tokens, shape.n_kv_heads, shape.head_dim, mb,
+           threads == 1 ? "1" : threads == 0 ? "all" : argv[0] ? "N" : "N");
+    printf("%-28s %8s %12s %12s %12s %12s\n", "codec", "bits/val", "encode MB/s", "decode MB/s",
+           "enc MB/cpu-s", "dec MB/cpu-s");
+    if (jf)
+        fprintf(jf, "{\"source\":\"%s\",\"shape\":[%u,%u,%u,%u],\"threads\":%d,\"cpu\":[\n",
+                src.name, shape.n_layers, shape.n_tokens, shape.n_kv_heads, shape.head_dim,
+                pool ? rk_pool_size(pool) : 1);
+    struct {
+        const char *label;
+        codec_id id;
+        int level, codebook;
+    } cases[] = {{"raw", CODEC_RAW, 0, 0},           {"lz4", CODEC_LZ4, 0, 0},
+                 {"q8", CODEC_Q8, 0, 0},             {"cachegen L0 tables", CODEC_CACHEGEN, 0, 0},
+                 {"cachegen L1 tables", CODEC_CACHEGEN, 1, 0},
+                 {"cachegen L1 codebook", CODEC_CACHEGEN, 1, 1},
+                 {"cachegen L2 tables", CODEC_CACHEGEN, 2, 0},
+                 {"cachegen L3 tables", CODEC_CACHEGEN, 3, 0},
+                 {"cachegen L4 tables", CODEC_CACHEGEN, 4, 0}};
+    size_t ncases = sizeof cases / sizeof cases[0];
+    for (size_t c = 0; c < ncases; c++) {
+        codec_params p = codec_params_default(cases[c].id);
+        p.level = cases[c].level;
+        p.pool = pool;
+        p.codebook = cases[c].codebook ? cb : NULL;
+        double te = 1e30, td = 1e30, ce = 1e30, cd = 1e30;
+        rk_buf b = RK_BUF_INIT;
+        for (int it = 0; it < iters; it++) {
+            b.len = 0;
+            double c0 = cpu_s();
+            uint64_t t0 = rk_now_ns();
+            if ((st = codec_encode(src.kv, &shape, &p, &b)) != RK_OK)
+                break;
+            uint64_t t1 = rk_now_ns();
+            double c1 = cpu_s();
+            codec_decode_opts o = {.pool = pool, .codebook = cb};
+            if ((st = codec_decode(b.data, b.len, &o, CODEC_F16, out, n * 2)) != RK_OK)
+                break;
+            uint64_t t2 = rk_now_ns();
+            double c2 = cpu_s();
+            te = best_of(te, (double)(t1 - t0) * 1e-9);
+            td = best_of(td, (double)(t2 - t1) * 1e-9);
+            ce = best_of(ce, c1 - c0);
+            cd = best_of(cd, c2 - c1);
+        }
+        if (st != RK_OK) {
+            rk_buf_free(&b);
+            fprintf(stderr, "ragkv bench codec: %s: %s (%s)\n", cases[c].label, rk_strerror(st),
+                    rk_error_msg());
+            goto done;
+        }
+        double bits = 8.0 * (double)b.len / (double)n;
+        printf("%-28s %8.3f %12.1f %12.1f %12.1f %12.1f\n", cases[c].label, bits, mb / te,
+               mb / td, mb / ce, mb / cd);
+        if (jf)
+            fprintf(jf, "{\"label\":\"%s\",\"bits_per_value\":%.5f,\"encode_mb_s\":%.2f,"
+                        "\"decode_mb_s\":%.2f,\"encode_mb_per_cpu_s\":%.2f,"
+                        "\"decode_mb_per_cpu_s\":%.2f}%s\n",
+                    cases[c].label, bits, mb / te, mb / td, mb / ce, mb / cd,
+                    c + 1 < ncases ? "," : "");
+        rk_buf_free(&b);
+    }
+    if (jf)
+        fprintf(jf, "]");
+    if (cuda) {
+        int ok = codec_bench_cuda(&src, cb, pool, cuda_tokens, iters, jf);
+        if (!ok)
+            goto done;
+    }
+    if (jf)
+        fprintf(jf, "}\n");
+    rc = 0;
+done:
+    if (jf && fclose(jf) != 0)
+        rc = 1;
+    rk_free(out);
+    codec_codebook_free(cb);
+    rk_pool_free(pool);
+    codec_kv_source_free(&src);
+    return rc;
+}

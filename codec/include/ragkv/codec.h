@@ -1,0 +1,220 @@
+/*
+ * ragkv/codec.h — the KV container format and its codecs (raw fp16, lz4, q8, cachegen).
+ *
+ * A chunk's KV cache travels and rests as one self-describing container (docs/format.md):
+ * a header with the geometry, the codec and its level, a section table with an XXH3-64
+ * checksum per section, then the sections. Decoding checks every checksum first, so damaged
+ * bytes give RK_ERR_CORRUPT and never wrong numbers.
+ *
+ * The tensor every function takes or returns is the canonical KV layout, K before RoPE:
+ *
+ *     float kv[layer][2 (K, V)][token][kv_head][head_dim]      (codec_shape gives the sizes)
+ *
+ * Encode a chunk, decode it again:
+ *
+ *     codec_shape shape = {.n_layers = 32, .n_tokens = 256, .n_kv_heads = 8, .head_dim = 128};
+ *     codec_params p = codec_params_default(CODEC_CACHEGEN);
+ *     rk_buf rkv = RK_BUF_INIT;
+ *     if (codec_encode(kv, &shape, &p, &rkv) != RK_OK) ... rk_error_msg() ...;
+ *
+ *     codec_info info;
+ *     codec_inspect(rkv.data, rkv.len, &info);                 // header only, no decoding
+ *     size_t n = codec_decoded_bytes(&info, CODEC_F16);
+ *     uint16_t *out = rk_malloc(n);
+ *     codec_decode(rkv.data, rkv.len, NULL, CODEC_F16, out, n);  // NULL: defaults, no pool
+ *     rk_buf_free(&rkv);
+ *
+ * Codebooks (cachegen only) hold the probability tables per model and level, trained once on
+ * sample KV, so that chunks need not carry them. A container names its codebook by id; the
+ * decoder asks the caller's resolver for it (codec_decode_opts.resolve).
+ *
+ * Input values must be finite and |x| <= 65504 (the fp16 range): encoders reject NaN, Inf
+ * and larger values with RK_ERR_RANGE, since no codec could return them faithfully.
+ *
+ * Thread safety: all functions are reentrant; a codec_codebook is immutable after training
+ * or parsing and may be shared by any number of threads.
+ */
+#ifndef RAGKV_CODEC_H
+#define RAGKV_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragkv/bytes.h"
+#include "ragkv/status.h"
+#include "ragkv/thread.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Codec identifiers, as stored in the container header (never renumber). */
+typedef enum codec_id {
+    CODEC_RAW = 1,      /* fp16 values, no compression */
+    CODEC_LZ4 = 2,      /* fp16, byte planes split per (layer, K|V), then LZ4 (level 1: LZ4HC) */
+    CODEC_Q8 = 3,       /* symmetric int8, fp16 scale per (layer, K|V, token, kv head) */
+    CODEC_CACHEGEN = 4, /* layer-banded quantization + rANS entropy coding (docs/codec.md) */
+} codec_id;
+
+/* Element types of decoded output and of the source recorded in the header. */
+typedef enum codec_dtype {
+    CODEC_F32 = 0,
+    CODEC_F16 = 1,  /* IEEE binary16 */
+    CODEC_BF16 = 2, /* bfloat16 */
+} codec_dtype;
+
+/* Scale granularity of cachegen's quantizer. */
+typedef enum codec_scale_mode {
+    CODEC_SCALE_TOKEN = 0,   /* one scale per (layer, K|V, token, kv head) */
+    CODEC_SCALE_CHANNEL = 1, /* one scale per (layer, K|V, channel) over the chunk's tokens */
+} codec_scale_mode;
+
+/* Geometry of one KV tensor. Every field >= 1. */
+typedef struct codec_shape {
+    uint32_t n_layers;   /* transformer layers */
+    uint32_t n_tokens;   /* tokens in the chunk */
+    uint32_t n_kv_heads; /* key/value heads (GQA) */
+    uint32_t head_dim;   /* channels per head */
+} codec_shape;
+
+/* Values in a tensor of this shape (2 * layers * tokens * heads * dim); 0 on overflow. */
+size_t codec_shape_values(const codec_shape *s);
+
+typedef struct codec_codebook codec_codebook;
+
+/* Encoder settings. Start from codec_params_default() and change what you need; fields
+ * set to -1 take the level's default (docs/codec.md lists them). */
+typedef struct codec_params {
+    codec_id codec;   /* which codec */
+    int level;        /* quality level, 0 = best (cachegen 0..4, default 1; lz4 0..1); -1:
+                         the codec's default level */
+    /* cachegen only: */
+    const codec_codebook *codebook; /* borrowed; NULL: per-chunk probability tables. When set
+                                       it fixes level and every option below. */
+    int k_scale_mode;    /* codec_scale_mode for K; -1: default (channel) */
+    int v_scale_mode;    /* codec_scale_mode for V; -1: default (channel) */
+    int anchor_interval; /* delta coding against an anchor token every n tokens; 0 off;
+                            -1: default (off) */
+    int group;           /* channels per independent stream (1..1024; the CUDA decoder takes
+                            up to 64); -1: default 8 */
+    int model_group;     /* channels sharing one probability model in per-chunk tables;
+                            -1: default (head_dim) */
+    rk_pool *pool;       /* borrowed, optional: parallel encode */
+} codec_params;
+
+/* Defaults for a codec (level -1, every option -1, no codebook, no pool). */
+codec_params codec_params_default(codec_id codec);
+
+/* Codec by name ("raw", "lz4", "q8", "cachegen"); RK_ERR_NOT_FOUND otherwise. */
+rk_status codec_id_parse(const char *name, codec_id *out);
+/* Name of a codec id, or "unknown". Static storage. */
+const char *codec_id_name(codec_id id);
+/* Default and highest level of a codec; RK_ERR_NOT_FOUND for an unknown id. */
+rk_status codec_levels(codec_id id, int *default_level, int *max_level);
+
+/* Encode kv (float32, canonical layout, codec_shape_values(shape) values) and append the
+ * container to *out (caller-owned rk_buf; on failure out->len is restored). */
+rk_status codec_encode(const float *kv, const codec_shape *shape, const codec_params *p,
+                       rk_buf *out);
+
+/* What a container holds, read from its header and section table. */
+typedef struct codec_info {
+    codec_shape shape;       /* geometry of the tensor */
+    codec_dtype src_dtype;   /* the dtype the values had before encoding */
+    codec_id codec;          /* how the values are coded */
+    int level;               /* the codec's quality level */
+    uint64_t codebook_id;    /* 0: none needed */
+    uint32_t version;        /* container format version */
+    uint32_t n_sections;     /* entries in the section table */
+    size_t total_bytes;      /* whole container */
+    size_t table_bytes;      /* per-chunk probability tables (cachegen), 0 otherwise */
+    size_t overhead_bytes;   /* header, section table, parameters, scales, stream index */
+    size_t payload_bytes;    /* coded values */
+} codec_info;
+
+/* Validate the header and section table (magic, version, sizes, table checksum) without
+ * decoding or checking section checksums. RK_ERR_FORMAT / _TRUNCATED / _CORRUPT /
+ * _UNSUPPORTED on bad input. */
+rk_status codec_inspect(const void *data, size_t len, codec_info *out);
+
+/* Bytes of decoded output in dtype for this container; 0 on overflow. */
+size_t codec_decoded_bytes(const codec_info *info, codec_dtype dtype);
+
+/* Finds a codebook by id for the decoder: set *out (borrowed, must stay valid during the
+ * decode call) or return RK_ERR_NOT_FOUND. */
+typedef rk_status (*codec_codebook_fn)(void *ctx, uint64_t id, const codec_codebook **out);
+
+/* Decoder options; NULL means all defaults. */
+typedef struct codec_decode_opts {
+    rk_pool *pool;              /* borrowed, optional: decode streams in parallel */
+    codec_codebook_fn resolve;  /* optional: needed for containers that name a codebook */
+    void *resolve_ctx;          /* passed to resolve */
+    const codec_codebook *codebook; /* optional: used when its id matches (before resolve) */
+    size_t max_values;          /* refuse containers claiming more values (RK_ERR_LIMIT);
+                                   0: 1 << 32 */
+} codec_decode_opts;
+
+/* Decode a container into out (caller-owned, out_bytes >= codec_decoded_bytes(), canonical
+ * layout, element type dtype). Every section checksum is verified first; malformed,
+ * truncated or corrupted input returns an error and leaves out unspecified. */
+rk_status codec_decode(const void *data, size_t len, const codec_decode_opts *opts,
+                       codec_dtype dtype, void *out, size_t out_bytes);
+
+/* Decode straight into device memory on the CUDA device that is current for the calling
+ * thread: dev_out (canonical layout, dtype CODEC_F16 or CODEC_BF16) must hold
+ * codec_decoded_bytes(). stream is a cudaStream_t (NULL: the default stream); the call
+ * returns when the output is complete. Output is bit-identical to codec_decode(). Builds
+ * without CUDA return RK_ERR_UNSUPPORTED; no device gives RK_ERR_UNAVAILABLE; cachegen
+ * containers with stream groups wider than 64 channels give RK_ERR_UNSUPPORTED. Device
+ * buffers for the compressed data are allocated and freed inside the call. */
+rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opts *opts,
+                            codec_dtype dtype, void *dev_out, size_t out_bytes, void *stream);
+
+/* true when this build has CUDA and a device is present. */
+int codec_cuda_available(void);
+
+/* ---- codebooks (cachegen) -------------------------------------------------------------- */
+
+/* Train a codebook for (geometry without tokens, level, options in p) from n sample tensors
+ * (samples[i] has shapes[i], all with equal layers/heads/dim). p->codec must be
+ * CODEC_CACHEGEN and p->codebook NULL. *out is owned by the caller (codec_codebook_free). */
+rk_status codec_codebook_train(const float *const *samples, const codec_shape *shapes,
+                               size_t n, const codec_params *p, codec_codebook **out);
+
+/* Append the serialised codebook (docs/format.md) to *out (caller-owned). */
+rk_status codec_codebook_serialize(const codec_codebook *cb, rk_buf *out);
+
+/* Parse a serialised codebook (checksummed); *out owned by the caller. */
+rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **out);
+
+/* The codebook's id: XXH3-64 of its serialised body, never 0. */
+uint64_t codec_codebook_id(const codec_codebook *cb);
+
+/* Level the codebook was trained for. */
+int codec_codebook_level(const codec_codebook *cb);
+
+void codec_codebook_free(codec_codebook *cb); /* NULL is a no-op */
+
+/* ---- raw tensor files and tools -------------------------------------------------------- */
+
+/* Read a raw tensor file (little-endian float32, canonical layout) of exactly
+ * codec_shape_values(shape) values. *out owned by the caller (rk_free). */
+rk_status codec_f32_file_read(const char *path, const codec_shape *shape, float **out);
+/* Write n float32 values little-endian to path. */
+rk_status codec_f32_file_write(const char *path, const float *v, size_t n);
+
+/* Synthetic KV with realistic statistics, deterministic in seed: K pre-RoPE with a few
+ * outlier channels per head (10-50x), per-channel means, AR(1) token locality; V milder.
+ * out holds codec_shape_values(shape) floats (canonical layout). Channel statistics depend
+ * on seed >> 32 only: seeds sharing their upper 32 bits are chunks of one "model". */
+void codec_synth_kv(const codec_shape *shape, uint64_t seed, float *out);
+
+/* `ragkv bench codec`: encode/decode throughput and compression table; prints a table and,
+ * with --json FILE, writes the results. Returns the process exit status. */
+int codec_bench_main(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

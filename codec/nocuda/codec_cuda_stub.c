@@ -1,0 +1,27 @@
+/* codec_cuda_stub.c — the CUDA decoder's entry points in builds without CUDA. */
+#include <stdio.h>
+
+#include "codec_eval.h"
+#include "codec_impl.h"
+
+rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opts *opts,
+                            codec_dtype dtype, void *dev_out, size_t out_bytes, void *stream)
+{
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_decode_cuda: built without CUDA");
+}
+
+rk_status codec_decode_cuda_timed(const void *data, size_t len, const codec_decode_opts *opts,
+                                  codec_dtype dtype, void *dev_out, size_t out_bytes,
+                                  void *stream, float *kernel_ms)
+{
+    return codec_decode_cuda(data, len, opts, dtype, dev_out, out_bytes, stream);
+}
+
+int codec_cuda_available(void) { return 0; }
+
+int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
+                     int iters, FILE *jf)
+{
+    fprintf(stderr, "ragkv bench codec --cuda: built without CUDA\n");
+    return 0;
+}

@@ -1,0 +1,258 @@
+/* test_cachegen.c — cachegen specifics: bit-exact symbol round trip through quantizer and
+ * rANS, dequantization error bounds (scale modes, delta coding), levels, codebooks. */
+#include "codec_testlib.h"
+
+/* qmax per level as documented in docs/codec.md: {K early, K late, V early, V late};
+ * early K layers are [0, ceil(L/3)), early V layers [0, 2). */
+static const int doc_qmax[5][4] = {
+    {31, 15, 31, 15}, {15, 7, 15, 7}, {7, 3, 7, 3}, {3, 2, 3, 1}, {2, 1, 1, 1}};
+
+static int qmax_of(int level, uint32_t L, uint32_t l, int kv)
+{
+    uint32_t k_early = (L + 2) / 3;
+    return kv == 0 ? doc_qmax[level][l < k_early ? 0 : 1] : doc_qmax[level][l < 2 ? 2 : 3];
+}
+
+static size_t at(codec_shape s, uint32_t l, int kv, uint32_t t, uint32_t c)
+{
+    return (((size_t)l * 2 + kv) * s.n_tokens + t) * s.n_kv_heads * s.head_dim + c;
+}
+
+/* Values that are exact multiples of a power-of-two step, with every channel reaching
+ * +-qmax * step: the quantizer is lossless on them, so decoding must return the input bit
+ * for bit; this checks every symbol through the rANS coder and back. */
+static void exact_symbols(int level, int kmode, int group, uint64_t seed)
+{
+    codec_shape s = {4, 300, 2, 8};
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    float *kv = rk_malloc(codec_shape_values(&s) * sizeof(float));
+    uint64_t r = seed;
+    for (uint32_t l = 0; l < s.n_layers; l++)
+        for (int k = 0; k < 2; k++) {
+            int qm = qmax_of(level, s.n_layers, l, k);
+            for (uint32_t t = 0; t < s.n_tokens; t++)
+                for (uint32_t c = 0; c < C; c++) {
+                    r = r * 6364136223846793005ull + 1442695040888963407ull;
+                    int q = (int)((r >> 33) % (uint64_t)(2 * qm + 1)) - qm;
+                    /* every channel (channel scales) and every head row (token scales)
+                     * hits the extreme, so the scale is exactly 0.25 */
+                    if (t == 0 || c % s.head_dim == 0)
+                        q = qm;
+                    kv[at(s, l, k, t, c)] = 0.25f * (float)q;
+                }
+        }
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = level;
+    p.k_scale_mode = kmode;
+    p.v_scale_mode = kmode;
+    p.group = group;
+    rk_buf b = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+    float *out = dec(&b, NULL);
+    cr_assert_eq(memcmp(out, kv, codec_shape_values(&s) * 4), 0,
+                 "level %d mode %d group %d: not bit-exact", level, kmode, group);
+    rk_free(out);
+    rk_free(kv);
+    rk_buf_free(&b);
+}
+
+Test(cachegen, bit_exact_symbol_roundtrip)
+{
+    for (int level = 0; level <= 4; level++) {
+        exact_symbols(level, CODEC_SCALE_CHANNEL, -1, 1 + (uint64_t)level);
+        exact_symbols(level, CODEC_SCALE_TOKEN, 3, 7 + (uint64_t)level);
+    }
+    exact_symbols(1, CODEC_SCALE_CHANNEL, 1, 99);
+    exact_symbols(1, CODEC_SCALE_TOKEN, 16, 98);
+}
+
+/* |x - decoded| <= step / 2 (+ the fp16 rounding of the step), where the step is
+ * max|target| / qmax over the scale's group: per (token, head) row or per channel, and the
+ * target is x or, for delta-coded tokens, x minus the decoded anchor. */
+static void check_bounds(int level, int kmode, int vmode, int anchor)
+{
+    codec_shape s = {3, 70, 2, 8};
+    uint32_t C = s.n_kv_heads * s.head_dim, D = s.head_dim;
+    float *kv = synth(s, 21 + (uint64_t)level);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = level;
+    p.k_scale_mode = kmode;
+    p.v_scale_mode = vmode;
+    p.anchor_interval = anchor;
+    rk_buf b = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+    float *out = dec(&b, NULL);
+    float *target = rk_malloc(sizeof(float) * s.n_tokens * C);
+    for (uint32_t l = 0; l < s.n_layers; l++)
+        for (int k = 0; k < 2; k++) {
+            int qm = qmax_of(level, s.n_layers, l, k), mode = k ? vmode : kmode;
+            for (uint32_t t = 0; t < s.n_tokens; t++) {
+                uint32_t a = anchor ? t / anchor * anchor : t; /* one 256-token block here */
+                for (uint32_t c = 0; c < C; c++)
+                    target[t * C + c] = kv[at(s, l, k, t, c)] -
+                                        (a != t ? out[at(s, l, k, a, c)] : 0.0f);
+            }
+            for (uint32_t t = 0; t < s.n_tokens; t++) {
+                int res = anchor && t % anchor;
+                for (uint32_t c = 0; c < C; c++) {
+                    float m = 0;
+                    if (mode == CODEC_SCALE_TOKEN)
+                        for (uint32_t d = 0; d < D; d++)
+                            m = fmaxf(m, fabsf(target[t * C + c / D * D + d]));
+                    else
+                        for (uint32_t u = 0; u < s.n_tokens; u++)
+                            if ((anchor && u % anchor) == res)
+                                m = fmaxf(m, fabsf(target[u * C + c]));
+                    float err = fabsf(out[at(s, l, k, t, c)] - kv[at(s, l, k, t, c)]);
+                    float bound = m / (float)qm * 0.5f * 1.02f + 1e-6f;
+                    cr_assert(err <= bound, "L%d kmode %d anchor %d: layer %u %c token %u "
+                              "channel %u: error %g > %g", level, kmode, anchor, l, k ? 'V' : 'K',
+                              t, c, (double)err, (double)bound);
+                }
+            }
+        }
+    rk_free(target);
+    rk_free(out);
+    rk_free(kv);
+    rk_buf_free(&b);
+}
+
+Test(cachegen, error_bounds_channel_and_token_scales)
+{
+    for (int level = 0; level <= 4; level++) {
+        check_bounds(level, CODEC_SCALE_CHANNEL, CODEC_SCALE_TOKEN, 0);
+        check_bounds(level, CODEC_SCALE_TOKEN, CODEC_SCALE_CHANNEL, 0);
+    }
+}
+
+Test(cachegen, error_bounds_delta_coding)
+{
+    check_bounds(1, CODEC_SCALE_CHANNEL, CODEC_SCALE_TOKEN, 10);
+    check_bounds(0, CODEC_SCALE_TOKEN, CODEC_SCALE_TOKEN, 4);
+    check_bounds(2, CODEC_SCALE_CHANNEL, CODEC_SCALE_CHANNEL, 1); /* every token an anchor */
+}
+
+Test(cachegen, delta_across_stream_blocks)
+{
+    /* 600 tokens: three 256-token blocks, anchors restart at each block */
+    codec_shape s = {1, 600, 1, 8};
+    float *kv = synth(s, 31);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.anchor_interval = 10;
+    rk_buf b = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK);
+    float *out = dec(&b, NULL);
+    double e = 0, x = 0;
+    for (size_t i = 0; i < codec_shape_values(&s); i++) {
+        e += (out[i] - kv[i]) * (double)(out[i] - kv[i]);
+        x += kv[i] * (double)kv[i];
+    }
+    cr_assert(sqrt(e / x) < 0.2, "relative L2 %g", sqrt(e / x));
+    rk_free(out);
+    rk_free(kv);
+    rk_buf_free(&b);
+}
+
+Test(cachegen, levels_trade_size_for_error)
+{
+    codec_shape s = {6, 128, 2, 32};
+    float *kv = synth(s, 41);
+    size_t prev_len = SIZE_MAX;
+    double prev_err = 0;
+    for (int level = 0; level <= 4; level++) {
+        rk_buf b = enc(kv, s, CODEC_CACHEGEN, level);
+        float *out = dec(&b, NULL);
+        double e = 0;
+        for (size_t i = 0; i < codec_shape_values(&s); i++)
+            e += (out[i] - kv[i]) * (double)(out[i] - kv[i]);
+        cr_assert_lt(b.len, prev_len, "level %d not smaller", level);
+        cr_assert_gt(e, prev_err, "level %d not coarser", level);
+        prev_len = b.len;
+        prev_err = e;
+        rk_free(out);
+        rk_buf_free(&b);
+    }
+    /* default level: well under q8's size on realistic KV, even with per-chunk tables */
+    rk_buf q8 = enc(kv, s, CODEC_Q8, 0), cg = enc(kv, s, CODEC_CACHEGEN, -1);
+    cr_assert_lt(cg.len * 3, q8.len * 2);
+    rk_buf_free(&q8);
+    rk_buf_free(&cg);
+    rk_free(kv);
+}
+
+static rk_status resolver(void *ctx, uint64_t id, const codec_codebook **out)
+{
+    const codec_codebook *cb = ctx;
+    if (codec_codebook_id(cb) != id)
+        return RK_ERR_NOT_FOUND;
+    *out = cb;
+    return RK_OK;
+}
+
+Test(cachegen, codebook_train_serialise_use)
+{
+    codec_shape s = {3, 64, 2, 16};
+    float *tr[3];
+    codec_shape sh[3];
+    for (int i = 0; i < 3; i++) {
+        sh[i] = s;
+        tr[i] = synth(s, (5ull << 32) | (uint64_t)(100 + i)); /* chunks of one model */
+    }
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 2;
+    codec_codebook *cb, *cb2;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 3, &p, &cb), RK_OK, "%s",
+                 rk_error_msg());
+    cr_assert_eq(codec_codebook_level(cb), 2);
+    cr_assert_neq(codec_codebook_id(cb), 0);
+    rk_buf ser = RK_BUF_INIT;
+    cr_assert_eq(codec_codebook_serialize(cb, &ser), RK_OK);
+    cr_assert_eq(codec_codebook_parse(ser.data, ser.len, &cb2), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(codec_codebook_id(cb2), codec_codebook_id(cb));
+
+    float *kv = synth(s, (5ull << 32) | 7);
+    p.codebook = cb2;
+    rk_buf withcb = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &withcb), RK_OK, "%s", rk_error_msg());
+    rk_buf tables = enc(kv, s, CODEC_CACHEGEN, 2);
+    codec_info info;
+    cr_assert_eq(codec_inspect(withcb.data, withcb.len, &info), RK_OK);
+    cr_assert_eq(info.codebook_id, codec_codebook_id(cb));
+    cr_assert_eq(info.table_bytes, 0);
+    cr_assert_lt(withcb.len, tables.len, "a codebook container carries no tables");
+
+    size_t n = codec_shape_values(&s);
+    float *out = rk_malloc(n * 4);
+    cr_assert_eq(codec_decode(withcb.data, withcb.len, NULL, CODEC_F32, out, n * 4),
+                 RK_ERR_NOT_FOUND);
+    codec_decode_opts o = {.resolve = resolver, .resolve_ctx = cb};
+    float *a = dec(&withcb, &o), *b = dec(&tables, NULL);
+    /* same quantizer, different entropy-coder tables: identical values */
+    cr_assert_eq(memcmp(a, b, n * 4), 0);
+
+    /* wrong geometry */
+    codec_shape other = {3, 64, 2, 8};
+    float *kv2 = synth(other, 1);
+    rk_buf x = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv2, &other, &p, &x), RK_ERR_INVALID);
+    /* a damaged codebook */
+    codec_codebook_free(cb2);
+    ser.data[ser.len / 2] ^= 1;
+    cr_assert_eq(codec_codebook_parse(ser.data, ser.len, &cb2), RK_ERR_CORRUPT);
+    cr_assert_null(cb2);
+    cr_assert_eq(codec_codebook_parse(ser.data, 10, &cb2), RK_ERR_TRUNCATED);
+
+    codec_codebook_free(NULL);
+    codec_codebook_free(cb);
+    for (int i = 0; i < 3; i++)
+        rk_free(tr[i]);
+    rk_free(kv);
+    rk_free(kv2);
+    rk_free(out);
+    rk_free(a);
+    rk_free(b);
+    rk_buf_free(&ser);
+    rk_buf_free(&withcb);
+    rk_buf_free(&tables);
+    rk_buf_free(&x);
+}

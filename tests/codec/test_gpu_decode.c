@@ -1,0 +1,111 @@
+/* test_gpu_decode.c — the CUDA decoder against the CPU decoder, bit for bit, for every codec
+ * and both 16-bit output types; damaged streams are errors on the GPU too. Needs a device. */
+#include <criterion/criterion.h>
+
+#include "codec_testlib.h"
+
+#ifdef RAGKV_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static void need_device(void)
+{
+    if (!codec_cuda_available())
+        cr_skip_test("skipped: no CUDA device");
+}
+
+#ifdef RAGKV_HAVE_CUDA
+/* Decode on both sides and compare. */
+static void compare(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
+{
+    codec_info info;
+    cr_assert_eq(codec_inspect(b->data, b->len, &info), RK_OK);
+    size_t nb = codec_decoded_bytes(&info, dt);
+    uint16_t *cpu = rk_malloc(nb), *gpu = rk_malloc(nb);
+    void *dev;
+    cr_assert_eq(cudaMalloc(&dev, nb), cudaSuccess);
+    cr_assert_eq(codec_decode(b->data, b->len, o, dt, cpu, nb), RK_OK, "%s", rk_error_msg());
+    rk_status st = codec_decode_cuda(b->data, b->len, o, dt, dev, nb, NULL);
+    cr_assert_eq(st, RK_OK, "%s: %s", rk_strerror(st), rk_error_msg());
+    cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d: CUDA output differs from the CPU's",
+                 codec_id_name(info.codec), (int)dt);
+    cudaFree(dev);
+    rk_free(cpu);
+    rk_free(gpu);
+}
+#endif
+
+Test(gpu_decode, identical_to_cpu_all_codecs)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape shapes[] = {{3, 1, 2, 8}, {4, 300, 2, 16}, {2, 257, 3, 5}, {32, 256, 8, 128}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        float *kv = synth(shapes[k], 3 + k);
+        for (int c = 0; c < N_CODECS; c++)
+            for (int lv = 0; lv <= 4; lv++) {
+                int maxl;
+                codec_levels(all_codecs[c], NULL, &maxl);
+                if (lv > maxl)
+                    break;
+                rk_buf b = enc(kv, shapes[k], all_codecs[c], lv);
+                compare(&b, NULL, CODEC_F16);
+                compare(&b, NULL, CODEC_BF16);
+                rk_buf_free(&b);
+            }
+        /* delta coding and token scales */
+        codec_params p = codec_params_default(CODEC_CACHEGEN);
+        p.anchor_interval = 10;
+        p.k_scale_mode = CODEC_SCALE_TOKEN;
+        rk_buf b = RK_BUF_INIT;
+        cr_assert_eq(codec_encode(kv, &shapes[k], &p, &b), RK_OK);
+        compare(&b, NULL, CODEC_F16);
+        rk_buf_free(&b);
+        rk_free(kv);
+    }
+#endif
+}
+
+Test(gpu_decode, codebook_container)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape s = {4, 200, 2, 16};
+    float *kv = synth(s, 77);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    codec_codebook *cb;
+    const float *samples[1] = {kv};
+    cr_assert_eq(codec_codebook_train(samples, &s, 1, &p, &cb), RK_OK);
+    p.codebook = cb;
+    rk_buf b = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK);
+    codec_decode_opts o = {.codebook = cb};
+    compare(&b, &o, CODEC_F16);
+    rk_buf_free(&b);
+    codec_codebook_free(cb);
+    rk_free(kv);
+#endif
+}
+
+Test(gpu_decode, damaged_input_is_an_error)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape s = {2, 40, 2, 8};
+    float *kv = synth(s, 5);
+    rk_buf b = enc(kv, s, CODEC_CACHEGEN, 1);
+    size_t nb = codec_shape_values(&s) * 2;
+    void *dev;
+    cr_assert_eq(cudaMalloc(&dev, nb), cudaSuccess);
+    b.data[b.len - 3] ^= 0x10;
+    cr_assert_eq(codec_decode_cuda(b.data, b.len, NULL, CODEC_F16, dev, nb, NULL), RK_ERR_CORRUPT);
+    cr_assert_eq(codec_decode_cuda(b.data, b.len - 1, NULL, CODEC_F16, dev, nb, NULL),
+                 RK_ERR_TRUNCATED);
+    cr_assert_eq(codec_decode_cuda(b.data, b.len, NULL, CODEC_F32, dev, nb * 2, NULL),
+                 RK_ERR_INVALID);
+    cudaFree(dev);
+    rk_buf_free(&b);
+    rk_free(kv);
+#endif
+}
