@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ragkv/chunkcache.h"
+#include "ragkv/codec.h"
 #include "ragkv/cli.h"
 
 struct bench {
@@ -12,6 +13,7 @@ struct bench {
 };
 
 static const struct bench benches[] = {
+    {"codec", codec_bench_main, "KV codec encode/decode throughput and size (--cuda: the GPU decoder)"},
     {"store", cc_bench_main, "chunk store put/get throughput and latency vs redis-server SET/GET"},
 };
 #define NBENCH (sizeof(benches) / sizeof(benches[0]))
