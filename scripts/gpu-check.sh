@@ -2,7 +2,9 @@
 # gpu-check.sh — what a run on the GPU machine executes (through the device tool; see
 # docs/development.md): build with CUDA for sm_90, run the `gpu`-labelled tests (then the rest
 # of the suite), run the GPU benchmarks that exist, and copy logs and results to $OUT
-# (default ./gpu-out). Exit status: non-zero when a build or a gpu test failed.
+# (default ./gpu-out; at most 8 files, which is what the device tool brings back: the log,
+# build.log, two ctest logs, bench.log and the benchmarks' JSON). Exit status: non-zero when a
+# build or a gpu test failed.
 #
 #   GPU_CHECK_FULL=0   skip the non-gpu tests (default 1: run everything)
 #   GPU_CHECK_BENCH=0  skip benchmarks
@@ -22,15 +24,15 @@ if [ -f .gpu-deps/env.sh ]; then
   export PKG_CONFIG="$root/.gpu-deps/root/usr/bin/pkg-config"
   log "using .gpu-deps (models: ${RAGKV_TEST_MODELS:-none})"
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
-date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"
+log "card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
+log "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
 build=build-gpu
 jobs=$(nproc)
-if ! cmake -S . -B "$build" -DRAGKV_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1; then
-  log "cmake failed"; tail -40 "$out/cmake.log"; exit 1
+if ! cmake -S . -B "$build" -DRAGKV_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$out/build.log" 2>&1; then
+  log "cmake failed"; tail -40 "$out/build.log"; exit 1
 fi
-if ! cmake --build "$build" -j "$jobs" >"$out/build.log" 2>&1; then
+if ! cmake --build "$build" -j "$jobs" >>"$out/build.log" 2>&1; then
   log "build failed"; grep -E "error" "$out/build.log" | head -40; exit 1
 fi
 log "built with CUDA in $build"

@@ -3,4 +3,4 @@
 # bit-identical to the CPU decoder (ragkv bench codec --cuda).
 set -euo pipefail
 "$BUILD/clients/ragkv" bench codec --cuda --cuda-tokens 8192 --threads "$(nproc)" \
-  --json "$OUT/codec_bench.json" | tee "$OUT/codec_bench.txt"
+  --json "$OUT/codec_bench.json"
