@@ -361,3 +361,126 @@ rk_status ragkv_generate(ragkv_conn *c, const ragkv_gen_params *p, ragkv_token_c
     }
     return st;
 }
+
+/* A call with a prepared request; on success the response reader is handed to parse. */
+static rk_status call_buf(ragkv_conn *c, uint16_t op, rk_buf *req, uint8_t **resp, uint32_t *n)
+{
+    if (req->failed) {
+        rk_buf_free(req);
+        return rk_error_set(RK_ERR_NOMEM, "request too large");
+    }
+    rk_status st = ragkv_call(c, op, req->data, (uint32_t)req->len, resp, n);
+    rk_buf_free(req);
+    return st;
+}
+
+rk_status ragkv_put_chunk(ragkv_conn *c, const int32_t *tokens, uint32_t n, uint8_t key_out[32],
+                          int *created, uint64_t *stored_bytes)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_tokens(&b, tokens, n);
+    uint8_t *p;
+    uint32_t len;
+    rk_status st = call_buf(c, RK_OP_PUT_CHUNK, &b, &p, &len);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, len);
+    const uint8_t *k = rk_reader_take(&r, 32);
+    uint8_t cr = rk_reader_u8(&r);
+    rk_reader_u32(&r);
+    uint64_t bytes = rk_reader_u64(&r);
+    if (!r.short_read) {
+        memcpy(key_out, k, 32);
+        if (created)
+            *created = cr;
+        if (stored_bytes)
+            *stored_bytes = bytes;
+    }
+    rk_free(p);
+    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "PUT_CHUNK response malformed") : RK_OK;
+}
+
+rk_status ragkv_put_kv(ragkv_conn *c, const int32_t *tokens, uint32_t n, const void *container,
+                       uint32_t len, uint8_t key_out[32], int *created)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_tokens(&b, tokens, n);
+    rk_buf_put_u32(&b, len);
+    rk_buf_append(&b, container, len);
+    uint8_t *p;
+    uint32_t rl;
+    rk_status st = call_buf(c, RK_OP_PUT_KV, &b, &p, &rl);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, rl);
+    const uint8_t *k = rk_reader_take(&r, 32);
+    uint8_t cr = rk_reader_u8(&r);
+    rk_reader_u64(&r);
+    if (!r.short_read) {
+        memcpy(key_out, k, 32);
+        if (created)
+            *created = cr;
+    }
+    rk_free(p);
+    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "PUT_KV response malformed") : RK_OK;
+}
+
+rk_status ragkv_get_kv(ragkv_conn *c, const uint8_t key[32], const int32_t *tokens, uint32_t n,
+                       uint8_t **container, uint32_t *len)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_u8(&b, tokens ? 1 : 0);
+    if (tokens)
+        rk_buf_put_tokens(&b, tokens, n);
+    else
+        rk_buf_append(&b, key, 32);
+    rk_buf_put_u8(&b, 0xFF);
+    rk_buf_put_u8(&b, 0xFF);
+    uint8_t *p;
+    uint32_t rl;
+    rk_status st = call_buf(c, RK_OP_GET_KV, &b, &p, &rl);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, rl);
+    uint32_t cl = rk_reader_u32(&r);
+    const uint8_t *cd = rk_reader_take(&r, cl);
+    uint8_t *out = cd ? rk_malloc(cl ? cl : 1) : NULL;
+    if (out) {
+        memcpy(out, cd, cl);
+        *container = out;
+        *len = cl;
+    }
+    rk_free(p);
+    return out ? RK_OK : rk_error_set(RK_ERR_PROTOCOL, "GET_KV response malformed");
+}
+
+rk_status ragkv_lookup(ragkv_conn *c, const uint8_t *keys, uint32_t n, uint8_t *present)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_u32(&b, n);
+    rk_buf_append(&b, keys, (size_t)n * 32);
+    uint8_t *p;
+    uint32_t rl;
+    rk_status st = call_buf(c, RK_OP_LOOKUP, &b, &p, &rl);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, rl);
+    uint32_t m = rk_reader_u32(&r);
+    const uint8_t *v = rk_reader_take(&r, m);
+    if (v && m == n)
+        memcpy(present, v, n);
+    rk_free(p);
+    return v && m == n ? RK_OK : rk_error_set(RK_ERR_PROTOCOL, "LOOKUP response malformed");
+}
+
+rk_status ragkv_delete(ragkv_conn *c, const uint8_t key[32])
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_append(&b, key, 32);
+    return call_buf(c, RK_OP_DELETE, &b, NULL, NULL);
+}

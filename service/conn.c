@@ -286,18 +286,36 @@ static void gen_unlink(struct svc_conn *c, svc_gen *g)
         }
 }
 
-/* The final GENERATE response: tokens not yet streamed, then the statistics. */
+/* The statistics that end GENERATE and PREFILL_KV responses (docs/protocol.md). */
+static void put_gen_stats(rk_buf *b, const svc_gen *g)
+{
+    rk_buf_put_u32(b, g->prompt_tokens);
+    rk_buf_put_u32(b, g->recomputed);
+    rk_buf_put_u32(b, g->chunk_hits);
+    rk_buf_put_u32(b, g->chunk_misses);
+    rk_buf_put_f32(b, g->ttft_ms);
+    rk_buf_put_f32(b, g->total_ms);
+}
+
+/* The final response of a job: GENERATE (tokens not yet streamed + statistics), PREFILL_KV
+ * (the container + statistics) or PUT_CHUNK (key, created, tokens, bytes). */
 static void gen_send_final(struct svc_conn *c, svc_gen *g, const int32_t *toks, size_t n)
 {
     rk_buf b = RK_BUF_INIT;
-    rk_buf_put_tokens(&b, toks, (uint32_t)n);
-    rk_buf_put_u32(&b, g->prompt_tokens);
-    rk_buf_put_u32(&b, g->recomputed);
-    rk_buf_put_u32(&b, 0); /* chunk hits: chunks by key arrive with the chunk store */
-    rk_buf_put_u32(&b, 0); /* chunk misses */
-    rk_buf_put_f32(&b, g->ttft_ms);
-    rk_buf_put_f32(&b, g->total_ms);
-    rk_buf_put_u8(&b, g->finish);
+    if (g->kind == SVC_JOB_PUT) {
+        rk_buf_append(&b, g->key.b, CC_KEY_BYTES);
+        rk_buf_put_u8(&b, (uint8_t)g->created);
+        rk_buf_put_u32(&b, g->segs[0].n);
+        rk_buf_put_u64(&b, g->stored_bytes);
+    } else if (g->kind == SVC_JOB_PREFILL) {
+        rk_buf_put_u32(&b, (uint32_t)g->result.len);
+        rk_buf_append(&b, g->result.data, g->result.len);
+        put_gen_stats(&b, g);
+    } else {
+        rk_buf_put_tokens(&b, toks, (uint32_t)n);
+        put_gen_stats(&b, g);
+        rk_buf_put_u8(&b, g->finish);
+    }
     if (b.failed)
         conn_send_error(c, g->opcode, g->request_id, RK_ERR_NOMEM, "reply");
     else
@@ -343,57 +361,58 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void handle_generate(struct svc_conn *c, svc_request *rq)
+/* Hand a job to the executor; its result comes back through gen_on_notify. Takes the
+ * request's arrays. */
+static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
 {
     struct svc_server *srv = c->w->srv;
     if (!srv->exec) {
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
         return;
     }
-    const eng_model_info *mi = eng_model_get_info(srv->model);
-    static const int modes[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, -1, -1};
-    if (modes[rq->blend] < 0) {
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "blend modes cachecraft and ape are not in this version");
+    if (kind != SVC_JOB_PUT) {
+        static const int modes[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, -1, -1};
+        if (modes[rq->blend] < 0) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
+                            "blend modes cachecraft and ape are not in this version");
+            return;
+        }
+    } else if (rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED, "a tenant writes only its own namespace");
         return;
     }
-    for (uint32_t i = 0; i < rq->nsegments; i++) {
-        if (rq->segments[i].kind == SVC_SEG_KEY) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_FOUND,
-                            "chunks by key need the chunk store, which this version of ragkvd does not run yet");
-            return;
-        }
-        for (uint32_t t = 0; t < rq->segments[i].ntokens; t++)
-            if (rq->segments[i].tokens[t] >= mi->vocab) {
-                char m[128];
-                snprintf(m, sizeof(m), "segment %u: token %d is outside the vocabulary of %d", i,
-                         rq->segments[i].tokens[t], mi->vocab);
-                conn_send_error(c, rq->opcode, rq->id, RK_ERR_RANGE, m);
-                return;
-            }
-    }
-    for (uint32_t t = 0; t < rq->nquery; t++)
-        if (rq->query[t] >= mi->vocab) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_RANGE, "query token outside the vocabulary");
-            return;
-        }
     svc_gen *g = svc_gen_new();
-    if (!g || (rq->nsegments && !(g->segs = rk_calloc(rq->nsegments, sizeof(bl_segment)))) ||
+    size_t nseg = kind == SVC_JOB_PUT ? 1 : rq->nsegments;
+    if (!g || (nseg && !(g->segs = rk_calloc(nseg, sizeof(svc_gen_seg)))) ||
         !(g->notify = event_new(c->w->base, -1, 0, gen_on_notify, g))) {
         svc_gen_release(g);
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "generation");
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "job");
         return;
     }
-    /* the request's token arrays move into the generation */
-    for (uint32_t i = 0; i < rq->nsegments; i++) {
-        g->segs[i] = (bl_segment){rq->segments[i].tokens, rq->segments[i].ntokens, NULL};
-        rq->segments[i].tokens = NULL;
+    g->kind = kind;
+    snprintf(g->tenant, sizeof(g->tenant), "%s", c->tenant);
+    snprintf(g->ns, sizeof(g->ns), "%s", rq->ns);
+    /* the request's token arrays move into the job */
+    if (kind == SVC_JOB_PUT) {
+        g->segs[0] = (svc_gen_seg){.tokens = rq->tokens, .n = rq->ntokens};
+        rq->tokens = NULL;
+    } else {
+        for (uint32_t i = 0; i < rq->nsegments; i++) {
+            svc_segment *in = &rq->segments[i];
+            g->segs[i].by_key = in->kind == SVC_SEG_KEY;
+            memcpy(g->segs[i].key.b, in->key, CC_KEY_BYTES);
+            g->segs[i].tokens = in->tokens;
+            g->segs[i].n = in->ntokens;
+            in->tokens = NULL;
+        }
+        g->query = rq->query;
+        g->nquery = rq->nquery;
+        rq->query = NULL;
+        static const bl_mode bm[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND};
+        bl_params_default(&g->blend, bm[rq->blend]);
+        g->blend.ratio = rq->recompute;
     }
-    g->nsegs = rq->nsegments;
-    g->query = rq->query;
-    g->nquery = rq->nquery;
-    rq->query = NULL;
-    bl_params_default(&g->blend, (bl_mode)modes[rq->blend]);
-    g->blend.ratio = rq->recompute;
+    g->nsegs = nseg;
     g->max_tokens = rq->max_tokens;
     g->temperature = rq->temperature;
     g->top_p = rq->top_p;
@@ -402,7 +421,7 @@ static void handle_generate(struct svc_conn *c, svc_request *rq)
     g->conn = c;
     g->request_id = rq->id;
     g->opcode = rq->opcode;
-    g->stream = rq->stream;
+    g->stream = kind == SVC_JOB_GENERATE && rq->stream;
     rk_status st = svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {
         event_free(g->notify);
@@ -413,6 +432,81 @@ static void handle_generate(struct svc_conn *c, svc_request *rq)
     }
     g->next = c->gens;
     c->gens = g;
+}
+
+/* GET_KV: a stored chunk's container, as stored. PUT_KV: validate and store an external
+ * engine's container. Both run on the worker thread (store calls and one decode). */
+static void handle_kv_io(struct svc_conn *c, svc_request *rq)
+{
+    struct svc_server *srv = c->w->srv;
+    if (!srv->model) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
+        return;
+    }
+    const eng_model_info *mi = eng_model_get_info(srv->model);
+    svc_chunk_ctx cx = {.model = srv->model, .store = srv->store, .pool = srv->codec_pool};
+    rk_status st;
+    cc_key key;
+    rk_buf b = RK_BUF_INIT;
+    if (rq->opcode == RK_OP_GET_KV) {
+        if (rq->codec != 0xFF || rq->level != 0xFF) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "GET_KV returns containers as stored (codec 0xFF, level 0xFF)");
+            return;
+        }
+        if (rq->by_tokens)
+            st = cc_key_compute(mi->id, rq->ns[0] ? rq->ns : c->tenant, rq->tokens, rq->ntokens, &key);
+        else {
+            memcpy(key.b, rq->key, CC_KEY_BYTES);
+            st = RK_OK;
+        }
+        cc_buf *blob = NULL;
+        if (st == RK_OK)
+            st = cc_store_get(srv->store, c->tenant, &key, &blob, NULL);
+        if (st == RK_OK) {
+            int32_t *t;
+            uint32_t n;
+            const uint8_t *cont;
+            size_t clen;
+            if ((st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen)) == RK_OK) {
+                rk_buf_put_u32(&b, (uint32_t)clen);
+                rk_buf_append(&b, cont, clen);
+                rk_free(t);
+            }
+            cc_buf_release(blob);
+        }
+    } else { /* PUT_KV */
+        if (rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED, "a tenant writes only its own namespace");
+            return;
+        }
+        st = svc_chunk_check(&cx, rq->blob, rq->blob_len, rq->ntokens, NULL);
+        rk_buf blob = RK_BUF_INIT;
+        uint8_t present = 0;
+        codec_info ci;
+        if (st == RK_OK)
+            st = cc_key_compute(mi->id, c->tenant, rq->tokens, rq->ntokens, &key);
+        if (st == RK_OK)
+            st = cc_store_lookup(srv->store, c->tenant, &key, 1, &present);
+        if (st == RK_OK && !present && (st = svc_chunk_wrap(rq->tokens, rq->ntokens, rq->blob, rq->blob_len, &blob)) == RK_OK &&
+            (st = codec_inspect(rq->blob, rq->blob_len, &ci)) == RK_OK) {
+            cc_put_args a = {.model = mi->id, .tokens = rq->tokens, .ntokens = rq->ntokens, .codec = (uint16_t)ci.codec,
+                             .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
+            st = cc_store_put(srv->store, c->tenant, &a, &key);
+        }
+        if (st == RK_OK) {
+            rk_buf_append(&b, key.b, CC_KEY_BYTES);
+            rk_buf_put_u8(&b, present ? 0 : 1);
+            rk_buf_put_u64(&b, present ? 0 : blob.len);
+        }
+        rk_buf_free(&blob);
+    }
+    if (st == RK_OK && b.failed)
+        st = RK_ERR_NOMEM;
+    if (st != RK_OK)
+        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+    else
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
 }
 
 /* LOOKUP, DELETE, STATS: metadata operations on the tenant's view of the store. They run on
@@ -492,7 +586,13 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
     if (c->admin)
         handle_admin(c, rq);
     else if (rq->opcode == RK_OP_GENERATE)
-        handle_generate(c, rq);
+        submit_job(c, rq, SVC_JOB_GENERATE);
+    else if (rq->opcode == RK_OP_PREFILL_KV)
+        submit_job(c, rq, SVC_JOB_PREFILL);
+    else if (rq->opcode == RK_OP_PUT_CHUNK)
+        submit_job(c, rq, SVC_JOB_PUT);
+    else if (rq->opcode == RK_OP_GET_KV || rq->opcode == RK_OP_PUT_KV)
+        handle_kv_io(c, rq);
     else if (rq->opcode == RK_OP_LOOKUP || rq->opcode == RK_OP_DELETE || rq->opcode == RK_OP_STATS)
         handle_chunk_meta(c, rq);
     else /* chunk operations arrive with the chunk store */

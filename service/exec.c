@@ -37,6 +37,7 @@ struct active {
 };
 
 struct svc_exec {
+    svc_chunk_ctx cx;          /* model, backend, store, codec settings */
     eng_model *m;
     eng_backend *be;
     int max_batch;
@@ -70,10 +71,11 @@ void svc_gen_release(svc_gen *g)
     if (!g || atomic_fetch_sub(&g->refs, 1) != 1)
         return;
     for (size_t i = 0; i < g->nsegs; i++)
-        rk_free((void *)g->segs[i].tokens);
+        rk_free(g->segs[i].tokens);
     rk_free(g->segs);
     rk_free(g->query);
     rk_free(g->out);
+    rk_buf_free(&g->result);
     pthread_mutex_destroy(&g->lock);
     rk_free(g);
 }
@@ -130,7 +132,71 @@ static bool is_stop(const eng_model_info *mi, int32_t t)
     return false;
 }
 
-/* Assemble g's prompt into a new active slot and produce its first token. */
+/* Resolve g's segments into bl_segments: chunks by key come from the store (tokens and KV);
+ * literal segments are looked up by content unless the mode reuses nothing. kvs[i] receives
+ * the decoded KV to free. */
+static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    const char *ns = g->ns[0] ? g->ns : g->tenant;
+    bool reuse = g->blend.mode != BL_FULL;
+    for (size_t i = 0; i < g->nsegs; i++) {
+        svc_gen_seg *sg = &g->segs[i];
+        rk_status st;
+        if (sg->by_key) {
+            st = svc_chunk_fetch(&x->cx, g->tenant, &sg->key, &sg->tokens, &sg->n, reuse ? &kvs[i] : NULL);
+            if (st == RK_ERR_NOT_FOUND)
+                return rk_error_set(st, "segment %zu: no such chunk", i);
+            if (st != RK_OK)
+                return st;
+            g->chunk_hits++;
+        } else if (reuse) {
+            cc_key k;
+            int32_t *stored = NULL;
+            uint32_t n = 0;
+            st = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &k);
+            if (st == RK_OK)
+                st = svc_chunk_fetch(&x->cx, g->tenant, &k, &stored, &n, &kvs[i]);
+            rk_free(stored);
+            if (st == RK_OK) {
+                g->chunk_hits++;
+            } else if (st == RK_ERR_NOT_FOUND) {
+                g->chunk_misses++; /* computed in context; PUT_CHUNK caches it */
+            } else {
+                return st;
+            }
+        }
+        for (uint32_t t = 0; t < sg->n; t++)
+            if (sg->tokens[t] < 0 || sg->tokens[t] >= mi->vocab)
+                return rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
+                                    sg->tokens[t], mi->vocab);
+        segs[i] = (bl_segment){sg->tokens, sg->n, kvs[i]};
+    }
+    return RK_OK;
+}
+
+/* PREFILL: the assembled prompt's KV as a container in g->result. */
+static rk_status export_prompt(svc_exec *x, svc_gen *g, eng_seq *s)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    size_t n = eng_seq_len(s);
+    float *kv = rk_malloc(eng_kv_floats(x->m, n) * sizeof(float));
+    if (!kv)
+        return RK_ERR_NOMEM;
+    rk_status st = eng_kv_export(s, 0, n, kv);
+    if (st == RK_OK) {
+        codec_shape shape = {(uint32_t)mi->n_layers, (uint32_t)n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+        codec_params p = codec_params_default(x->cx.codec);
+        p.level = x->cx.level;
+        p.pool = x->cx.pool;
+        st = codec_encode(kv, &shape, &p, &g->result);
+    }
+    rk_free(kv);
+    return st;
+}
+
+/* Start a job: PUT runs to completion; GENERATE and PREFILL assemble their prompt (GENERATE
+ * then joins the active batch with its first token). */
 static void start_gen(svc_exec *x, svc_gen *g)
 {
     const eng_model_info *mi = eng_model_get_info(x->m);
@@ -138,38 +204,55 @@ static void start_gen(svc_exec *x, svc_gen *g)
         finish(x, g, RK_ERR_CANCELLED, "client gone", 0);
         return;
     }
+    if (g->kind == SVC_JOB_PUT) {
+        rk_status st = svc_chunk_put(&x->cx, g->tenant, g->segs[0].tokens, g->segs[0].n, &g->key, &g->created,
+                                     &g->stored_bytes);
+        finish(x, g, st, st == RK_OK ? NULL : rk_error_msg(), 0);
+        return;
+    }
     struct active *a = &x->act[x->nact];
     memset(a, 0, sizeof(*a));
     float *logits = x->logits + x->nact * (size_t)mi->vocab;
-    /* room for the prompt and the tokens asked for, never the whole context by default (a
-     * 128K-context model would reserve gigabytes per generation) */
-    size_t plen = 1 + g->nquery;
-    for (size_t i = 0; i < g->nsegs; i++)
-        plen += g->segs[i].n;
-    size_t cap = plen + (size_t)g->max_tokens + 1;
-    if (cap > (size_t)mi->max_seq)
-        cap = (size_t)mi->max_seq;
-    if (cap < plen)
-        cap = plen; /* bl_assemble reports the prompt as too long for the context */
-    rk_status st = eng_seq_new(x->be, cap, &a->s);
+    bl_segment *segs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(bl_segment));
+    float **kvs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(float *));
+    rk_status st = segs && kvs ? resolve_segments(x, g, segs, kvs) : RK_ERR_NOMEM;
     bl_stats bs = {0};
+    if (st == RK_OK) {
+        /* room for the prompt and the tokens asked for, never the whole context by default
+         * (a 128K-context model would reserve gigabytes per generation) */
+        size_t plen = 1 + g->nquery;
+        for (size_t i = 0; i < g->nsegs; i++)
+            plen += segs[i].n;
+        size_t cap = plen + (g->kind == SVC_JOB_GENERATE ? (size_t)g->max_tokens + 1 : 0);
+        if (cap > (size_t)mi->max_seq)
+            cap = (size_t)mi->max_seq;
+        if (cap < plen)
+            cap = plen; /* bl_assemble reports the prompt as too long for the context */
+        st = eng_seq_new(x->be, cap, &a->s);
+    }
     if (st == RK_OK)
-        st = bl_assemble(x->m, x->be, a->s, g->segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
-    if (st != RK_OK) {
+        st = bl_assemble(x->m, x->be, a->s, segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
+    for (size_t i = 0; kvs && i < g->nsegs; i++)
+        rk_free(kvs[i]);
+    rk_free(kvs);
+    rk_free(segs);
+    if (st == RK_OK && g->kind == SVC_JOB_PREFILL)
+        st = export_prompt(x, g, a->s);
+    g->prompt_tokens = (uint32_t)bs.prompt_tokens;
+    g->recomputed = (uint32_t)bs.recomputed;
+    g->ttft_ms = (float)((rk_now_ns() - g->submit_ns) / 1e6);
+    if (st != RK_OK || g->kind == SVC_JOB_PREFILL) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "%s", rk_error_msg());
+        snprintf(msg, sizeof(msg), "%s", st == RK_OK ? "" : rk_error_msg());
         eng_seq_free(a->s);
         finish(x, g, st, msg, 0);
         return;
     }
-    eng_sampler_init(&a->sm, g->temperature, g->top_k, g->top_p, g->seed);
-    a->g = g;
-    g->prompt_tokens = (uint32_t)bs.prompt_tokens;
-    g->recomputed = (uint32_t)bs.recomputed;
-    g->ttft_ms = (float)((rk_now_ns() - g->submit_ns) / 1e6);
     svc_metric_add(xm.gens, 1);
     svc_metric_add(xm.prompt_tokens, (int64_t)bs.prompt_tokens);
     svc_metric_add(xm.recomputed, (int64_t)bs.recomputed);
+    eng_sampler_init(&a->sm, g->temperature, g->top_k, g->top_p, g->seed);
+    a->g = g;
     x->nact++;
     int32_t t = eng_sample(&a->sm, logits, mi->vocab);
     if (g->max_tokens == 0 || is_stop(mi, t)) {
@@ -298,16 +381,18 @@ static void exec_free(svc_exec *x)
     rk_free(x);
 }
 
-rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec **out)
+rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **out)
 {
+    eng_model *m = chunks->model;
     const eng_model_info *mi = eng_model_get_info(m);
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, exec_metrics);
     svc_exec *x = rk_calloc(1, sizeof(*x));
     if (!x)
         return RK_ERR_NOMEM;
-    x->m = m;
-    x->be = be;
+    x->cx = *chunks;
+    x->m = chunks->model;
+    x->be = chunks->backend;
     x->max_batch = max_batch > 0 ? max_batch : 32;
     pthread_mutex_init(&x->lock, NULL);
     pthread_cond_init(&x->wake, NULL);

@@ -21,9 +21,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "chunk.h"
 #include "ragkv/blend.h"
+#include "ragkv/bytes.h"
 #include "ragkv/engine.h"
 #include "ragkv/status.h"
+#include "ragkv/svc_request.h"
 
 typedef enum svc_finish {
     SVC_FINISH_LENGTH = 0,  /* max_tokens generated */
@@ -31,10 +34,27 @@ typedef enum svc_finish {
     SVC_FINISH_CONTEXT = 2, /* the context is full */
 } svc_finish;
 
+typedef enum svc_job_kind {
+    SVC_JOB_GENERATE = 0, /* assemble, then decode until done (streams tokens) */
+    SVC_JOB_PREFILL = 1,  /* assemble, then hand back the prompt's KV as a container */
+    SVC_JOB_PUT = 2,      /* prefill one chunk standalone, encode and store it */
+} svc_job_kind;
+
+/* One prompt segment as the client sent it. */
+typedef struct svc_gen_seg {
+    bool by_key;               /* named by key: tokens come from the store */
+    cc_key key;
+    int32_t *tokens;           /* (n) owned; filled from the store for by_key segments */
+    uint32_t n;
+} svc_gen_seg;
+
 typedef struct svc_gen {
     atomic_int refs;
     /* request (immutable after submit) */
-    bl_segment *segs;          /* (nsegs) token segments, owned with their token arrays */
+    uint8_t kind;              /* svc_job_kind */
+    char tenant[SVC_NAME_MAX]; /* the authenticated tenant */
+    char ns[SVC_NAME_MAX];     /* namespace to read chunks from ("" = the tenant's own) */
+    svc_gen_seg *segs;         /* (nsegs), owned */
     size_t nsegs;
     int32_t *query;            /* (nquery), owned */
     size_t nquery;
@@ -51,7 +71,11 @@ typedef struct svc_gen {
     bool done;
     rk_status status;
     char errmsg[256];
-    uint32_t prompt_tokens, recomputed;
+    uint32_t prompt_tokens, recomputed, chunk_hits, chunk_misses;
+    cc_key key;                /* PUT: the chunk's key */
+    int created;               /* PUT: 1 when newly stored */
+    uint64_t stored_bytes;     /* PUT: blob bytes */
+    rk_buf result;             /* PREFILL: the prompt's KV container */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */
@@ -67,9 +91,9 @@ typedef struct svc_gen {
 
 typedef struct svc_exec svc_exec;
 
-/* Start the executor thread over a model and backend it does not own (they must outlive it).
- * max_batch caps the generations decoded together. */
-rk_status svc_exec_start(eng_model *m, eng_backend *be, int max_batch, svc_exec **out);
+/* Start the executor thread over the model, backend and store in chunks (copied; the objects
+ * are borrowed and must outlive it). max_batch caps the generations decoded together. */
+rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **out);
 
 /* Stop: every queued or active generation finishes with RK_ERR_SHUTDOWN (and is notified),
  * then the thread is joined. NULL is a no-op. */

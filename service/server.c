@@ -32,6 +32,8 @@
 #include "ragkv/version.h"
 #include "exec.h"
 #include "ragkv/chunkcache.h"
+#include "ragkv/codec.h"
+#include "ragkv/thread.h"
 #include "server_int.h"
 
 struct svc_server_metrics svc_m;
@@ -341,6 +343,12 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     if (lvl >= 0)
         rk_log_set_level((rk_log_level)lvl);
 
+    if ((st = lock_data_dir(srv)) != RK_OK)
+        goto fail;
+    if ((st = svc_auth_open(cfg->data_dir, &srv->auth)) != RK_OK)
+        goto fail;
+    if ((st = open_store(srv)) != RK_OK)
+        goto fail;
     if (cfg->model[0]) {
         if ((st = eng_model_open(cfg->model, &srv->model)) != RK_OK) {
             rk_error_set(st, "model %s: %s", cfg->model, rk_error_msg());
@@ -350,18 +358,16 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             rk_error_set(st, "backend %s: %s", cfg->backend, rk_error_msg());
             goto fail;
         }
-        if ((st = svc_exec_start(srv->model, srv->backend, cfg->max_batch, &srv->exec)) != RK_OK)
+        if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK)
+            goto fail;
+        svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
+                            .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1};
+        if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);
         RK_INFO("model %s: %s, %d layers, dim %d, vocab %d, context %d, backend %s", cfg->model, mi->id,
                 mi->n_layers, mi->dim, mi->vocab, mi->max_seq, eng_backend_name(srv->backend));
     }
-    if ((st = lock_data_dir(srv)) != RK_OK)
-        goto fail;
-    if ((st = svc_auth_open(cfg->data_dir, &srv->auth)) != RK_OK)
-        goto fail;
-    if ((st = open_store(srv)) != RK_OK)
-        goto fail;
     st = RK_ERR_NOMEM;
     if (!(srv->base = event_base_new()))
         goto fail;
@@ -515,6 +521,7 @@ void svc_server_close(svc_server *srv)
         event_base_free(srv->base);
     svc_exec_stop(srv->exec);
     eng_backend_free(srv->backend);
+    rk_pool_free(srv->codec_pool);
     eng_model_close(srv->model);
     cc_store_close(srv->store);
     svc_auth_close(srv->auth);

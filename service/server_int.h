@@ -63,6 +63,7 @@ struct svc_server {
     struct eng_backend *backend;        /* its compute backend, driven by exec only */
     struct svc_exec *exec;              /* the compute executor; NULL without a model */
     struct cc_store *store;             /* chunk caches, tenants' usage and quotas (thread-safe) */
+    struct rk_pool *codec_pool;         /* threads for encoding and decoding chunk KV */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -86,6 +86,27 @@ rk_status ragkv_ping(ragkv_conn *c);
  * authenticated name (SVC-side limit: 256 bytes including NUL). */
 rk_status ragkv_auth(ragkv_conn *c, const char *token, char *tenant, size_t tenant_len);
 
+/* ---- chunks ---------------------------------------------------------------------------- */
+
+/* PUT_CHUNK: the server prefills tokens (no BOS) standalone and caches the compressed KV in
+ * the tenant's namespace. key_out gets the 32-byte key; created/stored_bytes may be NULL. */
+rk_status ragkv_put_chunk(ragkv_conn *c, const int32_t *tokens, uint32_t n, uint8_t key_out[32],
+                          int *created, uint64_t *stored_bytes);
+
+/* PUT_KV: store an externally computed KV container for tokens. */
+rk_status ragkv_put_kv(ragkv_conn *c, const int32_t *tokens, uint32_t n, const void *container,
+                       uint32_t len, uint8_t key_out[32], int *created);
+
+/* GET_KV by key (tokens NULL) or by tokens: the stored container (caller frees with rk_free). */
+rk_status ragkv_get_kv(ragkv_conn *c, const uint8_t key[32], const int32_t *tokens, uint32_t n,
+                       uint8_t **container, uint32_t *len);
+
+/* LOOKUP: present[i] = 1 when keys[i] (32 bytes each) is cached for this tenant. */
+rk_status ragkv_lookup(ragkv_conn *c, const uint8_t *keys, uint32_t n, uint8_t *present);
+
+/* DELETE one of the tenant's chunks. */
+rk_status ragkv_delete(ragkv_conn *c, const uint8_t key[32]);
+
 /* ---- generation ------------------------------------------------------------------------ */
 
 /* One prompt segment: a cached chunk by key (key != NULL) or literal tokens. */

@@ -1,0 +1,152 @@
+/* chunk.c — stored chunk blobs and the executor's chunk work (prefill, encode, store, fetch). */
+#include "chunk.h"
+
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/blend.h"
+#include "ragkv/clock.h"
+
+static const uint8_t chunk_magic[4] = {'R', 'K', 'C', '1'};
+
+rk_status svc_chunk_wrap(const int32_t *tokens, uint32_t n, const void *container, size_t clen, rk_buf *out)
+{
+    rk_buf_append(out, chunk_magic, 4);
+    rk_buf_put_u32(out, n);
+    for (uint32_t i = 0; i < n; i++)
+        rk_buf_put_u32(out, (uint32_t)tokens[i]);
+    rk_buf_append(out, container, clen);
+    return out->failed ? RK_ERR_NOMEM : RK_OK;
+}
+
+rk_status svc_chunk_unwrap(const uint8_t *blob, size_t len, int32_t **tokens, uint32_t *n,
+                           const uint8_t **container, size_t *clen)
+{
+    rk_reader r = rk_reader_make(blob, len);
+    const uint8_t *m = rk_reader_take(&r, 4);
+    if (!m || memcmp(m, chunk_magic, 4) != 0)
+        return rk_error_set(RK_ERR_FORMAT, "stored chunk: bad magic");
+    uint32_t cnt = rk_reader_u32(&r);
+    if (r.short_read || cnt == 0 || (size_t)cnt * 4 > rk_reader_left(&r))
+        return rk_error_set(RK_ERR_TRUNCATED, "stored chunk: token list truncated");
+    const uint8_t *p = rk_reader_take(&r, (size_t)cnt * 4);
+    int32_t *t = rk_malloc((size_t)cnt * 4);
+    if (!t)
+        return RK_ERR_NOMEM;
+    for (uint32_t i = 0; i < cnt; i++)
+        t[i] = (int32_t)rk_get_le32(p + 4 * (size_t)i);
+    *n = cnt;
+    *tokens = t;
+    *container = blob + r.off;
+    *clen = rk_reader_left(&r);
+    return RK_OK;
+}
+
+rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size_t clen, uint32_t n,
+                          float **kv_out)
+{
+    const eng_model_info *mi = eng_model_get_info(x->model);
+    codec_info ci;
+    rk_status st = codec_inspect(container, clen, &ci);
+    if (st != RK_OK)
+        return st;
+    if (ci.shape.n_layers != (uint32_t)mi->n_layers || ci.shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
+        ci.shape.head_dim != (uint32_t)mi->head_dim || ci.shape.n_tokens != n)
+        return rk_error_set(RK_ERR_INVALID,
+                            "container geometry %u layers x %u tokens x %u kv heads x %u dims does not "
+                            "match the model (%d x %u x %d x %d)",
+                            ci.shape.n_layers, ci.shape.n_tokens, ci.shape.n_kv_heads, ci.shape.head_dim,
+                            mi->n_layers, n, mi->n_kv_heads, mi->head_dim);
+    if (ci.codebook_id)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "containers that need a codebook are not accepted yet");
+    size_t bytes = codec_decoded_bytes(&ci, CODEC_F32);
+    float *kv = bytes ? rk_malloc(bytes) : NULL;
+    if (!kv)
+        return RK_ERR_NOMEM;
+    codec_decode_opts o = {.pool = x->pool};
+    st = codec_decode(container, clen, &o, CODEC_F32, kv, bytes);
+    if (st != RK_OK || !kv_out)
+        rk_free(kv);
+    else
+        *kv_out = kv;
+    return st;
+}
+
+rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
+                          uint32_t *n, float **kv)
+{
+    cc_buf *b = NULL;
+    cc_record rec;
+    cc_record_init(&rec);
+    rk_status st = cc_store_get(x->store, tenant, key, &b, &rec);
+    if (st != RK_OK)
+        return st;
+    const uint8_t *cont = NULL;
+    size_t clen = 0;
+    int32_t *t = NULL;
+    st = svc_chunk_unwrap(b->data, b->len, &t, n, &cont, &clen);
+    if (st == RK_OK) { /* the tokens must be the ones the key names */
+        cc_key k;
+        st = cc_key_compute(rec.model, rec.ns, t, *n, &k);
+        if (st == RK_OK && !cc_key_equal(&k, key))
+            st = rk_error_set(RK_ERR_CORRUPT, "stored chunk: tokens do not match the key");
+    }
+    if (st == RK_OK && kv)
+        st = svc_chunk_check(x, cont, clen, *n, kv);
+    cc_buf_release(b);
+    cc_record_clear(&rec);
+    if (st != RK_OK) {
+        rk_free(t);
+        return st;
+    }
+    *tokens = t;
+    return RK_OK;
+}
+
+rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_t *tokens, uint32_t n,
+                        cc_key *key, int *created, uint64_t *stored_bytes)
+{
+    const eng_model_info *mi = eng_model_get_info(x->model);
+    rk_status st = cc_key_compute(mi->id, tenant, tokens, n, key);
+    if (st != RK_OK)
+        return st;
+    uint8_t present = 0;
+    if ((st = cc_store_lookup(x->store, tenant, key, 1, &present)) != RK_OK)
+        return st;
+    *created = 0;
+    *stored_bytes = 0;
+    if (present)
+        return RK_OK;
+    uint64_t t0 = rk_now_ns();
+    float *kv = rk_malloc(eng_kv_floats(x->model, n) * sizeof(float));
+    if (!kv)
+        return RK_ERR_NOMEM;
+    rk_buf cont = RK_BUF_INIT, blob = RK_BUF_INIT;
+    st = bl_chunk_prefill(x->model, x->backend, tokens, n, kv);
+    double prefill_ms = (double)(rk_now_ns() - t0) / 1e6;
+    if (st == RK_OK) {
+        codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+        codec_params p = codec_params_default(x->codec);
+        p.level = x->level;
+        p.pool = x->pool;
+        st = codec_encode(kv, &shape, &p, &cont);
+    }
+    if (st == RK_OK)
+        st = svc_chunk_wrap(tokens, n, cont.data, cont.len, &blob);
+    if (st == RK_OK) {
+        int dl, ml;
+        codec_levels(x->codec, &dl, &ml);
+        cc_put_args a = {.model = mi->id, .tokens = tokens, .ntokens = n, .codec = (uint16_t)x->codec,
+                         .level = (uint16_t)(x->level >= 0 ? x->level : dl), .blob = blob.data,
+                         .blob_len = blob.len, .cost = prefill_ms};
+        st = cc_store_put(x->store, tenant, &a, key);
+    }
+    if (st == RK_OK) {
+        *created = 1;
+        *stored_bytes = blob.len;
+    }
+    rk_free(kv);
+    rk_buf_free(&cont);
+    rk_buf_free(&blob);
+    return st;
+}

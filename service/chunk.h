@@ -1,0 +1,67 @@
+/*
+ * chunk.h — private to service/: the stored form of a chunk, and the chunk work the executor
+ * does with the engine, the codec and the store.
+ *
+ * A stored chunk blob is the chunk's token ids followed by its KV container (docs/format.md):
+ *
+ *     off  size  field
+ *       0     4  magic "RKC1"
+ *       4     4  u32 n_tokens
+ *       8   4n   n_tokens x i32 token ids (little-endian)
+ *    8+4n   ...  the KV container, to the end
+ *
+ * The tokens travel with the KV because a prompt may name a chunk by key alone, and blending
+ * recomputes some of its tokens. On read, the tokens are checked against the key (the key is
+ * BLAKE2b of model, namespace and tokens), so a blob can never be served for another chunk.
+ */
+#ifndef RAGKV_SVC_CHUNK_H
+#define RAGKV_SVC_CHUNK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragkv/bytes.h"
+#include "ragkv/chunkcache.h"
+#include "ragkv/codec.h"
+#include "ragkv/engine.h"
+#include "ragkv/status.h"
+#include "ragkv/thread.h"
+
+/* Append the blob for (tokens, container) to out. */
+rk_status svc_chunk_wrap(const int32_t *tokens, uint32_t n, const void *container, size_t clen, rk_buf *out);
+
+/* Split a blob: *tokens gets a fresh array (rk_free) of *n ids; *container points into blob.
+ * RK_ERR_FORMAT / RK_ERR_TRUNCATED on a malformed blob. */
+rk_status svc_chunk_unwrap(const uint8_t *blob, size_t len, int32_t **tokens, uint32_t *n,
+                           const uint8_t **container, size_t *clen);
+
+/* What the chunk work needs: the model, its backend (executor thread only), the store, a
+ * pool for the codec, and the codec settings for new chunks. */
+typedef struct svc_chunk_ctx {
+    eng_model *model;
+    eng_backend *backend;
+    cc_store *store;
+    rk_pool *pool;
+    codec_id codec;
+    int level;
+} svc_chunk_ctx;
+
+/* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,
+ * and that it decodes (every checksum verified). kv_out, when not NULL, gets the decoded
+ * float32 KV (rk_free). */
+rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size_t clen, uint32_t n,
+                          float **kv_out);
+
+/* Fetch a chunk as tenant sees it: by key, verifying its tokens against the key under the
+ * record's namespace. *tokens (rk_free) and, when kv is not NULL, the decoded KV (rk_free).
+ * RK_ERR_NOT_FOUND when absent or unreadable for tenant. */
+rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
+                          uint32_t *n, float **kv);
+
+/* Prefill tokens standalone, encode, and store them for tenant in its own namespace.
+ * *created 0 when the chunk was already there (no prefill then); *stored_bytes the blob size.
+ * Runs the engine: executor thread only. */
+rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_t *tokens, uint32_t n,
+                        cc_key *key, int *created, uint64_t *stored_bytes);
+
+#endif
