@@ -2,8 +2,10 @@
 """example_rag.py — a tiny retrieval-augmented generation pipeline on ragkvd.
 
 It keeps a small corpus of documents, retrieves the two that share the most words with the
-question, and asks ragkvd to generate from BOS + the retrieved documents (as prompt segments)
-+ the question, streaming the answer as it is produced.
+question, caches them in ragkvd (PUT_CHUNK: the server computes and stores each chunk's KV
+once), and asks ragkvd to generate from BOS + the cached chunks (by key) + the question with
+CacheBlend, streaming the answer as it is produced. Run it twice: the second time the chunks
+are already cached.
 
     ragkv-admin tenant create demo             # prints the tenant's token
     python3 clients/python/example_rag.py --token rk_... --tokenizer ../shared/models/tok512.bin
@@ -60,14 +62,22 @@ def main():
         print(f"# {info['server']} serving {info['model']}; tenant {who}", file=sys.stderr)
         for d in docs:
             print(f"# retrieved: {d}", file=sys.stderr)
+        # cache the retrieved chunks (a no-op for chunks cached before), then prompt by key
+        keys = []
+        for d, seg in zip(docs, segments):
+            r = c.put_chunk(seg)
+            keys.append(r["key"])
+            print(f"# chunk {r['key'].hex()[:16]}: {'cached now' if r['created'] else 'already cached'}",
+                  file=sys.stderr)
         stats = {}
         prev = query[-1]
-        for piece in c.generate(segments, query, max_tokens=a.max_tokens, blend=a.blend, stats=stats):
+        for piece in c.generate(keys, query, max_tokens=a.max_tokens, blend=a.blend, stats=stats):
             sys.stdout.write(tok.decode(piece, prev))
             sys.stdout.flush()
             prev = piece[-1]
         print()
-        print(f"# {stats['prompt_tokens']} prompt tokens, {stats['recomputed']} computed, "
+        print(f"# {stats['prompt_tokens']} prompt tokens, {stats['chunk_hits']} chunks from the cache, "
+              f"{stats['recomputed']} tokens computed, "
               f"time to first token {stats['ttft_ms']:.1f} ms, total {stats['total_ms']:.1f} ms", file=sys.stderr)
 
 
