@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec_eval.h"
+#include "ragkv/codec_eval.h"
 #include "codec_impl.h"
 #include "ragkv/alloc.h"
 #include "ragkv/cli.h"
@@ -412,7 +412,7 @@ static int cmd_eval(struct opts *o)
     codec_kv_source src;
     rk_status st;
     if (o->model) /* llama2.c checkpoints; the engine becomes the source for other formats */
-        st = codec_kv_source_llama2(o->model, (uint64_t)o->seed, &src);
+        st = codec_kv_source_model(o->model, (uint64_t)o->seed, &src);
     else if (o->synthetic) {
         codec_shape s = {(uint32_t)o->layers, (uint32_t)o->tokens, (uint32_t)o->heads,
                          (uint32_t)o->dim};

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "codec_eval.h"
+#include "ragkv/codec_eval.h"
 #include "codec_impl.h"
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"
@@ -294,6 +294,21 @@ static double cpu_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static codec_model_source_fn model_source;
+
+void codec_eval_set_model_source(codec_model_source_fn fn)
+{
+    model_source = fn;
+}
+
+rk_status codec_kv_source_model(const char *model_path, uint64_t seed, codec_kv_source *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!model_source)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "no model source registered (use the ragkv tool)");
+    return model_source(model_path, seed, out);
+}
+
 int codec_bench_main(int argc, char **argv)
 {
     int tokens = 256, layers = 32, heads = 8, dim = 128, threads = 1, iters = 3, cuda = 0;
@@ -336,7 +351,7 @@ int codec_bench_main(int argc, char **argv)
     rk_status st;
     codec_shape shape = {(uint32_t)layers, (uint32_t)tokens, (uint32_t)heads, (uint32_t)dim};
     if (model)
-        st = codec_kv_source_llama2(model, 1, &src);
+        st = codec_kv_source_model(model, 1, &src);
     else if (kvfile)
         st = codec_kv_source_file(kvfile, &fshape, &src);
     else

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ragkv/bench.h"
 #include "ragkv/cli.h"
 #include "ragkv/version.h"
 
@@ -30,6 +31,8 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* codec/ cannot depend on the engine: hand it the engine-backed model source here */
+    codec_eval_set_model_source(bench_codec_model_source);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "codec_eval.h"
+#include "ragkv/codec_eval.h"
 #include "codec_impl.h"
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"

@@ -1,7 +1,7 @@
 /* codec_cuda_stub.c — the CUDA decoder's entry points in builds without CUDA. */
 #include <stdio.h>
 
-#include "codec_eval.h"
+#include "ragkv/codec_eval.h"
 #include "codec_impl.h"
 
 rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opts *opts,

@@ -1,15 +1,26 @@
 /*
- * codec_eval.h — private to codec/: where `ragkv codec eval` and `ragkv bench codec` get KV
- * from, and the evaluation itself.
+ * ragkv/codec_eval.h — where `ragkv codec eval` and `ragkv bench codec` get KV from, and the
+ * evaluation itself.
  *
- * A codec_kv_source yields one KV tensor (canonical layout, float32) plus, later, a way to
- * score generation with substituted KV. Today's sources: a raw tensor file and the seeded
- * synthetic generator. The engine plugs in as a third source (prefill a prompt, hand back
- * its KV, and score next-token KL / top-1 / greedy match with the decoded KV through
- * `fidelity`) without changing the evaluation loop.
+ * A codec_kv_source yields one KV tensor (canonical layout, float32) and, when it comes from a
+ * model, a way to score generation with substituted KV (`fidelity`). Sources: a raw tensor
+ * file, the seeded synthetic generator, and a model. codec/ does not depend on the engine:
+ * the model source is registered by whoever links one (the `ragkv` tool registers
+ * bench/'s engine-backed source at start):
+ *
+ *     codec_eval_set_model_source(bench_codec_model_source);
+ *     codec_kv_source src;
+ *     codec_kv_source_model("stories260K.bin", 1, &src);
  */
 #ifndef RAGKV_CODEC_EVAL_H
 #define RAGKV_CODEC_EVAL_H
+
+#ifdef __cplusplus
+extern "C" {
+#ifdef __cplusplus
+}
+#endif
+#endif
 
 #include <stdio.h>
 
@@ -37,9 +48,15 @@ typedef struct codec_kv_source {
 } codec_kv_source;
 
 rk_status codec_kv_source_synthetic(const codec_shape *s, uint64_t seed, codec_kv_source *out);
-/* The private llama2.c forward pass (eval_llama2.c): KV of prompts sampled from the model,
- * with fidelity scoring. */
-rk_status codec_kv_source_llama2(const char *model_path, uint64_t seed, codec_kv_source *out);
+/* A model source: KV of prompts sampled from the model at model_path, with fidelity scoring. */
+typedef rk_status (*codec_model_source_fn)(const char *model_path, uint64_t seed, codec_kv_source *out);
+
+/* Register the model source (process-wide; NULL unregisters). */
+void codec_eval_set_model_source(codec_model_source_fn fn);
+
+/* Build a source from a model through the registered function; RK_ERR_UNSUPPORTED when none
+ * is registered. */
+rk_status codec_kv_source_model(const char *model_path, uint64_t seed, codec_kv_source *out);
 rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out);
 void codec_kv_source_free(codec_kv_source *src);
 
@@ -55,4 +72,7 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_pat
 int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
                      int iters, FILE *jf);
 
+#ifdef __cplusplus
+}
+#endif
 #endif
