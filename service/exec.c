@@ -14,6 +14,8 @@
 
 static struct {
     svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
+    svc_metric *hits, *misses, *puts;
+    svc_histogram *ttft, *step_ms, *put_ms;
 } xm;
 
 static void exec_metrics(void)
@@ -27,6 +29,12 @@ static void exec_metrics(void)
     xm.recomputed = svc_metric_get(SVC_COUNTER, "prompt_tokens_recomputed_total", "",
                                    "prompt tokens computed rather than reused from chunk caches");
     xm.active = svc_metric_get(SVC_GAUGE, "generations_active", "", "generations queued or decoding");
+    xm.hits = svc_metric_get(SVC_COUNTER, "chunk_hits_total", "", "prompt segments served from the chunk cache");
+    xm.misses = svc_metric_get(SVC_COUNTER, "chunk_misses_total", "", "prompt segments not in the cache (computed in context)");
+    xm.puts = svc_metric_get(SVC_COUNTER, "chunk_prefills_total", "", "chunks prefilled and stored by PUT_CHUNK");
+    xm.ttft = svc_histogram_get("ttft_ms", "time to first token: from submission to the first token sampled, ms");
+    xm.step_ms = svc_histogram_get("decode_step_ms", "one batched decode step, ms");
+    xm.put_ms = svc_histogram_get("chunk_prefill_ms", "PUT_CHUNK work: prefill, encode, store, ms");
 }
 
 struct active {
@@ -205,8 +213,13 @@ static void start_gen(svc_exec *x, svc_gen *g)
         return;
     }
     if (g->kind == SVC_JOB_PUT) {
+        uint64_t t0 = rk_now_ns();
         rk_status st = svc_chunk_put(&x->cx, g->tenant, g->segs[0].tokens, g->segs[0].n, &g->key, &g->created,
                                      &g->stored_bytes);
+        if (st == RK_OK && g->created) {
+            svc_metric_add(xm.puts, 1);
+            svc_histogram_observe(xm.put_ms, (double)(rk_now_ns() - t0) / 1e6);
+        }
         finish(x, g, st, st == RK_OK ? NULL : rk_error_msg(), 0);
         return;
     }
@@ -241,6 +254,8 @@ static void start_gen(svc_exec *x, svc_gen *g)
     g->prompt_tokens = (uint32_t)bs.prompt_tokens;
     g->recomputed = (uint32_t)bs.recomputed;
     g->ttft_ms = (float)((rk_now_ns() - g->submit_ns) / 1e6);
+    svc_metric_add(xm.hits, g->chunk_hits);
+    svc_metric_add(xm.misses, g->chunk_misses);
     if (st != RK_OK || g->kind == SVC_JOB_PREFILL) {
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", st == RK_OK ? "" : rk_error_msg());
@@ -249,6 +264,7 @@ static void start_gen(svc_exec *x, svc_gen *g)
         return;
     }
     svc_metric_add(xm.gens, 1);
+    svc_histogram_observe(xm.ttft, g->ttft_ms);
     svc_metric_add(xm.prompt_tokens, (int64_t)bs.prompt_tokens);
     svc_metric_add(xm.recomputed, (int64_t)bs.recomputed);
     eng_sampler_init(&a->sm, g->temperature, g->top_k, g->top_p, g->seed);
@@ -299,7 +315,9 @@ static void step(svc_exec *x)
         x->seqs[i] = x->act[i].s;
         x->toks[i] = x->act[i].last;
     }
+    uint64_t t0 = rk_now_ns();
     rk_status st = eng_decode(x->be, x->seqs, x->toks, x->nact, x->logits);
+    svc_histogram_observe(xm.step_ms, (double)(rk_now_ns() - t0) / 1e6);
     svc_metric_add(xm.steps, 1);
     svc_metric_add(xm.step_tokens, (int64_t)x->nact);
     if (st != RK_OK) {

@@ -324,6 +324,35 @@ static rk_status open_store(struct svc_server *srv)
     return st;
 }
 
+/* /metrics collector: the store's tiers and every tenant's usage, read when scraped. */
+static void collect_store(void *ctx)
+{
+    struct svc_server *srv = ctx;
+    cc_stats cs;
+    cc_store_stats(srv->store, &cs);
+    svc_metric_set(svc_metric_get(SVC_GAUGE, "store_ram_bytes", "", "compressed chunk bytes in the RAM tier"), (int64_t)cs.ram_bytes);
+    svc_metric_set(svc_metric_get(SVC_GAUGE, "store_disk_bytes", "", "chunk blob bytes on disk (all tenants)"), (int64_t)cs.disk_bytes);
+    svc_metric_set(svc_metric_get(SVC_COUNTER, "store_ram_hits_total", "", "chunk reads served from RAM"), (int64_t)cs.ram_hits);
+    svc_metric_set(svc_metric_get(SVC_COUNTER, "store_disk_hits_total", "", "chunk reads served from disk"), (int64_t)cs.disk_hits);
+    svc_metric_set(svc_metric_get(SVC_COUNTER, "store_corrupt_total", "", "blobs that failed their checksum (never served)"), (int64_t)cs.corrupt);
+    svc_metric_set(svc_metric_get(SVC_COUNTER, "store_evictions_total", "", "chunks evicted for quotas and budgets"),
+                   (int64_t)(cs.evicted_quota + cs.evicted_disk + cs.expired));
+    char **names;
+    size_t n;
+    if (svc_auth_tenant_list(srv->auth, &names, &n) != RK_OK)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        cc_tenant_info ti;
+        if (cc_store_tenant_usage(srv->store, names[i], &ti) != RK_OK)
+            continue;
+        char lbl[300];
+        snprintf(lbl, sizeof(lbl), "tenant=\"%s\"", names[i]); /* names are [A-Za-z0-9._-] */
+        svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_bytes", lbl, "a tenant's stored chunk bytes"), (int64_t)ti.bytes);
+        svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_chunks", lbl, "a tenant's stored chunks"), (int64_t)ti.chunks);
+    }
+    svc_auth_names_free(names, n);
+}
+
 rk_status svc_server_open(const svc_config *cfg, svc_server **out)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -444,6 +473,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         if (!w->notify_ev || !w->exit_ev)
             goto fail;
     }
+    svc_metrics_set_collector(collect_store, srv);
     RK_INFO("ragkvd %s: data dir %s, %d workers, model %s", RAGKV_VERSION, cfg->data_dir,
             srv->nworkers, cfg->model[0] ? cfg->model : "(none)");
     *out = srv;
@@ -519,6 +549,7 @@ void svc_server_close(svc_server *srv)
             event_free(evs[i]);
     if (srv->base)
         event_base_free(srv->base);
+    svc_metrics_set_collector(NULL, NULL);
     svc_exec_stop(srv->exec);
     eng_backend_free(srv->backend);
     rk_pool_free(srv->codec_pool);

@@ -137,6 +137,17 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_assert_eq(ragkv_generate(c, &mx, on_tokens, &cm, &sb), RK_OK);
     cr_expect_eq(sb.chunk_hits, 1);
     cr_expect_eq(sb.chunk_misses, 1);
+    /* the metrics show the work: TTFT histogram, hits, the tenant's usage */
+    int code;
+    char *body;
+    cr_assert_eq(ragkv_http_get("127.0.0.1", hport, "/metrics", 5000, &code, &body), RK_OK);
+    cr_expect(strstr(body, "# TYPE ragkv_ttft_ms histogram"), "%s", body);
+    cr_expect(strstr(body, "ragkv_ttft_ms_bucket{le=\"+Inf\"} "), "%s", body);
+    cr_expect(strstr(body, "ragkv_tenant_chunks{tenant=\"acme\"} 2\n"), "%s", body);
+    char *hits = strstr(body, "\nragkv_chunk_hits_total ");
+    cr_assert_not_null(hits);
+    cr_expect_geq(atoll(hits + strlen("\nragkv_chunk_hits_total ")), 5, "2 + 2 + 1 hits");
+    rk_free(body);
     /* delete: gone */
     cr_assert_eq(ragkv_delete(c, keys + 32), RK_OK);
     cr_assert_eq(ragkv_lookup(c, keys, 2, present), RK_OK);

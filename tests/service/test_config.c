@@ -99,3 +99,25 @@ Test(metrics, prometheus_text)
     cr_expect(first && !strstr(first + 1, "# HELP ragkv_test_requests_total"));
     rk_free(t);
 }
+
+Test(metrics, histogram_buckets_and_quantiles)
+{
+    svc_histogram *h = svc_histogram_get("test_latency_ms", "latency");
+    cr_assert_not_null(h);
+    cr_expect_eq(svc_histogram_get("test_latency_ms", "x"), h, "same histogram");
+    for (int i = 0; i < 90; i++)
+        svc_histogram_observe(h, 3.0); /* bucket le=5 */
+    for (int i = 0; i < 10; i++)
+        svc_histogram_observe(h, 700.0); /* bucket le=1000 */
+    cr_expect_float_eq(svc_histogram_quantile(h, 0.5), 5.0, 0);
+    cr_expect_float_eq(svc_histogram_quantile(h, 0.95), 1000.0, 0);
+    size_t len;
+    char *t = svc_metrics_render(&len);
+    cr_expect(strstr(t, "# TYPE ragkv_test_latency_ms histogram\n"), "%s", t);
+    cr_expect(strstr(t, "ragkv_test_latency_ms_bucket{le=\"2\"} 0\n"), "%s", t);
+    cr_expect(strstr(t, "ragkv_test_latency_ms_bucket{le=\"5\"} 90\n"), "cumulative: %s", t);
+    cr_expect(strstr(t, "ragkv_test_latency_ms_bucket{le=\"1000\"} 100\n"), "%s", t);
+    cr_expect(strstr(t, "ragkv_test_latency_ms_bucket{le=\"+Inf\"} 100\n"), "%s", t);
+    cr_expect(strstr(t, "ragkv_test_latency_ms_sum 7270.000\nragkv_test_latency_ms_count 100\n"), "%s", t);
+    rk_free(t);
+}

@@ -85,6 +85,18 @@ void svc_metric_add(svc_metric *m, int64_t delta);
 void svc_metric_set(svc_metric *m, int64_t value);
 int64_t svc_metric_value(const svc_metric *m);
 
+/* A histogram of durations in milliseconds over fixed buckets (0.5 ms .. 10 s, then +Inf),
+ * lock-free like the counters. name without the prefix ("ttft_ms"). */
+typedef struct svc_histogram svc_histogram;
+svc_histogram *svc_histogram_get(const char *name, const char *help);
+void svc_histogram_observe(svc_histogram *h, double ms);
+/* The q-quantile (0..1) estimated from the buckets (upper bound of the bucket it falls in). */
+double svc_histogram_quantile(const svc_histogram *h, double q);
+
+/* A hook that sets gauges just before /metrics is rendered (e.g. sizes read from the store).
+ * One hook per process; NULL removes it. */
+void svc_metrics_set_collector(void (*fn)(void *ctx), void *ctx);
+
 /* Render every series in the Prometheus text format (0.0.4). Caller frees with rk_free. */
 char *svc_metrics_render(size_t *len);
 
