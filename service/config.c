@@ -42,6 +42,9 @@ static const struct opt_desc opts[] = {
     INT_OPT("idle-timeout", idle_timeout_s, 1, 86400, "seconds a silent connection stays open"),
     INT_OPT("frame-timeout", frame_timeout_s, 1, 3600, "seconds a started frame may take to arrive (slowloris guard)"),
     INT_OPT("admin-remote", admin_remote, 0, 1, "1: accept the admin credential from non-loopback clients"),
+    INT_OPT("tenant-rate", tenant_rate, 0, 10000000, "requests per second per tenant (0: unlimited)"),
+    INT_OPT("tenant-burst", tenant_burst, 0, 10000000, "request burst per tenant (0: one second's worth)"),
+    INT_OPT("tenant-max-jobs", tenant_max_jobs, 0, 100000, "generations and prefills one tenant may run at once (0: unlimited)"),
     STR_OPT("log-level", log_level, "debug, info, warn or error"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -58,6 +61,7 @@ void svc_config_defaults(svc_config *cfg)
     cfg->max_batch = 32;
     cfg->max_connections = 1024;
     cfg->ram_budget_mb = 256;
+    cfg->tenant_max_jobs = 64;
     cfg->max_frame_mb = 64;
     cfg->idle_timeout_s = 300;
     cfg->frame_timeout_s = 10;

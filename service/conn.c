@@ -20,6 +20,7 @@
 #include "ragkv/proto.h"
 #include "ragkv/version.h"
 #include "exec.h"
+#include "limits.h"
 #include "ragkv/chunkcache.h"
 #include "server_int.h"
 
@@ -323,6 +324,15 @@ static void gen_send_final(struct svc_conn *c, svc_gen *g, const int32_t *toks, 
     rk_buf_free(&b);
 }
 
+/* Give back the tenant's job slot (once). */
+static void gen_uncount(struct svc_server *srv, svc_gen *g)
+{
+    if (g->counted) {
+        g->counted = false;
+        svc_limits_job_end(srv->tlimits, g->tenant);
+    }
+}
+
 /* Executor -> worker: new tokens and/or the end of a generation. */
 static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
 {
@@ -355,6 +365,7 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     if (done) {
         if (c)
             gen_unlink(c, g);
+        gen_uncount(g->srv, g);
         event_free(g->notify);
         g->notify = NULL;
         svc_gen_release(g);
@@ -390,7 +401,16 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         return;
     }
     g->kind = kind;
+    g->srv = srv;
     snprintf(g->tenant, sizeof(g->tenant), "%s", c->tenant);
+    if (!svc_limits_job_begin(srv->tlimits, c->tenant)) {
+        event_free(g->notify);
+        g->notify = NULL;
+        svc_gen_release(g);
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_BUSY, "too many requests of this tenant running; retry later");
+        return;
+    }
+    g->counted = true;
     snprintf(g->ns, sizeof(g->ns), "%s", rq->ns);
     /* the request's token arrays move into the job */
     if (kind == SVC_JOB_PUT) {
@@ -424,6 +444,7 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->stream = kind == SVC_JOB_GENERATE && rq->stream;
     rk_status st = svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {
+        gen_uncount(srv, g);
         event_free(g->notify);
         g->notify = NULL;
         svc_gen_release(g);
@@ -581,6 +602,10 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED,
                         c->admin ? "the admin credential serves admin operations only"
                                  : "admin operations need the admin credential");
+        return;
+    }
+    if (!c->admin && !svc_limits_request(c->w->srv->tlimits, c->tenant, rk_now_ns())) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_BUSY, "request rate limit of this tenant reached; retry later");
         return;
     }
     if (c->admin)
@@ -746,6 +771,7 @@ void svc_conn_free(struct svc_conn *c)
         bool done = g->done;
         pthread_mutex_unlock(&g->lock);
         if (done) {
+            gen_uncount(w->srv, g);
             event_free(g->notify);
             svc_gen_release(g);
         } else {

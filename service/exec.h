@@ -87,6 +87,8 @@ typedef struct svc_gen {
     bool stream;
     size_t nsent;              /* tokens already sent in stream frames */
     uint64_t submit_ns;
+    bool counted;              /* holds one of its tenant's job slots (svc_limits) */
+    struct svc_server *srv;    /* the server (worker side: limits) */
 } svc_gen;
 
 typedef struct svc_exec svc_exec;

@@ -31,6 +31,7 @@
 #include "ragkv/service.h"
 #include "ragkv/version.h"
 #include "exec.h"
+#include "limits.h"
 #include "ragkv/chunkcache.h"
 #include "ragkv/codec.h"
 #include "ragkv/thread.h"
@@ -378,6 +379,10 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         goto fail;
     if ((st = open_store(srv)) != RK_OK)
         goto fail;
+    if (!(srv->tlimits = svc_limits_new(cfg->tenant_rate, cfg->tenant_burst, cfg->tenant_max_jobs))) {
+        st = RK_ERR_NOMEM;
+        goto fail;
+    }
     if (cfg->model[0]) {
         if ((st = eng_model_open(cfg->model, &srv->model)) != RK_OK) {
             rk_error_set(st, "model %s: %s", cfg->model, rk_error_msg());
@@ -555,6 +560,7 @@ void svc_server_close(svc_server *srv)
     rk_pool_free(srv->codec_pool);
     eng_model_close(srv->model);
     cc_store_close(srv->store);
+    svc_limits_free(srv->tlimits);
     svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */

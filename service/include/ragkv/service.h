@@ -52,6 +52,9 @@ typedef struct svc_config {
     int idle_timeout_s;          /* close a connection silent this long; default 300 */
     int frame_timeout_s;         /* a started frame must complete within this; default 10 */
     int admin_remote;            /* 1: accept the admin credential from non-loopback peers */
+    int tenant_rate;             /* requests per second per tenant; 0 = unlimited */
+    int tenant_burst;            /* request burst per tenant; 0 = the rate */
+    int tenant_max_jobs;         /* generations/prefills a tenant may have running; 0 = unlimited */
     char log_level[16];          /* debug|info|warn|error */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;

@@ -1,0 +1,115 @@
+/* limits.c — per-tenant token buckets and job counts. */
+#include "limits.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/svc_request.h"
+
+struct tenant_limit {
+    char name[SVC_NAME_MAX];
+    double tokens;      /* request tokens left in the bucket */
+    uint64_t last_ns;   /* when tokens was last refilled */
+    int jobs;           /* jobs in the executor */
+};
+
+struct svc_limits {
+    pthread_mutex_t lock;       /* guards v, n, cap */
+    double rate, burst;
+    int max_jobs;
+    struct tenant_limit *v;     /* (n) */
+    size_t n, cap;
+};
+
+svc_limits *svc_limits_new(double rate, double burst, int max_jobs)
+{
+    svc_limits *l = rk_calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    pthread_mutex_init(&l->lock, NULL);
+    l->rate = rate;
+    l->burst = burst > 0 ? burst : (rate > 0 ? rate : 1);
+    l->max_jobs = max_jobs;
+    return l;
+}
+
+void svc_limits_free(svc_limits *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_destroy(&l->lock);
+    rk_free(l->v);
+    rk_free(l);
+}
+
+/* The entry for tenant, created full (caller holds the lock); NULL without memory. */
+static struct tenant_limit *entry(svc_limits *l, const char *tenant, uint64_t now_ns)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i].name, tenant) == 0)
+            return &l->v[i];
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        struct tenant_limit *v = rk_realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return NULL;
+        l->v = v;
+        l->cap = cap;
+    }
+    struct tenant_limit *e = &l->v[l->n++];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->name, sizeof(e->name), "%s", tenant);
+    e->tokens = l->burst;
+    e->last_ns = now_ns;
+    return e;
+}
+
+bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns)
+{
+    if (l->rate <= 0)
+        return true;
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, now_ns);
+    bool ok = true;
+    if (e) {
+        double add = (double)(now_ns - e->last_ns) / 1e9 * l->rate;
+        e->tokens = e->tokens + add > l->burst ? l->burst : e->tokens + add;
+        e->last_ns = now_ns;
+        ok = e->tokens >= 1.0;
+        if (ok)
+            e->tokens -= 1.0;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return ok;
+}
+
+bool svc_limits_job_begin(svc_limits *l, const char *tenant)
+{
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, 0);
+    bool ok = e && (l->max_jobs <= 0 || e->jobs < l->max_jobs);
+    if (ok)
+        e->jobs++;
+    pthread_mutex_unlock(&l->lock);
+    return ok;
+}
+
+void svc_limits_job_end(svc_limits *l, const char *tenant)
+{
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, 0);
+    if (e && e->jobs > 0)
+        e->jobs--;
+    pthread_mutex_unlock(&l->lock);
+}
+
+int svc_limits_jobs(svc_limits *l, const char *tenant)
+{
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, 0);
+    int n = e ? e->jobs : 0;
+    pthread_mutex_unlock(&l->lock);
+    return n;
+}

@@ -1,0 +1,35 @@
+/*
+ * limits.h — private to service/: per-tenant admission limits, shared by all workers.
+ *
+ *  - request rate: a token bucket per tenant (rate per second, burst), checked on every
+ *    authenticated request; an empty bucket answers RK_ERR_BUSY;
+ *  - concurrent jobs: generations, prefills and chunk prefills a tenant may have in the
+ *    executor at once; one more answers RK_ERR_BUSY.
+ * One mutex guards the table (tenants are few; entries are found by linear search).
+ */
+#ifndef RAGKV_SVC_LIMITS_H
+#define RAGKV_SVC_LIMITS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ragkv/status.h"
+
+typedef struct svc_limits svc_limits;
+
+/* rate <= 0: no rate limit; max_jobs <= 0: no concurrency limit. */
+svc_limits *svc_limits_new(double rate, double burst, int max_jobs);
+void svc_limits_free(svc_limits *l);
+
+/* Take one request token for tenant at monotonic time now_ns; false when none is left. */
+bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns);
+
+/* Start a job for tenant: false at the concurrency limit. Every true is paired with one
+ * svc_limits_job_end. */
+bool svc_limits_job_begin(svc_limits *l, const char *tenant);
+void svc_limits_job_end(svc_limits *l, const char *tenant);
+
+/* Jobs tenant has now (for tests and metrics). */
+int svc_limits_jobs(svc_limits *l, const char *tenant);
+
+#endif
