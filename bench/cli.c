@@ -4,6 +4,7 @@
 
 #include "ragkv/chunkcache.h"
 #include "ragkv/codec.h"
+#include "ragkv/bench.h"
 #include "ragkv/cli.h"
 
 struct bench {
@@ -14,6 +15,7 @@ struct bench {
 
 static const struct bench benches[] = {
     {"codec", codec_bench_main, "KV codec encode/decode throughput and size (--cuda: the GPU decoder)"},
+    {"serve", bench_serve_main, "load a running ragkvd: tenants, Zipf chunk popularity, TTFT, throughput, hit rate"},
     {"store", cc_bench_main, "chunk store put/get throughput and latency vs redis-server SET/GET"},
 };
 #define NBENCH (sizeof(benches) / sizeof(benches[0]))

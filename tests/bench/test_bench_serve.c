@@ -1,0 +1,53 @@
+/* `ragkv bench serve` against a real daemon: it runs clean and its numbers are consistent
+ * (every chunk is served from the cache, CacheBlend recomputes a minority of the prompt). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static double json_num(const char *js, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\": ", key);
+    const char *p = strstr(js, pat);
+    cr_assert_not_null(p, "%s missing in %s", key, js);
+    return atof(p + strlen(pat));
+}
+
+Test(bench_serve, runs_against_a_daemon, .timeout = 120)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char tmp[256], tf[512], js[512], ps[16], bin[1024];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    rk_test_proc d, b;
+    int port, hport;
+    const char *extra[] = {"--model", model, NULL};
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    snprintf(tf, sizeof(tf), "%s/var/admin.token", tmp);
+    snprintf(js, sizeof(js), "%s/serve.json", tmp);
+    snprintf(ps, sizeof(ps), "%d", port);
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    char *argv[] = {bin, "bench", "serve", "--port", ps, "--token-file", tf, "--requests", "24", "--conns", "3",
+                    "--corpus", "8", "--chunk-len", "48", "--k", "3", "--max-tokens", "6", "--shared", "--json", js, NULL};
+    cr_assert(rk_test_spawn(argv, &b));
+    cr_assert_eq(rk_test_wait(&b, 100000), 0, "bench serve exits 0");
+    FILE *f = fopen(js, "r");
+    cr_assert_not_null(f);
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cr_expect_eq(json_num(buf, "errors"), 0);
+    cr_expect_gt(json_num(buf, "req_per_s"), 0);
+    cr_expect_float_eq(json_num(buf, "hit_rate"), 1.0, 1e-9, "every chunk comes from the cache");
+    double rf = json_num(buf, "recompute_fraction");
+    cr_expect(rf > 0.05 && rf < 0.5, "cacheblend recomputes a minority: %g", rf);
+    cr_expect_leq(json_num(buf, "ttft_ms_p50"), json_num(buf, "ttft_ms_p99"));
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    rk_test_rmrf(tmp);
+}
