@@ -484,3 +484,101 @@ rk_status ragkv_delete(ragkv_conn *c, const uint8_t key[32])
     rk_buf_append(&b, key, 32);
     return call_buf(c, RK_OP_DELETE, &b, NULL, NULL);
 }
+
+rk_status ragkv_admin_quota_set(ragkv_conn *c, const char *tenant, uint64_t quota_bytes,
+                                uint64_t quota_chunks, int evict_policy)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, tenant);
+    rk_buf_put_u64(&b, quota_bytes);
+    rk_buf_put_u64(&b, quota_chunks);
+    rk_buf_put_u8(&b, evict_policy ? 1 : 0);
+    return call_buf(c, RK_OP_QUOTA_SET, &b, NULL, NULL);
+}
+
+rk_status ragkv_admin_quota_get(ragkv_conn *c, const char *tenant, uint64_t *quota_bytes,
+                                uint64_t *quota_chunks, int *evict_policy, uint64_t *bytes,
+                                uint64_t *chunks)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, tenant);
+    uint8_t *p;
+    uint32_t n;
+    rk_status st = call_buf(c, RK_OP_QUOTA_GET, &b, &p, &n);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, n);
+    uint64_t qb = rk_reader_u64(&r), qc = rk_reader_u64(&r);
+    int pol = rk_reader_u8(&r);
+    uint64_t ub = rk_reader_u64(&r), uc = rk_reader_u64(&r);
+    rk_free(p);
+    if (r.short_read)
+        return rk_error_set(RK_ERR_PROTOCOL, "QUOTA_GET response malformed");
+    if (quota_bytes)
+        *quota_bytes = qb;
+    if (quota_chunks)
+        *quota_chunks = qc;
+    if (evict_policy)
+        *evict_policy = pol;
+    if (bytes)
+        *bytes = ub;
+    if (chunks)
+        *chunks = uc;
+    return RK_OK;
+}
+
+rk_status ragkv_admin_grant(ragkv_conn *c, const char *ns, const char *tenant, int grant)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, ns);
+    rk_buf_put_str(&b, tenant);
+    return call_buf(c, grant ? RK_OP_NS_GRANT : RK_OP_NS_REVOKE, &b, NULL, NULL);
+}
+
+rk_status ragkv_admin_inspect(ragkv_conn *c, const char *ns, const uint8_t key[32], char **json)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, ns);
+    rk_buf_append(&b, key, 32);
+    uint8_t *p;
+    uint32_t n;
+    rk_status st = call_buf(c, RK_OP_INSPECT, &b, &p, &n);
+    if (st != RK_OK)
+        return st;
+    char *out = rk_malloc(RK_PROTO_MAX_STR + 1);
+    rk_reader r = rk_reader_make(p, n);
+    if (out)
+        rk_reader_str(&r, out, RK_PROTO_MAX_STR + 1);
+    rk_free(p);
+    if (!out || r.short_read) {
+        rk_free(out);
+        return rk_error_set(RK_ERR_PROTOCOL, "INSPECT response malformed");
+    }
+    *json = out;
+    return RK_OK;
+}
+
+/* EVICT / FLUSH: empty tenant (and 0 bytes); u64 back. */
+static rk_status admin_count(ragkv_conn *c, uint16_t op, uint64_t *removed)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    if (op == RK_OP_EVICT)
+        rk_buf_put_u64(&b, 0);
+    uint8_t *p;
+    uint32_t n;
+    rk_status st = call_buf(c, op, &b, &p, &n);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, n);
+    uint64_t v = rk_reader_u64(&r);
+    rk_free(p);
+    if (r.short_read)
+        return rk_error_set(RK_ERR_PROTOCOL, "%s response malformed", rk_opcode_name(op));
+    if (removed)
+        *removed = v;
+    return RK_OK;
+}
+
+rk_status ragkv_admin_evict(ragkv_conn *c, uint64_t *removed) { return admin_count(c, RK_OP_EVICT, removed); }
+rk_status ragkv_admin_flush(ragkv_conn *c, uint64_t *removed) { return admin_count(c, RK_OP_FLUSH, removed); }

@@ -262,6 +262,56 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
                 rq->tenant);
         conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, NULL, 0);
         return;
+    case RK_OP_INSPECT: {
+        /* the record as its owner sees it: the namespace is the owner */
+        cc_key k;
+        cc_record rec;
+        cc_buf *blob = NULL;
+        memcpy(k.b, rq->key, CC_KEY_BYTES);
+        cc_record_init(&rec);
+        if ((st = cc_store_get(store, rq->ns, &k, &blob, &rec)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        cc_buf_release(blob);
+        char hex[CC_KEY_HEX_LEN + 1], js[1536];
+        snprintf(js, sizeof(js),
+                 "{\"key\": \"%s\", \"namespace\": \"%s\", \"model\": \"%s\", \"tokens\": %u, "
+                 "\"codec\": \"%s\", \"level\": %u, \"bytes\": %llu, \"checksum\": \"%016llx\", "
+                 "\"created_ms\": %llu, \"expires_ms\": %llu, \"pinned\": %s, \"cost\": %.3f, "
+                 "\"hits\": %llu, \"last_access_ms\": %llu}",
+                 cc_key_to_hex(&rec.key, hex), rec.ns, rec.model, rec.ntokens, codec_id_name((codec_id)rec.codec),
+                 rec.level, (unsigned long long)rec.size, (unsigned long long)rec.csum,
+                 (unsigned long long)rec.created_ms, (unsigned long long)rec.expires_ms,
+                 (rec.flags & CC_RECORD_FLAG_PINNED) ? "true" : "false", rec.cost,
+                 (unsigned long long)rec.hits, (unsigned long long)rec.last_access_ms);
+        cc_record_clear(&rec);
+        reply_str(c, rq, js);
+        return;
+    }
+    case RK_OP_EVICT:
+    case RK_OP_FLUSH: {
+        uint64_t removed = 0;
+        if ((rq->opcode == RK_OP_EVICT && (rq->tenant[0] || rq->evict_bytes)) ||
+            (rq->opcode == RK_OP_FLUSH && rq->tenant[0])) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
+                            "per-tenant eviction is not in this version: send an empty tenant (and 0 bytes)");
+            return;
+        }
+        st = rq->opcode == RK_OP_EVICT ? cc_store_evict(store, &removed) : cc_store_flush(store);
+        if (st == RK_OK && rq->opcode == RK_OP_FLUSH)
+            st = cc_store_gc(store, &removed);
+        if (st != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        RK_INFO("%s: %llu removed", rk_opcode_name(rq->opcode), (unsigned long long)removed);
+        rk_buf b = RK_BUF_INIT;
+        rk_buf_put_u64(&b, removed);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+        rk_buf_free(&b);
+        return;
+    }
     case RK_OP_CONFIG_GET:
         handle_config_get(c, rq);
         return;

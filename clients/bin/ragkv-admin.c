@@ -11,6 +11,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
+#include "ragkv/hash.h"
 #include "ragkv/service.h"
 #include "ragkv/version.h"
 
@@ -37,6 +38,14 @@ static void usage(FILE *f)
             "  tenant delete NAME           delete a tenant's credential\n"
             "  tenant list                  list tenants with usage and quotas\n"
             "  token rotate NAME            issue a new token for NAME; the old one stops working\n"
+            "  quota get NAME               a tenant's quota and usage\n"
+            "  quota set NAME [--quota-bytes N] [--quota-chunks N] [--evict]\n"
+            "                               change a tenant's quota (0 = unlimited)\n"
+            "  grant NAMESPACE TENANT       let TENANT read the shared corpus NAMESPACE\n"
+            "  revoke NAMESPACE TENANT      stop it\n"
+            "  inspect NAMESPACE KEY        a chunk's record (KEY: 64 hex digits)\n"
+            "  evict                        remove expired chunks and enforce the disk budget now\n"
+            "  flush                        write buffered hit counts, collect orphan blobs\n"
             "  config                       print the daemon's effective configuration\n"
             "  shutdown                     shut the daemon down cleanly\n"
             "  version                      print this tool's version\n\n"
@@ -167,8 +176,24 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
         fprintf(stderr, "ragkv-admin: usage: tenant create|delete|list\n");
         return EXIT_USAGE;
     }
-    if (strcmp(cmd, "tenant") && strcmp(cmd, "token") && strcmp(cmd, "config") && strcmp(cmd, "shutdown")) {
+    static const char *known[] = {"tenant", "token", "config", "shutdown", "quota", "grant", "revoke",
+                                  "inspect", "evict", "flush"};
+    int ok = 0;
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        ok |= !strcmp(cmd, known[i]);
+    if (!ok) {
         fprintf(stderr, "ragkv-admin: unknown command '%s' (try --help)\n", cmd);
+        return EXIT_USAGE;
+    }
+    if ((!strcmp(cmd, "quota") && (strcmp(sub, "get") && strcmp(sub, "set"))) ||
+        (!strcmp(cmd, "quota") && !name) ||
+        ((!strcmp(cmd, "grant") || !strcmp(cmd, "revoke") || !strcmp(cmd, "inspect")) && argc < 3)) {
+        fprintf(stderr, "ragkv-admin: usage: quota get|set NAME; grant|revoke NAMESPACE TENANT; inspect NAMESPACE KEY\n");
+        return EXIT_USAGE;
+    }
+    uint8_t key[32];
+    if (!strcmp(cmd, "inspect") && rk_unhex(key, 32, argv[2]) != RK_OK) {
+        fprintf(stderr, "ragkv-admin: inspect: KEY must be 64 hex digits\n");
         return EXIT_USAGE;
     }
     if ((rc = admin_connect(o, &c)) != 0)
@@ -215,6 +240,40 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
             fputs(text, stdout);
             rk_free(text);
         }
+    } else if (!strcmp(cmd, "quota") && !strcmp(sub, "set")) {
+        if ((st = ragkv_admin_quota_set(c, name, o->quota_bytes, o->quota_chunks, o->evict)) == RK_OK && !o->json)
+            printf("tenant %s: quota %llu bytes, %llu chunks, %s when full\n", name,
+                   (unsigned long long)o->quota_bytes, (unsigned long long)o->quota_chunks,
+                   o->evict ? "evict own chunks" : "refuse");
+    } else if (!strcmp(cmd, "quota")) {
+        uint64_t qb, qc, ub, uc;
+        int pol;
+        if ((st = ragkv_admin_quota_get(c, name, &qb, &qc, &pol, &ub, &uc)) == RK_OK) {
+            if (o->json)
+                printf("{\"quota_bytes\": %llu, \"quota_chunks\": %llu, \"policy\": \"%s\", \"bytes\": %llu, \"chunks\": %llu}\n",
+                       (unsigned long long)qb, (unsigned long long)qc, pol ? "evict" : "reject",
+                       (unsigned long long)ub, (unsigned long long)uc);
+            else
+                printf("tenant %s: %llu of %llu bytes, %llu of %llu chunks (0 = unlimited), %s when full\n", name,
+                       (unsigned long long)ub, (unsigned long long)qb, (unsigned long long)uc, (unsigned long long)qc,
+                       pol ? "evict own chunks" : "refuse");
+        }
+    } else if (!strcmp(cmd, "grant") || !strcmp(cmd, "revoke")) {
+        int g = !strcmp(cmd, "grant");
+        if ((st = ragkv_admin_grant(c, argv[1], argv[2], g)) == RK_OK && !o->json)
+            printf("%s %s %s\n", argv[1], g ? "granted to" : "revoked from", argv[2]);
+    } else if (!strcmp(cmd, "inspect")) {
+        char *js;
+        if ((st = ragkv_admin_inspect(c, argv[1], key, &js)) == RK_OK) {
+            printf("%s\n", js);
+            rk_free(js);
+        }
+    } else if (!strcmp(cmd, "evict") || !strcmp(cmd, "flush")) {
+        uint64_t n = 0;
+        int ev = !strcmp(cmd, "evict");
+        if ((st = ev ? ragkv_admin_evict(c, &n) : ragkv_admin_flush(c, &n)) == RK_OK)
+            printf(o->json ? "{\"removed\": %llu}\n" : ev ? "%llu chunks evicted\n" : "%llu orphan blobs removed\n",
+                   (unsigned long long)n);
     } else {
         if ((st = ragkv_admin_shutdown(c)) == RK_OK && !o->json)
             printf("ragkvd is shutting down\n");

@@ -12,7 +12,7 @@
 #include "ragkv/codec.h"
 #include "testutil.h"
 
-static char tmp[256], tok_a[256], tok_b[256], tok_q[256];
+static char tmp[256], tok_a[256], tok_b[256], tok_q[256], adm[256];
 static rk_test_proc daemon;
 static int port, hport;
 static const char *model;
@@ -39,7 +39,7 @@ static void setup(void)
         return;
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     start();
-    char path[512], adm[256];
+    char path[512];
     snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
     FILE *f = fopen(path, "r");
     cr_assert_not_null(f);
@@ -148,6 +148,14 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_assert_not_null(hits);
     cr_expect_geq(atoll(hits + strlen("\nragkv_chunk_hits_total ")), 5, "2 + 2 + 1 hits");
     rk_free(body);
+    /* the admin inspects a record */
+    ragkv_conn *ad = dial(adm);
+    char *js;
+    cr_assert_eq(ragkv_admin_inspect(ad, "acme", keys, &js), RK_OK, "%s", rk_error_msg());
+    cr_expect(strstr(js, "\"namespace\": \"acme\"") && strstr(js, "\"tokens\": 30") && strstr(js, "\"codec\": \"cachegen\""), "%s", js);
+    rk_free(js);
+    cr_expect_eq(ragkv_admin_inspect(ad, "globex", keys, &js), RK_ERR_NOT_FOUND, "not globex's");
+    ragkv_close(ad);
     /* delete: gone */
     cr_assert_eq(ragkv_delete(c, keys + 32), RK_OK);
     cr_assert_eq(ragkv_lookup(c, keys, 2, present), RK_OK);

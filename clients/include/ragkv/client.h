@@ -165,6 +165,22 @@ rk_status ragkv_admin_token_rotate(ragkv_conn *c, const char *tenant, char *toke
 rk_status ragkv_admin_config_get(ragkv_conn *c, char **text);
 rk_status ragkv_admin_shutdown(ragkv_conn *c);
 
+/* Quotas (0 = unlimited; evict_policy 1: evict the tenant's own chunks instead of refusing). */
+rk_status ragkv_admin_quota_set(ragkv_conn *c, const char *tenant, uint64_t quota_bytes,
+                                uint64_t quota_chunks, int evict_policy);
+/* Quota and usage; any out pointer may be NULL. */
+rk_status ragkv_admin_quota_get(ragkv_conn *c, const char *tenant, uint64_t *quota_bytes,
+                                uint64_t *quota_chunks, int *evict_policy, uint64_t *bytes,
+                                uint64_t *chunks);
+/* Let tenant read namespace ns (a shared corpus), or stop it (grant 0). */
+rk_status ragkv_admin_grant(ragkv_conn *c, const char *ns, const char *tenant, int grant);
+/* A chunk's record as JSON (caller frees with rk_free). */
+rk_status ragkv_admin_inspect(ragkv_conn *c, const char *ns, const uint8_t key[32], char **json);
+/* EVICT: expired chunks and the disk budget now; FLUSH: hit counts out, orphan blobs
+ * collected. *removed (may be NULL): chunks or blobs removed. */
+rk_status ragkv_admin_evict(ragkv_conn *c, uint64_t *removed);
+rk_status ragkv_admin_flush(ragkv_conn *c, uint64_t *removed);
+
 #ifdef __cplusplus
 }
 #endif
