@@ -213,6 +213,28 @@ void svc_auth_close(svc_auth *a)
     rk_free(a);
 }
 
+rk_status svc_auth_reload(svc_auth *a)
+{
+    pthread_mutex_lock(&a->lock);
+    struct tenant_cred *old = a->creds;
+    size_t on = a->ncreds, oc = a->cap;
+    a->creds = NULL;
+    a->ncreds = a->cap = 0;
+    rk_status st = load(a);
+    if (st != RK_OK) { /* keep what we had */
+        rk_free(a->creds);
+        a->creds = old;
+        a->ncreds = on;
+        a->cap = oc;
+    } else {
+        if (old)
+            sodium_memzero(old, oc * sizeof(*old));
+        rk_free(old);
+    }
+    pthread_mutex_unlock(&a->lock);
+    return st;
+}
+
 const char *svc_auth_admin_token_path(const svc_auth *a)
 {
     return a->admin_path;

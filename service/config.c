@@ -187,7 +187,8 @@ void svc_config_print_help(const char *prog)
         printf("  --%-18s %s (default: %s)\n", o->name, o->help, def);
     }
     printf("  --%-18s %s\n  --%-18s %s\n", "help", "show this help", "version", "show the version");
-    printf("\nSignals: SIGTERM/SIGINT shut down cleanly (exit 0); SIGHUP re-reads the config file's log level.\n");
+    printf("\nSignals: SIGTERM/SIGINT shut down cleanly (exit 0); SIGHUP re-reads the tenant credentials and,\n"
+           "from the config file, the log level and the tenant limits (then prints \"ragkvd reloaded\").\n");
 }
 
 rk_status svc_config_parse_args(svc_config *cfg, int argc, char **argv, char *err, size_t errlen)

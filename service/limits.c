@@ -35,6 +35,18 @@ svc_limits *svc_limits_new(double rate, double burst, int max_jobs)
     return l;
 }
 
+void svc_limits_configure(svc_limits *l, double rate, double burst, int max_jobs)
+{
+    pthread_mutex_lock(&l->lock);
+    l->rate = rate;
+    l->burst = burst > 0 ? burst : (rate > 0 ? rate : 1);
+    l->max_jobs = max_jobs;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->v[i].tokens > l->burst)
+            l->v[i].tokens = l->burst;
+    pthread_mutex_unlock(&l->lock);
+}
+
 void svc_limits_free(svc_limits *l)
 {
     if (!l)
@@ -68,9 +80,11 @@ static struct tenant_limit *entry(svc_limits *l, const char *tenant, uint64_t no
 
 bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns)
 {
-    if (l->rate <= 0)
-        return true;
     pthread_mutex_lock(&l->lock);
+    if (l->rate <= 0) {
+        pthread_mutex_unlock(&l->lock);
+        return true;
+    }
     struct tenant_limit *e = entry(l, tenant, now_ns);
     bool ok = true;
     if (e) {

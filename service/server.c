@@ -203,19 +203,27 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     (void)what;
     struct svc_server *srv = arg;
     if (sig == SIGHUP) {
+        /* tenants (the credential file) and the limits; listeners, model and store stay */
+        rk_status st = svc_auth_reload(srv->auth);
+        if (st != RK_OK)
+            RK_WARN("SIGHUP: keeping the old tenant credentials: %s", rk_error_msg());
         if (srv->cfg.config_file[0]) {
             svc_config fresh;
             char err[512];
             svc_config_defaults(&fresh);
             if (svc_config_load_file(&fresh, srv->cfg.config_file, err, sizeof(err)) != RK_OK) {
                 RK_WARN("SIGHUP: keeping the old settings: %s", err);
-                return;
+            } else {
+                rk_log_set_level((rk_log_level)rk_log_level_parse(fresh.log_level));
+                svc_limits_configure(srv->tlimits, fresh.tenant_rate, fresh.tenant_burst, fresh.tenant_max_jobs);
+                RK_INFO("SIGHUP: reloaded %s (log level %s, tenant rate %d/s burst %d, %d jobs)",
+                        srv->cfg.config_file, fresh.log_level, fresh.tenant_rate, fresh.tenant_burst,
+                        fresh.tenant_max_jobs);
             }
-            rk_log_set_level((rk_log_level)rk_log_level_parse(fresh.log_level));
-            RK_INFO("SIGHUP: reloaded %s (log level %s)", srv->cfg.config_file, fresh.log_level);
-        } else {
-            RK_INFO("SIGHUP: no config file to reload");
         }
+        /* on stdout, like the ready line: scripts and tests wait for it */
+        printf("ragkvd reloaded\n");
+        fflush(stdout);
         return;
     }
     RK_INFO("%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");

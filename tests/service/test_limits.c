@@ -90,3 +90,45 @@ Test(limits, daemon_rate_limits_a_tenant_not_its_neighbour, .timeout = 60)
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 10000), 0);
     rk_test_rmrf(tmp);
 }
+
+Test(limits, sighup_reloads_the_limits, .timeout = 60)
+{
+    char tmp[256], conf[512], path[512], adm[256], ta[256], line[256];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    snprintf(conf, sizeof(conf), "%s/ragkvd.conf", tmp);
+    FILE *f = fopen(conf, "w");
+    fputs("tenant-rate = 0\n", f);
+    fclose(f);
+    rk_test_proc d;
+    int port, hport;
+    const char *extra[] = {"--config", conf, NULL};
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
+    f = fopen(path, "r");
+    cr_assert_not_null(fgets(adm, sizeof(adm), f));
+    fclose(f);
+    adm[strcspn(adm, "\n")] = '\0';
+    ragkv_conn *a, *t;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &a), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, ta, sizeof(ta)), RK_OK);
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &t), RK_OK);
+    cr_assert_eq(ragkv_auth(t, ta, NULL, 0), RK_OK);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(ragkv_call(t, RK_OP_STATS, NULL, 0, NULL, NULL), RK_OK, "unlimited");
+    f = fopen(conf, "w");
+    fputs("tenant-rate = 1\ntenant-burst = 2\n", f);
+    fclose(f);
+    kill(d.pid, SIGHUP);
+    cr_assert(rk_test_read_line(&d, line, sizeof(line), 10000));
+    cr_expect_str_eq(line, "ragkvd reloaded");
+    int ok = 0;
+    while (ok < 10 && ragkv_call(t, RK_OP_STATS, NULL, 0, NULL, NULL) == RK_OK)
+        ok++;
+    cr_expect_geq(ok, 2);
+    cr_expect_leq(ok, 3, "limited after the reload");
+    ragkv_close(t);
+    ragkv_close(a);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 10000), 0);
+    rk_test_rmrf(tmp);
+}

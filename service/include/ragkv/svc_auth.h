@@ -37,6 +37,10 @@ typedef struct svc_auth svc_auth;
 rk_status svc_auth_open(const char *data_dir, svc_auth **out);
 void svc_auth_close(svc_auth *a);
 
+/* Re-read the tenants file (after a restore, or an edit while stopped); on a bad file the old
+ * table stays and the error is returned. */
+rk_status svc_auth_reload(svc_auth *a);
+
 /* Path of the admin token file (inside the store; valid until close). */
 const char *svc_auth_admin_token_path(const svc_auth *a);
 
