@@ -358,6 +358,13 @@ static void gen_send_final(struct svc_conn *c, svc_gen *g, const int32_t *toks, 
         rk_buf_put_u8(&b, (uint8_t)g->created);
         rk_buf_put_u32(&b, g->segs[0].n);
         rk_buf_put_u64(&b, g->stored_bytes);
+    } else if (g->kind == SVC_JOB_GET_KV) {
+        rk_buf_put_u32(&b, (uint32_t)g->result.len);
+        rk_buf_append(&b, g->result.data, g->result.len);
+    } else if (g->kind == SVC_JOB_PUT_KV) {
+        rk_buf_append(&b, g->key.b, CC_KEY_BYTES);
+        rk_buf_put_u8(&b, (uint8_t)g->created);
+        rk_buf_put_u64(&b, g->stored_bytes);
     } else if (g->kind == SVC_JOB_PREFILL) {
         rk_buf_put_u32(&b, (uint32_t)g->result.len);
         rk_buf_append(&b, g->result.data, g->result.len);
@@ -422,6 +429,18 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* A job that never reached the executor: give back its slot and event, answer the error. */
+static void job_abort(struct svc_conn *c, const svc_request *rq, svc_gen *g, rk_status st, const char *msg)
+{
+    char m[300];
+    snprintf(m, sizeof(m), "%s", msg ? msg : "");
+    gen_uncount(c->w->srv, g);
+    event_free(g->notify);
+    g->notify = NULL;
+    svc_gen_release(g);
+    conn_send_error(c, rq->opcode, rq->id, st, m);
+}
+
 /* Hand a job to the executor; its result comes back through gen_on_notify. Takes the
  * request's arrays. */
 static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
@@ -431,19 +450,27 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
         return;
     }
-    if (kind != SVC_JOB_PUT) {
+    const eng_model_info *mi = eng_model_get_info(srv->model);
+    if (kind == SVC_JOB_GET_KV && (rq->codec != 0xFF || rq->level != 0xFF)) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
+                        "GET_KV returns containers as stored (codec 0xFF, level 0xFF)");
+        return;
+    }
+    bool single = kind == SVC_JOB_PUT || kind == SVC_JOB_PUT_KV || kind == SVC_JOB_GET_KV;
+    if (single && kind != SVC_JOB_GET_KV && rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED, "a tenant writes only its own namespace");
+        return;
+    }
+    if (!single) {
         static const int modes[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, -1, -1};
         if (modes[rq->blend] < 0) {
             conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
                             "blend modes cachecraft and ape are not in this version");
             return;
         }
-    } else if (rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED, "a tenant writes only its own namespace");
-        return;
     }
     svc_gen *g = svc_gen_new();
-    size_t nseg = kind == SVC_JOB_PUT ? 1 : rq->nsegments;
+    size_t nseg = single ? 1 : rq->nsegments;
     if (!g || (nseg && !(g->segs = rk_calloc(nseg, sizeof(svc_gen_seg)))) ||
         !(g->notify = event_new(c->w->base, -1, 0, gen_on_notify, g))) {
         svc_gen_release(g);
@@ -463,9 +490,29 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->counted = true;
     snprintf(g->ns, sizeof(g->ns), "%s", rq->ns);
     /* the request's token arrays move into the job */
-    if (kind == SVC_JOB_PUT) {
+    if (single) {
         g->segs[0] = (svc_gen_seg){.tokens = rq->tokens, .n = rq->ntokens};
         rq->tokens = NULL;
+        if (kind == SVC_JOB_GET_KV) { /* the key, given or computed from the tokens */
+            rk_status ks = RK_OK;
+            if (rq->by_tokens)
+                ks = cc_key_compute(mi->id, rq->ns[0] ? rq->ns : c->tenant, g->segs[0].tokens, g->segs[0].n, &g->key);
+            else
+                memcpy(g->key.b, rq->key, CC_KEY_BYTES);
+            if (ks != RK_OK) {
+                job_abort(c, rq, g, ks, rk_error_msg());
+                return;
+            }
+        }
+        if (kind == SVC_JOB_PUT_KV) { /* the container lives in the frame buffer: copy it */
+            if (!(g->in_owned = rk_malloc(rq->blob_len ? rq->blob_len : 1))) {
+                job_abort(c, rq, g, RK_ERR_NOMEM, "PUT_KV");
+                return;
+            }
+            memcpy(g->in_owned, rq->blob, rq->blob_len);
+            g->in_blob = g->in_owned;
+            g->in_len = rq->blob_len;
+        }
     } else {
         for (uint32_t i = 0; i < rq->nsegments; i++) {
             svc_segment *in = &rq->segments[i];
@@ -492,92 +539,14 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->request_id = rq->id;
     g->opcode = rq->opcode;
     g->stream = kind == SVC_JOB_GENERATE && rq->stream;
-    rk_status st = svc_exec_submit(srv->exec, g);
+    rk_status st = kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV ? svc_exec_submit_pool(srv->exec, srv->io_pool, g)
+                                                                    : svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {
-        gen_uncount(srv, g);
-        event_free(g->notify);
-        g->notify = NULL;
-        svc_gen_release(g);
-        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+        job_abort(c, rq, g, st, rk_error_msg());
         return;
     }
     g->next = c->gens;
     c->gens = g;
-}
-
-/* GET_KV: a stored chunk's container, as stored. PUT_KV: validate and store an external
- * engine's container. Both run on the worker thread (store calls and one decode). */
-static void handle_kv_io(struct svc_conn *c, svc_request *rq)
-{
-    struct svc_server *srv = c->w->srv;
-    if (!srv->model) {
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
-        return;
-    }
-    const eng_model_info *mi = eng_model_get_info(srv->model);
-    svc_chunk_ctx cx = {.model = srv->model, .store = srv->store, .pool = srv->codec_pool};
-    rk_status st;
-    cc_key key;
-    rk_buf b = RK_BUF_INIT;
-    if (rq->opcode == RK_OP_GET_KV) {
-        if (rq->codec != 0xFF || rq->level != 0xFF) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "GET_KV returns containers as stored (codec 0xFF, level 0xFF)");
-            return;
-        }
-        if (rq->by_tokens)
-            st = cc_key_compute(mi->id, rq->ns[0] ? rq->ns : c->tenant, rq->tokens, rq->ntokens, &key);
-        else {
-            memcpy(key.b, rq->key, CC_KEY_BYTES);
-            st = RK_OK;
-        }
-        cc_buf *blob = NULL;
-        if (st == RK_OK)
-            st = cc_store_get(srv->store, c->tenant, &key, &blob, NULL);
-        if (st == RK_OK) {
-            int32_t *t;
-            uint32_t n;
-            const uint8_t *cont;
-            size_t clen;
-            if ((st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen)) == RK_OK) {
-                rk_buf_put_u32(&b, (uint32_t)clen);
-                rk_buf_append(&b, cont, clen);
-                rk_free(t);
-            }
-            cc_buf_release(blob);
-        }
-    } else { /* PUT_KV */
-        if (rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED, "a tenant writes only its own namespace");
-            return;
-        }
-        st = svc_chunk_check(&cx, rq->blob, rq->blob_len, rq->ntokens, NULL);
-        rk_buf blob = RK_BUF_INIT;
-        uint8_t present = 0;
-        codec_info ci;
-        if (st == RK_OK)
-            st = cc_key_compute(mi->id, c->tenant, rq->tokens, rq->ntokens, &key);
-        if (st == RK_OK)
-            st = cc_store_lookup(srv->store, c->tenant, &key, 1, &present);
-        if (st == RK_OK && !present && (st = svc_chunk_wrap(rq->tokens, rq->ntokens, rq->blob, rq->blob_len, &blob)) == RK_OK &&
-            (st = codec_inspect(rq->blob, rq->blob_len, &ci)) == RK_OK) {
-            cc_put_args a = {.model = mi->id, .tokens = rq->tokens, .ntokens = rq->ntokens, .codec = (uint16_t)ci.codec,
-                             .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
-            st = cc_store_put(srv->store, c->tenant, &a, &key);
-        }
-        if (st == RK_OK) {
-            rk_buf_append(&b, key.b, CC_KEY_BYTES);
-            rk_buf_put_u8(&b, present ? 0 : 1);
-            rk_buf_put_u64(&b, present ? 0 : blob.len);
-        }
-        rk_buf_free(&blob);
-    }
-    if (st == RK_OK && b.failed)
-        st = RK_ERR_NOMEM;
-    if (st != RK_OK)
-        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
-    else
-        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
-    rk_buf_free(&b);
 }
 
 /* LOOKUP, DELETE, STATS: metadata operations on the tenant's view of the store. They run on
@@ -666,8 +635,10 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
         submit_job(c, rq, SVC_JOB_PREFILL);
     else if (rq->opcode == RK_OP_PUT_CHUNK)
         submit_job(c, rq, SVC_JOB_PUT);
-    else if (rq->opcode == RK_OP_GET_KV || rq->opcode == RK_OP_PUT_KV)
-        handle_kv_io(c, rq);
+    else if (rq->opcode == RK_OP_GET_KV)
+        submit_job(c, rq, SVC_JOB_GET_KV);
+    else if (rq->opcode == RK_OP_PUT_KV)
+        submit_job(c, rq, SVC_JOB_PUT_KV);
     else if (rq->opcode == RK_OP_LOOKUP || rq->opcode == RK_OP_DELETE || rq->opcode == RK_OP_STATS)
         handle_chunk_meta(c, rq);
     else /* chunk operations arrive with the chunk store */

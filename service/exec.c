@@ -83,6 +83,7 @@ void svc_gen_release(svc_gen *g)
     rk_free(g->segs);
     rk_free(g->query);
     rk_free(g->out);
+    rk_free(g->in_owned);
     rk_buf_free(&g->result);
     pthread_mutex_destroy(&g->lock);
     rk_free(g);
@@ -458,6 +459,83 @@ rk_status svc_exec_submit(svc_exec *x, svc_gen *g)
         pthread_cond_signal(&x->wake);
     }
     pthread_mutex_unlock(&x->lock);
+    return st;
+}
+
+struct pool_job {
+    svc_exec *x;
+    svc_gen *g;
+};
+
+/* GET_KV / PUT_KV on a pool thread. */
+static void pool_run(void *arg)
+{
+    struct pool_job *pj = arg;
+    svc_exec *x = pj->x;
+    svc_gen *g = pj->g;
+    rk_free(pj);
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    rk_status st;
+    if (g->kind == SVC_JOB_GET_KV) {
+        cc_buf *blob = NULL;
+        st = cc_store_get(x->cx.store, g->tenant, &g->key, &blob, NULL);
+        if (st == RK_OK) {
+            int32_t *t;
+            uint32_t n;
+            const uint8_t *cont;
+            size_t clen;
+            if ((st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen)) == RK_OK) {
+                rk_buf_append(&g->result, cont, clen);
+                st = g->result.failed ? RK_ERR_NOMEM : RK_OK;
+                rk_free(t);
+            }
+            cc_buf_release(blob);
+        }
+    } else { /* PUT_KV */
+        const svc_gen_seg *sg = &g->segs[0];
+        uint8_t present = 0;
+        codec_info ci;
+        rk_buf blob = RK_BUF_INIT;
+        st = svc_chunk_check(&x->cx, g->in_blob, g->in_len, sg->n, NULL);
+        if (st == RK_OK)
+            st = cc_key_compute(mi->id, g->tenant, sg->tokens, sg->n, &g->key);
+        if (st == RK_OK)
+            st = cc_store_lookup(x->cx.store, g->tenant, &g->key, 1, &present);
+        if (st == RK_OK && !present && (st = svc_chunk_wrap(sg->tokens, sg->n, g->in_blob, g->in_len, &blob)) == RK_OK &&
+            (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK) {
+            cc_put_args a = {.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
+                             .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
+            st = cc_store_put(x->cx.store, g->tenant, &a, &g->key);
+        }
+        g->created = st == RK_OK && !present;
+        g->stored_bytes = g->created ? blob.len : 0;
+        rk_buf_free(&blob);
+    }
+    finish(x, g, st, st == RK_OK ? NULL : rk_error_msg(), 0);
+}
+
+rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, svc_gen *g)
+{
+    struct pool_job *pj = rk_malloc(sizeof(*pj));
+    if (!pj)
+        return RK_ERR_NOMEM;
+    pj->x = x;
+    pj->g = g;
+    atomic_fetch_add(&g->refs, 1);
+    g->submit_ns = rk_now_ns();
+    pthread_mutex_lock(&x->lock);
+    x->load++;
+    pthread_mutex_unlock(&x->lock);
+    svc_metric_add(xm.active, 1);
+    rk_status st = rk_pool_submit(pool, pool_run, pj);
+    if (st != RK_OK) {
+        rk_free(pj);
+        atomic_fetch_sub(&g->refs, 1);
+        pthread_mutex_lock(&x->lock);
+        x->load--;
+        pthread_mutex_unlock(&x->lock);
+        svc_metric_add(xm.active, -1);
+    }
     return st;
 }
 

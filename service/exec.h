@@ -38,6 +38,8 @@ typedef enum svc_job_kind {
     SVC_JOB_GENERATE = 0, /* assemble, then decode until done (streams tokens) */
     SVC_JOB_PREFILL = 1,  /* assemble, then hand back the prompt's KV as a container */
     SVC_JOB_PUT = 2,      /* prefill one chunk standalone, encode and store it */
+    SVC_JOB_GET_KV = 3,   /* (pool) read a stored chunk's container */
+    SVC_JOB_PUT_KV = 4,   /* (pool) validate an external container and store it */
 } svc_job_kind;
 
 /* One prompt segment as the client sent it. */
@@ -75,7 +77,10 @@ typedef struct svc_gen {
     cc_key key;                /* PUT: the chunk's key */
     int created;               /* PUT: 1 when newly stored */
     uint64_t stored_bytes;     /* PUT: blob bytes */
-    rk_buf result;             /* PREFILL: the prompt's KV container */
+    rk_buf result;             /* PREFILL, GET_KV: a KV container */
+    const uint8_t *in_blob;    /* PUT_KV: the container, in in_owned */
+    uint32_t in_len;
+    uint8_t *in_owned;         /* PUT_KV: a copy of the request payload, owned */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */
@@ -108,6 +113,10 @@ void svc_gen_release(svc_gen *g);
 /* Hand g to the executor (it takes its own reference). RK_ERR_SHUTDOWN when stopping,
  * RK_ERR_BUSY when the queue is full. */
 rk_status svc_exec_submit(svc_exec *x, svc_gen *g);
+
+/* Run a GET_KV or PUT_KV job on pool (CPU work: store I/O, decoding) instead of the executor
+ * thread; it finishes and notifies like any other job. RK_ERR_NOMEM / RK_ERR_SHUTDOWN. */
+rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, svc_gen *g);
 
 /* Generations queued or active now. */
 int svc_exec_load(svc_exec *x);

@@ -400,7 +400,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             rk_error_set(st, "backend %s: %s", cfg->backend, rk_error_msg());
             goto fail;
         }
-        if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK)
+        if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK ||
+            (st = rk_pool_create(2, &srv->io_pool)) != RK_OK)
             goto fail;
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
                             .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1};
@@ -517,7 +518,10 @@ rk_status svc_server_run(svc_server *srv)
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
     }
-    /* the executor ends every generation (notifying its worker) before the workers stop */
+    /* pool jobs drain, then the executor ends every generation (each notifying its worker),
+     * before the workers stop */
+    rk_pool_free(srv->io_pool);
+    srv->io_pool = NULL;
     svc_exec_stop(srv->exec);
     srv->exec = NULL;
     for (int i = 0; i < started; i++)
@@ -563,6 +567,7 @@ void svc_server_close(svc_server *srv)
     if (srv->base)
         event_base_free(srv->base);
     svc_metrics_set_collector(NULL, NULL);
+    rk_pool_free(srv->io_pool);
     svc_exec_stop(srv->exec);
     eng_backend_free(srv->backend);
     rk_pool_free(srv->codec_pool);

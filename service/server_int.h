@@ -64,6 +64,7 @@ struct svc_server {
     struct svc_exec *exec;              /* the compute executor; NULL without a model */
     struct cc_store *store;             /* chunk caches, tenants' usage and quotas (thread-safe) */
     struct rk_pool *codec_pool;         /* threads for encoding and decoding chunk KV */
+    struct rk_pool *io_pool;            /* GET_KV / PUT_KV jobs (store I/O, decoding), off the workers */
     struct svc_limits *tlimits;         /* per-tenant request rate and concurrent jobs */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
