@@ -45,6 +45,8 @@ static void conn_send_error(struct svc_conn *c, uint16_t op, uint64_t id, rk_sta
     char m[RK_PROTO_MAX_STR + 1];
     snprintf(m, sizeof(m), "%s%s%s", rk_strerror(st), msg && *msg ? ": " : "", msg ? msg : "");
     rk_buf_put_str(&b, m);
+    RK_DEBUG("%s req %llu %s (%s): %s", c->peer, (unsigned long long)id, rk_opcode_name(op),
+             c->tenant[0] ? c->tenant : "-", m);
     conn_send(c, RK_PT_RESPONSE, op, id, st, b.data, b.failed ? 0 : b.len);
     rk_buf_free(&b);
     svc_metric_add(svc_m.errors, 1);
@@ -115,7 +117,7 @@ static void handle_auth(struct svc_conn *c, const svc_request *rq)
     bool admin = false;
     if (svc_auth_check(auth, rq->token, tenant, &admin) != RK_OK) {
         svc_auth_failed(auth, c->peer, now);
-        RK_INFO("failed AUTH from %s", c->peer);
+        RK_INFO("failed AUTH from %s (req %llu)", c->peer, (unsigned long long)rq->id);
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "unknown token");
         return;
     }
@@ -700,6 +702,8 @@ static void on_read(struct bufferevent *bev, void *arg)
             conn_close_after_write(c);
             return;
         }
+        RK_DEBUG("%s req %llu %s (%s)", c->peer, (unsigned long long)h.request_id, rk_opcode_name(h.opcode),
+                 c->tenant[0] ? c->tenant : "-");
         if (st != RK_OK)
             conn_send_error(c, h.opcode, h.request_id, st, rk_error_msg());
         else
