@@ -374,21 +374,16 @@ static rk_status call_buf(ragkv_conn *c, uint16_t op, rk_buf *req, uint8_t **res
     return st;
 }
 
-rk_status ragkv_put_chunk(ragkv_conn *c, const int32_t *tokens, uint32_t n, uint8_t key_out[32],
-                          int *created, uint64_t *stored_bytes)
+/* Parse the reply of PUT_CHUNK (key, created, u32 ntokens, u64 bytes) or PUT_KV (key,
+ * created, u64 bytes); frees p. */
+static rk_status parse_put_reply(uint16_t op, uint8_t *p, uint32_t len, uint8_t key_out[32], int *created,
+                                 uint64_t *stored_bytes)
 {
-    rk_buf b = RK_BUF_INIT;
-    rk_buf_put_str(&b, "");
-    rk_buf_put_tokens(&b, tokens, n);
-    uint8_t *p;
-    uint32_t len;
-    rk_status st = call_buf(c, RK_OP_PUT_CHUNK, &b, &p, &len);
-    if (st != RK_OK)
-        return st;
     rk_reader r = rk_reader_make(p, len);
     const uint8_t *k = rk_reader_take(&r, 32);
     uint8_t cr = rk_reader_u8(&r);
-    rk_reader_u32(&r);
+    if (op == RK_OP_PUT_CHUNK)
+        rk_reader_u32(&r);
     uint64_t bytes = rk_reader_u64(&r);
     if (!r.short_read) {
         memcpy(key_out, k, 32);
@@ -398,7 +393,19 @@ rk_status ragkv_put_chunk(ragkv_conn *c, const int32_t *tokens, uint32_t n, uint
             *stored_bytes = bytes;
     }
     rk_free(p);
-    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "PUT_CHUNK response malformed") : RK_OK;
+    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "%s response malformed", rk_opcode_name(op)) : RK_OK;
+}
+
+rk_status ragkv_put_chunk(ragkv_conn *c, const int32_t *tokens, uint32_t n, uint8_t key_out[32],
+                          int *created, uint64_t *stored_bytes)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, "");
+    rk_buf_put_tokens(&b, tokens, n);
+    uint8_t *p;
+    uint32_t len;
+    rk_status st = call_buf(c, RK_OP_PUT_CHUNK, &b, &p, &len);
+    return st != RK_OK ? st : parse_put_reply(RK_OP_PUT_CHUNK, p, len, key_out, created, stored_bytes);
 }
 
 rk_status ragkv_put_kv(ragkv_conn *c, const int32_t *tokens, uint32_t n, const void *container,
@@ -412,19 +419,7 @@ rk_status ragkv_put_kv(ragkv_conn *c, const int32_t *tokens, uint32_t n, const v
     uint8_t *p;
     uint32_t rl;
     rk_status st = call_buf(c, RK_OP_PUT_KV, &b, &p, &rl);
-    if (st != RK_OK)
-        return st;
-    rk_reader r = rk_reader_make(p, rl);
-    const uint8_t *k = rk_reader_take(&r, 32);
-    uint8_t cr = rk_reader_u8(&r);
-    rk_reader_u64(&r);
-    if (!r.short_read) {
-        memcpy(key_out, k, 32);
-        if (created)
-            *created = cr;
-    }
-    rk_free(p);
-    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "PUT_KV response malformed") : RK_OK;
+    return st != RK_OK ? st : parse_put_reply(RK_OP_PUT_KV, p, rl, key_out, created, NULL);
 }
 
 rk_status ragkv_get_kv(ragkv_conn *c, const uint8_t key[32], const int32_t *tokens, uint32_t n,
