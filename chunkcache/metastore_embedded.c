@@ -259,7 +259,8 @@ static rk_status collect(emb_ms *m, cand *c)
         rk_free(c->v);
         return rk_error_set(RK_ERR_NOMEM, "embedded metastore: candidates");
     }
-    qsort(c->v, c->n, sizeof(*c->v), cand_cmp);
+    if (c->n) /* qsort(NULL, 0) is undefined */
+        qsort(c->v, c->n, sizeof(*c->v), cand_cmp);
     return RK_OK;
 }
 
