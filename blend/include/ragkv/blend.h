@@ -130,7 +130,7 @@ typedef struct bl_params {
 
 /* Defaults: ratio 0.15, check layer 1, flat schedule, K-only deviation; Cache-Craft alpha
  * BL_CRAFT_ALPHA (fitted on the real models, docs/blend.md); APE T = S = 0.9. */
-#define BL_CRAFT_ALPHA 1.0f
+#define BL_CRAFT_ALPHA 1.4f
 void bl_params_default(bl_params *p, bl_mode mode);
 
 typedef struct bl_stats {
