@@ -39,6 +39,17 @@
  *     bl_stats st;
  *     bl_assemble(m, be, s, segs, 2, query, nq, &p, logits, &st);
  *     ... eng_decode(be, &s, &next, 1, logits) ...
+ *
+ * Cache-Craft: capture a variant of a chunk where it is first seen (after chunks a, b), keep
+ * its KV and bl_craft_encode'd metadata, and pass variants plus today's predecessors:
+ *
+ *     bl_craft_meta md;                                     // owned: bl_craft_meta_clear
+ *     bl_variant_capture(m, be, (bl_segment[]){a, b, c}, 3, (uint64_t[]){ida, idb}, kv_c, &md);
+ *     bl_variant var = {kv_c, &md};
+ *     bl_craft_segment cs[2] = {{0}, {.variants = &var, .n_variants = 1,
+ *                                     .prev_ids = (uint64_t[]){idb}, .n_prev = 1}};
+ *     bl_params_default(&p, BL_CACHECRAFT);  p.craft = cs;  // alpha BL_CRAFT_ALPHA
+ *     bl_assemble(m, be, s, (bl_segment[]){b, c}, 2, query, nq, &p, logits, &st);
  */
 #ifndef RAGKV_BLEND_H
 #define RAGKV_BLEND_H
