@@ -10,7 +10,7 @@
 #define CRAFT_VERSION 1
 #define CRAFT_MAX_TOKENS (1u << 20)
 #define CRAFT_MAX_LAYERS 1024u
-#define CRAFT_MAX_PREV 65536u
+#define CRAFT_MAX_PREV 4096u /* keeps the O(n^2) overlap and order measures cheap */
 #define CRAFT_HEADER 24 /* magic, version, flags, n_tokens, n_layers, n_prev, prev_tokens */
 
 void bl_craft_meta_clear(bl_craft_meta *meta)
