@@ -101,8 +101,8 @@ typedef struct bl_craft_meta {
 /* One cached version of a chunk: its KV (borrowed, eng_kv_floats(m, n) floats, K pre-RoPE)
  * and its metadata (borrowed; NULL: none, treated as a standalone cache). */
 typedef struct bl_variant {
-    const float *kv;
-    const bl_craft_meta *meta;
+    const float *kv;           /* (eng_kv_floats(m, n)) [layer][K|V][token][kv_head][head_dim] */
+    const bl_craft_meta *meta; /* or NULL */
 } bl_variant;
 
 /* One prompt segment: its tokens (no BOS) and, when cached, its chunk KV (borrowed; layout
@@ -111,7 +111,7 @@ typedef struct bl_variant {
  * with positional initialisers, which a new field here would break under -Werror.) */
 typedef struct bl_segment {
     const int32_t *tokens; /* (n) */
-    size_t n;
+    size_t n;              /* tokens (> 0) */
     const float *kv;       /* (eng_kv_floats(m, n)) or NULL */
 } bl_segment;
 
