@@ -1,6 +1,9 @@
-/* blend.c — full, prefix, naive and CacheBlend prompt assembly on the engine's layer ops. */
+/* blend.c — full, prefix, naive, CacheBlend, Cache-Craft and APE prompt assembly on the
+ * engine's layer ops. */
 #include "ragkv/blend.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ragkv/alloc.h"
@@ -8,13 +11,13 @@
 
 const char *bl_mode_name(bl_mode m)
 {
-    static const char *names[] = {"full", "prefix", "naive", "cacheblend"};
-    return (unsigned)m < 4 ? names[m] : "unknown";
+    static const char *names[] = {"full", "prefix", "naive", "cacheblend", "cachecraft", "ape"};
+    return (unsigned)m <= BL_APE ? names[m] : "unknown";
 }
 
 int bl_mode_parse(const char *name)
 {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i <= BL_APE; i++)
         if (name && strcmp(name, bl_mode_name((bl_mode)i)) == 0)
             return i;
     return -1;
@@ -26,6 +29,9 @@ void bl_params_default(bl_params *p, bl_mode mode)
     p->mode = mode;
     p->ratio = 0.15f;
     p->check_layer = 1;
+    p->alpha = BL_CRAFT_ALPHA;
+    p->ape_t = 0.9f;
+    p->ape_s = 0.9f;
 }
 
 rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens, size_t n,
@@ -217,7 +223,9 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     const eng_model_info *mi = eng_model_get_info(m);
     const size_t n = pr->n, w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
     const int L = mi->n_layers;
-    const bool naive = p->mode == BL_NAIVE;
+    /* Cache-Craft's selection is made before any layer runs: from there on it is naive
+     * assembly with the selected rows uncached */
+    const bool naive = p->mode == BL_NAIVE || p->mode == BL_CACHECRAFT;
     int c = naive ? 0 : p->check_layer;
     if (c >= L)
         c = L; /* no layer left to check: everything before it ran for all rows */
@@ -357,6 +365,208 @@ out:
     return st;
 }
 
+/* ---- Cache-Craft --------------------------------------------------------------------------- */
+
+/* Per segment, the variant Cache-Craft uses (lowest CFO): eff[i] is segs[i] with kv set to that
+ * variant's KV (NULL for uncached segments), metas[i] its metadata, cfos[i] its CFO. The three
+ * arrays are allocated here (caller frees with rk_free). */
+static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const bl_craft_segment *craft,
+                              size_t nseg, double alpha,
+                              bl_segment **eff_out, const bl_craft_meta ***metas_out, double **cfos_out)
+{
+    bl_segment *eff = rk_calloc(nseg ? nseg : 1, sizeof(bl_segment));
+    const bl_craft_meta **metas = rk_calloc(nseg ? nseg : 1, sizeof(*metas));
+    double *cfos = rk_calloc(nseg ? nseg : 1, sizeof(double));
+    rk_status st = RK_OK;
+    if (!eff || !metas || !cfos) {
+        st = RK_ERR_NOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < nseg; i++) {
+        eff[i] = segs[i];
+        eff[i].kv = NULL;
+        const bl_craft_segment *cs = craft ? &craft[i] : NULL;
+        size_t nv = cs ? cs->n_variants : 0;
+        if (!segs[i].kv && nv == 0)
+            continue; /* uncached: computed from its tokens */
+        size_t v = 0;
+        if ((st = bl_segment_pick_variant(m, &segs[i], cs, alpha, &v, &cfos[i])) != RK_OK) {
+            char why[200]; /* rk_error_msg's buffer is the one rk_error_set writes */
+            snprintf(why, sizeof(why), "%s", rk_error_msg());
+            rk_error_set(st, "segment %zu: %s", i, why);
+            goto fail;
+        }
+        eff[i].kv = nv ? cs->variants[v].kv : segs[i].kv;
+        metas[i] = nv ? cs->variants[v].meta : NULL;
+    }
+    *eff_out = eff;
+    *metas_out = metas;
+    *cfos_out = cfos;
+    return RK_OK;
+fail:
+    rk_free(eff);
+    rk_free(metas);
+    rk_free(cfos);
+    return st;
+}
+
+/* Mark for recomputation (kv_base NULL), in every cached segment, its ceil(CFO * n) tokens
+ * with the highest stored inter-chunk attention. Without metadata, or when every score is the
+ * same (a standalone variant has none: nothing preceded it), the budget is spread evenly over
+ * the chunk instead: token floor((j + 0.5) * n / k) for j < k. */
+static rk_status craft_select(struct prompt *pr, const bl_segment *use, const bl_craft_meta *const *metas,
+                              const double *cfos, size_t nseg)
+{
+    size_t row = 1;
+    rk_status st = RK_OK;
+    for (size_t i = 0; i < nseg && st == RK_OK; row += use[i].n, i++) {
+        size_t n = use[i].n, k = use[i].kv ? bl_select_count(n, (float)cfos[i]) : 0;
+        if (k == 0)
+            continue;
+        uint32_t *sel = rk_malloc(k * sizeof(uint32_t));
+        if (!sel)
+            return RK_ERR_NOMEM;
+        const bl_craft_meta *md = metas[i];
+        bool flat = true;
+        for (size_t t = 1; md && t < n && flat; t++)
+            flat = md->token_inter[t] == md->token_inter[0];
+        if (flat) {
+            for (size_t j = 0; j < k; j++)
+                sel[j] = (uint32_t)(((double)j + 0.5) * (double)n / (double)k);
+        } else {
+            st = bl_select_top(md->token_inter, n, k, sel);
+        }
+        for (size_t j = 0; j < k && st == RK_OK; j++)
+            pr->kv_base[row + sel[j]] = NULL;
+        rk_free(sel);
+    }
+    return st;
+}
+
+/* ---- APE ----------------------------------------------------------------------------------- */
+
+/* The three attention groups of APE rows: BOS (the shared prefix), the chunks (temperature T,
+ * weights times S), and everything after them (the query and decoded tokens). */
+static void ape_groups(const bl_params *p, size_t ctx_end, size_t end, size_t bounds[4], float temp[3],
+                       float lscale[3], eng_attn_groups *ag)
+{
+    bounds[0] = 0;
+    bounds[1] = 1;
+    bounds[2] = ctx_end;
+    bounds[3] = end;
+    temp[0] = temp[2] = 1.0f;
+    temp[1] = p->ape_t;
+    lscale[0] = lscale[2] = 0.0f;
+    lscale[1] = logf(p->ape_s);
+    *ag = (eng_attn_groups){.n_groups = 3, .bounds = bounds, .temperature = temp, .log_scale = lscale};
+}
+
+/* Run rows (tokens at pos/slots) through every layer with APE's groups; h holds n rows. */
+static rk_status ape_rows(eng_backend *be, eng_seq *s, const bl_params *p, size_t ctx_end, const int32_t *tokens,
+                          size_t n, const int32_t *pos, const int32_t *slots, float *logits)
+{
+    const eng_model_info *mi = eng_model_get_info(eng_backend_model(be));
+    size_t bounds[4];
+    float temp[3], lscale[3];
+    eng_attn_groups ag;
+    ape_groups(p, ctx_end, (size_t)slots[n - 1] + 1, bounds, temp, lscale, &ag);
+    eng_hidden *h = NULL;
+    rk_status st = eng_hidden_new(be, n, &h);
+    if (st == RK_OK)
+        st = eng_embed(be, h, 0, tokens, n);
+    for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
+        st = eng_layer_forward_ex(s, l, h, n, pos, slots, NULL, NULL, &ag);
+    size_t last = n - 1;
+    if (st == RK_OK)
+        st = eng_logits(be, h, &last, 1, logits);
+    eng_hidden_free(h);
+    return st;
+}
+
+static bool ape_params_ok(const bl_params *p)
+{
+    return p->ape_t > 0.0f && isfinite(p->ape_t) && p->ape_s > 0.0f && isfinite(p->ape_s);
+}
+
+/* BOS at slot 0 / position 0; chunk i in the next n_i slots at positions 1..n_i (uncached
+ * segments are prefilled standalone first, as APE encodes every context on its own); the
+ * query after the last chunk's slots at positions max n_i + 1, ... */
+static rk_status assemble_ape(eng_model *m, eng_backend *be, eng_seq *s, const bl_segment *segs, size_t nseg,
+                              const int32_t *query, size_t nq, const bl_params *p, float *logits,
+                              bl_stats *stats)
+{
+    const eng_model_info *mi = eng_model_get_info(m);
+    if (nq == 0)
+        return rk_error_set(RK_ERR_INVALID, "ape needs a query after the chunks");
+    size_t maxn = 0, ctx_end = 1, cached = 0;
+    for (size_t i = 0; i < nseg; i++) {
+        maxn = segs[i].n > maxn ? segs[i].n : maxn;
+        ctx_end += segs[i].n;
+        cached += segs[i].kv ? segs[i].n : 0;
+    }
+    if (maxn + nq + 1 > (size_t)mi->max_seq)
+        return rk_error_set(RK_ERR_RANGE, "ape prompt reaches position %zu beyond the context of %d", maxn + nq,
+                            mi->max_seq);
+    size_t np = (maxn > nq ? maxn : nq);
+    int32_t *pos = rk_malloc(np * sizeof(int32_t)), *slots = rk_malloc(np * sizeof(int32_t));
+    float *tmp = NULL;
+    rk_status st = pos && slots ? RK_OK : RK_ERR_NOMEM;
+    int32_t bos = mi->bos, p0 = 0;
+    if (st == RK_OK)
+        st = eng_prefill(s, &bos, 1, &p0, ENG_LOGITS_NONE, NULL);
+    for (size_t i = 0; i < np && st == RK_OK; i++)
+        pos[i] = (int32_t)(i + 1);
+    for (size_t i = 0, off = 1; i < nseg && st == RK_OK; off += segs[i].n, i++) {
+        const float *kv = segs[i].kv;
+        if (!kv) {
+            if (!tmp && !(tmp = rk_malloc(eng_kv_floats(m, maxn) * sizeof(float)))) {
+                st = RK_ERR_NOMEM;
+                break;
+            }
+            if ((st = bl_chunk_prefill(m, be, segs[i].tokens, segs[i].n, tmp)) != RK_OK)
+                break;
+            kv = tmp;
+        }
+        st = eng_kv_import(s, off, segs[i].n, pos, kv);
+    }
+    for (size_t j = 0; j < nq && st == RK_OK; j++) {
+        pos[j] = (int32_t)(maxn + 1 + j);
+        slots[j] = (int32_t)(ctx_end + j);
+    }
+    if (st == RK_OK)
+        st = ape_rows(be, s, p, ctx_end, query, nq, pos, slots, logits);
+    if (stats) {
+        size_t n = ctx_end + nq, computed = n - cached;
+        stats->reused_tokens = cached;
+        stats->recomputed = computed;
+        stats->token_layers = (double)computed / (double)n;
+        stats->ape_ctx_end = ctx_end;
+    }
+    rk_free(pos);
+    rk_free(slots);
+    rk_free(tmp);
+    return st;
+}
+
+rk_status bl_ape_decode(eng_backend *be, eng_seq *s, size_t ctx_end, const bl_params *p, int32_t token,
+                        float *logits)
+{
+    if (!be || !s || !p || !logits || eng_seq_backend(s) != be)
+        return rk_error_set(RK_ERR_INVALID, "bl_ape_decode: bad arguments");
+    size_t slot = eng_seq_len(s);
+    if (ctx_end < 1 || ctx_end > slot || !ape_params_ok(p))
+        return rk_error_set(RK_ERR_INVALID, "bl_ape_decode: context end %zu (length %zu) or T/S out of range",
+                            ctx_end, slot);
+    const eng_model_info *mi = eng_model_get_info(eng_backend_model(be));
+    int32_t pos = eng_seq_next_pos(s), sl = (int32_t)slot;
+    if (slot >= eng_seq_capacity(s) || pos >= mi->max_seq)
+        return rk_error_set(RK_ERR_RANGE, "bl_ape_decode: sequence full");
+    rk_status st = ape_rows(be, s, p, ctx_end, &token, 1, &pos, &sl, logits);
+    if (st != RK_OK)
+        eng_seq_truncate(s, slot); /* keep eng_decode's promise: no growth on failure */
+    return st;
+}
+
 rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segment *segs,
                       size_t nseg, const int32_t *query, size_t nquery, const bl_params *p,
                       float *logits, bl_stats *stats)
@@ -365,23 +575,38 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
     const eng_model_info *mi = eng_model_get_info(m);
     if (eng_seq_len(s) != 0)
         return rk_error_set(RK_ERR_INVALID, "bl_assemble needs an empty sequence");
-    if ((unsigned)p->mode > BL_CACHEBLEND)
+    if ((unsigned)p->mode > BL_APE)
         return rk_error_set(RK_ERR_INVALID, "unknown blend mode %d", (int)p->mode);
     if (!(p->ratio >= 0.0f && p->ratio <= 1.0f) || p->check_layer < 1)
         return rk_error_set(RK_ERR_INVALID, "ratio %g or check layer %d out of range", (double)p->ratio, p->check_layer);
+    if (p->mode == BL_CACHECRAFT && !(p->alpha >= 0.0f && isfinite(p->alpha)))
+        return rk_error_set(RK_ERR_INVALID, "cachecraft alpha %g must be finite and >= 0", (double)p->alpha);
+    if (p->mode == BL_APE && !ape_params_ok(p))
+        return rk_error_set(RK_ERR_INVALID, "ape T %g and S %g must be finite and > 0", (double)p->ape_t,
+                            (double)p->ape_s);
     if (nseg == 0 && nquery == 0)
         return rk_error_set(RK_ERR_INVALID, "empty prompt");
-    struct prompt pr;
-    rk_status st = prompt_build(mi, segs, nseg, query, nquery, &pr);
-    if (st != RK_OK)
+    bl_segment *eff = NULL; /* Cache-Craft: the segments with their chosen variants */
+    const bl_craft_meta **metas = NULL;
+    double *cfos = NULL;
+    rk_status st;
+    if (p->mode == BL_CACHECRAFT && (st = craft_choose(m, segs, p->craft, nseg, p->alpha, &eff, &metas, &cfos)) != RK_OK)
         return st;
+    const bl_segment *use = eff ? eff : segs;
+    struct prompt pr;
+    st = prompt_build(mi, use, nseg, query, nquery, &pr);
+    if (st != RK_OK)
+        goto done;
     if (pr.n > eng_seq_capacity(s)) {
         prompt_free(&pr);
-        return rk_error_set(RK_ERR_RANGE, "prompt of %zu tokens exceeds the sequence's %zu slots", pr.n, eng_seq_capacity(s));
+        st = rk_error_set(RK_ERR_RANGE, "prompt of %zu tokens exceeds the sequence's %zu slots", pr.n, eng_seq_capacity(s));
+        goto done;
     }
     bl_stats local = {0};
     local.prompt_tokens = pr.n;
-    if (p->mode == BL_FULL || p->mode == BL_PREFIX) {
+    if (p->mode == BL_APE) {
+        st = assemble_ape(m, be, s, segs, nseg, query, nquery, p, logits, &local);
+    } else if (p->mode == BL_FULL || p->mode == BL_PREFIX) {
         size_t done = 0;
         if (p->mode == BL_PREFIX && nseg > 0 && segs[0].kv) {
             /* BOS, then the first chunk's cache: exactly the prompt's prefix */
@@ -399,13 +624,24 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
     } else {
         if (pr.kv_base[pr.n - 1]) /* the last row must be computed: it makes the logits */
             pr.kv_base[pr.n - 1] = NULL;
-        st = import_cached(s, segs, nseg, pr.pos, 0);
+        size_t reused = 0;
+        for (size_t i = 0; i < pr.n; i++)
+            reused += pr.kv_base[i] != NULL;
+        st = import_cached(s, use, nseg, pr.pos, 0);
+        if (st == RK_OK && eff)
+            st = craft_select(&pr, use, metas, cfos, nseg);
         if (st == RK_OK)
             st = assemble_cacheblend(m, be, s, &pr, p, logits, &local);
+        if (eff)
+            local.reused_tokens = reused; /* before repair, as for CacheBlend */
     }
     prompt_free(&pr);
     local.ms = (double)(rk_now_ns() - t0) / 1e6;
     if (stats)
         *stats = local;
+done:
+    rk_free(eff);
+    rk_free(metas);
+    rk_free(cfos);
     return st;
 }

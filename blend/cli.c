@@ -28,12 +28,16 @@ struct eval_opts {
     int nmodes;
     float ratios[16];
     int nratios;
+    float alphas[16];      /* Cache-Craft alphas */
+    int nalphas;
+    float ape_t, ape_s;    /* APE temperature and scale */
 };
 
 /* One (mode, ratio) configuration's accumulated results. */
 struct run {
     bl_mode mode;
-    float ratio;
+    float ratio;          /* CacheBlend ratio, or Cache-Craft alpha */
+    int craft_src;        /* Cache-Craft variants: 0 standalone, 1 captured in another context */
     double kl, agree, matched, recomputed, token_layers, ms;
     double *kv_dev;   /* (n_layers) mean relative L2 of the layer's KV vs full */
 };
@@ -44,13 +48,18 @@ static void usage(FILE *f)
             "usage: ragkv blend eval --model PATH [--cases N] [--chunks K] [--chunk-len T]\n"
             "                        [--query-len Q] [--seed S] [--modes LIST] [--ratios LIST]\n"
             "                        [--check-layer N] [--deviation-v 0|1] [--gradual FIRST,STEP]\n"
+            "                        [--alpha LIST] [--ape-t T] [--ape-s S]\n"
             "                        [--threads N] [--json FILE]\n\n"
             "Builds N prompts of K chunks (T tokens each, sampled from the model itself) and a\n"
             "query, and compares every mode with full prefill of the same prompt: next-token KL,\n"
             "top-1 agreement over a %d-token greedy continuation, mean matched continuation\n"
             "length, relative KV deviation per layer, tokens recomputed, time.\n"
+            "cachecraft runs twice per alpha: craft-sa with standalone variants, craft-ctx with\n"
+            "variants captured in a different random context (a random subset of the prompt's\n"
+            "other chunks in random order, plus one unrelated chunk); ratio column = alpha.\n"
             "Defaults: --cases 8 --chunks 4 --chunk-len 48 --query-len 16 --seed 1\n"
-            "          --modes naive,cacheblend,prefix --ratios 0.05,0.15,0.3,0.5,1\n",
+            "          --modes naive,cacheblend,prefix --ratios 0.05,0.15,0.3,0.5,1\n"
+            "          --alpha 0.25,0.5,1,2 --ape-t 0.9 --ape-s 0.9\n",
             CONT);
 }
 
@@ -62,7 +71,7 @@ static int parse_list_modes(const char *s, struct eval_opts *o)
     for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
         int m = bl_mode_parse(t);
         if (m < 0 || o->nmodes == 8) {
-            fprintf(stderr, "ragkv blend eval: unknown mode '%s' (full, prefix, naive, cacheblend)\n", t);
+            fprintf(stderr, "ragkv blend eval: unknown mode '%s' (full, prefix, naive, cacheblend, cachecraft, ape)\n", t);
             return -1;
         }
         o->modes[o->nmodes++] = (bl_mode)m;
@@ -70,21 +79,44 @@ static int parse_list_modes(const char *s, struct eval_opts *o)
     return 0;
 }
 
-static int parse_list_ratios(const char *s, struct eval_opts *o)
+/* A comma-separated list of up to 16 numbers in [0, max] into out[*n]. */
+static int parse_list_floats(const char *s, float max, const char *what, float *out, int *n)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), "%s", s);
-    o->nratios = 0;
+    *n = 0;
     for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
         char *end;
         float r = strtof(t, &end);
-        if (*end || !(r >= 0 && r <= 1) || o->nratios == 16) {
-            fprintf(stderr, "ragkv blend eval: bad ratio '%s' (0..1)\n", t);
+        if (*end || !(r >= 0 && r <= max) || *n == 16) {
+            fprintf(stderr, "ragkv blend eval: bad %s '%s' (0..%g)\n", what, t, (double)max);
             return -1;
         }
-        o->ratios[o->nratios++] = r;
+        out[(*n)++] = r;
     }
     return 0;
+}
+
+static int parse_list_ratios(const char *s, struct eval_opts *o)
+{
+    return parse_list_floats(s, 1.0f, "ratio", o->ratios, &o->nratios);
+}
+
+/* The label of a run in the table and the JSON. */
+static const char *run_label(const struct run *r)
+{
+    if (r->mode == BL_CACHECRAFT)
+        return r->craft_src ? "craft-ctx" : "craft-sa";
+    return bl_mode_name(r->mode);
+}
+
+/* A small seeded generator for the random capture contexts (splitmix64). */
+static uint64_t mix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
 }
 
 /* Sample n tokens of the model's own text after BOS + a seed token. */
@@ -129,9 +161,11 @@ static rk_status greedy(eng_backend *be, eng_seq *s, float *logits, int vocab, i
 
 static int eval_main(int argc, char **argv)
 {
-    struct eval_opts o = {.cases = 8, .chunks = 4, .chunk_len = 48, .query_len = 16, .seed = 1};
+    struct eval_opts o = {.cases = 8, .chunks = 4, .chunk_len = 48, .query_len = 16, .seed = 1,
+                          .ape_t = 0.9f, .ape_s = 0.9f};
     parse_list_modes("naive,cacheblend,prefix", &o);
     parse_list_ratios("0.05,0.15,0.3,0.5,1", &o);
+    parse_list_floats("0.25,0.5,1,2", 1000.0f, "alpha", o.alphas, &o.nalphas);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help")) {
@@ -178,6 +212,17 @@ static int eval_main(int argc, char **argv)
         } else if (!strcmp(a, "--ratios")) {
             if (parse_list_ratios(v, &o))
                 return 2;
+        } else if (!strcmp(a, "--alpha")) {
+            if (parse_list_floats(v, 1000.0f, "alpha", o.alphas, &o.nalphas))
+                return 2;
+        } else if (!strcmp(a, "--ape-t") || !strcmp(a, "--ape-s")) {
+            char *end;
+            float x = strtof(v, &end);
+            if (*end || !(x > 0 && x <= 100)) {
+                fprintf(stderr, "ragkv blend eval: %s: bad value '%s' (> 0)\n", a, v);
+                return 2;
+            }
+            *(!strcmp(a, "--ape-t") ? &o.ape_t : &o.ape_s) = x;
         } else {
             fprintf(stderr, "ragkv blend eval: unknown option %s\n", a);
             usage(stderr);
@@ -207,13 +252,28 @@ static int eval_main(int argc, char **argv)
         eng_model_close(m);
         return 2;
     }
-    /* the configurations: cacheblend once per ratio, the others once */
+    bool craft_on = false;
+    for (int i = 0; i < o.nmodes; i++)
+        craft_on |= o.modes[i] == BL_CACHECRAFT;
+    if (craft_on && 1 + ((size_t)o.chunks + 1) * o.chunk_len > (size_t)mi->max_seq) {
+        fprintf(stderr, "ragkv blend eval: cachecraft's capture contexts (%d chunks + 1 of %d tokens) exceed the "
+                "context of %d\n", o.chunks, o.chunk_len, mi->max_seq);
+        eng_backend_free(be);
+        eng_model_close(m);
+        return 2;
+    }
+    /* the configurations: cacheblend once per ratio, cachecraft twice per alpha (standalone
+     * and other-context variants), the others once */
     struct run runs[MAX_RUNS];
     int nruns = 0;
+    bool want_craft = false;
     for (int i = 0; i < o.nmodes; i++) {
-        int nr = o.modes[i] == BL_CACHEBLEND ? o.nratios : 1;
+        bl_mode md = o.modes[i];
+        int nr = md == BL_CACHEBLEND ? o.nratios : md == BL_CACHECRAFT ? 2 * o.nalphas : 1;
+        want_craft |= md == BL_CACHECRAFT;
         for (int j = 0; j < nr && nruns < MAX_RUNS; j++) {
-            runs[nruns] = (struct run){.mode = o.modes[i], .ratio = o.modes[i] == BL_CACHEBLEND ? o.ratios[j] : 0};
+            float ratio = md == BL_CACHEBLEND ? o.ratios[j] : md == BL_CACHECRAFT ? o.alphas[j / 2] : 0;
+            runs[nruns] = (struct run){.mode = md, .ratio = ratio, .craft_src = md == BL_CACHECRAFT ? j % 2 : 0};
             runs[nruns].kv_dev = rk_calloc((size_t)mi->n_layers, sizeof(double));
             nruns++;
         }
@@ -228,6 +288,27 @@ static int eval_main(int argc, char **argv)
     float *lfull = rk_malloc(V * sizeof(float)), *lb = rk_malloc(V * sizeof(float));
     float *kvfull = rk_malloc(kvn * sizeof(float)), *kvb = rk_malloc(kvn * sizeof(float));
     int32_t cfull[CONT], cb[CONT];
+    /* Cache-Craft: per chunk a standalone variant and one captured in another context */
+    size_t K = (size_t)o.chunks, T = (size_t)o.chunk_len;
+    float **vkv = rk_calloc(2 * K, sizeof(float *));           /* [src][chunk] */
+    bl_craft_meta *vmeta = rk_calloc(2 * K, sizeof(bl_craft_meta));
+    bl_variant *vars = rk_calloc(2 * K, sizeof(bl_variant));
+    bl_craft_segment *cseg = rk_calloc(2 * K, sizeof(bl_craft_segment));
+    uint64_t *ids = rk_malloc((2 * K + 1) * sizeof(uint64_t)); /* prompt chunks 1..K, distractors */
+    int32_t *distract = rk_malloc(T * sizeof(int32_t));
+    bl_segment *ctx = rk_calloc(K + 1, sizeof(bl_segment));
+    uint64_t *ctx_ids = rk_malloc((K + 1) * sizeof(uint64_t));
+    if (!vkv || !vmeta || !vars || !cseg || !ids || !distract || !ctx || !ctx_ids) {
+        fprintf(stderr, "ragkv blend eval: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < 2 * K; i++)
+        ids[i] = i + 1;
+    for (size_t i = 0; i < 2 * K && want_craft; i++)
+        if (!(vkv[i] = rk_malloc(eng_kv_floats(m, T) * sizeof(float)))) {
+            fprintf(stderr, "ragkv blend eval: out of memory\n");
+            return 1;
+        }
     if (!chunks || !query || !ckv || !segs || !lfull || !lb || !kvfull || !kvb) {
         fprintf(stderr, "ragkv blend eval: out of memory\n");
         return 1;
@@ -247,6 +328,47 @@ static int eval_main(int argc, char **argv)
         }
         if (st == RK_OK && o.query_len)
             st = sample_text(m, be, base + 999, query, (size_t)o.query_len);
+        /* Cache-Craft variants of every chunk: standalone, and after a random context (a random
+         * subset of the other chunks in random order, and one unrelated chunk) */
+        uint64_t rng = base ^ 0x5eedc4af7ull;
+        for (size_t k = 0; k < K && want_craft && st == RK_OK; k++) {
+            bl_craft_meta_clear(&vmeta[k]);
+            bl_craft_meta_clear(&vmeta[K + k]);
+            st = bl_variant_capture(m, be, &segs[k], 1, NULL, vkv[k], &vmeta[k]);
+            size_t nc = 0;
+            for (size_t j = 0; j < K; j++)
+                if (j != k && (mix64(&rng) & 1)) {
+                    ctx[nc] = segs[j];
+                    ctx_ids[nc++] = ids[j];
+                }
+            for (size_t j = nc; j > 1; j--) { /* shuffle */
+                size_t r = (size_t)(mix64(&rng) % j);
+                bl_segment ts = ctx[j - 1];
+                uint64_t ti = ctx_ids[j - 1];
+                ctx[j - 1] = ctx[r];
+                ctx_ids[j - 1] = ctx_ids[r];
+                ctx[r] = ts;
+                ctx_ids[r] = ti;
+            }
+            if (st == RK_OK)
+                st = sample_text(m, be, base + 5000 + k, distract, T);
+            size_t at = (size_t)(mix64(&rng) % (nc + 1)); /* the unrelated chunk goes here */
+            for (size_t j = nc; j > at; j--) {
+                ctx[j] = ctx[j - 1];
+                ctx_ids[j] = ctx_ids[j - 1];
+            }
+            ctx[at] = (bl_segment){distract, T, NULL};
+            ctx_ids[at] = ids[K + k];
+            nc++;
+            ctx[nc] = segs[k];
+            if (st == RK_OK)
+                st = bl_variant_capture(m, be, ctx, nc + 1, ctx_ids, vkv[K + k], &vmeta[K + k]);
+            for (int src = 0; src < 2; src++) {
+                vars[src * K + k] = (bl_variant){vkv[src * K + k], &vmeta[src * K + k]};
+                cseg[src * K + k] = (bl_craft_segment){.variants = &vars[src * K + k], .n_variants = 1,
+                                                       .prev_ids = ids, .n_prev = k};
+            }
+        }
         /* the reference */
         eng_seq *s = NULL;
         bl_params p;
@@ -266,10 +388,15 @@ static int eval_main(int argc, char **argv)
         eng_seq_free(s);
         for (int r = 0; r < nruns && st == RK_OK; r++) {
             bl_params_default(&p, runs[r].mode);
-            p.ratio = runs[r].ratio;
+            if (runs[r].mode == BL_CACHEBLEND)
+                p.ratio = runs[r].ratio;
             if (o.check_layer > 0)
                 p.check_layer = o.check_layer;
             p.deviation_v = o.deviation_v != 0;
+            p.alpha = runs[r].ratio;
+            p.craft = cseg + (runs[r].craft_src ? K : 0);
+            p.ape_t = o.ape_t;
+            p.ape_s = o.ape_s;
             if (o.g_first > 0 && runs[r].mode == BL_CACHEBLEND) {
                 p.schedule.first = o.g_first > runs[r].ratio ? o.g_first : runs[r].ratio;
                 p.schedule.step = o.g_step;
@@ -311,7 +438,7 @@ static int eval_main(int argc, char **argv)
                "KL", "top1", "matched", "kv-dev-L1", "ms");
         for (int r = 0; r < nruns; r++) {
             double n = o.cases;
-            printf("%-11s %6.2f %10.3f %11.3f %8.5f %8.3f %11.2f %10.4f %9.2f\n", bl_mode_name(runs[r].mode),
+            printf("%-11s %6.2f %10.3f %11.3f %8.5f %8.3f %11.2f %10.4f %9.2f\n", run_label(&runs[r]),
                    runs[r].ratio, runs[r].recomputed / n, runs[r].token_layers / n, runs[r].kl / n,
                    runs[r].agree / n, runs[r].matched / n, L > 1 ? runs[r].kv_dev[1] / n : runs[r].kv_dev[0] / n,
                    runs[r].ms / n);
@@ -323,13 +450,14 @@ static int eval_main(int argc, char **argv)
                 rc = 1;
             } else {
                 fprintf(f, "{\"model\": \"%s\", \"cases\": %d, \"chunks\": %d, \"chunk_len\": %d, \"query_len\": %d, "
-                           "\"prompt_tokens\": %zu, \"continuation\": %d, \"runs\": [",
-                        mi->id, o.cases, o.chunks, o.chunk_len, o.query_len, nprompt, CONT);
+                           "\"prompt_tokens\": %zu, \"continuation\": %d, \"ape_t\": %g, \"ape_s\": %g, \"runs\": [",
+                        mi->id, o.cases, o.chunks, o.chunk_len, o.query_len, nprompt, CONT, (double)o.ape_t,
+                        (double)o.ape_s);
                 for (int r = 0; r < nruns; r++) {
                     double n = o.cases;
                     fprintf(f, "%s\n {\"mode\": \"%s\", \"ratio\": %.4f, \"recomputed\": %.5f, \"token_layers\": %.5f, "
                                "\"kl\": %.7f, \"top1\": %.5f, \"matched\": %.3f, \"ms\": %.4f, \"kv_dev\": [",
-                            r ? "," : "", bl_mode_name(runs[r].mode), runs[r].ratio, runs[r].recomputed / n,
+                            r ? "," : "", run_label(&runs[r]), runs[r].ratio, runs[r].recomputed / n,
                             runs[r].token_layers / n, runs[r].kl / n, runs[r].agree / n, runs[r].matched / n,
                             runs[r].ms / n);
                     for (size_t l = 0; l < L; l++)
@@ -345,6 +473,18 @@ static int eval_main(int argc, char **argv)
         rk_free(runs[r].kv_dev);
     for (int k = 0; k < o.chunks; k++)
         rk_free(ckv[k]);
+    for (size_t i = 0; i < 2 * K; i++) {
+        rk_free(vkv[i]);
+        bl_craft_meta_clear(&vmeta[i]);
+    }
+    rk_free(vkv);
+    rk_free(vmeta);
+    rk_free(vars);
+    rk_free(cseg);
+    rk_free(ids);
+    rk_free(distract);
+    rk_free(ctx);
+    rk_free(ctx_ids);
     rk_free(ckv);
     rk_free(segs);
     rk_free(chunks);

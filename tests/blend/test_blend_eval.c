@@ -39,3 +39,48 @@ Test(blend_eval, runs_and_reference_points_hold, .timeout = 120)
     cr_expect(strstr(r1, "\"top1\": 1.00000") == strstr(r1, "\"top1\""), "%s", r1);
     rk_test_rmrf(tmp);
 }
+
+/* cachecraft and ape rows: standalone variants at alpha 2 recompute every chunk after the
+ * first (which is a true prefix), so they are exact; alpha 0 with standalone variants is
+ * naive; ape runs and reports finite numbers. */
+Test(blend_eval, cachecraft_and_ape_rows, .timeout = 120)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char tmp[256], json[512], bin[1024];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    snprintf(json, sizeof(json), "%s/eval.json", tmp);
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    char *argv[] = {bin, "blend", "eval", "--model", (char *)model, "--cases", "2", "--chunks", "3",
+                    "--modes", "naive,cachecraft,ape", "--alpha", "0,2", "--ape-t", "1", "--ape-s", "1",
+                    "--json", json, NULL};
+    rk_test_proc p;
+    cr_assert(rk_test_spawn(argv, &p));
+    char line[512];
+    int rows = 0;
+    while (rk_test_read_line(&p, line, sizeof(line), 60000))
+        rows++;
+    cr_expect_eq(rows, 1 + 1 + 4 + 1, "header, naive, craft-sa/ctx x2, ape");
+    cr_assert_eq(rk_test_wait(&p, 60000), 0);
+    FILE *f = fopen(json, "r");
+    cr_assert_not_null(f);
+    char buf[16384];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    char *sa2 = strstr(buf, "\"mode\": \"craft-sa\", \"ratio\": 2.0000");
+    cr_assert_not_null(sa2, "%s", buf);
+    cr_expect(strstr(sa2, "\"kl\": 0.0000000") == strstr(sa2, "\"kl\""), "alpha 2 is exact: %s", sa2);
+    cr_expect(strstr(sa2, "\"top1\": 1.00000") == strstr(sa2, "\"top1\""), "%s", sa2);
+    /* alpha 0 with standalone variants is naive: the same KL, digit for digit */
+    char *nv = strstr(buf, "\"mode\": \"naive\""), *sa0 = strstr(buf, "\"mode\": \"craft-sa\", \"ratio\": 0.0000");
+    cr_assert(nv && sa0);
+    char kl_n[32], kl_s[32];
+    cr_assert_eq(sscanf(strstr(nv, "\"kl\""), "\"kl\": %31[0-9.]", kl_n), 1);
+    cr_assert_eq(sscanf(strstr(sa0, "\"kl\""), "\"kl\": %31[0-9.]", kl_s), 1);
+    cr_expect_str_eq(kl_n, kl_s);
+    cr_expect_not_null(strstr(buf, "\"mode\": \"ape\""));
+    cr_expect_null(strstr(buf, "nan"));
+    rk_test_rmrf(tmp);
+}

@@ -20,6 +20,16 @@
  *                  causal rule (a row at position p sees keys at positions <= p). With a
  *                  gradual schedule the selection shrinks layer by layer, by the deviation
  *                  measured at each layer.
+ *   BL_CACHECRAFT  per chunk, a recompute budget CFO from the Cache-Craft metadata of the
+ *                  chunk's cached variant (captured by bl_variant_capture, in whatever context
+ *                  the chunk was first seen) and the chunks that precede it now; the variant
+ *                  with the lowest CFO is used, its ceil(CFO * n) tokens with the highest
+ *                  stored inter-chunk attention are recomputed through every layer together
+ *                  with every uncached token and the last token (exact causal rule);
+ *   BL_APE         Adaptive Parallel Encoding: every chunk sits at positions 1..n_i right
+ *                  after BOS (the context is as long as the longest chunk), the query follows,
+ *                  and query rows attend to the chunks' slots with temperature ape_t and their
+ *                  softmax weights scaled by ape_s; no chunk token is recomputed.
  *
  *     float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
  *     bl_chunk_prefill(m, be, chunk, n, kv);               // once per chunk, then cached
@@ -29,6 +39,17 @@
  *     bl_stats st;
  *     bl_assemble(m, be, s, segs, 2, query, nq, &p, logits, &st);
  *     ... eng_decode(be, &s, &next, 1, logits) ...
+ *
+ * Cache-Craft: capture a variant of a chunk where it is first seen (after chunks a, b), keep
+ * its KV and bl_craft_encode'd metadata, and pass variants plus today's predecessors:
+ *
+ *     bl_craft_meta md;                                     // owned: bl_craft_meta_clear
+ *     bl_variant_capture(m, be, (bl_segment[]){a, b, c}, 3, (uint64_t[]){ida, idb}, kv_c, &md);
+ *     bl_variant var = {kv_c, &md};
+ *     bl_craft_segment cs[2] = {{0}, {.variants = &var, .n_variants = 1,
+ *                                     .prev_ids = (uint64_t[]){idb}, .n_prev = 1}};
+ *     bl_params_default(&p, BL_CACHECRAFT);  p.craft = cs;  // alpha BL_CRAFT_ALPHA
+ *     bl_assemble(m, be, s, (bl_segment[]){b, c}, 2, query, nq, &p, logits, &st);
  */
 #ifndef RAGKV_BLEND_H
 #define RAGKV_BLEND_H
@@ -38,6 +59,7 @@
 #include <stdint.h>
 
 #include "ragkv/blend_math.h"
+#include "ragkv/bytes.h"
 #include "ragkv/engine.h"
 #include "ragkv/status.h"
 
@@ -50,19 +72,58 @@ typedef enum bl_mode {
     BL_PREFIX = 1,
     BL_NAIVE = 2,
     BL_CACHEBLEND = 3,
+    BL_CACHECRAFT = 4,
+    BL_APE = 5,
 } bl_mode;
 
-/* "full", "prefix", "naive", "cacheblend"; parse returns -1 for an unknown name. */
+/* "full", "prefix", "naive", "cacheblend", "cachecraft", "ape"; parse returns -1 for an
+ * unknown name. */
 const char *bl_mode_name(bl_mode m);
 int bl_mode_parse(const char *name);
 
+/* Cache-Craft metadata of one chunk-cache variant: where the chunk's attention went when its
+ * KV was computed in some context (BOS, then the chunks prev_ids, then the chunk). Masses are
+ * attention probabilities averaged over heads and summed over the chunk's n_tokens query
+ * rows, so inter[l] / (n_tokens * prev_tokens) is the mean weight on one (query, earlier key)
+ * pair. BOS (the attention sink) counts as neither inter nor intra. Arrays are owned by the
+ * struct when filled by bl_variant_capture or bl_craft_decode (release: bl_craft_meta_clear). */
+typedef struct bl_craft_meta {
+    uint32_t n_tokens;    /* chunk tokens */
+    uint32_t n_layers;    /* model layers */
+    uint32_t n_prev;      /* chunks that preceded it when captured (0: standalone) */
+    uint32_t prev_tokens; /* their total token count */
+    uint64_t *prev_ids;   /* (n_prev) their ids, in prompt order (caller-chosen 64-bit ids) */
+    float *inter;         /* (n_layers) mass on the preceding chunks */
+    float *intra;         /* (n_layers) mass on the chunk itself */
+    float *token_inter;   /* (n_tokens) each token's mass on the preceding chunks, mean over layers */
+} bl_craft_meta;
+
+/* One cached version of a chunk: its KV (borrowed, eng_kv_floats(m, n) floats, K pre-RoPE)
+ * and its metadata (borrowed; NULL: none, treated as a standalone cache). */
+typedef struct bl_variant {
+    const float *kv;           /* (eng_kv_floats(m, n)) [layer][K|V][token][kv_head][head_dim] */
+    const bl_craft_meta *meta; /* or NULL */
+} bl_variant;
+
 /* One prompt segment: its tokens (no BOS) and, when cached, its chunk KV (borrowed; layout
- * above, eng_kv_floats(model, n) floats). kv NULL: computed from the tokens. */
+ * above, eng_kv_floats(model, n) floats). kv NULL: computed from the tokens. (Cache-Craft's
+ * per-segment inputs travel beside the segments, in bl_params.craft: callers build segments
+ * with positional initialisers, which a new field here would break under -Werror.) */
 typedef struct bl_segment {
     const int32_t *tokens; /* (n) */
-    size_t n;
+    size_t n;              /* tokens (> 0) */
     const float *kv;       /* (eng_kv_floats(m, n)) or NULL */
 } bl_segment;
+
+/* Cache-Craft inputs of one segment (all optional; zero = none). */
+typedef struct bl_craft_segment {
+    const bl_variant *variants; /* (n_variants) cached variants of the chunk; when n_variants > 0
+                                   they are the candidates and the segment's kv is ignored;
+                                   else its kv, if any, is a variant without metadata */
+    size_t n_variants;
+    const uint64_t *prev_ids;   /* (n_prev) ids of the chunks that precede the segment now */
+    size_t n_prev;
+} bl_craft_segment;
 
 typedef struct bl_params {
     bl_mode mode;
@@ -70,9 +131,17 @@ typedef struct bl_params {
     int check_layer;      /* CacheBlend: layer where deviations are measured (>= 1) */
     bl_schedule schedule; /* gradual filtering; first == 0 means flat at `ratio` */
     bool deviation_v;     /* also count V's deviation, not only K's */
+    float alpha;          /* Cache-Craft: CFO = clamp(alpha * CCI * (1 - beta'), 0, 1); >= 0 */
+    const bl_craft_segment *craft; /* Cache-Craft: (nseg) per-segment variants and current
+                                      predecessors, borrowed; NULL: every cached segment is one
+                                      metadata-less variant with nothing before it (CFO 0) */
+    float ape_t;          /* APE: attention temperature on the chunks (> 0) */
+    float ape_s;          /* APE: scale of the chunks' attention weights (> 0) */
 } bl_params;
 
-/* Defaults: ratio 0.15, check layer 1, flat schedule, K-only deviation. */
+/* Defaults: ratio 0.15, check layer 1, flat schedule, K-only deviation; Cache-Craft alpha
+ * BL_CRAFT_ALPHA (fitted on the real models, docs/blend.md); APE T = S = 0.9. */
+#define BL_CRAFT_ALPHA 1.4f
 void bl_params_default(bl_params *p, bl_mode mode);
 
 typedef struct bl_stats {
@@ -81,6 +150,7 @@ typedef struct bl_stats {
     size_t recomputed;      /* tokens whose KV at the last layer is fresh */
     double token_layers;    /* token-layers computed / (prompt_tokens * n_layers) */
     double ms;              /* wall time of bl_assemble */
+    size_t ape_ctx_end;     /* BL_APE: the chunks occupy slots [1, ape_ctx_end); else 0 */
 } bl_stats;
 
 /* Standalone chunk prefill: BOS + tokens at positions 0..n on a scratch sequence; writes the
@@ -94,6 +164,51 @@ rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens,
 rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segment *segs,
                       size_t nseg, const int32_t *query, size_t nquery, const bl_params *p,
                       float *logits, bl_stats *stats);
+
+/* ---- Cache-Craft variants ------------------------------------------------------------ */
+
+/* Capture a variant of the last segment, segs[nseg - 1], in the context BOS + segs[0..nseg-1)
+ * (every segment is computed from its tokens, their kv is ignored): a full prefill run layer
+ * by layer with one attention group per segment. Writes the chunk's in-context KV (pre-RoPE,
+ * eng_kv_floats(m, n) floats) to kv_out and fills *meta (owned by the caller afterwards:
+ * bl_craft_meta_clear); prev_ids[nseg - 1] are the ids of the context segments (NULL when
+ * nseg == 1: a standalone variant, whose KV equals bl_chunk_prefill's). */
+rk_status bl_variant_capture(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
+                             const uint64_t *prev_ids, float *kv_out, bl_craft_meta *meta);
+
+/* Free a metadata's arrays and zero it. NULL is a no-op. */
+void bl_craft_meta_clear(bl_craft_meta *meta);
+
+/* Serialise metadata (format in docs/blend.md: "RKCF", version 1, little-endian) by appending
+ * to b (check b->failed). RK_ERR_INVALID when the struct is inconsistent. */
+rk_status bl_craft_encode(const bl_craft_meta *meta, rk_buf *b);
+
+/* Parse exactly len bytes into *meta (owned by the caller afterwards: bl_craft_meta_clear).
+ * RK_ERR_FORMAT (bad magic, limits, non-finite or negative values, trailing bytes),
+ * RK_ERR_UNSUPPORTED (version), RK_ERR_TRUNCATED; on error *meta is zeroed. */
+rk_status bl_craft_decode(const void *data, size_t len, bl_craft_meta *meta);
+
+/* CFO of reusing a cache with metadata meta (NULL: standalone, no metadata) for a chunk of
+ * chunk_tokens tokens that the chunks cur_prev[n_cur] now precede: bl_cfo(alpha, bl_cci(...),
+ * bl_prefix_overlap(...), bl_order_penalty(...)). */
+double bl_variant_cfo(const bl_craft_meta *meta, size_t chunk_tokens, const uint64_t *cur_prev,
+                      size_t n_cur, double alpha);
+
+/* The variant of a cached segment that BL_CACHECRAFT uses: the lowest CFO (the first on
+ * ties); *variant is an index into cs->variants, or 0 for seg->kv when there are none (cs may
+ * be NULL). RK_ERR_INVALID when the segment is not cached or a metadata's shape does not
+ * match (n_tokens != seg->n or n_layers != the model's). */
+rk_status bl_segment_pick_variant(const eng_model *m, const bl_segment *seg, const bl_craft_segment *cs,
+                                  double alpha, size_t *variant, double *cfo);
+
+/* ---- APE decode ----------------------------------------------------------------------- */
+
+/* One decode step after a BL_APE assembly that keeps APE's attention: token is appended at
+ * the next position (slot len) and attends to the chunk slots [1, ctx_end) (bl_stats.
+ * ape_ctx_end) with p->ape_t / p->ape_s, to everything else normally. eng_decode works too
+ * but attends to the chunks plainly (T = S = 1). logits: vocab floats. */
+rk_status bl_ape_decode(eng_backend *be, eng_seq *s, size_t ctx_end, const bl_params *p,
+                        int32_t token, float *logits);
 
 #ifdef __cplusplus
 }
