@@ -464,10 +464,9 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         return;
     }
     if (!single) {
-        static const int modes[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, -1, -1};
-        if (modes[rq->blend] < 0) {
-            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
-                            "blend modes cachecraft and ape are not in this version");
+        if (rq->blend == SVC_BLEND_APE && rq->opcode == RK_OP_PREFILL_KV) {
+            /* APE's KV holds several slots per position: no plain container can carry it */
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "PREFILL_KV does not take mode ape");
             return;
         }
     }
@@ -527,9 +526,11 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         g->query = rq->query;
         g->nquery = rq->nquery;
         rq->query = NULL;
-        static const bl_mode bm[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND};
+        static const bl_mode bm[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, BL_CACHECRAFT, BL_APE};
         bl_params_default(&g->blend, bm[rq->blend]);
         g->blend.ratio = rq->recompute;
+        if (rq->blend == SVC_BLEND_CACHECRAFT && rq->recompute > 0)
+            g->blend.alpha = 2.0f * rq->recompute; /* the wire's 0..1 scale: alpha 0..2 */
     }
     g->nsegs = nseg;
     g->max_tokens = rq->max_tokens;

@@ -164,6 +164,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
             int32_t *stored = NULL;
             uint32_t n = 0;
             st = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &k);
+            sg->key = k; /* its identity, for Cache-Craft's predecessor ids */
             if (st == RK_OK)
                 st = svc_chunk_fetch(&x->cx, g->tenant, &k, &stored, &n, &kvs[i]);
             rk_free(stored);
@@ -244,8 +245,27 @@ static void start_gen(svc_exec *x, svc_gen *g)
             cap = plen; /* bl_assemble reports the prompt as too long for the context */
         st = eng_seq_new(x->be, cap, &a->s);
     }
+    /* Cache-Craft: every cached chunk is a standalone variant (no metadata yet: chunks are
+     * cached by PUT_CHUNK, outside any prompt); its predecessors now are the segments before
+     * it, named by the first 8 bytes of their keys */
+    bl_craft_segment *craft = NULL;
+    uint64_t *ids = NULL;
+    if (st == RK_OK && g->blend.mode == BL_CACHECRAFT && g->nsegs) {
+        craft = rk_calloc(g->nsegs, sizeof(*craft));
+        ids = rk_calloc(g->nsegs, sizeof(uint64_t));
+        if (!craft || !ids)
+            st = RK_ERR_NOMEM;
+        for (size_t i = 0; st == RK_OK && i < g->nsegs; i++) {
+            memcpy(&ids[i], g->segs[i].key.b, sizeof(uint64_t));
+            craft[i] = (bl_craft_segment){.prev_ids = ids, .n_prev = i};
+        }
+        g->blend.craft = craft;
+    }
     if (st == RK_OK)
         st = bl_assemble(x->m, x->be, a->s, segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
+    g->blend.craft = NULL;
+    rk_free(craft);
+    rk_free(ids);
     for (size_t i = 0; kvs && i < g->nsegs; i++)
         rk_free(kvs[i]);
     rk_free(kvs);

@@ -128,6 +128,17 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_expect_eq(sb.chunk_hits, 2);
     cr_expect_eq(sb.chunk_misses, 0);
     cr_expect_eq(sb.recomputed, 5);
+    /* Cache-Craft with a budget of every token equals full; APE runs (no recompute) */
+    ragkv_gen_params cc = {.segs = by_key, .nsegs = 2, .query = query, .nquery = 4, .blend = 4, .recompute = 1.0f, .max_tokens = 24};
+    struct collect ccr = {0};
+    cr_assert_eq(ragkv_generate(c, &cc, on_tokens, &ccr, &sb), RK_OK, "%s", rk_error_msg());
+    cr_expect(ccr.n == cf.n && memcmp(ccr.toks, cf.toks, cf.n * sizeof(int32_t)) == 0,
+              "cachecraft at alpha 2 (standalone variants: CFO 1) equals full");
+    ragkv_gen_params ape = {.segs = by_key, .nsegs = 2, .query = query, .nquery = 4, .blend = 5, .max_tokens = 8};
+    struct collect ca = {0};
+    cr_assert_eq(ragkv_generate(c, &ape, on_tokens, &ca, &sb), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(sb.recomputed, 5, "APE computes BOS and the query only");
+    cr_expect_gt(ca.n, 0);
     /* an uncached literal segment is a miss, computed in context */
     int32_t fresh[20];
     chunk_tokens(fresh, 20, 9);
