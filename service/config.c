@@ -31,6 +31,7 @@ static const struct opt_desc opts[] = {
     STR_OPT("model", model, "model: llama2.c .bin file or Hugging Face folder"),
     STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
     STR_OPT("redis", redis, "chunk metadata in Redis at HOST:PORT (none: embedded in RocksDB)"),
+    STR_OPT("redis-prefix", redis_prefix, "key prefix in Redis (one per ragkv cluster)"),
     INT_OPT("ram-budget-mb", ram_budget_mb, 0, 1 << 30, "RAM tier of compressed chunks, MiB (0: off)"),
     INT_OPT("disk-budget-mb", disk_budget_mb, 0, 1 << 30, "disk tier over all tenants, MiB (0: unlimited)"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
@@ -61,6 +62,7 @@ void svc_config_defaults(svc_config *cfg)
     cfg->max_batch = 32;
     cfg->max_connections = 1024;
     cfg->ram_budget_mb = 256;
+    snprintf(cfg->redis_prefix, sizeof(cfg->redis_prefix), "rk:");
     cfg->tenant_max_jobs = 64;
     cfg->max_frame_mb = 64;
     cfg->idle_timeout_s = 300;

@@ -311,6 +311,7 @@ static rk_status open_store(struct svc_server *srv)
         host[colon - cfg->redis] = '\0';
         cc.redis_host = host;
         cc.redis_port = port;
+        cc.redis_prefix = cfg->redis_prefix;
     }
     rk_status st = cc_store_open(&cc, &srv->store);
     if (st != RK_OK)

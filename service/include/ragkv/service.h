@@ -41,6 +41,7 @@ typedef struct svc_config {
     char model[SVC_PATH_MAX];    /* model checkpoint (llama2.c .bin or HF folder); "" none */
     char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
     char redis[128];             /* metadata in Redis at host:port; "" = embedded in RocksDB */
+    char redis_prefix[64];       /* key prefix in Redis; default "rk:" (one per ragkv cluster) */
     int ram_budget_mb;           /* RAM tier of compressed chunks, MiB; default 256 */
     int disk_budget_mb;          /* disk tier over all tenants, MiB; 0 = unlimited */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
