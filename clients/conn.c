@@ -577,3 +577,25 @@ static rk_status admin_count(ragkv_conn *c, uint16_t op, uint64_t *removed)
 
 rk_status ragkv_admin_evict(ragkv_conn *c, uint64_t *removed) { return admin_count(c, RK_OP_EVICT, removed); }
 rk_status ragkv_admin_flush(ragkv_conn *c, uint64_t *removed) { return admin_count(c, RK_OP_FLUSH, removed); }
+
+rk_status ragkv_admin_tenant_stats(ragkv_conn *c, const char *tenant, ragkv_tenant_stats *out)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_str(&b, tenant);
+    uint8_t *p;
+    uint32_t n;
+    rk_status st = call_buf(c, RK_OP_TENANT_STATS, &b, &p, &n);
+    if (st != RK_OK)
+        return st;
+    rk_reader r = rk_reader_make(p, n);
+    out->bytes = rk_reader_u64(&r);
+    out->chunks = rk_reader_u64(&r);
+    out->requests = rk_reader_u64(&r);
+    out->generations = rk_reader_u64(&r);
+    out->hits = rk_reader_u64(&r);
+    out->misses = rk_reader_u64(&r);
+    out->ttft_p50_ms = rk_reader_f32(&r);
+    out->ttft_p99_ms = rk_reader_f32(&r);
+    rk_free(p);
+    return r.short_read ? rk_error_set(RK_ERR_PROTOCOL, "TENANT_STATS response malformed") : RK_OK;
+}

@@ -69,6 +69,7 @@ const char *rk_opcode_name(uint16_t op)
     case RK_OP_INSPECT: return "INSPECT";
     case RK_OP_CONFIG_GET: return "CONFIG_GET";
     case RK_OP_SHUTDOWN: return "SHUTDOWN";
+    case RK_OP_TENANT_STATS: return "TENANT_STATS";
     default: return "UNKNOWN";
     }
 }

@@ -314,6 +314,27 @@ static void handle_admin(struct svc_conn *c, const svc_request *rq)
         rk_buf_free(&b);
         return;
     }
+    case RK_OP_TENANT_STATS: {
+        cc_tenant_info ti;
+        svc_tenant_stats ts;
+        if ((st = cc_store_tenant_usage(store, rq->tenant, &ti)) != RK_OK) {
+            conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
+            return;
+        }
+        svc_limits_stats(c->w->srv->tlimits, rq->tenant, &ts);
+        rk_buf b = RK_BUF_INIT;
+        rk_buf_put_u64(&b, ti.bytes);
+        rk_buf_put_u64(&b, ti.chunks);
+        rk_buf_put_u64(&b, ts.requests);
+        rk_buf_put_u64(&b, ts.generations);
+        rk_buf_put_u64(&b, ts.hits);
+        rk_buf_put_u64(&b, ts.misses);
+        rk_buf_put_f32(&b, (float)ts.ttft_p50_ms);
+        rk_buf_put_f32(&b, (float)ts.ttft_p99_ms);
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+        rk_buf_free(&b);
+        return;
+    }
     case RK_OP_CONFIG_GET:
         handle_config_get(c, rq);
         return;
@@ -424,6 +445,8 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     if (done) {
         if (c)
             gen_unlink(c, g);
+        if (g->status == RK_OK && (g->kind == SVC_JOB_GENERATE || g->kind == SVC_JOB_PREFILL))
+            svc_limits_note_gen(g->srv->tlimits, g->tenant, g->chunk_hits, g->chunk_misses, g->ttft_ms);
         gen_uncount(g->srv, g);
         event_free(g->notify);
         g->notify = NULL;
@@ -579,14 +602,14 @@ static void handle_chunk_meta(struct svc_conn *c, const svc_request *rq)
         st = cc_store_delete(store, c->tenant, &k);
     } else {
         cc_tenant_info ti;
-        cc_stats cs;
+        svc_tenant_stats ts;
         st = cc_store_tenant_usage(store, c->tenant, &ti);
-        cc_store_stats(store, &cs);
+        svc_limits_stats(c->w->srv->tlimits, c->tenant, &ts);
         if (st == RK_OK) {
             rk_buf_put_u64(&b, ti.chunks);
             rk_buf_put_u64(&b, ti.bytes);
-            rk_buf_put_u64(&b, cs.ram_hits + cs.disk_hits); /* store-wide until per-tenant counters exist */
-            rk_buf_put_u64(&b, cs.misses);
+            rk_buf_put_u64(&b, ts.hits);
+            rk_buf_put_u64(&b, ts.misses);
             rk_buf_put_u64(&b, ti.cfg.max_bytes);
             rk_buf_put_u64(&b, ti.cfg.max_chunks);
         }

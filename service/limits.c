@@ -8,11 +8,17 @@
 #include "ragkv/alloc.h"
 #include "ragkv/svc_request.h"
 
+/* TTFT histogram bucket upper bounds, ms (the last bucket is open). */
+static const double ttft_bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+#define TTFT_N (sizeof(ttft_bounds) / sizeof(ttft_bounds[0]) + 1)
+
 struct tenant_limit {
     char name[SVC_NAME_MAX];
     double tokens;      /* request tokens left in the bucket */
     uint64_t last_ns;   /* when tokens was last refilled */
     int jobs;           /* jobs in the executor */
+    uint64_t requests, gens, hits, misses;
+    uint64_t ttft[TTFT_N]; /* per-bucket counts */
 };
 
 struct svc_limits {
@@ -82,6 +88,9 @@ bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns)
 {
     pthread_mutex_lock(&l->lock);
     if (l->rate <= 0) {
+        struct tenant_limit *e = entry(l, tenant, now_ns);
+        if (e)
+            e->requests++;
         pthread_mutex_unlock(&l->lock);
         return true;
     }
@@ -95,6 +104,8 @@ bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns)
         if (ok)
             e->tokens -= 1.0;
     }
+    if (e && ok)
+        e->requests++;
     pthread_mutex_unlock(&l->lock);
     return ok;
 }
@@ -126,4 +137,50 @@ int svc_limits_jobs(svc_limits *l, const char *tenant)
     int n = e ? e->jobs : 0;
     pthread_mutex_unlock(&l->lock);
     return n;
+}
+
+void svc_limits_note_gen(svc_limits *l, const char *tenant, uint32_t hits, uint32_t misses, double ttft_ms)
+{
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, 0);
+    if (e) {
+        e->gens++;
+        e->hits += hits;
+        e->misses += misses;
+        size_t i = 0;
+        while (i < TTFT_N - 1 && ttft_ms > ttft_bounds[i])
+            i++;
+        e->ttft[i]++;
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* Upper bound of the bucket holding the q-quantile; the open bucket reports twice the last. */
+static double ttft_quantile(const uint64_t *c, uint64_t total, double q)
+{
+    if (total == 0)
+        return 0;
+    uint64_t want = (uint64_t)(q * (double)total + 0.999999), run = 0;
+    for (size_t i = 0; i < TTFT_N; i++) {
+        run += c[i];
+        if (run >= want)
+            return i < TTFT_N - 1 ? ttft_bounds[i] : 2 * ttft_bounds[TTFT_N - 2];
+    }
+    return 2 * ttft_bounds[TTFT_N - 2];
+}
+
+void svc_limits_stats(svc_limits *l, const char *tenant, svc_tenant_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&l->lock);
+    struct tenant_limit *e = entry(l, tenant, 0);
+    if (e) {
+        out->requests = e->requests;
+        out->generations = e->gens;
+        out->hits = e->hits;
+        out->misses = e->misses;
+        out->ttft_p50_ms = ttft_quantile(e->ttft, e->gens, 0.5);
+        out->ttft_p99_ms = ttft_quantile(e->ttft, e->gens, 0.99);
+    }
+    pthread_mutex_unlock(&l->lock);
 }

@@ -5,6 +5,8 @@
  *    authenticated request; an empty bucket answers RK_ERR_BUSY;
  *  - concurrent jobs: generations, prefills and chunk prefills a tenant may have in the
  *    executor at once; one more answers RK_ERR_BUSY.
+ * The same table keeps each tenant's serving statistics (requests, generations, chunk hits
+ * and misses, a time-to-first-token histogram) for STATS and TENANT_STATS.
  * One mutex guards the table (tenants are few; entries are found by linear search).
  */
 #ifndef RAGKV_SVC_LIMITS_H
@@ -34,5 +36,19 @@ void svc_limits_job_end(svc_limits *l, const char *tenant);
 
 /* Jobs tenant has now (for tests and metrics). */
 int svc_limits_jobs(svc_limits *l, const char *tenant);
+
+/* A finished generation or prefill of tenant: its chunk hits and misses and its TTFT. */
+void svc_limits_note_gen(svc_limits *l, const char *tenant, uint32_t hits, uint32_t misses, double ttft_ms);
+
+typedef struct svc_tenant_stats {
+    uint64_t requests;       /* authenticated requests admitted */
+    uint64_t generations;    /* generations and prefills finished */
+    uint64_t hits, misses;   /* prompt segments served from / missing in the cache */
+    double ttft_p50_ms;      /* time to first token, from a histogram (bucket upper bounds) */
+    double ttft_p99_ms;
+} svc_tenant_stats;
+
+/* The tenant's statistics since start (zeros for a tenant not seen). */
+void svc_limits_stats(svc_limits *l, const char *tenant, svc_tenant_stats *out);
 
 #endif

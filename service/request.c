@@ -222,6 +222,7 @@ static rk_status decode_body(rk_reader *r, const svc_request_limits *lim, svc_re
     case RK_OP_TOKEN_ROTATE:
     case RK_OP_QUOTA_GET:
     case RK_OP_FLUSH:
+    case RK_OP_TENANT_STATS:
         return read_name(r, rq->tenant, "tenant");
     case RK_OP_NS_GRANT:
     case RK_OP_NS_REVOKE:

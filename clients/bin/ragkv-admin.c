@@ -44,6 +44,7 @@ static void usage(FILE *f)
             "  grant NAMESPACE TENANT       let TENANT read the shared corpus NAMESPACE\n"
             "  revoke NAMESPACE TENANT      stop it\n"
             "  inspect NAMESPACE KEY        a chunk's record (KEY: 64 hex digits)\n"
+            "  stats [TENANT]               per tenant: usage, requests, hit rate, TTFT p50/p99\n"
             "  evict                        remove expired chunks and enforce the disk budget now\n"
             "  flush                        write buffered hit counts, collect orphan blobs\n"
             "  config                       print the daemon's effective configuration\n"
@@ -177,7 +178,7 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
         return EXIT_USAGE;
     }
     static const char *known[] = {"tenant", "token", "config", "shutdown", "quota", "grant", "revoke",
-                                  "inspect", "evict", "flush"};
+                                  "inspect", "evict", "flush", "stats"};
     int ok = 0;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= !strcmp(cmd, known[i]);
@@ -268,6 +269,46 @@ static int run_cmd(const struct opts *o, int argc, char **argv)
             printf("%s\n", js);
             rk_free(js);
         }
+    } else if (!strcmp(cmd, "stats")) {
+        ragkv_tenant_row *rows = NULL;
+        size_t n = 0;
+        if (argc > 1) { /* one tenant */
+            rows = rk_calloc(1, sizeof(*rows));
+            st = rows ? RK_OK : RK_ERR_NOMEM;
+            if (rows) {
+                snprintf(rows[0].name, sizeof(rows[0].name), "%s", argv[1]);
+                n = 1;
+            }
+        } else {
+            st = ragkv_admin_tenant_list(c, &rows, &n);
+        }
+        if (st == RK_OK && !o->json)
+            printf("%-24s %12s %8s %10s %8s %9s %10s %10s\n", "TENANT", "BYTES", "CHUNKS", "REQUESTS", "GENS",
+                   "HIT RATE", "TTFT P50", "TTFT P99");
+        if (st == RK_OK && o->json)
+            printf("[");
+        for (size_t i = 0; st == RK_OK && i < n; i++) {
+            ragkv_tenant_stats ts;
+            if ((st = ragkv_admin_tenant_stats(c, rows[i].name, &ts)) != RK_OK)
+                break;
+            double seg = (double)(ts.hits + ts.misses), hr = seg > 0 ? (double)ts.hits / seg : 0;
+            if (o->json) {
+                printf("%s{\"tenant\": ", i ? ", " : "");
+                json_str(rows[i].name);
+                printf(", \"bytes\": %llu, \"chunks\": %llu, \"requests\": %llu, \"generations\": %llu, "
+                       "\"hits\": %llu, \"misses\": %llu, \"hit_rate\": %.4f, \"ttft_p50_ms\": %.1f, \"ttft_p99_ms\": %.1f}",
+                       (unsigned long long)ts.bytes, (unsigned long long)ts.chunks, (unsigned long long)ts.requests,
+                       (unsigned long long)ts.generations, (unsigned long long)ts.hits, (unsigned long long)ts.misses,
+                       hr, ts.ttft_p50_ms, ts.ttft_p99_ms);
+            } else {
+                printf("%-24s %12llu %8llu %10llu %8llu %8.1f%% %8.0fms %8.0fms\n", rows[i].name,
+                       (unsigned long long)ts.bytes, (unsigned long long)ts.chunks, (unsigned long long)ts.requests,
+                       (unsigned long long)ts.generations, 100 * hr, ts.ttft_p50_ms, ts.ttft_p99_ms);
+            }
+        }
+        if (st == RK_OK && o->json)
+            printf("]\n");
+        rk_free(rows);
     } else if (!strcmp(cmd, "evict") || !strcmp(cmd, "flush")) {
         uint64_t n = 0;
         int ev = !strcmp(cmd, "evict");

@@ -166,6 +166,17 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_expect(strstr(js, "\"namespace\": \"acme\"") && strstr(js, "\"tokens\": 30") && strstr(js, "\"codec\": \"cachegen\""), "%s", js);
     rk_free(js);
     cr_expect_eq(ragkv_admin_inspect(ad, "globex", keys, &js), RK_ERR_NOT_FOUND, "not globex's");
+    ragkv_tenant_stats ts;
+    cr_assert_eq(ragkv_admin_tenant_stats(ad, "acme", &ts), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(ts.chunks, 2);
+    cr_expect_geq(ts.generations, 6, "full, r=1, naive, mixed, cachecraft, ape");
+    cr_expect_geq(ts.hits, 9);
+    cr_expect_eq(ts.misses, 1, "the one fresh literal segment");
+    cr_expect_gt(ts.requests, ts.generations);
+    cr_expect_gt(ts.ttft_p99_ms, 0.0f);
+    cr_expect_geq(ts.ttft_p99_ms, ts.ttft_p50_ms);
+    cr_assert_eq(ragkv_admin_tenant_stats(ad, "globex", &ts), RK_OK);
+    cr_expect_eq(ts.generations, 0, "nothing of acme's is counted for globex");
     ragkv_close(ad);
     /* delete: gone */
     cr_assert_eq(ragkv_delete(c, keys + 32), RK_OK);

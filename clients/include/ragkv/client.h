@@ -179,6 +179,16 @@ rk_status ragkv_admin_inspect(ragkv_conn *c, const char *ns, const uint8_t key[3
 /* EVICT: expired chunks and the disk budget now; FLUSH: hit counts out, orphan blobs
  * collected. *removed (may be NULL): chunks or blobs removed. */
 rk_status ragkv_admin_evict(ragkv_conn *c, uint64_t *removed);
+
+typedef struct ragkv_tenant_stats {
+    uint64_t bytes, chunks;          /* stored now */
+    uint64_t requests, generations;  /* since the daemon started */
+    uint64_t hits, misses;           /* prompt segments from / missing in the cache */
+    float ttft_p50_ms, ttft_p99_ms;  /* time to first token (histogram bucket bounds) */
+} ragkv_tenant_stats;
+
+/* A tenant's usage and serving statistics. */
+rk_status ragkv_admin_tenant_stats(ragkv_conn *c, const char *tenant, ragkv_tenant_stats *out);
 rk_status ragkv_admin_flush(ragkv_conn *c, uint64_t *removed);
 
 #ifdef __cplusplus

@@ -79,6 +79,7 @@ typedef enum rk_opcode {
     RK_OP_INSPECT = 0x010A,
     RK_OP_CONFIG_GET = 0x010B,
     RK_OP_SHUTDOWN = 0x010C,
+    RK_OP_TENANT_STATS = 0x010D,
 } rk_opcode;
 
 /* A decoded frame header. */
