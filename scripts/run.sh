@@ -20,6 +20,7 @@ if [ -z "$model" ]; then
   model=var/models/demo
   if [ ! -f "$model/config.json" ]; then
     echo "run.sh: no real model found; generating a seeded synthetic demo model in $model"
+    mkdir -p "$(dirname "$model")"
     if ! "$build/clients/ragkv" model synth --shape demo --seed 1 --out "$model"; then
       echo "run.sh: this build cannot generate a demo model yet; starting without a model"
       model=""
