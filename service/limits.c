@@ -47,9 +47,10 @@ void svc_limits_configure(svc_limits *l, double rate, double burst, int max_jobs
     l->rate = rate;
     l->burst = burst > 0 ? burst : (rate > 0 ? rate : 1);
     l->max_jobs = max_jobs;
-    for (size_t i = 0; i < l->n; i++)
-        if (l->v[i].tokens > l->burst)
-            l->v[i].tokens = l->burst;
+    for (size_t i = 0; i < l->n; i++) { /* new limits start from a full bucket */
+        l->v[i].tokens = l->burst;
+        l->v[i].last_ns = 0; /* refill clock starts at the next request */
+    }
     pthread_mutex_unlock(&l->lock);
 }
 
@@ -62,7 +63,8 @@ void svc_limits_free(svc_limits *l)
     rk_free(l);
 }
 
-/* The entry for tenant, created full (caller holds the lock); NULL without memory. */
+/* The entry for tenant, created with a full bucket (caller holds the lock); NULL without
+ * memory. now_ns 0: its refill clock starts at its first request. */
 static struct tenant_limit *entry(svc_limits *l, const char *tenant, uint64_t now_ns)
 {
     for (size_t i = 0; i < l->n; i++)
@@ -97,6 +99,8 @@ bool svc_limits_request(svc_limits *l, const char *tenant, uint64_t now_ns)
     struct tenant_limit *e = entry(l, tenant, now_ns);
     bool ok = true;
     if (e) {
+        if (e->last_ns == 0)
+            e->last_ns = now_ns;
         double add = (double)(now_ns - e->last_ns) / 1e9 * l->rate;
         e->tokens = e->tokens + add > l->burst ? l->burst : e->tokens + add;
         e->last_ns = now_ns;

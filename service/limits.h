@@ -23,7 +23,8 @@ typedef struct svc_limits svc_limits;
 svc_limits *svc_limits_new(double rate, double burst, int max_jobs);
 void svc_limits_free(svc_limits *l);
 
-/* Change the limits (SIGHUP); buckets and job counts carry over. */
+/* Change the limits (SIGHUP): every bucket starts full under the new rate; job counts carry
+ * over. */
 void svc_limits_configure(svc_limits *l, double rate, double burst, int max_jobs);
 
 /* Take one request token for tenant at monotonic time now_ns; false when none is left. */
