@@ -376,7 +376,9 @@ static void put_gen_stats(rk_buf *b, const svc_gen *g)
 static void gen_send_final(struct svc_conn *c, svc_gen *g, const int32_t *toks, size_t n)
 {
     rk_buf b = RK_BUF_INIT;
-    if (g->kind == SVC_JOB_PUT) {
+    if (g->kind == SVC_JOB_META) {
+        rk_buf_append(&b, g->result.data, g->result.len);
+    } else if (g->kind == SVC_JOB_PUT) {
         rk_buf_append(&b, g->key.b, CC_KEY_BYTES);
         rk_buf_put_u8(&b, (uint8_t)g->created);
         rk_buf_put_u32(&b, g->segs[0].n);
@@ -466,11 +468,58 @@ static void job_abort(struct svc_conn *c, const svc_request *rq, svc_gen *g, rk_
     conn_send_error(c, rq->opcode, rq->id, st, m);
 }
 
+/* LOOKUP, DELETE, STATS: store metadata calls (Redis round trips when Redis holds the
+ * metadata), run on the I/O pool so the worker's event loop never waits on them. */
+static void submit_meta(struct svc_conn *c, const svc_request *rq)
+{
+    struct svc_server *srv = c->w->srv;
+    svc_gen *g = svc_gen_new();
+    if (!g || !(g->notify = event_new(c->w->base, -1, 0, gen_on_notify, g))) {
+        svc_gen_release(g);
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "job");
+        return;
+    }
+    g->kind = SVC_JOB_META;
+    g->srv = srv;
+    snprintf(g->tenant, sizeof(g->tenant), "%s", c->tenant);
+    g->conn = c;
+    g->request_id = rq->id;
+    g->opcode = rq->opcode;
+    if (rq->opcode == RK_OP_LOOKUP && rq->nkeys) {
+        size_t n = (size_t)rq->nkeys * CC_KEY_BYTES;
+        if (!(g->in_owned = rk_malloc(n))) {
+            job_abort(c, rq, g, RK_ERR_NOMEM, "LOOKUP");
+            return;
+        }
+        memcpy(g->in_owned, rq->keys, n);
+        g->in_blob = g->in_owned;
+        g->in_len = (uint32_t)n;
+    }
+    memcpy(g->key.b, rq->key, CC_KEY_BYTES);
+    if (rq->opcode == RK_OP_STATS) {
+        svc_tenant_stats ts;
+        svc_limits_stats(srv->tlimits, c->tenant, &ts);
+        g->st_hits = ts.hits;
+        g->st_misses = ts.misses;
+    }
+    rk_status st = svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g);
+    if (st != RK_OK) {
+        job_abort(c, rq, g, st, rk_error_msg());
+        return;
+    }
+    g->next = c->gens;
+    c->gens = g;
+}
+
 /* Hand a job to the executor; its result comes back through gen_on_notify. Takes the
  * request's arrays. */
 static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
 {
     struct svc_server *srv = c->w->srv;
+    if (kind == SVC_JOB_META) {
+        submit_meta(c, rq);
+        return;
+    }
     if (!srv->exec) {
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNAVAILABLE, "this ragkvd serves no model (--model)");
         return;
@@ -565,7 +614,7 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->request_id = rq->id;
     g->opcode = rq->opcode;
     g->stream = kind == SVC_JOB_GENERATE && rq->stream;
-    rk_status st = kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV ? svc_exec_submit_pool(srv->exec, srv->io_pool, g)
+    rk_status st = kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV ? svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g)
                                                                     : svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {
         job_abort(c, rq, g, st, rk_error_msg());
@@ -573,54 +622,6 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     }
     g->next = c->gens;
     c->gens = g;
-}
-
-/* LOOKUP, DELETE, STATS: metadata operations on the tenant's view of the store. They run on
- * the worker thread (the store's calls are short and thread-safe). */
-static void handle_chunk_meta(struct svc_conn *c, const svc_request *rq)
-{
-    struct cc_store *store = c->w->srv->store;
-    rk_status st;
-    rk_buf b = RK_BUF_INIT;
-    if (rq->opcode == RK_OP_LOOKUP) {
-        uint8_t *present = rk_calloc(rq->nkeys ? rq->nkeys : 1, 1);
-        cc_key *keys = rk_malloc((rq->nkeys ? rq->nkeys : 1) * sizeof(cc_key));
-        st = present && keys ? RK_OK : RK_ERR_NOMEM;
-        for (uint32_t i = 0; st == RK_OK && i < rq->nkeys; i++)
-            memcpy(keys[i].b, rq->keys + (size_t)i * RK_PROTO_KEY_SIZE, CC_KEY_BYTES);
-        if (st == RK_OK && rq->nkeys)
-            st = cc_store_lookup(store, c->tenant, keys, rq->nkeys, present);
-        if (st == RK_OK) {
-            rk_buf_put_u32(&b, rq->nkeys);
-            rk_buf_append(&b, present, rq->nkeys);
-        }
-        rk_free(present);
-        rk_free(keys);
-    } else if (rq->opcode == RK_OP_DELETE) {
-        cc_key k;
-        memcpy(k.b, rq->key, CC_KEY_BYTES);
-        st = cc_store_delete(store, c->tenant, &k);
-    } else {
-        cc_tenant_info ti;
-        svc_tenant_stats ts;
-        st = cc_store_tenant_usage(store, c->tenant, &ti);
-        svc_limits_stats(c->w->srv->tlimits, c->tenant, &ts);
-        if (st == RK_OK) {
-            rk_buf_put_u64(&b, ti.chunks);
-            rk_buf_put_u64(&b, ti.bytes);
-            rk_buf_put_u64(&b, ts.hits);
-            rk_buf_put_u64(&b, ts.misses);
-            rk_buf_put_u64(&b, ti.cfg.max_bytes);
-            rk_buf_put_u64(&b, ti.cfg.max_chunks);
-        }
-    }
-    if (st == RK_OK && b.failed)
-        st = RK_ERR_NOMEM;
-    if (st != RK_OK)
-        conn_send_error(c, rq->opcode, rq->id, st, rk_error_msg());
-    else
-        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
-    rk_buf_free(&b);
 }
 
 static void dispatch(struct svc_conn *c, svc_request *rq)
@@ -666,7 +667,7 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
     else if (rq->opcode == RK_OP_PUT_KV)
         submit_job(c, rq, SVC_JOB_PUT_KV);
     else if (rq->opcode == RK_OP_LOOKUP || rq->opcode == RK_OP_DELETE || rq->opcode == RK_OP_STATS)
-        handle_chunk_meta(c, rq);
+        submit_job(c, rq, SVC_JOB_META);
     else /* chunk operations arrive with the chunk store */
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
 }

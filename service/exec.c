@@ -8,6 +8,7 @@
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"
 #include "ragkv/log.h"
+#include "ragkv/proto.h"
 #include "ragkv/service.h"
 
 #define QUEUE_MAX 4096
@@ -128,9 +129,11 @@ static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8
     if (st != RK_OK)
         svc_metric_add(xm.gen_errors, 1);
     svc_metric_add(xm.active, -1);
-    pthread_mutex_lock(&x->lock);
-    x->load--;
-    pthread_mutex_unlock(&x->lock);
+    if (x) {
+        pthread_mutex_lock(&x->lock);
+        x->load--;
+        pthread_mutex_unlock(&x->lock);
+    }
 }
 
 static bool is_stop(const eng_model_info *mi, int32_t t)
@@ -483,22 +486,23 @@ rk_status svc_exec_submit(svc_exec *x, svc_gen *g)
 }
 
 struct pool_job {
-    svc_exec *x;
+    svc_exec *x;      /* NULL for META jobs of a daemon without a model */
+    cc_store *store;
     svc_gen *g;
 };
 
-/* GET_KV / PUT_KV on a pool thread. */
+/* GET_KV, PUT_KV and the metadata calls on a pool thread. */
 static void pool_run(void *arg)
 {
     struct pool_job *pj = arg;
     svc_exec *x = pj->x;
+    cc_store *store = pj->store;
     svc_gen *g = pj->g;
     rk_free(pj);
-    const eng_model_info *mi = eng_model_get_info(x->m);
     rk_status st;
     if (g->kind == SVC_JOB_GET_KV) {
         cc_buf *blob = NULL;
-        st = cc_store_get(x->cx.store, g->tenant, &g->key, &blob, NULL);
+        st = cc_store_get(store, g->tenant, &g->key, &blob, NULL);
         if (st == RK_OK) {
             int32_t *t;
             uint32_t n;
@@ -511,7 +515,40 @@ static void pool_run(void *arg)
             }
             cc_buf_release(blob);
         }
+    } else if (g->kind == SVC_JOB_META) {
+        st = RK_OK;
+        if (g->opcode == RK_OP_LOOKUP) {
+            uint32_t n = g->in_len / CC_KEY_BYTES;
+            cc_key *keys = rk_malloc((n ? n : 1) * sizeof(cc_key));
+            uint8_t *present = rk_calloc(n ? n : 1, 1);
+            st = keys && present ? RK_OK : RK_ERR_NOMEM;
+            for (uint32_t i = 0; st == RK_OK && i < n; i++)
+                memcpy(keys[i].b, g->in_blob + (size_t)i * CC_KEY_BYTES, CC_KEY_BYTES);
+            if (st == RK_OK && n)
+                st = cc_store_lookup(store, g->tenant, keys, n, present);
+            if (st == RK_OK) {
+                rk_buf_put_u32(&g->result, n);
+                rk_buf_append(&g->result, present, n);
+            }
+            rk_free(keys);
+            rk_free(present);
+        } else if (g->opcode == RK_OP_DELETE) {
+            st = cc_store_delete(store, g->tenant, &g->key);
+        } else { /* STATS */
+            cc_tenant_info ti;
+            if ((st = cc_store_tenant_usage(store, g->tenant, &ti)) == RK_OK) {
+                rk_buf_put_u64(&g->result, ti.chunks);
+                rk_buf_put_u64(&g->result, ti.bytes);
+                rk_buf_put_u64(&g->result, g->st_hits);
+                rk_buf_put_u64(&g->result, g->st_misses);
+                rk_buf_put_u64(&g->result, ti.cfg.max_bytes);
+                rk_buf_put_u64(&g->result, ti.cfg.max_chunks);
+            }
+        }
+        if (st == RK_OK && g->result.failed)
+            st = RK_ERR_NOMEM;
     } else { /* PUT_KV */
+        const eng_model_info *mi = eng_model_get_info(x->m);
         const svc_gen_seg *sg = &g->segs[0];
         uint8_t present = 0;
         codec_info ci;
@@ -520,12 +557,12 @@ static void pool_run(void *arg)
         if (st == RK_OK)
             st = cc_key_compute(mi->id, g->tenant, sg->tokens, sg->n, &g->key);
         if (st == RK_OK)
-            st = cc_store_lookup(x->cx.store, g->tenant, &g->key, 1, &present);
+            st = cc_store_lookup(store, g->tenant, &g->key, 1, &present);
         if (st == RK_OK && !present && (st = svc_chunk_wrap(sg->tokens, sg->n, g->in_blob, g->in_len, &blob)) == RK_OK &&
             (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK) {
             cc_put_args a = {.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
                              .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
-            st = cc_store_put(x->cx.store, g->tenant, &a, &g->key);
+            st = cc_store_put(store, g->tenant, &a, &g->key);
         }
         g->created = st == RK_OK && !present;
         g->stored_bytes = g->created ? blob.len : 0;
@@ -534,26 +571,31 @@ static void pool_run(void *arg)
     finish(x, g, st, st == RK_OK ? NULL : rk_error_msg(), 0);
 }
 
-rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, svc_gen *g)
+rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, cc_store *store, svc_gen *g)
 {
     struct pool_job *pj = rk_malloc(sizeof(*pj));
     if (!pj)
         return RK_ERR_NOMEM;
     pj->x = x;
+    pj->store = store;
     pj->g = g;
     atomic_fetch_add(&g->refs, 1);
     g->submit_ns = rk_now_ns();
-    pthread_mutex_lock(&x->lock);
-    x->load++;
-    pthread_mutex_unlock(&x->lock);
+    if (x) {
+        pthread_mutex_lock(&x->lock);
+        x->load++;
+        pthread_mutex_unlock(&x->lock);
+    }
     svc_metric_add(xm.active, 1);
     rk_status st = rk_pool_submit(pool, pool_run, pj);
     if (st != RK_OK) {
         rk_free(pj);
         atomic_fetch_sub(&g->refs, 1);
-        pthread_mutex_lock(&x->lock);
-        x->load--;
-        pthread_mutex_unlock(&x->lock);
+        if (x) {
+            pthread_mutex_lock(&x->lock);
+            x->load--;
+            pthread_mutex_unlock(&x->lock);
+        }
         svc_metric_add(xm.active, -1);
     }
     return st;

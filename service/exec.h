@@ -40,6 +40,8 @@ typedef enum svc_job_kind {
     SVC_JOB_PUT = 2,      /* prefill one chunk standalone, encode and store it */
     SVC_JOB_GET_KV = 3,   /* (pool) read a stored chunk's container */
     SVC_JOB_PUT_KV = 4,   /* (pool) validate an external container and store it */
+    SVC_JOB_META = 5,     /* (pool) LOOKUP, DELETE or STATS: store metadata calls; the reply
+                             payload is built in result */
 } svc_job_kind;
 
 /* One prompt segment as the client sent it. */
@@ -80,7 +82,8 @@ typedef struct svc_gen {
     rk_buf result;             /* PREFILL, GET_KV: a KV container */
     const uint8_t *in_blob;    /* PUT_KV: the container, in in_owned */
     uint32_t in_len;
-    uint8_t *in_owned;         /* PUT_KV: a copy of the request payload, owned */
+    uint8_t *in_owned;         /* PUT_KV: a copy of the request payload; LOOKUP: the keys */
+    uint64_t st_hits, st_misses; /* STATS: the tenant's counts, taken on the worker */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */
@@ -114,9 +117,10 @@ void svc_gen_release(svc_gen *g);
  * RK_ERR_BUSY when the queue is full. */
 rk_status svc_exec_submit(svc_exec *x, svc_gen *g);
 
-/* Run a GET_KV or PUT_KV job on pool (CPU work: store I/O, decoding) instead of the executor
- * thread; it finishes and notifies like any other job. RK_ERR_NOMEM / RK_ERR_SHUTDOWN. */
-rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, svc_gen *g);
+/* Run a GET_KV, PUT_KV or META job on pool (store I/O, decoding) instead of the executor
+ * thread; it finishes and notifies like any other job. x may be NULL (a daemon without a
+ * model) for META jobs only. RK_ERR_NOMEM / RK_ERR_SHUTDOWN. */
+rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, cc_store *store, svc_gen *g);
 
 /* Generations queued or active now. */
 int svc_exec_load(svc_exec *x);

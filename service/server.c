@@ -388,6 +388,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         goto fail;
     if ((st = open_store(srv)) != RK_OK)
         goto fail;
+    if ((st = rk_pool_create(2, &srv->io_pool)) != RK_OK)
+        goto fail;
     if (!(srv->tlimits = svc_limits_new(cfg->tenant_rate, cfg->tenant_burst, cfg->tenant_max_jobs))) {
         st = RK_ERR_NOMEM;
         goto fail;
@@ -401,8 +403,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             rk_error_set(st, "backend %s: %s", cfg->backend, rk_error_msg());
             goto fail;
         }
-        if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK ||
-            (st = rk_pool_create(2, &srv->io_pool)) != RK_OK)
+        if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK)
             goto fail;
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
                             .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1};
