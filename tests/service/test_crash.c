@@ -1,0 +1,124 @@
+/*
+ * Crash consistency of the write path through the daemon: chunks are written pipelined, ragkvd
+ * is killed with SIGKILL right after the k-th acknowledgement (later requests in flight), then
+ * restarted. Every acknowledged chunk must be present and intact, every unacknowledged one
+ * absent or intact, and the tenant's usage must count exactly the chunks present.
+ * (Bounded for CI: 10 rounds.)
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/chunk_key.h"
+#include "ragkv/client.h"
+#include "ragkv/codec.h"
+#include "testutil.h"
+
+#define ROUNDS 10
+#define PER_ROUND 8
+
+static void chunk_tokens(int32_t *t, int n, int id)
+{
+    for (int i = 0; i < n; i++)
+        t[i] = 3 + (id * 131 + i * 17) % 500;
+}
+
+Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 180)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char tmp[256], path[512], adm[256], tok[256];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    const char *extra[] = {"--model", model, NULL};
+    rk_test_proc d;
+    int port, hport;
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(fgets(adm, sizeof(adm), f));
+    fclose(f);
+    adm[strcspn(adm, "\n")] = '\0';
+    ragkv_conn *a;
+    ragkv_server_info info;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
+    cr_assert_eq(ragkv_hello(a, &info), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
+    ragkv_close(a);
+
+    cc_key keys[ROUNDS * PER_ROUND];
+    int acked[ROUNDS * PER_ROUND] = {0};
+    int sent = 0;
+    unsigned seed = 12345;
+    for (int round = 0; round < ROUNDS; round++) {
+        ragkv_conn *c;
+        cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
+        cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+        /* send PER_ROUND PUT_CHUNKs at once */
+        int base = sent;
+        for (int i = 0; i < PER_ROUND; i++) {
+            int32_t t[40];
+            chunk_tokens(t, 40, base + i);
+            cr_assert_eq(cc_key_compute(info.model, "acme", t, 40, &keys[base + i]), RK_OK);
+            rk_buf b = RK_BUF_INIT;
+            rk_buf_put_str(&b, "");
+            rk_buf_put_tokens(&b, t, 40);
+            cr_assert_eq(ragkv_send_frame(c, RK_OP_PUT_CHUNK, (uint64_t)(base + i), b.data, (uint32_t)b.len), RK_OK);
+            rk_buf_free(&b);
+        }
+        sent += PER_ROUND;
+        /* kill right after the k-th acknowledgement: the rest are in flight */
+        seed = seed * 1103515245u + 12345u;
+        int k = (int)((seed >> 16) % PER_ROUND);
+        for (int got = 0; got < k;) {
+            rk_proto_hdr h;
+            uint8_t *p;
+            cr_assert_eq(ragkv_recv_frame(c, &h, &p), RK_OK);
+            cr_assert_eq(h.status, RK_OK, "PUT_CHUNK %llu failed", (unsigned long long)h.request_id);
+            cr_assert(h.length >= 32 && memcmp(p, keys[h.request_id].b, 32) == 0, "the acknowledged key is the expected one");
+            acked[h.request_id] = 1;
+            got++;
+            rk_free(p);
+        }
+        cr_expect_eq(rk_test_stop(&d, SIGKILL, 10000), 128 + SIGKILL);
+        ragkv_close(c);
+        cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport), "restart after SIGKILL, round %d", round);
+    }
+    /* verify */
+    ragkv_conn *c;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
+    cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+    int present_total = 0, acked_total = 0;
+    for (int i = 0; i < sent; i++) {
+        uint8_t present = 0;
+        cr_assert_eq(ragkv_lookup(c, keys[i].b, 1, &present), RK_OK);
+        acked_total += acked[i];
+        if (acked[i])
+            cr_expect_eq(present, 1, "acknowledged chunk %d lost", i);
+        if (!present)
+            continue;
+        present_total++;
+        uint8_t *cont;
+        uint32_t len;
+        cr_assert_eq(ragkv_get_kv(c, keys[i].b, NULL, 0, &cont, &len), RK_OK, "chunk %d: %s", i, rk_error_msg());
+        codec_info ci;
+        cr_expect_eq(codec_inspect(cont, len, &ci), RK_OK, "chunk %d intact", i);
+        cr_expect_eq(ci.shape.n_tokens, 40);
+        rk_free(cont);
+    }
+    ragkv_close(c);
+    ragkv_conn *ad;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &ad), RK_OK);
+    cr_assert_eq(ragkv_auth(ad, adm, NULL, 0), RK_OK);
+    uint64_t chunks = 0;
+    cr_assert_eq(ragkv_admin_quota_get(ad, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
+    cr_expect_eq((int)chunks, present_total, "usage counts exactly the chunks present");
+    ragkv_close(ad);
+    cr_log_info("%d chunks sent, %d acknowledged, %d present after %d SIGKILLs", sent, acked_total, present_total, ROUNDS);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    rk_test_rmrf(tmp);
+}
