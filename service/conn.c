@@ -525,10 +525,12 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         return;
     }
     const eng_model_info *mi = eng_model_get_info(srv->model);
-    if (kind == SVC_JOB_GET_KV && (rq->codec != 0xFF || rq->level != 0xFF)) {
-        conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED,
-                        "GET_KV returns containers as stored (codec 0xFF, level 0xFF)");
-        return;
+    if (kind == SVC_JOB_GET_KV && rq->codec != 0xFF) {
+        int dl, ml;
+        if (codec_levels((codec_id)rq->codec, &dl, &ml) != RK_OK || (rq->level != 0xFF && rq->level > ml)) {
+            conn_send_error(c, rq->opcode, rq->id, RK_ERR_UNSUPPORTED, "GET_KV: unknown codec or level");
+            return;
+        }
     }
     bool single = kind == SVC_JOB_PUT || kind == SVC_JOB_PUT_KV || kind == SVC_JOB_GET_KV;
     if (single && kind != SVC_JOB_GET_KV && rq->ns[0] && strcmp(rq->ns, c->tenant) != 0) {
@@ -566,6 +568,8 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     if (single) {
         g->segs[0] = (svc_gen_seg){.tokens = rq->tokens, .n = rq->ntokens};
         rq->tokens = NULL;
+        g->want_codec = rq->codec;
+        g->want_level = rq->level;
         if (kind == SVC_JOB_GET_KV) { /* the key, given or computed from the tokens */
             rk_status ks = RK_OK;
             if (rq->by_tokens)

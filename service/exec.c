@@ -491,6 +491,26 @@ struct pool_job {
     svc_gen *g;
 };
 
+/* Decode a container and encode it again with codec/level (level 0xFF: the codec's default). */
+static rk_status transcode(svc_exec *x, const uint8_t *cont, size_t clen, uint32_t n, uint8_t codec,
+                           uint8_t level, rk_buf *out)
+{
+    if (!x)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "transcoding needs the model's geometry (--model)");
+    float *kv = NULL;
+    rk_status st = svc_chunk_check(&x->cx, cont, clen, n, &kv);
+    if (st != RK_OK)
+        return st;
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+    codec_params p = codec_params_default((codec_id)codec);
+    p.level = level == 0xFF ? -1 : level;
+    p.pool = x->cx.pool;
+    st = codec_encode(kv, &shape, &p, out);
+    rk_free(kv);
+    return st;
+}
+
 /* GET_KV, PUT_KV and the metadata calls on a pool thread. */
 static void pool_run(void *arg)
 {
@@ -509,8 +529,12 @@ static void pool_run(void *arg)
             const uint8_t *cont;
             size_t clen;
             if ((st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen)) == RK_OK) {
-                rk_buf_append(&g->result, cont, clen);
-                st = g->result.failed ? RK_ERR_NOMEM : RK_OK;
+                if (g->want_codec == 0xFF) { /* as stored */
+                    rk_buf_append(&g->result, cont, clen);
+                    st = g->result.failed ? RK_ERR_NOMEM : RK_OK;
+                } else { /* transcode: decode, then encode with the requested codec and level */
+                    st = transcode(x, cont, clen, n, g->want_codec, g->want_level, &g->result);
+                }
                 rk_free(t);
             }
             cc_buf_release(blob);

@@ -84,6 +84,7 @@ typedef struct svc_gen {
     uint32_t in_len;
     uint8_t *in_owned;         /* PUT_KV: a copy of the request payload; LOOKUP: the keys */
     uint64_t st_hits, st_misses; /* STATS: the tenant's counts, taken on the worker */
+    uint8_t want_codec, want_level; /* GET_KV: 0xFF = as stored */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */

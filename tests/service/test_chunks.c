@@ -275,6 +275,24 @@ Test(chunks, get_kv_put_kv_quota_and_restart)
     cr_assert_eq(ragkv_get_kv(a, NULL, ch, 40, &cont2, &clen2), RK_OK, "by tokens");
     cr_expect(clen2 == clen && memcmp(cont, cont2, clen) == 0);
     rk_free(cont2);
+    /* transcoded on request: q8 at its default level; an unknown codec is refused */
+    rk_buf tq = RK_BUF_INIT;
+    rk_buf_put_str(&tq, "");
+    rk_buf_put_u8(&tq, 0);
+    rk_buf_append(&tq, key, 32);
+    rk_buf_put_u8(&tq, CODEC_Q8);
+    rk_buf_put_u8(&tq, 0xFF);
+    uint8_t *tr;
+    uint32_t trl;
+    cr_assert_eq(ragkv_call(a, RK_OP_GET_KV, tq.data, (uint32_t)tq.len, &tr, &trl), RK_OK, "%s", rk_error_msg());
+    codec_info qi;
+    cr_assert_eq(codec_inspect(tr + 4, trl - 4, &qi), RK_OK);
+    cr_expect_eq(qi.codec, CODEC_Q8);
+    cr_expect_eq(qi.shape.n_tokens, 40);
+    rk_free(tr);
+    tq.data[tq.len - 2] = 99;
+    cr_expect_eq(ragkv_call(a, RK_OP_GET_KV, tq.data, (uint32_t)tq.len, NULL, NULL), RK_ERR_UNSUPPORTED);
+    rk_buf_free(&tq);
     /* globex stores acme's container as an external engine would */
     int created;
     cr_assert_eq(ragkv_put_kv(b, ch, 40, cont, clen, kb, &created), RK_OK, "%s", rk_error_msg());
