@@ -107,6 +107,17 @@ class ModelTest(DaemonTest):
             text = Tokenizer(os.path.join(models_dir(), "tok512.bin")).decode(out, 378)
             self.assertTrue(text.startswith(", there was a little girl named Lily"), text)
             self.assertEqual(stats["prompt_tokens"], 5)
+            # and exactly the tokens `ragkv generate` produces for the same prompt
+            tin = os.path.join(self.tmp, "in.txt")
+            tout = os.path.join(self.tmp, "out.txt")
+            with open(tin, "w") as f:
+                f.write("1\n403\n407\n261\n378\n")
+            subprocess.run([os.environ["RAGKV"], "generate", "--model", os.path.join(models_dir(), "stories260K.bin"),
+                            "--tokens-in", tin, "--steps", str(5 + 12), "--tokens-out", tout],
+                           check=True, capture_output=True)
+            ref = [int(x) for x in open(tout).read().split()][5:]
+            self.assertEqual(out, ref[:len(out)])
+            self.assertEqual(len(out), 12)
 
     def test_example_pipeline_end_to_end(self):
         tok = self.tenant("py2")
