@@ -3,6 +3,8 @@
  * real model, over RAG-like prompts built from the model's own sampled text.
  */
 #include <errno.h>
+#include <stdint.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -495,6 +497,223 @@ static int eval_main(int argc, char **argv)
     rk_free(kvb);
     eng_backend_free(be);
     eng_model_close(m);
+    return rc;
+}
+
+/* ---- ragkv generate with a blended prompt ------------------------------------------------ */
+
+#define MAX_CHUNKS 64
+
+struct gen_blend {
+    int32_t *chunk[MAX_CHUNKS]; /* (nchunk[i]) token ids, no BOS */
+    size_t nchunk[MAX_CHUNKS];
+    int n;
+    int32_t *query;             /* (nquery) */
+    size_t nquery;
+    bl_params p;
+    bl_stats stats;
+    int assembled;
+};
+
+/* Token ids, decimal, one per line (blank lines and '#' comments skipped). */
+static int read_ids(const char *path, int32_t **out, size_t *n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "ragkv generate: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    size_t cap = 256, k = 0;
+    int32_t *v = rk_malloc(cap * sizeof(int32_t));
+    char line[128];
+    int lineno = 0, rc = 0;
+    while (v && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\n' || *p == '#' || *p == '\0')
+            continue;
+        char *end;
+        long x = strtol(p, &end, 10);
+        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+            end++;
+        if (*end || x < 0 || x > INT32_MAX) {
+            fprintf(stderr, "ragkv generate: %s:%d: not a token id\n", path, lineno);
+            rc = 2;
+            break;
+        }
+        if (k == cap) {
+            int32_t *nv = rk_realloc(v, 2 * cap * sizeof(int32_t));
+            if (!nv) {
+                rc = 1;
+                break;
+            }
+            v = nv;
+            cap *= 2;
+        }
+        v[k++] = (int32_t)x;
+    }
+    fclose(f);
+    if (rc || !v) {
+        rk_free(v);
+        return rc ? rc : 1;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* eng_prompt_fn: standalone chunk caches (for the modes that reuse), then bl_assemble. */
+static rk_status assemble_prompt(void *ctx, eng_model *m, eng_backend *be, eng_seq *s, const int32_t *tokens,
+                                 size_t n, float *logits)
+{
+    (void)tokens;
+    (void)n; /* the same tokens as BOS + chunks + query, which the segments describe */
+    struct gen_blend *g = ctx;
+    bl_segment segs[MAX_CHUNKS];
+    float *kv[MAX_CHUNKS] = {0};
+    rk_status st = RK_OK;
+    for (int i = 0; i < g->n && st == RK_OK; i++) {
+        if (g->p.mode != BL_FULL) {
+            kv[i] = rk_malloc(eng_kv_floats(m, g->nchunk[i]) * sizeof(float));
+            st = kv[i] ? bl_chunk_prefill(m, be, g->chunk[i], g->nchunk[i], kv[i]) : RK_ERR_NOMEM;
+        }
+        segs[i] = (bl_segment){g->chunk[i], g->nchunk[i], kv[i]};
+    }
+    if (st == RK_OK)
+        st = bl_assemble(m, be, s, segs, (size_t)g->n, g->query, g->nquery, &g->p, logits, &g->stats);
+    g->assembled = st == RK_OK;
+    for (int i = 0; i < g->n; i++)
+        rk_free(kv[i]);
+    return st;
+}
+
+int bl_cli_generate(int argc, char **argv)
+{
+    struct gen_blend g;
+    memset(&g, 0, sizeof(g));
+    bl_params_default(&g.p, BL_FULL);
+    const char *query = NULL;
+    int blended = 0, rc = 2;
+    char **rest = rk_calloc((size_t)argc + 3, sizeof(char *));
+    int nrest = 0;
+    char tmp[] = "/tmp/ragkv-generate-XXXXXX";
+    int tfd = -1;
+    if (!rest)
+        return 1;
+    rest[nrest++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int takes = !strcmp(a, "--chunk") || !strcmp(a, "--query") || !strcmp(a, "--blend") || !strcmp(a, "--recompute");
+        if (!takes) {
+            rest[nrest++] = argv[i];
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "ragkv generate: %s needs a value\n", a);
+            goto out;
+        }
+        const char *v = argv[++i];
+        blended = 1;
+        if (!strcmp(a, "--chunk")) {
+            if (g.n == MAX_CHUNKS) {
+                fprintf(stderr, "ragkv generate: at most %d chunks\n", MAX_CHUNKS);
+                goto out;
+            }
+            if ((rc = read_ids(v, &g.chunk[g.n], &g.nchunk[g.n])) != 0)
+                goto out;
+            if (g.nchunk[g.n] == 0) {
+                fprintf(stderr, "ragkv generate: %s holds no tokens\n", v);
+                rc = 2;
+                goto out;
+            }
+            g.n++;
+            rc = 2;
+        } else if (!strcmp(a, "--query")) {
+            query = v;
+        } else if (!strcmp(a, "--blend")) {
+            int mode = bl_mode_parse(v);
+            if (mode < 0) {
+                fprintf(stderr, "ragkv generate: --blend: full, prefix, naive, cacheblend, cachecraft or ape\n");
+                goto out;
+            }
+            float r = g.p.ratio;
+            bl_params_default(&g.p, (bl_mode)mode);
+            g.p.ratio = r;
+        } else {
+            char *end;
+            float r = strtof(v, &end);
+            if (*end || !(r >= 0 && r <= 1)) {
+                fprintf(stderr, "ragkv generate: --recompute takes a ratio in [0, 1]\n");
+                goto out;
+            }
+            g.p.ratio = r;
+        }
+    }
+    if (!blended) { /* a plain prompt: the engine's tool as it is */
+        rk_free(rest);
+        rc = eng_cli_generate(argc, argv);
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+                printf("Blended prompts (BOS + chunks + query, instead of --prompt/--tokens-in):\n"
+                       "  --chunk FILE     a chunk's token ids, one per line, no BOS (repeatable, in order)\n"
+                       "  --query FILE     the query's token ids\n"
+                       "  --blend MODE     full, prefix, naive, cacheblend, cachecraft or ape (default full)\n"
+                       "  --recompute R    CacheBlend's ratio (default 0.15)\n"
+                       "  Chunk caches are computed standalone first; a last line reports\n"
+                       "  'blend: recomputed=<fraction> ttft_ms=<t>'.\n");
+        return rc;
+    }
+    if (query && (rc = read_ids(query, &g.query, &g.nquery)) != 0)
+        goto out;
+    rc = 2;
+    if (g.n == 0 && g.nquery == 0) {
+        fprintf(stderr, "ragkv generate: --blend/--recompute need a prompt of --chunk and/or --query files\n");
+        goto out;
+    }
+    for (int i = 1; i < nrest; i++)
+        if (!strcmp(rest[i], "--prompt") || !strcmp(rest[i], "--tokens-in")) {
+            fprintf(stderr, "ragkv generate: --chunk/--query make the prompt; drop %s\n", rest[i]);
+            goto out;
+        }
+    /* the engine's tool reads the prompt's tokens (BOS, chunks, query) from a file */
+    if ((tfd = mkstemp(tmp)) < 0) {
+        fprintf(stderr, "ragkv generate: temporary file: %s\n", strerror(errno));
+        rc = 1;
+        goto out;
+    }
+    /* BOS as the model defines it (the assembly itself uses the model's BOS too) */
+    int bos = 1;
+    for (int i = 1; i + 1 < nrest; i++)
+        if (!strcmp(rest[i], "--model")) {
+            eng_model *mm;
+            if (eng_model_open(rest[i + 1], &mm) == RK_OK) {
+                bos = eng_model_get_info(mm)->bos;
+                eng_model_close(mm);
+            }
+        }
+    FILE *tf = fdopen(tfd, "w");
+    fprintf(tf, "%d\n", bos);
+    for (int i = 0; i < g.n; i++)
+        for (size_t t = 0; t < g.nchunk[i]; t++)
+            fprintf(tf, "%d\n", g.chunk[i][t]);
+    for (size_t t = 0; t < g.nquery; t++)
+        fprintf(tf, "%d\n", g.query[t]);
+    fclose(tf);
+    rest[nrest++] = "--tokens-in";
+    rest[nrest++] = tmp;
+    rest[nrest] = NULL;
+    rc = eng_cli_generate_with(nrest, rest, assemble_prompt, &g);
+    if (g.assembled)
+        printf("blend: recomputed=%.4f ttft_ms=%.3f\n", (double)g.stats.recomputed / (double)g.stats.prompt_tokens,
+               g.stats.ms);
+    unlink(tmp);
+out:
+    for (int i = 0; i < g.n; i++)
+        rk_free(g.chunk[i]);
+    rk_free(g.query);
+    rk_free(rest);
     return rc;
 }
 

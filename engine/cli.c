@@ -119,6 +119,11 @@ static void generate_usage(FILE *f)
 
 int eng_cli_generate(int argc, char **argv)
 {
+    return eng_cli_generate_with(argc, argv, NULL, NULL);
+}
+
+int eng_cli_generate_with(int argc, char **argv, eng_prompt_fn fn, void *fn_ctx)
+{
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *tokens_in = NULL, *tokens_out = NULL,
                *logits_out = NULL, *backend = "cpu";
     long steps = -1, seed = 0, threads = 0, top_k = 0;
@@ -260,7 +265,14 @@ int eng_cli_generate(int argc, char **argv)
     /* the prompt: positions 0..n_pre-1 in one prefill */
     size_t n_pre = n_prompt < (size_t)steps ? n_prompt : (size_t)steps;
     bool want = n_prompt <= (size_t)steps; /* the last prompt position's logits choose a token */
-    if ((st = eng_prefill(s, toks, n_pre, NULL, want ? ENG_LOGITS_LAST : ENG_LOGITS_NONE, logits)) != RK_OK) {
+    if (fn && !want) {
+        fprintf(stderr, "ragkv generate: --steps must cover the whole assembled prompt\n");
+        rc = 2;
+        goto out;
+    }
+    st = fn ? fn(fn_ctx, m, be, s, toks, n_pre, logits)
+            : eng_prefill(s, toks, n_pre, NULL, want ? ENG_LOGITS_LAST : ENG_LOGITS_NONE, logits);
+    if (st != RK_OK) {
         rc = fail_st("prefill", st);
         goto out;
     }

@@ -13,7 +13,7 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-    {"generate", eng_cli_generate, "generate text with a model (CPU or CUDA backend)"},
+    {"generate", bl_cli_generate, "generate text with a model; --chunk/--blend for blended RAG prompts"},
     {"model", eng_cli_model, "model tools: info, convert (llama2.c -> Hugging Face), synth"},
     {"codec", codec_cli_main, "KV codec tools: encode, decode, train-codebook, eval"},
     {"blend", bl_cli_main, "blend chunk caches for a prompt and measure fidelity"},

@@ -13,7 +13,8 @@
 extern "C" {
 #endif
 
-int eng_cli_generate(int argc, char **argv); /* engine/: ragkv generate */
+int eng_cli_generate(int argc, char **argv); /* engine/: ragkv generate (plain prompts) */
+int bl_cli_generate(int argc, char **argv);  /* blend/: ragkv generate, with --chunk prompts */
 int eng_cli_model(int argc, char **argv);    /* engine/: ragkv model convert|synth|info */
 int codec_cli_main(int argc, char **argv);   /* codec/:  ragkv codec encode|decode|... */
 int bl_cli_main(int argc, char **argv);      /* blend/:  ragkv blend ... */

@@ -287,6 +287,16 @@ rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_
 rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
                                const float *kv);
 
+/* ---- the generate tool ------------------------------------------------------------------ */
+
+/* Computes a prompt's KV into the empty sequence s and the last row's logits, in place of one
+ * plain prefill: how `ragkv generate` lets blend/ assemble prompts from chunk caches. */
+typedef rk_status (*eng_prompt_fn)(void *ctx, eng_model *m, eng_backend *be, eng_seq *s,
+                                   const int32_t *tokens, size_t n, float *logits);
+
+/* `ragkv generate` with the prompt computed by fn (NULL: eng_prefill). argv as for the tool. */
+int eng_cli_generate_with(int argc, char **argv, eng_prompt_fn fn, void *ctx);
+
 /* ---- sampling --------------------------------------------------------------------------- */
 
 /* A seeded sampler. temperature 0: greedy (argmax, lowest id on ties); otherwise softmax of
