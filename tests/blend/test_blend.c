@@ -8,6 +8,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/blend.h"
+#include "blend_testlib.h"
 #include "testutil.h"
 
 static eng_model *m;
@@ -92,26 +93,7 @@ static eng_seq *assemble(struct fixture *f, bl_mode mode, float ratio, float *lo
     return s;
 }
 
-static double max_rel(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > num)
-            num = d;
-        if (fabs((double)a[i]) > den)
-            den = fabs((double)a[i]);
-    }
-    return num / den;
-}
 
-/* Whole-prompt KV of a sequence. */
-static float *export_all(eng_seq *s, size_t n)
-{
-    float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
-    cr_assert_eq(eng_kv_export(s, 0, n, kv), RK_OK, "%s", rk_error_msg());
-    return kv;
-}
 
 /* Greedy continuation of `steps` tokens from a sequence and its last logits. */
 static void continue_greedy(eng_seq *s, float *logits, int32_t *out, int steps)
@@ -134,7 +116,7 @@ static void check_r1_equals_full(void)
     cr_expect_eq(sf.prompt_tokens, n);
     cr_expect_eq(sb.recomputed, n, "r = 1 recomputes every token");
     cr_expect_leq(max_rel(lf, lb, mi->vocab), 1e-5, "logits");
-    float *kf = export_all(full, n), *kb = export_all(blend, n);
+    float *kf = export_all_kv(m, full, n), *kb = export_all_kv(m, blend, n);
     cr_expect_leq(max_rel(kf, kb, eng_kv_floats(m, n)), 1e-5, "the whole KV cache");
     int32_t tf[24], tb[24];
     continue_greedy(full, lf, tf, 24);
@@ -175,7 +157,7 @@ Test(blend, cacheblend_r0_equals_naive)
     cr_expect_eq(sb.recomputed, 7);
     cr_expect_eq(sn.reused_tokens, 94);
     cr_expect_leq(max_rel(ln, lb, mi->vocab), 1e-5);
-    float *kn = export_all(naive, n), *kb = export_all(blend, n);
+    float *kn = export_all_kv(m, naive, n), *kb = export_all_kv(m, blend, n);
     cr_expect_leq(max_rel(kn, kb, eng_kv_floats(m, n)), 1e-5);
     free(kn);
     free(kb);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ragkv/blend.h"
+#include "blend_testlib.h"
 #include "testutil.h"
 
 static eng_model *m;
@@ -110,25 +111,7 @@ static eng_seq *assemble(struct fixture *f, bl_mode mode, float alpha, float *lo
     return assemble_p(f, f->seg, 3, &p, logits, st);
 }
 
-static double max_rel(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > num)
-            num = d;
-        if (fabs((double)a[i]) > den)
-            den = fabs((double)a[i]);
-    }
-    return num / den;
-}
 
-static float *export_all(eng_seq *s, size_t n)
-{
-    float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
-    cr_assert_eq(eng_kv_export(s, 0, n, kv), RK_OK, "%s", rk_error_msg());
-    return kv;
-}
 
 #define NPROMPT (1 + 40 + 23 + 31 + NQ)
 
@@ -163,7 +146,7 @@ Test(craft, standalone_variant_equals_chunk_prefill_and_alpha_large_equals_full)
     cr_expect_eq(sc.reused_tokens, 94);
     cr_expect_eq(sc.recomputed, 1 + 23 + 31 + NQ, "BOS, chunks 2 and 3, the query");
     cr_expect_leq(max_rel(lf, lc, mi->vocab), 1e-5, "logits");
-    float *kf = export_all(full, NPROMPT), *kc = export_all(craft, NPROMPT);
+    float *kf = export_all_kv(m, full, NPROMPT), *kc = export_all_kv(m, craft, NPROMPT);
     cr_expect_leq(max_rel(kf, kc, eng_kv_floats(m, NPROMPT)), 1e-5, "the whole KV cache");
     free(kf);
     free(kc);
@@ -185,7 +168,7 @@ Test(craft, alpha0_equals_naive)
     eng_seq *craft = assemble(&f, BL_CACHECRAFT, 0.0f, lc, &sc);
     cr_expect_eq(sc.recomputed, 1 + NQ);
     cr_expect_leq(max_rel(ln, lc, mi->vocab), 1e-5);
-    float *kn = export_all(naive, NPROMPT), *kc = export_all(craft, NPROMPT);
+    float *kn = export_all_kv(m, naive, NPROMPT), *kc = export_all_kv(m, craft, NPROMPT);
     cr_expect_leq(max_rel(kn, kc, eng_kv_floats(m, NPROMPT)), 1e-5);
     free(kn);
     free(kc);
@@ -243,7 +226,7 @@ Test(craft, exact_stored_context_gets_cfo0_and_is_exact)
     eng_seq *craft = assemble(&f, BL_CACHECRAFT, 100.0f, lc, &sc);
     cr_expect_eq(sc.recomputed, 1 + NQ);
     cr_expect_leq(max_rel(lf, lc, mi->vocab), 1e-5);
-    float *kf = export_all(full, NPROMPT), *kc = export_all(craft, NPROMPT);
+    float *kf = export_all_kv(m, full, NPROMPT), *kc = export_all_kv(m, craft, NPROMPT);
     cr_expect_leq(max_rel(kf, kc, eng_kv_floats(m, NPROMPT)), 1e-5);
     free(kf);
     free(kc);
@@ -348,7 +331,7 @@ Test(craft, ape_t1_s1_single_chunk_equals_naive)
     cr_expect_eq(sa.ape_ctx_end, 41);
     cr_expect_eq(sa.recomputed, 1 + NQ);
     cr_expect_leq(max_rel(ln, la, mi->vocab), 1e-5);
-    float *kn = export_all(naive, n), *ka = export_all(ape, n);
+    float *kn = export_all_kv(m, naive, n), *ka = export_all_kv(m, ape, n);
     cr_expect_leq(max_rel(kn, ka, eng_kv_floats(m, n)), 1e-5);
     /* with T = S = 1, APE's decode step is an ordinary decode step */
     int32_t tok = eng_argmax(ln, mi->vocab);
@@ -429,13 +412,13 @@ Test(craft, larger_budget_is_closer_to_full)
     make_fixture(&f, 29, false);
     float *lf = malloc(mi->vocab * sizeof(float)), *l = malloc(mi->vocab * sizeof(float));
     eng_seq *full = assemble(&f, BL_FULL, 0, lf, NULL);
-    float *kf = export_all(full, NPROMPT);
+    float *kf = export_all_kv(m, full, NPROMPT);
     double dev[3], kl[3];
     const float alphas[3] = {0.0f, 1.0f, 2.0f};
     for (int i = 0; i < 3; i++) {
         bl_stats st;
         eng_seq *s = assemble(&f, BL_CACHECRAFT, alphas[i], l, &st);
-        float *k = export_all(s, NPROMPT);
+        float *k = export_all_kv(m, s, NPROMPT);
         dev[i] = bl_rel_l2(kf, k, eng_kv_floats(m, NPROMPT));
         kl[i] = bl_kl_divergence(lf, l, mi->vocab);
         free(k);
