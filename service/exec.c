@@ -111,9 +111,31 @@ static void emit(svc_gen *g, int32_t tok)
     pthread_mutex_unlock(&g->lock);
 }
 
+/* It is a cache: the chunks a prompt brought that were not cached are cached now, in the
+ * tenant's own namespace (a shared corpus is written by its owner only), before the client
+ * hears that its request is done. Failures (a full quota, say) only cost the cache entry. */
+static void cache_misses(svc_exec *x, svc_gen *g)
+{
+    if (!x || g->kind == SVC_JOB_PUT || (g->ns[0] && strcmp(g->ns, g->tenant) != 0))
+        return;
+    for (size_t i = 0; i < g->nsegs; i++) {
+        svc_gen_seg *sg = &g->segs[i];
+        if (!sg->missed || atomic_load(&g->cancelled))
+            continue;
+        cc_key k;
+        int created = 0;
+        uint64_t bytes = 0;
+        if (svc_chunk_put(&x->cx, g->tenant, sg->tokens, sg->n, &k, &created, &bytes) == RK_OK && created)
+            svc_metric_add(xm.puts, 1);
+        sg->missed = false;
+    }
+}
+
 /* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
 static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
 {
+    if (st == RK_OK)
+        cache_misses(x, g);
     pthread_mutex_lock(&g->lock);
     g->done = true;
     g->status = st;
@@ -174,7 +196,8 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
             if (st == RK_OK) {
                 g->chunk_hits++;
             } else if (st == RK_ERR_NOT_FOUND) {
-                g->chunk_misses++; /* computed in context; PUT_CHUNK caches it */
+                g->chunk_misses++; /* computed in context now, cached when the job ends */
+                sg->missed = true;
             } else {
                 return st;
             }

@@ -47,6 +47,7 @@ typedef enum svc_job_kind {
 /* One prompt segment as the client sent it. */
 typedef struct svc_gen_seg {
     bool by_key;               /* named by key: tokens come from the store */
+    bool missed;               /* literal segment not in the cache: cached when the job ends */
     cc_key key;
     int32_t *tokens;           /* (n) owned; filled from the store for by_key segments */
     uint32_t n;

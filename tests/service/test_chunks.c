@@ -148,16 +148,24 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_assert_eq(ragkv_generate(c, &mx, on_tokens, &cm, &sb), RK_OK);
     cr_expect_eq(sb.chunk_hits, 1);
     cr_expect_eq(sb.chunk_misses, 1);
+    /* ... and cached by the time the answer arrived: the next prompt hits it */
+    uint8_t kfresh[32];
+    int fresh_created = -1;
+    cr_assert_eq(ragkv_put_chunk(c, fresh, 20, kfresh, &fresh_created, NULL), RK_OK);
+    cr_expect_eq(fresh_created, 0, "a miss is cached when the request ends");
+    cr_assert_eq(ragkv_generate(c, &mx, on_tokens, &cm, &sb), RK_OK);
+    cr_expect_eq(sb.chunk_hits, 2);
+    cr_expect_eq(sb.chunk_misses, 0);
     /* the metrics show the work: TTFT histogram, hits, the tenant's usage */
     int code;
     char *body;
     cr_assert_eq(ragkv_http_get("127.0.0.1", hport, "/metrics", 5000, &code, &body), RK_OK);
     cr_expect(strstr(body, "# TYPE ragkv_ttft_ms histogram"), "%s", body);
     cr_expect(strstr(body, "ragkv_ttft_ms_bucket{le=\"+Inf\"} "), "%s", body);
-    cr_expect(strstr(body, "ragkv_tenant_chunks{tenant=\"acme\"} 2\n"), "%s", body);
+    cr_expect(strstr(body, "ragkv_tenant_chunks{tenant=\"acme\"} 3\n"), "two put, one cached on a miss: %s", body);
     char *hits = strstr(body, "\nragkv_chunk_hits_total ");
     cr_assert_not_null(hits);
-    cr_expect_geq(atoll(hits + strlen("\nragkv_chunk_hits_total ")), 5, "2 + 2 + 1 hits");
+    cr_expect_geq(atoll(hits + strlen("\nragkv_chunk_hits_total ")), 7, "2 + 2 + 1 + 2 hits");
     rk_free(body);
     /* the admin inspects a record */
     ragkv_conn *ad = dial(adm);
@@ -168,10 +176,10 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_expect_eq(ragkv_admin_inspect(ad, "globex", keys, &js), RK_ERR_NOT_FOUND, "not globex's");
     ragkv_tenant_stats ts;
     cr_assert_eq(ragkv_admin_tenant_stats(ad, "acme", &ts), RK_OK, "%s", rk_error_msg());
-    cr_expect_eq(ts.chunks, 2);
-    cr_expect_geq(ts.generations, 6, "full, r=1, naive, mixed, cachecraft, ape");
-    cr_expect_geq(ts.hits, 9);
-    cr_expect_eq(ts.misses, 1, "the one fresh literal segment");
+    cr_expect_eq(ts.chunks, 3);
+    cr_expect_geq(ts.generations, 7, "full, r=1, naive, mixed twice, cachecraft, ape");
+    cr_expect_geq(ts.hits, 11);
+    cr_expect_eq(ts.misses, 1, "the fresh literal segment, once");
     cr_expect_gt(ts.requests, ts.generations);
     cr_expect_gt(ts.ttft_p99_ms, 0.0f);
     cr_expect_geq(ts.ttft_p99_ms, ts.ttft_p50_ms);
