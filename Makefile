@@ -9,7 +9,7 @@ else
 BUILD ?= build
 endif
 
-.PHONY: all deps build test run fuzz gpu-check clean help
+.PHONY: all deps build test run fuzz crash-test gpu-check clean help
 
 all: build
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test      install deps, build, run every test with a private Redis"
 	@echo "make build     configure and build into $(BUILD)/"
 	@echo "make fuzz      build the libFuzzer targets with clang and run each briefly"
+	@echo "make crash-test  SIGKILL ragkvd 50 times during writes and check nothing acknowledged is lost"
 	@echo "make clean     remove build directories"
 
 deps:
@@ -35,6 +36,10 @@ run: build
 
 fuzz: deps
 	scripts/fuzz.sh
+
+# the crash-consistency test at full length: 50 SIGKILLs of ragkvd during writes
+crash-test: build
+	RAGKV_CRASH_ROUNDS=50 scripts/test.sh $(BUILD) -R service_test_crash --output-on-failure
 
 gpu-check:
 	scripts/gpu-check.sh

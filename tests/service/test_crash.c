@@ -3,7 +3,7 @@
  * is killed with SIGKILL right after the k-th acknowledgement (later requests in flight), then
  * restarted. Every acknowledged chunk must be present and intact, every unacknowledged one
  * absent or intact, and the tenant's usage must count exactly the chunks present.
- * (Bounded for CI: 10 rounds.)
+ * (Bounded for CI: 10 rounds; `make crash-test` runs 50 through RAGKV_CRASH_ROUNDS.)
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -17,7 +17,7 @@
 #include "ragkv/codec.h"
 #include "testutil.h"
 
-#define ROUNDS 10
+#define MAX_ROUNDS 200
 #define PER_ROUND 8
 
 static void chunk_tokens(int32_t *t, int n, int id)
@@ -26,7 +26,7 @@ static void chunk_tokens(int32_t *t, int n, int id)
         t[i] = 3 + (id * 131 + i * 17) % 500;
 }
 
-Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 180)
+Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
 {
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
@@ -50,11 +50,15 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 180)
     cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
     ragkv_close(a);
 
-    cc_key keys[ROUNDS * PER_ROUND];
-    int acked[ROUNDS * PER_ROUND] = {0};
+    const char *env = getenv("RAGKV_CRASH_ROUNDS");
+    int rounds = env && atoi(env) > 0 ? atoi(env) : 10;
+    if (rounds > MAX_ROUNDS)
+        rounds = MAX_ROUNDS;
+    static cc_key keys[MAX_ROUNDS * PER_ROUND];
+    static int acked[MAX_ROUNDS * PER_ROUND];
     int sent = 0;
     unsigned seed = 12345;
-    for (int round = 0; round < ROUNDS; round++) {
+    for (int round = 0; round < rounds; round++) {
         ragkv_conn *c;
         cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
         cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
@@ -118,7 +122,7 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 180)
     cr_assert_eq(ragkv_admin_quota_get(ad, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
     cr_expect_eq((int)chunks, present_total, "usage counts exactly the chunks present");
     ragkv_close(ad);
-    cr_log_info("%d chunks sent, %d acknowledged, %d present after %d SIGKILLs", sent, acked_total, present_total, ROUNDS);
+    cr_log_info("%d chunks sent, %d acknowledged, %d present after %d SIGKILLs", sent, acked_total, present_total, rounds);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
     rk_test_rmrf(tmp);
 }
