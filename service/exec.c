@@ -199,7 +199,12 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
                 g->chunk_misses++; /* computed in context now, cached when the job ends */
                 sg->missed = true;
             } else {
-                return st;
+                /* the store is unavailable (Redis down, a disk error): it is a cache, and the
+                 * prompt brought the tokens, so compute them; caching waits for the store */
+                RK_WARN("segment %zu: chunk store unavailable (%s: %s); computing it", i, rk_status_name(st),
+                        rk_error_msg());
+                kvs[i] = NULL;
+                g->chunk_misses++;
             }
         }
         for (uint32_t t = 0; t < sg->n; t++)
