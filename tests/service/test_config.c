@@ -121,3 +121,15 @@ Test(metrics, histogram_buckets_and_quantiles)
     cr_expect(strstr(t, "ragkv_test_latency_ms_sum 7270.000\nragkv_test_latency_ms_count 100\n"), "%s", t);
     rk_free(t);
 }
+
+Test(config, the_shipped_example_parses)
+{
+    svc_config c;
+    char err[512] = "";
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/deploy/ragkvd.conf.example", RAGKV_SOURCE_DIR);
+    svc_config_defaults(&c);
+    cr_assert_eq(svc_config_load_file(&c, path, err, sizeof(err)), RK_OK, "%s", err);
+    cr_expect_eq(c.port, 7470);
+    cr_expect_eq(c.tenant_max_jobs, 64);
+}
