@@ -1,0 +1,112 @@
+/* Blending on the CUDA backend (label gpu): the exactness properties of test_blend.c hold there
+ * too (CacheBlend at r = 1 equals full, r = 0 equals naive), and the CUDA results match the CPU
+ * backend's within float tolerances. Skips without a CUDA build or device. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blend_testlib.h"
+#include "ragkv/blend.h"
+#include "testutil.h"
+
+static eng_model *m;
+static eng_backend *gpu, *cpu;
+static const eng_model_info *mi;
+
+static void open_all(void)
+{
+    const char *path = rk_test_model_path("stories260K.bin");
+    if (!path)
+        cr_skip_test("skipped: no real model");
+    cr_assert_eq(eng_model_open(path, &m), RK_OK);
+    mi = eng_model_get_info(m);
+    rk_status st = eng_backend_cuda_new(m, 0, &gpu);
+    if (st != RK_OK) {
+        eng_model_close(m);
+        m = NULL;
+        cr_skip_test("skipped: no CUDA backend or device (%s)", rk_error_msg());
+    }
+    cr_assert_eq(eng_backend_cpu_new(m, 2, &cpu), RK_OK);
+}
+
+static void close_all(void)
+{
+    eng_backend_free(gpu);
+    eng_backend_free(cpu);
+    eng_model_close(m);
+    gpu = cpu = NULL;
+    m = NULL;
+}
+
+TestSuite(gpu_blend, .fini = close_all, .timeout = 120);
+
+static void tokens(int32_t *t, size_t n, unsigned seed)
+{
+    srand(seed);
+    for (size_t i = 0; i < n; i++)
+        t[i] = 3 + rand() % (mi->vocab - 3);
+}
+
+/* Assemble on backend be with chunk caches computed on the same backend. */
+static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, bl_mode mode, float r, float *logits,
+                         float **kvs)
+{
+    bl_segment segs[3];
+    for (int i = 0; i < 3; i++) {
+        kvs[i] = malloc(eng_kv_floats(m, 30) * sizeof(float));
+        cr_assert_eq(bl_chunk_prefill(m, be, ch[i], 30, kvs[i]), RK_OK, "%s", rk_error_msg());
+        segs[i] = (bl_segment){ch[i], 30, kvs[i]};
+    }
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    bl_params p;
+    bl_params_default(&p, mode);
+    p.ratio = r;
+    cr_assert_eq(bl_assemble(m, be, s, segs, 3, q, 5, &p, logits, NULL), RK_OK, "%s", rk_error_msg());
+    return s;
+}
+
+Test(gpu_blend, exactness_and_agreement_with_the_cpu)
+{
+    open_all();
+    int32_t ch[3][30], q[5];
+    for (int i = 0; i < 3; i++)
+        tokens(ch[i], 30, 100 + (unsigned)i);
+    tokens(q, 5, 200);
+    size_t n = 1 + 90 + 5, V = (size_t)mi->vocab;
+    float *lf = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *ln = malloc(V * sizeof(float)),
+          *lc = malloc(V * sizeof(float));
+    float *k1[3], *k2[3], *k3[3], *k4[3], *k5[3], *k6[3];
+    eng_seq *full = assemble(gpu, ch, q, BL_FULL, 0, lf, k1);
+    eng_seq *r1 = assemble(gpu, ch, q, BL_CACHEBLEND, 1.0f, lb, k2);
+    eng_seq *naive = assemble(gpu, ch, q, BL_NAIVE, 0, ln, k3);
+    eng_seq *cpu_cb = assemble(cpu, ch, q, BL_CACHEBLEND, 0.15f, lc, k4);
+    cr_expect_leq(max_rel(lf, lb, V), 1e-3, "CacheBlend r = 1 equals full on the GPU");
+    float *kf = export_all_kv(m, full, n), *kb = export_all_kv(m, r1, n);
+    cr_expect_leq(max_rel(kf, kb, eng_kv_floats(m, n)), 1e-3);
+    /* r = 0 equals naive; and the GPU's CacheBlend r = 0.15 matches the CPU's */
+    eng_seq *r0 = assemble(gpu, ch, q, BL_CACHEBLEND, 0.0f, lb, k5);
+    cr_expect_leq(max_rel(ln, lb, V), 1e-3, "r = 0 equals naive");
+    eng_seq *gpu_cb = assemble(gpu, ch, q, BL_CACHEBLEND, 0.15f, lb, k6);
+    cr_expect_leq(max_rel(lc, lb, V), 1e-3, "the same CacheBlend on CPU and GPU");
+    free(kf);
+    free(kb);
+    free(lf);
+    free(lb);
+    free(ln);
+    free(lc);
+    for (int i = 0; i < 3; i++) {
+        free(k1[i]);
+        free(k2[i]);
+        free(k3[i]);
+        free(k4[i]);
+        free(k5[i]);
+        free(k6[i]);
+    }
+    eng_seq_free(full);
+    eng_seq_free(r1);
+    eng_seq_free(naive);
+    eng_seq_free(cpu_cb);
+    eng_seq_free(r0);
+    eng_seq_free(gpu_cb);
+}
