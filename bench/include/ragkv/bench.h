@@ -25,6 +25,9 @@ extern "C" {
  * compared with the exact one (matched length, of 32). Any model eng_model_open reads. */
 rk_status bench_codec_model_source(const char *model_path, uint64_t seed, codec_kv_source *out);
 
+/* `ragkv bench engine`: prefill and decode-step times of a backend (bench/engine_bench.c). */
+int bench_engine_main(int argc, char **argv);
+
 /* `ragkv bench serve`: the load generator against a running ragkvd (bench/serve.c). */
 int bench_serve_main(int argc, char **argv);
 
