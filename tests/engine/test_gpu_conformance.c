@@ -86,8 +86,11 @@ static size_t greedy_on(eng_backend *be, const eng_model_info *mi, const int32_t
  * pass in test_models.c). */
 static void greedy_matches_cpu(const char *file, const char *tokfile)
 {
-    const char *path = rk_test_model_path(file);
-    const char *tpath = rk_test_model_path(tokfile);
+    /* rk_test_model_path returns a static buffer: copy each path before the next call */
+    const char *p = rk_test_model_path(file);
+    char *path = p ? strdup(p) : NULL;
+    p = rk_test_model_path(tokfile);
+    char *tpath = p ? strdup(p) : NULL;
     if (!path || !tpath)
         cr_skip_test("skipped: no real model (%s, %s)", file, tokfile);
     need_cuda();
@@ -100,6 +103,8 @@ static void greedy_matches_cpu(const char *file, const char *tokfile)
     size_t np;
     cr_assert_eq(eng_tokenizer_encode(tk, "Once upon a time", true, prompt, 32, &np), RK_OK);
     eng_tokenizer_free(tk);
+    free(path);
+    free(tpath);
     enum { STEPS = 200 };
     int32_t a[STEPS + 1], b[STEPS + 1];
     eng_backend *cpu, *gpu;
