@@ -270,29 +270,24 @@ __global__ void k_gather(float *out, const float *src, const int32_t *idx, int n
 // Attention for one (row, head) per block, exact causal rule by position: slot t is visible
 // to a query at position p iff spos[t] <= p (empty slots hold INT32_MAX). Optional slot
 // groups: grp[t] (-1 none) with temperature / log-scale, and per-head masses per group.
-__global__ void k_attn(float *out, const float *q, const float *k_rot, const float *v, const int32_t *spos,
-                       int len, const int32_t *qpos, int H, int hd, int group, int kvd, size_t layer_off,
-                       float *scores_all, const int32_t *grp, const float *temp, const float *lscale, int G,
-                       float *mass_h, const int32_t *gbounds)
+// Attention in three steps per layer: S = K Q^T by cuBLAS (one SGEMM per head), this kernel
+// (mask, scale, slot-group modifiers, softmax in place, group mass), then O = V P by cuBLAS.
+// One block per (query row, head); scores (n, H, len) hold raw q.k on entry, probabilities on
+// exit (exactly 0 where masked, so the V product ignores those slots).
+__global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const int32_t *qpos, int H, float scale,
+                          const int32_t *grp, const float *temp, const float *lscale, int G, float *mass_h,
+                          const int32_t *gbounds)
 {
-    int r = blockIdx.x / H, h = blockIdx.x % H;
-    const float *qr = q + ((size_t)r * H + h) * hd;
-    const float *kb = k_rot + layer_off + (size_t)(h / group) * hd;
-    const float *vb = v + layer_off + (size_t)(h / group) * hd;
+    int r = blockIdx.x / H;
     float *sc = scores_all + (size_t)blockIdx.x * len;
     int p = qpos[r];
-    float scale = sqrtf((float)hd);
     float mx = -INFINITY;
     for (int t = threadIdx.x; t < len; t += blockDim.x) {
         float s;
         if (spos[t] > p) {
             s = -INFINITY;
         } else {
-            const float *kt = kb + (size_t)t * kvd;
-            float acc = 0.0f;
-            for (int i = 0; i < hd; i++)
-                acc += qr[i] * kt[i];
-            s = acc / scale;
+            s = sc[t] / scale;
             if (grp && grp[t] >= 0) {
                 if (temp)
                     s /= temp[grp[t]];
@@ -311,23 +306,18 @@ __global__ void k_attn(float *out, const float *q, const float *k_rot, const flo
         sum += e;
     }
     sum = block_sum(sum);
-    float *o = out + ((size_t)r * H + h) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc = 0.0f;
-        if (sum > 0.0f)
-            for (int t = 0; t < len; t++)
-                if (sc[t] != 0.0f)
-                    acc += (sc[t] / sum) * vb[(size_t)t * kvd + i];
-        o[i] = acc;
-    }
-    if (mass_h)
+    for (int t = threadIdx.x; t < len; t += blockDim.x)
+        sc[t] = sum > 0.0f ? sc[t] / sum : 0.0f;
+    if (mass_h) {
+        __syncthreads(); // every thread's probabilities are written before the group sums read them
         for (int g = threadIdx.x; g < G; g += blockDim.x) {
             float m = 0.0f;
             int end = gbounds[g + 1] < len ? gbounds[g + 1] : len;
-            for (int t = gbounds[g]; t < end && sum > 0.0f; t++)
-                m += sc[t] / sum;
+            for (int t = gbounds[g]; t < end; t++)
+                m += sc[t];
             mass_h[(size_t)blockIdx.x * G + g] = m;
         }
+    }
 }
 
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
@@ -339,6 +329,39 @@ rk_status gemm(cu_ctx *c, float *y, const float *x, const float *w, size_t n, si
     cublasStatus_t s = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, w, (int)in, x,
                                    (int)in, &zero, y, (int)out);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "sgemm");
+}
+
+// Attention for one layer, att (n, H*hd) = softmax(mask(Q K^T / sqrt(hd))) V: attention_scores
+// (an SGEMM per head), k_softmax, attention_values (an SGEMM per head). Query head h reads KV
+// head h / group; K and V rows are kvd floats apart.
+rk_status attention_scores(cu_ctx *c, const float *q, const float *k_rot, float *scores, size_t n, size_t len, int H,
+                           int hd, int group, int kvd)
+{
+    const float one = 1.0f, zero = 0.0f;
+    for (int h = 0; h < H; h++) {
+        size_t kvo = (size_t)(h / group) * hd;
+        // scores[(r*H + h)*len + t] = k_t . q_r : (len x n) = K (len x hd) . Q^T
+        cublasStatus_t st = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, (int)n, hd, &one, k_rot + kvo, kvd,
+                                        q + (size_t)h * hd, H * hd, &zero, scores + (size_t)h * len, (int)(H * len));
+        if (st != CUBLAS_STATUS_SUCCESS)
+            return blas_fail(st, "attention scores");
+    }
+    return RK_OK;
+}
+
+rk_status attention_values(cu_ctx *c, float *att, const float *v, const float *scores, size_t n, size_t len, int H,
+                           int hd, int group, int kvd)
+{
+    const float one = 1.0f, zero = 0.0f;
+    for (int h = 0; h < H; h++) {
+        size_t kvo = (size_t)(h / group) * hd;
+        // att[(r*H + h)*hd + i] = sum_t p[r,h,t] v_t[i] : (hd x n) = V^T (hd x len) . P (len x n)
+        cublasStatus_t st = cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, &one, v + kvo, kvd,
+                                        scores + (size_t)h * len, (int)(H * len), &zero, att + (size_t)h * hd, H * hd);
+        if (st != CUBLAS_STATUS_SUCCESS)
+            return blas_fail(st, "attention values");
+    }
+    return RK_OK;
 }
 
 // ---- the interface ----------------------------------------------------------------------
@@ -375,6 +398,16 @@ rk_status cu_seq_init(void *ctx, eng_seq *s)
         cudaFree(kv->v);
         rk_free(kv);
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV cache of %zu slots", s->capacity);
+    }
+    // unwritten slots must hold finite values: the value product multiplies them by 0
+    if (cudaMemset(kv->k_raw, 0, bytes) != cudaSuccess || cudaMemset(kv->k_rot, 0, bytes) != cudaSuccess ||
+        cudaMemset(kv->v, 0, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(kv->k_raw);
+        cudaFree(kv->k_rot);
+        cudaFree(kv->v);
+        rk_free(kv);
+        return rk_error_set(RK_ERR_DEVICE, "cuda backend: clearing a KV cache failed");
     }
     s->ctx = kv;
     return RK_OK;
@@ -556,11 +589,15 @@ rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, si
     k_scatter<<<blocks(n * kvd), 256>>>(kv->k_rot, k, dslots, (int)n, (int)kvd, loff);
     k_rope<<<blocks(n * H * (hd / 2)), 256>>>(q, (int)n, (int)H, (int)hd, dpos, c->inv_freq, inter);
     CHECK_LAUNCH("rope and cache");
-    k_attn<<<(unsigned)(n * H), 128>>>(att, q, kv->k_rot, kv->v, dspos, (int)len, dpos, (int)H, (int)hd,
-                                       mi->n_heads / mi->n_kv_heads, (int)kvd, loff, scores, dgrp,
-                                       ag && ag->temperature ? dtemp : NULL, ag && ag->log_scale ? dls : NULL,
-                                       (int)G, ag && ag->mass ? dmass : NULL, dgb);
-    CHECK_LAUNCH("attention");
+    int group = mi->n_heads / mi->n_kv_heads;
+    if ((st = attention_scores(c, q, kv->k_rot + loff, scores, n, len, (int)H, (int)hd, group, (int)kvd)))
+        return st;
+    k_softmax<<<(unsigned)(n * H), 256>>>(scores, dspos, (int)len, dpos, (int)H, sqrtf((float)hd), dgrp,
+                                          ag && ag->temperature ? dtemp : NULL, ag && ag->log_scale ? dls : NULL,
+                                          (int)G, ag && ag->mass ? dmass : NULL, dgb);
+    CHECK_LAUNCH("attention softmax");
+    if ((st = attention_values(c, att, kv->v + loff, scores, n, len, (int)H, (int)hd, group, (int)kvd)))
+        return st;
     if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend)
         float *mh = (float *)rk_malloc(n * H * G * sizeof(float));
         if (!mh)
