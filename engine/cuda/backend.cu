@@ -1,7 +1,8 @@
 // backend.cu — the CUDA backend (first version): the CPU reference's arithmetic on the GPU,
 // float32 throughout (weights widened to fp32 in device memory, cuBLAS SGEMM in plain fp32
 // without TF32), so it can be checked against the CPU backend with tight tolerances by the
-// same conformance suite. Speed work (bf16 weights, fused attention, paged KV, CUDA graphs)
+// same conformance suite. RAGKV_CUDA_MATH=tf32|bf16 runs the matrix products on tensor cores
+// instead (fp32 accumulation), for speed at lower precision. Speed work (bf16 weights, fused attention, paged KV, CUDA graphs)
 // comes after; the interface does not change.
 //
 // Device state per sequence, each (n_layers, capacity, kv_dim) float32 like the CPU backend:
@@ -11,6 +12,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +33,7 @@ struct cu_ctx {
     const eng_model_info *mi;
     int device;
     cublasHandle_t blas;
+    cublasComputeType_t compute; // CUBLAS_COMPUTE_32F (default), or _FAST_TF32 / _FAST_16BF
     cudaStream_t stream;
     float *tok_emb, *final_norm, *wcls; // device (vocab,d), (d), (vocab,d)
     float *inv_freq;                   // device (head_dim/2)
@@ -322,13 +325,24 @@ __global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const
 
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
 
+// Every matrix product goes through here: column-major C (m x n) = op(A) op(B), fp32 in and
+// out. The compute type is the backend's math mode (RAGKV_CUDA_MATH): plain fp32 by default,
+// or tensor-core tf32/bf16 with fp32 accumulation.
+cublasStatus_t mm(cu_ctx *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *a, int lda,
+                  const float *b, int ldb, float *cm, int ldc)
+{
+    const float one = 1.0f, zero = 0.0f;
+    if (c->compute == CUBLAS_COMPUTE_32F)
+        return cublasSgemm(c->blas, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, cm, ldc);
+    return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &zero, cm, CUDA_R_32F,
+                        ldc, c->compute, CUBLAS_GEMM_DEFAULT);
+}
+
 // y (n, out) = x (n, in) W^T, W (out, in) row-major, all on the device.
 rk_status gemm(cu_ctx *c, float *y, const float *x, const float *w, size_t n, size_t in, size_t out)
 {
-    const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t s = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, w, (int)in, x,
-                                   (int)in, &zero, y, (int)out);
-    return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "sgemm");
+    cublasStatus_t s = mm(c, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y, (int)out);
+    return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
 }
 
 // Attention for one layer, att (n, H*hd) = softmax(mask(Q K^T / sqrt(hd))) V: attention_scores
@@ -337,12 +351,11 @@ rk_status gemm(cu_ctx *c, float *y, const float *x, const float *w, size_t n, si
 rk_status attention_scores(cu_ctx *c, const float *q, const float *k_rot, float *scores, size_t n, size_t len, int H,
                            int hd, int group, int kvd)
 {
-    const float one = 1.0f, zero = 0.0f;
     for (int h = 0; h < H; h++) {
         size_t kvo = (size_t)(h / group) * hd;
         // scores[(r*H + h)*len + t] = k_t . q_r : (len x n) = K (len x hd) . Q^T
-        cublasStatus_t st = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, (int)n, hd, &one, k_rot + kvo, kvd,
-                                        q + (size_t)h * hd, H * hd, &zero, scores + (size_t)h * len, (int)(H * len));
+        cublasStatus_t st = mm(c, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, (int)n, hd, k_rot + kvo, kvd, q + (size_t)h * hd,
+                               H * hd, scores + (size_t)h * len, (int)(H * len));
         if (st != CUBLAS_STATUS_SUCCESS)
             return blas_fail(st, "attention scores");
     }
@@ -352,12 +365,11 @@ rk_status attention_scores(cu_ctx *c, const float *q, const float *k_rot, float 
 rk_status attention_values(cu_ctx *c, float *att, const float *v, const float *scores, size_t n, size_t len, int H,
                            int hd, int group, int kvd)
 {
-    const float one = 1.0f, zero = 0.0f;
     for (int h = 0; h < H; h++) {
         size_t kvo = (size_t)(h / group) * hd;
         // att[(r*H + h)*hd + i] = sum_t p[r,h,t] v_t[i] : (hd x n) = V^T (hd x len) . P (len x n)
-        cublasStatus_t st = cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, &one, v + kvo, kvd,
-                                        scores + (size_t)h * len, (int)(H * len), &zero, att + (size_t)h * hd, H * hd);
+        cublasStatus_t st = mm(c, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, v + kvo, kvd, scores + (size_t)h * len,
+                               (int)(H * len), att + (size_t)h * hd, H * hd);
         if (st != CUBLAS_STATUS_SUCCESS)
             return blas_fail(st, "attention values");
     }
@@ -732,6 +744,18 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
         return rk_error_set(RK_ERR_INVALID, "cuda backend: device %d of %d", device, count);
     if ((e = cudaSetDevice(device)) != cudaSuccess)
         return cuda_fail(e, "cudaSetDevice");
+    // the math mode of every matrix product: fp32 (default; what the conformance suite checks),
+    // tf32 or bf16 (tensor cores, fp32 accumulation: faster, ~1e-3 / ~1e-2 relative error)
+    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+    const char *math = getenv("RAGKV_CUDA_MATH");
+    if (math && *math && strcmp(math, "fp32") != 0) {
+        if (strcmp(math, "tf32") == 0)
+            compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+        else if (strcmp(math, "bf16") == 0)
+            compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+        else
+            return rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_MATH=%s: expected fp32, tf32 or bf16", math);
+    }
     rk_status st = RK_OK;
     eng_backend *be = NULL;
     cu_ctx *c = (cu_ctx *)rk_calloc(1, sizeof(*c));
@@ -740,11 +764,12 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
     c->m = m;
     c->mi = &m->info;
     c->device = device;
+    c->compute = compute;
     if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: cublasCreate failed");
         goto fail;
     }
-    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); // plain fp32, no TF32: comparable with the CPU
+    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); // the compute type in mm() alone picks tf32/bf16
     c->layers = (cu_layer *)rk_calloc((size_t)m->info.n_layers, sizeof(cu_layer));
     be = (eng_backend *)rk_calloc(1, sizeof(*be));
     if (!c->layers || !be) {

@@ -2,6 +2,8 @@
  * no CUDA, the backend is not built yet (issue 3), or no device answers. Tolerances are wider
  * than the CPU backend's: cuBLAS sums in another order (and may use TF32 if enabled). */
 #include "conformance.h"
+#include <stdio.h>
+
 #include "ragkv/tokenizer.h"
 #include "testutil.h"
 
@@ -129,4 +131,63 @@ Test(gpu_models, stories260k_greedy_equals_cpu)
 Test(gpu_models, babyllama105_greedy_equals_cpu)
 {
     greedy_matches_cpu("babyllama105.bin", "tok105.bin");
+}
+
+/* RAGKV_CUDA_MATH: tf32 and bf16 tensor-core matrix products. Every row of logits of a 64-token
+ * prefill of a real model stays within the given relative error of the CPU reference (fp32
+ * passes the suite above at 1e-3), and an unknown mode is refused with a clear error. Criterion
+ * runs each test in its own process, so setenv does not leak into the others. */
+static void math_mode_close_to_cpu(const char *mode, double tol)
+{
+    const char *p = rk_test_model_path("stories260K.bin");
+    if (!p)
+        cr_skip_test("skipped: no real model (stories260K.bin)");
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", mode, 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_open(p, &m), RK_OK, "%s", rk_error_msg());
+    const eng_model_info *mi = eng_model_get_info(m);
+    enum { N = 64 };
+    int32_t toks[N];
+    for (int i = 0; i < N; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)((i * 37 + 11) % mi->vocab);
+    size_t V = (size_t)mi->vocab;
+    float *a = malloc(N * V * sizeof(float)), *b = malloc(N * V * sizeof(float));
+    cr_assert(a && b);
+    eng_backend *be[2];
+    cr_assert_eq(eng_backend_cpu_new(m, 2, &be[0]), RK_OK);
+    cr_assert_eq(cuda_ctor(m, &be[1]), RK_OK, "%s", rk_error_msg());
+    for (int k = 0; k < 2; k++) {
+        eng_seq *s;
+        cr_assert_eq(eng_seq_new(be[k], N, &s), RK_OK);
+        cr_assert_eq(eng_prefill(s, toks, N, NULL, ENG_LOGITS_ALL, k ? b : a), RK_OK, "%s", rk_error_msg());
+        eng_seq_free(s);
+        eng_backend_free(be[k]);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < N; i++) {
+        double e = conf_rel_err(b + i * V, a + i * V, V);
+        worst = e > worst ? e : worst;
+    }
+    fprintf(stderr, "RAGKV_CUDA_MATH=%s: largest relative logit error against the CPU %.3g\n", mode, worst);
+    cr_assert(worst <= tol, "RAGKV_CUDA_MATH=%s: relative error %g > %g", mode, worst, tol);
+    free(a);
+    free(b);
+    eng_model_close(m);
+}
+
+Test(gpu_math, tf32_close_to_cpu) { math_mode_close_to_cpu("tf32", 2e-2); }
+Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", 1e-1); }
+
+Test(gpu_math, unknown_mode_refused)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "fp8", 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-llama", 1, &m), RK_OK);
+    eng_backend *be = NULL;
+    cr_assert_eq(cuda_ctor(m, &be), RK_ERR_INVALID);
+    cr_assert_null(be);
+    cr_assert(strstr(rk_error_msg(), "RAGKV_CUDA_MATH=fp8") != NULL, "message: %s", rk_error_msg());
+    eng_model_close(m);
 }
