@@ -176,8 +176,8 @@ static void math_mode_close_to_cpu(const char *mode, double tol)
     eng_model_close(m);
 }
 
-Test(gpu_math, tf32_close_to_cpu) { math_mode_close_to_cpu("tf32", 2e-2); }
-Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", 1e-1); }
+Test(gpu_math, tf32_close_to_cpu) { math_mode_close_to_cpu("tf32", 1e-2); }
+Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", 2e-2); }
 
 Test(gpu_math, unknown_mode_refused)
 {
