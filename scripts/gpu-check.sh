@@ -8,6 +8,9 @@
 #
 #   GPU_CHECK_FULL=0   skip the non-gpu tests (default 1: run everything)
 #   GPU_CHECK_BENCH=0  skip benchmarks
+#   GPU_CHECK_SANITIZER=1  also run each gpu test binary under compute-sanitizer memcheck
+#                      (appends to ctest-gpu.log; slow: allow ~10 minutes)
+#   GPU_CHECK_SANITIZER_TOOLS="memcheck racecheck"  the tools to run (racecheck is slower still)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -41,6 +44,25 @@ rc=0
 (cd "$build" && ctest -L gpu --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
 grep -E "Passed|Failed|skipped|tests passed|device 0" "$out/ctest-gpu.log" | tee -a "$out/gpu-check.log"
 log "gpu tests: $([ $rc = 0 ] && echo PASSED || echo FAILED)"
+
+if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; then
+  san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  if [ ! -x "$san" ]; then
+    log "compute-sanitizer not found"; rc=1
+  else
+    # each gpu test binary; Criterion forks a child per test and the sanitizer follows children
+    for t in $(cd "$build" && ctest -L gpu -N -V | sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
+      for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck}; do
+        if (cd "$(dirname "$t")" && "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1) \
+             >>"$out/ctest-gpu.log" 2>&1; then
+          log "compute-sanitizer $tool $(basename "$t"): clean"
+        else
+          log "compute-sanitizer $tool $(basename "$t"): ERRORS (see ctest-gpu.log)"; rc=1
+        fi
+      done
+    done
+  fi
+fi
 
 if [ "${GPU_CHECK_FULL:-1}" = 1 ]; then
   if scripts/test.sh "$build" -LE gpu >"$out/ctest-all.log" 2>&1; then
