@@ -2,8 +2,8 @@
 // float32 throughout (weights widened to fp32 in device memory, cuBLAS SGEMM in plain fp32
 // without TF32), so it can be checked against the CPU backend with tight tolerances by the
 // same conformance suite. RAGKV_CUDA_MATH=tf32|bf16 runs the matrix products on tensor cores
-// instead (fp32 accumulation), for speed at lower precision. Speed work (bf16 weights, fused attention, paged KV, CUDA graphs)
-// comes after; the interface does not change.
+// instead (fp32 accumulation), for speed at lower precision. Speed work (bf16 weights, fused
+// attention, paged KV, CUDA graphs) comes after; the interface does not change.
 //
 // Device state per sequence, each (n_layers, capacity, kv_dim) float32 like the CPU backend:
 // k_raw (K before RoPE: what export returns), k_rot (K rotated at its slot's position: what
@@ -270,9 +270,9 @@ __global__ void k_gather(float *out, const float *src, const int32_t *idx, int n
     out[i] = src[(size_t)idx[r] * d + j];
 }
 
-// Attention for one (row, head) per block, exact causal rule by position: slot t is visible
-// to a query at position p iff spos[t] <= p (empty slots hold INT32_MAX). Optional slot
-// groups: grp[t] (-1 none) with temperature / log-scale, and per-head masses per group.
+// Exact causal rule by position: slot t is visible to a query at position p iff spos[t] <= p
+// (empty slots hold INT32_MAX). Optional slot groups: grp[t] (-1 none) with temperature /
+// log-scale, and per-head masses per group.
 // Attention in three steps per layer: S = K Q^T by cuBLAS (one SGEMM per head), this kernel
 // (mask, scale, slot-group modifiers, softmax in place, group mass), then O = V P by cuBLAS.
 // One block per (query row, head); scores (n, H, len) hold raw q.k on entry, probabilities on
