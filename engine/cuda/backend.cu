@@ -368,8 +368,8 @@ rk_status attention_values(cu_ctx *c, float *att, const float *v, const float *s
     for (int h = 0; h < H; h++) {
         size_t kvo = (size_t)(h / group) * hd;
         // att[(r*H + h)*hd + i] = sum_t p[r,h,t] v_t[i] : (hd x n) = V^T (hd x len) . P (len x n)
-        cublasStatus_t st = mm(c, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, v + kvo, kvd, scores + (size_t)h * len,
-                               (int)(H * len), att + (size_t)h * hd, H * hd);
+        cublasStatus_t st = mm(c, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, v + kvo, kvd,
+                               scores + (size_t)h * len, (int)(H * len), att + (size_t)h * hd, H * hd);
         if (st != CUBLAS_STATUS_SUCCESS)
             return blas_fail(st, "attention values");
     }
