@@ -39,13 +39,7 @@ static void setup(void)
         return;
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     start();
-    char path[512];
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a = dial(adm);
     cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok_a, sizeof(tok_a)), RK_OK);
     cr_assert_eq(ragkv_admin_tenant_create(a, "globex", 0, 0, 0, tok_b, sizeof(tok_b)), RK_OK);

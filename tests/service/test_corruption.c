@@ -53,17 +53,13 @@ Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], path[512], adm[256], tok[256], store[512];
+    char tmp[256], adm[256], tok[256], store[512];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, NULL};
     rk_test_proc d;
     int port, hport;
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);

@@ -31,17 +31,13 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], path[512], adm[256], tok[256];
+    char tmp[256], adm[256], tok[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, NULL};
     rk_test_proc d;
     int port, hport;
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a;
     ragkv_server_info info;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);

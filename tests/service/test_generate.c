@@ -26,13 +26,8 @@ static void setup(void)
     const char *extra[] = {"--model", model, "--max-batch", "8", NULL};
     cr_assert(rk_test_daemon_start(tmp, extra, &daemon, &port, &hport), "ragkvd did not start");
     /* a tenant, through the admin credential */
-    char path[512], adm[256];
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    char adm[256];
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 10000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);

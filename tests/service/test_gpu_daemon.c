@@ -32,17 +32,13 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], path[512], adm[256], tok[256], bin[1024], in[512], out[512];
+    char tmp[256], adm[256], tok[256], bin[1024], in[512], out[512];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, "--backend", "cuda", NULL};
     rk_test_proc d, g;
     int port, hport;
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport), "ragkvd --backend cuda");
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
@@ -69,7 +65,7 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     /* the CPU tool on BOS + the chunks + the query */
     snprintf(in, sizeof(in), "%s/in.txt", tmp);
     snprintf(out, sizeof(out), "%s/out.txt", tmp);
-    f = fopen(in, "w");
+    FILE *f = fopen(in, "w");
     fprintf(f, "1\n");
     for (int c = 0; c < 2; c++)
         for (int i = 0; i < 24; i++)

@@ -55,17 +55,13 @@ Test(limits, concurrent_jobs_per_tenant)
 
 Test(limits, daemon_rate_limits_a_tenant_not_its_neighbour, .timeout = 60)
 {
-    char tmp[256], path[512], adm[256], ta[256], tb[256];
+    char tmp[256], adm[256], ta[256], tb[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     rk_test_proc d;
     int port, hport;
     const char *extra[] = {"--tenant-rate", "1", "--tenant-burst", "3", NULL};
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t1, *t2;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
@@ -96,7 +92,7 @@ Test(limits, daemon_rate_limits_a_tenant_not_its_neighbour, .timeout = 60)
 
 Test(limits, sighup_reloads_the_limits, .timeout = 60)
 {
-    char tmp[256], conf[512], path[512], adm[256], ta[256], line[256];
+    char tmp[256], conf[512], adm[256], ta[256], line[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     snprintf(conf, sizeof(conf), "%s/ragkvd.conf", tmp);
     FILE *f = fopen(conf, "w");
@@ -106,11 +102,7 @@ Test(limits, sighup_reloads_the_limits, .timeout = 60)
     int port, hport;
     const char *extra[] = {"--config", conf, NULL};
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);

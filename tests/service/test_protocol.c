@@ -183,13 +183,7 @@ Test(protocol, connection_limit_refuses_at_once)
 /* The admin credential from the daemon's data dir. */
 static void admin_token(char *out, size_t len)
 {
-    char path[512];
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    cr_assert_not_null(fgets(out, (int)len, f));
-    fclose(f);
-    out[strcspn(out, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, out, len), "no admin token in %s/var", tmp);
 }
 
 Test(protocol, tenants_through_the_admin_credential)

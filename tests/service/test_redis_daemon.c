@@ -21,7 +21,7 @@ Test(redis_daemon, chunks_with_redis_metadata_survive_restart, .timeout = 90)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], redis[160], prefix[64], path[512], adm[256], tok[256];
+    char tmp[256], redis[160], prefix[64], adm[256], tok[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     snprintf(redis, sizeof(redis), "%s:%d", host, rport);
     snprintf(prefix, sizeof(prefix), "rkt%d:", (int)getpid());
@@ -29,11 +29,7 @@ Test(redis_daemon, chunks_with_redis_metadata_survive_restart, .timeout = 90)
     rk_test_proc d;
     int port, hport;
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport), "ragkvd with Redis did not start");
-    snprintf(path, sizeof(path), "%s/var/admin.token", tmp);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(fgets(adm, sizeof(adm), f));
-    fclose(f);
-    adm[strcspn(adm, "\n")] = '\0';
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
     cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);

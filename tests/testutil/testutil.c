@@ -200,3 +200,17 @@ bool rk_test_daemon_start(const char *dir, const char *const *extra, rk_test_pro
     }
     return true;
 }
+
+bool rk_test_admin_token(const char *dir, char *buf, size_t len)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/var/admin.token", dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool ok = fgets(buf, (int)len, f) != NULL;
+    fclose(f);
+    if (ok)
+        buf[strcspn(buf, "\n")] = '\0';
+    return ok && buf[0] != '\0';
+}
