@@ -2,6 +2,7 @@
  * no CUDA, the backend is not built yet (issue 3), or no device answers. Tolerances are wider
  * than the CPU backend's: cuBLAS sums in another order (and may use TF32 if enabled). */
 #include "conformance.h"
+#include "greedy.h"
 #include <stdio.h>
 
 #include "ragkv/tokenizer.h"
@@ -54,35 +55,6 @@ Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers
 Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }
 
-/* Greedy generation on one backend, as `ragkv generate` does it (prefill, then one decode per
- * token, stopping at a stop id). Returns the token count written to out (room for steps + 1). */
-static size_t greedy_on(eng_backend *be, const eng_model_info *mi, const int32_t *prompt, size_t np, size_t steps,
-                        int32_t *out)
-{
-    eng_seq *s;
-    cr_assert_eq(eng_seq_new(be, steps, &s), RK_OK, "%s", rk_error_msg());
-    float *lg = malloc((size_t)mi->vocab * sizeof(float));
-    cr_assert_not_null(lg);
-    memcpy(out, prompt, np * sizeof(int32_t));
-    cr_assert_eq(eng_prefill(s, prompt, np, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());
-    size_t n = np;
-    for (;;) {
-        int32_t next = eng_argmax(lg, mi->vocab);
-        bool stop = false;
-        for (int i = 0; i < mi->n_stop; i++)
-            stop |= next == mi->stop[i];
-        if (stop)
-            break;
-        out[n++] = next;
-        if (eng_seq_len(s) >= steps)
-            break;
-        cr_assert_eq(eng_decode(be, &s, &next, 1, lg), RK_OK, "%s", rk_error_msg());
-    }
-    free(lg);
-    eng_seq_free(s);
-    return n;
-}
-
 /* The real trained models: the CUDA backend's greedy tokens equal the CPU reference's over 200
  * positions (the CPU's are checked against the golden text and an independent scalar forward
  * pass in test_models.c). */
@@ -112,8 +84,8 @@ static void greedy_matches_cpu(const char *file, const char *tokfile)
     eng_backend *cpu, *gpu;
     cr_assert_eq(eng_backend_cpu_new(m, 2, &cpu), RK_OK);
     cr_assert_eq(cuda_ctor(m, &gpu), RK_OK, "%s", rk_error_msg());
-    size_t na = greedy_on(cpu, mi, prompt, np, STEPS, a);
-    size_t nb = greedy_on(gpu, mi, prompt, np, STEPS, b);
+    size_t na = test_greedy(cpu, prompt, np, STEPS, a);
+    size_t nb = test_greedy(gpu, prompt, np, STEPS, b);
     cr_expect_gt(na, np + 20, "the CPU generated only %zu tokens", na - np);
     cr_assert_eq(na, nb, "cpu %zu tokens, cuda %zu", na, nb);
     for (size_t i = 0; i < na; i++)

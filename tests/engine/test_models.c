@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "greedy.h"
 #include "ragkv/engine.h"
 #include "ragkv/tokenizer.h"
 #include "testutil.h"
@@ -19,33 +20,12 @@
 static const char golden[] = "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
                              "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
 
-/* Greedy generation as `ragkv generate` does it: prompt prefilled, then decode; stops at a
- * stop id. Returns the token count (prompt included) written to out (room for steps + 1). */
+/* Greedy generation (greedy.h) on a fresh 2-thread CPU backend. */
 static size_t greedy(eng_model *m, const int32_t *prompt, size_t np, size_t steps, int32_t *out)
 {
-    const eng_model_info *mi = eng_model_get_info(m);
     eng_backend *be;
-    eng_seq *s;
     cr_assert_eq(eng_backend_cpu_new(m, 2, &be), RK_OK);
-    cr_assert_eq(eng_seq_new(be, steps, &s), RK_OK);
-    float *lg = malloc((size_t)mi->vocab * sizeof(float));
-    memcpy(out, prompt, np * sizeof(int32_t));
-    cr_assert_eq(eng_prefill(s, prompt, np, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());
-    size_t n = np;
-    for (;;) {
-        int32_t next = eng_argmax(lg, mi->vocab);
-        bool stop = false;
-        for (int i = 0; i < mi->n_stop; i++)
-            stop |= next == mi->stop[i];
-        if (stop)
-            break;
-        out[n++] = next;
-        if (eng_seq_len(s) >= steps)
-            break;
-        cr_assert_eq(eng_decode(be, &s, &next, 1, lg), RK_OK, "%s", rk_error_msg());
-    }
-    free(lg);
-    eng_seq_free(s);
+    size_t n = test_greedy(be, prompt, np, steps, out);
     eng_backend_free(be);
     return n;
 }
