@@ -9,7 +9,7 @@ else
 BUILD ?= build
 endif
 
-.PHONY: all deps build test run fuzz crash-test gpu-check clean help
+.PHONY: all deps build test run fuzz crashtest crash-test soak gpu-check clean help
 
 all: build
 
@@ -18,7 +18,8 @@ help:
 	@echo "make test      install deps, build, run every test with a private Redis"
 	@echo "make build     configure and build into $(BUILD)/"
 	@echo "make fuzz      build the libFuzzer targets with clang and run each briefly"
-	@echo "make crash-test  SIGKILL ragkvd 50 times during writes and check nothing acknowledged is lost"
+	@echo "make crashtest SIGKILL ragkvd 50 times during writes, and at every crash point; check nothing acknowledged is lost"
+	@echo "make soak      minutes of mixed load with a Redis kill and a ragkvd restart; RSS, fds, consistency"
 	@echo "make clean     remove build directories"
 
 deps:
@@ -37,9 +38,11 @@ run: build
 fuzz: deps
 	scripts/fuzz.sh
 
-# the crash-consistency test at full length: 50 SIGKILLs of ragkvd during writes
-crash-test: build
-	RAGKV_CRASH_ROUNDS=50 scripts/test.sh $(BUILD) -R service_test_crash --output-on-failure
+# the crash-consistency tests at full length: 50 SIGKILLs of ragkvd during writes (10 in
+# make test), then the crash points between blob write, metadata commit and acknowledgement
+crashtest: build
+	RAGKV_CRASH_ROUNDS=$${RAGKV_CRASH_ROUNDS:-50} scripts/test.sh $(BUILD) -R 'service_test_crash|chunkcache_test_crash' --output-on-failure
+crash-test: crashtest
 
 gpu-check:
 	scripts/gpu-check.sh

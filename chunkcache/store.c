@@ -16,6 +16,7 @@
 #include "ragkv/alloc.h"
 #include "ragkv/chunkcache.h"
 #include "ragkv/clock.h"
+#include "ragkv/crashpoint.h"
 #include "ragkv/hash.h"
 #include "ragkv/log.h"
 
@@ -422,8 +423,11 @@ static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, c
     cc_iov part = {v.data, v.len};
     if ((st = cc_blobstore_put(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &part, 1)) != RK_OK)
         goto out;
+    RK_CRASHPOINT("put_blob_written"); /* an orphan blob: gc's to remove, never served */
     cc_evlist ev = {0};
     st = cc_metastore_insert(&s->ms, &r, 0, &ev);
+    if (st == RK_OK)
+        RK_CRASHPOINT("put_meta_committed"); /* stored, unacknowledged; evictees' blobs orphans */
     if (st == RK_ERR_EXISTS) {
         /* someone stored this chunk first; keep theirs, drop ours unless it is the same blob */
         cc_record cur;

@@ -22,6 +22,7 @@
 #include "exec.h"
 #include "limits.h"
 #include "ragkv/chunkcache.h"
+#include "ragkv/crashpoint.h"
 #include "server_int.h"
 
 /* Queue one frame on the connection's output. */
@@ -440,8 +441,11 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     } else if (c && done) {
         if (g->status != RK_OK)
             conn_send_error(c, g->opcode, g->request_id, g->status, g->errmsg);
-        else
+        else {
+            if (g->kind == SVC_JOB_PUT || g->kind == SVC_JOB_PUT_KV)
+                RK_CRASHPOINT("put_before_ack"); /* stored; the client never hears of it */
             gen_send_final(c, g, toks ? toks : g->out + g->nsent, n);
+        }
     }
     rk_free(toks);
     if (done) {

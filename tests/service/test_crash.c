@@ -1,9 +1,13 @@
 /*
- * Crash consistency of the write path through the daemon: chunks are written pipelined, ragkvd
- * is killed with SIGKILL right after the k-th acknowledgement (later requests in flight), then
- * restarted. Every acknowledged chunk must be present and intact, every unacknowledged one
- * absent or intact, and the tenant's usage must count exactly the chunks present.
- * (Bounded for CI: 10 rounds; `make crash-test` runs 50 through RAGKV_CRASH_ROUNDS.)
+ * Crash consistency of the write path through the daemon.
+ *  - sigkill_during_writes: chunks are written pipelined, ragkvd is killed with SIGKILL right
+ *    after the k-th acknowledgement (later requests in flight), then restarted. Every
+ *    acknowledged chunk must be present and intact, every unacknowledged one absent or intact,
+ *    and the tenant's usage must count exactly the chunks present. (Bounded for CI: 10 rounds;
+ *    `make crashtest` runs 50 through RAGKV_CRASH_ROUNDS.)
+ *  - crash_points: ragkvd-crashpoints (ragkv/crashpoint.h compiled in) dies by SIGKILL at each
+ *    named point of the write path, between blob write, metadata commit and acknowledgement;
+ *    after a restart each point leaves exactly the state docs/storage.md promises.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -15,6 +19,7 @@
 #include "ragkv/chunk_key.h"
 #include "ragkv/client.h"
 #include "ragkv/codec.h"
+#include "ragkv/hash.h"
 #include "testutil.h"
 
 #define MAX_ROUNDS 200
@@ -119,6 +124,121 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
     cr_expect_eq((int)chunks, present_total, "usage counts exactly the chunks present");
     ragkv_close(ad);
     cr_log_info("%d chunks sent, %d acknowledged, %d present after %d SIGKILLs", sent, acked_total, present_total, rounds);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    rk_test_rmrf(tmp);
+}
+
+/* One crash point: acknowledged puts 1..nth-1, then the nth put dies at `point`. */
+typedef struct cp_case {
+    const char *point;   /* RAGKV_CRASHPOINT name */
+    bool committed;      /* after the crash the chunk the daemon died on is stored */
+} cp_case;
+
+Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    static const cp_case cases[] = {
+        {"put_blob_written", false},  /* blob without metadata: an orphan, never served */
+        {"put_meta_committed", true}, /* committed, never acknowledged */
+        {"put_before_ack", true},     /* the reply was about to be queued */
+    };
+    enum { NC = sizeof(cases) / sizeof(cases[0]), NTH = 3, NTOK = 24 };
+    char tmp[256], adm[256], tok[256];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    const char *extra[] = {"--model", model, NULL};
+    rk_test_proc d;
+    int port, hport;
+    cr_assert(rk_test_daemon_start_bin("ragkvd-crashpoints", tmp, extra, &d, &port, &hport));
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
+    ragkv_conn *a;
+    ragkv_server_info info;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
+    cr_assert_eq(ragkv_hello(a, &info), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
+    ragkv_close(a);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+
+    uint8_t keys[NC][NTH][32];
+    uint64_t sums[NC][NTH]; /* xxh3 of each acknowledged chunk's container, read back at once */
+    for (int ci = 0; ci < NC; ci++) {
+        char sel[96];
+        snprintf(sel, sizeof(sel), "%s:%d", cases[ci].point, NTH);
+        setenv("RAGKV_CRASHPOINT", sel, 1);
+        bool up = rk_test_daemon_start_bin("ragkvd-crashpoints", tmp, extra, &d, &port, &hport);
+        unsetenv("RAGKV_CRASHPOINT");
+        cr_assert(up, "start with %s", sel);
+        ragkv_conn *c;
+        cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
+        cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+        for (int i = 0; i < NTH; i++) { /* one at a time: the NTH put is the one that dies */
+            int32_t t[NTOK];
+            chunk_tokens(t, NTOK, 1000 + ci * 10 + i);
+            cc_key k;
+            cr_assert_eq(cc_key_compute(info.model, "acme", t, NTOK, &k), RK_OK);
+            memcpy(keys[ci][i], k.b, 32);
+            uint8_t got[32];
+            rk_status st = ragkv_put_chunk(c, t, NTOK, got, NULL, NULL);
+            if (i < NTH - 1) {
+                cr_assert_eq(st, RK_OK, "%s: put %d: %s", sel, i, rk_error_msg());
+                cr_assert_eq(memcmp(got, k.b, 32), 0);
+                uint8_t *cont;
+                uint32_t len;
+                cr_assert_eq(ragkv_get_kv(c, k.b, NULL, 0, &cont, &len), RK_OK);
+                sums[ci][i] = rk_xxh3_64(cont, len);
+                rk_free(cont);
+            } else {
+                cr_expect_neq(st, RK_OK, "%s: the put that reached the point is never acknowledged", sel);
+            }
+        }
+        ragkv_close(c);
+        cr_assert_eq(rk_test_wait(&d, 20000), 128 + SIGKILL, "%s: ragkvd died at the crash point", sel);
+    }
+
+    /* restart (no crash point) and check what each point left behind */
+    cr_assert(rk_test_daemon_start_bin("ragkvd-crashpoints", tmp, extra, &d, &port, &hport));
+    ragkv_conn *c;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
+    cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+    int present_total = 0;
+    for (int ci = 0; ci < NC; ci++)
+        for (int i = 0; i < NTH; i++) {
+            uint8_t present = 0;
+            cr_assert_eq(ragkv_lookup(c, keys[ci][i], 1, &present), RK_OK);
+            present_total += present;
+            bool want = i < NTH - 1 || cases[ci].committed;
+            cr_expect_eq(present, want, "%s: chunk %d %s", cases[ci].point, i, want ? "lost" : "served without metadata");
+            if (!present)
+                continue;
+            uint8_t *cont;
+            uint32_t len;
+            cr_assert_eq(ragkv_get_kv(c, keys[ci][i], NULL, 0, &cont, &len), RK_OK, "%s", rk_error_msg());
+            codec_info info2;
+            cr_expect_eq(codec_inspect(cont, len, &info2), RK_OK, "%s: chunk %d intact", cases[ci].point, i);
+            if (i < NTH - 1)
+                cr_expect_eq(rk_xxh3_64(cont, len), sums[ci][i], "%s: chunk %d byte-identical", cases[ci].point, i);
+            rk_free(cont);
+        }
+    /* a client that never saw the acknowledgement retries: the put succeeds, nothing is stored twice */
+    for (int ci = 0; ci < NC; ci++) {
+        int32_t t[NTOK];
+        chunk_tokens(t, NTOK, 1000 + ci * 10 + NTH - 1);
+        int created = -1;
+        uint8_t got[32];
+        cr_expect_eq(ragkv_put_chunk(c, t, NTOK, got, &created, NULL), RK_OK, "%s", rk_error_msg());
+        cr_expect_eq(created, cases[ci].committed ? 0 : 1, "%s: retry after the crash", cases[ci].point);
+        if (created == 1)
+            present_total++;
+    }
+    ragkv_close(c);
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    uint64_t chunks = 0;
+    cr_assert_eq(ragkv_admin_quota_get(a, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
+    cr_expect_eq((int)chunks, present_total, "usage is exact after the crashes");
+    ragkv_close(a);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
     rk_test_rmrf(tmp);
 }

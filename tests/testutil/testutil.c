@@ -183,8 +183,14 @@ bool rk_test_redis(char *host, size_t hostlen, int *port)
 bool rk_test_daemon_start(const char *dir, const char *const *extra, rk_test_proc *p, int *port,
                           int *http_port)
 {
+    return rk_test_daemon_start_bin("ragkvd", dir, extra, p, port, http_port);
+}
+
+bool rk_test_daemon_start_bin(const char *name, const char *dir, const char *const *extra, rk_test_proc *p,
+                              int *port, int *http_port)
+{
     char bin[1024], dd[1024], line[512], host[64];
-    rk_test_bin("ragkvd", bin, sizeof(bin));
+    rk_test_bin(name, bin, sizeof(bin));
     snprintf(dd, sizeof(dd), "%s/var", dir);
     char *argv[64] = {bin, "--port", "0", "--http-port", "0", "--data-dir", dd, "--workers", "2"};
     int n = 9;

@@ -49,6 +49,10 @@ int rk_test_wait(rk_test_proc *p, int timeout_ms);
 bool rk_test_daemon_start(const char *dir, const char *const *extra, rk_test_proc *p, int *port,
                           int *http_port);
 
+/* The same with another daemon binary of the build (e.g. "ragkvd-crashpoints"). */
+bool rk_test_daemon_start_bin(const char *name, const char *dir, const char *const *extra, rk_test_proc *p,
+                              int *port, int *http_port);
+
 /* The admin credential a daemon started in dir wrote (dir/var/admin.token, first line without
  * its newline) into buf; false when the file is missing or empty. */
 bool rk_test_admin_token(const char *dir, char *buf, size_t len);
