@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -219,4 +220,47 @@ bool rk_test_admin_token(const char *dir, char *buf, size_t len)
     if (ok)
         buf[strcspn(buf, "\n")] = '\0';
     return ok && buf[0] != '\0';
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+double rk_test_ks2(double *a, size_t na, double *b, size_t nb, double *d)
+{
+    qsort(a, na, sizeof(double), cmp_double);
+    qsort(b, nb, sizeof(double), cmp_double);
+    /* walk both sorted samples; ties advance together so D compares the true ECDFs */
+    size_t i = 0, j = 0;
+    double dmax = 0;
+    while (i < na && j < nb) {
+        double v = a[i] < b[j] ? a[i] : b[j];
+        while (i < na && a[i] <= v)
+            i++;
+        while (j < nb && b[j] <= v)
+            j++;
+        double diff = fabs((double)i / (double)na - (double)j / (double)nb);
+        if (diff > dmax)
+            dmax = diff;
+    }
+    if (d)
+        *d = dmax;
+    /* Q_KS(lambda) = 2 sum_{k>=1} (-1)^(k-1) exp(-2 k^2 lambda^2) */
+    double ne = (double)na * (double)nb / (double)(na + nb);
+    double sq = sqrt(ne);
+    double lambda = (sq + 0.12 + 0.11 / sq) * dmax;
+    if (lambda < 1e-3)
+        return 1.0;
+    double sum = 0, sign = 1;
+    for (int k = 1; k <= 100; k++) {
+        double term = sign * exp(-2.0 * k * k * lambda * lambda);
+        sum += term;
+        if (fabs(term) < 1e-12)
+            break;
+        sign = -sign;
+    }
+    double p = 2 * sum;
+    return p < 0 ? 0 : p > 1 ? 1 : p;
 }

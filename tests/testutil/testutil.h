@@ -57,6 +57,12 @@ bool rk_test_daemon_start_bin(const char *name, const char *dir, const char *con
  * its newline) into buf; false when the file is missing or empty. */
 bool rk_test_admin_token(const char *dir, char *buf, size_t len);
 
+/* Two-sample Kolmogorov-Smirnov test of samples a (na) and b (nb): returns the p-value of
+ * "both come from one distribution" (asymptotic Kolmogorov distribution with the
+ * small-sample correction of Stephens, 1970) and the statistic D = sup|F_a - F_b| in *d.
+ * Sorts a and b in place. */
+double rk_test_ks2(double *a, size_t na, double *b, size_t nb, double *d);
+
 /* "host:port" of the test Redis ($RAGKV_TEST_REDIS) split out; false when unset. */
 bool rk_test_redis(char *host, size_t hostlen, int *port);
 
