@@ -146,66 +146,28 @@ typedef struct cct_redis_proc {
 
 static inline int cct_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof(a);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || getsockname(fd, (struct sockaddr *)&a, &l) != 0) {
-        close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static inline const char *cct_redis_server_path(void)
-{
-    static char buf[512];
-    const char *path = getenv("PATH");
-    if (!path)
-        path = "/usr/bin:/bin";
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *save, *d = strtok_r(tmp, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(buf, sizeof(buf), "%s/redis-server", d);
-        if (access(buf, X_OK) == 0)
-            return buf;
-    }
-    return NULL;
+    return rk_test_free_port();
 }
 
 /* Start redis-server on r->port (0: pick one), no persistence; returns when it accepts
  * connections (its "Ready to accept connections" line, then a PING). */
 static inline bool cct_redis_start(cct_redis_proc *r)
 {
-    const char *bin = cct_redis_server_path();
-    if (!bin)
-        return false;
     if (!r->port)
         r->port = cct_free_port();
     if (!r->dir[0] && !rk_test_tmpdir(r->dir, sizeof(r->dir)))
         return false;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", r->port);
-    char *argv[] = {(char *)bin, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
-                    "--dir", r->dir, "--daemonize", "no", "--loglevel", "notice", NULL};
-    if (!rk_test_spawn(argv, &r->p))
+    if (!rk_test_redis_server(&r->p, r->port, r->dir, 0))
         return false;
-    char line[1024];
-    while (rk_test_read_line(&r->p, line, sizeof(line), 10000))
-        if (strstr(line, "Ready to accept connections")) {
-            redisContext *c = redisConnect("127.0.0.1", r->port);
-            bool ok = c && !c->err;
-            redisReply *rep = ok ? redisCommand(c, "PING") : NULL;
-            ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep)
-                freeReplyObject(rep);
-            if (c)
-                redisFree(c);
-            return ok;
-        }
-    return false;
+    redisContext *c = redisConnect("127.0.0.1", r->port);
+    bool ok = c && !c->err;
+    redisReply *rep = ok ? redisCommand(c, "PING") : NULL;
+    ok = rep && rep->type == REDIS_REPLY_STATUS;
+    if (rep)
+        freeReplyObject(rep);
+    if (c)
+        redisFree(c);
+    return ok;
 }
 
 /* SIGKILL: the data (in memory only) is lost, as in a crash. */

@@ -3,7 +3,7 @@
 
 Test(bench, smoke_tiny_sizes_writes_json)
 {
-    if (!cct_redis_server_path())
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: redis-server not on PATH");
     char dir[256], json[300];
     cr_assert_not_null(rk_test_tmpdir(dir, sizeof(dir)));

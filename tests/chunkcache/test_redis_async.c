@@ -63,7 +63,7 @@ static cc_record mk(const char *ns, int i)
 
 Test(redis_async, lookups_timeouts_and_reconnects)
 {
-    if (!cct_redis_server_path())
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: redis-server not on PATH");
     cct_redis_proc rp = {0};
     cr_assert(cct_redis_start(&rp));

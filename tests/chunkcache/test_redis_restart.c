@@ -23,7 +23,7 @@ static cc_store *open_on(const char *dir, int port, const char *prefix)
 Test(redis_restart, data_loss_is_rebuilt_from_rocksdb)
 {
     cct_redis_proc r = {0};
-    if (!cct_redis_server_path())
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: redis-server not on PATH");
     cr_assert(cct_redis_start(&r), "redis-server did not start");
     char dir[256];
@@ -77,7 +77,7 @@ Test(redis_restart, data_loss_is_rebuilt_from_rocksdb)
 
 Test(redis_restart, unreachable_or_stalled_redis_fails_fast)
 {
-    if (!cct_redis_server_path())
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: redis-server not on PATH");
     /* nobody listens: open fails with UNAVAILABLE */
     cc_config cfg = cc_config_default();
@@ -149,7 +149,7 @@ static int count_cb(void *arg, const uint8_t *k, size_t kl, const uint8_t *v, si
 
 Test(redis_restart, during_concurrent_writes_acknowledged_puts_survive)
 {
-    if (!cct_redis_server_path())
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: redis-server not on PATH");
     cct_redis_proc r = {0};
     cr_assert(cct_redis_start(&r));

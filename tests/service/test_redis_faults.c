@@ -28,49 +28,12 @@
 #include "ragkv/hash.h"
 #include "testutil.h"
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof(a);
-    bind(s, (struct sockaddr *)&a, sizeof(a));
-    getsockname(s, (struct sockaddr *)&a, &l);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
-/* redis-server on port, in the foreground, a replica of replicaof_port when that is not 0;
- * returns when it logs that it is ready. */
+/* redis-server on port (a replica of replicaof_port unless 0); skips the test without one. */
 static void redis_start_replica(rk_test_proc *p, int port, const char *dir, int replicaof_port)
 {
-    char ps[16], rs[16];
-    snprintf(ps, sizeof(ps), "%d", port);
-    snprintf(rs, sizeof(rs), "%d", replicaof_port);
-    char *argv[] = {"/usr/bin/redis-server", "--port", ps, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", (char *)dir, replicaof_port ? "--replicaof" : NULL, "127.0.0.1", rs, NULL};
-    const char *path = getenv("RAGKV_REDIS_SERVER");
-    char found[512] = "";
-    if (!path) { /* PATH lookup (the GPU machine carries it elsewhere) */
-        const char *env = getenv("PATH");
-        char buf[4096];
-        snprintf(buf, sizeof(buf), "%s", env ? env : "/usr/bin");
-        for (char *d = strtok(buf, ":"); d; d = strtok(NULL, ":")) {
-            snprintf(found, sizeof(found), "%s/redis-server", d);
-            if (access(found, X_OK) == 0)
-                break;
-            found[0] = '\0';
-        }
-        path = found[0] ? found : NULL;
-    }
-    if (!path)
+    if (!rk_test_redis_server_path())
         cr_skip_test("skipped: no redis-server");
-    argv[0] = (char *)path;
-    cr_assert(rk_test_spawn(argv, p));
-    char line[512];
-    while (rk_test_read_line(p, line, sizeof(line), 20000))
-        if (strstr(line, "Ready to accept connections"))
-            return;
-    cr_assert_fail("redis-server did not become ready");
+    cr_assert(rk_test_redis_server(p, port, dir, replicaof_port), "redis-server did not become ready");
 }
 
 static void redis_start(rk_test_proc *p, int port, const char *dir)
@@ -85,7 +48,7 @@ Test(redis_faults, redis_down_and_back_without_its_data, .timeout = 120)
         cr_skip_test("skipped: no real model");
     char tmp[256], redis[64], adm[256], tok[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
-    int rport = free_port();
+    int rport = rk_test_free_port();
     rk_test_proc r, d;
     redis_start(&r, rport, tmp);
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", rport);
@@ -294,7 +257,7 @@ static void fixture_start_daemon(fixture *f, const char *model, int redis_port)
 static void fixture_up(fixture *f, const char *model)
 {
     cr_assert_not_null(rk_test_tmpdir(f->tmp, sizeof(f->tmp)));
-    f->rport = free_port();
+    f->rport = rk_test_free_port();
     redis_start(&f->r, f->rport, f->tmp);
     fixture_start_daemon(f, model, f->rport);
     cr_assert(rk_test_admin_token(f->tmp, f->adm, sizeof(f->adm)));
@@ -433,7 +396,7 @@ Test(redis_faults, failover_to_a_replica, .timeout = 180)
     char rdir[512], rep[256];
     snprintf(rdir, sizeof(rdir), "%s/replica", f.tmp);
     cr_assert_eq(mkdir(rdir, 0700), 0);
-    int rport2 = free_port();
+    int rport2 = rk_test_free_port();
     rk_test_proc r2;
     redis_start_replica(&r2, rport2, rdir, f.rport);
     load l;

@@ -4,13 +4,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <ftw.h>
+#include <netinet/in.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -263,4 +266,56 @@ double rk_test_ks2(double *a, size_t na, double *b, size_t nb, double *d)
     }
     double p = 2 * sum;
     return p < 0 ? 0 : p > 1 ? 1 : p;
+}
+
+int rk_test_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t l = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && getsockname(fd, (struct sockaddr *)&a, &l) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+const char *rk_test_redis_server_path(void)
+{
+    static char buf[512];
+    const char *env = getenv("RAGKV_REDIS_SERVER");
+    if (env && *env)
+        return env;
+    const char *path = getenv("PATH");
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s", path ? path : "/usr/bin:/bin");
+    for (char *save, *d = strtok_r(tmp, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(buf, sizeof(buf), "%s/redis-server", d);
+        if (access(buf, X_OK) == 0)
+            return buf;
+    }
+    return NULL;
+}
+
+bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replicaof_port)
+{
+    const char *bin = rk_test_redis_server_path();
+    if (!bin)
+        return false;
+    char ps[16], rs[16];
+    snprintf(ps, sizeof(ps), "%d", port);
+    snprintf(rs, sizeof(rs), "%d", replicaof_port);
+    char *argv[] = {(char *)bin, "--bind", "127.0.0.1", "--port", ps, "--save", "", "--appendonly", "no",
+                    "--dir", (char *)dir, "--daemonize", "no", "--loglevel", "notice",
+                    replicaof_port ? "--replicaof" : NULL, "127.0.0.1", rs, NULL};
+    if (!rk_test_spawn(argv, p))
+        return false;
+    char line[1024];
+    while (rk_test_read_line(p, line, sizeof(line), 10000))
+        if (strstr(line, "Ready to accept connections"))
+            return true;
+    rk_test_stop(p, SIGKILL, 5000);
+    return false;
 }

@@ -63,6 +63,17 @@ bool rk_test_admin_token(const char *dir, char *buf, size_t len);
  * Sorts a and b in place. */
 double rk_test_ks2(double *a, size_t na, double *b, size_t nb, double *d);
 
+/* A loopback TCP port that was free a moment ago (bind to 0, read it back, close); -1 on error. */
+int rk_test_free_port(void);
+
+/* Path of redis-server: $RAGKV_REDIS_SERVER, else the first on $PATH; NULL when none. */
+const char *rk_test_redis_server_path(void);
+
+/* Start a private redis-server on 127.0.0.1:port (no persistence, files in dir), a replica of
+ * 127.0.0.1:replicaof_port unless that is 0; returns once it logs that it accepts connections
+ * (false, child reaped, when it does not within 10 s or there is no redis-server). */
+bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replicaof_port);
+
 /* "host:port" of the test Redis ($RAGKV_TEST_REDIS) split out; false when unset. */
 bool rk_test_redis(char *host, size_t hostlen, int *port);
 
