@@ -44,6 +44,11 @@ crashtest: build
 	RAGKV_CRASH_ROUNDS=$${RAGKV_CRASH_ROUNDS:-50} scripts/test.sh $(BUILD) -R 'service_test_crash|chunkcache_test_crash' --output-on-failure
 crash-test: crashtest
 
+# the long soak: 1e6 mixed requests with a Redis kill and a ragkvd restart (plain build, then
+# ASan+UBSan); make test runs a 20000-request version
+soak: deps
+	scripts/soak.sh
+
 gpu-check:
 	scripts/gpu-check.sh
 

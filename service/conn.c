@@ -517,7 +517,7 @@ static void submit_meta(struct svc_conn *c, const svc_request *rq)
 
 /* Hand a job to the executor; its result comes back through gen_on_notify. Takes the
  * request's arrays. */
-static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
+static void do_submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
 {
     struct svc_server *srv = c->w->srv;
     if (kind == SVC_JOB_META) {
@@ -630,6 +630,19 @@ static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     }
     g->next = c->gens;
     c->gens = g;
+}
+
+/* do_submit_job inside the server's submission gate: once shutdown has begun the I/O pool and
+ * the executor are going away, and the request is answered RK_ERR_SHUTDOWN instead. */
+static void submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
+{
+    struct svc_server *srv = c->w->srv;
+    pthread_rwlock_rdlock(&srv->submit_gate);
+    if (srv->draining)
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_SHUTDOWN, "ragkvd is shutting down");
+    else
+        do_submit_job(c, rq, kind);
+    pthread_rwlock_unlock(&srv->submit_gate);
 }
 
 static void dispatch(struct svc_conn *c, svc_request *rq)

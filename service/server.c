@@ -375,6 +375,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         return RK_ERR_NOMEM;
     srv->cfg = *cfg;
     srv->lock_fd = -1;
+    pthread_rwlock_init(&srv->submit_gate, NULL);
     svc_request_limits_default(&srv->limits);
     srv->max_frame = (uint32_t)cfg->max_frame_mb << 20;
     srv->start_ns = rk_now_ns();
@@ -520,8 +521,12 @@ rk_status svc_server_run(svc_server *srv)
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
     }
-    /* pool jobs drain, then the executor ends every generation (each notifying its worker),
-     * before the workers stop */
+    /* no new submissions (requests still arriving are answered RK_ERR_SHUTDOWN), then pool jobs
+     * drain, then the executor ends every generation (each notifying its worker), before the
+     * workers stop */
+    pthread_rwlock_wrlock(&srv->submit_gate);
+    srv->draining = true;
+    pthread_rwlock_unlock(&srv->submit_gate);
     rk_pool_free(srv->io_pool);
     srv->io_pool = NULL;
     svc_exec_stop(srv->exec);
@@ -579,5 +584,6 @@ void svc_server_close(svc_server *srv)
     svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */
+    pthread_rwlock_destroy(&srv->submit_gate);
     rk_free(srv);
 }

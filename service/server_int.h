@@ -47,6 +47,11 @@ struct svc_worker {
 
 struct svc_server {
     svc_config cfg;
+    /* Read-held by a worker while it hands a job to io_pool or exec; svc_server_run write-holds
+     * it to set draining before it frees them, so no submission races the teardown (a request
+     * that arrives during shutdown is answered RK_ERR_SHUTDOWN). */
+    pthread_rwlock_t submit_gate;
+    bool draining;                      /* guarded by submit_gate */
     struct event_base *base;            /* listener + HTTP + signals (the run() thread) */
     struct evconnlistener *listener;
     struct evhttp *http;
