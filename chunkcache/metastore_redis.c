@@ -543,7 +543,7 @@ static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
             st[i] = cc_redis_parse_record(rep, &keys[i], &recs[i]);
             if (st[i] != RK_OK && st[i] != RK_ERR_NOT_FOUND) {
                 RK_WARN("record %zu of a batch: %s", i, rk_error_msg());
-                st[i] = RK_ERR_NOT_FOUND; /* a damaged record is a miss (repaired on the next put) */
+                st[i] = RK_ERR_CORRUPT; /* a damaged record is a miss the store counts */
             }
             freeReplyObject(rep);
         }

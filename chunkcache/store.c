@@ -491,6 +491,17 @@ static rk_status readable(cc_store *s, const char *tenant, const char *ns, bool 
     return cc_metastore_readable(&s->ms, tenant, ns, ok);
 }
 
+/* A metadata record that exists but does not decode (flipped bytes in Redis, or a record
+ * under the wrong key) is a miss like any other; count it with the corrupt blobs so that
+ * /metrics shows it. */
+static void note_bad_record(cc_store *s, rk_status gs)
+{
+    if (gs == RK_ERR_NOT_FOUND)
+        return;
+    RK_WARN("chunk metadata record unreadable (%s): treated as a miss", rk_status_name(gs));
+    BUMP(s, corrupt, 1);
+}
+
 /* The namespace equal_cost_miss asks about; whether it exists does not matter. */
 static const char no_ns[] = "\001absent";
 
@@ -570,6 +581,7 @@ static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_b
     if ((st = cc_metastore_get(&s->ms, key, 1, &r, &gs)) != RK_OK)
         return st;
     if (gs != RK_OK) {
+        note_bad_record(s, gs);
         equal_cost_miss(s, tenant);
         return miss(s);
     }
@@ -652,8 +664,10 @@ static rk_status do_lookup(cc_store *s, const char *tenant, const cc_key *keys, 
         bool ok = false;
         if (sts[i] == RK_OK && !expired(&recs[i], now) && (st = readable(s, tenant, recs[i].ns, &ok)) != RK_OK)
             goto out;
-        if (sts[i] != RK_OK || expired(&recs[i], now))
-            equal_cost_miss(s, tenant); /* one grant check per key that is not the tenant's own */
+        if (sts[i] != RK_OK || expired(&recs[i], now)) {
+            note_bad_record(s, sts[i]);
+            equal_cost_miss(s, tenant);
+        } /* one grant check per key that is not the tenant's own */
         present[i] = ok && sts[i] == RK_OK && !expired(&recs[i], now);
     }
 out:

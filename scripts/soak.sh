@@ -12,10 +12,10 @@ n=${1:-${RAGKV_SOAK_REQUESTS:-1000000}}
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build ${CMAKE_FLAGS:-} >/dev/null
 cmake --build build -j "$jobs" --target service_test_soak ragkvd >/dev/null
-RAGKV_SOAK_REQUESTS=$n scripts/test.sh build -R '^service_test_soak$' -V | grep -E '^\S+: \[(----|PASS|FAIL|====)\]|tests passed|Test time'
+CRITERION_VERBOSITY_LEVEL=1 RAGKV_SOAK_REQUESTS=$n scripts/test.sh build -R '^service_test_soak$' -V | grep -E '^\S+: \[(----|PASS|FAIL|====)\]|tests passed|Test time'
 if [ "${SOAK_SAN:-1}" != 0 ]; then
   cmake -S . -B build-san -DRAGKV_SANITIZE=address,undefined ${CMAKE_FLAGS:-} >/dev/null
   cmake --build build-san -j "$jobs" --target service_test_soak ragkvd >/dev/null
-  RAGKV_SOAK_REQUESTS=${SOAK_SAN_REQUESTS:-300000} scripts/test.sh build-san -R '^service_test_soak$' -V |
+  CRITERION_VERBOSITY_LEVEL=1 RAGKV_SOAK_REQUESTS=${SOAK_SAN_REQUESTS:-300000} scripts/test.sh build-san -R '^service_test_soak$' -V |
     grep -E '^\S+: \[(----|PASS|FAIL|====)\]|runtime error|ERROR: |tests passed|Test time'
 fi

@@ -1,7 +1,12 @@
-/* Corruption behind ragkv's back: a stored chunk's bytes are flipped on disk while ragkvd is
- * down. The damaged chunk must never be served: by key it is a miss (RK_ERR_NOT_FOUND), and a
- * prompt naming it by its tokens is still answered, recomputing it (and caching it anew). */
+/* Corruption behind ragkv's back, detected, counted in /metrics (ragkv_store_corrupt_total),
+ * never served, no crash:
+ *  - a stored chunk's bytes flipped on disk (RocksDB and blob files) while ragkvd is down: by
+ *    key it is a miss (RK_ERR_NOT_FOUND), and a prompt naming it by its tokens is still
+ *    answered, recomputing it (and caching it anew);
+ *  - a chunk's metadata record flipped in Redis under a running ragkvd: a miss, the same;
+ *  - a KV container damaged on the wire (PUT_KV with a flipped byte): refused, not stored. */
 #include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -12,6 +17,8 @@
 #include <unistd.h>
 
 #include "ragkv/alloc.h"
+#include "ragkv/blobstore.h"
+#include "ragkv/chunk_key.h"
 #include "ragkv/client.h"
 #include "testutil.h"
 
@@ -46,6 +53,19 @@ static int corrupt_dir(const char *dir)
     if (d)
         closedir(d);
     return n;
+}
+
+/* ragkv_store_corrupt_total from the daemon's /metrics (-1 when unreadable). */
+static long long corrupt_total(int hport)
+{
+    int code;
+    char *body;
+    if (ragkv_http_get("127.0.0.1", hport, "/metrics", 5000, &code, &body) != RK_OK)
+        return -1;
+    const char *at = strstr(body, "\nragkv_store_corrupt_total ");
+    long long v = at ? atoll(at + strlen("\nragkv_store_corrupt_total ")) : -1;
+    rk_free(body);
+    return v;
 }
 
 Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
@@ -98,6 +118,8 @@ Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
     cr_expect_eq(st, RK_ERR_NOT_FOUND, "a damaged chunk is a miss, got %s", rk_status_name(st));
     if (st == RK_OK)
         rk_free(cont);
+    /* (whether RocksDB's own CRCs or ragkv's checksums caught it depends on where the flipped
+     * byte landed: a WAL record that fails its CRC is dropped at recovery, chunk and all) */
     const int32_t q[] = {403, 407};
     ragkv_segment seg = {.tokens = ch, .ntokens = 64};
     ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 4};
@@ -109,6 +131,196 @@ Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
     cr_expect_eq(ragkv_put_chunk(t, ch, 64, key, &created, NULL), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(created, 0, "already cached again by the prompt that missed it");
     cr_expect_eq(ragkv_get_kv(t, key, NULL, 0, &cont, &len), RK_OK);
+    rk_free(cont);
+    ragkv_close(t);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    rk_test_rmrf(tmp);
+}
+
+/* Scan callback: remember every chunk value (key and bytes) to rewrite it damaged. */
+typedef struct kv_list {
+    uint8_t *k[16], *v[16];
+    size_t kl[16], vl[16], n;
+} kv_list;
+
+static int collect_kv(void *arg, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    kv_list *l = arg;
+    if (l->n == 16)
+        return 1;
+    l->k[l->n] = malloc(klen);
+    l->v[l->n] = malloc(vlen);
+    memcpy(l->k[l->n], key, klen);
+    memcpy(l->v[l->n], val, vlen);
+    l->kl[l->n] = klen;
+    l->vl[l->n] = vlen;
+    l->n++;
+    return 0;
+}
+
+Test(corruption, blob_rewritten_behind_ragkvs_back_is_counted_never_served, .timeout = 90)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char tmp[256], adm[256], tok[256], store[512];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    const char *extra[] = {"--model", model, NULL};
+    rk_test_proc d;
+    int port, hport;
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
+    ragkv_conn *a, *t;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
+    ragkv_close(a);
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
+    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    int32_t ch[48];
+    for (int i = 0; i < 48; i++)
+        ch[i] = 11 + i * 9;
+    uint8_t key[32];
+    cr_assert_eq(ragkv_put_chunk(t, ch, 48, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    ragkv_close(t);
+    cr_assert_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    /* rewrite the chunk's value through RocksDB itself (valid CRCs), one byte of its KV flipped */
+    snprintf(store, sizeof(store), "%s/var/store", tmp);
+    cc_blobstore bs;
+    cr_assert_eq(cc_blobstore_rocksdb_open(store, NULL, &bs), RK_OK, "%s", rk_error_msg());
+    kv_list l = {0};
+    cr_assert_eq(cc_blobstore_scan(&bs, CC_SPACE_CHUNKS, collect_kv, &l), RK_OK);
+    cr_assert_eq(l.n, 1, "one chunk stored");
+    l.v[0][l.vl[0] - 9] ^= 0x20;
+    cc_iov part = {l.v[0], l.vl[0]};
+    cr_assert_eq(cc_blobstore_put(&bs, CC_SPACE_CHUNKS, l.k[0], l.kl[0], &part, 1), RK_OK);
+    cc_blobstore_close(&bs);
+    free(l.k[0]);
+    free(l.v[0]);
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
+    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    long long c0 = corrupt_total(hport);
+    uint8_t *cont;
+    uint32_t len;
+    rk_status st = ragkv_get_kv(t, key, NULL, 0, &cont, &len);
+    cr_expect_eq(st, RK_ERR_NOT_FOUND, "a damaged blob is a miss, got %s", rk_status_name(st));
+    if (st == RK_OK)
+        rk_free(cont);
+    long long c1 = corrupt_total(hport);
+    cr_expect_eq(c1 - c0, 1, "counted once in /metrics (%lld -> %lld)", c0, c1);
+    const int32_t q[] = {403, 407};
+    ragkv_segment seg = {.tokens = ch, .ntokens = 48};
+    ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 2};
+    ragkv_gen_stats gs;
+    cr_expect_eq(ragkv_generate(t, &p, NULL, NULL, &gs), RK_OK, "still answered: %s", rk_error_msg());
+    cr_expect_eq(gs.chunk_misses, 1, "recomputed, not served damaged");
+    ragkv_close(t);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    rk_test_rmrf(tmp);
+}
+
+Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char host[128], redis[160], prefix[64];
+    int rport;
+    if (!rk_test_redis(host, sizeof(host), &rport))
+        cr_skip_test("skipped: no test Redis (RAGKV_TEST_REDIS; scripts/test.sh starts one)");
+    snprintf(redis, sizeof(redis), "%s:%d", host, rport);
+    snprintf(prefix, sizeof(prefix), "rkcor%d:", (int)getpid());
+    char tmp[256], adm[256], tok[256];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    const char *extra[] = {"--model", model, "--redis", redis, "--redis-prefix", prefix, NULL};
+    rk_test_proc d;
+    int port, hport;
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
+    ragkv_conn *a, *t;
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
+    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
+    ragkv_close(a);
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
+    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    int32_t ch[40], ch2[40];
+    for (int i = 0; i < 40; i++) {
+        ch[i] = 7 + i * 5;
+        ch2[i] = 9 + i * 7;
+    }
+    uint8_t key[32];
+    cr_assert_eq(ragkv_put_chunk(t, ch, 40, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    /* a container to send back damaged: a second chunk's, read and deleted again */
+    uint8_t key2[32], *cont;
+    uint32_t len;
+    cr_assert_eq(ragkv_put_chunk(t, ch2, 40, key2, NULL, NULL), RK_OK);
+    cr_assert_eq(ragkv_get_kv(t, key2, NULL, 0, &cont, &len), RK_OK);
+    cr_assert_eq(ragkv_delete(t, key2), RK_OK);
+    long long c0 = corrupt_total(hport);
+    cr_assert_geq(c0, 0);
+
+    /* flip one byte of the record in Redis, behind ragkvd's back */
+    cc_key k;
+    memcpy(k.b, key, 32);
+    char hex[65], rkey[160];
+    cc_key_to_hex(&k, hex);
+    snprintf(rkey, sizeof(rkey), "%sr:%s", prefix, hex);
+    redisContext *rc = redisConnect(host, rport);
+    cr_assert(rc && !rc->err);
+    redisReply *rep = redisCommand(rc, "HGET %s rec", rkey);
+    cr_assert(rep && rep->type == REDIS_REPLY_STRING, "record %s in Redis", rkey);
+    char *rec = malloc(rep->len);
+    size_t rlen = rep->len;
+    memcpy(rec, rep->str, rlen);
+    freeReplyObject(rep);
+    rec[rlen / 2] ^= 0x10;
+    rep = redisCommand(rc, "HSET %s rec %b", rkey, rec, rlen);
+    cr_assert_not_null(rep);
+    freeReplyObject(rep);
+    free(rec);
+    redisFree(rc);
+    /* the RAM tier still holds the verified chunk; a restart empties it, so reads need the record */
+    ragkv_close(t);
+    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
+    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
+    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    c0 = corrupt_total(hport);
+    uint8_t *got;
+    uint32_t glen;
+    rk_status st = ragkv_get_kv(t, key, NULL, 0, &got, &glen);
+    cr_expect_eq(st, RK_ERR_NOT_FOUND, "a chunk whose record is damaged is a miss, got %s", rk_status_name(st));
+    if (st == RK_OK)
+        rk_free(got);
+    uint8_t present = 9;
+    cr_expect_eq(ragkv_lookup(t, key, 1, &present), RK_OK);
+    cr_expect_eq(present, 0);
+    cr_expect_geq(corrupt_total(hport) - c0, 1, "counted in /metrics");
+    const int32_t q[] = {403, 407};
+    ragkv_segment seg = {.tokens = ch, .ntokens = 40};
+    ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 2};
+    ragkv_gen_stats gs;
+    cr_expect_eq(ragkv_generate(t, &p, NULL, NULL, &gs), RK_OK, "still answered: %s", rk_error_msg());
+
+    /* a container damaged on the wire: every flipped position we try is refused, none stored */
+    int refused = 0, tried = 0;
+    for (uint32_t off = 0; off < len; off += len / 16 + 1, tried++) {
+        cont[off] ^= 0x04;
+        uint8_t kk[32];
+        st = ragkv_put_kv(t, ch2, 40, cont, len, kk, NULL);
+        cont[off] ^= 0x04;
+        if (st != RK_OK)
+            refused++;
+        else
+            cr_log_error("PUT_KV accepted a container flipped at byte %u of %u", off, len);
+    }
+    cr_expect_eq(refused, tried, "damaged containers refused (%d of %d)", refused, tried);
+    cr_expect_eq(ragkv_lookup(t, key2, 1, &present), RK_OK);
+    cr_expect_eq(present, 0, "nothing damaged was stored");
+    uint8_t kk[32];
+    cr_expect_eq(ragkv_put_kv(t, ch2, 40, cont, len, kk, NULL), RK_OK, "the intact container is accepted: %s", rk_error_msg());
     rk_free(cont);
     ragkv_close(t);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);

@@ -123,7 +123,9 @@ struct cc_metastore_i {
      * insert with hits = 0 and account it. */
     rk_status (*insert)(void *ctx, const cc_record *rec, unsigned flags, cc_evlist *evicted);
     /* Batch read: for each i, st[i] = RK_OK and recs[i] filled (owned by the caller,
-     * cc_record_clear) or RK_ERR_NOT_FOUND. Returns an error only when the batch failed. */
+     * cc_record_clear), RK_ERR_NOT_FOUND, or RK_ERR_CORRUPT when a record exists but does
+     * not decode (callers treat it as absent; the store counts it in its corrupt statistic).
+     * Returns an error only when the batch failed. */
     rk_status (*get)(void *ctx, const cc_key *keys, size_t n, cc_record *recs, rk_status *st);
     /* Remove one chunk, correcting usage; *removed (may be NULL) gets its record.
      * RK_ERR_NOT_FOUND. If expect_csum is non-zero, only a record with that checksum is
