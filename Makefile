@@ -41,7 +41,10 @@ fuzz: deps
 # the crash-consistency tests at full length: 50 SIGKILLs of ragkvd during writes (10 in
 # make test), then the crash points between blob write, metadata commit and acknowledgement
 crashtest: build
-	RAGKV_CRASH_ROUNDS=$${RAGKV_CRASH_ROUNDS:-50} scripts/test.sh $(BUILD) -R 'service_test_crash|chunkcache_test_crash' --output-on-failure
+	CRITERION_VERBOSITY_LEVEL=1 RAGKV_CRASH_ROUNDS=$${RAGKV_CRASH_ROUNDS:-50} scripts/test.sh $(BUILD) \
+	  -R 'service_test_crash|chunkcache_test_crash' -V > $(BUILD)/crashtest.log 2>&1; rc=$$?; \
+	  grep -E '^[0-9]+: \[(----|PASS|FAIL|SKIP|====)\]|tests passed|Test time' $(BUILD)/crashtest.log; \
+	  [ $$rc = 0 ] || echo "crashtest failed: see $(BUILD)/crashtest.log"; exit $$rc
 crash-test: crashtest
 
 # the long soak: 1e6 mixed requests with a Redis kill and a ragkvd restart (plain build, then
