@@ -20,41 +20,30 @@
 #include "ragkv/client.h"
 #include "ragkv/clock.h"
 #include "ragkv/proto.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 #define MAXCONN 48
-static char tmp[256], adm[256], tok[256];
-static rk_test_proc dmn;
-static int port, hport;
+static svct_daemon dd;
+static const char *tok; /* acme's token */
 
 static void setup(void)
 {
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     static const char *const extra[] = {"--frame-timeout", "1", "--max-connections", "48", NULL};
-    cr_assert(rk_test_daemon_start(tmp, extra, &dmn, &port, &hport), "ragkvd did not start");
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
-    ragkv_conn *a;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    tok = dd.token[0];
 }
 
 static void teardown(void)
 {
-    cr_expect_eq(rk_test_stop(&dmn, SIGTERM, 10000), 0, "ragkvd survived the abuse and exits 0");
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd); /* it survived the abuse and exits 0 */
 }
 
 TestSuite(abuse, .init = setup, .fini = teardown, .timeout = 60);
 
 static ragkv_conn *dial(bool auth)
 {
-    ragkv_conn *c;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &c), RK_OK, "%s", rk_error_msg());
-    if (auth)
-        cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK, "%s", rk_error_msg());
-    return c;
+    return svct_dial(dd.port, auth ? tok : NULL);
 }
 
 /* Send a raw header (+ payload) and return the status of the answer (or the receive error). */
@@ -75,17 +64,6 @@ static rk_status raw_request(ragkv_conn *c, uint16_t op, uint32_t len_field, con
     return h.status;
 }
 
-/* The server closes c (any frames it still sends are read first). */
-static void expect_closed(ragkv_conn *c)
-{
-    rk_proto_hdr h;
-    uint8_t *p;
-    rk_status st;
-    while ((st = ragkv_recv_frame(c, &h, &p)) == RK_OK)
-        rk_free(p);
-    cr_expect_eq(st, RK_ERR_UNAVAILABLE, "closed by the server, got %s", rk_status_name(st));
-}
-
 Test(abuse, overflowing_lengths_in_the_header)
 {
     /* after AUTH the cap is max-frame-mb (64 MiB): 0xFFFFFFFF and cap+1 are refused, then close */
@@ -93,12 +71,12 @@ Test(abuse, overflowing_lengths_in_the_header)
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         ragkv_conn *c = dial(true);
         cr_expect_eq(raw_request(c, RK_OP_PUT_CHUNK, lens[i], NULL, 0), RK_ERR_LIMIT, "length %#x", lens[i]);
-        expect_closed(c);
+        svct_expect_closed(c);
         ragkv_close(c);
     }
     ragkv_conn *c = dial(false); /* before AUTH: 4 KiB + 1 */
     cr_expect_eq(raw_request(c, RK_OP_AUTH, 4097, NULL, 0), RK_ERR_LIMIT);
-    expect_closed(c);
+    svct_expect_closed(c);
     ragkv_close(c);
 }
 
@@ -165,7 +143,7 @@ Test(abuse, garbage_after_a_valid_frame)
     cr_assert_eq(ragkv_recv_frame(c, &h, &p), RK_OK);
     cr_expect_eq(h.status, RK_ERR_PROTOCOL, "then the junk is a framing error");
     rk_free(p);
-    expect_closed(c);
+    svct_expect_closed(c);
     ragkv_close(c);
 }
 
@@ -173,31 +151,16 @@ Test(abuse, garbage_after_a_valid_frame)
 static int tcp_dial(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)dd.port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     return fd;
 }
 
-/* A counter from /metrics (the line "ragkv_<name> <value>"), or -1. */
-static long long metric(const char *name)
-{
-    int code;
-    char *body;
-    if (ragkv_http_get("127.0.0.1", hport, "/metrics", 5000, &code, &body) != RK_OK)
-        return -1;
-    char pat[128];
-    snprintf(pat, sizeof(pat), "\nragkv_%s ", name);
-    const char *at = strstr(body, pat);
-    long long v = at ? atoll(at + strlen(pat)) : -1;
-    rk_free(body);
-    return v;
-}
-
 Test(abuse, slowloris_many_trickling_connections_are_dropped)
 {
     enum { NSLOW = 40 };
-    long long timeouts0 = metric("connection_timeouts_total");
+    long long timeouts0 = svct_metric(dd.hport, "connection_timeouts_total");
     cr_assert_geq(timeouts0, 0);
     int fds[NSLOW];
     double closed_ms[NSLOW];
@@ -250,7 +213,7 @@ Test(abuse, slowloris_many_trickling_connections_are_dropped)
     cr_expect_lt(worst, 3000, "all %d dropped within ~1 s of the frame timeout (last at %.0f ms)", NSLOW, worst);
     cr_expect(fresh_ok, "a fresh client was served while %d connections trickled", NSLOW);
     cr_log_info("slowloris: %d trickling connections dropped by %.0f ms (frame-timeout 1 s)", NSLOW, worst);
-    cr_expect_geq(metric("connection_timeouts_total") - timeouts0, NSLOW, "counted in /metrics");
+    cr_expect_geq(svct_metric(dd.hport, "connection_timeouts_total") - timeouts0, NSLOW, "counted in /metrics");
     /* every slot came back: MAXCONN fresh connections are all served */
     ragkv_conn *cs[MAXCONN];
     for (int i = 0; i < MAXCONN; i++) {
@@ -259,7 +222,7 @@ Test(abuse, slowloris_many_trickling_connections_are_dropped)
     }
     ragkv_conn *extra = dial(false); /* and one more is refused at once, not left hanging */
     uint64_t t1 = rk_now_ns();
-    expect_closed(extra);
+    svct_expect_closed(extra);
     cr_expect_lt((rk_now_ns() - t1) / 1000000, 1000, "refused at once");
     ragkv_close(extra);
     for (int i = 0; i < MAXCONN; i++)

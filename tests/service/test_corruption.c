@@ -20,6 +20,7 @@
 #include "ragkv/blobstore.h"
 #include "ragkv/chunk_key.h"
 #include "ragkv/client.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 /* Flip a byte 64 bytes past every "RKC1" chunk-blob magic in the files of dir; returns how many. */
@@ -55,17 +56,35 @@ static int corrupt_dir(const char *dir)
     return n;
 }
 
-/* ragkv_store_corrupt_total from the daemon's /metrics (-1 when unreadable). */
-static long long corrupt_total(int hport)
+/* A daemon in dd with tenant acme, one chunk ch[0..n) stored (its key in key), then stopped
+ * cleanly; store gets the RocksDB directory to damage. */
+static void one_chunk_then_stop(svct_daemon *dd, const char *const *extra, const int32_t *ch, uint32_t n,
+                                uint8_t key[32], char *store, size_t len)
 {
-    int code;
-    char *body;
-    if (ragkv_http_get("127.0.0.1", hport, "/metrics", 5000, &code, &body) != RK_OK)
-        return -1;
-    const char *at = strstr(body, "\nragkv_store_corrupt_total ");
-    long long v = at ? atoll(at + strlen("\nragkv_store_corrupt_total ")) : -1;
-    rk_free(body);
-    return v;
+    svct_daemon_up(dd, "ragkvd", extra, "acme", NULL);
+    ragkv_conn *t = svct_dial(dd->port, dd->token[0]);
+    cr_assert_eq(ragkv_put_chunk(t, ch, n, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    ragkv_close(t);
+    cr_assert_eq(rk_test_stop(&dd->proc, SIGTERM, 20000), 0); /* flushed and closed */
+    snprintf(store, len, "%s/var/store", dd->tmp);
+}
+
+/* The damaged chunk is a miss by key, and a prompt that brings its tokens is still answered,
+ * recomputing it: never served damaged. */
+static void expect_miss_then_recomputed(ragkv_conn *t, const uint8_t key[32], const int32_t *ch, uint32_t n)
+{
+    uint8_t *cont;
+    uint32_t len;
+    rk_status st = ragkv_get_kv(t, key, NULL, 0, &cont, &len);
+    cr_expect_eq(st, RK_ERR_NOT_FOUND, "a damaged chunk is a miss, got %s", rk_status_name(st));
+    if (st == RK_OK)
+        rk_free(cont);
+    const int32_t q[] = {403, 407};
+    ragkv_segment seg = {.tokens = ch, .ntokens = n};
+    ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 4};
+    ragkv_gen_stats gs;
+    cr_expect_eq(ragkv_generate(t, &p, NULL, NULL, &gs), RK_OK, "still answered: %s", rk_error_msg());
+    cr_expect_eq(gs.chunk_misses, 1, "recomputed, not served damaged");
 }
 
 Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
@@ -73,29 +92,15 @@ Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], adm[256], tok[256], store[512];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    char store[512];
     const char *extra[] = {"--model", model, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
-    ragkv_conn *a, *t;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    svct_daemon dd;
     int32_t ch[64];
     for (int i = 0; i < 64; i++)
         ch[i] = 5 + i * 3;
     uint8_t key[32];
-    cr_assert_eq(ragkv_put_chunk(t, ch, 64, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
-    ragkv_close(t);
-    cr_assert_eq(rk_test_stop(&d, SIGTERM, 20000), 0); /* flushed and closed */
+    one_chunk_then_stop(&dd, extra, ch, 64, key, store, sizeof(store));
     /* damage it on disk (the RocksDB files and blob files of the store) */
-    snprintf(store, sizeof(store), "%s/var/store", tmp);
     int hits = corrupt_dir(store);
     DIR *sd = opendir(store);
     struct dirent *e;
@@ -109,32 +114,21 @@ Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
     if (sd)
         closedir(sd);
     cr_assert_gt(hits, 0, "found the stored chunk on disk");
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport), "ragkvd starts over damaged data");
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
-    uint8_t *cont;
-    uint32_t len;
-    rk_status st = ragkv_get_kv(t, key, NULL, 0, &cont, &len);
-    cr_expect_eq(st, RK_ERR_NOT_FOUND, "a damaged chunk is a miss, got %s", rk_status_name(st));
-    if (st == RK_OK)
-        rk_free(cont);
+    svct_daemon_start(&dd, "ragkvd", extra); /* it starts over damaged data */
+    ragkv_conn *t = svct_dial(dd.port, dd.token[0]);
     /* (whether RocksDB's own CRCs or ragkv's checksums caught it depends on where the flipped
      * byte landed: a WAL record that fails its CRC is dropped at recovery, chunk and all) */
-    const int32_t q[] = {403, 407};
-    ragkv_segment seg = {.tokens = ch, .ntokens = 64};
-    ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 4};
-    ragkv_gen_stats gs;
-    cr_expect_eq(ragkv_generate(t, &p, NULL, NULL, &gs), RK_OK, "still answered: %s", rk_error_msg());
-    cr_expect_eq(gs.chunk_misses, 1, "recomputed, not served damaged");
+    expect_miss_then_recomputed(t, key, ch, 64);
     /* the miss was cached again, from the tokens the prompt brought */
     int created = -1;
     cr_expect_eq(ragkv_put_chunk(t, ch, 64, key, &created, NULL), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(created, 0, "already cached again by the prompt that missed it");
+    uint8_t *cont;
+    uint32_t len;
     cr_expect_eq(ragkv_get_kv(t, key, NULL, 0, &cont, &len), RK_OK);
     rk_free(cont);
     ragkv_close(t);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd);
 }
 
 /* Scan callback: remember every chunk value (key and bytes) to rewrite it damaged. */
@@ -163,29 +157,15 @@ Test(corruption, blob_rewritten_behind_ragkvs_back_is_counted_never_served, .tim
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], adm[256], tok[256], store[512];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    char store[512];
     const char *extra[] = {"--model", model, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
-    ragkv_conn *a, *t;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    svct_daemon dd;
     int32_t ch[48];
     for (int i = 0; i < 48; i++)
         ch[i] = 11 + i * 9;
     uint8_t key[32];
-    cr_assert_eq(ragkv_put_chunk(t, ch, 48, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
-    ragkv_close(t);
-    cr_assert_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
+    one_chunk_then_stop(&dd, extra, ch, 48, key, store, sizeof(store));
     /* rewrite the chunk's value through RocksDB itself (valid CRCs), one byte of its KV flipped */
-    snprintf(store, sizeof(store), "%s/var/store", tmp);
     cc_blobstore bs;
     cr_assert_eq(cc_blobstore_rocksdb_open(store, NULL, &bs), RK_OK, "%s", rk_error_msg());
     kv_list l = {0};
@@ -197,27 +177,14 @@ Test(corruption, blob_rewritten_behind_ragkvs_back_is_counted_never_served, .tim
     cc_blobstore_close(&bs);
     free(l.k[0]);
     free(l.v[0]);
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
-    long long c0 = corrupt_total(hport);
-    uint8_t *cont;
-    uint32_t len;
-    rk_status st = ragkv_get_kv(t, key, NULL, 0, &cont, &len);
-    cr_expect_eq(st, RK_ERR_NOT_FOUND, "a damaged blob is a miss, got %s", rk_status_name(st));
-    if (st == RK_OK)
-        rk_free(cont);
-    long long c1 = corrupt_total(hport);
+    svct_daemon_start(&dd, "ragkvd", extra);
+    ragkv_conn *t = svct_dial(dd.port, dd.token[0]);
+    long long c0 = svct_metric(dd.hport, "store_corrupt_total");
+    expect_miss_then_recomputed(t, key, ch, 48);
+    long long c1 = svct_metric(dd.hport, "store_corrupt_total");
     cr_expect_eq(c1 - c0, 1, "counted once in /metrics (%lld -> %lld)", c0, c1);
-    const int32_t q[] = {403, 407};
-    ragkv_segment seg = {.tokens = ch, .ntokens = 48};
-    ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 2};
-    ragkv_gen_stats gs;
-    cr_expect_eq(ragkv_generate(t, &p, NULL, NULL, &gs), RK_OK, "still answered: %s", rk_error_msg());
-    cr_expect_eq(gs.chunk_misses, 1, "recomputed, not served damaged");
     ragkv_close(t);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd);
 }
 
 Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
@@ -231,20 +198,11 @@ Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
         cr_skip_test("skipped: no test Redis (RAGKV_TEST_REDIS; scripts/test.sh starts one)");
     snprintf(redis, sizeof(redis), "%s:%d", host, rport);
     snprintf(prefix, sizeof(prefix), "rkcor%d:", (int)getpid());
-    char tmp[256], adm[256], tok[256];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, "--redis", redis, "--redis-prefix", prefix, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
-    ragkv_conn *a, *t;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    const char *tok = dd.token[0];
+    ragkv_conn *t = svct_dial(dd.port, tok);
     int32_t ch[40], ch2[40];
     for (int i = 0; i < 40; i++) {
         ch[i] = 7 + i * 5;
@@ -258,7 +216,7 @@ Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
     cr_assert_eq(ragkv_put_chunk(t, ch2, 40, key2, NULL, NULL), RK_OK);
     cr_assert_eq(ragkv_get_kv(t, key2, NULL, 0, &cont, &len), RK_OK);
     cr_assert_eq(ragkv_delete(t, key2), RK_OK);
-    long long c0 = corrupt_total(hport);
+    long long c0 = svct_metric(dd.hport, "store_corrupt_total");
     cr_assert_geq(c0, 0);
 
     /* flip one byte of the record in Redis, behind ragkvd's back */
@@ -283,11 +241,10 @@ Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
     redisFree(rc);
     /* the RAM tier still holds the verified chunk; a restart empties it, so reads need the record */
     ragkv_close(t);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
-    c0 = corrupt_total(hport);
+    cr_expect_eq(rk_test_stop(&dd.proc, SIGTERM, 20000), 0);
+    svct_daemon_start(&dd, "ragkvd", extra);
+    t = svct_dial(dd.port, tok);
+    c0 = svct_metric(dd.hport, "store_corrupt_total");
     uint8_t *got;
     uint32_t glen;
     rk_status st = ragkv_get_kv(t, key, NULL, 0, &got, &glen);
@@ -297,7 +254,7 @@ Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
     uint8_t present = 9;
     cr_expect_eq(ragkv_lookup(t, key, 1, &present), RK_OK);
     cr_expect_eq(present, 0);
-    cr_expect_geq(corrupt_total(hport) - c0, 1, "counted in /metrics");
+    cr_expect_geq(svct_metric(dd.hport, "store_corrupt_total") - c0, 1, "counted in /metrics");
     const int32_t q[] = {403, 407};
     ragkv_segment seg = {.tokens = ch, .ntokens = 40};
     ragkv_gen_params p = {.segs = &seg, .nsegs = 1, .query = q, .nquery = 2, .blend = 3, .recompute = 0.15f, .max_tokens = 2};
@@ -317,12 +274,12 @@ Test(corruption, flipped_redis_record_and_damaged_wire_container, .timeout = 90)
             cr_log_error("PUT_KV accepted a container flipped at byte %u of %u", off, len);
     }
     cr_expect_eq(refused, tried, "damaged containers refused (%d of %d)", refused, tried);
+    cr_log_info("wire: %d of %d containers with one flipped byte refused", refused, tried);
     cr_expect_eq(ragkv_lookup(t, key2, 1, &present), RK_OK);
     cr_expect_eq(present, 0, "nothing damaged was stored");
     uint8_t kk[32];
     cr_expect_eq(ragkv_put_kv(t, ch2, 40, cont, len, kk, NULL), RK_OK, "the intact container is accepted: %s", rk_error_msg());
     rk_free(cont);
     ragkv_close(t);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd);
 }

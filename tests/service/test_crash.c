@@ -20,6 +20,7 @@
 #include "ragkv/client.h"
 #include "ragkv/codec.h"
 #include "ragkv/hash.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 #define MAX_ROUNDS 200
@@ -31,25 +32,28 @@ static void chunk_tokens(int32_t *t, int n, int id)
         t[i] = 3 + (id * 131 + i * 17) % 500;
 }
 
+/* HELLO: the served model's id (part of every chunk key). */
+static ragkv_server_info server_info(int port)
+{
+    ragkv_server_info info;
+    ragkv_conn *c = svct_dial(port, NULL);
+    cr_assert_eq(ragkv_hello(c, &info), RK_OK);
+    ragkv_close(c);
+    return info;
+}
+
 Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
 {
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], adm[256], tok[256];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
-    ragkv_conn *a;
-    ragkv_server_info info;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_hello(a, &info), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    const char *tok = dd.token[0], *adm = dd.adm, *tmp = dd.tmp;
+    rk_test_proc d = dd.proc;
+    int port = dd.port, hport;
+    ragkv_server_info info = server_info(port);
 
     const char *env = getenv("RAGKV_CRASH_ROUNDS");
     int rounds = env && atoi(env) > 0 ? atoi(env) : 10;
@@ -95,8 +99,7 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
     }
     /* verify */
     ragkv_conn *c;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
-    cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+    c = svct_dial(port, tok);
     int present_total = 0, acked_total = 0;
     for (int i = 0; i < sent; i++) {
         uint8_t present = 0;
@@ -117,8 +120,7 @@ Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
     }
     ragkv_close(c);
     ragkv_conn *ad;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &ad), RK_OK);
-    cr_assert_eq(ragkv_auth(ad, adm, NULL, 0), RK_OK);
+    ad = svct_dial(port, adm);
     uint64_t chunks = 0;
     cr_assert_eq(ragkv_admin_quota_get(ad, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
     cr_expect_eq((int)chunks, present_total, "usage counts exactly the chunks present");
@@ -145,20 +147,14 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
         {"put_before_ack", true},     /* the reply was about to be queued */
     };
     enum { NC = sizeof(cases) / sizeof(cases[0]), NTH = 3, NTOK = 24 };
-    char tmp[256], adm[256], tok[256];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     const char *extra[] = {"--model", model, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start_bin("ragkvd-crashpoints", tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd-crashpoints", extra, "acme", NULL);
+    const char *tok = dd.token[0], *adm = dd.adm, *tmp = dd.tmp;
+    rk_test_proc d = dd.proc;
+    int port = dd.port, hport;
+    ragkv_server_info info = server_info(port);
     ragkv_conn *a;
-    ragkv_server_info info;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_hello(a, &info), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK);
-    ragkv_close(a);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
 
     uint8_t keys[NC][NTH][32];
@@ -200,8 +196,7 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
     /* restart (no crash point) and check what each point left behind */
     cr_assert(rk_test_daemon_start_bin("ragkvd-crashpoints", tmp, extra, &d, &port, &hport));
     ragkv_conn *c;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &c), RK_OK);
-    cr_assert_eq(ragkv_auth(c, tok, NULL, 0), RK_OK);
+    c = svct_dial(port, tok);
     int present_total = 0;
     for (int ci = 0; ci < NC; ci++)
         for (int i = 0; i < NTH; i++) {
@@ -233,8 +228,7 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
             present_total++;
     }
     ragkv_close(c);
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 20000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    a = svct_dial(port, adm);
     uint64_t chunks = 0;
     cr_assert_eq(ragkv_admin_quota_get(a, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
     cr_expect_eq((int)chunks, present_total, "usage is exact after the crashes");

@@ -20,16 +20,8 @@
 #include "ragkv/bytes.h"
 #include "ragkv/client.h"
 #include "ragkv/clock.h"
+#include "svc_testlib.h"
 #include "testutil.h"
-
-static ragkv_conn *dial_as(int port, const char *token)
-{
-    ragkv_conn *c;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &c), RK_OK);
-    if (token)
-        cr_assert_eq(ragkv_auth(c, token, NULL, 0), RK_OK, "%s", rk_error_msg());
-    return c;
-}
 
 static void chunk_tokens(int32_t *t, int n, int seed)
 {
@@ -137,20 +129,14 @@ static void t_isolation(const char *redis)
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], adm[256], ta[256], tb[256], prefix[64];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    char prefix[64];
     snprintf(prefix, sizeof(prefix), "rkiso%d:", (int)getpid());
     const char *extra[] = {"--model", model, redis ? "--redis" : NULL, redis, "--redis-prefix", prefix, NULL};
     const char *meta = redis ? "redis" : "embedded";
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
-    ragkv_conn *a = dial_as(port, adm);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, ta, sizeof(ta)), RK_OK);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "globex", 0, 0, 0, tb, sizeof(tb)), RK_OK);
-    ragkv_close(a);
-    ragkv_conn *ca = dial_as(port, ta), *cb = dial_as(port, tb);
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", "globex", NULL);
+    const char *ta = dd.token[0], *tb = dd.token[1];
+    ragkv_conn *ca = svct_dial(dd.port, ta), *cb = svct_dial(dd.port, tb);
     int32_t ch[32];
     chunk_tokens(ch, 32, 11);
     uint8_t key[32], absent[32];
@@ -224,18 +210,17 @@ static void t_isolation(const char *redis)
         if (phase == 0) {
             ragkv_close(ca);
             ragkv_close(cb);
-            cr_assert_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-            cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-            ca = dial_as(port, ta);
-            cb = dial_as(port, tb);
+            cr_assert_eq(rk_test_stop(&dd.proc, SIGTERM, 20000), 0);
+            svct_daemon_start(&dd, "ragkvd", extra);
+            ca = svct_dial(dd.port, ta);
+            cb = svct_dial(dd.port, tb);
         }
     }
     cr_expect_eq(ragkv_get_kv(ca, key, NULL, 0, &cont, &len), RK_OK, "A still reads its chunk");
     rk_free(cont);
     ragkv_close(ca);
     ragkv_close(cb);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd);
 }
 
 Test(isolation, tenants_cannot_see_each_other, .timeout = 180) { t_isolation(NULL); }
@@ -319,18 +304,17 @@ Test(isolation, tenant_at_quota_is_unaffected_by_a_flooding_neighbour, .timeout 
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], adm[256], ta[256], tb[256], rate[16];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    char rate[16];
     snprintf(rate, sizeof(rate), "%d", RATE);
     const char *extra[] = {"--model", model, "--tenant-rate", rate, "--tenant-burst", rate, NULL};
-    rk_test_proc d;
-    int port, hport;
-    cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
-    cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
-    ragkv_conn *a = dial_as(port, adm);
-    cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 2, 0, ta, sizeof(ta)), RK_OK, "acme: 2 chunks, reject");
-    cr_assert_eq(ragkv_admin_tenant_create(a, "globex", 0, 1, 0, tb, sizeof(tb)), RK_OK);
-    ragkv_conn *ca = dial_as(port, ta);
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", "globex", NULL);
+    const char *tb = dd.token[1];
+    int port = dd.port;
+    ragkv_conn *a = svct_dial(port, dd.adm);
+    cr_assert_eq(ragkv_admin_quota_set(a, "acme", 0, 2, 0), RK_OK, "acme: 2 chunks, reject");
+    cr_assert_eq(ragkv_admin_quota_set(a, "globex", 0, 1, 0), RK_OK);
+    ragkv_conn *ca = svct_dial(port, dd.token[0]);
     uint8_t keys[2][32], k3[32];
     int32_t ch[3][16];
     for (int i = 0; i < 3; i++)
@@ -374,7 +358,7 @@ Test(isolation, tenant_at_quota_is_unaffected_by_a_flooding_neighbour, .timeout 
     cr_expect(f.busy_msg_ok, "RK_ERR_BUSY answers name the rate limit");
     /* globex's quota is its own: one chunk, then RK_ERR_QUOTA (after its bucket refills) */
     pause_ms(1100);
-    ragkv_conn *cb = dial_as(port, tb);
+    ragkv_conn *cb = svct_dial(port, tb);
     uint8_t kb[32];
     cr_expect_eq(ragkv_put_chunk(cb, ch[0], 16, kb, NULL, NULL), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(ragkv_put_chunk(cb, ch[1], 16, kb, NULL, NULL), RK_ERR_QUOTA);
@@ -384,6 +368,5 @@ Test(isolation, tenant_at_quota_is_unaffected_by_a_flooding_neighbour, .timeout 
     ragkv_close(cb);
     ragkv_close(ca);
     ragkv_close(a);
-    cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
-    rk_test_rmrf(tmp);
+    svct_daemon_down(&dd);
 }

@@ -8,6 +8,7 @@
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
 #include "ragkv/proto.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 static char tmp[256];
@@ -39,17 +40,6 @@ static ragkv_conn *dial(void)
     ragkv_conn *c;
     cr_assert_eq(ragkv_connect("127.0.0.1", port, 5000, &c), RK_OK, "%s", rk_error_msg());
     return c;
-}
-
-/* Expect the server to close the connection (after any frames it still sends). */
-static void expect_closed(ragkv_conn *c)
-{
-    rk_proto_hdr h;
-    uint8_t *p;
-    rk_status st;
-    while ((st = ragkv_recv_frame(c, &h, &p)) == RK_OK)
-        rk_free(p);
-    cr_expect_eq(st, RK_ERR_UNAVAILABLE, "connection closed by the server, got %s", rk_status_name(st));
 }
 
 Test(protocol, hello_ping_and_auth_gate)
@@ -119,7 +109,7 @@ Test(protocol, garbage_gets_an_error_then_close)
     cr_assert_eq(ragkv_recv_frame(c, &h, &p), RK_OK);
     cr_expect_eq(h.status, RK_ERR_PROTOCOL);
     rk_free(p);
-    expect_closed(c);
+    svct_expect_closed(c);
     ragkv_close(c);
 }
 
@@ -136,7 +126,7 @@ Test(protocol, oversized_frame_before_auth_is_refused)
     cr_expect_eq(h.status, RK_ERR_LIMIT);
     cr_expect_eq(h.request_id, 5, "the error names the request");
     rk_free(p);
-    expect_closed(c);
+    svct_expect_closed(c);
     ragkv_close(c);
 }
 
@@ -148,7 +138,7 @@ Test(protocol, slow_sender_is_dropped_while_others_are_served)
     ragkv_conn *fresh = dial();
     cr_expect_eq(ragkv_ping(fresh), RK_OK, "a fresh client is served meanwhile");
     /* frame-timeout is 1 s: the server closes the slow connection (the recv deadline is 5 s) */
-    expect_closed(slow);
+    svct_expect_closed(slow);
     cr_expect_eq(ragkv_ping(fresh), RK_OK);
     ragkv_close(slow);
     ragkv_close(fresh);
@@ -162,7 +152,7 @@ Test(protocol, connection_limit_refuses_at_once)
         cr_assert_eq(ragkv_ping(c[i]), RK_OK, "connection %d", i);
     }
     ragkv_conn *extra = dial(); /* the kernel accepts; ragkvd closes it at once */
-    expect_closed(extra);
+    svct_expect_closed(extra);
     ragkv_close(extra);
     ragkv_close(c[0]);
     /* once a slot frees up, new connections are served again */

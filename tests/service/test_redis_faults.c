@@ -26,6 +26,7 @@
 #include "ragkv/client.h"
 #include "ragkv/clock.h"
 #include "ragkv/hash.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 /* redis-server on port (a replica of replicaof_port unless 0); skips the test without one. */
@@ -57,12 +58,10 @@ Test(redis_faults, redis_down_and_back_without_its_data, .timeout = 120)
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport));
     cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)), "no admin token in %s/var", tmp);
     ragkv_conn *a, *t;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    a = svct_dial(port, adm);
     cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, tok, sizeof(tok)), RK_OK, "%s", rk_error_msg());
     ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &t), RK_OK);
-    cr_assert_eq(ragkv_auth(t, tok, NULL, 0), RK_OK);
+    t = svct_dial(port, tok);
     int32_t ch[32];
     for (int i = 0; i < 32; i++)
         ch[i] = 20 + i * 11;
@@ -262,13 +261,11 @@ static void fixture_up(fixture *f, const char *model)
     fixture_start_daemon(f, model, f->rport);
     cr_assert(rk_test_admin_token(f->tmp, f->adm, sizeof(f->adm)));
     ragkv_conn *a;
-    cr_assert_eq(ragkv_connect("127.0.0.1", f->port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f->adm, NULL, 0), RK_OK);
+    a = svct_dial(f->port, f->adm);
     cr_assert_eq(ragkv_admin_tenant_create(a, "acme", 0, 0, 0, f->ta, sizeof(f->ta)), RK_OK, "%s", rk_error_msg());
     cr_assert_eq(ragkv_admin_tenant_create(a, "globex", 0, 0, 0, f->tb, sizeof(f->tb)), RK_OK, "%s", rk_error_msg());
     ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", f->port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f->ta, NULL, 0), RK_OK);
+    a = svct_dial(f->port, f->ta);
     for (int i = 0; i < 32; i++)
         f->toks[i] = 30 + i * 13;
     cr_assert_eq(ragkv_put_chunk(a, f->toks, 32, f->key, NULL, NULL), RK_OK, "%s", rk_error_msg());
@@ -349,8 +346,7 @@ Test(redis_faults, client_pause_and_maxmemory_under_load, .timeout = 180)
     cr_assert(redis_cmd(f.rport, rep, sizeof(rep), "CONFIG SET maxmemory 1"));
     load_start(&l, &f, &th);
     ragkv_conn *a;
-    cr_assert_eq(ragkv_connect("127.0.0.1", f.port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f.ta, NULL, 0), RK_OK);
+    a = svct_dial(f.port, f.ta);
     int32_t t2[32];
     for (int i = 0; i < 32; i++)
         t2[i] = 41 + i * 7;
@@ -373,8 +369,7 @@ Test(redis_faults, client_pause_and_maxmemory_under_load, .timeout = 180)
         st = ragkv_put_chunk(a, t2, 32, k2, NULL, NULL);
     cr_expect_eq(st, RK_OK, "writes work again: %s", rk_error_msg());
     ragkv_close(a);
-    cr_assert_eq(ragkv_connect("127.0.0.1", f.port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f.adm, NULL, 0), RK_OK);
+    a = svct_dial(f.port, f.adm);
     uint64_t chunks = 0;
     cr_assert_eq(ragkv_admin_quota_get(a, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
     cr_expect_geq(chunks, 2, "usage: the first chunk, the retried one, and the load's prompt chunk");
@@ -403,8 +398,7 @@ Test(redis_faults, failover_to_a_replica, .timeout = 180)
     pthread_t th;
     load_start(&l, &f, &th);
     ragkv_conn *a;
-    cr_assert_eq(ragkv_connect("127.0.0.1", f.port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f.ta, NULL, 0), RK_OK);
+    a = svct_dial(f.port, f.ta);
     enum { N = 6 };
     uint8_t keys[N][32];
     uint64_t sums[N];
@@ -441,8 +435,7 @@ Test(redis_faults, failover_to_a_replica, .timeout = 180)
     cr_log_info("failover: load ran %.0f ms against the dead primary; ragkvd restarted on the promoted replica "
                 "served the chunk %.0f ms after its start", down, since);
     load_start(&l, &f, &th);
-    cr_assert_eq(ragkv_connect("127.0.0.1", f.port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f.ta, NULL, 0), RK_OK);
+    a = svct_dial(f.port, f.ta);
     for (int i = 0; i < N; i++) {
         uint8_t *cont;
         uint32_t len;
@@ -452,8 +445,7 @@ Test(redis_faults, failover_to_a_replica, .timeout = 180)
     }
     ragkv_close(a);
     load_stop(&l, th, "after failover");
-    cr_assert_eq(ragkv_connect("127.0.0.1", f.port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, f.adm, NULL, 0), RK_OK);
+    a = svct_dial(f.port, f.adm);
     uint64_t chunks = 0;
     cr_assert_eq(ragkv_admin_quota_get(a, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
     cr_expect_geq(chunks, N + 1, "usage after failover counts every chunk (%llu)", (unsigned long long)chunks);

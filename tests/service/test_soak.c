@@ -21,6 +21,7 @@
 #include "ragkv/client.h"
 #include "ragkv/clock.h"
 #include "ragkv/hash.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 #define NCHUNK 16  /* chunks per tenant */
@@ -194,8 +195,7 @@ Test(soak, mixed_load_with_a_redis_kill_and_a_restart, .timeout = 3600)
     atomic_store(&cur_port, port);
     cr_assert(rk_test_admin_token(tmp, adm, sizeof(adm)));
     ragkv_conn *a;
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    a = svct_dial(port, adm);
     for (int t = 0; t < 2; t++) {
         snprintf(tn[t].name, sizeof(tn[t].name), t ? "globex" : "acme");
         cr_assert_eq(ragkv_admin_tenant_create(a, tn[t].name, 0, 0, 0, tn[t].token, sizeof(tn[t].token)), RK_OK);
@@ -268,8 +268,7 @@ Test(soak, mixed_load_with_a_redis_kill_and_a_restart, .timeout = 3600)
         }
         ragkv_close(c);
     }
-    cr_assert_eq(ragkv_connect("127.0.0.1", port, 30000, &a), RK_OK);
-    cr_assert_eq(ragkv_auth(a, adm, NULL, 0), RK_OK);
+    a = svct_dial(port, adm);
     for (int t = 0; t < 2; t++) {
         uint64_t chunks = 0;
         cr_assert_eq(ragkv_admin_quota_get(a, tn[t].name, NULL, NULL, NULL, NULL, &chunks), RK_OK);
