@@ -444,7 +444,8 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
         else {
             if (g->kind == SVC_JOB_PUT || g->kind == SVC_JOB_PUT_KV)
                 RK_CRASHPOINT("put_before_ack"); /* stored; the client never hears of it */
-            gen_send_final(c, g, toks ? toks : g->out + g->nsent, n);
+            /* (g->out is NULL for jobs without tokens: no arithmetic on it) */
+            gen_send_final(c, g, toks ? toks : g->out ? g->out + g->nsent : NULL, n);
         }
     }
     rk_free(toks);
