@@ -77,6 +77,11 @@ if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
   # benchmarks register themselves in scripts/gpu-bench.d/*.sh; each writes into $OUT
   for b in scripts/gpu-bench.d/*.sh; do
     [ -f "$b" ] || continue
+    # GPU_CHECK_BENCHES: space-separated name prefixes to run (default: all)
+    if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
+      keep=0; for p in $GPU_CHECK_BENCHES; do case "$(basename "$b")" in "$p"*) keep=1 ;; esac; done
+      [ $keep = 1 ] || continue
+    fi
     log "benchmark $(basename "$b")"
     BUILD="$build" OUT="$out" bash "$b" 2>&1 | tee -a "$out/bench.log" || { log "benchmark $b failed"; rc=1; }
   done

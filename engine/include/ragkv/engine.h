@@ -158,8 +158,17 @@ const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" (static storage
  * at construction. *out owned by the caller (eng_backend_free); the model must outlive it. */
 rk_status eng_backend_cpu_new(eng_model *m, int nthreads, eng_backend **out);
 
-/* CUDA backend (issue 3). RK_ERR_UNSUPPORTED in builds without CUDA. */
+/* CUDA backend on device `device`. Storage and arithmetic follow RAGKV_CUDA_MATH:
+ *   auto (unset): bf16 for bf16/f16 checkpoints, fp32 for fp32 ones;
+ *   fp32: float32 weights and KV, attention by cuBLAS (the exact twin of the CPU backend);
+ *   tf32: as fp32 with TF32 tensor-core matrix products;
+ *   bf16: bfloat16 weights and KV with fp32 accumulation, fused attention kernels.
+ * An unknown value is RK_ERR_INVALID. RK_ERR_UNSUPPORTED in builds without CUDA,
+ * RK_ERR_UNAVAILABLE without a device. */
 rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out);
+
+/* The mode a CUDA backend runs in: "fp32", "tf32" or "bf16" ("" for other backends). */
+const char *eng_backend_cuda_mode(const eng_backend *be);
 
 /* Backend by name: "cpu" or "cuda" (nthreads is the CPU thread count or the CUDA device). */
 rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out);
