@@ -115,8 +115,9 @@ typedef struct eng_model_info {
     uint64_t n_params;        /* number of weights */
 } eng_model_info;
 
-/* Open a model: a llama2.c .bin file, or a Hugging Face folder (config.json plus
- * model.safetensors or model.safetensors.index.json with its shards). Weights are mapped
+/* Open a model: a llama2.c .bin file, a Hugging Face folder (config.json plus
+ * model.safetensors or model.safetensors.index.json with its shards), or "synth:SHAPE[:SEED]"
+ * for eng_model_synth's seeded weights (seed 1 by default; benchmarks at real shapes). Weights are mapped
  * read-only, never copied when usable in place. Bad, truncated or inconsistent files give
  * RK_ERR_FORMAT / RK_ERR_TRUNCATED / RK_ERR_UNSUPPORTED with the reason in rk_error_msg().
  * *out owned by the caller; close with eng_model_close after every backend using it. */
