@@ -13,6 +13,7 @@ The wire format is specified in docs/protocol.md; this module follows that docum
 Every call raises RagkvError(status, name, message) when the server answers with an error.
 """
 
+import hashlib
 import socket
 import struct
 
@@ -30,7 +31,7 @@ OPS = {
     "TENANT_CREATE": 0x0100, "TENANT_DELETE": 0x0101, "TENANT_LIST": 0x0102,
     "TOKEN_ROTATE": 0x0103, "QUOTA_SET": 0x0104, "QUOTA_GET": 0x0105, "NS_GRANT": 0x0106,
     "NS_REVOKE": 0x0107, "EVICT": 0x0108, "FLUSH": 0x0109, "INSPECT": 0x010A,
-    "CONFIG_GET": 0x010B, "SHUTDOWN": 0x010C,
+    "CONFIG_GET": 0x010B, "SHUTDOWN": 0x010C, "CLUSTER_NODES": 0x0030,
 }
 
 STATUS = {
@@ -196,6 +197,13 @@ class Client:
     def delete(self, key, namespace=""):
         self.call(OPS["DELETE"], p_str(namespace) + bytes(key))
 
+    def cluster_nodes(self):
+        """The live nodes ({"id", "addr"}) and the replication factor; no nodes and
+        replicas 0 from a server that is not in a cluster."""
+        r = self.call(OPS["CLUSTER_NODES"])
+        replicas, n = r.u32(), r.u32()
+        return {"replicas": replicas, "nodes": [{"id": r.str(), "addr": r.str()} for _ in range(n)]}
+
     def stats(self):
         r = self.call(OPS["STATS"])
         return {k: r.u64() for k in ("chunks", "bytes", "hits", "misses", "quota_bytes", "quota_chunks")}
@@ -246,3 +254,18 @@ class Client:
 
     def token_rotate(self, tenant):
         return self.call(OPS["TOKEN_ROTATE"], p_str(tenant)).str()
+
+
+# ---- cluster routing (docs/deployment.md) ----
+
+def node_score(node_id, key):
+    """Rendezvous score of a node for a chunk key: the first 8 bytes, little-endian, of
+    BLAKE2b-128(node id || 0x00 || key) — the same function ragkvd places chunks with."""
+    d = hashlib.blake2b(node_id.encode("utf-8") + b"\x00" + bytes(key), digest_size=16).digest()
+    return struct.unpack("<Q", d[:8])[0]
+
+
+def rank_nodes(nodes, key):
+    """nodes (from Client.cluster_nodes) sorted by score for key, highest first: the first
+    `replicas` of them own the chunk, and a request sent to nodes[0] needs no peer hop."""
+    return sorted(nodes, key=lambda n: (-node_score(n["id"], key), n["id"]))
