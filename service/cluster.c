@@ -489,33 +489,86 @@ static rk_status peer_get(svc_cluster *cl, const ragkv_node *nd, const char *ten
     return s;
 }
 
+/* Does this node's blob store hold key's blob (the version the shared metadata names)?
+ * rec gets the record. Asked before a local read because cc_store_get repairs metadata whose
+ * blob is missing, and in a cluster "missing here" may only mean "held by another owner". */
+static bool local_has(cc_store *st, const cc_key *key, cc_record *rec)
+{
+    rk_status rs = RK_ERR_NOT_FOUND;
+    if (cc_metastore_get(cc_store_metastore(st), key, 1, rec, &rs) != RK_OK || rs != RK_OK)
+        return false;
+    uint8_t bk[CC_KEY_BYTES + 8];
+    memcpy(bk, key->b, CC_KEY_BYTES);
+    rk_put_le64(bk + CC_KEY_BYTES, rec->csum);
+    cc_buf *b = NULL;
+    if (cc_blobstore_get(cc_store_blobstore(st), CC_SPACE_CHUNKS, bk, sizeof(bk), &b) != RK_OK)
+        return false;
+    cc_buf_release(b);
+    return true;
+}
+
+/* Read repair: an owner that lacked a chunk another owner served keeps a copy (the same
+ * bytes, so the store's duplicate put keeps it beside the existing metadata). */
+static void keep_copy(cc_store *st, const cc_record *meta, const cc_buf *blob)
+{
+    int32_t *tokens = NULL;
+    uint32_t n = 0;
+    const uint8_t *cont;
+    size_t clen;
+    if (svc_chunk_unwrap(blob->data, blob->len, &tokens, &n, &cont, &clen) != RK_OK)
+        return;
+    cc_put_args a = {.model = meta->model, .tokens = tokens, .ntokens = n, .codec = meta->codec,
+                     .level = meta->level, .blob = blob->data, .blob_len = blob->len, .cost = meta->cost};
+    cc_key k;
+    if (cc_store_put(st, meta->ns, &a, &k) != RK_OK)
+        RK_WARN("keeping a copy of a chunk fetched from another owner: %s", rk_error_msg());
+    rk_free(tokens);
+}
+
 rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, const cc_key *key, cc_buf **blob,
                           cc_record *rec)
 {
     if (!cl)
         return cc_store_get(st, tenant, key, blob, rec);
     ragkv_node own[MAX_OWNERS];
-    size_t n = owners_of(cl, key, own);
-    for (size_t i = 0; i < n; i++)
+    size_t n = owners_of(cl, key, own), others = 0;
+    bool owner = n == 0; /* not registered yet: everything is local */
+    for (size_t i = 0; i < n; i++) {
         if (is_self(cl, &own[i]))
-            n = 0; /* an owner answers from its own store */
-    if (n == 0)
-        return cc_store_get(st, tenant, key, blob, rec);
+            owner = true;
+        else
+            own[others++] = own[i];
+    }
+    cc_record meta;
+    cc_record_init(&meta);
+    bool here = local_has(st, key, &meta);
+    if (here || others == 0) {
+        cc_record_clear(&meta);
+        return cc_store_get(st, tenant, key, blob, rec); /* a miss here repairs the metadata */
+    }
     cc_record tmp;
     cc_record_init(&tmp);
     rk_status s = RK_ERR_UNAVAILABLE;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < others; i++) {
         bool transport = false;
         s = peer_get(cl, &own[i], tenant, key, blob, rec ? rec : &tmp, &transport);
-        if (s == RK_OK)
+        if (s == RK_OK) {
             svc_metric_add(km.gets, 1);
-        if (!transport)
+            if (owner && meta.ns[0])
+                keep_copy(st, &meta, *blob);
+        }
+        if (!transport) {
+            cc_record_clear(&meta);
             return s; /* the chunk, or the owner's authoritative answer (not found, denied) */
+        }
         svc_metric_add(km.get_errors, 1);
         RK_WARN("%s; trying the next owner", rk_error_msg());
         mark_down(cl, own[i].id);
     }
-    return rk_error_set(RK_ERR_UNAVAILABLE, "no owner of the chunk is reachable (%zu tried)", n);
+    cc_record_clear(&meta);
+    if (owner) /* the other owners are gone: the local answer (a repaired miss) */
+        return cc_store_get(st, tenant, key, blob, rec);
+    return rk_error_set(RK_ERR_UNAVAILABLE, "no owner of the chunk is reachable (%zu tried)", others);
 }
 
 /* PEER_PUT of a's blob to one owner. */
