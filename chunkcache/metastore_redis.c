@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include "metastore_redis_lua.h"
 #include "redis_private.h"
 #include "ragkv/alloc.h"
+#include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/metastore.h"
 #include "ragkv/redis_sentinel.h"
@@ -46,6 +48,7 @@ typedef struct redis_ms {
     cc_redis_opts o;           /* timeouts, retries, limits */
     char sha[S_COUNT][41];     /* SCRIPT LOAD digests ("" until loaded) */
     bool known_intact;         /* marker seen since the last clear/open */
+    _Atomic uint64_t wait_skip_until; /* after a WAIT shortfall: no WAIT before this (ms, monotonic) */
     bool lost;                 /* Redis came back without our data: every command but the
                                   rebuild's (clear/intact/mark_intact) fails until clear() */
 } redis_ms;
@@ -460,7 +463,7 @@ static rk_status r_readable(void *ctx, const char *tenant, const char *ns, bool 
  * logged, not failed: the chunk is committed on the primary either way. */
 static void wait_replicas(redis_ms *r)
 {
-    if (r->o.wait_replicas <= 0)
+    if (r->o.wait_replicas <= 0 || rk_now_ns() / 1000000 < atomic_load(&r->wait_skip_until))
         return;
     char n[16], ms[16];
     snprintf(n, sizeof(n), "%d", r->o.wait_replicas);
@@ -472,9 +475,13 @@ static void wait_replicas(redis_ms *r)
         RK_WARN("redis WAIT failed: %s", rk_error_msg());
         return;
     }
-    if (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->o.wait_replicas)
-        RK_WARN("redis WAIT: %lld of %d replicas acknowledged within %s ms",
+    if (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->o.wait_replicas) {
+        /* too few replicas (one died, or none is left after a failover): waiting on every
+         * insert would only add the timeout to each; replicate asynchronously for a while */
+        RK_WARN("redis WAIT: %lld of %d replicas acknowledged within %s ms; not waiting for 10 s",
                 rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->o.wait_replicas, ms);
+        atomic_store(&r->wait_skip_until, rk_now_ns() / 1000000 + 10000);
+    }
     freeReplyObject(rep);
 }
 

@@ -351,7 +351,7 @@ void svc_cluster_nodes_reply(svc_cluster *cl, rk_buf *out)
 
 /* The owners of key: live nodes not marked down, ranked; at most replicas of them into own.
  * 0 when the listing is empty (not registered yet: serve locally). */
-static size_t owners_of(svc_cluster *cl, const cc_key *key, ragkv_node *own)
+static size_t owners_of(svc_cluster *cl, const cc_key *key, ragkv_node *own, size_t limit)
 {
     uint64_t now = rk_now_ns();
     ragkv_node *all = NULL;
@@ -369,8 +369,8 @@ static size_t owners_of(svc_cluster *cl, const cc_key *key, ragkv_node *own)
         }
     pthread_mutex_unlock(&cl->mu);
     ragkv_rank_nodes(all, n, key->b);
-    if (n > (size_t)cl->replicas)
-        n = (size_t)cl->replicas;
+    if (n > limit)
+        n = limit;
     if (n)
         memcpy(own, all, n * sizeof(*own));
     rk_free(all);
@@ -530,12 +530,14 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
 {
     if (!cl)
         return cc_store_get(st, tenant, key, blob, rec);
-    ragkv_node own[MAX_OWNERS];
-    size_t n = owners_of(cl, key, own), others = 0;
+    /* the owners, then as many nodes again in rank order: after a join or a leave the
+     * chunk is usually one rank away from where it was put */
+    ragkv_node own[2 * MAX_OWNERS];
+    size_t n = owners_of(cl, key, own, 2 * (size_t)cl->replicas), others = 0;
     bool owner = n == 0; /* not registered yet: everything is local */
     for (size_t i = 0; i < n; i++) {
         if (is_self(cl, &own[i]))
-            owner = true;
+            owner = owner || i < (size_t)cl->replicas;
         else
             own[others++] = own[i];
     }
@@ -549,6 +551,7 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
     cc_record tmp;
     cc_record_init(&tmp);
     rk_status s = RK_ERR_UNAVAILABLE;
+    size_t unreachable = 0;
     for (size_t i = 0; i < others; i++) {
         bool transport = false;
         s = peer_get(cl, &own[i], tenant, key, blob, rec ? rec : &tmp, &transport);
@@ -556,19 +559,25 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
             svc_metric_add(km.gets, 1);
             if (owner && meta.ns[0])
                 keep_copy(st, &meta, *blob);
-        }
-        if (!transport) {
             cc_record_clear(&meta);
-            return s; /* the chunk, or the owner's authoritative answer (not found, denied) */
+            return s;
         }
-        svc_metric_add(km.get_errors, 1);
-        RK_WARN("%s; trying the next owner", rk_error_msg());
-        mark_down(cl, own[i].id);
+        if (transport) {
+            svc_metric_add(km.get_errors, 1);
+            RK_WARN("%s; trying the next node", rk_error_msg());
+            mark_down(cl, own[i].id);
+            unreachable++;
+        } else if (s != RK_ERR_UNAVAILABLE) {
+            cc_record_clear(&meta);
+            return s; /* authoritative: no such chunk, or not readable by tenant */
+        } /* else: that node does not hold it (or its Redis is away): ask the next */
     }
     cc_record_clear(&meta);
-    if (owner) /* the other owners are gone: the local answer (a repaired miss) */
+    if (owner) /* nobody else holds it: the local answer (a miss, and the metadata repaired) */
         return cc_store_get(st, tenant, key, blob, rec);
-    return rk_error_set(RK_ERR_UNAVAILABLE, "no owner of the chunk is reachable (%zu tried)", others);
+    if (unreachable)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "no node holding the chunk is reachable (%zu tried)", others);
+    return rk_error_set(RK_ERR_NOT_FOUND, "no node holds the chunk");
 }
 
 /* PEER_PUT of a's blob to one owner. */
@@ -601,7 +610,7 @@ rk_status svc_cluster_put(svc_cluster *cl, cc_store *st, const char *tenant, con
     if (s != RK_OK)
         return s;
     ragkv_node own[MAX_OWNERS];
-    size_t n = owners_of(cl, &k, own);
+    size_t n = owners_of(cl, &k, own, (size_t)cl->replicas);
     if (n == 0)
         return cc_store_put(st, tenant, a, key);
     size_t stored = 0;
@@ -636,7 +645,15 @@ rk_status svc_cluster_serve_get(cc_store *st, const char *tenant, const cc_key *
     cc_buf *b = NULL;
     cc_record rec;
     cc_record_init(&rec);
-    rk_status s = cc_store_get(st, tenant, key, &b, &rec);
+    /* never the store's repairing read for a blob that is not here: the asker may have a
+     * stale view of the owners, and another node may hold it */
+    bool here = local_has(st, key, &rec);
+    bool known = rec.ns[0] != 0;
+    cc_record_clear(&rec);
+    cc_record_init(&rec);
+    rk_status s = here ? cc_store_get(st, tenant, key, &b, &rec)
+                       : known ? rk_error_set(RK_ERR_UNAVAILABLE, "chunk not held by this node")
+                               : rk_error_set(RK_ERR_NOT_FOUND, "not found");
     if (s == RK_OK) {
         rk_buf_put_str(out, rec.ns);
         rk_buf_put_str(out, rec.model);
