@@ -409,6 +409,7 @@ static rk_status peer_call(svc_cluster *cl, const ragkv_node *nd, uint16_t op, c
         c = p->idle[--p->nidle];
     pthread_mutex_unlock(&cl->mu);
     rk_status s = RK_OK;
+    char why[200];
     if (!c) {
         char host[128];
         int port;
@@ -416,8 +417,9 @@ static rk_status peer_call(svc_cluster *cl, const ragkv_node *nd, uint16_t op, c
         if ((s = cc_redis_parse_addr(nd->addr, strlen(nd->addr), host, sizeof(host), &port)) != RK_OK ||
             (s = ragkv_connect(host, port, cl->peer_timeout_ms, &c)) != RK_OK ||
             (s = ragkv_auth(c, cl->secret, tenant, sizeof(tenant))) != RK_OK) {
+            snprintf(why, sizeof(why), "%s", rk_error_msg()); /* rk_error_set reuses its buffer */
             ragkv_close(c);
-            return rk_error_set(s, "peer %s (%s): %s", nd->id, nd->addr, rk_error_msg());
+            return rk_error_set(s, "peer %s (%s): %s", nd->id, nd->addr, why);
         }
     }
     rk_proto_hdr h;
@@ -430,8 +432,9 @@ static rk_status peer_call(svc_cluster *cl, const ragkv_node *nd, uint16_t op, c
         } while (s == RK_OK && h.type != RK_PT_RESPONSE);
     }
     if (s != RK_OK) {
+        snprintf(why, sizeof(why), "%s", rk_error_msg());
         ragkv_close(c);
-        return rk_error_set(s, "peer %s (%s): %s", nd->id, nd->addr, rk_error_msg());
+        return rk_error_set(s, "peer %s (%s): %s", nd->id, nd->addr, why);
     }
     *transport = false;
     pthread_mutex_lock(&cl->mu);
@@ -490,21 +493,27 @@ static rk_status peer_get(svc_cluster *cl, const ragkv_node *nd, const char *ten
 }
 
 /* Does this node's blob store hold key's blob (the version the shared metadata names)?
- * rec gets the record. Asked before a local read because cc_store_get repairs metadata whose
- * blob is missing, and in a cluster "missing here" may only mean "held by another owner". */
-static bool local_has(cc_store *st, const cc_key *key, cc_record *rec)
+ * RK_OK: yes (rec gets the record); RK_ERR_NOT_FOUND: no such chunk anywhere (no metadata);
+ * RK_ERR_UNAVAILABLE: the chunk exists but its blob is not here (rec gets the record); another
+ * error: the metadata store failed. Asked before a local read because cc_store_get repairs
+ * metadata whose blob is missing, and in a cluster "missing here" may only mean "held by
+ * another node". */
+static rk_status local_has(cc_store *st, const cc_key *key, cc_record *rec)
 {
     rk_status rs = RK_ERR_NOT_FOUND;
-    if (cc_metastore_get(cc_store_metastore(st), key, 1, rec, &rs) != RK_OK || rs != RK_OK)
-        return false;
+    rk_status s = cc_metastore_get(cc_store_metastore(st), key, 1, rec, &rs);
+    if (s != RK_OK)
+        return s;
+    if (rs != RK_OK)
+        return rs == RK_ERR_NOT_FOUND ? RK_ERR_NOT_FOUND : rs;
     uint8_t bk[CC_KEY_BYTES + 8];
     memcpy(bk, key->b, CC_KEY_BYTES);
     rk_put_le64(bk + CC_KEY_BYTES, rec->csum);
     cc_buf *b = NULL;
     if (cc_blobstore_get(cc_store_blobstore(st), CC_SPACE_CHUNKS, bk, sizeof(bk), &b) != RK_OK)
-        return false;
+        return rk_error_set(RK_ERR_UNAVAILABLE, "chunk not held by this node");
     cc_buf_release(b);
-    return true;
+    return RK_OK;
 }
 
 /* Read repair: an owner that lacked a chunk another owner served keeps a copy (the same
@@ -543,8 +552,8 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
     }
     cc_record meta;
     cc_record_init(&meta);
-    bool here = local_has(st, key, &meta);
-    if (here || others == 0) {
+    rk_status hs = local_has(st, key, &meta);
+    if (hs == RK_OK || hs == RK_ERR_NOT_FOUND || others == 0) {
         cc_record_clear(&meta);
         return cc_store_get(st, tenant, key, blob, rec); /* a miss here repairs the metadata */
     }
@@ -557,7 +566,7 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
         s = peer_get(cl, &own[i], tenant, key, blob, rec ? rec : &tmp, &transport);
         if (s == RK_OK) {
             svc_metric_add(km.gets, 1);
-            if (owner && meta.ns[0])
+            if (owner && hs == RK_ERR_UNAVAILABLE)
                 keep_copy(st, &meta, *blob);
             cc_record_clear(&meta);
             return s;
@@ -567,12 +576,14 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
             RK_WARN("%s; trying the next node", rk_error_msg());
             mark_down(cl, own[i].id);
             unreachable++;
-        } else if (s != RK_ERR_UNAVAILABLE) {
+        } else if (s == RK_ERR_NOT_FOUND || s == RK_ERR_DENIED) {
             cc_record_clear(&meta);
             return s; /* authoritative: no such chunk, or not readable by tenant */
-        } /* else: that node does not hold it (or its Redis is away): ask the next */
+        } /* else: that node does not hold it, or its metadata store is away: ask the next */
     }
     cc_record_clear(&meta);
+    if (hs != RK_ERR_UNAVAILABLE) /* our own metadata read failed: say so, decide nothing */
+        return rk_error_set(hs, "chunk metadata unavailable");
     if (owner) /* nobody else holds it: the local answer (a miss, and the metadata repaired) */
         return cc_store_get(st, tenant, key, blob, rec);
     if (unreachable)
@@ -647,13 +658,13 @@ rk_status svc_cluster_serve_get(cc_store *st, const char *tenant, const cc_key *
     cc_record_init(&rec);
     /* never the store's repairing read for a blob that is not here: the asker may have a
      * stale view of the owners, and another node may hold it */
-    bool here = local_has(st, key, &rec);
-    bool known = rec.ns[0] != 0;
+    rk_status s = local_has(st, key, &rec);
     cc_record_clear(&rec);
     cc_record_init(&rec);
-    rk_status s = here ? cc_store_get(st, tenant, key, &b, &rec)
-                       : known ? rk_error_set(RK_ERR_UNAVAILABLE, "chunk not held by this node")
-                               : rk_error_set(RK_ERR_NOT_FOUND, "not found");
+    if (s == RK_OK)
+        s = cc_store_get(st, tenant, key, &b, &rec);
+    else if (s != RK_ERR_NOT_FOUND && s != RK_ERR_UNAVAILABLE) /* the metadata store failed */
+        s = rk_error_set(RK_ERR_UNAVAILABLE, "chunk metadata unavailable here");
     if (s == RK_OK) {
         rk_buf_put_str(out, rec.ns);
         rk_buf_put_str(out, rec.model);

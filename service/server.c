@@ -320,7 +320,7 @@ static rk_status open_cluster(struct svc_server *srv)
     if (st == RK_OK)
         st = svc_cluster_open(&cc, &srv->cluster);
     memset(secret, 0, sizeof(secret));
-    return st == RK_OK ? RK_OK : rk_error_set(st, "cluster: %s", rk_error_msg());
+    return st; /* the messages already say "cluster" or name the option */
 }
 
 /* The chunk store in DATA_DIR/store, metadata in Redis or embedded; every credentialed tenant

@@ -206,8 +206,19 @@ try:
     gens = [e for e in events if e[1] == "gen"]
     puts = [e for e in events if e[1] == "put"]
     wrong = [e for e in gens if e[5] == "wrong answer"]
-    gen_fail = [e for e in gens if not e[4] and not e[6]]
-    put_fail = [e for e in puts if not e[4] and not e[6]]
+    # while Redis fails over, what needs the metadata (a chunk named by key, a put's commit)
+    # may answer RK_ERR_UNAVAILABLE/TIMEOUT (docs/deployment.md); never anything else, and
+    # nothing outside that window
+    window = (t_kill_redis, t_kill_redis + failover_s + 1.0)
+
+    def excused(e):
+        retryable = "RK_ERR_UNAVAILABLE" in e[5] or "RK_ERR_TIMEOUT" in e[5]
+        return retryable and e[0] < window[1] and e[0] + e[3] > window[0]
+
+    gen_fail = [e for e in gens if not e[4] and not e[6] and e[5] != "wrong answer" and not excused(e)]
+    gen_retry = [e for e in gens if not e[4] and not e[6] and excused(e)]
+    put_fail = [e for e in puts if not e[4] and not e[6] and not excused(e)]
+    put_retry = [e for e in puts if not e[4] and not e[6] and excused(e)]
     late = [e for e in events if e[3] > LAT_BOUND_S]
 
     def lat(evs):
@@ -219,17 +230,19 @@ try:
               "redis_failover": (t_kill_redis, t_kill_redis + failover_s), "after": (t_kill_redis + failover_s, load_s)}
     figures = {
         "load_s": round(load_s, 1), "generations": len(gens), "wrong_answers": len(wrong),
-        "generation_errors_live_nodes": len(gen_fail), "puts_acked": len(acked), "put_errors": len(put_fail),
+        "generation_errors_live_nodes": len(gen_fail), "generations_unavailable_in_failover": len(gen_retry),
+        "puts_acked": len(acked), "puts_unavailable_in_failover": len(put_retry),
         "node_leave_detected_s": round(node_drop_s, 2), "redis_failover_s": round(failover_s, 2),
         "acked_chunks_lost": 0, "total_test_s": None,
         "phases": {k: lat([e for e in gens if a <= e[0] < b]) for k, (a, b) in phases.items()},
     }
     assert not wrong, "wrong answers: %s" % wrong[:3]
     assert not gen_fail, "generations failed on live nodes: %s" % gen_fail[:3]
+    assert not put_fail, "puts failed on live nodes outside the failover: %s" % put_fail[:3]
     assert not late, "requests over %.0f s: %s" % (LAT_BOUND_S, late[:3])
     assert figures["phases"]["after"]["n"] > 0, "no generation succeeded after the failover"
-    for d in put_fail:
-        print("put error (allowed while Redis fails over, not acknowledged):", d[5])
+    for d in gen_retry + put_retry:
+        print("%s unavailable during the failover (allowed, retryable): %s" % (d[1], d[5]))
     figures["total_test_s"] = round(time.time() - t_start, 1)
     print("FIGURES " + json.dumps(figures))
 except AssertionError as e:
