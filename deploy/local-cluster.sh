@@ -77,7 +77,7 @@ CONF
       --data-dir "$dir/node$i" --model "$model" --workers 2 --compute-threads 1 --log-level warn \
       --redis-sentinels "$sentinels" --redis-master ragkv --redis-wait-replicas 1 \
       --cluster-secret-file "$dir/cluster.secret" --node-id "node$i" --cluster-replicas "${REPLICAS:-2}" \
-      --cluster-heartbeat-ms 250 --cluster-node-ttl-ms 1500 --peer-timeout-ms 1000
+      --cluster-heartbeat-ms 250 --cluster-node-ttl-ms 1500 --peer-timeout-ms 3000
     wait_for "node $i" grep -q "ragkvd ready" "$dir/log/node$i"
     echo "NODE$i=127.0.0.1:$np" >>"$dir/cluster.env"
     echo "HTTP$i=127.0.0.1:$hp" >>"$dir/cluster.env"

@@ -620,25 +620,29 @@ rk_status svc_cluster_put(svc_cluster *cl, cc_store *st, const char *tenant, con
     rk_status s = cc_key_compute(a->model, a->ns ? a->ns : tenant, a->tokens, a->ntokens, &k);
     if (s != RK_OK)
         return s;
-    ragkv_node own[MAX_OWNERS];
-    size_t n = owners_of(cl, &k, own, (size_t)cl->replicas);
+    /* the owners; when one cannot be reached, the next node in rank order stands in, so the
+     * chunk still gets `replicas` copies (readers look that far down the ranking too) */
+    ragkv_node own[2 * MAX_OWNERS];
+    size_t n = owners_of(cl, &k, own, 2 * (size_t)cl->replicas);
     if (n == 0)
         return cc_store_put(st, tenant, a, key);
-    size_t stored = 0;
-    for (size_t i = 0; i < n; i++) {
+    size_t stored = 0, tried = 0;
+    for (size_t i = 0; i < n && stored < (size_t)cl->replicas && tried < (size_t)cl->replicas; i++) {
         bool transport = false;
         s = is_self(cl, &own[i]) ? cc_store_put(st, tenant, a, &k) : peer_put(cl, &own[i], tenant, &k, a, &transport);
         if (s == RK_OK) {
             stored++;
+            tried++;
             if (!is_self(cl, &own[i]))
                 svc_metric_add(km.puts, 1);
-        } else if (transport) {
+        } else if (transport) { /* does not count as tried: the next rank stands in */
             svc_metric_add(km.put_errors, 1);
             RK_WARN("%s; storing on the other owners", rk_error_msg());
             mark_down(cl, own[i].id);
         } else if (stored == 0) {
             return s; /* refused (quota, no such tenant): the same answer from every owner */
         } else {
+            tried++;
             RK_WARN("replica %s refused a chunk another owner holds: %s", own[i].id, rk_error_msg());
         }
     }

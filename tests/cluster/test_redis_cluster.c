@@ -59,11 +59,17 @@ static void node_start(struct node *n, const char *tmp, const char *name)
  * the event waited for). */
 static void node_copy_tenants(struct node *n, const struct node *from)
 {
-    char src[400], dst[400], cmd[1800], line[256];
+    char src[400], dst[400], tmp[420], line[256], buf[65536];
     snprintf(src, sizeof(src), "%s/var/auth/tenants", from->dir);
     snprintf(dst, sizeof(dst), "%s/var/auth/tenants", n->dir);
-    snprintf(cmd, sizeof(cmd), "cp '%s' '%s.new' && mv '%s.new' '%s'", src, dst, dst, dst);
-    cr_assert_eq(system(cmd), 0);
+    snprintf(tmp, sizeof(tmp), "%s.new", dst);
+    FILE *in = fopen(src, "rb"), *out = fopen(tmp, "wb");
+    cr_assert(in && out, "copy %s", src);
+    size_t len = fread(buf, 1, sizeof(buf), in);
+    cr_assert(len > 0 && len < sizeof(buf) && fwrite(buf, 1, len, out) == len);
+    fclose(in);
+    cr_assert_eq(fclose(out), 0);
+    cr_assert_eq(rename(tmp, dst), 0); /* replaced atomically, like ragkvd does */
     kill(n->p.pid, SIGHUP);
     bool reloaded = false;
     while (!reloaded && rk_test_read_line(&n->p, line, sizeof(line), 10000))
@@ -202,7 +208,9 @@ static int32_t raw_status(ragkv_conn *c, uint16_t op, const rk_buf *req)
     return h.status;
 }
 
-Test(cluster, peer_credential_boundaries, .timeout = 60)
+static void single_node_and_bad_configuration(void);
+
+Test(cluster, peer_credential_boundaries_and_configuration, .timeout = 90)
 {
     char tmp[256], adm[256], tok[256];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
@@ -244,9 +252,12 @@ Test(cluster, peer_credential_boundaries, .timeout = 60)
     rk_buf_free(&get);
     cr_expect_eq(rk_test_stop(&a.p, SIGTERM, 20000), 0);
     rk_test_rmrf(tmp);
+    single_node_and_bad_configuration();
 }
 
-Test(cluster, single_node_and_bad_configuration, .timeout = 60)
+/* Not in a cluster, CLUSTER_NODES says so; bad cluster configurations refuse to start. (Part
+ * of the test above: a third test in this file trips a leak in Criterion's parallel runner.) */
+static void single_node_and_bad_configuration(void)
 {
     char tmp[256], dir[300];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
