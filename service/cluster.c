@@ -316,16 +316,6 @@ bool svc_cluster_is_secret(const svc_cluster *cl, const char *token)
     return d == 0;
 }
 
-size_t svc_cluster_live(svc_cluster *cl)
-{
-    size_t n = 0;
-    pthread_mutex_lock(&cl->mu);
-    for (size_t i = 0; i < cl->npeers; i++)
-        n += cl->peers[i].live;
-    pthread_mutex_unlock(&cl->mu);
-    return n;
-}
-
 void svc_cluster_nodes_reply(svc_cluster *cl, rk_buf *out)
 {
     if (!cl) {

@@ -85,7 +85,4 @@ rk_status svc_cluster_serve_put(cc_store *st, const char *model, const char *ten
  * replicas 0 and no nodes. */
 void svc_cluster_nodes_reply(svc_cluster *cl, rk_buf *out);
 
-/* Live nodes now (this one included once registered). */
-size_t svc_cluster_live(svc_cluster *cl);
-
 #endif
