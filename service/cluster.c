@@ -4,6 +4,7 @@
 
 #include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -21,6 +22,7 @@
 
 #define MAX_OWNERS 16
 #define IDLE_CONNS 4 /* kept per peer; more callers at once open (and then close) their own */
+#define HINTS 8192    /* direct-mapped memory of blobs found in the local store */
 
 /* A node this one has seen in the membership set. Never removed (a cluster has few nodes and
  * a dead one may come back); `live` says whether the last listing had it. */
@@ -47,6 +49,8 @@ struct svc_cluster {
     struct peer *peers;              /* (npeers) every node seen */
     size_t npeers, cap;
     redisContext *rc;                /* heartbeat thread only (and open/close around it) */
+    _Atomic uint64_t hints[HINTS];   /* hint_of(key, csum) of blobs seen in the local store, so
+                                        local_has reads a blob once, not on every request */
 };
 
 static struct {
@@ -488,7 +492,14 @@ static rk_status peer_get(svc_cluster *cl, const ragkv_node *nd, const char *ten
  * error: the metadata store failed. Asked before a local read because cc_store_get repairs
  * metadata whose blob is missing, and in a cluster "missing here" may only mean "held by
  * another node". */
-static rk_status local_has(cc_store *st, const cc_key *key, cc_record *rec)
+static uint64_t hint_of(const cc_key *key, uint64_t csum)
+{
+    uint64_t h;
+    memcpy(&h, key->b, sizeof(h));
+    return (h ^ (csum * 0x9E3779B97F4A7C15ull)) | 1; /* never 0, the empty slot */
+}
+
+static rk_status local_has(svc_cluster *cl, cc_store *st, const cc_key *key, cc_record *rec)
 {
     rk_status rs = RK_ERR_NOT_FOUND;
     rk_status s = cc_metastore_get(cc_store_metastore(st), key, 1, rec, &rs);
@@ -496,6 +507,11 @@ static rk_status local_has(cc_store *st, const cc_key *key, cc_record *rec)
         return s;
     if (rs != RK_OK)
         return rs == RK_ERR_NOT_FOUND ? RK_ERR_NOT_FOUND : rs;
+    /* exact to the checksum: a blob seen here is this version's blob (a chunk deleted and put
+     * again with other bytes has another checksum) */
+    uint64_t h = hint_of(key, rec->csum);
+    if (cl && atomic_load(&cl->hints[h % HINTS]) == h)
+        return RK_OK;
     uint8_t bk[CC_KEY_BYTES + 8];
     memcpy(bk, key->b, CC_KEY_BYTES);
     rk_put_le64(bk + CC_KEY_BYTES, rec->csum);
@@ -503,6 +519,8 @@ static rk_status local_has(cc_store *st, const cc_key *key, cc_record *rec)
     if (cc_blobstore_get(cc_store_blobstore(st), CC_SPACE_CHUNKS, bk, sizeof(bk), &b) != RK_OK)
         return rk_error_set(RK_ERR_UNAVAILABLE, "chunk not held by this node");
     cc_buf_release(b);
+    if (cl)
+        atomic_store(&cl->hints[h % HINTS], h);
     return RK_OK;
 }
 
@@ -542,7 +560,7 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
     }
     cc_record meta;
     cc_record_init(&meta);
-    rk_status hs = local_has(st, key, &meta);
+    rk_status hs = local_has(cl, st, key, &meta);
     if (hs == RK_OK || hs == RK_ERR_NOT_FOUND || others == 0) {
         cc_record_clear(&meta);
         return cc_store_get(st, tenant, key, blob, rec); /* a miss here repairs the metadata */
@@ -645,14 +663,14 @@ rk_status svc_cluster_put(svc_cluster *cl, cc_store *st, const char *tenant, con
 
 /* ---- the peer side ------------------------------------------------------------------------ */
 
-rk_status svc_cluster_serve_get(cc_store *st, const char *tenant, const cc_key *key, rk_buf *out)
+rk_status svc_cluster_serve_get(svc_cluster *cl, cc_store *st, const char *tenant, const cc_key *key, rk_buf *out)
 {
     cc_buf *b = NULL;
     cc_record rec;
     cc_record_init(&rec);
     /* never the store's repairing read for a blob that is not here: the asker may have a
      * stale view of the owners, and another node may hold it */
-    rk_status s = local_has(st, key, &rec);
+    rk_status s = local_has(cl, st, key, &rec);
     cc_record_clear(&rec);
     cc_record_init(&rec);
     if (s == RK_OK)

@@ -74,10 +74,10 @@ rk_status svc_cluster_get(svc_cluster *cl, cc_store *st, const char *tenant, con
                           cc_record *rec);
 rk_status svc_cluster_put(svc_cluster *cl, cc_store *st, const char *tenant, const cc_put_args *a, cc_key *key);
 
-/* The peer side, on an I/O pool thread. PEER_GET: tenant's chunk key from the local store
+/* The peer side, on an I/O pool thread (cl may be NULL on a node without a model). PEER_GET: tenant's chunk key from the local store
  * into out (`str ns`, `str model`, `u64 xxh3`, `blob stored`). PEER_PUT: store a chunk blob
  * (docs/protocol.md) for tenant under model, after checking that its tokens give key. */
-rk_status svc_cluster_serve_get(cc_store *st, const char *tenant, const cc_key *key, rk_buf *out);
+rk_status svc_cluster_serve_get(svc_cluster *cl, cc_store *st, const char *tenant, const cc_key *key, rk_buf *out);
 rk_status svc_cluster_serve_put(cc_store *st, const char *model, const char *tenant, const cc_key *key,
                                 uint16_t codec, uint16_t level, float cost, const uint8_t *blob, size_t len);
 

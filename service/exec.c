@@ -587,7 +587,7 @@ static void pool_run(void *arg)
             rk_free(keys);
             rk_free(present);
         } else if (g->opcode == RK_OP_PEER_GET) {
-            st = svc_cluster_serve_get(store, g->tenant, &g->key, &g->result);
+            st = svc_cluster_serve_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &g->result);
         } else if (g->opcode == RK_OP_PEER_PUT) {
             st = x ? svc_cluster_serve_put(store, eng_model_get_info(x->m)->id, g->tenant, &g->key, g->peer_codec,
                                            g->peer_level, g->peer_cost, g->in_blob, g->in_len)
