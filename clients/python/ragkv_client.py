@@ -269,3 +269,70 @@ def rank_nodes(nodes, key):
     """nodes (from Client.cluster_nodes) sorted by score for key, highest first: the first
     `replicas` of them own the chunk, and a request sent to nodes[0] needs no peer hop."""
     return sorted(nodes, key=lambda n: (-node_score(n["id"], key), n["id"]))
+
+
+class Router:
+    """Sends each request to an owner of its chunk: asks one node for the live nodes, then
+    keeps one authenticated connection per node. A node that cannot be reached is skipped
+    (the next in rank order answers: any node serves any request) and the node list is
+    fetched again.
+
+        r = Router("10.0.0.11", 7470, token)
+        r.client_for(key).get_kv(key=key)
+        r.close()
+    """
+
+    def __init__(self, host, port, token, timeout=30.0):
+        self.token, self.timeout = token, timeout
+        self.seeds = [(host, int(port))]
+        self.conns = {}
+        self.refresh()
+
+    def _connect(self, host, port):
+        c = Client(host, port, timeout=self.timeout)
+        c.auth(self.token)
+        return c
+
+    def refresh(self):
+        """Fetch the live nodes from any node we know."""
+        for host, port in self.seeds:
+            try:
+                with self._connect(host, port) as c:
+                    info = c.cluster_nodes()
+            except (OSError, RagkvError):
+                continue
+            self.replicas, self.nodes = info["replicas"], info["nodes"]
+            if self.nodes:
+                self.seeds = [tuple(n["addr"].rsplit(":", 1)) for n in self.nodes]
+                self.seeds = [(h, int(p)) for h, p in self.seeds]
+            return
+        raise RagkvError(-17, "no node answered CLUSTER_NODES")
+
+    def client_for(self, key):
+        """An authenticated Client on the first reachable node in key's ranking (the seed when
+        the server is not in a cluster)."""
+        ranked = rank_nodes(self.nodes, key) if self.nodes else [{"id": "seed", "addr": "%s:%d" % self.seeds[0]}]
+        for n in ranked:
+            c = self.conns.get(n["id"])
+            if c is None:
+                host, port = n["addr"].rsplit(":", 1)
+                try:
+                    c = self.conns[n["id"]] = self._connect(host, int(port))
+                except (OSError, RagkvError):
+                    continue
+            return c
+        self.refresh()
+        raise RagkvError(-17, "no node reachable")
+
+    def forget(self, key):
+        """Drop the connection client_for(key) returned (after it failed)."""
+        for n in (rank_nodes(self.nodes, key) if self.nodes else []):
+            c = self.conns.pop(n["id"], None)
+            if c is not None:
+                c.close()
+                return
+
+    def close(self):
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}

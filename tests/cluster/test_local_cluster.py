@@ -116,6 +116,15 @@ try:
         got = metric(node, "cluster_remote_gets_total") - before
         assert got == remote, "node%d: %d remote fetches, the client's ranking predicts %d" % (node, got, remote)
 
+    # a routing client sends every read to an owner: no node fetches remotely
+    router = rc.Router(*env["NODE2"].split(":"), token)
+    before = [metric(n, "cluster_remote_gets_total") for n in (1, 2, 3)]
+    for key in acked:
+        router.client_for(key).get_kv(key=key)
+    after = [metric(n, "cluster_remote_gets_total") for n in (1, 2, 3)]
+    router.close()
+    assert before == after, "routed reads caused remote fetches: %s -> %s" % (before, after)
+
     # load: 3 generating threads over the live nodes, 1 writer of new chunks
     alive = {1, 2, 3}
     lock = threading.Lock()
