@@ -486,8 +486,9 @@ static void handle_cluster_nodes(struct svc_conn *c, const svc_request *rq)
     rk_buf_free(&b);
 }
 
-/* LOOKUP, DELETE, STATS (and a peer's PEER_GET, PEER_PUT): store metadata calls (Redis round trips when Redis holds the
- * metadata), run on the I/O pool so the worker's event loop never waits on them. */
+/* LOOKUP, DELETE, STATS (and a peer node's PEER_GET, PEER_PUT): store calls (Redis round
+ * trips when Redis holds the metadata), run on the I/O pool so the worker's event loop never
+ * waits on them. */
 static void submit_meta(struct svc_conn *c, const svc_request *rq)
 {
     struct svc_server *srv = c->w->srv;
