@@ -72,6 +72,8 @@ def pid(name):
 
 
 failures = []
+# ctest's timeout sends SIGTERM: leave through `finally`, which stops the cluster
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 try:
     t_start = time.time()
     sh("start", work, MODEL)
@@ -256,6 +258,8 @@ try:
     print("FIGURES " + json.dumps(figures))
 except AssertionError as e:
     failures.append(str(e))
+except subprocess.CalledProcessError as e:
+    failures.append("%s: %s" % (" ".join(e.cmd), e.stderr))
 finally:
     try:
         sh("stop", work)
