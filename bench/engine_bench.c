@@ -102,8 +102,8 @@ int bench_engine_main(int argc, char **argv)
         return 1;
     }
     if (jf)
-        fprintf(jf, "{\"model\": \"%s\", \"backend\": \"%s\", \"params\": %llu, \"prefill\": [", mi->id, backend,
-                (unsigned long long)mi->n_params);
+        fprintf(jf, "{\"model\": \"%s\", \"backend\": \"%s\", \"math\": \"%s\", \"params\": %llu, \"prefill\": [", mi->id,
+                backend, eng_backend_cuda_mode(be), (unsigned long long)mi->n_params);
     printf("%-8s %-22s %10s\n", "backend", "operation", "median ms");
     float *logits = rk_malloc((size_t)mi->vocab * 64 * sizeof(float));
     uint64_t rng = 88172645463325252ull;

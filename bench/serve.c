@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
@@ -23,7 +24,7 @@
 struct serve_opts {
     const char *host, *token_file, *mode, *json;
     int port, tenants, conns, corpus, chunk_len, query_len, k, requests, max_tokens, shared;
-    double zipf, ratio;
+    double zipf, ratio, rate;
     uint64_t seed;
 };
 
@@ -36,7 +37,9 @@ struct bench {
     uint8_t *keys;             /* (tenants or 1, corpus, 32) chunk keys */
     double *cdf;               /* (corpus) Zipf CDF over popularity ranks */
     atomic_int next;           /* next request number */
-    double *ttft, *e2e;        /* (requests) ms, client side */
+    double *ttft, *e2e;        /* (requests) ms, client side (open loop: from the arrival time) */
+    double *arrive;            /* (requests) open loop: arrival offsets in ns from t_start, else NULL */
+    uint64_t t_start;          /* rk_now_ns() when the requests start */
     double *server_ttft;       /* (requests) ms, as the server measured */
     atomic_llong hits, misses, prompt_tokens, recomputed, generated;
     atomic_int errors;
@@ -124,6 +127,17 @@ static void *worker(void *arg)
         ragkv_gen_stats st;
         w->first_ns = 0;
         uint64_t t0 = rk_now_ns();
+        if (b->arrive) { /* open loop: the request arrives at its time; waiting for a free
+                            connection counts in its latency */
+            uint64_t due = b->t_start + (uint64_t)b->arrive[r];
+            if (due > t0) {
+                struct timespec ts = {.tv_sec = (time_t)((due - t0) / 1000000000ull),
+                                      .tv_nsec = (long)((due - t0) % 1000000000ull)};
+                while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                    ;
+            }
+            t0 = due;
+        }
         rk_status s = ragkv_generate(c, &gp, first_token, w, &st);
         uint64_t t1 = rk_now_ns();
         if (s != RK_OK) {
@@ -173,12 +187,16 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: ragkv bench serve [--host H] [--port N] [--token-file F] [--tenants N] [--conns N]\n"
             "                         [--corpus N] [--chunk-len T] [--query-len Q] [--k K] [--requests N]\n"
-            "                         [--zipf S] [--mode full|prefix|naive|cacheblend] [--ratio R]\n"
-            "                         [--max-tokens N] [--shared] [--seed S] [--json FILE]\n\n"
+            "                         [--zipf S] [--mode full|prefix|naive|cacheblend|cachecraft|ape]\n"
+            "                         [--ratio R] [--rate R] [--max-tokens N] [--shared] [--seed S]\n"
+            "                         [--json FILE]\n\n"
             "Load a running ragkvd (its admin credential: --token-file, default ./var/admin.token):\n"
             "create tenants, cache a corpus of chunks for each (or one --shared corpus granted to\n"
             "all), then send --requests GENERATE requests from --conns connections, each prompt K\n"
             "chunks drawn by Zipf(S) popularity in random order plus a Q-token query.\n"
+            "--rate R: open loop, requests arrive as a Poisson process of R per second (seeded) and\n"
+            "latencies count from the arrival (queueing included); 0 (default): closed loop, each\n"
+            "connection sends its next request when the previous one is answered.\n"
             "Defaults: 2 tenants, 8 conns, corpus 32, chunk-len 96, query-len 16, k 4, 200 requests,\n"
             "zipf 1.0, mode cacheblend, ratio 0.15, max-tokens 16.\n");
 }
@@ -227,6 +245,8 @@ int bench_serve_main(int argc, char **argv)
             o.zipf = atof(v);
         else if (!strcmp(a, "--ratio"))
             o.ratio = atof(v);
+        else if (!strcmp(a, "--rate"))
+            o.rate = atof(v);
         else if (!strcmp(a, "--seed"))
             o.seed = strtoull(v, NULL, 10);
         else {
@@ -235,13 +255,13 @@ int bench_serve_main(int argc, char **argv)
             return 2;
         }
     }
-    static const char *modes[] = {"full", "prefix", "naive", "cacheblend"};
+    static const char *modes[] = {"full", "prefix", "naive", "cacheblend", "cachecraft", "ape"}; /* wire order */
     int mode = -1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)
         if (!strcmp(o.mode, modes[i]))
             mode = i;
     if (mode < 0 || o.tenants < 1 || o.conns < 1 || o.corpus < 1 || o.chunk_len < 1 || o.k < 1 ||
-        o.k > o.corpus || o.requests < 1) {
+        o.k > o.corpus || o.requests < 1 || !(o.rate >= 0 && o.rate <= 1e6)) {
         usage(stderr);
         return 2;
     }
@@ -340,9 +360,19 @@ int bench_serve_main(int argc, char **argv)
         b.cdf[i] = acc;
     }
     b.cdf[o.corpus - 1] = 1.0;
+    if (o.rate > 0) { /* Poisson arrivals: exponential gaps of mean 1/rate, seeded */
+        b.arrive = rk_malloc(sizeof(double) * (size_t)o.requests);
+        uint64_t rng = o.seed * 0x2545f4914f6cdd1dull + 17;
+        double at = 0;
+        for (int i = 0; i < o.requests; i++) {
+            at += -log(1.0 - unif(&rng)) / o.rate * 1e9;
+            b.arrive[i] = at;
+        }
+    }
     pthread_t *th = rk_calloc((size_t)o.conns, sizeof(pthread_t));
     struct worker_ctx *wc = rk_calloc((size_t)o.conns, sizeof(*wc));
     t0 = rk_now_ns();
+    b.t_start = t0;
     for (int i = 0; i < o.conns; i++) {
         wc[i] = (struct worker_ctx){.b = &b, .id = i};
         pthread_create(&th[i], NULL, worker, &wc[i]);
@@ -357,9 +387,10 @@ int bench_serve_main(int argc, char **argv)
     double ttft50 = quantile(b.ttft, o.requests, 0.5), ttft99 = quantile(b.ttft, o.requests, 0.99);
     double e2e50 = quantile(b.e2e, o.requests, 0.5), e2e99 = quantile(b.e2e, o.requests, 0.99);
     double sttft50 = quantile(b.server_ttft, o.requests, 0.5);
-    printf("%-10s %5s %5s %8s %9s %9s %9s %9s %9s %9s %8s %9s\n", "mode", "conns", "k", "req/s", "tok/s", "ttft p50",
-           "ttft p99", "e2e p50", "e2e p99", "srv ttft", "hit rate", "recompute");
-    printf("%-10s %5d %5d %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f\n", o.mode, o.conns, o.k, done / wall,
+    printf("%-10s %5s %5s %7s %8s %9s %9s %9s %9s %9s %9s %8s %9s\n", "mode", "conns", "k", "rate", "req/s", "tok/s",
+           "ttft p50", "ttft p99", "e2e p50", "e2e p99", "srv ttft", "hit rate", "recompute");
+    printf("%-10s %5d %5d %7.2f %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f\n", o.mode, o.conns, o.k, o.rate,
+           done / wall,
            (double)atomic_load(&b.generated) / wall, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate, recompute);
     if (atomic_load(&b.errors))
         printf("# %d request(s) failed\n", atomic_load(&b.errors));
@@ -370,16 +401,16 @@ int bench_serve_main(int argc, char **argv)
             fprintf(stderr, "ragkv bench serve: %s: %s\n", o.json, strerror(errno));
             rc = 1;
         } else {
-            fprintf(jf, "{\"model\": \"%s\", \"mode\": \"%s\", \"ratio\": %.3f, \"tenants\": %d, \"conns\": %d, "
+            fprintf(jf, "{\"model\": \"%s\", \"mode\": \"%s\", \"ratio\": %.3f, \"rate\": %.4f, \"tenants\": %d, \"conns\": %d, "
                         "\"corpus\": %d, \"chunk_len\": %d, \"query_len\": %d, \"k\": %d, \"requests\": %d, "
                         "\"zipf\": %.3f, \"shared\": %d, \"max_tokens\": %d, \"errors\": %d, \"wall_s\": %.4f, "
                         "\"req_per_s\": %.4f, \"tok_per_s\": %.3f, \"ttft_ms_p50\": %.4f, \"ttft_ms_p99\": %.4f, "
                         "\"e2e_ms_p50\": %.4f, \"e2e_ms_p99\": %.4f, \"server_ttft_ms_p50\": %.4f, \"hit_rate\": %.5f, "
-                        "\"recompute_fraction\": %.5f, \"corpus_load_s\": %.4f}\n",
-                    info.model, o.mode, o.ratio, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
+                        "\"recompute_fraction\": %.5f, \"corpus_load_s\": %.4f, \"last_arrival_s\": %.4f}\n",
+                    info.model, o.mode, o.ratio, o.rate, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
                     o.requests, o.zipf, o.shared, o.max_tokens, atomic_load(&b.errors), wall, done / wall,
                     (double)atomic_load(&b.generated) / wall, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate,
-                    recompute, load_s);
+                    recompute, load_s, b.arrive ? b.arrive[o.requests - 1] / 1e9 : 0.0);
             fclose(jf);
         }
     }
@@ -392,6 +423,7 @@ int bench_serve_main(int argc, char **argv)
     rk_free(b.ttft);
     rk_free(b.e2e);
     rk_free(b.server_ttft);
+    rk_free(b.arrive);
     rk_free(chunk);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +25,10 @@
 #include "metastore_redis_lua.h"
 #include "redis_private.h"
 #include "ragkv/alloc.h"
+#include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/metastore.h"
+#include "ragkv/redis_sentinel.h"
 
 enum { S_INSERT, S_REMOVE, S_TOUCH, S_EVICT, S_EXPIRE, S_TENANT_PUT, S_TENANT_DEL, S_GRANT, S_COUNT };
 
@@ -36,13 +39,16 @@ static const char *const scripts[S_COUNT] = {
 typedef struct redis_ms {
     pthread_mutex_t mu;        /* guards c, sha, known_intact (one command at a time) */
     redisContext *c;           /* the connection; NULL while disconnected */
-    char *host;                /* owned */
+    char host[128];            /* with Sentinels: the primary last resolved */
     int port;
+    char *sentinels;           /* owned "host:port,..." of Sentinels, NULL without */
+    char *master;              /* owned: the master name the Sentinels monitor */
     char prefix[64];           /* key prefix, e.g. "rk:" */
     size_t plen;               /* strlen(prefix) */
     cc_redis_opts o;           /* timeouts, retries, limits */
     char sha[S_COUNT][41];     /* SCRIPT LOAD digests ("" until loaded) */
     bool known_intact;         /* marker seen since the last clear/open */
+    _Atomic uint64_t wait_skip_until; /* after a WAIT shortfall: no WAIT before this (ms, monotonic) */
     bool lost;                 /* Redis came back without our data: every command but the
                                   rebuild's (clear/intact/mark_intact) fails until clear() */
 } redis_ms;
@@ -57,6 +63,8 @@ cc_redis_opts cc_redis_opts_default(void)
         .backoff_ms = 20,
         .max_reply_elements = 1u << 20,
         .reader_maxbuf = 16 * 1024,
+        .sentinel_master = "ragkv",
+        .wait_timeout_ms = 1000,
     };
     return o;
 }
@@ -89,16 +97,17 @@ static void do_disconnect(redis_ms *r)
 static rk_status do_connect(redis_ms *r, bool *lost)
 {
     *lost = false;
-    redisContext *c = redisConnectWithTimeout(r->host, r->port, tv_ms(r->o.connect_timeout_ms));
-    if (!c || c->err) {
-        rk_status s = rk_error_set(RK_ERR_UNAVAILABLE, "redis %s:%d: %s", r->host, r->port,
-                                   c ? c->errstr : "out of memory");
-        if (c)
-            redisFree(c);
-        return s;
-    }
+    char was[sizeof(r->host)];
+    int was_port = r->port;
+    snprintf(was, sizeof(was), "%s", r->host);
+    redisContext *c = NULL;
+    rk_status cs = cc_redis_connect_primary(r->sentinels, r->master, r->host, sizeof(r->host), &r->port,
+                                            r->o.connect_timeout_ms, &c);
+    if (cs != RK_OK)
+        return cs;
+    if (r->sentinels && was[0] && (strcmp(was, r->host) != 0 || was_port != r->port))
+        RK_WARN("redis primary of %s moved: %s:%d -> %s:%d", r->master, was, was_port, r->host, r->port);
     redisSetTimeout(c, tv_ms(r->o.command_timeout_ms));
-    redisEnableKeepAlive(c);
     c->reader->maxbuf = r->o.reader_maxbuf;
     char mk[80];
     snprintf(mk, sizeof(mk), "%s!", r->prefix);
@@ -144,6 +153,13 @@ static rk_status do_call_any(redis_ms *r, bool allow_lost, int argc, const char 
                 return rk_error_set(RK_ERR_UNAVAILABLE, "redis lost ragkv's metadata (restart without persistence?)");
         }
         redisReply *rep = redisCommandArgv(r->c, argc, argv, lens);
+        if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "READONLY", 8) == 0) {
+            /* this Redis was demoted to a replica (failover): find the primary again */
+            s = rk_error_set(RK_ERR_UNAVAILABLE, "redis %s:%d: %s", r->host, r->port, rep->str);
+            freeReplyObject(rep);
+            do_disconnect(r);
+            continue;
+        }
         if (rep) {
             *out = rep;
             return RK_OK;
@@ -442,6 +458,33 @@ static rk_status r_readable(void *ctx, const char *tenant, const char *ns, bool 
 }
 
 /* cc_metastore_i.insert (contract in ragkv/metastore.h). */
+/* WAIT until o.wait_replicas replicas hold the writes so far (bounded by wait_timeout_ms):
+ * an acknowledged chunk's metadata then survives a failover to one of them. A shortfall is
+ * logged, not failed: the chunk is committed on the primary either way. */
+static void wait_replicas(redis_ms *r)
+{
+    if (r->o.wait_replicas <= 0 || rk_now_ns() / 1000000 < atomic_load(&r->wait_skip_until))
+        return;
+    char n[16], ms[16];
+    snprintf(n, sizeof(n), "%d", r->o.wait_replicas);
+    snprintf(ms, sizeof(ms), "%d", r->o.wait_timeout_ms > 0 ? r->o.wait_timeout_ms : 1000);
+    const char *a[3] = {"WAIT", n, ms};
+    size_t al[3] = {4, strlen(n), strlen(ms)};
+    redisReply *rep = NULL;
+    if (simple(r, 3, a, al, &rep) != RK_OK) {
+        RK_WARN("redis WAIT failed: %s", rk_error_msg());
+        return;
+    }
+    if (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->o.wait_replicas) {
+        /* too few replicas (one died, or none is left after a failover): waiting on every
+         * insert would only add the timeout to each; replicate asynchronously for a while */
+        RK_WARN("redis WAIT: %lld of %d replicas acknowledged within %s ms; not waiting for 10 s",
+                rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->o.wait_replicas, ms);
+        atomic_store(&r->wait_skip_until, rk_now_ns() / 1000000 + 10000);
+    }
+    freeReplyObject(rep);
+}
+
 static rk_status r_insert(void *ctx, const cc_record *rec, unsigned flags, cc_evlist *evicted)
 {
     redis_ms *r = ctx;
@@ -471,6 +514,7 @@ static rk_status r_insert(void *ctx, const cc_record *rec, unsigned flags, cc_ev
         return s;
     switch (code) {
     case 0:
+        wait_replicas(r);
         return RK_OK;
     case -1:
         return rk_error_set(RK_ERR_NOT_FOUND, "insert: no tenant/namespace '%s'", rec->ns);
@@ -769,7 +813,8 @@ static void r_close(void *ctx)
     if (!r)
         return;
     do_disconnect(r);
-    rk_free(r->host);
+    rk_free(r->sentinels);
+    rk_free(r->master);
     pthread_mutex_destroy(&r->mu);
     rk_free(r);
 }
@@ -798,7 +843,8 @@ static const struct cc_metastore_i redis_iface = {
 rk_status cc_metastore_redis_open(const char *host, int port, const char *prefix, const cc_redis_opts *opts,
                                   cc_metastore *out)
 {
-    if (!host || !*host || port <= 0 || port > 65535)
+    bool sentinel = opts && opts->sentinels && *opts->sentinels;
+    if (!sentinel && (!host || !*host || port <= 0 || port > 65535))
         return rk_error_set(RK_ERR_INVALID, "redis: bad address");
     if (!prefix)
         prefix = "rk:";
@@ -807,6 +853,7 @@ rk_status cc_metastore_redis_open(const char *host, int port, const char *prefix
     redis_ms *r = rk_calloc(1, sizeof(*r));
     if (!r)
         return rk_error_set(RK_ERR_NOMEM, "redis metastore");
+    rk_status s = RK_OK;
     pthread_mutex_init(&r->mu, NULL);
     r->o = opts ? *opts : cc_redis_opts_default();
     if (r->o.retries < 0)
@@ -815,15 +862,23 @@ rk_status cc_metastore_redis_open(const char *host, int port, const char *prefix
         r->o.backoff_ms = 1;
     if (!r->o.max_reply_elements)
         r->o.max_reply_elements = 1u << 20;
-    r->host = rk_strdup(host);
-    r->port = port;
-    snprintf(r->prefix, sizeof(r->prefix), "%s", prefix);
-    r->plen = strlen(r->prefix);
-    rk_status s;
-    if (!r->host) {
-        s = rk_error_set(RK_ERR_NOMEM, "redis metastore");
+    if (!sentinel && strlen(host) >= sizeof(r->host)) {
+        s = rk_error_set(RK_ERR_INVALID, "redis: host name too long");
         goto fail;
     }
+    snprintf(r->host, sizeof(r->host), "%s", sentinel ? "" : host);
+    r->port = sentinel ? 0 : port;
+    if (sentinel) {
+        r->sentinels = rk_strdup(opts->sentinels);
+        r->master = rk_strdup(opts->sentinel_master && *opts->sentinel_master ? opts->sentinel_master : "ragkv");
+        if (!r->sentinels || !r->master) {
+            s = rk_error_set(RK_ERR_NOMEM, "redis metastore");
+            goto fail;
+        }
+    }
+    r->o.sentinels = r->o.sentinel_master = NULL; /* borrowed from the caller: the copies above serve */
+    snprintf(r->prefix, sizeof(r->prefix), "%s", prefix);
+    r->plen = strlen(r->prefix);
     bool lost;
     if ((s = do_connect(r, &lost)) != RK_OK)
         goto fail;

@@ -506,17 +506,7 @@ fail:
     return st;
 }
 
-struct dec_job {
-    const cg_params *p;       /* the container's parameters */
-    const cg_layout *lay;     /* sizes derived from them */
-    const rans_model *models; /* [n_models] */
-    const float *scales;      /* [n_scales] */
-    const uint8_t *payload;   /* the PAYLOAD section (borrowed) */
-    const uint64_t *offs;     /* [n_streams + 1] stream offsets in payload */
-    codec_dtype dtype;        /* output element type */
-    void *out;                /* canonical layout output */
-    int failed;               /* a stream was malformed */
-};
+#define dec_job cg_dec_job /* codec_impl.h */
 
 /* Find the symbol whose interval holds slot: start at its 256-slot bucket, step up. */
 static inline uint32_t find_sym(const rans_model *m, uint32_t slot)
@@ -631,8 +621,21 @@ static void decode_streams(void *vctx, size_t b, size_t e)
     }
     struct lane ln[4];
     size_t si = b;
+    bool simd8 = cg_simd8_ok(j);
     while (si < e) {
         uint32_t g = (uint32_t)(si % lay->n_groups);
+        /* 8, 16, 32 or 64 full 8-channel groups of one block: the AVX2 decoder */
+        int ch = CG_SIMD_MAX_CHAINS;
+        while (simd8 && ch && (si + 8 * (size_t)ch > e || ((size_t)g + 8 * (size_t)ch) * 8 > lay->C))
+            ch /= 2;
+        if (simd8 && ch) {
+            if (!cg_decode_avx2(j, si, ch)) {
+                __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+                return;
+            }
+            si += 8 * (size_t)ch;
+            continue;
+        }
         /* four full-width groups of the same block: g..g+3 all before the last group */
         size_t lkv = si / lay->n_groups / lay->n_tblocks;
         int mode = lkv % 2 ? j->p->v_scale_mode : j->p->k_scale_mode;
@@ -787,8 +790,8 @@ static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_
     rk_status st = cg_prepare(v, cb, &pr);
     if (st != RK_OK)
         return st;
-    struct dec_job j = {&pr.p, &pr.lay, pr.models, pr.scales, pr.payload, pr.offs, dtype, out, 0};
-    rk_pool_for(pool, pr.lay.n_streams, 16, decode_streams, &j);
+    struct dec_job j = {&pr.p, &pr.lay, pr.models, pr.scales, pr.payload, pr.offs, pr.payload_len, dtype, out, 0};
+    rk_pool_for(pool, pr.lay.n_streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
     cg_prepared_free(&pr);
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");

@@ -197,6 +197,30 @@ rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s);
 rk_status cg_models_get(const codec_view *v, const cg_params *p, const cg_layout *lay,
                         const codec_codebook *cb, const rans_model **models, bool *owned);
 
+/* The CPU decoder's work: one container's streams into the canonical layout. */
+struct cg_dec_job {
+    const struct cg_params *p;     /* the container's parameters */
+    const struct cg_layout *lay;   /* sizes derived from them */
+    const struct rans_model *models; /* [n_models] */
+    const float *scales;           /* [n_scales] */
+    const uint8_t *payload;        /* the PAYLOAD section (borrowed) */
+    const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
+    size_t payload_len;
+    codec_dtype dtype;             /* output element type */
+    void *out;                     /* canonical layout output */
+    int failed;                    /* a stream was malformed */
+};
+
+/* AVX2 decoder of 8 * chains streams si.. (chains 1, 2, 4 or 8) of one (layer, K|V, token
+ * block), each exactly 8 channels wide, per-channel scales, no delta coding: cg_simd8_ok()
+ * says whether a job's parameters qualify and this CPU has AVX2 (RAGKV_CODEC_SIMD=0 turns it
+ * off). Each chain is 8 streams in the lanes of a vector; chains run interleaved so that their
+ * gathers overlap. Same values as the scalar decoder, bit for bit. false: a malformed stream.
+ * (cachegen_simd.c) */
+#define CG_SIMD_MAX_CHAINS 8
+bool cg_simd8_ok(const struct cg_dec_job *j);
+bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains);
+
 /* Everything the CPU and CUDA decoders share: params, layout, float scales, stream offsets,
  * models. Filled by cg_prepare, released by cg_prepared_free. */
 typedef struct cg_prepared {

@@ -70,6 +70,9 @@ const char *rk_opcode_name(uint16_t op)
     case RK_OP_CONFIG_GET: return "CONFIG_GET";
     case RK_OP_SHUTDOWN: return "SHUTDOWN";
     case RK_OP_TENANT_STATS: return "TENANT_STATS";
+    case RK_OP_CLUSTER_NODES: return "CLUSTER_NODES";
+    case RK_OP_PEER_GET: return "PEER_GET";
+    case RK_OP_PEER_PUT: return "PEER_PUT";
     default: return "UNKNOWN";
     }
 }

@@ -48,6 +48,7 @@ rk_status eng_seq_new(eng_backend *be, size_t capacity, eng_seq **out)
         return rk_error_set(RK_ERR_NOMEM, "out of memory");
     s->be = be;
     s->capacity = capacity;
+    s->pos_dirty = SIZE_MAX; /* backends start their copies as all-empty */
     s->pos = rk_malloc(capacity * sizeof(int32_t));
     if (!s->pos) {
         rk_free(s);
@@ -100,6 +101,8 @@ rk_status eng_seq_truncate(eng_seq *s, size_t n)
         return rk_error_set(RK_ERR_RANGE, "eng_seq_truncate: %zu > length %zu", n, s->len);
     for (size_t i = n; i < s->len; i++)
         s->pos[i] = ENG_POS_EMPTY;
+    if (n < s->len && n < s->pos_dirty)
+        s->pos_dirty = n;
     s->len = n;
     return RK_OK;
 }
@@ -135,6 +138,8 @@ static rk_status seq_claim(eng_seq *s, size_t n, const int32_t *pos, const int32
     for (size_t i = 0; i < n; i++) {
         size_t sl = (size_t)slots[i];
         s->pos[sl] = pos[i];
+        if (sl < s->pos_dirty)
+            s->pos_dirty = sl;
         if (sl + 1 > s->len)
             s->len = sl + 1; /* slots skipped over keep ENG_POS_EMPTY */
     }
@@ -357,6 +362,8 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
         ps[i] = eng_seq_next_pos(seqs[i]);
         sl[i] = (int32_t)seqs[i]->len;
         seqs[i]->pos[sl[i]] = ps[i];
+        if ((size_t)sl[i] < seqs[i]->pos_dirty)
+            seqs[i]->pos_dirty = (size_t)sl[i];
         seqs[i]->len++;
     }
     if (be->iface->decode) {

@@ -99,6 +99,9 @@ struct eng_seq {
     size_t capacity;   /* slots allocated */
     size_t len;        /* slots in use */
     int32_t *pos;      /* (capacity) position of each slot, ENG_POS_EMPTY when empty (host) */
+    size_t pos_dirty;  /* lowest slot whose pos[] changed since the backend last copied them
+                          (SIZE_MAX: none); engine.c lowers it, a backend keeping a device copy
+                          of the positions refreshes [pos_dirty, len) and resets it */
     void *ctx;         /* backend's storage (KV of every layer) */
 };
 

@@ -1,8 +1,10 @@
 /* model.c — model objects: open (format detection), close, derived fields, llama2.c loader. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -294,6 +296,25 @@ rk_status eng_model_open(const char *path, eng_model **out)
     *out = NULL;
     if (!path)
         return rk_error_set(RK_ERR_INVALID, "model path is NULL");
+    if (!strncmp(path, "synth:", 6)) { /* synth:SHAPE[:SEED]: seeded synthetic weights */
+        char shape[64];
+        const char *colon = strchr(path + 6, ':');
+        size_t sl = colon ? (size_t)(colon - (path + 6)) : strlen(path + 6);
+        if (sl == 0 || sl >= sizeof(shape))
+            return rk_error_set(RK_ERR_INVALID, "model %s: expected synth:SHAPE[:SEED]", path);
+        memcpy(shape, path + 6, sl);
+        shape[sl] = 0;
+        uint64_t seed = 1;
+        if (colon) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(colon + 1, &end, 10);
+            if (errno || end == colon + 1 || *end)
+                return rk_error_set(RK_ERR_INVALID, "model %s: the seed must be a decimal number", path);
+            seed = v;
+        }
+        return eng_model_synth(shape, seed, out);
+    }
     struct stat sb;
     if (stat(path, &sb) != 0)
         return rk_error_set(RK_ERR_NOT_FOUND, "no such model file or folder: %s", path);

@@ -37,6 +37,9 @@ static const synth_shape shapes[] = {
     {"test-llama3", "llama", 64, 128, 2, 4, 1, 16, 96, 256, 500000.0f, 1e-5f, false, true, true, ENG_DTYPE_BF16},
     {"test-qwen2", "qwen2", 56, 112, 2, 7, 1, 8, 96, 128, 1000000.0f, 1e-6f, true, false, false, ENG_DTYPE_F16},
     {"test-mistral", "mistral", 64, 160, 3, 8, 2, 8, 96, 128, 1000000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
+    /* head dims the CUDA backend's fused attention tiles (64, 128), long enough for many tiles */
+    {"test-hd64", "llama", 256, 384, 2, 4, 2, 64, 96, 1024, 500000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
+    {"test-hd128", "llama", 256, 384, 2, 2, 1, 128, 96, 1024, 10000.0f, 1e-5f, false, true, false, ENG_DTYPE_BF16},
     /* real shapes (random weights) for benchmarks */
     {"llama2-7b", "llama", 4096, 11008, 32, 32, 32, 128, 32000, 4096, 10000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
     {"llama3-8b", "llama", 4096, 14336, 32, 32, 8, 128, 128256, 8192, 500000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},

@@ -2,15 +2,17 @@
 # gpu-check.sh — what a run on the GPU machine executes (through the device tool; see
 # docs/development.md): build with CUDA for sm_90, run the `gpu`-labelled tests (then the rest
 # of the suite), run the GPU benchmarks that exist, and copy logs and results to $OUT
-# (default ./gpu-out; at most 8 files, which is what the device tool brings back: the log,
-# build.log, two ctest logs, bench.log and the benchmarks' JSON). Exit status: non-zero when a
-# build or a gpu test failed.
+# (default ./gpu-out). The device tool brings back at most 8 files: at the end everything but
+# gpu-check.log and bench.log is packed into results.tar.gz (GPU_CHECK_PACK=0: leave the files
+# as they are). Exit status: non-zero when a build or a gpu test failed.
 #
 #   GPU_CHECK_FULL=0   skip the non-gpu tests (default 1: run everything)
 #   GPU_CHECK_BENCH=0  skip benchmarks
 #   GPU_CHECK_SANITIZER=1  also run each gpu test binary under compute-sanitizer memcheck
 #                      (appends to ctest-gpu.log; slow: allow ~10 minutes)
 #   GPU_CHECK_SANITIZER_TOOLS="memcheck racecheck"  the tools to run (racecheck is slower still)
+#   GPU_CHECK_BENCHES="10 30"  only the benchmarks whose file names start so (default: all)
+#   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -41,7 +43,7 @@ fi
 log "built with CUDA in $build"
 
 rc=0
-(cd "$build" && ctest -L gpu --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
+(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
 grep -E "Passed|Failed|skipped|tests passed|device 0" "$out/ctest-gpu.log" | tee -a "$out/gpu-check.log"
 log "gpu tests: $([ $rc = 0 ] && echo PASSED || echo FAILED)"
 
@@ -77,8 +79,18 @@ if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
   # benchmarks register themselves in scripts/gpu-bench.d/*.sh; each writes into $OUT
   for b in scripts/gpu-bench.d/*.sh; do
     [ -f "$b" ] || continue
+    # GPU_CHECK_BENCHES: space-separated name prefixes to run (default: all)
+    if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
+      keep=0; for p in $GPU_CHECK_BENCHES; do case "$(basename "$b")" in "$p"*) keep=1 ;; esac; done
+      [ $keep = 1 ] || continue
+    fi
     log "benchmark $(basename "$b")"
     BUILD="$build" OUT="$out" bash "$b" 2>&1 | tee -a "$out/bench.log" || { log "benchmark $b failed"; rc=1; }
   done
+fi
+if [ "${GPU_CHECK_PACK:-1}" = 1 ]; then
+  (cd "$out" && files=$(ls | grep -v -x -e gpu-check.log -e bench.log -e results.tar.gz) &&
+    [ -n "$files" ] && tar czf results.tar.gz $files && rm -f $files) || true
+  log "packed: $(tar tzf "$out/results.tar.gz" 2>/dev/null | tr '\n' ' ')"
 fi
 exit $rc

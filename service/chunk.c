@@ -1,6 +1,8 @@
 /* chunk.c — stored chunk blobs and the executor's chunk work (prefill, encode, store, fetch). */
 #include "chunk.h"
 
+#include "cluster.h"
+
 #include <string.h>
 
 #include "ragkv/alloc.h"
@@ -78,7 +80,7 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
     cc_buf *b = NULL;
     cc_record rec;
     cc_record_init(&rec);
-    rk_status st = cc_store_get(x->store, tenant, key, &b, &rec);
+    rk_status st = svc_cluster_get(x->cluster, x->store, tenant, key, &b, &rec);
     if (st != RK_OK)
         return st;
     const uint8_t *cont = NULL;
@@ -139,7 +141,7 @@ rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_
         cc_put_args a = {.model = mi->id, .tokens = tokens, .ntokens = n, .codec = (uint16_t)x->codec,
                          .level = (uint16_t)(x->level >= 0 ? x->level : dl), .blob = blob.data,
                          .blob_len = blob.len, .cost = prefill_ms};
-        st = cc_store_put(x->store, tenant, &a, key);
+        st = svc_cluster_put(x->cluster, x->store, tenant, &a, key);
     }
     if (st == RK_OK) {
         *created = 1;

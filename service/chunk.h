@@ -44,6 +44,7 @@ typedef struct svc_chunk_ctx {
     rk_pool *pool;
     codec_id codec;
     int level;
+    struct svc_cluster *cluster; /* placement over the cluster's nodes; NULL: this node only */
 } svc_chunk_ctx;
 
 /* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,

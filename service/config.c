@@ -32,6 +32,16 @@ static const struct opt_desc opts[] = {
     STR_OPT("tokenizer", tokenizer, "tokenizer.bin for llama2.c models"),
     STR_OPT("redis", redis, "chunk metadata in Redis at HOST:PORT (none: embedded in RocksDB)"),
     STR_OPT("redis-prefix", redis_prefix, "key prefix in Redis (one per ragkv cluster)"),
+    STR_OPT("redis-sentinels", redis_sentinels, "HOST:PORT,... of Redis Sentinels that name the metadata primary"),
+    STR_OPT("redis-master", redis_master, "master name the Sentinels monitor"),
+    INT_OPT("redis-wait-replicas", redis_wait_replicas, 0, 16, "replicas that must hold a chunk's metadata before it is acknowledged (WAIT; 0: none)"),
+    STR_OPT("cluster-secret-file", cluster_secret_file, "file holding the secret cluster peers authenticate with (set: cluster mode)"),
+    STR_OPT("node-id", node_id, "this node's name in the cluster (default: the advertised address)"),
+    STR_OPT("advertise", advertise, "HOST:PORT peers and clients reach this node at (default: bind:port)"),
+    INT_OPT("cluster-replicas", cluster_replicas, 1, 16, "nodes that hold each chunk (replication factor)"),
+    INT_OPT("cluster-heartbeat-ms", cluster_heartbeat_ms, 50, 60000, "membership heartbeat period, ms"),
+    INT_OPT("cluster-node-ttl-ms", cluster_node_ttl_ms, 100, 600000, "a node that missed heartbeats this long is dead, ms"),
+    INT_OPT("peer-timeout-ms", peer_timeout_ms, 10, 60000, "deadline for a call to a peer node, ms"),
     INT_OPT("ram-budget-mb", ram_budget_mb, 0, 1 << 30, "RAM tier of compressed chunks, MiB (0: off)"),
     INT_OPT("disk-budget-mb", disk_budget_mb, 0, 1 << 30, "disk tier over all tenants, MiB (0: unlimited)"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
@@ -63,6 +73,11 @@ void svc_config_defaults(svc_config *cfg)
     cfg->max_connections = 1024;
     cfg->ram_budget_mb = 256;
     snprintf(cfg->redis_prefix, sizeof(cfg->redis_prefix), "rk:");
+    snprintf(cfg->redis_master, sizeof(cfg->redis_master), "ragkv");
+    cfg->cluster_replicas = 1;
+    cfg->cluster_heartbeat_ms = 1000;
+    cfg->cluster_node_ttl_ms = 3000;
+    cfg->peer_timeout_ms = 1000;
     cfg->tenant_max_jobs = 64;
     cfg->max_frame_mb = 64;
     cfg->idle_timeout_s = 300;

@@ -19,6 +19,7 @@
 #include "ragkv/log.h"
 #include "ragkv/proto.h"
 #include "ragkv/version.h"
+#include "cluster.h"
 #include "exec.h"
 #include "limits.h"
 #include "ragkv/chunkcache.h"
@@ -116,6 +117,11 @@ static void handle_auth(struct svc_conn *c, const svc_request *rq)
     }
     char tenant[SVC_NAME_MAX];
     bool admin = false;
+    if (svc_cluster_is_secret(c->w->srv->cluster, rq->token)) { /* another node of the cluster */
+        c->authed = c->peer_node = true;
+        reply_str(c, rq, "peer");
+        return;
+    }
     if (svc_auth_check(auth, rq->token, tenant, &admin) != RK_OK) {
         svc_auth_failed(auth, c->peer, now);
         RK_INFO("failed AUTH from %s (req %llu)", c->peer, (unsigned long long)rq->id);
@@ -473,8 +479,21 @@ static void job_abort(struct svc_conn *c, const svc_request *rq, svc_gen *g, rk_
     conn_send_error(c, rq->opcode, rq->id, st, m);
 }
 
-/* LOOKUP, DELETE, STATS: store metadata calls (Redis round trips when Redis holds the
- * metadata), run on the I/O pool so the worker's event loop never waits on them. */
+/* CLUSTER_NODES: the membership snapshot, no I/O (cluster.h). */
+static void handle_cluster_nodes(struct svc_conn *c, const svc_request *rq)
+{
+    rk_buf b = RK_BUF_INIT;
+    svc_cluster_nodes_reply(c->w->srv->cluster, &b);
+    if (b.failed)
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOMEM, "reply");
+    else
+        conn_send(c, RK_PT_RESPONSE, rq->opcode, rq->id, RK_OK, b.data, b.len);
+    rk_buf_free(&b);
+}
+
+/* LOOKUP, DELETE, STATS (and a peer node's PEER_GET, PEER_PUT): store calls (Redis round
+ * trips when Redis holds the metadata), run on the I/O pool so the worker's event loop never
+ * waits on them. */
 static void submit_meta(struct svc_conn *c, const svc_request *rq)
 {
     struct svc_server *srv = c->w->srv;
@@ -486,7 +505,19 @@ static void submit_meta(struct svc_conn *c, const svc_request *rq)
     }
     g->kind = SVC_JOB_META;
     g->srv = srv;
-    snprintf(g->tenant, sizeof(g->tenant), "%s", c->tenant);
+    snprintf(g->tenant, sizeof(g->tenant), "%s", c->peer_node ? rq->tenant : c->tenant);
+    if (rq->opcode == RK_OP_PEER_PUT) { /* the blob lives in the frame buffer: copy it */
+        if (!(g->in_owned = rk_malloc(rq->blob_len))) {
+            job_abort(c, rq, g, RK_ERR_NOMEM, "PEER_PUT");
+            return;
+        }
+        memcpy(g->in_owned, rq->blob, rq->blob_len);
+        g->in_blob = g->in_owned;
+        g->in_len = rq->blob_len;
+        g->peer_codec = rq->peer_codec;
+        g->peer_level = rq->peer_level;
+        g->peer_cost = rq->peer_cost;
+    }
     g->conn = c;
     g->request_id = rq->id;
     g->opcode = rq->opcode;
@@ -666,6 +697,16 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_AUTH, "authenticate first (AUTH)");
         return;
     }
+    if (rk_opcode_is_peer(rq->opcode) != c->peer_node) {
+        conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED,
+                        c->peer_node ? "the cluster secret serves peer operations only"
+                                     : "peer operations need the cluster secret");
+        return;
+    }
+    if (c->peer_node) { /* the calling node authenticated the tenant and applied its limits */
+        submit_job(c, rq, SVC_JOB_META);
+        return;
+    }
     if (rk_opcode_is_admin(rq->opcode) != c->admin) {
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_DENIED,
                         c->admin ? "the admin credential serves admin operations only"
@@ -690,6 +731,8 @@ static void dispatch(struct svc_conn *c, svc_request *rq)
         submit_job(c, rq, SVC_JOB_PUT_KV);
     else if (rq->opcode == RK_OP_LOOKUP || rq->opcode == RK_OP_DELETE || rq->opcode == RK_OP_STATS)
         submit_job(c, rq, SVC_JOB_META);
+    else if (rq->opcode == RK_OP_CLUSTER_NODES)
+        handle_cluster_nodes(c, rq);
     else /* chunk operations arrive with the chunk store */
         conn_send_error(c, rq->opcode, rq->id, RK_ERR_NOT_IMPLEMENTED, rk_opcode_name(rq->opcode));
 }

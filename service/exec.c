@@ -2,6 +2,8 @@
 #define RK_LOG_COMPONENT "exec"
 #include "exec.h"
 
+#include "cluster.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -550,7 +552,7 @@ static void pool_run(void *arg)
     rk_status st;
     if (g->kind == SVC_JOB_GET_KV) {
         cc_buf *blob = NULL;
-        st = cc_store_get(store, g->tenant, &g->key, &blob, NULL);
+        st = svc_cluster_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &blob, NULL);
         if (st == RK_OK) {
             int32_t *t;
             uint32_t n;
@@ -584,6 +586,12 @@ static void pool_run(void *arg)
             }
             rk_free(keys);
             rk_free(present);
+        } else if (g->opcode == RK_OP_PEER_GET) {
+            st = svc_cluster_serve_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &g->result);
+        } else if (g->opcode == RK_OP_PEER_PUT) {
+            st = x ? svc_cluster_serve_put(store, eng_model_get_info(x->m)->id, g->tenant, &g->key, g->peer_codec,
+                                           g->peer_level, g->peer_cost, g->in_blob, g->in_len)
+                   : rk_error_set(RK_ERR_UNAVAILABLE, "this node serves no model");
         } else if (g->opcode == RK_OP_DELETE) {
             st = cc_store_delete(store, g->tenant, &g->key);
         } else { /* STATS */
@@ -614,7 +622,7 @@ static void pool_run(void *arg)
             (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK) {
             cc_put_args a = {.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
                              .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
-            st = cc_store_put(store, g->tenant, &a, &g->key);
+            st = svc_cluster_put(x->cx.cluster, store, g->tenant, &a, &g->key);
         }
         g->created = st == RK_OK && !present;
         g->stored_bytes = g->created ? blob.len : 0;

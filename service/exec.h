@@ -86,6 +86,8 @@ typedef struct svc_gen {
     uint8_t *in_owned;         /* PUT_KV: a copy of the request payload; LOOKUP: the keys */
     uint64_t st_hits, st_misses; /* STATS: the tenant's counts, taken on the worker */
     uint8_t want_codec, want_level; /* GET_KV: 0xFF = as stored */
+    uint16_t peer_codec, peer_level; /* PEER_PUT: the blob's codec and level */
+    float peer_cost;           /* PEER_PUT: its recompute cost */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */

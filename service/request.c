@@ -122,6 +122,7 @@ static rk_status decode_body(rk_reader *r, const svc_request_limits *lim, svc_re
     case RK_OP_AUTH:
         return read_name(r, rq->token, "token");
     case RK_OP_PING:
+    case RK_OP_CLUSTER_NODES:
     case RK_OP_STATS:
     case RK_OP_TENANT_LIST:
     case RK_OP_CONFIG_GET:
@@ -234,6 +235,23 @@ static rk_status decode_body(rk_reader *r, const svc_request_limits *lim, svc_re
             return st;
         rq->evict_bytes = rk_reader_u64(r);
         return r->short_read ? rk_error_set(RK_ERR_INVALID, "EVICT: byte count truncated") : RK_OK;
+    case RK_OP_PEER_GET:
+        if ((st = read_name(r, rq->tenant, "tenant")) != RK_OK)
+            return st;
+        return read_key(r, rq->key, "chunk");
+    case RK_OP_PEER_PUT:
+        if ((st = read_name(r, rq->tenant, "tenant")) != RK_OK || (st = read_key(r, rq->key, "chunk")) != RK_OK)
+            return st;
+        rq->peer_codec = rk_reader_u16(r);
+        rq->peer_level = rk_reader_u16(r);
+        rq->peer_cost = rk_reader_f32(r);
+        rq->blob_len = rk_reader_u32(r);
+        rq->blob = rk_reader_take(r, rq->blob_len);
+        if (r->short_read || !rq->blob || rq->blob_len == 0)
+            return rk_error_set(RK_ERR_INVALID, "PEER_PUT: fields or blob truncated");
+        if (!(rq->peer_cost >= 0.0f && rq->peer_cost < 1e30f))
+            return rk_error_set(RK_ERR_INVALID, "PEER_PUT: cost %g invalid", (double)rq->peer_cost);
+        return RK_OK;
     default:
         return rk_error_set(RK_ERR_UNSUPPORTED, "unknown opcode 0x%04x", rq->opcode);
     }

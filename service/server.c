@@ -30,9 +30,11 @@
 #include "ragkv/log.h"
 #include "ragkv/service.h"
 #include "ragkv/version.h"
+#include "cluster.h"
 #include "exec.h"
 #include "limits.h"
 #include "ragkv/chunkcache.h"
+#include "ragkv/redis_sentinel.h"
 #include "ragkv/codec.h"
 #include "ragkv/thread.h"
 #include "server_int.h"
@@ -291,6 +293,36 @@ static rk_status lock_data_dir(struct svc_server *srv)
     return RK_OK;
 }
 
+/* Cluster mode (cluster.h): the secret from its file, the Redis (or Sentinels) of the
+ * metadata; registration waits for the bound port (svc_cluster_start). */
+static rk_status open_cluster(struct svc_server *srv)
+{
+    const svc_config *cfg = &srv->cfg;
+    if (!cfg->redis[0] && !cfg->redis_sentinels[0])
+        return rk_error_set(RK_ERR_INVALID, "cluster mode needs the metadata in Redis (redis or redis-sentinels)");
+    char secret[256] = "", host[128] = "";
+    int port = 0;
+    FILE *f = fopen(cfg->cluster_secret_file, "r");
+    if (!f)
+        return rk_error_set(RK_ERR_IO, "cluster-secret-file %s: %s", cfg->cluster_secret_file, strerror(errno));
+    if (!fgets(secret, sizeof(secret), f))
+        secret[0] = '\0';
+    fclose(f);
+    secret[strcspn(secret, "\r\n")] = '\0';
+    rk_status st = RK_OK;
+    if (!cfg->redis_sentinels[0])
+        st = cc_redis_parse_addr(cfg->redis, strlen(cfg->redis), host, sizeof(host), &port);
+    svc_cluster_cfg cc = {.node_id = cfg->node_id, .advertise = cfg->advertise, .secret = secret,
+                          .redis_host = host, .redis_port = port, .sentinels = cfg->redis_sentinels,
+                          .master = cfg->redis_master, .prefix = cfg->redis_prefix,
+                          .replicas = cfg->cluster_replicas, .heartbeat_ms = cfg->cluster_heartbeat_ms,
+                          .ttl_ms = cfg->cluster_node_ttl_ms, .peer_timeout_ms = cfg->peer_timeout_ms};
+    if (st == RK_OK)
+        st = svc_cluster_open(&cc, &srv->cluster);
+    memset(secret, 0, sizeof(secret));
+    return st; /* the messages already say "cluster" or name the option */
+}
+
 /* The chunk store in DATA_DIR/store, metadata in Redis or embedded; every credentialed tenant
  * gets an account there (tenants created before the store existed, or a wiped store). */
 static rk_status open_store(struct svc_server *srv)
@@ -302,7 +334,13 @@ static rk_status open_store(struct svc_server *srv)
     cc.data_dir = dir;
     cc.ram_budget_bytes = (uint64_t)cfg->ram_budget_mb << 20;
     cc.disk_budget_bytes = (uint64_t)cfg->disk_budget_mb << 20;
-    if (cfg->redis[0]) {
+    cc.redis.sentinels = cfg->redis_sentinels;
+    cc.redis.sentinel_master = cfg->redis_master;
+    cc.redis.wait_replicas = cfg->redis_wait_replicas;
+    if (cfg->redis_sentinels[0]) { /* the primary comes from the Sentinels at every connect */
+        cc.redis_host = "";
+        cc.redis_prefix = cfg->redis_prefix;
+    } else if (cfg->redis[0]) {
         const char *colon = strrchr(cfg->redis, ':');
         int port = colon ? atoi(colon + 1) : 0;
         if (!colon || port <= 0 || port > 65535 || (size_t)(colon - cfg->redis) >= sizeof(host))
@@ -389,6 +427,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         goto fail;
     if ((st = open_store(srv)) != RK_OK)
         goto fail;
+    if (cfg->cluster_secret_file[0] && (st = open_cluster(srv)) != RK_OK)
+        goto fail;
     if ((st = rk_pool_create(2, &srv->io_pool)) != RK_OK)
         goto fail;
     if (!(srv->tlimits = svc_limits_new(cfg->tenant_rate, cfg->tenant_burst, cfg->tenant_max_jobs))) {
@@ -407,7 +447,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK)
             goto fail;
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
-                            .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1};
+                            .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1,
+                            .cluster = srv->cluster};
         if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);
@@ -441,6 +482,11 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     }
     evconnlistener_set_error_cb(srv->listener, on_accept_error);
     srv->port = bound_port(evconnlistener_get_fd(srv->listener));
+    if (srv->cluster) {
+        snprintf(addr, sizeof(addr), "%s:%d", cfg->bind, srv->port);
+        if ((st = svc_cluster_start(srv->cluster, addr)) != RK_OK)
+            goto fail;
+    }
 
     /* HTTP: health and metrics */
     if (cfg->http_port >= 0) {
@@ -579,6 +625,7 @@ void svc_server_close(svc_server *srv)
     eng_backend_free(srv->backend);
     rk_pool_free(srv->codec_pool);
     eng_model_close(srv->model);
+    svc_cluster_close(srv->cluster); /* after every job that might call a peer */
     cc_store_close(srv->store);
     svc_limits_free(srv->tlimits);
     svc_auth_close(srv->auth);

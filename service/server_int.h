@@ -24,6 +24,7 @@ struct svc_conn {
     struct event *frame_timer; /* armed while a frame is partly received (slowloris guard) */
     bool authed;               /* AUTH succeeded: larger frames and data operations allowed */
     bool admin;                /* authenticated with the admin credential */
+    bool peer_node;            /* authenticated with the cluster secret: PEER_* only */
     bool loopback;             /* the peer is on a loopback address */
     char peer[64];             /* peer address, for logs and failed-auth limiting */
     bool closing;              /* framing lost or shutting down: close once output drains */
@@ -71,6 +72,7 @@ struct svc_server {
     struct rk_pool *codec_pool;         /* threads for encoding and decoding chunk KV */
     struct rk_pool *io_pool;            /* GET_KV / PUT_KV jobs (store I/O, decoding), off the workers */
     struct svc_limits *tlimits;         /* per-tenant request rate and concurrent jobs */
+    struct svc_cluster *cluster;        /* membership and placement; NULL on a single node */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -13,6 +13,7 @@ The wire format is specified in docs/protocol.md; this module follows that docum
 Every call raises RagkvError(status, name, message) when the server answers with an error.
 """
 
+import hashlib
 import socket
 import struct
 
@@ -30,7 +31,7 @@ OPS = {
     "TENANT_CREATE": 0x0100, "TENANT_DELETE": 0x0101, "TENANT_LIST": 0x0102,
     "TOKEN_ROTATE": 0x0103, "QUOTA_SET": 0x0104, "QUOTA_GET": 0x0105, "NS_GRANT": 0x0106,
     "NS_REVOKE": 0x0107, "EVICT": 0x0108, "FLUSH": 0x0109, "INSPECT": 0x010A,
-    "CONFIG_GET": 0x010B, "SHUTDOWN": 0x010C,
+    "CONFIG_GET": 0x010B, "SHUTDOWN": 0x010C, "CLUSTER_NODES": 0x0030,
 }
 
 STATUS = {
@@ -196,6 +197,13 @@ class Client:
     def delete(self, key, namespace=""):
         self.call(OPS["DELETE"], p_str(namespace) + bytes(key))
 
+    def cluster_nodes(self):
+        """The live nodes ({"id", "addr"}) and the replication factor; no nodes and
+        replicas 0 from a server that is not in a cluster."""
+        r = self.call(OPS["CLUSTER_NODES"])
+        replicas, n = r.u32(), r.u32()
+        return {"replicas": replicas, "nodes": [{"id": r.str(), "addr": r.str()} for _ in range(n)]}
+
     def stats(self):
         r = self.call(OPS["STATS"])
         return {k: r.u64() for k in ("chunks", "bytes", "hits", "misses", "quota_bytes", "quota_chunks")}
@@ -246,3 +254,85 @@ class Client:
 
     def token_rotate(self, tenant):
         return self.call(OPS["TOKEN_ROTATE"], p_str(tenant)).str()
+
+
+# ---- cluster routing (docs/deployment.md) ----
+
+def node_score(node_id, key):
+    """Rendezvous score of a node for a chunk key: the first 8 bytes, little-endian, of
+    BLAKE2b-128(node id || 0x00 || key) — the same function ragkvd places chunks with."""
+    d = hashlib.blake2b(node_id.encode("utf-8") + b"\x00" + bytes(key), digest_size=16).digest()
+    return struct.unpack("<Q", d[:8])[0]
+
+
+def rank_nodes(nodes, key):
+    """nodes (from Client.cluster_nodes) sorted by score for key, highest first: the first
+    `replicas` of them own the chunk, and a request sent to nodes[0] needs no peer hop."""
+    return sorted(nodes, key=lambda n: (-node_score(n["id"], key), n["id"]))
+
+
+class Router:
+    """Sends each request to an owner of its chunk: asks one node for the live nodes, then
+    keeps one authenticated connection per node. A node that cannot be reached is skipped
+    (the next in rank order answers: any node serves any request) and the node list is
+    fetched again.
+
+        r = Router("10.0.0.11", 7470, token)
+        r.client_for(key).get_kv(key=key)
+        r.close()
+    """
+
+    def __init__(self, host, port, token, timeout=30.0):
+        self.token, self.timeout = token, timeout
+        self.seeds = [(host, int(port))]
+        self.conns = {}
+        self.refresh()
+
+    def _connect(self, host, port):
+        c = Client(host, port, timeout=self.timeout)
+        c.auth(self.token)
+        return c
+
+    def refresh(self):
+        """Fetch the live nodes from any node we know."""
+        for host, port in self.seeds:
+            try:
+                with self._connect(host, port) as c:
+                    info = c.cluster_nodes()
+            except (OSError, RagkvError):
+                continue
+            self.replicas, self.nodes = info["replicas"], info["nodes"]
+            if self.nodes:
+                self.seeds = [tuple(n["addr"].rsplit(":", 1)) for n in self.nodes]
+                self.seeds = [(h, int(p)) for h, p in self.seeds]
+            return
+        raise RagkvError(-17, "no node answered CLUSTER_NODES")
+
+    def client_for(self, key):
+        """An authenticated Client on the first reachable node in key's ranking (the seed when
+        the server is not in a cluster)."""
+        ranked = rank_nodes(self.nodes, key) if self.nodes else [{"id": "seed", "addr": "%s:%d" % self.seeds[0]}]
+        for n in ranked:
+            c = self.conns.get(n["id"])
+            if c is None:
+                host, port = n["addr"].rsplit(":", 1)
+                try:
+                    c = self.conns[n["id"]] = self._connect(host, int(port))
+                except (OSError, RagkvError):
+                    continue
+            return c
+        self.refresh()
+        raise RagkvError(-17, "no node reachable")
+
+    def forget(self, key):
+        """Drop the connection client_for(key) returned (after it failed)."""
+        for n in (rank_nodes(self.nodes, key) if self.nodes else []):
+            c = self.conns.pop(n["id"], None)
+            if c is not None:
+                c.close()
+                return
+
+    def close(self):
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}

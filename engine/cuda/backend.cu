@@ -1,20 +1,29 @@
-// backend.cu — the CUDA backend (first version): the CPU reference's arithmetic on the GPU,
-// float32 throughout (weights widened to fp32 in device memory, cuBLAS SGEMM in plain fp32
-// without TF32), so it can be checked against the CPU backend with tight tolerances by the
-// same conformance suite. RAGKV_CUDA_MATH=tf32|bf16 runs the matrix products on tensor cores
-// instead (fp32 accumulation), for speed at lower precision. Speed work (bf16 weights, fused
-// attention, paged KV, CUDA graphs) comes after; the interface does not change.
+// backend.cu — the CUDA backend. Two storage types behind one code path (template T):
+//   - fp32 (RAGKV_CUDA_MATH=fp32, or tf32 for tensor-core products on fp32 storage): weights,
+//     KV cache and matrix inputs in float32, attention in the layer-granular calls by the
+//     reference path (cuBLAS scores, a softmax kernel, cuBLAS values). Checked against the CPU
+//     backend with tight tolerances; greedy tokens equal the CPU's.
+//   - bf16 (RAGKV_CUDA_MATH=bf16; the default for bf16/f16 checkpoints): weights, KV cache and
+//     matrix inputs in bfloat16, fp32 accumulation and fp32 hidden states; attention by the
+//     fused kernels of attn.cu (flash for many rows, split-key decode for few).
+// Both: q/k/v and gate/up projections as one matrix product each (weights concatenated at
+// load), RMSNorm fused with the residual add, batched decode in one pass per layer for all
+// sequences (each row attends over its own sequence's cache), the slot positions kept on the
+// device and refreshed only where engine.c changed them.
 //
-// Device state per sequence, each (n_layers, capacity, kv_dim) float32 like the CPU backend:
-// k_raw (K before RoPE: what export returns), k_rot (K rotated at its slot's position: what
-// attention reads), v. Slot positions live on the host (eng_seq.pos) and are copied up for
-// each attention call. Every CUDA and cuBLAS error becomes RK_ERR_DEVICE; nothing aborts.
+// Device state per sequence, each (n_layers, capacity, kv_dim) of the storage type: k_raw (K
+// before RoPE: what export returns), k_rot (K rotated at its slot's position: what attention
+// reads), v; and dpos (capacity) slot positions. Every CUDA and cuBLAS error becomes
+// RK_ERR_DEVICE (RK_ERR_NOMEM for allocations); nothing aborts.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "attn.h"
 
 extern "C" {
 #include "engine_impl.h"
@@ -24,8 +33,13 @@ extern "C" {
 
 namespace {
 
+typedef __nv_bfloat16 bf16;
+
+enum cu_mode { MODE_FP32, MODE_TF32, MODE_BF16 };
+
 struct cu_layer {
-    float *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *ffn_norm, *w1, *w2, *w3; // device
+    float *attn_norm, *ffn_norm, *bqkv; // fp32 (d), (d), (qd + 2 kvd) or NULL
+    void *wqkv, *wo, *w13, *w2;         // storage type: (qd+2kvd, d), (d, qd), (2f, d), (d, f)
 };
 
 struct cu_ctx {
@@ -33,26 +47,31 @@ struct cu_ctx {
     const eng_model_info *mi;
     int device;
     cublasHandle_t blas;
-    cublasComputeType_t compute; // CUBLAS_COMPUTE_32F (default), or _FAST_TF32 / _FAST_16BF
-    cudaStream_t stream;
-    float *tok_emb, *final_norm, *wcls; // device (vocab,d), (d), (vocab,d)
-    float *inv_freq;                   // device (head_dim/2)
-    cu_layer *layers;                  // host array of device pointers (n_layers)
-    void **owned;                      // device allocations freed at the end
+    cu_mode mode;
+    void *tok_emb, *wcls;     // storage type (vocab, d)
+    float *final_norm;        // (d)
+    float *inv_freq;          // (head_dim/2)
+    cu_layer *layers;         // host array of device pointers (n_layers)
+    void **owned;             // device allocations freed at the end
     size_t n_owned, cap_owned;
-    float *scratch;                    // device scratch, grown on demand
-    size_t scratch_floats;
-    int32_t *iscratch;                 // device int scratch
+    unsigned char *scratch;   // device scratch, grown on demand
+    size_t scratch_bytes;
+    int32_t *iscratch;        // device int scratch
     size_t iscratch_n;
+    cu_kvdesc *ddesc;         // device descriptors of the sequences of a call
+    size_t ddesc_n;
+    float *xdec;              // hidden rows of a batched decode step
+    size_t xdec_rows;
 };
 
 struct cu_kv {
-    float *k_raw, *k_rot, *v; // device (n_layers, capacity, kv_dim)
+    void *k_raw, *k_rot, *v; // (n_layers, capacity, kvd) storage type
+    int32_t *dpos;           // (capacity) slot positions; 0x7f7f7f7f (above any position): empty
 };
 
 rk_status cuda_fail(cudaError_t e, const char *what)
 {
-    cudaGetLastError(); // clear a sticky launch error
+    cudaGetLastError(); // clear a non-sticky error
     return rk_error_set(RK_ERR_DEVICE, "cuda backend: %s: %s", what, cudaGetErrorString(e));
 }
 
@@ -69,10 +88,22 @@ rk_status blas_fail(cublasStatus_t s, const char *what)
     } while (0)
 
 #define CHECK_LAUNCH(what) CU(cudaGetLastError(), what)
+#define TRY(x)                                                                                             \
+    do {                                                                                                   \
+        rk_status st_ = (x);                                                                               \
+        if (st_ != RK_OK)                                                                                  \
+            return st_;                                                                                    \
+    } while (0)
+
+size_t esize(const cu_ctx *c) { return c->mode == MODE_BF16 ? sizeof(bf16) : sizeof(float); }
 
 rk_status dev_alloc(cu_ctx *c, void **p, size_t bytes)
 {
-    CU(cudaMalloc(p, bytes ? bytes : 4), "cudaMalloc");
+    if (cudaMalloc(p, bytes ? bytes : 4) != cudaSuccess) {
+        cudaGetLastError();
+        *p = NULL;
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for %zu bytes of weights", bytes);
+    }
     if (c->n_owned == c->cap_owned) {
         size_t cap = c->cap_owned ? 2 * c->cap_owned : 64;
         void **o = (void **)rk_realloc(c->owned, cap * sizeof(void *));
@@ -87,43 +118,79 @@ rk_status dev_alloc(cu_ctx *c, void **p, size_t bytes)
     return RK_OK;
 }
 
-// Upload a tensor as float32 (widening f16/bf16 on the host). NULL data: *out = NULL.
-rk_status upload(cu_ctx *c, const eng_tensor *t, float **out)
+float host_f32(const eng_tensor *t, size_t i)
 {
-    *out = NULL;
-    if (!t->data)
-        return RK_OK;
-    size_t n = t->rows * t->cols;
-    const float *src = (const float *)t->data;
-    float *tmp = NULL;
-    if (t->dtype != ENG_DTYPE_F32) {
-        tmp = (float *)rk_malloc(n * sizeof(float));
-        if (!tmp)
-            return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory widening weights");
-        const uint16_t *h = (const uint16_t *)t->data;
-        for (size_t i = 0; i < n; i++)
-            tmp[i] = t->dtype == ENG_DTYPE_F16 ? rk_f16_to_f32(h[i]) : rk_bf16_to_f32(h[i]);
-        src = tmp;
-    }
-    void *d;
-    rk_status st = dev_alloc(c, &d, n * sizeof(float));
-    if (st == RK_OK && cudaMemcpy(d, src, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
-        st = cuda_fail(cudaGetLastError(), "upload weights");
-    rk_free(tmp);
-    if (st == RK_OK)
-        *out = (float *)d;
-    return st;
+    if (t->dtype == ENG_DTYPE_F32)
+        return ((const float *)t->data)[i];
+    uint16_t h = ((const uint16_t *)t->data)[i];
+    return t->dtype == ENG_DTYPE_F16 ? rk_f16_to_f32(h) : rk_bf16_to_f32(h);
 }
 
-// Device scratch of at least n floats (contents undefined).
-rk_status scratch(cu_ctx *c, size_t n, float **out)
+// Upload the row-wise concatenation of k tensors (same cols) in type `f32 ? float : storage`.
+// A tensor without data contributes nothing; all without data: *out = NULL.
+rk_status upload_cat(cu_ctx *c, const eng_tensor *const *ts, int k, bool f32, void **out)
 {
-    if (n > c->scratch_floats) {
+    *out = NULL;
+    size_t total = 0;
+    for (int i = 0; i < k; i++)
+        if (ts[i]->data)
+            total += ts[i]->rows * ts[i]->cols;
+    if (total == 0)
+        return RK_OK;
+    size_t es = f32 ? sizeof(float) : esize(c);
+    void *d;
+    TRY(dev_alloc(c, &d, total * es));
+    size_t off = 0;
+    for (int i = 0; i < k; i++) {
+        const eng_tensor *t = ts[i];
+        if (!t->data)
+            continue;
+        size_t n = t->rows * t->cols;
+        const void *src = t->data;
+        void *tmp = NULL;
+        bool direct = (es == sizeof(float) && t->dtype == ENG_DTYPE_F32) || (es == 2 && t->dtype == ENG_DTYPE_BF16);
+        if (!direct) {
+            tmp = rk_malloc(n * es);
+            if (!tmp)
+                return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory converting weights");
+            for (size_t j = 0; j < n; j++) {
+                float v = host_f32(t, j);
+                if (es == sizeof(float))
+                    ((float *)tmp)[j] = v;
+                else
+                    ((uint16_t *)tmp)[j] = rk_f32_to_bf16(v);
+            }
+            src = tmp;
+        }
+        cudaError_t e = cudaMemcpy((unsigned char *)d + off * es, src, n * es, cudaMemcpyHostToDevice);
+        rk_free(tmp);
+        if (e != cudaSuccess)
+            return cuda_fail(e, "upload weights");
+        off += n;
+    }
+    *out = d;
+    return RK_OK;
+}
+
+rk_status upload1(cu_ctx *c, const eng_tensor *t, bool f32, void **out)
+{
+    const eng_tensor *ts[1] = {t};
+    return upload_cat(c, ts, 1, f32, out);
+}
+
+// Device scratch of at least `bytes` (contents undefined). Growing it frees the old one
+// (cudaFree waits for the kernels using it).
+rk_status scratch(cu_ctx *c, size_t bytes, unsigned char **out)
+{
+    if (bytes > c->scratch_bytes) {
         cudaFree(c->scratch);
         c->scratch = NULL;
-        c->scratch_floats = 0;
-        CU(cudaMalloc(&c->scratch, n * sizeof(float)), "scratch");
-        c->scratch_floats = n;
+        c->scratch_bytes = 0;
+        if (cudaMalloc(&c->scratch, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for %zu bytes of scratch", bytes);
+        }
+        c->scratch_bytes = bytes;
     }
     *out = c->scratch;
     return RK_OK;
@@ -142,11 +209,41 @@ rk_status iscratch(cu_ctx *c, size_t n, int32_t **out)
     return RK_OK;
 }
 
+// Copy n host int32 values to the device int scratch at offset off (reserve first).
+rk_status ints_up(cu_ctx *c, const int32_t *src, size_t n, size_t off, int32_t **out)
+{
+    int32_t *d = NULL;
+    TRY(iscratch(c, off + n, &d));
+    if (n)
+        CU(cudaMemcpy(d + off, src, n * sizeof(int32_t), cudaMemcpyHostToDevice), "copy indices");
+    *out = d + off;
+    return RK_OK;
+}
+
+// Carves typed pieces out of one scratch allocation (256-byte aligned).
+struct carver {
+    size_t off = 0;
+    unsigned char *base = NULL;
+    template <typename X> X *take(size_t n)
+    {
+        X *p = (X *)(base ? base + off : NULL);
+        off += (n * sizeof(X) + 255) / 256 * 256;
+        return p;
+    }
+};
+
 // ---- kernels ----------------------------------------------------------------------------
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
 
 __device__ float block_sum(float v)
 {
     __shared__ float part[32];
+    __shared__ float total;
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_down_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -158,7 +255,6 @@ __device__ float block_sum(float v)
     if (wid == 0)
         for (int o = 16; o > 0; o >>= 1)
             v += __shfl_down_sync(0xffffffffu, v, o);
-    __shared__ float total;
     if (threadIdx.x == 0)
         total = v;
     __syncthreads();
@@ -170,6 +266,7 @@ __device__ float block_sum(float v)
 __device__ float block_max(float v)
 {
     __shared__ float part[32];
+    __shared__ float total;
     for (int o = 16; o > 0; o >>= 1)
         v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -181,7 +278,6 @@ __device__ float block_max(float v)
     if (wid == 0)
         for (int o = 16; o > 0; o >>= 1)
             v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    __shared__ float total;
     if (threadIdx.x == 0)
         total = v;
     __syncthreads();
@@ -190,25 +286,28 @@ __device__ float block_max(float v)
     return r;
 }
 
-// out[r] = w * x[src_row(r)] / rms(x[src_row(r)]); rows NULL: r itself. One block per row.
-__global__ void k_rmsnorm(float *out, const float *x, const float *w, const int32_t *rows, int d, float eps)
+// x[r] += add[r] when add; out[r] = w * x[src] / rms(x[src]) with src = rows ? rows[r] : r.
+// One block per row.
+template <typename TO>
+__global__ void k_add_rmsnorm(TO *out, float *x, const float *add, const float *w, const int32_t *rows, int d,
+                              float eps)
 {
     int r = blockIdx.x;
-    const float *xr = x + (size_t)(rows ? rows[r] : r) * d;
+    float *xr = x + (size_t)(rows ? rows[r] : r) * d;
+    const float *ar = add ? add + (size_t)r * d : NULL;
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        ss += xr[j] * xr[j];
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = xr[j];
+        if (ar) {
+            v += ar[j];
+            xr[j] = v;
+        }
+        ss += v * v;
+    }
     ss = block_sum(ss);
     float inv = 1.0f / sqrtf(ss / (float)d + eps);
     for (int j = threadIdx.x; j < d; j += blockDim.x)
-        out[(size_t)r * d + j] = w[j] * (inv * xr[j]);
-}
-
-__global__ void k_add_bias(float *y, const float *b, size_t n, int cols)
-{
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n)
-        y[i] += b[i % cols];
+        out[(size_t)r * d + j] = from_f<TO>(w[j] * (inv * xr[j]));
 }
 
 __global__ void k_add(float *x, const float *y, size_t n)
@@ -218,49 +317,35 @@ __global__ void k_add(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-__global__ void k_swiglu(float *a, const float *b, size_t n)
+__global__ void k_add_bias(float *y, const float *b, size_t n, int cols)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n) {
-        float v = a[i];
-        v *= 1.0f / (1.0f + expf(-v));
-        a[i] = v * b[i];
-    }
+    if (i < n)
+        y[i] += b[i % cols];
 }
 
-// Rotate nrows rows of nheads heads (row stride = nheads*hd) at pos[row].
-__global__ void k_rope(float *vec, int nrows, int nheads, int hd, const int32_t *pos, const float *inv_freq,
-                       int interleaved)
+// out (n, f) = silu(y[:, :f]) * y[:, f:]  (y (n, 2f): gate then up)
+template <typename T>
+__global__ void k_swiglu(T *out, const float *y, size_t n, int f)
 {
-    int half = hd / 2;
-    size_t total = (size_t)nrows * nheads * half;
-    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= total)
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n * (size_t)f)
         return;
-    int i = (int)(idx % half);
-    size_t rh = idx / half;
-    int h = (int)(rh % nheads);
-    int r = (int)(rh / nheads);
-    float val = (float)pos[r] * inv_freq[i];
-    float fcr = cosf(val), fci = sinf(val);
-    float *p = vec + ((size_t)r * nheads + h) * hd;
-    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    float v0 = p[a], v1 = p[b];
-    p[a] = v0 * fcr - v1 * fci;
-    p[b] = v0 * fci + v1 * fcr;
+    size_t r = i / f, j = i % f;
+    float a = y[r * 2 * f + j], b = y[r * 2 * f + f + j];
+    out[i] = from_f<T>(a / (1.0f + expf(-a)) * b);
 }
 
-// cache[layer][slot[r]] = src[r] for n rows of kvd floats.
-__global__ void k_scatter(float *cache, const float *src, const int32_t *slots, int n, int kvd, size_t layer_off)
+template <typename T>
+__global__ void k_embed(float *x, const T *emb, const int32_t *tok, int n, int d)
 {
-    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= (size_t)n * kvd)
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * d)
         return;
-    int r = (int)(idx / kvd), j = (int)(idx % kvd);
-    cache[layer_off + (size_t)slots[r] * kvd + j] = src[idx];
+    int r = (int)(i / d), j = (int)(i % d);
+    x[i] = to_f(emb[(size_t)tok[r] * d + j]);
 }
 
-// out[r] = src[idx[r]] for rows of d floats.
 __global__ void k_gather(float *out, const float *src, const int32_t *idx, int n, int d)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
@@ -270,13 +355,80 @@ __global__ void k_gather(float *out, const float *src, const int32_t *idx, int n
     out[i] = src[(size_t)idx[r] * d + j];
 }
 
-// Exact causal rule by position: slot t is visible to a query at position p iff spos[t] <= p
-// (empty slots hold INT32_MAX). Optional slot groups: grp[t] (-1 none) with temperature /
-// log-scale, and per-head masses per group.
-// Attention in three steps per layer: S = K Q^T by cuBLAS (one SGEMM per head), this kernel
-// (mask, scale, slot-group modifiers, softmax in place, group mass), then O = V P by cuBLAS.
-// One block per (query row, head); scores (n, H, len) hold raw q.k on entry, probabilities on
-// exit (exactly 0 where masked, so the V product ignores those slots).
+template <typename A, typename B>
+__global__ void k_convert(B *out, const A *in, size_t n)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = from_f<B>(to_f(in[i]));
+}
+
+__device__ __forceinline__ void rope_pair(int i, int hd, int inter, int *a, int *b)
+{
+    *a = inter ? 2 * i : i;
+    *b = inter ? 2 * i + 1 : i + hd / 2;
+}
+
+// Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld floats) into the
+// cache of sequence desc[rseq ? rseq[r] : 0] at `layer`, slot slots ? slots[r] : slot0 + r:
+// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, kv head, pair).
+template <typename T>
+__global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer, const float *ksrc,
+                           const float *vsrc, size_t ld, const int32_t *slots, int slot0, const int32_t *pos, int n,
+                           int nkv, int hd, const float *inv_freq, int inter)
+{
+    int half = hd / 2;
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * nkv * half)
+        return;
+    int i = (int)(idx % half);
+    int hh = (int)((idx / half) % nkv);
+    int r = (int)(idx / half / nkv);
+    const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
+    size_t kvd = (size_t)nkv * hd;
+    size_t dst = ((size_t)layer * d.cap + (size_t)(slots ? slots[r] : slot0 + r)) * kvd + (size_t)hh * hd;
+    const float *k = ksrc + (size_t)r * ld + (size_t)hh * hd;
+    const float *v = vsrc + (size_t)r * ld + (size_t)hh * hd;
+    int a, b;
+    rope_pair(i, hd, inter, &a, &b);
+    float ang = (float)pos[r] * inv_freq[i];
+    float fc = cosf(ang), fs = sinf(ang);
+    float k0 = k[a], k1 = k[b];
+    T *kraw = (T *)d.k_raw + dst, *krot = (T *)d.k_rot + dst, *vv = (T *)d.v + dst;
+    kraw[a] = from_f<T>(k0);
+    kraw[b] = from_f<T>(k1);
+    krot[a] = from_f<T>(k0 * fc - k1 * fs);
+    krot[b] = from_f<T>(k0 * fs + k1 * fc);
+    vv[a] = from_f<T>(v[a]);
+    vv[b] = from_f<T>(v[b]);
+}
+
+// out (n, H*hd) = q rows of src (stride ld floats) rotated at pos[r].
+template <typename T>
+__global__ void k_rope_q(T *out, const float *src, size_t ld, const int32_t *pos, int n, int H, int hd,
+                         const float *inv_freq, int inter)
+{
+    int half = hd / 2;
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * H * half)
+        return;
+    int i = (int)(idx % half);
+    int h = (int)((idx / half) % H);
+    int r = (int)(idx / half / H);
+    const float *q = src + (size_t)r * ld + (size_t)h * hd;
+    T *o = out + ((size_t)r * H + h) * hd;
+    int a, b;
+    rope_pair(i, hd, inter, &a, &b);
+    float ang = (float)pos[r] * inv_freq[i];
+    float fc = cosf(ang), fs = sinf(ang);
+    float q0 = q[a], q1 = q[b];
+    o[a] = from_f<T>(q0 * fc - q1 * fs);
+    o[b] = from_f<T>(q0 * fs + q1 * fc);
+}
+
+// The reference softmax: exact causal rule by position, slot groups (temperature,
+// log-scale), probabilities in place (exactly 0 where masked), optional per-head group mass.
+// One block per (query row, head); scores (rows, H, len) hold raw q.k on entry.
 __global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const int32_t *qpos, int H, float scale,
                           const int32_t *grp, const float *temp, const float *lscale, int G, float *mass_h,
                           const int32_t *gbounds)
@@ -325,53 +477,152 @@ __global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const
 
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
 
-// Every matrix product goes through here: column-major C (m x n) = op(A) op(B), fp32 in and
-// out. The compute type is the backend's math mode (RAGKV_CUDA_MATH): plain fp32 by default,
-// or tensor-core tf32/bf16 with fp32 accumulation.
-cublasStatus_t mm(cu_ctx *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *a, int lda,
-                  const float *b, int ldb, float *cm, int ldc)
+// ---- matrix products ----------------------------------------------------------------------
+
+// Column-major C (m x n, fp32) = op(A) op(B) with A, B of the storage type (fp32 or bf16),
+// accumulation in fp32 (tf32 tensor cores in MODE_TF32).
+cublasStatus_t mm(cu_ctx *c, bool storage, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                  const void *a, int lda, const void *b, int ldb, float *cm, int ldc)
 {
     const float one = 1.0f, zero = 0.0f;
-    if (c->compute == CUBLAS_COMPUTE_32F)
-        return cublasSgemm(c->blas, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, cm, ldc);
-    return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &zero, cm, CUDA_R_32F,
-                        ldc, c->compute, CUBLAS_GEMM_DEFAULT);
+    if (storage && c->mode == MODE_BF16)
+        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &zero, cm,
+                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (c->mode == MODE_TF32)
+        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &zero, cm,
+                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
+    return cublasSgemm(c->blas, ta, tb, m, n, k, &one, (const float *)a, lda, (const float *)b, ldb, &zero, cm, ldc);
 }
 
-// y (n, out) = x (n, in) W^T, W (out, in) row-major, all on the device.
-rk_status gemm(cu_ctx *c, float *y, const float *x, const float *w, size_t n, size_t in, size_t out)
+// y (n, out) fp32 = x (n, in) W^T, W (out, in) row-major, x and W of the storage type.
+rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size_t in, size_t out)
 {
-    cublasStatus_t s = mm(c, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y, (int)out);
+    cublasStatus_t s =
+        mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y, (int)out);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
 }
 
-// Attention for one layer, att (n, H*hd) = softmax(mask(Q K^T / sqrt(hd))) V: attention_scores
-// (an SGEMM per head), k_softmax, attention_values (an SGEMM per head). Query head h reads KV
-// head h / group; K and V rows are kvd floats apart.
-rk_status attention_scores(cu_ctx *c, const float *q, const float *k_rot, float *scores, size_t n, size_t len, int H,
-                           int hd, int group, int kvd)
+// ---- sequences ----------------------------------------------------------------------------
+
+size_t kv_dim(const cu_ctx *c) { return (size_t)c->mi->n_kv_heads * c->mi->head_dim; }
+
+// Bring the device copy of s's slot positions up to date with engine.c's host copy.
+rk_status sync_pos(eng_seq *s)
 {
-    for (int h = 0; h < H; h++) {
-        size_t kvo = (size_t)(h / group) * hd;
-        // scores[(r*H + h)*len + t] = k_t . q_r : (len x n) = K (len x hd) . Q^T
-        cublasStatus_t st = mm(c, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, (int)n, hd, k_rot + kvo, kvd, q + (size_t)h * hd,
-                               H * hd, scores + (size_t)h * len, (int)(H * len));
-        if (st != CUBLAS_STATUS_SUCCESS)
-            return blas_fail(st, "attention scores");
-    }
+    cu_kv *kv = (cu_kv *)s->ctx;
+    if (s->pos_dirty < s->len)
+        CU(cudaMemcpy(kv->dpos + s->pos_dirty, s->pos + s->pos_dirty, (s->len - s->pos_dirty) * sizeof(int32_t),
+                      cudaMemcpyHostToDevice),
+           "slot positions");
+    s->pos_dirty = SIZE_MAX;
     return RK_OK;
 }
 
-rk_status attention_values(cu_ctx *c, float *att, const float *v, const float *scores, size_t n, size_t len, int H,
-                           int hd, int group, int kvd)
+cu_kvdesc desc_of(const eng_seq *s)
 {
-    for (int h = 0; h < H; h++) {
-        size_t kvo = (size_t)(h / group) * hd;
-        // att[(r*H + h)*hd + i] = sum_t p[r,h,t] v_t[i] : (hd x n) = V^T (hd x len) . P (len x n)
-        cublasStatus_t st = mm(c, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, v + kvo, kvd,
-                               scores + (size_t)h * len, (int)(H * len), att + (size_t)h * hd, H * hd);
-        if (st != CUBLAS_STATUS_SUCCESS)
-            return blas_fail(st, "attention values");
+    const cu_kv *kv = (const cu_kv *)s->ctx;
+    cu_kvdesc d;
+    d.k_raw = kv->k_raw;
+    d.k_rot = kv->k_rot;
+    d.v = kv->v;
+    d.spos = kv->dpos;
+    d.cap = (long long)s->capacity;
+    d.len = (int)s->len;
+    d.pad_ = 0;
+    return d;
+}
+
+// Upload descriptors of n sequences (positions synced first); *out: device array.
+rk_status descs_up(cu_ctx *c, eng_seq *const *seqs, size_t n, cu_kvdesc **out)
+{
+    if (n > c->ddesc_n) {
+        cudaFree(c->ddesc);
+        c->ddesc = NULL;
+        c->ddesc_n = 0;
+        CU(cudaMalloc(&c->ddesc, n * sizeof(cu_kvdesc)), "descriptors");
+        c->ddesc_n = n;
+    }
+    cu_kvdesc *h = (cu_kvdesc *)rk_malloc(n * sizeof(cu_kvdesc));
+    if (!h)
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+    rk_status st = RK_OK;
+    for (size_t i = 0; i < n && st == RK_OK; i++) {
+        st = sync_pos(seqs[i]);
+        h[i] = desc_of(seqs[i]);
+    }
+    cudaError_t e = st == RK_OK ? cudaMemcpy(c->ddesc, h, n * sizeof(cu_kvdesc), cudaMemcpyHostToDevice) : cudaSuccess;
+    rk_free(h);
+    if (st != RK_OK)
+        return st;
+    if (e != cudaSuccess)
+        return cuda_fail(e, "descriptors");
+    *out = c->ddesc;
+    return RK_OK;
+}
+
+// ---- attention ----------------------------------------------------------------------------
+
+// Which attention a layer-granular call uses.
+enum attn_path { PATH_REFERENCE, PATH_FLASH, PATH_DECODE };
+
+constexpr size_t DECODE_ROWS = 16; // at most this many rows: the split-key kernel
+
+attn_path choose_path(const cu_ctx *c, size_t n, const eng_attn_groups *ag)
+{
+    const eng_model_info *mi = c->mi;
+    if (c->mode != MODE_BF16 || (ag && ag->mass))
+        return PATH_REFERENCE;
+    if (n > DECODE_ROWS && attn_flash_supported(mi->head_dim, mi->n_heads, mi->n_kv_heads))
+        return PATH_FLASH;
+    if (mi->n_heads / mi->n_kv_heads <= ATTN_MAX_GROUP)
+        return PATH_DECODE;
+    return PATH_REFERENCE;
+}
+
+// Reference attention in fp32 over rows in chunks (bounded scores memory):
+// att (n, H*hd) = softmax(mask(q k^T / sqrt(hd))) v, k/v rows kvd floats apart.
+struct ref_args {
+    const float *q, *k, *v;
+    float *att;
+    size_t n, len;
+    const int32_t *dqpos, *dspos, *dgrp, *dgb;
+    const float *dtemp, *dls;
+    size_t G;
+    float *dmass; // (n, H, G) or NULL
+    float *scores;
+    size_t chunk; // rows per chunk
+};
+
+rk_status attn_reference(cu_ctx *c, const ref_args *a)
+{
+    const eng_model_info *mi = c->mi;
+    int H = mi->n_heads, hd = mi->head_dim, group = mi->n_heads / mi->n_kv_heads;
+    int kvd = (int)kv_dim(c);
+    size_t len = a->len;
+    for (size_t r0 = 0; r0 < a->n; r0 += a->chunk) {
+        size_t n = a->n - r0 < a->chunk ? a->n - r0 : a->chunk;
+        const float *q = a->q + r0 * H * hd;
+        float *att = a->att + r0 * H * hd;
+        for (int h = 0; h < H; h++) {
+            size_t kvo = (size_t)(h / group) * hd;
+            // scores[(r*H + h)*len + t] = k_t . q_r : (len x n) = K (len x hd) . Q^T
+            cublasStatus_t st = mm(c, false, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, (int)n, hd, a->k + kvo, kvd,
+                                   q + (size_t)h * hd, H * hd, a->scores + (size_t)h * len, (int)(H * len));
+            if (st != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(st, "attention scores");
+        }
+        k_softmax<<<(unsigned)(n * H), 256>>>(a->scores, a->dspos, (int)len, a->dqpos + r0, H, sqrtf((float)hd),
+                                              a->dgrp, a->dtemp, a->dls, (int)a->G,
+                                              a->dmass ? a->dmass + r0 * H * a->G : NULL, a->dgb);
+        CHECK_LAUNCH("attention softmax");
+        for (int h = 0; h < H; h++) {
+            size_t kvo = (size_t)(h / group) * hd;
+            // att[(r*H + h)*hd + i] = sum_t p[r,h,t] v_t[i] : (hd x n) = V^T (hd x len) . P (len x n)
+            cublasStatus_t st = mm(c, false, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)n, (int)len, a->v + kvo, kvd,
+                                   a->scores + (size_t)h * len, (int)(H * len), att + (size_t)h * hd, H * hd);
+            if (st != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(st, "attention values");
+        }
     }
     return RK_OK;
 }
@@ -387,6 +638,8 @@ void cu_free(void *ctx)
         cudaFree(c->owned[i]);
     cudaFree(c->scratch);
     cudaFree(c->iscratch);
+    cudaFree(c->ddesc);
+    cudaFree(c->xdec);
     if (c->blas)
         cublasDestroy(c->blas);
     rk_free(c->owned);
@@ -394,31 +647,36 @@ void cu_free(void *ctx)
     rk_free(c);
 }
 
+void kv_free(cu_kv *kv)
+{
+    cudaFree(kv->k_raw);
+    cudaFree(kv->k_rot);
+    cudaFree(kv->v);
+    cudaFree(kv->dpos);
+    rk_free(kv);
+}
+
 rk_status cu_seq_init(void *ctx, eng_seq *s)
 {
     cu_ctx *c = (cu_ctx *)ctx;
-    size_t kvd = (size_t)c->mi->n_kv_heads * c->mi->head_dim;
-    size_t bytes = (size_t)c->mi->n_layers * s->capacity * kvd * sizeof(float);
+    size_t bytes = (size_t)c->mi->n_layers * s->capacity * kv_dim(c) * esize(c);
     cu_kv *kv = (cu_kv *)rk_calloc(1, sizeof(*kv));
     if (!kv)
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
     if (cudaMalloc(&kv->k_raw, bytes) != cudaSuccess || cudaMalloc(&kv->k_rot, bytes) != cudaSuccess ||
-        cudaMalloc(&kv->v, bytes) != cudaSuccess) {
+        cudaMalloc(&kv->v, bytes) != cudaSuccess ||
+        cudaMalloc(&kv->dpos, s->capacity * sizeof(int32_t)) != cudaSuccess) {
         cudaGetLastError();
-        cudaFree(kv->k_raw);
-        cudaFree(kv->k_rot);
-        cudaFree(kv->v);
-        rk_free(kv);
+        kv_free(kv);
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV cache of %zu slots", s->capacity);
     }
-    // unwritten slots must hold finite values: the value product multiplies them by 0
+    // unwritten slots must hold finite values (attention multiplies them by 0), and positions
+    // above any real one (0x7f7f7f7f) so that they are never visible
     if (cudaMemset(kv->k_raw, 0, bytes) != cudaSuccess || cudaMemset(kv->k_rot, 0, bytes) != cudaSuccess ||
-        cudaMemset(kv->v, 0, bytes) != cudaSuccess) {
+        cudaMemset(kv->v, 0, bytes) != cudaSuccess ||
+        cudaMemset(kv->dpos, 0x7f, s->capacity * sizeof(int32_t)) != cudaSuccess) {
         cudaGetLastError();
-        cudaFree(kv->k_raw);
-        cudaFree(kv->k_rot);
-        cudaFree(kv->v);
-        rk_free(kv);
+        kv_free(kv);
         return rk_error_set(RK_ERR_DEVICE, "cuda backend: clearing a KV cache failed");
     }
     s->ctx = kv;
@@ -427,13 +685,9 @@ rk_status cu_seq_init(void *ctx, eng_seq *s)
 
 void cu_seq_release(void *ctx, eng_seq *s)
 {
-    cu_kv *kv = (cu_kv *)s->ctx;
-    if (!kv)
-        return;
-    cudaFree(kv->k_raw);
-    cudaFree(kv->k_rot);
-    cudaFree(kv->v);
-    rk_free(kv);
+    (void)ctx;
+    if (s->ctx)
+        kv_free((cu_kv *)s->ctx);
     s->ctx = NULL;
 }
 
@@ -451,6 +705,7 @@ rk_status cu_hidden_init(void *ctx, eng_hidden *h)
 
 void cu_hidden_release(void *ctx, eng_hidden *h)
 {
+    (void)ctx;
     cudaFree(h->ctx);
     h->ctx = NULL;
 }
@@ -471,18 +726,6 @@ rk_status cu_hidden_read(void *ctx, const eng_hidden *h, size_t row0, size_t n, 
     return RK_OK;
 }
 
-// Copy n host int32 values to the device int scratch (offset off).
-rk_status ints_up(cu_ctx *c, const int32_t *src, size_t n, size_t off, int32_t **out)
-{
-    int32_t *d = NULL;
-    rk_status st = iscratch(c, off + n, &d);
-    if (st != RK_OK)
-        return st;
-    CU(cudaMemcpy(d + off, src, n * sizeof(int32_t), cudaMemcpyHostToDevice), "copy indices");
-    *out = d + off;
-    return RK_OK;
-}
-
 rk_status cu_hidden_gather(void *ctx, eng_hidden *dst, const eng_hidden *src, const size_t *idx, size_t n)
 {
     cu_ctx *c = (cu_ctx *)ctx;
@@ -500,10 +743,9 @@ rk_status cu_hidden_gather(void *ctx, eng_hidden *dst, const eng_hidden *src, co
         return st;
     int d = c->mi->dim;
     if (dst->ctx == src->ctx) { // in place: gather through scratch
-        float *tmp = NULL;
-        if ((st = scratch(c, n * d, &tmp)) != RK_OK)
-            return st;
-        k_gather<<<blocks(n * d), 256>>>(tmp, (const float *)src->ctx, didx, (int)n, d);
+        unsigned char *tmp = NULL;
+        TRY(scratch(c, n * d * sizeof(float), &tmp));
+        k_gather<<<blocks(n * d), 256>>>((float *)tmp, (const float *)src->ctx, didx, (int)n, d);
         CHECK_LAUNCH("gather");
         CU(cudaMemcpy(dst->ctx, tmp, n * d * sizeof(float), cudaMemcpyDeviceToDevice), "gather copy");
         return RK_OK;
@@ -513,50 +755,127 @@ rk_status cu_hidden_gather(void *ctx, eng_hidden *dst, const eng_hidden *src, co
     return RK_OK;
 }
 
+template <typename T>
+rk_status embed_rows(cu_ctx *c, float *x, const int32_t *dtok, size_t n)
+{
+    int d = c->mi->dim;
+    k_embed<T><<<blocks(n * d), 256>>>(x, (const T *)c->tok_emb, dtok, (int)n, d);
+    CHECK_LAUNCH("embed");
+    return RK_OK;
+}
+
 rk_status cu_embed(void *ctx, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n)
 {
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
     int32_t *dt;
-    rk_status st = ints_up(c, tokens, n, 0, &dt);
-    if (st != RK_OK)
-        return st;
-    int d = c->mi->dim;
-    k_gather<<<blocks(n * d), 256>>>((float *)h->ctx + row0 * d, c->tok_emb, dt, (int)n, d);
-    CHECK_LAUNCH("embed");
-    return RK_OK;
+    TRY(ints_up(c, tokens, n, 0, &dt));
+    float *x = (float *)h->ctx + row0 * c->mi->dim;
+    return c->mode == MODE_BF16 ? embed_rows<bf16>(c, x, dt, n) : embed_rows<float>(c, x, dt, n);
 }
 
-rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, size_t n, const int32_t *pos,
-                           const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+// Everything one layer needs for n rows, whichever way it was called.
+struct layer_call {
+    int layer;
+    float *x;                 // (n, d) hidden states, in place
+    size_t n;
+    const int32_t *dpos;      // (n) positions (device)
+    const int32_t *dslots;    // (n) slots (device)
+    const cu_kvdesc *ddesc;   // sequences (device)
+    const int32_t *drseq;     // (n) sequence of each row, NULL: all ddesc[0]
+    int max_len;              // largest len among the sequences
+    eng_seq *s;               // the single sequence (layer-granular call), NULL in batched decode
+    float *k_fresh, *v_fresh; // host outputs or NULL
+    const eng_attn_groups *ag;
+};
+
+// Bytes of scratch a layer of n rows needs on the given attention path.
+size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size_t G, size_t *chunk)
 {
-    cu_ctx *c = (cu_ctx *)ctx;
     const eng_model_info *mi = c->mi;
-    const cu_layer *w = &c->layers[layer];
-    cu_kv *kv = (cu_kv *)s->ctx;
-    size_t d = (size_t)mi->dim, hd = (size_t)mi->head_dim, H = (size_t)mi->n_heads, qd = H * hd,
-           kvd = (size_t)mi->n_kv_heads * hd, f = (size_t)mi->hidden, len = s->len;
+    size_t d = mi->dim, qd = (size_t)mi->n_heads * mi->head_dim, kvd = kv_dim(c), f = mi->hidden, H = mi->n_heads;
+    size_t es = esize(c);
+    carver cv;
+    cv.take<unsigned char>(n * d * es);                           // xb
+    cv.take<float>(n * (qd + 2 * kvd));                           // qkv
+    cv.take<unsigned char>(n * qd * es);                          // q (rotated)
+    cv.take<unsigned char>(n * qd * es);                          // att
+    cv.take<float>(n * (d > 2 * f ? d : 2 * f));                  // y
+    cv.take<unsigned char>(n * f * es);                           // hb
+    *chunk = n;
+    if (path == PATH_REFERENCE) {
+        // scores of at most ~512 MiB at once
+        size_t per_row = H * (len ? len : 1) * sizeof(float);
+        size_t ch = ((size_t)512 << 20) / per_row;
+        *chunk = ch < 1 ? 1 : ch > n ? n : ch;
+        cv.take<float>(*chunk * H * len);                         // scores
+        cv.take<float>(2 * G + 2);                                // temperature, log-scale
+        cv.take<float>(n * H * G + 1);                            // mass
+        if (c->mode == MODE_BF16) {
+            cv.take<float>(n * qd);                               // q fp32
+            cv.take<float>(2 * len * kvd);                        // k, v fp32
+            cv.take<float>(n * qd);                               // att fp32
+        }
+    } else if (path == PATH_DECODE) {
+        cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->head_dim, (int)len));
+        cv.take<float>(2 * G + 2);
+    } else {
+        cv.take<float>(2 * G + 2);
+    }
+    return cv.off;
+}
+
+template <typename T>
+rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
+{
+    const eng_model_info *mi = c->mi;
+    const cu_layer *w = &c->layers[lc->layer];
+    size_t n = lc->n, d = (size_t)mi->dim, hd = (size_t)mi->head_dim, H = (size_t)mi->n_heads, qd = H * hd,
+           kvd = kv_dim(c), f = (size_t)mi->hidden, qkvd = qd + 2 * kvd;
+    size_t len = (size_t)lc->max_len;
+    const eng_attn_groups *ag = lc->ag;
     size_t G = ag ? ag->n_groups : 0;
-    // scratch: xb (n,d) q (n,qd) k (n,kvd) v (n,kvd) att (n,qd) hb (n,f) hb2 (n,f) scores (n*H,len)
-    //          + group params (temperature G, log_scale G) + mass (n*H*G)
-    size_t need = n * (d + 2 * qd + 2 * kvd + 2 * f) + n * H * len + 2 * G + n * H * G + 16;
-    float *buf = NULL;
-    rk_status st = scratch(c, need, &buf);
-    if (st != RK_OK)
-        return st;
-    float *xb = buf, *q = xb + n * d, *k = q + n * qd, *v = k + n * kvd, *att = v + n * kvd, *hb = att + n * qd,
-          *hb2 = hb + n * f, *scores = hb2 + n * f, *dtemp = scores + n * H * len, *dls = dtemp + G,
-          *dmass = dls + G;
-    // ints: pos (n), slots (n), slot positions (len), group per slot (len), group bounds (G+1);
-    // reserved at once (growing the scratch would move what ints_up handed out before)
-    int32_t *dpos = NULL, *dslots = NULL, *dspos = NULL, *dgrp = NULL, *dgb = NULL, *ibase = NULL;
-    if ((st = iscratch(c, 2 * n + 2 * len + G + 1, &ibase)) != RK_OK)
-        return st;
-    if ((st = ints_up(c, pos, n, 0, &dpos)) != RK_OK || (st = ints_up(c, slots, n, n, &dslots)) != RK_OK ||
-        (st = ints_up(c, s->pos, len, 2 * n, &dspos)) != RK_OK)
-        return st;
+    size_t chunk = n;
+    size_t need = layer_scratch(c, n, len, path, G, &chunk);
+    unsigned char *base;
+    TRY(scratch(c, need, &base));
+    carver cv;
+    cv.base = base;
+    T *xb = cv.take<T>(n * d);
+    float *qkv = cv.take<float>(n * qkvd);
+    T *q = cv.take<T>(n * qd);
+    T *att = cv.take<T>(n * qd);
+    float *y = cv.take<float>(n * (d > 2 * f ? d : 2 * f));
+    T *hb = cv.take<T>(n * f);
+    int inter = mi->rope == ENG_ROPE_INTERLEAVED;
+
+    // attention block: norm, q/k/v in one product, bias, cache writes with RoPE
+    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xb, lc->x, NULL, w->attn_norm, NULL, (int)d, mi->norm_eps);
+    CHECK_LAUNCH("rmsnorm");
+    TRY(gemm(c, qkv, xb, w->wqkv, n, d, qkvd));
+    if (w->bqkv) {
+        k_add_bias<<<blocks(n * qkvd), 256>>>(qkv, w->bqkv, n * qkvd, (int)qkvd);
+        CHECK_LAUNCH("bias");
+    }
+    if (lc->k_fresh)
+        CU(cudaMemcpy2D(lc->k_fresh, kvd * sizeof(float), qkv + qd, qkvd * sizeof(float), kvd * sizeof(float), n,
+                        cudaMemcpyDeviceToHost),
+           "fresh K");
+    if (lc->v_fresh)
+        CU(cudaMemcpy2D(lc->v_fresh, kvd * sizeof(float), qkv + qd + kvd, qkvd * sizeof(float), kvd * sizeof(float),
+                        n, cudaMemcpyDeviceToHost),
+           "fresh V");
+    k_store_kv<T><<<blocks(n * mi->n_kv_heads * (hd / 2)), 256>>>(lc->ddesc, lc->drseq, lc->layer, qkv + qd,
+                                                                   qkv + qd + kvd, qkvd, lc->dslots, 0, lc->dpos,
+                                                                   (int)n, mi->n_kv_heads, (int)hd, c->inv_freq, inter);
+    CHECK_LAUNCH("cache write");
+
+    // group parameters (layer-granular calls only)
+    const int32_t *dgrp = NULL, *dgb = NULL;
+    float *dtemp = NULL, *dls = NULL;
     if (ag) {
+        // ints after the call's positions and slots (2n) in the int scratch
         int32_t *hg = (int32_t *)rk_malloc((len + G + 1) * sizeof(int32_t));
         if (!hg)
             return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
@@ -567,81 +886,193 @@ rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, si
                 hg[t] = (int32_t)g;
         for (size_t g = 0; g <= G; g++)
             hg[len + g] = (int32_t)ag->bounds[g];
-        st = ints_up(c, hg, len + G + 1, 2 * n + len, &dgrp);
+        int32_t *dg = NULL;
+        rk_status st = ints_up(c, hg, len + G + 1, 2 * n, &dg);
         rk_free(hg);
-        if (st != RK_OK)
-            return st;
-        dgb = dgrp + len;
-        if (ag->temperature)
-            CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "group temperature");
-        if (ag->log_scale)
-            CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "group log-scale");
+        TRY(st);
+        dgrp = dg;
+        dgb = dg + len;
     }
-    float *x = (float *)hid->ctx;
-    k_rmsnorm<<<(unsigned)n, 256>>>(xb, x, w->attn_norm, NULL, (int)d, mi->norm_eps);
-    CHECK_LAUNCH("rmsnorm");
-    if ((st = gemm(c, q, xb, w->wq, n, d, qd)) || (st = gemm(c, k, xb, w->wk, n, d, kvd)) ||
-        (st = gemm(c, v, xb, w->wv, n, d, kvd)))
-        return st;
-    if (w->bq) {
-        k_add_bias<<<blocks(n * qd), 256>>>(q, w->bq, n * qd, (int)qd);
-        k_add_bias<<<blocks(n * kvd), 256>>>(k, w->bk, n * kvd, (int)kvd);
-        k_add_bias<<<blocks(n * kvd), 256>>>(v, w->bv, n * kvd, (int)kvd);
-        CHECK_LAUNCH("bias");
-    }
-    if (k_fresh)
-        CU(cudaMemcpy(k_fresh, k, n * kvd * sizeof(float), cudaMemcpyDeviceToHost), "fresh K");
-    if (v_fresh)
-        CU(cudaMemcpy(v_fresh, v, n * kvd * sizeof(float), cudaMemcpyDeviceToHost), "fresh V");
-    size_t loff = (size_t)layer * s->capacity * kvd;
-    int inter = mi->rope == ENG_ROPE_INTERLEAVED;
-    k_scatter<<<blocks(n * kvd), 256>>>(kv->k_raw, k, dslots, (int)n, (int)kvd, loff);
-    k_scatter<<<blocks(n * kvd), 256>>>(kv->v, v, dslots, (int)n, (int)kvd, loff);
-    k_rope<<<blocks(n * mi->n_kv_heads * (hd / 2)), 256>>>(k, (int)n, mi->n_kv_heads, (int)hd, dpos, c->inv_freq, inter);
-    k_scatter<<<blocks(n * kvd), 256>>>(kv->k_rot, k, dslots, (int)n, (int)kvd, loff);
-    k_rope<<<blocks(n * H * (hd / 2)), 256>>>(q, (int)n, (int)H, (int)hd, dpos, c->inv_freq, inter);
-    CHECK_LAUNCH("rope and cache");
-    int group = mi->n_heads / mi->n_kv_heads;
-    if ((st = attention_scores(c, q, kv->k_rot + loff, scores, n, len, (int)H, (int)hd, group, (int)kvd)))
-        return st;
-    k_softmax<<<(unsigned)(n * H), 256>>>(scores, dspos, (int)len, dpos, (int)H, sqrtf((float)hd), dgrp,
-                                          ag && ag->temperature ? dtemp : NULL, ag && ag->log_scale ? dls : NULL,
-                                          (int)G, ag && ag->mass ? dmass : NULL, dgb);
-    CHECK_LAUNCH("attention softmax");
-    if ((st = attention_values(c, att, kv->v + loff, scores, n, len, (int)H, (int)hd, group, (int)kvd)))
-        return st;
-    if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend)
-        float *mh = (float *)rk_malloc(n * H * G * sizeof(float));
-        if (!mh)
-            return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
-        cudaError_t e = cudaMemcpy(mh, dmass, n * H * G * sizeof(float), cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) {
-            rk_free(mh);
-            return cuda_fail(e, "attention mass");
+
+    if (path == PATH_REFERENCE) {
+        size_t chunk_rows = chunk;
+        float *scores = cv.take<float>(chunk_rows * H * len);
+        float *gp = cv.take<float>(2 * G + 2);
+        float *dmass = cv.take<float>(n * H * G + 1);
+        if (ag) {
+            dtemp = ag->temperature ? gp : NULL;
+            dls = ag->log_scale ? gp + G : NULL;
+            if (dtemp)
+                CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "temperature");
+            if (dls)
+                CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "log-scale");
         }
-        for (size_t r = 0; r < n; r++)
-            for (size_t g = 0; g < G; g++) {
-                float m = 0.0f;
-                for (size_t hh = 0; hh < H; hh++)
-                    m += mh[(r * H + hh) * G + g];
-                ag->mass[r * G + g] = m / (float)H;
+        cu_kv *kv = (cu_kv *)lc->s->ctx;
+        size_t loff = (size_t)lc->layer * lc->s->capacity * kvd;
+        ref_args ra;
+        memset(&ra, 0, sizeof(ra));
+        float *qf, *kf, *vf, *attf;
+        if (sizeof(T) == sizeof(float)) {
+            qf = (float *)q;
+            kf = (float *)kv->k_rot + loff;
+            vf = (float *)kv->v + loff;
+            attf = (float *)att;
+        } else {
+            qf = cv.take<float>(n * qd);
+            kf = cv.take<float>(2 * len * kvd);
+            vf = kf + len * kvd;
+            attf = cv.take<float>(n * qd);
+            k_convert<T, float><<<blocks(len * kvd), 256>>>(kf, (const T *)kv->k_rot + loff, len * kvd);
+            k_convert<T, float><<<blocks(len * kvd), 256>>>(vf, (const T *)kv->v + loff, len * kvd);
+            CHECK_LAUNCH("widen cache");
+        }
+        k_rope_q<float><<<blocks(n * H * (hd / 2)), 256>>>(qf, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd,
+                                                           c->inv_freq, inter);
+        CHECK_LAUNCH("rope q");
+        ra.q = qf;
+        ra.k = kf;
+        ra.v = vf;
+        ra.att = attf;
+        ra.n = n;
+        ra.len = len;
+        ra.dqpos = lc->dpos;
+        ra.dspos = kv->dpos;
+        ra.dgrp = dgrp;
+        ra.dgb = dgb;
+        ra.dtemp = dtemp;
+        ra.dls = dls;
+        ra.G = G;
+        ra.dmass = ag && ag->mass ? dmass : NULL;
+        ra.scores = scores;
+        ra.chunk = chunk_rows;
+        TRY(attn_reference(c, &ra));
+        if (sizeof(T) != sizeof(float)) {
+            k_convert<float, T><<<blocks(n * qd), 256>>>(att, attf, n * qd);
+            CHECK_LAUNCH("narrow attention");
+        }
+        if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend)
+            float *mh = (float *)rk_malloc(n * H * G * sizeof(float));
+            if (!mh)
+                return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+            cudaError_t e = cudaMemcpy(mh, dmass, n * H * G * sizeof(float), cudaMemcpyDeviceToHost);
+            if (e != cudaSuccess) {
+                rk_free(mh);
+                return cuda_fail(e, "attention mass");
             }
-        rk_free(mh);
+            for (size_t r = 0; r < n; r++)
+                for (size_t g = 0; g < G; g++) {
+                    float m = 0.0f;
+                    for (size_t hh = 0; hh < H; hh++)
+                        m += mh[(r * H + hh) * G + g];
+                    ag->mass[r * G + g] = m / (float)H;
+                }
+            rk_free(mh);
+        }
+    } else {
+        float *part = path == PATH_DECODE ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, (int)hd, (int)len))
+                                          : NULL;
+        float *gp = cv.take<float>(2 * G + 2);
+        if (ag) {
+            dtemp = ag->temperature ? gp : NULL;
+            dls = ag->log_scale ? gp + G : NULL;
+            if (dtemp)
+                CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "temperature");
+            if (dls)
+                CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "log-scale");
+        }
+        k_rope_q<T><<<blocks(n * H * (hd / 2)), 256>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
+                                                       inter);
+        CHECK_LAUNCH("rope q");
+        cu_attn_shape sh;
+        sh.n = (int)n;
+        sh.H = (int)H;
+        sh.KVH = mi->n_kv_heads;
+        sh.hd = (int)hd;
+        sh.scale = 1.0f / sqrtf((float)hd);
+        sh.qpos = lc->dpos;
+        sh.grp = dgrp;
+        sh.temp = dtemp;
+        sh.lscale = dls;
+        cudaError_t e;
+        if (path == PATH_FLASH) {
+            cu_kv *kv = (cu_kv *)lc->s->ctx;
+            size_t loff = (size_t)lc->layer * lc->s->capacity * kvd;
+            e = attn_flash(&sh, (const bf16 *)q, (const bf16 *)kv->k_rot + loff, (const bf16 *)kv->v + loff, kv->dpos,
+                           (int)len, (bf16 *)att);
+        } else {
+            e = attn_decode<T>(&sh, q, lc->ddesc, lc->drseq, lc->layer, (int)len, part, att);
+        }
+        if (e != cudaSuccess)
+            return cuda_fail(e, "attention");
     }
-    if ((st = gemm(c, xb, att, w->wo, n, qd, d)))
-        return st;
-    k_add<<<blocks(n * d), 256>>>(x, xb, n * d);
-    k_rmsnorm<<<(unsigned)n, 256>>>(xb, x, w->ffn_norm, NULL, (int)d, mi->norm_eps);
+
+    // output projection, residual + norm, FFN, residual
+    TRY(gemm(c, y, att, w->wo, n, qd, d));
+    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xb, lc->x, y, w->ffn_norm, NULL, (int)d, mi->norm_eps);
     CHECK_LAUNCH("residual and norm");
-    if ((st = gemm(c, hb, xb, w->w1, n, d, f)) || (st = gemm(c, hb2, xb, w->w3, n, d, f)))
-        return st;
-    k_swiglu<<<blocks(n * f), 256>>>(hb, hb2, n * f);
+    TRY(gemm(c, y, xb, w->w13, n, d, 2 * f));
+    k_swiglu<T><<<blocks(n * f), 256>>>(hb, y, n, (int)f);
     CHECK_LAUNCH("swiglu");
-    if ((st = gemm(c, xb, hb, w->w2, n, f, d)))
-        return st;
-    k_add<<<blocks(n * d), 256>>>(x, xb, n * d);
+    TRY(gemm(c, y, hb, w->w2, n, f, d));
+    k_add<<<blocks(n * d), 256>>>(lc->x, y, n * d);
     CHECK_LAUNCH("residual");
+    return RK_OK;
+}
+
+rk_status run_layer(cu_ctx *c, const layer_call *lc, attn_path path)
+{
+    return c->mode == MODE_BF16 ? layer_run<bf16>(c, lc, path) : layer_run<float>(c, lc, path);
+}
+
+rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, size_t n, const int32_t *pos,
+                           const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    size_t G = ag ? ag->n_groups : 0;
+    // ints: pos (n), slots (n), then group per slot (len) and bounds (G+1); reserved at once
+    // (growing the scratch would move what ints_up handed out before)
+    int32_t *ibase = NULL, *dpos = NULL, *dslots = NULL;
+    TRY(iscratch(c, 2 * n + s->len + G + 1, &ibase));
+    TRY(ints_up(c, pos, n, 0, &dpos));
+    TRY(ints_up(c, slots, n, n, &dslots));
+    cu_kvdesc *dd;
+    TRY(descs_up(c, &s, 1, &dd));
+    layer_call lc;
+    lc.layer = layer;
+    lc.x = (float *)hid->ctx;
+    lc.n = n;
+    lc.dpos = dpos;
+    lc.dslots = dslots;
+    lc.ddesc = dd;
+    lc.drseq = NULL;
+    lc.max_len = (int)s->len;
+    lc.s = s;
+    lc.k_fresh = k_fresh;
+    lc.v_fresh = v_fresh;
+    lc.ag = ag;
+    TRY(run_layer(c, &lc, choose_path(c, n, ag)));
     CU(cudaDeviceSynchronize(), "layer");
+    return RK_OK;
+}
+
+// logits (n, vocab) host = classifier(final_norm(x[rows])) for device hidden rows.
+template <typename T>
+rk_status logits_rows(cu_ctx *c, const float *x, const int32_t *drows, size_t n, float *logits)
+{
+    size_t d = (size_t)c->mi->dim, V = (size_t)c->mi->vocab;
+    unsigned char *base;
+    carver sz;
+    sz.take<T>(n * d);
+    sz.take<float>(n * V);
+    TRY(scratch(c, sz.off, &base));
+    carver cv;
+    cv.base = base;
+    T *xn = cv.take<T>(n * d);
+    float *lg = cv.take<float>(n * V);
+    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xn, (float *)x, NULL, c->final_norm, drows, (int)d, c->mi->norm_eps);
+    CHECK_LAUNCH("final norm");
+    TRY(gemm(c, lg, xn, c->wcls, n, d, V));
+    CU(cudaMemcpy(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost), "logits");
     return RK_OK;
 }
 
@@ -650,11 +1081,6 @@ rk_status cu_logits(void *ctx, const eng_hidden *h, const size_t *rows, size_t n
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
-    size_t d = (size_t)c->mi->dim, V = (size_t)c->mi->vocab;
-    float *buf = NULL;
-    rk_status st = scratch(c, n * d + n * V, &buf);
-    if (st != RK_OK)
-        return st;
     int32_t *drows = NULL;
     if (rows) {
         int32_t *hr = (int32_t *)rk_malloc(n * sizeof(int32_t));
@@ -662,60 +1088,146 @@ rk_status cu_logits(void *ctx, const eng_hidden *h, const size_t *rows, size_t n
             return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
         for (size_t i = 0; i < n; i++)
             hr[i] = (int32_t)rows[i];
-        st = ints_up(c, hr, n, 0, &drows);
+        rk_status st = ints_up(c, hr, n, 0, &drows);
         rk_free(hr);
-        if (st != RK_OK)
-            return st;
+        TRY(st);
     }
-    float *xn = buf, *lg = buf + n * d;
-    k_rmsnorm<<<(unsigned)n, 256>>>(xn, (const float *)h->ctx, c->final_norm, drows, (int)d, c->mi->norm_eps);
-    CHECK_LAUNCH("final norm");
-    if ((st = gemm(c, lg, xn, c->wcls, n, d, V)))
+    const float *x = (const float *)h->ctx;
+    return c->mode == MODE_BF16 ? logits_rows<bf16>(c, x, drows, n, logits) : logits_rows<float>(c, x, drows, n, logits);
+}
+
+// Batched decode: one embedding, one pass per layer over all n rows (each row attends over its
+// own sequence by the split-key kernel), one classifier product.
+rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos, const int32_t *slots,
+                    size_t n, float *logits)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    const eng_model_info *mi = c->mi;
+    if (mi->n_heads / mi->n_kv_heads > ATTN_MAX_GROUP) { // the split-key kernel cannot: one by one
+        rk_status st = RK_OK;
+        eng_hidden h;
+        h.be = NULL;
+        h.rows = 1;
+        TRY(cu_hidden_init(ctx, &h));
+        for (size_t i = 0; i < n && st == RK_OK; i++) {
+            st = cu_embed(ctx, &h, 0, &tokens[i], 1);
+            for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
+                st = cu_layer_forward(ctx, seqs[i], l, &h, 1, &pos[i], &slots[i], NULL, NULL, NULL);
+            if (st == RK_OK)
+                st = cu_logits(ctx, &h, NULL, 1, logits + i * (size_t)mi->vocab);
+        }
+        cu_hidden_release(ctx, &h);
         return st;
-    CU(cudaMemcpy(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost), "logits");
+    }
+    // ints: tokens (n), pos (n), slots (n), row -> sequence (n)
+    int32_t *ib = NULL, *dtok, *dpos, *dslots, *drseq;
+    TRY(iscratch(c, 4 * n, &ib));
+    int32_t *rs = (int32_t *)rk_malloc(n * sizeof(int32_t));
+    if (!rs)
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+    int max_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        rs[i] = (int32_t)i;
+        if ((int)seqs[i]->len > max_len)
+            max_len = (int)seqs[i]->len;
+    }
+    rk_status st = ints_up(c, rs, n, 3 * n, &drseq);
+    rk_free(rs);
+    TRY(st);
+    TRY(ints_up(c, tokens, n, 0, &dtok));
+    TRY(ints_up(c, pos, n, n, &dpos));
+    TRY(ints_up(c, slots, n, 2 * n, &dslots));
+    cu_kvdesc *dd;
+    TRY(descs_up(c, seqs, n, &dd));
+    // hidden rows of the batch: their own buffer (the layer scratch is reused per layer)
+    if (n > c->xdec_rows) {
+        cudaFree(c->xdec);
+        c->xdec = NULL;
+        c->xdec_rows = 0;
+        CU(cudaMalloc(&c->xdec, n * mi->dim * sizeof(float)), "decode hidden rows");
+        c->xdec_rows = n;
+    }
+    float *x = c->xdec;
+    layer_call lc;
+    memset(&lc, 0, sizeof(lc));
+    lc.x = x;
+    lc.n = n;
+    lc.dpos = dpos;
+    lc.dslots = dslots;
+    lc.ddesc = dd;
+    lc.drseq = drseq;
+    lc.max_len = max_len;
+    st = c->mode == MODE_BF16 ? embed_rows<bf16>(c, x, dtok, n) : embed_rows<float>(c, x, dtok, n);
+    for (int l = 0; l < mi->n_layers && st == RK_OK; l++) {
+        lc.layer = l;
+        st = run_layer(c, &lc, PATH_DECODE);
+    }
+    if (st == RK_OK)
+        st = c->mode == MODE_BF16 ? logits_rows<bf16>(c, x, NULL, n, logits) : logits_rows<float>(c, x, NULL, n, logits);
+    return st;
+}
+
+template <typename T>
+rk_status export_layers(cu_ctx *c, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
+{
+    const cu_kv *kv = (const cu_kv *)s->ctx;
+    size_t kvd = kv_dim(c), cnt = n * kvd;
+    float *tmp = NULL;
+    if (sizeof(T) != sizeof(float)) {
+        unsigned char *b;
+        TRY(scratch(c, 2 * cnt * sizeof(float), &b));
+        tmp = (float *)b;
+    }
+    for (int i = 0; i < n_layers; i++) {
+        size_t src = (((size_t)layer0 + i) * s->capacity + slot0) * kvd;
+        float *dk = out + (2 * (size_t)i) * cnt, *dv = out + (2 * (size_t)i + 1) * cnt;
+        if (!tmp) {
+            CU(cudaMemcpy(dk, (const float *)kv->k_raw + src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export K");
+            CU(cudaMemcpy(dv, (const float *)kv->v + src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export V");
+            continue;
+        }
+        k_convert<T, float><<<blocks(cnt), 256>>>(tmp, (const T *)kv->k_raw + src, cnt);
+        k_convert<T, float><<<blocks(cnt), 256>>>(tmp + cnt, (const T *)kv->v + src, cnt);
+        CHECK_LAUNCH("export widen");
+        CU(cudaMemcpy(dk, tmp, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export K");
+        CU(cudaMemcpy(dv, tmp + cnt, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export V");
+    }
     return RK_OK;
 }
 
 rk_status cu_kv_export(void *ctx, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
 {
     cu_ctx *c = (cu_ctx *)ctx;
-    const cu_kv *kv = (const cu_kv *)s->ctx;
-    size_t kvd = (size_t)c->mi->n_kv_heads * c->mi->head_dim;
-    for (int i = 0; i < n_layers; i++) {
-        size_t src = (((size_t)layer0 + i) * s->capacity + slot0) * kvd;
-        CU(cudaMemcpy(out + (2 * (size_t)i) * n * kvd, kv->k_raw + src, n * kvd * sizeof(float),
-                      cudaMemcpyDeviceToHost), "export K");
-        CU(cudaMemcpy(out + (2 * (size_t)i + 1) * n * kvd, kv->v + src, n * kvd * sizeof(float),
-                      cudaMemcpyDeviceToHost), "export V");
-    }
-    return RK_OK;
+    return c->mode == MODE_BF16 ? export_layers<bf16>(c, s, layer0, n_layers, slot0, n, out)
+                                : export_layers<float>(c, s, layer0, n_layers, slot0, n, out);
 }
 
-rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n,
-                       const int32_t *pos, const float *kv_in)
+rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
+                       const float *kv_in)
 {
     cu_ctx *c = (cu_ctx *)ctx;
-    cu_kv *kv = (cu_kv *)s->ctx;
     const eng_model_info *mi = c->mi;
-    size_t kvd = (size_t)mi->n_kv_heads * mi->head_dim;
+    size_t kvd = kv_dim(c), cnt = n * kvd;
     if (n == 0)
         return RK_OK;
     int32_t *dpos;
-    rk_status st = ints_up(c, pos, n, 0, &dpos);
-    if (st != RK_OK)
-        return st;
+    TRY(ints_up(c, pos, n, 0, &dpos));
+    cu_kvdesc *dd;
+    TRY(descs_up(c, &s, 1, &dd));
+    unsigned char *b;
+    TRY(scratch(c, 2 * cnt * sizeof(float), &b));
+    float *tmp = (float *)b;
     for (int i = 0; i < n_layers; i++) {
-        size_t dst = (((size_t)layer0 + i) * s->capacity + slot0) * kvd;
-        CU(cudaMemcpy(kv->k_raw + dst, kv_in + (2 * (size_t)i) * n * kvd, n * kvd * sizeof(float),
-                      cudaMemcpyHostToDevice), "import K");
-        CU(cudaMemcpy(kv->k_rot + dst, kv_in + (2 * (size_t)i) * n * kvd, n * kvd * sizeof(float),
-                      cudaMemcpyHostToDevice), "import K");
-        CU(cudaMemcpy(kv->v + dst, kv_in + (2 * (size_t)i + 1) * n * kvd, n * kvd * sizeof(float),
-                      cudaMemcpyHostToDevice), "import V");
-        k_rope<<<blocks(n * mi->n_kv_heads * (mi->head_dim / 2)), 256>>>(kv->k_rot + dst, (int)n, mi->n_kv_heads,
-                                                                         mi->head_dim, dpos, c->inv_freq,
-                                                                         mi->rope == ENG_ROPE_INTERLEAVED);
-        CHECK_LAUNCH("import rope");
+        CU(cudaMemcpy(tmp, kv_in + (2 * (size_t)i) * cnt, 2 * cnt * sizeof(float), cudaMemcpyHostToDevice), "import");
+        unsigned nb = blocks(n * mi->n_kv_heads * (mi->head_dim / 2));
+        int inter = mi->rope == ENG_ROPE_INTERLEAVED;
+        if (c->mode == MODE_BF16)
+            k_store_kv<bf16><<<nb, 256>>>(dd, NULL, layer0 + i, tmp, tmp + cnt, kvd, NULL, (int)slot0, dpos, (int)n,
+                                          mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
+        else
+            k_store_kv<float><<<nb, 256>>>(dd, NULL, layer0 + i, tmp, tmp + cnt, kvd, NULL, (int)slot0, dpos, (int)n,
+                                           mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
+        CHECK_LAUNCH("import");
     }
     CU(cudaDeviceSynchronize(), "import");
     return RK_OK;
@@ -724,7 +1236,7 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
 const struct eng_backend_i cu_iface = {
     "cuda",           cu_free,          cu_seq_init,  cu_seq_release, cu_hidden_init,
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
-    cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     NULL, // decode: engine.c runs the layers
+    cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
 };
 
 } // namespace
@@ -744,18 +1256,24 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
         return rk_error_set(RK_ERR_INVALID, "cuda backend: device %d of %d", device, count);
     if ((e = cudaSetDevice(device)) != cudaSuccess)
         return cuda_fail(e, "cudaSetDevice");
-    // the math mode of every matrix product: fp32 (default; what the conformance suite checks),
-    // tf32 or bf16 (tensor cores, fp32 accumulation: faster, ~1e-3 / ~1e-2 relative error)
-    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+    // storage and math: fp32 (exact reference), tf32 (fp32 storage, tensor-core products) or
+    // bf16 (bf16 storage, fused attention); by default bf16 for bf16/f16 checkpoints, else fp32
+    cu_mode mode = m->info.dtype == ENG_DTYPE_F32 ? MODE_FP32 : MODE_BF16;
     const char *math = getenv("RAGKV_CUDA_MATH");
-    if (math && *math && strcmp(math, "fp32") != 0) {
-        if (strcmp(math, "tf32") == 0)
-            compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (math && *math && strcmp(math, "auto") != 0) {
+        if (strcmp(math, "fp32") == 0)
+            mode = MODE_FP32;
+        else if (strcmp(math, "tf32") == 0)
+            mode = MODE_TF32;
         else if (strcmp(math, "bf16") == 0)
-            compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+            mode = MODE_BF16;
         else
-            return rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_MATH=%s: expected fp32, tf32 or bf16", math);
+            return rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_MATH=%s: expected auto, fp32, tf32 or bf16",
+                                math);
     }
+    if (m->info.head_dim % 2 || m->info.n_kv_heads <= 0 || m->info.n_heads % m->info.n_kv_heads)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "cuda backend: head layout %d/%d x %d not supported", m->info.n_heads,
+                            m->info.n_kv_heads, m->info.head_dim);
     rk_status st = RK_OK;
     eng_backend *be = NULL;
     cu_ctx *c = (cu_ctx *)rk_calloc(1, sizeof(*c));
@@ -764,38 +1282,41 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
     c->m = m;
     c->mi = &m->info;
     c->device = device;
-    c->compute = compute;
+    c->mode = mode;
     if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: cublasCreate failed");
         goto fail;
     }
-    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); // the compute type in mm() alone picks tf32/bf16
+    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); // the compute type in mm() alone picks the math
     c->layers = (cu_layer *)rk_calloc((size_t)m->info.n_layers, sizeof(cu_layer));
     be = (eng_backend *)rk_calloc(1, sizeof(*be));
     if (!c->layers || !be) {
         st = rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
         goto fail;
     }
-    if ((st = upload(c, &m->tok_emb, &c->tok_emb)) || (st = upload(c, &m->final_norm, &c->final_norm)))
+    if ((st = upload1(c, &m->tok_emb, false, &c->tok_emb)) ||
+        (st = upload1(c, &m->final_norm, true, (void **)&c->final_norm)))
         goto fail;
     if (m->wcls.data == m->tok_emb.data)
         c->wcls = c->tok_emb;
-    else if ((st = upload(c, &m->wcls, &c->wcls)))
+    else if ((st = upload1(c, &m->wcls, false, &c->wcls)))
         goto fail;
     {
         eng_tensor inv = {ENG_DTYPE_F32, m->inv_freq, 1, (size_t)m->info.head_dim / 2};
-        if ((st = upload(c, &inv, &c->inv_freq)))
+        if ((st = upload1(c, &inv, true, (void **)&c->inv_freq)))
             goto fail;
     }
     for (int l = 0; l < m->info.n_layers; l++) {
         const eng_layer_weights *w = &m->layers[l];
         cu_layer *o = &c->layers[l];
-        if ((st = upload(c, &w->attn_norm, &o->attn_norm)) || (st = upload(c, &w->wq, &o->wq)) ||
-            (st = upload(c, &w->wk, &o->wk)) || (st = upload(c, &w->wv, &o->wv)) ||
-            (st = upload(c, &w->bq, &o->bq)) || (st = upload(c, &w->bk, &o->bk)) ||
-            (st = upload(c, &w->bv, &o->bv)) || (st = upload(c, &w->wo, &o->wo)) ||
-            (st = upload(c, &w->ffn_norm, &o->ffn_norm)) || (st = upload(c, &w->w1, &o->w1)) ||
-            (st = upload(c, &w->w2, &o->w2)) || (st = upload(c, &w->w3, &o->w3)))
+        const eng_tensor *qkv[3] = {&w->wq, &w->wk, &w->wv}, *b[3] = {&w->bq, &w->bk, &w->bv};
+        const eng_tensor *w13[2] = {&w->w1, &w->w3};
+        if ((st = upload1(c, &w->attn_norm, true, (void **)&o->attn_norm)) ||
+            (st = upload1(c, &w->ffn_norm, true, (void **)&o->ffn_norm)) || (st = upload_cat(c, qkv, 3, false, &o->wqkv)) ||
+            (st = upload1(c, &w->wo, false, &o->wo)) || (st = upload_cat(c, w13, 2, false, &o->w13)) ||
+            (st = upload1(c, &w->w2, false, &o->w2)))
+            goto fail;
+        if (w->bq.data && (st = upload_cat(c, b, 3, true, (void **)&o->bqkv)))
             goto fail;
     }
     be->iface = &cu_iface;
@@ -807,4 +1328,13 @@ fail:
     rk_free(be);
     cu_free(c);
     return st;
+}
+
+// The storage mode a CUDA backend runs in ("fp32", "tf32", "bf16"), for tools and benchmarks.
+extern "C" const char *eng_backend_cuda_mode(const eng_backend *be)
+{
+    if (!be || !be->iface || strcmp(be->iface->name, "cuda") != 0)
+        return "";
+    const cu_ctx *c = (const cu_ctx *)be->ctx;
+    return c->mode == MODE_BF16 ? "bf16" : c->mode == MODE_TF32 ? "tf32" : "fp32";
 }

@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
-# ragkv's engine on this GPU (CUDA backend) on the Llama-3-8B shape, seeded synthetic weights:
-# full prefill and decode steps, to set beside transformers' numbers (10-hf-baseline.sh). Runs
-# once per math mode (RAGKV_CUDA_MATH=fp32, then bf16) and writes one JSON file,
-# {"runs": [{"math": "fp32", ...}, {"math": "bf16", ...}]} (the device tool brings back few files).
+# ragkv's engine on this GPU (CUDA backend, bf16) on the Llama-3-8B shape, seeded synthetic
+# weights: full prefill at 1K/4K/8K/16K tokens and one decode step at 8K context for batch 1
+# and 32 — the shapes bench/python/hf_baseline.py times through transformers (10-hf-baseline.sh
+# runs first). Prefill and decode run as two processes (a batch of 32 sequences of 8K context
+# needs the memory the prefill scratch held). GPU_ENGINE_FP32=1 adds the fp32 reference mode at
+# 1K/4K. Writes $OUT/engine_bench.json: {"runs": [...], "side_by_side": [...]}, and prints the
+# side-by-side table with ratios (bench/python/side_by_side.py).
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for math in fp32 bf16; do
-  echo "== RAGKV_CUDA_MATH=$math"
-  RAGKV_CUDA_MATH=$math "$BUILD/clients/ragkv" bench engine --shape llama3-8b --backend cuda \
-    --prefill 1024,4096,8192 --ctx 4096 --batch 1,4 --iters 3 --json "$tmp/$math.json"
-done
-python3 - "$tmp" "$OUT/engine_bench.json" <<'PY'
-import json, sys
-runs = []
-for math in ("fp32", "bf16"):
-    with open(f"{sys.argv[1]}/{math}.json") as f:
-        r = json.load(f)
-    r["math"] = math
-    runs.append(r)
-with open(sys.argv[2], "w") as f:
-    json.dump({"runs": runs}, f, indent=1)
-PY
+run() { # math name args...
+  local math=$1 name=$2; shift 2
+  echo "== RAGKV_CUDA_MATH=$math $*"
+  RAGKV_CUDA_MATH=$math "$BUILD/clients/ragkv" bench engine --shape llama3-8b --backend cuda "$@" \
+    --json "$tmp/$name.json"
+}
+run bf16 bf16-prefill --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3
+run bf16 bf16-decode --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5
+if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
+  run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3
+fi
+python3 bench/python/side_by_side.py --engine-dir "$tmp" --hf "$OUT/hf_baseline.json" --json "$OUT/engine_bench.json"

@@ -21,9 +21,8 @@ static size_t at(codec_shape s, uint32_t l, int kv, uint32_t t, uint32_t c)
 /* Values that are exact multiples of a power-of-two step, with every channel reaching
  * +-qmax * step: the quantizer is lossless on them, so decoding must return the input bit
  * for bit; this checks every symbol through the rANS coder and back. */
-static void exact_symbols(int level, int kmode, int group, uint64_t seed)
+static void exact_symbols_in(codec_shape s, int level, int kmode, int group, uint64_t seed)
 {
-    codec_shape s = {4, 300, 2, 8};
     uint32_t C = s.n_kv_heads * s.head_dim;
     float *kv = rk_malloc(codec_shape_values(&s) * sizeof(float));
     uint64_t r = seed;
@@ -56,6 +55,11 @@ static void exact_symbols(int level, int kmode, int group, uint64_t seed)
     rk_buf_free(&b);
 }
 
+static void exact_symbols(int level, int kmode, int group, uint64_t seed)
+{
+    exact_symbols_in((codec_shape){4, 300, 2, 8}, level, kmode, group, seed);
+}
+
 Test(cachegen, bit_exact_symbol_roundtrip)
 {
     for (int level = 0; level <= 4; level++) {
@@ -64,6 +68,53 @@ Test(cachegen, bit_exact_symbol_roundtrip)
     }
     exact_symbols(1, CODEC_SCALE_CHANNEL, 1, 99);
     exact_symbols(1, CODEC_SCALE_TOKEN, 16, 98);
+    /* 9 heads x 16 = 144 channels = 18 groups of 8: the AVX2 decoder takes groups 0-15 of each
+     * block in twos of eight, the scalar one the last two; 300 tokens: a partial block */
+    for (int level = 0; level <= 4; level++)
+        exact_symbols_in((codec_shape){3, 300, 9, 16}, level, CODEC_SCALE_CHANNEL, -1, 50 + (uint64_t)level);
+}
+
+/* The AVX2 eight-stream decoder and the scalar decoder give the same bytes: every level,
+ * f32/f16/bf16 output, per-chunk tables and a codebook, Llama-like head width. */
+Test(cachegen, simd_decoder_equals_scalar)
+{
+    if (!__builtin_cpu_supports("avx2"))
+        cr_skip_test("skipped: this CPU has no AVX2, only the scalar decoder runs");
+    codec_shape s = {4, 260, 4, 64};
+    float *kv = synth(s, 4242);
+    const codec_dtype dts[3] = {CODEC_F32, CODEC_F16, CODEC_BF16};
+    codec_codebook *cb = NULL;
+    const float *samples[1] = {kv};
+    codec_params cp = codec_params_default(CODEC_CACHEGEN);
+    cp.level = 1;
+    cr_assert_eq(codec_codebook_train(samples, &s, 1, &cp, &cb), RK_OK, "%s", rk_error_msg());
+    for (int level = 0; level <= 5; level++) { /* 5: level 1 with the codebook */
+        codec_params p = codec_params_default(CODEC_CACHEGEN);
+        p.level = level == 5 ? 1 : level;
+        p.codebook = level == 5 ? cb : NULL;
+        rk_buf b = RK_BUF_INIT;
+        cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+        codec_decode_opts o = {0};
+        o.codebook = level == 5 ? cb : NULL;
+        for (int d = 0; d < 3; d++) {
+            codec_info info;
+            cr_assert_eq(codec_inspect(b.data, b.len, &info), RK_OK);
+            size_t n = codec_decoded_bytes(&info, dts[d]);
+            unsigned char *x = rk_malloc(n), *y = rk_malloc(n);
+            cr_assert(x && y);
+            cr_assert_eq(unsetenv("RAGKV_CODEC_SIMD"), 0);
+            cr_assert_eq(codec_decode(b.data, b.len, &o, dts[d], x, n), RK_OK, "%s", rk_error_msg());
+            cr_assert_eq(setenv("RAGKV_CODEC_SIMD", "0", 1), 0);
+            cr_assert_eq(codec_decode(b.data, b.len, &o, dts[d], y, n), RK_OK, "%s", rk_error_msg());
+            cr_assert_eq(memcmp(x, y, n), 0, "level %d dtype %d: AVX2 and scalar decoders differ", level, d);
+            rk_free(x);
+            rk_free(y);
+        }
+        rk_buf_free(&b);
+    }
+    unsetenv("RAGKV_CODEC_SIMD");
+    codec_codebook_free(cb);
+    rk_free(kv);
 }
 
 /* |x - decoded| <= step / 2 (+ the fp16 rounding of the step), where the step is

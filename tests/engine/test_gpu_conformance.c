@@ -27,10 +27,15 @@ static void need_cuda(void)
     eng_backend_free(be);
 }
 
-static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", "test-mistral"};
-#define EACH(call)                                                          \
+/* The suite in one storage mode (RAGKV_CUDA_MATH; Criterion runs each test in its own process,
+ * so setenv does not leak into the others): fp32, the exact twin of the CPU backend, at 1e-3;
+ * bf16 (bf16 weights, KV and matrix inputs, fused attention kernels) at bf16 tolerance. */
+static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", "test-mistral", "test-hd64",
+                                     "test-hd128"};
+#define EACH_IN(mode, call)                                                 \
     do {                                                                    \
         need_cuda();                                                        \
+        cr_assert_eq(setenv("RAGKV_CUDA_MATH", mode, 1), 0);                \
         for (size_t i_ = 0; i_ < sizeof(models) / sizeof(models[0]); i_++) { \
             const char *model = models[i_];                                 \
             call;                                                           \
@@ -41,8 +46,11 @@ static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", 
             call;                                                           \
         }                                                                   \
     } while (0)
+#define EACH(call) EACH_IN("fp32", call)
+#define EACH_BF16(call) EACH_IN("bf16", call)
 
 #define TOL 1e-3
+#define TOLB 3e-2
 
 Test(gpu_conformance, prefill_equals_token_by_token_decode) { EACH(conf_prefill_equals_decode(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, layer_steps_equal_prefill) { EACH(conf_layers_equal_prefill(cuda_ctor, model, TOL)); }
@@ -54,6 +62,105 @@ Test(gpu_conformance, attention_mass_by_slot_group) { EACH(conf_attention_mass(c
 Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }
+
+Test(gpu_conformance_bf16, prefill_equals_token_by_token_decode)
+{
+    EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB));
+}
+Test(gpu_conformance_bf16, layer_steps_equal_prefill) { EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, row_subset_equals_full_forward) { EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, kv_import_at_shifted_positions)
+{
+    EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB));
+}
+Test(gpu_conformance_bf16, batched_decode_equals_alone) { EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, causal_rule_by_position) { EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, attention_mass_by_slot_group) { EACH_BF16(conf_attention_mass(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, attention_group_modifiers) { EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, kv_by_layer_ranges) { EACH_BF16(conf_kv_layers(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, bad_calls_rejected) { EACH_BF16(conf_bad_calls(cuda_ctor, model)); }
+
+/* bf16 at lengths that cross many flash tiles (64 rows x 64 keys) and decode splits (256
+ * keys): a prefill of n tokens at positions shifted by 37 (every row's logits), then 24
+ * decode steps of the same tokens, against the CPU backend on the same bf16 weights; and a
+ * batch of three sequences of different lengths decoding together against each alone. */
+static void bf16_long_vs_cpu(const char *shape, size_t n)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "bf16", 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth(shape, 3, &m), RK_OK);
+    const eng_model_info *mi = eng_model_get_info(m);
+    size_t V = (size_t)mi->vocab;
+    enum { STEPS = 24 };
+    int32_t *toks = malloc((n + STEPS) * sizeof(int32_t)), *pos = malloc(n * sizeof(int32_t));
+    float *lc = malloc(n * V * sizeof(float)), *lg = malloc(n * V * sizeof(float));
+    cr_assert(toks && pos && lc && lg);
+    conf_tokens(toks, n + STEPS, mi->vocab, 11);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = (int32_t)(i + 37);
+    eng_backend *cpu, *gpu;
+    cr_assert_eq(eng_backend_cpu_new(m, 2, &cpu), RK_OK);
+    cr_assert_eq(cuda_ctor(m, &gpu), RK_OK, "%s", rk_error_msg());
+    cr_assert_str_eq(eng_backend_cuda_mode(gpu), "bf16");
+    eng_seq *sc, *sg;
+    cr_assert_eq(eng_seq_new(cpu, n + STEPS, &sc), RK_OK);
+    cr_assert_eq(eng_seq_new(gpu, n + STEPS, &sg), RK_OK);
+    cr_assert_eq(eng_prefill(sc, toks, n, pos, ENG_LOGITS_ALL, lc), RK_OK);
+    cr_assert_eq(eng_prefill(sg, toks, n, pos, ENG_LOGITS_ALL, lg), RK_OK, "%s", rk_error_msg());
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = conf_rel_err(lg + i * V, lc + i * V, V);
+        cr_assert(e <= TOLB, "%s: prefill row %zu (position %d): relative error %g", shape, i, pos[i], e);
+        worst = e > worst ? e : worst;
+    }
+    for (int k = 0; k < STEPS; k++) {
+        cr_assert_eq(eng_decode(cpu, &sc, &toks[n + k], 1, lc), RK_OK);
+        cr_assert_eq(eng_decode(gpu, &sg, &toks[n + k], 1, lg), RK_OK, "%s", rk_error_msg());
+        double e = conf_rel_err(lg, lc, V);
+        cr_assert(e <= TOLB, "%s: decode step %d: relative error %g", shape, k, e);
+        worst = e > worst ? e : worst;
+    }
+    fprintf(stderr, "%s bf16, %zu tokens: largest relative logit error against the CPU %.3g\n", shape, n, worst);
+    eng_seq_free(sc);
+    eng_seq_free(sg);
+
+    /* batch of three: lengths n, n/2, n/3 + 1; each step's logits equal the same step alone */
+    size_t lens[3] = {n, n / 2, n / 3 + 1};
+    eng_seq *b[3], *a[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(eng_seq_new(gpu, n + STEPS, &b[i]), RK_OK);
+        cr_assert_eq(eng_seq_new(gpu, n + STEPS, &a[i]), RK_OK);
+        cr_assert_eq(eng_prefill(b[i], toks + i, lens[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+        cr_assert_eq(eng_prefill(a[i], toks + i, lens[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    }
+    float *lb = malloc(3 * V * sizeof(float));
+    cr_assert(lb);
+    for (int k = 0; k < 8; k++) {
+        int32_t t3[3] = {toks[k], toks[k + 1], toks[k + 2]};
+        cr_assert_eq(eng_decode(gpu, b, t3, 3, lb), RK_OK, "%s", rk_error_msg());
+        for (int i = 0; i < 3; i++) {
+            cr_assert_eq(eng_decode(gpu, &a[i], &t3[i], 1, lg), RK_OK);
+            double e = conf_rel_err(lb + i * V, lg, V);
+            cr_assert(e <= 1e-2, "%s: step %d sequence %d: batched vs alone %g", shape, k, i, e);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        eng_seq_free(a[i]);
+        eng_seq_free(b[i]);
+    }
+    free(lb);
+    eng_backend_free(gpu);
+    eng_backend_free(cpu);
+    eng_model_close(m);
+    free(toks);
+    free(pos);
+    free(lc);
+    free(lg);
+}
+
+Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd128", 700); }
+Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 
 /* The real trained models: the CUDA backend's greedy tokens equal the CPU reference's over 200
  * positions (the CPU's are checked against the golden text and an independent scalar forward
@@ -68,6 +175,7 @@ static void greedy_matches_cpu(const char *file, const char *tokfile)
     if (!path || !tpath)
         cr_skip_test("skipped: no real model (%s, %s)", file, tokfile);
     need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "fp32", 1), 0);
     eng_model *m;
     cr_assert_eq(eng_model_open(path, &m), RK_OK, "%s", rk_error_msg());
     const eng_model_info *mi = eng_model_get_info(m);
@@ -149,7 +257,7 @@ static void math_mode_close_to_cpu(const char *mode, double tol)
 }
 
 Test(gpu_math, tf32_close_to_cpu) { math_mode_close_to_cpu("tf32", 1e-2); }
-Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", 2e-2); }
+Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", TOLB); }
 
 Test(gpu_math, unknown_mode_refused)
 {

@@ -426,3 +426,23 @@ Test(models, model_ids_are_stable_and_distinct)
     eng_model_close(b);
     eng_model_close(c);
 }
+
+/* "synth:SHAPE[:SEED]" opens the seeded synthetic weights (what benchmarks give ragkvd). */
+Test(models, synth_path_opens_seeded_weights)
+{
+    eng_model *a, *b, *c;
+    cr_assert_eq(eng_model_open("synth:test-llama:7", &a), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_model_synth("test-llama", 7, &b), RK_OK);
+    cr_assert_eq(eng_model_open("synth:test-llama", &c), RK_OK); /* seed 1 */
+    cr_assert_str_eq(eng_model_get_info(a)->id, eng_model_get_info(b)->id);
+    cr_assert_str_neq(eng_model_get_info(a)->id, eng_model_get_info(c)->id);
+    eng_model_close(a);
+    eng_model_close(b);
+    eng_model_close(c);
+    const char *bad[] = {"synth:", "synth:no-such-shape", "synth:test-llama:x", "synth:test-llama:"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        eng_model *m = (eng_model *)1;
+        cr_assert_neq(eng_model_open(bad[i], &m), RK_OK, "%s was accepted", bad[i]);
+        cr_assert_null(m, "%s: *out not cleared", bad[i]);
+    }
+}

@@ -193,6 +193,16 @@ typedef struct cc_redis_opts {
     size_t max_reply_elements; /* largest array reply accepted (default 1<<20); hiredis 0.14 has no
                                   reader limit, so it is checked after parsing */
     size_t reader_maxbuf;     /* hiredis reader idle buffer cap (default 16 KiB) */
+    const char *sentinels;    /* "host:port,..." of Redis Sentinels, or NULL (default): when set,
+                                 every (re)connect asks them for the primary of sentinel_master
+                                 (ragkv/redis_sentinel.h) and the host/port given to open are
+                                 ignored; copied at open */
+    const char *sentinel_master; /* the master name the Sentinels monitor (default "ragkv") */
+    int wait_replicas;        /* after each chunk insert, WAIT for this many replicas to have
+                                 it (0, the default: no wait) so a failover cannot lose an
+                                 acknowledged chunk's metadata */
+    int wait_timeout_ms;      /* bound on that WAIT (default 1000); on timeout the insert
+                                 still succeeds and the shortfall is logged */
 } cc_redis_opts;
 
 cc_redis_opts cc_redis_opts_default(void);

@@ -191,6 +191,36 @@ typedef struct ragkv_tenant_stats {
 rk_status ragkv_admin_tenant_stats(ragkv_conn *c, const char *tenant, ragkv_tenant_stats *out);
 rk_status ragkv_admin_flush(ragkv_conn *c, uint64_t *removed);
 
+/* ---- cluster routing (docs/deployment.md) ------------------------------------------------
+ *
+ * Several ragkvd nodes share one metadata Redis; each chunk lives on `replicas` owner nodes
+ * chosen by rendezvous hashing of its key over the live nodes. Any node answers any request
+ * (fetching remote chunks from their owners); a client that sends a request to an owner of
+ * its (first) chunk saves that hop:
+ *
+ *     uint32_t replicas; ragkv_node *nodes; size_t n;
+ *     if (ragkv_cluster_nodes(c, &replicas, &nodes, &n) == RK_OK && n) {
+ *         ragkv_rank_nodes(nodes, n, key);          // nodes[0] is the first owner of key
+ *         ... connect to nodes[0].addr ...
+ *         rk_free(nodes);
+ *     }
+ */
+typedef struct ragkv_node {
+    char id[64];    /* the node's name (node-id) */
+    char addr[128]; /* HOST:PORT it serves the protocol at */
+} ragkv_node;
+
+/* CLUSTER_NODES: the live nodes as the server sees them and the replication factor. n 0
+ * (replicas 0) from a server that is not in a cluster. *nodes caller frees (rk_free). */
+rk_status ragkv_cluster_nodes(ragkv_conn *c, uint32_t *replicas, ragkv_node **nodes, size_t *n);
+
+/* Rendezvous score of node id for a chunk key: the first 8 bytes, little-endian, of
+ * BLAKE2b-128(id || 0x00 || key). The owners of a key are the nodes with the highest scores. */
+uint64_t ragkv_node_score(const char *node_id, const uint8_t key[32]);
+
+/* Sort nodes by score for key, highest first (ties by id): the first `replicas` own it. */
+void ragkv_rank_nodes(ragkv_node *nodes, size_t n, const uint8_t key[32]);
+
 #ifdef __cplusplus
 }
 #endif

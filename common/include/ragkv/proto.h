@@ -65,6 +65,7 @@ typedef enum rk_opcode {
     RK_OP_STATS = 0x0015,
     RK_OP_GENERATE = 0x0020,
     RK_OP_PREFILL_KV = 0x0021,
+    RK_OP_CLUSTER_NODES = 0x0030,
     /* admin operations: only on a connection authenticated with the admin credential */
     RK_OP_TENANT_CREATE = 0x0100,
     RK_OP_TENANT_DELETE = 0x0101,
@@ -80,6 +81,9 @@ typedef enum rk_opcode {
     RK_OP_CONFIG_GET = 0x010B,
     RK_OP_SHUTDOWN = 0x010C,
     RK_OP_TENANT_STATS = 0x010D,
+    /* peer operations: only between cluster nodes, authenticated with the cluster secret */
+    RK_OP_PEER_GET = 0x0200,
+    RK_OP_PEER_PUT = 0x0201,
 } rk_opcode;
 
 /* A decoded frame header. */
@@ -108,6 +112,9 @@ const char *rk_opcode_name(uint16_t opcode);
 
 /* 1 for the admin opcodes (0x0100..0x01FF). */
 static inline int rk_opcode_is_admin(uint16_t op) { return (op & 0xFF00) == 0x0100; }
+
+/* 1 for the peer opcodes (0x0200..0x02FF). */
+static inline int rk_opcode_is_peer(uint16_t op) { return (op & 0xFF00) == 0x0200; }
 
 /* ---- payload primitives over rk_buf / rk_reader ------------------------------------- */
 

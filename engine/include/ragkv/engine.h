@@ -115,8 +115,9 @@ typedef struct eng_model_info {
     uint64_t n_params;        /* number of weights */
 } eng_model_info;
 
-/* Open a model: a llama2.c .bin file, or a Hugging Face folder (config.json plus
- * model.safetensors or model.safetensors.index.json with its shards). Weights are mapped
+/* Open a model: a llama2.c .bin file, a Hugging Face folder (config.json plus
+ * model.safetensors or model.safetensors.index.json with its shards), or "synth:SHAPE[:SEED]"
+ * for eng_model_synth's seeded weights (seed 1 by default; benchmarks at real shapes). Weights are mapped
  * read-only, never copied when usable in place. Bad, truncated or inconsistent files give
  * RK_ERR_FORMAT / RK_ERR_TRUNCATED / RK_ERR_UNSUPPORTED with the reason in rk_error_msg().
  * *out owned by the caller; close with eng_model_close after every backend using it. */
@@ -158,8 +159,17 @@ const char *eng_dtype_name(eng_dtype t); /* "f32", "f16", "bf16" (static storage
  * at construction. *out owned by the caller (eng_backend_free); the model must outlive it. */
 rk_status eng_backend_cpu_new(eng_model *m, int nthreads, eng_backend **out);
 
-/* CUDA backend (issue 3). RK_ERR_UNSUPPORTED in builds without CUDA. */
+/* CUDA backend on device `device`. Storage and arithmetic follow RAGKV_CUDA_MATH:
+ *   auto (unset): bf16 for bf16/f16 checkpoints, fp32 for fp32 ones;
+ *   fp32: float32 weights and KV, attention by cuBLAS (the exact twin of the CPU backend);
+ *   tf32: as fp32 with TF32 tensor-core matrix products;
+ *   bf16: bfloat16 weights and KV with fp32 accumulation, fused attention kernels.
+ * An unknown value is RK_ERR_INVALID. RK_ERR_UNSUPPORTED in builds without CUDA,
+ * RK_ERR_UNAVAILABLE without a device. */
 rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out);
+
+/* The mode a CUDA backend runs in: "fp32", "tf32" or "bf16" ("" for other backends). */
+const char *eng_backend_cuda_mode(const eng_backend *be);
 
 /* Backend by name: "cpu" or "cuda" (nthreads is the CPU thread count or the CUDA device). */
 rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out);

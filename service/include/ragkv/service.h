@@ -42,6 +42,18 @@ typedef struct svc_config {
     char tokenizer[SVC_PATH_MAX];/* tokenizer file for llama2.c models; "" none */
     char redis[128];             /* metadata in Redis at host:port; "" = embedded in RocksDB */
     char redis_prefix[64];       /* key prefix in Redis; default "rk:" (one per ragkv cluster) */
+    char redis_sentinels[256];   /* "host:port,..." of Redis Sentinels: find the primary there
+                                    (then `redis` may be empty); "" = none */
+    char redis_master[64];       /* the master name the Sentinels monitor; default "ragkv" */
+    int redis_wait_replicas;     /* WAIT for this many replicas after each chunk insert; 0 = none */
+    /* cluster (docs/deployment.md): on when cluster_secret_file is set; needs Redis */
+    char cluster_secret_file[SVC_PATH_MAX]; /* shared secret peers authenticate with; "" = single node */
+    char node_id[64];            /* this node's name in the cluster; "" = the advertised address */
+    char advertise[128];         /* HOST:PORT peers and clients reach this node at; "" = bind:port */
+    int cluster_replicas;        /* owners per chunk (replication factor); default 1 */
+    int cluster_heartbeat_ms;    /* membership refresh period; default 1000 */
+    int cluster_node_ttl_ms;     /* a node silent this long is dead; default 3000 */
+    int peer_timeout_ms;         /* connect/call deadline towards a peer; default 1000 */
     int ram_budget_mb;           /* RAM tier of compressed chunks, MiB; default 256 */
     int disk_budget_mb;          /* disk tier over all tenants, MiB; 0 = unlimited */
     int workers;                 /* connection worker threads; 0 = number of CPUs */

@@ -96,6 +96,10 @@ typedef struct svc_request {
     uint32_t top_k;                     /* 0 = off */
     uint64_t seed;
     uint8_t stream;                     /* GENERATE: 1 = stream tokens as they come */
+    /* PEER_GET, PEER_PUT: tenant (in `tenant`) and key (in `key`); PEER_PUT's stored blob in
+     * `blob`, and: */
+    uint16_t peer_codec, peer_level;    /* the blob's codec id and level */
+    float peer_cost;                    /* recompute cost (>= 0) */
 } svc_request;
 
 /* Decode and validate the payload of a REQUEST frame. On failure the error detail names the

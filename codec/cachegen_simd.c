@@ -1,0 +1,212 @@
+/* cachegen_simd.c — the cachegen entropy decoder, eight streams at once with AVX2.
+ *
+ * The scalar decoder (cachegen.c, decode_lanes) runs four rANS state chains in lockstep and
+ * spends ~35 instructions per value. Here eight streams of one (layer, K|V, token block) —
+ * eight neighbouring 8-channel groups, 64 consecutive channels — advance together, one value
+ * of each per step, in the lanes of 256-bit vectors: the symbol search (bucket, then step up
+ * while cum[s+1] <= slot), the state update and the renormalisation (at most two bytes) are
+ * vector operations whose table and byte reads are gathers. Values come out as (q - qmax) *
+ * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the eight lanes'
+ * values into one row of 64 channels for codec_store_row.
+ *
+ * Gathers never read outside their object: table bytes are read as the last byte of a 32-bit
+ * word ending at the wanted byte (every bucket index is >= 3 bytes into its model), stream
+ * bytes likewise (a stream's bytes start 4 bytes after its start, past the initial state),
+ * and a lane whose stream is exhausted reads nothing and marks the block malformed. */
+#include "codec_impl.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define BUCKET_OFF ((int)offsetof(rans_model, bucket))
+
+bool cg_simd8_ok(const struct cg_dec_job *j)
+{
+    static int cpu = -1; /* benign race: every thread computes the same answer */
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx2") ? 1 : 0;
+    const char *e = getenv("RAGKV_CODEC_SIMD"); /* read per call: tests compare both paths */
+    int avail = cpu && !(e && !strcmp(e, "0"));
+    const cg_params *p = j->p;
+    return avail && p->group == 8 && !p->anchor_interval && p->k_scale_mode == CODEC_SCALE_CHANNEL &&
+           p->v_scale_mode == CODEC_SCALE_CHANNEL && j->payload_len < 0x7fff0000u &&
+           j->lay->n_models * sizeof(rans_model) < 0x7fff0000u;
+}
+
+/* 8x8 transpose of eight rows of eight floats. */
+__attribute__((target("avx2"))) static inline void transpose8(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* The decoder for NCH chains of 8 lanes (a constant after inlining: one straight-line body per
+ * chain count). */
+static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(const struct cg_dec_job *j,
+                                                                              size_t si, const int NCH)
+{
+    const cg_params *p = j->p;
+    const cg_layout *lay = j->lay;
+    uint32_t g = (uint32_t)(si % lay->n_groups);
+    uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
+    size_t lkv = si / lay->n_groups / lay->n_tblocks;
+    uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+    uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
+    if (t1 > lay->T)
+        t1 = lay->T;
+    uint32_t c0 = g * 8; /* chain h, lane k holds channels c0 + 64h + 8k .. + 7 */
+    const char *mbase = (const char *)j->models;
+    const int *pbase = (const int *)(const void *)j->payload;
+    /* per chain and channel-of-group i: each lane's model (byte offset) and scale */
+    __m256i moff[CG_SIMD_MAX_CHAINS][8];
+    __m256 scale[CG_SIMD_MAX_CHAINS][8];
+    __m256i x[CG_SIMD_MAX_CHAINS], off[CG_SIMD_MAX_CHAINS], end[CG_SIMD_MAX_CHAINS];
+    for (int h = 0; h < NCH; h++) {
+        for (int i = 0; i < 8; i++) {
+            int mo[8];
+            float sc[8];
+            for (int k = 0; k < 8; k++) {
+                uint32_t c = c0 + 64 * (uint32_t)h + 8 * (uint32_t)k + (uint32_t)i;
+                mo[k] = (int)(cg_model_index(lay, p, l, kv, c, 0) * sizeof(rans_model));
+                sc[k] = j->scales[cg_scale_index(lay, p, l, kv, 0, c, 0)];
+            }
+            moff[h][i] = _mm256_loadu_si256((const __m256i *)mo);
+            scale[h][i] = _mm256_loadu_ps(sc);
+        }
+        int xs[8], os[8], es[8];
+        for (int k = 0; k < 8; k++) {
+            size_t st = si + 8 * (size_t)h + (size_t)k;
+            uint64_t b = j->offs[st], e = j->offs[st + 1];
+            if (e - b < 4)
+                return false;
+            xs[k] = (int)rk_get_le32(j->payload + b);
+            os[k] = (int)b + 4;
+            es[k] = (int)e;
+        }
+        x[h] = _mm256_loadu_si256((const __m256i *)xs);
+        off[h] = _mm256_loadu_si256((const __m256i *)os);
+        end[h] = _mm256_loadu_si256((const __m256i *)es);
+    }
+    const __m256i lo16 = _mm256_set1_epi32(0xffff), lo8 = _mm256_set1_epi32(0xff);
+    const __m256i one = _mm256_set1_epi32(1), three = _mm256_set1_epi32(3);
+    const __m256i boff = _mm256_set1_epi32(BUCKET_OFF - 3);
+    const __m256i rl = _mm256_set1_epi32((int)RANS_L);
+    const __m256i qmax = _mm256_set1_epi32(p->qmax[lkv]);
+    __m256i bad = _mm256_setzero_si256();
+    float row[64 * CG_SIMD_MAX_CHAINS];
+    for (uint32_t t = t0; t < t1; t++) {
+        __m256 v[CG_SIMD_MAX_CHAINS][8];
+        for (int i = 0; i < 8; i++) {
+            /* the chains are independent: interleaved, their gathers' latencies overlap */
+            __m256i slot[CG_SIMD_MAX_CHAINS], s[CG_SIMD_MAX_CHAINS], cnext[CG_SIMD_MAX_CHAINS];
+            for (int h = 0; h < NCH; h++) {
+                slot[h] = _mm256_and_si256(x[h], lo16);
+                /* the slot's bucket: byte bucket[slot >> 8], read as the top byte of the
+                   32-bit word ending there */
+                __m256i bidx = _mm256_add_epi32(_mm256_add_epi32(moff[h][i], _mm256_srli_epi32(slot[h], 8)), boff);
+                s[h] = _mm256_srli_epi32(_mm256_i32gather_epi32((const int *)mbase, bidx, 1), 24);
+            }
+            /* step up while cum[s + 1] <= slot (cum[nsym] = 2^16 stops every lane) */
+            for (;;) {
+                int all = 1;
+                for (int h = 0; h < NCH; h++) {
+                    __m256i ci = _mm256_add_epi32(moff[h][i], _mm256_slli_epi32(_mm256_add_epi32(s[h], one), 2));
+                    cnext[h] = _mm256_i32gather_epi32((const int *)mbase, ci, 1);
+                    __m256i up = _mm256_cmpgt_epi32(cnext[h], slot[h]); /* cum[s+1] > slot: found */
+                    all &= _mm256_movemask_epi8(up) == -1;
+                    s[h] = _mm256_add_epi32(s[h], _mm256_andnot_si256(up, one));
+                }
+                if (all)
+                    break;
+            }
+            for (int h = 0; h < NCH; h++) {
+                __m256i cur = _mm256_i32gather_epi32((const int *)mbase,
+                                                     _mm256_add_epi32(moff[h][i], _mm256_slli_epi32(s[h], 2)), 1);
+                __m256i freq = _mm256_sub_epi32(cnext[h], cur);
+                x[h] = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x[h], 16)),
+                                        _mm256_sub_epi32(slot[h], cur));
+                v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
+            }
+            /* renormalise: at most two bytes (16-bit probabilities, byte-wise, L = 2^23) */
+            for (int r = 0; r < 2; r++) {
+                int any = 0;
+                for (int h = 0; h < NCH; h++) {
+                    __m256i need = _mm256_cmpgt_epi32(rl, x[h]);
+                    if (_mm256_testz_si256(need, need))
+                        continue;
+                    any = 1;
+                    __m256i have = _mm256_cmpgt_epi32(end[h], off[h]);
+                    bad = _mm256_or_si256(bad, _mm256_andnot_si256(have, need));
+                    __m256i m = _mm256_and_si256(need, have);
+                    __m256i w = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), pbase,
+                                                            _mm256_sub_epi32(off[h], three), m, 1);
+                    __m256i byte = _mm256_and_si256(_mm256_srli_epi32(w, 24), lo8);
+                    x[h] = _mm256_blendv_epi8(x[h], _mm256_or_si256(_mm256_slli_epi32(x[h], 8), byte), m);
+                    off[h] = _mm256_sub_epi32(off[h], m); /* m is -1 where a byte was taken */
+                }
+                if (!any)
+                    break;
+            }
+        }
+        /* v[h][i] lane k = channel c0 + 64h + 8k + i: transpose to lane-major rows */
+        for (int h = 0; h < NCH; h++) {
+            transpose8(v[h]);
+            for (int k = 0; k < 8; k++)
+                _mm256_storeu_ps(row + 64 * h + 8 * k, v[h][k]);
+        }
+        codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, 64 * (size_t)NCH);
+    }
+    /* the encoder's initial state, every byte used, no lane ran dry */
+    int ok = _mm256_testz_si256(bad, bad);
+    for (int h = 0; h < NCH; h++) {
+        __m256i done = _mm256_and_si256(_mm256_cmpeq_epi32(x[h], rl), _mm256_cmpeq_epi32(off[h], end[h]));
+        ok &= _mm256_movemask_epi8(done) == -1;
+    }
+    return ok;
+}
+
+__attribute__((target("avx2"))) bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
+{
+    switch (chains) {
+    case 8: return decode_chains(j, si, 8);
+    case 4: return decode_chains(j, si, 4);
+    case 2: return decode_chains(j, si, 2);
+    default: return decode_chains(j, si, 1);
+    }
+}
+
+#else
+
+bool cg_simd8_ok(const struct cg_dec_job *j)
+{
+    (void)j;
+    return false;
+}
+
+bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
+{
+    (void)j;
+    (void)si;
+    (void)chains;
+    return false;
+}
+
+#endif

@@ -1,0 +1,462 @@
+// attn.cu — fused attention kernels of the CUDA backend (see attn.h).
+//
+// flash: one block per (64-query tile, query head), four warps of 16 query rows. For every
+// 64-key tile that some query of the block can see: S = Q K^T with mma.sync m16n8k16 (bf16 in,
+// fp32 accumulate; K fragments by ldmatrix), mask by position and apply the group modifiers in
+// registers, online softmax (running max and sum per row), then O += P V with P converted
+// from the S accumulators in registers (the C fragment of two n8 tiles is the A fragment of
+// one k16 step) and V fragments by ldmatrix.trans. Key tiles no query of the block can see
+// (all positions above the block's largest query position) are skipped, which halves the work
+// of a causal prefill; heavier query tiles (later positions) are scheduled first.
+//
+// decode: one block per (key split, KV head, query row); the block's query heads (those
+// sharing the KV head) are scored against the split's keys one warp per key, softmax'd, and
+// summed over V one thread per dimension; partial (max, sum, output) per split are merged by
+// a second kernel. Arithmetic in fp32 whatever the cache's storage type.
+#include "attn.h"
+
+#include <math.h>
+
+namespace {
+
+typedef __nv_bfloat16 bf16;
+
+constexpr int BR = 64;  // query rows per flash block
+constexpr int BC = 64;  // keys per flash tile
+constexpr int NT = 128; // threads per block (4 warps)
+constexpr float LOG2E = 1.4426950408889634f;
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+// c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col)
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// Copy a (rows x HD) bf16 tile from global rows (stride ld elements, rows >= valid zeroed) to
+// shared memory rows of LD elements.
+template <int HD, int LD>
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t ld, int rows, int valid)
+{
+    constexpr int C8 = HD / 8; // 16-byte pieces per row
+    for (int i = threadIdx.x; i < rows * C8; i += NT) {
+        int r = i / C8, c = (i % C8) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < valid)
+            v = *reinterpret_cast<const uint4 *>(src + (size_t)r * ld + c);
+        *reinterpret_cast<uint4 *>(dst + r * LD + c) = v;
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
+                                              const bf16 *__restrict__ vc, const int32_t *__restrict__ spos, int len,
+                                              bf16 *__restrict__ out)
+{
+    constexpr int LD = HD + 8; // padded row: ldmatrix rows land in distinct banks
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
+    bf16 *Ks = Qs + BR * LD;
+    bf16 *Vs = Ks + BC * LD;
+    int *sp = reinterpret_cast<int *>(Vs + BC * LD);
+    int *sg = sp + BC;
+    __shared__ int qmax_s;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int qt = gridDim.x - 1 - blockIdx.x; // heavy (late) tiles first
+    const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
+    const int r0 = qt * BR;
+    const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
+
+    // the queries of the block, and the largest position among them
+    if (tid == 0)
+        qmax_s = -1;
+    __syncthreads();
+    if (tid < BR && r0 + tid < a.n)
+        atomicMax(&qmax_s, a.qpos[r0 + tid]);
+    load_tile<HD, LD>(Qs, q + (size_t)r0 * qld + (size_t)h * HD, qld, BR, a.n - r0);
+    __syncthreads();
+    const int qmax = qmax_s;
+    const int ra = r0 + warp * 16 + g, rb = ra + 8;
+    const int pa = ra < a.n ? a.qpos[ra] : -1, pb = rb < a.n ? a.qpos[rb] : -1;
+
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
+        ldsm_x4(smem_u32(Qs + row * LD + col), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+    const float sc = a.scale;
+
+    for (int k0 = 0; k0 < len; k0 += BC) {
+        __syncthreads(); // every warp is done with the previous tile
+        int vis = 0;
+        if (tid < BC) {
+            int key = k0 + tid;
+            int p = key < len ? spos[key] : INT32_MAX;
+            sp[tid] = p;
+            sg[tid] = (a.grp && key < len) ? a.grp[key] : -1;
+            vis = p <= qmax;
+        }
+        if (!__syncthreads_or(vis))
+            continue; // no query of this block sees any key of the tile
+        load_tile<HD, LD>(Ks, kc + (size_t)k0 * kvld + (size_t)kvh * HD, kvld, BC, len - k0);
+        load_tile<HD, LD>(Vs, vc + (size_t)k0 * kvld + (size_t)kvh * HD, kvld, BC, len - k0);
+        __syncthreads();
+
+        // S = Q K^T for the warp's 16 rows x 64 keys: 8 n8 tiles
+        float s[BC / 8][4];
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+            for (int jj = 0; jj < BC / 16; jj++) {
+                int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(smem_u32(Ks + key * LD + col), b0, b1, b2, b3);
+                mma_bf16(s[2 * jj], qf[kk], b0, b1);
+                mma_bf16(s[2 * jj + 1], qf[kk], b2, b3);
+            }
+        }
+
+        // mask, modifiers, log2 units; row maxima (rows a = g, b = g + 8 of the warp)
+        float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = j * 8 + 2 * t + (e & 1);
+                int qp = e < 2 ? pa : pb;
+                float x = s[j][e] * sc;
+                if (sp[col] > qp) {
+                    x = -INFINITY;
+                } else {
+                    int gi = sg[col];
+                    if (gi >= 0) {
+                        if (a.temp)
+                            x /= a.temp[gi];
+                        if (a.lscale)
+                            x += a.lscale[gi];
+                    }
+                }
+                x *= LOG2E;
+                s[j][e] = x;
+                if (e < 2)
+                    mxa = fmaxf(mxa, x);
+                else
+                    mxb = fmaxf(mxb, x);
+            }
+        }
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+        float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+        float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+        float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub); // 0 while nothing was seen
+        ma = na;
+        mb = nb;
+        float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            s[j][0] = exp2f(s[j][0] - ua);
+            s[j][1] = exp2f(s[j][1] - ua);
+            s[j][2] = exp2f(s[j][2] - ub);
+            s[j][3] = exp2f(s[j][3] - ub);
+            suma += s[j][0] + s[j][1];
+            sumb += s[j][2] + s[j][3];
+        }
+        la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
+        lb = lb * alpha_b + sumb;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= alpha_a;
+            o[j][1] *= alpha_a;
+            o[j][2] *= alpha_b;
+            o[j][3] *= alpha_b;
+        }
+
+        // O += P V: P's A fragments straight from the S accumulators
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t pa4[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int jd = 0; jd < HD / 16; jd++) {
+                int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(smem_u32(Vs + key * LD + col), b0, b1, b2, b3);
+                mma_bf16(o[2 * jd], pa4, b0, b1);
+                mma_bf16(o[2 * jd + 1], pa4, b2, b3);
+            }
+        }
+    }
+
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        int col = h * HD + j * 8 + 2 * t;
+        if (ra < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)ra * qld + col) =
+                __floats2bfloat162_rn(o[j][0] * ia, o[j][1] * ia);
+        if (rb < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)rb * qld + col) =
+                __floats2bfloat162_rn(o[j][2] * ib, o[j][3] * ib);
+    }
+}
+
+template <int HD>
+cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
+                         int len, bf16 *out)
+{
+    constexpr int LD = HD + 8;
+    size_t smem = (size_t)(BR + 2 * BC) * LD * sizeof(bf16) + 2 * BC * sizeof(int);
+    static bool configured = false; // per instantiation; the attribute is per device function
+    if (!configured) {
+        cudaError_t e = cudaFuncSetAttribute(k_flash<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        configured = true;
+    }
+    dim3 grid((unsigned)((a->n + BR - 1) / BR), (unsigned)a->H);
+    k_flash<HD><<<grid, NT, smem>>>(*a, q, k, v, spos, len, out);
+    return cudaGetLastError();
+}
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+
+// part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
+template <typename T>
+__global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
+                                               const int32_t *rseq, int layer, int splits, float *part)
+{
+    extern __shared__ float dsm[];
+    const int r = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int hd = a.hd, G = a.H / a.KVH, h0 = kvh * G;
+    const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
+    const int t0 = sp * ATTN_SPLIT, t1 = min(d.len, t0 + ATTN_SPLIT);
+    const size_t kvd = (size_t)a.KVH * hd;
+    const size_t loff = (size_t)layer * (size_t)d.cap * kvd + (size_t)kvh * hd;
+    const T *K = reinterpret_cast<const T *>(d.k_rot) + loff;
+    const T *V = reinterpret_cast<const T *>(d.v) + loff;
+    const int p = a.qpos[r];
+    float *qs = dsm;                // (G, hd)
+    float *ps = dsm + G * hd;       // (ATTN_SPLIT, G) scores, then weights
+    float *ml = ps + ATTN_SPLIT * G; // (G, 2)
+    size_t pidx = ((size_t)r * a.H + h0) * splits + sp; // part index of head h0; head h0+i adds i*splits
+
+    for (int i = tid; i < G * hd; i += NT)
+        qs[i] = to_f(q[(size_t)r * a.H * hd + (size_t)h0 * hd + i]);
+    __syncthreads();
+
+    // scores: one warp per key, lanes over the head dimension
+    for (int tk = t0 + warp; tk < t1; tk += NT / 32) {
+        float acc[ATTN_MAX_GROUP];
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_GROUP; i++)
+            acc[i] = 0.0f;
+        bool visible = d.spos[tk] <= p;
+        if (visible) {
+            for (int c = lane; c < hd; c += 32) {
+                float kv = to_f(K[(size_t)tk * kvd + c]);
+#pragma unroll
+                for (int i = 0; i < ATTN_MAX_GROUP; i++)
+                    if (i < G)
+                        acc[i] += qs[i * hd + c] * kv;
+            }
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_GROUP; i++)
+                if (i < G)
+                    for (int off = 16; off > 0; off >>= 1)
+                        acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+        }
+        if (lane == 0) {
+            int gi = (visible && a.grp) ? a.grp[tk] : -1;
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_GROUP; i++) {
+                if (i >= G)
+                    break;
+                float x = -INFINITY;
+                if (visible) {
+                    x = acc[i] * a.scale;
+                    if (gi >= 0) {
+                        if (a.temp)
+                            x /= a.temp[gi];
+                        if (a.lscale)
+                            x += a.lscale[gi];
+                    }
+                }
+                ps[(tk - t0) * G + i] = x;
+            }
+        }
+    }
+    __syncthreads();
+
+    // softmax statistics per query head: one warp per head
+    const int nk = t1 > t0 ? t1 - t0 : 0;
+    for (int i = warp; i < G; i += NT / 32) {
+        float m = -INFINITY;
+        for (int k = lane; k < nk; k += 32)
+            m = fmaxf(m, ps[k * G + i]);
+        for (int off = 16; off > 0; off >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        float mu = m == -INFINITY ? 0.0f : m, l = 0.0f;
+        for (int k = lane; k < nk; k += 32) {
+            float e = __expf(ps[k * G + i] - mu);
+            ps[k * G + i] = e;
+            l += e;
+        }
+        for (int off = 16; off > 0; off >>= 1)
+            l += __shfl_xor_sync(0xffffffffu, l, off);
+        if (lane == 0) {
+            ml[2 * i] = m;
+            ml[2 * i + 1] = l;
+        }
+    }
+    __syncthreads();
+
+    // partial outputs: one thread per dimension, every query head of the group at once
+    size_t nparts = (size_t)a.n * a.H * splits;
+    for (int c = tid; c < hd; c += NT) {
+        float acc[ATTN_MAX_GROUP];
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_GROUP; i++)
+            acc[i] = 0.0f;
+        for (int k = 0; k < nk; k++) {
+            float vv = to_f(V[(size_t)(t0 + k) * kvd + c]);
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_GROUP; i++)
+                if (i < G)
+                    acc[i] += ps[k * G + i] * vv;
+        }
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_GROUP; i++)
+            if (i < G)
+                part[(pidx + (size_t)i * splits) * hd + c] = acc[i];
+    }
+    if (tid < G) {
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
+    }
+}
+
+// out[r, h] = merge of the splits' partial softmaxes. One block per (row, head).
+template <typename T>
+__global__ void k_decode_combine(const float *part, int n, int H, int hd, int splits, T *out)
+{
+    size_t rh = blockIdx.x;
+    size_t nparts = (size_t)n * H * splits;
+    const float *mlp = part + nparts * hd + 2 * rh * splits;
+    float M = -INFINITY;
+    for (int s = 0; s < splits; s++)
+        M = fmaxf(M, mlp[2 * s]);
+    float L = 0.0f;
+    for (int s = 0; s < splits; s++)
+        if (mlp[2 * s] != -INFINITY)
+            L += __expf(mlp[2 * s] - M) * mlp[2 * s + 1];
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; s++)
+            if (mlp[2 * s] != -INFINITY)
+                acc += __expf(mlp[2 * s] - M) * part[(rh * splits + s) * hd + c];
+        out[rh * hd + c] = from_f<T>(L > 0.0f ? acc / L : 0.0f);
+    }
+}
+
+} // namespace
+
+bool attn_flash_supported(int hd, int H, int KVH)
+{
+    return (hd == 16 || hd == 32 || hd == 64 || hd == 128) && KVH > 0 && H % KVH == 0;
+}
+
+cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
+                       int len, bf16 *out)
+{
+    if (a->n == 0)
+        return cudaSuccess;
+    switch (a->hd) {
+    case 16: return launch_flash<16>(a, q, k, v, spos, len, out);
+    case 32: return launch_flash<32>(a, q, k, v, spos, len, out);
+    case 64: return launch_flash<64>(a, q, k, v, spos, len, out);
+    case 128: return launch_flash<128>(a, q, k, v, spos, len, out);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+size_t attn_decode_part_floats(int n, int H, int hd, int max_len)
+{
+    size_t splits = max_len > 0 ? ((size_t)max_len + ATTN_SPLIT - 1) / ATTN_SPLIT : 1;
+    return (size_t)n * H * splits * ((size_t)hd + 2);
+}
+
+template <typename T>
+cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
+                        int max_len, float *part, T *out)
+{
+    if (a->n == 0)
+        return cudaSuccess;
+    int G = a->H / a->KVH;
+    if (G > ATTN_MAX_GROUP || a->H % a->KVH)
+        return cudaErrorInvalidValue;
+    int splits = max_len > 0 ? (max_len + ATTN_SPLIT - 1) / ATTN_SPLIT : 1;
+    size_t smem = ((size_t)G * a->hd + (size_t)ATTN_SPLIT * G + 2 * (size_t)G) * sizeof(float);
+    dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
+    k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, part);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        return e;
+    k_decode_combine<T><<<(unsigned)((size_t)a->n * a->H), a->hd < NT ? 32 * ((a->hd + 31) / 32) : NT>>>(
+        part, a->n, a->H, a->hd, splits, out);
+    return cudaGetLastError();
+}
+
+template cudaError_t attn_decode<float>(const cu_attn_shape *, const float *, const cu_kvdesc *, const int32_t *, int,
+                                        int, float *, float *);
+template cudaError_t attn_decode<bf16>(const cu_attn_shape *, const bf16 *, const cu_kvdesc *, const int32_t *, int,
+                                       int, float *, bf16 *);

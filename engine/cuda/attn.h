@@ -1,0 +1,58 @@
+// attn.h — private to engine/cuda: the CUDA backend's fused attention kernels (attn.cu).
+//
+// Two kernels, both exact causal attention by position (key slot t is visible to a query at
+// position p iff spos[t] <= p; empty slots hold a position larger than any real one), GQA
+// (query head h reads KV head h / (H / KVH)), optional slot groups (temperature, log-scale):
+//   - flash: prefill-shaped work (many query rows of one sequence), bf16 tensor-core tiles
+//     (mma.sync m16n8k16) with online softmax; never materialises the scores. Head dims 16,
+//     32, 64, 128.
+//   - decode: few query rows, each of its own sequence (batched decode), split over the keys
+//     (flash-decoding): partial softmax per split, then a combine step. fp32 or bf16 caches,
+//     any head dim, query heads per KV head up to ATTN_MAX_GROUP.
+// Neither reports attention mass per slot group: the backend's reference path (cuBLAS scores)
+// does that.
+#ifndef RAGKV_ENGINE_CUDA_ATTN_H
+#define RAGKV_ENGINE_CUDA_ATTN_H
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
+#define ATTN_SPLIT 256     // keys per split of the decode kernel
+
+// One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
+struct cu_kvdesc {
+    void *k_raw, *k_rot, *v; // (n_layers, cap, kvd): K before RoPE, K rotated, V
+    const int32_t *spos;     // (cap) position of each slot
+    long long cap;           // slots per layer
+    int len;                 // slots in use
+    int pad_;
+};
+
+// What both kernels need besides the tensors.
+struct cu_attn_shape {
+    int n;                   // query rows
+    int H, KVH, hd;          // query heads, KV heads, head dim
+    float scale;             // 1/sqrt(hd)
+    const int32_t *qpos;     // (n) query positions (device)
+    const int32_t *grp;      // (len) slot group, -1 none; NULL: no groups (device)
+    const float *temp;       // (G) group temperature or NULL (device)
+    const float *lscale;     // (G) group log-scale or NULL (device)
+};
+
+// flash: q (n, H*hd) rotated queries, k/v (len, KVH*hd) one layer's cache, spos (len);
+// out (n, H*hd). Returns the launch error.
+bool attn_flash_supported(int hd, int H, int KVH);
+cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                       const __nv_bfloat16 *v, const int32_t *spos, int len, __nv_bfloat16 *out);
+
+// decode: row r reads descriptor desc[rseq[r]] (rseq NULL: desc[0]) at `layer`; max_len is
+// the largest len among them. part: attn_decode_part_floats() floats of device scratch.
+size_t attn_decode_part_floats(int n, int H, int hd, int max_len);
+template <typename T>
+cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
+                        int layer, int max_len, float *part, T *out);
+
+#endif

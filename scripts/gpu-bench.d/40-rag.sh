@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The end-to-end RAG serving benchmark (issue 10), in one device call: ragkvd on this GPU
+# (CUDA backend, Llama-3-8B-shaped synthetic bf16 weights) under an open-loop Poisson load of
+# RAG prompts (k chunks of a shared corpus in Zipf popularity and random order, plus a query),
+# once per blending mode and arrival rate (`ragkv bench serve --rate`); then transformers' full
+# prefill on the same prompts and card (bench/rag/rag_hf.py); then one report with tables and,
+# where matplotlib exists, plots (bench/rag/rag_report.py). Knobs (environment):
+#   RAG_MODEL (synth:llama3-8b)  RAG_K (8)  RAG_CHUNK (512)  RAG_QUERY (32)  RAG_GEN (16)
+#   RAG_CORPUS (96)  RAG_REQUESTS (40)  RAG_RATES ("1 2 4 8")  RAG_MODES ("full prefix cacheblend cachecraft")
+#   RAG_SLO_MS (1000: the TTFT p99 bound of "throughput at SLO")  RAG_SKIP_HF (0)
+# Writes $OUT/rag.json (every run and the report) and $OUT/rag-*.png.
+set -euo pipefail
+model=${RAG_MODEL:-synth:llama3-8b}
+k=${RAG_K:-8}; chunk=${RAG_CHUNK:-512}; query=${RAG_QUERY:-32}; gen=${RAG_GEN:-16}
+corpus=${RAG_CORPUS:-96}; requests=${RAG_REQUESTS:-40}; rates=${RAG_RATES:-"1 2 4 8"}
+modes=${RAG_MODES:-"full prefix cacheblend cachecraft"}
+tmp=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+mkdir -p "$tmp/runs"
+echo "== ragkvd --backend cuda --model $model"
+"$BUILD/service/ragkvd" --data-dir "$tmp/var" --port 0 --http-port 0 --model "$model" --backend cuda \
+  --ram-budget-mb 16384 --max-batch 32 >"$tmp/ragkvd.log" 2>&1 &
+pid=$!
+port=""
+for _ in $(seq 1 600); do # model generation and upload take a while at 8B
+  port=$(sed -n 's/^ragkvd ready: protocol [^:]*:\([0-9]*\).*/\1/p' "$tmp/ragkvd.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || { echo "ragkvd exited:"; tail -20 "$tmp/ragkvd.log"; exit 1; }
+  sleep 0.5
+done
+[ -n "$port" ] || { echo "ragkvd not ready after 300 s"; tail -20 "$tmp/ragkvd.log"; exit 1; }
+seed=1
+for mode in $modes; do
+  for rate in $rates; do
+    echo "== mode $mode, $rate requests/s"
+    "$BUILD/clients/ragkv" bench serve --port "$port" --token-file "$tmp/var/admin.token" --shared \
+      --tenants 2 --conns 32 --corpus "$corpus" --chunk-len "$chunk" --k "$k" --query-len "$query" \
+      --max-tokens "$gen" --requests "$requests" --mode "$mode" --rate "$rate" --seed "$seed" \
+      --json "$tmp/runs/$mode-$rate.json" || echo "(run failed)"
+    seed=$((seed + 1))
+  done
+done
+curl -s "http://127.0.0.1:$(sed -n 's/^ragkvd ready: .* http [^:]*:\([0-9]*\).*/\1/p' "$tmp/ragkvd.log" | head -1)/metrics" \
+  >"$tmp/metrics.txt" 2>/dev/null || true
+kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+if [ "${RAG_SKIP_HF:-0}" != 1 ]; then
+  echo "== transformers full prefill on the same prompts"
+  PYTHONUNBUFFERED=1 python3 bench/rag/rag_hf.py --k "$k" --chunk "$chunk" --query "$query" --gen "$gen" \
+    --rates $rates --requests "$requests" --json "$tmp/hf.json" || echo "(transformers baseline failed)"
+fi
+python3 bench/rag/rag_report.py --runs "$tmp/runs" --hf "$tmp/hf.json" --metrics "$tmp/metrics.txt" \
+  --slo-ms "${RAG_SLO_MS:-1000}" --json "$OUT/rag.json" --png-prefix "$OUT/rag-"
