@@ -56,17 +56,24 @@ static int corrupt_dir(const char *dir)
     return n;
 }
 
-/* A daemon in dd with tenant acme, one chunk ch[0..n) stored (its key in key), then stopped
- * cleanly; store gets the RocksDB directory to damage. */
-static void one_chunk_then_stop(svct_daemon *dd, const char *const *extra, const int32_t *ch, uint32_t n,
-                                uint8_t key[32], char *store, size_t len)
+/* A daemon in dd (the real model; the test is skipped without it) with tenant acme and one
+ * chunk of n tokens a + i*b stored in ch (its key in key), then stopped cleanly; store gets
+ * the RocksDB directory to damage. Returns the daemon's flags, for restarts. */
+static const char *const *one_chunk_then_stop(svct_daemon *dd, int32_t *ch, uint32_t n, int a, int b, uint8_t key[32],
+                                              char *store, size_t len)
 {
+    static const char *extra[] = {"--model", NULL, NULL};
+    if (!(extra[1] = rk_test_model_path("stories260K.bin")))
+        cr_skip_test("skipped: no real model");
+    for (uint32_t i = 0; i < n; i++)
+        ch[i] = a + (int32_t)i * b;
     svct_daemon_up(dd, "ragkvd", extra, "acme", NULL);
     ragkv_conn *t = svct_dial(dd->port, dd->token[0]);
     cr_assert_eq(ragkv_put_chunk(t, ch, n, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
     ragkv_close(t);
     cr_assert_eq(rk_test_stop(&dd->proc, SIGTERM, 20000), 0); /* flushed and closed */
     snprintf(store, len, "%s/var/store", dd->tmp);
+    return extra;
 }
 
 /* The damaged chunk is a miss by key, and a prompt that brings its tokens is still answered,
@@ -89,17 +96,11 @@ static void expect_miss_then_recomputed(ragkv_conn *t, const uint8_t key[32], co
 
 Test(corruption, damaged_chunks_are_misses_never_served, .timeout = 90)
 {
-    const char *model = rk_test_model_path("stories260K.bin");
-    if (!model)
-        cr_skip_test("skipped: no real model");
     char store[512];
-    const char *extra[] = {"--model", model, NULL};
     svct_daemon dd;
     int32_t ch[64];
-    for (int i = 0; i < 64; i++)
-        ch[i] = 5 + i * 3;
     uint8_t key[32];
-    one_chunk_then_stop(&dd, extra, ch, 64, key, store, sizeof(store));
+    const char *const *extra = one_chunk_then_stop(&dd, ch, 64, 5, 3, key, store, sizeof(store));
     /* damage it on disk (the RocksDB files and blob files of the store) */
     int hits = corrupt_dir(store);
     DIR *sd = opendir(store);
@@ -154,17 +155,11 @@ static int collect_kv(void *arg, const uint8_t *key, size_t klen, const uint8_t 
 
 Test(corruption, blob_rewritten_behind_ragkvs_back_is_counted_never_served, .timeout = 90)
 {
-    const char *model = rk_test_model_path("stories260K.bin");
-    if (!model)
-        cr_skip_test("skipped: no real model");
     char store[512];
-    const char *extra[] = {"--model", model, NULL};
     svct_daemon dd;
     int32_t ch[48];
-    for (int i = 0; i < 48; i++)
-        ch[i] = 11 + i * 9;
     uint8_t key[32];
-    one_chunk_then_stop(&dd, extra, ch, 48, key, store, sizeof(store));
+    const char *const *extra = one_chunk_then_stop(&dd, ch, 48, 11, 9, key, store, sizeof(store));
     /* rewrite the chunk's value through RocksDB itself (valid CRCs), one byte of its KV flipped */
     cc_blobstore bs;
     cr_assert_eq(cc_blobstore_rocksdb_open(store, NULL, &bs), RK_OK, "%s", rk_error_msg());
