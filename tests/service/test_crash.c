@@ -25,6 +25,7 @@
 
 #define MAX_ROUNDS 200
 #define PER_ROUND 8
+#define NTOK_EV 20 /* tokens per chunk in the eviction case */
 
 static void chunk_tokens(int32_t *t, int n, int id)
 {
@@ -245,4 +246,76 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
     ragkv_close(a);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
     rk_test_rmrf(tmp);
+}
+
+/* A crash right after a commit that evicted: the tenant's evict policy made room for the new
+ * chunk by dropping one of its two others. After the restart the new chunk and the survivor
+ * are served, the evicted one is gone (its blob an orphan for gc), and usage is exactly 2. */
+Test(crash, crash_after_an_evicting_commit, .timeout = 120)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    const char *extra[] = {"--model", model, NULL};
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd-crashpoints", extra, "acme", NULL);
+    ragkv_conn *a = svct_dial(dd.port, dd.adm);
+    cr_assert_eq(ragkv_admin_quota_set(a, "acme", 0, 2, 1), RK_OK, "2 chunks, evict");
+    ragkv_close(a);
+    uint8_t keys[3][32];
+    uint64_t sums[2];
+    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
+    for (int i = 0; i < 2; i++) {
+        int32_t t[NTOK_EV];
+        chunk_tokens(t, NTOK_EV, 2000 + i);
+        cr_assert_eq(ragkv_put_chunk(c, t, NTOK_EV, keys[i], NULL, NULL), RK_OK, "%s", rk_error_msg());
+        uint8_t *cont;
+        uint32_t len;
+        cr_assert_eq(ragkv_get_kv(c, keys[i], NULL, 0, &cont, &len), RK_OK);
+        sums[i] = rk_xxh3_64(cont, len);
+        rk_free(cont);
+    }
+    ragkv_close(c);
+    cr_assert_eq(rk_test_stop(&dd.proc, SIGTERM, 20000), 0);
+    setenv("RAGKV_CRASHPOINT", "put_meta_committed", 1);
+    svct_daemon_start(&dd, "ragkvd-crashpoints", extra);
+    unsetenv("RAGKV_CRASHPOINT");
+    c = svct_dial(dd.port, dd.token[0]);
+    int32_t t[NTOK_EV];
+    chunk_tokens(t, NTOK_EV, 2002);
+    cr_expect_neq(ragkv_put_chunk(c, t, NTOK_EV, keys[2], NULL, NULL), RK_OK, "never acknowledged");
+    ragkv_close(c);
+    cr_assert_eq(rk_test_wait(&dd.proc, 20000), 128 + SIGKILL, "died after the evicting commit");
+    ragkv_server_info info;
+    svct_daemon_start(&dd, "ragkvd-crashpoints", extra);
+    info = server_info(dd.port);
+    cc_key k;
+    cr_assert_eq(cc_key_compute(info.model, "acme", t, NTOK_EV, &k), RK_OK);
+    memcpy(keys[2], k.b, 32);
+    c = svct_dial(dd.port, dd.token[0]);
+    uint8_t present[3];
+    cr_assert_eq(ragkv_lookup(c, keys[0], 3, present), RK_OK);
+    cr_expect_eq(present[2], 1, "the committed chunk survives the crash");
+    cr_expect_eq(present[0] + present[1], 1, "exactly one of the older chunks was evicted (%d, %d)", present[0], present[1]);
+    for (int i = 0; i < 2; i++)
+        if (present[i]) {
+            uint8_t *cont;
+            uint32_t len;
+            cr_assert_eq(ragkv_get_kv(c, keys[i], NULL, 0, &cont, &len), RK_OK);
+            cr_expect_eq(rk_xxh3_64(cont, len), sums[i], "the survivor is byte-identical");
+            rk_free(cont);
+        }
+    uint8_t *cont;
+    uint32_t len;
+    cr_expect_eq(ragkv_get_kv(c, keys[2], NULL, 0, &cont, &len), RK_OK, "%s", rk_error_msg());
+    codec_info ci;
+    cr_expect_eq(codec_inspect(cont, len, &ci), RK_OK, "the new chunk is intact");
+    rk_free(cont);
+    ragkv_close(c);
+    a = svct_dial(dd.port, dd.adm);
+    uint64_t chunks = 0;
+    cr_assert_eq(ragkv_admin_quota_get(a, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
+    cr_expect_eq(chunks, 2, "usage exact after the crash");
+    ragkv_close(a);
+    svct_daemon_down(&dd);
 }
