@@ -21,6 +21,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
+#include "ragkv/hash.h"
 #include "testutil.h"
 
 #define SVCT_MAX_TENANTS 4
@@ -89,6 +90,17 @@ static inline void svct_expect_closed(ragkv_conn *c)
     while ((st = ragkv_recv_frame(c, &h, &p)) == RK_OK)
         rk_free(p);
     cr_expect_eq(st, RK_ERR_UNAVAILABLE, "connection closed by the server, got %s", rk_status_name(st));
+}
+
+/* GET_KV of key on c (asserting success): xxh3 of the container, to compare bytes later. */
+static inline uint64_t svct_kv_sum(ragkv_conn *c, const uint8_t key[32])
+{
+    uint8_t *cont;
+    uint32_t len;
+    cr_assert_eq(ragkv_get_kv(c, key, NULL, 0, &cont, &len), RK_OK, "%s", rk_error_msg());
+    uint64_t sum = rk_xxh3_64(cont, len);
+    rk_free(cont);
+    return sum;
 }
 
 /* A counter or gauge from the daemon's /metrics ("ragkv_<name> <value>" line); -1 if absent. */

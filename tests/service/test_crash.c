@@ -43,14 +43,21 @@ static ragkv_server_info server_info(int port)
     return info;
 }
 
+/* A daemon (`bin`) on the real model with tenant acme, in dd; skips without the model.
+ * Returns its flags, for restarts. */
+static const char *const *acme_daemon(svct_daemon *dd, const char *bin)
+{
+    static const char *extra[] = {"--model", NULL, NULL};
+    if (!(extra[1] = rk_test_model_path("stories260K.bin")))
+        cr_skip_test("skipped: no real model");
+    svct_daemon_up(dd, bin, extra, "acme", NULL);
+    return extra;
+}
+
 Test(crash, sigkill_during_writes_keeps_acknowledged_chunks, .timeout = 600)
 {
-    const char *model = rk_test_model_path("stories260K.bin");
-    if (!model)
-        cr_skip_test("skipped: no real model");
-    const char *extra[] = {"--model", model, NULL};
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    const char *const *extra = acme_daemon(&dd, "ragkvd");
     const char *tok = dd.token[0], *adm = dd.adm, *tmp = dd.tmp;
     rk_test_proc d = dd.proc;
     int port = dd.port, hport;
@@ -149,18 +156,14 @@ typedef struct cp_case {
 
 Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
 {
-    const char *model = rk_test_model_path("stories260K.bin");
-    if (!model)
-        cr_skip_test("skipped: no real model");
     static const cp_case cases[] = {
         {"put_blob_written", false},  /* blob without metadata: an orphan, never served */
         {"put_meta_committed", true}, /* committed, never acknowledged */
         {"put_before_ack", true},     /* the reply was about to be queued */
     };
     enum { NC = sizeof(cases) / sizeof(cases[0]), NTH = 3, NTOK = 24 };
-    const char *extra[] = {"--model", model, NULL};
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd-crashpoints", extra, "acme", NULL);
+    const char *const *extra = acme_daemon(&dd, "ragkvd-crashpoints");
     const char *tok = dd.token[0], *adm = dd.adm, *tmp = dd.tmp;
     rk_test_proc d = dd.proc;
     int port = dd.port, hport;
@@ -191,11 +194,7 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
             if (i < NTH - 1) {
                 cr_assert_eq(st, RK_OK, "%s: put %d: %s", sel, i, rk_error_msg());
                 cr_assert_eq(memcmp(got, k.b, 32), 0);
-                uint8_t *cont;
-                uint32_t len;
-                cr_assert_eq(ragkv_get_kv(c, k.b, NULL, 0, &cont, &len), RK_OK);
-                sums[ci][i] = rk_xxh3_64(cont, len);
-                rk_free(cont);
+                sums[ci][i] = svct_kv_sum(c, k.b);
             } else {
                 cr_expect_neq(st, RK_OK, "%s: the put that reached the point is never acknowledged", sel);
             }
@@ -253,12 +252,8 @@ Test(crash, crash_points_between_blob_metadata_and_ack, .timeout = 300)
  * are served, the evicted one is gone (its blob an orphan for gc), and usage is exactly 2. */
 Test(crash, crash_after_an_evicting_commit, .timeout = 120)
 {
-    const char *model = rk_test_model_path("stories260K.bin");
-    if (!model)
-        cr_skip_test("skipped: no real model");
-    const char *extra[] = {"--model", model, NULL};
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd-crashpoints", extra, "acme", NULL);
+    const char *const *extra = acme_daemon(&dd, "ragkvd-crashpoints");
     ragkv_conn *a = svct_dial(dd.port, dd.adm);
     cr_assert_eq(ragkv_admin_quota_set(a, "acme", 0, 2, 1), RK_OK, "2 chunks, evict");
     ragkv_close(a);
@@ -269,11 +264,7 @@ Test(crash, crash_after_an_evicting_commit, .timeout = 120)
         int32_t t[NTOK_EV];
         chunk_tokens(t, NTOK_EV, 2000 + i);
         cr_assert_eq(ragkv_put_chunk(c, t, NTOK_EV, keys[i], NULL, NULL), RK_OK, "%s", rk_error_msg());
-        uint8_t *cont;
-        uint32_t len;
-        cr_assert_eq(ragkv_get_kv(c, keys[i], NULL, 0, &cont, &len), RK_OK);
-        sums[i] = rk_xxh3_64(cont, len);
-        rk_free(cont);
+        sums[i] = svct_kv_sum(c, keys[i]);
     }
     ragkv_close(c);
     cr_assert_eq(rk_test_stop(&dd.proc, SIGTERM, 20000), 0);
@@ -299,11 +290,7 @@ Test(crash, crash_after_an_evicting_commit, .timeout = 120)
     cr_expect_eq(present[0] + present[1], 1, "exactly one of the older chunks was evicted (%d, %d)", present[0], present[1]);
     for (int i = 0; i < 2; i++)
         if (present[i]) {
-            uint8_t *cont;
-            uint32_t len;
-            cr_assert_eq(ragkv_get_kv(c, keys[i], NULL, 0, &cont, &len), RK_OK);
-            cr_expect_eq(rk_xxh3_64(cont, len), sums[i], "the survivor is byte-identical");
-            rk_free(cont);
+            cr_expect_eq(svct_kv_sum(c, keys[i]), sums[i], "the survivor is byte-identical");
         }
     uint8_t *cont;
     uint32_t len;
