@@ -29,8 +29,14 @@ build: deps
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
+# make test also fuzzes every target briefly (RAGKV_FUZZ_SECONDS each, default 10; 0 skips) in
+# the plain build; the sanitizer build's pass leaves it out (the fuzz build has ASan+UBSan)
+RAGKV_FUZZ_SECONDS ?= 10
 test: build
 	scripts/test.sh $(BUILD)
+ifndef RAGKV_SANITIZE
+	@if [ "$(RAGKV_FUZZ_SECONDS)" != 0 ]; then scripts/fuzz.sh $(RAGKV_FUZZ_SECONDS); fi
+endif
 
 run: build
 	scripts/run.sh $(BUILD)

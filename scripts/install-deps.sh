@@ -6,7 +6,8 @@ set -euo pipefail
 if [ "${RAGKV_SKIP_DEPS:-0}" = 1 ]; then exit 0; fi
 pkgs=(build-essential cmake pkg-config
       libevent-dev librocksdb-dev libhiredis-dev liblz4-dev libsodium-dev
-      libxxhash-dev libcriterion-dev redis-server redis-tools python3 curl)
+      libxxhash-dev libcriterion-dev redis-server redis-tools python3 curl
+      clang libclang-rt-14-dev)  # clang + libFuzzer: the short fuzz runs of make test
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
