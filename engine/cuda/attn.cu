@@ -263,11 +263,6 @@ cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, c
     return cudaGetLastError();
 }
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
 
 // part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
 template <typename T>

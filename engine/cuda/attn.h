@@ -19,6 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// fp32 <-> storage type (float or bf16), shared by attn.cu and backend.cu
+static __device__ __forceinline__ float to_f(float x) { return x; }
+static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> static __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
 #define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
 #define ATTN_SPLIT 256     // keys per split of the decode kernel
 

@@ -234,11 +234,6 @@ struct carver {
 
 // ---- kernels ----------------------------------------------------------------------------
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
 
 __device__ float block_sum(float v)
 {
@@ -769,7 +764,7 @@ rk_status cu_embed(void *ctx, eng_hidden *h, size_t row0, const int32_t *tokens,
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
-    int32_t *dt;
+    int32_t *dt = NULL;
     TRY(ints_up(c, tokens, n, 0, &dt));
     float *x = (float *)h->ctx + row0 * c->mi->dim;
     return c->mode == MODE_BF16 ? embed_rows<bf16>(c, x, dt, n) : embed_rows<float>(c, x, dt, n);
@@ -803,6 +798,7 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
     cv.take<unsigned char>(n * qd * es);                          // att
     cv.take<float>(n * (d > 2 * f ? d : 2 * f));                  // y
     cv.take<unsigned char>(n * f * es);                           // hb
+    cv.take<float>(2 * G + 2);                                    // temperature, log-scale
     *chunk = n;
     if (path == PATH_REFERENCE) {
         // scores of at most ~512 MiB at once
@@ -810,7 +806,6 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         size_t ch = ((size_t)512 << 20) / per_row;
         *chunk = ch < 1 ? 1 : ch > n ? n : ch;
         cv.take<float>(*chunk * H * len);                         // scores
-        cv.take<float>(2 * G + 2);                                // temperature, log-scale
         cv.take<float>(n * H * G + 1);                            // mass
         if (c->mode == MODE_BF16) {
             cv.take<float>(n * qd);                               // q fp32
@@ -819,9 +814,6 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         }
     } else if (path == PATH_DECODE) {
         cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->head_dim, (int)len));
-        cv.take<float>(2 * G + 2);
-    } else {
-        cv.take<float>(2 * G + 2);
     }
     return cv.off;
 }
@@ -838,7 +830,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     size_t G = ag ? ag->n_groups : 0;
     size_t chunk = n;
     size_t need = layer_scratch(c, n, len, path, G, &chunk);
-    unsigned char *base;
+    unsigned char *base = NULL;
     TRY(scratch(c, need, &base));
     carver cv;
     cv.base = base;
@@ -848,6 +840,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     T *att = cv.take<T>(n * qd);
     float *y = cv.take<float>(n * (d > 2 * f ? d : 2 * f));
     T *hb = cv.take<T>(n * f);
+    float *gp = cv.take<float>(2 * G + 2);
     int inter = mi->rope == ENG_ROPE_INTERLEAVED;
 
     // attention block: norm, q/k/v in one product, bias, cache writes with RoPE
@@ -892,21 +885,18 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         TRY(st);
         dgrp = dg;
         dgb = dg + len;
+        dtemp = ag->temperature ? gp : NULL;
+        dls = ag->log_scale ? gp + G : NULL;
+        if (dtemp)
+            CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "temperature");
+        if (dls)
+            CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "log-scale");
     }
 
     if (path == PATH_REFERENCE) {
         size_t chunk_rows = chunk;
         float *scores = cv.take<float>(chunk_rows * H * len);
-        float *gp = cv.take<float>(2 * G + 2);
         float *dmass = cv.take<float>(n * H * G + 1);
-        if (ag) {
-            dtemp = ag->temperature ? gp : NULL;
-            dls = ag->log_scale ? gp + G : NULL;
-            if (dtemp)
-                CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "temperature");
-            if (dls)
-                CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "log-scale");
-        }
         cu_kv *kv = (cu_kv *)lc->s->ctx;
         size_t loff = (size_t)lc->layer * lc->s->capacity * kvd;
         ref_args ra;
@@ -971,15 +961,6 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     } else {
         float *part = path == PATH_DECODE ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, (int)hd, (int)len))
                                           : NULL;
-        float *gp = cv.take<float>(2 * G + 2);
-        if (ag) {
-            dtemp = ag->temperature ? gp : NULL;
-            dls = ag->log_scale ? gp + G : NULL;
-            if (dtemp)
-                CU(cudaMemcpy(dtemp, ag->temperature, G * sizeof(float), cudaMemcpyHostToDevice), "temperature");
-            if (dls)
-                CU(cudaMemcpy(dls, ag->log_scale, G * sizeof(float), cudaMemcpyHostToDevice), "log-scale");
-        }
         k_rope_q<T><<<blocks(n * H * (hd / 2)), 256>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");
@@ -1060,7 +1041,7 @@ template <typename T>
 rk_status logits_rows(cu_ctx *c, const float *x, const int32_t *drows, size_t n, float *logits)
 {
     size_t d = (size_t)c->mi->dim, V = (size_t)c->mi->vocab;
-    unsigned char *base;
+    unsigned char *base = NULL;
     carver sz;
     sz.take<T>(n * d);
     sz.take<float>(n * V);
@@ -1105,9 +1086,7 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
     const eng_model_info *mi = c->mi;
     if (mi->n_heads / mi->n_kv_heads > ATTN_MAX_GROUP) { // the split-key kernel cannot: one by one
         rk_status st = RK_OK;
-        eng_hidden h;
-        h.be = NULL;
-        h.rows = 1;
+        eng_hidden h = {NULL, 1, NULL}; // be, rows, ctx
         TRY(cu_hidden_init(ctx, &h));
         for (size_t i = 0; i < n && st == RK_OK; i++) {
             st = cu_embed(ctx, &h, 0, &tokens[i], 1);
@@ -1174,7 +1153,7 @@ rk_status export_layers(cu_ctx *c, const eng_seq *s, int layer0, int n_layers, s
     size_t kvd = kv_dim(c), cnt = n * kvd;
     float *tmp = NULL;
     if (sizeof(T) != sizeof(float)) {
-        unsigned char *b;
+        unsigned char *b = NULL;
         TRY(scratch(c, 2 * cnt * sizeof(float), &b));
         tmp = (float *)b;
     }
@@ -1214,7 +1193,7 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
     TRY(ints_up(c, pos, n, 0, &dpos));
     cu_kvdesc *dd;
     TRY(descs_up(c, &s, 1, &dd));
-    unsigned char *b;
+    unsigned char *b = NULL;
     TRY(scratch(c, 2 * cnt * sizeof(float), &b));
     float *tmp = (float *)b;
     for (int i = 0; i < n_layers; i++) {
