@@ -16,6 +16,7 @@ struct bench {
 static const struct bench benches[] = {
     {"engine", bench_engine_main, "engine prefill and decode-step times on a backend (synthetic shapes or a model)"},
     {"codec", codec_bench_main, "KV codec encode/decode throughput and size (--cuda: the GPU decoder)"},
+    {"blend", bench_blend_main, "time to first token of blended prompts per mode, caches compressed in host RAM"},
     {"serve", bench_serve_main, "load a running ragkvd: tenants, Zipf chunk popularity, TTFT, throughput, hit rate"},
     {"store", cc_bench_main, "chunk store put/get throughput and latency vs redis-server SET/GET"},
 };

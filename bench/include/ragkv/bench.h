@@ -31,6 +31,9 @@ int bench_engine_main(int argc, char **argv);
 /* `ragkv bench serve`: the load generator against a running ragkvd (bench/serve.c). */
 int bench_serve_main(int argc, char **argv);
 
+/* `ragkv bench blend`: time to first token of blended prompts per mode (bench/blend_bench.c). */
+int bench_blend_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif
