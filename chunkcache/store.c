@@ -238,7 +238,8 @@ static void *flusher_main(void *arg)
 
 /* ---- removal ----------------------------------------------------------------------------- */
 
-/* Chunks the metadata no longer has: delete their blobs, drop them from RAM, unaccount. */
+/* Chunks the metadata no longer has: delete their blobs, drop them from RAM and the device
+ * tier, unaccount. */
 static void apply_removed(cc_store *s, const cc_evlist *ev)
 {
     for (size_t i = 0; i < ev->n; i++) {
@@ -247,6 +248,7 @@ static void apply_removed(cc_store *s, const cc_evlist *ev)
         if (cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN) != RK_OK)
             RK_WARN("blob delete failed (gc will collect it): %s", rk_error_msg());
         ram_drop(s, &ev->items[i].key);
+        cc_devtier_drop(s->cfg.device, &ev->items[i].key);
         uint64_t cur = atomic_load(&s->disk_bytes);
         uint64_t sz = ev->items[i].size;
         while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > sz ? cur - sz : 0)) {
@@ -267,6 +269,7 @@ static void repair(cc_store *s, const cc_record *r, bool delete_blob)
         cc_evlist one = {0};
         cc_evlist_push(&one, &r->key, r->csum, r->size);
         ram_drop(s, &r->key);
+        cc_devtier_drop(s->cfg.device, &r->key);
         uint64_t cur = atomic_load(&s->disk_bytes);
         while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > r->size ? cur - r->size : 0)) {
         }
@@ -394,6 +397,7 @@ static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, c
         st = rk_error_set(keep, "%s", msg);
     } else {
         BUMP(s, puts, 1);
+        cc_devtier_drop(s->cfg.device, &r.key); /* a new version: whatever was decoded before is not it */
         atomic_fetch_add(&s->disk_bytes, r.size);
         BUMP(s, evicted_quota, ev.n);
         apply_removed(s, &ev);
@@ -1019,6 +1023,7 @@ static rk_status do_rebuild(cc_store *s)
         st = cc_metastore_mark_intact(&s->ms);
     if (st != RK_OK)
         return st;
+    cc_devtier_clear(s->cfg.device); /* the chunks now are the blob store's, not what was decoded */
     atomic_store(&s->disk_bytes, sum_usage(s));
     BUMP(s, rebuilds, 1);
     RK_INFO("metadata rebuilt from the blob store: %llu chunks in %.1f ms", (unsigned long long)c.chunks,
@@ -1208,7 +1213,11 @@ void cc_store_stats(cc_store *s, cc_stats *o)
     o->ram_chunks = s->heap.n;
     pthread_mutex_unlock(&s->ram_mu);
     o->disk_bytes = atomic_load(&s->disk_bytes);
-    o->device_bytes = 0;
+    if (s->cfg.device) {
+        cc_devtier_stats ds;
+        cc_devtier_stats_get(s->cfg.device, &ds);
+        o->device_bytes = ds.bytes;
+    }
 }
 
 /* See ragkv/chunkcache.h. */
@@ -1240,10 +1249,6 @@ rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore
     pthread_rwlock_init(&s->gate, NULL);
     pthread_mutex_init(&s->ram_mu, NULL);
     pthread_cond_init(&s->flush_cv, NULL);
-    if (s->cfg.device) {
-        st = rk_error_set(RK_ERR_NOT_IMPLEMENTED, "the device tier is not backed yet");
-        goto fail;
-    }
     bool ok = false;
     if ((st = cc_metastore_intact(&s->ms, &ok)) != RK_OK)
         goto fail;
