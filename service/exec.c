@@ -213,7 +213,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
             if (sg->tokens[t] < 0 || sg->tokens[t] >= mi->vocab)
                 return rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
                                     sg->tokens[t], mi->vocab);
-        segs[i] = (bl_segment){sg->tokens, sg->n, kvs[i]};
+        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i]};
     }
     return RK_OK;
 }

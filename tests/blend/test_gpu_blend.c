@@ -55,7 +55,7 @@ static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, b
     for (int i = 0; i < 3; i++) {
         kvs[i] = malloc(eng_kv_floats(m, 30) * sizeof(float));
         cr_assert_eq(bl_chunk_prefill(m, be, ch[i], 30, kvs[i]), RK_OK, "%s", rk_error_msg());
-        segs[i] = (bl_segment){ch[i], 30, kvs[i]};
+        segs[i] = (bl_segment){.tokens = ch[i], .n = 30, .kv = kvs[i]};
     }
     eng_seq *s;
     cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
