@@ -4,7 +4,7 @@
  * A cc_store keeps compressed chunk KV caches (opaque blobs to this module) for many
  * tenants. Data lives in tiers:
  *
- *   device   decoded KV where the engine computes (GPU memory on CUDA), a byte budget,
+ *   device   decoded KV where the engine computes (engine KV blocks), a byte budget,
  *            referenced objects, GDSF eviction: a cc_devtier (ragkv/devtier.h) that the
  *            caller fills (the daemon's executor) and the store keeps valid — given one in
  *            cc_config.device, the store drops a chunk's entry whenever the chunk is deleted,

@@ -1,7 +1,7 @@
 /*
  * ragkv/devtier.h — the chunk cache's device tier: decoded chunk KV kept where the engine
- * computes (GPU memory on the CUDA backend, host memory on the CPU one), under a byte budget,
- * evicted by value.
+ * computes (the daemon keeps engine KV blocks: host memory on the CPU backend, device memory
+ * once a backend stores blocks natively), under a byte budget, evicted by value.
  *
  * The tier maps a chunk key to an opaque object the caller made (the daemon's: the chunk's
  * tokens and an eng_kvblock), with the bytes it holds and the recompute cost a hit saves.
