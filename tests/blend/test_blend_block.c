@@ -19,12 +19,8 @@ static const eng_model_info *mi;
 
 static void setup(void)
 {
-    const char *path = rk_test_model_path("stories260K.bin");
-    if (!path)
-        return;
-    cr_assert_eq(eng_model_open(path, &m), RK_OK, "%s", rk_error_msg());
-    mi = eng_model_get_info(m);
-    cr_assert_eq(eng_backend_cpu_new(m, 2, &be), RK_OK, "%s", rk_error_msg());
+    if (blt_open_stories(&m, &be)) /* else every test skips */
+        mi = eng_model_get_info(m);
 }
 
 static void teardown(void)

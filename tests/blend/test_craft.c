@@ -18,12 +18,9 @@ static const eng_model_info *mi;
 
 static void open_model(void)
 {
-    const char *path = rk_test_model_path("stories260K.bin");
-    if (!path)
+    if (!blt_open_stories(&m, &be))
         cr_skip_test("skipped: no real model (stories260K.bin)");
-    cr_assert_eq(eng_model_open(path, &m), RK_OK, "%s", rk_error_msg());
     mi = eng_model_get_info(m);
-    cr_assert_eq(eng_backend_cpu_new(m, 2, &be), RK_OK, "%s", rk_error_msg());
 }
 
 static void teardown(void)

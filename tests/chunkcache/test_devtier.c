@@ -466,20 +466,7 @@ static void t_store_drops(cct_bs_kind bk, cct_ms_kind mk)
 
     /* repair: a corrupt blob is found by a read from disk */
     cc_store_drop_ram(s);
-    cc_blobstore *bs = cc_store_blobstore(s);
-    uint8_t bk2[40], blob[1000];
-    cct_fill(blob, sizeof(blob), 2);
-    memcpy(bk2, k[2].b, 32);
-    rk_put_le64(bk2 + 32, rk_xxh3_64(blob, sizeof(blob)));
-    cc_buf *v;
-    cr_assert_eq(cc_blobstore_get(bs, CC_SPACE_CHUNKS, bk2, 40, &v), RK_OK);
-    uint8_t *copy = malloc(v->len);
-    memcpy(copy, v->data, v->len);
-    copy[v->len - 1] ^= 1;
-    cc_iov part = {copy, v->len};
-    cr_assert_eq(cc_blobstore_put(bs, CC_SPACE_CHUNKS, bk2, 40, &part, 1), RK_OK);
-    cc_buf_release(v);
-    free(copy);
+    cct_corrupt(s, &k[2], 2, 1000, 1, 1);
     cr_expect_eq(cc_store_get(s, "acme", &k[2], &b, NULL), RK_ERR_NOT_FOUND);
     cr_expect(!resident(t, &k[2]), "repair drops it");
 

@@ -54,6 +54,14 @@ static double conf_rel_err(const float *a, const float *b, size_t n)
     return maxd / maxb;
 }
 
+/* A new sequence of cap slots on be (asserted). */
+static eng_seq *conf_seq(eng_backend *be, size_t cap)
+{
+    eng_seq *s = NULL;
+    cr_assert_eq(eng_seq_new(be, cap, &s), RK_OK, "%s", rk_error_msg());
+    return s;
+}
+
 /* One-shot prefill == token-by-token decode, every position's logits. */
 static void conf_prefill_equals_decode(conf_backend_ctor ctor, const char *model, double tol)
 {
@@ -211,11 +219,7 @@ static void conf_export_import_shift(conf_backend_ctor ctor, const char *model, 
         pos[i] = shift + (int32_t)i;
     float *kv_a = malloc(F * sizeof(float)), *kv_b = malloc(F * sizeof(float)), *kv_c = malloc(F * sizeof(float));
     float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *lc = malloc(V * sizeof(float));
-    eng_seq *a, *b, *c, *d;
-    cr_assert_eq(eng_seq_new(be, 64, &a), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &b), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &c), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &d), RK_OK);
+    eng_seq *a = conf_seq(be, 64), *b = conf_seq(be, 64), *c = conf_seq(be, 64), *d = conf_seq(be, 64);
     cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
     cr_assert_eq(eng_kv_export(a, 0, n, kv_a), RK_OK);
     /* c: the same tokens computed at the shifted positions */
@@ -633,12 +637,8 @@ static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
         pos[i] = 5 + 2 * (int32_t)i; /* shifted and spread: RoPE at positions other than the export's */
     float *kv = malloc(F * sizeof(float)), *ka = malloc(F * sizeof(float)), *kb = malloc(F * sizeof(float));
     float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
-    eng_seq *src, *a, *b, *c, *far;
-    cr_assert_eq(eng_seq_new(be, 32, &src), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 32, &a), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 32, &b), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 32, &c), RK_OK);
-    cr_assert_eq(eng_seq_new(other, 32, &far), RK_OK);
+    eng_seq *src = conf_seq(be, 32), *a = conf_seq(be, 32), *b = conf_seq(be, 32), *c = conf_seq(be, 32);
+    eng_seq *far = conf_seq(other, 32);
     cr_assert_eq(eng_prefill(src, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
     cr_assert_eq(eng_kv_export(src, 0, n, kv), RK_OK);
 
@@ -691,8 +691,7 @@ static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
     cr_expect_eq(eng_kvblock_read(blk, 0, 1, NULL), RK_ERR_INVALID);
     cr_expect_eq(eng_kv_import_block(far, 0, pos, blk), RK_ERR_INVALID, "a block of another backend");
     cr_expect_eq(eng_seq_len(far), 0);
-    eng_seq *small;
-    cr_assert_eq(eng_seq_new(be, n + 1, &small), RK_OK);
+    eng_seq *small = conf_seq(be, n + 1);
     cr_expect_eq(eng_kv_import_block(small, 2, pos, blk), RK_ERR_RANGE, "past the capacity");
     int32_t badpos[10];
     memcpy(badpos, pos, sizeof(badpos));

@@ -30,27 +30,30 @@ static void chunk_tokens(int32_t *t, int n, int seed)
 
 static const int32_t query[] = {403, 407, 261, 378};
 
-struct collect {
-    int32_t toks[64];
-    uint32_t n;
-};
-
-static int on_tokens(void *ctx, const int32_t *t, uint32_t n)
-{
-    struct collect *cl = ctx;
-    for (uint32_t i = 0; i < n && cl->n < 64; i++)
-        cl->toks[cl->n++] = t[i];
-    return 0;
-}
-
 /* GENERATE (greedy) over segs; the tokens into *out, the status returned. */
 static rk_status gen(ragkv_conn *c, const char *ns, const ragkv_segment *segs, uint32_t nsegs, uint8_t mode,
-                     float r, uint32_t max, struct collect *out, ragkv_gen_stats *st)
+                     float r, uint32_t max, svct_tokens *out, ragkv_gen_stats *st)
 {
     ragkv_gen_params p = {.ns = ns, .segs = segs, .nsegs = nsegs, .query = query, .nquery = 4, .blend = mode,
                           .recompute = r, .max_tokens = max};
     memset(out, 0, sizeof(*out));
-    return ragkv_generate(c, &p, on_tokens, out, st);
+    return ragkv_generate(c, &p, svct_collect_tokens, out, st);
+}
+
+/* ragkvd on the real model with a device tier of budget_mb and the tenants acme, globex and
+ * corpus; *a is a connection of acme's. */
+static void dev_up(svct_daemon *dd, const char *budget_mb, ragkv_conn **a)
+{
+    need_model();
+    const char *extra[] = {"--model", model, "--device-budget-mb", budget_mb, NULL};
+    svct_daemon_up(dd, "ragkvd", extra, "acme", "globex", "corpus", NULL);
+    *a = svct_dial(dd->port, dd->token[0]);
+}
+
+static void dev_down(svct_daemon *dd, ragkv_conn *a)
+{
+    ragkv_close(a);
+    svct_daemon_down(dd);
 }
 
 static long long dev(const svct_daemon *dd, const char *what)
@@ -60,7 +63,7 @@ static long long dev(const svct_daemon *dd, const char *what)
     return svct_metric(dd->hport, name);
 }
 
-static void expect_same_tokens(const struct collect *a, const struct collect *b, const char *what)
+static void expect_same_tokens(const svct_tokens *a, const svct_tokens *b, const char *what)
 {
     cr_expect(a->n > 0 && a->n == b->n && memcmp(a->toks, b->toks, a->n * sizeof(int32_t)) == 0,
               "%s: %u vs %u tokens, or different ones", what, a->n, b->n);
@@ -68,11 +71,9 @@ static void expect_same_tokens(const struct collect *a, const struct collect *b,
 
 Test(devtier, second_generate_is_served_from_the_device_tier, .timeout = 180)
 {
-    need_model();
     svct_daemon dd;
-    const char *extra[] = {"--model", model, "--device-budget-mb", "8", NULL};
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
-    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
+    ragkv_conn *c;
+    dev_up(&dd, "8", &c);
     int32_t ch[2][30];
     uint8_t keys[64];
     for (int i = 0; i < 2; i++) {
@@ -82,7 +83,7 @@ Test(devtier, second_generate_is_served_from_the_device_tier, .timeout = 180)
     cr_expect_eq(dev(&dd, "chunks"), 0, "PUT_CHUNK decodes nothing: the tier fills on use");
     ragkv_segment by_key[2] = {{.key = keys}, {.key = keys + 32}};
     ragkv_segment by_tok[2] = {{.tokens = ch[0], .ntokens = 30}, {.tokens = ch[1], .ntokens = 30}};
-    struct collect first, again;
+    svct_tokens first, again;
     ragkv_gen_stats st;
     cr_assert_eq(gen(c, NULL, by_key, 2, 3, 0.15f, 24, &first, &st), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(st.chunk_hits, 2);
@@ -100,7 +101,7 @@ Test(devtier, second_generate_is_served_from_the_device_tier, .timeout = 180)
     cr_expect_eq(dev(&dd, "hits_total"), 4, "found by content too");
     expect_same_tokens(&first, &again, "cacheblend by content from the tier");
     /* every mode from the tier; r = 1 equals full prefill */
-    struct collect full, r1;
+    svct_tokens full, r1;
     cr_assert_eq(gen(c, NULL, by_tok, 2, 0, 0, 24, &full, &st), RK_OK, "%s", rk_error_msg());
     cr_assert_eq(gen(c, NULL, by_key, 2, 3, 1.0f, 24, &r1, &st), RK_OK, "%s", rk_error_msg());
     expect_same_tokens(&full, &r1, "cacheblend r = 1 from the tier vs full prefill");
@@ -111,17 +112,15 @@ Test(devtier, second_generate_is_served_from_the_device_tier, .timeout = 180)
         cr_expect_eq(dev(&dd, "hits_total"), hits + 2, "mode %u: both chunks from the tier", mode);
         hits = dev(&dd, "hits_total");
     }
-    ragkv_close(c);
-    svct_daemon_down(&dd);
+    dev_down(&dd, c);
 }
 
 Test(devtier, deleted_revoked_and_foreign_chunks_are_never_served, .timeout = 180)
 {
-    need_model();
     svct_daemon dd;
-    const char *extra[] = {"--model", model, "--device-budget-mb", "8", NULL};
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", "globex", "corpus", NULL);
-    ragkv_conn *a = svct_dial(dd.port, dd.token[0]), *b = svct_dial(dd.port, dd.token[1]);
+    ragkv_conn *a;
+    dev_up(&dd, "8", &a);
+    ragkv_conn *b = svct_dial(dd.port, dd.token[1]);
     ragkv_conn *corp = svct_dial(dd.port, dd.token[2]), *adm = svct_dial(dd.port, dd.adm);
     int32_t mine[30], shared[30];
     uint8_t kmine[32], kshared[32];
@@ -131,7 +130,7 @@ Test(devtier, deleted_revoked_and_foreign_chunks_are_never_served, .timeout = 18
     cr_assert_eq(ragkv_put_chunk(corp, shared, 30, kshared, NULL, NULL), RK_OK, "%s", rk_error_msg());
     cr_assert_eq(ragkv_admin_grant(adm, "corpus", "acme", 1), RK_OK, "%s", rk_error_msg());
     ragkv_segment sm = {.key = kmine}, ss = {.tokens = shared, .ntokens = 30}, sk = {.key = kshared};
-    struct collect out;
+    svct_tokens out;
     ragkv_gen_stats st;
     for (int i = 0; i < 2; i++) { /* into the tier, then from it */
         cr_assert_eq(gen(a, NULL, &sm, 1, 3, 0.15f, 4, &out, &st), RK_OK, "%s", rk_error_msg());
@@ -179,21 +178,17 @@ Test(devtier, deleted_revoked_and_foreign_chunks_are_never_served, .timeout = 18
     drops = dev(&dd, "drops_total");
     cr_assert_eq(ragkv_admin_tenant_delete(adm, "corpus"), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(dev(&dd, "drops_total"), drops + 1);
-    ragkv_close(a);
     ragkv_close(b);
     ragkv_close(corp);
     ragkv_close(adm);
-    svct_daemon_down(&dd);
+    dev_down(&dd, a);
 }
 
 Test(devtier, a_small_budget_evicts, .timeout = 180)
 {
-    need_model();
     svct_daemon dd;
-    /* 1 MiB holds four 200-token blocks of stories260K (256000 bytes each), not five */
-    const char *extra[] = {"--model", model, "--device-budget-mb", "1", NULL};
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
-    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
+    ragkv_conn *c;
+    dev_up(&dd, "1", &c); /* 1 MiB holds four 200-token blocks of stories260K (256000 bytes each), not five */
     enum { N = 6, T = 200 };
     static int32_t ch[N][T];
     uint8_t keys[N][32];
@@ -201,7 +196,7 @@ Test(devtier, a_small_budget_evicts, .timeout = 180)
         chunk_tokens(ch[i], T, 20 + i);
         cr_assert_eq(ragkv_put_chunk(c, ch[i], T, keys[i], NULL, NULL), RK_OK, "%s", rk_error_msg());
     }
-    struct collect out;
+    svct_tokens out;
     ragkv_gen_stats st;
     for (int i = 0; i < N; i++) {
         ragkv_segment s = {.key = keys[i]};
@@ -219,8 +214,7 @@ Test(devtier, a_small_budget_evicts, .timeout = 180)
     }
     cr_expect_geq(dev(&dd, "misses_total"), misses + 2, "what was evicted missed");
     cr_expect_leq(dev(&dd, "bytes"), 1 << 20);
-    ragkv_close(c);
-    svct_daemon_down(&dd);
+    dev_down(&dd, c);
 }
 
 Test(devtier, off_by_default)

@@ -9,20 +9,8 @@
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
 #include "ragkv/gpu.h"
+#include "svc_testlib.h"
 #include "testutil.h"
-
-struct collect {
-    int32_t v[64];
-    uint32_t n;
-};
-
-static int collect_tokens(void *ctx, const int32_t *t, uint32_t n)
-{
-    struct collect *c = ctx;
-    for (uint32_t i = 0; i < n && c->n < 64; i++)
-        c->v[c->n++] = t[i];
-    return 0;
-}
 
 Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
 {
@@ -56,9 +44,9 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     const int32_t q[] = {403, 407, 261, 378};
     ragkv_segment segs[2] = {{.key = keys}, {.key = keys + 32}};
     ragkv_gen_params p = {.segs = segs, .nsegs = 2, .query = q, .nquery = 4, .blend = 3, .recompute = 1.0f, .max_tokens = 20};
-    struct collect got = {.n = 0};
+    svct_tokens got = {.n = 0};
     ragkv_gen_stats st;
-    cr_assert_eq(ragkv_generate(t, &p, collect_tokens, &got, &st), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(t, &p, svct_collect_tokens, &got, &st), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(st.chunk_hits, 2);
     ragkv_close(t);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
@@ -87,6 +75,6 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     cr_expect_gt(got.n, 0);
     cr_assert_geq(k, (int)got.n, "the CPU tool generated at least as many tokens");
     for (int j = 0; j < (int)got.n; j++)
-        cr_expect_eq(got.v[j], ref[j], "token %d: GPU daemon %d, CPU tool %d", j, got.v[j], ref[j]);
+        cr_expect_eq(got.toks[j], ref[j], "token %d: GPU daemon %d, CPU tool %d", j, got.toks[j], ref[j]);
     rk_test_rmrf(tmp);
 }
