@@ -198,9 +198,9 @@ static uint8_t *device_readable(svc_exec *x, svc_gen *g, const bool *want)
     return ok;
 }
 
-/* A chunk's KV for segment i from the store (and the codec): tokens into *tokens / *n, the
- * floats into *kv; with the device tier on, the decoded chunk is then admitted as a block and,
- * when the tier keeps it, *ent references it and *kv is freed (the block serves the prompt). */
+/* A chunk's KV from the store (and the codec), as g's tenant may read it: tokens into *tokens
+ * and *n, the floats into *kv; with the device tier on, the decoded chunk is then admitted as a
+ * block and, when the tier keeps it, *ent references it and *kv is freed (the block serves). */
 static rk_status fetch_kv(svc_exec *x, svc_gen *g, const cc_key *key, int32_t **tokens, uint32_t *n, float **kv,
                           cc_devtier_entry **ent)
 {
