@@ -55,23 +55,42 @@ rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens,
     return st;
 }
 
+/* A segment brings its KV, as floats or as a block on the backend. */
+static bool seg_cached(const bl_segment *sg)
+{
+    return sg->kv || sg->block;
+}
+
+/* Import a cached segment's KV into slots [slot0, slot0 + n) at positions pos. */
+static rk_status seg_import(eng_seq *s, size_t slot0, const int32_t *pos, const bl_segment *sg)
+{
+    return sg->kv ? eng_kv_import(s, slot0, sg->n, pos, sg->kv) : eng_kv_import_block(s, slot0, pos, sg->block);
+}
+
 /* The prompt laid out row by row: row i is the token at position i and lives in slot i. */
 struct prompt {
-    size_t n;              /* rows */
-    int32_t *tokens;       /* (n) */
-    int32_t *pos;          /* (n) = slot = row */
-    const float **kv_base; /* (n) cached rows: their segment's KV; NULL for uncached rows */
-    size_t *kv_row;        /* (n) the row's token index inside its segment */
-    size_t *kv_len;        /* (n) its segment's token count */
+    size_t n;                /* rows */
+    int32_t *tokens;         /* (n) */
+    int32_t *pos;            /* (n) = slot = row */
+    const bl_segment **seg;  /* (n) cached rows: their segment; NULL for uncached rows (and
+                                for cached rows chosen for recomputation) */
+    size_t *kv_row;          /* (n) the row's token index inside its segment */
+    const bl_segment *segs;  /* (nseg) the segments the rows point into */
+    size_t nseg;
+    float **layer_kv;        /* (nseg) block segments: K|V of layer `layer` read back from the
+                                block, (2, n_i, n_kv_heads * head_dim) float32; else NULL */
+    int layer;               /* the layer layer_kv holds; -1 before the first read */
 };
 
 static void prompt_free(struct prompt *pr)
 {
     rk_free(pr->tokens);
     rk_free(pr->pos);
-    rk_free(pr->kv_base);
+    rk_free(pr->seg);
     rk_free(pr->kv_row);
-    rk_free(pr->kv_len);
+    for (size_t i = 0; pr->layer_kv && i < pr->nseg; i++)
+        rk_free(pr->layer_kv[i]);
+    rk_free(pr->layer_kv);
 }
 
 static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, size_t nseg,
@@ -87,12 +106,15 @@ static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, 
     if (n > (size_t)mi->max_seq)
         return rk_error_set(RK_ERR_RANGE, "prompt of %zu tokens exceeds the context of %d", n, mi->max_seq);
     pr->n = n;
+    pr->segs = segs;
+    pr->nseg = nseg;
+    pr->layer = -1;
     pr->tokens = rk_malloc(n * sizeof(int32_t));
     pr->pos = rk_malloc(n * sizeof(int32_t));
-    pr->kv_base = rk_calloc(n, sizeof(float *));
+    pr->seg = rk_calloc(n, sizeof(*pr->seg));
     pr->kv_row = rk_calloc(n, sizeof(size_t));
-    pr->kv_len = rk_calloc(n, sizeof(size_t));
-    if (!pr->tokens || !pr->pos || !pr->kv_base || !pr->kv_row || !pr->kv_len) {
+    pr->layer_kv = rk_calloc(nseg ? nseg : 1, sizeof(float *));
+    if (!pr->tokens || !pr->pos || !pr->seg || !pr->kv_row || !pr->layer_kv) {
         prompt_free(pr);
         return RK_ERR_NOMEM;
     }
@@ -101,9 +123,8 @@ static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, 
     for (size_t i = 0; i < nseg; i++)
         for (size_t t = 0; t < segs[i].n; t++, r++) {
             pr->tokens[r] = segs[i].tokens[t];
-            pr->kv_base[r] = segs[i].kv;
+            pr->seg[r] = seg_cached(&segs[i]) ? &segs[i] : NULL;
             pr->kv_row[r] = t;
-            pr->kv_len[r] = segs[i].n;
         }
     if (nq)
         memcpy(pr->tokens + r, query, nq * sizeof(int32_t));
@@ -118,8 +139,8 @@ static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, 
 {
     size_t row = 1;
     for (size_t i = 0; i < nseg; i++) {
-        if (segs[i].kv && i >= first_seg) {
-            rk_status st = eng_kv_import(s, row, segs[i].n, pos + row, segs[i].kv);
+        if (seg_cached(&segs[i]) && i >= first_seg) {
+            rk_status st = seg_import(s, row, pos + row, &segs[i]);
             if (st != RK_OK)
                 return st;
         }
@@ -128,12 +149,37 @@ static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, 
     return RK_OK;
 }
 
-/* Cached pre-RoPE K (or V: which = 1) of row r at layer l: (n_kv_heads * head_dim) floats. */
+/* Make layer l of every block segment readable by cached_row: only that layer is read back
+ * (the one whose deviation is measured), once. */
+static rk_status prompt_load_layer(const eng_model_info *mi, struct prompt *pr, int l)
+{
+    if (pr->layer == l)
+        return RK_OK;
+    size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    for (size_t i = 0; i < pr->nseg; i++) {
+        const bl_segment *sg = &pr->segs[i];
+        if (sg->kv || !sg->block)
+            continue;
+        if (!pr->layer_kv[i] && !(pr->layer_kv[i] = rk_malloc(2 * sg->n * w * sizeof(float))))
+            return RK_ERR_NOMEM;
+        rk_status st = eng_kvblock_read(sg->block, l, 1, pr->layer_kv[i]);
+        if (st != RK_OK)
+            return st;
+    }
+    pr->layer = l;
+    return RK_OK;
+}
+
+/* Cached pre-RoPE K (or V: which = 1) of row r at layer l: (n_kv_heads * head_dim) floats. A
+ * row of a block segment needs layer l loaded (prompt_load_layer). */
 static const float *cached_row(const eng_model_info *mi, const struct prompt *pr, size_t r, int l, int which)
 {
     size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
-    size_t len = pr->kv_len[r];
-    return pr->kv_base[r] + (((size_t)l * 2 + (size_t)which) * len + pr->kv_row[r]) * w;
+    const bl_segment *sg = pr->seg[r];
+    size_t len = sg->n;
+    if (sg->kv)
+        return sg->kv + (((size_t)l * 2 + (size_t)which) * len + pr->kv_row[r]) * w;
+    return pr->layer_kv[sg - pr->segs] + ((size_t)which * len + pr->kv_row[r]) * w;
 }
 
 /* Run layers [l0, l1) for the rows idx[0..k) whose hidden states are the first k rows of h;
@@ -177,7 +223,7 @@ static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, co
 {
     size_t nre = 0;
     for (size_t i = 0; i < *k; i++)
-        nre += pr->kv_base[sel[i]] && sel[i] != pr->n - 1;
+        nre += pr->seg[sel[i]] && sel[i] != pr->n - 1;
     if (want >= nre)
         return RK_OK;
     float *rd = rk_malloc((nre ? nre : 1) * sizeof(float));
@@ -187,7 +233,7 @@ static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, co
     if (rd && top && remap) {
         size_t j = 0;
         for (size_t i = 0; i < *k; i++)
-            if (pr->kv_base[sel[i]] && sel[i] != pr->n - 1) {
+            if (pr->seg[sel[i]] && sel[i] != pr->n - 1) {
                 rd[j] = dev[i];
                 remap[j++] = i;
             }
@@ -199,7 +245,7 @@ static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, co
             st = RK_ERR_NOMEM;
         } else {
             for (size_t i = 0; i < *k; i++)
-                keep[i] = !pr->kv_base[sel[i]] || sel[i] == pr->n - 1;
+                keep[i] = !pr->seg[sel[i]] || sel[i] == pr->n - 1;
             for (size_t t = 0; t < want; t++)
                 keep[remap[top[t]]] = 1;
             size_t o = 0;
@@ -217,7 +263,7 @@ static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, co
 }
 
 static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
-                                     const struct prompt *pr, const bl_params *p, float *logits,
+                                     struct prompt *pr, const bl_params *p, float *logits,
                                      bl_stats *stats)
 {
     const eng_model_info *mi = eng_model_get_info(m);
@@ -232,7 +278,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     bl_schedule sched = p->schedule.first > 0 ? p->schedule : bl_schedule_flat(p->ratio);
     size_t nreused = 0;
     for (size_t i = 0; i < n; i++)
-        nreused += pr->kv_base[i] != NULL;
+        nreused += pr->seg[i] != NULL;
 
     eng_hidden *h = NULL, *hs = NULL, *probe = NULL;
     eng_seq *scratch = NULL;
@@ -250,7 +296,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     size_t k = 0;
     if (naive) { /* only uncached rows, every layer */
         for (size_t i = 0; i < n; i++)
-            if (!pr->kv_base[i])
+            if (!pr->seg[i])
                 sel[k++] = i;
     } else {
         for (size_t i = 0; i < n; i++)
@@ -276,8 +322,10 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
         if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, kf, vf)) != RK_OK)
             goto out;
         computed += (double)k; /* the probe costs a layer for every row */
+        if ((st = prompt_load_layer(mi, pr, c)) != RK_OK)
+            goto out;
         for (size_t i = 0; i < k; i++)
-            dev[i] = pr->kv_base[sel[i]] ? deviation(mi, pr, sel[i], c, kf + i * w, vf + i * w, p->deviation_v) : 0;
+            dev[i] = pr->seg[sel[i]] ? deviation(mi, pr, sel[i], c, kf + i * w, vf + i * w, p->deviation_v) : 0;
         if ((st = select_rows(pr, sel, &k, dev, bl_select_count(nreused, bl_schedule_ratio(&sched, 0)))) != RK_OK)
             goto out;
         /* the selected rows' hidden states entering layer c */
@@ -306,8 +354,10 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
             computed += (double)k;
             if (shrink) {
                 size_t before = k;
+                if ((st = prompt_load_layer(mi, pr, l)) != RK_OK)
+                    goto out;
                 for (size_t i = 0; i < k; i++)
-                    dev[i] = pr->kv_base[sel[i]] ? deviation(mi, pr, sel[i], l, kf + i * w, vf + i * w, p->deviation_v) : 0;
+                    dev[i] = pr->seg[sel[i]] ? deviation(mi, pr, sel[i], l, kf + i * w, vf + i * w, p->deviation_v) : 0;
                 size_t *old = rk_malloc(before * sizeof(size_t));
                 if (!old) {
                     st = RK_ERR_NOMEM;
@@ -368,8 +418,9 @@ out:
 /* ---- Cache-Craft --------------------------------------------------------------------------- */
 
 /* Per segment, the variant Cache-Craft uses (lowest CFO): eff[i] is segs[i] with kv set to that
- * variant's KV (NULL for uncached segments), metas[i] its metadata, cfos[i] its CFO. The three
- * arrays are allocated here (caller frees with rk_free). */
+ * variant's KV (kv and block NULL for uncached segments; the segment's own kv or block when it
+ * has no variants), metas[i] its metadata, cfos[i] its CFO. The three arrays are allocated
+ * here (caller frees with rk_free). */
 static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const bl_craft_segment *craft,
                               size_t nseg, double alpha,
                               bl_segment **eff_out, const bl_craft_meta ***metas_out, double **cfos_out)
@@ -385,9 +436,10 @@ static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const 
     for (size_t i = 0; i < nseg; i++) {
         eff[i] = segs[i];
         eff[i].kv = NULL;
+        eff[i].block = NULL;
         const bl_craft_segment *cs = craft ? &craft[i] : NULL;
         size_t nv = cs ? cs->n_variants : 0;
-        if (!segs[i].kv && nv == 0)
+        if (!seg_cached(&segs[i]) && nv == 0)
             continue; /* uncached: computed from its tokens */
         size_t v = 0;
         if ((st = bl_segment_pick_variant(m, &segs[i], cs, alpha, &v, &cfos[i])) != RK_OK) {
@@ -397,6 +449,7 @@ static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const 
             goto fail;
         }
         eff[i].kv = nv ? cs->variants[v].kv : segs[i].kv;
+        eff[i].block = nv ? NULL : segs[i].block;
         metas[i] = nv ? cs->variants[v].meta : NULL;
     }
     *eff_out = eff;
@@ -410,7 +463,7 @@ fail:
     return st;
 }
 
-/* Mark for recomputation (kv_base NULL), in every cached segment, its ceil(CFO * n) tokens
+/* Mark for recomputation (seg NULL), in every cached segment, its ceil(CFO * n) tokens
  * with the highest stored inter-chunk attention. Without metadata, or when every score is the
  * same (a standalone variant has none: nothing preceded it), the budget is spread evenly over
  * the chunk instead: token floor((j + 0.5) * n / k) for j < k. */
@@ -420,7 +473,7 @@ static rk_status craft_select(struct prompt *pr, const bl_segment *use, const bl
     size_t row = 1;
     rk_status st = RK_OK;
     for (size_t i = 0; i < nseg && st == RK_OK; row += use[i].n, i++) {
-        size_t n = use[i].n, k = use[i].kv ? bl_select_count(n, (float)cfos[i]) : 0;
+        size_t n = use[i].n, k = seg_cached(&use[i]) ? bl_select_count(n, (float)cfos[i]) : 0;
         if (k == 0)
             continue;
         uint32_t *sel = rk_malloc(k * sizeof(uint32_t));
@@ -437,7 +490,7 @@ static rk_status craft_select(struct prompt *pr, const bl_segment *use, const bl
             st = bl_select_top(md->token_inter, n, k, sel);
         }
         for (size_t j = 0; j < k && st == RK_OK; j++)
-            pr->kv_base[row + sel[j]] = NULL;
+            pr->seg[row + sel[j]] = NULL;
         rk_free(sel);
     }
     return st;
@@ -502,7 +555,7 @@ static rk_status assemble_ape(eng_model *m, eng_backend *be, eng_seq *s, const b
     for (size_t i = 0; i < nseg; i++) {
         maxn = segs[i].n > maxn ? segs[i].n : maxn;
         ctx_end += segs[i].n;
-        cached += segs[i].kv ? segs[i].n : 0;
+        cached += seg_cached(&segs[i]) ? segs[i].n : 0;
     }
     if (maxn + nq + 1 > (size_t)mi->max_seq)
         return rk_error_set(RK_ERR_RANGE, "ape prompt reaches position %zu beyond the context of %d", maxn + nq,
@@ -517,17 +570,16 @@ static rk_status assemble_ape(eng_model *m, eng_backend *be, eng_seq *s, const b
     for (size_t i = 0; i < np && st == RK_OK; i++)
         pos[i] = (int32_t)(i + 1);
     for (size_t i = 0, off = 1; i < nseg && st == RK_OK; off += segs[i].n, i++) {
-        const float *kv = segs[i].kv;
-        if (!kv) {
-            if (!tmp && !(tmp = rk_malloc(eng_kv_floats(m, maxn) * sizeof(float)))) {
-                st = RK_ERR_NOMEM;
-                break;
-            }
-            if ((st = bl_chunk_prefill(m, be, segs[i].tokens, segs[i].n, tmp)) != RK_OK)
-                break;
-            kv = tmp;
+        if (seg_cached(&segs[i])) {
+            st = seg_import(s, off, pos, &segs[i]);
+            continue;
         }
-        st = eng_kv_import(s, off, segs[i].n, pos, kv);
+        if (!tmp && !(tmp = rk_malloc(eng_kv_floats(m, maxn) * sizeof(float)))) {
+            st = RK_ERR_NOMEM;
+            break;
+        }
+        if ((st = bl_chunk_prefill(m, be, segs[i].tokens, segs[i].n, tmp)) == RK_OK)
+            st = eng_kv_import(s, off, segs[i].n, pos, tmp);
     }
     for (size_t j = 0; j < nq && st == RK_OK; j++) {
         pos[j] = (int32_t)(maxn + 1 + j);
@@ -586,6 +638,14 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
                             (double)p->ape_s);
     if (nseg == 0 && nquery == 0)
         return rk_error_set(RK_ERR_INVALID, "empty prompt");
+    for (size_t i = 0; i < nseg; i++) {
+        if (segs[i].kv && segs[i].block)
+            return rk_error_set(RK_ERR_INVALID, "segment %zu has both KV floats and a KV block", i);
+        if (segs[i].block && (eng_kvblock_backend(segs[i].block) != be || eng_kvblock_tokens(segs[i].block) != segs[i].n))
+            return rk_error_set(RK_ERR_INVALID, "segment %zu: its KV block holds %zu tokens on %s backend, the segment "
+                                "%zu tokens on this one", i, eng_kvblock_tokens(segs[i].block),
+                                eng_kvblock_backend(segs[i].block) == be ? "this" : "another", segs[i].n);
+    }
     bl_segment *eff = NULL; /* Cache-Craft: the segments with their chosen variants */
     const bl_craft_meta **metas = NULL;
     double *cfos = NULL;
@@ -608,7 +668,7 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         st = assemble_ape(m, be, s, segs, nseg, query, nquery, p, logits, &local);
     } else if (p->mode == BL_FULL || p->mode == BL_PREFIX) {
         size_t done = 0;
-        if (p->mode == BL_PREFIX && nseg > 0 && segs[0].kv) {
+        if (p->mode == BL_PREFIX && nseg > 0 && seg_cached(&segs[0])) {
             /* BOS, then the first chunk's cache: exactly the prompt's prefix */
             if ((st = eng_prefill(s, pr.tokens, 1, pr.pos, ENG_LOGITS_NONE, NULL)) == RK_OK)
                 st = import_cached(s, segs, 1, pr.pos, 0);
@@ -622,11 +682,11 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         local.recomputed = pr.n - local.reused_tokens; /* BOS is computed too */
         local.token_layers = (double)local.recomputed / (double)pr.n;
     } else {
-        if (pr.kv_base[pr.n - 1]) /* the last row must be computed: it makes the logits */
-            pr.kv_base[pr.n - 1] = NULL;
+        if (pr.seg[pr.n - 1]) /* the last row must be computed: it makes the logits */
+            pr.seg[pr.n - 1] = NULL;
         size_t reused = 0;
         for (size_t i = 0; i < pr.n; i++)
-            reused += pr.kv_base[i] != NULL;
+            reused += pr.seg[i] != NULL;
         st = import_cached(s, use, nseg, pr.pos, 0);
         if (st == RK_OK && eff)
             st = craft_select(&pr, use, metas, cfos, nseg);

@@ -326,7 +326,7 @@ static int eval_main(int argc, char **argv)
                 ckv[k] = rk_malloc(eng_kv_floats(m, (size_t)o.chunk_len) * sizeof(float));
             if (st == RK_OK)
                 st = bl_chunk_prefill(m, be, t, (size_t)o.chunk_len, ckv[k]);
-            segs[k] = (bl_segment){t, (size_t)o.chunk_len, ckv[k]};
+            segs[k] = (bl_segment){.tokens = t, .n = (size_t)o.chunk_len, .kv = ckv[k]};
         }
         if (st == RK_OK && o.query_len)
             st = sample_text(m, be, base + 999, query, (size_t)o.query_len);
@@ -359,7 +359,7 @@ static int eval_main(int argc, char **argv)
                 ctx[j] = ctx[j - 1];
                 ctx_ids[j] = ctx_ids[j - 1];
             }
-            ctx[at] = (bl_segment){distract, T, NULL};
+            ctx[at] = (bl_segment){.tokens = distract, .n = T};
             ctx_ids[at] = ids[K + k];
             nc++;
             ctx[nc] = segs[k];
@@ -579,7 +579,7 @@ static rk_status assemble_prompt(void *ctx, eng_model *m, eng_backend *be, eng_s
             kv[i] = rk_malloc(eng_kv_floats(m, g->nchunk[i]) * sizeof(float));
             st = kv[i] ? bl_chunk_prefill(m, be, g->chunk[i], g->nchunk[i], kv[i]) : RK_ERR_NOMEM;
         }
-        segs[i] = (bl_segment){g->chunk[i], g->nchunk[i], kv[i]};
+        segs[i] = (bl_segment){.tokens = g->chunk[i], .n = g->nchunk[i], .kv = kv[i]};
     }
     if (st == RK_OK)
         st = bl_assemble(m, be, s, segs, (size_t)g->n, g->query, g->nquery, &g->p, logits, &g->stats);

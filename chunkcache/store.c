@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "gdsf_heap.h"
 #include "keymap.h"
 #include "ragkv/alloc.h"
 #include "ragkv/chunkcache.h"
@@ -23,11 +24,10 @@
 #define BKEY_LEN (CC_KEY_BYTES + 8) /* blob store key: chunk key || blob checksum (LE) */
 
 typedef struct ram_ent {
+    cc_hnode hn;   /* GDSF priority in the RAM tier, and the entry's place in the heap */
     cc_buf *blob;  /* the blob bytes (a reference) */
     cc_record rec; /* its record (owned copy) */
-    double prio;   /* GDSF priority in the RAM tier */
     uint64_t hits; /* hits while resident */
-    size_t hidx;   /* position in the heap */
 } ram_ent;
 
 typedef struct counters {
@@ -42,8 +42,7 @@ struct cc_store {
     pthread_rwlock_t gate;   /* see the top of the file */
     pthread_mutex_t ram_mu;  /* see the top of the file */
     cc_keymap ram;           /* key[32] -> ram_ent* */
-    ram_ent **heap;          /* (nheap) min-heap on prio */
-    size_t nheap, capheap;
+    cc_heap heap;            /* the RAM tier's entries by GDSF priority (ram_ent.hn) */
     uint64_t ram_bytes;      /* sum of blob lengths in the RAM tier */
     double ram_clock;        /* GDSF clock of the RAM tier */
     cc_touch *pend;          /* (npend) buffered hit counts */
@@ -91,47 +90,6 @@ static rk_status check_name(const char *what, const char *s)
 
 /* ---- RAM tier (caller holds ram_mu for the do_ functions) ----------------------------------- */
 
-static void heap_swap(cc_store *s, size_t i, size_t j)
-{
-    ram_ent *t = s->heap[i];
-    s->heap[i] = s->heap[j];
-    s->heap[j] = t;
-    s->heap[i]->hidx = i;
-    s->heap[j]->hidx = j;
-}
-
-/* Restore the heap property around position i (after its priority changed). */
-static void heap_fix(cc_store *s, size_t i)
-{
-    while (i > 0 && s->heap[(i - 1) / 2]->prio > s->heap[i]->prio) {
-        heap_swap(s, i, (i - 1) / 2);
-        i = (i - 1) / 2;
-    }
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < s->nheap && s->heap[l]->prio < s->heap[m]->prio)
-            m = l;
-        if (r < s->nheap && s->heap[r]->prio < s->heap[m]->prio)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(s, i, m);
-        i = m;
-    }
-}
-
-/* Take e out of the heap (e stays allocated). */
-static void heap_remove(cc_store *s, ram_ent *e)
-{
-    size_t i = e->hidx;
-    s->nheap--;
-    if (i != s->nheap) {
-        s->heap[i] = s->heap[s->nheap];
-        s->heap[i]->hidx = i;
-        heap_fix(s, i);
-    }
-}
-
 /* Release an entry that is in neither the map nor the heap. */
 static void ram_ent_free(ram_ent *e)
 {
@@ -146,7 +104,7 @@ static void do_ram_drop(cc_store *s, const cc_key *key)
     ram_ent *e = cc_keymap_del(&s->ram, key->b, CC_KEY_BYTES);
     if (!e)
         return;
-    heap_remove(s, e);
+    cc_heap_remove(&s->heap, &e->hn);
     s->ram_bytes -= e->blob->len;
     ram_ent_free(e);
 }
@@ -186,30 +144,17 @@ static void ram_admit(cc_store *s, const cc_record *rec, cc_buf *blob)
         ram_ent_free(e);
         return;
     }
-    if (s->nheap == s->capheap) {
-        size_t cap = s->capheap ? 2 * s->capheap : 64;
-        ram_ent **h = rk_realloc(s->heap, cap * sizeof(*h));
-        if (!h) {
-            pthread_mutex_unlock(&s->ram_mu);
-            ram_ent_free(e);
-            return;
-        }
-        s->heap = h;
-        s->capheap = cap;
-    }
-    if (cc_keymap_put(&s->ram, rec->key.b, CC_KEY_BYTES, e, NULL) != RK_OK) {
+    if (cc_heap_reserve(&s->heap) != RK_OK || cc_keymap_put(&s->ram, rec->key.b, CC_KEY_BYTES, e, NULL) != RK_OK) {
         pthread_mutex_unlock(&s->ram_mu);
         ram_ent_free(e);
         return;
     }
-    e->prio = ram_prio(s, e);
-    e->hidx = s->nheap;
-    s->heap[s->nheap++] = e;
-    heap_fix(s, e->hidx);
+    e->hn.prio = ram_prio(s, e);
+    cc_heap_push(&s->heap, &e->hn);
     s->ram_bytes += blob->len;
-    while (s->ram_bytes > budget && s->nheap > 0) {
-        ram_ent *v = s->heap[0];
-        s->ram_clock = v->prio;
+    while (s->ram_bytes > budget && s->heap.n > 0) {
+        ram_ent *v = CC_HEAP_ENTRY(s->heap.v[0], ram_ent, hn);
+        s->ram_clock = v->hn.prio;
         do_ram_drop(s, &v->rec.key);
         BUMP(s, ram_evictions, 1);
     }
@@ -220,8 +165,8 @@ static void ram_admit(cc_store *s, const cc_record *rec, cc_buf *blob)
 void cc_store_drop_ram(cc_store *s)
 {
     pthread_mutex_lock(&s->ram_mu);
-    while (s->nheap)
-        do_ram_drop(s, &s->heap[0]->rec.key);
+    while (s->heap.n)
+        do_ram_drop(s, &CC_HEAP_ENTRY(s->heap.v[0], ram_ent, hn)->rec.key);
     pthread_mutex_unlock(&s->ram_mu);
 }
 
@@ -293,7 +238,8 @@ static void *flusher_main(void *arg)
 
 /* ---- removal ----------------------------------------------------------------------------- */
 
-/* Chunks the metadata no longer has: delete their blobs, drop them from RAM, unaccount. */
+/* Chunks the metadata no longer has: delete their blobs, drop them from RAM and the device
+ * tier, unaccount. */
 static void apply_removed(cc_store *s, const cc_evlist *ev)
 {
     for (size_t i = 0; i < ev->n; i++) {
@@ -302,6 +248,7 @@ static void apply_removed(cc_store *s, const cc_evlist *ev)
         if (cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN) != RK_OK)
             RK_WARN("blob delete failed (gc will collect it): %s", rk_error_msg());
         ram_drop(s, &ev->items[i].key);
+        cc_devtier_drop(s->cfg.device, &ev->items[i].key);
         uint64_t cur = atomic_load(&s->disk_bytes);
         uint64_t sz = ev->items[i].size;
         while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > sz ? cur - sz : 0)) {
@@ -322,6 +269,7 @@ static void repair(cc_store *s, const cc_record *r, bool delete_blob)
         cc_evlist one = {0};
         cc_evlist_push(&one, &r->key, r->csum, r->size);
         ram_drop(s, &r->key);
+        cc_devtier_drop(s->cfg.device, &r->key);
         uint64_t cur = atomic_load(&s->disk_bytes);
         while (!atomic_compare_exchange_weak(&s->disk_bytes, &cur, cur > r->size ? cur - r->size : 0)) {
         }
@@ -449,6 +397,7 @@ static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, c
         st = rk_error_set(keep, "%s", msg);
     } else {
         BUMP(s, puts, 1);
+        cc_devtier_drop(s->cfg.device, &r.key); /* a new version: whatever was decoded before is not it */
         atomic_fetch_add(&s->disk_bytes, r.size);
         BUMP(s, evicted_quota, ev.n);
         apply_removed(s, &ev);
@@ -564,8 +513,8 @@ static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_b
         pthread_mutex_lock(&s->ram_mu);
         if ((e = cc_keymap_get(&s->ram, key->b, CC_KEY_BYTES)) != NULL) {
             e->hits++;
-            e->prio = ram_prio(s, e);
-            heap_fix(s, e->hidx);
+            e->hn.prio = ram_prio(s, e);
+            cc_heap_fix(&s->heap, &e->hn);
         }
         pthread_mutex_unlock(&s->ram_mu);
         count_hit(s, key);
@@ -1074,6 +1023,7 @@ static rk_status do_rebuild(cc_store *s)
         st = cc_metastore_mark_intact(&s->ms);
     if (st != RK_OK)
         return st;
+    cc_devtier_clear(s->cfg.device); /* the chunks now are the blob store's, not what was decoded */
     atomic_store(&s->disk_bytes, sum_usage(s));
     BUMP(s, rebuilds, 1);
     RK_INFO("metadata rebuilt from the blob store: %llu chunks in %.1f ms", (unsigned long long)c.chunks,
@@ -1260,10 +1210,14 @@ void cc_store_stats(cc_store *s, cc_stats *o)
 #undef LD
     pthread_mutex_lock(&s->ram_mu);
     o->ram_bytes = s->ram_bytes;
-    o->ram_chunks = s->nheap;
+    o->ram_chunks = s->heap.n;
     pthread_mutex_unlock(&s->ram_mu);
     o->disk_bytes = atomic_load(&s->disk_bytes);
-    o->device_bytes = 0;
+    if (s->cfg.device) {
+        cc_devtier_stats ds;
+        cc_devtier_stats_get(s->cfg.device, &ds);
+        o->device_bytes = ds.bytes;
+    }
 }
 
 /* See ragkv/chunkcache.h. */
@@ -1295,10 +1249,6 @@ rk_status cc_store_open_with(const cc_config *cfg, cc_blobstore bs, cc_metastore
     pthread_rwlock_init(&s->gate, NULL);
     pthread_mutex_init(&s->ram_mu, NULL);
     pthread_cond_init(&s->flush_cv, NULL);
-    if (s->cfg.device) {
-        st = rk_error_set(RK_ERR_NOT_IMPLEMENTED, "the device tier is not backed yet");
-        goto fail;
-    }
     bool ok = false;
     if ((st = cc_metastore_intact(&s->ms, &ok)) != RK_OK)
         goto fail;
@@ -1365,7 +1315,7 @@ void cc_store_close(cc_store *s)
     cc_metastore_close(&s->ms);
     cc_blobstore_close(&s->bs);
     cc_keymap_free(&s->ram);
-    rk_free(s->heap);
+    cc_heap_free(&s->heap);
     rk_free(s->pend);
     pthread_rwlock_destroy(&s->gate);
     pthread_mutex_destroy(&s->ram_mu);

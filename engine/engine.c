@@ -433,16 +433,11 @@ rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_
     return n && n_layers ? s->be->iface->kv_export(s->be->ctx, s, layer0, n_layers, slot0, n, out) : RK_OK;
 }
 
-rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
-                               const float *kv)
+/* Check that slots [slot0, slot0+n) fit s and claim them at positions pos (as seq_claim). */
+static rk_status import_claim(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const char *who)
 {
-    if (!s || (n && (!pos || !kv)))
-        return rk_error_set(RK_ERR_INVALID, "eng_kv_import: bad arguments");
-    rk_status cs = check_layers(s, layer0, n_layers, "eng_kv_import");
-    if (cs != RK_OK)
-        return cs;
     if (slot0 > s->capacity || n > s->capacity - slot0)
-        return rk_error_set(RK_ERR_RANGE, "eng_kv_import: slots [%zu, +%zu) outside the capacity %zu", slot0, n,
+        return rk_error_set(RK_ERR_RANGE, "%s: slots [%zu, +%zu) outside the capacity %zu", who, slot0, n,
                             s->capacity);
     if (n == 0)
         return RK_OK;
@@ -451,9 +446,106 @@ rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot
         return rk_error_set(RK_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++)
         sl[i] = (int32_t)(slot0 + i);
-    rk_status st = seq_claim(s, n, pos, sl, "eng_kv_import");
+    rk_status st = seq_claim(s, n, pos, sl, who);
     rk_free(sl);
+    return st;
+}
+
+rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
+                               const float *kv)
+{
+    if (!s || (n && (!pos || !kv)))
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import: bad arguments");
+    rk_status st = check_layers(s, layer0, n_layers, "eng_kv_import");
+    if (st != RK_OK || (st = import_claim(s, slot0, n, pos, "eng_kv_import")) != RK_OK)
+        return st;
+    return n && n_layers ? s->be->iface->kv_import(s->be->ctx, s, layer0, n_layers, slot0, n, pos, kv) : RK_OK;
+}
+
+/* ---- KV blocks ---------------------------------------------------------------------------- */
+
+/* Does the backend keep blocks itself? Only with all four entries; otherwise the generic host
+ * copy (engine_impl.h). */
+static bool kvblock_native(const eng_backend *be)
+{
+    const struct eng_backend_i *i = be->iface;
+    return i->kvblock_init && i->kvblock_release && i->kvblock_import && i->kvblock_read;
+}
+
+rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvblock **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: no output");
+    *out = NULL;
+    if (!be || !kv || n == 0)
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: need a backend, KV and n > 0");
+    if (n > (size_t)be->model->info.max_seq)
+        return rk_error_set(RK_ERR_RANGE, "eng_kvblock_new: %zu tokens exceed the model's context of %d", n,
+                            be->model->info.max_seq);
+    eng_kvblock *b = rk_calloc(1, sizeof(*b));
+    if (!b)
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    b->be = be;
+    b->n = n;
+    rk_status st = RK_OK;
+    if (kvblock_native(be)) {
+        st = be->iface->kvblock_init(be->ctx, b, kv);
+    } else {
+        b->bytes = eng_kv_floats(be->model, n) * sizeof(float);
+        if ((b->host = rk_malloc(b->bytes)) != NULL)
+            memcpy(b->host, kv, b->bytes);
+        else
+            st = rk_error_set(RK_ERR_NOMEM, "eng_kvblock_new: out of memory for %zu bytes", b->bytes);
+    }
+    if (st != RK_OK) {
+        rk_free(b);
+        return st;
+    }
+    *out = b;
+    return RK_OK;
+}
+
+void eng_kvblock_free(eng_kvblock *b)
+{
+    if (!b)
+        return;
+    if (b->host)
+        rk_free(b->host);
+    else
+        b->be->iface->kvblock_release(b->be->ctx, b);
+    rk_free(b);
+}
+
+size_t eng_kvblock_tokens(const eng_kvblock *b) { return b->n; }
+size_t eng_kvblock_bytes(const eng_kvblock *b) { return b->bytes; }
+eng_backend *eng_kvblock_backend(const eng_kvblock *b) { return b->be; }
+
+rk_status eng_kvblock_read(const eng_kvblock *b, int layer0, int n_layers, float *out)
+{
+    if (!b || !out)
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_read: bad arguments");
+    int L = b->be->model->info.n_layers;
+    if (layer0 < 0 || n_layers < 0 || layer0 > L || n_layers > L - layer0)
+        return rk_error_set(RK_ERR_RANGE, "eng_kvblock_read: layers [%d, +%d) outside 0..%d", layer0, n_layers, L - 1);
+    if (n_layers == 0)
+        return RK_OK;
+    if (!b->host)
+        return b->be->iface->kvblock_read(b->be->ctx, b, layer0, n_layers, out);
+    size_t per = eng_kv_floats(b->be->model, b->n) / (size_t)L; /* one layer's K and V */
+    memcpy(out, b->host + (size_t)layer0 * per, (size_t)n_layers * per * sizeof(float));
+    return RK_OK;
+}
+
+rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+{
+    if (!s || !b || !pos)
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import_block: bad arguments");
+    if (b->be != s->be)
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import_block: the block is on another backend than the sequence");
+    rk_status st = import_claim(s, slot0, b->n, pos, "eng_kv_import_block");
     if (st != RK_OK)
         return st;
-    return n_layers ? s->be->iface->kv_import(s->be->ctx, s, layer0, n_layers, slot0, n, pos, kv) : RK_OK;
+    if (b->host)
+        return s->be->iface->kv_import(s->be->ctx, s, 0, s->be->model->info.n_layers, slot0, b->n, pos, b->host);
+    return s->be->iface->kvblock_import(s->be->ctx, s, slot0, pos, b);
 }

@@ -111,6 +111,15 @@ struct eng_hidden {
     void *ctx;       /* backend's storage of (rows, dim) float32 */
 };
 
+struct eng_kvblock {
+    eng_backend *be; /* owner */
+    size_t n;        /* tokens */
+    size_t bytes;    /* backend memory held (eng_kvblock_bytes) */
+    float *host;     /* generic path (backend without kvblock entries): the canonical KV,
+                        eng_kv_floats(model, n) float32, owned; NULL on a native backend */
+    void *ctx;       /* a native backend's storage of the block */
+};
+
 /* The backend interface. Every entry is required unless marked optional. All calls are
  * validated by engine.c first. */
 struct eng_backend_i {
@@ -149,6 +158,23 @@ struct eng_backend_i {
      * Optional: NULL means engine.c runs embed + layer_forward per layer per sequence. */
     rk_status (*decode)(void *ctx, eng_seq *const *seqs, const int32_t *tokens,
                         const int32_t *pos, const int32_t *slots, size_t n, float *logits);
+
+    /* KV blocks (eng_kvblock_*), in the backend's own memory and KV format. Optional, all four
+     * or none (kept last so that positional initialisers of this struct leave them NULL). When
+     * any is NULL, engine.c keeps a float32 host copy in b->host, imports it with kv_import
+     * and reads it with memcpy: the CPU backend's implementation, and the reference.
+     *   kvblock_init:    store b->n tokens of canonical KV (kv: host float32, eng_kv_floats
+     *                    floats, K pre-RoPE) in b->ctx, and set b->bytes to the memory held;
+     *                    on failure leave nothing allocated.
+     *   kvblock_release: free b->ctx.
+     *   kvblock_import:  exactly kv_import(ctx, s, 0, n_layers, slot0, b->n, pos, <the floats
+     *                    of b>) (s->pos already holds pos; b->be == s->be checked).
+     *   kvblock_read:    layers [layer0, layer0+n_layers) of b as canonical float32 into host
+     *                    memory out (range checked). */
+    rk_status (*kvblock_init)(void *ctx, eng_kvblock *b, const float *kv);
+    void (*kvblock_release)(void *ctx, eng_kvblock *b);
+    rk_status (*kvblock_import)(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b);
+    rk_status (*kvblock_read)(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out);
 };
 
 struct eng_backend {

@@ -75,7 +75,7 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
 }
 
 rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
-                          uint32_t *n, float **kv)
+                          uint32_t *n, float **kv, cc_record *rec_out)
 {
     cc_buf *b = NULL;
     cc_record rec;
@@ -96,7 +96,10 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
     if (st == RK_OK && kv)
         st = svc_chunk_check(x, cont, clen, *n, kv);
     cc_buf_release(b);
-    cc_record_clear(&rec);
+    if (st == RK_OK && rec_out)
+        *rec_out = rec; /* the caller's now */
+    else
+        cc_record_clear(&rec);
     if (st != RK_OK) {
         rk_free(t);
         return st;

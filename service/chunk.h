@@ -45,6 +45,7 @@ typedef struct svc_chunk_ctx {
     codec_id codec;
     int level;
     struct svc_cluster *cluster; /* placement over the cluster's nodes; NULL: this node only */
+    struct svc_devcache *dev;    /* the device tier (devcache.h); NULL: off */
 } svc_chunk_ctx;
 
 /* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,
@@ -54,10 +55,11 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
                           float **kv_out);
 
 /* Fetch a chunk as tenant sees it: by key, verifying its tokens against the key under the
- * record's namespace. *tokens (rk_free) and, when kv is not NULL, the decoded KV (rk_free).
- * RK_ERR_NOT_FOUND when absent or unreadable for tenant. */
+ * record's namespace. *tokens (rk_free) and, when kv is not NULL, the decoded KV (rk_free);
+ * rec, when not NULL, gets the chunk's record (cc_record_clear). RK_ERR_NOT_FOUND when absent
+ * or unreadable for tenant. */
 rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
-                          uint32_t *n, float **kv);
+                          uint32_t *n, float **kv, cc_record *rec);
 
 /* Prefill tokens standalone, encode, and store them for tenant in its own namespace.
  * *created 0 when the chunk was already there (no prefill then); *stored_bytes the blob size.

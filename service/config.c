@@ -44,6 +44,7 @@ static const struct opt_desc opts[] = {
     INT_OPT("peer-timeout-ms", peer_timeout_ms, 10, 60000, "deadline for a call to a peer node, ms"),
     INT_OPT("ram-budget-mb", ram_budget_mb, 0, 1 << 30, "RAM tier of compressed chunks, MiB (0: off)"),
     INT_OPT("disk-budget-mb", disk_budget_mb, 0, 1 << 30, "disk tier over all tenants, MiB (0: unlimited)"),
+    INT_OPT("device-budget-mb", device_budget_mb, 0, 1 << 30, "device tier of decoded chunks on the model's backend, MiB (0: off)"),
     INT_OPT("workers", workers, 0, 1024, "connection worker threads (0: one per CPU)"),
     STR_OPT("backend", backend, "compute backend for the model: cpu or cuda"),
     INT_OPT("compute-threads", compute_threads, 0, 1024, "CPU backend threads (0: one per CPU)"),

@@ -3,6 +3,7 @@
 #include "exec.h"
 
 #include "cluster.h"
+#include "devcache.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -168,54 +169,133 @@ static bool is_stop(const eng_model_info *mi, int32_t t)
     return false;
 }
 
+/* With the device tier on: which of g's KV-needing segments (reuse, key known) the tenant may
+ * read now, by one pipelined metadata lookup of all of them (existence, expiry, grants), asked
+ * whether or not the tier holds the chunk (the same round trip either way). NULL when the tier
+ * is off or the lookup failed: then every segment takes the store path, which reports errors. */
+static uint8_t *device_readable(svc_exec *x, svc_gen *g, const bool *want)
+{
+    if (!x->cx.dev)
+        return NULL;
+    cc_key *keys = rk_malloc(g->nsegs * sizeof(cc_key));
+    uint8_t *present = rk_malloc(g->nsegs), *ok = rk_calloc(g->nsegs, 1);
+    size_t m = 0;
+    for (size_t i = 0; keys && i < g->nsegs; i++)
+        if (want[i])
+            keys[m++] = g->segs[i].key;
+    rk_status st = keys && present && ok ? RK_OK : RK_ERR_NOMEM;
+    if (st == RK_OK && m)
+        st = cc_store_lookup(x->cx.store, g->tenant, keys, m, present);
+    for (size_t i = 0, j = 0; st == RK_OK && i < g->nsegs; i++)
+        if (want[i])
+            ok[i] = present[j++];
+    rk_free(keys);
+    rk_free(present);
+    if (st != RK_OK) {
+        rk_free(ok);
+        return NULL;
+    }
+    return ok;
+}
+
+/* A chunk's KV from the store (and the codec), as g's tenant may read it: tokens into *tokens
+ * and *n, the floats into *kv; with the device tier on, the decoded chunk is then admitted as a
+ * block and, when the tier keeps it, *ent references it and *kv is freed (the block serves). */
+static rk_status fetch_kv(svc_exec *x, svc_gen *g, const cc_key *key, int32_t **tokens, uint32_t *n, float **kv,
+                          cc_devtier_entry **ent)
+{
+    cc_devtier *tier = svc_devcache_tier(x->cx.dev);
+    uint64_t ticket = tier ? cc_devtier_ticket(tier, key) : 0; /* before the read */
+    cc_record rec;
+    cc_record_init(&rec);
+    rk_status st = svc_chunk_fetch(&x->cx, g->tenant, key, tokens, n, kv, tier ? &rec : NULL);
+    if (st == RK_OK && tier && svc_devcache_admit(x->cx.dev, x->be, key, *tokens, *n, *kv, &rec, ticket, ent) == RK_OK) {
+        rk_free(*kv);
+        *kv = NULL;
+    }
+    cc_record_clear(&rec);
+    return st;
+}
+
 /* Resolve g's segments into bl_segments: chunks by key come from the store (tokens and KV);
- * literal segments are looked up by content unless the mode reuses nothing. kvs[i] receives
- * the decoded KV to free. */
-static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs)
+ * literal segments are looked up by content unless the mode reuses nothing. With the device
+ * tier on, a chunk the tenant may read (device_readable) is taken from the tier when there —
+ * no blob read, no decode — and admitted to it after a read from the store otherwise. kvs[i]
+ * receives decoded KV to free, ents[i] a device-tier reference to release. */
+static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs, cc_devtier_entry **ents)
 {
     const eng_model_info *mi = eng_model_get_info(x->m);
     const char *ns = g->ns[0] ? g->ns : g->tenant;
     bool reuse = g->blend.mode != BL_FULL;
+    bool *want = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(bool));
+    rk_status *kst = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(rk_status));
+    if (!want || !kst) {
+        rk_free(want);
+        rk_free(kst);
+        return RK_ERR_NOMEM;
+    }
     for (size_t i = 0; i < g->nsegs; i++) {
         svc_gen_seg *sg = &g->segs[i];
-        rk_status st;
-        if (sg->by_key) {
-            st = svc_chunk_fetch(&x->cx, g->tenant, &sg->key, &sg->tokens, &sg->n, reuse ? &kvs[i] : NULL);
+        if (reuse && !sg->by_key) /* its identity, for the lookup and Cache-Craft's predecessor ids */
+            kst[i] = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &sg->key);
+        want[i] = reuse && kst[i] == RK_OK;
+    }
+    uint8_t *readable = device_readable(x, g, want);
+    rk_free(want);
+    cc_devtier *tier = svc_devcache_tier(x->cx.dev);
+    rk_status st = RK_OK;
+    for (size_t i = 0; i < g->nsegs && st == RK_OK; i++) {
+        svc_gen_seg *sg = &g->segs[i];
+        if (readable && readable[i] && cc_devtier_get(tier, &sg->key, &ents[i]) == RK_OK) {
+            const svc_devchunk *dc = cc_devtier_entry_obj(ents[i]);
+            if (sg->by_key) {
+                if (!(sg->tokens = rk_malloc((size_t)dc->n * sizeof(int32_t)))) {
+                    st = RK_ERR_NOMEM;
+                    break;
+                }
+                memcpy(sg->tokens, dc->tokens, (size_t)dc->n * sizeof(int32_t));
+                sg->n = dc->n;
+            }
+            g->chunk_hits++;
+        } else if (sg->by_key) {
+            st = reuse ? fetch_kv(x, g, &sg->key, &sg->tokens, &sg->n, &kvs[i], &ents[i])
+                       : svc_chunk_fetch(&x->cx, g->tenant, &sg->key, &sg->tokens, &sg->n, NULL, NULL);
             if (st == RK_ERR_NOT_FOUND)
-                return rk_error_set(st, "segment %zu: no such chunk", i);
+                st = rk_error_set(st, "segment %zu: no such chunk", i);
             if (st != RK_OK)
-                return st;
+                break;
             g->chunk_hits++;
         } else if (reuse) {
-            cc_key k;
             int32_t *stored = NULL;
             uint32_t n = 0;
-            st = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &k);
-            sg->key = k; /* its identity, for Cache-Craft's predecessor ids */
-            if (st == RK_OK)
-                st = svc_chunk_fetch(&x->cx, g->tenant, &k, &stored, &n, &kvs[i]);
+            rk_status fs = kst[i];
+            if (fs == RK_OK)
+                fs = fetch_kv(x, g, &sg->key, &stored, &n, &kvs[i], &ents[i]);
             rk_free(stored);
-            if (st == RK_OK) {
+            if (fs == RK_OK) {
                 g->chunk_hits++;
-            } else if (st == RK_ERR_NOT_FOUND) {
+            } else if (fs == RK_ERR_NOT_FOUND) {
                 g->chunk_misses++; /* computed in context now, cached when the job ends */
                 sg->missed = true;
             } else {
                 /* the store is unavailable (Redis down, a disk error): it is a cache, and the
                  * prompt brought the tokens, so compute them; caching waits for the store */
-                RK_WARN("segment %zu: chunk store unavailable (%s: %s); computing it", i, rk_status_name(st),
+                RK_WARN("segment %zu: chunk store unavailable (%s: %s); computing it", i, rk_status_name(fs),
                         rk_error_msg());
                 kvs[i] = NULL;
                 g->chunk_misses++;
             }
         }
-        for (uint32_t t = 0; t < sg->n; t++)
+        for (uint32_t t = 0; st == RK_OK && t < sg->n; t++)
             if (sg->tokens[t] < 0 || sg->tokens[t] >= mi->vocab)
-                return rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
-                                    sg->tokens[t], mi->vocab);
-        segs[i] = (bl_segment){sg->tokens, sg->n, kvs[i]};
+                st = rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
+                                  sg->tokens[t], mi->vocab);
+        const svc_devchunk *dc = ents[i] ? cc_devtier_entry_obj(ents[i]) : NULL;
+        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i], .block = dc ? dc->block : NULL};
     }
-    return RK_OK;
+    rk_free(readable);
+    rk_free(kst);
+    return st;
 }
 
 /* PREFILL: the assembled prompt's KV as a container in g->result. */
@@ -263,7 +343,8 @@ static void start_gen(svc_exec *x, svc_gen *g)
     float *logits = x->logits + x->nact * (size_t)mi->vocab;
     bl_segment *segs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(bl_segment));
     float **kvs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(float *));
-    rk_status st = segs && kvs ? resolve_segments(x, g, segs, kvs) : RK_ERR_NOMEM;
+    cc_devtier_entry **ents = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*ents));
+    rk_status st = segs && kvs && ents ? resolve_segments(x, g, segs, kvs, ents) : RK_ERR_NOMEM;
     bl_stats bs = {0};
     if (st == RK_OK) {
         /* room for the prompt and the tokens asked for, never the whole context by default
@@ -302,6 +383,9 @@ static void start_gen(svc_exec *x, svc_gen *g)
     for (size_t i = 0; kvs && i < g->nsegs; i++)
         rk_free(kvs[i]);
     rk_free(kvs);
+    for (size_t i = 0; ents && i < g->nsegs; i++)
+        cc_devtier_release(svc_devcache_tier(x->cx.dev), ents[i]);
+    rk_free(ents);
     rk_free(segs);
     if (st == RK_OK && g->kind == SVC_JOB_PREFILL)
         st = export_prompt(x, g, a->s);
@@ -400,12 +484,22 @@ static void step(svc_exec *x)
     }
 }
 
+/* The device tier's waker: a decoded chunk left the tier on another thread, and its block
+ * is the executor's to free. */
+static void exec_wake(void *ctx)
+{
+    svc_exec *x = ctx;
+    pthread_mutex_lock(&x->lock);
+    pthread_cond_signal(&x->wake);
+    pthread_mutex_unlock(&x->lock);
+}
+
 static void *exec_main(void *arg)
 {
     svc_exec *x = arg;
     for (;;) {
         pthread_mutex_lock(&x->lock);
-        while (!x->stop && x->nq == 0 && x->nact == 0)
+        while (!x->stop && x->nq == 0 && x->nact == 0 && !svc_devcache_pending(x->cx.dev))
             pthread_cond_wait(&x->wake, &x->lock);
         if (x->stop) {
             pthread_mutex_unlock(&x->lock);
@@ -420,6 +514,7 @@ static void *exec_main(void *arg)
             x->nq--;
         }
         pthread_mutex_unlock(&x->lock);
+        svc_devcache_reap(x->cx.dev); /* blocks that left the device tier: freed on this thread */
         for (size_t i = 0; i < na; i++)
             start_gen(x, admit[i]);
         step(x);
@@ -478,6 +573,8 @@ rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **
         exec_free(x);
         return RK_ERR_NOMEM;
     }
+    if (x->cx.dev)
+        svc_devcache_set_waker(x->cx.dev, exec_wake, x);
     *out = x;
     return RK_OK;
 }
@@ -486,6 +583,8 @@ void svc_exec_stop(svc_exec *x)
 {
     if (!x)
         return;
+    if (x->cx.dev) /* what leaves the tier from now on waits for svc_devcache_close */
+        svc_devcache_set_waker(x->cx.dev, NULL, NULL);
     pthread_mutex_lock(&x->lock);
     x->stop = true;
     pthread_cond_signal(&x->wake);

@@ -31,6 +31,7 @@
 #include "ragkv/service.h"
 #include "ragkv/version.h"
 #include "cluster.h"
+#include "devcache.h"
 #include "exec.h"
 #include "limits.h"
 #include "ragkv/chunkcache.h"
@@ -334,6 +335,13 @@ static rk_status open_store(struct svc_server *srv)
     cc.data_dir = dir;
     cc.ram_budget_bytes = (uint64_t)cfg->ram_budget_mb << 20;
     cc.disk_budget_bytes = (uint64_t)cfg->disk_budget_mb << 20;
+    /* the device tier holds decoded chunks on the model's backend: only with a model */
+    if (cfg->model[0] && cfg->device_budget_mb > 0) {
+        rk_status ds = svc_devcache_open((uint64_t)cfg->device_budget_mb << 20, &srv->devcache);
+        if (ds != RK_OK)
+            return ds;
+        cc.device = svc_devcache_tier(srv->devcache);
+    }
     cc.redis.sentinels = cfg->redis_sentinels;
     cc.redis.sentinel_master = cfg->redis_master;
     cc.redis.wait_replicas = cfg->redis_wait_replicas;
@@ -367,8 +375,8 @@ static rk_status open_store(struct svc_server *srv)
             RK_WARN("tenant %s had no account in the chunk store; created one without quota", names[i]);
     }
     svc_auth_names_free(names, n);
-    RK_INFO("chunk store: %s, metadata %s, RAM tier %d MiB", dir, cfg->redis[0] ? cfg->redis : "embedded",
-            cfg->ram_budget_mb);
+    RK_INFO("chunk store: %s, metadata %s, RAM tier %d MiB, device tier %d MiB", dir,
+            cfg->redis[0] ? cfg->redis : "embedded", cfg->ram_budget_mb, srv->devcache ? cfg->device_budget_mb : 0);
     return st;
 }
 
@@ -385,6 +393,17 @@ static void collect_store(void *ctx)
     svc_metric_set(svc_metric_get(SVC_COUNTER, "store_corrupt_total", "", "blobs that failed their checksum (never served)"), (int64_t)cs.corrupt);
     svc_metric_set(svc_metric_get(SVC_COUNTER, "store_evictions_total", "", "chunks evicted for quotas and budgets"),
                    (int64_t)(cs.evicted_quota + cs.evicted_disk + cs.expired));
+    if (srv->devcache) {
+        cc_devtier_stats ds;
+        cc_devtier_stats_get(svc_devcache_tier(srv->devcache), &ds);
+        svc_metric_set(svc_metric_get(SVC_GAUGE, "store_device_bytes", "", "decoded chunk bytes in the device tier"), (int64_t)ds.bytes);
+        svc_metric_set(svc_metric_get(SVC_GAUGE, "store_device_chunks", "", "decoded chunks in the device tier"), (int64_t)ds.entries);
+        svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_hits_total", "", "prompt chunks served from the device tier (no read, no decode)"), (int64_t)ds.hits);
+        svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_misses_total", "", "prompt chunks the device tier did not hold (read and decoded)"), (int64_t)ds.misses);
+        svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_admits_total", "", "decoded chunks admitted to the device tier"), (int64_t)ds.admits);
+        svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_evictions_total", "", "chunks evicted from the device tier for its budget"), (int64_t)ds.evictions);
+        svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_drops_total", "", "device-tier chunks dropped because the chunk was deleted, evicted or expired"), (int64_t)ds.drops);
+    }
     char **names;
     size_t n;
     if (svc_auth_tenant_list(srv->auth, &names, &n) != RK_OK)
@@ -448,7 +467,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             goto fail;
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
                             .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1,
-                            .cluster = srv->cluster};
+                            .cluster = srv->cluster, .dev = srv->devcache};
         if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);
@@ -622,11 +641,12 @@ void svc_server_close(svc_server *srv)
     svc_metrics_set_collector(NULL, NULL);
     rk_pool_free(srv->io_pool);
     svc_exec_stop(srv->exec);
+    svc_cluster_close(srv->cluster); /* after every job that might call a peer */
+    cc_store_close(srv->store);
+    svc_devcache_close(srv->devcache); /* after the store (it drops entries), before the backend */
     eng_backend_free(srv->backend);
     rk_pool_free(srv->codec_pool);
     eng_model_close(srv->model);
-    svc_cluster_close(srv->cluster); /* after every job that might call a peer */
-    cc_store_close(srv->store);
     svc_limits_free(srv->tlimits);
     svc_auth_close(srv->auth);
     if (srv->lock_fd >= 0)

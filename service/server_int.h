@@ -73,6 +73,7 @@ struct svc_server {
     struct rk_pool *io_pool;            /* GET_KV / PUT_KV jobs (store I/O, decoding), off the workers */
     struct svc_limits *tlimits;         /* per-tenant request rate and concurrent jobs */
     struct svc_cluster *cluster;        /* membership and placement; NULL on a single node */
+    struct svc_devcache *devcache;      /* the device tier (device-budget-mb); NULL when off */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -7,6 +7,19 @@
 #include <stdlib.h>
 
 #include "ragkv/engine.h"
+#include "testutil.h"
+
+/* The real stories260K model on a 2-thread CPU backend; false (nothing opened) when the test
+ * models are absent. */
+static inline bool blt_open_stories(eng_model **m, eng_backend **be)
+{
+    const char *path = rk_test_model_path("stories260K.bin");
+    if (!path)
+        return false;
+    cr_assert_eq(eng_model_open(path, m), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_backend_cpu_new(*m, 2, be), RK_OK, "%s", rk_error_msg());
+    return true;
+}
 
 /* Largest absolute difference over the largest magnitude of a: a relative max error. */
 static inline double max_rel(const float *a, const float *b, size_t n)

@@ -69,7 +69,7 @@ static void make_fixture(struct fixture *f, unsigned seed)
         fill_tokens(f->c[i], lens[i], seed + (unsigned)i);
         f->kv[i] = malloc(eng_kv_floats(m, lens[i]) * sizeof(float));
         cr_assert_eq(bl_chunk_prefill(m, be, f->c[i], lens[i], f->kv[i]), RK_OK, "%s", rk_error_msg());
-        f->seg[i] = (bl_segment){f->c[i], lens[i], f->kv[i]};
+        f->seg[i] = (bl_segment){.tokens = f->c[i], .n = lens[i], .kv = f->kv[i]};
     }
     fill_tokens(f->q, 6, seed + 99);
 }

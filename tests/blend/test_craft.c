@@ -18,12 +18,9 @@ static const eng_model_info *mi;
 
 static void open_model(void)
 {
-    const char *path = rk_test_model_path("stories260K.bin");
-    if (!path)
+    if (!blt_open_stories(&m, &be))
         cr_skip_test("skipped: no real model (stories260K.bin)");
-    cr_assert_eq(eng_model_open(path, &m), RK_OK, "%s", rk_error_msg());
     mi = eng_model_get_info(m);
-    cr_assert_eq(eng_backend_cpu_new(m, 2, &be), RK_OK, "%s", rk_error_msg());
 }
 
 static void teardown(void)
@@ -68,7 +65,7 @@ static void make_fixture(struct fixture *f, unsigned seed, bool in_context)
         f->kv[i] = malloc(eng_kv_floats(m, lens[i]) * sizeof(float));
         f->vkv[i] = malloc(eng_kv_floats(m, lens[i]) * sizeof(float));
         cr_assert_eq(bl_chunk_prefill(m, be, f->c[i], lens[i], f->kv[i]), RK_OK, "%s", rk_error_msg());
-        f->seg[i] = (bl_segment){f->c[i], lens[i], f->kv[i]};
+        f->seg[i] = (bl_segment){.tokens = f->c[i], .n = lens[i], .kv = f->kv[i]};
     }
     for (int i = 0; i < 3; i++) {
         if (in_context)
@@ -360,7 +357,7 @@ Test(craft, ape_prompt_and_decode_stay_finite)
     open_model();
     struct fixture f;
     make_fixture(&f, 17, false);
-    bl_segment segs[3] = {f.seg[0], f.seg[1], {f.c[2], 31, NULL}}; /* one uncached chunk */
+    bl_segment segs[3] = {f.seg[0], f.seg[1], {.tokens = f.c[2], .n = 31}}; /* one uncached chunk */
     bl_params p;
     bl_params_default(&p, BL_APE);
     cr_expect_eq(p.ape_t, 0.9f);

@@ -55,7 +55,7 @@ static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, b
     for (int i = 0; i < 3; i++) {
         kvs[i] = malloc(eng_kv_floats(m, 30) * sizeof(float));
         cr_assert_eq(bl_chunk_prefill(m, be, ch[i], 30, kvs[i]), RK_OK, "%s", rk_error_msg());
-        segs[i] = (bl_segment){ch[i], 30, kvs[i]};
+        segs[i] = (bl_segment){.tokens = ch[i], .n = 30, .kv = kvs[i]};
     }
     eng_seq *s;
     cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
@@ -109,4 +109,46 @@ Test(gpu_blend, exactness_and_agreement_with_the_cpu)
     eng_seq_free(cpu_cb);
     eng_seq_free(r0);
     eng_seq_free(gpu_cb);
+}
+
+Test(gpu_blend, kv_blocks_equal_floats_on_the_gpu)
+{
+    /* chunk caches as KV blocks on the CUDA backend (the device tier's form) give what their
+     * floats give, in every mode that reuses them (within the fp32 tolerance: a native block
+     * may keep the KV in the backend's own format) */
+    open_all();
+    int32_t ch[3][30], q[5];
+    for (int i = 0; i < 3; i++)
+        tokens(ch[i], 30, 300 + (unsigned)i);
+    tokens(q, 5, 400);
+    size_t V = (size_t)mi->vocab;
+    float *lf = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *kv[3];
+    eng_kvblock *blk[3];
+    bl_segment fl[3], bk[3];
+    for (int i = 0; i < 3; i++) {
+        kv[i] = malloc(eng_kv_floats(m, 30) * sizeof(float));
+        cr_assert_eq(bl_chunk_prefill(m, gpu, ch[i], 30, kv[i]), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_kvblock_new(gpu, 30, kv[i], &blk[i]), RK_OK, "%s", rk_error_msg());
+        fl[i] = (bl_segment){.tokens = ch[i], .n = 30, .kv = kv[i]};
+        bk[i] = (bl_segment){.tokens = ch[i], .n = 30, .block = blk[i]};
+    }
+    static const bl_mode modes[] = {BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, BL_CACHECRAFT, BL_APE};
+    for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
+        bl_params p;
+        bl_params_default(&p, modes[k]);
+        eng_seq *a, *b;
+        cr_assert_eq(eng_seq_new(gpu, 0, &a), RK_OK);
+        cr_assert_eq(eng_seq_new(gpu, 0, &b), RK_OK);
+        cr_assert_eq(bl_assemble(m, gpu, a, fl, 3, q, 5, &p, lf, NULL), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(bl_assemble(m, gpu, b, bk, 3, q, 5, &p, lb, NULL), RK_OK, "%s", rk_error_msg());
+        cr_expect_leq(max_rel(lf, lb, V), 1e-3, "%s: blocks vs floats", bl_mode_name(modes[k]));
+        eng_seq_free(a);
+        eng_seq_free(b);
+    }
+    for (int i = 0; i < 3; i++) {
+        eng_kvblock_free(blk[i]);
+        free(kv[i]);
+    }
+    free(lf);
+    free(lb);
 }

@@ -20,8 +20,10 @@
 
 #include <hiredis/hiredis.h>
 
+#include "ragkv/bytes.h"
 #include "ragkv/chunkcache.h"
 #include "ragkv/clock.h"
+#include "ragkv/hash.h"
 #include "testutil.h"
 
 /* A Redis key prefix no other test process uses. */
@@ -210,6 +212,33 @@ static inline void cct_expect_blob(cc_store *s, const char *tenant, const cc_key
     cr_expect(memcmp(b->data, want, len) == 0, "blob bytes differ");
     free(want);
     cc_buf_release(b);
+}
+
+/* The blob store key of the chunk cct_put stored with seed and len under k. */
+static inline void cct_bkey(uint8_t out[40], const cc_key *k, uint64_t seed, size_t len)
+{
+    uint8_t *blob = malloc(len ? len : 1);
+    cct_fill(blob, len, seed);
+    memcpy(out, k->b, 32);
+    rk_put_le64(out + 32, rk_xxh3_64(blob, len));
+    free(blob);
+}
+
+/* Damage that chunk's stored value on disk: byte value[len - from_end] ^= mask. */
+static inline void cct_corrupt(cc_store *s, const cc_key *k, uint64_t seed, size_t len, size_t from_end, uint8_t mask)
+{
+    cc_blobstore *bs = cc_store_blobstore(s);
+    uint8_t bk[40];
+    cct_bkey(bk, k, seed, len);
+    cc_buf *v;
+    cr_assert_eq(cc_blobstore_get(bs, CC_SPACE_CHUNKS, bk, 40, &v), RK_OK);
+    uint8_t *copy = malloc(v->len);
+    memcpy(copy, v->data, v->len);
+    copy[v->len - from_end] ^= mask;
+    cc_iov part = {copy, v->len};
+    cr_assert_eq(cc_blobstore_put(bs, CC_SPACE_CHUNKS, bk, 40, &part, 1), RK_OK);
+    cc_buf_release(v);
+    free(copy);
 }
 
 static inline void cct_make_tenant(cc_store *s, const char *name, uint64_t max_bytes, uint64_t max_chunks,

@@ -11,15 +11,6 @@
     X(rocksdb_redis, CCT_BS_ROCKS, CCT_REDIS)                                                      \
     X(mem_redis, CCT_BS_MEM, CCT_REDIS)
 
-static void bkey_of(uint8_t out[40], const cc_key *k, uint64_t seed, size_t len)
-{
-    uint8_t *blob = malloc(len ? len : 1);
-    cct_fill(blob, len, seed);
-    memcpy(out, k->b, 32);
-    rk_put_le64(out + 32, rk_xxh3_64(blob, len));
-    free(blob);
-}
-
 static void t_round_trip(cct_bs_kind bk, cct_ms_kind mk)
 {
     cct_skip_if_unavailable(mk);
@@ -238,21 +229,13 @@ static void t_repair_gc_rebuild(cct_bs_kind bk, cct_ms_kind mk)
 
     /* corrupt blob 0: one flipped byte in the blob part */
     uint8_t bk0[40];
-    bkey_of(bk0, &k[0], 0, 1000);
-    cc_buf *v;
-    cr_assert_eq(cc_blobstore_get(bs, CC_SPACE_CHUNKS, bk0, 40, &v), RK_OK);
-    uint8_t *copy = malloc(v->len);
-    memcpy(copy, v->data, v->len);
-    copy[v->len - 10] ^= 0x40;
-    cc_iov part = {copy, v->len};
-    cr_assert_eq(cc_blobstore_put(bs, CC_SPACE_CHUNKS, bk0, 40, &part, 1), RK_OK);
-    cc_buf_release(v);
-    free(copy);
-    cc_buf *b;
+    cct_bkey(bk0, &k[0], 0, 1000);
+    cct_corrupt(s, &k[0], 0, 1000, 10, 0x40);
+    cc_buf *b, *v;
     cr_expect_eq(cc_store_get(s, "t", &k[0], &b, NULL), RK_ERR_NOT_FOUND, "a corrupt blob is never served");
     /* missing blob 1 */
     uint8_t bk1[40];
-    bkey_of(bk1, &k[1], 1, 1001);
+    cct_bkey(bk1, &k[1], 1, 1001);
     cr_assert_eq(cc_blobstore_del(bs, CC_SPACE_CHUNKS, bk1, 40), RK_OK);
     cr_expect_eq(cc_store_get(s, "t", &k[1], &b, NULL), RK_ERR_NOT_FOUND);
     cc_stats st;

@@ -54,6 +54,14 @@ static double conf_rel_err(const float *a, const float *b, size_t n)
     return maxd / maxb;
 }
 
+/* A new sequence of cap slots on be (asserted). */
+static eng_seq *conf_seq(eng_backend *be, size_t cap)
+{
+    eng_seq *s = NULL;
+    cr_assert_eq(eng_seq_new(be, cap, &s), RK_OK, "%s", rk_error_msg());
+    return s;
+}
+
 /* One-shot prefill == token-by-token decode, every position's logits. */
 static void conf_prefill_equals_decode(conf_backend_ctor ctor, const char *model, double tol)
 {
@@ -211,11 +219,7 @@ static void conf_export_import_shift(conf_backend_ctor ctor, const char *model, 
         pos[i] = shift + (int32_t)i;
     float *kv_a = malloc(F * sizeof(float)), *kv_b = malloc(F * sizeof(float)), *kv_c = malloc(F * sizeof(float));
     float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *lc = malloc(V * sizeof(float));
-    eng_seq *a, *b, *c, *d;
-    cr_assert_eq(eng_seq_new(be, 64, &a), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &b), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &c), RK_OK);
-    cr_assert_eq(eng_seq_new(be, 64, &d), RK_OK);
+    eng_seq *a = conf_seq(be, 64), *b = conf_seq(be, 64), *c = conf_seq(be, 64), *d = conf_seq(be, 64);
     cr_assert_eq(eng_prefill(a, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
     cr_assert_eq(eng_kv_export(a, 0, n, kv_a), RK_OK);
     /* c: the same tokens computed at the shifted positions */
@@ -610,6 +614,111 @@ static void conf_kv_layers(conf_backend_ctor ctor, const char *model, double tol
     eng_seq_free(a);
     eng_seq_free(b);
     eng_seq_free(c);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* KV blocks: a block made from exported KV and imported (at shifted slots and positions) gives
+ * the sequence eng_kv_import of the same floats gives: positions, exported KV, next logits
+ * (bit for bit when tol is 0); one block serves several sequences; eng_kvblock_read returns
+ * the floats, whole or by layer range; bad calls are refused and change nothing. */
+static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be, *other;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ctor(m, &other), RK_OK, "%s", rk_error_msg());
+    size_t n = 10, slot0 = 3, V = (size_t)mi->vocab, F = eng_kv_floats(m, n), per = F / (size_t)mi->n_layers;
+    int32_t tok[10], pos[10], next;
+    conf_tokens(tok, n, mi->vocab, 21);
+    conf_tokens(&next, 1, mi->vocab, 22);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = 5 + 2 * (int32_t)i; /* shifted and spread: RoPE at positions other than the export's */
+    float *kv = malloc(F * sizeof(float)), *ka = malloc(F * sizeof(float)), *kb = malloc(F * sizeof(float));
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    eng_seq *src = conf_seq(be, 32), *a = conf_seq(be, 32), *b = conf_seq(be, 32), *c = conf_seq(be, 32);
+    eng_seq *far = conf_seq(other, 32);
+    cr_assert_eq(eng_prefill(src, tok, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(src, 0, n, kv), RK_OK);
+
+    eng_kvblock *blk;
+    cr_assert_eq(eng_kvblock_new(be, n, kv, &blk), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(eng_kvblock_tokens(blk), n);
+    cr_expect_eq(eng_kvblock_backend(blk), be);
+    cr_expect_geq(eng_kvblock_bytes(blk), F * 2, "at least 16 bits a value are held");
+    memset(kv, 0x7f, F * sizeof(float)); /* the block is a copy: later changes to kv do not reach it */
+    cr_assert_eq(eng_kv_export(src, 0, n, kv), RK_OK);
+
+    cr_assert_eq(eng_kv_import(a, slot0, n, pos, kv), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kv_import_block(b, slot0, pos, blk), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kv_import_block(c, slot0, pos, blk), RK_OK, "one block, many sequences");
+    cr_expect_eq(eng_seq_len(b), eng_seq_len(a));
+    for (size_t i = 0; i < eng_seq_len(a); i++)
+        cr_expect_eq(eng_seq_pos(b, i), eng_seq_pos(a, i), "slot %zu", i);
+    cr_expect_eq(eng_seq_next_pos(b), eng_seq_next_pos(a));
+    cr_assert_eq(eng_kv_export(a, slot0, n, ka), RK_OK);
+    cr_assert_eq(eng_kv_export(b, slot0, n, kb), RK_OK);
+    if (tol == 0)
+        cr_expect(memcmp(ka, kb, F * sizeof(float)) == 0, "%s: exported KV differs", model);
+    else
+        cr_expect(conf_rel_err(kb, ka, F) <= tol, "%s: exported KV differs", model);
+    cr_assert_eq(eng_decode(be, &a, &next, 1, la), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_decode(be, &b, &next, 1, lb), RK_OK, "%s", rk_error_msg());
+    if (tol == 0)
+        cr_expect(memcmp(la, lb, V * sizeof(float)) == 0, "%s: logits after the block differ", model);
+    else
+        cr_expect(conf_rel_err(lb, la, V) <= tol, "%s: logits after the block differ", model);
+    cr_assert_eq(eng_decode(be, &c, &next, 1, lb), RK_OK);
+    cr_expect(conf_rel_err(lb, la, V) <= tol, "%s: the block's second import differs", model);
+
+    /* read: every layer, then a range */
+    cr_assert_eq(eng_kvblock_read(blk, 0, mi->n_layers, kb), RK_OK, "%s", rk_error_msg());
+    cr_expect(tol == 0 ? memcmp(kb, kv, F * sizeof(float)) == 0 : conf_rel_err(kb, kv, F) <= tol, "read all");
+    int mid = mi->n_layers / 2, cnt = mi->n_layers - mid;
+    cr_assert_eq(eng_kvblock_read(blk, mid, cnt, kb), RK_OK);
+    cr_expect(conf_rel_err(kb, kv + (size_t)mid * per, (size_t)cnt * per) <= tol, "read layers [%d, +%d)", mid, cnt);
+
+    /* bad calls: clear errors, nothing changed */
+    eng_kvblock *none = (eng_kvblock *)&none;
+    cr_expect_eq(eng_kvblock_new(be, 0, kv, &none), RK_ERR_INVALID);
+    cr_expect_null(none, "no block on failure");
+    cr_expect_eq(eng_kvblock_new(be, n, NULL, &none), RK_ERR_INVALID);
+    cr_expect_eq(eng_kvblock_new(NULL, n, kv, &none), RK_ERR_INVALID);
+    cr_expect_eq(eng_kvblock_new(be, (size_t)mi->max_seq + 1, kv, &none), RK_ERR_RANGE);
+    cr_expect_eq(eng_kvblock_read(blk, mi->n_layers, 1, kb), RK_ERR_RANGE);
+    cr_expect_eq(eng_kvblock_read(blk, -1, 1, kb), RK_ERR_RANGE);
+    cr_expect_eq(eng_kvblock_read(blk, 0, 1, NULL), RK_ERR_INVALID);
+    cr_expect_eq(eng_kv_import_block(far, 0, pos, blk), RK_ERR_INVALID, "a block of another backend");
+    cr_expect_eq(eng_seq_len(far), 0);
+    eng_seq *small = conf_seq(be, n + 1);
+    cr_expect_eq(eng_kv_import_block(small, 2, pos, blk), RK_ERR_RANGE, "past the capacity");
+    int32_t badpos[10];
+    memcpy(badpos, pos, sizeof(badpos));
+    badpos[4] = -1;
+    cr_expect_eq(eng_kv_import_block(small, 0, badpos, blk), RK_ERR_RANGE, "a negative position");
+    badpos[4] = mi->max_seq;
+    cr_expect_eq(eng_kv_import_block(small, 0, badpos, blk), RK_ERR_RANGE, "a position past the context");
+    cr_expect_eq(eng_kv_import_block(small, 0, NULL, blk), RK_ERR_INVALID);
+    cr_expect_eq(eng_kv_import_block(small, 0, pos, NULL), RK_ERR_INVALID);
+    cr_expect_eq(eng_seq_len(small), 0, "rejected imports leave the sequence alone");
+    cr_expect_eq(eng_kv_import_block(small, 1, pos, blk), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(eng_seq_len(small), n + 1);
+    eng_kvblock_free(NULL);
+
+    eng_kvblock_free(blk);
+    free(kv);
+    free(ka);
+    free(kb);
+    free(la);
+    free(lb);
+    eng_seq_free(src);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_seq_free(far);
+    eng_seq_free(small);
+    eng_backend_free(other);
     eng_backend_free(be);
     eng_model_close(m);
 }

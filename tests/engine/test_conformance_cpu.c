@@ -107,3 +107,27 @@ Test(cpu_conformance, single_thread_equals_multithread)
     eng_backend_free(b4);
     eng_model_close(m);
 }
+
+Test(cpu_conformance, kv_block_equals_kv_import)
+{
+    /* the CPU backend keeps blocks through the generic host copy: bit for bit */
+    EACH_MODEL(conf_kvblock(cpu_ctor, model, 0));
+}
+
+Test(cpu_conformance, kv_block_holds_a_float_copy)
+{
+    /* bytes accounting of the generic path: exactly the canonical float32 KV */
+    eng_model *m = conf_open("test-qwen2");
+    eng_backend *be;
+    cr_assert_eq(cpu_ctor(m, &be), RK_OK);
+    size_t F = eng_kv_floats(m, 7);
+    float *kv = calloc(F, sizeof(float));
+    eng_kvblock *b;
+    cr_assert_eq(eng_kvblock_new(be, 7, kv, &b), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(eng_kvblock_bytes(b), F * sizeof(float));
+    cr_expect_eq(eng_kvblock_tokens(b), 7);
+    eng_kvblock_free(b);
+    free(kv);
+    eng_backend_free(be);
+    eng_model_close(m);
+}

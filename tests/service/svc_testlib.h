@@ -103,6 +103,23 @@ static inline uint64_t svct_kv_sum(ragkv_conn *c, const uint8_t key[32])
     return sum;
 }
 
+/* The tokens a GENERATE streamed: pass svct_collect_tokens and a zeroed svct_tokens to
+ * ragkv_generate. */
+typedef struct svct_tokens {
+    int32_t toks[512]; /* the first 512 tokens */
+    uint32_t n;        /* tokens kept */
+    int calls;         /* callback calls (stream frames) */
+} svct_tokens;
+
+static inline int svct_collect_tokens(void *ctx, const int32_t *t, uint32_t n)
+{
+    svct_tokens *cl = ctx;
+    for (uint32_t i = 0; i < n && cl->n < 512; i++)
+        cl->toks[cl->n++] = t[i];
+    cl->calls++;
+    return 0;
+}
+
 /* A counter or gauge from the daemon's /metrics ("ragkv_<name> <value>" line); -1 if absent. */
 static inline long long svct_metric(int hport, const char *name)
 {

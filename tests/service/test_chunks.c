@@ -10,6 +10,7 @@
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
 #include "ragkv/codec.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 static char tmp[256], tok_a[256], tok_b[256], tok_q[256], adm[256];
@@ -63,19 +64,6 @@ static void chunk_tokens(int32_t *t, int n, int seed)
         t[i] = 3 + (seed * 7919 + i * 104729) % 500;
 }
 
-struct collect {
-    int32_t toks[256];
-    uint32_t n;
-};
-
-static int on_tokens(void *ctx, const int32_t *t, uint32_t n)
-{
-    struct collect *cl = ctx;
-    for (uint32_t i = 0; i < n && cl->n < 256; i++)
-        cl->toks[cl->n++] = t[i];
-    return 0;
-}
-
 static const int32_t query[] = {403, 407, 261, 378};
 
 Test(chunks, put_lookup_and_generate_from_cache)
@@ -107,30 +95,30 @@ Test(chunks, put_lookup_and_generate_from_cache)
     ragkv_segment by_tok[2] = {{.tokens = ch[0], .ntokens = 30}, {.tokens = ch[1], .ntokens = 30}};
     ragkv_gen_params full = {.segs = by_tok, .nsegs = 2, .query = query, .nquery = 4, .blend = 0, .max_tokens = 24};
     ragkv_gen_params r1 = {.segs = by_key, .nsegs = 2, .query = query, .nquery = 4, .blend = 3, .recompute = 1.0f, .max_tokens = 24};
-    struct collect cf = {0}, cb = {0};
+    svct_tokens cf = {0}, cb = {0};
     ragkv_gen_stats sf, sb;
-    cr_assert_eq(ragkv_generate(c, &full, on_tokens, &cf, &sf), RK_OK, "%s", rk_error_msg());
-    cr_assert_eq(ragkv_generate(c, &r1, on_tokens, &cb, &sb), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(c, &full, svct_collect_tokens, &cf, &sf), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(c, &r1, svct_collect_tokens, &cb, &sb), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(sb.chunk_hits, 2);
     cr_expect_eq(sb.prompt_tokens, 1 + 60 + 4);
     cr_expect_eq(cf.n, cb.n);
     cr_expect(memcmp(cf.toks, cb.toks, cf.n * sizeof(int32_t)) == 0, "r = 1 from the cache equals full");
     /* literal segments are found by content; naive recomputes only BOS and the query */
     ragkv_gen_params nv = {.segs = by_tok, .nsegs = 2, .query = query, .nquery = 4, .blend = 2, .max_tokens = 8};
-    struct collect cn = {0};
-    cr_assert_eq(ragkv_generate(c, &nv, on_tokens, &cn, &sb), RK_OK);
+    svct_tokens cn = {0};
+    cr_assert_eq(ragkv_generate(c, &nv, svct_collect_tokens, &cn, &sb), RK_OK);
     cr_expect_eq(sb.chunk_hits, 2);
     cr_expect_eq(sb.chunk_misses, 0);
     cr_expect_eq(sb.recomputed, 5);
     /* Cache-Craft with a budget of every token equals full; APE runs (no recompute) */
     ragkv_gen_params cc = {.segs = by_key, .nsegs = 2, .query = query, .nquery = 4, .blend = 4, .recompute = 1.0f, .max_tokens = 24};
-    struct collect ccr = {0};
-    cr_assert_eq(ragkv_generate(c, &cc, on_tokens, &ccr, &sb), RK_OK, "%s", rk_error_msg());
+    svct_tokens ccr = {0};
+    cr_assert_eq(ragkv_generate(c, &cc, svct_collect_tokens, &ccr, &sb), RK_OK, "%s", rk_error_msg());
     cr_expect(ccr.n == cf.n && memcmp(ccr.toks, cf.toks, cf.n * sizeof(int32_t)) == 0,
               "cachecraft at alpha 2 (standalone variants: CFO 1) equals full");
     ragkv_gen_params ape = {.segs = by_key, .nsegs = 2, .query = query, .nquery = 4, .blend = 5, .max_tokens = 8};
-    struct collect ca = {0};
-    cr_assert_eq(ragkv_generate(c, &ape, on_tokens, &ca, &sb), RK_OK, "%s", rk_error_msg());
+    svct_tokens ca = {0};
+    cr_assert_eq(ragkv_generate(c, &ape, svct_collect_tokens, &ca, &sb), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(sb.recomputed, 5, "APE computes BOS and the query only");
     cr_expect_gt(ca.n, 0);
     /* an uncached literal segment is a miss, computed in context */
@@ -138,8 +126,8 @@ Test(chunks, put_lookup_and_generate_from_cache)
     chunk_tokens(fresh, 20, 9);
     ragkv_segment mix[2] = {{.key = keys}, {.tokens = fresh, .ntokens = 20}};
     ragkv_gen_params mx = {.segs = mix, .nsegs = 2, .query = query, .nquery = 4, .blend = 3, .recompute = 0.15f, .max_tokens = 8};
-    struct collect cm = {0};
-    cr_assert_eq(ragkv_generate(c, &mx, on_tokens, &cm, &sb), RK_OK);
+    svct_tokens cm = {0};
+    cr_assert_eq(ragkv_generate(c, &mx, svct_collect_tokens, &cm, &sb), RK_OK);
     cr_expect_eq(sb.chunk_hits, 1);
     cr_expect_eq(sb.chunk_misses, 1);
     /* ... and cached by the time the answer arrived: the next prompt hits it */
@@ -147,7 +135,7 @@ Test(chunks, put_lookup_and_generate_from_cache)
     int fresh_created = -1;
     cr_assert_eq(ragkv_put_chunk(c, fresh, 20, kfresh, &fresh_created, NULL), RK_OK);
     cr_expect_eq(fresh_created, 0, "a miss is cached when the request ends");
-    cr_assert_eq(ragkv_generate(c, &mx, on_tokens, &cm, &sb), RK_OK);
+    cr_assert_eq(ragkv_generate(c, &mx, svct_collect_tokens, &cm, &sb), RK_OK);
     cr_expect_eq(sb.chunk_hits, 2);
     cr_expect_eq(sb.chunk_misses, 0);
     /* the metrics show the work: TTFT histogram, hits, the tenant's usage */

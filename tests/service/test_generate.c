@@ -10,6 +10,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
+#include "svc_testlib.h"
 #include "testutil.h"
 
 static char tmp[256], token[256];
@@ -53,21 +54,6 @@ static ragkv_conn *tenant_conn(void)
     return c;
 }
 
-struct collect {
-    int32_t toks[512];
-    uint32_t n;
-    int calls;
-};
-
-static int on_tokens(void *ctx, const int32_t *t, uint32_t n)
-{
-    struct collect *cl = ctx;
-    for (uint32_t i = 0; i < n && cl->n < 512; i++)
-        cl->toks[cl->n++] = t[i];
-    cl->calls++;
-    return 0;
-}
-
 /* `ragkv generate` on BOS + prompt for prompt+max positions: the generated tokens. */
 static int reference(const int32_t *prompt, int np, int max, int32_t *out)
 {
@@ -108,9 +94,9 @@ Test(generate, equals_ragkv_generate_streamed_and_not)
     cr_assert_gt(nref, 10);
     ragkv_conn *c = tenant_conn();
     ragkv_gen_params p = {.query = once, .nquery = 4, .blend = 0, .max_tokens = 40};
-    struct collect cl = {0};
+    svct_tokens cl = {0};
     ragkv_gen_stats st;
-    cr_assert_eq(ragkv_generate(c, &p, on_tokens, &cl, &st), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(c, &p, svct_collect_tokens, &cl, &st), RK_OK, "%s", rk_error_msg());
     cr_expect_eq((int)cl.n, nref < 40 ? nref : 40);
     cr_expect(memcmp(cl.toks, ref, cl.n * sizeof(int32_t)) == 0, "streamed tokens equal ragkv generate");
     cr_expect_gt(cl.calls, 1, "tokens arrived in several stream frames");
@@ -121,7 +107,7 @@ Test(generate, equals_ragkv_generate_streamed_and_not)
     for (uint8_t mode = 0; mode <= 3; mode++) {
         ragkv_segment seg = {.tokens = once, .ntokens = 4};
         ragkv_gen_params q = {.segs = &seg, .nsegs = 1, .blend = mode, .recompute = 0.15f, .max_tokens = 40};
-        struct collect c2 = {0};
+        svct_tokens c2 = {0};
         cr_assert_eq(ragkv_generate(c, &q, NULL, NULL, &st), RK_OK, "%s", rk_error_msg());
         (void)c2;
         cr_expect_eq(st.generated, cl.n, "mode %u", mode);
@@ -133,7 +119,7 @@ struct conc {
     int32_t prompt[3];
     uint64_t seed;
     ragkv_conn *conn;
-    struct collect got;
+    svct_tokens got;
     rk_status st;
 };
 
@@ -142,7 +128,7 @@ static void *conc_run(void *arg)
     struct conc *x = arg;
     ragkv_gen_params p = {.query = x->prompt, .nquery = 3, .max_tokens = 30, .temperature = 0.8f,
                           .top_p = 0.9f, .seed = x->seed};
-    x->st = ragkv_generate(x->conn, &p, on_tokens, &x->got, NULL);
+    x->st = ragkv_generate(x->conn, &p, svct_collect_tokens, &x->got, NULL);
     return NULL;
 }
 

@@ -1,5 +1,6 @@
 /* ragkvd on the CUDA backend (label gpu): chunks are cached through the GPU, and GENERATE from
- * them (CacheBlend at r = 1) produces the tokens the CPU tool produces for the same prompt.
+ * them (CacheBlend at r = 1) produces the tokens the CPU tool produces for the same prompt,
+ * the first time and again from the device tier (KV blocks on the CUDA backend).
  * Skips where the build or the machine has no CUDA. */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -9,20 +10,8 @@
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
 #include "ragkv/gpu.h"
+#include "svc_testlib.h"
 #include "testutil.h"
-
-struct collect {
-    int32_t v[64];
-    uint32_t n;
-};
-
-static int collect_tokens(void *ctx, const int32_t *t, uint32_t n)
-{
-    struct collect *c = ctx;
-    for (uint32_t i = 0; i < n && c->n < 64; i++)
-        c->v[c->n++] = t[i];
-    return 0;
-}
 
 Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
 {
@@ -34,7 +23,7 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
         cr_skip_test("skipped: no real model");
     char tmp[256], adm[256], tok[256], bin[1024], in[512], out[512];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
-    const char *extra[] = {"--model", model, "--backend", "cuda", NULL};
+    const char *extra[] = {"--model", model, "--backend", "cuda", "--device-budget-mb", "8", NULL};
     rk_test_proc d, g;
     int port, hport;
     cr_assert(rk_test_daemon_start(tmp, extra, &d, &port, &hport), "ragkvd --backend cuda");
@@ -56,10 +45,15 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     const int32_t q[] = {403, 407, 261, 378};
     ragkv_segment segs[2] = {{.key = keys}, {.key = keys + 32}};
     ragkv_gen_params p = {.segs = segs, .nsegs = 2, .query = q, .nquery = 4, .blend = 3, .recompute = 1.0f, .max_tokens = 20};
-    struct collect got = {.n = 0};
+    svct_tokens got = {.n = 0};
     ragkv_gen_stats st;
-    cr_assert_eq(ragkv_generate(t, &p, collect_tokens, &got, &st), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(t, &p, svct_collect_tokens, &got, &st), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(st.chunk_hits, 2);
+    svct_tokens again = {.n = 0};
+    cr_assert_eq(ragkv_generate(t, &p, svct_collect_tokens, &again, &st), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(svct_metric(hport, "store_device_hits_total"), 2, "the second GENERATE from the device tier");
+    cr_expect(again.n == got.n && memcmp(again.toks, got.toks, got.n * sizeof(int32_t)) == 0,
+              "the device tier gives the same tokens");
     ragkv_close(t);
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
     /* the CPU tool on BOS + the chunks + the query */
@@ -87,6 +81,6 @@ Test(gpu_daemon, generate_on_the_gpu_equals_the_cpu_tool, .timeout = 120)
     cr_expect_gt(got.n, 0);
     cr_assert_geq(k, (int)got.n, "the CPU tool generated at least as many tokens");
     for (int j = 0; j < (int)got.n; j++)
-        cr_expect_eq(got.v[j], ref[j], "token %d: GPU daemon %d, CPU tool %d", j, got.v[j], ref[j]);
+        cr_expect_eq(got.toks[j], ref[j], "token %d: GPU daemon %d, CPU tool %d", j, got.toks[j], ref[j]);
     rk_test_rmrf(tmp);
 }

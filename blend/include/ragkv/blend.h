@@ -105,21 +105,26 @@ typedef struct bl_variant {
     const bl_craft_meta *meta; /* or NULL */
 } bl_variant;
 
-/* One prompt segment: its tokens (no BOS) and, when cached, its chunk KV (borrowed; layout
- * above, eng_kv_floats(model, n) floats). kv NULL: computed from the tokens. (Cache-Craft's
- * per-segment inputs travel beside the segments, in bl_params.craft: callers build segments
- * with positional initialisers, which a new field here would break under -Werror.) */
+/* One prompt segment: its tokens (no BOS) and, when cached, its chunk KV (borrowed): as floats
+ * in the layout above (eng_kv_floats(model, n) floats), or as a KV block already on the
+ * backend (eng_kvblock of n tokens on bl_assemble's backend: imported without an upload, and
+ * only the layers CacheBlend measures are read back). At most one of the two; both NULL:
+ * computed from the tokens. Every mode gives the same result for a block as for the floats it
+ * was made from. (Cache-Craft's per-segment inputs travel beside the segments, in
+ * bl_params.craft.) */
 typedef struct bl_segment {
-    const int32_t *tokens; /* (n) */
-    size_t n;              /* tokens (> 0) */
-    const float *kv;       /* (eng_kv_floats(m, n)) or NULL */
+    const int32_t *tokens;     /* (n) */
+    size_t n;                  /* tokens (> 0) */
+    const float *kv;           /* (eng_kv_floats(m, n)) or NULL */
+    const eng_kvblock *block;  /* n tokens' KV on the backend, or NULL */
 } bl_segment;
 
 /* Cache-Craft inputs of one segment (all optional; zero = none). */
 typedef struct bl_craft_segment {
     const bl_variant *variants; /* (n_variants) cached variants of the chunk; when n_variants > 0
                                    they are the candidates and the segment's kv is ignored;
-                                   else its kv, if any, is a variant without metadata */
+                                   else its kv or block, if any, is a variant without
+                                   metadata */
     size_t n_variants;
     const uint64_t *prev_ids;   /* (n_prev) ids of the chunks that precede the segment now */
     size_t n_prev;

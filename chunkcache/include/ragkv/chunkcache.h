@@ -4,8 +4,11 @@
  * A cc_store keeps compressed chunk KV caches (opaque blobs to this module) for many
  * tenants. Data lives in tiers:
  *
- *   device   decoded KV in GPU memory — an interface slot only (cc_devtier_i), NOT backed
- *            yet: the GPU executor work comes later; cc_config.device is NULL today.
+ *   device   decoded KV where the engine computes (engine KV blocks), a byte budget,
+ *            referenced objects, GDSF eviction: a cc_devtier (ragkv/devtier.h) that the
+ *            caller fills (the daemon's executor) and the store keeps valid — given one in
+ *            cc_config.device, the store drops a chunk's entry whenever the chunk is deleted,
+ *            evicted, expired, repaired, or its tenant deleted, and clears it at a rebuild.
  *   RAM      compressed blobs in host memory, ram_budget_bytes, refcounted (a get from this
  *            tier is a reference, not a copy), Greedy-Dual-Size-Frequency eviction.
  *   disk     the blob store (RocksDB; or in-memory for tests), disk_budget_bytes.
@@ -45,6 +48,7 @@
 
 #include "ragkv/blobstore.h"
 #include "ragkv/chunk_key.h"
+#include "ragkv/devtier.h"
 #include "ragkv/metastore.h"
 #include "ragkv/record.h"
 #include "ragkv/status.h"
@@ -54,15 +58,6 @@ extern "C" {
 #endif
 
 typedef struct cc_store cc_store;
-
-/* Device tier slot (decoded KV in GPU memory). Not backed yet: no implementation exists and
- * cc_config.device must be NULL; the GPU executor will provide one. */
-struct cc_devtier_i {
-    /* Offer a decoded chunk to the tier; it may refuse (budget). */
-    rk_status (*admit)(void *ctx, const cc_key *key, const void *kv, size_t len);
-    /* Drop a chunk (evicted or deleted below). */
-    void (*drop)(void *ctx, const cc_key *key);
-};
 
 /* A tenant's quota and over-quota policy (0 = unlimited). */
 typedef struct cc_quota {
@@ -80,8 +75,8 @@ typedef struct cc_config {
     cc_blobstore_opts rocks;      /* RocksDB tuning (sync, caches, blob files) */
     uint64_t ram_budget_bytes;    /* RAM tier budget (default 256 MiB; 0 disables the tier) */
     uint64_t disk_budget_bytes;   /* disk tier budget over all tenants (0 = unlimited) */
-    uint64_t device_budget_bytes; /* device tier budget; unused while the tier is not backed */
-    const struct cc_devtier_i *device; /* must be NULL (see cc_devtier_i) */
+    cc_devtier *device;           /* device tier the store keeps valid (borrowed: outlives the
+                                     store; NULL = none); its budget is its own */
     uint64_t gc_grace_ms;         /* orphan blobs younger than this survive gc (default 60000:
                                      a put may be between its blob and metadata writes) */
     uint32_t touch_batch;         /* reads buffered before a background thread sends their hit
@@ -192,7 +187,7 @@ typedef struct cc_stats {
     uint64_t ram_bytes;       /* bytes in the RAM tier now */
     uint64_t ram_chunks;      /* chunks in the RAM tier now */
     uint64_t disk_bytes;      /* blob bytes accounted on disk now (sum over tenants) */
-    uint64_t device_bytes;    /* always 0: the device tier is not backed */
+    uint64_t device_bytes;    /* bytes in the device tier now (0 without one) */
 } cc_stats;
 
 void cc_store_stats(cc_store *s, cc_stats *out);

@@ -12,7 +12,7 @@
  *                  hold contiguous positions; attention follows the exact causal rule by
  *                  position: key j is visible to a query at position p iff pos(j) <= p.
  * plus eng_hidden, a backend-resident block of hidden states (rows, dim), the input and output
- * of the layer-granular operations.
+ * of the layer-granular operations, and eng_kvblock, a chunk's KV resident on a backend.
  *
  * Generation in a few lines:
  *
@@ -296,6 +296,49 @@ rk_status eng_kv_import(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, 
 rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out);
 rk_status eng_kv_import_layers(eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
                                const float *kv);
+
+/* ---- KV blocks: chunk caches resident in the backend's memory -------------------------- */
+
+/* A chunk's KV kept on a backend, in the backend's own KV format (float32 host memory on the
+ * CPU backend; device memory on CUDA), so that importing it into a sequence needs neither a
+ * decode nor a host-to-device copy. What the chunk cache's device tier holds.
+ *
+ *     eng_kvblock *b;
+ *     eng_kvblock_new(be, n, kv, &b);                 // kv: eng_kv_floats(m, n) floats, copied
+ *     eng_kv_import_block(s, slot0, pos, b);          // == eng_kv_import(s, slot0, n, pos, kv)
+ *     eng_kvblock_free(b);
+ *
+ * A block belongs to its backend: create, import, read and free it on the thread that drives
+ * the backend (like every backend call), and free it before the backend. A block is never
+ * changed after creation, so one block may be imported into many sequences. */
+typedef struct eng_kvblock eng_kvblock;
+
+/* Copy n tokens' KV, float32 in the canonical layout `[layer][K|V][token][kv_head][head_dim]`
+ * with K before RoPE (eng_kv_floats(model, n) floats: what eng_kv_import takes), into a new
+ * block on be. *out owned by the caller (eng_kvblock_free). RK_ERR_INVALID for no backend, no
+ * KV or n == 0; RK_ERR_RANGE for n beyond the model's context; RK_ERR_NOMEM / RK_ERR_DEVICE
+ * when the backend's memory is short. */
+rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvblock **out);
+
+/* Release a block and the backend memory it holds. NULL is a no-op. */
+void eng_kvblock_free(eng_kvblock *b);
+
+size_t eng_kvblock_tokens(const eng_kvblock *b);      /* n */
+size_t eng_kvblock_bytes(const eng_kvblock *b);       /* backend memory it holds */
+eng_backend *eng_kvblock_backend(const eng_kvblock *b); /* borrowed */
+
+/* Layers [layer0, layer0+n_layers) of the block as float32 `[layer in range][K|V][token]
+ * [kv_head][head_dim]` (n_layers * 2 * n * n_kv_heads * head_dim floats) in host memory out:
+ * the floats the block was made from, rounded to the backend's KV storage precision (exact on
+ * the CPU backend and in CUDA fp32 mode). RK_ERR_RANGE for layers outside the model. */
+rk_status eng_kvblock_read(const eng_kvblock *b, int layer0, int n_layers, float *out);
+
+/* eng_kv_import of the block's KV: its n tokens into slots [slot0, slot0+n) of s at positions
+ * pos[0..n) (RoPE at those positions, every layer; len extended as needed), validated the same
+ * way. The state of s afterwards equals eng_kv_import of the floats the block was made from
+ * (exactly on the CPU backend; within the KV storage precision on CUDA). RK_ERR_INVALID when
+ * the block is on another backend than s. */
+rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b);
 
 /* ---- the generate tool ------------------------------------------------------------------ */
 

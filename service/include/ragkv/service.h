@@ -56,6 +56,8 @@ typedef struct svc_config {
     int peer_timeout_ms;         /* connect/call deadline towards a peer; default 1000 */
     int ram_budget_mb;           /* RAM tier of compressed chunks, MiB; default 256 */
     int disk_budget_mb;          /* disk tier over all tenants, MiB; 0 = unlimited */
+    int device_budget_mb;        /* device tier: decoded chunks kept on the model's backend
+                                    as KV blocks, MiB; 0 = off (the default) */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
     char backend[16];            /* compute backend: cpu (cuda once built) */
     int compute_threads;         /* CPU backend threads; 0 = number of CPUs */

@@ -1,0 +1,215 @@
+/* blend/ with chunk caches given as KV blocks (eng_kvblock, what the device tier holds): every
+ * mode — full, prefix, naive, CacheBlend (flat, and gradual with V deviation at another check
+ * layer), Cache-Craft (budgets from predecessors, with and without metadata variants), APE —
+ * gives the same logits, statistics, sequence KV and next step with a segment given as a block
+ * as with the same KV given as floats, bit for bit on the CPU backend, alone or mixed with
+ * float and uncached segments. Mismatched blocks are refused. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ragkv/blend.h"
+#include "blend_testlib.h"
+#include "testutil.h"
+
+static eng_model *m;
+static eng_backend *be;
+static const eng_model_info *mi;
+
+static void setup(void)
+{
+    if (blt_open_stories(&m, &be)) /* else every test skips */
+        mi = eng_model_get_info(m);
+}
+
+static void teardown(void)
+{
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+TestSuite(blend_block, .init = setup, .fini = teardown, .timeout = 120);
+
+#define NSEG 3
+static const size_t lens[NSEG] = {37, 23, 30};
+
+struct chunks {
+    int32_t tok[NSEG][40];
+    float *kv[NSEG];          /* standalone caches as floats */
+    eng_kvblock *blk[NSEG];   /* the same as blocks */
+    int32_t q[5];
+};
+
+static void make_chunks(struct chunks *c)
+{
+    srand(11);
+    for (int i = 0; i < NSEG; i++) {
+        for (size_t t = 0; t < lens[i]; t++)
+            c->tok[i][t] = 3 + rand() % (mi->vocab - 3);
+        c->kv[i] = malloc(eng_kv_floats(m, lens[i]) * sizeof(float));
+        cr_assert_eq(bl_chunk_prefill(m, be, c->tok[i], lens[i], c->kv[i]), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_kvblock_new(be, lens[i], c->kv[i], &c->blk[i]), RK_OK, "%s", rk_error_msg());
+    }
+    for (int i = 0; i < 5; i++)
+        c->q[i] = 3 + rand() % (mi->vocab - 3);
+}
+
+static void free_chunks(struct chunks *c)
+{
+    for (int i = 0; i < NSEG; i++) {
+        free(c->kv[i]);
+        eng_kvblock_free(c->blk[i]);
+    }
+}
+
+/* What an assembly produced: logits, stats, the whole sequence's KV, one decode step. */
+struct result {
+    float *logits, *next, *kv;
+    size_t n;
+    bl_stats st;
+};
+
+static void run(const struct chunks *c, const bl_segment *segs, const bl_params *p, struct result *r)
+{
+    size_t V = (size_t)mi->vocab;
+    r->logits = malloc(V * sizeof(float));
+    r->next = malloc(V * sizeof(float));
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_assert_eq(bl_assemble(m, be, s, segs, NSEG, c->q, 5, p, r->logits, &r->st), RK_OK, "%s: %s",
+                 bl_mode_name(p->mode), rk_error_msg());
+    r->n = eng_seq_len(s);
+    r->kv = export_all_kv(m, s, r->n);
+    int32_t t = eng_argmax(r->logits, mi->vocab);
+    cr_assert_eq(eng_decode(be, &s, &t, 1, r->next), RK_OK, "%s", rk_error_msg());
+    eng_seq_free(s);
+}
+
+static void result_free(struct result *r)
+{
+    free(r->logits);
+    free(r->next);
+    free(r->kv);
+}
+
+static void expect_same(const struct result *a, const struct result *b, const char *what)
+{
+    size_t V = (size_t)mi->vocab;
+    cr_expect(memcmp(a->logits, b->logits, V * sizeof(float)) == 0, "%s: logits differ (%g)", what,
+              max_rel(a->logits, b->logits, V));
+    cr_expect(a->st.prompt_tokens == b->st.prompt_tokens && a->st.reused_tokens == b->st.reused_tokens &&
+                  a->st.recomputed == b->st.recomputed && a->st.token_layers == b->st.token_layers &&
+                  a->st.ape_ctx_end == b->st.ape_ctx_end,
+              "%s: stats differ (recomputed %zu vs %zu)", what, a->st.recomputed, b->st.recomputed);
+    cr_assert_eq(a->n, b->n, "%s: sequence lengths", what);
+    cr_expect(memcmp(a->kv, b->kv, eng_kv_floats(m, a->n) * sizeof(float)) == 0, "%s: sequence KV differs", what);
+    cr_expect(memcmp(a->next, b->next, V * sizeof(float)) == 0, "%s: next step differs", what);
+}
+
+/* The parameter sets checked: every mode, with settings that exercise its cached-row reads. */
+static int param_sets(bl_params *ps, const bl_craft_segment *craft)
+{
+    int n = 0;
+    bl_params_default(&ps[n++], BL_FULL);
+    bl_params_default(&ps[n++], BL_PREFIX);
+    bl_params_default(&ps[n++], BL_NAIVE);
+    bl_params_default(&ps[n++], BL_CACHEBLEND);
+    bl_params_default(&ps[n], BL_CACHEBLEND); /* gradual: deviations measured at layers 2, 3, 4 */
+    ps[n].check_layer = 2;
+    ps[n].deviation_v = true;
+    ps[n++].schedule = (bl_schedule){.first = 0.6f, .step = 0.5f, .final = 0.1f};
+    bl_params_default(&ps[n], BL_CACHECRAFT);
+    ps[n++].craft = craft;
+    bl_params_default(&ps[n++], BL_APE);
+    return n;
+}
+
+Test(blend_block, every_mode_same_with_blocks_as_with_floats)
+{
+    if (!m)
+        cr_skip_test("skipped: no real model");
+    struct chunks c;
+    make_chunks(&c);
+    /* Cache-Craft: the chunks follow one another now (CFO > 0 for the later ones); the second
+     * also has a captured variant with metadata (floats), which it then uses */
+    uint64_t ids[NSEG] = {101, 102, 103};
+    float *var_kv = malloc(eng_kv_floats(m, lens[1]) * sizeof(float));
+    bl_craft_meta md;
+    bl_segment ctx[2] = {{.tokens = c.tok[0], .n = lens[0]}, {.tokens = c.tok[1], .n = lens[1]}};
+    cr_assert_eq(bl_variant_capture(m, be, ctx, 2, ids, var_kv, &md), RK_OK, "%s", rk_error_msg());
+    bl_variant var = {var_kv, &md};
+    bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
+    bl_craft_segment craft_var[NSEG] = {{0}, {.variants = &var, .n_variants = 1, .prev_ids = ids, .n_prev = 1},
+                                        {.prev_ids = ids, .n_prev = 2}};
+    bl_params ps[8], pv;
+    int np = param_sets(ps, craft);
+    bl_params_default(&pv, BL_CACHECRAFT);
+    pv.craft = craft_var;
+
+    bl_segment fl[NSEG], bk[NSEG], mixed_f[NSEG], mixed_b[NSEG];
+    for (int i = 0; i < NSEG; i++) {
+        fl[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .kv = c.kv[i]};
+        bk[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = c.blk[i]};
+    }
+    /* mixed: a block first, floats second, the third uncached */
+    mixed_f[0] = fl[0], mixed_f[1] = fl[1], mixed_b[0] = bk[0], mixed_b[1] = fl[1];
+    mixed_f[2] = mixed_b[2] = (bl_segment){.tokens = c.tok[2], .n = lens[2]};
+    for (int k = 0; k <= np; k++) {
+        const bl_params *p = k < np ? &ps[k] : &pv;
+        char what[64];
+        snprintf(what, sizeof(what), "%s%s", bl_mode_name(p->mode), k == np ? " with a variant" : "");
+        struct result a, b;
+        run(&c, fl, p, &a);
+        run(&c, bk, p, &b);
+        expect_same(&a, &b, what);
+        if (p->mode != BL_FULL)
+            cr_expect_gt(a.st.reused_tokens, 0, "%s reused something", what);
+        result_free(&a);
+        result_free(&b);
+        run(&c, mixed_f, p, &a);
+        run(&c, mixed_b, p, &b);
+        expect_same(&a, &b, what);
+        result_free(&a);
+        result_free(&b);
+    }
+    bl_craft_meta_clear(&md);
+    free(var_kv);
+    free_chunks(&c);
+}
+
+Test(blend_block, mismatched_blocks_are_refused)
+{
+    if (!m)
+        cr_skip_test("skipped: no real model");
+    struct chunks c;
+    make_chunks(&c);
+    eng_backend *other;
+    cr_assert_eq(eng_backend_cpu_new(m, 1, &other), RK_OK);
+    eng_kvblock *elsewhere;
+    cr_assert_eq(eng_kvblock_new(other, lens[0], c.kv[0], &elsewhere), RK_OK);
+    float *logits = malloc((size_t)mi->vocab * sizeof(float));
+    bl_params p;
+    bl_params_default(&p, BL_CACHEBLEND);
+    bl_segment segs[NSEG];
+    for (int i = 0; i < NSEG; i++)
+        segs[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = c.blk[i]};
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    segs[1].kv = c.kv[1]; /* both floats and a block */
+    cr_expect_eq(bl_assemble(m, be, s, segs, NSEG, c.q, 5, &p, logits, NULL), RK_ERR_INVALID);
+    segs[1].kv = NULL;
+    segs[1].block = c.blk[2]; /* a block of another chunk length */
+    cr_expect_eq(bl_assemble(m, be, s, segs, NSEG, c.q, 5, &p, logits, NULL), RK_ERR_INVALID);
+    segs[1].block = c.blk[1];
+    segs[0].block = elsewhere; /* a block of another backend */
+    cr_expect_eq(bl_assemble(m, be, s, segs, NSEG, c.q, 5, &p, logits, NULL), RK_ERR_INVALID);
+    cr_expect_eq(eng_seq_len(s), 0, "nothing was assembled");
+    segs[0].block = c.blk[0];
+    cr_expect_eq(bl_assemble(m, be, s, segs, NSEG, c.q, 5, &p, logits, NULL), RK_OK, "%s", rk_error_msg());
+    eng_seq_free(s);
+    free(logits);
+    eng_kvblock_free(elsewhere);
+    eng_backend_free(other);
+    free_chunks(&c);
+}
