@@ -30,7 +30,8 @@ typedef struct bb_opts {
     int nmodes;
     long chunk_tokens, query, iters, threads, level;
     float ratio;
-    bool f32; /* caches as decoded float32 (no codec) */
+    bool f32;    /* caches as decoded float32 (no codec) */
+    bool device; /* caches as KV blocks on the backend (the chunk store's device tier) */
 } bb_opts;
 
 static int cmp_d(const void *a, const void *b)
@@ -50,12 +51,13 @@ static int usage(FILE *f, int rc)
     fprintf(f,
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
-            "                         [--ratio R] [--codec NAME] [--level N] [--f32] [--threads N]\n"
+            "                         [--ratio R] [--codec NAME] [--level N] [--f32 | --device] [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
             "Time to first token of BOS + C chunks of N random tokens + a query, per blend mode: the\n"
             "chunk caches (prefilled standalone beforehand) wait in host RAM as compressed containers\n"
-            "(--f32: as decoded float32) and are decoded on --threads CPU threads inside the timed\n"
-            "region. Median of --iters runs after a warm-up. `full` reads no cache.\n"
+            "(--f32: as decoded float32; --device: as KV blocks already on the backend, the chunk\n"
+            "store's device tier) and are decoded on --threads CPU threads inside the timed region.\n"
+            "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"
             "          --codec cachegen (default level) --threads 0 (every CPU) --iters 3\n");
@@ -68,8 +70,8 @@ static int parse_args(int argc, char **argv, bb_opts *o)
         const char *a = argv[i];
         if (!strcmp(a, "--help"))
             return usage(stdout, 0) - 1; /* -1: stop, exit 0 */
-        if (!strcmp(a, "--f32")) {
-            o->f32 = true;
+        if (!strcmp(a, "--f32") || !strcmp(a, "--device")) {
+            *(a[2] == 'f' ? &o->f32 : &o->device) = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -132,6 +134,10 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             fprintf(stderr, "ragkv bench blend: --chunks: %ld outside 1..256\n", o->chunks[k]);
             return 2;
         }
+    if (o->f32 && o->device) {
+        fprintf(stderr, "ragkv bench blend: --f32 and --device exclude each other\n");
+        return 2;
+    }
     if (o->nchunks < 1 || o->nmodes < 1 || o->chunk_tokens < 1 || o->query < 1 || o->iters < 1 ||
         o->iters > 100 || o->threads < 0 || !(o->ratio >= 0 && o->ratio <= 1)) {
         fprintf(stderr, "ragkv bench blend: a count is out of range (see --help)\n");
@@ -146,6 +152,7 @@ typedef struct bb_prompt {
     int32_t **tokens;
     rk_buf *cont;  /* (nseg) compressed containers (unless f32) */
     float **kv;    /* (nseg) decoded KV: the caches with --f32, else the decode buffers */
+    eng_kvblock **blk; /* (nseg) --device: the caches as KV blocks */
     int32_t *query;
 } bb_prompt;
 
@@ -156,7 +163,9 @@ static void prompt_free(bb_prompt *p)
         if (p->cont)
             rk_buf_free(&p->cont[i]);
         rk_free(p->kv ? p->kv[i] : NULL);
+        eng_kvblock_free(p->blk ? p->blk[i] : NULL);
     }
+    rk_free(p->blk);
     rk_free(p->tokens);
     rk_free(p->cont);
     rk_free(p->kv);
@@ -181,8 +190,9 @@ static rk_status prompt_build(eng_model *m, eng_backend *be, const bb_opts *o, s
     p->tokens = rk_calloc(nseg, sizeof(int32_t *));
     p->cont = rk_calloc(nseg, sizeof(rk_buf));
     p->kv = rk_calloc(nseg, sizeof(float *));
+    p->blk = rk_calloc(nseg, sizeof(eng_kvblock *));
     p->query = rk_malloc((size_t)o->query * sizeof(int32_t));
-    if (!p->tokens || !p->cont || !p->kv || !p->query)
+    if (!p->tokens || !p->cont || !p->kv || !p->blk || !p->query)
         return RK_ERR_NOMEM;
     for (long j = 0; j < o->query; j++)
         p->query[j] = rand_token(rng, mi->vocab);
@@ -200,12 +210,17 @@ static rk_status prompt_build(eng_model *m, eng_backend *be, const bb_opts *o, s
         for (size_t t = 0; t < n; t++)
             p->tokens[i][t] = rand_token(rng, mi->vocab);
         rk_status st = bl_chunk_prefill(m, be, p->tokens[i], n, p->kv[i]);
-        if (st == RK_OK && !o->f32)
+        if (st == RK_OK && o->device)
+            st = eng_kvblock_new(be, n, p->kv[i], &p->blk[i]);
+        else if (st == RK_OK && !o->f32)
             st = codec_encode(p->kv[i], &shape, &cp, &p->cont[i]);
         if (st != RK_OK)
             return st;
-        *stored_bytes += o->f32 ? kvf * sizeof(float) : p->cont[i].len;
-        if (!o->f32) /* the decode target now; poison it so a skipped decode cannot pass */
+        *stored_bytes += o->device ? eng_kvblock_bytes(p->blk[i]) : o->f32 ? kvf * sizeof(float) : p->cont[i].len;
+        if (o->device) { /* only the block is read */
+            rk_free(p->kv[i]);
+            p->kv[i] = NULL;
+        } else if (!o->f32) /* the decode target now; poison it so a skipped decode cannot pass */
             memset(p->kv[i], 0xff, kvf * sizeof(float));
     }
     return RK_OK;
@@ -220,7 +235,7 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     rk_status st = RK_OK;
     bool reads = mode != BL_FULL;
     codec_decode_opts dopt = {.pool = pool};
-    for (size_t i = 0; reads && !o->f32 && st == RK_OK && i < p->nseg; i++)
+    for (size_t i = 0; reads && !o->f32 && !o->device && st == RK_OK && i < p->nseg; i++)
         st = codec_decode(p->cont[i].data, p->cont[i].len, &dopt, CODEC_F32, p->kv[i], kvf * sizeof(float));
     *decode_ms = (double)(rk_now_ns() - t0) / 1e6;
     bl_segment *segs = rk_calloc(p->nseg, sizeof(bl_segment));
@@ -228,7 +243,8 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     if (!segs)
         st = RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < p->nseg; i++)
-        segs[i] = (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads ? p->kv[i] : NULL};
+        segs[i] = (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads ? p->kv[i] : NULL,
+                               .block = reads ? p->blk[i] : NULL};
     if (st == RK_OK)
         st = eng_seq_new(be, 1 + p->nseg * n + (size_t)o->query, &s);
     bl_params bp;
@@ -278,14 +294,14 @@ int bench_blend_main(int argc, char **argv)
         eng_model_close(m);
         return 1;
     }
-    const char *cache = o.f32 ? "host-f32" : "host-compressed";
+    const char *cache = o.device ? "device" : o.f32 ? "host-f32" : "host-compressed";
     fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
-            eng_backend_cuda_mode(be), cache, o.f32 ? "none" : o.codec, rk_pool_size(pool));
+            eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));
     if (jf)
         fprintf(jf,
                 "{\"model\": \"%s\", \"backend\": \"%s\", \"math\": \"%s\", \"cache\": \"%s\", \"codec\": \"%s\", "
                 "\"chunk_tokens\": %ld, \"query\": %ld, \"ratio\": %.3f, \"runs\": [",
-                mi->id, o.backend, eng_backend_cuda_mode(be), cache, o.f32 ? "none" : o.codec, o.chunk_tokens,
+                mi->id, o.backend, eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, o.chunk_tokens,
                 o.query, o.ratio);
     printf("%-6s %-8s %-11s %10s %10s %10s %10s %12s\n", "chunks", "tokens", "mode", "ttft ms", "decode ms",
            "blend ms", "recomp", "cache MiB");

@@ -364,12 +364,13 @@ __device__ __forceinline__ void rope_pair(int i, int hd, int inter, int *a, int 
     *b = inter ? 2 * i + 1 : i + hd / 2;
 }
 
-// Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld floats) into the
+// Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld elements) into the
 // cache of sequence desc[rseq ? rseq[r] : 0] at `layer`, slot slots ? slots[r] : slot0 + r:
-// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, kv head, pair).
-template <typename T>
-__global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer, const float *ksrc,
-                           const float *vsrc, size_t ld, const int32_t *slots, int slot0, const int32_t *pos, int n,
+// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, kv head, pair). S, the
+// source's element type, is float (fresh rows, host imports) or T (a kvblock on the device).
+template <typename T, typename S>
+__global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer, const S *ksrc,
+                           const S *vsrc, size_t ld, const int32_t *slots, int slot0, const int32_t *pos, int n,
                            int nkv, int hd, const float *inv_freq, int inter)
 {
     int half = hd / 2;
@@ -382,20 +383,20 @@ __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer
     const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
     size_t kvd = (size_t)nkv * hd;
     size_t dst = ((size_t)layer * d.cap + (size_t)(slots ? slots[r] : slot0 + r)) * kvd + (size_t)hh * hd;
-    const float *k = ksrc + (size_t)r * ld + (size_t)hh * hd;
-    const float *v = vsrc + (size_t)r * ld + (size_t)hh * hd;
+    const S *k = ksrc + (size_t)r * ld + (size_t)hh * hd;
+    const S *v = vsrc + (size_t)r * ld + (size_t)hh * hd;
     int a, b;
     rope_pair(i, hd, inter, &a, &b);
     float ang = (float)pos[r] * inv_freq[i];
     float fc = cosf(ang), fs = sinf(ang);
-    float k0 = k[a], k1 = k[b];
+    float k0 = to_f(k[a]), k1 = to_f(k[b]);
     T *kraw = (T *)d.k_raw + dst, *krot = (T *)d.k_rot + dst, *vv = (T *)d.v + dst;
     kraw[a] = from_f<T>(k0);
     kraw[b] = from_f<T>(k1);
     krot[a] = from_f<T>(k0 * fc - k1 * fs);
     krot[b] = from_f<T>(k0 * fs + k1 * fc);
-    vv[a] = from_f<T>(v[a]);
-    vv[b] = from_f<T>(v[b]);
+    vv[a] = from_f<T>(to_f(v[a]));
+    vv[b] = from_f<T>(to_f(v[b]));
 }
 
 // out (n, H*hd) = q rows of src (stride ld floats) rotated at pos[r].
@@ -1212,10 +1213,107 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
     return RK_OK;
 }
 
+// ---- kvblocks: a chunk's KV kept on the device ---------------------------------------------
+// b->ctx is device memory holding the canonical layout [layer][K|V][token][kv_head][head_dim]
+// (K before RoPE) in the element type of the KV storage (bf16 in bf16 mode, fp32 otherwise):
+// an import is one kernel per layer from device memory (K copied and rotated at the new
+// positions, V copied), with no host copy. Contracts: engine_impl.h.
+
+void cu_kvblock_release(void *ctx, eng_kvblock *b)
+{
+    (void)ctx;
+    cudaFree(b->ctx);
+    b->ctx = NULL;
+}
+
+rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    size_t per = 2 * b->n * kv_dim(c), size = (size_t)c->mi->n_layers * per * esize(c);
+    void *d = NULL;
+    if (cudaMalloc(&d, size) != cudaSuccess) {
+        cudaGetLastError();
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV block of %zu tokens", b->n);
+    }
+    rk_status st = RK_OK;
+    if (c->mode != MODE_BF16 && cudaMemcpy(d, kv, size, cudaMemcpyHostToDevice) != cudaSuccess)
+        st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
+    for (int l = 0; c->mode == MODE_BF16 && st == RK_OK && l < c->mi->n_layers; l++) {
+        unsigned char *tmp = NULL; // one layer at a time through the scratch, narrowed there
+        st = scratch(c, per * sizeof(float), &tmp);
+        if (st == RK_OK &&
+            cudaMemcpy(tmp, kv + (size_t)l * per, per * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+            st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
+        if (st == RK_OK) {
+            k_convert<float, bf16><<<blocks(per), 256>>>((bf16 *)d + (size_t)l * per, (const float *)tmp, per);
+            if (cudaGetLastError() != cudaSuccess)
+                st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block conversion failed");
+        }
+    }
+    if (st == RK_OK && cudaDeviceSynchronize() != cudaSuccess)
+        st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
+    if (st != RK_OK) {
+        cudaGetLastError();
+        cudaFree(d);
+        return st;
+    }
+    b->ctx = d;
+    b->bytes = size;
+    return RK_OK;
+}
+
+template <typename T>
+rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+{
+    const eng_model_info *mi = c->mi;
+    size_t kvd = kv_dim(c), n = b->n, cnt = n * kvd;
+    int32_t *dpos;
+    TRY(ints_up(c, pos, n, 0, &dpos));
+    cu_kvdesc *dd;
+    TRY(descs_up(c, &s, 1, &dd));
+    unsigned nb = blocks(n * mi->n_kv_heads * (mi->head_dim / 2));
+    int inter = mi->rope == ENG_ROPE_INTERLEAVED;
+    const T *src = (const T *)b->ctx;
+    for (int l = 0; l < mi->n_layers; l++)
+        k_store_kv<T><<<nb, 256>>>(dd, NULL, l, src + 2 * (size_t)l * cnt, src + (2 * (size_t)l + 1) * cnt, kvd,
+                                   NULL, (int)slot0, dpos, (int)n, mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
+    CHECK_LAUNCH("KV block import");
+    CU(cudaDeviceSynchronize(), "KV block import");
+    return RK_OK;
+}
+
+rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    return c->mode == MODE_BF16 ? kvblock_import<bf16>(c, s, slot0, pos, b) : kvblock_import<float>(c, s, slot0, pos, b);
+}
+
+rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    size_t per = 2 * b->n * kv_dim(c);
+    if (c->mode != MODE_BF16) {
+        CU(cudaMemcpy(out, (const float *)b->ctx + (size_t)layer0 * per, (size_t)n_layers * per * sizeof(float),
+                      cudaMemcpyDeviceToHost),
+           "KV block read");
+        return RK_OK;
+    }
+    for (int l = 0; l < n_layers; l++) { // widened one layer at a time in the scratch
+        unsigned char *tmp = NULL;
+        TRY(scratch(c, per * sizeof(float), &tmp));
+        k_convert<bf16, float><<<blocks(per), 256>>>((float *)tmp, (const bf16 *)b->ctx + ((size_t)layer0 + l) * per,
+                                                     per);
+        CHECK_LAUNCH("KV block read");
+        CU(cudaMemcpy(out + (size_t)l * per, tmp, per * sizeof(float), cudaMemcpyDeviceToHost), "KV block read");
+    }
+    return RK_OK;
+}
+
 const struct eng_backend_i cu_iface = {
     "cuda",           cu_free,          cu_seq_init,  cu_seq_release, cu_hidden_init,
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
     cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
+    cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read,
 };
 
 } // namespace

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ragkv's engine on this GPU (CUDA backend, bf16) on the Llama-3-8B shape, seeded synthetic
+# ragkv's engine on this GPU (CUDA backend, bf16) on the Llama-3-8B shape (llama3.1-8b: the 128K
+# context the transformers config has, so 16K prompts fit; the compute is llama3-8b's), seeded synthetic
 # weights: full prefill at 1K/4K/8K/16K tokens and one decode step at 8K context for batch 1
 # and 32 — the shapes bench/python/hf_baseline.py times through transformers (10-hf-baseline.sh
 # runs first). Prefill and decode run as two processes (a batch of 32 sequences of 8K context
@@ -12,7 +13,7 @@ trap 'rm -rf "$tmp"' EXIT
 run() { # math name args...
   local math=$1 name=$2; shift 2
   echo "== RAGKV_CUDA_MATH=$math $*"
-  RAGKV_CUDA_MATH=$math "$BUILD/clients/ragkv" bench engine --shape llama3-8b --backend cuda "$@" \
+  RAGKV_CUDA_MATH=$math "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" --backend cuda "$@" \
     --json "$tmp/$name.json"
 }
 run bf16 bf16-prefill --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3

@@ -1,5 +1,5 @@
 /* `ragkv bench blend` (bench/blend_bench.c) on the real stories260K model: every mode runs from
- * compressed and from float caches, and the JSON reports what each mode must recompute — full:
+ * compressed caches, float caches and KV blocks, and the JSON reports what each mode must recompute — full:
  * the whole prompt; naive: BOS and the query only; cacheblend r: those plus ceil(r x reused). */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -33,12 +33,15 @@ static long recomputed(const char *js, int c, const char *md)
     return p ? strtol(p + 14, NULL, 10) : -1;
 }
 
-static void run_bench(const char *model, bool f32, const char *json)
+static const char *const cache_flag[] = {NULL, "--f32", "--device"};
+static const char *const cache_name[] = {"host-compressed", "host-f32", "device"};
+
+static void run_bench(const char *model, int cache, const char *json)
 {
     char *argv[] = {"blend", "--model", (char *)model, "--chunks", "2,3", "--chunk-tokens", "32", "--query", "8",
                     "--iters", "1", "--threads", "2", "--modes", "full,naive,cacheblend,ape", "--json",
-                    (char *)json, f32 ? "--f32" : NULL, NULL};
-    int argc = f32 ? 18 : 17;
+                    (char *)json, (char *)cache_flag[cache], NULL};
+    int argc = cache ? 18 : 17;
     cr_assert_eq(bench_blend_main(argc, argv), 0);
 }
 
@@ -50,10 +53,12 @@ Test(blend_bench, modes_recompute_what_they_must, .timeout = 120)
     char json[] = "/tmp/rk_blend_bench_XXXXXX";
     int fd = mkstemp(json);
     cr_assert(fd >= 0);
-    for (int f32 = 0; f32 < 2; f32++) {
-        run_bench(model, f32, json);
+    for (int cache = 0; cache < 3; cache++) {
+        run_bench(model, cache, json);
         const char *js = slurp(json);
-        cr_assert(strstr(js, f32 ? "\"cache\": \"host-f32\"" : "\"cache\": \"host-compressed\""), "%s", js);
+        char want[64];
+        snprintf(want, sizeof(want), "\"cache\": \"%s\"", cache_name[cache]);
+        cr_assert(strstr(js, want), "%s", js);
         for (int c = 2; c <= 3; c++) {
             cr_assert_eq(recomputed(js, c, "full"), 1 + c * 32 + 8, "%s", js);
             cr_assert_eq(recomputed(js, c, "naive"), 1 + 8, "%s", js);
@@ -78,4 +83,6 @@ Test(blend_bench, bad_options_are_refused)
     cr_assert_eq(bench_blend_main(3, a4), 2);
     char *a5[] = {"blend", "--query", NULL};
     cr_assert_eq(bench_blend_main(2, a5), 2);
+    char *a6[] = {"blend", "--f32", "--device", NULL};
+    cr_assert_eq(bench_blend_main(3, a6), 2);
 }
