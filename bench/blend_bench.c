@@ -333,17 +333,25 @@ int bench_blend_main(int argc, char **argv)
             if (st != RK_OK)
                 break;
             double mt = median(tt, (int)o.iters), md = median(td, (int)o.iters);
+            char phases[256];
+            size_t pl = 0;
+            for (int ph = 0; ph < BL_PHASES; ph++) /* of the last run */
+                pl += (size_t)snprintf(phases + pl, sizeof(phases) - pl, "%s\"%s\": %.3f", ph ? ", " : "",
+                                       bl_phase_name((bl_phase)ph), bs.phase_ms[ph]);
             double frac = (double)bs.recomputed / (double)bs.prompt_tokens;
             printf("%-6ld %-8zu %-11s %10.2f %10.2f %10.2f %10.3f %12.2f\n", o.chunks[c], plen,
                    bl_mode_name(o.modes[k]), mt, md, mt - md, frac, (double)stored / 1048576.0);
+            printf("       phases ms (last run): ");
+            for (int ph = 0; ph < BL_PHASES; ph++)
+                printf("%s %.2f%s", bl_phase_name((bl_phase)ph), bs.phase_ms[ph], ph + 1 < BL_PHASES ? ", " : "\n");
             fflush(stdout);
             if (jf)
                 fprintf(jf,
                         "%s{\"chunks\": %ld, \"prompt_tokens\": %zu, \"mode\": \"%s\", \"ttft_ms_median\": %.3f, "
                         "\"decode_ms_median\": %.3f, \"recomputed\": %zu, \"token_layers\": %.4f, "
-                        "\"cache_bytes\": %zu}",
+                        "\"cache_bytes\": %zu, \"phase_ms_last\": {%s}}",
                         nrun++ ? ", " : "", o.chunks[c], plen, bl_mode_name(o.modes[k]), mt, md, bs.recomputed,
-                        bs.token_layers, stored);
+                        bs.token_layers, stored, phases);
         }
         prompt_free(&p);
     }

@@ -56,6 +56,21 @@ rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens,
 }
 
 /* A segment brings its KV, as floats or as a block on the backend. */
+const char *bl_phase_name(bl_phase ph)
+{
+    static const char *const names[BL_PHASES] = {"import", "full", "probe", "select", "partial", "logits"};
+    return (unsigned)ph < BL_PHASES ? names[ph] : "?";
+}
+
+/* Charge the time since *t to phase ph of st (may be NULL) and restart the clock. */
+static void phase_end(bl_stats *st, bl_phase ph, uint64_t *t)
+{
+    uint64_t now = rk_now_ns();
+    if (st)
+        st->phase_ms[ph] += (double)(now - *t) / 1e6;
+    *t = now;
+}
+
 static bool seg_cached(const bl_segment *sg)
 {
     return sg->kv || sg->block;
@@ -293,6 +308,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     if ((st = eng_hidden_new(be, n, &h)) != RK_OK)
         goto out;
 
+    uint64_t tp = rk_now_ns();
     size_t k = 0;
     if (naive) { /* only uncached rows, every layer */
         for (size_t i = 0; i < n; i++)
@@ -311,6 +327,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     if ((st = run_layers(s, h, sel, k, pr, 0, c, posb, NULL, NULL)) != RK_OK)
         goto out;
     computed += (double)k * c;
+    phase_end(stats, BL_PHASE_FULL, &tp);
 
     if (!naive && c < L) {
         /* fresh K/V of every row at the check layer, measured on a scratch copy so that the
@@ -322,6 +339,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
         if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, kf, vf)) != RK_OK)
             goto out;
         computed += (double)k; /* the probe costs a layer for every row */
+        phase_end(stats, BL_PHASE_PROBE, &tp);
         if ((st = prompt_load_layer(mi, pr, c)) != RK_OK)
             goto out;
         for (size_t i = 0; i < k; i++)
@@ -345,6 +363,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
         eng_hidden *t = h;
         h = hs;
         hs = t;
+        phase_end(stats, BL_PHASE_SELECT, &tp);
         /* from the check layer on: the selection, shrinking with a gradual schedule */
         for (int l = c; l < L; l++) {
             size_t next_want = bl_select_count(nreused, bl_schedule_ratio(&sched, l - c + 1));
@@ -388,15 +407,18 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
                 hs = t;
             }
         }
+        phase_end(stats, BL_PHASE_PARTIAL, &tp);
     } else if (naive) {
         if ((st = run_layers(s, h, sel, k, pr, 0, L, posb, NULL, NULL)) != RK_OK)
             goto out;
         computed += (double)k * L;
+        phase_end(stats, BL_PHASE_FULL, &tp);
     }
     /* the last row is always selected and always last in sel */
     size_t last = k - 1;
     if ((st = eng_logits(be, h, &last, 1, logits)) != RK_OK)
         goto out;
+    phase_end(stats, BL_PHASE_LOGITS, &tp);
     if (stats) {
         stats->reused_tokens = nreused;
         stats->recomputed = k;
@@ -664,8 +686,10 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
     }
     bl_stats local = {0};
     local.prompt_tokens = pr.n;
+    uint64_t tp = rk_now_ns();
     if (p->mode == BL_APE) {
         st = assemble_ape(m, be, s, segs, nseg, query, nquery, p, logits, &local);
+        phase_end(&local, BL_PHASE_FULL, &tp);
     } else if (p->mode == BL_FULL || p->mode == BL_PREFIX) {
         size_t done = 0;
         if (p->mode == BL_PREFIX && nseg > 0 && seg_cached(&segs[0])) {
@@ -674,11 +698,13 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
                 st = import_cached(s, segs, 1, pr.pos, 0);
             done = 1 + segs[0].n;
             local.reused_tokens = segs[0].n;
+            phase_end(&local, BL_PHASE_IMPORT, &tp);
         }
         if (st == RK_OK && done == pr.n) /* the whole prompt was the prefix: the last row's logits */
             st = rk_error_set(RK_ERR_INVALID, "prefix mode needs at least one token after the cached prefix");
         if (st == RK_OK)
             st = eng_prefill(s, pr.tokens + done, pr.n - done, pr.pos + done, ENG_LOGITS_LAST, logits);
+        phase_end(&local, BL_PHASE_FULL, &tp);
         local.recomputed = pr.n - local.reused_tokens; /* BOS is computed too */
         local.token_layers = (double)local.recomputed / (double)pr.n;
     } else {
@@ -690,6 +716,7 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         st = import_cached(s, use, nseg, pr.pos, 0);
         if (st == RK_OK && eff)
             st = craft_select(&pr, use, metas, cfos, nseg);
+        phase_end(&local, BL_PHASE_IMPORT, &tp);
         if (st == RK_OK)
             st = assemble_cacheblend(m, be, s, &pr, p, logits, &local);
         if (eff)

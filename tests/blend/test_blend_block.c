@@ -213,3 +213,42 @@ Test(blend_block, mismatched_blocks_are_refused)
     eng_backend_free(other);
     free_chunks(&c);
 }
+
+/* bl_stats.phase_ms splits the assembly's wall time: the phases add up to it, and each mode
+ * spends time only in the phases it has (CacheBlend probes and selects; naive does not). */
+Test(blend_block, phase_times_add_up_to_the_assembly)
+{
+    struct chunks c;
+    make_chunks(&c);
+    bl_segment segs[NSEG];
+    for (int i = 0; i < NSEG; i++)
+        segs[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = c.blk[i]};
+    bl_params ps[8];
+    int np = param_sets(ps, NULL);
+    for (int k = 0; k < np; k++) {
+        if (ps[k].mode == BL_CACHECRAFT)
+            continue; /* needs its craft segments; same code path as naive */
+        struct result r;
+        run(&c, segs, &ps[k], &r);
+        double sum = 0;
+        for (int ph = 0; ph < BL_PHASES; ph++) {
+            cr_expect(r.st.phase_ms[ph] >= 0, "%s: phase %s negative", bl_mode_name(ps[k].mode),
+                      bl_phase_name((bl_phase)ph));
+            sum += r.st.phase_ms[ph];
+        }
+        cr_expect(sum <= r.st.ms * 1.0001 + 1e-3 && sum >= r.st.ms * 0.5, "%s: phases %.3f ms of %.3f ms",
+                  bl_mode_name(ps[k].mode), sum, r.st.ms);
+        bool blend = ps[k].mode == BL_CACHEBLEND;
+        cr_expect((r.st.phase_ms[BL_PHASE_PROBE] > 0) == blend && (r.st.phase_ms[BL_PHASE_PARTIAL] > 0) == blend,
+                  "%s: probe %.3f partial %.3f", bl_mode_name(ps[k].mode), r.st.phase_ms[BL_PHASE_PROBE],
+                  r.st.phase_ms[BL_PHASE_PARTIAL]);
+        cr_expect(r.st.phase_ms[BL_PHASE_FULL] > 0, "%s: no full-row layers", bl_mode_name(ps[k].mode));
+        bool imports = ps[k].mode != BL_FULL && ps[k].mode != BL_APE;
+        cr_expect((r.st.phase_ms[BL_PHASE_IMPORT] > 0) == imports, "%s: import %.3f", bl_mode_name(ps[k].mode),
+                  r.st.phase_ms[BL_PHASE_IMPORT]);
+        result_free(&r);
+    }
+    cr_expect_str_eq(bl_phase_name(BL_PHASE_SELECT), "select");
+    cr_expect_str_eq(bl_phase_name(BL_PHASES), "?");
+    free_chunks(&c);
+}

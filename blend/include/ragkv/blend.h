@@ -149,6 +149,21 @@ typedef struct bl_params {
 #define BL_CRAFT_ALPHA 1.4f
 void bl_params_default(bl_params *p, bl_mode mode);
 
+/* Where bl_assemble's time went (bl_stats.phase_ms; wall clock, the backends' calls return
+ * when their work is done). */
+typedef enum bl_phase {
+    BL_PHASE_IMPORT = 0,  /* cached segments' KV into the sequence (uploads, block imports) */
+    BL_PHASE_FULL = 1,    /* layers run for every computed row: before the check layer; all
+                             layers of naive/Cache-Craft; full and prefix prefill */
+    BL_PHASE_PROBE = 2,   /* CacheBlend: the check layer's fresh K/V of every row (scratch) */
+    BL_PHASE_SELECT = 3,  /* CacheBlend: cached rows read back, deviations, selection, gathers */
+    BL_PHASE_PARTIAL = 4, /* CacheBlend: the selected rows' layers from the check layer on */
+    BL_PHASE_LOGITS = 5,  /* the last row's logits */
+    BL_PHASES = 6
+} bl_phase;
+
+const char *bl_phase_name(bl_phase ph); /* "import", "full", "probe", "select", "partial", "logits" */
+
 typedef struct bl_stats {
     size_t prompt_tokens;   /* BOS + segments + query */
     size_t reused_tokens;   /* tokens whose KV came from chunk caches (before repair) */
@@ -156,6 +171,7 @@ typedef struct bl_stats {
     double token_layers;    /* token-layers computed / (prompt_tokens * n_layers) */
     double ms;              /* wall time of bl_assemble */
     size_t ape_ctx_end;     /* BL_APE: the chunks occupy slots [1, ape_ctx_end); else 0 */
+    double phase_ms[BL_PHASES]; /* the wall time split by phase (APE: all under full) */
 } bl_stats;
 
 /* Standalone chunk prefill: BOS + tokens at positions 0..n on a scratch sequence; writes the
