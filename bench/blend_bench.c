@@ -32,6 +32,8 @@ typedef struct bb_opts {
     float ratio;
     bool f32;    /* caches as decoded float32 (no codec) */
     bool device; /* caches as KV blocks on the backend (the chunk store's device tier) */
+    bool to_block; /* compressed caches decoded into KV blocks (bl_kvblock_decode: on the GPU
+                      when the backend keeps bf16 KV) instead of CPU floats + upload */
 } bb_opts;
 
 static int cmp_d(const void *a, const void *b)
@@ -51,12 +53,14 @@ static int usage(FILE *f, int rc)
     fprintf(f,
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
-            "                         [--ratio R] [--codec NAME] [--level N] [--f32 | --device] [--threads N]\n"
+            "                         [--ratio R] [--codec NAME] [--level N] [--f32 | --device | --to-block]\n"
+            "                         [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
             "Time to first token of BOS + C chunks of N random tokens + a query, per blend mode: the\n"
             "chunk caches (prefilled standalone beforehand) wait in host RAM as compressed containers\n"
             "(--f32: as decoded float32; --device: as KV blocks already on the backend, the chunk\n"
-            "store's device tier) and are decoded on --threads CPU threads inside the timed region.\n"
+            "store's device tier) and are decoded on --threads CPU threads inside the timed region\n"
+            "(--to-block: into KV blocks, by the GPU decoder when the backend keeps bf16 KV).\n"
             "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"
@@ -70,8 +74,8 @@ static int parse_args(int argc, char **argv, bb_opts *o)
         const char *a = argv[i];
         if (!strcmp(a, "--help"))
             return usage(stdout, 0) - 1; /* -1: stop, exit 0 */
-        if (!strcmp(a, "--f32") || !strcmp(a, "--device")) {
-            *(a[2] == 'f' ? &o->f32 : &o->device) = true;
+        if (!strcmp(a, "--f32") || !strcmp(a, "--device") || !strcmp(a, "--to-block")) {
+            *(a[2] == 'f' ? &o->f32 : a[2] == 'd' ? &o->device : &o->to_block) = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -134,8 +138,8 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             fprintf(stderr, "ragkv bench blend: --chunks: %ld outside 1..256\n", o->chunks[k]);
             return 2;
         }
-    if (o->f32 && o->device) {
-        fprintf(stderr, "ragkv bench blend: --f32 and --device exclude each other\n");
+    if (o->f32 + o->device + o->to_block > 1) {
+        fprintf(stderr, "ragkv bench blend: --f32, --device and --to-block exclude each other\n");
         return 2;
     }
     if (o->nchunks < 1 || o->nmodes < 1 || o->chunk_tokens < 1 || o->query < 1 || o->iters < 1 ||
@@ -235,16 +239,21 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     rk_status st = RK_OK;
     bool reads = mode != BL_FULL;
     codec_decode_opts dopt = {.pool = pool};
+    eng_kvblock **tmp = o->to_block ? rk_calloc(p->nseg, sizeof(eng_kvblock *)) : NULL;
+    if (o->to_block && !tmp)
+        return RK_ERR_NOMEM;
     for (size_t i = 0; reads && !o->f32 && !o->device && st == RK_OK && i < p->nseg; i++)
-        st = codec_decode(p->cont[i].data, p->cont[i].len, &dopt, CODEC_F32, p->kv[i], kvf * sizeof(float));
+        st = o->to_block ? bl_kvblock_decode(be, p->cont[i].data, p->cont[i].len, &dopt, &tmp[i])
+                         : codec_decode(p->cont[i].data, p->cont[i].len, &dopt, CODEC_F32, p->kv[i],
+                                        kvf * sizeof(float));
     *decode_ms = (double)(rk_now_ns() - t0) / 1e6;
     bl_segment *segs = rk_calloc(p->nseg, sizeof(bl_segment));
     eng_seq *s = NULL;
     if (!segs)
         st = RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < p->nseg; i++)
-        segs[i] = (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads ? p->kv[i] : NULL,
-                               .block = reads ? p->blk[i] : NULL};
+        segs[i] = (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads && !tmp ? p->kv[i] : NULL,
+                               .block = !reads ? NULL : tmp ? tmp[i] : p->blk[i]};
     if (st == RK_OK)
         st = eng_seq_new(be, 1 + p->nseg * n + (size_t)o->query, &s);
     bl_params bp;
@@ -255,6 +264,9 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     *total_ms = (double)(rk_now_ns() - t0) / 1e6;
     eng_seq_free(s);
     rk_free(segs);
+    for (size_t i = 0; tmp && i < p->nseg; i++)
+        eng_kvblock_free(tmp[i]);
+    rk_free(tmp);
     return st;
 }
 
@@ -294,7 +306,8 @@ int bench_blend_main(int argc, char **argv)
         eng_model_close(m);
         return 1;
     }
-    const char *cache = o.device ? "device" : o.f32 ? "host-f32" : "host-compressed";
+    const char *cache = o.device ? "device" : o.f32 ? "host-f32" : o.to_block ? "host-compressed-to-block"
+                                                                             : "host-compressed";
     fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
             eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));
     if (jf)

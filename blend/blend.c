@@ -71,6 +71,53 @@ static void phase_end(bl_stats *st, bl_phase ph, uint64_t *t)
     *t = now;
 }
 
+rk_status bl_kvblock_decode(eng_backend *be, const void *container, size_t len, const codec_decode_opts *opts,
+                            eng_kvblock **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "bl_kvblock_decode: no output");
+    *out = NULL;
+    if (!be || !container)
+        return rk_error_set(RK_ERR_INVALID, "bl_kvblock_decode: bad arguments");
+    const eng_model_info *mi = eng_model_get_info(eng_backend_model(be));
+    codec_info ci;
+    rk_status st = codec_inspect(container, len, &ci);
+    if (st != RK_OK)
+        return st;
+    if (ci.shape.n_layers != (uint32_t)mi->n_layers || ci.shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
+        ci.shape.head_dim != (uint32_t)mi->head_dim || ci.shape.n_tokens == 0)
+        return rk_error_set(RK_ERR_INVALID, "container of %u layers x %u tokens x %u kv heads x %u dims is not the "
+                            "model's geometry (%d layers, %d kv heads, %d dims)", ci.shape.n_layers,
+                            ci.shape.n_tokens, ci.shape.n_kv_heads, ci.shape.head_dim, mi->n_layers, mi->n_kv_heads,
+                            mi->head_dim);
+    size_t n = ci.shape.n_tokens;
+    eng_kvblock *b = NULL;
+    eng_kvblock_mem mem;
+    if ((st = eng_kvblock_alloc(be, n, &b, &mem)) != RK_OK)
+        return st;
+    st = RK_ERR_UNSUPPORTED; /* until a decoder wrote the block in place */
+    if (mem.device && mem.elem_bytes == 2 && codec_cuda_available())
+        st = codec_decode_cuda(container, len, opts, CODEC_BF16, mem.data, codec_decoded_bytes(&ci, CODEC_BF16), NULL);
+    else if (!mem.device && mem.elem_bytes == 4)
+        st = codec_decode(container, len, opts, CODEC_F32, mem.data, codec_decoded_bytes(&ci, CODEC_F32));
+    if (st == RK_ERR_UNSUPPORTED) { /* no in-place decoder for this memory: floats, then copied in */
+        eng_kvblock_free(b);
+        b = NULL;
+        size_t bytes = codec_decoded_bytes(&ci, CODEC_F32);
+        float *kv = bytes ? rk_malloc(bytes) : NULL;
+        st = kv ? codec_decode(container, len, opts, CODEC_F32, kv, bytes) : RK_ERR_NOMEM;
+        if (st == RK_OK)
+            st = eng_kvblock_new(be, n, kv, &b);
+        rk_free(kv);
+    }
+    if (st != RK_OK) {
+        eng_kvblock_free(b);
+        return st;
+    }
+    *out = b;
+    return RK_OK;
+}
+
 static bool seg_cached(const bl_segment *sg)
 {
     return sg->kv || sg->block;

@@ -472,12 +472,11 @@ static bool kvblock_native(const eng_backend *be)
     return i->kvblock_init && i->kvblock_release && i->kvblock_import && i->kvblock_read;
 }
 
-rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvblock **out)
+/* eng_kvblock_new (kv given) and eng_kvblock_alloc (kv NULL: contents left to the caller). */
+static rk_status kvblock_make(eng_backend *be, size_t n, const float *kv, eng_kvblock **out)
 {
-    if (!out)
-        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: no output");
     *out = NULL;
-    if (!be || !kv || n == 0)
+    if (!be || n == 0)
         return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: need a backend, KV and n > 0");
     if (n > (size_t)be->model->info.max_seq)
         return rk_error_set(RK_ERR_RANGE, "eng_kvblock_new: %zu tokens exceed the model's context of %d", n,
@@ -492,10 +491,13 @@ rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvbloc
         st = be->iface->kvblock_init(be->ctx, b, kv);
     } else {
         b->bytes = eng_kv_floats(be->model, n) * sizeof(float);
-        if ((b->host = rk_malloc(b->bytes)) != NULL)
-            memcpy(b->host, kv, b->bytes);
-        else
+        if ((b->host = rk_malloc(b->bytes)) != NULL) {
+            if (kv)
+                memcpy(b->host, kv, b->bytes);
+            b->mem = (eng_kvblock_mem){.data = b->host, .elem_bytes = (int)sizeof(float), .device = false};
+        } else {
             st = rk_error_set(RK_ERR_NOMEM, "eng_kvblock_new: out of memory for %zu bytes", b->bytes);
+        }
     }
     if (st != RK_OK) {
         rk_free(b);
@@ -503,6 +505,26 @@ rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvbloc
     }
     *out = b;
     return RK_OK;
+}
+
+rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvblock **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: no output");
+    if (!kv) {
+        *out = NULL;
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_new: need a backend, KV and n > 0");
+    }
+    return kvblock_make(be, n, kv, out);
+}
+
+rk_status eng_kvblock_alloc(eng_backend *be, size_t n, eng_kvblock **out, eng_kvblock_mem *mem)
+{
+    if (!out || !mem)
+        return rk_error_set(RK_ERR_INVALID, "eng_kvblock_alloc: no output");
+    rk_status st = kvblock_make(be, n, NULL, out);
+    *mem = st == RK_OK ? (*out)->mem : (eng_kvblock_mem){0};
+    return st;
 }
 
 void eng_kvblock_free(eng_kvblock *b)

@@ -118,6 +118,7 @@ struct eng_kvblock {
     float *host;     /* generic path (backend without kvblock entries): the canonical KV,
                         eng_kv_floats(model, n) float32, owned; NULL on a native backend */
     void *ctx;       /* a native backend's storage of the block */
+    eng_kvblock_mem mem; /* where the KV lives (set by kvblock_init on a native backend) */
 };
 
 /* The backend interface. Every entry is required unless marked optional. All calls are
@@ -164,8 +165,9 @@ struct eng_backend_i {
      * any is NULL, engine.c keeps a float32 host copy in b->host, imports it with kv_import
      * and reads it with memcpy: the CPU backend's implementation, and the reference.
      *   kvblock_init:    store b->n tokens of canonical KV (kv: host float32, eng_kv_floats
-     *                    floats, K pre-RoPE) in b->ctx, and set b->bytes to the memory held;
-     *                    on failure leave nothing allocated.
+     *                    floats, K pre-RoPE) in b->ctx, and set b->bytes to the memory held
+     *                    and b->mem to where the canonical KV lives; kv NULL: allocate only
+     *                    (the caller fills b->mem); on failure leave nothing allocated.
      *   kvblock_release: free b->ctx.
      *   kvblock_import:  exactly kv_import(ctx, s, 0, n_layers, slot0, b->n, pos, <the floats
      *                    of b>) (s->pos already holds pos; b->be == s->be checked).

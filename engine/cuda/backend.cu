@@ -1236,9 +1236,9 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV block of %zu tokens", b->n);
     }
     rk_status st = RK_OK;
-    if (c->mode != MODE_BF16 && cudaMemcpy(d, kv, size, cudaMemcpyHostToDevice) != cudaSuccess)
+    if (kv && c->mode != MODE_BF16 && cudaMemcpy(d, kv, size, cudaMemcpyHostToDevice) != cudaSuccess)
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
-    for (int l = 0; c->mode == MODE_BF16 && st == RK_OK && l < c->mi->n_layers; l++) {
+    for (int l = 0; kv && c->mode == MODE_BF16 && st == RK_OK && l < c->mi->n_layers; l++) {
         unsigned char *tmp = NULL; // one layer at a time through the scratch, narrowed there
         st = scratch(c, per * sizeof(float), &tmp);
         if (st == RK_OK &&
@@ -1259,6 +1259,9 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
     }
     b->ctx = d;
     b->bytes = size;
+    b->mem.data = d;
+    b->mem.elem_bytes = (int)esize(c);
+    b->mem.device = true;
     return RK_OK;
 }
 

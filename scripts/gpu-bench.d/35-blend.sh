@@ -3,7 +3,8 @@
 # (llama3.1-8b: the 128K context of the transformers config; seeded synthetic weights, CUDA
 # backend, bf16): BOS + 4, 8, 16 chunks of 512 tokens + a 64-token query; full vs cacheblend
 # r=0.15 vs naive, the chunk caches compressed in host RAM (default codec level, decoded on the
-# CPU pool inside the timed region), as float32 in host RAM, and as KV blocks already on the GPU
+# CPU pool inside the timed region; "to-block": decoded by the GPU decoder straight into KV blocks),
+# as float32 in host RAM, and as KV blocks already on the GPU
 # (the device tier); beside transformers' full prefill of the same prompt lengths in the same run. Writes $OUT/blend_bench.json and prints the table
 # (bench/python/blend_side_by_side.py).
 set -euo pipefail
@@ -12,7 +13,7 @@ trap 'rm -rf "$tmp"' EXIT
 chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
-for cache in ${GPU_BLEND_CACHES:-device compressed f32}; do
+for cache in ${GPU_BLEND_CACHES:-device to-block compressed f32}; do
   extra=(); [ $cache != compressed ] && extra=(--$cache)
   echo "== caches: $cache"
   "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \

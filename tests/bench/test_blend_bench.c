@@ -1,6 +1,7 @@
 /* `ragkv bench blend` (bench/blend_bench.c) on the real stories260K model: every mode runs from
- * compressed caches, float caches and KV blocks, and the JSON reports what each mode must recompute — full:
- * the whole prompt; naive: BOS and the query only; cacheblend r: those plus ceil(r x reused). */
+ * compressed caches (decoded to floats or into KV blocks), float caches and KV blocks, and the
+ * JSON reports what each mode must recompute — full: the whole prompt; naive: BOS and the
+ * query only; cacheblend r: those plus ceil(r x reused). */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +34,8 @@ static long recomputed(const char *js, int c, const char *md)
     return p ? strtol(p + 14, NULL, 10) : -1;
 }
 
-static const char *const cache_flag[] = {NULL, "--f32", "--device"};
-static const char *const cache_name[] = {"host-compressed", "host-f32", "device"};
+static const char *const cache_flag[] = {NULL, "--f32", "--device", "--to-block"};
+static const char *const cache_name[] = {"host-compressed", "host-f32", "device", "host-compressed-to-block"};
 
 static void run_bench(const char *model, int cache, const char *json)
 {
@@ -53,7 +54,7 @@ Test(blend_bench, modes_recompute_what_they_must, .timeout = 120)
     char json[] = "/tmp/rk_blend_bench_XXXXXX";
     int fd = mkstemp(json);
     cr_assert(fd >= 0);
-    for (int cache = 0; cache < 3; cache++) {
+    for (int cache = 0; cache < 4; cache++) {
         run_bench(model, cache, json);
         const char *js = slurp(json);
         char want[64];
@@ -85,4 +86,6 @@ Test(blend_bench, bad_options_are_refused)
     cr_assert_eq(bench_blend_main(2, a5), 2);
     char *a6[] = {"blend", "--f32", "--device", NULL};
     cr_assert_eq(bench_blend_main(3, a6), 2);
+    char *a7[] = {"blend", "--to-block", "--device", NULL};
+    cr_assert_eq(bench_blend_main(3, a7), 2);
 }

@@ -252,3 +252,58 @@ Test(blend_block, phase_times_add_up_to_the_assembly)
     cr_expect_str_eq(bl_phase_name(BL_PHASES), "?");
     free_chunks(&c);
 }
+
+/* bl_kvblock_decode: a container decoded into a block holds exactly what the codec decodes,
+ * and the blend with it equals the blend with those floats; a container of another geometry
+ * and a damaged one are refused without a block. */
+Test(blend_block, container_decoded_into_a_block)
+{
+    struct chunks c;
+    make_chunks(&c);
+    codec_shape shape = {(uint32_t)mi->n_layers, (uint32_t)lens[0], (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+    codec_params cp = codec_params_default(CODEC_CACHEGEN);
+    rk_buf cont = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(c.kv[0], &shape, &cp, &cont), RK_OK, "%s", rk_error_msg());
+    size_t nf = eng_kv_floats(m, lens[0]);
+    float *want = malloc(nf * sizeof(float)), *got = malloc(nf * sizeof(float));
+    cr_assert_eq(codec_decode(cont.data, cont.len, NULL, CODEC_F32, want, nf * sizeof(float)), RK_OK);
+    eng_kvblock *b = NULL;
+    cr_assert_eq(bl_kvblock_decode(be, cont.data, cont.len, NULL, &b), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kvblock_tokens(b), lens[0]);
+    cr_assert_eq(eng_kvblock_read(b, 0, mi->n_layers, got), RK_OK);
+    cr_expect(memcmp(want, got, nf * sizeof(float)) == 0, "the block differs from the decoded floats");
+    /* blending with it equals blending with the decoded floats */
+    bl_segment a[NSEG], f[NSEG];
+    for (int i = 0; i < NSEG; i++) {
+        a[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = i ? c.blk[i] : b};
+        f[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .kv = i ? c.kv[i] : want};
+    }
+    bl_params p;
+    bl_params_default(&p, BL_CACHEBLEND);
+    struct result ra, rf;
+    run(&c, a, &p, &ra);
+    run(&c, f, &p, &rf);
+    expect_same(&ra, &rf, "cacheblend, decoded block");
+    result_free(&ra);
+    result_free(&rf);
+    eng_kvblock_free(b);
+    /* another geometry: one layer too few */
+    codec_shape bad = shape;
+    bad.n_layers--;
+    rk_buf other = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(c.kv[0], &bad, &cp, &other), RK_OK);
+    b = (eng_kvblock *)&b; /* must come back NULL */
+    cr_expect_eq(bl_kvblock_decode(be, other.data, other.len, NULL, &b), RK_ERR_INVALID);
+    cr_expect_null(b);
+    /* a damaged container */
+    ((uint8_t *)cont.data)[cont.len / 2] ^= 0x5a;
+    b = (eng_kvblock *)&b;
+    cr_expect_neq(bl_kvblock_decode(be, cont.data, cont.len, NULL, &b), RK_OK);
+    cr_expect_null(b);
+    cr_expect_eq(bl_kvblock_decode(be, NULL, 0, NULL, &b), RK_ERR_INVALID);
+    rk_buf_free(&cont);
+    rk_buf_free(&other);
+    free(want);
+    free(got);
+    free_chunks(&c);
+}

@@ -152,3 +152,41 @@ Test(gpu_blend, kv_blocks_equal_floats_on_the_gpu)
     free(lf);
     free(lb);
 }
+
+/* bl_kvblock_decode on the CUDA backend in bf16 mode: the codec's GPU decoder writes the
+ * container straight into the block's device memory, and the block holds exactly what a block
+ * made from the CPU decoder's floats holds (both round the same float32 values to bf16). */
+Test(gpu_blend, container_decoded_on_the_gpu_into_a_block)
+{
+    open_all();
+    eng_backend *bf = NULL;
+    setenv("RAGKV_CUDA_MATH", "bf16", 1);
+    rk_status st = eng_backend_cuda_new(m, 0, &bf);
+    unsetenv("RAGKV_CUDA_MATH");
+    cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+    int32_t t[48];
+    tokens(t, 48, 7);
+    size_t nf = eng_kv_floats(m, 48);
+    float *kv = malloc(nf * sizeof(float)), *dec = malloc(nf * sizeof(float));
+    float *a = malloc(nf * sizeof(float)), *b = malloc(nf * sizeof(float));
+    cr_assert_eq(bl_chunk_prefill(m, cpu, t, 48, kv), RK_OK);
+    codec_shape shape = {(uint32_t)mi->n_layers, 48, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+    codec_params cp = codec_params_default(CODEC_CACHEGEN);
+    rk_buf cont = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &shape, &cp, &cont), RK_OK);
+    cr_assert_eq(codec_decode(cont.data, cont.len, NULL, CODEC_F32, dec, nf * sizeof(float)), RK_OK);
+    eng_kvblock *on_gpu = NULL, *from_floats = NULL;
+    cr_assert_eq(bl_kvblock_decode(bf, cont.data, cont.len, NULL, &on_gpu), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kvblock_new(bf, 48, dec, &from_floats), RK_OK);
+    cr_assert_eq(eng_kvblock_read(on_gpu, 0, mi->n_layers, a), RK_OK);
+    cr_assert_eq(eng_kvblock_read(from_floats, 0, mi->n_layers, b), RK_OK);
+    cr_expect(memcmp(a, b, nf * sizeof(float)) == 0, "GPU-decoded block differs from the CPU-decoded one");
+    eng_kvblock_free(on_gpu);
+    eng_kvblock_free(from_floats);
+    eng_backend_free(bf);
+    rk_buf_free(&cont);
+    free(kv);
+    free(dec);
+    free(a);
+    free(b);
+}

@@ -60,6 +60,7 @@
 
 #include "ragkv/blend_math.h"
 #include "ragkv/bytes.h"
+#include "ragkv/codec.h"
 #include "ragkv/engine.h"
 #include "ragkv/status.h"
 
@@ -178,6 +179,15 @@ typedef struct bl_stats {
  * chunk tokens' KV (not BOS's) to kv_out (eng_kv_floats(m, n) floats). */
 rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens, size_t n,
                            float *kv_out);
+
+/* Decode a codec container of one chunk's KV (canonical layout, the model's geometry) into a
+ * new KV block on be, ready for bl_segment.block: on a CUDA backend that stores KV as bf16 the
+ * codec's GPU decoder writes straight into the block's device memory (no float32 copy, no
+ * upload); otherwise the CPU decoder (opts->pool) writes into the block's host memory, or into
+ * floats then copied in. *out owned by the caller (eng_kvblock_free). RK_ERR_INVALID when the
+ * container's geometry is not the model's; the codec's errors for damaged containers. */
+rk_status bl_kvblock_decode(eng_backend *be, const void *container, size_t len, const codec_decode_opts *opts,
+                            eng_kvblock **out);
 
 /* Fill the empty sequence s (capacity >= prompt length) with the prompt's KV and write the
  * last row's logits (vocab floats). stats may be NULL. RK_ERR_INVALID for an empty prompt,

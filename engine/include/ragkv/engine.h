@@ -320,6 +320,19 @@ typedef struct eng_kvblock eng_kvblock;
  * when the backend's memory is short. */
 rk_status eng_kvblock_new(eng_backend *be, size_t n, const float *kv, eng_kvblock **out);
 
+/* Where a block's KV lives, to fill it in place (eng_kvblock_alloc). */
+typedef struct eng_kvblock_mem {
+    void *data;     /* the canonical layout, n_layers * 2 * n * n_kv_heads * head_dim elements */
+    int elem_bytes; /* 4: float32; 2: bf16 */
+    bool device;    /* device memory of the backend's CUDA device (else host memory) */
+} eng_kvblock_mem;
+
+/* A block of n tokens whose KV the caller writes in place before any import or read — e.g. a
+ * codec decoding straight into GPU memory (blend's bl_kvblock_decode); *mem says where and in
+ * which element type (the CPU backend: host float32; CUDA: device bf16 or float32 as its KV
+ * storage). Until written, the contents are undefined. Errors as eng_kvblock_new. */
+rk_status eng_kvblock_alloc(eng_backend *be, size_t n, eng_kvblock **out, eng_kvblock_mem *mem);
+
 /* Release a block and the backend memory it holds. NULL is a no-op. */
 void eng_kvblock_free(eng_kvblock *b);
 
