@@ -2,11 +2,12 @@
 # Issue 5's GPU benchmark: time to first token of blended RAG prompts on the Llama-3-8B shape
 # (llama3.1-8b: the 128K context of the transformers config; seeded synthetic weights, CUDA
 # backend, bf16): BOS + 4, 8, 16 chunks of 512 tokens + a 64-token query; full vs cacheblend
-# r=0.15 vs naive, the chunk caches compressed in host RAM (default codec level, decoded on the
-# CPU pool inside the timed region; "to-block": decoded by the GPU decoder straight into KV blocks),
-# as float32 in host RAM, and as KV blocks already on the GPU
-# (the device tier); beside transformers' full prefill of the same prompt lengths in the same run. Writes $OUT/blend_bench.json and prints the table
-# (bench/python/blend_side_by_side.py).
+# r=0.15 vs naive, with the chunk caches (GPU_BLEND_CACHES) as KV blocks already on the GPU
+# ("device": the device tier), compressed in host RAM and decoded by the GPU decoder straight
+# into KV blocks ("to-block"), compressed and decoded on the CPU pool into floats then uploaded
+# ("compressed"), or as float32 in host RAM ("f32"); decoding counts in the TTFT. Beside
+# transformers' full prefill of the same prompt lengths in the same run. Writes
+# $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 set -euo pipefail
 tmp=$(mktemp -d); mkdir "$tmp/runs"
 trap 'rm -rf "$tmp"' EXIT
