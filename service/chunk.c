@@ -44,23 +44,33 @@ rk_status svc_chunk_unwrap(const uint8_t *blob, size_t len, int32_t **tokens, ui
     return RK_OK;
 }
 
-rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size_t clen, uint32_t n,
-                          float **kv_out)
+/* A container's geometry against the model and n tokens, and no codebook. */
+static rk_status check_geometry(const svc_chunk_ctx *x, const uint8_t *container, size_t clen, uint32_t n,
+                                codec_info *ci)
 {
     const eng_model_info *mi = eng_model_get_info(x->model);
-    codec_info ci;
-    rk_status st = codec_inspect(container, clen, &ci);
+    rk_status st = codec_inspect(container, clen, ci);
     if (st != RK_OK)
         return st;
-    if (ci.shape.n_layers != (uint32_t)mi->n_layers || ci.shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
-        ci.shape.head_dim != (uint32_t)mi->head_dim || ci.shape.n_tokens != n)
+    if (ci->shape.n_layers != (uint32_t)mi->n_layers || ci->shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
+        ci->shape.head_dim != (uint32_t)mi->head_dim || ci->shape.n_tokens != n)
         return rk_error_set(RK_ERR_INVALID,
                             "container geometry %u layers x %u tokens x %u kv heads x %u dims does not "
                             "match the model (%d x %u x %d x %d)",
-                            ci.shape.n_layers, ci.shape.n_tokens, ci.shape.n_kv_heads, ci.shape.head_dim,
+                            ci->shape.n_layers, ci->shape.n_tokens, ci->shape.n_kv_heads, ci->shape.head_dim,
                             mi->n_layers, n, mi->n_kv_heads, mi->head_dim);
-    if (ci.codebook_id)
+    if (ci->codebook_id)
         return rk_error_set(RK_ERR_UNSUPPORTED, "containers that need a codebook are not accepted yet");
+    return RK_OK;
+}
+
+rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size_t clen, uint32_t n,
+                          float **kv_out)
+{
+    codec_info ci;
+    rk_status st = check_geometry(x, container, clen, n, &ci);
+    if (st != RK_OK)
+        return st;
     size_t bytes = codec_decoded_bytes(&ci, CODEC_F32);
     float *kv = bytes ? rk_malloc(bytes) : NULL;
     if (!kv)
@@ -74,8 +84,9 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
     return st;
 }
 
-rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
-                          uint32_t *n, float **kv, cc_record *rec_out)
+/* svc_chunk_fetch (kv) and svc_chunk_fetch_block (be, blk): at most one of kv and blk. */
+static rk_status fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens, uint32_t *n,
+                       float **kv, eng_backend *be, eng_kvblock **blk, cc_record *rec_out)
 {
     cc_buf *b = NULL;
     cc_record rec;
@@ -93,8 +104,14 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
         if (st == RK_OK && !cc_key_equal(&k, key))
             st = rk_error_set(RK_ERR_CORRUPT, "stored chunk: tokens do not match the key");
     }
-    if (st == RK_OK && kv)
+    if (st == RK_OK && kv) {
         st = svc_chunk_check(x, cont, clen, *n, kv);
+    } else if (st == RK_OK && blk) {
+        codec_info ci;
+        codec_decode_opts o = {.pool = x->pool};
+        if ((st = check_geometry(x, cont, clen, *n, &ci)) == RK_OK)
+            st = bl_kvblock_decode(be, cont, clen, &o, blk);
+    }
     cc_buf_release(b);
     if (st == RK_OK && rec_out)
         *rec_out = rec; /* the caller's now */
@@ -106,6 +123,19 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
     }
     *tokens = t;
     return RK_OK;
+}
+
+rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
+                          uint32_t *n, float **kv, cc_record *rec)
+{
+    return fetch(x, tenant, key, tokens, n, kv, NULL, NULL, rec);
+}
+
+rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const char *tenant, const cc_key *key,
+                                int32_t **tokens, uint32_t *n, eng_kvblock **blk, cc_record *rec)
+{
+    *blk = NULL;
+    return fetch(x, tenant, key, tokens, n, NULL, be, blk, rec);
 }
 
 rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_t *tokens, uint32_t n,

@@ -61,6 +61,12 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
 rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
                           uint32_t *n, float **kv, cc_record *rec);
 
+/* svc_chunk_fetch with the KV decoded into a new KV block on be (bl_kvblock_decode: straight
+ * into GPU memory by the CUDA decoder when be keeps bf16 KV). *blk owned by the caller
+ * (eng_kvblock_free, on the thread that drives be). Executor thread. */
+rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const char *tenant, const cc_key *key,
+                                int32_t **tokens, uint32_t *n, eng_kvblock **blk, cc_record *rec);
+
 /* Prefill tokens standalone, encode, and store them for tenant in its own namespace.
  * *created 0 when the chunk was already there (no prefill then); *stored_bytes the blob size.
  * Runs the engine: executor thread only. */

@@ -91,8 +91,8 @@ void svc_devcache_reap(svc_devcache *dc)
     }
 }
 
-rk_status svc_devcache_admit(svc_devcache *dc, eng_backend *be, const cc_key *key, const int32_t *tokens, uint32_t n,
-                             const float *kv, const cc_record *rec, uint64_t ticket, cc_devtier_entry **ref)
+rk_status svc_devcache_admit(svc_devcache *dc, const cc_key *key, const int32_t *tokens, uint32_t n,
+                             eng_kvblock *blk, const cc_record *rec, uint64_t ticket, cc_devtier_entry **ref)
 {
     svc_devchunk *c = rk_calloc(1, sizeof(*c));
     if (!c || !(c->tokens = rk_malloc((size_t)n * sizeof(int32_t)))) {
@@ -101,14 +101,14 @@ rk_status svc_devcache_admit(svc_devcache *dc, eng_backend *be, const cc_key *ke
     }
     memcpy(c->tokens, tokens, (size_t)n * sizeof(int32_t));
     c->n = n;
-    rk_status st = eng_kvblock_new(be, n, kv, &c->block);
-    if (st == RK_OK) {
-        cc_devtier_meta m = {.bytes = eng_kvblock_bytes(c->block), .cost = (double)n, .expires_ms = rec->expires_ms,
-                             .pinned = (rec->flags & CC_RECORD_FLAG_PINNED) != 0};
-        st = cc_devtier_admit(dc->tier, key, c, &m, ticket, ref);
+    c->block = blk;
+    cc_devtier_meta m = {.bytes = eng_kvblock_bytes(blk), .cost = (double)n, .expires_ms = rec->expires_ms,
+                         .pinned = (rec->flags & CC_RECORD_FLAG_PINNED) != 0};
+    rk_status st = cc_devtier_admit(dc->tier, key, c, &m, ticket, ref);
+    if (st != RK_OK) { /* refused: never the tier's; the block goes back to the caller */
+        c->block = NULL;
+        chunk_free(c);
     }
-    if (st != RK_OK)
-        chunk_free(c); /* refused: never the tier's, freed here on the executor thread */
     return st;
 }
 

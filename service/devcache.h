@@ -52,13 +52,13 @@ size_t svc_devcache_pending(svc_devcache *dc);
 /* Free the objects waiting (the thread that drives the backend). */
 void svc_devcache_reap(svc_devcache *dc);
 
-/* Make a block of chunk key's decoded KV (kv: eng_kv_floats(model, n) floats; tokens: n ids,
- * copied) on be and offer it to the tier: cost n (the prefill it saves), expiry and pin from
- * rec, ticket taken before the chunk was read. RK_OK: *ref holds a reference to the new entry
- * (cc_devtier_release). Otherwise nothing is kept (the tier refused, or memory is short): the
- * caller goes on with its floats. Executor thread. */
-rk_status svc_devcache_admit(svc_devcache *dc, eng_backend *be, const cc_key *key, const int32_t *tokens, uint32_t n,
-                             const float *kv, const cc_record *rec, uint64_t ticket, cc_devtier_entry **ref);
+/* Offer chunk key's decoded KV, the block blk of n tokens on the executor's backend (tokens:
+ * n ids, copied), to the tier: cost n (the prefill it saves), expiry and pin from rec, ticket
+ * taken before the chunk was read. RK_OK: the tier owns blk and *ref holds a reference to the
+ * new entry (cc_devtier_release). Otherwise (the tier refused, or memory is short) blk stays
+ * the caller's. Executor thread. */
+rk_status svc_devcache_admit(svc_devcache *dc, const cc_key *key, const int32_t *tokens, uint32_t n,
+                             eng_kvblock *blk, const cc_record *rec, uint64_t ticket, cc_devtier_entry **ref);
 
 /* Free the tier and every object (after the executor stopped and the store closed; on the
  * thread that then drives the backend, before the backend is freed). NULL: no-op. */

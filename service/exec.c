@@ -199,20 +199,22 @@ static uint8_t *device_readable(svc_exec *x, svc_gen *g, const bool *want)
 }
 
 /* A chunk's KV from the store (and the codec), as g's tenant may read it: tokens into *tokens
- * and *n, the floats into *kv; with the device tier on, the decoded chunk is then admitted as a
- * block and, when the tier keeps it, *ent references it and *kv is freed (the block serves). */
+ * and *n, the floats into *kv — or, with the device tier on, a KV block decoded straight into
+ * the backend's memory (on the GPU by the CUDA decoder), offered to the tier: when the tier
+ * keeps it *ent references it, else *own gets the block (the job frees it). */
 static rk_status fetch_kv(svc_exec *x, svc_gen *g, const cc_key *key, int32_t **tokens, uint32_t *n, float **kv,
-                          cc_devtier_entry **ent)
+                          cc_devtier_entry **ent, eng_kvblock **own)
 {
     cc_devtier *tier = svc_devcache_tier(x->cx.dev);
-    uint64_t ticket = tier ? cc_devtier_ticket(tier, key) : 0; /* before the read */
+    if (!tier)
+        return svc_chunk_fetch(&x->cx, g->tenant, key, tokens, n, kv, NULL);
+    uint64_t ticket = cc_devtier_ticket(tier, key); /* before the read */
     cc_record rec;
     cc_record_init(&rec);
-    rk_status st = svc_chunk_fetch(&x->cx, g->tenant, key, tokens, n, kv, tier ? &rec : NULL);
-    if (st == RK_OK && tier && svc_devcache_admit(x->cx.dev, x->be, key, *tokens, *n, *kv, &rec, ticket, ent) == RK_OK) {
-        rk_free(*kv);
-        *kv = NULL;
-    }
+    eng_kvblock *blk = NULL;
+    rk_status st = svc_chunk_fetch_block(&x->cx, x->be, g->tenant, key, tokens, n, &blk, &rec);
+    if (st == RK_OK && svc_devcache_admit(x->cx.dev, key, *tokens, *n, blk, &rec, ticket, ent) != RK_OK)
+        *own = blk;
     cc_record_clear(&rec);
     return st;
 }
@@ -222,7 +224,8 @@ static rk_status fetch_kv(svc_exec *x, svc_gen *g, const cc_key *key, int32_t **
  * tier on, a chunk the tenant may read (device_readable) is taken from the tier when there —
  * no blob read, no decode — and admitted to it after a read from the store otherwise. kvs[i]
  * receives decoded KV to free, ents[i] a device-tier reference to release. */
-static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs, cc_devtier_entry **ents)
+static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs, cc_devtier_entry **ents,
+                                  eng_kvblock **own)
 {
     const eng_model_info *mi = eng_model_get_info(x->m);
     const char *ns = g->ns[0] ? g->ns : g->tenant;
@@ -258,7 +261,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
             }
             g->chunk_hits++;
         } else if (sg->by_key) {
-            st = reuse ? fetch_kv(x, g, &sg->key, &sg->tokens, &sg->n, &kvs[i], &ents[i])
+            st = reuse ? fetch_kv(x, g, &sg->key, &sg->tokens, &sg->n, &kvs[i], &ents[i], &own[i])
                        : svc_chunk_fetch(&x->cx, g->tenant, &sg->key, &sg->tokens, &sg->n, NULL, NULL);
             if (st == RK_ERR_NOT_FOUND)
                 st = rk_error_set(st, "segment %zu: no such chunk", i);
@@ -270,7 +273,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
             uint32_t n = 0;
             rk_status fs = kst[i];
             if (fs == RK_OK)
-                fs = fetch_kv(x, g, &sg->key, &stored, &n, &kvs[i], &ents[i]);
+                fs = fetch_kv(x, g, &sg->key, &stored, &n, &kvs[i], &ents[i], &own[i]);
             rk_free(stored);
             if (fs == RK_OK) {
                 g->chunk_hits++;
@@ -291,7 +294,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
                 st = rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
                                   sg->tokens[t], mi->vocab);
         const svc_devchunk *dc = ents[i] ? cc_devtier_entry_obj(ents[i]) : NULL;
-        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i], .block = dc ? dc->block : NULL};
+        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i], .block = dc ? dc->block : own[i]};
     }
     rk_free(readable);
     rk_free(kst);
@@ -344,7 +347,8 @@ static void start_gen(svc_exec *x, svc_gen *g)
     bl_segment *segs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(bl_segment));
     float **kvs = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(float *));
     cc_devtier_entry **ents = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*ents));
-    rk_status st = segs && kvs && ents ? resolve_segments(x, g, segs, kvs, ents) : RK_ERR_NOMEM;
+    eng_kvblock **own = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*own)); /* blocks the tier refused */
+    rk_status st = segs && kvs && ents && own ? resolve_segments(x, g, segs, kvs, ents, own) : RK_ERR_NOMEM;
     bl_stats bs = {0};
     if (st == RK_OK) {
         /* room for the prompt and the tokens asked for, never the whole context by default
@@ -386,6 +390,9 @@ static void start_gen(svc_exec *x, svc_gen *g)
     for (size_t i = 0; ents && i < g->nsegs; i++)
         cc_devtier_release(svc_devcache_tier(x->cx.dev), ents[i]);
     rk_free(ents);
+    for (size_t i = 0; own && i < g->nsegs; i++)
+        eng_kvblock_free(own[i]);
+    rk_free(own);
     rk_free(segs);
     if (st == RK_OK && g->kind == SVC_JOB_PREFILL)
         st = export_prompt(x, g, a->s);
