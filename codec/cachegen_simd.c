@@ -3,16 +3,25 @@
  * The scalar decoder (cachegen.c, decode_lanes) runs four rANS state chains in lockstep and
  * spends ~35 instructions per value. Here eight streams of one (layer, K|V, token block) —
  * eight neighbouring 8-channel groups, 64 consecutive channels — advance together, one value
- * of each per step, in the lanes of 256-bit vectors: the symbol search (bucket, then step up
- * while cum[s+1] <= slot), the state update and the renormalisation (at most two bytes) are
- * vector operations whose table and byte reads are gathers. Values come out as (q - qmax) *
- * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the eight lanes'
- * values into one row of 64 channels for codec_store_row.
+ * of each per step, in the lanes of 256-bit vectors; up to eight such chains run interleaved.
+ * Gathers are the cost on every CPU measured (one 8-lane gather takes ~15 cycles on the Zen 5
+ * VM of docs/codec.md), so a step makes as few as it can, from the decode-only models
+ * (rans_dmodel): one for the bucket, which gives the symbol directly unless its bucket holds a
+ * second boundary (then a rarely taken step-up loop); one for cum[s] and cum[s+1] together;
+ * and every second step one for the next four bytes of each stream, from which the
+ * renormalisation (0, 1 or 2 bytes a step) shifts without branching. Values come out as
+ * (q - qmax) * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the
+ * eight lanes' values into one row of 64 channels for codec_store_row.
  *
- * Gathers never read outside their object: table bytes are read as the last byte of a 32-bit
- * word ending at the wanted byte (every bucket index is >= 3 bytes into its model), stream
- * bytes likewise (a stream's bytes start 4 bytes after its start, past the initial state),
- * and a lane whose stream is exhausted reads nothing and marks the block malformed. */
+ * Gathers never read outside their object, whatever the input: a bucket read (4 bytes at
+ * bucket + 2*(slot >> 9)) ends at most 2 bytes into cum; a cum read (4 bytes at cum + 2*s)
+ * has s <= nsym - 1 <= 63 (the bucket entries are built so, and the step-up stops at cum[nsym],
+ * which reads back as 2^16 > slot), so it ends inside cum[66]; a stream read takes the 4 bytes
+ * at min(off, end - 4), inside the stream since a stream has at least 4 bytes (near its end
+ * the word is shifted so that byte off is on top, zeros below), and a lane that needs more
+ * bytes than remain marks the block malformed.
+ * Streams whose initial state lies outside [2^23, 2^31) (never from our encoder) go to the
+ * scalar decoder, so that no step ever needs more than two bytes. */
 #include "codec_impl.h"
 
 #include <stddef.h>
@@ -77,6 +86,7 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
     __m256i moff[CG_SIMD_MAX_CHAINS][8];
     __m256 scale[CG_SIMD_MAX_CHAINS][8];
     __m256i x[CG_SIMD_MAX_CHAINS], off[CG_SIMD_MAX_CHAINS], end[CG_SIMD_MAX_CHAINS];
+    __m256i ahead[CG_SIMD_MAX_CHAINS] = {0}; /* the stream's bytes from off on, first in the top byte */
     for (int h = 0; h < NCH; h++) {
         for (int i = 0; i < 8; i++) {
             int mo[8];
@@ -109,7 +119,7 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
     const __m256i lo16 = _mm256_set1_epi32(0xffff), one = _mm256_set1_epi32(1);
     const __m256i bmask = _mm256_set1_epi32((1 << RANS_DBUCKET_BITS) - 1);
     const __m256i cumoff = _mm256_set1_epi32((int)offsetof(rans_dmodel, cum));
-    const __m256i four = _mm256_set1_epi32(4);
+    const __m256i four = _mm256_set1_epi32(4), n32 = _mm256_set1_epi32(32);
     const __m256i bswap = _mm256_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
                                            3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
     const __m256i rl = _mm256_set1_epi32((int)RANS_L), rl8 = _mm256_set1_epi32((int)RANS_L >> 8);
@@ -119,6 +129,14 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
     for (uint32_t t = t0; t < t1; t++) {
         __m256 v[CG_SIMD_MAX_CHAINS][8];
         for (int i = 0; i < 8; i++) {
+            /* every second step: the next four bytes of each stream (two steps take at most
+               four), top-aligned; the word is the stream's last when fewer remain */
+            if (!(i & 1))
+                for (int h = 0; h < NCH; h++) {
+                    __m256i a = _mm256_min_epi32(off[h], _mm256_sub_epi32(end[h], four));
+                    __m256i word = _mm256_shuffle_epi8(_mm256_i32gather_epi32(pbase, a, 1), bswap);
+                    ahead[h] = _mm256_sllv_epi32(word, _mm256_slli_epi32(_mm256_sub_epi32(off[h], a), 3));
+                }
             /* the chains are independent: interleaved, their gathers' latencies overlap */
             __m256i slot[CG_SIMD_MAX_CHAINS], s[CG_SIMD_MAX_CHAINS], w[CG_SIMD_MAX_CHAINS];
             for (int h = 0; h < NCH; h++) {
@@ -150,18 +168,15 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
                                         _mm256_sub_epi32(slot[h], lo));
                 v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
                 /* renormalise: n = 0, 1 or 2 bytes (x >= 2^7 after a step from [2^23, 2^31)),
-                   the top n bytes of the 32-bit word ending at the last of them, byte-swapped
-                   to the low n */
+                   shifted in from the top of the look-ahead */
                 __m256i need = _mm256_cmpgt_epi32(rl, x[h]);
                 __m256i n = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_add_epi32(need, _mm256_cmpgt_epi32(rl8, x[h])));
                 __m256i nend = _mm256_add_epi32(off[h], n);
                 __m256i have = _mm256_cmpgt_epi32(_mm256_add_epi32(end[h], one), nend); /* off + n <= end */
                 bad = _mm256_or_si256(bad, _mm256_andnot_si256(have, need));
-                __m256i m = _mm256_and_si256(need, have);
-                __m256i word = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), pbase, _mm256_sub_epi32(nend, four), m, 1);
                 __m256i nb = _mm256_slli_epi32(n, 3);
-                __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(word, bswap), _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
-                x[h] = _mm256_or_si256(_mm256_sllv_epi32(x[h], nb), bytes);
+                x[h] = _mm256_or_si256(_mm256_sllv_epi32(x[h], nb), _mm256_srlv_epi32(ahead[h], _mm256_sub_epi32(n32, nb)));
+                ahead[h] = _mm256_sllv_epi32(ahead[h], nb);
                 off[h] = nend;
             }
         }

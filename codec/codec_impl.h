@@ -120,21 +120,22 @@ typedef struct rans_model {
                                             the decoder steps up from there */
 } rans_model;
 
-/* The decode-only form of a rans_model for the AVX2 decoder (cachegen_simd.c): 260 bytes
- * instead of 520, and one 32-bit read of cum + s yields both ends of symbol s's interval.
- * Buckets hold 2^RANS_DBUCKET_BITS slots; a bucket's entry resolves its first symbol boundary
- * with an add and a shift, so only slots past a second boundary in the same bucket (symbols
- * rarer than 1/64) need the decoder's step-up. */
-#define RANS_DBUCKET_BITS 10
+/* The decode-only form of a rans_model for the AVX2 decoder (cachegen_simd.c): 388 bytes
+ * instead of 520, and one 32-bit read at cum + s yields both ends of symbol s's interval.
+ * Buckets hold 2^RANS_DBUCKET_BITS = 512 slots; a bucket's entry resolves the first symbol
+ * boundary inside it with an add and a shift, so only slots past a second boundary in the same
+ * bucket (symbols rarer than 1/128) need the decoder's step-up. */
+#define RANS_DBUCKET_BITS 9
 #define RANS_DBUCKETS (RANS_PROB_SCALE >> RANS_DBUCKET_BITS)
 typedef struct rans_dmodel {
-    uint16_t bucket[RANS_DBUCKETS];      /* [slot >> 10]: (s << 10) + 1024 - split, s the symbol
+    uint16_t bucket[RANS_DBUCKETS];      /* [slot >> 9]: (s << 9) + 512 - split, s the symbol
                                             holding the bucket's first slot, split the offset in
-                                            the bucket where s + 1 starts (1024: not in it); so
-                                            (bucket + (slot & 1023)) >> 10 is the symbol holding
+                                            the bucket where s + 1 starts (512: not in it); so
+                                            (bucket + slot % 512) >> 9 is the symbol holding
                                             slot or one below it */
     uint16_t cum[CODEC_MAX_SYMBOLS + 2]; /* cum[s] for s < nsym; cum[nsym] = 2^16 and the unused
-                                            tail are 0: read as ((c - 1) & 0xffff) + 1 above s 0 */
+                                            tail are stored as 0, so an upper end cum[s + 1]
+                                            (never 0) reads back as ((c - 1) & 0xffff) + 1 */
 } rans_dmodel;
 
 /* Turn counts[nsym] into frequencies summing to 2^16, each >= 1. */

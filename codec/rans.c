@@ -57,6 +57,9 @@ rk_status rans_model_build(const uint16_t *freq, int nsym, rans_model *m)
     return RK_OK;
 }
 
+/* A bucket entry holds a symbol (< 2^6) above a bucket offset. */
+_Static_assert(RANS_DBUCKET_BITS >= 1 && RANS_DBUCKET_BITS <= 10, "bucket entries are 16 bits");
+
 void rans_dmodel_build(const rans_model *m, rans_dmodel *d)
 {
     const uint32_t bs = 1u << RANS_DBUCKET_BITS;
