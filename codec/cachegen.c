@@ -621,20 +621,25 @@ static void decode_streams(void *vctx, size_t b, size_t e)
     }
     struct lane ln[4];
     size_t si = b;
-    bool simd8 = cg_simd8_ok(j);
+    bool simd8 = j->dmodels && cg_simd8_ok(j);
+    size_t scalar_end = si; /* streams before this one go to the scalar decoder */
     while (si < e) {
         uint32_t g = (uint32_t)(si % lay->n_groups);
         /* 8, 16, 32 or 64 full 8-channel groups of one block: the AVX2 decoder */
         int ch = CG_SIMD_MAX_CHAINS;
         while (simd8 && ch && (si + 8 * (size_t)ch > e || ((size_t)g + 8 * (size_t)ch) * 8 > lay->C))
             ch /= 2;
-        if (simd8 && ch) {
-            if (!cg_decode_avx2(j, si, ch)) {
+        if (simd8 && ch && si >= scalar_end) {
+            int r = cg_decode_avx2(j, si, ch);
+            if (!r) {
                 __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
                 return;
             }
-            si += 8 * (size_t)ch;
-            continue;
+            if (r > 0) {
+                si += 8 * (size_t)ch;
+                continue;
+            }
+            scalar_end = si + 8 * (size_t)ch;
         }
         /* four full-width groups of the same block: g..g+3 all before the last group */
         size_t lkv = si / lay->n_groups / lay->n_tblocks;
@@ -790,8 +795,19 @@ static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_
     rk_status st = cg_prepare(v, cb, &pr);
     if (st != RK_OK)
         return st;
-    struct dec_job j = {&pr.p, &pr.lay, pr.models, pr.scales, pr.payload, pr.offs, pr.payload_len, dtype, out, 0};
+    struct dec_job j = {&pr.p, &pr.lay, pr.models, NULL, pr.scales, pr.payload, pr.offs, pr.payload_len, dtype, out, 0};
+    rans_dmodel *dm = NULL; /* per-chunk tables' decode-only models (a codebook has its own) */
+    if (cg_simd8_ok(&j)) {
+        if (pr.p.tables == 1)
+            j.dmodels = cg_codebook_dmodels(cb);
+        else if ((dm = rk_malloc(pr.lay.n_models * sizeof *dm)) != NULL) {
+            for (size_t i = 0; i < pr.lay.n_models; i++)
+                rans_dmodel_build(&pr.models[i], &dm[i]);
+            j.dmodels = dm;
+        } /* else: the scalar decoder, which needs no more memory */
+    }
     rk_pool_for(pool, pr.lay.n_streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
+    rk_free(dm);
     cg_prepared_free(&pr);
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
@@ -811,6 +827,7 @@ struct codec_codebook {
     cg_layout lay;        /* of a 1-token tensor: models count */
     uint16_t *freqs;      /* [freqs_len] every model's frequencies, in model order */
     rans_model *models;   /* [lay.n_models] */
+    rans_dmodel *dmodels; /* [lay.n_models] the same, decode-only (AVX2 decoder) */
 };
 
 const cg_params *cg_codebook_params(const codec_codebook *cb) { return &cb->p; }
@@ -820,6 +837,8 @@ const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models)
     *n_models = cb->lay.n_models;
     return cb->models;
 }
+
+const rans_dmodel *cg_codebook_dmodels(const codec_codebook *cb) { return cb->dmodels; }
 
 rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s)
 {
@@ -839,6 +858,7 @@ void codec_codebook_free(codec_codebook *cb)
         return;
     rk_free(cb->freqs);
     rk_free(cb->models);
+    rk_free(cb->dmodels);
     rk_free(cb);
 }
 
@@ -864,11 +884,14 @@ static void cb_body(const codec_codebook *cb, rk_buf *out)
 static rk_status cb_finish(codec_codebook *cb)
 {
     cb->models = rk_malloc(cb->lay.n_models * sizeof *cb->models);
-    if (!cb->models)
+    cb->dmodels = rk_malloc(cb->lay.n_models * sizeof *cb->dmodels);
+    if (!cb->models || !cb->dmodels)
         return rk_error_set(RK_ERR_NOMEM, "codebook models");
     rk_status st = models_from_freqs(cb->freqs, &cb->p, &cb->lay, cb->models);
     if (st != RK_OK)
         return st;
+    for (size_t i = 0; i < cb->lay.n_models; i++)
+        rans_dmodel_build(&cb->models[i], &cb->dmodels[i]);
     rk_buf b = RK_BUF_INIT;
     cb_body(cb, &b);
     if (b.failed) {

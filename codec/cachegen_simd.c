@@ -3,16 +3,25 @@
  * The scalar decoder (cachegen.c, decode_lanes) runs four rANS state chains in lockstep and
  * spends ~35 instructions per value. Here eight streams of one (layer, K|V, token block) —
  * eight neighbouring 8-channel groups, 64 consecutive channels — advance together, one value
- * of each per step, in the lanes of 256-bit vectors: the symbol search (bucket, then step up
- * while cum[s+1] <= slot), the state update and the renormalisation (at most two bytes) are
- * vector operations whose table and byte reads are gathers. Values come out as (q - qmax) *
- * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the eight lanes'
- * values into one row of 64 channels for codec_store_row.
+ * of each per step, in the lanes of 256-bit vectors; up to eight such chains run interleaved.
+ * Gathers are the cost on every CPU measured (one 8-lane gather takes ~15 cycles on the Zen 5
+ * VM of docs/codec.md), so a step makes as few as it can, from the decode-only models
+ * (rans_dmodel): one for the bucket, which gives the symbol directly unless its bucket holds a
+ * second boundary (then a rarely taken step-up loop); one for cum[s] and cum[s+1] together;
+ * and every second step one for the next four bytes of each stream, from which the
+ * renormalisation (0, 1 or 2 bytes a step) shifts without branching. Values come out as
+ * (q - qmax) * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the
+ * eight lanes' values into one row of 64 channels for codec_store_row.
  *
- * Gathers never read outside their object: table bytes are read as the last byte of a 32-bit
- * word ending at the wanted byte (every bucket index is >= 3 bytes into its model), stream
- * bytes likewise (a stream's bytes start 4 bytes after its start, past the initial state),
- * and a lane whose stream is exhausted reads nothing and marks the block malformed. */
+ * Gathers never read outside their object, whatever the input: a bucket read (4 bytes at
+ * bucket + 2*(slot >> 9)) ends at most 2 bytes into cum; a cum read (4 bytes at cum + 2*s)
+ * has s <= nsym - 1 <= 63 (the bucket entries are built so, and the step-up stops at cum[nsym],
+ * which reads back as 2^16 > slot), so it ends inside cum[66]; a stream read takes the 4 bytes
+ * at min(off, end - 4), inside the stream since a stream has at least 4 bytes (near its end
+ * the word is shifted so that byte off is on top, zeros below), and a lane that needs more
+ * bytes than remain marks the block malformed.
+ * Streams whose initial state lies outside [2^23, 2^31) (never from our encoder) go to the
+ * scalar decoder, so that no step ever needs more than two bytes. */
 #include "codec_impl.h"
 
 #include <stddef.h>
@@ -21,8 +30,6 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-
-#define BUCKET_OFF ((int)offsetof(rans_model, bucket))
 
 bool cg_simd8_ok(const struct cg_dec_job *j)
 {
@@ -34,7 +41,7 @@ bool cg_simd8_ok(const struct cg_dec_job *j)
     const cg_params *p = j->p;
     return avail && p->group == 8 && !p->anchor_interval && p->k_scale_mode == CODEC_SCALE_CHANNEL &&
            p->v_scale_mode == CODEC_SCALE_CHANNEL && j->payload_len < 0x7fff0000u &&
-           j->lay->n_models * sizeof(rans_model) < 0x7fff0000u;
+           j->lay->n_models * sizeof(rans_dmodel) < 0x7fff0000u;
 }
 
 /* 8x8 transpose of eight rows of eight floats. */
@@ -60,8 +67,8 @@ __attribute__((target("avx2"))) static inline void transpose8(__m256 r[8])
 
 /* The decoder for NCH chains of 8 lanes (a constant after inlining: one straight-line body per
  * chain count). */
-static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(const struct cg_dec_job *j,
-                                                                              size_t si, const int NCH)
+static inline __attribute__((always_inline, target("avx2"))) int decode_chains(const struct cg_dec_job *j,
+                                                                             size_t si, const int NCH)
 {
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
@@ -73,19 +80,20 @@ static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(
     if (t1 > lay->T)
         t1 = lay->T;
     uint32_t c0 = g * 8; /* chain h, lane k holds channels c0 + 64h + 8k .. + 7 */
-    const char *mbase = (const char *)j->models;
+    const char *mbase = (const char *)j->dmodels;
     const int *pbase = (const int *)(const void *)j->payload;
     /* per chain and channel-of-group i: each lane's model (byte offset) and scale */
     __m256i moff[CG_SIMD_MAX_CHAINS][8];
     __m256 scale[CG_SIMD_MAX_CHAINS][8];
     __m256i x[CG_SIMD_MAX_CHAINS], off[CG_SIMD_MAX_CHAINS], end[CG_SIMD_MAX_CHAINS];
+    __m256i ahead[CG_SIMD_MAX_CHAINS] = {0}; /* the stream's bytes from off on, first in the top byte */
     for (int h = 0; h < NCH; h++) {
         for (int i = 0; i < 8; i++) {
             int mo[8];
             float sc[8];
             for (int k = 0; k < 8; k++) {
                 uint32_t c = c0 + 64 * (uint32_t)h + 8 * (uint32_t)k + (uint32_t)i;
-                mo[k] = (int)(cg_model_index(lay, p, l, kv, c, 0) * sizeof(rans_model));
+                mo[k] = (int)(cg_model_index(lay, p, l, kv, c, 0) * sizeof(rans_dmodel));
                 sc[k] = j->scales[cg_scale_index(lay, p, l, kv, 0, c, 0)];
             }
             moff[h][i] = _mm256_loadu_si256((const __m256i *)mo);
@@ -96,8 +104,11 @@ static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(
             size_t st = si + 8 * (size_t)h + (size_t)k;
             uint64_t b = j->offs[st], e = j->offs[st + 1];
             if (e - b < 4)
-                return false;
-            xs[k] = (int)rk_get_le32(j->payload + b);
+                return 0;
+            uint32_t x0 = rk_get_le32(j->payload + b);
+            if (x0 < RANS_L || x0 >= RANS_L << 8)
+                return -1;
+            xs[k] = (int)x0;
             os[k] = (int)b + 4;
             es[k] = (int)e;
         }
@@ -105,65 +116,68 @@ static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(
         off[h] = _mm256_loadu_si256((const __m256i *)os);
         end[h] = _mm256_loadu_si256((const __m256i *)es);
     }
-    const __m256i lo16 = _mm256_set1_epi32(0xffff), lo8 = _mm256_set1_epi32(0xff);
-    const __m256i one = _mm256_set1_epi32(1), three = _mm256_set1_epi32(3);
-    const __m256i boff = _mm256_set1_epi32(BUCKET_OFF - 3);
-    const __m256i rl = _mm256_set1_epi32((int)RANS_L);
+    const __m256i lo16 = _mm256_set1_epi32(0xffff), one = _mm256_set1_epi32(1);
+    const __m256i bmask = _mm256_set1_epi32((1 << RANS_DBUCKET_BITS) - 1);
+    const __m256i cumoff = _mm256_set1_epi32((int)offsetof(rans_dmodel, cum));
+    const __m256i four = _mm256_set1_epi32(4), n32 = _mm256_set1_epi32(32);
+    const __m256i bswap = _mm256_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12,
+                                           3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
+    const __m256i rl = _mm256_set1_epi32((int)RANS_L), rl8 = _mm256_set1_epi32((int)RANS_L >> 8);
     const __m256i qmax = _mm256_set1_epi32(p->qmax[lkv]);
     __m256i bad = _mm256_setzero_si256();
     float row[64 * CG_SIMD_MAX_CHAINS];
     for (uint32_t t = t0; t < t1; t++) {
         __m256 v[CG_SIMD_MAX_CHAINS][8];
         for (int i = 0; i < 8; i++) {
+            /* every second step: the next four bytes of each stream (two steps take at most
+               four), top-aligned; the word is the stream's last when fewer remain */
+            if (!(i & 1))
+                for (int h = 0; h < NCH; h++) {
+                    __m256i a = _mm256_min_epi32(off[h], _mm256_sub_epi32(end[h], four));
+                    __m256i word = _mm256_shuffle_epi8(_mm256_i32gather_epi32(pbase, a, 1), bswap);
+                    ahead[h] = _mm256_sllv_epi32(word, _mm256_slli_epi32(_mm256_sub_epi32(off[h], a), 3));
+                }
             /* the chains are independent: interleaved, their gathers' latencies overlap */
-            __m256i slot[CG_SIMD_MAX_CHAINS], s[CG_SIMD_MAX_CHAINS], cnext[CG_SIMD_MAX_CHAINS];
+            __m256i slot[CG_SIMD_MAX_CHAINS], s[CG_SIMD_MAX_CHAINS], w[CG_SIMD_MAX_CHAINS];
             for (int h = 0; h < NCH; h++) {
                 slot[h] = _mm256_and_si256(x[h], lo16);
-                /* the slot's bucket: byte bucket[slot >> 8], read as the top byte of the
-                   32-bit word ending there */
-                __m256i bidx = _mm256_add_epi32(_mm256_add_epi32(moff[h][i], _mm256_srli_epi32(slot[h], 8)), boff);
-                s[h] = _mm256_srli_epi32(_mm256_i32gather_epi32((const int *)mbase, bidx, 1), 24);
-            }
-            /* step up while cum[s + 1] <= slot (cum[nsym] = 2^16 stops every lane) */
-            for (;;) {
-                int all = 1;
-                for (int h = 0; h < NCH; h++) {
-                    __m256i ci = _mm256_add_epi32(moff[h][i], _mm256_slli_epi32(_mm256_add_epi32(s[h], one), 2));
-                    cnext[h] = _mm256_i32gather_epi32((const int *)mbase, ci, 1);
-                    __m256i up = _mm256_cmpgt_epi32(cnext[h], slot[h]); /* cum[s+1] > slot: found */
-                    all &= _mm256_movemask_epi8(up) == -1;
-                    s[h] = _mm256_add_epi32(s[h], _mm256_andnot_si256(up, one));
-                }
-                if (all)
-                    break;
+                /* the bucket's u16 entry e (the low half of the word starting there); the
+                   symbol is (e + slot % 1024) / 1024 or, rarely, above it */
+                __m256i bidx = _mm256_add_epi32(moff[h][i], _mm256_slli_epi32(_mm256_srli_epi32(slot[h], RANS_DBUCKET_BITS), 1));
+                __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)mbase, bidx, 1), lo16);
+                s[h] = _mm256_srli_epi32(_mm256_add_epi32(e, _mm256_and_si256(slot[h], bmask)), RANS_DBUCKET_BITS);
+                /* cum[s] | cum[s + 1] << 16 in one read */
+                w[h] = _mm256_i32gather_epi32((const int *)mbase, _mm256_add_epi32(_mm256_add_epi32(moff[h][i], cumoff),
+                                                                               _mm256_slli_epi32(s[h], 1)), 1);
             }
             for (int h = 0; h < NCH; h++) {
-                __m256i cur = _mm256_i32gather_epi32((const int *)mbase,
-                                                     _mm256_add_epi32(moff[h][i], _mm256_slli_epi32(s[h], 2)), 1);
-                __m256i freq = _mm256_sub_epi32(cnext[h], cur);
-                x[h] = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x[h], 16)),
-                                        _mm256_sub_epi32(slot[h], cur));
-                v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
-            }
-            /* renormalise: at most two bytes (16-bit probabilities, byte-wise, L = 2^23) */
-            for (int r = 0; r < 2; r++) {
-                int any = 0;
-                for (int h = 0; h < NCH; h++) {
-                    __m256i need = _mm256_cmpgt_epi32(rl, x[h]);
-                    if (_mm256_testz_si256(need, need))
-                        continue;
-                    any = 1;
-                    __m256i have = _mm256_cmpgt_epi32(end[h], off[h]);
-                    bad = _mm256_or_si256(bad, _mm256_andnot_si256(have, need));
-                    __m256i m = _mm256_and_si256(need, have);
-                    __m256i w = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), pbase,
-                                                            _mm256_sub_epi32(off[h], three), m, 1);
-                    __m256i byte = _mm256_and_si256(_mm256_srli_epi32(w, 24), lo8);
-                    x[h] = _mm256_blendv_epi8(x[h], _mm256_or_si256(_mm256_slli_epi32(x[h], 8), byte), m);
-                    off[h] = _mm256_sub_epi32(off[h], m); /* m is -1 where a byte was taken */
+                __m256i lo = _mm256_and_si256(w[h], lo16);
+                __m256i hi = _mm256_add_epi32(_mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(w[h], 16), one), lo16), one);
+                __m256i up = _mm256_cmpgt_epi32(_mm256_add_epi32(slot[h], one), hi); /* cum[s+1] <= slot */
+                while (!_mm256_testz_si256(up, up)) { /* a second boundary in the bucket: step up */
+                    s[h] = _mm256_sub_epi32(s[h], up);
+                    __m256i nw = _mm256_mask_i32gather_epi32(w[h], (const int *)mbase,
+                                                             _mm256_add_epi32(_mm256_add_epi32(moff[h][i], cumoff),
+                                                                              _mm256_slli_epi32(s[h], 1)), up, 1);
+                    w[h] = nw;
+                    lo = _mm256_and_si256(w[h], lo16);
+                    hi = _mm256_add_epi32(_mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(w[h], 16), one), lo16), one);
+                    up = _mm256_cmpgt_epi32(_mm256_add_epi32(slot[h], one), hi);
                 }
-                if (!any)
-                    break;
+                x[h] = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_sub_epi32(hi, lo), _mm256_srli_epi32(x[h], 16)),
+                                        _mm256_sub_epi32(slot[h], lo));
+                v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
+                /* renormalise: n = 0, 1 or 2 bytes (x >= 2^7 after a step from [2^23, 2^31)),
+                   shifted in from the top of the look-ahead */
+                __m256i need = _mm256_cmpgt_epi32(rl, x[h]);
+                __m256i n = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_add_epi32(need, _mm256_cmpgt_epi32(rl8, x[h])));
+                __m256i nend = _mm256_add_epi32(off[h], n);
+                __m256i have = _mm256_cmpgt_epi32(_mm256_add_epi32(end[h], one), nend); /* off + n <= end */
+                bad = _mm256_or_si256(bad, _mm256_andnot_si256(have, need));
+                __m256i nb = _mm256_slli_epi32(n, 3);
+                x[h] = _mm256_or_si256(_mm256_sllv_epi32(x[h], nb), _mm256_srlv_epi32(ahead[h], _mm256_sub_epi32(n32, nb)));
+                ahead[h] = _mm256_sllv_epi32(ahead[h], nb);
+                off[h] = nend;
             }
         }
         /* v[h][i] lane k = channel c0 + 64h + 8k + i: transpose to lane-major rows */
@@ -183,7 +197,7 @@ static inline __attribute__((always_inline, target("avx2"))) bool decode_chains(
     return ok;
 }
 
-__attribute__((target("avx2"))) bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
+__attribute__((target("avx2"))) int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
 {
     switch (chains) {
     case 8: return decode_chains(j, si, 8);
@@ -201,7 +215,7 @@ bool cg_simd8_ok(const struct cg_dec_job *j)
     return false;
 }
 
-bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
+int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
 {
     (void)j;
     (void)si;

@@ -120,10 +120,31 @@ typedef struct rans_model {
                                             the decoder steps up from there */
 } rans_model;
 
+/* The decode-only form of a rans_model for the AVX2 decoder (cachegen_simd.c): 388 bytes
+ * instead of 520, and one 32-bit read at cum + s yields both ends of symbol s's interval.
+ * Buckets hold 2^RANS_DBUCKET_BITS = 512 slots; a bucket's entry resolves the first symbol
+ * boundary inside it with an add and a shift, so only slots past a second boundary in the same
+ * bucket (symbols rarer than 1/128) need the decoder's step-up. */
+#define RANS_DBUCKET_BITS 9
+#define RANS_DBUCKETS (RANS_PROB_SCALE >> RANS_DBUCKET_BITS)
+typedef struct rans_dmodel {
+    uint16_t bucket[RANS_DBUCKETS];      /* [slot >> 9]: (s << 9) + 512 - split, s the symbol
+                                            holding the bucket's first slot, split the offset in
+                                            the bucket where s + 1 starts (512: not in it); so
+                                            (bucket + slot % 512) >> 9 is the symbol holding
+                                            slot or one below it */
+    uint16_t cum[CODEC_MAX_SYMBOLS + 2]; /* cum[s] for s < nsym; cum[nsym] = 2^16 and the unused
+                                            tail are stored as 0, so an upper end cum[s + 1]
+                                            (never 0) reads back as ((c - 1) & 0xffff) + 1 */
+} rans_dmodel;
+
 /* Turn counts[nsym] into frequencies summing to 2^16, each >= 1. */
 void rans_normalize(const uint64_t *counts, int nsym, uint16_t *freq);
 /* Build a model from frequencies; RK_ERR_FORMAT when they do not sum to 2^16 or one is 0. */
 rk_status rans_model_build(const uint16_t *freq, int nsym, rans_model *m);
+
+/* The decode-only form of a built model. */
+void rans_dmodel_build(const rans_model *m, rans_dmodel *d);
 
 /* Encode n symbols (sym[i] < model(i).nsym) as one stream appended to out. models[i] gives
  * symbol i's model. Returns RK_ERR_NOMEM or RK_OK. */
@@ -190,6 +211,8 @@ void cg_params_write(const cg_params *p, uint32_t n_layers, rk_buf *out);
 /* The codebook's parameters, models (n_models of them) and shape; for decoders. */
 const cg_params *cg_codebook_params(const codec_codebook *cb);
 const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models);
+/* The same models in decode-only form, built once with the codebook. */
+const rans_dmodel *cg_codebook_dmodels(const codec_codebook *cb);
 /* Codebook geometry check against a shape; RK_ERR_INVALID on mismatch. */
 rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s);
 /* Parse the per-chunk TABLES section or take the codebook's: *models owned by caller
@@ -202,6 +225,8 @@ struct cg_dec_job {
     const struct cg_params *p;     /* the container's parameters */
     const struct cg_layout *lay;   /* sizes derived from them */
     const struct rans_model *models; /* [n_models] */
+    const struct rans_dmodel *dmodels; /* [n_models] the same, for the AVX2 decoder; NULL
+                                          where it is not used */
     const float *scales;           /* [n_scales] */
     const uint8_t *payload;        /* the PAYLOAD section (borrowed) */
     const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
@@ -219,7 +244,9 @@ struct cg_dec_job {
  * (cachegen_simd.c) */
 #define CG_SIMD_MAX_CHAINS 8
 bool cg_simd8_ok(const struct cg_dec_job *j);
-bool cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains);
+/* 1: decoded; 0: malformed; -1: a stream's initial state is outside [2^23, 2^31), where a
+ * step may need more than two bytes: decode these streams with the scalar decoder. */
+int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains);
 
 /* Everything the CPU and CUDA decoders share: params, layout, float scales, stream offsets,
  * models. Filled by cg_prepare, released by cg_prepared_free. */

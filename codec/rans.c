@@ -57,6 +57,26 @@ rk_status rans_model_build(const uint16_t *freq, int nsym, rans_model *m)
     return RK_OK;
 }
 
+/* A bucket entry holds a symbol (< 2^6) above a bucket offset. */
+_Static_assert(RANS_DBUCKET_BITS >= 1 && RANS_DBUCKET_BITS <= 10, "bucket entries are 16 bits");
+
+void rans_dmodel_build(const rans_model *m, rans_dmodel *d)
+{
+    const uint32_t bs = 1u << RANS_DBUCKET_BITS;
+    memset(d, 0, sizeof *d);
+    for (uint32_t s = 0; s < m->nsym; s++)
+        d->cum[s] = (uint16_t)m->cum[s];
+    uint32_t s = 0;
+    for (uint32_t b = 0; b < RANS_DBUCKETS; b++) {
+        while (m->cum[s + 1] <= b * bs)
+            s++;
+        uint32_t split = m->cum[s + 1] - b * bs; /* >= 1 */
+        if (split > bs)
+            split = bs;
+        d->bucket[b] = (uint16_t)((s << RANS_DBUCKET_BITS) + bs - split);
+    }
+}
+
 rk_status rans_encode(const uint8_t *sym, const rans_model *const *models, size_t n,
                       rk_buf *out)
 {

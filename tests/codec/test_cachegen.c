@@ -1,6 +1,8 @@
 /* test_cachegen.c — cachegen specifics: bit-exact symbol round trip through quantizer and
  * rANS, dequantization error bounds (scale modes, delta coding), levels, codebooks. */
 #include "codec_testlib.h"
+#include "ragkv/bytes.h"
+#include "ragkv/hash.h"
 
 /* qmax per level as documented in docs/codec.md: {K early, K late, V early, V late};
  * early K layers are [0, ceil(L/3)), early V layers [0, 2). */
@@ -74,45 +76,165 @@ Test(cachegen, bit_exact_symbol_roundtrip)
         exact_symbols_in((codec_shape){3, 300, 9, 16}, level, CODEC_SCALE_CHANNEL, -1, 50 + (uint64_t)level);
 }
 
+/* Decode with the AVX2 decoder and with the scalar one (RAGKV_CODEC_SIMD=0) into dtype: the
+ * same status and, when they succeed, the same bytes. Returns the status. */
+static rk_status decode_both(const uint8_t *data, size_t len, const codec_decode_opts *o,
+                             codec_dtype dt, const char *what)
+{
+    codec_info info;
+    cr_assert_eq(codec_inspect(data, len, &info), RK_OK, "%s: %s", what, rk_error_msg());
+    size_t n = codec_decoded_bytes(&info, dt);
+    unsigned char *x = rk_malloc(n), *y = rk_malloc(n);
+    cr_assert(x && y);
+    cr_assert_eq(unsetenv("RAGKV_CODEC_SIMD"), 0);
+    rk_status a = codec_decode(data, len, o, dt, x, n);
+    cr_assert_eq(setenv("RAGKV_CODEC_SIMD", "0", 1), 0);
+    rk_status b = codec_decode(data, len, o, dt, y, n);
+    unsetenv("RAGKV_CODEC_SIMD");
+    cr_assert_eq(a, b, "%s dtype %d: AVX2 decoder %s, scalar %s", what, (int)dt, rk_strerror(a),
+                 rk_strerror(b));
+    if (a == RK_OK)
+        cr_assert_eq(memcmp(x, y, n), 0, "%s dtype %d: AVX2 and scalar decoders differ", what, (int)dt);
+    rk_free(x);
+    rk_free(y);
+    return a;
+}
+
+/* Encode kv at level (with cb when set) and check the two decoders agree in every dtype. */
+static void simd_equals_scalar(const float *kv, codec_shape s, int level, codec_codebook *cb,
+                               const char *what)
+{
+    const codec_dtype dts[3] = {CODEC_F32, CODEC_F16, CODEC_BF16};
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = level;
+    p.codebook = cb;
+    rk_buf b = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+    codec_decode_opts o = {.codebook = cb};
+    for (int d = 0; d < 3; d++)
+        cr_assert_eq(decode_both(b.data, b.len, &o, dts[d], what), RK_OK, "%s: %s", what,
+                     rk_error_msg());
+    rk_buf_free(&b);
+}
+
 /* The AVX2 eight-stream decoder and the scalar decoder give the same bytes: every level,
- * f32/f16/bf16 output, per-chunk tables and a codebook, Llama-like head width. */
+ * f32/f16/bf16 output, per-chunk tables and a codebook, Llama-like head width; 512 channels
+ * run all eight chains, and mostly-zero KV gives models with one dominant symbol (frequency
+ * 65536 minus one for each other symbol). */
 Test(cachegen, simd_decoder_equals_scalar)
 {
     if (!__builtin_cpu_supports("avx2"))
         cr_skip_test("skipped: this CPU has no AVX2, only the scalar decoder runs");
-    codec_shape s = {4, 260, 4, 64};
-    float *kv = synth(s, 4242);
-    const codec_dtype dts[3] = {CODEC_F32, CODEC_F16, CODEC_BF16};
+    const codec_shape shapes[2] = {{4, 260, 4, 64}, {2, 300, 4, 128}};
+    for (int si = 0; si < 2; si++) {
+        codec_shape s = shapes[si];
+        float *kv = synth(s, 4242 + (uint64_t)si);
+        codec_codebook *cb = NULL;
+        const float *samples[1] = {kv};
+        codec_params cp = codec_params_default(CODEC_CACHEGEN);
+        cp.level = 1;
+        cr_assert_eq(codec_codebook_train(samples, &s, 1, &cp, &cb), RK_OK, "%s", rk_error_msg());
+        for (int level = 0; level <= 4; level++)
+            simd_equals_scalar(kv, s, level, NULL, "tables");
+        simd_equals_scalar(kv, s, 1, cb, "codebook");
+        size_t n = codec_shape_values(&s);
+        for (size_t i = 0; i < n; i++) /* a few spikes: every other value quantizes to 0 */
+            if (i % 997 && i % (s.head_dim + 1))
+                kv[i] = 0.0f;
+        for (int level = 0; level <= 4; level += 2)
+            simd_equals_scalar(kv, s, level, NULL, "mostly zero, tables");
+        simd_equals_scalar(kv, s, 1, cb, "mostly zero, codebook");
+        codec_codebook_free(cb);
+        rk_free(kv);
+    }
+}
+
+/* Recompute the section and header checksums of a container (docs/format.md 2.1, 2.2). */
+static void reseal(uint8_t *p)
+{
+    size_t nsec = p[27];
+    for (size_t i = 0; i < nsec; i++) {
+        uint8_t *e = p + 48 + 32 * i;
+        rk_put_le64(e + 24, rk_xxh3_64(p + rk_get_le64(e + 8), (size_t)rk_get_le64(e + 16)));
+    }
+    uint8_t tmp[40 + 16 * 32];
+    memcpy(tmp, p, 40);
+    memcpy(tmp + 40, p + 48, 32 * nsec);
+    rk_put_le64(p + 40, rk_xxh3_64(tmp, 40 + 32 * nsec));
+}
+
+/* The section of this type: its bytes in the container. */
+static uint8_t *section(uint8_t *p, uint32_t type, size_t *len)
+{
+    for (size_t i = 0; i < p[27]; i++) {
+        uint8_t *e = p + 48 + 32 * i;
+        if (rk_get_le32(e) == type) {
+            *len = (size_t)rk_get_le64(e + 16);
+            return p + rk_get_le64(e + 8);
+        }
+    }
+    cr_assert_fail("no section %u", type);
+    return NULL;
+}
+
+/* Damaged entropy-coded streams (behind valid checksums): the AVX2 and scalar decoders agree
+ * on the status and, where a damaged stream still decodes, on the values. Damage: initial
+ * states outside [2^23, 2^31), flipped bytes, bytes moved between neighbouring streams,
+ * streams shorter than their 4-byte state. */
+Test(cachegen, simd_and_scalar_agree_on_damaged_streams)
+{
+    if (!__builtin_cpu_supports("avx2"))
+        cr_skip_test("skipped: this CPU has no AVX2, only the scalar decoder runs");
+    codec_shape s = {2, 300, 4, 128};
+    float *kv = synth(s, 77);
     codec_codebook *cb = NULL;
     const float *samples[1] = {kv};
     codec_params cp = codec_params_default(CODEC_CACHEGEN);
-    cp.level = 1;
     cr_assert_eq(codec_codebook_train(samples, &s, 1, &cp, &cb), RK_OK, "%s", rk_error_msg());
-    for (int level = 0; level <= 5; level++) { /* 5: level 1 with the codebook */
+    codec_decode_opts o = {.codebook = cb};
+    uint64_t r = 99;
+    int failed = 0, tries = 0;
+    for (int withcb = 0; withcb < 2; withcb++) {
         codec_params p = codec_params_default(CODEC_CACHEGEN);
-        p.level = level == 5 ? 1 : level;
-        p.codebook = level == 5 ? cb : NULL;
+        p.codebook = withcb ? cb : NULL;
         rk_buf b = RK_BUF_INIT;
         cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
-        codec_decode_opts o = {0};
-        o.codebook = level == 5 ? cb : NULL;
-        for (int d = 0; d < 3; d++) {
-            codec_info info;
-            cr_assert_eq(codec_inspect(b.data, b.len, &info), RK_OK);
-            size_t n = codec_decoded_bytes(&info, dts[d]);
-            unsigned char *x = rk_malloc(n), *y = rk_malloc(n);
-            cr_assert(x && y);
-            cr_assert_eq(unsetenv("RAGKV_CODEC_SIMD"), 0);
-            cr_assert_eq(codec_decode(b.data, b.len, &o, dts[d], x, n), RK_OK, "%s", rk_error_msg());
-            cr_assert_eq(setenv("RAGKV_CODEC_SIMD", "0", 1), 0);
-            cr_assert_eq(codec_decode(b.data, b.len, &o, dts[d], y, n), RK_OK, "%s", rk_error_msg());
-            cr_assert_eq(memcmp(x, y, n), 0, "level %d dtype %d: AVX2 and scalar decoders differ", level, d);
-            rk_free(x);
-            rk_free(y);
-        }
+        uint8_t *c = rk_malloc(b.len);
+        cr_assert_not_null(c);
+        for (int kind = 0; kind < 4; kind++)
+            for (int it = 0; it < 8; it++) {
+                memcpy(c, b.data, b.len);
+                size_t plen, ilen;
+                uint8_t *pay = section(c, 5, &plen), *idx = section(c, 4, &ilen);
+                size_t ns = ilen / 4;
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                size_t k = (size_t)(r >> 33) % (ns - 1); /* a stream with a right neighbour */
+                size_t at = 0;
+                for (size_t i = 0; i < k; i++)
+                    at += rk_get_le32(idx + 4 * i);
+                uint32_t len = rk_get_le32(idx + 4 * k), next = rk_get_le32(idx + 4 * k + 4);
+                const uint32_t states[8] = {0, 1, 0x7fffff, 0x80000000u, 0xffffffffu, 0x800000,
+                                            0x7fffffff, 0x12345};
+                if (kind == 0) /* initial state */
+                    rk_put_le32(pay + at, states[it]);
+                else if (kind == 1) /* a flipped byte of the stream */
+                    pay[at + (r >> 20) % len] ^= (uint8_t)(1 + (r >> 12) % 255);
+                else if (kind == 2) { /* one byte moves to the neighbour, or back */
+                    int d = it % 2 ? 1 : -1;
+                    rk_put_le32(idx + 4 * k, len + (uint32_t)d);
+                    rk_put_le32(idx + 4 * k + 4, next - (uint32_t)d);
+                } else { /* shorter than a state */
+                    rk_put_le32(idx + 4 * k, (uint32_t)it % 4);
+                    rk_put_le32(idx + 4 * k + 4, next + len - (uint32_t)it % 4);
+                }
+                reseal(c);
+                tries++;
+                failed += decode_both(c, b.len, &o, CODEC_F16, withcb ? "codebook" : "tables") != RK_OK;
+            }
+        rk_free(c);
         rk_buf_free(&b);
     }
-    unsetenv("RAGKV_CODEC_SIMD");
+    cr_assert_gt(failed, tries / 2, "only %d of %d damaged containers were rejected", failed, tries);
     codec_codebook_free(cb);
     rk_free(kv);
 }
