@@ -91,6 +91,7 @@ struct cc_redis_async {
     bool marker;             /* the connect-time EXISTS found the marker key */
     bool known_intact;       /* a connection saw the marker: a later one without it means loss */
     bool closing;            /* close began: no new operations */
+    uint64_t losses;         /* connections that found the marker gone (cc_redis_async_losses) */
     char sha[NSHA][41];      /* SCRIPT LOAD digests ("" : EVAL) */
     char *host;              /* owned */
     int port;
@@ -475,6 +476,7 @@ static void on_check(redisAsyncContext *ac, void *r, void *privdata)
         /* not transient: nothing may be read from or written to the empty Redis until the
          * synchronous store has rebuilt it (and set the marker again) */
         RK_WARN("redis %s:%d came back without ragkv metadata (prefix %s)", a->host, a->port, a->prefix);
+        a->losses++;
         fail_waiting(a, RK_ERR_UNAVAILABLE, true, "lost ragkv's metadata (restart without persistence?): rebuild pending");
         drop_conn(a, RK_ERR_UNAVAILABLE, "lost ragkv's metadata");
         return;
@@ -582,7 +584,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         start_attempt(o);
         return;
     case ST_WAIT: /* the connection did not become ready in time (Redis stalled) */
-        op_fail(o, RK_ERR_TIMEOUT, false, "redis %s:%d: no answer within %d ms", a->host, a->port,
+        op_fail(o, RK_ERR_TIMEOUT, false, "redis %s:%d: connection not ready within %d ms", a->host, a->port,
                 a->o.command_timeout_ms);
         attempt_failed(o, RK_ERR_TIMEOUT);
         drop_conn(a, RK_ERR_UNAVAILABLE, "connect timed out");
@@ -740,6 +742,12 @@ rk_status cc_redis_async_remove(cc_redis_async *a, const cc_key *key, uint64_t e
 size_t cc_redis_async_pending(const cc_redis_async *a)
 {
     return a ? a->nops : 0;
+}
+
+/* See ragkv/redis_async.h. */
+uint64_t cc_redis_async_losses(const cc_redis_async *a)
+{
+    return a ? a->losses : 0;
 }
 
 /* See ragkv/redis_async.h. */

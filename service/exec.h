@@ -123,6 +123,7 @@ typedef struct svc_gen {
     struct cc_put_txn *txn;    /* PUT_KV: the blob written, the put not yet finished */
     cc_evlist removed;         /* DELETE: the chunk whose metadata the loop removed */
     uint64_t meta_t0_ns;       /* start of the Redis operation in flight (metrics) */
+    uint64_t meta_losses;      /* cc_redis_async_losses when it started */
 } svc_gen;
 
 typedef struct svc_exec svc_exec;

@@ -46,6 +46,7 @@ static void meta_metrics(void)
 static void op_begin(svc_gen *g)
 {
     g->meta_t0_ns = rk_now_ns();
+    g->meta_losses = cc_redis_async_losses(g->worker->meta);
     svc_metric_add(mm.inflight, 1);
 }
 
@@ -64,10 +65,12 @@ static void op_end(svc_gen *g, int op, rk_status st)
         svc_metric_add(mm.errors[op], 1);
 }
 
-/* End the job with st (msg: the error's detail). */
+/* End the job with st (msg: the error's detail). A Redis that stops answering is reported as
+ * the synchronous path reports it once its reconnects fail as well: RK_ERR_UNAVAILABLE (the
+ * message still says it timed out). */
 static void complete(svc_gen *g, rk_status st, const char *msg)
 {
-    svc_gen_complete(g, st, st == RK_OK ? NULL : msg);
+    svc_gen_complete(g, st == RK_ERR_TIMEOUT ? RK_ERR_UNAVAILABLE : st, st == RK_OK ? NULL : msg);
 }
 
 /* Hand g's next step to the I/O pool, inside the server's submission gate. False when the
@@ -82,12 +85,14 @@ static bool to_pool(svc_gen *g, uint8_t step)
     return st == RK_OK;
 }
 
-/* The loop's Redis is unavailable (down, or back without its data): re-run through the
- * synchronous store on the pool (step), whose recovery rebuilds and whose answer is the
- * client's. False when that cannot be done (draining). */
+/* An operation failed with RK_ERR_UNAVAILABLE: when the loop's client found Redis without
+ * ragkv's metadata meanwhile, re-run it through the synchronous store on the pool (step), whose
+ * recovery rebuilds and whose answer is the client's. False (answer the failure) otherwise — a
+ * Redis that is down fails the synchronous path the same way, only later — or when it cannot
+ * be done (draining). */
 static bool fallback(svc_gen *g, int op, uint8_t step)
 {
-    if (!to_pool(g, step))
+    if (!g->worker->meta || cc_redis_async_losses(g->worker->meta) == g->meta_losses || !to_pool(g, step))
         return false;
     svc_metric_add(mm.fallbacks[op], 1);
     return true;

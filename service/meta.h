@@ -15,9 +15,11 @@
  * A job stays the worker's (svc_gen, refcounted as with the pool) from start to end: a client
  * that goes away only cancels it (a PUT_KV whose blob is written still commits and finishes,
  * as a pool job would; one not yet written stops). RK_ERR_UNAVAILABLE from the loop's Redis
- * (down, or back without its data) re-runs the call through the synchronous store on the pool,
- * whose recovery rebuilds a Redis that lost its data and whose errors are the client's; other
- * outcomes (timeouts, quota, Redis refusing a write) are answered as they are, the same codes
+ * when the worker's client found Redis back without ragkv's metadata meanwhile re-runs the
+ * call through the synchronous store on the pool, whose recovery rebuilds and whose answer is
+ * the client's; a Redis that is down or stalled is answered RK_ERR_UNAVAILABLE after the
+ * client's retries (as the synchronous path answers, which retries twice as long); other
+ * outcomes (quota, not found, Redis refusing a write) are answered as they are, the same codes
  * the synchronous path gives.
  *
  * Metrics: meta_async_ops_total{op="lookup|insert|delete"}, meta_async_errors_total{op=...}

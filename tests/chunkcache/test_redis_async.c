@@ -553,7 +553,8 @@ Test(redis_async, stalls_restarts_and_lost_data, .timeout = 120)
     double ms1 = (rk_now_ns() - t0) / 1e6;
     cr_expect(ms1 >= 290 && ms1 < 1500, "timed out after %.0f ms", ms1);
     cc_redis_async_close(b.ra);
-    /* two retries: three attempts of 300 ms and two backoffs (20, 40 ms) */
+    /* two retries: three attempts of 300 ms and two backoffs (20, 40 ms); none gets a
+     * connection ready (the stalled server never answers its checks) */
     o.retries = 2;
     cr_assert_eq(cc_redis_async_open(base, "127.0.0.1", rp.port, "rk:", &o, &b.ra), RK_OK);
     t0 = rk_now_ns();
@@ -567,10 +568,12 @@ Test(redis_async, stalls_restarts_and_lost_data, .timeout = 120)
      * had seen... it had: the marker was there) */
     cct_redis_kill(&rp);
     cr_expect_eq(be_insert(&b, &r[4], 0, NULL), RK_ERR_UNAVAILABLE);
+    cr_expect_eq(cc_redis_async_losses(b.ra), 0, "down is not lost");
     rp.p.pid = 0;
     cr_assert(cct_redis_start(&rp));
     t0 = rk_now_ns();
     cr_expect_eq(be_insert(&b, &r[4], 0, NULL), RK_ERR_UNAVAILABLE, "the data is gone: refused, not answered");
+    cr_expect_eq(cc_redis_async_losses(b.ra), 1, "and counted as a loss");
     cr_expect(strstr(b.w.msg, "lost ragkv's metadata") != NULL, "says why: %s", b.w.msg);
     cr_expect_lt((rk_now_ns() - t0) / 1e6, 1000.0, "at once, without retries");
     /* the rebuild (here by hand): marker and tenant back; the next operation goes through */

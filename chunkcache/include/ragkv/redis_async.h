@@ -109,6 +109,12 @@ rk_status cc_redis_async_remove(cc_redis_async *a, const cc_key *key, uint64_t e
 /* Operations started and not yet completed. */
 size_t cc_redis_async_pending(const cc_redis_async *a);
 
+/* How many times a new connection found ragkv's metadata gone (see the overview). A caller
+ * that reads it when it starts an operation and again when that operation failed with
+ * RK_ERR_UNAVAILABLE knows whether the failure was (or may have been) a Redis without its data
+ * — for which the synchronous store rebuilds — rather than a Redis that is down. */
+uint64_t cc_redis_async_losses(const cc_redis_async *a);
+
 /* Drop the connection; operations not yet completed complete with RK_ERR_CANCELLED (those
  * whose answer was already in complete with it), from within this call; their callbacks may
  * not start new operations (those calls return RK_ERR_CANCELLED). NULL is a no-op. */
