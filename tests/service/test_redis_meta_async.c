@@ -2,8 +2,9 @@
  * (redis-async, on by default with `redis`): the answers are the synchronous path's (own and
  * other tenants' chunks, duplicates, quotas with both policies), the async path is the one
  * taken (/metrics counters), a client that leaves while its write is in flight neither crashes
- * nor leaks anything (its write still commits), and Redis killed under a write in flight gives
- * the error the synchronous path gives, then the rebuild serves everything acknowledged. */
+ * nor leaks anything (its write still commits), Redis killed under a write in flight gives
+ * the error the synchronous path gives, then the rebuild serves everything acknowledged, and
+ * the write path's crash points leave what they leave on the synchronous path. */
 #include <criterion/criterion.h>
 #include <hiredis/hiredis.h>
 #include <signal.h>
@@ -61,16 +62,31 @@ static void two_chunks(ragkv_conn *c, int seed, int32_t *t1, int32_t *t2, uint8_
     container_of(c, t2, 24, c2, l2);
 }
 
-Test(redis_meta_async, lookup_put_kv_delete_on_the_loop, .timeout = 120)
+/* Flags for a daemon on the model with its metadata in the harness's Redis under a prefix of
+ * its own (tag + pid); skips without either. The strings live in the caller's buffers. */
+typedef struct hflags {
+    char redis[160], prefix[64];
+    const char *argv[7];
+} hflags;
+
+static const char *const *harness_flags(hflags *f, const char *tag)
 {
     const char *model = need_model();
-    char host[128], redis[160], prefix[64];
+    char host[128];
     int rport;
     if (!rk_test_redis(host, sizeof(host), &rport))
         cr_skip_test("skipped: RAGKV_TEST_REDIS not set (run through scripts/test.sh)");
-    snprintf(redis, sizeof(redis), "%s:%d", host, rport);
-    snprintf(prefix, sizeof(prefix), "rkma%d:", (int)getpid());
-    const char *extra[] = {"--model", model, "--redis", redis, "--redis-prefix", prefix, NULL};
+    snprintf(f->redis, sizeof(f->redis), "%s:%d", host, rport);
+    snprintf(f->prefix, sizeof(f->prefix), "%s%d:", tag, (int)getpid());
+    const char *argv[7] = {"--model", model, "--redis", f->redis, "--redis-prefix", f->prefix, NULL};
+    memcpy(f->argv, argv, sizeof(argv));
+    return f->argv;
+}
+
+Test(redis_meta_async, lookup_put_kv_delete_on_the_loop, .timeout = 120)
+{
+    hflags hf;
+    const char *const *extra = harness_flags(&hf, "rkma");
     svct_daemon dd;
     svct_daemon_up(&dd, "ragkvd", extra, "acme", "globex", NULL);
     ragkv_conn *a = svct_dial(dd.port, dd.token[0]), *b = svct_dial(dd.port, dd.token[1]);
@@ -151,8 +167,8 @@ Test(redis_meta_async, lookup_put_kv_delete_on_the_loop, .timeout = 120)
     svct_daemon_down(&dd);
 
     /* redis-async 0: the same answers from the pool, the loop's counters untouched */
-    strcat(prefix, "s:");
-    const char *sync_extra[] = {"--model", model, "--redis", redis, "--redis-prefix", prefix, "--redis-async", "0", NULL};
+    strcat(hf.prefix, "s:");
+    const char *sync_extra[] = {"--model", extra[1], "--redis", hf.redis, "--redis-prefix", hf.prefix, "--redis-async", "0", NULL};
     svct_daemon_up(&dd, "ragkvd", sync_extra, "acme", NULL);
     a = svct_dial(dd.port, dd.token[0]);
     uint8_t k[32];
@@ -306,4 +322,64 @@ Test(redis_meta_async, client_gone_and_redis_killed_mid_write, .timeout = 180)
     svct_daemon_down(&dd);
     cr_expect_eq(rk_test_stop(&r, SIGTERM, 10000), 0);
     rk_test_rmrf(tmp);
+}
+
+/* The write path's crash points, hit by PUT_KV on the loop's path (blob on the pool, commit on
+ * the loop, acknowledgement from the commit's completion): after a restart each leaves the
+ * state docs/storage.md promises, and a retry stores nothing twice. */
+Test(redis_meta_async, crash_points_of_the_loops_put_kv, .timeout = 180)
+{
+    static const struct {
+        const char *point;
+        bool committed;
+    } cases[] = {{"put_blob_written", false}, {"put_meta_committed", true}, {"put_before_ack", true}};
+    enum { NC = 3 };
+    hflags hf;
+    const char *const *extra = harness_flags(&hf, "rkmc");
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd-crashpoints", extra, "acme", "ref", NULL);
+    ragkv_conn *ref = svct_dial(dd.port, dd.token[1]);
+    int32_t t[NC][24];
+    uint8_t *cont[NC];
+    uint32_t len[NC];
+    for (int i = 0; i < NC; i++) {
+        toks_of(t[i], 24, 50 + i);
+        container_of(ref, t[i], 24, &cont[i], &len[i]);
+    }
+    ragkv_close(ref);
+    cr_assert_eq(rk_test_stop(&dd.proc, SIGTERM, 20000), 0);
+    for (int i = 0; i < NC; i++) {
+        char sel[64];
+        snprintf(sel, sizeof(sel), "%s:1", cases[i].point);
+        setenv("RAGKV_CRASHPOINT", sel, 1);
+        svct_daemon_start(&dd, "ragkvd-crashpoints", extra);
+        unsetenv("RAGKV_CRASHPOINT");
+        ragkv_conn *a = svct_dial(dd.port, dd.token[0]);
+        uint8_t k[32];
+        cr_expect_neq(ragkv_put_kv(a, t[i], 24, cont[i], len[i], k, NULL), RK_OK, "%s: never acknowledged", sel);
+        ragkv_close(a);
+        cr_assert_eq(rk_test_wait(&dd.proc, 20000), 128 + SIGKILL, "%s: ragkvd died at the crash point", sel);
+    }
+    svct_daemon_start(&dd, "ragkvd-crashpoints", extra);
+    ragkv_conn *a = svct_dial(dd.port, dd.token[0]);
+    long long ins = meta_metric(dd.hport, "ops", "insert");
+    for (int i = 0; i < NC; i++) {
+        uint8_t k[32], present = 9;
+        int created = -1;
+        cr_assert_eq(ragkv_put_kv(a, t[i], 24, cont[i], len[i], k, &created), RK_OK, "%s", rk_error_msg());
+        cr_expect_eq(created, cases[i].committed ? 0 : 1, "%s: the retry %s", cases[i].point,
+                     cases[i].committed ? "finds it committed" : "stores it");
+        cr_assert_eq(ragkv_lookup(a, k, 1, &present), RK_OK);
+        cr_expect_eq(present, 1);
+        cr_expect_eq(svct_kv_sum(a, k), rk_xxh3_64(cont[i], len[i]), "%s: byte-identical", cases[i].point);
+        rk_free(cont[i]);
+    }
+    cr_expect_eq(meta_metric(dd.hport, "ops", "insert"), ins + 1, "the one retry that wrote went through the loop");
+    ragkv_close(a);
+    ragkv_conn *adm = svct_dial(dd.port, dd.adm);
+    uint64_t chunks = 0;
+    cr_assert_eq(ragkv_admin_quota_get(adm, "acme", NULL, NULL, NULL, NULL, &chunks), RK_OK);
+    cr_expect_eq(chunks, NC, "usage exact after the crashes");
+    ragkv_close(adm);
+    svct_daemon_down(&dd);
 }
