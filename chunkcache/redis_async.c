@@ -69,7 +69,6 @@ struct op {
     size_t n;              /* pairs (OP_READABLE) */
     /* OP_INSERT */
     cc_redis_insert_args *ins; /* the script's arguments, owned */
-    char ins_ns[CC_NAME_MAX + 1]; /* the record's namespace (messages) */
     cc_evlist ev;          /* evicted by the insert */
     /* OP_REMOVE */
     cc_redis_remove_args rem; /* the script's arguments */
@@ -311,7 +310,7 @@ static void reply_script(op *o, const redisReply *rep)
         return;
     }
     cc_evlist_free(&o->ev);
-    op_result(o, cc_redis_insert_reply(rep, a->o.max_reply_elements, o->ins_ns, &o->ev));
+    op_result(o, cc_redis_insert_reply(rep, a->o.max_reply_elements, o->ins->ns, &o->ev));
     if (o->st == RK_OK && a->o.wait_replicas > 0 && rk_now_ns() / 1000000 >= a->wait_skip_until_ms) {
         cc_redis_wait_args w;
         cc_redis_wait_args_init(&w, &a->o);
@@ -717,7 +716,6 @@ rk_status cc_redis_async_insert(cc_redis_async *a, const cc_record *rec, unsigne
         op_free(o);
         return s;
     }
-    snprintf(o->ins_ns, sizeof(o->ins_ns), "%s", rec->ns);
     o->cb.insert = cb;
     return op_start(o);
 }

@@ -117,7 +117,8 @@ rk_status cc_redis_insert_args_init(cc_redis_insert_args *x, const cc_record *re
     snprintf(x->cost, sizeof(x->cost), "%.17g", rec->cost > 0 ? rec->cost : 0.0);
     snprintf(x->exp, sizeof(x->exp), "%" PRIu64, rec->expires_ms);
     snprintf(x->now, sizeof(x->now), "%" PRIu64, rec->created_ms);
-    const char *a[10] = {x->hex, rec->ns, x->size, x->csum, (rec->flags & CC_RECORD_FLAG_PINNED) ? "1" : "0",
+    snprintf(x->ns, sizeof(x->ns), "%s", rec->ns);
+    const char *a[10] = {x->hex, x->ns, x->size, x->csum, (rec->flags & CC_RECORD_FLAG_PINNED) ? "1" : "0",
                          x->cost, x->exp, x->now, (flags & CC_INSERT_FORCE) ? "1" : "0", (const char *)x->enc.data};
     memcpy(x->a, a, sizeof(a));
     for (int i = 0; i < 9; i++)

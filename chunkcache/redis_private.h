@@ -62,10 +62,12 @@ rk_status cc_redis_parse_record(const redisReply *rep, const cc_key *key, cc_rec
  * not kept). RK_ERR_META when malformed or longer than max_elements. */
 rk_status cc_redis_take_triples(const redisReply *rep, size_t from, size_t max_elements, cc_evlist *ev);
 
-/* The INSERT script's arguments for rec (docs/storage.md). Built in place: a[] points into
- * the struct itself and into rec_enc, so the struct must not be copied or moved. */
+/* The INSERT script's arguments for rec (docs/storage.md), owning everything they point at (rec
+ * is not kept: an asynchronous insert may be sent after its caller's record is gone). Built in
+ * place: a[] points into the struct itself, so the struct must not be copied or moved. */
 typedef struct cc_redis_insert_args {
     char hex[CC_KEY_HEX_LEN + 1], size[24], csum[24], cost[40], exp[24], now[24];
+    char ns[CC_NAME_MAX + 1];
     rk_buf enc;        /* the record encoding (the `rec` field), owned */
     const char *a[10]; /* hex ns size csum pin cost exp now force rec */
     size_t al[10];     /* their lengths */
