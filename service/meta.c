@@ -35,7 +35,7 @@ static void meta_metrics(void)
         mm.errors[i] = svc_metric_get(SVC_COUNTER, "meta_async_errors_total", lbl,
                                       "of those, the failed (Redis down, stalled, refusing), not answers such as not found");
         mm.fallbacks[i] = svc_metric_get(SVC_COUNTER, "meta_async_fallbacks_total", lbl,
-                                         "operations re-run through the synchronous store (the loop's Redis was unavailable)");
+                                         "re-run through the synchronous store: Redis came back without ragkv's metadata (rebuild)");
     }
     mm.inflight = svc_metric_get(SVC_GAUGE, "meta_async_inflight", "", "metadata operations in flight on the workers' loops");
     mm.ms = svc_histogram_get("meta_async_ms", "one metadata operation on a worker's event loop, issue to answer, ms");

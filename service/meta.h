@@ -23,7 +23,8 @@
  * the synchronous path gives.
  *
  * Metrics: meta_async_ops_total{op="lookup|insert|delete"}, meta_async_errors_total{op=...}
- * (failures, not answers such as not-found or over-quota), meta_async_fallbacks_total{op=...},
+ * (failures, not answers such as not-found or over-quota), meta_async_fallbacks_total{op=...}
+ * (re-run synchronously after a data loss),
  * the gauge meta_async_inflight, and the histogram meta_async_ms (one Redis-level operation,
  * issue to callback).
  *
