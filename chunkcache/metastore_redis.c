@@ -22,19 +22,12 @@
 
 #include <hiredis/hiredis.h>
 
-#include "metastore_redis_lua.h"
 #include "redis_private.h"
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/metastore.h"
 #include "ragkv/redis_sentinel.h"
-
-enum { S_INSERT, S_REMOVE, S_TOUCH, S_EVICT, S_EXPIRE, S_TENANT_PUT, S_TENANT_DEL, S_GRANT, S_COUNT };
-
-static const char *const scripts[S_COUNT] = {
-    LUA_INSERT, LUA_REMOVE, LUA_TOUCH, LUA_EVICT, LUA_EXPIRE, LUA_TENANT_PUT, LUA_TENANT_DEL, LUA_GRANT,
-};
 
 typedef struct redis_ms {
     pthread_mutex_t mu;        /* guards c, sha, known_intact (one command at a time) */
@@ -46,7 +39,7 @@ typedef struct redis_ms {
     char prefix[64];           /* key prefix, e.g. "rk:" */
     size_t plen;               /* strlen(prefix) */
     cc_redis_opts o;           /* timeouts, retries, limits */
-    char sha[S_COUNT][41];     /* SCRIPT LOAD digests ("" until loaded) */
+    char sha[CC_RS_COUNT][41];     /* SCRIPT LOAD digests ("" until loaded) */
     bool known_intact;         /* marker seen since the last clear/open */
     _Atomic uint64_t wait_skip_until; /* after a WAIT shortfall: no WAIT before this (ms, monotonic) */
     bool lost;                 /* Redis came back without our data: every command but the
@@ -153,7 +146,7 @@ static rk_status do_call_any(redis_ms *r, bool allow_lost, int argc, const char 
                 return rk_error_set(RK_ERR_UNAVAILABLE, "redis lost ragkv's metadata (restart without persistence?)");
         }
         redisReply *rep = redisCommandArgv(r->c, argc, argv, lens);
-        if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "READONLY", 8) == 0) {
+        if (rep && cc_redis_is_readonly(rep)) {
             /* this Redis was demoted to a replica (failover): find the primary again */
             s = rk_error_set(RK_ERR_UNAVAILABLE, "redis %s:%d: %s", r->host, r->port, rep->str);
             freeReplyObject(rep);
@@ -180,48 +173,31 @@ static rk_status do_call(redis_ms *r, int argc, const char **argv, const size_t 
     return do_call_any(r, false, argc, argv, lens, out);
 }
 
-/* True for the NOSCRIPT error that makes EVALSHA fall back to EVAL. */
-static bool is_noscript(const redisReply *rep)
-{
-    return rep->type == REDIS_REPLY_ERROR && rep->str && strncmp(rep->str, "NOSCRIPT", 8) == 0;
-}
-
-/* Caller holds mu. Run script id with args (ARGV[1] = prefix is added here). */
+/* Caller holds mu. Run script id with args (ARGV[1] = prefix is added here): EVALSHA,
+ * falling back to EVAL on NOSCRIPT. */
 static rk_status do_script(redis_ms *r, int id, int nargs, const char **args, const size_t *alen,
                            redisReply **out)
 {
-    const char *argv[3 + 1 + 512];
-    size_t lens[3 + 1 + 512];
-    if (nargs > 512)
-        return rk_error_set(RK_ERR_INTERNAL, "redis: too many script arguments");
-    argv[1] = r->sha[id];
-    argv[2] = "0";
-    lens[2] = 1;
-    argv[3] = r->prefix;
-    lens[3] = r->plen;
-    for (int i = 0; i < nargs; i++) {
-        argv[4 + i] = args[i];
-        lens[4 + i] = alen ? alen[i] : strlen(args[i]);
-    }
+    const char *argv[4 + CC_REDIS_MAX_SCRIPT_ARGS];
+    size_t lens[4 + CC_REDIS_MAX_SCRIPT_ARGS];
     redisReply *rep = NULL;
     rk_status s;
     if (r->sha[id][0]) {
-        argv[0] = "EVALSHA";
-        lens[0] = 7;
-        lens[1] = strlen(r->sha[id]);
-        if ((s = do_call(r, 4 + nargs, argv, lens, &rep)) != RK_OK)
+        int argc = cc_redis_script_argv(id, r->sha[id], r->prefix, nargs, args, alen, argv, lens);
+        if (argc < 0)
+            return rk_error_set(RK_ERR_INTERNAL, "redis: too many script arguments");
+        if ((s = do_call(r, argc, argv, lens, &rep)) != RK_OK)
             return s;
-        if (!is_noscript(rep)) {
+        if (!cc_redis_is_noscript(rep)) {
             *out = rep;
             return RK_OK;
         }
         freeReplyObject(rep);
     }
-    argv[0] = "EVAL";
-    lens[0] = 4;
-    argv[1] = scripts[id];
-    lens[1] = strlen(scripts[id]);
-    if ((s = do_call(r, 4 + nargs, argv, lens, &rep)) != RK_OK)
+    int argc = cc_redis_script_argv(id, NULL, r->prefix, nargs, args, alen, argv, lens);
+    if (argc < 0)
+        return rk_error_set(RK_ERR_INTERNAL, "redis: too many script arguments");
+    if ((s = do_call(r, argc, argv, lens, &rep)) != RK_OK)
         return s;
     *out = rep;
     return RK_OK;
@@ -230,8 +206,7 @@ static rk_status do_script(redis_ms *r, int id, int nargs, const char **args, co
 /* Free rep and translate an unexpected or error reply into RK_ERR_META. */
 static rk_status reply_error(redis_ms *r, redisReply *rep, const char *what)
 {
-    rk_status s = rk_error_set(RK_ERR_META, "redis %s: %s", what,
-                               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply type");
+    rk_status s = cc_redis_reply_error(rep, what);
     freeReplyObject(rep);
     return s;
 }
@@ -240,24 +215,6 @@ static rk_status reply_error(redis_ms *r, redisReply *rep, const char *what)
 static bool reply_ok_size(redis_ms *r, const redisReply *rep)
 {
     return rep->type != REDIS_REPLY_ARRAY || rep->elements <= r->o.max_reply_elements;
-}
-
-/* Parse evicted triples rep->element[1..] into ev. */
-static rk_status take_triples(redis_ms *r, redisReply *rep, size_t from, cc_evlist *ev)
-{
-    if (!reply_ok_size(r, rep) || (rep->elements - from) % 3)
-        return rk_error_set(RK_ERR_META, "redis: malformed eviction list");
-    for (size_t i = from; i + 2 < rep->elements; i += 3) {
-        redisReply *h = rep->element[i], *c = rep->element[i + 1], *z = rep->element[i + 2];
-        cc_key k;
-        if (h->type != REDIS_REPLY_STRING || c->type != REDIS_REPLY_STRING || z->type != REDIS_REPLY_STRING ||
-            cc_key_from_hex(h->str, &k) != RK_OK)
-            return rk_error_set(RK_ERR_META, "redis: malformed eviction entry");
-        rk_status s = cc_evlist_push(ev, &k, strtoull(c->str, NULL, 10), strtoull(z->str, NULL, 10));
-        if (s != RK_OK)
-            return s;
-    }
-    return RK_OK;
 }
 
 /* Run a script whose reply is {code, triples...}; code < 0 is returned in *code. */
@@ -273,7 +230,7 @@ static rk_status script_triples(redis_ms *r, int id, int nargs, const char **arg
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->type != REDIS_REPLY_INTEGER)
         return reply_error(r, rep, what);
     *code = rep->element[0]->integer;
-    s = *code == 0 ? take_triples(r, rep, 1, ev) : RK_OK;
+    s = *code == 0 ? cc_redis_take_triples(rep, 1, r->o.max_reply_elements, ev) : RK_OK;
     freeReplyObject(rep);
     return s;
 }
@@ -314,7 +271,7 @@ static rk_status r_tenant_put(void *ctx, const cc_tenant_cfg *cfg)
     const char *a[4] = {cfg->name, mb, mc, pol};
     redisReply *rep;
     pthread_mutex_lock(&r->mu);
-    rk_status s = do_script(r, S_TENANT_PUT, 4, a, NULL, &rep);
+    rk_status s = do_script(r, CC_RS_TENANT_PUT, 4, a, NULL, &rep);
     pthread_mutex_unlock(&r->mu);
     if (s != RK_OK)
         return s;
@@ -322,12 +279,6 @@ static rk_status r_tenant_put(void *ctx, const cc_tenant_cfg *cfg)
         return reply_error(r, rep, "tenant put");
     freeReplyObject(rep);
     return RK_OK;
-}
-
-/* A decimal string reply as u64 (0 for nil or another type). */
-static uint64_t u64_of(const redisReply *e)
-{
-    return e->type == REDIS_REPLY_STRING ? strtoull(e->str, NULL, 10) : 0;
 }
 
 /* cc_metastore_i.tenant_get (contract in ragkv/metastore.h). */
@@ -351,13 +302,13 @@ static rk_status r_tenant_get(void *ctx, const char *name, cc_tenant_info *out)
     }
     memset(out, 0, sizeof(*out));
     snprintf(out->cfg.name, sizeof(out->cfg.name), "%s", name);
-    out->cfg.max_bytes = u64_of(rep->element[0]);
-    out->cfg.max_chunks = u64_of(rep->element[1]);
-    out->cfg.policy = u64_of(rep->element[2]) == 1 ? CC_QUOTA_EVICT : CC_QUOTA_REJECT;
-    out->bytes = u64_of(rep->element[3]);
-    out->chunks = u64_of(rep->element[4]);
-    out->pinned_bytes = u64_of(rep->element[5]);
-    out->pinned_chunks = u64_of(rep->element[6]);
+    out->cfg.max_bytes = cc_redis_u64(rep->element[0]);
+    out->cfg.max_chunks = cc_redis_u64(rep->element[1]);
+    out->cfg.policy = cc_redis_u64(rep->element[2]) == 1 ? CC_QUOTA_EVICT : CC_QUOTA_REJECT;
+    out->bytes = cc_redis_u64(rep->element[3]);
+    out->chunks = cc_redis_u64(rep->element[4]);
+    out->pinned_bytes = cc_redis_u64(rep->element[5]);
+    out->pinned_chunks = cc_redis_u64(rep->element[6]);
     out->clock = rep->element[7]->type == REDIS_REPLY_STRING ? strtod(rep->element[7]->str, NULL) : 0;
     freeReplyObject(rep);
     return RK_OK;
@@ -371,7 +322,7 @@ static rk_status r_tenant_del(void *ctx, const char *name, cc_evlist *removed)
         return RK_ERR_NOT_FOUND;
     const char *a[1] = {name};
     long long code;
-    rk_status s = script_triples(r, S_TENANT_DEL, 1, a, NULL, &code, removed, "tenant delete");
+    rk_status s = script_triples(r, CC_RS_TENANT_DEL, 1, a, NULL, &code, removed, "tenant delete");
     return s != RK_OK ? s : code < 0 ? RK_ERR_NOT_FOUND : RK_OK;
 }
 
@@ -424,7 +375,7 @@ static rk_status r_grant(void *ctx, const char *ns, const char *tenant, bool on)
     const char *a[3] = {ns, tenant, on ? "1" : "0"};
     redisReply *rep;
     pthread_mutex_lock(&r->mu);
-    rk_status s = do_script(r, S_GRANT, 3, a, NULL, &rep);
+    rk_status s = do_script(r, CC_RS_GRANT, 3, a, NULL, &rep);
     pthread_mutex_unlock(&r->mu);
     if (s != RK_OK)
         return s;
@@ -457,7 +408,6 @@ static rk_status r_readable(void *ctx, const char *tenant, const char *ns, bool 
     return RK_OK;
 }
 
-/* cc_metastore_i.insert (contract in ragkv/metastore.h). */
 /* WAIT until o.wait_replicas replicas hold the writes so far (bounded by wait_timeout_ms):
  * an acknowledged chunk's metadata then survives a failover to one of them. A shortfall is
  * logged, not failed: the chunk is committed on the primary either way. */
@@ -465,87 +415,38 @@ static void wait_replicas(redis_ms *r)
 {
     if (r->o.wait_replicas <= 0 || rk_now_ns() / 1000000 < atomic_load(&r->wait_skip_until))
         return;
-    char n[16], ms[16];
-    snprintf(n, sizeof(n), "%d", r->o.wait_replicas);
-    snprintf(ms, sizeof(ms), "%d", r->o.wait_timeout_ms > 0 ? r->o.wait_timeout_ms : 1000);
-    const char *a[3] = {"WAIT", n, ms};
-    size_t al[3] = {4, strlen(n), strlen(ms)};
+    cc_redis_wait_args w;
+    cc_redis_wait_args_init(&w, &r->o);
     redisReply *rep = NULL;
-    if (simple(r, 3, a, al, &rep) != RK_OK) {
+    if (simple(r, 3, w.a, w.al, &rep) != RK_OK) {
         RK_WARN("redis WAIT failed: %s", rk_error_msg());
         return;
     }
-    if (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->o.wait_replicas) {
-        /* too few replicas (one died, or none is left after a failover): waiting on every
-         * insert would only add the timeout to each; replicate asynchronously for a while */
-        RK_WARN("redis WAIT: %lld of %d replicas acknowledged within %s ms; not waiting for 10 s",
-                rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->o.wait_replicas, ms);
+    if (!cc_redis_wait_ok(rep, &r->o))
         atomic_store(&r->wait_skip_until, rk_now_ns() / 1000000 + 10000);
-    }
     freeReplyObject(rep);
 }
 
+/* cc_metastore_i.insert (contract in ragkv/metastore.h). */
 static rk_status r_insert(void *ctx, const cc_record *rec, unsigned flags, cc_evlist *evicted)
 {
     redis_ms *r = ctx;
-    rk_buf b = RK_BUF_INIT;
-    rk_status s = cc_record_encode(rec, &b);
-    if (s != RK_OK) {
-        rk_buf_free(&b);
-        return s;
-    }
-    char hex[CC_KEY_HEX_LEN + 1], size[24], csum[24], cost[40], exp[24], now[24];
-    cc_key_to_hex(&rec->key, hex);
-    snprintf(size, sizeof(size), "%" PRIu64, rec->size);
-    snprintf(csum, sizeof(csum), "%" PRIu64, rec->csum);
-    snprintf(cost, sizeof(cost), "%.17g", rec->cost > 0 ? rec->cost : 0.0);
-    snprintf(exp, sizeof(exp), "%" PRIu64, rec->expires_ms);
-    snprintf(now, sizeof(now), "%" PRIu64, rec->created_ms);
-    const char *a[10] = {hex, rec->ns, size, csum, (rec->flags & CC_RECORD_FLAG_PINNED) ? "1" : "0",
-                         cost, exp, now, (flags & CC_INSERT_FORCE) ? "1" : "0", (const char *)b.data};
-    size_t al[10];
-    for (int i = 0; i < 9; i++)
-        al[i] = strlen(a[i]);
-    al[9] = b.len;
-    long long code = 0;
-    s = script_triples(r, S_INSERT, 10, a, al, &code, evicted, "insert");
-    rk_buf_free(&b);
+    cc_redis_insert_args x;
+    rk_status s = cc_redis_insert_args_init(&x, rec, flags);
     if (s != RK_OK)
         return s;
-    switch (code) {
-    case 0:
+    redisReply *rep;
+    pthread_mutex_lock(&r->mu);
+    s = do_script(r, CC_RS_INSERT, 10, x.a, x.al, &rep);
+    pthread_mutex_unlock(&r->mu);
+    cc_redis_insert_args_free(&x);
+    if (s != RK_OK)
+        return s;
+    s = cc_redis_insert_reply(rep, r->o.max_reply_elements, rec->ns, evicted);
+    freeReplyObject(rep);
+    if (s == RK_OK)
         wait_replicas(r);
-        return RK_OK;
-    case -1:
-        return rk_error_set(RK_ERR_NOT_FOUND, "insert: no tenant/namespace '%s'", rec->ns);
-    case -2:
-        return RK_ERR_EXISTS;
-    case -3:
-        return rk_error_set(RK_ERR_QUOTA, "tenant '%s' over quota", rec->ns);
-    default:
-        return rk_error_set(RK_ERR_META, "insert: script returned %lld", code);
-    }
-}
-
-/* See redis_private.h. */
-rk_status cc_redis_parse_record(const redisReply *rep, const cc_key *key, cc_record *out)
-{
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 3)
-        return rk_error_set(RK_ERR_META, "redis: bad record reply");
-    const redisReply *rr = rep->element[0];
-    if (rr->type != REDIS_REPLY_STRING)
-        return RK_ERR_NOT_FOUND;
-    size_t used;
-    rk_status s = cc_record_decode((const uint8_t *)rr->str, rr->len, out, &used);
-    if (s != RK_OK)
-        return s;
-    if (!cc_key_equal(&out->key, key)) {
-        cc_record_clear(out);
-        return rk_error_set(RK_ERR_CORRUPT, "redis: record under the wrong key");
-    }
-    out->hits = u64_of(rep->element[1]);
-    out->last_access_ms = u64_of(rep->element[2]);
-    return RK_OK;
+    return s;
 }
 
 /* cc_metastore_i.get (contract in ragkv/metastore.h). */
@@ -610,31 +511,17 @@ static rk_status r_get(void *ctx, const cc_key *keys, size_t n, cc_record *recs,
 static rk_status r_remove(void *ctx, const cc_key *key, uint64_t expect_csum, cc_record *removed)
 {
     redis_ms *r = ctx;
-    char hex[CC_KEY_HEX_LEN + 1], cs[24];
-    cc_key_to_hex(key, hex);
-    snprintf(cs, sizeof(cs), "%" PRIu64, expect_csum);
-    const char *a[2] = {hex, cs};
+    cc_redis_remove_args x;
+    cc_redis_remove_args_init(&x, key, expect_csum);
     redisReply *rep;
     pthread_mutex_lock(&r->mu);
-    rk_status s = do_script(r, S_REMOVE, 2, a, NULL, &rep);
+    rk_status s = do_script(r, CC_RS_REMOVE, 2, x.a, NULL, &rep);
     pthread_mutex_unlock(&r->mu);
     if (s != RK_OK)
         return s;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->type != REDIS_REPLY_INTEGER)
-        return reply_error(r, rep, "remove");
-    if (rep->element[0]->integer < 0) {
-        freeReplyObject(rep);
-        return RK_ERR_NOT_FOUND;
-    }
-    if (removed) {
-        size_t used;
-        cc_record_init(removed);
-        if (rep->elements < 2 || rep->element[1]->type != REDIS_REPLY_STRING ||
-            cc_record_decode((const uint8_t *)rep->element[1]->str, rep->element[1]->len, removed, &used) != RK_OK)
-            cc_record_init(removed); /* removed anyway; the caller only lacks the details */
-    }
+    s = cc_redis_remove_reply(rep, removed);
     freeReplyObject(rep);
-    return RK_OK;
+    return s;
 }
 
 /* cc_metastore_i.touch (contract in ragkv/metastore.h). */
@@ -656,7 +543,7 @@ static rk_status r_touch(void *ctx, const cc_touch *t, size_t n)
         }
         redisReply *rep;
         pthread_mutex_lock(&r->mu);
-        rk_status s = do_script(r, S_TOUCH, (int)(3 * m), a, NULL, &rep);
+        rk_status s = do_script(r, CC_RS_TOUCH, (int)(3 * m), a, NULL, &rep);
         pthread_mutex_unlock(&r->mu);
         if (s != RK_OK)
             return s;
@@ -677,7 +564,7 @@ static rk_status r_evict(void *ctx, const char *ns, uint64_t bytes, cc_evlist *e
     snprintf(b, sizeof(b), "%" PRIu64, bytes);
     const char *a[2] = {ns, b};
     long long code;
-    rk_status s = script_triples(r, S_EVICT, 2, a, NULL, &code, evicted, "evict");
+    rk_status s = script_triples(r, CC_RS_EVICT, 2, a, NULL, &code, evicted, "evict");
     return s != RK_OK ? s : code < 0 ? RK_ERR_NOT_FOUND : RK_OK;
 }
 
@@ -693,7 +580,7 @@ static rk_status r_expire(void *ctx, uint64_t now_ms, cc_evlist *removed)
     rk_status s;
     do { /* the script removes at most 1000 per call */
         before = removed ? removed->n : 0;
-        s = script_triples(r, S_EXPIRE, 1, a, NULL, &code, removed, "expire");
+        s = script_triples(r, CC_RS_EXPIRE, 1, a, NULL, &code, removed, "expire");
     } while (s == RK_OK && removed && removed->n - before == 1000);
     return s;
 }
@@ -882,8 +769,8 @@ rk_status cc_metastore_redis_open(const char *host, int port, const char *prefix
     bool lost;
     if ((s = do_connect(r, &lost)) != RK_OK)
         goto fail;
-    for (int i = 0; i < S_COUNT; i++) {
-        redisReply *rep = redisCommand(r->c, "SCRIPT LOAD %s", scripts[i]);
+    for (int i = 0; i < CC_RS_COUNT; i++) {
+        redisReply *rep = redisCommand(r->c, "SCRIPT LOAD %s", cc_redis_scripts[i]);
         if (!rep || rep->type != REDIS_REPLY_STRING || rep->len != 40) {
             s = rk_error_set(RK_ERR_META, "redis SCRIPT LOAD failed: %s",
                              rep && rep->str ? rep->str : r->c->errstr);

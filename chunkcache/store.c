@@ -2,7 +2,8 @@
  *
  * Locks (always taken in this order):
  *   gate    rwlock. Every public operation holds it shared; rebuild holds it exclusive, so
- *           nothing reads half-rebuilt metadata.
+ *           nothing reads half-rebuilt metadata. (The event-loop variants, …_async, hold
+ *           no gate: see their section.)
  *   ram_mu  mutex. Guards the RAM tier (map, heap, bytes, clock), the buffered touches and
  *           the flusher's stop flag. Never held across a backend call.
  * The backends are thread-safe on their own. */
@@ -20,6 +21,7 @@
 #include "ragkv/crashpoint.h"
 #include "ragkv/hash.h"
 #include "ragkv/log.h"
+#include "ragkv/redis_async.h"
 
 #define BKEY_LEN (CC_KEY_BYTES + 8) /* blob store key: chunk key || blob checksum (LE) */
 
@@ -321,7 +323,22 @@ static rk_status make_room(cc_store *s, uint64_t need)
 
 /* ---- put --------------------------------------------------------------------------------- */
 
-static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, cc_key *out)
+/* A put between its blob write and its finish (ragkv/chunkcache.h). */
+struct cc_put_txn {
+    cc_record rec;        /* the record to commit (owned: Cache-Craft bytes copied) */
+    rk_buf v;             /* the value written: record header then blob (the RAM tier keeps it) */
+    size_t hdr;           /* header bytes in v */
+    uint8_t bk[BKEY_LEN]; /* its blob store key */
+    rk_status commit;     /* the commit's outcome; RK_ERR_CANCELLED until there is one */
+    char msg[256];        /* its message */
+    cc_evlist ev;         /* chunks the commit evicted */
+    bool cur_known;       /* RK_ERR_EXISTS: the stored version's checksum was read */
+    uint64_t cur_csum;    /* ... and is this */
+};
+
+/* Steps 1-3 of a put: check, key, the value built once, room under the disk budget, the blob
+ * written. On RK_OK *tx is the pending put. */
+static rk_status put_write(cc_store *s, const char *tenant, const cc_put_args *a, cc_put_txn **tx)
 {
     rk_status st;
     if ((st = check_name("tenant", tenant)) != RK_OK)
@@ -372,19 +389,73 @@ static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, c
     if ((st = cc_blobstore_put(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &part, 1)) != RK_OK)
         goto out;
     RK_CRASHPOINT("put_blob_written"); /* an orphan blob: gc's to remove, never served */
-    cc_evlist ev = {0};
-    st = cc_metastore_insert(&s->ms, &r, 0, &ev);
+    cc_put_txn *t = rk_calloc(1, sizeof(*t));
+    if (!t || cc_record_copy(&t->rec, &r) != RK_OK) {
+        rk_free(t);
+        cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN); /* never admitted: not an orphan */
+        st = rk_error_set(RK_ERR_NOMEM, "put");
+        goto out;
+    }
+    t->v = v; /* the value moves into the pending put */
+    v = (rk_buf)RK_BUF_INIT;
+    t->hdr = hdr;
+    memcpy(t->bk, bk, BKEY_LEN);
+    t->commit = RK_ERR_CANCELLED;
+    *tx = t;
+out:
+    rk_buf_free(&v);
+    return st;
+}
+
+/* Record the commit's outcome (with the calling thread's message) in t. */
+static void put_committed(cc_put_txn *t, rk_status st)
+{
+    t->commit = st;
+    snprintf(t->msg, sizeof(t->msg), "%s", st == RK_OK || st == RK_ERR_EXISTS ? "" : rk_error_msg());
     if (st == RK_OK)
         RK_CRASHPOINT("put_meta_committed"); /* stored, unacknowledged; evictees' blobs orphans */
-    if (st == RK_ERR_EXISTS) {
-        /* someone stored this chunk first; keep theirs, drop ours unless it is the same blob */
+}
+
+/* Step 4 through the store's metadata store (caller holds the gate shared). */
+static void put_commit(cc_store *s, cc_put_txn *t)
+{
+    cc_evlist_free(&t->ev);
+    rk_status st = cc_metastore_insert(&s->ms, &t->rec, 0, &t->ev);
+    put_committed(t, st);
+    if (st == RK_ERR_EXISTS) { /* whose blob stays depends on the version stored */
         cc_record cur;
         rk_status gs;
-        if (cc_metastore_get(&s->ms, &r.key, 1, &cur, &gs) == RK_OK && gs == RK_OK) {
-            if (cur.csum != r.csum)
-                cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN);
+        t->cur_known = cc_metastore_get(&s->ms, &t->rec.key, 1, &cur, &gs) == RK_OK && gs == RK_OK;
+        if (t->cur_known) {
+            t->cur_csum = cur.csum;
             cc_record_clear(&cur);
         }
+    }
+}
+
+/* See ragkv/chunkcache.h (cc_put_txn_blocking). */
+static bool put_blocking(const cc_put_txn *t)
+{
+    if (t->commit == RK_OK)
+        return t->ev.n > 0; /* the evicted chunks' blobs */
+    if (t->commit == RK_ERR_EXISTS)
+        return t->cur_known && t->cur_csum != t->rec.csum; /* ours lost to another version */
+    return true; /* never admitted: our blob is deleted */
+}
+
+/* Steps 5-6 of a put: act on the commit's outcome, then free t. */
+static rk_status put_finish(cc_store *s, cc_put_txn *t, cc_key *out)
+{
+    cc_record r = t->rec; /* a view: t keeps its Cache-Craft bytes */
+    rk_buf v = t->v;      /* the value (the RAM tier may take it) */
+    size_t hdr = t->hdr;
+    const uint8_t *bk = t->bk;
+    cc_evlist ev = t->ev;
+    rk_status st = t->commit == RK_OK ? RK_OK : rk_error_set(t->commit, "%s", t->msg);
+    if (st == RK_ERR_EXISTS) {
+        /* someone stored this chunk first; keep theirs, drop ours unless it is the same blob */
+        if (t->cur_known && t->cur_csum != r.csum)
+            cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN);
         BUMP(s, put_dups, 1);
         st = RK_OK;
     } else if (st != RK_OK) {
@@ -416,9 +487,21 @@ static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, c
     cc_evlist_free(&ev);
     if (st == RK_OK && out)
         *out = r.key;
-out:
     rk_buf_free(&v);
+    cc_record_clear(&t->rec);
+    rk_free(t);
     return st;
+}
+
+/* cc_store_put under the gate: the steps in a row. */
+static rk_status do_put(cc_store *s, const char *tenant, const cc_put_args *a, cc_key *out)
+{
+    cc_put_txn *t;
+    rk_status st = put_write(s, tenant, a, &t);
+    if (st != RK_OK)
+        return st;
+    put_commit(s, t);
+    return put_finish(s, t, out);
 }
 
 /* ---- get --------------------------------------------------------------------------------- */
@@ -445,7 +528,7 @@ static rk_status readable(cc_store *s, const char *tenant, const char *ns, bool 
  * /metrics shows it. */
 static void note_bad_record(cc_store *s, rk_status gs)
 {
-    if (gs == RK_ERR_NOT_FOUND)
+    if (gs == RK_OK || gs == RK_ERR_NOT_FOUND) /* RK_OK: an expired record, not a damaged one */
         return;
     RK_WARN("chunk metadata record unreadable (%s): treated as a miss", rk_status_name(gs));
     BUMP(s, corrupt, 1);
@@ -651,6 +734,187 @@ static rk_status do_delete(cc_store *s, const char *tenant, const cc_key *key)
     }
     cc_record_clear(&r);
     return st;
+}
+
+/* ---- event-loop variants (ragkv/chunkcache.h) ----------------------------------------------
+ * The same decisions as do_lookup, do_delete and put_commit, each metadata call going through
+ * a cc_redis_async instead of the metadata store, so an event loop never waits. They hold no
+ * gate (a loop must not block on a rebuild): cc_redis_async refuses to answer from a Redis
+ * that lost its data, and the caller re-runs the call synchronously, which rebuilds. */
+
+/* An asynchronous lookup in flight. */
+typedef struct alookup {
+    cc_store *s;
+    cc_redis_async *ra;
+    char tenant[CC_NAME_MAX + 1];
+    size_t n;                         /* keys */
+    uint8_t *present;                 /* (n) the answers */
+    size_t *check;                    /* (n) the grant check deciding key i; SIZE_MAX: none */
+    const char **ns;                  /* (m) namespaces asked about (into nsbuf) */
+    char (*nsbuf)[CC_NAME_MAX + 1];   /* (n) their storage */
+    bool *decides;                    /* (m) the check decides a key (else it only costs what
+                                         the check of another tenant's chunk costs) */
+    size_t m;                         /* grant checks */
+    cc_lookup_done cb;
+    void *arg;
+} alookup;
+
+static void alookup_free(alookup *al)
+{
+    rk_free(al->present);
+    rk_free(al->check);
+    rk_free(al->ns);
+    rk_free(al->nsbuf);
+    rk_free(al->decides);
+    rk_free(al);
+}
+
+static void alookup_end(alookup *al, rk_status st)
+{
+    al->cb(al->arg, st, al->present, al->n);
+    alookup_free(al);
+}
+
+static void on_lookup_checked(void *arg, rk_status st, const bool *ok, const rk_status *sts, size_t m)
+{
+    alookup *al = arg;
+    for (size_t j = 0; j < m; j++) { /* as do_lookup: a failed check of a key's own grant fails
+                                        the lookup; the equal-cost checks' answers are ignored */
+        if (!al->decides[j])
+            continue;
+        if (st != RK_OK) {
+            alookup_end(al, st);
+            return;
+        }
+        if (sts[j] != RK_OK) {
+            alookup_end(al, rk_error_set(sts[j], "lookup: grant check refused by Redis"));
+            return;
+        }
+    }
+    for (size_t i = 0; i < al->n; i++)
+        if (al->check[i] != SIZE_MAX)
+            al->present[i] = ok[al->check[i]];
+    alookup_end(al, RK_OK);
+}
+
+/* Queue a grant check of ns for key i (decides: its answer is key i's). */
+static void alookup_ask(alookup *al, size_t i, const char *ns, bool decides)
+{
+    snprintf(al->nsbuf[al->m], sizeof(al->nsbuf[0]), "%s", ns);
+    al->ns[al->m] = al->nsbuf[al->m];
+    al->decides[al->m] = decides;
+    if (decides)
+        al->check[i] = al->m;
+    al->m++;
+}
+
+static void on_lookup_records(void *arg, rk_status st, const cc_record *recs, const rk_status *sts, size_t n)
+{
+    alookup *al = arg;
+    if (st != RK_OK) {
+        alookup_end(al, st);
+        return;
+    }
+    uint64_t now = rk_wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        bool live = sts[i] == RK_OK && !expired(&recs[i], now);
+        if (live && strcmp(al->tenant, recs[i].ns) == 0) {
+            al->present[i] = 1; /* one's own namespace: readable without a round trip */
+        } else if (live) {
+            alookup_ask(al, i, recs[i].ns, true);
+        } else { /* one grant check per key that is not the tenant's own (equal_cost_miss) */
+            note_bad_record(al->s, sts[i]);
+            alookup_ask(al, i, no_ns, false);
+        }
+    }
+    if (al->m == 0) {
+        alookup_end(al, RK_OK);
+        return;
+    }
+    rk_status rs = cc_redis_async_readable(al->ra, al->tenant, al->ns, al->m, on_lookup_checked, al);
+    if (rs != RK_OK)
+        alookup_end(al, rs);
+}
+
+/* An asynchronous delete in flight. */
+typedef struct adelete {
+    cc_redis_async *ra;
+    char tenant[CC_NAME_MAX + 1];
+    cc_key key;
+    cc_evlist one;       /* the chunk removed (for cc_store_apply_removed) */
+    cc_delete_done cb;
+    void *arg;
+} adelete;
+
+static void adelete_end(adelete *d, rk_status st)
+{
+    cc_evlist none = {0};
+    d->cb(d->arg, st, st == RK_OK ? &d->one : &none);
+    cc_evlist_free(&d->one);
+    rk_free(d);
+}
+
+static void on_delete_removed(void *arg, rk_status st, const cc_record *removed)
+{
+    (void)removed;
+    adelete_end(arg, st);
+}
+
+static void on_delete_record(void *arg, rk_status st, const cc_record *recs, const rk_status *sts, size_t n)
+{
+    (void)n;
+    adelete *d = arg;
+    if (st != RK_OK) {
+        adelete_end(d, st);
+        return;
+    }
+    if (sts[0] != RK_OK || strcmp(recs[0].ns, d->tenant) != 0) { /* absent, or not the tenant's */
+        adelete_end(d, rk_error_set(RK_ERR_NOT_FOUND, "no such chunk"));
+        return;
+    }
+    rk_status rs = cc_evlist_push(&d->one, &recs[0].key, recs[0].csum, recs[0].size);
+    if (rs == RK_OK)
+        rs = cc_redis_async_remove(d->ra, &d->key, recs[0].csum, on_delete_removed, d);
+    if (rs != RK_OK)
+        adelete_end(d, rs);
+}
+
+/* An asynchronous commit in flight. */
+typedef struct acommit {
+    cc_redis_async *ra;
+    cc_put_txn *t;
+    cc_commit_done cb;
+    void *arg;
+} acommit;
+
+static void acommit_end(acommit *c)
+{
+    c->cb(c->arg, c->t);
+    rk_free(c);
+}
+
+static void on_commit_current(void *arg, rk_status st, const cc_record *recs, const rk_status *sts, size_t n)
+{
+    (void)n;
+    acommit *c = arg;
+    c->t->cur_known = st == RK_OK && sts[0] == RK_OK;
+    if (c->t->cur_known)
+        c->t->cur_csum = recs[0].csum;
+    acommit_end(c);
+}
+
+static void on_commit_inserted(void *arg, rk_status st, const cc_evlist *ev)
+{
+    acommit *c = arg;
+    cc_put_txn *t = c->t;
+    cc_evlist_free(&t->ev);
+    for (size_t i = 0; st == RK_OK && i < ev->n; i++)
+        if (cc_evlist_push(&t->ev, &ev->items[i].key, ev->items[i].csum, ev->items[i].size) != RK_OK)
+            RK_WARN("evicted chunk's blob left for gc (out of memory)");
+    put_committed(t, st);
+    if (st == RK_ERR_EXISTS && cc_redis_async_get(c->ra, &t->rec.key, 1, on_commit_current, c) == RK_OK)
+        return;
+    acommit_end(c);
 }
 
 /* ---- tenants (configuration is mirrored in CC_SPACE_CONFIG for rebuilds) ----------------- */
@@ -1070,6 +1334,145 @@ static bool recover(cc_store *s)
 rk_status cc_store_put(cc_store *s, const char *tenant, const cc_put_args *a, cc_key *key)
 {
     GATED(s, do_put(s, tenant, a, key));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_put_write(cc_store *s, const char *tenant, const cc_put_args *a, cc_put_txn **t)
+{
+    if (!t)
+        return rk_error_set(RK_ERR_INVALID, "put: no output");
+    GATED(s, put_write(s, tenant, a, t));
+}
+
+/* See ragkv/chunkcache.h. */
+const cc_record *cc_put_txn_record(const cc_put_txn *t)
+{
+    return &t->rec;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_put_txn_status(const cc_put_txn *t)
+{
+    return t->commit;
+}
+
+/* See ragkv/chunkcache.h. */
+bool cc_put_txn_blocking(const cc_put_txn *t)
+{
+    return put_blocking(t);
+}
+
+/* See ragkv/chunkcache.h. */
+void cc_store_put_commit(cc_store *s, cc_put_txn *t)
+{
+    for (int try_ = 0;; try_++) {
+        pthread_rwlock_rdlock(&s->gate);
+        put_commit(s, t);
+        pthread_rwlock_unlock(&s->gate);
+        if (t->commit != RK_ERR_UNAVAILABLE || try_ > 0)
+            return;
+        /* as cc_store_put after a commit that found Redis away: the blob goes first (a rebuild
+         * must not admit it past the quota), then recovery, then the blob again */
+        cc_blobstore_del(&s->bs, CC_SPACE_CHUNKS, t->bk, BKEY_LEN);
+        if (!recover(s))
+            return;
+        cc_iov part = {t->v.data, t->v.len};
+        pthread_rwlock_rdlock(&s->gate);
+        rk_status st = cc_blobstore_put(&s->bs, CC_SPACE_CHUNKS, t->bk, BKEY_LEN, &part, 1);
+        pthread_rwlock_unlock(&s->gate);
+        if (st != RK_OK) {
+            put_committed(t, st);
+            return;
+        }
+    }
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_put_commit_async(cc_store *s, cc_redis_async *ra, cc_put_txn *t, cc_commit_done cb, void *arg)
+{
+    if (!s || !ra || !t || !cb)
+        return rk_error_set(RK_ERR_INVALID, "commit: bad arguments");
+    acommit *c = rk_calloc(1, sizeof(*c));
+    if (!c)
+        return rk_error_set(RK_ERR_NOMEM, "commit");
+    *c = (acommit){ra, t, cb, arg};
+    rk_status st = cc_redis_async_insert(ra, &t->rec, 0, on_commit_inserted, c);
+    if (st != RK_OK)
+        rk_free(c);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_put_finish(cc_store *s, cc_put_txn *t, cc_key *key)
+{
+    /* a finish with blob deletes holds the gate shared like every other operation; one without
+     * touches memory only, and must not wait on a rebuild (an event loop runs it) */
+    bool gated = put_blocking(t);
+    if (gated)
+        pthread_rwlock_rdlock(&s->gate);
+    rk_status st = put_finish(s, t, key);
+    if (gated)
+        pthread_rwlock_unlock(&s->gate);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_lookup_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                                cc_lookup_done cb, void *arg)
+{
+    rk_status st;
+    if (!s || !ra || !keys || !n || !cb)
+        return rk_error_set(RK_ERR_INVALID, "lookup: bad arguments");
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    alookup *al = rk_calloc(1, sizeof(*al));
+    if (!al)
+        return rk_error_set(RK_ERR_NOMEM, "lookup");
+    *al = (alookup){.s = s, .ra = ra, .n = n, .cb = cb, .arg = arg};
+    snprintf(al->tenant, sizeof(al->tenant), "%s", tenant);
+    al->present = rk_calloc(n, 1);
+    al->check = rk_malloc(n * sizeof(size_t));
+    al->ns = rk_calloc(n, sizeof(char *));
+    al->nsbuf = rk_malloc(n * sizeof(*al->nsbuf));
+    al->decides = rk_calloc(n, sizeof(bool));
+    st = al->present && al->check && al->ns && al->nsbuf && al->decides ? RK_OK : rk_error_set(RK_ERR_NOMEM, "lookup");
+    for (size_t i = 0; st == RK_OK && i < n; i++)
+        al->check[i] = SIZE_MAX;
+    if (st == RK_OK)
+        st = cc_redis_async_get(ra, keys, n, on_lookup_records, al);
+    if (st != RK_OK)
+        alookup_free(al);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_delete_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *key,
+                                cc_delete_done cb, void *arg)
+{
+    rk_status st;
+    if (!s || !ra || !key || !cb)
+        return rk_error_set(RK_ERR_INVALID, "delete: bad arguments");
+    if ((st = check_name("tenant", tenant)) != RK_OK)
+        return st;
+    adelete *d = rk_calloc(1, sizeof(*d));
+    if (!d)
+        return rk_error_set(RK_ERR_NOMEM, "delete");
+    d->ra = ra;
+    snprintf(d->tenant, sizeof(d->tenant), "%s", tenant);
+    d->key = *key;
+    d->cb = cb;
+    d->arg = arg;
+    if ((st = cc_redis_async_get(ra, key, 1, on_delete_record, d)) != RK_OK)
+        rk_free(d);
+    return st;
+}
+
+/* See ragkv/chunkcache.h. */
+void cc_store_apply_removed(cc_store *s, const cc_evlist *removed)
+{
+    pthread_rwlock_rdlock(&s->gate);
+    apply_removed(s, removed);
+    pthread_rwlock_unlock(&s->gate);
 }
 
 /* See ragkv/chunkcache.h. */

@@ -35,6 +35,7 @@ static const struct opt_desc opts[] = {
     STR_OPT("redis-sentinels", redis_sentinels, "HOST:PORT,... of Redis Sentinels that name the metadata primary"),
     STR_OPT("redis-master", redis_master, "master name the Sentinels monitor"),
     INT_OPT("redis-wait-replicas", redis_wait_replicas, 0, 16, "replicas that must hold a chunk's metadata before it is acknowledged (WAIT; 0: none)"),
+    INT_OPT("redis-async", redis_async, 0, 1, "1: LOOKUP, DELETE and PUT_KV's Redis calls on the workers' event loops; 0: on the I/O pool"),
     STR_OPT("cluster-secret-file", cluster_secret_file, "file holding the secret cluster peers authenticate with (set: cluster mode)"),
     STR_OPT("node-id", node_id, "this node's name in the cluster (default: the advertised address)"),
     STR_OPT("advertise", advertise, "HOST:PORT peers and clients reach this node at (default: bind:port)"),
@@ -75,6 +76,7 @@ void svc_config_defaults(svc_config *cfg)
     cfg->ram_budget_mb = 256;
     snprintf(cfg->redis_prefix, sizeof(cfg->redis_prefix), "rk:");
     snprintf(cfg->redis_master, sizeof(cfg->redis_master), "ragkv");
+    cfg->redis_async = 1;
     cfg->cluster_replicas = 1;
     cfg->cluster_heartbeat_ms = 1000;
     cfg->cluster_node_ttl_ms = 3000;

@@ -22,6 +22,7 @@
 #include "cluster.h"
 #include "exec.h"
 #include "limits.h"
+#include "meta.h"
 #include "ragkv/chunkcache.h"
 #include "ragkv/crashpoint.h"
 #include "server_int.h"
@@ -430,6 +431,12 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     svc_gen *g = arg;
     struct svc_conn *c = g->conn;
     pthread_mutex_lock(&g->lock);
+    if (g->stepped) { /* a pool step of a job the loop goes on with (meta.c) */
+        g->stepped = false;
+        pthread_mutex_unlock(&g->lock);
+        svc_meta_step(g);
+        return;
+    }
     bool done = g->done;
     size_t n = g->nout - g->nsent;
     int32_t *toks = NULL;
@@ -491,9 +498,10 @@ static void handle_cluster_nodes(struct svc_conn *c, const svc_request *rq)
     rk_buf_free(&b);
 }
 
-/* LOOKUP, DELETE, STATS (and a peer node's PEER_GET, PEER_PUT): store calls (Redis round
- * trips when Redis holds the metadata), run on the I/O pool so the worker's event loop never
- * waits on them. */
+/* LOOKUP, DELETE, STATS (and a peer node's PEER_GET, PEER_PUT): store calls. LOOKUP and
+ * DELETE go through the worker's own asynchronous Redis client when it has one (meta.h); the
+ * rest (and everything with embedded metadata) runs on the I/O pool, so the worker's event loop
+ * never waits on Redis or the disk. */
 static void submit_meta(struct svc_conn *c, const svc_request *rq)
 {
     struct svc_server *srv = c->w->srv;
@@ -538,7 +546,7 @@ static void submit_meta(struct svc_conn *c, const svc_request *rq)
         g->st_hits = ts.hits;
         g->st_misses = ts.misses;
     }
-    rk_status st = svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g);
+    rk_status st = svc_meta_start(c->w, g) ? RK_OK : svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g);
     if (st != RK_OK) {
         job_abort(c, rq, g, st, rk_error_msg());
         return;
@@ -654,6 +662,9 @@ static void do_submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->request_id = rq->id;
     g->opcode = rq->opcode;
     g->stream = kind == SVC_JOB_GENERATE && rq->stream;
+    g->worker = c->w;
+    if (kind == SVC_JOB_PUT_KV && svc_meta_takes_put(c->w))
+        g->step = SVC_STEP_KV_CHECK; /* its metadata calls on this loop (meta.h) */
     rk_status st = kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV ? svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g)
                                                                     : svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {

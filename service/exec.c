@@ -89,6 +89,7 @@ void svc_gen_release(svc_gen *g)
     rk_free(g->out);
     rk_free(g->in_owned);
     rk_buf_free(&g->result);
+    cc_evlist_free(&g->removed); /* (g->txn: every flow of meta.c finishes its put first) */
     pthread_mutex_destroy(&g->lock);
     rk_free(g);
 }
@@ -134,11 +135,9 @@ static void cache_misses(svc_exec *x, svc_gen *g)
     }
 }
 
-/* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
-static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
+/* Mark g done (with status and message) and wake its worker. */
+static void mark_done(svc_gen *g, rk_status st, const char *msg, uint8_t why)
 {
-    if (st == RK_OK)
-        cache_misses(x, g);
     pthread_mutex_lock(&g->lock);
     g->done = true;
     g->status = st;
@@ -150,15 +149,47 @@ static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8
      * event again, so the worker may free it */
     event_active(g->notify, EV_READ, 0);
     pthread_mutex_unlock(&g->lock);
+}
+
+void svc_gen_complete(svc_gen *g, rk_status st, const char *msg)
+{
+    mark_done(g, st, msg, 0);
+}
+
+/* The executor's (or the pool's) reference to g goes, and the job leaves the load. */
+static void job_leave(svc_exec *x, svc_gen *g)
+{
     svc_gen_release(g);
-    if (st != RK_OK)
-        svc_metric_add(xm.gen_errors, 1);
     svc_metric_add(xm.active, -1);
     if (x) {
         pthread_mutex_lock(&x->lock);
         x->load--;
         pthread_mutex_unlock(&x->lock);
     }
+}
+
+/* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
+static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
+{
+    if (st == RK_OK)
+        cache_misses(x, g);
+    mark_done(g, st, msg, why);
+    if (st != RK_OK)
+        svc_metric_add(xm.gen_errors, 1);
+    job_leave(x, g);
+}
+
+/* A pool step of a job that goes on on its worker's loop (svc_step): hand it back with the
+ * step's status; the pool's reference goes. */
+static void step_back(svc_exec *x, svc_gen *g, rk_status st)
+{
+    pthread_mutex_lock(&g->lock);
+    g->status = st;
+    snprintf(g->errmsg, sizeof(g->errmsg), "%s", st == RK_OK ? "" : rk_error_msg());
+    g->stepped = true;
+    event_active(g->notify, EV_READ, 0);
+    pthread_mutex_unlock(&g->lock);
+    job_leave(x, g);
 }
 
 static bool is_stop(const eng_model_info *mi, int32_t t)
@@ -647,6 +678,39 @@ static rk_status transcode(svc_exec *x, const uint8_t *cont, size_t clen, uint32
     return st;
 }
 
+/* PUT_KV: the container checked against the model (every checksum), the key in the tenant's
+ * namespace. */
+static rk_status put_kv_check(svc_exec *x, svc_gen *g)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    const svc_gen_seg *sg = &g->segs[0];
+    rk_status st = svc_chunk_check(&x->cx, g->in_blob, g->in_len, sg->n, NULL);
+    return st == RK_OK ? cc_key_compute(mi->id, g->tenant, sg->tokens, sg->n, &g->key) : st;
+}
+
+/* PUT_KV: the stored form of the chunk (tokens + container) in blob, and what to put. */
+static rk_status put_kv_args(svc_exec *x, svc_gen *g, rk_buf *blob, cc_put_args *a)
+{
+    const eng_model_info *mi = eng_model_get_info(x->m);
+    const svc_gen_seg *sg = &g->segs[0];
+    codec_info ci;
+    rk_status st = svc_chunk_wrap(sg->tokens, sg->n, g->in_blob, g->in_len, blob);
+    if (st == RK_OK && (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK)
+        *a = (cc_put_args){.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
+                           .level = (uint16_t)ci.level, .blob = blob->data, .blob_len = blob->len, .cost = 1.0};
+    return st;
+}
+
+rk_status svc_put_kv_finish(cc_store *store, svc_gen *g)
+{
+    rk_status st = cc_store_put_finish(store, g->txn, &g->key);
+    g->txn = NULL;
+    g->created = st == RK_OK; /* written only when the loop's lookup found it absent */
+    if (!g->created)
+        g->stored_bytes = 0;
+    return st;
+}
+
 /* GET_KV, PUT_KV and the metadata calls on a pool thread. */
 static void pool_run(void *arg)
 {
@@ -656,7 +720,27 @@ static void pool_run(void *arg)
     svc_gen *g = pj->g;
     rk_free(pj);
     rk_status st;
-    if (g->kind == SVC_JOB_GET_KV) {
+    if (g->step == SVC_STEP_FORGET) { /* steps of jobs the loop answers (svc_step) */
+        cc_store_apply_removed(store, &g->removed);
+        cc_evlist_free(&g->removed);
+        st = RK_OK;
+    } else if (g->step == SVC_STEP_KV_CHECK) {
+        step_back(x, g, put_kv_check(x, g));
+        return;
+    } else if (g->step == SVC_STEP_KV_WRITE) {
+        rk_buf blob = RK_BUF_INIT;
+        cc_put_args a;
+        if ((st = put_kv_args(x, g, &blob, &a)) == RK_OK)
+            st = cc_store_put_write(store, g->tenant, &a, &g->txn);
+        g->stored_bytes = blob.len;
+        rk_buf_free(&blob);
+        step_back(x, g, st);
+        return;
+    } else if (g->step == SVC_STEP_KV_FINISH || g->step == SVC_STEP_KV_COMMIT) {
+        if (g->step == SVC_STEP_KV_COMMIT)
+            cc_store_put_commit(store, g->txn);
+        st = svc_put_kv_finish(store, g);
+    } else if (g->kind == SVC_JOB_GET_KV) {
         cc_buf *blob = NULL;
         st = svc_cluster_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &blob, NULL);
         if (st == RK_OK) {
@@ -714,22 +798,14 @@ static void pool_run(void *arg)
         if (st == RK_OK && g->result.failed)
             st = RK_ERR_NOMEM;
     } else { /* PUT_KV */
-        const eng_model_info *mi = eng_model_get_info(x->m);
-        const svc_gen_seg *sg = &g->segs[0];
         uint8_t present = 0;
-        codec_info ci;
         rk_buf blob = RK_BUF_INIT;
-        st = svc_chunk_check(&x->cx, g->in_blob, g->in_len, sg->n, NULL);
-        if (st == RK_OK)
-            st = cc_key_compute(mi->id, g->tenant, sg->tokens, sg->n, &g->key);
+        cc_put_args a;
+        st = put_kv_check(x, g);
         if (st == RK_OK)
             st = cc_store_lookup(store, g->tenant, &g->key, 1, &present);
-        if (st == RK_OK && !present && (st = svc_chunk_wrap(sg->tokens, sg->n, g->in_blob, g->in_len, &blob)) == RK_OK &&
-            (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK) {
-            cc_put_args a = {.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
-                             .level = (uint16_t)ci.level, .blob = blob.data, .blob_len = blob.len, .cost = 1.0};
+        if (st == RK_OK && !present && (st = put_kv_args(x, g, &blob, &a)) == RK_OK)
             st = svc_cluster_put(x->cx.cluster, store, g->tenant, &a, &g->key);
-        }
         g->created = st == RK_OK && !present;
         g->stored_bytes = g->created ? blob.len : 0;
         rk_buf_free(&blob);

@@ -44,6 +44,21 @@ typedef enum svc_job_kind {
                              payload is built in result */
 } svc_job_kind;
 
+/* The steps of a job that goes back and forth between the I/O pool and its worker's event loop
+ * (meta.c: the metadata calls of LOOKUP, DELETE and PUT_KV answered on the loop through the
+ * worker's cc_redis_async). A pool step ends by handing the job back (stepped) instead of
+ * ending it, except the last ones, which end it like any pool job. */
+typedef enum svc_step {
+    SVC_STEP_NONE = 0,  /* a plain job: the pool runs it whole, synchronously */
+    SVC_STEP_KV_CHECK,  /* PUT_KV: check the container, compute the key; then the loop looks
+                           the chunk up */
+    SVC_STEP_KV_WRITE,  /* PUT_KV: write the blob (cc_store_put_write); then the loop commits */
+    SVC_STEP_KV_FINISH, /* PUT_KV: finish the put (blob deletes: rollback, evictions); ends */
+    SVC_STEP_KV_COMMIT, /* PUT_KV: commit synchronously (the loop's Redis lost its data: the
+                           store rebuilds), then finish; ends */
+    SVC_STEP_FORGET,    /* DELETE: the blob half (cc_store_apply_removed); ends */
+} svc_step;
+
 /* One prompt segment as the client sent it. */
 typedef struct svc_gen_seg {
     bool by_key;               /* named by key: tokens come from the store */
@@ -101,6 +116,14 @@ typedef struct svc_gen {
     uint64_t submit_ns;
     bool counted;              /* holds one of its tenant's job slots (svc_limits) */
     struct svc_server *srv;    /* the server (worker side: limits) */
+    /* the loop's metadata path (meta.c); worker side except step/stepped/txn (see svc_step) */
+    struct svc_worker *worker; /* the owning worker (its loop and its cc_redis_async) */
+    uint8_t step;              /* svc_step: what the pool does, or what just came back */
+    bool stepped;              /* guarded by lock: a pool step handed the job back */
+    struct cc_put_txn *txn;    /* PUT_KV: the blob written, the put not yet finished */
+    cc_evlist removed;         /* DELETE: the chunk whose metadata the loop removed */
+    uint64_t meta_t0_ns;       /* start of the Redis operation in flight (metrics) */
+    uint64_t meta_losses;      /* cc_redis_async_losses when it started */
 } svc_gen;
 
 typedef struct svc_exec svc_exec;
@@ -128,5 +151,13 @@ rk_status svc_exec_submit_pool(svc_exec *x, rk_pool *pool, cc_store *store, svc_
 
 /* Generations queued or active now. */
 int svc_exec_load(svc_exec *x);
+
+/* End g from its worker's own thread (a job answered on the loop): status, message (NULL:
+ * none), done, and its notify activated, as the executor ends a job. */
+void svc_gen_complete(svc_gen *g, rk_status st, const char *msg);
+
+/* PUT_KV's last step (any thread; blocking when cc_put_txn_blocking): finish g->txn, set
+ * created and stored_bytes. The put's status. */
+rk_status svc_put_kv_finish(cc_store *store, svc_gen *g);
 
 #endif

@@ -34,6 +34,7 @@
 #include "devcache.h"
 #include "exec.h"
 #include "limits.h"
+#include "meta.h"
 #include "ragkv/chunkcache.h"
 #include "ragkv/redis_sentinel.h"
 #include "ragkv/codec.h"
@@ -100,6 +101,7 @@ static void *worker_main(void *arg)
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     while (w->conns)
         svc_conn_free(w->conns);
+    svc_meta_close(w); /* after the connections: their jobs in flight end, cancelled */
     pthread_mutex_lock(&w->lock);
     for (int i = 0; i < w->npending; i++) {
         close(w->pending[i]);
@@ -554,7 +556,14 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         w->exit_ev = event_new(w->base, -1, 0, worker_on_exit, w);
         if (!w->notify_ev || !w->exit_ev)
             goto fail;
+        if ((st = svc_meta_open(w)) != RK_OK) {
+            rk_error_set(st, "worker %d: asynchronous Redis client: %s", i, rk_error_msg());
+            goto fail;
+        }
+        st = RK_ERR_NOMEM;
     }
+    if (srv->workers[0].meta)
+        RK_INFO("LOOKUP, DELETE and PUT_KV metadata calls on the workers' event loops (redis-async)");
     svc_metrics_set_collector(collect_store, srv);
     RK_INFO("ragkvd %s: data dir %s, %d workers, model %s", RAGKV_VERSION, cfg->data_dir,
             srv->nworkers, cfg->model[0] ? cfg->model : "(none)");
@@ -622,6 +631,7 @@ void svc_server_close(svc_server *srv)
         evhttp_free(srv->http);
     for (int i = 0; srv->workers && i < srv->nworkers; i++) {
         struct svc_worker *w = &srv->workers[i];
+        svc_meta_close(w); /* a worker that never ran */
         if (w->notify_ev)
             event_free(w->notify_ev);
         if (w->exit_ev)

@@ -44,6 +44,7 @@ struct svc_worker {
     int *pending;              /* accepted fds not yet picked up (cap max_connections) */
     int npending, cap;
     struct svc_conn *conns;    /* live connections (worker thread only) */
+    struct cc_redis_async *meta; /* metadata calls on this loop (meta.h); NULL: the pool's path */
 };
 
 struct svc_server {

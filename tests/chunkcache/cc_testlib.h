@@ -248,4 +248,31 @@ static inline void cct_make_tenant(cc_store *s, const char *name, uint64_t max_b
     cr_assert_eq(cc_store_tenant_create(s, name, &q), RK_OK, "tenant %s: %s", name, rk_error_msg());
 }
 
+/* A metadata record of namespace ns for chunk i (token id i): size, cost, pinned as given, checksum
+ * 1000 + i (for the metadata store tests; no blob behind it). */
+static inline cc_record cct_rec(const char *ns, int i, uint64_t size, double cost, bool pinned)
+{
+    cc_record r;
+    cc_record_init(&r);
+    int32_t tok = i;
+    cc_key_compute("m", ns, &tok, 1, &r.key);
+    snprintf(r.ns, sizeof(r.ns), "%s", ns);
+    strcpy(r.model, "m");
+    r.ntokens = 1;
+    r.size = size;
+    r.csum = 1000 + (uint64_t)i;
+    r.created_ms = rk_wall_ms();
+    r.cost = cost;
+    r.flags = pinned ? CC_RECORD_FLAG_PINNED : 0;
+    return r;
+}
+
+/* Create or update tenant name directly in a metadata store. */
+static inline void cct_ms_tenant(cc_metastore *ms, const char *name, uint64_t mb, uint64_t mc, cc_quota_policy pol)
+{
+    cc_tenant_cfg t = {.max_bytes = mb, .max_chunks = mc, .policy = pol};
+    snprintf(t.name, sizeof(t.name), "%s", name);
+    cr_assert_eq(cc_metastore_tenant_put(ms, &t), RK_OK, "%s", rk_error_msg());
+}
+
 #endif

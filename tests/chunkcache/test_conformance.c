@@ -84,30 +84,6 @@ Test(blobstore_rocksdb, conformance) { bs_conformance(CCT_BS_ROCKS); }
 
 /* ---- metadata stores --------------------------------------------------------------------- */
 
-static cc_record mkrec(const char *ns, int i, uint64_t size, double cost, bool pinned)
-{
-    cc_record r;
-    cc_record_init(&r);
-    int32_t tok = i;
-    cc_key_compute("m", ns, &tok, 1, &r.key);
-    snprintf(r.ns, sizeof(r.ns), "%s", ns);
-    strcpy(r.model, "m");
-    r.ntokens = 1;
-    r.size = size;
-    r.csum = 1000 + (uint64_t)i;
-    r.created_ms = rk_wall_ms();
-    r.cost = cost;
-    r.flags = pinned ? CC_RECORD_FLAG_PINNED : 0;
-    return r;
-}
-
-static void put_tenant(cc_metastore *ms, const char *name, uint64_t mb, uint64_t mc, cc_quota_policy pol)
-{
-    cc_tenant_cfg t = {.max_bytes = mb, .max_chunks = mc, .policy = pol};
-    snprintf(t.name, sizeof(t.name), "%s", name);
-    cr_assert_eq(cc_metastore_tenant_put(ms, &t), RK_OK, "%s", rk_error_msg());
-}
-
 static bool has(cc_metastore *ms, const cc_key *k)
 {
     cc_record r;
@@ -135,8 +111,8 @@ static void ms_conformance(cct_ms_kind kind)
     cr_expect(ok);
 
     /* tenants */
-    put_tenant(&ms, "b", 0, 0, CC_QUOTA_REJECT);
-    put_tenant(&ms, "a", 1000, 3, CC_QUOTA_REJECT);
+    cct_ms_tenant(&ms, "b", 0, 0, CC_QUOTA_REJECT);
+    cct_ms_tenant(&ms, "a", 1000, 3, CC_QUOTA_REJECT);
     cc_tenant_info ti;
     cr_assert_eq(cc_metastore_tenant_get(&ms, "a", &ti), RK_OK);
     cr_expect_eq(ti.cfg.max_bytes, 1000);
@@ -152,12 +128,12 @@ static void ms_conformance(cct_ms_kind kind)
     cc_names_free(names, n);
 
     /* insert, exists, quota (reject) */
-    cc_record r1 = mkrec("a", 1, 400, 10, false), r2 = mkrec("a", 2, 400, 10, false), r3 = mkrec("a", 3, 400, 10, false);
+    cc_record r1 = cct_rec("a", 1, 400, 10, false), r2 = cct_rec("a", 2, 400, 10, false), r3 = cct_rec("a", 3, 400, 10, false);
     cr_assert_eq(cc_metastore_insert(&ms, &r1, 0, NULL), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(cc_metastore_insert(&ms, &r1, 0, NULL), RK_ERR_EXISTS);
     cr_assert_eq(cc_metastore_insert(&ms, &r2, 0, NULL), RK_OK);
     cr_expect_eq(cc_metastore_insert(&ms, &r3, 0, NULL), RK_ERR_QUOTA, "1200 bytes > 1000");
-    cc_record nobody = mkrec("ghost", 1, 1, 1, false);
+    cc_record nobody = cct_rec("ghost", 1, 1, 1, false);
     cr_expect_eq(cc_metastore_insert(&ms, &nobody, 0, NULL), RK_ERR_NOT_FOUND);
     cr_assert_eq(cc_metastore_tenant_get(&ms, "a", &ti), RK_OK);
     cr_expect(ti.bytes == 800 && ti.chunks == 2, "usage %llu/%llu", (unsigned long long)ti.bytes,
@@ -195,16 +171,16 @@ static void ms_conformance(cct_ms_kind kind)
     cr_expect(ti.clock > 0, "the clock advanced to the evicted priority");
 
     /* another tenant is never touched by a's evictions */
-    cc_record b1 = mkrec("b", 1, 100, 0.001, false);
+    cc_record b1 = cct_rec("b", 1, 100, 0.001, false);
     cr_assert_eq(cc_metastore_insert(&ms, &b1, 0, NULL), RK_OK);
 
     /* pinned chunks are never evicted; when pins fill the quota, admission fails */
-    cc_record p1 = mkrec("a", 10, 900, 1, true);
+    cc_record p1 = cct_rec("a", 10, 900, 1, true);
     ev = (cc_evlist){0};
     cr_assert_eq(cc_metastore_insert(&ms, &p1, 0, &ev), RK_OK);
     cr_expect_eq(ev.n, 2, "both unpinned chunks make room");
     cc_evlist_free(&ev);
-    cc_record r4 = mkrec("a", 4, 200, 1000, false);
+    cc_record r4 = cct_rec("a", 4, 200, 1000, false);
     cr_expect_eq(cc_metastore_insert(&ms, &r4, 0, NULL), RK_ERR_QUOTA, "pins leave no room");
     cr_expect_eq(cc_metastore_insert(&ms, &r4, CC_INSERT_FORCE, NULL), RK_OK, "force skips the quota");
     cr_expect(has(&ms, &b1.key));
@@ -234,7 +210,7 @@ static void ms_conformance(cct_ms_kind kind)
     cr_expect(!rd);
 
     /* evict by bytes, expire by TTL */
-    cc_record b2 = mkrec("b", 2, 100, 5, false), b3 = mkrec("b", 3, 100, 1, false);
+    cc_record b2 = cct_rec("b", 2, 100, 5, false), b3 = cct_rec("b", 3, 100, 1, false);
     b3.expires_ms = rk_wall_ms() - 1;
     cr_assert_eq(cc_metastore_insert(&ms, &b2, 0, NULL), RK_OK);
     cr_assert_eq(cc_metastore_insert(&ms, &b3, 0, NULL), RK_OK);

@@ -9,20 +9,6 @@ static void need_redis(char *host, size_t n, int *port)
         cr_skip_test("skipped: RAGKV_TEST_REDIS not set (run through scripts/test.sh)");
 }
 
-static cc_record rec_of(const char *ns, int i)
-{
-    cc_record r;
-    cc_record_init(&r);
-    int32_t t = i;
-    cc_key_compute("m", ns, &t, 1, &r.key);
-    snprintf(r.ns, sizeof(r.ns), "%s", ns);
-    strcpy(r.model, "m");
-    r.size = 10;
-    r.csum = 7;
-    r.cost = 1;
-    return r;
-}
-
 Test(redis_metastore, script_cache_flush_falls_back_to_eval)
 {
     char host[128], prefix[64];
@@ -39,7 +25,7 @@ Test(redis_metastore, script_cache_flush_falls_back_to_eval)
     cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
     freeReplyObject(rep);
     redisFree(c);
-    cc_record r = rec_of("x", 1);
+    cc_record r = cct_rec("x", 1, 10, 1, false);
     cr_expect_eq(cc_metastore_insert(&ms, &r, 0, NULL), RK_OK, "insert after SCRIPT FLUSH: %s", rk_error_msg());
     cr_expect_eq(cc_metastore_insert(&ms, &r, 0, NULL), RK_ERR_EXISTS, "and EVALSHA works again");
     cc_evlist ev = {0};

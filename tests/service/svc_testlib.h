@@ -21,6 +21,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/client.h"
+#include "ragkv/clock.h"
 #include "ragkv/hash.h"
 #include "testutil.h"
 
@@ -133,6 +134,73 @@ static inline long long svct_metric(int hport, const char *name)
     long long v = at ? atoll(at + strlen(pat)) : -1;
     rk_free(body);
     return v;
+}
+
+/* ---- the workers' asynchronous metadata path (test_redis_meta_*.c) ---------------------- */
+
+/* The real model's path; skips the test without it. */
+static inline const char *svct_need_model(void)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    return model;
+}
+
+/* A counter of the workers' asynchronous metadata path: meta_async_<what>_total{op="<op>"}
+ * (what: ops, errors, fallbacks); -1 if absent. */
+static inline long long svct_meta_metric(int hport, const char *what, const char *op)
+{
+    char name[96];
+    snprintf(name, sizeof(name), "meta_async_%s_total{op=\"%s\"}", what, op);
+    return svct_metric(hport, name);
+}
+
+/* n chunk tokens from a seed (all inside stories260K's vocabulary). */
+static inline void svct_chunk_toks(int32_t *t, int n, int seed)
+{
+    for (int i = 0; i < n; i++)
+        t[i] = (seed * 37 + i * 11) % 500 + 3;
+}
+
+/* A valid KV container for tokens t: the chunk prefilled by tenant c (PUT_CHUNK), read back
+ * (GET_KV). *cont is the caller's (rk_free). */
+static inline void svct_container_of(ragkv_conn *c, const int32_t *t, int n, uint8_t **cont, uint32_t *len)
+{
+    uint8_t key[32];
+    cr_assert_eq(ragkv_put_chunk(c, t, (uint32_t)n, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_get_kv(c, key, NULL, 0, cont, len), RK_OK, "%s", rk_error_msg());
+}
+
+/* Two chunks' tokens (seeds seed, seed + 1, 24 tokens each) and valid containers for them. */
+static inline void svct_two_chunks(ragkv_conn *c, int seed, int32_t *t1, int32_t *t2, uint8_t **c1, uint32_t *l1, uint8_t **c2,
+                                   uint32_t *l2)
+{
+    svct_chunk_toks(t1, 24, seed);
+    svct_chunk_toks(t2, 24, seed + 1);
+    svct_container_of(c, t1, 24, c1, l1);
+    svct_container_of(c, t2, 24, c2, l2);
+}
+
+/* Flags for a daemon on the real model with its metadata in the harness's Redis under a prefix
+ * of its own (tag + a clock reading); skips without either. The strings live in *f. */
+typedef struct svct_hflags {
+    char redis[160], prefix[64];
+    const char *argv[7];
+} svct_hflags;
+
+static inline const char *const *svct_harness_flags(svct_hflags *f, const char *tag)
+{
+    const char *model = svct_need_model();
+    char host[128];
+    int rport;
+    if (!rk_test_redis(host, sizeof(host), &rport))
+        cr_skip_test("skipped: RAGKV_TEST_REDIS not set (run through scripts/test.sh)");
+    snprintf(f->redis, sizeof(f->redis), "%s:%d", host, rport);
+    snprintf(f->prefix, sizeof(f->prefix), "%s%llx:", tag, (unsigned long long)(rk_now_ns() & 0xffffffffffull));
+    const char *argv[7] = {"--model", model, "--redis", f->redis, "--redis-prefix", f->prefix, NULL};
+    memcpy(f->argv, argv, sizeof(argv));
+    return f->argv;
 }
 
 #endif

@@ -37,7 +37,8 @@
  *     if (cc_store_get(st, "acme", &key, &b, NULL) == RK_OK) { decode(b->data, b->len); cc_buf_release(b); }
  *     cc_store_close(st);
  *
- * Thread safety: every function may be called from many threads at once.
+ * Thread safety: every function may be called from many threads at once, except the event-loop
+ * variants at the end (…_async), which run on the thread of the cc_redis_async they are given.
  */
 #ifndef RAGKV_CHUNKCACHE_H
 #define RAGKV_CHUNKCACHE_H
@@ -51,6 +52,7 @@
 #include "ragkv/devtier.h"
 #include "ragkv/metastore.h"
 #include "ragkv/record.h"
+#include "ragkv/redis_async.h"
 #include "ragkv/status.h"
 
 #ifdef __cplusplus
@@ -136,6 +138,76 @@ rk_status cc_store_lookup(cc_store *s, const char *tenant, const cc_key *keys, s
 
 /* Delete one of tenant's own chunks. RK_ERR_NOT_FOUND otherwise. */
 rk_status cc_store_delete(cc_store *s, const char *tenant, const cc_key *key);
+
+/*
+ * The write path in steps, for callers that commit the metadata elsewhere (an event loop,
+ * through cc_store_put_commit_async) while the blob write runs on a pool thread. The order
+ * and the rules are cc_store_put's, which is built on the same pieces:
+ *
+ *     cc_put_txn *t;
+ *     cc_store_put_write(s, tenant, &a, &t);     // pool thread: key, disk budget, the blob
+ *     cc_store_put_commit_async(s, ra, t, done, ctx);   // loop: quota-checked insert
+ *     ... done(ctx, t):
+ *     if (cc_put_txn_blocking(t)) hand to a pool thread;   // blob deletes to do
+ *     rk_status st = cc_store_put_finish(s, t, &key);      // then acknowledge
+ *
+ * Between the write and the commit the blob is an orphan (gc removes it if the process dies
+ * there); finish deletes it again when the commit refused it (quota, no tenant, failure),
+ * deletes the blobs of the chunks the commit evicted, admits the chunk to the RAM tier and
+ * accounts it. A t must always be finished (that frees it).
+ */
+typedef struct cc_put_txn cc_put_txn;
+
+/* Steps 1-3 of cc_store_put: check, key, room under the disk budget, the blob written.
+ * Blocking (RocksDB, and metadata calls when a disk budget is set). On RK_OK *t is the pending
+ * put (owned by the caller until cc_store_put_finish). Errors as cc_store_put's. */
+rk_status cc_store_put_write(cc_store *s, const char *tenant, const cc_put_args *a, cc_put_txn **t);
+
+/* The record the commit inserts (borrowed from t). */
+const cc_record *cc_put_txn_record(const cc_put_txn *t);
+
+/* The commit's outcome: RK_OK, RK_ERR_EXISTS (another writer was first), or its failure
+ * (RK_ERR_QUOTA, RK_ERR_NOT_FOUND, RK_ERR_UNAVAILABLE, ...); RK_ERR_CANCELLED before one. */
+rk_status cc_put_txn_status(const cc_put_txn *t);
+
+/* Whether cc_store_put_finish has blocking work to do for this outcome (blob deletes: a
+ * refused or failed commit, evicted chunks, a losing duplicate); when false it only touches
+ * memory and may run on an event loop. */
+bool cc_put_txn_blocking(const cc_put_txn *t);
+
+/* Step 4 through the store's own metadata store, blocking, with cc_store_put's recovery: a
+ * Redis that lost its data is rebuilt and the commit tried once more (the blob is deleted
+ * before the rebuild and written again after, so a rebuild never admits it unchecked). */
+void cc_store_put_commit(cc_store *s, cc_put_txn *t);
+
+/* Step 4 through ra (the same INSERT script; see ragkv/redis_async.h) on ra's loop thread;
+ * cb(arg, t) runs once on that thread with the outcome in t (for RK_ERR_EXISTS the stored
+ * version's checksum is read too). An error returned here means cb will not run. */
+typedef void (*cc_commit_done)(void *arg, cc_put_txn *t);
+rk_status cc_store_put_commit_async(cc_store *s, cc_redis_async *ra, cc_put_txn *t, cc_commit_done cb, void *arg);
+
+/* Steps 5-6: act on the commit's outcome (see above), free t, return the put's status as
+ * cc_store_put would (RK_OK for a duplicate); *key (may be NULL) gets the key. */
+rk_status cc_store_put_finish(cc_store *s, cc_put_txn *t, cc_key *key);
+
+/* Event-loop variants of lookup and delete, over ra (on its thread), with exactly the checks
+ * of cc_store_lookup / cc_store_delete: the same records, the same grant checks (one per key
+ * that is not the tenant's own, a grant check on a key nobody has so that "absent" and
+ * "another tenant's" cost the same round trips), expiry, damaged records counted. */
+typedef void (*cc_lookup_done)(void *arg, rk_status st, const uint8_t *present, size_t n);
+rk_status cc_store_lookup_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                                cc_lookup_done cb, void *arg);
+
+/* The metadata half of cc_store_delete: cb gets RK_OK with the chunk removed from the metadata
+ * (its blob still to delete: cc_store_apply_removed, blocking, before acknowledging), or
+ * RK_ERR_NOT_FOUND / a failure. */
+typedef void (*cc_delete_done)(void *arg, rk_status st, const cc_evlist *removed);
+rk_status cc_store_delete_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *key,
+                                cc_delete_done cb, void *arg);
+
+/* Chunks the metadata no longer has: delete their blobs, drop them from the RAM tier,
+ * unaccount them. Blocking (RocksDB). */
+void cc_store_apply_removed(cc_store *s, const cc_evlist *removed);
 
 /* Tenants / shared namespaces. create: RK_ERR_EXISTS if present; delete removes its chunks
  * and grants; list: sorted names (cc_names_free). */

@@ -1,0 +1,61 @@
+/*
+ * meta.h — private to service/: the metadata calls of LOOKUP, DELETE and PUT_KV answered on the
+ * worker's own event loop, through a cc_redis_async per worker (when the metadata is in Redis,
+ * reached at `redis` HOST:PORT, and redis-async is on; embedded metadata and Sentinel
+ * deployments keep the I/O pool's synchronous path).
+ *
+ *   LOOKUP  the loop alone: cc_store_lookup_async (records, grant checks), then the answer.
+ *   DELETE  the loop removes the metadata (cc_store_delete_async); the pool deletes the blob;
+ *           then the answer.
+ *   PUT_KV  pool: check the container, key  ->  loop: is it there?  ->  pool: write the blob
+ *           ->  loop: the quota-checked insert  ->  (pool, when there are blobs to delete:
+ *           rollback, evictions)  ->  the acknowledgement. The order of the synchronous write
+ *           path exactly: blob, metadata commit, acknowledge.
+ *
+ * A job stays the worker's (svc_gen, refcounted as with the pool) from start to end: a client
+ * that goes away only cancels it (a PUT_KV whose blob is written still commits and finishes,
+ * as a pool job would; one not yet written stops). RK_ERR_UNAVAILABLE from the loop's Redis
+ * when the worker's client found Redis back without ragkv's metadata meanwhile re-runs the
+ * call through the synchronous store on the pool, whose recovery rebuilds and whose answer is
+ * the client's; a Redis that is down or stalled is answered RK_ERR_UNAVAILABLE after the
+ * client's retries (as the synchronous path answers, which retries twice as long); other
+ * outcomes (quota, not found, Redis refusing a write) are answered as they are, the same codes
+ * the synchronous path gives.
+ *
+ * Metrics: meta_async_ops_total{op="lookup|insert|delete"}, meta_async_errors_total{op=...}
+ * (failures, not answers such as not-found or over-quota), meta_async_fallbacks_total{op=...}
+ * (re-run synchronously after a data loss),
+ * the gauge meta_async_inflight, and the histogram meta_async_ms (one Redis-level operation,
+ * issue to callback).
+ *
+ * Worker thread only, except svc_meta_open (before the worker thread starts).
+ */
+#ifndef RAGKV_SVC_META_H
+#define RAGKV_SVC_META_H
+
+#include <stdbool.h>
+
+#include "exec.h"
+
+struct svc_worker;
+
+/* Give w an asynchronous Redis client on its loop when the configuration asks for one (see
+ * above). An error only for bad configuration or no memory. */
+rk_status svc_meta_open(struct svc_worker *w);
+
+/* Worker exit (its loop stopped, its connections closed): cancel what is in flight, finish
+ * it (a pending put is rolled back), and run the loop until every job is released. */
+void svc_meta_close(struct svc_worker *w);
+
+/* Start a LOOKUP or DELETE job on w's loop. False (nothing started, nothing changed) when w has
+ * no client or g is not one of those: the caller submits it to the pool. g->worker is set. */
+bool svc_meta_start(struct svc_worker *w, svc_gen *g);
+
+/* Whether w answers PUT_KV's metadata calls on its loop (then the job starts with the pool step
+ * SVC_STEP_KV_CHECK). */
+bool svc_meta_takes_put(const struct svc_worker *w);
+
+/* A pool step came back (gen_on_notify saw g->stepped): go on with the job. */
+void svc_meta_step(svc_gen *g);
+
+#endif
