@@ -8,6 +8,8 @@
 #   RAG_MODEL (synth:llama3-8b)  RAG_K (8)  RAG_CHUNK (512)  RAG_QUERY (32)  RAG_GEN (16)
 #   RAG_CORPUS (96)  RAG_REQUESTS (40)  RAG_RATES ("1 2 4 8")  RAG_MODES ("full prefix cacheblend cachecraft")
 #   RAG_SLO_MS (1000: the TTFT p99 bound of "throughput at SLO")  RAG_SKIP_HF (0)
+#   RAG_DEVICE_MB (16384: the device tier's budget, room for the whole default corpus of 96
+#   chunks at 64 MiB of bf16 KV each; 0 turns the tier off)
 # Writes $OUT/rag.json (every run and the report) and $OUT/rag-*.png.
 set -euo pipefail
 model=${RAG_MODEL:-synth:llama3-8b}
@@ -21,7 +23,7 @@ trap cleanup EXIT
 mkdir -p "$tmp/runs"
 echo "== ragkvd --backend cuda --model $model"
 "$BUILD/service/ragkvd" --data-dir "$tmp/var" --port 0 --http-port 0 --model "$model" --backend cuda \
-  --ram-budget-mb 16384 --max-batch 32 >"$tmp/ragkvd.log" 2>&1 &
+  --ram-budget-mb 16384 --device-budget-mb "${RAG_DEVICE_MB:-16384}" --max-batch 32 >"$tmp/ragkvd.log" 2>&1 &
 pid=$!
 port=""
 for _ in $(seq 1 600); do # model generation and upload take a while at 8B
