@@ -541,14 +541,10 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
     float row[4 * CG_LANE_GROUP]; /* the token's values of all lanes: adjacent channels */
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
-    uint32_t g = (uint32_t)(si % lay->n_groups);
-    uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
-    size_t lkv = si / lay->n_groups / lay->n_tblocks;
-    uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+    const cg_stream_pos sp = cg_stream_at(lay, p, si);
+    const uint32_t g = sp.g, l = sp.l, kv = sp.kv, t0 = sp.t0, t1 = sp.t1;
+    const size_t lkv = sp.lkv;
     int qmax = p->qmax[lkv];
-    uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
-    if (t1 > lay->T)
-        t1 = lay->T;
     uint32_t c0 = g * p->group, nc = lay->C - c0 < p->group ? lay->C - c0 : p->group;
     const float *tsc = &j->scales[cg_scale_index(lay, p, l, kv, 0, 0, 0)]; /* token mode */
     for (int k = 0; k < NL; k++) {
@@ -642,8 +638,7 @@ static void decode_streams(void *vctx, size_t b, size_t e)
             scalar_end = si + 8 * (size_t)ch;
         }
         /* four full-width groups of the same block: g..g+3 all before the last group */
-        size_t lkv = si / lay->n_groups / lay->n_tblocks;
-        int mode = lkv % 2 ? j->p->v_scale_mode : j->p->k_scale_mode;
+        int mode = cg_stream_at(lay, j->p, si).kv ? j->p->v_scale_mode : j->p->k_scale_mode;
         int delta = j->p->anchor_interval != 0;
         int four = si + 4 <= e && g + 4 < lay->n_groups;
         bool ok;
@@ -671,15 +666,11 @@ static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
     const cg_layout *lay = j->lay;
     float anchor[1024], row[1024];
     for (size_t si = b; si < e; si++) {
-        uint32_t g = (uint32_t)(si % lay->n_groups);
-        uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
-        size_t lkv = si / lay->n_groups / lay->n_tblocks;
-        uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
+        const cg_stream_pos sp = cg_stream_at(lay, p, si);
+        const uint32_t l = sp.l, kv = sp.kv, t0 = sp.t0, t1 = sp.t1;
+        const size_t lkv = sp.lkv;
         int qmax = p->qmax[lkv];
-        uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
-        uint32_t c0 = g * p->group, c1 = c0 + p->group;
-        if (t1 > lay->T)
-            t1 = lay->T;
+        uint32_t c0 = sp.g * p->group, c1 = c0 + p->group;
         if (c1 > lay->C)
             c1 = lay->C;
         const uint8_t *ptr = j->payload + j->offs[si], *end = j->payload + j->offs[si + 1];

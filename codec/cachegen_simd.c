@@ -72,14 +72,10 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
 {
     const cg_params *p = j->p;
     const cg_layout *lay = j->lay;
-    uint32_t g = (uint32_t)(si % lay->n_groups);
-    uint32_t tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
-    size_t lkv = si / lay->n_groups / lay->n_tblocks;
-    uint32_t l = (uint32_t)(lkv / 2), kv = (uint32_t)(lkv % 2);
-    uint32_t t0 = tb * p->stream_tokens, t1 = t0 + p->stream_tokens;
-    if (t1 > lay->T)
-        t1 = lay->T;
-    uint32_t c0 = g * 8; /* chain h, lane k holds channels c0 + 64h + 8k .. + 7 */
+    const cg_stream_pos sp = cg_stream_at(lay, p, si);
+    const uint32_t l = sp.l, kv = sp.kv, t0 = sp.t0, t1 = sp.t1;
+    const size_t lkv = sp.lkv;
+    uint32_t c0 = sp.g * 8; /* chain h, lane k holds channels c0 + 64h + 8k .. + 7 */
     const char *mbase = (const char *)j->dmodels;
     const int *pbase = (const int *)(const void *)j->payload;
     /* per chain and channel-of-group i: each lane's model (byte offset) and scale */

@@ -183,6 +183,26 @@ typedef struct cg_layout {
 } cg_layout;
 
 rk_status cg_layout_make(const codec_shape *s, const cg_params *p, cg_layout *lay);
+
+/* Where stream si lies (streams run layer, K|V, token block, channel group): its channel group
+ * g, token block tb covering tokens [t0, t1), layer l, kv (0 K, 1 V) and lkv = 2l + kv. */
+typedef struct cg_stream_pos {
+    uint32_t g, tb, l, kv, t0, t1;
+    size_t lkv;
+} cg_stream_pos;
+
+static inline cg_stream_pos cg_stream_at(const cg_layout *lay, const cg_params *p, size_t si)
+{
+    cg_stream_pos sp;
+    sp.g = (uint32_t)(si % lay->n_groups);
+    sp.tb = (uint32_t)(si / lay->n_groups % lay->n_tblocks);
+    sp.lkv = si / lay->n_groups / lay->n_tblocks;
+    sp.l = (uint32_t)(sp.lkv / 2);
+    sp.kv = (uint32_t)(sp.lkv % 2);
+    sp.t0 = sp.tb * p->stream_tokens;
+    sp.t1 = sp.t0 + p->stream_tokens < lay->T ? sp.t0 + p->stream_tokens : lay->T;
+    return sp;
+}
 /* Index into the scale array for (layer l, kv, token t, channel c, residual r). */
 size_t cg_scale_index(const cg_layout *lay, const cg_params *p, uint32_t l, uint32_t kv,
                       uint32_t t, uint32_t c, int residual);
