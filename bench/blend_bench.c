@@ -36,18 +36,6 @@ typedef struct bb_opts {
                       when the backend keeps bf16 KV) instead of CPU floats + upload */
 } bb_opts;
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_d);
-    return v[n / 2];
-}
-
 static int usage(FILE *f, int rc)
 {
     fprintf(f,
@@ -345,7 +333,7 @@ int bench_blend_main(int argc, char **argv)
             }
             if (st != RK_OK)
                 break;
-            double mt = median(tt, (int)o.iters), md = median(td, (int)o.iters);
+            double mt = bench_median(tt, (int)o.iters), md = bench_median(td, (int)o.iters);
             char phases[256];
             size_t pl = 0;
             for (int ph = 0; ph < BL_PHASES; ph++) /* of the last run */

@@ -13,18 +13,6 @@
 #include "ragkv/clock.h"
 #include "ragkv/engine.h"
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_d);
-    return v[n / 2];
-}
-
 static int parse_list(const char *s, long *out, int max)
 {
     int n = 0;
@@ -126,7 +114,7 @@ int bench_engine_main(int argc, char **argv)
             eng_seq_free(s);
         }
         if (st == RK_OK) {
-            double med = median(t, (int)iters);
+            double med = bench_median(t, (int)iters);
             printf("%-8s prefill %6zu tokens    %10.2f\n", backend, n, med);
             if (jf)
                 fprintf(jf, "%s{\"tokens\": %zu, \"ms_median\": %.3f}", k ? ", " : "", n, med);
@@ -156,7 +144,7 @@ int bench_engine_main(int argc, char **argv)
                 t[it - 1] = (double)(rk_now_ns() - a) / 1e6;
         }
         if (st == RK_OK) {
-            double med = median(t, (int)iters);
+            double med = bench_median(t, (int)iters);
             printf("%-8s decode batch %3zu @%5ld %10.2f\n", backend, b, ctx, med);
             if (jf)
                 fprintf(jf, "%s{\"batch\": %zu, \"ctx\": %ld, \"ms_median\": %.3f}", k ? ", " : "", b, ctx, med);

@@ -162,12 +162,6 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* The q-quantile of the finite values of v[n] (sorted in place). */
 static double quantile(double *v, int n, double q)
 {
@@ -177,7 +171,7 @@ static double quantile(double *v, int n, double q)
             v[m++] = v[i];
     if (m == 0)
         return NAN;
-    qsort(v, (size_t)m, sizeof(double), cmp_d);
+    bench_sort(v, (size_t)m);
     int i = (int)ceil(q * m) - 1;
     return v[i < 0 ? 0 : i];
 }

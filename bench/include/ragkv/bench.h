@@ -10,6 +10,7 @@
 #ifndef RAGKV_BENCH_H
 #define RAGKV_BENCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ragkv/codec_eval.h"
@@ -24,6 +25,12 @@ extern "C" {
  * tokens of the exact run teacher-forced (next-token KL, top-1) and the greedy continuation
  * compared with the exact one (matched length, of 32). Any model eng_model_open reads. */
 rk_status bench_codec_model_source(const char *model_path, uint64_t seed, codec_kv_source *out);
+
+/* Sort v[n] ascending in place (bench/stats.c). */
+void bench_sort(double *v, size_t n);
+
+/* The median of v[n] (n >= 1; the upper one for even n), sorting v in place. */
+double bench_median(double *v, int n);
 
 /* `ragkv bench engine`: prefill and decode-step times of a backend (bench/engine_bench.c). */
 int bench_engine_main(int argc, char **argv);
