@@ -553,6 +553,47 @@ static bool expired(const cc_record *r, uint64_t now)
     return r->expires_ms && r->expires_ms <= now;
 }
 
+/* The blob of record r from the blob store: checksum verified (a missing or corrupt blob is a
+ * miss and repaired), admitted to the RAM tier, the hit counted. r stays the caller's. */
+static rk_status read_blob(cc_store *s, const cc_record *r, cc_buf **blob)
+{
+    uint8_t bk[BKEY_LEN];
+    bkey_make(bk, &r->key, r->csum);
+    cc_buf *whole;
+    rk_status st = cc_blobstore_get(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &whole);
+    if (st == RK_ERR_NOT_FOUND) {
+        RK_WARN("chunk metadata without its blob: repaired");
+        repair(s, r, false);
+        return miss(s);
+    }
+    if (st != RK_OK)
+        return st;
+    cc_record hdr;
+    size_t used = 0;
+    bool good = cc_record_decode(whole->data, whole->len, &hdr, &used) == RK_OK;
+    if (good) {
+        good = cc_key_equal(&hdr.key, &r->key) && hdr.csum == r->csum && hdr.size == r->size &&
+               whole->len - used == r->size && rk_xxh3_64(whole->data + used, r->size) == r->csum;
+        cc_record_clear(&hdr);
+    }
+    if (!good) {
+        RK_WARN("chunk blob failed its checksum: deleted, metadata repaired");
+        BUMP(s, corrupt, 1);
+        cc_buf_release(whole);
+        repair(s, r, true);
+        return miss(s);
+    }
+    cc_buf *b = cc_buf_slice(whole, used, r->size);
+    cc_buf_release(whole);
+    if (!b)
+        return rk_error_set(RK_ERR_NOMEM, "get: buffer");
+    ram_admit(s, r, cc_buf_ref(b));
+    count_hit(s, &r->key);
+    BUMP(s, disk_hits, 1);
+    *blob = b;
+    return RK_OK;
+}
+
 /* cc_store_get under the gate: RAM tier, else metadata + blob store with checksum
  * verification, repair of missing/corrupt blobs, and admission to the RAM tier. */
 static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec_out)
@@ -627,51 +668,36 @@ static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_b
         cc_record_clear(&r);
         return miss(s);
     }
-    uint8_t bk[BKEY_LEN];
-    bkey_make(bk, &r.key, r.csum);
-    cc_buf *whole;
-    st = cc_blobstore_get(&s->bs, CC_SPACE_CHUNKS, bk, BKEY_LEN, &whole);
-    if (st == RK_ERR_NOT_FOUND) {
-        RK_WARN("chunk metadata without its blob: repaired");
-        repair(s, &r, false);
+    if ((st = read_blob(s, &r, blob)) != RK_OK || !rec_out)
         cc_record_clear(&r);
-        return miss(s);
-    }
-    if (st != RK_OK) {
-        cc_record_clear(&r);
-        return st;
-    }
-    cc_record hdr;
-    size_t used = 0;
-    bool good = cc_record_decode(whole->data, whole->len, &hdr, &used) == RK_OK;
-    if (good) {
-        good = cc_key_equal(&hdr.key, &r.key) && hdr.csum == r.csum && hdr.size == r.size &&
-               whole->len - used == r.size && rk_xxh3_64(whole->data + used, r.size) == r.csum;
-        cc_record_clear(&hdr);
-    }
-    if (!good) {
-        RK_WARN("chunk blob failed its checksum: deleted, metadata repaired");
-        BUMP(s, corrupt, 1);
-        cc_buf_release(whole);
-        repair(s, &r, true);
-        cc_record_clear(&r);
-        return miss(s);
-    }
-    b = cc_buf_slice(whole, used, r.size);
-    cc_buf_release(whole);
-    if (!b) {
-        cc_record_clear(&r);
-        return rk_error_set(RK_ERR_NOMEM, "get: buffer");
-    }
-    ram_admit(s, &r, cc_buf_ref(b));
-    count_hit(s, key);
-    BUMP(s, disk_hits, 1);
-    *blob = b;
-    if (rec_out)
-        *rec_out = r;
     else
-        cc_record_clear(&r);
-    return RK_OK;
+        *rec_out = r;
+    return st;
+}
+
+/* cc_store_read under the gate: a record the caller resolved (readable, not expired). */
+static rk_status do_read(cc_store *s, const cc_record *rec, cc_buf **blob)
+{
+    if (!rec || !blob)
+        return rk_error_set(RK_ERR_INVALID, "read: no record or output");
+    BUMP(s, gets, 1);
+    cc_buf *b = NULL;
+    pthread_mutex_lock(&s->ram_mu);
+    ram_ent *e = cc_keymap_get(&s->ram, rec->key.b, CC_KEY_BYTES);
+    if (e && e->rec.csum == rec->csum) {
+        b = cc_buf_ref(e->blob);
+        e->hits++;
+        e->hn.prio = ram_prio(s, e);
+        cc_heap_fix(&s->heap, &e->hn);
+    }
+    pthread_mutex_unlock(&s->ram_mu);
+    if (b) {
+        count_hit(s, &rec->key);
+        BUMP(s, ram_hits, 1);
+        *blob = b;
+        return RK_OK;
+    }
+    return read_blob(s, rec, blob);
 }
 
 /* cc_store_lookup under the gate: one pipelined metadata read for all keys. */
@@ -755,12 +781,17 @@ typedef struct alookup {
     bool *decides;                    /* (m) the check decides a key (else it only costs what
                                          the check of another tenant's chunk costs) */
     size_t m;                         /* grant checks */
-    cc_lookup_done cb;
+    cc_record *recs;                  /* (n) cc_store_resolve_async: the records it keeps */
+    cc_lookup_done cb;                /* one of cb and rcb */
+    cc_resolve_done rcb;
     void *arg;
 } alookup;
 
 static void alookup_free(alookup *al)
 {
+    for (size_t i = 0; al->recs && i < al->n; i++)
+        cc_record_clear(&al->recs[i]);
+    rk_free(al->recs);
     rk_free(al->present);
     rk_free(al->check);
     rk_free(al->ns);
@@ -771,7 +802,14 @@ static void alookup_free(alookup *al)
 
 static void alookup_end(alookup *al, rk_status st)
 {
-    al->cb(al->arg, st, al->present, al->n);
+    if (al->rcb) {
+        for (size_t i = 0; st == RK_OK && i < al->n; i++)
+            if (!al->present[i]) /* only the readable keys' records are the caller's to see */
+                cc_record_clear(&al->recs[i]);
+        al->rcb(al->arg, st, al->recs, al->present, al->n);
+    } else {
+        al->cb(al->arg, st, al->present, al->n);
+    }
     alookup_free(al);
 }
 
@@ -818,6 +856,10 @@ static void on_lookup_records(void *arg, rk_status st, const cc_record *recs, co
     uint64_t now = rk_wall_ms();
     for (size_t i = 0; i < n; i++) {
         bool live = sts[i] == RK_OK && !expired(&recs[i], now);
+        if (live && al->recs && cc_record_copy(&al->recs[i], &recs[i]) != RK_OK) {
+            alookup_end(al, rk_error_set(RK_ERR_NOMEM, "lookup: record"));
+            return;
+        }
         if (live && strcmp(al->tenant, recs[i].ns) == 0) {
             al->present[i] = 1; /* one's own namespace: readable without a round trip */
         } else if (live) {
@@ -1417,32 +1459,51 @@ rk_status cc_store_put_finish(cc_store *s, cc_put_txn *t, cc_key *key)
 }
 
 /* See ragkv/chunkcache.h. */
-rk_status cc_store_lookup_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
-                                cc_lookup_done cb, void *arg)
+static rk_status lookup_start(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                              cc_lookup_done cb, cc_resolve_done rcb, void *arg)
 {
     rk_status st;
-    if (!s || !ra || !keys || !n || !cb)
+    if (!s || !ra || !keys || !n || !(cb || rcb))
         return rk_error_set(RK_ERR_INVALID, "lookup: bad arguments");
     if ((st = check_name("tenant", tenant)) != RK_OK)
         return st;
     alookup *al = rk_calloc(1, sizeof(*al));
     if (!al)
         return rk_error_set(RK_ERR_NOMEM, "lookup");
-    *al = (alookup){.s = s, .ra = ra, .n = n, .cb = cb, .arg = arg};
+    *al = (alookup){.s = s, .ra = ra, .n = n, .cb = cb, .rcb = rcb, .arg = arg};
     snprintf(al->tenant, sizeof(al->tenant), "%s", tenant);
     al->present = rk_calloc(n, 1);
     al->check = rk_malloc(n * sizeof(size_t));
     al->ns = rk_calloc(n, sizeof(char *));
     al->nsbuf = rk_malloc(n * sizeof(*al->nsbuf));
     al->decides = rk_calloc(n, sizeof(bool));
-    st = al->present && al->check && al->ns && al->nsbuf && al->decides ? RK_OK : rk_error_set(RK_ERR_NOMEM, "lookup");
+    al->recs = rcb ? rk_calloc(n, sizeof(cc_record)) : NULL;
+    st = al->present && al->check && al->ns && al->nsbuf && al->decides && (al->recs || !rcb)
+             ? RK_OK
+             : rk_error_set(RK_ERR_NOMEM, "lookup");
     for (size_t i = 0; st == RK_OK && i < n; i++)
         al->check[i] = SIZE_MAX;
+    for (size_t i = 0; al->recs && i < n; i++)
+        cc_record_init(&al->recs[i]);
     if (st == RK_OK)
         st = cc_redis_async_get(ra, keys, n, on_lookup_records, al);
     if (st != RK_OK)
         alookup_free(al);
     return st;
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_lookup_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                                cc_lookup_done cb, void *arg)
+{
+    return lookup_start(s, ra, tenant, keys, n, cb, NULL, arg);
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_resolve_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                                 cc_resolve_done cb, void *arg)
+{
+    return lookup_start(s, ra, tenant, keys, n, NULL, cb, arg);
 }
 
 /* See ragkv/chunkcache.h. */
@@ -1479,6 +1540,12 @@ void cc_store_apply_removed(cc_store *s, const cc_evlist *removed)
 rk_status cc_store_get(cc_store *s, const char *tenant, const cc_key *key, cc_buf **blob, cc_record *rec)
 {
     GATED(s, do_get(s, tenant, key, blob, rec));
+}
+
+/* See ragkv/chunkcache.h. */
+rk_status cc_store_read(cc_store *s, const cc_record *rec, cc_buf **blob)
+{
+    GATED(s, do_read(s, rec, blob));
 }
 
 /* See ragkv/chunkcache.h. */

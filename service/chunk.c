@@ -84,23 +84,18 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
     return st;
 }
 
-/* svc_chunk_fetch (kv) and svc_chunk_fetch_block (be, blk): at most one of kv and blk. */
-static rk_status fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens, uint32_t *n,
-                       float **kv, eng_backend *be, eng_kvblock **blk, cc_record *rec_out)
+rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
+                         int32_t **tokens, uint32_t *n, float **kv, eng_backend *be, eng_kvblock **blk)
 {
-    cc_buf *b = NULL;
-    cc_record rec;
-    cc_record_init(&rec);
-    rk_status st = svc_cluster_get(x->cluster, x->store, tenant, key, &b, &rec);
-    if (st != RK_OK)
-        return st;
     const uint8_t *cont = NULL;
     size_t clen = 0;
     int32_t *t = NULL;
-    st = svc_chunk_unwrap(b->data, b->len, &t, n, &cont, &clen);
+    if (blk)
+        *blk = NULL;
+    rk_status st = svc_chunk_unwrap(b->data, b->len, &t, n, &cont, &clen);
     if (st == RK_OK) { /* the tokens must be the ones the key names */
         cc_key k;
-        st = cc_key_compute(rec.model, rec.ns, t, *n, &k);
+        st = cc_key_compute(rec->model, rec->ns, t, *n, &k);
         if (st == RK_OK && !cc_key_equal(&k, key))
             st = rk_error_set(RK_ERR_CORRUPT, "stored chunk: tokens do not match the key");
     }
@@ -112,17 +107,31 @@ static rk_status fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key 
         if ((st = check_geometry(x, cont, clen, *n, &ci)) == RK_OK)
             st = bl_kvblock_decode(be, cont, clen, &o, blk);
     }
-    cc_buf_release(b);
-    if (st == RK_OK && rec_out)
-        *rec_out = rec; /* the caller's now */
-    else
-        cc_record_clear(&rec);
     if (st != RK_OK) {
         rk_free(t);
         return st;
     }
     *tokens = t;
     return RK_OK;
+}
+
+/* svc_chunk_fetch (kv) and svc_chunk_fetch_block (be, blk): at most one of kv and blk. */
+static rk_status fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens, uint32_t *n,
+                       float **kv, eng_backend *be, eng_kvblock **blk, cc_record *rec_out)
+{
+    cc_buf *b = NULL;
+    cc_record rec;
+    cc_record_init(&rec);
+    rk_status st = svc_cluster_get(x->cluster, x->store, tenant, key, &b, &rec);
+    if (st != RK_OK)
+        return st;
+    st = svc_chunk_open(x, key, &rec, b, tokens, n, kv, be, blk);
+    cc_buf_release(b);
+    if (st == RK_OK && rec_out)
+        *rec_out = rec; /* the caller's now */
+    else
+        cc_record_clear(&rec);
+    return st;
 }
 
 rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_key *key, int32_t **tokens,
@@ -134,8 +143,40 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
 rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const char *tenant, const cc_key *key,
                                 int32_t **tokens, uint32_t *n, eng_kvblock **blk, cc_record *rec)
 {
-    *blk = NULL;
     return fetch(x, tenant, key, tokens, n, NULL, be, blk, rec);
+}
+
+rk_status svc_chunk_encode(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, rk_buf *container,
+                           double *prefill_ms)
+{
+    const eng_model_info *mi = eng_model_get_info(x->model);
+    uint64_t t0 = rk_now_ns();
+    float *kv = rk_malloc(eng_kv_floats(x->model, n) * sizeof(float));
+    if (!kv)
+        return rk_error_set(RK_ERR_NOMEM, "chunk KV");
+    rk_status st = bl_chunk_prefill(x->model, x->backend, tokens, n, kv);
+    *prefill_ms = (double)(rk_now_ns() - t0) / 1e6;
+    if (st == RK_OK) {
+        codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+        codec_params p = codec_params_default(x->codec);
+        p.level = x->level;
+        p.pool = x->pool;
+        st = codec_encode(kv, &shape, &p, container);
+    }
+    rk_free(kv);
+    return st;
+}
+
+rk_status svc_chunk_args(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, const rk_buf *container,
+                         double cost, rk_buf *blob, cc_put_args *a)
+{
+    codec_info ci;
+    rk_status st = svc_chunk_wrap(tokens, n, container->data, container->len, blob);
+    if (st == RK_OK && (st = codec_inspect(container->data, container->len, &ci)) == RK_OK)
+        *a = (cc_put_args){.model = eng_model_get_info(x->model)->id, .tokens = tokens, .ntokens = n,
+                           .codec = (uint16_t)ci.codec, .level = (uint16_t)ci.level, .blob = blob->data,
+                           .blob_len = blob->len, .cost = cost};
+    return st;
 }
 
 rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_t *tokens, uint32_t n,
@@ -152,35 +193,18 @@ rk_status svc_chunk_put(const svc_chunk_ctx *x, const char *tenant, const int32_
     *stored_bytes = 0;
     if (present)
         return RK_OK;
-    uint64_t t0 = rk_now_ns();
-    float *kv = rk_malloc(eng_kv_floats(x->model, n) * sizeof(float));
-    if (!kv)
-        return RK_ERR_NOMEM;
     rk_buf cont = RK_BUF_INIT, blob = RK_BUF_INIT;
-    st = bl_chunk_prefill(x->model, x->backend, tokens, n, kv);
-    double prefill_ms = (double)(rk_now_ns() - t0) / 1e6;
-    if (st == RK_OK) {
-        codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
-        codec_params p = codec_params_default(x->codec);
-        p.level = x->level;
-        p.pool = x->pool;
-        st = codec_encode(kv, &shape, &p, &cont);
-    }
+    double ms = 0;
+    cc_put_args a;
+    st = svc_chunk_encode(x, tokens, n, &cont, &ms);
     if (st == RK_OK)
-        st = svc_chunk_wrap(tokens, n, cont.data, cont.len, &blob);
-    if (st == RK_OK) {
-        int dl, ml;
-        codec_levels(x->codec, &dl, &ml);
-        cc_put_args a = {.model = mi->id, .tokens = tokens, .ntokens = n, .codec = (uint16_t)x->codec,
-                         .level = (uint16_t)(x->level >= 0 ? x->level : dl), .blob = blob.data,
-                         .blob_len = blob.len, .cost = prefill_ms};
+        st = svc_chunk_args(x, tokens, n, &cont, ms, &blob, &a);
+    if (st == RK_OK)
         st = svc_cluster_put(x->cluster, x->store, tenant, &a, key);
-    }
     if (st == RK_OK) {
         *created = 1;
         *stored_bytes = blob.len;
     }
-    rk_free(kv);
     rk_buf_free(&cont);
     rk_buf_free(&blob);
     return st;

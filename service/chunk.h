@@ -67,6 +67,24 @@ rk_status svc_chunk_fetch(const svc_chunk_ctx *x, const char *tenant, const cc_k
 rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const char *tenant, const cc_key *key,
                                 int32_t **tokens, uint32_t *n, eng_kvblock **blk, cc_record *rec);
 
+/* The stored chunk b of key (its record rec, from the store), checked and opened as
+ * svc_chunk_fetch / svc_chunk_fetch_block do: *tokens (rk_free) and *n; with kv the decoded
+ * floats (rk_free), with blk (and be) a new KV block (eng_kvblock_free; executor thread), or
+ * only the tokens when both are NULL. RK_ERR_CORRUPT when the tokens are not the key's. */
+rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
+                         int32_t **tokens, uint32_t *n, float **kv, eng_backend *be, eng_kvblock **blk);
+
+/* Prefill tokens standalone and encode their KV with the context's codec and level: the
+ * container appended to *container, the prefill's time in *prefill_ms (the recompute cost a hit
+ * saves). Runs the engine: executor thread only. */
+rk_status svc_chunk_encode(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, rk_buf *container,
+                           double *prefill_ms);
+
+/* What to put for a chunk: its stored form (tokens + container) into blob, and the arguments
+ * (model, tokens, codec and level read from the container, cost) pointing into it and tokens. */
+rk_status svc_chunk_args(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, const rk_buf *container,
+                         double cost, rk_buf *blob, cc_put_args *a);
+
 /* Prefill tokens standalone, encode, and store them for tenant in its own namespace.
  * *created 0 when the chunk was already there (no prefill then); *stored_bytes the blob size.
  * Runs the engine: executor thread only. */

@@ -665,8 +665,13 @@ static void do_submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     g->worker = c->w;
     if (kind == SVC_JOB_PUT_KV && svc_meta_takes_put(c->w))
         g->step = SVC_STEP_KV_CHECK; /* its metadata calls on this loop (meta.h) */
-    rk_status st = kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV ? svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g)
-                                                                    : svc_exec_submit(srv->exec, g);
+    rk_status st;
+    if (kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV)
+        st = svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g);
+    else if (svc_meta_start_gen(c->w, g) || svc_meta_start_put(c->w, g)) /* metadata on this loop first */
+        st = RK_OK;
+    else
+        st = svc_exec_submit(srv->exec, g);
     if (st != RK_OK) {
         job_abort(c, rq, g, st, rk_error_msg());
         return;

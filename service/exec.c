@@ -78,17 +78,33 @@ svc_gen *svc_gen_new(void)
     return g;
 }
 
+void svc_gen_pre_free(svc_gen *g)
+{
+    for (size_t i = 0; g->pre && i < g->nsegs; i++) {
+        svc_gen_pre *p = &g->pre[i];
+        cc_record_clear(&p->rec);
+        cc_buf_release(p->blob);
+        if (p->ent) /* (any thread: the tier defers the block's free to the executor) */
+            cc_devtier_release(g->pre_tier, p->ent);
+    }
+    rk_free(g->pre);
+    g->pre = NULL;
+}
+
 void svc_gen_release(svc_gen *g)
 {
     if (!g || atomic_fetch_sub(&g->refs, 1) != 1)
         return;
-    for (size_t i = 0; i < g->nsegs; i++)
+    for (size_t i = 0; i < g->nsegs; i++) {
         rk_free(g->segs[i].tokens);
+        rk_buf_free(&g->segs[i].enc);
+    }
     rk_free(g->segs);
     rk_free(g->query);
     rk_free(g->out);
     rk_free(g->in_owned);
     rk_buf_free(&g->result);
+    svc_gen_pre_free(g);
     cc_evlist_free(&g->removed); /* (g->txn: every flow of meta.c finishes its put first) */
     pthread_mutex_destroy(&g->lock);
     rk_free(g);
@@ -117,21 +133,50 @@ static void emit(svc_gen *g, int32_t tok)
 
 /* It is a cache: the chunks a prompt brought that were not cached are cached now, in the
  * tenant's own namespace (a shared corpus is written by its owner only), before the client
- * hears that its request is done. Failures (a full quota, say) only cost the cache entry. */
-static void cache_misses(svc_exec *x, svc_gen *g)
+ * hears that its request is done. Here, on the executor, their KV is computed and encoded
+ * (segs[i].enc); the pool stores them (store_encoded). True when there is something to store.
+ * Failures (a full quota, say) only cost the cache entry. */
+static bool encode_misses(svc_exec *x, svc_gen *g)
 {
     if (!x || g->kind == SVC_JOB_PUT || (g->ns[0] && strcmp(g->ns, g->tenant) != 0))
-        return;
+        return false;
+    bool any = false;
     for (size_t i = 0; i < g->nsegs; i++) {
         svc_gen_seg *sg = &g->segs[i];
         if (!sg->missed || atomic_load(&g->cancelled))
             continue;
-        cc_key k;
-        int created = 0;
-        uint64_t bytes = 0;
-        if (svc_chunk_put(&x->cx, g->tenant, sg->tokens, sg->n, &k, &created, &bytes) == RK_OK && created)
-            svc_metric_add(xm.puts, 1);
         sg->missed = false;
+        rk_buf_free(&sg->enc);
+        rk_status st = svc_chunk_encode(&x->cx, sg->tokens, sg->n, &sg->enc, &sg->enc_ms);
+        if (st == RK_OK) {
+            any = true;
+            svc_metric_add(xm.puts, 1);
+        } else {
+            RK_WARN("segment %zu: not cached (%s: %s)", i, rk_status_name(st), rk_error_msg());
+            rk_buf_free(&sg->enc);
+        }
+    }
+    return any;
+}
+
+/* SVC_STEP_STORE, on the pool: put the encoded segments (the store looks each up first: one
+ * another request stored meanwhile stays as it is). */
+static void store_encoded(svc_exec *x, cc_store *store, svc_gen *g)
+{
+    for (size_t i = 0; i < g->nsegs; i++) {
+        svc_gen_seg *sg = &g->segs[i];
+        if (!sg->enc.len)
+            continue;
+        rk_buf blob = RK_BUF_INIT;
+        cc_put_args a;
+        cc_key k;
+        rk_status st = svc_chunk_args(&x->cx, sg->tokens, sg->n, &sg->enc, sg->enc_ms, &blob, &a);
+        if (st == RK_OK && !atomic_load(&g->cancelled))
+            st = svc_cluster_put(x->cx.cluster, store, g->tenant, &a, &k);
+        if (st != RK_OK && st != RK_ERR_CANCELLED)
+            RK_WARN("segment %zu: not cached (%s: %s)", i, rk_status_name(st), rk_error_msg());
+        rk_buf_free(&blob);
+        rk_buf_free(&sg->enc);
     }
 }
 
@@ -153,7 +198,7 @@ static void mark_done(svc_gen *g, rk_status st, const char *msg, uint8_t why)
 
 void svc_gen_complete(svc_gen *g, rk_status st, const char *msg)
 {
-    mark_done(g, st, msg, 0);
+    mark_done(g, st, msg, g->finish);
 }
 
 /* The executor's (or the pool's) reference to g goes, and the job leaves the load. */
@@ -168,22 +213,12 @@ static void job_leave(svc_exec *x, svc_gen *g)
     }
 }
 
-/* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
-static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
-{
-    if (st == RK_OK)
-        cache_misses(x, g);
-    mark_done(g, st, msg, why);
-    if (st != RK_OK)
-        svc_metric_add(xm.gen_errors, 1);
-    job_leave(x, g);
-}
-
 /* A pool step of a job that goes on on its worker's loop (svc_step): hand it back with the
- * step's status; the pool's reference goes. */
-static void step_back(svc_exec *x, svc_gen *g, rk_status st)
+ * step's status and the step that ended; the pool's (or the executor's) reference goes. */
+static void step_back(svc_exec *x, svc_gen *g, rk_status st, uint8_t step)
 {
     pthread_mutex_lock(&g->lock);
+    g->step = step;
     g->status = st;
     snprintf(g->errmsg, sizeof(g->errmsg), "%s", st == RK_OK ? "" : rk_error_msg());
     g->stepped = true;
@@ -191,6 +226,21 @@ static void step_back(svc_exec *x, svc_gen *g, rk_status st)
     pthread_mutex_unlock(&g->lock);
     job_leave(x, g);
 }
+
+/* Mark g done (with status and message) and wake its worker; the executor's reference goes. */
+static void finish(svc_exec *x, svc_gen *g, rk_status st, const char *msg, uint8_t why)
+{
+    if (st == RK_OK && g->step == SVC_STEP_NONE && encode_misses(x, g)) {
+        g->finish = why; /* the pool stores them, then ends g (SVC_STEP_STORE) */
+        step_back(x, g, RK_OK, SVC_STEP_STORE);
+        return;
+    }
+    mark_done(g, st, msg, why);
+    if (st != RK_OK)
+        svc_metric_add(xm.gen_errors, 1);
+    job_leave(x, g);
+}
+
 
 static bool is_stop(const eng_model_info *mi, int32_t t)
 {
@@ -250,11 +300,67 @@ static rk_status fetch_kv(svc_exec *x, svc_gen *g, const cc_key *key, int32_t **
     return st;
 }
 
+/* A device-tier hit: a copy of the chunk's tokens (the tier keeps its own). */
+static rk_status tier_tokens(const cc_devtier_entry *e, int32_t **tokens, uint32_t *n)
+{
+    const svc_devchunk *dc = cc_devtier_entry_obj(e);
+    if (!(*tokens = rk_malloc((size_t)dc->n * sizeof(int32_t) + 1)))
+        return rk_error_set(RK_ERR_NOMEM, "segment tokens");
+    memcpy(*tokens, dc->tokens, (size_t)dc->n * sizeof(int32_t));
+    *n = dc->n;
+    return RK_OK;
+}
+
+/* Segment i's chunk as resolved before the executor took g (g->pre: meta.c): the device tier's
+ * copy the pool referenced, or the blob it read, opened here (decoded; into a KV block offered
+ * to the tier when the tier is on). RK_ERR_NOT_FOUND when the tenant may not read it or it is
+ * gone; the loop's or the pool's failure otherwise. */
+static rk_status pre_chunk(svc_exec *x, svc_gen *g, size_t i, bool reuse, int32_t **tokens, uint32_t *n, float **kv,
+                           cc_devtier_entry **ent, eng_kvblock **own)
+{
+    svc_gen_pre *p = &g->pre[i];
+    const cc_key *key = &g->segs[i].key;
+    if (!p->readable)
+        return g->pre_st == RK_OK ? RK_ERR_NOT_FOUND : rk_error_set(g->pre_st, "%s", g->pre_msg);
+    if (p->ent) {
+        *ent = p->ent;
+        p->ent = NULL;
+        return tier_tokens(*ent, tokens, n);
+    }
+    if (p->read_st != RK_OK)
+        return p->read_st == RK_ERR_NOT_FOUND ? RK_ERR_NOT_FOUND
+                                              : rk_error_set(p->read_st, "reading the chunk failed (%s)",
+                                                             rk_status_name(p->read_st));
+    cc_devtier *tier = svc_devcache_tier(x->cx.dev);
+    if (!reuse) /* the tokens only */
+        return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, NULL, NULL);
+    if (!tier)
+        return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, kv, NULL, NULL);
+    eng_kvblock *blk = NULL;
+    rk_status st = svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, x->be, &blk);
+    if (st == RK_OK && svc_devcache_admit(x->cx.dev, key, *tokens, *n, blk, &p->rec, p->ticket, ent) != RK_OK)
+        *own = blk;
+    return st;
+}
+
+/* Segment i's chunk read here, on the executor (no g->pre): from the device tier when the
+ * lookup said the tenant may read it (readable) and the tier has it, else from the store. */
+static rk_status store_chunk(svc_exec *x, svc_gen *g, size_t i, bool reuse, const uint8_t *readable,
+                             int32_t **tokens, uint32_t *n, float **kv, cc_devtier_entry **ent, eng_kvblock **own)
+{
+    const cc_key *key = &g->segs[i].key;
+    if (readable && readable[i] && cc_devtier_get(svc_devcache_tier(x->cx.dev), key, ent) == RK_OK)
+        return tier_tokens(*ent, tokens, n);
+    return reuse ? fetch_kv(x, g, key, tokens, n, kv, ent, own) : svc_chunk_fetch(&x->cx, g->tenant, key, tokens, n, NULL, NULL);
+}
+
 /* Resolve g's segments into bl_segments: chunks by key come from the store (tokens and KV);
  * literal segments are looked up by content unless the mode reuses nothing. With the device
- * tier on, a chunk the tenant may read (device_readable) is taken from the tier when there —
- * no blob read, no decode — and admitted to it after a read from the store otherwise. kvs[i]
- * receives decoded KV to free, ents[i] a device-tier reference to release. */
+ * tier on, a chunk the tenant may read is taken from the tier when there — no blob read, no
+ * decode — and admitted to it after a read from the store otherwise. The metadata and the
+ * blobs were read before the executor took g when g->pre is set (meta.c); else they are read
+ * here (device_readable, then the store). kvs[i] receives decoded KV to free, ents[i] a
+ * device-tier reference to release, own[i] a KV block to free. */
 static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, float **kvs, cc_devtier_entry **ents,
                                   eng_kvblock **own)
 {
@@ -270,55 +376,51 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
     }
     for (size_t i = 0; i < g->nsegs; i++) {
         svc_gen_seg *sg = &g->segs[i];
-        if (reuse && !sg->by_key) /* its identity, for the lookup and Cache-Craft's predecessor ids */
+        /* its identity, for the lookup and Cache-Craft's predecessor ids (the loop computed
+         * it already when it resolved the segment) */
+        if (reuse && !sg->by_key && !(g->pre && g->pre[i].asked))
             kst[i] = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &sg->key);
         want[i] = reuse && kst[i] == RK_OK;
     }
-    uint8_t *readable = device_readable(x, g, want);
+    uint8_t *readable = g->pre ? NULL : device_readable(x, g, want);
     rk_free(want);
-    cc_devtier *tier = svc_devcache_tier(x->cx.dev);
     rk_status st = RK_OK;
     for (size_t i = 0; i < g->nsegs && st == RK_OK; i++) {
         svc_gen_seg *sg = &g->segs[i];
-        if (readable && readable[i] && cc_devtier_get(tier, &sg->key, &ents[i]) == RK_OK) {
-            const svc_devchunk *dc = cc_devtier_entry_obj(ents[i]);
-            if (sg->by_key) {
-                if (!(sg->tokens = rk_malloc((size_t)dc->n * sizeof(int32_t)))) {
-                    st = RK_ERR_NOMEM;
-                    break;
-                }
-                memcpy(sg->tokens, dc->tokens, (size_t)dc->n * sizeof(int32_t));
-                sg->n = dc->n;
-            }
-            g->chunk_hits++;
-        } else if (sg->by_key) {
-            st = reuse ? fetch_kv(x, g, &sg->key, &sg->tokens, &sg->n, &kvs[i], &ents[i], &own[i])
-                       : svc_chunk_fetch(&x->cx, g->tenant, &sg->key, &sg->tokens, &sg->n, NULL, NULL);
-            if (st == RK_ERR_NOT_FOUND)
-                st = rk_error_set(st, "segment %zu: no such chunk", i);
-            if (st != RK_OK)
-                break;
-            g->chunk_hits++;
-        } else if (reuse) {
-            int32_t *stored = NULL;
+        if (sg->by_key || (reuse && kst[i] == RK_OK)) {
+            int32_t *t = NULL;
             uint32_t n = 0;
-            rk_status fs = kst[i];
-            if (fs == RK_OK)
-                fs = fetch_kv(x, g, &sg->key, &stored, &n, &kvs[i], &ents[i], &own[i]);
-            rk_free(stored);
-            if (fs == RK_OK) {
+            rk_status fs = g->pre && g->pre[i].asked
+                               ? pre_chunk(x, g, i, reuse, &t, &n, &kvs[i], &ents[i], &own[i])
+                               : store_chunk(x, g, i, reuse, readable, &t, &n, &kvs[i], &ents[i], &own[i]);
+            if (sg->by_key) {
+                if (fs == RK_ERR_NOT_FOUND)
+                    fs = rk_error_set(fs, "segment %zu: no such chunk", i);
+                if ((st = fs) != RK_OK)
+                    break;
+                sg->tokens = t;
+                sg->n = n;
                 g->chunk_hits++;
-            } else if (fs == RK_ERR_NOT_FOUND) {
-                g->chunk_misses++; /* computed in context now, cached when the job ends */
-                sg->missed = true;
             } else {
-                /* the store is unavailable (Redis down, a disk error): it is a cache, and the
-                 * prompt brought the tokens, so compute them; caching waits for the store */
-                RK_WARN("segment %zu: chunk store unavailable (%s: %s); computing it", i, rk_status_name(fs),
-                        rk_error_msg());
-                kvs[i] = NULL;
-                g->chunk_misses++;
+                rk_free(t); /* the prompt's own tokens are the chunk's (the key says so) */
+                if (fs == RK_OK) {
+                    g->chunk_hits++;
+                } else if (fs == RK_ERR_NOT_FOUND) {
+                    g->chunk_misses++; /* computed in context now, cached when the job ends */
+                    sg->missed = true;
+                } else {
+                    /* the store is unavailable (Redis down, a disk error): it is a cache, and
+                     * the prompt brought the tokens, so compute them; caching waits for the store */
+                    RK_WARN("segment %zu: chunk store unavailable (%s: %s); computing it", i, rk_status_name(fs),
+                            rk_error_msg());
+                    rk_free(kvs[i]);
+                    kvs[i] = NULL;
+                    g->chunk_misses++;
+                }
             }
+        } else if (reuse) { /* no key (an error computing it): computed, not cached */
+            RK_WARN("segment %zu: no chunk key (%s); computing it", i, rk_status_name(kst[i]));
+            g->chunk_misses++;
         }
         for (uint32_t t = 0; st == RK_OK && t < sg->n; t++)
             if (sg->tokens[t] < 0 || sg->tokens[t] >= mi->vocab)
@@ -361,6 +463,24 @@ static void start_gen(svc_exec *x, svc_gen *g)
         finish(x, g, RK_ERR_CANCELLED, "client gone", 0);
         return;
     }
+    if (g->kind == SVC_JOB_PUT && g->step == SVC_STEP_PUT_ENCODE) { /* the loop stores it (meta.c) */
+        uint64_t t0 = rk_now_ns();
+        rk_buf cont = RK_BUF_INIT;
+        rk_status st = svc_chunk_encode(&x->cx, g->segs[0].tokens, g->segs[0].n, &cont, &g->put_cost);
+        if (st == RK_OK && cont.len > UINT32_MAX)
+            st = rk_error_set(RK_ERR_LIMIT, "chunk container of %zu bytes", cont.len);
+        if (st == RK_OK) {
+            g->in_owned = cont.data;
+            g->in_blob = cont.data;
+            g->in_len = (uint32_t)cont.len;
+            svc_metric_add(xm.puts, 1);
+            svc_histogram_observe(xm.put_ms, (double)(rk_now_ns() - t0) / 1e6);
+        } else {
+            rk_buf_free(&cont);
+        }
+        step_back(x, g, st, SVC_STEP_PUT_ENCODE);
+        return;
+    }
     if (g->kind == SVC_JOB_PUT) {
         uint64_t t0 = rk_now_ns();
         rk_status st = svc_chunk_put(&x->cx, g->tenant, g->segs[0].tokens, g->segs[0].n, &g->key, &g->created,
@@ -380,6 +500,7 @@ static void start_gen(svc_exec *x, svc_gen *g)
     cc_devtier_entry **ents = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*ents));
     eng_kvblock **own = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*own)); /* blocks the tier refused */
     rk_status st = segs && kvs && ents && own ? resolve_segments(x, g, segs, kvs, ents, own) : RK_ERR_NOMEM;
+    svc_gen_pre_free(g); /* the blobs read for it are decoded now */
     bl_stats bs = {0};
     if (st == RK_OK) {
         /* room for the prompt and the tokens asked for, never the whole context by default
@@ -641,7 +762,8 @@ rk_status svc_exec_submit(svc_exec *x, svc_gen *g)
         st = rk_error_set(RK_ERR_BUSY, "%d generations queued; try again later", QUEUE_MAX);
     if (st == RK_OK) {
         atomic_fetch_add(&g->refs, 1);
-        g->submit_ns = rk_now_ns();
+        if (!g->submit_ns) /* (a job resolved on its loop first was submitted then) */
+            g->submit_ns = rk_now_ns();
         x->queue[(x->head + x->nq) % QUEUE_MAX] = g;
         x->nq++;
         x->load++;
@@ -688,17 +810,13 @@ static rk_status put_kv_check(svc_exec *x, svc_gen *g)
     return st == RK_OK ? cc_key_compute(mi->id, g->tenant, sg->tokens, sg->n, &g->key) : st;
 }
 
-/* PUT_KV: the stored form of the chunk (tokens + container) in blob, and what to put. */
+/* PUT_KV (and PUT_CHUNK's encoded chunk): the stored form of the chunk (tokens + container) in
+ * blob, and what to put. */
 static rk_status put_kv_args(svc_exec *x, svc_gen *g, rk_buf *blob, cc_put_args *a)
 {
-    const eng_model_info *mi = eng_model_get_info(x->m);
     const svc_gen_seg *sg = &g->segs[0];
-    codec_info ci;
-    rk_status st = svc_chunk_wrap(sg->tokens, sg->n, g->in_blob, g->in_len, blob);
-    if (st == RK_OK && (st = codec_inspect(g->in_blob, g->in_len, &ci)) == RK_OK)
-        *a = (cc_put_args){.model = mi->id, .tokens = sg->tokens, .ntokens = sg->n, .codec = (uint16_t)ci.codec,
-                           .level = (uint16_t)ci.level, .blob = blob->data, .blob_len = blob->len, .cost = 1.0};
-    return st;
+    rk_buf view = {(uint8_t *)g->in_blob, g->in_len, g->in_len, false};
+    return svc_chunk_args(&x->cx, sg->tokens, sg->n, &view, g->put_cost > 0 ? g->put_cost : 1.0, blob, a);
 }
 
 rk_status svc_put_kv_finish(cc_store *store, svc_gen *g)
@@ -709,6 +827,30 @@ rk_status svc_put_kv_finish(cc_store *store, svc_gen *g)
     if (!g->created)
         g->stored_bytes = 0;
     return st;
+}
+
+/* GENERATE / PREFILL (SVC_STEP_GEN_READ): the blobs of the segments the loop resolved as
+ * readable, or their device-tier copies (referenced for the executor). A cancelled job reads
+ * nothing more. */
+static void read_resolved(svc_exec *x, cc_store *store, svc_gen *g)
+{
+    cc_devtier *tier = x ? svc_devcache_tier(x->cx.dev) : NULL;
+    g->pre_tier = tier;
+    for (size_t i = 0; i < g->nsegs; i++) {
+        svc_gen_pre *p = &g->pre[i];
+        if (!p->readable)
+            continue;
+        if (atomic_load(&g->cancelled)) {
+            p->read_st = RK_ERR_CANCELLED;
+            continue;
+        }
+        if (tier) {
+            p->ticket = cc_devtier_ticket(tier, &p->rec.key); /* before the read */
+            if (g->blend.mode != BL_FULL && cc_devtier_get(tier, &p->rec.key, &p->ent) == RK_OK)
+                continue;
+        }
+        p->read_st = cc_store_read(store, &p->rec, &p->blob);
+    }
 }
 
 /* GET_KV, PUT_KV and the metadata calls on a pool thread. */
@@ -725,7 +867,15 @@ static void pool_run(void *arg)
         cc_evlist_free(&g->removed);
         st = RK_OK;
     } else if (g->step == SVC_STEP_KV_CHECK) {
-        step_back(x, g, put_kv_check(x, g));
+        step_back(x, g, put_kv_check(x, g), SVC_STEP_KV_CHECK);
+        return;
+    } else if (g->step == SVC_STEP_STORE) {
+        store_encoded(x, store, g);
+        finish(x, g, RK_OK, NULL, g->finish);
+        return;
+    } else if (g->step == SVC_STEP_GEN_READ) {
+        read_resolved(x, store, g);
+        step_back(x, g, RK_OK, SVC_STEP_GEN_READ);
         return;
     } else if (g->step == SVC_STEP_KV_WRITE) {
         rk_buf blob = RK_BUF_INIT;
@@ -734,7 +884,7 @@ static void pool_run(void *arg)
             st = cc_store_put_write(store, g->tenant, &a, &g->txn);
         g->stored_bytes = blob.len;
         rk_buf_free(&blob);
-        step_back(x, g, st);
+        step_back(x, g, st, SVC_STEP_KV_WRITE);
         return;
     } else if (g->step == SVC_STEP_KV_FINISH || g->step == SVC_STEP_KV_COMMIT) {
         if (g->step == SVC_STEP_KV_COMMIT)

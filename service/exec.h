@@ -24,6 +24,7 @@
 #include "chunk.h"
 #include "ragkv/blend.h"
 #include "ragkv/bytes.h"
+#include "ragkv/devtier.h"
 #include "ragkv/engine.h"
 #include "ragkv/status.h"
 #include "ragkv/svc_request.h"
@@ -57,7 +58,29 @@ typedef enum svc_step {
     SVC_STEP_KV_COMMIT, /* PUT_KV: commit synchronously (the loop's Redis lost its data: the
                            store rebuilds), then finish; ends */
     SVC_STEP_FORGET,    /* DELETE: the blob half (cc_store_apply_removed); ends */
+    SVC_STEP_PUT_ENCODE, /* PUT_CHUNK (executor): the loop found the chunk absent; prefill and
+                           encode it into in_owned, then hand it back: the loop goes on as for
+                           PUT_KV from SVC_STEP_KV_WRITE */
+    SVC_STEP_STORE,     /* GENERATE / PREFILL: the executor encoded the prompt's uncached
+                           chunks (segs[i].enc); the pool stores them (synchronous store), then
+                           ends the job with the status and finish it had */
+    SVC_STEP_GEN_READ,  /* GENERATE / PREFILL: the loop resolved the prompt's chunks; read
+                           their blobs (or take them from the device tier); then the loop
+                           hands the job to the executor */
 } svc_step;
+
+/* A prompt segment resolved before the executor takes the job (meta.c): the loop asked the
+ * metadata whether the tenant may read the chunk (and got its record), the pool read its blob
+ * or took its device-tier copy. The executor then decodes only: no Redis, no disk. */
+typedef struct svc_gen_pre {
+    bool asked;                /* the segment's key was looked up */
+    bool readable;             /* the tenant may read it; rec is its record */
+    cc_record rec;
+    rk_status read_st;         /* the pool's read: RK_OK with blob or ent */
+    cc_buf *blob;              /* the stored chunk (tokens + container), checksum verified */
+    cc_devtier_entry *ent;     /* or the device tier's copy, referenced */
+    uint64_t ticket;           /* the tier's ticket, taken before the read */
+} svc_gen_pre;
 
 /* One prompt segment as the client sent it. */
 typedef struct svc_gen_seg {
@@ -66,6 +89,8 @@ typedef struct svc_gen_seg {
     cc_key key;
     int32_t *tokens;           /* (n) owned; filled from the store for by_key segments */
     uint32_t n;
+    rk_buf enc;                /* a missed segment's encoded KV container, to store */
+    double enc_ms;             /* its prefill time (the recompute cost a hit saves) */
 } svc_gen_seg;
 
 typedef struct svc_gen {
@@ -103,6 +128,7 @@ typedef struct svc_gen {
     uint8_t want_codec, want_level; /* GET_KV: 0xFF = as stored */
     uint16_t peer_codec, peer_level; /* PEER_PUT: the blob's codec and level */
     float peer_cost;           /* PEER_PUT: its recompute cost */
+    double put_cost;           /* PUT (SVC_STEP_PUT_ENCODE): the prefill's ms; 0: PUT_KV's 1.0 */
     float ttft_ms, total_ms;
     uint8_t finish;            /* svc_finish */
     /* worker side only */
@@ -124,6 +150,12 @@ typedef struct svc_gen {
     cc_evlist removed;         /* DELETE: the chunk whose metadata the loop removed */
     uint64_t meta_t0_ns;       /* start of the Redis operation in flight (metrics) */
     uint64_t meta_losses;      /* cc_redis_async_losses when it started */
+    svc_gen_pre *pre;          /* (nsegs) resolved on the loop and the pool; NULL: the executor
+                                  resolves the segments itself (synchronously) */
+    cc_devtier *pre_tier;      /* the tier pre's references are of */
+    rk_status pre_st;          /* the loop's lookup failed (Redis down): by-key segments fail
+                                  with it, literal ones are computed uncached */
+    char pre_msg[128];         /* its message */
 } svc_gen;
 
 typedef struct svc_exec svc_exec;
@@ -139,6 +171,9 @@ void svc_exec_stop(svc_exec *x);
 /* A new generation with one reference (the caller's); free with svc_gen_release. */
 svc_gen *svc_gen_new(void);
 void svc_gen_release(svc_gen *g);
+
+/* Free g->pre (records, blobs, device-tier references); any thread. */
+void svc_gen_pre_free(svc_gen *g);
 
 /* Hand g to the executor (it takes its own reference). RK_ERR_SHUTDOWN when stopping,
  * RK_ERR_BUSY when the queue is full. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ragkv/alloc.h"
+#include "ragkv/engine.h"
 #include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/proto.h"
@@ -171,6 +172,99 @@ bool svc_meta_start(struct svc_worker *w, svc_gen *g)
     return st == RK_OK;
 }
 
+/* ---- GENERATE, PREFILL: the prompt's chunks resolved before the executor ------------------ */
+
+/* Hand g to the executor, inside the submission gate; a refusal ends it. */
+static void to_exec(svc_gen *g)
+{
+    struct svc_server *srv = g->srv;
+    pthread_rwlock_rdlock(&srv->submit_gate);
+    rk_status st = srv->draining ? rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down") : svc_exec_submit(srv->exec, g);
+    pthread_rwlock_unlock(&srv->submit_gate);
+    if (st != RK_OK)
+        complete(g, st, rk_error_msg());
+}
+
+static void on_gen_resolved(void *arg, rk_status st, const cc_record *recs, const uint8_t *present, size_t n)
+{
+    svc_gen *g = arg;
+    op_end(g, OP_LOOKUP, st);
+    if (st == RK_ERR_UNAVAILABLE && g->worker->meta &&
+        cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
+        /* Redis lost ragkv's metadata: the executor resolves through the synchronous store,
+         * whose recovery rebuilds */
+        svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
+        svc_gen_pre_free(g);
+        to_exec(g);
+        return;
+    }
+    if (atomic_load(&g->cancelled)) {
+        complete(g, rk_error_set(RK_ERR_CANCELLED, "client gone"), rk_error_msg());
+        return;
+    }
+    bool any = false;
+    if (st != RK_OK) { /* Redis down or stalled: the executor answers by-key segments with it
+                          and computes literal ones uncached, as the synchronous path does */
+        g->pre_st = st == RK_ERR_TIMEOUT ? RK_ERR_UNAVAILABLE : st;
+        snprintf(g->pre_msg, sizeof(g->pre_msg), "chunk metadata: %s", rk_error_msg());
+    }
+    for (size_t i = 0, j = 0; st == RK_OK && i < g->nsegs && j < n; i++) {
+        svc_gen_pre *p = &g->pre[i];
+        if (!p->asked)
+            continue;
+        if (present[j] && cc_record_copy(&p->rec, &recs[j]) != RK_OK) {
+            complete(g, rk_error_set(RK_ERR_NOMEM, "chunk record"), rk_error_msg());
+            return;
+        }
+        p->readable = present[j++] != 0;
+        any |= p->readable;
+    }
+    if (any && to_pool(g, SVC_STEP_GEN_READ))
+        return;
+    if (any) { /* the pool is going away */
+        complete(g, rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down"), rk_error_msg());
+        return;
+    }
+    to_exec(g);
+}
+
+bool svc_meta_start_gen(struct svc_worker *w, svc_gen *g)
+{
+    struct svc_server *srv = w->srv;
+    if (!w->meta || srv->cluster || !srv->model || (g->kind != SVC_JOB_GENERATE && g->kind != SVC_JOB_PREFILL) ||
+        !g->nsegs)
+        return false;
+    /* the segments whose chunks the executor would read: by key always, literal ones (by
+     * content) when the mode reuses caches */
+    bool reuse = g->blend.mode != BL_FULL;
+    const char *model = eng_model_get_info(srv->model)->id;
+    const char *ns = g->ns[0] ? g->ns : g->tenant;
+    g->pre = rk_calloc(g->nsegs, sizeof(svc_gen_pre));
+    cc_key *keys = rk_malloc(g->nsegs * sizeof(cc_key));
+    size_t m = 0;
+    for (size_t i = 0; g->pre && keys && i < g->nsegs; i++) {
+        svc_gen_seg *sg = &g->segs[i];
+        if (!sg->by_key && (!reuse || cc_key_compute(model, ns, sg->tokens, sg->n, &sg->key) != RK_OK))
+            continue; /* (a key that cannot be computed: the executor reports it) */
+        g->pre[i].asked = true;
+        keys[m++] = sg->key;
+    }
+    g->worker = w;
+    g->submit_ns = rk_now_ns();
+    rk_status st = g->pre && keys ? RK_OK : RK_ERR_NOMEM;
+    if (st == RK_OK && m) {
+        op_begin(g);
+        if ((st = cc_store_resolve_async(srv->store, w->meta, g->tenant, keys, m, on_gen_resolved, g)) != RK_OK)
+            op_abort();
+    }
+    rk_free(keys);
+    if (st != RK_OK || !m) {
+        svc_gen_pre_free(g); /* nothing to resolve, or it could not start: the executor's path */
+        return false;
+    }
+    return true;
+}
+
 /* ---- PUT_KV ------------------------------------------------------------------------------ */
 
 bool svc_meta_takes_put(const struct svc_worker *w)
@@ -198,6 +292,49 @@ static void on_kv_lookup(void *arg, rk_status st, const uint8_t *present, size_t
         st = rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down");
     }
     complete(g, st, rk_error_msg());
+}
+
+/* PUT_CHUNK: the chunk's lookup before the executor prefills it. */
+static void on_put_lookup(void *arg, rk_status st, const uint8_t *present, size_t n)
+{
+    (void)n;
+    svc_gen *g = arg;
+    op_end(g, OP_LOOKUP, st);
+    if (st == RK_ERR_UNAVAILABLE && g->worker->meta && cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
+        svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
+        g->step = SVC_STEP_NONE; /* the executor's synchronous put, whose recovery rebuilds */
+        to_exec(g);
+        return;
+    }
+    if (st == RK_OK && present[0]) { /* stored already: nothing to compute */
+        g->created = 0;
+        g->stored_bytes = 0;
+    } else if (st == RK_OK && atomic_load(&g->cancelled)) {
+        st = rk_error_set(RK_ERR_CANCELLED, "client gone");
+    } else if (st == RK_OK) {
+        g->step = SVC_STEP_PUT_ENCODE;
+        to_exec(g);
+        return;
+    }
+    complete(g, st, rk_error_msg());
+}
+
+bool svc_meta_start_put(struct svc_worker *w, svc_gen *g)
+{
+    struct svc_server *srv = w->srv;
+    if (!svc_meta_takes_put(w) || !srv->model || g->kind != SVC_JOB_PUT)
+        return false;
+    const svc_gen_seg *sg = &g->segs[0];
+    if (cc_key_compute(eng_model_get_info(srv->model)->id, g->tenant, sg->tokens, sg->n, &g->key) != RK_OK)
+        return false; /* the executor's path reports it */
+    g->worker = w;
+    g->submit_ns = rk_now_ns();
+    op_begin(g);
+    if (cc_store_lookup_async(srv->store, w->meta, g->tenant, &g->key, 1, on_put_lookup, g) != RK_OK) {
+        op_abort();
+        return false;
+    }
+    return true;
 }
 
 /* The commit's outcome is in g->txn. */
@@ -246,6 +383,23 @@ void svc_meta_step(svc_gen *g)
         /* no loop client (shutting down) or none free: the synchronous commit, or a rollback */
         if (!to_pool(g, SVC_STEP_KV_COMMIT))
             kv_finish_here(g);
+    } else if (g->step == SVC_STEP_PUT_ENCODE) { /* the executor encoded the chunk: write it */
+        if (st == RK_OK && atomic_load(&g->cancelled))
+            st = rk_error_set(RK_ERR_CANCELLED, "client gone");
+        else if (st != RK_OK)
+            rk_error_set(st, "%s", g->errmsg);
+        if (st == RK_OK && to_pool(g, SVC_STEP_KV_WRITE))
+            return;
+        complete(g, st == RK_OK ? rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down") : st, rk_error_msg());
+    } else if (g->step == SVC_STEP_STORE) { /* the prompt's uncached chunks are encoded */
+        if (!to_pool(g, SVC_STEP_STORE))
+            complete(g, RK_OK, NULL); /* shutting down: they stay uncached */
+    } else if (g->step == SVC_STEP_GEN_READ) { /* the blobs are read: compute */
+        g->step = SVC_STEP_NONE;
+        if (atomic_load(&g->cancelled))
+            complete(g, rk_error_set(RK_ERR_CANCELLED, "client gone"), rk_error_msg());
+        else
+            to_exec(g);
     } else {
         complete(g, rk_error_set(RK_ERR_INTERNAL, "job handed back at step %d", g->step), rk_error_msg());
     }

@@ -1,16 +1,24 @@
 /*
- * meta.h — private to service/: the metadata calls of LOOKUP, DELETE and PUT_KV answered on the
- * worker's own event loop, through a cc_redis_async per worker (when the metadata is in Redis,
- * reached at `redis` HOST:PORT, and redis-async is on; embedded metadata and Sentinel
- * deployments keep the I/O pool's synchronous path).
+ * meta.h — private to service/: the metadata calls of LOOKUP, DELETE, PUT_KV, PUT_CHUNK and of
+ * GENERATE / PREFILL's prompt chunks answered on the worker's own event loop, through a
+ * cc_redis_async per worker (when the metadata is in Redis, reached at `redis` HOST:PORT, and
+ * redis-async is on; embedded metadata and Sentinel deployments keep the synchronous path).
  *
- *   LOOKUP  the loop alone: cc_store_lookup_async (records, grant checks), then the answer.
- *   DELETE  the loop removes the metadata (cc_store_delete_async); the pool deletes the blob;
- *           then the answer.
- *   PUT_KV  pool: check the container, key  ->  loop: is it there?  ->  pool: write the blob
- *           ->  loop: the quota-checked insert  ->  (pool, when there are blobs to delete:
- *           rollback, evictions)  ->  the acknowledgement. The order of the synchronous write
- *           path exactly: blob, metadata commit, acknowledge.
+ *   LOOKUP     the loop alone: cc_store_lookup_async (records, grant checks), then the answer.
+ *   DELETE     the loop removes the metadata (cc_store_delete_async); the pool deletes the
+ *              blob; then the answer.
+ *   PUT_KV     pool: check the container, key  ->  loop: is it there?  ->  pool: write the blob
+ *              ->  loop: the quota-checked insert  ->  (pool, when there are blobs to delete:
+ *              rollback, evictions)  ->  the acknowledgement. The order of the synchronous
+ *              write path exactly: blob, metadata commit, acknowledge.
+ *   PUT_CHUNK  loop: is it there?  ->  executor: prefill and encode  ->  PUT_KV's steps from
+ *              the blob write on.
+ *   GENERATE, PREFILL  loop: one lookup of every chunk the prompt names by key or (when the
+ *              mode reuses caches) by content, keeping the records (cc_store_resolve_async)
+ *              ->  pool: read the readable chunks' blobs (cc_store_read) or take their
+ *              device-tier copies  ->  executor: decode, blend, generate  ->  (pool: store the
+ *              chunks the prompt brought that were not cached, SVC_STEP_STORE)  ->  the end.
+ *              The executor never waits on Redis or the disk for a job resolved this way.
  *
  * A job stays the worker's (svc_gen, refcounted as with the pool) from start to end: a client
  * that goes away only cancels it (a PUT_KV whose blob is written still commits and finishes,
@@ -50,6 +58,21 @@ void svc_meta_close(struct svc_worker *w);
 /* Start a LOOKUP or DELETE job on w's loop. False (nothing started, nothing changed) when w has
  * no client or g is not one of those: the caller submits it to the pool. g->worker is set. */
 bool svc_meta_start(struct svc_worker *w, svc_gen *g);
+
+/* Start a GENERATE or PREFILL job's chunk resolution on w's loop: one pipelined lookup of the
+ * chunks the prompt names by key or (when the mode reuses caches) by content, keeping the
+ * records (cc_store_resolve_async); then a pool step reads the readable ones' blobs
+ * (cc_store_read) or takes their device-tier copies; then the job goes to the executor
+ * (svc_exec_submit), which only decodes. False (nothing started, g->pre NULL) when w has no
+ * client, the server is a cluster node, or the prompt has no chunk to look up: the caller
+ * submits g to the executor, which resolves the segments itself. g->worker is set. */
+bool svc_meta_start_gen(struct svc_worker *w, svc_gen *g);
+
+/* PUT_CHUNK through w's loop: the loop looks the chunk up; the executor prefills and encodes
+ * it only when absent (SVC_STEP_PUT_ENCODE); then PUT_KV's steps from the blob write on (the
+ * pool writes, the loop commits). False (nothing started) when w does not take puts
+ * (svc_meta_takes_put): the caller submits g to the executor, which does it all. */
+bool svc_meta_start_put(struct svc_worker *w, svc_gen *g);
 
 /* Whether w answers PUT_KV's metadata calls on its loop (then the job starts with the pool step
  * SVC_STEP_KV_CHECK). */

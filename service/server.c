@@ -23,6 +23,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ragkv/alloc.h"
@@ -382,6 +383,58 @@ static rk_status open_store(struct svc_server *srv)
     return st;
 }
 
+/* The tenants' usage gauges, on a pool thread (metadata reads: Redis may be slow or down). */
+static void usage_job(void *arg)
+{
+    struct svc_server *srv = arg;
+    char **names;
+    size_t n;
+    if (svc_auth_tenant_list(srv->auth, &names, &n) == RK_OK) {
+        for (size_t i = 0; i < n; i++) {
+            cc_tenant_info ti;
+            if (cc_store_tenant_usage(srv->store, names[i], &ti) != RK_OK)
+                continue;
+            char lbl[300];
+            snprintf(lbl, sizeof(lbl), "tenant=\"%s\"", names[i]); /* names are [A-Za-z0-9._-] */
+            svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_bytes", lbl, "a tenant's stored chunk bytes"), (int64_t)ti.bytes);
+            svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_chunks", lbl, "a tenant's stored chunks"), (int64_t)ti.chunks);
+        }
+        svc_auth_names_free(names, n);
+    }
+    pthread_mutex_lock(&srv->usage_mu);
+    srv->usage_running = false;
+    srv->usage_done++;
+    pthread_cond_broadcast(&srv->usage_cv);
+    pthread_mutex_unlock(&srv->usage_mu);
+}
+
+/* Refresh the tenants' usage gauges for a scrape: start a pool job (unless one runs) and wait
+ * for a refresh to finish, at most USAGE_WAIT_MS; past that the scrape shows the last values
+ * read, so /metrics answers while the metadata store is stalled. */
+#define USAGE_WAIT_MS 250
+static void refresh_usage(struct svc_server *srv)
+{
+    pthread_mutex_lock(&srv->usage_mu);
+    uint64_t want = srv->usage_done + 1;
+    if (!srv->usage_running) {
+        pthread_rwlock_rdlock(&srv->submit_gate);
+        srv->usage_running = !srv->draining && srv->io_pool && rk_pool_submit(srv->io_pool, usage_job, srv) == RK_OK;
+        pthread_rwlock_unlock(&srv->submit_gate);
+        if (!srv->usage_running) {
+            pthread_mutex_unlock(&srv->usage_mu);
+            return;
+        }
+    }
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_nsec += USAGE_WAIT_MS * 1000000L;
+    dl.tv_sec += dl.tv_nsec / 1000000000L;
+    dl.tv_nsec %= 1000000000L;
+    while (srv->usage_done < want && pthread_cond_timedwait(&srv->usage_cv, &srv->usage_mu, &dl) == 0) {
+    }
+    pthread_mutex_unlock(&srv->usage_mu);
+}
+
 /* /metrics collector: the store's tiers and every tenant's usage, read when scraped. */
 static void collect_store(void *ctx)
 {
@@ -406,20 +459,7 @@ static void collect_store(void *ctx)
         svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_evictions_total", "", "chunks evicted from the device tier for its budget"), (int64_t)ds.evictions);
         svc_metric_set(svc_metric_get(SVC_COUNTER, "store_device_drops_total", "", "device-tier chunks dropped because the chunk was deleted, evicted or expired"), (int64_t)ds.drops);
     }
-    char **names;
-    size_t n;
-    if (svc_auth_tenant_list(srv->auth, &names, &n) != RK_OK)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        cc_tenant_info ti;
-        if (cc_store_tenant_usage(srv->store, names[i], &ti) != RK_OK)
-            continue;
-        char lbl[300];
-        snprintf(lbl, sizeof(lbl), "tenant=\"%s\"", names[i]); /* names are [A-Za-z0-9._-] */
-        svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_bytes", lbl, "a tenant's stored chunk bytes"), (int64_t)ti.bytes);
-        svc_metric_set(svc_metric_get(SVC_GAUGE, "tenant_chunks", lbl, "a tenant's stored chunks"), (int64_t)ti.chunks);
-    }
-    svc_auth_names_free(names, n);
+    refresh_usage(srv);
 }
 
 rk_status svc_server_open(const svc_config *cfg, svc_server **out)
@@ -435,6 +475,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     srv->cfg = *cfg;
     srv->lock_fd = -1;
     pthread_rwlock_init(&srv->submit_gate, NULL);
+    pthread_mutex_init(&srv->usage_mu, NULL);
+    pthread_cond_init(&srv->usage_cv, NULL);
     svc_request_limits_default(&srv->limits);
     srv->max_frame = (uint32_t)cfg->max_frame_mb << 20;
     srv->start_ns = rk_now_ns();
@@ -563,7 +605,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         st = RK_ERR_NOMEM;
     }
     if (srv->workers[0].meta)
-        RK_INFO("LOOKUP, DELETE and PUT_KV metadata calls on the workers' event loops (redis-async)");
+        RK_INFO("chunk metadata calls (LOOKUP, DELETE, PUT_KV, PUT_CHUNK, prompt chunks) on the workers' event loops (redis-async)");
     svc_metrics_set_collector(collect_store, srv);
     RK_INFO("ragkvd %s: data dir %s, %d workers, model %s", RAGKV_VERSION, cfg->data_dir,
             srv->nworkers, cfg->model[0] ? cfg->model : "(none)");
@@ -662,5 +704,7 @@ void svc_server_close(svc_server *srv)
     if (srv->lock_fd >= 0)
         close(srv->lock_fd); /* releases the flock */
     pthread_rwlock_destroy(&srv->submit_gate);
+    pthread_mutex_destroy(&srv->usage_mu);
+    pthread_cond_destroy(&srv->usage_cv);
     rk_free(srv);
 }

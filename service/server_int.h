@@ -75,6 +75,12 @@ struct svc_server {
     struct svc_limits *tlimits;         /* per-tenant request rate and concurrent jobs */
     struct svc_cluster *cluster;        /* membership and placement; NULL on a single node */
     struct svc_devcache *devcache;      /* the device tier (device-budget-mb); NULL when off */
+    /* /metrics' tenant usage gauges, read by a pool job (the metadata may be a stalled Redis):
+     * a scrape starts one unless one runs, and waits for it a bounded time */
+    pthread_mutex_t usage_mu;
+    pthread_cond_t usage_cv;
+    bool usage_running;                 /* guarded by usage_mu */
+    uint64_t usage_done;                /* refreshes finished; guarded by usage_mu */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;

@@ -198,6 +198,19 @@ typedef void (*cc_lookup_done)(void *arg, rk_status st, const uint8_t *present, 
 rk_status cc_store_lookup_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
                                 cc_lookup_done cb, void *arg);
 
+/* cc_store_lookup_async that keeps the records: cb gets present[i] as lookup's, and recs[i]
+ * (borrowed for the call) the record of each present key (zeroed for the others) — what
+ * cc_store_read then reads without asking the metadata again. */
+typedef void (*cc_resolve_done)(void *arg, rk_status st, const cc_record *recs, const uint8_t *present, size_t n);
+rk_status cc_store_resolve_async(cc_store *s, cc_redis_async *ra, const char *tenant, const cc_key *keys, size_t n,
+                                 cc_resolve_done cb, void *arg);
+
+/* The blob of a chunk resolved a moment ago (rec from cc_store_resolve_async, which checked
+ * that the tenant may read it): the RAM tier when it holds that version, else the blob store,
+ * checksum verified. RK_ERR_NOT_FOUND (a miss, repaired through the metadata store) when the
+ * blob is missing or corrupt. Blocking (RocksDB); *blob a new reference (cc_buf_release). */
+rk_status cc_store_read(cc_store *s, const cc_record *rec, cc_buf **blob);
+
 /* The metadata half of cc_store_delete: cb gets RK_OK with the chunk removed from the metadata
  * (its blob still to delete: cc_store_apply_removed, blocking, before acknowledging), or
  * RK_ERR_NOT_FOUND / a failure. */

@@ -1,0 +1,176 @@
+/* GENERATE's chunk metadata on the workers' event loops (redis-async): the prompt's chunks, by
+ * key and by content, are resolved in one lookup on the loop, their blobs read on the I/O pool,
+ * and the executor only decodes — so a Redis that stops answering holds up the generations that
+ * need it and no others. Also: the answers are the synchronous path's (hits, misses, another
+ * tenant's key, an unknown key), a chunk computed in context is cached afterwards, the device
+ * tier serves the second use, and PUT_CHUNK's lookup and commit run on the loop. (One test per
+ * file: see tests/service/CMakeLists.txt.) */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/client.h"
+#include "ragkv/clock.h"
+#include "svc_testlib.h"
+#include "testutil.h"
+
+static const int32_t query[4] = {5, 6, 7, 8};
+
+static rk_status gen(ragkv_conn *c, const ragkv_segment *segs, uint32_t nsegs, svct_tokens *out,
+                     ragkv_gen_stats *st)
+{
+    ragkv_gen_params p = {.segs = segs, .nsegs = nsegs, .query = query, .nquery = 4, .blend = 3, .recompute = 0.15f,
+                          .max_tokens = 12};
+    memset(out, 0, sizeof(*out));
+    return ragkv_generate(c, &p, svct_collect_tokens, out, st);
+}
+
+/* A GENERATE on its own thread (it waits on a stopped Redis). */
+typedef struct bg_gen {
+    ragkv_conn *c;
+    const ragkv_segment *segs;
+    uint32_t nsegs;
+    svct_tokens out;
+    ragkv_gen_stats st;
+    rk_status rc;
+    pthread_mutex_t mu;
+    bool done;
+} bg_gen;
+
+static void *bg_run(void *arg)
+{
+    bg_gen *b = arg;
+    rk_status rc = gen(b->c, b->segs, b->nsegs, &b->out, &b->st);
+    pthread_mutex_lock(&b->mu);
+    b->rc = rc;
+    b->done = true;
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+static bool bg_done(bg_gen *b)
+{
+    pthread_mutex_lock(&b->mu);
+    bool d = b->done;
+    pthread_mutex_unlock(&b->mu);
+    return d;
+}
+
+/* Poll /metrics until the loops have n metadata operations in flight (at most 20 s). */
+static bool wait_inflight(int hport, long long n)
+{
+    uint64_t t0 = rk_now_ns();
+    while (svct_metric(hport, "meta_async_inflight") != n) {
+        if (rk_now_ns() - t0 > 20000000000ull)
+            return false;
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return true;
+}
+
+Test(redis_meta_gen, generate_resolves_chunks_on_the_loop, .timeout = 180)
+{
+    const char *model = svct_need_model();
+    if (!rk_test_redis_server_path())
+        cr_skip_test("skipped: no redis-server");
+    char tmp[256], redis[64];
+    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
+    int rport = rk_test_free_port();
+    rk_test_proc r;
+    cr_assert(rk_test_redis_server(&r, rport, tmp, 0));
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", rport);
+    const char *extra[] = {"--model", model, "--redis", redis, "--device-budget-mb", "8", NULL};
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", "globex", NULL);
+    ragkv_conn *a = svct_dial(dd.port, dd.token[0]), *b = svct_dial(dd.port, dd.token[1]);
+
+    /* PUT_CHUNK: looked up and committed on the loop */
+    int32_t t1[30], t2[30], t3[30];
+    svct_chunk_toks(t1, 30, 11);
+    svct_chunk_toks(t2, 30, 12);
+    svct_chunk_toks(t3, 30, 13);
+    long long lk0 = svct_meta_metric(dd.hport, "ops", "lookup"), in0 = svct_meta_metric(dd.hport, "ops", "insert");
+    uint8_t k1[32], kb[32];
+    int created = -1;
+    cr_assert_eq(ragkv_put_chunk(a, t1, 30, k1, &created, NULL), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(created, 1);
+    cr_expect_eq(svct_meta_metric(dd.hport, "ops", "lookup"), lk0 + 1, "PUT_CHUNK looked the chunk up on the loop");
+    cr_expect_eq(svct_meta_metric(dd.hport, "ops", "insert"), in0 + 1, "and committed it there");
+    cr_assert_eq(ragkv_put_chunk(a, t1, 30, k1, &created, NULL), RK_OK);
+    cr_expect_eq(created, 0, "stored already: nothing computed, nothing committed");
+    cr_expect_eq(svct_meta_metric(dd.hport, "ops", "insert"), in0 + 1);
+    cr_assert_eq(ragkv_put_chunk(b, t3, 30, kb, NULL, NULL), RK_OK, "%s", rk_error_msg());
+
+    /* by key (cached) + by content (not cached): one lookup on the loop for both */
+    ragkv_segment segs[2] = {{.key = k1}, {.tokens = t2, .ntokens = 30}};
+    svct_tokens first, again;
+    ragkv_gen_stats st;
+    long long lk1 = svct_meta_metric(dd.hport, "ops", "lookup");
+    cr_assert_eq(gen(a, segs, 2, &first, &st), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(st.chunk_hits, 1);
+    cr_expect_eq(st.chunk_misses, 1, "t2 was not cached");
+    cr_expect_eq(first.n, 12);
+    cr_expect_eq(svct_meta_metric(dd.hport, "ops", "lookup"), lk1 + 1, "one lookup on the loop for the prompt");
+    /* t2 was cached when the generation ended (the pool stored it before the answer) */
+    uint8_t k2[32];
+    cr_assert_eq(ragkv_put_chunk(a, t2, 30, k2, &created, NULL), RK_OK);
+    cr_expect_eq(created, 0, "the chunk computed in context was cached");
+    cr_assert_eq(gen(a, segs, 2, &again, &st), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(st.chunk_hits, 2);
+    cr_expect_eq(st.chunk_misses, 0);
+    long long dh = svct_metric(dd.hport, "store_device_hits_total");
+    cr_assert_eq(gen(a, segs, 2, &again, &st), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(svct_metric(dd.hport, "store_device_hits_total"), dh + 2, "the third use: both from the device tier");
+    cr_expect_eq(st.chunk_hits, 2);
+
+    /* another tenant's key and an unknown key: no such chunk, either way */
+    ragkv_segment other[1] = {{.key = kb}};
+    cr_expect_eq(gen(a, other, 1, &again, &st), RK_ERR_NOT_FOUND, "globex's chunk is not acme's: %s", rk_error_msg());
+    uint8_t unknown[32];
+    memset(unknown, 0x33, sizeof(unknown));
+    other[0].key = unknown;
+    cr_expect_eq(gen(a, other, 1, &again, &st), RK_ERR_NOT_FOUND);
+    other[0].key = kb;
+    cr_expect_eq(gen(b, other, 1, &again, &st), RK_OK, "globex reads its own: %s", rk_error_msg());
+    cr_expect_eq(svct_meta_metric(dd.hport, "errors", "lookup"), 0);
+
+    /* Redis stopped: a GENERATE that needs chunk metadata waits on the loop; one that needs
+     * none is decoded meanwhile (the executor never waits on Redis) */
+    int32_t t4[30];
+    svct_chunk_toks(t4, 30, 14);
+    ragkv_segment waits[1] = {{.tokens = t4, .ntokens = 30}};
+    bg_gen bg = {.c = svct_dial(dd.port, dd.token[0]), .segs = waits, .nsegs = 1};
+    pthread_mutex_init(&bg.mu, NULL);
+    cr_assert_eq(kill(r.pid, SIGSTOP), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, bg_run, &bg), 0);
+    /* (no assertion until Redis runs again: a failed one would leave it stopped) */
+    bool parked = wait_inflight(dd.hport, 1);
+    svct_tokens plain = {0};
+    rk_status prc = parked ? gen(b, NULL, 0, &plain, &st) : RK_ERR_INTERNAL;
+    bool waiting = !bg_done(&bg);
+    kill(r.pid, SIGCONT);
+    pthread_join(th, NULL);
+    cr_expect(parked, "the generation's lookup was never seen in flight on a loop");
+    cr_expect_eq(prc, RK_OK, "a prompt without chunks: %s", rk_status_name(prc));
+    cr_expect_eq(plain.n, 12);
+    cr_expect(waiting, "the generation that needs Redis was still waiting for it");
+    cr_expect_eq(bg.rc, RK_OK, "answered once Redis is back: %s", rk_status_name(bg.rc));
+    cr_expect_eq(bg.out.n, 12);
+    cr_expect_eq(bg.st.chunk_misses, 1);
+    pthread_mutex_destroy(&bg.mu);
+    ragkv_close(bg.c);
+
+    ragkv_close(a);
+    ragkv_close(b);
+    svct_daemon_down(&dd);
+    cr_expect_eq(rk_test_stop(&r, SIGTERM, 10000), 0);
+    rk_test_rmrf(tmp);
+}
