@@ -622,7 +622,7 @@ static void on_sentinel_reply(redisAsyncContext *sc, void *r, void *privdata)
     if (!rep) { /* hiredis frees sc after this */
         a->sc = NULL;
         evtimer_del(a->stimer);
-        sentinel_failed(a, sc->errstr[0] ? sc->errstr : "connection lost");
+        sentinel_failed(a, sc->errstr && sc->errstr[0] ? sc->errstr : "connection lost");
         return;
     }
     char host[sizeof(a->host)];

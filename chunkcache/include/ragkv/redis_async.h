@@ -45,7 +45,9 @@
  * connection lost later (the primary died, or Sentinel demoted it and closed its clients) and
  * a write refused with READONLY are retried the same way, through a new resolution. When no
  * Sentinel names a primary the operation fails with RK_ERR_UNAVAILABLE (or RK_ERR_TIMEOUT when
- * its own deadline came first) after its retries, like an unreachable Redis.
+ * its own deadline came first) after its retries, like an unreachable Redis. hiredis resolves
+ * host names with a blocking getaddrinfo: Sentinels answer with addresses; list them by
+ * address too.
  *
  *     cc_redis_opts o = cc_redis_opts_default();
  *     o.sentinels = "10.0.0.1:26379,10.0.0.2:26379";      // copied at open
