@@ -13,8 +13,17 @@
  * armed for the next attempt), DONE (outcome final, delivery pending on the op's timer). The
  * user's callback always runs from the op's timer, at the top of the loop, so no callback ever
  * runs inside hiredis or inside this file's own state changes. Invariants: an op in WAIT
- * implies a connection exists (a->ac); when an attempt ends, none of its replies is still
- * outstanding (so the next attempt may reuse the op's reply slots). */
+ * implies a connection exists (a->ac) or, with Sentinels, is being looked for (a->sc); when
+ * an attempt ends, none of its replies is still outstanding (so the next attempt may reuse the
+ * op's reply slots).
+ *
+ * With Sentinels, a connection starts with a resolution: the Sentinels are asked in turn
+ * (SENTINEL get-master-addr-by-name, each on its own async connection on the loop, within
+ * connect_timeout_ms), starting with the one that answered last; the first address named is
+ * connected to, and ROLE, sent ahead of the marker check and the script loads, must say master
+ * or the connection is dropped like a failed connect (so no op is ever sent to a replica). A
+ * resolution outlives an op's deadline: the op's next attempt waits for the same one, which
+ * meanwhile moves on to the next Sentinel. */
 #define RK_LOG_COMPONENT "cc.redis.async"
 #include <stdarg.h>
 #include <stdint.h>
@@ -29,11 +38,13 @@
 #include "ragkv/clock.h"
 #include "ragkv/log.h"
 #include "ragkv/redis_async.h"
+#include "ragkv/redis_sentinel.h"
 #include "redis_private.h"
 
 enum op_kind { OP_GET, OP_READABLE, OP_INSERT, OP_REMOVE };
 enum op_state { ST_WAIT, ST_SENT, ST_BACKOFF, ST_DONE };
 enum { SHA_INSERT, SHA_REMOVE, NSHA }; /* scripts loaded at connect (the ones this file calls) */
+enum { CHK_EXISTS, CHK_SHA, CHK_ROLE = CHK_SHA + NSHA }; /* connect-time replies (on_check) */
 
 typedef struct op op;
 
@@ -82,6 +93,12 @@ struct op {
     void *arg;             /* its argument */
 };
 
+/* A Sentinel's address. */
+typedef struct sentinel {
+    char host[128];
+    int port;
+} sentinel;
+
 struct cc_redis_async {
     struct event_base *base; /* borrowed loop */
     redisAsyncContext *ac;   /* connection; NULL while disconnected */
@@ -92,13 +109,25 @@ struct cc_redis_async {
     bool closing;            /* close began: no new operations */
     uint64_t losses;         /* connections that found the marker gone (cc_redis_async_losses) */
     char sha[NSHA][41];      /* SCRIPT LOAD digests ("" : EVAL) */
-    char *host;              /* owned */
+    char host[128];          /* the primary: as given, or as a Sentinel last named it ("" before) */
     int port;
+    char where[160];         /* "host:port", or the master's name before a Sentinel named it (messages) */
     char prefix[64];         /* key prefix */
     cc_redis_opts o;         /* timeouts, retries, backoff, limits */
     uint64_t wait_skip_until_ms; /* after a WAIT shortfall: no WAIT before this (monotonic) */
     op *ops;                 /* every op not yet delivered */
     size_t nops;             /* its length */
+    /* with Sentinels (opts->sentinels), else sent is NULL and host:port fixed */
+    sentinel *sent;          /* (nsent) the Sentinels, in the order given; owned */
+    size_t nsent;
+    char *sentinels;         /* the list as given (messages); owned */
+    char *master;            /* the master name they monitor; owned */
+    redisAsyncContext *sc;   /* the Sentinel being asked; NULL when no resolution runs */
+    struct event *stimer;    /* its deadline (connect_timeout_ms) */
+    size_t s_first;          /* the Sentinel a resolution asks first: the last that answered */
+    size_t s_cur;            /* the one being asked */
+    size_t s_tried;          /* how many this resolution asked */
+    char s_err[160];         /* the last one's failure */
 };
 
 static void start_attempt(op *o);
@@ -204,7 +233,7 @@ static void attempt_failed(op *o, rk_status st)
     cc_redis_async *a = o->a;
     evtimer_del(o->timer);
     if (o->st == RK_OK)
-        op_fail(o, st, false, "redis %s:%d: operation failed", a->host, a->port);
+        op_fail(o, st, false, "redis %s: operation failed", a->where);
     if (o->final || o->attempt > a->o.retries) {
         schedule_delivery(o);
         return;
@@ -247,7 +276,7 @@ static bool send_script(op *o, int id, int nargs, const char **args, const size_
 static void reply_get(op *o, size_t i, const redisReply *rep)
 {
     if (!rep) {
-        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: connection lost", o->a->host, o->a->port);
+        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: connection lost", o->a->where);
         return;
     }
     rk_status st = cc_redis_parse_record(rep, &o->keys[i], &o->recs[i]);
@@ -262,7 +291,7 @@ static void reply_get(op *o, size_t i, const redisReply *rep)
 static void reply_readable(op *o, size_t i, const redisReply *rep)
 {
     if (!rep) {
-        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: connection lost", o->a->host, o->a->port);
+        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: connection lost", o->a->where);
         return;
     }
     size_t p = o->pair[i];
@@ -286,11 +315,11 @@ static void reply_script(op *o, const redisReply *rep)
         return;
     }
     if (!rep) {
-        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: connection lost", a->host, a->port);
+        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: connection lost", a->where);
         return;
     }
     if (cc_redis_is_readonly(rep)) { /* a demoted primary: reconnect and try again */
-        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: %s", a->host, a->port, rep->str);
+        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: %s", a->where, rep->str);
         drop_conn(a, RK_ERR_UNAVAILABLE, "read-only replica");
         return;
     }
@@ -300,7 +329,7 @@ static void reply_script(op *o, const redisReply *rep)
         bool sent = ins ? send_script(o, CC_RS_INSERT, 10, o->ins->a, o->ins->al, false)
                         : send_script(o, CC_RS_REMOVE, 2, o->rem.a, NULL, false);
         if (!sent)
-            op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: connection unusable", a->host, a->port);
+            op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: connection unusable", a->where);
         return;
     }
     rk_error_clear(); /* a parse that sets no message leaves none */
@@ -391,7 +420,7 @@ static void send_op(op *o)
         break;
     }
     if (!ok) /* the context is unusable: what was queued comes back NULL when it is freed */
-        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s:%d: connection unusable", a->host, a->port);
+        op_fail(o, RK_ERR_UNAVAILABLE, false, "redis %s: connection unusable", a->where);
     if (o->left == 0)
         attempt_failed(o, RK_ERR_UNAVAILABLE);
 }
@@ -403,7 +432,7 @@ static void fail_waiting(cc_redis_async *a, rk_status st, bool final, const char
 {
     for (op *o = a->ops; o; o = o->next)
         if (o->state == ST_WAIT) {
-            op_fail(o, st, final, "redis %s:%d: %s", a->host, a->port, why);
+            op_fail(o, st, final, "redis %s: %s", a->where, why);
             attempt_failed(o, st);
         }
 }
@@ -440,7 +469,8 @@ static void conn_ready(cc_redis_async *a)
             send_op(o);
 }
 
-/* Replies to the connect-time commands: privdata 0 is EXISTS <marker>, 1.. SCRIPT LOADs. */
+/* Replies to the connect-time commands (privdata: enum CHK_*): ROLE first with Sentinels,
+ * then EXISTS <marker>, then the SCRIPT LOADs. */
 static void on_check(redisAsyncContext *ac, void *r, void *privdata)
 {
     cc_redis_async *a = ac->data;
@@ -452,7 +482,13 @@ static void on_check(redisAsyncContext *ac, void *r, void *privdata)
         conn_lost(a, ac, "connection lost");
         return;
     }
-    if (idx == 0) {
+    if (idx == CHK_ROLE) {
+        if (!cc_redis_role_is_primary(rep)) { /* nothing else was sent: drop it, resolve again */
+            RK_WARN("redis %s, named by the Sentinels as master %s, is not a primary", a->where, a->master);
+            drop_conn(a, RK_ERR_UNAVAILABLE, "not a primary (failover in progress?)");
+            return;
+        }
+    } else if (idx == CHK_EXISTS) {
         if (rep->type != REDIS_REPLY_INTEGER) {
             char why[160];
             snprintf(why, sizeof(why), "EXISTS failed: %s", rep->type == REDIS_REPLY_ERROR ? rep->str : "bad reply");
@@ -461,7 +497,7 @@ static void on_check(redisAsyncContext *ac, void *r, void *privdata)
         }
         a->marker = rep->integer == 1;
     } else {
-        char *sha = a->sha[idx - 1];
+        char *sha = a->sha[idx - CHK_SHA];
         if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
             memcpy(sha, rep->str, 40);
             sha[40] = 0;
@@ -474,7 +510,7 @@ static void on_check(redisAsyncContext *ac, void *r, void *privdata)
     if (!a->marker && a->known_intact) {
         /* not transient: nothing may be read from or written to the empty Redis until the
          * synchronous store has rebuilt it (and set the marker again) */
-        RK_WARN("redis %s:%d came back without ragkv metadata (prefix %s)", a->host, a->port, a->prefix);
+        RK_WARN("redis %s came back without ragkv metadata (prefix %s)", a->where, a->prefix);
         a->losses++;
         fail_waiting(a, RK_ERR_UNAVAILABLE, true, "lost ragkv's metadata (restart without persistence?): rebuild pending");
         drop_conn(a, RK_ERR_UNAVAILABLE, "lost ragkv's metadata");
@@ -489,7 +525,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
 {
     cc_redis_async *a = ac->data;
     if (status != REDIS_OK && a && ac == a->ac) {
-        RK_WARN("redis %s:%d: %s", a->host, a->port, ac->errstr ? ac->errstr : "connect failed");
+        RK_WARN("redis %s: %s", a->where, ac->errstr ? ac->errstr : "connect failed");
         conn_lost(a, ac, ac->errstr ? ac->errstr : "connect failed"); /* hiredis frees ac next */
     }
 }
@@ -500,12 +536,13 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     conn_lost(ac->data, ac, "disconnected");
 }
 
-/* Start a connection and queue its checks (the marker, the scripts' digests). */
-static rk_status conn_start(cc_redis_async *a)
+/* Connect to host:port and queue the checks (ROLE with Sentinels, the marker, the scripts'
+ * digests). */
+static rk_status conn_open(cc_redis_async *a)
 {
     redisAsyncContext *ac = redisAsyncConnect(a->host, a->port);
     if (!ac || ac->err) {
-        rk_status s = rk_error_set(RK_ERR_UNAVAILABLE, "redis %s:%d: %s", a->host, a->port,
+        rk_status s = rk_error_set(RK_ERR_UNAVAILABLE, "redis %s: %s", a->where,
                                    ac && ac->errstr ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
@@ -524,17 +561,146 @@ static rk_status conn_start(cc_redis_async *a)
     a->marker = false;
     char mk[80];
     snprintf(mk, sizeof(mk), "%s!", a->prefix);
+    const char *ro[] = {"ROLE"};
     const char *ex[] = {"EXISTS", mk};
     const char *li[] = {"SCRIPT", "LOAD", cc_redis_scripts[CC_RS_INSERT]};
     const char *lr[] = {"SCRIPT", "LOAD", cc_redis_scripts[CC_RS_REMOVE]};
-    a->checks_left = 3;
-    if (redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)0, 2, ex, NULL) != REDIS_OK ||
-        redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)(1 + SHA_INSERT), 3, li, NULL) != REDIS_OK ||
-        redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)(1 + SHA_REMOVE), 3, lr, NULL) != REDIS_OK) {
+    a->checks_left = a->sent ? 4 : 3;
+    if ((a->sent && redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)CHK_ROLE, 1, ro, NULL) != REDIS_OK) ||
+        redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)CHK_EXISTS, 2, ex, NULL) != REDIS_OK ||
+        redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)(CHK_SHA + SHA_INSERT), 3, li, NULL) != REDIS_OK ||
+        redisAsyncCommandArgv(ac, on_check, (void *)(intptr_t)(CHK_SHA + SHA_REMOVE), 3, lr, NULL) != REDIS_OK) {
         drop_conn(a, RK_ERR_UNAVAILABLE, "connection unusable");
-        return rk_error_set(RK_ERR_UNAVAILABLE, "redis %s:%d: connection unusable", a->host, a->port);
+        return rk_error_set(RK_ERR_UNAVAILABLE, "redis %s: connection unusable", a->where);
     }
     return RK_OK;
+}
+
+/* ---- Sentinels --------------------------------------------------------------------------- */
+
+static rk_status resolve_next(cc_redis_async *a);
+
+/* Record where the primary is (host as a Sentinel named it). */
+static void set_primary(cc_redis_async *a, const char *host, int port)
+{
+    if (a->host[0] && (strcmp(a->host, host) != 0 || a->port != port))
+        RK_WARN("redis primary of %s moved: %s:%d -> %s:%d", a->master, a->host, a->port, host, port);
+    snprintf(a->host, sizeof(a->host), "%s", host);
+    a->port = port;
+    snprintf(a->where, sizeof(a->where), "%s:%d", host, port);
+}
+
+/* Stop asking the current Sentinel (its reply, if any, comes back NULL and is ignored). */
+static void sentinel_drop(cc_redis_async *a)
+{
+    redisAsyncContext *sc = a->sc;
+    if (!sc)
+        return;
+    a->sc = NULL;
+    evtimer_del(a->stimer);
+    redisAsyncFree(sc);
+}
+
+/* The current Sentinel failed (why): ask the next; when none is left, the ops waiting for a
+ * connection fail their attempt. */
+static void sentinel_failed(cc_redis_async *a, const char *why)
+{
+    const sentinel *s = &a->sent[a->s_cur];
+    snprintf(a->s_err, sizeof(a->s_err), "%s:%d: %s", s->host, s->port, why);
+    RK_DEBUG("sentinel %s", a->s_err);
+    if (resolve_next(a) != RK_OK)
+        fail_waiting(a, RK_ERR_UNAVAILABLE, false, rk_error_msg());
+}
+
+/* The answer of the Sentinel being asked (NULL: its connection failed or was dropped). */
+static void on_sentinel_reply(redisAsyncContext *sc, void *r, void *privdata)
+{
+    cc_redis_async *a = privdata;
+    redisReply *rep = r;
+    if (sc != a->sc)
+        return; /* dropped: no longer asked */
+    if (!rep) { /* hiredis frees sc after this */
+        a->sc = NULL;
+        evtimer_del(a->stimer);
+        sentinel_failed(a, sc->errstr && sc->errstr[0] ? sc->errstr : "connection lost");
+        return;
+    }
+    char host[sizeof(a->host)];
+    int port;
+    rk_status st = cc_sentinel_addr_reply(rep, host, sizeof(host), &port);
+    sentinel_drop(a); /* freed once this callback returns */
+    if (st != RK_OK) {
+        char why[160];
+        snprintf(why, sizeof(why), "no address for master %s (%s)", a->master, rk_error_msg());
+        sentinel_failed(a, why);
+        return;
+    }
+    a->s_first = a->s_cur; /* ask it first next time */
+    set_primary(a, host, port);
+    if (conn_open(a) != RK_OK)
+        fail_waiting(a, RK_ERR_UNAVAILABLE, false, rk_error_msg());
+}
+
+/* The Sentinel being asked did not answer within connect_timeout_ms. */
+static void on_sentinel_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    cc_redis_async *a = arg;
+    sentinel_drop(a);
+    char why[64];
+    snprintf(why, sizeof(why), "no answer within %d ms", a->o.connect_timeout_ms);
+    sentinel_failed(a, why);
+}
+
+/* Ask Sentinel i for the primary's address (the answer comes to on_sentinel_reply). */
+static rk_status sentinel_ask(cc_redis_async *a, size_t i)
+{
+    const sentinel *s = &a->sent[i];
+    redisAsyncContext *sc = redisAsyncConnect(s->host, s->port);
+    if (!sc || sc->err) {
+        rk_status st = rk_error_set(RK_ERR_UNAVAILABLE, "%s:%d: %s", s->host, s->port,
+                                    sc && sc->errstr ? sc->errstr : "out of memory");
+        if (sc)
+            redisAsyncFree(sc);
+        return st;
+    }
+    sc->data = a;
+    const char *argv[] = {"SENTINEL", "get-master-addr-by-name", a->master};
+    if (redisLibeventAttach(sc, a->base) != REDIS_OK ||
+        redisAsyncCommandArgv(sc, on_sentinel_reply, a, 3, argv, NULL) != REDIS_OK) {
+        redisAsyncFree(sc);
+        return rk_error_set(RK_ERR_UNAVAILABLE, "%s:%d: connection unusable", s->host, s->port);
+    }
+    a->sc = sc;
+    a->s_cur = i;
+    struct timeval tv = {a->o.connect_timeout_ms / 1000, (a->o.connect_timeout_ms % 1000) * 1000};
+    evtimer_add(a->stimer, &tv);
+    return RK_OK;
+}
+
+/* Ask the next Sentinel of this resolution not yet asked. RK_ERR_UNAVAILABLE, saying so, when
+ * every one has failed. */
+static rk_status resolve_next(cc_redis_async *a)
+{
+    while (a->s_tried < a->nsent) {
+        size_t i = (a->s_first + a->s_tried++) % a->nsent;
+        if (sentinel_ask(a, i) == RK_OK)
+            return RK_OK;
+        snprintf(a->s_err, sizeof(a->s_err), "%s", rk_error_msg());
+        RK_DEBUG("sentinel %s", a->s_err);
+    }
+    return rk_error_set(RK_ERR_UNAVAILABLE, "no Sentinel of %s named master %s (last: %s)", a->sentinels, a->master,
+                        a->s_err);
+}
+
+/* Start a connection: to host:port, or first a resolution through the Sentinels. */
+static rk_status conn_start(cc_redis_async *a)
+{
+    if (!a->sent)
+        return conn_open(a);
+    a->s_tried = 0;
+    return resolve_next(a);
 }
 
 /* ---- attempts ---------------------------------------------------------------------------- */
@@ -561,7 +727,7 @@ static void start_attempt(op *o)
         return;
     }
     o->state = ST_WAIT;
-    if (!a->ac && conn_start(a) != RK_OK) {
+    if (!a->ac && !a->sc && conn_start(a) != RK_OK) {
         op_fail(o, RK_ERR_UNAVAILABLE, false, "%s", rk_error_msg());
         attempt_failed(o, RK_ERR_UNAVAILABLE);
     }
@@ -583,14 +749,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         start_attempt(o);
         return;
     case ST_WAIT: /* the connection did not become ready in time (Redis stalled) */
-        op_fail(o, RK_ERR_TIMEOUT, false, "redis %s:%d: connection not ready within %d ms", a->host, a->port,
-                a->o.command_timeout_ms);
+        op_fail(o, RK_ERR_TIMEOUT, false, "redis %s: %s within %d ms", a->where,
+                a->sc ? "no Sentinel named the primary" : "connection not ready", a->o.command_timeout_ms);
         attempt_failed(o, RK_ERR_TIMEOUT);
-        drop_conn(a, RK_ERR_UNAVAILABLE, "connect timed out");
+        drop_conn(a, RK_ERR_UNAVAILABLE, "connect timed out"); /* a resolution goes on (a->sc) */
         return;
     default: /* ST_SENT: stalled; dropping the connection returns our replies NULL */
         if (!(o->kind == OP_INSERT && o->phase == 1)) /* a late WAIT leaves the insert done */
-            op_fail(o, RK_ERR_TIMEOUT, false, "redis %s:%d: no answer within %d ms", a->host, a->port,
+            op_fail(o, RK_ERR_TIMEOUT, false, "redis %s: no answer within %d ms", a->where,
                     a->o.command_timeout_ms);
         drop_conn(a, RK_ERR_UNAVAILABLE, "an operation timed out");
         return;
@@ -748,26 +914,51 @@ uint64_t cc_redis_async_losses(const cc_redis_async *a)
     return a ? a->losses : 0;
 }
 
+/* Take the Sentinels of opts (list and master name) into a. */
+static rk_status sentinels_init(cc_redis_async *a, const char *list, const char *master)
+{
+    size_t n = 1;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    if (!(a->sent = rk_calloc(n, sizeof(sentinel))) || !(a->sentinels = rk_strdup(list)) ||
+        !(a->master = rk_strdup(master && *master ? master : "ragkv")) ||
+        !(a->stimer = evtimer_new(a->base, on_sentinel_timer, a)))
+        return rk_error_set(RK_ERR_NOMEM, "async redis");
+    for (const char *p = list; a->nsent < n; a->nsent++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        sentinel *s = &a->sent[a->nsent];
+        if (cc_redis_parse_addr(p, len, s->host, sizeof(s->host), &s->port) != RK_OK) {
+            char why[160];
+            snprintf(why, sizeof(why), "%s", rk_error_msg());
+            return rk_error_set(RK_ERR_INVALID, "async redis: sentinels '%s': %s", list, why);
+        }
+        p += len + (comma ? 1 : 0);
+    }
+    snprintf(a->where, sizeof(a->where), "master %s", a->master);
+    return RK_OK;
+}
+
 /* See ragkv/redis_async.h. */
 rk_status cc_redis_async_open(struct event_base *base, const char *host, int port, const char *prefix,
                               const cc_redis_opts *opts, cc_redis_async **out)
 {
-    if (!base || !host || !*host || port <= 0 || port > 65535 || !out)
+    bool sentinel = opts && opts->sentinels && *opts->sentinels;
+    if (!base || !out || (!sentinel && (!host || !*host || port <= 0 || port > 65535)))
         return rk_error_set(RK_ERR_INVALID, "async redis: bad arguments");
+    if (!sentinel && strlen(host) >= sizeof(((cc_redis_async *)0)->host))
+        return rk_error_set(RK_ERR_INVALID, "async redis: host name too long");
     if (!prefix)
         prefix = "rk:";
     if (strlen(prefix) >= 48)
         return rk_error_set(RK_ERR_INVALID, "async redis: prefix too long");
     cc_redis_async *a = rk_calloc(1, sizeof(*a));
-    if (!a || !(a->host = rk_strdup(host))) {
-        rk_free(a);
+    if (!a)
         return rk_error_set(RK_ERR_NOMEM, "async redis");
-    }
     a->base = base;
-    a->port = port;
     snprintf(a->prefix, sizeof(a->prefix), "%s", prefix);
     a->o = opts ? *opts : cc_redis_opts_default();
-    a->o.sentinels = a->o.sentinel_master = NULL; /* borrowed from the caller; not followed */
+    a->o.sentinels = a->o.sentinel_master = NULL; /* borrowed from the caller: copied below */
     if (!a->o.max_reply_elements)
         a->o.max_reply_elements = 1u << 20;
     if (a->o.backoff_ms < 1)
@@ -776,6 +967,19 @@ rk_status cc_redis_async_open(struct event_base *base, const char *host, int por
         a->o.retries = 0;
     if (a->o.command_timeout_ms < 1)
         a->o.command_timeout_ms = 1;
+    if (a->o.connect_timeout_ms < 1)
+        a->o.connect_timeout_ms = 1;
+    if (sentinel) {
+        rk_status s = sentinels_init(a, opts->sentinels, opts->sentinel_master);
+        if (s != RK_OK) {
+            cc_redis_async_close(a);
+            return s;
+        }
+    } else {
+        snprintf(a->host, sizeof(a->host), "%s", host);
+        a->port = port;
+        snprintf(a->where, sizeof(a->where), "%s:%d", host, port);
+    }
     if (conn_start(a) != RK_OK) /* the first operation tries again */
         RK_WARN("%s", rk_error_msg());
     *out = a;
@@ -793,7 +997,7 @@ void cc_redis_async_close(cc_redis_async *a)
         evtimer_del(o->timer);
         bool answered = o->state == ST_DONE;
         if (!answered)
-            snprintf(o->msg, sizeof(o->msg), "redis %s:%d: connection closed", a->host, a->port);
+            snprintf(o->msg, sizeof(o->msg), "redis %s: connection closed", a->where);
         run_callback(o, answered ? o->st : RK_ERR_CANCELLED); /* unlinks o */
         if (o->left == 0)
             op_free(o); /* else freed by its NULL replies below */
@@ -804,6 +1008,11 @@ void cc_redis_async_close(cc_redis_async *a)
         a->ready = false;
         redisAsyncFree(ac); /* pending replies come back NULL and free their ops */
     }
-    rk_free(a->host);
+    sentinel_drop(a);
+    if (a->stimer)
+        event_free(a->stimer);
+    rk_free(a->sent);
+    rk_free(a->sentinels);
+    rk_free(a->master);
     rk_free(a);
 }

@@ -1,8 +1,9 @@
 /* redis_private.h — private: what the synchronous (metastore_redis.c) and the asynchronous
  * (redis_async.c) Redis backends share, so that both send the same commands and read the
  * same replies the same way: the Lua scripts and how they are called, the arguments of an
- * insert and a remove, and the parsing of records, script results and eviction lists. The
- * definitions are in redis_common.c. */
+ * insert and a remove, and the parsing of records, script results and eviction lists; and
+ * the Sentinel answers both read when they look for the primary. The definitions are in
+ * redis_common.c (the Sentinel ones in redis_sentinel.c). */
 #ifndef RAGKV_CC_REDIS_PRIVATE_H
 #define RAGKV_CC_REDIS_PRIVATE_H
 
@@ -104,5 +105,14 @@ void cc_redis_wait_args_init(cc_redis_wait_args *x, const cc_redis_opts *o);
 /* Judge WAIT's reply (NULL: it failed): false, after logging, when fewer replicas than
  * wanted acknowledged; the caller then stops waiting for a while (10 s). */
 bool cc_redis_wait_ok(const redisReply *rep, const cc_redis_opts *o);
+
+/* The answer to SENTINEL get-master-addr-by-name: RK_OK with host (hostlen bytes) and *port
+ * filled, else RK_ERR_UNAVAILABLE with a message saying what the answer was (an error, nil
+ * for an unknown master, a malformed address). */
+rk_status cc_sentinel_addr_reply(const redisReply *rep, char *host, size_t hostlen, int *port);
+
+/* Whether rep, the answer to ROLE, says master: a Sentinel's answer during a failover may
+ * still name the demoted primary, which is not to be written to. */
+bool cc_redis_role_is_primary(const redisReply *rep);
 
 #endif

@@ -1,4 +1,5 @@
-/* redis_sentinel.c — the Redis primary's address from Redis Sentinel. */
+/* redis_sentinel.c — the Redis primary's address from Redis Sentinel, and the parsing of the
+ * answers (Sentinel's address, ROLE) that the asynchronous client (redis_async.c) shares. */
 #define RK_LOG_COMPONENT "sentinel"
 #include "ragkv/redis_sentinel.h"
 
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "ragkv/log.h"
+#include "redis_private.h"
 
 rk_status cc_redis_parse_addr(const char *addr, size_t len, char *host, size_t hostlen, int *port)
 {
@@ -34,6 +36,33 @@ rk_status cc_redis_parse_addr(const char *addr, size_t len, char *host, size_t h
     return RK_OK;
 }
 
+/* See redis_private.h. */
+rk_status cc_sentinel_addr_reply(const redisReply *rep, char *host, size_t hostlen, int *port)
+{
+    if (rep->type == REDIS_REPLY_ERROR)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "%s", rep->str);
+    if (rep->type == REDIS_REPLY_NIL)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "unknown name");
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING || rep->element[0]->len == 0 || rep->element[0]->len >= hostlen)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "unexpected answer");
+    char *end;
+    long p = strtol(rep->element[1]->str, &end, 10);
+    if (*end || p <= 0 || p > 65535)
+        return rk_error_set(RK_ERR_UNAVAILABLE, "bad port in its answer");
+    memcpy(host, rep->element[0]->str, rep->element[0]->len);
+    host[rep->element[0]->len] = '\0';
+    *port = (int)p;
+    return RK_OK;
+}
+
+/* See redis_private.h. */
+bool cc_redis_role_is_primary(const redisReply *rep)
+{
+    return rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 && rep->element[0]->type == REDIS_REPLY_STRING &&
+           strcmp(rep->element[0]->str, "master") == 0;
+}
+
 /* One Sentinel's answer, or an error. */
 static rk_status ask_one(const char *shost, int sport, const char *name, int timeout_ms, char *host,
                          size_t hostlen, int *port)
@@ -48,21 +77,11 @@ static rk_status ask_one(const char *shost, int sport, const char *name, int tim
     }
     redisSetTimeout(c, tv);
     redisReply *rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", name);
-    rk_status s;
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 && rep->element[0]->type == REDIS_REPLY_STRING &&
-        rep->element[1]->type == REDIS_REPLY_STRING && rep->element[0]->len < hostlen) {
-        long p = strtol(rep->element[1]->str, NULL, 10);
-        if (p > 0 && p <= 65535) {
-            memcpy(host, rep->element[0]->str, rep->element[0]->len);
-            host[rep->element[0]->len] = '\0';
-            *port = (int)p;
-            s = RK_OK;
-        } else {
-            s = rk_error_set(RK_ERR_UNAVAILABLE, "sentinel %s:%d: bad port in its answer", shost, sport);
-        }
-    } else {
-        s = rk_error_set(RK_ERR_UNAVAILABLE, "sentinel %s:%d: no address for master %s (%s)", shost, sport, name,
-                         rep && rep->type == REDIS_REPLY_ERROR ? rep->str : c->err ? c->errstr : "unknown name");
+    rk_status s = rep ? cc_sentinel_addr_reply(rep, host, hostlen, port) : rk_error_set(RK_ERR_UNAVAILABLE, "%s", c->errstr);
+    if (s != RK_OK) {
+        char why[160];
+        snprintf(why, sizeof(why), "%s", rk_error_msg());
+        s = rk_error_set(RK_ERR_UNAVAILABLE, "sentinel %s:%d: no address for master %s (%s)", shost, sport, name, why);
     }
     if (rep)
         freeReplyObject(rep);
@@ -113,8 +132,7 @@ rk_status cc_redis_connect_primary(const char *sentinels, const char *master, ch
     redisEnableKeepAlive(c);
     if (sentinel) { /* during a failover a Sentinel may still name the demoted primary */
         redisReply *role = redisCommand(c, "ROLE");
-        bool primary = role && role->type == REDIS_REPLY_ARRAY && role->elements > 0 &&
-                       role->element[0]->type == REDIS_REPLY_STRING && strcmp(role->element[0]->str, "master") == 0;
+        bool primary = cc_redis_role_is_primary(role);
         if (role)
             freeReplyObject(role);
         if (!primary) {

@@ -412,15 +412,20 @@ rk_status svc_meta_open(struct svc_worker *w)
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, meta_metrics);
     const svc_config *cfg = &w->srv->cfg;
-    if (!cfg->redis_async || !cfg->redis[0] || cfg->redis_sentinels[0])
+    if (!cfg->redis_async || (!cfg->redis[0] && !cfg->redis_sentinels[0]))
         return RK_OK;
+    cc_redis_opts o = cc_redis_opts_default(); /* the synchronous store's timeouts and limits */
+    o.wait_replicas = cfg->redis_wait_replicas;
+    if (cfg->redis_sentinels[0]) { /* the primary from the Sentinels at every connect, as the store's */
+        o.sentinels = cfg->redis_sentinels;
+        o.sentinel_master = cfg->redis_master;
+        return cc_redis_async_open(w->base, NULL, 0, cfg->redis_prefix, &o, &w->meta);
+    }
     char host[128];
     int port;
     rk_status st = cc_redis_parse_addr(cfg->redis, strlen(cfg->redis), host, sizeof(host), &port);
     if (st != RK_OK)
         return st;
-    cc_redis_opts o = cc_redis_opts_default(); /* the synchronous store's timeouts and limits */
-    o.wait_replicas = cfg->redis_wait_replicas;
     return cc_redis_async_open(w->base, host, port, cfg->redis_prefix, &o, &w->meta);
 }
 

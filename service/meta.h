@@ -1,8 +1,9 @@
 /*
  * meta.h — private to service/: the metadata calls of LOOKUP, DELETE, PUT_KV, PUT_CHUNK and of
  * GENERATE / PREFILL's prompt chunks answered on the worker's own event loop, through a
- * cc_redis_async per worker (when the metadata is in Redis, reached at `redis` HOST:PORT, and
- * redis-async is on; embedded metadata and Sentinel deployments keep the synchronous path).
+ * cc_redis_async per worker (when the metadata is in Redis, reached at `redis` HOST:PORT or
+ * through `redis-sentinels`, which the client then asks for the primary at every connect as the
+ * synchronous store does, and redis-async is on; embedded metadata keeps the synchronous path).
  *
  *   LOOKUP     the loop alone: cc_store_lookup_async (records, grant checks), then the answer.
  *   DELETE     the loop removes the metadata (cc_store_delete_async); the pool deletes the

@@ -319,3 +319,29 @@ bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replic
     rk_test_stop(p, SIGKILL, 5000);
     return false;
 }
+
+bool rk_test_sentinel(rk_test_proc *p, int port, const char *dir, const char *name, const char *host,
+                      int master_port)
+{
+    const char *bin = rk_test_redis_server_path();
+    if (!bin)
+        return false;
+    char conf[512];
+    snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", dir, port);
+    FILE *f = fopen(conf, "w"); /* Sentinel rewrites it: a file of its own */
+    if (!f)
+        return false;
+    fprintf(f, "bind 127.0.0.1\nport %d\ndir %s\nsentinel monitor %s %s %d 1\n"
+               "sentinel down-after-milliseconds %s 60000\n",
+            port, dir, name, host, master_port, name);
+    fclose(f);
+    char *argv[] = {(char *)bin, conf, "--sentinel", NULL};
+    if (!rk_test_spawn(argv, p))
+        return false;
+    char line[1024];
+    while (rk_test_read_line(p, line, sizeof(line), 10000))
+        if (strstr(line, "+monitor master"))
+            return true;
+    rk_test_stop(p, SIGKILL, 5000);
+    return false;
+}

@@ -74,6 +74,14 @@ const char *rk_test_redis_server_path(void);
  * (false, child reaped, when it does not within 10 s or there is no redis-server). */
 bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replicaof_port);
 
+/* Start a Redis Sentinel (redis-server --sentinel) on 127.0.0.1:port, its configuration in
+ * dir (one file per port), monitoring master `name` at host:master_port with quorum 1 and a
+ * down-after of 60 s (it fails nothing over by itself during a test); returns once it logs
+ * its +monitor event (false, child reaped, when it does not within 10 s or there is no
+ * redis-server). Its answers then name host:master_port until told otherwise. */
+bool rk_test_sentinel(rk_test_proc *p, int port, const char *dir, const char *name, const char *host,
+                      int master_port);
+
 /* "host:port" of the test Redis ($RAGKV_TEST_REDIS) split out; false when unset. */
 bool rk_test_redis(char *host, size_t hostlen, int *port);
 

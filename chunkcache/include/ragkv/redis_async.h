@@ -33,10 +33,29 @@
  *     ... event_base_dispatch(base) ...
  *     cc_redis_async_close(ra);
  *
+ * Redis Sentinel: with opts->sentinels set ("host:port,...", and opts->sentinel_master, default
+ * "ragkv"), the host and port given to open are ignored and every (re)connect first asks the
+ * Sentinels for the primary's address, as the synchronous backend does (ragkv/redis_sentinel.h),
+ * but without blocking the loop: each Sentinel in turn, on its own async connection on the
+ * loop, gets connect_timeout_ms to answer SENTINEL get-master-addr-by-name (a dead or silent
+ * one costs that once: the Sentinel that answered last is asked first next time). The
+ * connection to the address named must then answer ROLE with master before anything else is
+ * read or sent; a replica (a stale answer during a failover) is dropped like a failed connect:
+ * the operations waiting retry after their backoff and the next attempt resolves again. A
+ * connection lost later (the primary died, or Sentinel demoted it and closed its clients) and
+ * a write refused with READONLY are retried the same way, through a new resolution. When no
+ * Sentinel names a primary the operation fails with RK_ERR_UNAVAILABLE (or RK_ERR_TIMEOUT when
+ * its own deadline came first) after its retries, like an unreachable Redis. hiredis resolves
+ * host names with a blocking getaddrinfo: Sentinels answer with addresses; list them by
+ * address too.
+ *
+ *     cc_redis_opts o = cc_redis_opts_default();
+ *     o.sentinels = "10.0.0.1:26379,10.0.0.2:26379";      // copied at open
+ *     o.sentinel_master = "ragkv";
+ *     cc_redis_async_open(base, NULL, 0, "rk:", &o, &ra);
+ *
+ * WAIT-for-replicas: WAIT is sent after each successful insert when opts->wait_replicas is set.
  * Not thread-safe: one cc_redis_async per event loop, used only on that loop's thread.
- * Sentinel discovery and WAIT-for-replicas: WAIT is sent after each successful insert when
- * opts->wait_replicas is set; Sentinels (opts->sentinels) are not followed: connect to the
- * primary's address.
  */
 #ifndef RAGKV_REDIS_ASYNC_H
 #define RAGKV_REDIS_ASYNC_H
@@ -83,7 +102,10 @@ typedef void (*cc_remove_cb)(void *arg, rk_status st, const cc_record *removed);
 
 /* Bind to base (borrowed; must outlive the handle) and start connecting (a failure here is
  * retried by the first operation). Keys use prefix like cc_metastore_redis_open; opts NULL:
- * defaults. *out owned by the caller (cc_redis_async_close). */
+ * defaults (opts and its strings are copied). With opts->sentinels the primary is found
+ * through the Sentinels at every connect (see above) and host/port are ignored (may be NULL,
+ * 0); RK_ERR_INVALID for a malformed Sentinel list. *out owned by the caller
+ * (cc_redis_async_close). */
 rk_status cc_redis_async_open(struct event_base *base, const char *host, int port, const char *prefix,
                               const cc_redis_opts *opts, cc_redis_async **out);
 

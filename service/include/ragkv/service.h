@@ -47,7 +47,7 @@ typedef struct svc_config {
     char redis_master[64];       /* the master name the Sentinels monitor; default "ragkv" */
     int redis_wait_replicas;     /* WAIT for this many replicas after each chunk insert; 0 = none */
     int redis_async;             /* 1 (default): LOOKUP, DELETE and PUT_KV's metadata calls on the
-                                    workers' event loops (`redis` only, not Sentinels); 0: pool */
+                                    workers' event loops (`redis` or `redis-sentinels`); 0: pool */
     /* cluster (docs/deployment.md): on when cluster_secret_file is set; needs Redis */
     char cluster_secret_file[SVC_PATH_MAX]; /* shared secret peers authenticate with; "" = single node */
     char node_id[64];            /* this node's name in the cluster; "" = the advertised address */
