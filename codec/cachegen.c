@@ -11,6 +11,7 @@
 
 #define CG_DEFAULT_LEVEL 1
 #define CG_MAX_LEVEL 4
+#define CG_QMAX_MAX 31 /* the largest alphabet, 63 symbols, fits CODEC_MAX_SYMBOLS */
 
 /* qmax per level: {K early, K late, V early, V late}. Early K layers are the first third,
  * early V layers the first two (CacheGen's bands). Symbols per value: 2 * qmax + 1. */
@@ -121,10 +122,13 @@ size_t cg_scale_index(const cg_layout *lay, const cg_params *p, uint32_t l, uint
 
 /* ---- quantization ---------------------------------------------------------------------- */
 
-/* A scale as stored (fp16), from the largest magnitude it must cover. */
-static uint16_t scale_of(float absmax, int qmax)
+/* A scale as stored (fp16), from the largest magnitude it must cover and the step wanted
+ * (0: none; a step too small to cover absmax with qmax levels is widened). */
+static uint16_t scale_of(float absmax, int qmax, float step)
 {
     float s = absmax / (float)qmax;
+    if (step > s)
+        s = step;
     if (s > 65504.0f)
         s = 65504.0f;
     return rk_f32_to_f16(s);
@@ -147,6 +151,7 @@ struct quant_job {
     const float *kv;     /* [L][2][T][C] input */
     const cg_params *p;
     const cg_layout *lay;
+    const float *step;   /* [L][2][C] wanted step per channel (channel mode), or NULL */
     uint8_t *sym;        /* [L][2][T][C] symbols out */
     uint16_t *scales;    /* [n_scales] fp16 out */
     int failed;          /* an allocation failed */
@@ -189,8 +194,10 @@ static void quant_lkv(void *vctx, size_t b, size_t e)
                             cmax[c] = fabsf(v);
                     }
                 }
+                const float *step = j->step && !pass ? j->step + lkv * C : NULL;
                 for (uint32_t c = 0; c < C; c++)
-                    j->scales[cg_scale_index(lay, p, l, kv, 0, c, pass)] = scale_of(cmax[c], qmax);
+                    j->scales[cg_scale_index(lay, p, l, kv, 0, c, pass)] =
+                        scale_of(cmax[c], qmax, step ? step[c] : 0.0f);
             }
             for (uint32_t t = 0; t < T; t++) {
                 uint32_t a = t;
@@ -207,7 +214,7 @@ static void quant_lkv(void *vctx, size_t b, size_t e)
                             if (fabsf(v) > m)
                                 m = fabsf(v);
                         }
-                        j->scales[cg_scale_index(lay, p, l, kv, t, h * D, pass)] = scale_of(m, qmax);
+                        j->scales[cg_scale_index(lay, p, l, kv, t, h * D, pass)] = scale_of(m, qmax, 0.0f);
                     }
                 for (uint32_t c = 0; c < C; c++) {
                     float s = rk_f16_to_f32(j->scales[cg_scale_index(lay, p, l, kv, t, c, pass)]);
@@ -227,13 +234,87 @@ done:
     rk_free(cmax);
 }
 
-/* Quantize kv into symbols [L][2][T][C] and fp16 scales [n_scales]. */
+/* Quantize kv into symbols [L][2][T][C] and fp16 scales [n_scales]; step ([L][2][C], NULL:
+ * none) sets the channel scales' steps where they cover the channel's range. */
 static rk_status cg_quantize(const float *kv, const cg_params *p, const cg_layout *lay,
-                             rk_pool *pool, uint8_t *sym, uint16_t *scales)
+                             const float *step, rk_pool *pool, uint8_t *sym, uint16_t *scales)
 {
-    struct quant_job j = {kv, p, lay, sym, scales, 0};
+    struct quant_job j = {kv, p, lay, step, sym, scales, 0};
     rk_pool_for(pool, (size_t)lay->L * 2, 1, quant_lkv, &j);
     return j.failed ? rk_error_set(RK_ERR_NOMEM, "cachegen: quantize") : RK_OK;
+}
+
+/* ---- rate allocation by sensitivity ------------------------------------------------------ */
+
+/* Raise absmax[L][2][C] to the largest magnitude of each channel of kv (canonical layout). */
+static void channel_absmax(const float *kv, const cg_layout *lay, float *absmax)
+{
+    for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++)
+        for (uint32_t t = 0; t < lay->T; t++) {
+            const float *row = kv + (lkv * lay->T + t) * lay->C;
+            float *m = absmax + lkv * lay->C;
+            for (uint32_t c = 0; c < lay->C; c++)
+                if (fabsf(row[c]) > m[c])
+                    m[c] = fabsf(row[c]);
+        }
+}
+
+/* The weighted allocation (docs/codec.md, "Rate allocation"): with entropy-coded uniform
+ * quantization a channel of step d costs about log2(range / d) bits and adds weight * d^2 / 12
+ * to the next-token KL, so the least KL for a bit budget has d proportional to
+ * 1/sqrt(weight). The budget is the level's: the product of the steps (the sum of their
+ * logs) equals that of the level's own steps absmax / qmax. p->qmax holds the level's
+ * alphabets on entry and, on return, the alphabet each (layer, K|V) needs for its steps
+ * (1..31). absmax and weights are [L][2][C]; step out likewise. */
+static void weighted_steps(const float *absmax, const float *weights, const cg_layout *lay,
+                           cg_params *p, float *step)
+{
+    size_t n = (size_t)lay->L * 2 * lay->C, used = 0;
+    float wmax = 0;
+    for (size_t i = 0; i < n; i++)
+        if (weights[i] > wmax)
+            wmax = weights[i];
+    double lsum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(absmax[i] > 0))
+            continue;
+        /* a weight of 0 still gets a finite step: at most 10^4 times the most sensitive's */
+        double w = weights[i] > wmax * 1e-8f ? weights[i] : wmax * 1e-8;
+        lsum += log(absmax[i] / p->qmax[i / lay->C]) + 0.5 * log(w);
+        used++;
+    }
+    double k = used ? exp(lsum / (double)used) : 0; /* step = k / sqrt(weight) */
+    for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++) {
+        int need = 1;
+        for (uint32_t c = 0; c < lay->C; c++) {
+            size_t i = lkv * lay->C + c;
+            double w = weights[i] > wmax * 1e-8f ? weights[i] : wmax * 1e-8;
+            double d = k / sqrt(w);
+            step[i] = d < 65504.0 ? (float)d : 65504.0f;
+            if (absmax[i] > 0 && step[i] > 0) {
+                double q = ceil(absmax[i] / step[i]);
+                if (q > need)
+                    need = q < CG_QMAX_MAX ? (int)q : CG_QMAX_MAX;
+            }
+        }
+        p->qmax[lkv] = (uint8_t)need;
+    }
+}
+
+/* Weights usable for the allocation: the options it needs, finite and >= 0. */
+static rk_status weights_check(const float *w, const cg_params *p, size_t n)
+{
+    if (p->k_scale_mode != CODEC_SCALE_CHANNEL || p->v_scale_mode != CODEC_SCALE_CHANNEL ||
+        p->anchor_interval)
+        return rk_error_set(RK_ERR_INVALID, "cachegen: weights need channel scales and no "
+                            "delta coding");
+    float wmax = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(w[i] >= 0.0f && w[i] <= 3.4e38f))
+            return rk_error_set(RK_ERR_INVALID, "cachegen: weight %zu is %g", i, (double)w[i]);
+        wmax = w[i] > wmax ? w[i] : wmax;
+    }
+    return wmax > 0 ? RK_OK : rk_error_set(RK_ERR_INVALID, "cachegen: every weight is 0");
 }
 
 /* Add the symbol counts of one quantized tensor to counts[n_models][CODEC_MAX_SYMBOLS]. */
@@ -367,11 +448,14 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
     rans_model *models = NULL;
     rk_buf *bufs = NULL;
     uint32_t *lens = NULL;
+    float *absmax = NULL, *wsteps = NULL;
+    const float *steps = NULL; /* [L][2][C] channel steps of a weighted allocation */
     const codec_codebook *cb = up->codebook;
     if (cb) {
         if ((st = cg_codebook_check(cb, shape)) != RK_OK)
             return st;
         p = *cg_codebook_params(cb);
+        steps = cg_codebook_steps(cb);
         *codebook_id = codec_codebook_id(cb);
     } else {
         cg_params_for_level(level, shape->n_layers, up, shape->head_dim, &p);
@@ -381,6 +465,20 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
     }
     if ((st = cg_layout_make(shape, &p, &lay)) != RK_OK)
         return st;
+    if (!cb && up->weights) { /* steps from this chunk's ranges and the weights */
+        size_t nw = (size_t)lay.L * 2 * lay.C;
+        if ((st = weights_check(up->weights, &p, nw)) != RK_OK)
+            return st;
+        absmax = rk_calloc(nw, sizeof *absmax);
+        wsteps = rk_malloc(nw * sizeof *wsteps);
+        if (!absmax || !wsteps) {
+            st = rk_error_set(RK_ERR_NOMEM, "cachegen: steps");
+            goto fail;
+        }
+        channel_absmax(kv, &lay, absmax);
+        weighted_steps(absmax, up->weights, &lay, &p, wsteps);
+        steps = wsteps;
+    }
     size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
     sym = rk_malloc(nval);
     scales = rk_calloc(lay.n_scales ? lay.n_scales : 1, sizeof *scales);
@@ -391,7 +489,7 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
         st = rk_error_set(RK_ERR_NOMEM, "cachegen: encode buffers");
         goto fail;
     }
-    if ((st = cg_quantize(kv, &p, &lay, up->pool, sym, scales)) != RK_OK)
+    if ((st = cg_quantize(kv, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
         goto fail;
     if (cb) {
         size_t nm;
@@ -448,6 +546,8 @@ fail:
     rk_free(counts);
     rk_free(freqs);
     rk_free(models);
+    rk_free(absmax);
+    rk_free(wsteps);
     return st;
 }
 
@@ -808,7 +908,8 @@ static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_
 /* ---- codebooks ------------------------------------------------------------------------- */
 
 #define CB_MAGIC 0x42434b52u /* "RKCB" */
-#define CB_VERSION 1
+#define CB_VERSION 1         /* probability tables only */
+#define CB_VERSION_STEPS 2   /* and the channel steps of a weighted allocation */
 
 struct codec_codebook {
     uint64_t id;          /* XXH3-64 of the serialised body (never 0) */
@@ -817,11 +918,13 @@ struct codec_codebook {
     cg_params p;          /* quantizer and model layout; tables = 1 */
     cg_layout lay;        /* of a 1-token tensor: models count */
     uint16_t *freqs;      /* [freqs_len] every model's frequencies, in model order */
+    float *steps;         /* [L][2][C] channel steps (weighted allocation), or NULL */
     rans_model *models;   /* [lay.n_models] */
     rans_dmodel *dmodels; /* [lay.n_models] the same, decode-only (AVX2 decoder) */
 };
 
 const cg_params *cg_codebook_params(const codec_codebook *cb) { return &cb->p; }
+const float *cg_codebook_steps(const codec_codebook *cb) { return cb->steps; }
 
 const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models)
 {
@@ -848,6 +951,7 @@ void codec_codebook_free(codec_codebook *cb)
     if (!cb)
         return;
     rk_free(cb->freqs);
+    rk_free(cb->steps);
     rk_free(cb->models);
     rk_free(cb->dmodels);
     rk_free(cb);
@@ -857,7 +961,7 @@ void codec_codebook_free(codec_codebook *cb)
 static void cb_body(const codec_codebook *cb, rk_buf *out)
 {
     rk_buf_put_u32(out, CB_MAGIC);
-    rk_buf_put_u16(out, CB_VERSION);
+    rk_buf_put_u16(out, cb->steps ? CB_VERSION_STEPS : CB_VERSION);
     rk_buf_put_u8(out, (uint8_t)cb->level);
     rk_buf_put_u8(out, 0);
     rk_buf_put_u32(out, cb->L);
@@ -869,6 +973,15 @@ static void cb_body(const codec_codebook *cb, rk_buf *out)
     size_t nf = freqs_len(&cb->p, &cb->lay);
     for (size_t i = 0; i < nf; i++)
         rk_buf_put_u16(out, cb->freqs[i]);
+    if (cb->steps) {
+        size_t ns = (size_t)cb->L * 2 * cb->H * cb->D;
+        rk_buf_put_u32(out, (uint32_t)ns);
+        for (size_t i = 0; i < ns; i++) {
+            uint32_t u;
+            memcpy(&u, &cb->steps[i], 4);
+            rk_buf_put_u32(out, u);
+        }
+    }
 }
 
 /* Build models and the id of a codebook whose freqs, params and geometry are set. */
@@ -917,8 +1030,9 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
         return rk_error_set(RK_ERR_TRUNCATED, "codebook: %zu bytes", len);
     if (rk_get_le32(d) != CB_MAGIC)
         return rk_error_set(RK_ERR_FORMAT, "codebook: bad magic");
-    if (rk_get_le16(d + 4) != CB_VERSION)
-        return rk_error_set(RK_ERR_UNSUPPORTED, "codebook: version %u", rk_get_le16(d + 4));
+    unsigned version = rk_get_le16(d + 4);
+    if (version != CB_VERSION && version != CB_VERSION_STEPS)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "codebook: version %u", version);
     if (rk_xxh3_64(d, len - 8) != rk_get_le64(d + len - 8))
         return rk_error_set(RK_ERR_CORRUPT, "codebook: checksum mismatch");
     codec_codebook *cb = rk_calloc(1, sizeof *cb);
@@ -946,7 +1060,9 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
         goto fail;
     uint32_t nm = rk_reader_u32(&r);
     size_t nf = freqs_len(&cb->p, &cb->lay);
-    if (r.short_read || nm != cb->lay.n_models || rk_reader_left(&r) != 2 * nf) {
+    size_t ns = version == CB_VERSION_STEPS ? (size_t)cb->L * 2 * cb->lay.C : 0;
+    if (r.short_read || nm != cb->lay.n_models ||
+        rk_reader_left(&r) != 2 * nf + (ns ? 4 + 4 * ns : 0)) {
         st = rk_error_set(RK_ERR_FORMAT, "codebook: %u models / %zu bytes do not fit the "
                           "geometry", nm, rk_reader_left(&r));
         goto fail;
@@ -958,6 +1074,26 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     }
     for (size_t i = 0; i < nf; i++)
         cb->freqs[i] = rk_reader_u16(&r);
+    if (ns) {
+        if (rk_reader_u32(&r) != ns || cb->p.k_scale_mode != CODEC_SCALE_CHANNEL ||
+            cb->p.v_scale_mode != CODEC_SCALE_CHANNEL || cb->p.anchor_interval) {
+            st = rk_error_set(RK_ERR_FORMAT, "codebook: step count or modes");
+            goto fail;
+        }
+        if (!(cb->steps = rk_malloc(ns * sizeof *cb->steps))) {
+            st = rk_error_set(RK_ERR_NOMEM, "codebook");
+            goto fail;
+        }
+        for (size_t i = 0; i < ns; i++) {
+            uint32_t u = rk_reader_u32(&r);
+            memcpy(&cb->steps[i], &u, 4);
+            if (!(cb->steps[i] >= 0.0f && cb->steps[i] <= 65504.0f)) {
+                st = rk_error_set(RK_ERR_FORMAT, "codebook: step %zu is %g", i,
+                                  (double)cb->steps[i]);
+                goto fail;
+            }
+        }
+    }
     if ((st = cb_finish(cb)) != RK_OK)
         goto fail;
     *out = cb;
@@ -999,11 +1135,6 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
     codec_shape s1 = {cb->L, 1, cb->H, cb->D};
     if ((st = cg_layout_make(&s1, &cb->p, &cb->lay)) != RK_OK)
         goto fail;
-    counts = rk_calloc(cb->lay.n_models * CODEC_MAX_SYMBOLS, sizeof *counts);
-    if (!counts) {
-        st = rk_error_set(RK_ERR_NOMEM, "codebook counts");
-        goto fail;
-    }
     for (size_t i = 0; i < n; i++) {
         cg_layout lay;
         if ((st = cg_codebook_check(cb, &shapes[i])) != RK_OK || !shapes[i].n_tokens)
@@ -1016,13 +1147,45 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
                 st = rk_error_set(RK_ERR_RANGE, "codebook train: sample %zu value %zu", i, k);
                 goto fail;
             }
+    }
+    if (p->weights) { /* the weighted allocation, from the ranges of all samples */
+        size_t nw = (size_t)cb->L * 2 * cb->lay.C;
+        if ((st = weights_check(p->weights, &cb->p, nw)) != RK_OK)
+            goto fail;
+        float *absmax = rk_calloc(nw, sizeof *absmax);
+        cb->steps = rk_malloc(nw * sizeof *cb->steps);
+        if (!absmax || !cb->steps) {
+            rk_free(absmax);
+            st = rk_error_set(RK_ERR_NOMEM, "codebook steps");
+            goto fail;
+        }
+        for (size_t i = 0; i < n; i++) {
+            cg_layout lay;
+            cg_layout_make(&shapes[i], &cb->p, &lay); /* succeeded above */
+            channel_absmax(samples[i], &lay, absmax);
+        }
+        weighted_steps(absmax, p->weights, &cb->lay, &cb->p, cb->steps);
+        rk_free(absmax);
+        if ((st = cg_layout_make(&s1, &cb->p, &cb->lay)) != RK_OK) /* alphabets changed */
+            goto fail;
+    }
+    counts = rk_calloc(cb->lay.n_models * CODEC_MAX_SYMBOLS, sizeof *counts);
+    if (!counts) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook counts");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cg_layout lay;
+        if ((st = cg_layout_make(&shapes[i], &cb->p, &lay)) != RK_OK)
+            goto fail;
+        size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
         sym = rk_malloc(nval);
         scales = rk_malloc((lay.n_scales + 1) * sizeof *scales);
         if (!sym || !scales) {
             st = rk_error_set(RK_ERR_NOMEM, "codebook train");
             goto fail;
         }
-        if ((st = cg_quantize(samples[i], &cb->p, &lay, p->pool, sym, scales)) != RK_OK)
+        if ((st = cg_quantize(samples[i], &cb->p, &lay, cb->steps, p->pool, sym, scales)) != RK_OK)
             goto fail;
         cg_count(sym, &cb->p, &lay, counts);
         rk_free(sym);

@@ -7,7 +7,8 @@
  * Gathers are the cost on every CPU measured (one 8-lane gather takes ~15 cycles on the Zen 5
  * VM of docs/codec.md), so a step makes as few as it can, from the decode-only models
  * (rans_dmodel): one for the bucket, which gives the symbol directly unless its bucket holds a
- * second boundary (then a rarely taken step-up loop); one for cum[s] and cum[s+1] together;
+ * second boundary (then a rarely taken loop that steps up or down); one for cum[s] and
+ * cum[s+1] together;
  * and every second step one for the next four bytes of each stream, from which the
  * renormalisation (0, 1 or 2 bytes a step) shifts without branching. Values come out as
  * (q - qmax) * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the
@@ -15,8 +16,9 @@
  *
  * Gathers never read outside their object, whatever the input: a bucket read (4 bytes at
  * bucket + 2*(slot >> 9)) ends at most 2 bytes into cum; a cum read (4 bytes at cum + 2*s)
- * has s <= nsym - 1 <= 63 (the bucket entries are built so, and the step-up stops at cum[nsym],
- * which reads back as 2^16 > slot), so it ends inside cum[66]; a stream read takes the 4 bytes
+ * has s <= nsym - 1 <= 63 (the bucket entries are built so, a step up stops at cum[nsym],
+ * which reads back as 2^16 > slot, and a step down at cum[0] = 0 <= slot), so it ends inside
+ * cum[66]; a stream read takes the 4 bytes
  * at min(off, end - 4), inside the stream since a stream has at least 4 bytes (near its end
  * the word is shifted so that byte off is on top, zeros below), and a lane that needs more
  * bytes than remain marks the block malformed.
@@ -150,15 +152,19 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
                 __m256i lo = _mm256_and_si256(w[h], lo16);
                 __m256i hi = _mm256_add_epi32(_mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(w[h], 16), one), lo16), one);
                 __m256i up = _mm256_cmpgt_epi32(_mm256_add_epi32(slot[h], one), hi); /* cum[s+1] <= slot */
-                while (!_mm256_testz_si256(up, up)) { /* a second boundary in the bucket: step up */
-                    s[h] = _mm256_sub_epi32(s[h], up);
+                __m256i down = _mm256_cmpgt_epi32(lo, slot[h]);                       /* cum[s] > slot */
+                __m256i move = _mm256_or_si256(up, down);
+                while (!_mm256_testz_si256(move, move)) { /* a second boundary in the bucket */
+                    s[h] = _mm256_add_epi32(_mm256_sub_epi32(s[h], up), down);
                     __m256i nw = _mm256_mask_i32gather_epi32(w[h], (const int *)mbase,
                                                              _mm256_add_epi32(_mm256_add_epi32(moff[h][i], cumoff),
-                                                                              _mm256_slli_epi32(s[h], 1)), up, 1);
+                                                                              _mm256_slli_epi32(s[h], 1)), move, 1);
                     w[h] = nw;
                     lo = _mm256_and_si256(w[h], lo16);
                     hi = _mm256_add_epi32(_mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(w[h], 16), one), lo16), one);
                     up = _mm256_cmpgt_epi32(_mm256_add_epi32(slot[h], one), hi);
+                    down = _mm256_cmpgt_epi32(lo, slot[h]);
+                    move = _mm256_or_si256(up, down);
                 }
                 x[h] = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_sub_epi32(hi, lo), _mm256_srli_epi32(x[h], 16)),
                                         _mm256_sub_epi32(slot[h], lo));

@@ -15,18 +15,21 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: ragkv codec COMMAND ...\n"
-            "  encode --codec raw|lz4|q8|cachegen [--level N] [--codebook FILE]\n"
+            "  encode --codec raw|lz4|q8|cachegen [--level N] [--codebook FILE] [--weights FILE]\n"
             "         [--k-scale token|channel] [--v-scale token|channel] [--anchor N]\n"
             "         [--group N] [--threads N] --shape L,T,H,D IN.f32 OUT.rkv\n"
             "  decode [--codebook FILE] [--dtype f32|f16|bf16] [--threads N] IN.rkv OUT\n"
             "  inspect IN.rkv\n"
             "  train-codebook --shape L,T,H,D [--level N] [--k-scale ...] [--anchor N]\n"
+            "         [--weights FILE]\n"
             "         OUT.cb IN.f32...\n"
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
+            "         [--weights FILE (read; with --model measured and written if absent)]\n"
             "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
-            "K before RoPE.\n");
+            "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
+            "is such a tensor of one token.\n");
 }
 
 /* Whole file into memory; *out owned by the caller (rk_free). */
@@ -112,7 +115,7 @@ struct opts {
     codec_params p;
     codec_shape shape;
     int have_shape;
-    const char *codebook, *json, *model, *dtype;
+    const char *codebook, *json, *model, *dtype, *weights;
     int threads, synthetic, tokens, seed, layers, heads, dim;
     const char *pos[64];
     int npos;
@@ -148,6 +151,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             ok = parse_int(v, 0, 255, &o->p.level);
         else if (!strcmp(a, "--codebook"))
             o->codebook = v, ok = v != NULL;
+        else if (!strcmp(a, "--weights"))
+            o->weights = v, ok = v != NULL;
         else if (!strcmp(a, "--k-scale"))
             ok = parse_mode(v, &o->p.k_scale_mode);
         else if (!strcmp(a, "--v-scale"))
@@ -212,6 +217,14 @@ static rk_status load_codebook(const char *path, codec_codebook **cb)
     return st;
 }
 
+/* Read a weights file (a one-token tensor of shape's layers, heads and dim); *w owned by the
+ * caller (rk_free). */
+static rk_status load_weights(const char *path, const codec_shape *shape, float **w)
+{
+    codec_shape s1 = {shape->n_layers, 1, shape->n_kv_heads, shape->head_dim};
+    return codec_f32_file_read(path, &s1, w);
+}
+
 /* `ragkv codec encode`: raw tensor file -> container file. */
 static int cmd_encode(struct opts *o)
 {
@@ -219,7 +232,7 @@ static int cmd_encode(struct opts *o)
         usage(stderr);
         return 2;
     }
-    float *kv = NULL;
+    float *kv = NULL, *w = NULL;
     codec_codebook *cb = NULL;
     rk_pool *pool = NULL;
     rk_buf out = RK_BUF_INIT;
@@ -229,6 +242,11 @@ static int cmd_encode(struct opts *o)
         rc = fail("read input", st);
         goto done;
     }
+    if (o->weights && (st = load_weights(o->weights, &o->shape, &w)) != RK_OK) {
+        rc = fail(o->weights, st);
+        goto done;
+    }
+    o->p.weights = w;
     if (o->codebook && (st = load_codebook(o->codebook, &cb)) != RK_OK) {
         rc = fail(o->codebook, st);
         goto done;
@@ -255,6 +273,7 @@ static int cmd_encode(struct opts *o)
 done:
     rk_buf_free(&out);
     rk_free(kv);
+    rk_free(w);
     codec_codebook_free(cb);
     rk_pool_free(pool);
     return rc;
@@ -369,7 +388,7 @@ static int cmd_train(struct opts *o)
         return 2;
     }
     int ns = o->npos - 1, rc = 1;
-    float **kv = rk_calloc((size_t)ns, sizeof *kv);
+    float **kv = rk_calloc((size_t)ns, sizeof *kv), *w = NULL;
     codec_shape *shapes = rk_calloc((size_t)ns, sizeof *shapes);
     codec_codebook *cb = NULL;
     rk_buf out = RK_BUF_INIT;
@@ -385,6 +404,11 @@ static int cmd_train(struct opts *o)
             goto done;
         }
     }
+    if (o->weights && (st = load_weights(o->weights, &o->shape, &w)) != RK_OK) {
+        rc = fail(o->weights, st);
+        goto done;
+    }
+    o->p.weights = w;
     o->p.codec = CODEC_CACHEGEN;
     if ((st = codec_codebook_train((const float *const *)kv, shapes, (size_t)ns, &o->p, &cb)) !=
             RK_OK ||
@@ -400,6 +424,7 @@ done:
     for (int i = 0; kv && i < ns; i++)
         rk_free(kv[i]);
     rk_free(kv);
+    rk_free(w);
     rk_free(shapes);
     codec_codebook_free(cb);
     rk_buf_free(&out);
@@ -425,7 +450,27 @@ static int cmd_eval(struct opts *o)
     }
     if (st != RK_OK)
         return fail("eval", st);
-    st = codec_eval_run(&src, o->threads, o->json, stdout);
+    float *w = NULL;
+    if (o->weights && load_weights(o->weights, &src.shape, &w) != RK_OK) {
+        /* absent or of another shape: measure on held-out prompts when the source can */
+        codec_shape s1 = {src.shape.n_layers, 1, src.shape.n_kv_heads, src.shape.head_dim};
+        size_t nw = codec_shape_values(&s1);
+        if (!src.sensitivity) {
+            st = rk_error_set(RK_ERR_UNSUPPORTED, "%s: unreadable, and this source cannot "
+                              "measure sensitivities", o->weights);
+            goto done;
+        }
+        fprintf(stderr, "ragkv codec eval: measuring channel sensitivities into %s\n", o->weights);
+        if (!(w = rk_malloc(nw * sizeof *w)))
+            st = rk_error_set(RK_ERR_NOMEM, "weights");
+        else if ((st = src.sensitivity(&src, w)) == RK_OK)
+            st = codec_f32_file_write(o->weights, w, nw);
+        if (st != RK_OK)
+            goto done;
+    }
+    st = codec_eval_run(&src, o->threads, w, o->json, stdout);
+done:
+    rk_free(w);
     codec_kv_source_free(&src);
     return st == RK_OK ? 0 : fail("eval", st);
 }

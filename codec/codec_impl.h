@@ -230,6 +230,8 @@ rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_pa
 void cg_params_write(const cg_params *p, uint32_t n_layers, rk_buf *out);
 /* The codebook's parameters, models (n_models of them) and shape; for decoders. */
 const cg_params *cg_codebook_params(const codec_codebook *cb);
+/* The codebook's channel steps [L][2][C] (a weighted allocation), or NULL: the level's. */
+const float *cg_codebook_steps(const codec_codebook *cb);
 const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models);
 /* The same models in decode-only form, built once with the codebook. */
 const rans_dmodel *cg_codebook_dmodels(const codec_codebook *cb);

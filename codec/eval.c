@@ -165,7 +165,8 @@ static codec_params cfg(codec_id id, int level, int kmode, int anchor)
     return p;
 }
 
-rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_path, FILE *out)
+rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights,
+                         const char *json_path, FILE *out)
 {
     static char labels[64][64];
     struct config cf[64];
@@ -192,6 +193,12 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_pat
     cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, 1, -1, 0), 1};
     cf[nc].p.v_scale_mode = CODEC_SCALE_TOKEN;
     nc++;
+    for (int lv = 0; weights && lv <= 4; lv++) { /* the weighted rate allocation */
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook weighted", lv);
+        cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), 1};
+        cf[nc].p.weights = weights;
+        nc++;
+    }
     size_t n = codec_shape_values(&src->shape);
     uint32_t L = src->shape.n_layers;
     float *dec = rk_malloc(n * sizeof(float));
@@ -365,7 +372,8 @@ int codec_bench_main(int argc, char **argv)
     double mb = 2.0 * (double)n / 1e6; /* fp16 MB */
     rk_pool *pool = NULL;
     uint16_t *out = rk_malloc(n * 2);
-    codec_codebook *cb = NULL;
+    codec_codebook *cb = NULL, *cbw = NULL;
+    float *ew = NULL; /* equal weights: the weighted allocation's alphabets, for its speed */
     FILE *jf = NULL;
     int rc = 1;
     if (!out)
@@ -378,8 +386,15 @@ int codec_bench_main(int argc, char **argv)
         const float *trp = tr ? tr : src.kv;
         tp.pool = pool;
         st = codec_codebook_train(&trp, &shape, 1, &tp, &cb);
+        size_t nw = (size_t)shape.n_layers * 2 * shape.n_kv_heads * shape.head_dim;
+        if (st == RK_OK && (ew = rk_malloc(nw * sizeof *ew)) != NULL) {
+            for (size_t i = 0; i < nw; i++)
+                ew[i] = 1.0f;
+            tp.weights = ew;
+            st = codec_codebook_train(&trp, &shape, 1, &tp, &cbw);
+        }
         rk_free(tr);
-        if (st != RK_OK)
+        if (st != RK_OK || !ew)
             goto done;
     }
     if (json && !(jf = fopen(json, "w"))) {
@@ -398,11 +413,12 @@ int codec_bench_main(int argc, char **argv)
     struct {
         const char *label;
         codec_id id;
-        int level, codebook;
+        int level, codebook; /* 0 tables, 1 the codebook, 2 the equal-weights one */
     } cases[] = {{"raw", CODEC_RAW, 0, 0},           {"lz4", CODEC_LZ4, 0, 0},
                  {"q8", CODEC_Q8, 0, 0},             {"cachegen L0 tables", CODEC_CACHEGEN, 0, 0},
                  {"cachegen L1 tables", CODEC_CACHEGEN, 1, 0},
                  {"cachegen L1 codebook", CODEC_CACHEGEN, 1, 1},
+                 {"cachegen L1 cb equal-wt", CODEC_CACHEGEN, 1, 2},
                  {"cachegen L2 tables", CODEC_CACHEGEN, 2, 0},
                  {"cachegen L3 tables", CODEC_CACHEGEN, 3, 0},
                  {"cachegen L4 tables", CODEC_CACHEGEN, 4, 0}};
@@ -411,7 +427,7 @@ int codec_bench_main(int argc, char **argv)
         codec_params p = codec_params_default(cases[c].id);
         p.level = cases[c].level;
         p.pool = pool;
-        p.codebook = cases[c].codebook ? cb : NULL;
+        p.codebook = cases[c].codebook == 2 ? cbw : cases[c].codebook ? cb : NULL;
         double te = 1e30, td = 1e30, ce = 1e30, cd = 1e30;
         rk_buf b = RK_BUF_INIT;
         for (int it = 0; it < iters; it++) {
@@ -422,7 +438,7 @@ int codec_bench_main(int argc, char **argv)
                 break;
             uint64_t t1 = rk_now_ns();
             double c1 = cpu_s();
-            codec_decode_opts o = {.pool = pool, .codebook = cb};
+            codec_decode_opts o = {.pool = pool, .codebook = p.codebook ? p.codebook : cb};
             if ((st = codec_decode(b.data, b.len, &o, CODEC_F16, out, n * 2)) != RK_OK)
                 break;
             uint64_t t2 = rk_now_ns();
@@ -463,7 +479,9 @@ done:
     if (jf && fclose(jf) != 0)
         rc = 1;
     rk_free(out);
+    rk_free(ew);
     codec_codebook_free(cb);
+    codec_codebook_free(cbw);
     rk_pool_free(pool);
     codec_kv_source_free(&src);
     return rc;

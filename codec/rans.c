@@ -68,12 +68,26 @@ void rans_dmodel_build(const rans_model *m, rans_dmodel *d)
         d->cum[s] = (uint16_t)m->cum[s];
     uint32_t s = 0;
     for (uint32_t b = 0; b < RANS_DBUCKETS; b++) {
-        while (m->cum[s + 1] <= b * bs)
+        uint32_t b0 = b * bs, b1 = b0 + bs;
+        while (m->cum[s + 1] <= b0)
             s++;
-        uint32_t split = m->cum[s + 1] - b * bs; /* >= 1 */
+        /* the pair (s0, s0 + 1) covering most of the bucket's slots: a run of rare symbols
+           (a quantizer's unused tail, frequency 1 each) at the bucket's start would otherwise
+           send the common symbol after it through as many steps as the run is long; the
+           decoder steps down as well as up. A bucket with at most one boundary inside keeps
+           its first symbol. */
+        uint32_t s0 = s, best = 0;
+        for (uint32_t c = s; c < m->nsym && m->cum[c] < b1; c++) {
+            uint32_t lo = m->cum[c] > b0 ? m->cum[c] : b0;
+            uint32_t hi = c + 2 <= m->nsym ? m->cum[c + 2] : m->cum[c + 1];
+            hi = hi < b1 ? hi : b1;
+            if (hi - lo > best)
+                best = hi - lo, s0 = c;
+        }
+        uint32_t split = m->cum[s0 + 1] > b0 ? m->cum[s0 + 1] - b0 : 1; /* >= 1: s0 reaches the bucket */
         if (split > bs)
             split = bs;
-        d->bucket[b] = (uint16_t)((s << RANS_DBUCKET_BITS) + bs - split);
+        d->bucket[b] = (uint16_t)((s0 << RANS_DBUCKET_BITS) + bs - split);
     }
 }
 

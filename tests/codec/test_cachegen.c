@@ -429,3 +429,171 @@ Test(cachegen, codebook_train_serialise_use)
     rk_buf_free(&tables);
     rk_buf_free(&x);
 }
+
+/* Squared error of channel c (all layers, K and V, all tokens) and of every other channel. */
+static void channel_errors(const float *kv, const float *out, codec_shape s, uint32_t c,
+                           double *in_c, double *others)
+{
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    *in_c = *others = 0;
+    for (size_t i = 0; i < codec_shape_values(&s); i++) {
+        double d = (double)out[i] - kv[i];
+        *(i % C == c ? in_c : others) += d * d;
+    }
+}
+
+/* The weighted rate allocation (docs/codec.md): a channel weighted 10^4 times the others gets
+ * a finer step and far less error, and the weighted error falls, for about the level's size; equal
+ * weights code every channel of a plane with one step; the AVX2 and scalar decoders agree on
+ * its containers (alphabets up to 63 symbols); bad weights are refused. */
+Test(cachegen, weighted_allocation)
+{
+    codec_shape s = {3, 256, 4, 64};
+    uint32_t C = s.n_kv_heads * s.head_dim, hot = 5;
+    size_t nw = (size_t)s.n_layers * 2 * C;
+    float *kv = synth(s, (9ull << 32) | 3), *w = rk_malloc(nw * sizeof(float));
+    cr_assert_not_null(w);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = i % C == hot ? 1e4f : 1.0f;
+    rk_buf plain = enc(kv, s, CODEC_CACHEGEN, 2), wtd = RK_BUF_INIT;
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 2;
+    p.weights = w;
+    cr_assert_eq(codec_encode(kv, &s, &p, &wtd), RK_OK, "%s", rk_error_msg());
+    float *a = dec(&plain, NULL), *b = dec(&wtd, NULL);
+    double ha, oa, hb, ob;
+    channel_errors(kv, a, s, hot, &ha, &oa);
+    channel_errors(kv, b, s, hot, &hb, &ob);
+    /* the alphabet (at most 63 symbols) bounds the gain: 1/31 of the range at best */
+    cr_assert_lt(hb * 20, ha, "hot channel: %g, unweighted %g", hb, ha);
+    /* the objective, weighted squared error, falls (the other channels' error may fall too:
+     * equal weights even out the outlier channels' coarse steps) */
+    cr_assert_lt(1e4 * hb + ob, 1e4 * ha + oa);
+    cr_assert(wtd.len < plain.len * 1.25 && wtd.len > plain.len * 0.75, "%zu vs %zu bytes",
+              wtd.len, plain.len);
+    if (__builtin_cpu_supports("avx2"))
+        for (int d = 0; d < 3; d++)
+            cr_assert_eq(decode_both(wtd.data, wtd.len, NULL, (codec_dtype)d, "weighted"), RK_OK);
+
+    /* equal weights: one step per (layer, K|V) for every channel whose range it covers, so
+     * each decoded value is a multiple of one of few steps; check channel pairs of a plane
+     * whose decoded values share a non-zero magnitude ratio of an integer */
+    for (size_t i = 0; i < nw; i++)
+        w[i] = 1.0f;
+    rk_buf eq = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &eq), RK_OK, "%s", rk_error_msg());
+    float *e = dec(&eq, NULL);
+    for (uint32_t lkv = 0; lkv < 2 * s.n_layers; lkv++) {
+        float step = 0; /* the smallest non-zero magnitude of the plane is one step */
+        for (size_t i = 0; i < (size_t)s.n_tokens * C; i++) {
+            float v = fabsf(e[lkv * s.n_tokens * C + i]);
+            if (v > 0 && (step == 0 || v < step))
+                step = v;
+        }
+        size_t on_grid = 0, nz = 0;
+        for (size_t i = 0; i < (size_t)s.n_tokens * C; i++) {
+            float v = fabsf(e[lkv * s.n_tokens * C + i]) / step;
+            nz += v > 0;
+            on_grid += v > 0 && fabsf(v - rintf(v)) < 1e-3f;
+        }
+        cr_assert_gt(on_grid, nz * 9 / 10, "plane %u: %zu of %zu values on one grid", lkv,
+                     on_grid, nz);
+    }
+
+    /* refused: a negative or NaN weight, all zero, token scales */
+    w[7] = -1.0f;
+    rk_buf x = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID);
+    w[7] = NAN;
+    cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID);
+    memset(w, 0, nw * sizeof(float));
+    cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID);
+    w[0] = 1.0f;
+    p.k_scale_mode = CODEC_SCALE_TOKEN;
+    cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID);
+    cr_assert_eq(x.len, 0);
+    rk_free(kv);
+    rk_free(w);
+    rk_free(a);
+    rk_free(b);
+    rk_free(e);
+    rk_buf_free(&plain);
+    rk_buf_free(&wtd);
+    rk_buf_free(&eq);
+}
+
+/* A codebook trained with weights stores its steps (format version 2) and round-trips; the
+ * encoder uses them (the same container from the original and the parsed codebook); one
+ * trained without keeps version 1; a step that is not a finite non-negative number is a
+ * format error even under a valid checksum. */
+Test(cachegen, weighted_codebook)
+{
+    codec_shape s = {2, 128, 2, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    size_t nw = (size_t)s.n_layers * 2 * C;
+    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    codec_shape sh[2] = {s, s};
+    for (int i = 0; i < 2; i++)
+        tr[i] = synth(s, (6ull << 32) | (uint64_t)(10 + i));
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 7);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 1;
+    codec_codebook *plain, *cb, *cb2;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &plain), RK_OK);
+    p.weights = w;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb), RK_OK, "%s",
+                 rk_error_msg());
+    cr_assert_neq(codec_codebook_id(cb), codec_codebook_id(plain));
+    rk_buf sp = RK_BUF_INIT, sw = RK_BUF_INIT;
+    cr_assert_eq(codec_codebook_serialize(plain, &sp), RK_OK);
+    cr_assert_eq(codec_codebook_serialize(cb, &sw), RK_OK);
+    cr_assert_eq(rk_get_le16(sp.data + 4), 1);
+    cr_assert_eq(rk_get_le16(sw.data + 4), 2);
+    cr_assert_eq(codec_codebook_parse(sw.data, sw.len, &cb2), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(codec_codebook_id(cb2), codec_codebook_id(cb));
+
+    float *kv = synth(s, (6ull << 32) | 99);
+    rk_buf a = RK_BUF_INIT, b = RK_BUF_INIT;
+    codec_params e = codec_params_default(CODEC_CACHEGEN);
+    e.codebook = cb;
+    cr_assert_eq(codec_encode(kv, &s, &e, &a), RK_OK, "%s", rk_error_msg());
+    e.codebook = cb2;
+    cr_assert_eq(codec_encode(kv, &s, &e, &b), RK_OK);
+    cr_assert_eq(a.len, b.len);
+    cr_assert_eq(memcmp(a.data, b.data, a.len), 0);
+    codec_decode_opts o = {.codebook = cb2};
+    float *out = dec(&a, &o);
+    double err = 0, x2 = 0;
+    for (size_t i = 0; i < codec_shape_values(&s); i++) {
+        err += (out[i] - kv[i]) * (double)(out[i] - kv[i]);
+        x2 += kv[i] * (double)kv[i];
+    }
+    cr_assert_lt(sqrt(err / x2), 0.3, "relative L2 %g", sqrt(err / x2));
+
+    /* the steps are the last 4 * nw bytes before the checksum; make one NaN and reseal */
+    codec_codebook *bad = NULL;
+    size_t at_step = sw.len - 8 - 4 * nw;
+    cr_assert_eq(rk_get_le32(sw.data + at_step - 4), nw);
+    rk_put_le32(sw.data + at_step, 0x7fc00000u);
+    rk_put_le64(sw.data + sw.len - 8, rk_xxh3_64(sw.data, sw.len - 8));
+    cr_assert_eq(codec_codebook_parse(sw.data, sw.len, &bad), RK_ERR_FORMAT);
+    cr_assert_null(bad);
+    /* a version-1 codebook carrying steps: its length no longer fits */
+    rk_put_le16(sw.data + 4, 1);
+    rk_put_le64(sw.data + sw.len - 8, rk_xxh3_64(sw.data, sw.len - 8));
+    cr_assert_eq(codec_codebook_parse(sw.data, sw.len, &bad), RK_ERR_FORMAT);
+
+    codec_codebook_free(plain);
+    codec_codebook_free(cb);
+    codec_codebook_free(cb2);
+    for (int i = 0; i < 2; i++)
+        rk_free(tr[i]);
+    rk_free(w);
+    rk_free(kv);
+    rk_free(out);
+    rk_buf_free(&sp);
+    rk_buf_free(&sw);
+    rk_buf_free(&a);
+    rk_buf_free(&b);
+}

@@ -72,6 +72,18 @@ Test(cli, codebook_flow)
     cr_assert_eq(run("encode --codec cachegen --codebook m.cb --shape 2,50,2,8 a.f32 a.rkv"), 0);
     cr_assert_eq(run("decode a.rkv d.f32"), 1, "decoding without the codebook must fail");
     cr_assert_eq(run("decode --codebook m.cb --dtype f16 a.rkv d.f16"), 0);
+    /* a weighted rate allocation: weights are a one-token tensor (2 x 2 x 16 values) */
+    float w[2 * 2 * 16];
+    for (int i = 0; i < 64; i++)
+        w[i] = (float)(1 + i % 3);
+    cr_assert_eq(codec_f32_file_write(path("w.f32"), w, 64), RK_OK);
+    cr_assert_eq(run("train-codebook --shape 2,50,2,8 --weights w.f32 mw.cb a.f32"), 0);
+    cr_assert_eq(run("encode --codec cachegen --codebook mw.cb --shape 2,50,2,8 a.f32 w.rkv"), 0);
+    cr_assert_eq(run("decode --codebook mw.cb w.rkv dw.f32"), 0);
+    cr_assert_eq(run("encode --codec cachegen --weights w.f32 --shape 2,50,2,8 a.f32 w2.rkv"), 0);
+    cr_assert_eq(run("decode w2.rkv dw2.f32"), 0);
+    cr_assert_eq(codec_f32_file_write(path("short.f32"), w, 8), RK_OK);
+    cr_assert_eq(run("encode --codec cachegen --weights short.f32 --shape 2,50,2,8 a.f32 x.rkv"), 1);
     rk_free(kv);
 }
 

@@ -3,7 +3,7 @@
  * Input: one control byte, then the data. Control bit 0: "reseal" — recompute the section
  * and header checksums from the documented layout (docs/format.md) before decoding, so that
  * mutations reach the parsers behind the checksums instead of stopping at them. Bit 1: parse
- * the data as a codebook instead. Containers decode with a small codebook (trained once on
+ * the data as a codebook instead (with bit 0, its trailing checksum recomputed first). Containers decode with a small codebook (trained once on
  * fixed synthetic KV, shape 2 layers x 2 heads x 4) available, into every output dtype.
  * Nothing may crash, and a decode that succeeds must produce finite values. */
 #include <math.h>
@@ -62,6 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(buf, data + 1, len);
     if (ctl & 2) {
         codec_codebook *cb = NULL;
+        if ((ctl & 1) && len >= 8)
+            rk_put_le64(buf + len - 8, rk_xxh3_64(buf, len - 8));
         if (codec_codebook_parse(buf, len, &cb) == 0)
             (void)codec_codebook_id(cb);
         codec_codebook_free(cb);

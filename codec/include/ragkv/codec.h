@@ -99,6 +99,13 @@ typedef struct codec_params {
                             up to 64); -1: default 8 */
     int model_group;     /* channels sharing one probability model in per-chunk tables;
                             -1: default (head_dim) */
+    const float *weights; /* borrowed, optional: sensitivity of every channel, [layer][K|V]
+                            [kv_head * head_dim + dim], finite and >= 0 (next-token KL per unit
+                            of squared error, or anything proportional). Steps then follow
+                            1/sqrt(weight) at the level's rate instead of each channel's
+                            range (docs/codec.md, "Rate allocation"); needs channel scales
+                            for K and V and no delta coding. Training a codebook stores the
+                            steps in it; NULL: the level's steps. */
     rk_pool *pool;       /* borrowed, optional: parallel encode */
 } codec_params;
 

@@ -45,6 +45,10 @@ typedef struct codec_kv_source {
     /* Optional: training chunks for a codebook (other chunks of the same model); returns
      * a fresh tensor of the source's shape (caller frees with rk_free), NULL when none. */
     float *(*train_chunk)(struct codec_kv_source *src, int i);
+    /* Optional: the sensitivity of every channel for a weighted rate allocation
+     * (codec_params.weights): w[L][2][C] = next-token KL per unit of variance of noise added
+     * to that channel, measured on prompts held out from kv and the training chunks. */
+    rk_status (*sensitivity)(struct codec_kv_source *src, float *w);
 } codec_kv_source;
 
 rk_status codec_kv_source_synthetic(const codec_shape *s, uint64_t seed, codec_kv_source *out);
@@ -62,8 +66,11 @@ void codec_kv_source_free(codec_kv_source *src);
 
 /* Encode/decode the source's KV with every codec, level and the cachegen variants; print
  * the table (bits per value with every overhead, ratio vs fp16 and q8, relative L2 per
- * layer for K and V, fidelity when the source scores it) and write JSON when json_path. */
-rk_status codec_eval_run(codec_kv_source *src, int threads, const char *json_path, FILE *out);
+ * layer for K and V, fidelity when the source scores it) and write JSON when json_path.
+ * weights (optional, [L][2][C], borrowed): also the weighted allocation with a codebook at
+ * every level (codec_params.weights). */
+rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights,
+                         const char *json_path, FILE *out);
 
 /* `--cuda` part of the benchmark: time codec_decode_cuda (kernel and end to end, best of
  * iters) and check it is bit-identical to the CPU decoder, on the source's KV or, with
