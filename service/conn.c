@@ -444,13 +444,21 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
         memcpy(toks, g->out + g->nsent, n * sizeof(int32_t));
     pthread_mutex_unlock(&g->lock);
     if (c && !done && g->stream && toks) {
-        rk_buf b = RK_BUF_INIT;
-        rk_buf_put_tokens(&b, toks, (uint32_t)n);
-        if (!b.failed) {
-            conn_send(c, RK_PT_STREAM, g->opcode, g->request_id, RK_OK, b.data, b.len);
-            g->nsent += n;
+        /* one STREAM frame per token, however many a wakeup finds (the executor may be several
+         * steps ahead of this loop): the stream a client sees does not depend on scheduling,
+         * and libevent writes the frames of one wakeup together */
+        for (size_t i = 0; i < n; i++) {
+            rk_buf b = RK_BUF_INIT;
+            rk_buf_put_tokens(&b, toks + i, 1);
+            bool ok = !b.failed;
+            if (ok) {
+                conn_send(c, RK_PT_STREAM, g->opcode, g->request_id, RK_OK, b.data, b.len);
+                g->nsent++;
+            }
+            rk_buf_free(&b);
+            if (!ok)
+                break;
         }
-        rk_buf_free(&b);
     } else if (c && done) {
         if (g->status != RK_OK)
             conn_send_error(c, g->opcode, g->request_id, g->status, g->errmsg);
@@ -666,7 +674,9 @@ static void do_submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
     if (kind == SVC_JOB_PUT_KV && svc_meta_takes_put(c->w))
         g->step = SVC_STEP_KV_CHECK; /* its metadata calls on this loop (meta.h) */
     rk_status st;
-    if (kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV)
+    if (kind == SVC_JOB_GET_KV && svc_meta_start_get(c->w, g)) /* its metadata on this loop first */
+        st = RK_OK;
+    else if (kind == SVC_JOB_GET_KV || kind == SVC_JOB_PUT_KV)
         st = svc_exec_submit_pool(srv->exec, srv->io_pool, srv->store, g);
     else if (svc_meta_start_gen(c->w, g) || svc_meta_start_put(c->w, g)) /* metadata on this loop first */
         st = RK_OK;

@@ -829,6 +829,26 @@ rk_status svc_put_kv_finish(cc_store *store, svc_gen *g)
     return st;
 }
 
+/* GET_KV: the stored chunk's container into g->result, as stored or transcoded. */
+static rk_status get_kv_reply(svc_exec *x, svc_gen *g, const cc_buf *blob)
+{
+    int32_t *t;
+    uint32_t n;
+    const uint8_t *cont;
+    size_t clen;
+    rk_status st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen);
+    if (st != RK_OK)
+        return st;
+    if (g->want_codec == 0xFF) { /* as stored */
+        rk_buf_append(&g->result, cont, clen);
+        st = g->result.failed ? RK_ERR_NOMEM : RK_OK;
+    } else { /* transcode: decode, then encode with the requested codec and level */
+        st = transcode(x, cont, clen, n, g->want_codec, g->want_level, &g->result);
+    }
+    rk_free(t);
+    return st;
+}
+
 /* GENERATE / PREFILL (SVC_STEP_GEN_READ): the blobs of the segments the loop resolved as
  * readable, or their device-tier copies (referenced for the executor). A cancelled job reads
  * nothing more. */
@@ -890,23 +910,16 @@ static void pool_run(void *arg)
         if (g->step == SVC_STEP_KV_COMMIT)
             cc_store_put_commit(store, g->txn);
         st = svc_put_kv_finish(store, g);
+    } else if (g->kind == SVC_JOB_GET_KV && g->step == SVC_STEP_GET_READ) { /* resolved on the loop */
+        cc_buf *blob = NULL;
+        if ((st = cc_store_read(store, &g->pre[0].rec, &blob)) == RK_OK) {
+            st = get_kv_reply(x, g, blob);
+            cc_buf_release(blob);
+        }
     } else if (g->kind == SVC_JOB_GET_KV) {
         cc_buf *blob = NULL;
-        st = svc_cluster_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &blob, NULL);
-        if (st == RK_OK) {
-            int32_t *t;
-            uint32_t n;
-            const uint8_t *cont;
-            size_t clen;
-            if ((st = svc_chunk_unwrap(blob->data, blob->len, &t, &n, &cont, &clen)) == RK_OK) {
-                if (g->want_codec == 0xFF) { /* as stored */
-                    rk_buf_append(&g->result, cont, clen);
-                    st = g->result.failed ? RK_ERR_NOMEM : RK_OK;
-                } else { /* transcode: decode, then encode with the requested codec and level */
-                    st = transcode(x, cont, clen, n, g->want_codec, g->want_level, &g->result);
-                }
-                rk_free(t);
-            }
+        if ((st = svc_cluster_get(x ? x->cx.cluster : NULL, store, g->tenant, &g->key, &blob, NULL)) == RK_OK) {
+            st = get_kv_reply(x, g, blob);
             cc_buf_release(blob);
         }
     } else if (g->kind == SVC_JOB_META) {

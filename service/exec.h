@@ -64,6 +64,8 @@ typedef enum svc_step {
     SVC_STEP_STORE,     /* GENERATE / PREFILL: the executor encoded the prompt's uncached
                            chunks (segs[i].enc); the pool stores them (synchronous store), then
                            ends the job with the status and finish it had */
+    SVC_STEP_GET_READ,  /* GET_KV: the loop resolved the chunk (pre[0]); read its blob and
+                           answer (as stored or transcoded); ends */
     SVC_STEP_GEN_READ,  /* GENERATE / PREFILL: the loop resolved the prompt's chunks; read
                            their blobs (or take them from the device tier); then the loop
                            hands the job to the executor */

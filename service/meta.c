@@ -265,6 +265,48 @@ bool svc_meta_start_gen(struct svc_worker *w, svc_gen *g)
     return true;
 }
 
+/* ---- GET_KV ------------------------------------------------------------------------------ */
+
+static void on_get_resolved(void *arg, rk_status st, const cc_record *recs, const uint8_t *present, size_t n)
+{
+    (void)n;
+    svc_gen *g = arg;
+    op_end(g, OP_LOOKUP, st);
+    if (st == RK_ERR_UNAVAILABLE && g->worker->meta && cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
+        svc_gen_pre_free(g);
+        if (to_pool(g, SVC_STEP_NONE)) { /* the pool's GET_KV through the synchronous store */
+            svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
+            return;
+        }
+    }
+    if (st == RK_OK && !present[0])
+        st = rk_error_set(RK_ERR_NOT_FOUND, "no such chunk"); /* absent, or not this tenant's */
+    else if (st == RK_OK && atomic_load(&g->cancelled))
+        st = rk_error_set(RK_ERR_CANCELLED, "client gone");
+    else if (st == RK_OK && (st = cc_record_copy(&g->pre[0].rec, &recs[0])) == RK_OK) {
+        if (to_pool(g, SVC_STEP_GET_READ))
+            return;
+        st = rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down");
+    }
+    complete(g, st, rk_error_msg());
+}
+
+bool svc_meta_start_get(struct svc_worker *w, svc_gen *g)
+{
+    if (!svc_meta_takes_put(w) || g->kind != SVC_JOB_GET_KV || g->nsegs != 1 ||
+        !(g->pre = rk_calloc(1, sizeof(svc_gen_pre))))
+        return false;
+    g->worker = w;
+    g->submit_ns = rk_now_ns();
+    op_begin(g);
+    if (cc_store_resolve_async(w->srv->store, w->meta, g->tenant, &g->key, 1, on_get_resolved, g) != RK_OK) {
+        op_abort();
+        svc_gen_pre_free(g);
+        return false;
+    }
+    return true;
+}
+
 /* ---- PUT_KV ------------------------------------------------------------------------------ */
 
 bool svc_meta_takes_put(const struct svc_worker *w)

@@ -12,6 +12,8 @@
  *              ->  loop: the quota-checked insert  ->  (pool, when there are blobs to delete:
  *              rollback, evictions)  ->  the acknowledgement. The order of the synchronous
  *              write path exactly: blob, metadata commit, acknowledge.
+ *   GET_KV     loop: the chunk's record, readable by the tenant?  ->  pool: read the blob,
+ *              the answer (as stored or transcoded).
  *   PUT_CHUNK  loop: is it there?  ->  executor: prefill and encode  ->  PUT_KV's steps from
  *              the blob write on.
  *   GENERATE, PREFILL  loop: one lookup of every chunk the prompt names by key or (when the
@@ -74,6 +76,12 @@ bool svc_meta_start_gen(struct svc_worker *w, svc_gen *g);
  * pool writes, the loop commits). False (nothing started) when w does not take puts
  * (svc_meta_takes_put): the caller submits g to the executor, which does it all. */
 bool svc_meta_start_put(struct svc_worker *w, svc_gen *g);
+
+/* GET_KV through w's loop: the loop resolves the chunk (cc_store_resolve_async: readable by
+ * the tenant, its record), then the pool reads the blob (cc_store_read) and answers
+ * (SVC_STEP_GET_READ). False (nothing started) as svc_meta_start_put: the caller submits g to
+ * the pool, which does it all. */
+bool svc_meta_start_get(struct svc_worker *w, svc_gen *g);
 
 /* Whether w answers PUT_KV's metadata calls on its loop (then the job starts with the pool step
  * SVC_STEP_KV_CHECK). */

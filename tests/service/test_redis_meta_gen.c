@@ -3,7 +3,8 @@
  * and the executor only decodes — so a Redis that stops answering holds up the generations that
  * need it and no others. Also: the answers are the synchronous path's (hits, misses, another
  * tenant's key, an unknown key), a chunk computed in context is cached afterwards, the device
- * tier serves the second use, and PUT_CHUNK's lookup and commit run on the loop. (One test per
+ * tier serves the second use, GET_KV's record is resolved on the loop, and PUT_CHUNK's lookup
+ * and commit run there too. (One test per
  * file: see tests/service/CMakeLists.txt.) */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -107,6 +108,19 @@ Test(redis_meta_gen, generate_resolves_chunks_on_the_loop, .timeout = 180)
     cr_expect_eq(created, 0, "stored already: nothing computed, nothing committed");
     cr_expect_eq(svct_meta_metric(dd.hport, "ops", "insert"), in0 + 1);
     cr_assert_eq(ragkv_put_chunk(b, t3, 30, kb, NULL, NULL), RK_OK, "%s", rk_error_msg());
+
+    /* GET_KV: the record resolved on the loop, the blob read on the pool */
+    long long lk = svct_meta_metric(dd.hport, "ops", "lookup");
+    uint8_t *cont = NULL, *cont2 = NULL;
+    uint32_t clen = 0, clen2 = 0;
+    cr_assert_eq(ragkv_get_kv(a, k1, NULL, 0, &cont, &clen), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(svct_meta_metric(dd.hport, "ops", "lookup"), lk + 1, "GET_KV resolved on the loop");
+    cr_assert_eq(ragkv_get_kv(a, NULL, t1, 30, &cont2, &clen2), RK_OK, "by tokens: %s", rk_error_msg());
+    cr_expect(clen > 0 && clen == clen2 && memcmp(cont, cont2, clen) == 0, "the same container by key and by tokens");
+    rk_free(cont);
+    rk_free(cont2);
+    cr_expect_eq(ragkv_get_kv(a, kb, NULL, 0, &cont, &clen), RK_ERR_NOT_FOUND, "globex's chunk is not acme's");
+    cr_expect_eq(ragkv_get_kv(b, k1, NULL, 0, &cont, &clen), RK_ERR_NOT_FOUND, "nor acme's globex's");
 
     /* by key (cached) + by content (not cached): one lookup on the loop for both */
     ragkv_segment segs[2] = {{.key = k1}, {.tokens = t2, .ntokens = 30}};
