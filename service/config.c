@@ -35,7 +35,7 @@ static const struct opt_desc opts[] = {
     STR_OPT("redis-sentinels", redis_sentinels, "HOST:PORT,... of Redis Sentinels that name the metadata primary"),
     STR_OPT("redis-master", redis_master, "master name the Sentinels monitor"),
     INT_OPT("redis-wait-replicas", redis_wait_replicas, 0, 16, "replicas that must hold a chunk's metadata before it is acknowledged (WAIT; 0: none)"),
-    INT_OPT("redis-async", redis_async, 0, 1, "1: LOOKUP, DELETE and PUT_KV's Redis calls on the workers' event loops; 0: on the I/O pool"),
+    INT_OPT("redis-async", redis_async, 0, 1, "1: chunk metadata calls (LOOKUP, DELETE, GET_KV, PUT_KV, PUT_CHUNK, prompt chunks) on the workers' event loops; 0: on the I/O pool and the executor"),
     STR_OPT("cluster-secret-file", cluster_secret_file, "file holding the secret cluster peers authenticate with (set: cluster mode)"),
     STR_OPT("node-id", node_id, "this node's name in the cluster (default: the advertised address)"),
     STR_OPT("advertise", advertise, "HOST:PORT peers and clients reach this node at (default: bind:port)"),

@@ -46,8 +46,8 @@ typedef enum svc_job_kind {
 } svc_job_kind;
 
 /* The steps of a job that goes back and forth between the I/O pool and its worker's event loop
- * (meta.c: the metadata calls of LOOKUP, DELETE and PUT_KV answered on the loop through the
- * worker's cc_redis_async). A pool step ends by handing the job back (stepped) instead of
+ * (meta.c: the chunk metadata calls answered on the loop through the worker's
+ * cc_redis_async; the executor takes part in PUT_CHUNK and GENERATE's). A pool step ends by handing the job back (stepped) instead of
  * ending it, except the last ones, which end it like any pool job. */
 typedef enum svc_step {
     SVC_STEP_NONE = 0,  /* a plain job: the pool runs it whole, synchronously */

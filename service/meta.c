@@ -1,4 +1,5 @@
-/* meta.c — LOOKUP, DELETE and PUT_KV's metadata calls on the worker's event loop (see meta.h).
+/* meta.c — the chunk metadata calls of LOOKUP, DELETE, GET_KV, PUT_KV, PUT_CHUNK and of a
+ * prompt's chunks on the worker's event loop (see meta.h).
  * Every function runs on the worker's thread. A job has at most one Redis operation in flight;
  * it is ended (svc_gen_complete) only when none is, so the callbacks below always find it. */
 #define RK_LOG_COMPONENT "meta"

@@ -46,7 +46,7 @@ typedef struct svc_config {
                                     (then `redis` may be empty); "" = none */
     char redis_master[64];       /* the master name the Sentinels monitor; default "ragkv" */
     int redis_wait_replicas;     /* WAIT for this many replicas after each chunk insert; 0 = none */
-    int redis_async;             /* 1 (default): LOOKUP, DELETE and PUT_KV's metadata calls on the
+    int redis_async;             /* 1 (default): every request's chunk metadata calls on the
                                     workers' event loops (`redis` or `redis-sentinels`); 0: pool */
     /* cluster (docs/deployment.md): on when cluster_secret_file is set; needs Redis */
     char cluster_secret_file[SVC_PATH_MAX]; /* shared secret peers authenticate with; "" = single node */
