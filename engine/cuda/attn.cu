@@ -15,6 +15,8 @@
 // a second kernel. Arithmetic in fp32 whatever the cache's storage type.
 #include "attn.h"
 
+#include <stdlib.h>
+
 #include <math.h>
 
 namespace {
@@ -267,22 +269,22 @@ cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, c
 // part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
 template <typename T>
 __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
-                                               const int32_t *rseq, int layer, int splits, float *part)
+                                               const int32_t *rseq, int layer, int splits, int split, float *part)
 {
     extern __shared__ float dsm[];
     const int r = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int hd = a.hd, G = a.H / a.KVH, h0 = kvh * G;
     const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
-    const int t0 = sp * ATTN_SPLIT, t1 = min(d.len, t0 + ATTN_SPLIT);
+    const int t0 = sp * split, t1 = min(d.len, t0 + split);
     const size_t kvd = (size_t)a.KVH * hd;
     const size_t loff = (size_t)layer * (size_t)d.cap * kvd + (size_t)kvh * hd;
     const T *K = reinterpret_cast<const T *>(d.k_rot) + loff;
     const T *V = reinterpret_cast<const T *>(d.v) + loff;
     const int p = a.qpos[r];
     float *qs = dsm;                // (G, hd)
-    float *ps = dsm + G * hd;       // (ATTN_SPLIT, G) scores, then weights
-    float *ml = ps + ATTN_SPLIT * G; // (G, 2)
+    float *ps = dsm + G * hd;       // (split, G) scores, then weights
+    float *ml = ps + split * G;     // (G, 2)
     size_t pidx = ((size_t)r * a.H + h0) * splits + sp; // part index of head h0; head h0+i adds i*splits
 
     for (int i = tid; i < G * hd; i += NT)
@@ -424,9 +426,21 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, con
     }
 }
 
+int attn_decode_split(void)
+{
+    static int split = 0; // (a benign race: every thread computes the same value)
+    if (!split) {
+        const char *e = getenv("RAGKV_ATTN_SPLIT");
+        int v = e ? atoi(e) : 0;
+        split = v >= 16 && v <= 1024 && (v & (v - 1)) == 0 ? v : ATTN_SPLIT;
+    }
+    return split;
+}
+
 size_t attn_decode_part_floats(int n, int H, int hd, int max_len)
 {
-    size_t splits = max_len > 0 ? ((size_t)max_len + ATTN_SPLIT - 1) / ATTN_SPLIT : 1;
+    size_t split = (size_t)attn_decode_split();
+    size_t splits = max_len > 0 ? ((size_t)max_len + split - 1) / split : 1;
     return (size_t)n * H * splits * ((size_t)hd + 2);
 }
 
@@ -439,10 +453,11 @@ cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *des
     int G = a->H / a->KVH;
     if (G > ATTN_MAX_GROUP || a->H % a->KVH)
         return cudaErrorInvalidValue;
-    int splits = max_len > 0 ? (max_len + ATTN_SPLIT - 1) / ATTN_SPLIT : 1;
-    size_t smem = ((size_t)G * a->hd + (size_t)ATTN_SPLIT * G + 2 * (size_t)G) * sizeof(float);
+    int split = attn_decode_split();
+    int splits = max_len > 0 ? (max_len + split - 1) / split : 1;
+    size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
     dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
-    k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, part);
+    k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)
         return e;

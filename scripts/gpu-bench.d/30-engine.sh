@@ -6,7 +6,9 @@
 # runs first). Prefill and decode run as two processes (a batch of 32 sequences of 8K context
 # needs the memory the prefill scratch held). GPU_ENGINE_FP32=1 adds the fp32 reference mode at
 # 1K/4K. Writes $OUT/engine_bench.json: {"runs": [...], "side_by_side": [...]}, and prints the
-# side-by-side table with ratios (bench/python/side_by_side.py).
+# side-by-side table with ratios (bench/python/side_by_side.py). GPU_ENGINE_SPLITS="32 64 128"
+# also times the decode step with those keys per split of the decode attention kernel
+# (RAGKV_ATTN_SPLIT; the default is 256), printed only: a sweep for choosing the default.
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -18,6 +20,12 @@ run() { # math name args...
 }
 run bf16 bf16-prefill --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3
 run bf16 bf16-decode --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5
+for sp in ${GPU_ENGINE_SPLITS:-}; do
+  echo "== decode attention: $sp keys per split"
+  RAGKV_ATTN_SPLIT=$sp RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+    --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
+    --json "$OUT/engine_decode_split$sp.json" || echo "(split $sp failed)"
+done
 if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
   run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3
 fi
