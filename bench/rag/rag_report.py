@@ -6,13 +6,20 @@ arrival rate, named MODE-RATE.json), transformers' numbers (rag_hf.py) and ragkv
 text, prints per mode and rate: TTFT p50/p99, end-to-end p50, achieved throughput, hit rate,
 recompute fraction; then per mode the throughput at the SLO (the highest offered rate whose
 TTFT p99 stays within --slo-ms) and the TTFT p50 ratio to full prefill at the lowest rate.
-Writes everything to --json and, with matplotlib, PNG plots (TTFT vs rate per mode;
-throughput at SLO).
+With --quality (`ragkv blend eval --json` files of the real test models) it adds, per model,
+each mode's quality against full prefill (next-token KL, top-1 agreement over a greedy
+continuation) at its recompute fraction; with --codec (`ragkv codec eval --json`), the bytes
+per cached token of every codec level. Writes everything to --json and PNG plots (TTFT vs rate
+per mode; throughput at SLO; quality vs recompute fraction; bytes per token per codec level)
+with matplotlib, else with gnuplot, else as gnuplot scripts (PREFIX*.gp, .dat) to render
+elsewhere.
 """
 import argparse
 import glob
 import json
 import os
+import shutil
+import subprocess
 
 
 def load(path):
@@ -41,6 +48,85 @@ def metrics(path):
     return out
 
 
+def plot(path, title, xlabel, ylabel, series, logy=False, bars=False):
+    """One PNG: series = [(name, xs, ys)] (bars: one series, xs are labels). matplotlib, else
+    gnuplot, else the gnuplot script and data next to path. Returns what was written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        if bars:
+            ax.bar([str(x) for x in series[0][1]], series[0][2])
+            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+        else:
+            for name, xs, ys in series:
+                ax.plot(xs, ys, marker="o", label=name)
+            ax.legend(fontsize=8)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+    except ImportError:
+        pass
+    base = path[:-4] if path.endswith(".png") else path
+    dat = base + ".dat"
+    with open(dat, "w") as f:
+        for i, (name, xs, ys) in enumerate(series):
+            f.write(f"# {name}\n")
+            for x, y in zip(xs, ys):
+                f.write(f"\"{x}\" {y}\n" if bars else f"{x} {y}\n")
+            f.write("\n\n")
+    q = lambda t: t.replace('"', "'")
+    gp = [f'set terminal pngcairo size 800,520 font ",10"', f'set output "{path}"', f'set title "{q(title)}"',
+          f'set xlabel "{q(xlabel)}"', f'set ylabel "{q(ylabel)}"', "set grid", "set key outside right"]
+    if logy:
+        gp.append("set logscale y")
+    if bars:
+        gp += ["set style fill solid 0.8", "set boxwidth 0.7", "set xtics rotate by -60 font \",8\"", "unset key",
+               f'plot "{dat}" using 0:2:xtic(1) with boxes']
+    else:
+        gp.append("plot " + ", ".join(f'"{dat}" index {i} using 1:2 with linespoints title "{q(n)}"'
+                                      for i, (n, _, _) in enumerate(series)))
+    with open(base + ".gp", "w") as f:
+        f.write("\n".join(gp) + "\n")
+    if shutil.which("gnuplot") and subprocess.run(["gnuplot", base + ".gp"]).returncode == 0:
+        return path
+    return base + ".gp"
+
+
+def quality_rows(paths):
+    """Per model: [(mode, ratio, recomputed, kl, top1)] from `ragkv blend eval --json` files."""
+    out = {}
+    for p in paths or []:
+        d = load(p)
+        if not d:
+            continue
+        name = os.path.basename(p).replace("quality-", "").replace(".json", "")
+        out[name] = {"model": d.get("model"), "cases": d.get("cases"), "prompt_tokens": d.get("prompt_tokens"),
+                     "rows": [{k: r[k] for k in ("mode", "ratio", "recomputed", "kl", "top1", "matched")}
+                              for r in d["runs"]]}
+    return out
+
+
+def codec_rows(path):
+    """[(label, bits/value, bytes per token, rel. L2)] from `ragkv codec eval --json`."""
+    d = load(path) if path else None
+    if not d:
+        return None
+    tokens = d["shape"][1]
+    return {"shape": d["shape"], "rows": [{"label": r["label"], "codec": r["codec"], "level": r["level"],
+                                           "bits_per_value": r["bits_per_value"], "bytes_per_token": r["bytes"] / tokens,
+                                           "ratio_q8": r.get("ratio_q8"), "rel_l2": r.get("rel_l2")}
+                                          for r in d["results"]]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True)
@@ -49,6 +135,8 @@ def main():
     ap.add_argument("--slo-ms", type=float, default=1000.0)
     ap.add_argument("--json", required=True)
     ap.add_argument("--png-prefix")
+    ap.add_argument("--quality", nargs="*", default=[])
+    ap.add_argument("--codec")
     a = ap.parse_args()
     runs = []
     for p in sorted(glob.glob(os.path.join(a.runs, "*.json"))):
@@ -95,34 +183,54 @@ def main():
         print("\nragkvd /metrics after the runs (storage):")
         for k, v in sorted(stored.items()):
             print(f"  {k} {v:g}")
+    qual = quality_rows(a.quality)
+    for name, q in qual.items():
+        print(f"\nquality vs full prefill, {name} ({q['cases']} prompts of {q['prompt_tokens']} tokens; "
+              "top-1 over a 32-token greedy continuation):")
+        print("\n| mode | ratio/alpha | recomputed | next-token KL | top-1 | matched /32 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in q["rows"]:
+            print(f"| {r['mode']} | {r['ratio']:g} | {r['recomputed']:.3f} | {r['kl']:.5f} | {r['top1']:.3f} | "
+                  f"{r['matched']:.1f} |")
+    cod = codec_rows(a.codec)
+    if cod:
+        L, T, H, D = cod["shape"]
+        print(f"\nbytes per cached token per codec level ({L} layers x {H} KV heads x {D} dims, "
+              f"{T}-token synthetic chunk; fp16 is {2 * 2 * L * H * D} bytes):")
+        print("\n| codec | bits/value | bytes/token | x smaller than q8 | rel. L2 |")
+        print("|---|---:|---:|---:|---:|")
+        for r in cod["rows"]:
+            print(f"| {r['label']} | {r['bits_per_value']:.2f} | {r['bytes_per_token']:.0f} | "
+                  f"{r['ratio_q8'] or 0:.2f} | {r['rel_l2'] or 0:.3f} |")
     with open(a.json, "w") as f:
         json.dump({"runs": runs, "summary": summary, "slo_ms": a.slo_ms, "bytes_per_cached_token": bpt, "hf": hf,
-                   "metrics": m}, f, indent=1)
+                   "metrics": m, "quality": qual, "codec": cod}, f, indent=1)
     if not a.png_prefix:
         return
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no matplotlib here: plots skipped; rag.json has the data)")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    written = []
+    ser = []
     for mode in modes:
         rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rate"])
-        ax.plot([r["rate"] for r in rs], [r["ttft_ms_p50"] for r in rs], marker="o", label=mode)
-    ax.set_xlabel("arrival rate (requests/s)")
-    ax.set_ylabel("TTFT p50 (ms)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(a.png_prefix + "ttft-vs-rate.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([s["mode"] for s in summary], [s["throughput_at_slo"] for s in summary])
-    ax.set_ylabel(f"req/s at TTFT p99 <= {a.slo_ms:g} ms")
-    fig.tight_layout()
-    fig.savefig(a.png_prefix + "throughput-at-slo.png", dpi=120)
+        ser.append((mode, [r["rate"] for r in rs], [r["ttft_ms_p50"] for r in rs]))
+    written.append(plot(a.png_prefix + "ttft-vs-rate.png", "TTFT p50 vs arrival rate", "arrival rate (requests/s)",
+                        "TTFT p50 (ms)", ser, logy=True))
+    written.append(plot(a.png_prefix + "throughput-at-slo.png", f"throughput at TTFT p99 <= {a.slo_ms:g} ms", "mode",
+                        "requests/s", [("req/s", [x["mode"] for x in summary],
+                                        [x["throughput_at_slo"] for x in summary])], bars=True))
+    for name, q in qual.items():
+        ser = []
+        for mode in dict.fromkeys(r["mode"] for r in q["rows"]):
+            rs = sorted((r for r in q["rows"] if r["mode"] == mode), key=lambda r: r["recomputed"])
+            ser.append((mode, [r["recomputed"] for r in rs], [r["top1"] for r in rs]))
+        written.append(plot(f"{a.png_prefix}quality-{name}.png", f"quality vs recompute, {name}",
+                            "fraction of prompt tokens recomputed", "top-1 agreement with full prefill", ser))
+    if cod:
+        rows = [r for r in cod["rows"] if r["label"] == r["codec"] or "codebook" in r["label"] or r["codec"] == "q8"]
+        written.append(plot(a.png_prefix + "bytes-per-token.png", "cached KV bytes per token (Llama-3-8B shape)",
+                            "codec and level", "bytes per token", [("bytes", [r["label"] for r in rows],
+                                                                    [r["bytes_per_token"] for r in rows])],
+                            logy=True, bars=True))
+    print("\nplots: " + ", ".join(written))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@
 #   RAG_SLO_MS (1000: the TTFT p99 bound of "throughput at SLO")  RAG_SKIP_HF (0)
 #   RAG_DEVICE_MB (16384: the device tier's budget, room for the whole default corpus of 96
 #   chunks at 64 MiB of bf16 KV each; 0 turns the tier off)
-# Writes $OUT/rag.json (every run and the report) and $OUT/rag-*.png.
+#   RAG_QUALITY_CASES (16: prompts per real model for the quality runs)
+# Then the quality runs on the real test models ($RAGKV_TEST_MODELS) and the codec's bytes per
+# token per level. Writes $OUT/rag.json (every run and the report) and $OUT/rag-*.png (with
+# matplotlib or gnuplot; else $OUT/rag-*.gp and .dat to render with gnuplot elsewhere).
 set -euo pipefail
 model=${RAG_MODEL:-synth:llama3-8b}
 k=${RAG_K:-8}; chunk=${RAG_CHUNK:-512}; query=${RAG_QUERY:-32}; gen=${RAG_GEN:-16}
@@ -52,5 +55,19 @@ if [ "${RAG_SKIP_HF:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 bench/rag/rag_hf.py --k "$k" --chunk "$chunk" --query "$query" --gen "$gen" \
     --rates $rates --requests "$requests" --json "$tmp/hf.json" || echo "(transformers baseline failed)"
 fi
+# quality against full prefill on the real test models (their own text as chunks; CPU, seconds),
+# and the cache's size per token at every codec level on Llama-3-8B-shaped synthetic KV
+models=${RAGKV_TEST_MODELS:-../shared/models}
+quality=()
+for m in stories260K babyllama105; do
+  [ -f "$models/$m.bin" ] || { echo "(no $models/$m.bin: quality of $m skipped)"; continue; }
+  echo "== quality vs full on $m (ragkv blend eval)"
+  "$BUILD/clients/ragkv" blend eval --model "$models/$m.bin" --cases "${RAG_QUALITY_CASES:-16}" --chunks 4 \
+    --chunk-len 40 --query-len 16 --modes naive,cacheblend,cachecraft,prefix --ratios 0.05,0.15,0.3,0.5 \
+    --alpha 1.4 --json "$tmp/quality-$m.json" | tail -9 && quality+=("$tmp/quality-$m.json")
+done
+echo "== bytes per token per codec level (ragkv codec eval --synthetic, Llama-3-8B shape)"
+"$BUILD/clients/ragkv" codec eval --synthetic --tokens 256 --json "$tmp/codec.json" >/dev/null || echo "(codec eval failed)"
 python3 bench/rag/rag_report.py --runs "$tmp/runs" --hf "$tmp/hf.json" --metrics "$tmp/metrics.txt" \
-  --slo-ms "${RAG_SLO_MS:-1000}" --json "$OUT/rag.json" --png-prefix "$OUT/rag-"
+  --slo-ms "${RAG_SLO_MS:-1000}" --quality "${quality[@]}" --codec "$tmp/codec.json" \
+  --json "$OUT/rag.json" --png-prefix "$OUT/rag-"
