@@ -443,30 +443,32 @@ static void gen_on_notify(evutil_socket_t fd, short what, void *arg)
     if (c && n && (toks = rk_malloc(n * sizeof(int32_t))))
         memcpy(toks, g->out + g->nsent, n * sizeof(int32_t));
     pthread_mutex_unlock(&g->lock);
-    if (c && !done && g->stream && toks) {
+    size_t sent = 0;
+    if (c && g->stream && toks && (!done || g->status == RK_OK)) {
         /* one STREAM frame per token, however many a wakeup finds (the executor may be several
-         * steps ahead of this loop): the stream a client sees does not depend on scheduling,
-         * and libevent writes the frames of one wakeup together */
-        for (size_t i = 0; i < n; i++) {
+         * steps ahead of this loop, or done): the stream a client sees does not depend on
+         * scheduling, and libevent writes the frames of one wakeup together */
+        for (; sent < n; sent++) {
             rk_buf b = RK_BUF_INIT;
-            rk_buf_put_tokens(&b, toks + i, 1);
+            rk_buf_put_tokens(&b, toks + sent, 1);
             bool ok = !b.failed;
-            if (ok) {
+            if (ok)
                 conn_send(c, RK_PT_STREAM, g->opcode, g->request_id, RK_OK, b.data, b.len);
-                g->nsent++;
-            }
             rk_buf_free(&b);
             if (!ok)
                 break;
         }
-    } else if (c && done) {
+        g->nsent += sent;
+    }
+    if (c && done) {
         if (g->status != RK_OK)
             conn_send_error(c, g->opcode, g->request_id, g->status, g->errmsg);
         else {
             if (g->kind == SVC_JOB_PUT || g->kind == SVC_JOB_PUT_KV)
                 RK_CRASHPOINT("put_before_ack"); /* stored; the client never hears of it */
-            /* (g->out is NULL for jobs without tokens: no arithmetic on it) */
-            gen_send_final(c, g, toks ? toks : g->out ? g->out + g->nsent : NULL, n);
+            /* the tokens not streamed (all of them without streaming); g->out is NULL for jobs
+             * without tokens: no arithmetic on it */
+            gen_send_final(c, g, toks ? toks + sent : g->out ? g->out + g->nsent : NULL, n - sent);
         }
     }
     rk_free(toks);
