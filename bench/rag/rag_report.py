@@ -11,8 +11,8 @@ each mode's quality against full prefill (next-token KL, top-1 agreement over a 
 continuation) at its recompute fraction; with --codec (`ragkv codec eval --json`), the bytes
 per cached token of every codec level. Writes everything to --json and PNG plots (TTFT vs rate
 per mode; throughput at SLO; quality vs recompute fraction; bytes per token per codec level)
-with matplotlib, else with gnuplot, else as gnuplot scripts (PREFIX*.gp, .dat) to render
-elsewhere.
+with matplotlib, else with gnuplot; without either, `--replot REPORT.json` draws them later
+from the report on a machine that has one.
 """
 import argparse
 import glob
@@ -75,6 +75,8 @@ def plot(path, title, xlabel, ylabel, series, logy=False, bars=False):
         return path
     except ImportError:
         pass
+    if not shutil.which("gnuplot"):
+        return None
     base = path[:-4] if path.endswith(".png") else path
     dat = base + ".dat"
     with open(dat, "w") as f:
@@ -94,11 +96,45 @@ def plot(path, title, xlabel, ylabel, series, logy=False, bars=False):
     else:
         gp.append("plot " + ", ".join(f'"{dat}" index {i} using 1:2 with linespoints title "{q(n)}"'
                                       for i, (n, _, _) in enumerate(series)))
-    with open(base + ".gp", "w") as f:
-        f.write("\n".join(gp) + "\n")
-    if shutil.which("gnuplot") and subprocess.run(["gnuplot", base + ".gp"]).returncode == 0:
-        return path
-    return base + ".gp"
+    r = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", text=True)
+    os.unlink(dat)
+    return path if r.returncode == 0 else None
+
+
+def draw(rep, prefix):
+    """The four plots of a report (the --json file's content) as PREFIX*.png."""
+    runs, summary, qual, cod = rep["runs"], rep["summary"], rep.get("quality") or {}, rep.get("codec")
+    modes = list(dict.fromkeys(r["mode"] for r in runs))
+    written = []
+    ser = []
+    for mode in modes:
+        rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rate"])
+        ser.append((mode, [r["rate"] for r in rs], [r["ttft_ms_p50"] for r in rs]))
+    if ser:
+        written.append(plot(prefix + "ttft-vs-rate.png", "TTFT p50 vs arrival rate", "arrival rate (requests/s)",
+                            "TTFT p50 (ms)", ser, logy=True))
+    if summary:
+        written.append(plot(prefix + "throughput-at-slo.png", f"throughput at TTFT p99 <= {rep['slo_ms']:g} ms", "mode",
+                            "requests/s", [("req/s", [x["mode"] for x in summary],
+                                            [x["throughput_at_slo"] for x in summary])], bars=True))
+    for name, q in qual.items():
+        ser = []
+        for mode in dict.fromkeys(r["mode"] for r in q["rows"]):
+            rs = sorted((r for r in q["rows"] if r["mode"] == mode), key=lambda r: r["recomputed"])
+            ser.append((mode, [r["recomputed"] for r in rs], [r["top1"] for r in rs]))
+        written.append(plot(f"{prefix}quality-{name}.png", f"quality vs recompute, {name}",
+                            "fraction of prompt tokens recomputed", "top-1 agreement with full prefill", ser))
+    if cod:
+        rows = [r for r in cod["rows"] if r["label"] == r["codec"] or "codebook" in r["label"] or r["codec"] == "q8"]
+        written.append(plot(prefix + "bytes-per-token.png", "cached KV bytes per token (Llama-3-8B shape)",
+                            "codec and level", "bytes per token", [("bytes", [r["label"] for r in rows],
+                                                                    [r["bytes_per_token"] for r in rows])],
+                            logy=True, bars=True))
+    if None in written:
+        print("\n(no matplotlib or gnuplot here: plots skipped; draw them elsewhere with "
+              "bench/rag/rag_report.py --replot REPORT.json --png-prefix PREFIX)")
+    else:
+        print("\nplots: " + ", ".join(written))
 
 
 def quality_rows(paths):
@@ -129,15 +165,22 @@ def codec_rows(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", required=True)
+    ap.add_argument("--runs")
+    ap.add_argument("--replot", help="only draw the plots of a report written before (its --json)")
     ap.add_argument("--hf")
     ap.add_argument("--metrics")
     ap.add_argument("--slo-ms", type=float, default=1000.0)
-    ap.add_argument("--json", required=True)
+    ap.add_argument("--json")
     ap.add_argument("--png-prefix")
     ap.add_argument("--quality", nargs="*", default=[])
     ap.add_argument("--codec")
     a = ap.parse_args()
+    if a.replot:
+        with open(a.replot) as f:
+            draw(json.load(f), a.png_prefix or "rag-")
+        return
+    if not a.runs or not a.json:
+        ap.error("--runs and --json are required (or --replot)")
     runs = []
     for p in sorted(glob.glob(os.path.join(a.runs, "*.json"))):
         r = load(p)
@@ -205,32 +248,9 @@ def main():
     with open(a.json, "w") as f:
         json.dump({"runs": runs, "summary": summary, "slo_ms": a.slo_ms, "bytes_per_cached_token": bpt, "hf": hf,
                    "metrics": m, "quality": qual, "codec": cod}, f, indent=1)
-    if not a.png_prefix:
-        return
-    written = []
-    ser = []
-    for mode in modes:
-        rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rate"])
-        ser.append((mode, [r["rate"] for r in rs], [r["ttft_ms_p50"] for r in rs]))
-    written.append(plot(a.png_prefix + "ttft-vs-rate.png", "TTFT p50 vs arrival rate", "arrival rate (requests/s)",
-                        "TTFT p50 (ms)", ser, logy=True))
-    written.append(plot(a.png_prefix + "throughput-at-slo.png", f"throughput at TTFT p99 <= {a.slo_ms:g} ms", "mode",
-                        "requests/s", [("req/s", [x["mode"] for x in summary],
-                                        [x["throughput_at_slo"] for x in summary])], bars=True))
-    for name, q in qual.items():
-        ser = []
-        for mode in dict.fromkeys(r["mode"] for r in q["rows"]):
-            rs = sorted((r for r in q["rows"] if r["mode"] == mode), key=lambda r: r["recomputed"])
-            ser.append((mode, [r["recomputed"] for r in rs], [r["top1"] for r in rs]))
-        written.append(plot(f"{a.png_prefix}quality-{name}.png", f"quality vs recompute, {name}",
-                            "fraction of prompt tokens recomputed", "top-1 agreement with full prefill", ser))
-    if cod:
-        rows = [r for r in cod["rows"] if r["label"] == r["codec"] or "codebook" in r["label"] or r["codec"] == "q8"]
-        written.append(plot(a.png_prefix + "bytes-per-token.png", "cached KV bytes per token (Llama-3-8B shape)",
-                            "codec and level", "bytes per token", [("bytes", [r["label"] for r in rows],
-                                                                    [r["bytes_per_token"] for r in rows])],
-                            logy=True, bars=True))
-    print("\nplots: " + ", ".join(written))
+    if a.png_prefix:
+        with open(a.json) as f:
+            draw(json.load(f), a.png_prefix)
 
 
 if __name__ == "__main__":
