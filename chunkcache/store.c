@@ -125,6 +125,14 @@ static double ram_prio(cc_store *s, const ram_ent *e)
     return cc_gdsf_priority(s->ram_clock, e->hits + 1, e->rec.cost, e->rec.size);
 }
 
+/* A RAM-tier hit on e (ram_mu held): its hit count and eviction priority. */
+static void ram_touch(cc_store *s, ram_ent *e)
+{
+    e->hits++;
+    e->hn.prio = ram_prio(s, e);
+    cc_heap_fix(&s->heap, &e->hn);
+}
+
 /* Admit blob (takes over the reference) for rec. Lowest-priority entries leave first. */
 static void ram_admit(cc_store *s, const cc_record *rec, cc_buf *blob)
 {
@@ -635,11 +643,8 @@ static rk_status do_get(cc_store *s, const char *tenant, const cc_key *key, cc_b
             return st != RK_OK ? st : miss(s);
         }
         pthread_mutex_lock(&s->ram_mu);
-        if ((e = cc_keymap_get(&s->ram, key->b, CC_KEY_BYTES)) != NULL) {
-            e->hits++;
-            e->hn.prio = ram_prio(s, e);
-            cc_heap_fix(&s->heap, &e->hn);
-        }
+        if ((e = cc_keymap_get(&s->ram, key->b, CC_KEY_BYTES)) != NULL)
+            ram_touch(s, e);
         pthread_mutex_unlock(&s->ram_mu);
         count_hit(s, key);
         BUMP(s, ram_hits, 1);
@@ -686,9 +691,7 @@ static rk_status do_read(cc_store *s, const cc_record *rec, cc_buf **blob)
     ram_ent *e = cc_keymap_get(&s->ram, rec->key.b, CC_KEY_BYTES);
     if (e && e->rec.csum == rec->csum) {
         b = cc_buf_ref(e->blob);
-        e->hits++;
-        e->hn.prio = ram_prio(s, e);
-        cc_heap_fix(&s->heap, &e->hn);
+        ram_touch(s, e);
     }
     pthread_mutex_unlock(&s->ram_mu);
     if (b) {

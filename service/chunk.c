@@ -149,22 +149,26 @@ rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const c
 rk_status svc_chunk_encode(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, rk_buf *container,
                            double *prefill_ms)
 {
-    const eng_model_info *mi = eng_model_get_info(x->model);
     uint64_t t0 = rk_now_ns();
     float *kv = rk_malloc(eng_kv_floats(x->model, n) * sizeof(float));
     if (!kv)
         return rk_error_set(RK_ERR_NOMEM, "chunk KV");
     rk_status st = bl_chunk_prefill(x->model, x->backend, tokens, n, kv);
     *prefill_ms = (double)(rk_now_ns() - t0) / 1e6;
-    if (st == RK_OK) {
-        codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
-        codec_params p = codec_params_default(x->codec);
-        p.level = x->level;
-        p.pool = x->pool;
-        st = codec_encode(kv, &shape, &p, container);
-    }
+    if (st == RK_OK)
+        st = svc_kv_encode(x, kv, n, x->codec, x->level, container);
     rk_free(kv);
     return st;
+}
+
+rk_status svc_kv_encode(const svc_chunk_ctx *x, const float *kv, uint32_t n, codec_id codec, int level, rk_buf *out)
+{
+    const eng_model_info *mi = eng_model_get_info(x->model);
+    codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+    codec_params p = codec_params_default(codec);
+    p.level = level;
+    p.pool = x->pool;
+    return codec_encode(kv, &shape, &p, out);
 }
 
 rk_status svc_chunk_args(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, const rk_buf *container,

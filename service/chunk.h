@@ -80,6 +80,10 @@ rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_rec
 rk_status svc_chunk_encode(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, rk_buf *container,
                            double *prefill_ms);
 
+/* Encode n tokens' float KV (the model's geometry) with codec at level (-1: the codec's
+ * default), the codec threads of x: the container appended to out. */
+rk_status svc_kv_encode(const svc_chunk_ctx *x, const float *kv, uint32_t n, codec_id codec, int level, rk_buf *out);
+
 /* What to put for a chunk: its stored form (tokens + container) into blob, and the arguments
  * (model, tokens, codec and level read from the container, cost) pointing into it and tokens. */
 rk_status svc_chunk_args(const svc_chunk_ctx *x, const int32_t *tokens, uint32_t n, const rk_buf *container,

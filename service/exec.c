@@ -437,19 +437,13 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
 /* PREFILL: the assembled prompt's KV as a container in g->result. */
 static rk_status export_prompt(svc_exec *x, svc_gen *g, eng_seq *s)
 {
-    const eng_model_info *mi = eng_model_get_info(x->m);
     size_t n = eng_seq_len(s);
     float *kv = rk_malloc(eng_kv_floats(x->m, n) * sizeof(float));
     if (!kv)
         return RK_ERR_NOMEM;
     rk_status st = eng_kv_export(s, 0, n, kv);
-    if (st == RK_OK) {
-        codec_shape shape = {(uint32_t)mi->n_layers, (uint32_t)n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
-        codec_params p = codec_params_default(x->cx.codec);
-        p.level = x->cx.level;
-        p.pool = x->cx.pool;
-        st = codec_encode(kv, &shape, &p, &g->result);
-    }
+    if (st == RK_OK)
+        st = svc_kv_encode(&x->cx, kv, (uint32_t)n, x->cx.codec, x->cx.level, &g->result);
     rk_free(kv);
     return st;
 }
@@ -790,12 +784,7 @@ static rk_status transcode(svc_exec *x, const uint8_t *cont, size_t clen, uint32
     rk_status st = svc_chunk_check(&x->cx, cont, clen, n, &kv);
     if (st != RK_OK)
         return st;
-    const eng_model_info *mi = eng_model_get_info(x->m);
-    codec_shape shape = {(uint32_t)mi->n_layers, n, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
-    codec_params p = codec_params_default((codec_id)codec);
-    p.level = level == 0xFF ? -1 : level;
-    p.pool = x->cx.pool;
-    st = codec_encode(kv, &shape, &p, out);
+    st = svc_kv_encode(&x->cx, kv, n, (codec_id)codec, level == 0xFF ? -1 : level, out);
     rk_free(kv);
     return st;
 }

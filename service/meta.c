@@ -92,9 +92,15 @@ static bool to_pool(svc_gen *g, uint8_t step)
  * recovery rebuilds and whose answer is the client's. False (answer the failure) otherwise — a
  * Redis that is down fails the synchronous path the same way, only later — or when it cannot
  * be done (draining). */
+/* Whether g's loop client found Redis without ragkv's metadata since g's operation began. */
+static bool lost_data(const svc_gen *g)
+{
+    return g->worker->meta && cc_redis_async_losses(g->worker->meta) != g->meta_losses;
+}
+
 static bool fallback(svc_gen *g, int op, uint8_t step)
 {
-    if (!g->worker->meta || cc_redis_async_losses(g->worker->meta) == g->meta_losses || !to_pool(g, step))
+    if (!lost_data(g) || !to_pool(g, step))
         return false;
     svc_metric_add(mm.fallbacks[op], 1);
     return true;
@@ -190,8 +196,7 @@ static void on_gen_resolved(void *arg, rk_status st, const cc_record *recs, cons
 {
     svc_gen *g = arg;
     op_end(g, OP_LOOKUP, st);
-    if (st == RK_ERR_UNAVAILABLE && g->worker->meta &&
-        cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
+    if (st == RK_ERR_UNAVAILABLE && lost_data(g)) {
         /* Redis lost ragkv's metadata: the executor resolves through the synchronous store,
          * whose recovery rebuilds */
         svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
@@ -273,13 +278,8 @@ static void on_get_resolved(void *arg, rk_status st, const cc_record *recs, cons
     (void)n;
     svc_gen *g = arg;
     op_end(g, OP_LOOKUP, st);
-    if (st == RK_ERR_UNAVAILABLE && g->worker->meta && cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
-        svc_gen_pre_free(g);
-        if (to_pool(g, SVC_STEP_NONE)) { /* the pool's GET_KV through the synchronous store */
-            svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
-            return;
-        }
-    }
+    if (st == RK_ERR_UNAVAILABLE && fallback(g, OP_LOOKUP, SVC_STEP_NONE)) /* the pool's GET_KV, synchronously */
+        return;
     if (st == RK_OK && !present[0])
         st = rk_error_set(RK_ERR_NOT_FOUND, "no such chunk"); /* absent, or not this tenant's */
     else if (st == RK_OK && atomic_load(&g->cancelled))
@@ -316,6 +316,24 @@ bool svc_meta_takes_put(const struct svc_worker *w)
     return w->meta && !w->srv->cluster;
 }
 
+/* A put's lookup of its chunk answered (PUT_KV, PUT_CHUNK): true when the chunk is absent and
+ * the put goes on; else *st is the answer (a stored chunk is RK_OK, nothing created). */
+static bool put_absent(svc_gen *g, rk_status *st, const uint8_t *present)
+{
+    if (*st != RK_OK)
+        return false;
+    if (present[0]) { /* stored already: nothing to compute or write */
+        g->created = 0;
+        g->stored_bytes = 0;
+        return false;
+    }
+    if (atomic_load(&g->cancelled)) {
+        *st = rk_error_set(RK_ERR_CANCELLED, "client gone");
+        return false;
+    }
+    return true;
+}
+
 /* The chunk's lookup before its blob is written (the synchronous path's order). */
 static void on_kv_lookup(void *arg, rk_status st, const uint8_t *present, size_t n)
 {
@@ -324,12 +342,7 @@ static void on_kv_lookup(void *arg, rk_status st, const uint8_t *present, size_t
     op_end(g, OP_LOOKUP, st);
     if (st == RK_ERR_UNAVAILABLE && fallback(g, OP_LOOKUP, SVC_STEP_NONE)) /* the whole put, synchronously */
         return;
-    if (st == RK_OK && present[0]) { /* stored already: nothing to write */
-        g->created = 0;
-        g->stored_bytes = 0;
-    } else if (st == RK_OK && atomic_load(&g->cancelled)) {
-        st = rk_error_set(RK_ERR_CANCELLED, "client gone");
-    } else if (st == RK_OK) {
+    if (put_absent(g, &st, present)) {
         if (to_pool(g, SVC_STEP_KV_WRITE))
             return;
         st = rk_error_set(RK_ERR_SHUTDOWN, "ragkvd is shutting down");
@@ -343,18 +356,13 @@ static void on_put_lookup(void *arg, rk_status st, const uint8_t *present, size_
     (void)n;
     svc_gen *g = arg;
     op_end(g, OP_LOOKUP, st);
-    if (st == RK_ERR_UNAVAILABLE && g->worker->meta && cc_redis_async_losses(g->worker->meta) != g->meta_losses) {
+    if (st == RK_ERR_UNAVAILABLE && lost_data(g)) {
         svc_metric_add(mm.fallbacks[OP_LOOKUP], 1);
         g->step = SVC_STEP_NONE; /* the executor's synchronous put, whose recovery rebuilds */
         to_exec(g);
         return;
     }
-    if (st == RK_OK && present[0]) { /* stored already: nothing to compute */
-        g->created = 0;
-        g->stored_bytes = 0;
-    } else if (st == RK_OK && atomic_load(&g->cancelled)) {
-        st = rk_error_set(RK_ERR_CANCELLED, "client gone");
-    } else if (st == RK_OK) {
+    if (put_absent(g, &st, present)) { /* the executor computes it */
         g->step = SVC_STEP_PUT_ENCODE;
         to_exec(g);
         return;

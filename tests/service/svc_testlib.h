@@ -136,6 +136,19 @@ static inline long long svct_metric(int hport, const char *name)
     return v;
 }
 
+/* A redis-server of the test's own (to pause, stop, kill and restart) on a free loopback port,
+ * with its data in a new temporary directory tmp (256 bytes); *rport its port and redis (64
+ * bytes) "127.0.0.1:PORT". Skips the test without redis-server. */
+static inline void svct_private_redis(char *tmp, rk_test_proc *r, int *rport, char *redis)
+{
+    if (!rk_test_redis_server_path())
+        cr_skip_test("skipped: no redis-server");
+    cr_assert_not_null(rk_test_tmpdir(tmp, 256));
+    *rport = rk_test_free_port();
+    cr_assert(rk_test_redis_server(r, *rport, tmp, 0));
+    snprintf(redis, 64, "127.0.0.1:%d", *rport);
+}
+
 /* ---- the workers' asynchronous metadata path (test_redis_meta_*.c) ---------------------- */
 
 /* The real model's path; skips the test without it. */

@@ -63,14 +63,10 @@ static void send_put_kv(ragkv_conn *conn, uint64_t id, const int32_t *t, uint32_
 Test(redis_meta_faults, client_gone_and_redis_killed_mid_write, .timeout = 180)
 {
     const char *model = svct_need_model();
-    if (!rk_test_redis_server_path())
-        cr_skip_test("skipped: no redis-server");
     char tmp[256], redis[64];
-    cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
-    int rport = rk_test_free_port();
+    int rport;
     rk_test_proc r;
-    cr_assert(rk_test_redis_server(&r, rport, tmp, 0));
-    snprintf(redis, sizeof(redis), "127.0.0.1:%d", rport);
+    svct_private_redis(tmp, &r, &rport, redis);
     const char *extra[] = {"--model", model, "--redis", redis, NULL};
     svct_daemon dd;
     svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);

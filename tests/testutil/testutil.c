@@ -299,6 +299,20 @@ const char *rk_test_redis_server_path(void)
     return NULL;
 }
 
+/* Start argv and wait (10 s per line) for a line of its output containing marker; the process
+ * is killed when it never says so. */
+static bool spawn_until(char *const argv[], rk_test_proc *p, const char *marker)
+{
+    if (!rk_test_spawn(argv, p))
+        return false;
+    char line[1024];
+    while (rk_test_read_line(p, line, sizeof(line), 10000))
+        if (strstr(line, marker))
+            return true;
+    rk_test_stop(p, SIGKILL, 5000);
+    return false;
+}
+
 bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replicaof_port)
 {
     const char *bin = rk_test_redis_server_path();
@@ -310,14 +324,7 @@ bool rk_test_redis_server(rk_test_proc *p, int port, const char *dir, int replic
     char *argv[] = {(char *)bin, "--bind", "127.0.0.1", "--port", ps, "--save", "", "--appendonly", "no",
                     "--dir", (char *)dir, "--daemonize", "no", "--loglevel", "notice",
                     replicaof_port ? "--replicaof" : NULL, "127.0.0.1", rs, NULL};
-    if (!rk_test_spawn(argv, p))
-        return false;
-    char line[1024];
-    while (rk_test_read_line(p, line, sizeof(line), 10000))
-        if (strstr(line, "Ready to accept connections"))
-            return true;
-    rk_test_stop(p, SIGKILL, 5000);
-    return false;
+    return spawn_until(argv, p, "Ready to accept connections");
 }
 
 bool rk_test_sentinel(rk_test_proc *p, int port, const char *dir, const char *name, const char *host,
@@ -336,12 +343,5 @@ bool rk_test_sentinel(rk_test_proc *p, int port, const char *dir, const char *na
             port, dir, name, host, master_port, name);
     fclose(f);
     char *argv[] = {(char *)bin, conf, "--sentinel", NULL};
-    if (!rk_test_spawn(argv, p))
-        return false;
-    char line[1024];
-    while (rk_test_read_line(p, line, sizeof(line), 10000))
-        if (strstr(line, "+monitor master"))
-            return true;
-    rk_test_stop(p, SIGKILL, 5000);
-    return false;
+    return spawn_until(argv, p, "+monitor master"); /* it watches the primary */
 }
