@@ -10,12 +10,16 @@
 // of a causal prefill; heavier query tiles (later positions) are scheduled first.
 //
 // decode: one block per (key split, KV head, query row); the block's query heads (those
-// sharing the KV head) are scored against the split's keys one warp per key, softmax'd, and
-// summed over V one thread per dimension; partial (max, sum, output) per split are merged by
-// a second kernel. Arithmetic in fp32 whatever the cache's storage type.
+// sharing the KV head) are scored against the split's keys, softmax'd and summed over V;
+// partial (max, sum, output) per split are merged by a second kernel. Arithmetic in fp32
+// whatever the cache's storage type. k_decode_vec (the default) loads 16 bytes per thread,
+// several keys per thread in flight, query heads in registers; k_decode (one warp per key,
+// one thread per dimension) serves the shapes it cannot. The split shrinks for short batches
+// so that a single long sequence still has blocks for every SM (attn_decode_split).
 #include "attn.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include <math.h>
 
@@ -382,6 +386,181 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
     }
 }
 
+// The vectorised decode kernel: same grid and part layout as k_decode, but every thread moves
+// 16 bytes per load. LPK = hd / VEC threads share one key (a power of two up to 32), so a block
+// covers NT / LPK keys per step and has UNR steps of loads in flight before it computes; the
+// block's query heads (at most GM) live in registers. Scores, then the softmax statistics as in
+// k_decode, then V: each thread sums its keys' rows for its VEC dimensions, and the NT / LPK
+// key rows are added up through shared memory.
+constexpr int UNR = 4;
+
+template <typename T> struct vec16 {
+    static constexpr int N = 16 / sizeof(T);
+    uint4 raw;
+    __device__ __forceinline__ void load(const T *p) { raw = __ldg(reinterpret_cast<const uint4 *>(p)); }
+    __device__ __forceinline__ void zero() { raw = make_uint4(0u, 0u, 0u, 0u); }
+    __device__ __forceinline__ float at(int j) const { return to_f(reinterpret_cast<const T *>(&raw)[j]); }
+};
+
+template <typename T, int GM>
+__global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
+                                                   const int32_t *rseq, int layer, int splits, int split,
+                                                   float *part)
+{
+    constexpr int VEC = vec16<T>::N;
+    extern __shared__ float dsm[];
+    const int r = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int hd = a.hd, G = a.H / a.KVH, h0 = kvh * G;
+    const int LPK = hd / VEC, KPI = NT / LPK;
+    const int kl = tid % LPK, kr = tid / LPK;
+    const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
+    const int t0 = sp * split, t1 = min(d.len, t0 + split);
+    const int nk = t1 > t0 ? t1 - t0 : 0;
+    const size_t kvd = (size_t)a.KVH * hd;
+    const size_t loff = (size_t)layer * (size_t)d.cap * kvd + (size_t)kvh * hd + (size_t)kl * VEC;
+    const T *K = reinterpret_cast<const T *>(d.k_rot) + loff;
+    const T *V = reinterpret_cast<const T *>(d.v) + loff;
+    const int p = a.qpos[r];
+    float *ps = dsm;            // (split, G) scores, then weights
+    float *ml = ps + split * G; // (G, 2)
+    float *red = ml + 2 * GM;   // (KPI, G, hd) partial outputs per key row
+    size_t pidx = ((size_t)r * a.H + h0) * splits + sp; // part index of head h0; head h0+i adds i*splits
+
+    float qr[GM][VEC];
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+#pragma unroll
+        for (int j = 0; j < VEC; j++)
+            qr[i][j] = i < G ? to_f(q[((size_t)r * a.H + h0 + i) * hd + kl * VEC + j]) : 0.0f;
+
+    // scores: LPK threads per key, UNR keys per thread in flight
+    for (int base = 0; base < nk; base += KPI * UNR) {
+        vec16<T> kv[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int k = base + u * KPI + kr;
+            if (k < nk)
+                kv[u].load(K + (size_t)(t0 + k) * kvd);
+            else
+                kv[u].zero();
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int k = base + u * KPI + kr;
+            float acc[GM];
+#pragma unroll
+            for (int i = 0; i < GM; i++) {
+                acc[i] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    acc[i] += qr[i][j] * kv[u].at(j);
+            }
+#pragma unroll
+            for (int i = 0; i < GM; i++)
+                for (int off = LPK >> 1; off > 0; off >>= 1)
+                    acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+            if (kl == 0 && k < nk) {
+                int tk = t0 + k;
+                bool visible = d.spos[tk] <= p;
+                int gi = (visible && a.grp) ? a.grp[tk] : -1;
+#pragma unroll
+                for (int i = 0; i < GM; i++) {
+                    if (i >= G)
+                        break;
+                    float x = -INFINITY;
+                    if (visible) {
+                        x = acc[i] * a.scale;
+                        if (gi >= 0) {
+                            if (a.temp)
+                                x /= a.temp[gi];
+                            if (a.lscale)
+                                x += a.lscale[gi];
+                        }
+                    }
+                    ps[k * G + i] = x;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    // softmax statistics per query head: one warp per head
+    for (int i = warp; i < G; i += NT / 32) {
+        float m = -INFINITY;
+        for (int k = lane; k < nk; k += 32)
+            m = fmaxf(m, ps[k * G + i]);
+        for (int off = 16; off > 0; off >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        float mu = m == -INFINITY ? 0.0f : m, l = 0.0f;
+        for (int k = lane; k < nk; k += 32) {
+            float e = __expf(ps[k * G + i] - mu);
+            ps[k * G + i] = e;
+            l += e;
+        }
+        for (int off = 16; off > 0; off >>= 1)
+            l += __shfl_xor_sync(0xffffffffu, l, off);
+        if (lane == 0) {
+            ml[2 * i] = m;
+            ml[2 * i + 1] = l;
+        }
+    }
+    __syncthreads();
+
+    // V: thread (kr, kl) sums keys kr, kr + KPI, ... over its VEC dimensions
+    float acc[GM][VEC];
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+#pragma unroll
+        for (int j = 0; j < VEC; j++)
+            acc[i][j] = 0.0f;
+    for (int base = 0; base < nk; base += KPI * UNR) {
+        vec16<T> vv[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int k = base + u * KPI + kr;
+            if (k < nk)
+                vv[u].load(V + (size_t)(t0 + k) * kvd);
+            else
+                vv[u].zero();
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int k = base + u * KPI + kr;
+            if (k >= nk)
+                break;
+#pragma unroll
+            for (int i = 0; i < GM; i++) {
+                if (i >= G)
+                    break;
+                float w = ps[k * G + i];
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    acc[i][j] += w * vv[u].at(j);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+        if (i < G)
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                red[((size_t)kr * G + i) * hd + kl * VEC + j] = acc[i][j];
+    __syncthreads();
+    for (int e = tid; e < G * hd; e += NT) {
+        int i = e / hd, c = e % hd;
+        float s = 0.0f;
+        for (int row = 0; row < KPI; row++)
+            s += red[((size_t)row * G + i) * hd + c];
+        part[(pidx + (size_t)i * splits) * hd + c] = s;
+    }
+    if (tid < G) {
+        size_t nparts = (size_t)a.n * a.H * splits;
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
+    }
+}
+
 // out[r, h] = merge of the splits' partial softmaxes. One block per (row, head).
 template <typename T>
 __global__ void k_decode_combine(const float *part, int n, int H, int hd, int splits, T *out)
@@ -426,26 +605,79 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, con
     }
 }
 
-int attn_decode_split(void)
+int attn_decode_split(int n, int KVH, int max_len)
 {
-    static int split = 0; // (a benign race: every thread computes the same value)
-    if (!split) {
+    static int fixed = -1, sms = 0; // (a benign race: every thread computes the same values)
+    if (fixed < 0) {
         const char *e = getenv("RAGKV_ATTN_SPLIT");
         int v = e ? atoi(e) : 0;
-        split = v >= 16 && v <= 1024 && (v & (v - 1)) == 0 ? v : ATTN_SPLIT;
+        fixed = v >= 16 && v <= 1024 && (v & (v - 1)) == 0 ? v : 0;
+    }
+    if (fixed)
+        return fixed;
+    if (!sms) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
+            v = 132;
+        sms = v;
+    }
+    // halve the split while the grid has fewer than ATTN_SPLIT_BLOCKS_PER_SM blocks per SM
+    int split = ATTN_SPLIT;
+    size_t want = (size_t)ATTN_SPLIT_BLOCKS_PER_SM * (size_t)sms;
+    while (split > ATTN_SPLIT_MIN) {
+        size_t splits = max_len > 0 ? ((size_t)max_len + split - 1) / split : 1;
+        if (splits * (size_t)KVH * (size_t)(n > 0 ? n : 1) >= want)
+            break;
+        split >>= 1;
     }
     return split;
 }
 
-size_t attn_decode_part_floats(int n, int H, int hd, int max_len)
+size_t attn_decode_part_floats(int n, int H, int KVH, int hd, int max_len)
 {
-    size_t split = (size_t)attn_decode_split();
+    size_t split = (size_t)attn_decode_split(n, KVH, max_len);
     size_t splits = max_len > 0 ? ((size_t)max_len + split - 1) / split : 1;
     return (size_t)n * H * splits * ((size_t)hd + 2);
 }
 
+// The vectorised decode kernel takes head dims whose 16-byte pieces per key are a power of two
+// up to a warp, and up to 8 query heads per KV head; RAGKV_ATTN_DECODE=scalar keeps k_decode
+// (read once; for comparisons).
+template <typename T> static bool decode_vec_ok(int hd, int G)
+{
+    static int off = -1; // (a benign race: every thread computes the same value)
+    if (off < 0) {
+        const char *e = getenv("RAGKV_ATTN_DECODE");
+        off = e && !strcmp(e, "scalar");
+    }
+    constexpr int VEC = 16 / sizeof(T);
+    int lpk = hd / VEC;
+    return !off && G >= 1 && G <= 8 && hd % VEC == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0;
+}
+
+template <typename T, int GM>
+static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
+                                     int layer, int splits, int split, float *part, dim3 grid)
+{
+    constexpr int VEC = 16 / sizeof(T);
+    int G = a->H / a->KVH, kpi = NT / (a->hd / VEC);
+    size_t smem = ((size_t)split * G + 2 * GM + (size_t)kpi * G * a->hd) * sizeof(float);
+    static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
+    if (smem > allowed) {
+        cudaError_t e =
+            cudaFuncSetAttribute(k_decode_vec<T, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        allowed = smem;
+    }
+    k_decode_vec<T, GM><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
+    return cudaGetLastError();
+}
+
 template <typename T>
-cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
+cudaError_t attn_decode(
+const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
                         int max_len, float *part, T *out)
 {
     if (a->n == 0)
@@ -453,12 +685,21 @@ cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *des
     int G = a->H / a->KVH;
     if (G > ATTN_MAX_GROUP || a->H % a->KVH)
         return cudaErrorInvalidValue;
-    int split = attn_decode_split();
+    int split = attn_decode_split(a->n, a->KVH, max_len);
     int splits = max_len > 0 ? (max_len + split - 1) / split : 1;
-    size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
     dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
-    k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
-    cudaError_t e = cudaGetLastError();
+    cudaError_t e;
+    if (decode_vec_ok<T>(a->hd, G)) {
+        int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+        e = gm == 1   ? launch_decode_vec<T, 1>(a, q, desc, rseq, layer, splits, split, part, grid)
+            : gm == 2 ? launch_decode_vec<T, 2>(a, q, desc, rseq, layer, splits, split, part, grid)
+            : gm == 4 ? launch_decode_vec<T, 4>(a, q, desc, rseq, layer, splits, split, part, grid)
+                      : launch_decode_vec<T, 8>(a, q, desc, rseq, layer, splits, split, part, grid);
+    } else {
+        size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
+        k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
+        e = cudaGetLastError();
+    }
     if (e != cudaSuccess)
         return e;
     k_decode_combine<T><<<(unsigned)((size_t)a->n * a->H), a->hd < NT ? 32 * ((a->hd + 31) / 32) : NT>>>(

@@ -27,8 +27,9 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 #define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
-#define ATTN_SPLIT 256     // keys per split of the decode kernel, unless RAGKV_ATTN_SPLIT says
-                           // otherwise (a power of two in 16..1024: a tuning knob for benchmarks)
+#define ATTN_SPLIT 256     // the most keys per split of the decode kernel (see attn_decode_split)
+#define ATTN_SPLIT_MIN 32  // the fewest
+#define ATTN_SPLIT_BLOCKS_PER_SM 4 // splits shrink until the grid has this many blocks per SM
 
 // One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
 struct cu_kvdesc {
@@ -58,10 +59,13 @@ cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const __n
 
 // decode: row r reads descriptor desc[rseq[r]] (rseq NULL: desc[0]) at `layer`; max_len is
 // the largest len among them. part: attn_decode_part_floats() floats of device scratch.
-size_t attn_decode_part_floats(int n, int H, int hd, int max_len);
+size_t attn_decode_part_floats(int n, int H, int KVH, int hd, int max_len);
 
-// Keys per split of the decode kernel: ATTN_SPLIT, or RAGKV_ATTN_SPLIT (read once).
-int attn_decode_split(void);
+// Keys per split of the decode kernel for n rows over at most max_len keys: ATTN_SPLIT halved
+// (down to ATTN_SPLIT_MIN) while the grid would have fewer than ATTN_SPLIT_BLOCKS_PER_SM blocks
+// per SM, so that one long sequence still fills the card; or RAGKV_ATTN_SPLIT (a power of two
+// in 16..1024, read once: a knob for benchmarks).
+int attn_decode_split(int n, int KVH, int max_len);
 template <typename T>
 cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
                         int layer, int max_len, float *part, T *out);

@@ -814,7 +814,7 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
             cv.take<float>(n * qd);                               // att fp32
         }
     } else if (path == PATH_DECODE) {
-        cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->head_dim, (int)len));
+        cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, mi->head_dim, (int)len));
     }
     return cv.off;
 }
@@ -960,8 +960,9 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             rk_free(mh);
         }
     } else {
-        float *part = path == PATH_DECODE ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, (int)hd, (int)len))
-                                          : NULL;
+        float *part = path == PATH_DECODE
+                          ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len))
+                          : NULL;
         k_rope_q<T><<<blocks(n * H * (hd / 2)), 256>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");

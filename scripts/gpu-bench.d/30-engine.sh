@@ -8,7 +8,9 @@
 # 1K/4K. Writes $OUT/engine_bench.json: {"runs": [...], "side_by_side": [...]}, and prints the
 # side-by-side table with ratios (bench/python/side_by_side.py). GPU_ENGINE_SPLITS="32 64 128"
 # also times the decode step with those keys per split of the decode attention kernel
-# (RAGKV_ATTN_SPLIT; the default is 256), printed only: a sweep for choosing the default.
+# (RAGKV_ATTN_SPLIT; by default the split shrinks from 256 until the grid fills the card),
+# printed only: a sweep for choosing the default. GPU_ENGINE_SCALAR=1 also times the decode step
+# with the first decode kernel (RAGKV_ATTN_DECODE=scalar, 256 keys per split) for comparison.
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,6 +28,12 @@ for sp in ${GPU_ENGINE_SPLITS:-}; do
     --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
     --json "$OUT/engine_decode_split$sp.json" || echo "(split $sp failed)"
 done
+if [ "${GPU_ENGINE_SCALAR:-0}" = 1 ]; then
+  echo "== decode attention: the scalar kernel, 256 keys per split"
+  RAGKV_ATTN_DECODE=scalar RAGKV_ATTN_SPLIT=256 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine \
+    --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" \
+    --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 --json "$OUT/engine_decode_scalar.json" || echo "(scalar failed)"
+fi
 if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
   run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3
 fi
