@@ -658,7 +658,8 @@ template <typename T> static bool decode_vec_ok(int hd, int G)
 
 template <typename T, int GM>
 static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
-                                     int layer, int splits, int split, float *part, dim3 grid)
+                                     int layer, int splits, int split, float *part, dim3 grid,
+                                     cudaStream_t stream)
 {
     constexpr int VEC = 16 / sizeof(T);
     int G = a->H / a->KVH, kpi = NT / (a->hd / VEC);
@@ -671,14 +672,14 @@ static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const c
             return e;
         allowed = smem;
     }
-    k_decode_vec<T, GM><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
+    k_decode_vec<T, GM><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t attn_decode(
 const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
-                        int max_len, float *part, T *out)
+                        int max_len, float *part, T *out, cudaStream_t stream)
 {
     if (a->n == 0)
         return cudaSuccess;
@@ -691,23 +692,23 @@ const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, 
     cudaError_t e;
     if (decode_vec_ok<T>(a->hd, G)) {
         int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-        e = gm == 1   ? launch_decode_vec<T, 1>(a, q, desc, rseq, layer, splits, split, part, grid)
-            : gm == 2 ? launch_decode_vec<T, 2>(a, q, desc, rseq, layer, splits, split, part, grid)
-            : gm == 4 ? launch_decode_vec<T, 4>(a, q, desc, rseq, layer, splits, split, part, grid)
-                      : launch_decode_vec<T, 8>(a, q, desc, rseq, layer, splits, split, part, grid);
+        e = gm == 1   ? launch_decode_vec<T, 1>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+            : gm == 2 ? launch_decode_vec<T, 2>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+            : gm == 4 ? launch_decode_vec<T, 4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+                      : launch_decode_vec<T, 8>(a, q, desc, rseq, layer, splits, split, part, grid, stream);
     } else {
         size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
-        k_decode<T><<<grid, NT, smem>>>(*a, q, desc, rseq, layer, splits, split, part);
+        k_decode<T><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
         e = cudaGetLastError();
     }
     if (e != cudaSuccess)
         return e;
-    k_decode_combine<T><<<(unsigned)((size_t)a->n * a->H), a->hd < NT ? 32 * ((a->hd + 31) / 32) : NT>>>(
+    k_decode_combine<T><<<(unsigned)((size_t)a->n * a->H), a->hd < NT ? 32 * ((a->hd + 31) / 32) : NT, 0, stream>>>(
         part, a->n, a->H, a->hd, splits, out);
     return cudaGetLastError();
 }
 
 template cudaError_t attn_decode<float>(const cu_attn_shape *, const float *, const cu_kvdesc *, const int32_t *, int,
-                                        int, float *, float *);
+                                        int, float *, float *, cudaStream_t);
 template cudaError_t attn_decode<bf16>(const cu_attn_shape *, const bf16 *, const cu_kvdesc *, const int32_t *, int,
-                                       int, float *, bf16 *);
+                                       int, float *, bf16 *, cudaStream_t);

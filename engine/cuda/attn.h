@@ -68,6 +68,6 @@ size_t attn_decode_part_floats(int n, int H, int KVH, int hd, int max_len);
 int attn_decode_split(int n, int KVH, int max_len);
 template <typename T>
 cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
-                        int layer, int max_len, float *part, T *out);
+                        int layer, int max_len, float *part, T *out, cudaStream_t stream);
 
 #endif

@@ -42,6 +42,19 @@ struct cu_layer {
     void *wqkv, *wo, *w13, *w2;         // storage type: (qd+2kvd, d), (d, qd), (2f, d), (d, f)
 };
 
+// What a captured decode step depends on besides device memory contents: replaying it is
+// valid while every field is unchanged.
+struct decode_key {
+    size_t n;                 // rows
+    int split, splits;        // decode attention grid
+    const void *scratch, *iscratch, *ddesc, *xdec;
+    bool operator==(const decode_key &o) const
+    {
+        return n == o.n && split == o.split && splits == o.splits && scratch == o.scratch &&
+               iscratch == o.iscratch && ddesc == o.ddesc && xdec == o.xdec;
+    }
+};
+
 struct cu_ctx {
     eng_model *m;
     const eng_model_info *mi;
@@ -62,6 +75,15 @@ struct cu_ctx {
     size_t ddesc_n;
     float *xdec;              // hidden rows of a batched decode step
     size_t xdec_rows;
+    cudaStream_t stream;      // where the decode path's kernels go: 0, or gstream while capturing
+    cudaStream_t gstream;     // the decode graph's stream (non-blocking; ordered by events)
+    cudaEvent_t gready;       // recorded on the legacy stream before a replay: inputs uploaded
+    void *blas_ws;            // cuBLAS workspace (device; a graph may not allocate one)
+    cudaGraphExec_t gexec;    // the captured decode step, or NULL
+    decode_key gkey;          // what gexec was captured for
+    bool graph_broken;        // capturing failed once: this context decodes without graphs
+    bool graph_used;          // the last decode step went through the graph
+    uint64_t captures, replays; // decode graph captures, and steps run through a graph
 };
 
 struct cu_kv {
@@ -636,8 +658,15 @@ void cu_free(void *ctx)
     cudaFree(c->iscratch);
     cudaFree(c->ddesc);
     cudaFree(c->xdec);
+    if (c->gexec)
+        cudaGraphExecDestroy(c->gexec);
+    if (c->gready)
+        cudaEventDestroy(c->gready);
+    if (c->gstream)
+        cudaStreamDestroy(c->gstream);
     if (c->blas)
         cublasDestroy(c->blas);
+    cudaFree(c->blas_ws);
     rk_free(c->owned);
     rk_free(c->layers);
     rk_free(c);
@@ -755,7 +784,7 @@ template <typename T>
 rk_status embed_rows(cu_ctx *c, float *x, const int32_t *dtok, size_t n)
 {
     int d = c->mi->dim;
-    k_embed<T><<<blocks(n * d), 256>>>(x, (const T *)c->tok_emb, dtok, (int)n, d);
+    k_embed<T><<<blocks(n * d), 256, 0, c->stream>>>(x, (const T *)c->tok_emb, dtok, (int)n, d);
     CHECK_LAUNCH("embed");
     return RK_OK;
 }
@@ -845,11 +874,11 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     int inter = mi->rope == ENG_ROPE_INTERLEAVED;
 
     // attention block: norm, q/k/v in one product, bias, cache writes with RoPE
-    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xb, lc->x, NULL, w->attn_norm, NULL, (int)d, mi->norm_eps);
+    k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, NULL, w->attn_norm, NULL, (int)d, mi->norm_eps);
     CHECK_LAUNCH("rmsnorm");
     TRY(gemm(c, qkv, xb, w->wqkv, n, d, qkvd));
     if (w->bqkv) {
-        k_add_bias<<<blocks(n * qkvd), 256>>>(qkv, w->bqkv, n * qkvd, (int)qkvd);
+        k_add_bias<<<blocks(n * qkvd), 256, 0, c->stream>>>(qkv, w->bqkv, n * qkvd, (int)qkvd);
         CHECK_LAUNCH("bias");
     }
     if (lc->k_fresh)
@@ -860,7 +889,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         CU(cudaMemcpy2D(lc->v_fresh, kvd * sizeof(float), qkv + qd + kvd, qkvd * sizeof(float), kvd * sizeof(float),
                         n, cudaMemcpyDeviceToHost),
            "fresh V");
-    k_store_kv<T><<<blocks(n * mi->n_kv_heads * (hd / 2)), 256>>>(lc->ddesc, lc->drseq, lc->layer, qkv + qd,
+    k_store_kv<T><<<blocks(n * mi->n_kv_heads * (hd / 2)), 256, 0, c->stream>>>(lc->ddesc, lc->drseq, lc->layer, qkv + qd,
                                                                    qkv + qd + kvd, qkvd, lc->dslots, 0, lc->dpos,
                                                                    (int)n, mi->n_kv_heads, (int)hd, c->inv_freq, inter);
     CHECK_LAUNCH("cache write");
@@ -963,7 +992,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         float *part = path == PATH_DECODE
                           ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len))
                           : NULL;
-        k_rope_q<T><<<blocks(n * H * (hd / 2)), 256>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
+        k_rope_q<T><<<blocks(n * H * (hd / 2)), 256, 0, c->stream>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");
         cu_attn_shape sh;
@@ -983,7 +1012,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             e = attn_flash(&sh, (const bf16 *)q, (const bf16 *)kv->k_rot + loff, (const bf16 *)kv->v + loff, kv->dpos,
                            (int)len, (bf16 *)att);
         } else {
-            e = attn_decode<T>(&sh, q, lc->ddesc, lc->drseq, lc->layer, (int)len, part, att);
+            e = attn_decode<T>(&sh, q, lc->ddesc, lc->drseq, lc->layer, (int)len, part, att, c->stream);
         }
         if (e != cudaSuccess)
             return cuda_fail(e, "attention");
@@ -991,13 +1020,13 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
 
     // output projection, residual + norm, FFN, residual
     TRY(gemm(c, y, att, w->wo, n, qd, d));
-    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xb, lc->x, y, w->ffn_norm, NULL, (int)d, mi->norm_eps);
+    k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, y, w->ffn_norm, NULL, (int)d, mi->norm_eps);
     CHECK_LAUNCH("residual and norm");
     TRY(gemm(c, y, xb, w->w13, n, d, 2 * f));
-    k_swiglu<T><<<blocks(n * f), 256>>>(hb, y, n, (int)f);
+    k_swiglu<T><<<blocks(n * f), 256, 0, c->stream>>>(hb, y, n, (int)f);
     CHECK_LAUNCH("swiglu");
     TRY(gemm(c, y, hb, w->w2, n, f, d));
-    k_add<<<blocks(n * d), 256>>>(lc->x, y, n * d);
+    k_add<<<blocks(n * d), 256, 0, c->stream>>>(lc->x, y, n * d);
     CHECK_LAUNCH("residual");
     return RK_OK;
 }
@@ -1038,24 +1067,39 @@ rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, si
     return RK_OK;
 }
 
+size_t logits_scratch(const cu_ctx *c, size_t n)
+{
+    carver sz;
+    sz.take<unsigned char>(n * (size_t)c->mi->dim * esize(c));
+    sz.take<float>(n * (size_t)c->mi->vocab);
+    return sz.off;
+}
+
+// *lg (n, vocab) device, in the scratch = classifier(final_norm(x[rows])) for device hidden rows.
+template <typename T>
+rk_status logits_compute(cu_ctx *c, const float *x, const int32_t *drows, size_t n, float **lg)
+{
+    size_t d = (size_t)c->mi->dim, V = (size_t)c->mi->vocab;
+    unsigned char *base = NULL;
+    TRY(scratch(c, logits_scratch(c, n), &base));
+    carver cv;
+    cv.base = base;
+    T *xn = cv.take<T>(n * d);
+    *lg = cv.take<float>(n * V);
+    k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xn, (float *)x, NULL, c->final_norm, drows, (int)d,
+                                                         c->mi->norm_eps);
+    CHECK_LAUNCH("final norm");
+    TRY(gemm(c, *lg, xn, c->wcls, n, d, V));
+    return RK_OK;
+}
+
 // logits (n, vocab) host = classifier(final_norm(x[rows])) for device hidden rows.
 template <typename T>
 rk_status logits_rows(cu_ctx *c, const float *x, const int32_t *drows, size_t n, float *logits)
 {
-    size_t d = (size_t)c->mi->dim, V = (size_t)c->mi->vocab;
-    unsigned char *base = NULL;
-    carver sz;
-    sz.take<T>(n * d);
-    sz.take<float>(n * V);
-    TRY(scratch(c, sz.off, &base));
-    carver cv;
-    cv.base = base;
-    T *xn = cv.take<T>(n * d);
-    float *lg = cv.take<float>(n * V);
-    k_add_rmsnorm<T><<<(unsigned)n, 256>>>(xn, (float *)x, NULL, c->final_norm, drows, (int)d, c->mi->norm_eps);
-    CHECK_LAUNCH("final norm");
-    TRY(gemm(c, lg, xn, c->wcls, n, d, V));
-    CU(cudaMemcpy(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost), "logits");
+    float *lg = NULL;
+    TRY(logits_compute<T>(c, x, drows, n, &lg));
+    CU(cudaMemcpy(logits, lg, n * (size_t)c->mi->vocab * sizeof(float), cudaMemcpyDeviceToHost), "logits");
     return RK_OK;
 }
 
@@ -1079,6 +1123,125 @@ rk_status cu_logits(void *ctx, const eng_hidden *h, const size_t *rows, size_t n
     return c->mode == MODE_BF16 ? logits_rows<bf16>(c, x, drows, n, logits) : logits_rows<float>(c, x, drows, n, logits);
 }
 
+// The decode step's device work (embedding, every layer, classifier) on c->stream; *lg: the
+// logits in the scratch.
+template <typename T>
+rk_status decode_body(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *dpos, const int32_t *dslots,
+                      cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float **lg)
+{
+    layer_call lc;
+    memset(&lc, 0, sizeof(lc));
+    lc.x = x;
+    lc.n = n;
+    lc.dpos = dpos;
+    lc.dslots = dslots;
+    lc.ddesc = dd;
+    lc.drseq = drseq;
+    lc.max_len = max_len;
+    TRY(embed_rows<T>(c, x, dtok, n));
+    for (int l = 0; l < c->mi->n_layers; l++) {
+        lc.layer = l;
+        TRY(layer_run<T>(c, &lc, PATH_DECODE));
+    }
+    return logits_compute<T>(c, x, NULL, n, lg);
+}
+
+// RAGKV_CUDA_GRAPH=0 turns decode graphs off (read per call: tests compare both ways).
+bool graphs_on()
+{
+    const char *e = getenv("RAGKV_CUDA_GRAPH");
+    return !(e && !strcmp(e, "0"));
+}
+
+// Decode through a CUDA graph: the step's ~10 launches per layer are captured once and then
+// replayed while the key (rows, attention grid, scratch and descriptor addresses) holds; every
+// per-step value (tokens, positions, slots, sequence lengths) is read from device memory the
+// host filled before the replay. A changed key re-captures (the executable graph is updated in
+// place when its topology allows).
+rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *dpos, const int32_t *dslots,
+                       cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float *logits, bool *capture_failed)
+{
+    *capture_failed = false;
+    const eng_model_info *mi = c->mi;
+    // grow the scratch now: nothing may allocate while capturing
+    size_t chunk = 0;
+    size_t need = layer_scratch(c, n, (size_t)max_len, PATH_DECODE, 0, &chunk), lneed = logits_scratch(c, n);
+    unsigned char *base = NULL;
+    TRY(scratch(c, need > lneed ? need : lneed, &base));
+    if (!c->gstream)
+        CU(cudaStreamCreateWithFlags(&c->gstream, cudaStreamNonBlocking), "graph stream");
+    if (!c->gready)
+        CU(cudaEventCreateWithFlags(&c->gready, cudaEventDisableTiming), "graph event");
+    if (!c->blas_ws) {
+        size_t ws = (size_t)32 << 20;
+        CU(cudaMalloc(&c->blas_ws, ws), "cuBLAS workspace");
+        if (cublasSetWorkspace(c->blas, c->blas_ws, ws) != CUBLAS_STATUS_SUCCESS)
+            return rk_error_set(RK_ERR_DEVICE, "cuda backend: cublasSetWorkspace failed");
+    }
+    decode_key key;
+    key.n = n;
+    key.split = attn_decode_split((int)n, mi->n_kv_heads, max_len);
+    key.splits = max_len > 0 ? (max_len + key.split - 1) / key.split : 1;
+    key.scratch = c->scratch;
+    key.iscratch = c->iscratch;
+    key.ddesc = dd;
+    key.xdec = x;
+    float *lg = NULL;
+    if (!c->gexec || !(key == c->gkey)) {
+        cudaGraph_t g = NULL;
+        CU(cudaStreamBeginCapture(c->gstream, cudaStreamCaptureModeThreadLocal), "begin capture");
+        c->stream = c->gstream;
+        cublasSetStream(c->blas, c->gstream);
+        rk_status st = c->mode == MODE_BF16 ? decode_body<bf16>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg)
+                                            : decode_body<float>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg);
+        c->stream = 0;
+        cublasSetStream(c->blas, 0);
+        cudaError_t e = cudaStreamEndCapture(c->gstream, &g);
+        if (st != RK_OK || e != cudaSuccess) {
+            if (g)
+                cudaGraphDestroy(g);
+            cudaGetLastError();
+            *capture_failed = true;
+            return st != RK_OK ? st : cuda_fail(e, "end capture");
+        }
+        bool fresh = true;
+        if (c->gexec) {
+            cudaGraphExecUpdateResultInfo info;
+            if (cudaGraphExecUpdate(c->gexec, g, &info) == cudaSuccess)
+                fresh = false;
+            else {
+                cudaGetLastError();
+                cudaGraphExecDestroy(c->gexec);
+                c->gexec = NULL;
+            }
+        }
+        if (fresh)
+            e = cudaGraphInstantiate(&c->gexec, g, 0);
+        cudaGraphDestroy(g);
+        if (e != cudaSuccess) {
+            c->gexec = NULL;
+            *capture_failed = true;
+            return cuda_fail(e, "instantiate decode graph");
+        }
+        c->gkey = key;
+        c->captures++;
+    } else {
+        carver cv; // where logits_compute put them: the start of the scratch, after the normed rows
+        cv.base = c->scratch;
+        cv.take<unsigned char>(n * (size_t)mi->dim * esize(c));
+        lg = cv.take<float>(n * (size_t)mi->vocab);
+    }
+    // the inputs were copied on the legacy stream; the logits come back on the graph's
+    CU(cudaEventRecord(c->gready, 0), "graph inputs");
+    CU(cudaStreamWaitEvent(c->gstream, c->gready, 0), "graph inputs");
+    CU(cudaGraphLaunch(c->gexec, c->gstream), "decode graph");
+    c->replays++;
+    CU(cudaMemcpyAsync(logits, lg, n * (size_t)mi->vocab * sizeof(float), cudaMemcpyDeviceToHost, c->gstream),
+       "logits");
+    CU(cudaStreamSynchronize(c->gstream), "decode graph");
+    return RK_OK;
+}
+
 // Batched decode: one embedding, one pass per layer over all n rows (each row attends over its
 // own sequence by the split-key kernel), one classifier product.
 rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos, const int32_t *slots,
@@ -1086,6 +1249,7 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
 {
     cu_ctx *c = (cu_ctx *)ctx;
     const eng_model_info *mi = c->mi;
+    c->graph_used = false;
     if (mi->n_heads / mi->n_kv_heads > ATTN_MAX_GROUP) { // the split-key kernel cannot: one by one
         rk_status st = RK_OK;
         eng_hidden h = {NULL, 1, NULL}; // be, rows, ctx
@@ -1129,6 +1293,17 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
         c->xdec_rows = n;
     }
     float *x = c->xdec;
+    if (!c->graph_broken && graphs_on()) {
+        bool failed = false;
+        st = decode_graph(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, logits, &failed);
+        if (!failed) {
+            c->graph_used = st == RK_OK;
+            return st;
+        }
+        // nothing ran: decode this step and the rest without graphs
+        fprintf(stderr, "ragkv: cuda backend: decode graphs off: %s\n", rk_error_msg());
+        c->graph_broken = true;
+    }
     layer_call lc;
     memset(&lc, 0, sizeof(lc));
     lc.x = x;
@@ -1409,6 +1584,16 @@ fail:
     rk_free(be);
     cu_free(c);
     return st;
+}
+
+extern "C" int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays)
+{
+    const cu_ctx *c = be && be->iface && !strcmp(be->iface->name, "cuda") ? (const cu_ctx *)be->ctx : NULL;
+    if (captures)
+        *captures = c ? c->captures : 0;
+    if (replays)
+        *replays = c ? c->replays : 0;
+    return c && c->graph_used;
 }
 
 // The storage mode a CUDA backend runs in ("fp32", "tf32", "bf16"), for tools and benchmarks.

@@ -15,3 +15,13 @@ const char *eng_backend_cuda_mode(const eng_backend *be)
     (void)be;
     return "";
 }
+
+int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays)
+{
+    (void)be;
+    if (captures)
+        *captures = 0;
+    if (replays)
+        *replays = 0;
+    return 0;
+}

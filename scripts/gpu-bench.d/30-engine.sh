@@ -11,6 +11,7 @@
 # (RAGKV_ATTN_SPLIT; by default the split shrinks from 256 until the grid fills the card),
 # printed only: a sweep for choosing the default. GPU_ENGINE_SCALAR=1 also times the decode step
 # with the first decode kernel (RAGKV_ATTN_DECODE=scalar, 256 keys per split) for comparison.
+# GPU_ENGINE_NOGRAPH=1 also times it without decode CUDA graphs (RAGKV_CUDA_GRAPH=0).
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -33,6 +34,12 @@ if [ "${GPU_ENGINE_SCALAR:-0}" = 1 ]; then
   RAGKV_ATTN_DECODE=scalar RAGKV_ATTN_SPLIT=256 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine \
     --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" \
     --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 --json "$OUT/engine_decode_scalar.json" || echo "(scalar failed)"
+fi
+if [ "${GPU_ENGINE_NOGRAPH:-0}" = 1 ]; then
+  echo "== decode without CUDA graphs"
+  RAGKV_CUDA_GRAPH=0 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+    --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
+    --json "$OUT/engine_decode_nograph.json" || echo "(no-graph run failed)"
 fi
 if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
   run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3

@@ -161,6 +161,68 @@ static void bf16_long_vs_cpu(const char *shape, size_t n)
     free(lg);
 }
 
+/* Decode through CUDA graphs (the default) equals decode without them (RAGKV_CUDA_GRAPH=0, read
+ * per call), step by step, while the batch changes size every few steps (new captures or
+ * graph updates) and the sequences cross decode-attention splits; and the graph path is the
+ * one taken. Both ways run the same kernels; only cuBLAS's choice of algorithm may differ. */
+static void graphs_equal_eager(const char *mode)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", mode, 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-hd128", 5, &m), RK_OK);
+    size_t V = (size_t)eng_model_get_info(m)->vocab;
+    enum { STEPS = 80 };
+    const size_t lens[2] = {200, 90};
+    int32_t toks[400];
+    conf_tokens(toks, 400, eng_model_get_info(m)->vocab, 3);
+    eng_backend *gpu;
+    cr_assert_eq(cuda_ctor(m, &gpu), RK_OK, "%s", rk_error_msg());
+    eng_seq *g[2], *e[2];
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(eng_seq_new(gpu, lens[i] + STEPS, &g[i]), RK_OK);
+        cr_assert_eq(eng_seq_new(gpu, lens[i] + STEPS, &e[i]), RK_OK);
+        cr_assert_eq(eng_prefill(g[i], toks + 50 * i, lens[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+        cr_assert_eq(eng_prefill(e[i], toks + 50 * i, lens[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    }
+    float *lg = malloc(2 * V * sizeof(float)), *le = malloc(2 * V * sizeof(float));
+    cr_assert(lg && le);
+    double worst = 0;
+    for (int k = 0; k < STEPS; k++) {
+        size_t batch = k % 3 == 2 ? 1 : 2;
+        int32_t t[2] = {toks[300 + k], toks[310 + k]};
+        cr_assert_eq(setenv("RAGKV_CUDA_GRAPH", "1", 1), 0);
+        cr_assert_eq(eng_decode(gpu, g, t, batch, lg), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_backend_cuda_graphs(gpu, NULL, NULL), 1, "step %d did not decode through a graph", k);
+        cr_assert_eq(setenv("RAGKV_CUDA_GRAPH", "0", 1), 0);
+        cr_assert_eq(eng_decode(gpu, e, t, batch, le), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_backend_cuda_graphs(gpu, NULL, NULL), 0);
+        for (size_t i = 0; i < batch; i++) {
+            double err = conf_rel_err(lg + i * V, le + i * V, V);
+            cr_assert(err <= 1e-4, "%s: step %d row %zu: graph vs eager relative error %g", mode, k, i, err);
+            worst = err > worst ? err : worst;
+        }
+    }
+    uint64_t captures = 0, replays = 0;
+    eng_backend_cuda_graphs(gpu, &captures, &replays);
+    fprintf(stderr, "%s: %d steps, %llu captures, %llu replays, graph vs eager at most %.3g\n", mode, STEPS,
+            (unsigned long long)captures, (unsigned long long)replays, worst);
+    cr_assert_geq(captures, 2); /* batch sizes 1 and 2 */
+    cr_assert_eq(replays, STEPS);
+    for (int i = 0; i < 2; i++) {
+        eng_seq_free(g[i]);
+        eng_seq_free(e[i]);
+    }
+    free(lg);
+    free(le);
+    eng_backend_free(gpu);
+    eng_model_close(m);
+    unsetenv("RAGKV_CUDA_GRAPH");
+}
+
+Test(gpu_conformance, decode_graph_equals_eager) { graphs_equal_eager("fp32"); }
+Test(gpu_conformance_bf16, decode_graph_equals_eager) { graphs_equal_eager("bf16"); }
+
 Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd128", 700); }
 Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 

@@ -171,6 +171,12 @@ rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out);
 /* The mode a CUDA backend runs in: "fp32", "tf32" or "bf16" ("" for other backends). */
 const char *eng_backend_cuda_mode(const eng_backend *be);
 
+/* Decode-step CUDA graphs of a CUDA backend: how many times eng_decode captured its step (a new
+ * batch size, attention grid or buffer address) and how many steps it replayed. Returns 1 while
+ * graphs are in use, 0 when they are off (RAGKV_CUDA_GRAPH=0 at the last decode, a capture that
+ * failed, a shape the graph path does not take) or for other backends (counts then 0). */
+int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays);
+
 /* Backend by name: "cpu" or "cuda" (nthreads is the CPU thread count or the CUDA device). */
 rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out);
 
