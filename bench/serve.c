@@ -21,10 +21,15 @@
 #include "ragkv/clock.h"
 #include "ragkv/bench.h"
 
+#define MAX_PHASES 16
+
 struct serve_opts {
-    const char *host, *token_file, *mode, *json;
+    const char *host, *token_file, *mode, *json, *json_dir;
     int port, tenants, conns, corpus, chunk_len, query_len, k, requests, max_tokens, shared;
-    double zipf, ratio, rate;
+    double zipf, ratio;
+    int nmodes, nrates;
+    int modes[6];              /* --mode list, wire numbers */
+    double rates[MAX_PHASES];  /* --rate list (0: closed loop) */
     uint64_t seed;
 };
 
@@ -43,7 +48,8 @@ struct bench {
     double *server_ttft;       /* (requests) ms, as the server measured */
     atomic_llong hits, misses, prompt_tokens, recomputed, generated;
     atomic_int errors;
-    uint8_t blend;
+    uint8_t blend;             /* this phase's mode */
+    uint64_t seed;             /* this phase's seed (queries, picks, arrivals) */
 };
 
 static uint64_t xorshift(uint64_t *s)
@@ -93,7 +99,7 @@ static void *worker(void *arg)
     struct bench *b = w->b;
     const struct serve_opts *o = b->o;
     int tenant = w->id % o->tenants;
-    uint64_t rng = o->seed * 0x9e3779b97f4a7c15ull + (uint64_t)w->id * 7919 + 1;
+    uint64_t rng = b->seed * 0x9e3779b97f4a7c15ull + (uint64_t)w->id * 7919 + 1;
     ragkv_conn *c;
     if (ragkv_connect(o->host, o->port, 120000, &c) != RK_OK || ragkv_auth(c, b->tokens[tenant], NULL, 0) != RK_OK) {
         fprintf(stderr, "bench serve: worker %d: %s\n", w->id, rk_error_msg());
@@ -176,6 +182,50 @@ static double quantile(double *v, int n, double q)
     return v[i < 0 ? 0 : i];
 }
 
+/* --mode a,b,...: wire numbers into o->modes. Non-zero on an unknown or repeated name. */
+static int parse_modes(const char *list, const char *const names[6], struct serve_opts *o)
+{
+    o->nmodes = 0;
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        int m = -1;
+        for (int i = 0; i < 6; i++)
+            if (strlen(names[i]) == len && !strncmp(p, names[i], len))
+                m = i;
+        for (int i = 0; i < o->nmodes; i++)
+            if (o->modes[i] == m)
+                m = -1;
+        if (m < 0 || o->nmodes == 6) {
+            fprintf(stderr, "ragkv bench serve: --mode: unknown or repeated mode in '%s'\n", list);
+            return 1;
+        }
+        o->modes[o->nmodes++] = m;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return o->nmodes ? 0 : 1;
+}
+
+/* --rate R,R,...: requests per second, 0 for a closed loop. Non-zero on a bad value. */
+static int parse_rates(const char *list, struct serve_opts *o)
+{
+    o->nrates = 0;
+    const char *p = list;
+    while (*p) {
+        char *end;
+        double r = strtod(p, &end);
+        if (end == p || (*end && *end != ',') || !(r >= 0 && r <= 1e6) || o->nrates == MAX_PHASES) {
+            fprintf(stderr, "ragkv bench serve: --rate: bad list '%s' (at most %d rates >= 0)\n", list, MAX_PHASES);
+            return 1;
+        }
+        o->rates[o->nrates++] = r;
+        p = *end ? end + 1 : end;
+    }
+    return o->nrates ? 0 : 1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -183,7 +233,7 @@ static void usage(FILE *f)
             "                         [--corpus N] [--chunk-len T] [--query-len Q] [--k K] [--requests N]\n"
             "                         [--zipf S] [--mode full|prefix|naive|cacheblend|cachecraft|ape]\n"
             "                         [--ratio R] [--rate R] [--max-tokens N] [--shared] [--seed S]\n"
-            "                         [--json FILE]\n\n"
+            "                         [--json FILE | --json-dir DIR]\n\n"
             "Load a running ragkvd (its admin credential: --token-file, default ./var/admin.token):\n"
             "create tenants, cache a corpus of chunks for each (or one --shared corpus granted to\n"
             "all), then send --requests GENERATE requests from --conns connections, each prompt K\n"
@@ -191,12 +241,16 @@ static void usage(FILE *f)
             "--rate R: open loop, requests arrive as a Poisson process of R per second (seeded) and\n"
             "latencies count from the arrival (queueing included); 0 (default): closed loop, each\n"
             "connection sends its next request when the previous one is answered.\n"
+            "--mode and --rate take comma-separated lists: the corpus is cached once and every\n"
+            "(mode, rate) pair runs in turn (seed S + its index), one table row each; --json-dir\n"
+            "writes DIR/<mode>-<rate>.json per pair (--json FILE: a single pair only).\n"
             "Defaults: 2 tenants, 8 conns, corpus 32, chunk-len 96, query-len 16, k 4, 200 requests,\n"
             "zipf 1.0, mode cacheblend, ratio 0.15, max-tokens 16.\n");
 }
 
 int bench_serve_main(int argc, char **argv)
 {
+    const char *rate_list = "0";
     struct serve_opts o = {.host = "127.0.0.1", .port = 7470, .token_file = "./var/admin.token", .mode = "cacheblend",
                            .tenants = 2, .conns = 8, .corpus = 32, .chunk_len = 96, .query_len = 16, .k = 4,
                            .requests = 200, .max_tokens = 16, .zipf = 1.0, .ratio = 0.15, .seed = 1};
@@ -235,12 +289,14 @@ int bench_serve_main(int argc, char **argv)
             o.mode = v;
         else if (!strcmp(a, "--json"))
             o.json = v;
+        else if (!strcmp(a, "--json-dir"))
+            o.json_dir = v;
         else if (!strcmp(a, "--zipf"))
             o.zipf = atof(v);
         else if (!strcmp(a, "--ratio"))
             o.ratio = atof(v);
         else if (!strcmp(a, "--rate"))
-            o.rate = atof(v);
+            rate_list = v;
         else if (!strcmp(a, "--seed"))
             o.seed = strtoull(v, NULL, 10);
         else {
@@ -250,16 +306,20 @@ int bench_serve_main(int argc, char **argv)
         }
     }
     static const char *modes[] = {"full", "prefix", "naive", "cacheblend", "cachecraft", "ape"}; /* wire order */
-    int mode = -1;
-    for (int i = 0; i < 6; i++)
-        if (!strcmp(o.mode, modes[i]))
-            mode = i;
-    if (mode < 0 || o.tenants < 1 || o.conns < 1 || o.corpus < 1 || o.chunk_len < 1 || o.k < 1 ||
-        o.k > o.corpus || o.requests < 1 || !(o.rate >= 0 && o.rate <= 1e6)) {
+    if (parse_modes(o.mode, modes, &o) || parse_rates(rate_list, &o)) {
         usage(stderr);
         return 2;
     }
-    struct bench b = {.o = &o, .blend = (uint8_t)mode};
+    if (o.tenants < 1 || o.conns < 1 || o.corpus < 1 || o.chunk_len < 1 || o.k < 1 || o.k > o.corpus ||
+        o.requests < 1) {
+        usage(stderr);
+        return 2;
+    }
+    if (o.json && o.nmodes * o.nrates > 1) {
+        fprintf(stderr, "ragkv bench serve: --json takes one mode and one rate; use --json-dir for lists\n");
+        return 2;
+    }
+    struct bench b = {.o = &o};
     char adm[256] = "";
     FILE *f = fopen(o.token_file, "r");
     if (!f || !fgets(adm, sizeof(adm), f)) {
@@ -354,58 +414,88 @@ int bench_serve_main(int argc, char **argv)
         b.cdf[i] = acc;
     }
     b.cdf[o.corpus - 1] = 1.0;
-    if (o.rate > 0) { /* Poisson arrivals: exponential gaps of mean 1/rate, seeded */
-        b.arrive = rk_malloc(sizeof(double) * (size_t)o.requests);
-        uint64_t rng = o.seed * 0x2545f4914f6cdd1dull + 17;
-        double at = 0;
-        for (int i = 0; i < o.requests; i++) {
-            at += -log(1.0 - unif(&rng)) / o.rate * 1e9;
-            b.arrive[i] = at;
-        }
-    }
     pthread_t *th = rk_calloc((size_t)o.conns, sizeof(pthread_t));
     struct worker_ctx *wc = rk_calloc((size_t)o.conns, sizeof(*wc));
-    t0 = rk_now_ns();
-    b.t_start = t0;
-    for (int i = 0; i < o.conns; i++) {
-        wc[i] = (struct worker_ctx){.b = &b, .id = i};
-        pthread_create(&th[i], NULL, worker, &wc[i]);
-    }
-    for (int i = 0; i < o.conns; i++)
-        pthread_join(th[i], NULL);
-    double wall = (double)(rk_now_ns() - t0) / 1e9;
-    int done = o.requests - atomic_load(&b.errors);
-    double segs = (double)(atomic_load(&b.hits) + atomic_load(&b.misses));
-    double hit_rate = segs > 0 ? (double)atomic_load(&b.hits) / segs : 0;
-    double recompute = atomic_load(&b.prompt_tokens) ? (double)atomic_load(&b.recomputed) / (double)atomic_load(&b.prompt_tokens) : 0;
-    double ttft50 = quantile(b.ttft, o.requests, 0.5), ttft99 = quantile(b.ttft, o.requests, 0.99);
-    double e2e50 = quantile(b.e2e, o.requests, 0.5), e2e99 = quantile(b.e2e, o.requests, 0.99);
-    double sttft50 = quantile(b.server_ttft, o.requests, 0.5);
+    b.arrive = rk_malloc(sizeof(double) * (size_t)o.requests);
+    int rc = 0;
     printf("%-10s %5s %5s %7s %8s %9s %9s %9s %9s %9s %9s %8s %9s\n", "mode", "conns", "k", "rate", "req/s", "tok/s",
            "ttft p50", "ttft p99", "e2e p50", "e2e p99", "srv ttft", "hit rate", "recompute");
-    printf("%-10s %5d %5d %7.2f %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f\n", o.mode, o.conns, o.k, o.rate,
-           done / wall,
-           (double)atomic_load(&b.generated) / wall, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate, recompute);
-    if (atomic_load(&b.errors))
-        printf("# %d request(s) failed\n", atomic_load(&b.errors));
-    int rc = atomic_load(&b.errors) ? 1 : 0;
-    if (o.json) {
-        FILE *jf = fopen(o.json, "w");
-        if (!jf) {
-            fprintf(stderr, "ragkv bench serve: %s: %s\n", o.json, strerror(errno));
+    for (int ph = 0; ph < o.nmodes * o.nrates; ph++) {
+        const char *mode = modes[o.modes[ph / o.nrates]];
+        double rate = o.rates[ph % o.nrates];
+        b.blend = (uint8_t)o.modes[ph / o.nrates];
+        b.seed = o.seed + (uint64_t)ph;
+        atomic_store(&b.next, 0);
+        atomic_store(&b.hits, 0);
+        atomic_store(&b.misses, 0);
+        atomic_store(&b.prompt_tokens, 0);
+        atomic_store(&b.recomputed, 0);
+        atomic_store(&b.generated, 0);
+        atomic_store(&b.errors, 0);
+        int open_loop = rate > 0;
+        if (open_loop) { /* Poisson arrivals: exponential gaps of mean 1/rate, seeded */
+            uint64_t rng = b.seed * 0x2545f4914f6cdd1dull + 17;
+            double at = 0;
+            for (int i = 0; i < o.requests; i++) {
+                at += -log(1.0 - unif(&rng)) / rate * 1e9;
+                b.arrive[i] = at;
+            }
+        }
+        double *arrive = b.arrive;
+        if (!open_loop)
+            b.arrive = NULL;
+        t0 = rk_now_ns();
+        b.t_start = t0;
+        for (int i = 0; i < o.conns; i++) {
+            wc[i] = (struct worker_ctx){.b = &b, .id = i};
+            pthread_create(&th[i], NULL, worker, &wc[i]);
+        }
+        for (int i = 0; i < o.conns; i++)
+            pthread_join(th[i], NULL);
+        b.arrive = arrive;
+        double wall = (double)(rk_now_ns() - t0) / 1e9;
+        int errors = atomic_load(&b.errors), done = o.requests - errors;
+        double segs = (double)(atomic_load(&b.hits) + atomic_load(&b.misses));
+        double hit_rate = segs > 0 ? (double)atomic_load(&b.hits) / segs : 0;
+        double recompute = atomic_load(&b.prompt_tokens)
+                               ? (double)atomic_load(&b.recomputed) / (double)atomic_load(&b.prompt_tokens)
+                               : 0;
+        double ttft50 = quantile(b.ttft, o.requests, 0.5), ttft99 = quantile(b.ttft, o.requests, 0.99);
+        double e2e50 = quantile(b.e2e, o.requests, 0.5), e2e99 = quantile(b.e2e, o.requests, 0.99);
+        double sttft50 = quantile(b.server_ttft, o.requests, 0.5);
+        double gen_s = (double)atomic_load(&b.generated) / wall;
+        printf("%-10s %5d %5d %7.2f %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f\n", mode, o.conns, o.k, rate,
+               done / wall, gen_s, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate, recompute);
+        if (errors) {
+            printf("# %d request(s) failed\n", errors);
             rc = 1;
-        } else {
-            fprintf(jf, "{\"model\": \"%s\", \"mode\": \"%s\", \"ratio\": %.3f, \"rate\": %.4f, \"tenants\": %d, \"conns\": %d, "
-                        "\"corpus\": %d, \"chunk_len\": %d, \"query_len\": %d, \"k\": %d, \"requests\": %d, "
-                        "\"zipf\": %.3f, \"shared\": %d, \"max_tokens\": %d, \"errors\": %d, \"wall_s\": %.4f, "
-                        "\"req_per_s\": %.4f, \"tok_per_s\": %.3f, \"ttft_ms_p50\": %.4f, \"ttft_ms_p99\": %.4f, "
-                        "\"e2e_ms_p50\": %.4f, \"e2e_ms_p99\": %.4f, \"server_ttft_ms_p50\": %.4f, \"hit_rate\": %.5f, "
-                        "\"recompute_fraction\": %.5f, \"corpus_load_s\": %.4f, \"last_arrival_s\": %.4f}\n",
-                    info.model, o.mode, o.ratio, o.rate, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
-                    o.requests, o.zipf, o.shared, o.max_tokens, atomic_load(&b.errors), wall, done / wall,
-                    (double)atomic_load(&b.generated) / wall, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate,
-                    recompute, load_s, b.arrive ? b.arrive[o.requests - 1] / 1e9 : 0.0);
-            fclose(jf);
+        }
+        fflush(stdout);
+        char path[4096];
+        const char *jp = o.json;
+        if (o.json_dir) {
+            snprintf(path, sizeof(path), "%s/%s-%g.json", o.json_dir, mode, rate);
+            jp = path;
+        }
+        if (jp) {
+            FILE *jf = fopen(jp, "w");
+            if (!jf) {
+                fprintf(stderr, "ragkv bench serve: %s: %s\n", jp, strerror(errno));
+                rc = 1;
+            } else {
+                fprintf(jf, "{\"model\": \"%s\", \"mode\": \"%s\", \"ratio\": %.3f, \"rate\": %.4f, \"tenants\": %d, "
+                            "\"conns\": %d, \"corpus\": %d, \"chunk_len\": %d, \"query_len\": %d, \"k\": %d, "
+                            "\"requests\": %d, \"zipf\": %.3f, \"shared\": %d, \"max_tokens\": %d, \"errors\": %d, "
+                            "\"wall_s\": %.4f, \"req_per_s\": %.4f, \"tok_per_s\": %.3f, \"ttft_ms_p50\": %.4f, "
+                            "\"ttft_ms_p99\": %.4f, \"e2e_ms_p50\": %.4f, \"e2e_ms_p99\": %.4f, "
+                            "\"server_ttft_ms_p50\": %.4f, \"hit_rate\": %.5f, \"recompute_fraction\": %.5f, "
+                            "\"corpus_load_s\": %.4f, \"last_arrival_s\": %.4f, \"seed\": %llu}\n",
+                        info.model, mode, o.ratio, rate, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
+                        o.requests, o.zipf, o.shared, o.max_tokens, errors, wall, done / wall, gen_s, ttft50, ttft99,
+                        e2e50, e2e99, sttft50, hit_rate, recompute, load_s,
+                        open_loop ? b.arrive[o.requests - 1] / 1e9 : 0.0, (unsigned long long)b.seed);
+                fclose(jf);
+            }
         }
     }
     rk_free(th);

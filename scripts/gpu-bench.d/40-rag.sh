@@ -2,7 +2,8 @@
 # The end-to-end RAG serving benchmark (issue 10), in one device call: ragkvd on this GPU
 # (CUDA backend, Llama-3-8B-shaped synthetic bf16 weights) under an open-loop Poisson load of
 # RAG prompts (k chunks of a shared corpus in Zipf popularity and random order, plus a query),
-# once per blending mode and arrival rate (`ragkv bench serve --rate`); then transformers' full
+# for every blending mode and arrival rate over one corpus cached once (`ragkv bench serve
+# --mode LIST --rate LIST`); then transformers' full
 # prefill on the same prompts and card (bench/rag/rag_hf.py); then one report with tables and,
 # where matplotlib exists, plots (bench/rag/rag_report.py). Knobs (environment):
 #   RAG_MODEL (synth:llama3-8b)  RAG_K (8)  RAG_CHUNK (512)  RAG_QUERY (32)  RAG_GEN (16)
@@ -36,17 +37,12 @@ for _ in $(seq 1 600); do # model generation and upload take a while at 8B
   sleep 0.5
 done
 [ -n "$port" ] || { echo "ragkvd not ready after 300 s"; tail -20 "$tmp/ragkvd.log"; exit 1; }
-seed=1
-for mode in $modes; do
-  for rate in $rates; do
-    echo "== mode $mode, $rate requests/s"
-    "$BUILD/clients/ragkv" bench serve --port "$port" --token-file "$tmp/var/admin.token" --shared \
-      --tenants 2 --conns 32 --corpus "$corpus" --chunk-len "$chunk" --k "$k" --query-len "$query" \
-      --max-tokens "$gen" --requests "$requests" --mode "$mode" --rate "$rate" --seed "$seed" \
-      --json "$tmp/runs/$mode-$rate.json" || echo "(run failed)"
-    seed=$((seed + 1))
-  done
-done
+# one bench serve run: the corpus is cached once, then every (mode, rate) pair in turn
+echo "== modes ${modes// /,} at ${rates// /,} requests/s"
+"$BUILD/clients/ragkv" bench serve --port "$port" --token-file "$tmp/var/admin.token" --shared \
+  --tenants 2 --conns 32 --corpus "$corpus" --chunk-len "$chunk" --k "$k" --query-len "$query" \
+  --max-tokens "$gen" --requests "$requests" --mode "${modes// /,}" --rate "${rates// /,}" --seed 1 \
+  --json-dir "$tmp/runs" || echo "(a run failed)"
 curl -s "http://127.0.0.1:$(sed -n 's/^ragkvd ready: .* http [^:]*:\([0-9]*\).*/\1/p' "$tmp/ragkvd.log" | head -1)/metrics" \
   >"$tmp/metrics.txt" 2>/dev/null || true
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""

@@ -18,8 +18,9 @@ static double json_num(const char *js, const char *key)
 }
 
 /* Start a daemon on the real model, run `ragkv bench serve` against it with the common
- * arguments plus extra (NULL-terminated), stop the daemon; buf gets the JSON result. */
-static void serve_run(const char *const *extra, char *buf, size_t cap)
+ * arguments plus extra (NULL-terminated), stop the daemon. files NULL: --json, and bufs[0] gets
+ * the result; else --json-dir, and bufs[i] gets the file named files[i] (NULL-terminated). */
+static void serve_run_files(const char *const *extra, const char *const *files, char (*bufs)[4096])
 {
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
@@ -35,7 +36,7 @@ static void serve_run(const char *const *extra, char *buf, size_t cap)
     snprintf(ps, sizeof(ps), "%d", port);
     rk_test_bin("ragkv", bin, sizeof(bin));
     char *argv[64] = {bin, "bench", "serve", "--port", ps, "--token-file", tf, "--corpus", "8", "--chunk-len", "48",
-                      "--k", "3", "--shared", "--json", js};
+                      "--k", "3", "--shared", files ? "--json-dir" : "--json", files ? tmp : js};
     int n = 0;
     while (argv[n])
         n++;
@@ -44,13 +45,25 @@ static void serve_run(const char *const *extra, char *buf, size_t cap)
     argv[n] = NULL;
     cr_assert(rk_test_spawn(argv, &b));
     cr_assert_eq(rk_test_wait(&b, 100000), 0, "bench serve exits 0");
-    FILE *f = fopen(js, "r");
-    cr_assert_not_null(f);
-    size_t got = fread(buf, 1, cap - 1, f);
-    buf[got] = '\0';
-    fclose(f);
+    for (int i = 0; files ? files[i] != NULL : i < 1; i++) {
+        char path[600];
+        if (files)
+            snprintf(path, sizeof(path), "%s/%s", tmp, files[i]);
+        FILE *f = fopen(files ? path : js, "r");
+        cr_assert_not_null(f, "%s", files ? path : js);
+        size_t got = fread(bufs[i], 1, sizeof(bufs[i]) - 1, f);
+        bufs[i][got] = '\0';
+        fclose(f);
+    }
     cr_expect_eq(rk_test_stop(&d, SIGTERM, 20000), 0);
     rk_test_rmrf(tmp);
+}
+
+static void serve_run(const char *const *extra, char *buf, size_t cap)
+{
+    char one[1][4096];
+    serve_run_files(extra, NULL, one);
+    snprintf(buf, cap, "%s", one[0]);
 }
 
 Test(bench_serve, runs_against_a_daemon, .timeout = 120)
@@ -81,4 +94,48 @@ Test(bench_serve, open_loop_poisson_arrivals, .timeout = 120)
     cr_expect_geq(wall, last, "the run ended (%g s) before the last arrival (%g s)", wall, last);
     cr_expect_float_eq(json_num(buf, "hit_rate"), 1.0, 1e-9);
     cr_expect_leq(json_num(buf, "ttft_ms_p50"), json_num(buf, "ttft_ms_p99"));
+}
+
+/* Lists: two modes by two rates (closed loop, then 20/s) in one run over one corpus cached
+ * once, one JSON file per pair; each pair has its own seed and its mode's recompute. */
+Test(bench_serve, mode_and_rate_lists_share_one_corpus, .timeout = 180)
+{
+    static char bufs[4][4096];
+    const char *extra[] = {"--requests", "12", "--conns", "3", "--max-tokens", "3", "--mode", "full,cacheblend",
+                           "--rate", "0,20", "--seed", "9", NULL};
+    const char *files[] = {"full-0.json", "full-20.json", "cacheblend-0.json", "cacheblend-20.json", NULL};
+    serve_run_files(extra, files, bufs);
+    double load = json_num(bufs[0], "corpus_load_s");
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(json_num(bufs[i], "errors"), 0, "%s", files[i]);
+        cr_expect_eq(json_num(bufs[i], "seed"), 9 + i, "%s: pair %d runs with seed 9 + %d", files[i], i, i);
+        cr_expect_float_eq(json_num(bufs[i], "rate"), i % 2 ? 20.0 : 0.0, 1e-9, "%s", files[i]);
+        cr_expect_float_eq(json_num(bufs[i], "corpus_load_s"), load, 1e-9, "%s: the corpus was cached once", files[i]);
+        cr_expect_float_eq(json_num(bufs[i], "hit_rate"), 1.0, 1e-9, "%s", files[i]);
+        double rf = json_num(bufs[i], "recompute_fraction");
+        if (i < 2)
+            cr_expect_float_eq(rf, 1.0, 1e-9, "%s: full recomputes everything", files[i]);
+        else
+            cr_expect(rf > 0.05 && rf < 0.5, "%s: cacheblend recomputes a minority: %g", files[i], rf);
+    }
+    cr_expect_eq(strstr(bufs[1], "\"mode\": \"full\"") != NULL, 1);
+    cr_expect_eq(strstr(bufs[3], "\"mode\": \"cacheblend\"") != NULL, 1);
+}
+
+/* Bad lists are refused before anything is sent. */
+Test(bench_serve, bad_lists_refused)
+{
+    char bin[1024];
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    const char *bad[][2] = {{"--mode", "full,bogus"}, {"--mode", "full,full"}, {"--rate", "2,x"}, {"--rate", "-1"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {bin, "bench", "serve", "--port", "1", (char *)bad[i][0], (char *)bad[i][1], NULL};
+        rk_test_proc p;
+        cr_assert(rk_test_spawn(argv, &p));
+        cr_expect_eq(rk_test_wait(&p, 20000), 2, "%s %s exits 2", bad[i][0], bad[i][1]);
+    }
+    char *argv[] = {bin, "bench", "serve", "--port", "1", "--mode", "full,cacheblend", "--json", "x.json", NULL};
+    rk_test_proc p;
+    cr_assert(rk_test_spawn(argv, &p));
+    cr_expect_eq(rk_test_wait(&p, 20000), 2, "--json with two modes exits 2");
 }
