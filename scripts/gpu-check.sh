@@ -12,7 +12,7 @@
 #                      (appends to ctest-gpu.log; slow: allow ~10 minutes)
 #   GPU_CHECK_SANITIZER_TOOLS="memcheck racecheck"  the tools to run (racecheck is slower still)
 #   GPU_CHECK_BENCHES="10 30"  only the benchmarks whose file names start so (default: all)
-#   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R)
+#   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R; the sanitizer runs too)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -53,7 +53,8 @@ if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; then
     log "compute-sanitizer not found"; rc=1
   else
     # each gpu test binary; Criterion forks a child per test and the sanitizer follows children
-    for t in $(cd "$build" && ctest -L gpu -N -V | sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
+    for t in $(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} -N -V |
+                 sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
       for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck}; do
         if (cd "$(dirname "$t")" && "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1) \
              >>"$out/ctest-gpu.log" 2>&1; then

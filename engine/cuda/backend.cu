@@ -55,6 +55,16 @@ struct decode_key {
     }
 };
 
+// One captured decode step, ready to replay.
+struct decode_graph_entry {
+    decode_key key;           // what it was captured for
+    cudaGraphExec_t exec;     // NULL: a free entry
+    uint64_t used;            // graph_clock at its last replay (the least recent is replaced)
+};
+
+constexpr int DECODE_GRAPHS = 8; // executable decode graphs kept per context (batch sizes
+                                 // and attention grids that alternate keep theirs)
+
 struct cu_ctx {
     eng_model *m;
     const eng_model_info *mi;
@@ -79,8 +89,8 @@ struct cu_ctx {
     cudaStream_t gstream;     // the decode graph's stream (non-blocking; ordered by events)
     cudaEvent_t gready;       // recorded on the legacy stream before a replay: inputs uploaded
     void *blas_ws;            // cuBLAS workspace (device; a graph may not allocate one)
-    cudaGraphExec_t gexec;    // the captured decode step, or NULL
-    decode_key gkey;          // what gexec was captured for
+    decode_graph_entry graphs[DECODE_GRAPHS]; // captured decode steps (exec NULL: free)
+    uint64_t graph_clock;     // stamps graphs[].used
     bool graph_broken;        // capturing failed once: this context decodes without graphs
     bool graph_used;          // the last decode step went through the graph
     uint64_t captures, replays; // decode graph captures, and steps run through a graph
@@ -658,8 +668,9 @@ void cu_free(void *ctx)
     cudaFree(c->iscratch);
     cudaFree(c->ddesc);
     cudaFree(c->xdec);
-    if (c->gexec)
-        cudaGraphExecDestroy(c->gexec);
+    for (int i = 0; i < DECODE_GRAPHS; i++)
+        if (c->graphs[i].exec)
+            cudaGraphExecDestroy(c->graphs[i].exec);
     if (c->gready)
         cudaEventDestroy(c->gready);
     if (c->gstream)
@@ -1156,8 +1167,8 @@ bool graphs_on()
 // Decode through a CUDA graph: the step's ~10 launches per layer are captured once and then
 // replayed while the key (rows, attention grid, scratch and descriptor addresses) holds; every
 // per-step value (tokens, positions, slots, sequence lengths) is read from device memory the
-// host filled before the replay. A changed key re-captures (the executable graph is updated in
-// place when its topology allows).
+// host filled before the replay. The context keeps the last DECODE_GRAPHS graphs by key, so a
+// batch whose size alternates does not re-capture at every step.
 rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *dpos, const int32_t *dslots,
                        cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float *logits, bool *capture_failed)
 {
@@ -1187,7 +1198,15 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
     key.ddesc = dd;
     key.xdec = x;
     float *lg = NULL;
-    if (!c->gexec || !(key == c->gkey)) {
+    decode_graph_entry *ge = NULL, *victim = &c->graphs[0];
+    for (int i = 0; i < DECODE_GRAPHS && !ge; i++) {
+        decode_graph_entry *ent = &c->graphs[i];
+        if (ent->exec && ent->key == key)
+            ge = ent;
+        else if (!ent->exec ? victim->exec != NULL : victim->exec && ent->used < victim->used)
+            victim = ent; // a free entry, else the least recently replayed
+    }
+    if (!ge) {
         cudaGraph_t g = NULL;
         CU(cudaStreamBeginCapture(c->gstream, cudaStreamCaptureModeThreadLocal), "begin capture");
         c->stream = c->gstream;
@@ -1204,26 +1223,19 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
             *capture_failed = true;
             return st != RK_OK ? st : cuda_fail(e, "end capture");
         }
-        bool fresh = true;
-        if (c->gexec) {
-            cudaGraphExecUpdateResultInfo info;
-            if (cudaGraphExecUpdate(c->gexec, g, &info) == cudaSuccess)
-                fresh = false;
-            else {
-                cudaGetLastError();
-                cudaGraphExecDestroy(c->gexec);
-                c->gexec = NULL;
-            }
+        if (victim->exec) {
+            cudaGraphExecDestroy(victim->exec);
+            victim->exec = NULL;
         }
-        if (fresh)
-            e = cudaGraphInstantiate(&c->gexec, g, 0);
+        e = cudaGraphInstantiate(&victim->exec, g, 0);
         cudaGraphDestroy(g);
         if (e != cudaSuccess) {
-            c->gexec = NULL;
+            victim->exec = NULL;
             *capture_failed = true;
             return cuda_fail(e, "instantiate decode graph");
         }
-        c->gkey = key;
+        victim->key = key;
+        ge = victim;
         c->captures++;
     } else {
         carver cv; // where logits_compute put them: the start of the scratch, after the normed rows
@@ -1231,10 +1243,11 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
         cv.take<unsigned char>(n * (size_t)mi->dim * esize(c));
         lg = cv.take<float>(n * (size_t)mi->vocab);
     }
+    ge->used = ++c->graph_clock;
     // the inputs were copied on the legacy stream; the logits come back on the graph's
     CU(cudaEventRecord(c->gready, 0), "graph inputs");
     CU(cudaStreamWaitEvent(c->gstream, c->gready, 0), "graph inputs");
-    CU(cudaGraphLaunch(c->gexec, c->gstream), "decode graph");
+    CU(cudaGraphLaunch(ge->exec, c->gstream), "decode graph");
     c->replays++;
     CU(cudaMemcpyAsync(logits, lg, n * (size_t)mi->vocab * sizeof(float), cudaMemcpyDeviceToHost, c->gstream),
        "logits");
