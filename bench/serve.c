@@ -25,7 +25,7 @@
 
 struct serve_opts {
     const char *host, *token_file, *mode, *json, *json_dir;
-    int port, tenants, conns, corpus, chunk_len, query_len, k, requests, max_tokens, shared;
+    int port, http_port, tenants, conns, corpus, chunk_len, query_len, k, requests, max_tokens, shared;
     double zipf, ratio;
     int nmodes, nrates;
     int modes[6];              /* --mode list, wire numbers */
@@ -226,6 +226,25 @@ static int parse_rates(const char *list, struct serve_opts *o)
     return o->nrates ? 0 : 1;
 }
 
+/* The daemon's executor busy time so far (ragkv_executor_busy_us_total on its /metrics), in ms;
+ * -1 without --http-port or when it cannot be read. */
+static double busy_ms(const struct serve_opts *o)
+{
+    if (o->http_port <= 0)
+        return -1;
+    int code = 0;
+    char *body = NULL;
+    double v = -1;
+    if (ragkv_http_get(o->host, o->http_port, "/metrics", 5000, &code, &body) == RK_OK && code == 200 && body) {
+        const char *key = "\nragkv_executor_busy_us_total ";
+        const char *p = strstr(body, key);
+        if (p)
+            v = strtod(p + strlen(key), NULL) / 1000.0;
+    }
+    rk_free(body);
+    return v;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -233,7 +252,7 @@ static void usage(FILE *f)
             "                         [--corpus N] [--chunk-len T] [--query-len Q] [--k K] [--requests N]\n"
             "                         [--zipf S] [--mode full|prefix|naive|cacheblend|cachecraft|ape]\n"
             "                         [--ratio R] [--rate R] [--max-tokens N] [--shared] [--seed S]\n"
-            "                         [--json FILE | --json-dir DIR]\n\n"
+            "                         [--http-port N] [--json FILE | --json-dir DIR]\n\n"
             "Load a running ragkvd (its admin credential: --token-file, default ./var/admin.token):\n"
             "create tenants, cache a corpus of chunks for each (or one --shared corpus granted to\n"
             "all), then send --requests GENERATE requests from --conns connections, each prompt K\n"
@@ -244,6 +263,8 @@ static void usage(FILE *f)
             "--mode and --rate take comma-separated lists: the corpus is cached once and every\n"
             "(mode, rate) pair runs in turn (seed S + its index), one table row each; --json-dir\n"
             "writes DIR/<mode>-<rate>.json per pair (--json FILE: a single pair only).\n"
+            "--http-port N: the daemon's HTTP port; each pair then also reports GPU time per request\n"
+            "(the daemon's executor busy time over the pair's requests, from its /metrics).\n"
             "Defaults: 2 tenants, 8 conns, corpus 32, chunk-len 96, query-len 16, k 4, 200 requests,\n"
             "zipf 1.0, mode cacheblend, ratio 0.15, max-tokens 16.\n");
 }
@@ -269,7 +290,7 @@ int bench_serve_main(int argc, char **argv)
             return 2;
         }
         const char *v = argv[++i];
-        int *ip = !strcmp(a, "--port") ? &o.port : !strcmp(a, "--tenants") ? &o.tenants : !strcmp(a, "--conns") ? &o.conns
+        int *ip = !strcmp(a, "--port") ? &o.port : !strcmp(a, "--http-port") ? &o.http_port : !strcmp(a, "--tenants") ? &o.tenants : !strcmp(a, "--conns") ? &o.conns
                 : !strcmp(a, "--corpus") ? &o.corpus : !strcmp(a, "--chunk-len") ? &o.chunk_len
                 : !strcmp(a, "--query-len") ? &o.query_len : !strcmp(a, "--k") ? &o.k
                 : !strcmp(a, "--requests") ? &o.requests : !strcmp(a, "--max-tokens") ? &o.max_tokens : NULL;
@@ -418,8 +439,8 @@ int bench_serve_main(int argc, char **argv)
     struct worker_ctx *wc = rk_calloc((size_t)o.conns, sizeof(*wc));
     b.arrive = rk_malloc(sizeof(double) * (size_t)o.requests);
     int rc = 0;
-    printf("%-10s %5s %5s %7s %8s %9s %9s %9s %9s %9s %9s %8s %9s\n", "mode", "conns", "k", "rate", "req/s", "tok/s",
-           "ttft p50", "ttft p99", "e2e p50", "e2e p99", "srv ttft", "hit rate", "recompute");
+    printf("%-10s %5s %5s %7s %8s %9s %9s %9s %9s %9s %9s %8s %9s %10s\n", "mode", "conns", "k", "rate", "req/s",
+           "tok/s", "ttft p50", "ttft p99", "e2e p50", "e2e p99", "srv ttft", "hit rate", "recompute", "gpu ms/req");
     for (int ph = 0; ph < o.nmodes * o.nrates; ph++) {
         const char *mode = modes[o.modes[ph / o.nrates]];
         double rate = o.rates[ph % o.nrates];
@@ -444,6 +465,7 @@ int bench_serve_main(int argc, char **argv)
         double *arrive = b.arrive;
         if (!open_loop)
             b.arrive = NULL;
+        double busy0 = busy_ms(&o);
         t0 = rk_now_ns();
         b.t_start = t0;
         for (int i = 0; i < o.conns; i++) {
@@ -454,6 +476,7 @@ int bench_serve_main(int argc, char **argv)
             pthread_join(th[i], NULL);
         b.arrive = arrive;
         double wall = (double)(rk_now_ns() - t0) / 1e9;
+        double busy1 = busy_ms(&o);
         int errors = atomic_load(&b.errors), done = o.requests - errors;
         double segs = (double)(atomic_load(&b.hits) + atomic_load(&b.misses));
         double hit_rate = segs > 0 ? (double)atomic_load(&b.hits) / segs : 0;
@@ -464,8 +487,10 @@ int bench_serve_main(int argc, char **argv)
         double e2e50 = quantile(b.e2e, o.requests, 0.5), e2e99 = quantile(b.e2e, o.requests, 0.99);
         double sttft50 = quantile(b.server_ttft, o.requests, 0.5);
         double gen_s = (double)atomic_load(&b.generated) / wall;
-        printf("%-10s %5d %5d %7.2f %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f\n", mode, o.conns, o.k, rate,
-               done / wall, gen_s, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate, recompute);
+        /* the executor also ran other clients' work meanwhile, if any: a bench owns its daemon */
+        double gpu_ms = busy0 >= 0 && busy1 >= busy0 && done > 0 ? (busy1 - busy0) / done : -1;
+        printf("%-10s %5d %5d %7.2f %8.2f %9.1f %9.2f %9.2f %9.2f %9.2f %9.2f %8.3f %9.3f %10.2f\n", mode, o.conns, o.k,
+               rate, done / wall, gen_s, ttft50, ttft99, e2e50, e2e99, sttft50, hit_rate, recompute, gpu_ms);
         if (errors) {
             printf("# %d request(s) failed\n", errors);
             rc = 1;
@@ -489,11 +514,12 @@ int bench_serve_main(int argc, char **argv)
                             "\"wall_s\": %.4f, \"req_per_s\": %.4f, \"tok_per_s\": %.3f, \"ttft_ms_p50\": %.4f, "
                             "\"ttft_ms_p99\": %.4f, \"e2e_ms_p50\": %.4f, \"e2e_ms_p99\": %.4f, "
                             "\"server_ttft_ms_p50\": %.4f, \"hit_rate\": %.5f, \"recompute_fraction\": %.5f, "
-                            "\"corpus_load_s\": %.4f, \"last_arrival_s\": %.4f, \"seed\": %llu}\n",
+                            "\"corpus_load_s\": %.4f, \"last_arrival_s\": %.4f, \"seed\": %llu, "
+                            "\"gpu_ms_per_request\": %.4f}\n",
                         info.model, mode, o.ratio, rate, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
                         o.requests, o.zipf, o.shared, o.max_tokens, errors, wall, done / wall, gen_s, ttft50, ttft99,
                         e2e50, e2e99, sttft50, hit_rate, recompute, load_s,
-                        open_loop ? b.arrive[o.requests - 1] / 1e9 : 0.0, (unsigned long long)b.seed);
+                        open_loop ? b.arrive[o.requests - 1] / 1e9 : 0.0, (unsigned long long)b.seed, gpu_ms);
                 fclose(jf);
             }
         }

@@ -18,7 +18,7 @@
 
 static struct {
     svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
-    svc_metric *hits, *misses, *puts;
+    svc_metric *hits, *misses, *puts, *busy_us;
     svc_histogram *ttft, *step_ms, *put_ms;
 } xm;
 
@@ -36,6 +36,9 @@ static void exec_metrics(void)
     xm.hits = svc_metric_get(SVC_COUNTER, "chunk_hits_total", "", "prompt segments served from the chunk cache");
     xm.misses = svc_metric_get(SVC_COUNTER, "chunk_misses_total", "", "prompt segments not in the cache (computed in context)");
     xm.puts = svc_metric_get(SVC_COUNTER, "chunk_prefills_total", "", "chunks prefilled and stored by PUT_CHUNK");
+    xm.busy_us = svc_metric_get(SVC_COUNTER, "executor_busy_us_total", "",
+                                "microseconds the executor (the one thread that drives the model's backend) spent "
+                                "working: GPU time, per request over a run");
     xm.ttft = svc_histogram_get("ttft_ms", "time to first token: from submission to the first token sampled, ms");
     xm.step_ms = svc_histogram_get("decode_step_ms", "one batched decode step, ms");
     xm.put_ms = svc_histogram_get("chunk_prefill_ms", "PUT_CHUNK work: prefill, encode, store, ms");
@@ -667,10 +670,12 @@ static void *exec_main(void *arg)
             x->nq--;
         }
         pthread_mutex_unlock(&x->lock);
+        uint64_t t0 = rk_now_ns();
         svc_devcache_reap(x->cx.dev); /* blocks that left the device tier: freed on this thread */
         for (size_t i = 0; i < na; i++)
             start_gen(x, admit[i]);
         step(x);
+        svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
     }
     /* shutdown: everything still here ends with RK_ERR_SHUTDOWN */
     while (x->nact)

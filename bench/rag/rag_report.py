@@ -194,12 +194,14 @@ def main():
     for r in runs:
         if r["mode"] not in modes:
             modes.append(r["mode"])
-    print("\n| mode | rate req/s | achieved req/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | hit rate | recompute |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    gpu = lambda r: f"{r['gpu_ms_per_request']:.1f}" if r.get("gpu_ms_per_request", -1) >= 0 else "-"
+    print("\n| mode | rate req/s | achieved req/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | GPU ms/request | hit rate "
+          "| recompute |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in modes:
         for r in sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rate"]):
             print(f"| {mode} | {r['rate']:g} | {r['req_per_s']:.2f} | {r['ttft_ms_p50']:.1f} | {r['ttft_ms_p99']:.1f} | "
-                  f"{r['e2e_ms_p50']:.1f} | {r.get('hit_rate', 0):.3f} | {r.get('recompute_fraction', 0):.3f} |")
+                  f"{r['e2e_ms_p50']:.1f} | {gpu(r)} | {r.get('hit_rate', 0):.3f} | {r.get('recompute_fraction', 0):.3f} |")
     base = {}
     for r in runs:
         if r["mode"] == "full":

@@ -37,13 +37,14 @@ for _ in $(seq 1 600); do # model generation and upload take a while at 8B
   sleep 0.5
 done
 [ -n "$port" ] || { echo "ragkvd not ready after 300 s"; tail -20 "$tmp/ragkvd.log"; exit 1; }
+hport=$(sed -n 's/^ragkvd ready: .* http [^:]*:\([0-9]*\).*/\1/p' "$tmp/ragkvd.log" | head -1)
 # one bench serve run: the corpus is cached once, then every (mode, rate) pair in turn
 echo "== modes ${modes// /,} at ${rates// /,} requests/s"
 "$BUILD/clients/ragkv" bench serve --port "$port" --token-file "$tmp/var/admin.token" --shared \
   --tenants 2 --conns 32 --corpus "$corpus" --chunk-len "$chunk" --k "$k" --query-len "$query" \
   --max-tokens "$gen" --requests "$requests" --mode "${modes// /,}" --rate "${rates// /,}" --seed 1 \
-  --json-dir "$tmp/runs" || echo "(a run failed)"
-curl -s "http://127.0.0.1:$(sed -n 's/^ragkvd ready: .* http [^:]*:\([0-9]*\).*/\1/p' "$tmp/ragkvd.log" | head -1)/metrics" \
+  --http-port "$hport" --json-dir "$tmp/runs" || echo "(a run failed)"
+curl -s "http://127.0.0.1:$hport/metrics" \
   >"$tmp/metrics.txt" 2>/dev/null || true
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 if [ "${RAG_SKIP_HF:-0}" != 1 ]; then

@@ -25,7 +25,7 @@ static void serve_run_files(const char *const *extra, const char *const *files, 
     const char *model = rk_test_model_path("stories260K.bin");
     if (!model)
         cr_skip_test("skipped: no real model");
-    char tmp[256], tf[512], js[512], ps[16], bin[1024];
+    char tmp[256], tf[512], js[512], ps[16], hps[16], bin[1024];
     cr_assert_not_null(rk_test_tmpdir(tmp, sizeof(tmp)));
     rk_test_proc d, b;
     int port, hport;
@@ -34,9 +34,10 @@ static void serve_run_files(const char *const *extra, const char *const *files, 
     snprintf(tf, sizeof(tf), "%s/var/admin.token", tmp);
     snprintf(js, sizeof(js), "%s/serve.json", tmp);
     snprintf(ps, sizeof(ps), "%d", port);
+    snprintf(hps, sizeof(hps), "%d", hport);
     rk_test_bin("ragkv", bin, sizeof(bin));
     char *argv[64] = {bin, "bench", "serve", "--port", ps, "--token-file", tf, "--corpus", "8", "--chunk-len", "48",
-                      "--k", "3", "--shared", files ? "--json-dir" : "--json", files ? tmp : js};
+                      "--k", "3", "--shared", "--http-port", hps, files ? "--json-dir" : "--json", files ? tmp : js};
     int n = 0;
     while (argv[n])
         n++;
@@ -59,6 +60,16 @@ static void serve_run_files(const char *const *extra, const char *const *files, 
     rk_test_rmrf(tmp);
 }
 
+/* GPU time per request comes from the daemon's executor busy time: positive, and one thread's
+ * busy time over the run cannot exceed the run's wall time (10% and 50 ms of slack for the
+ * iteration that straddles its start). */
+static void expect_gpu_time(const char *js, int requests)
+{
+    double g = json_num(js, "gpu_ms_per_request"), wall_ms = json_num(js, "wall_s") * 1000.0;
+    cr_expect_gt(g, 0.0, "gpu_ms_per_request %g", g);
+    cr_expect_leq(g * requests, wall_ms * 1.1 + 50.0, "%g ms x %d requests in a run of %g ms", g, requests, wall_ms);
+}
+
 static void serve_run(const char *const *extra, char *buf, size_t cap)
 {
     char one[1][4096];
@@ -77,6 +88,7 @@ Test(bench_serve, runs_against_a_daemon, .timeout = 120)
     double rf = json_num(buf, "recompute_fraction");
     cr_expect(rf > 0.05 && rf < 0.5, "cacheblend recomputes a minority: %g", rf);
     cr_expect_leq(json_num(buf, "ttft_ms_p50"), json_num(buf, "ttft_ms_p99"));
+    expect_gpu_time(buf, 24);
 }
 
 /* Open loop: 30 requests arriving as a Poisson process of 20/s (Cache-Craft blending). The run
@@ -112,6 +124,7 @@ Test(bench_serve, mode_and_rate_lists_share_one_corpus, .timeout = 180)
         cr_expect_float_eq(json_num(bufs[i], "rate"), i % 2 ? 20.0 : 0.0, 1e-9, "%s", files[i]);
         cr_expect_float_eq(json_num(bufs[i], "corpus_load_s"), load, 1e-9, "%s: the corpus was cached once", files[i]);
         cr_expect_float_eq(json_num(bufs[i], "hit_rate"), 1.0, 1e-9, "%s", files[i]);
+        expect_gpu_time(bufs[i], 12);
         double rf = json_num(bufs[i], "recompute_fraction");
         if (i < 2)
             cr_expect_float_eq(rf, 1.0, 1e-9, "%s: full recomputes everything", files[i]);
