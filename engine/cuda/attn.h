@@ -29,7 +29,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 #define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
 #define ATTN_SPLIT 256     // the most keys per split of the decode kernel (see attn_decode_split)
 #define ATTN_SPLIT_MIN 32  // the fewest
-#define ATTN_SPLIT_BLOCKS_PER_SM 4 // splits shrink until the grid has this many blocks per SM
+#define ATTN_SPLIT_BLOCKS_PER_SM 1 // splits shrink until the grid has this many blocks per SM
+                                   // (H100, 8K keys: 256 keys per split beat 64 and 32 at batch 1)
 
 // One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
 struct cu_kvdesc {

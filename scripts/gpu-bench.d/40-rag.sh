@@ -7,7 +7,7 @@
 # prefill on the same prompts and card (bench/rag/rag_hf.py); then one report with tables and,
 # where matplotlib exists, plots (bench/rag/rag_report.py). Knobs (environment):
 #   RAG_MODEL (synth:llama3-8b)  RAG_K (8)  RAG_CHUNK (512)  RAG_QUERY (32)  RAG_GEN (16)
-#   RAG_CORPUS (96)  RAG_REQUESTS (40)  RAG_RATES ("1 2 4 8")  RAG_MODES ("full prefix cacheblend cachecraft")
+#   RAG_CORPUS (96)  RAG_REQUESTS (32)  RAG_RATES ("2 4 8 16")  RAG_MODES ("full prefix cacheblend cachecraft")
 #   RAG_SLO_MS (1000: the TTFT p99 bound of "throughput at SLO")  RAG_SKIP_HF (0)
 #   RAG_DEVICE_MB (16384: the device tier's budget, room for the whole default corpus of 96
 #   chunks at 64 MiB of bf16 KV each; 0 turns the tier off)
@@ -18,7 +18,7 @@
 set -euo pipefail
 model=${RAG_MODEL:-synth:llama3-8b}
 k=${RAG_K:-8}; chunk=${RAG_CHUNK:-512}; query=${RAG_QUERY:-32}; gen=${RAG_GEN:-16}
-corpus=${RAG_CORPUS:-96}; requests=${RAG_REQUESTS:-40}; rates=${RAG_RATES:-"1 2 4 8"}
+corpus=${RAG_CORPUS:-96}; requests=${RAG_REQUESTS:-32}; rates=${RAG_RATES:-"2 4 8 16"}
 modes=${RAG_MODES:-"full prefix cacheblend cachecraft"}
 tmp=$(mktemp -d)
 pid=""
