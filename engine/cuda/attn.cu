@@ -269,6 +269,287 @@ cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, c
     return cudaGetLastError();
 }
 
+// ---- flash, second version ---------------------------------------------------------------
+//
+// The same per-warp arithmetic as k_flash (16 query rows per warp, m16n8k16 tiles, online
+// softmax in registers), reorganised for throughput:
+//   - 128 query rows per block (8 warps), so every K/V tile brought on chip serves twice the
+//     rows;
+//   - K and V tiles double-buffered with cp.async: the copy of the next visible tile runs
+//     while the current one is multiplied (16-byte copies, zero-filled past the end);
+//   - a tile whose largest key position is at most the warp's smallest query position (and
+//     that carries no slot groups) skips the per-element mask, and scale and log2(e) are one
+//     multiply there.
+// Selected with RAGKV_ATTN_FLASH=2 until it has been measured against the first version.
+constexpr int BR2 = 128;     // query rows per block
+constexpr int NT2 = 256;     // threads per block (8 warps)
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+    int n = valid ? 16 : 0; // 0 source bytes: the 16 destination bytes are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Issue the copies of a (BC x HD) K or V tile starting at key k0 into shared rows of LD.
+template <int HD, int LD>
+__device__ __forceinline__ void async_tile(bf16 *dst, const bf16 *src, size_t ld, int k0, int len)
+{
+    constexpr int C8 = HD / 8;
+    for (int i = threadIdx.x; i < BC * C8; i += NT2) {
+        int r = i / C8, c = (i % C8) * 8;
+        bool ok = k0 + r < len;
+        const bf16 *p = ok ? src + (size_t)(k0 + r) * ld + c : src; // a valid address either way
+        cp_async16(smem_u32(dst + r * LD + c), p, ok);
+    }
+}
+
+// The first key tile at or after t that some query of the block can see (positions and groups
+// of its keys into sp/sg, the largest position into *tmax), or ntiles. Block-wide.
+__device__ __forceinline__ int next_visible(int t, int ntiles, int len, const int32_t *spos, const int32_t *grp,
+                                            int qmax, int *sp, int *sg, int *tmax)
+{
+    for (; t < ntiles; t++) {
+        int key = t * BC + threadIdx.x, p = INT32_MAX, vis = 0;
+        if (threadIdx.x < BC) {
+            p = key < len ? spos[key] : INT32_MAX;
+            sp[threadIdx.x] = p;
+            sg[threadIdx.x] = (grp && key < len) ? grp[key] : -1;
+            vis = p <= qmax;
+        }
+        if (threadIdx.x == 0)
+            *tmax = INT32_MIN;
+        __syncthreads();
+        if (threadIdx.x < BC && key < len)
+            atomicMax(tmax, p);
+        if (__syncthreads_or(vis))
+            return t;
+    }
+    return ntiles;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__restrict__ q,
+                                                const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
+                                                const int32_t *__restrict__ spos, int len, bf16 *__restrict__ out)
+{
+    constexpr int LD = HD + 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
+    bf16 *Ks = Qs + BR2 * LD;    // 2 stages
+    bf16 *Vs = Ks + 2 * BC * LD; // 2 stages
+    int *sp = reinterpret_cast<int *>(Vs + 2 * BC * LD); // (2, BC)
+    int *sg = sp + 2 * BC;                               // (2, BC)
+    __shared__ int qmax_s, tmax_s[2];
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int qt = gridDim.x - 1 - blockIdx.x; // heavy (late) tiles first
+    const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
+    const int r0 = qt * BR2;
+    const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
+    const bf16 *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
+    const int ntiles = (len + BC - 1) / BC;
+
+    if (tid == 0)
+        qmax_s = -1;
+    __syncthreads();
+    if (tid < BR2 && r0 + tid < a.n)
+        atomicMax(&qmax_s, a.qpos[r0 + tid]);
+    {
+        constexpr int C8 = HD / 8;
+        const bf16 *src = q + (size_t)r0 * qld + (size_t)h * HD;
+        for (int i = tid; i < BR2 * C8; i += NT2) {
+            int r = i / C8, c = (i % C8) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r0 + r < a.n)
+                v = *reinterpret_cast<const uint4 *>(src + (size_t)r * qld + c);
+            *reinterpret_cast<uint4 *>(Qs + r * LD + c) = v;
+        }
+    }
+    __syncthreads();
+    const int qmax = qmax_s;
+    const int ra = r0 + warp * 16 + g, rb = ra + 8;
+    const int pa = ra < a.n ? a.qpos[ra] : -1, pb = rb < a.n ? a.qpos[rb] : -1;
+    // the warp's smallest real query position (rows past n do not count)
+    int wmin = min(ra < a.n ? pa : INT32_MAX, rb < a.n ? pb : INT32_MAX);
+    for (int off = 16; off > 0; off >>= 1)
+        wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, off));
+
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
+        ldsm_x4(smem_u32(Qs + row * LD + col), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+    const float sc = a.scale, sc2 = a.scale * LOG2E;
+
+    int cur = next_visible(0, ntiles, len, spos, a.grp, qmax, sp, sg, &tmax_s[0]);
+    if (cur < ntiles) {
+        async_tile<HD, LD>(Ks, kbase, kvld, cur * BC, len);
+        async_tile<HD, LD>(Vs, vbase, kvld, cur * BC, len);
+        cp_async_commit();
+    }
+    for (int st = 0; cur < ntiles; st ^= 1) {
+        const int nst = st ^ 1;
+        int nxt = next_visible(cur + 1, ntiles, len, spos, a.grp, qmax, sp + nst * BC, sg + nst * BC, &tmax_s[nst]);
+        if (nxt < ntiles) {
+            async_tile<HD, LD>(Ks + nst * BC * LD, kbase, kvld, nxt * BC, len);
+            async_tile<HD, LD>(Vs + nst * BC * LD, vbase, kvld, nxt * BC, len);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); // the current stage's copies are visible to every warp
+        const bf16 *K = Ks + st * BC * LD, *V = Vs + st * BC * LD;
+        const int *spt = sp + st * BC, *sgt = sg + st * BC;
+        // every key of a whole tile visible to every row of the warp (a partial last tile's
+        // zero-filled keys must stay masked)
+        const bool plain = !a.grp && (cur + 1) * BC <= len && tmax_s[st] <= wmin;
+
+        float s[BC / 8][4];
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+            for (int jj = 0; jj < BC / 16; jj++) {
+                int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(smem_u32(K + key * LD + col), b0, b1, b2, b3);
+                mma_bf16(s[2 * jj], qf[kk], b0, b1);
+                mma_bf16(s[2 * jj + 1], qf[kk], b2, b3);
+            }
+        }
+
+        float mxa = -INFINITY, mxb = -INFINITY;
+        if (plain) {
+#pragma unroll
+            for (int j = 0; j < BC / 8; j++) {
+                s[j][0] *= sc2;
+                s[j][1] *= sc2;
+                s[j][2] *= sc2;
+                s[j][3] *= sc2;
+                mxa = fmaxf(mxa, fmaxf(s[j][0], s[j][1]));
+                mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < BC / 8; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int col = j * 8 + 2 * t + (e & 1);
+                    int qp = e < 2 ? pa : pb;
+                    float x = s[j][e] * sc;
+                    if (spt[col] > qp) {
+                        x = -INFINITY;
+                    } else {
+                        int gi = sgt[col];
+                        if (gi >= 0) {
+                            if (a.temp)
+                                x /= a.temp[gi];
+                            if (a.lscale)
+                                x += a.lscale[gi];
+                        }
+                    }
+                    x *= LOG2E;
+                    s[j][e] = x;
+                    if (e < 2)
+                        mxa = fmaxf(mxa, x);
+                    else
+                        mxb = fmaxf(mxb, x);
+                }
+            }
+        }
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+        float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+        float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+        float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
+        ma = na;
+        mb = nb;
+        float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            s[j][0] = exp2f(s[j][0] - ua);
+            s[j][1] = exp2f(s[j][1] - ua);
+            s[j][2] = exp2f(s[j][2] - ub);
+            s[j][3] = exp2f(s[j][3] - ub);
+            suma += s[j][0] + s[j][1];
+            sumb += s[j][2] + s[j][3];
+        }
+        la = la * alpha_a + suma;
+        lb = lb * alpha_b + sumb;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= alpha_a;
+            o[j][1] *= alpha_a;
+            o[j][2] *= alpha_b;
+            o[j][3] *= alpha_b;
+        }
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t pa4[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int jd = 0; jd < HD / 16; jd++) {
+                int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(smem_u32(V + key * LD + col), b0, b1, b2, b3);
+                mma_bf16(o[2 * jd], pa4, b0, b1);
+                mma_bf16(o[2 * jd + 1], pa4, b2, b3);
+            }
+        }
+        __syncthreads(); // every warp is done with this stage before it is refilled
+        cur = nxt;
+    }
+
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        int col = h * HD + j * 8 + 2 * t;
+        if (ra < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)ra * qld + col) =
+                __floats2bfloat162_rn(o[j][0] * ia, o[j][1] * ia);
+        if (rb < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)rb * qld + col) =
+                __floats2bfloat162_rn(o[j][2] * ib, o[j][3] * ib);
+    }
+}
+
+template <int HD>
+cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
+                          int len, bf16 *out)
+{
+    constexpr int LD = HD + 8;
+    size_t smem = (size_t)(BR2 + 4 * BC) * LD * sizeof(bf16) + 4 * BC * sizeof(int);
+    static bool configured = false; // per instantiation; the attribute is per device function
+    if (!configured) {
+        cudaError_t e = cudaFuncSetAttribute(k_flash2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        configured = true;
+    }
+    dim3 grid((unsigned)((a->n + BR2 - 1) / BR2), (unsigned)a->H);
+    k_flash2<HD><<<grid, NT2, smem>>>(*a, q, k, v, spos, len, out);
+    return cudaGetLastError();
+}
+
 
 // part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
 template <typename T>
@@ -596,6 +877,19 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, con
 {
     if (a->n == 0)
         return cudaSuccess;
+    static int version = 0; // (a benign race: every thread computes the same value)
+    if (!version) {
+        const char *e = getenv("RAGKV_ATTN_FLASH");
+        version = e && !strcmp(e, "2") ? 2 : 1;
+    }
+    if (version == 2)
+        switch (a->hd) {
+        case 16: return launch_flash2<16>(a, q, k, v, spos, len, out);
+        case 32: return launch_flash2<32>(a, q, k, v, spos, len, out);
+        case 64: return launch_flash2<64>(a, q, k, v, spos, len, out);
+        case 128: return launch_flash2<128>(a, q, k, v, spos, len, out);
+        default: return cudaErrorInvalidValue;
+        }
     switch (a->hd) {
     case 16: return launch_flash<16>(a, q, k, v, spos, len, out);
     case 32: return launch_flash<32>(a, q, k, v, spos, len, out);

@@ -226,6 +226,42 @@ Test(gpu_conformance_bf16, decode_graph_equals_eager) { graphs_equal_eager("bf16
 Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd128", 700); }
 Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 
+/* The second flash-attention kernel (RAGKV_ATTN_FLASH=2: 128-row blocks, double-buffered
+ * async copies, an unmasked path for tiles every row sees) under the checks that reach the
+ * flash path: prefills longer than the decode kernel's 16 rows. Criterion runs every test in
+ * its own process, so the variable does not leak. */
+#define FLASH2(call)                                                \
+    do {                                                            \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "2", 1), 0);        \
+        call;                                                       \
+    } while (0)
+Test(gpu_flash2, hd128_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash2, hd64_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd64", 900)); }
+Test(gpu_flash2, prefill_equals_token_by_token_decode)
+{
+    FLASH2(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
+}
+Test(gpu_flash2, layer_steps_equal_prefill) { FLASH2(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
+Test(gpu_flash2, row_subset_equals_full_forward) { FLASH2(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
+Test(gpu_flash2, causal_rule_by_position) { FLASH2(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash2, attention_group_modifiers) { FLASH2(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
+/* The first decode kernel (one warp per key), which serves the shapes the vectorised one cannot
+ * (more than 8 query heads per KV head, odd head dims): forced on every shape. */
+Test(gpu_decode_scalar, hd128_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "scalar", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
+Test(gpu_decode_scalar, batched_decode_equals_alone)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "scalar", 1), 0);
+    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
+}
+Test(gpu_flash2, kv_import_at_shifted_positions)
+{
+    FLASH2(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
+}
+
 /* The real trained models: the CUDA backend's greedy tokens equal the CPU reference's over 200
  * positions (the CPU's are checked against the golden text and an independent scalar forward
  * pass in test_models.c). */
