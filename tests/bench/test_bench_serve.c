@@ -110,7 +110,7 @@ Test(bench_serve, open_loop_poisson_arrivals, .timeout = 120)
 
 /* Lists: two modes by two rates (closed loop, then 20/s) in one run over one corpus cached
  * once, one JSON file per pair; each pair has its own seed and its mode's recompute. */
-Test(bench_serve, mode_and_rate_lists_share_one_corpus, .timeout = 180)
+Test(bench_serve, mode_and_rate_lists_share_one_corpus, .timeout = 120)
 {
     static char bufs[4][4096];
     const char *extra[] = {"--requests", "12", "--conns", "3", "--max-tokens", "3", "--mode", "full,cacheblend",
