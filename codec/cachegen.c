@@ -694,7 +694,7 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                 row[(uint32_t)k * nc + i] = val;
             }
         /* lanes are consecutive groups of equal width: one contiguous run of channels */
-        codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, (size_t)NL * nc);
+        codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, t, c0), row, (size_t)NL * nc);
     }
     for (int k = 0; k < NL; k++) /* the encoder's initial state, and every byte used */
         if (ln[k].x != RANS_L || ln[k].ptr != ln[k].end)
@@ -706,11 +706,15 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
  * and width. Groups wider than CG_LANE_GROUP use the reference loop below. */
 static void decode_streams_generic(struct dec_job *j, size_t b, size_t e);
 
-/* rk_pool_for body: decode streams [b, e) into j->out; any malformed stream sets j->failed. */
+/* rk_pool_for body: decode streams [b, e), counted from plane j->lkv0's first, into j->out;
+ * any malformed stream sets j->failed. */
 static void decode_streams(void *vctx, size_t b, size_t e)
 {
     struct dec_job *j = vctx;
     const cg_layout *lay = j->lay;
+    size_t s0 = j->lkv0 * lay->n_tblocks * lay->n_groups;
+    b += s0;
+    e += s0;
     if (j->p->group > CG_LANE_GROUP) {
         decode_streams_generic(j, b, e);
         return;
@@ -798,7 +802,7 @@ static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
                     anchor[c - c0] = val;
                 row[c - c0] = val;
             }
-            codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, c1 - c0);
+            codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, t, c0), row, c1 - c0);
         }
         if (x != RANS_L || ptr != end)
             goto bad;
@@ -877,29 +881,64 @@ void cg_prepared_free(cg_prepared *pr)
     memset(pr, 0, sizeof *pr);
 }
 
-/* cachegen on the CPU: prepare (validate everything but the streams), decode streams in
- * parallel. */
-static rk_status cg_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
-                           void *out, rk_pool *pool)
+/* What a cachegen reader keeps (codec_reader.ctx). */
+struct cg_reader {
+    cg_prepared pr;             /* params, layout, float scales, stream offsets, models */
+    const rans_dmodel *dmodels; /* [n_models] decode-only models for the AVX2 decoder, or
+                                   NULL: the scalar decoder only */
+    rans_dmodel *dm_owned;      /* per-chunk tables' decode-only models (a codebook holds its
+                                   own), owned; NULL otherwise */
+};
+
+static void cg_close(void *ctx)
 {
-    cg_prepared pr;
-    rk_status st = cg_prepare(v, cb, &pr);
-    if (st != RK_OK)
+    struct cg_reader *cr = ctx;
+    if (!cr)
+        return;
+    cg_prepared_free(&cr->pr);
+    rk_free(cr->dm_owned);
+    rk_free(cr);
+}
+
+/* cachegen: validate everything but the streams (cg_prepare) and, when the AVX2 decoder
+ * qualifies, have its decode-only models ready: once per reader, not per layer range. */
+static rk_status cg_open(codec_reader *r)
+{
+    struct cg_reader *cr = rk_calloc(1, sizeof *cr);
+    if (!cr)
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: reader");
+    rk_status st = cg_prepare(&r->v, r->cb, &cr->pr);
+    if (st != RK_OK) {
+        rk_free(cr);
         return st;
-    struct dec_job j = {&pr.p, &pr.lay, pr.models, NULL, pr.scales, pr.payload, pr.offs, pr.payload_len, dtype, out, 0};
-    rans_dmodel *dm = NULL; /* per-chunk tables' decode-only models (a codebook has its own) */
-    if (cg_simd8_ok(&j)) {
-        if (pr.p.tables == 1)
-            j.dmodels = cg_codebook_dmodels(cb);
-        else if ((dm = rk_malloc(pr.lay.n_models * sizeof *dm)) != NULL) {
-            for (size_t i = 0; i < pr.lay.n_models; i++)
-                rans_dmodel_build(&pr.models[i], &dm[i]);
-            j.dmodels = dm;
+    }
+    const cg_prepared *pr = &cr->pr;
+    struct dec_job probe = {.p = &pr->p, .lay = &pr->lay, .payload_len = pr->payload_len};
+    if (cg_simd8_ok(&probe)) {
+        if (pr->p.tables == 1)
+            cr->dmodels = cg_codebook_dmodels(r->cb);
+        else if ((cr->dm_owned = rk_malloc(pr->lay.n_models * sizeof *cr->dm_owned)) != NULL) {
+            for (size_t i = 0; i < pr->lay.n_models; i++)
+                rans_dmodel_build(&pr->models[i], &cr->dm_owned[i]);
+            cr->dmodels = cr->dm_owned;
         } /* else: the scalar decoder, which needs no more memory */
     }
-    rk_pool_for(pool, pr.lay.n_streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
-    rk_free(dm);
-    cg_prepared_free(&pr);
+    r->ctx = cr;
+    return RK_OK;
+}
+
+/* cachegen on the CPU: the layers' streams (consecutive in the payload), in parallel. */
+static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
+                                  uint32_t nl, void *out)
+{
+    const struct cg_reader *cr = r->ctx;
+    const cg_prepared *pr = &cr->pr;
+    struct dec_job j = {.p = &pr->p, .lay = &pr->lay, .models = pr->models,
+                        .dmodels = cr->dmodels, .scales = pr->scales, .payload = pr->payload,
+                        .offs = pr->offs, .payload_len = pr->payload_len, .dtype = dtype,
+                        .out = out, .lkv0 = 2 * (size_t)l0, .failed = 0};
+    size_t streams = 2 * (size_t)nl * pr->lay.n_tblocks * pr->lay.n_groups;
+    rk_pool_for(r->pool, streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
     return RK_OK;
@@ -1218,5 +1257,7 @@ const struct codec_i codec_cachegen_i = {
     .default_level = CG_DEFAULT_LEVEL,
     .max_level = CG_MAX_LEVEL,
     .encode = cg_encode,
-    .decode = cg_decode,
+    .open = cg_open,
+    .decode_layers = cg_decode_layers,
+    .close = cg_close,
 };

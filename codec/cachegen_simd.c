@@ -188,7 +188,7 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
             for (int k = 0; k < 8; k++)
                 _mm256_storeu_ps(row + 64 * h + 8 * k, v[h][k]);
         }
-        codec_store_row(j->out, j->dtype, (lkv * lay->T + t) * lay->C + c0, row, 64 * (size_t)NCH);
+        codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, t, c0), row, 64 * (size_t)NCH);
     }
     /* the encoder's initial state, every byte used, no lane ran dry */
     int ok = _mm256_testz_si256(bad, bad);

@@ -1,5 +1,6 @@
 /* codec.c — the public entry points: codec registry, input checks, encode and decode
- * dispatch through struct codec_i, raw tensor files, synthetic KV. */
+ * dispatch through struct codec_i (codec_decode is a reader that decodes every layer), raw
+ * tensor files, synthetic KV. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -138,28 +139,101 @@ rk_status codec_resolve_codebook(const codec_view *v, const codec_decode_opts *o
                         (unsigned long long)id);
 }
 
+/* Parse, verify and open a container into r (caller's storage); on failure r holds nothing
+ * to release. */
+static rk_status reader_init(codec_reader *r, const void *data, size_t len,
+                             const codec_decode_opts *opts)
+{
+    memset(r, 0, sizeof *r);
+    rk_status st = codec_view_parse(data, len, true, &r->v);
+    if (st != RK_OK)
+        return st;
+    size_t n = codec_shape_values(&r->v.info.shape);
+    size_t maxv = opts && opts->max_values ? opts->max_values : ((size_t)1 << 32);
+    if (n > maxv)
+        return rk_error_set(RK_ERR_LIMIT, "codec: container of %zu values exceeds the limit %zu",
+                            n, maxv);
+    if ((st = codec_resolve_codebook(&r->v, opts, &r->cb)) != RK_OK)
+        return st;
+    r->iface = codec_lookup(r->v.info.codec); /* known: codec_view_parse checked */
+    r->pool = opts ? opts->pool : NULL;
+    return r->iface->open(r);
+}
+
+/* Release what reader_init built (r's storage stays the caller's). */
+static void reader_fini(codec_reader *r)
+{
+    if (r->iface && r->iface->close)
+        r->iface->close(r->ctx);
+    r->ctx = NULL;
+}
+
+/* Check the arguments of a decode of layers [l0, l0 + nl) (who names the public function in
+ * messages) and run the codec's. */
+static rk_status reader_decode(const codec_reader *r, const char *who, codec_dtype dtype,
+                               int64_t l0, int64_t nl, void *out, size_t out_bytes)
+{
+    uint32_t L = r->v.info.shape.n_layers;
+    if (dtype != CODEC_F32 && dtype != CODEC_F16 && dtype != CODEC_BF16)
+        return rk_error_set(RK_ERR_INVALID, "%s: dtype %d", who, (int)dtype);
+    if (l0 < 0 || nl < 1 || l0 >= L || nl > L - l0)
+        return rk_error_set(RK_ERR_INVALID, "%s: layers [%lld, %lld + %lld) of a %u-layer "
+                            "container", who, (long long)l0, (long long)l0, (long long)nl, L);
+    /* a whole number of layers: no overflow, codec_decoded_bytes is exact (<= 2^50) */
+    size_t need = codec_decoded_bytes(&r->v.info, dtype) / L * (size_t)nl;
+    if (!out || out_bytes < need)
+        return rk_error_set(RK_ERR_INVALID, "%s: output holds %zu bytes, needs %zu", who,
+                            out_bytes, need);
+    return r->iface->decode_layers(r, dtype, (uint32_t)l0, (uint32_t)nl, out);
+}
+
 rk_status codec_decode(const void *data, size_t len, const codec_decode_opts *opts,
                        codec_dtype dtype, void *out, size_t out_bytes)
 {
-    if (dtype != CODEC_F32 && dtype != CODEC_F16 && dtype != CODEC_BF16)
-        return rk_error_set(RK_ERR_INVALID, "codec_decode: dtype %d", (int)dtype);
-    codec_view v;
-    rk_status st = codec_view_parse(data, len, true, &v);
-    if (st != RK_OK)
+    codec_reader r;
+    rk_status st = reader_init(&r, data, len, opts);
+    if (st == RK_OK)
+        st = reader_decode(&r, "codec_decode", dtype, 0, r.v.info.shape.n_layers, out, out_bytes);
+    reader_fini(&r);
+    return st;
+}
+
+rk_status codec_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
+                            codec_reader **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "codec_reader_open: NULL out");
+    *out = NULL;
+    codec_reader *r = rk_malloc(sizeof *r);
+    if (!r)
+        return rk_error_set(RK_ERR_NOMEM, "codec_reader_open");
+    rk_status st = reader_init(r, data, len, opts);
+    if (st != RK_OK) {
+        reader_fini(r);
+        rk_free(r);
         return st;
-    size_t maxv = opts && opts->max_values ? opts->max_values : ((size_t)1 << 32);
-    if (codec_shape_values(&v.info.shape) > maxv)
-        return rk_error_set(RK_ERR_LIMIT, "codec_decode: %zu values exceed the limit %zu",
-                            codec_shape_values(&v.info.shape), maxv);
-    size_t need = codec_decoded_bytes(&v.info, dtype);
-    if (!out || out_bytes < need)
-        return rk_error_set(RK_ERR_INVALID, "codec_decode: output holds %zu bytes, needs %zu",
-                            out_bytes, need);
-    const codec_codebook *cb;
-    st = codec_resolve_codebook(&v, opts, &cb);
-    if (st != RK_OK)
-        return st;
-    return codec_lookup(v.info.codec)->decode(&v, cb, dtype, out, opts ? opts->pool : NULL);
+    }
+    *out = r;
+    return RK_OK;
+}
+
+const codec_info *codec_reader_info(const codec_reader *r) { return &r->v.info; }
+
+rk_status codec_reader_decode_layers(codec_reader *r, codec_dtype dtype, int layer0,
+                                     int n_layers, void *out, size_t out_bytes)
+{
+    if (!r)
+        return rk_error_set(RK_ERR_INVALID, "codec_reader_decode_layers: NULL reader");
+    return reader_decode(r, "codec_reader_decode_layers", dtype, layer0, n_layers, out,
+                         out_bytes);
+}
+
+void codec_reader_close(codec_reader *r)
+{
+    if (!r)
+        return;
+    reader_fini(r);
+    rk_free(r);
 }
 
 rk_status codec_f32_file_read(const char *path, const codec_shape *shape, float **out)

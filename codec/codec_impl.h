@@ -70,7 +70,21 @@ rk_status codec_container_write(const codec_shape *shape, codec_id id, int level
 
 /* ---- codecs ---------------------------------------------------------------------------- */
 
-/* A codec: a table of functions so that new ones slot in (codecs are stateless). */
+/* A container opened for decoding (codec.c): the public codec_reader. Decoding is split in two
+ * so that a container is checked once and then decoded in layer ranges: the codec's open
+ * checks the sections against the geometry and keeps what it derives from them (offsets,
+ * scales, models) in ctx; decode_layers only reads the reader, so it needs no lock. */
+struct codec_reader {
+    codec_view v;                 /* parsed, every checksum verified; sections borrow the
+                                     caller's bytes */
+    const struct codec_i *iface;  /* the container's codec */
+    const codec_codebook *cb;     /* the codebook it names (borrowed), or NULL */
+    rk_pool *pool;                /* borrowed from the decode options, or NULL */
+    void *ctx;                    /* the codec's per-container state (iface->close frees it),
+                                     or NULL */
+};
+
+/* A codec: a table of functions so that new ones slot in. */
 struct codec_i {
     codec_id id;
     const char *name;
@@ -79,9 +93,17 @@ struct codec_i {
     /* Encode kv (checked: finite, in fp16 range) into sections; level already resolved. */
     rk_status (*encode)(const float *kv, const codec_shape *shape, const codec_params *p,
                         int level, codec_wsections *w, uint64_t *codebook_id);
-    /* Decode a verified view into out (dtype); codebook resolved by the caller or NULL. */
-    rk_status (*decode)(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
-                        void *out, rk_pool *pool);
+    /* Check r->v's sections against its geometry and set r->ctx to what decode_layers needs
+     * (NULL: nothing); r->cb is resolved. On failure r->ctx is left NULL. */
+    rk_status (*open)(codec_reader *r);
+    /* Decode layers [l0, l0 + nl) (a non-empty range inside the container, checked by the
+     * caller) into out: canonical layout from layer l0 on, element type dtype. Faults in the
+     * coded values themselves (a malformed stream, an Inf or NaN) surface here. */
+    rk_status (*decode_layers)(const codec_reader *r, codec_dtype dtype, uint32_t l0,
+                               uint32_t nl, void *out);
+    /* Free what open set in ctx (called with NULL too). Optional: NULL when open keeps no
+     * state. */
+    void (*close)(void *ctx);
 };
 
 extern const struct codec_i codec_raw_i;
@@ -91,6 +113,12 @@ extern const struct codec_i codec_cachegen_i;
 
 /* The codec for id, or NULL. */
 const struct codec_i *codec_lookup(codec_id id);
+
+/* Values in one layer (K and V) of a container's tensor. */
+static inline size_t codec_layer_values(const codec_info *in)
+{
+    return codec_shape_values(&in->shape) / in->shape.n_layers;
+}
 
 /* Store value v (float) at index i of out in dtype. */
 static inline void codec_store(void *out, codec_dtype dtype, size_t i, float v);
@@ -254,9 +282,18 @@ struct cg_dec_job {
     const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
     size_t payload_len;
     codec_dtype dtype;             /* output element type */
-    void *out;                     /* canonical layout output */
+    void *out;                     /* canonical layout output, from (layer, K|V) plane lkv0 on */
+    size_t lkv0;                   /* 2 * the first layer decoded; pool ranges count streams
+                                      from that plane's first */
     int failed;                    /* a stream was malformed */
 };
+
+/* Index in j->out of (layer, K|V) plane lkv (absolute), token t, channel c. */
+static inline size_t cg_out_index(const struct cg_dec_job *j, size_t lkv, uint32_t t,
+                                  uint32_t c)
+{
+    return ((lkv - j->lkv0) * j->lay->T + t) * j->lay->C + c;
+}
 
 /* AVX2 decoder of 8 * chains streams si.. (chains 1, 2, 4 or 8) of one (layer, K|V, token
  * block), each exactly 8 channels wide, per-channel scales, no delta coding: cg_simd8_ok()

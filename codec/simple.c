@@ -52,17 +52,25 @@ static void f16_range(void *vctx, size_t b, size_t e)
         __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
 }
 
-/* raw: check the payload size against the geometry, then convert in parallel. */
-static rk_status raw_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
-                            void *out, rk_pool *pool)
+/* raw: the payload must hold every value as fp16. */
+static rk_status raw_open(codec_reader *r)
 {
-    size_t n = codec_shape_values(&v->info.shape);
-    const codec_rsection *pay = codec_view_section(v, SEC_PAYLOAD);
-    if (v->info.n_sections != 1 || !pay || pay->len / 2 != n || pay->len % 2)
+    size_t n = codec_shape_values(&r->v.info.shape);
+    const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
+    if (r->v.info.n_sections != 1 || !pay || pay->len / 2 != n || pay->len % 2)
         return rk_error_set(RK_ERR_FORMAT, "raw: payload of %zu bytes for %zu values",
                             pay ? pay->len : 0, n);
-    struct f16_job j = {pay->data, dtype, out, 0};
-    rk_pool_for(pool, n, 1 << 16, f16_range, &j);
+    return RK_OK;
+}
+
+/* raw: convert the layers' values in parallel. */
+static rk_status raw_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
+                                   uint32_t nl, void *out)
+{
+    size_t per = codec_layer_values(&r->v.info);
+    const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
+    struct f16_job j = {pay->data + 2 * per * l0, dtype, out, 0};
+    rk_pool_for(r->pool, per * nl, 1 << 16, f16_range, &j);
     if (j.bad)
         return rk_error_set(RK_ERR_FORMAT, "raw: Inf or NaN value");
     return RK_OK;
@@ -70,7 +78,7 @@ static rk_status raw_decode(const codec_view *v, const codec_codebook *cb, codec
 
 const struct codec_i codec_raw_i = {
     .id = CODEC_RAW, .name = "raw", .default_level = 0, .max_level = 0,
-    .encode = raw_encode, .decode = raw_decode,
+    .encode = raw_encode, .open = raw_open, .decode_layers = raw_decode_layers,
 };
 
 /* ---- lz4: per (layer, K|V) plane, fp16 low bytes then high bytes, one LZ4 block -------- */
@@ -153,14 +161,14 @@ done:
 
 struct lz4_dec_job {
     const uint8_t *payload; /* the concatenated blocks (borrowed) */
-    const uint64_t *offs;   /* [nb + 1] block offsets */
+    const uint64_t *offs;   /* [blocks decoded + 1] their offsets in payload */
     size_t plane;           /* values per block */
     codec_dtype dtype;      /* output element type */
-    void *out;              /* canonical layout output */
+    void *out;              /* canonical layout output, from the first block decoded */
     int failed;             /* 1 malformed block, 2 out of memory, 3 Inf/NaN value */
 };
 
-/* Decompress and unshuffle planes [b, e); any malformed block sets failed. */
+/* Decompress and unshuffle blocks [b, e) of the job; any malformed block sets failed. */
 static void lz4_dec_range(void *vctx, size_t b, size_t e)
 {
     struct lz4_dec_job *j = vctx;
@@ -192,10 +200,11 @@ static void lz4_dec_range(void *vctx, size_t b, size_t e)
     rk_free(sh);
 }
 
-/* Shared by the CPU and CUDA paths: decode an lz4 container to dtype in host memory. */
-static rk_status lz4_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
-                            void *out, rk_pool *pool)
+/* lz4: the index must give every (layer, K|V) block a size, together the payload's; the
+ * reader keeps their offsets ([L*2 + 1] uint64_t, owned). */
+static rk_status lz4_open(codec_reader *r)
 {
+    const codec_view *v = &r->v;
     size_t nb = (size_t)v->info.shape.n_layers * 2;
     size_t plane = codec_shape_values(&v->info.shape) / nb;
     const codec_rsection *idx = codec_view_section(v, SEC_INDEX);
@@ -221,9 +230,19 @@ static rk_status lz4_decode(const codec_view *v, const codec_codebook *cb, codec
         return rk_error_set(RK_ERR_FORMAT, "lz4: blocks total %llu bytes, payload %zu",
                             (unsigned long long)off, pay->len);
     }
-    struct lz4_dec_job j = {pay->data, offs, plane, dtype, out, 0};
-    rk_pool_for(pool, nb, 1, lz4_dec_range, &j);
-    rk_free(offs);
+    r->ctx = offs;
+    return RK_OK;
+}
+
+/* lz4: decompress the layers' blocks in parallel, on the CPU (the CUDA path too). */
+static rk_status lz4_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
+                                   uint32_t nl, void *out)
+{
+    const uint64_t *offs = r->ctx;
+    const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
+    struct lz4_dec_job j = {pay->data, offs + 2 * (size_t)l0, codec_layer_values(&r->v.info) / 2,
+                            dtype, out, 0};
+    rk_pool_for(r->pool, 2 * (size_t)nl, 1, lz4_dec_range, &j);
     if (j.failed == 2)
         return rk_error_set(RK_ERR_NOMEM, "lz4");
     if (j.failed == 3)
@@ -235,7 +254,8 @@ static rk_status lz4_decode(const codec_view *v, const codec_codebook *cb, codec
 
 const struct codec_i codec_lz4_i = {
     .id = CODEC_LZ4, .name = "lz4", .default_level = 0, .max_level = 1,
-    .encode = lz4_encode, .decode = lz4_decode,
+    .encode = lz4_encode, .open = lz4_open, .decode_layers = lz4_decode_layers,
+    .close = rk_free,
 };
 
 /* ---- q8 ---------------------------------------------------------------------------------- */
@@ -285,15 +305,15 @@ static rk_status q8_encode(const float *kv, const codec_shape *shape, const code
 }
 
 struct q8_dec_job {
-    const uint8_t *scales;  /* [rows] fp16 LE */
-    const int8_t *q;        /* [rows][D] */
+    const uint8_t *scales;  /* [rows] fp16 LE, from the first row decoded */
+    const int8_t *q;        /* [rows][D], likewise */
     uint32_t D;             /* head_dim: values per row */
     codec_dtype dtype;      /* output element type */
-    void *out;              /* canonical layout output */
+    void *out;              /* canonical layout output, likewise */
     int bad; /* a scale was not a finite non-negative number */
 };
 
-/* Dequantize rows [b, e); a non-finite or negative scale sets bad. */
+/* Dequantize rows [b, e) of the job; a non-finite or negative scale sets bad. */
 static void q8_dec_range(void *vctx, size_t b, size_t e)
 {
     struct q8_dec_job *j = vctx;
@@ -313,19 +333,30 @@ static void q8_dec_range(void *vctx, size_t b, size_t e)
     }
 }
 
-/* q8: check section sizes against the geometry, then dequantize in parallel. */
-static rk_status q8_decode(const codec_view *v, const codec_codebook *cb, codec_dtype dtype,
-                           void *out, rk_pool *pool)
+/* q8: section sizes must fit the geometry (scales are checked as they are used). */
+static rk_status q8_open(codec_reader *r)
 {
+    const codec_view *v = &r->v;
     size_t n = codec_shape_values(&v->info.shape), rows = n / v->info.shape.head_dim;
     const codec_rsection *sc = codec_view_section(v, SEC_SCALES);
     const codec_rsection *pay = codec_view_section(v, SEC_PAYLOAD);
     if (v->info.n_sections != 2 || !sc || !pay || sc->len / 2 != rows || sc->len % 2 ||
         pay->len != n)
         return rk_error_set(RK_ERR_FORMAT, "q8: sections do not fit the geometry");
-    struct q8_dec_job j = {sc->data, (const int8_t *)pay->data, v->info.shape.head_dim, dtype,
+    return RK_OK;
+}
+
+/* q8: dequantize the layers' rows in parallel. */
+static rk_status q8_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
+                                  uint32_t nl, void *out)
+{
+    uint32_t D = r->v.info.shape.head_dim;
+    size_t rows = codec_layer_values(&r->v.info) / D, r0 = rows * l0;
+    const codec_rsection *sc = codec_view_section(&r->v, SEC_SCALES);
+    const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
+    struct q8_dec_job j = {sc->data + 2 * r0, (const int8_t *)pay->data + r0 * D, D, dtype,
                            out, 0};
-    rk_pool_for(pool, rows, 256, q8_dec_range, &j);
+    rk_pool_for(r->pool, rows * nl, 256, q8_dec_range, &j);
     if (j.bad)
         return rk_error_set(RK_ERR_FORMAT, "q8: invalid scale");
     return RK_OK;
@@ -333,5 +364,5 @@ static rk_status q8_decode(const codec_view *v, const codec_codebook *cb, codec_
 
 const struct codec_i codec_q8_i = {
     .id = CODEC_Q8, .name = "q8", .default_level = 0, .max_level = 0,
-    .encode = q8_encode, .decode = q8_decode,
+    .encode = q8_encode, .open = q8_open, .decode_layers = q8_decode_layers,
 };

@@ -8,7 +8,9 @@
 #include <string.h>
 
 #include "ragkv/alloc.h"
+#include "ragkv/bytes.h"
 #include "ragkv/codec.h"
+#include "ragkv/hash.h"
 
 static const codec_id all_codecs[] = {CODEC_RAW, CODEC_LZ4, CODEC_Q8, CODEC_CACHEGEN};
 #define N_CODECS 4
@@ -21,6 +23,29 @@ static inline rk_buf enc(const float *kv, codec_shape s, codec_id id, int level)
     rk_buf b = RK_BUF_INIT;
     rk_status st = codec_encode(kv, &s, &p, &b);
     cr_assert_eq(st, RK_OK, "encode %s L%d: %s", codec_id_name(id), level, rk_error_msg());
+    return b;
+}
+
+/* A cachegen codebook trained on the one sample kv at the default level (asserting success);
+ * caller codec_codebook_frees. */
+static inline codec_codebook *train_on(const float *kv, codec_shape s)
+{
+    codec_codebook *cb = NULL;
+    const float *samples[1] = {kv};
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    rk_status st = codec_codebook_train(samples, &s, 1, &p, &cb);
+    cr_assert_eq(st, RK_OK, "codebook: %s", rk_error_msg());
+    return cb;
+}
+
+/* Encode kv with cachegen and codebook cb (asserting success) into a fresh buffer. */
+static inline rk_buf enc_cb(const float *kv, codec_shape s, const codec_codebook *cb)
+{
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.codebook = cb;
+    rk_buf b = RK_BUF_INIT;
+    rk_status st = codec_encode(kv, &s, &p, &b);
+    cr_assert_eq(st, RK_OK, "encode with a codebook: %s", rk_error_msg());
     return b;
 }
 
@@ -43,6 +68,77 @@ static inline float *synth(codec_shape s, uint64_t seed)
     cr_assert_not_null(kv);
     codec_synth_kv(&s, seed, kv);
     return kv;
+}
+
+/* qmax per level as documented in docs/codec.md: {K early, K late, V early, V late};
+ * early K layers are [0, ceil(L/3)), early V layers [0, 2). */
+static const int doc_qmax[5][4] = {
+    {31, 15, 31, 15}, {15, 7, 15, 7}, {7, 3, 7, 3}, {3, 2, 3, 1}, {2, 1, 1, 1}};
+
+static inline int qmax_of(int level, uint32_t L, uint32_t l, int kv)
+{
+    uint32_t k_early = (L + 2) / 3;
+    return kv == 0 ? doc_qmax[level][l < k_early ? 0 : 1] : doc_qmax[level][l < 2 ? 2 : 3];
+}
+
+/* Index of (layer l, K|V kv, token t, channel c) in the canonical layout. */
+static inline size_t at(codec_shape s, uint32_t l, int kv, uint32_t t, uint32_t c)
+{
+    return (((size_t)l * 2 + kv) * s.n_tokens + t) * s.n_kv_heads * s.head_dim + c;
+}
+
+/* KV that cachegen at this level returns bit for bit (and raw and lz4 too: the values are
+ * fp16-exact): multiples of the power-of-two step 0.25 within +-qmax steps, with every
+ * channel (channel scales) and every head row (token scales) of each (layer, K|V) reaching
+ * +qmax, so the scale is exactly 0.25. Deterministic in seed; caller rk_frees. */
+static inline float *exact_kv(codec_shape s, int level, uint64_t seed)
+{
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    float *kv = rk_malloc(codec_shape_values(&s) * sizeof(float));
+    cr_assert_not_null(kv);
+    uint64_t r = seed;
+    for (uint32_t l = 0; l < s.n_layers; l++)
+        for (int k = 0; k < 2; k++) {
+            int qm = qmax_of(level, s.n_layers, l, k);
+            for (uint32_t t = 0; t < s.n_tokens; t++)
+                for (uint32_t c = 0; c < C; c++) {
+                    r = r * 6364136223846793005ull + 1442695040888963407ull;
+                    int q = (int)((r >> 33) % (uint64_t)(2 * qm + 1)) - qm;
+                    if (t == 0 || c % s.head_dim == 0)
+                        q = qm;
+                    kv[at(s, l, k, t, c)] = 0.25f * (float)q;
+                }
+        }
+    return kv;
+}
+
+/* Recompute the section and header checksums of a container (docs/format.md 2.1, 2.2), so
+ * that damage behind them reaches the decoders. */
+static inline void reseal(uint8_t *p)
+{
+    size_t nsec = p[27];
+    for (size_t i = 0; i < nsec; i++) {
+        uint8_t *e = p + 48 + 32 * i;
+        rk_put_le64(e + 24, rk_xxh3_64(p + rk_get_le64(e + 8), (size_t)rk_get_le64(e + 16)));
+    }
+    uint8_t tmp[40 + 16 * 32];
+    memcpy(tmp, p, 40);
+    memcpy(tmp + 40, p + 48, 32 * nsec);
+    rk_put_le64(p + 40, rk_xxh3_64(tmp, 40 + 32 * nsec));
+}
+
+/* The section of this type: its bytes in the container. */
+static inline uint8_t *section(uint8_t *p, uint32_t type, size_t *len)
+{
+    for (size_t i = 0; i < p[27]; i++) {
+        uint8_t *e = p + 48 + 32 * i;
+        if (rk_get_le32(e) == type) {
+            *len = (size_t)rk_get_le64(e + 16);
+            return p + rk_get_le64(e + 8);
+        }
+    }
+    cr_assert_fail("no section %u", type);
+    return NULL;
 }
 
 #endif

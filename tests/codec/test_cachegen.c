@@ -4,44 +4,11 @@
 #include "ragkv/bytes.h"
 #include "ragkv/hash.h"
 
-/* qmax per level as documented in docs/codec.md: {K early, K late, V early, V late};
- * early K layers are [0, ceil(L/3)), early V layers [0, 2). */
-static const int doc_qmax[5][4] = {
-    {31, 15, 31, 15}, {15, 7, 15, 7}, {7, 3, 7, 3}, {3, 2, 3, 1}, {2, 1, 1, 1}};
-
-static int qmax_of(int level, uint32_t L, uint32_t l, int kv)
-{
-    uint32_t k_early = (L + 2) / 3;
-    return kv == 0 ? doc_qmax[level][l < k_early ? 0 : 1] : doc_qmax[level][l < 2 ? 2 : 3];
-}
-
-static size_t at(codec_shape s, uint32_t l, int kv, uint32_t t, uint32_t c)
-{
-    return (((size_t)l * 2 + kv) * s.n_tokens + t) * s.n_kv_heads * s.head_dim + c;
-}
-
-/* Values that are exact multiples of a power-of-two step, with every channel reaching
- * +-qmax * step: the quantizer is lossless on them, so decoding must return the input bit
- * for bit; this checks every symbol through the rANS coder and back. */
+/* Decoding exact_kv() must return the input bit for bit; this checks every symbol through
+ * the rANS coder and back. */
 static void exact_symbols_in(codec_shape s, int level, int kmode, int group, uint64_t seed)
 {
-    uint32_t C = s.n_kv_heads * s.head_dim;
-    float *kv = rk_malloc(codec_shape_values(&s) * sizeof(float));
-    uint64_t r = seed;
-    for (uint32_t l = 0; l < s.n_layers; l++)
-        for (int k = 0; k < 2; k++) {
-            int qm = qmax_of(level, s.n_layers, l, k);
-            for (uint32_t t = 0; t < s.n_tokens; t++)
-                for (uint32_t c = 0; c < C; c++) {
-                    r = r * 6364136223846793005ull + 1442695040888963407ull;
-                    int q = (int)((r >> 33) % (uint64_t)(2 * qm + 1)) - qm;
-                    /* every channel (channel scales) and every head row (token scales)
-                     * hits the extreme, so the scale is exactly 0.25 */
-                    if (t == 0 || c % s.head_dim == 0)
-                        q = qm;
-                    kv[at(s, l, k, t, c)] = 0.25f * (float)q;
-                }
-        }
+    float *kv = exact_kv(s, level, seed);
     codec_params p = codec_params_default(CODEC_CACHEGEN);
     p.level = level;
     p.k_scale_mode = kmode;
@@ -147,34 +114,6 @@ Test(cachegen, simd_decoder_equals_scalar)
         codec_codebook_free(cb);
         rk_free(kv);
     }
-}
-
-/* Recompute the section and header checksums of a container (docs/format.md 2.1, 2.2). */
-static void reseal(uint8_t *p)
-{
-    size_t nsec = p[27];
-    for (size_t i = 0; i < nsec; i++) {
-        uint8_t *e = p + 48 + 32 * i;
-        rk_put_le64(e + 24, rk_xxh3_64(p + rk_get_le64(e + 8), (size_t)rk_get_le64(e + 16)));
-    }
-    uint8_t tmp[40 + 16 * 32];
-    memcpy(tmp, p, 40);
-    memcpy(tmp + 40, p + 48, 32 * nsec);
-    rk_put_le64(p + 40, rk_xxh3_64(tmp, 40 + 32 * nsec));
-}
-
-/* The section of this type: its bytes in the container. */
-static uint8_t *section(uint8_t *p, uint32_t type, size_t *len)
-{
-    for (size_t i = 0; i < p[27]; i++) {
-        uint8_t *e = p + 48 + 32 * i;
-        if (rk_get_le32(e) == type) {
-            *len = (size_t)rk_get_le64(e + 16);
-            return p + rk_get_le64(e + 8);
-        }
-    }
-    cr_assert_fail("no section %u", type);
-    return NULL;
 }
 
 /* Damaged entropy-coded streams (behind valid checksums): the AVX2 and scalar decoders agree

@@ -1,11 +1,16 @@
-/* fuzz_container.c — the container decoder and codebook parser on arbitrary bytes.
+/* fuzz_container.c — the container decoder, the layer-range reader and the codebook parser
+ * on arbitrary bytes.
  *
  * Input: one control byte, then the data. Control bit 0: "reseal" — recompute the section
  * and header checksums from the documented layout (docs/format.md) before decoding, so that
  * mutations reach the parsers behind the checksums instead of stopping at them. Bit 1: parse
- * the data as a codebook instead (with bit 0, its trailing checksum recomputed first). Containers decode with a small codebook (trained once on
- * fixed synthetic KV, shape 2 layers x 2 heads x 4) available, into every output dtype.
- * Nothing may crash, and a decode that succeeds must produce finite values. */
+ * the data as a codebook instead (with bit 0, its trailing checksum recomputed first).
+ * Containers decode with a small codebook (trained once on fixed synthetic KV, shape 2 layers
+ * x 2 heads x 4) available, into every output dtype; then a codec_reader decodes one layer
+ * range, its first layer chosen by control bits 2-4 and its length by bits 5-7 (each modulo
+ * what the container has). Nothing may crash, a decode that succeeds must produce finite
+ * values, codec_reader_open must fail exactly as codec_decode does when it fails, and where
+ * codec_decode succeeds the range must too, with the same bytes. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -50,6 +55,36 @@ static codec_codebook *fuzz_codebook(void)
     return cb;
 }
 
+/* Open a reader on the container and decode the layer range ctl picks; full is
+ * codec_decode's status and, when RK_OK, whole its f32 output. Aborts on any disagreement. */
+static void decode_range(const uint8_t *buf, size_t len, const codec_decode_opts *o,
+                         const codec_info *info, uint8_t ctl, rk_status full, const float *whole)
+{
+    codec_reader *r = NULL;
+    rk_status st = codec_reader_open(buf, len, o, &r);
+    if (st != RK_OK) {
+        if (st != full || r)
+            abort(); /* open refuses what codec_decode refuses, before decoding */
+        return;
+    }
+    uint32_t L = info->shape.n_layers; /* <= MAX_VALUES: fits an int */
+    uint32_t l0 = (ctl >> 2 & 7) % L, nl = 1 + (uint32_t)(ctl >> 5) % (L - l0);
+    size_t per = codec_shape_values(&info->shape) / L;
+    float *part = malloc(per * nl * sizeof(float));
+    if (part) {
+        st = codec_reader_decode_layers(r, CODEC_F32, (int)l0, (int)nl, part,
+                                        per * nl * sizeof(float));
+        if (full == RK_OK && (st != RK_OK || memcmp(part, whole + per * l0, per * nl * 4)))
+            abort(); /* a range of a good container is the same layers of the whole */
+        if (st == RK_OK)
+            for (size_t i = 0; i < per * nl; i++)
+                if (isnan(part[i]))
+                    abort();
+        free(part);
+    }
+    codec_reader_close(r);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -79,12 +114,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         float *out = malloc(n * sizeof(float));
         codec_decode_opts o = {.codebook = fuzz_codebook(), .max_values = MAX_VALUES};
         if (out) {
-            for (int dt = CODEC_F32; dt <= CODEC_BF16; dt++)
-                if (codec_decode(buf, len, &o, (codec_dtype)dt, out, n * 4) == RK_OK &&
-                    dt == CODEC_F32)
+            rk_status full = RK_OK;
+            for (int dt = CODEC_BF16; dt >= CODEC_F32; dt--) { /* f32 last: out keeps it */
+                full = codec_decode(buf, len, &o, (codec_dtype)dt, out, n * 4);
+                if (full == RK_OK && dt == CODEC_F32)
                     for (size_t i = 0; i < n; i++)
                         if (isnan(out[i]))
                             abort(); /* a successful decode never yields NaN */
+            }
+            decode_range(buf, len, &o, &info, ctl, full, out);
             free(out);
         }
     }

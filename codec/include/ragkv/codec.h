@@ -31,8 +31,12 @@
  * Input values must be finite and |x| <= 65504 (the fp16 range): encoders reject NaN, Inf
  * and larger values with RK_ERR_RANGE, since no codec could return them faithfully.
  *
+ * A codec_reader (below) verifies a container once and then decodes it in layer ranges, for
+ * loading that overlaps the layers' computation.
+ *
  * Thread safety: all functions are reentrant; a codec_codebook is immutable after training
- * or parsing and may be shared by any number of threads.
+ * or parsing and may be shared by any number of threads; a codec_reader takes one call at a
+ * time.
  */
 #ifndef RAGKV_CODEC_H
 #define RAGKV_CODEC_H
@@ -148,7 +152,7 @@ rk_status codec_inspect(const void *data, size_t len, codec_info *out);
 size_t codec_decoded_bytes(const codec_info *info, codec_dtype dtype);
 
 /* Finds a codebook by id for the decoder: set *out (borrowed, must stay valid during the
- * decode call) or return RK_ERR_NOT_FOUND. */
+ * decode call, or until the reader it was opened for is closed) or return RK_ERR_NOT_FOUND. */
 typedef rk_status (*codec_codebook_fn)(void *ctx, uint64_t id, const codec_codebook **out);
 
 /* Decoder options; NULL means all defaults. */
@@ -163,9 +167,54 @@ typedef struct codec_decode_opts {
 
 /* Decode a container into out (caller-owned, out_bytes >= codec_decoded_bytes(), canonical
  * layout, element type dtype). Every section checksum is verified first; malformed,
- * truncated or corrupted input returns an error and leaves out unspecified. */
+ * truncated or corrupted input returns an error and leaves out unspecified. The same as
+ * opening a reader, decoding all its layers and closing it. */
 rk_status codec_decode(const void *data, size_t len, const codec_decode_opts *opts,
                        codec_dtype dtype, void *out, size_t out_bytes);
+
+/* ---- decoding by layer ranges ---------------------------------------------------------- */
+
+/* A container parsed and checksum-verified once, for decoding its layers in pieces (layer
+ * l + 1 while the engine computes layer l). What each codec derives from the container
+ * (cachegen's stream offsets, scales and models, lz4's block offsets) is built once, by
+ * codec_reader_open; a layer range decodes only that range's coded bytes.
+ *
+ *     codec_reader *r;
+ *     if (codec_reader_open(rkv.data, rkv.len, &opts, &r) != RK_OK) ... rk_error_msg() ...;
+ *     const codec_info *in = codec_reader_info(r);
+ *     size_t layer_bytes = codec_decoded_bytes(in, CODEC_F16) / in->shape.n_layers;
+ *     for (int l = 0; l < (int)in->shape.n_layers; l++)
+ *         codec_reader_decode_layers(r, CODEC_F16, l, 1, buf[l % 2], layer_bytes);
+ *     codec_reader_close(r);
+ */
+typedef struct codec_reader codec_reader;
+
+/* Parse and verify data (every section checksum, as codec_decode does) and check its
+ * sections against the geometry. data and opts, and what opts points to (pool, codebook,
+ * resolve_ctx), are borrowed and must outlive the reader; the codebook is resolved here, once.
+ * Damaged input gives codec_decode's status (RK_ERR_CORRUPT, _FORMAT, _TRUNCATED,
+ * _UNSUPPORTED, _LIMIT, _NOT_FOUND for a missing codebook) and leaves *out NULL. *out is
+ * owned by the caller (codec_reader_close). */
+rk_status codec_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
+                            codec_reader **out);
+
+/* The container's description (shape, codec, level, sizes); owned by the reader, valid until
+ * it is closed. */
+const codec_info *codec_reader_info(const codec_reader *r);
+
+/* Decode layers [layer0, layer0 + n_layers) into out (caller-owned): those layers only, in
+ * the canonical layout ([layer - layer0][K|V][token][kv_head][head_dim]) of element type
+ * dtype; out_bytes at least n_layers / shape.n_layers of codec_decoded_bytes(), and nothing
+ * past that is written. Bit-identical to the same layers of codec_decode(). RK_ERR_INVALID
+ * for an empty or out-of-range layer range, a bad dtype or a short buffer. Faults that only
+ * decoding finds (a malformed entropy-coded stream: RK_ERR_CORRUPT; an Inf or NaN stored in
+ * raw or lz4, a bad q8 scale: RK_ERR_FORMAT) are reported for the layers they are in, and
+ * leave out unspecified. May be called any number of times, in any order; one call at a
+ * time per reader (calls on different readers may run in parallel). */
+rk_status codec_reader_decode_layers(codec_reader *r, codec_dtype dtype, int layer0,
+                                     int n_layers, void *out, size_t out_bytes);
+
+void codec_reader_close(codec_reader *r); /* NULL is a no-op */
 
 /* Decode straight into device memory on the CUDA device that is current for the calling
  * thread: dev_out (canonical layout, dtype CODEC_F16 or CODEC_BF16) must hold
