@@ -34,6 +34,8 @@ typedef struct bb_opts {
     bool device; /* caches as KV blocks on the backend (the chunk store's device tier) */
     bool to_block; /* compressed caches decoded into KV blocks (bl_kvblock_decode: on the GPU
                       when the backend keeps bf16 KV) instead of CPU floats + upload */
+    bool pipelined; /* compressed caches handed to bl_assemble as containers: decoded a layer
+                       at a time while the previous layer computes */
 } bb_opts;
 
 static int usage(FILE *f, int rc)
@@ -41,14 +43,16 @@ static int usage(FILE *f, int rc)
     fprintf(f,
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
-            "                         [--ratio R] [--codec NAME] [--level N] [--f32 | --device | --to-block]\n"
+            "                         [--ratio R] [--codec NAME] [--level N]\n"
+            "                         [--f32 | --device | --to-block | --pipelined]\n"
             "                         [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
             "Time to first token of BOS + C chunks of N random tokens + a query, per blend mode: the\n"
             "chunk caches (prefilled standalone beforehand) wait in host RAM as compressed containers\n"
             "(--f32: as decoded float32; --device: as KV blocks already on the backend, the chunk\n"
             "store's device tier) and are decoded on --threads CPU threads inside the timed region\n"
-            "(--to-block: into KV blocks, by the GPU decoder when the backend keeps bf16 KV).\n"
+            "(--to-block: into KV blocks, by the GPU decoder when the backend keeps bf16 KV;\n"
+            "--pipelined: by the assembly itself, one layer ahead of the layer it computes).\n"
             "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"
@@ -62,8 +66,8 @@ static int parse_args(int argc, char **argv, bb_opts *o)
         const char *a = argv[i];
         if (!strcmp(a, "--help"))
             return usage(stdout, 0) - 1; /* -1: stop, exit 0 */
-        if (!strcmp(a, "--f32") || !strcmp(a, "--device") || !strcmp(a, "--to-block")) {
-            *(a[2] == 'f' ? &o->f32 : a[2] == 'd' ? &o->device : &o->to_block) = true;
+        if (!strcmp(a, "--f32") || !strcmp(a, "--device") || !strcmp(a, "--to-block") || !strcmp(a, "--pipelined")) {
+            *(a[2] == 'f' ? &o->f32 : a[2] == 'd' ? &o->device : a[2] == 't' ? &o->to_block : &o->pipelined) = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -126,8 +130,8 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             fprintf(stderr, "ragkv bench blend: --chunks: %ld outside 1..256\n", o->chunks[k]);
             return 2;
         }
-    if (o->f32 + o->device + o->to_block > 1) {
-        fprintf(stderr, "ragkv bench blend: --f32, --device and --to-block exclude each other\n");
+    if (o->f32 + o->device + o->to_block + o->pipelined > 1) {
+        fprintf(stderr, "ragkv bench blend: --f32, --device, --to-block and --pipelined exclude each other\n");
         return 2;
     }
     if (o->nchunks < 1 || o->nmodes < 1 || o->chunk_tokens < 1 || o->query < 1 || o->iters < 1 ||
@@ -230,7 +234,7 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     eng_kvblock **tmp = o->to_block ? rk_calloc(p->nseg, sizeof(eng_kvblock *)) : NULL;
     if (o->to_block && !tmp)
         return RK_ERR_NOMEM;
-    for (size_t i = 0; reads && !o->f32 && !o->device && st == RK_OK && i < p->nseg; i++)
+    for (size_t i = 0; reads && !o->f32 && !o->device && !o->pipelined && st == RK_OK && i < p->nseg; i++)
         st = o->to_block ? bl_kvblock_decode(be, p->cont[i].data, p->cont[i].len, &dopt, &tmp[i])
                          : codec_decode(p->cont[i].data, p->cont[i].len, &dopt, CODEC_F32, p->kv[i],
                                         kvf * sizeof(float));
@@ -240,13 +244,16 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     if (!segs)
         st = RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < p->nseg; i++)
-        segs[i] = (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads && !tmp ? p->kv[i] : NULL,
-                               .block = !reads ? NULL : tmp ? tmp[i] : p->blk[i]};
+        segs[i] = o->pipelined ? (bl_segment){.tokens = p->tokens[i], .n = n, .container = reads ? p->cont[i].data : NULL,
+                                              .container_len = reads ? p->cont[i].len : 0}
+                               : (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads && !tmp ? p->kv[i] : NULL,
+                                              .block = !reads ? NULL : tmp ? tmp[i] : p->blk[i]};
     if (st == RK_OK)
         st = eng_seq_new(be, 1 + p->nseg * n + (size_t)o->query, &s);
     bl_params bp;
     bl_params_default(&bp, mode);
     bp.ratio = o->ratio;
+    bp.decode = &dopt;
     if (st == RK_OK)
         st = bl_assemble(m, be, s, segs, p->nseg, p->query, (size_t)o->query, &bp, logits, bs);
     *total_ms = (double)(rk_now_ns() - t0) / 1e6;
@@ -295,6 +302,7 @@ int bench_blend_main(int argc, char **argv)
         return 1;
     }
     const char *cache = o.device ? "device" : o.f32 ? "host-f32" : o.to_block ? "host-compressed-to-block"
+                        : o.pipelined ? "host-compressed-pipelined"
                                                                              : "host-compressed";
     fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
             eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));

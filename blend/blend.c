@@ -9,6 +9,8 @@
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"
 
+#include "load.h"
+
 const char *bl_mode_name(bl_mode m)
 {
     static const char *names[] = {"full", "prefix", "naive", "cacheblend", "cachecraft", "ape"};
@@ -82,14 +84,10 @@ rk_status bl_kvblock_decode(eng_backend *be, const void *container, size_t len, 
     const eng_model_info *mi = eng_model_get_info(eng_backend_model(be));
     codec_info ci;
     rk_status st = codec_inspect(container, len, &ci);
+    if (st == RK_OK)
+        st = bl_container_check(mi, &ci, 0);
     if (st != RK_OK)
         return st;
-    if (ci.shape.n_layers != (uint32_t)mi->n_layers || ci.shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
-        ci.shape.head_dim != (uint32_t)mi->head_dim || ci.shape.n_tokens == 0)
-        return rk_error_set(RK_ERR_INVALID, "container of %u layers x %u tokens x %u kv heads x %u dims is not the "
-                            "model's geometry (%d layers, %d kv heads, %d dims)", ci.shape.n_layers,
-                            ci.shape.n_tokens, ci.shape.n_kv_heads, ci.shape.head_dim, mi->n_layers, mi->n_kv_heads,
-                            mi->head_dim);
     size_t n = ci.shape.n_tokens;
     eng_kvblock *b = NULL;
     eng_kvblock_mem mem;
@@ -120,12 +118,22 @@ rk_status bl_kvblock_decode(eng_backend *be, const void *container, size_t len, 
 
 static bool seg_cached(const bl_segment *sg)
 {
-    return sg->kv || sg->block;
+    return sg->kv || sg->block || sg->container;
 }
 
-/* Import a cached segment's KV into slots [slot0, slot0 + n) at positions pos. */
-static rk_status seg_import(eng_seq *s, size_t slot0, const int32_t *pos, const bl_segment *sg)
+/* Import a cached segment's KV into slots [slot0, slot0 + n) at positions pos (a container
+ * decoded whole first). */
+static rk_status seg_import(eng_seq *s, size_t slot0, const int32_t *pos, const bl_segment *sg,
+                            const codec_decode_opts *opts)
 {
+    if (sg->container) {
+        float *kv = NULL;
+        rk_status st = bl_container_floats(eng_model_get_info(eng_backend_model(eng_seq_backend(s))), sg, opts, &kv);
+        if (st == RK_OK)
+            st = eng_kv_import(s, slot0, sg->n, pos, kv);
+        rk_free(kv);
+        return st;
+    }
     return sg->kv ? eng_kv_import(s, slot0, sg->n, pos, sg->kv) : eng_kv_import_block(s, slot0, pos, sg->block);
 }
 
@@ -142,6 +150,8 @@ struct prompt {
     float **layer_kv;        /* (nseg) block segments: K|V of layer `layer` read back from the
                                 block, (2, n_i, n_kv_heads * head_dim) float32; else NULL */
     int layer;               /* the layer layer_kv holds; -1 before the first read */
+    bl_loader *ld;           /* container segments' layers, or NULL (borrowed) */
+    eng_seq *seq;            /* the prompt's sequence: the one ld imports into */
 };
 
 static void prompt_free(struct prompt *pr)
@@ -195,14 +205,15 @@ static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, 
     return RK_OK;
 }
 
-/* Import every cached segment at its positions. */
+/* Import every cached segment at its positions; container segments too unless a loader brings
+ * them layer by layer (defer). */
 static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, const int32_t *pos,
-                               size_t first_seg)
+                               const codec_decode_opts *opts, bool defer)
 {
     size_t row = 1;
     for (size_t i = 0; i < nseg; i++) {
-        if (seg_cached(&segs[i]) && i >= first_seg) {
-            rk_status st = seg_import(s, row, pos + row, &segs[i]);
+        if (seg_cached(&segs[i]) && !(defer && segs[i].container)) {
+            rk_status st = seg_import(s, row, pos + row, &segs[i], opts);
             if (st != RK_OK)
                 return st;
         }
@@ -215,6 +226,11 @@ static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, 
  * (the one whose deviation is measured), once. */
 static rk_status prompt_load_layer(const eng_model_info *mi, struct prompt *pr, int l)
 {
+    if (pr->ld) { /* containers: the loader holds the layer once imported */
+        rk_status st = bl_loader_import(pr->ld, pr->seq, l, pr->pos);
+        if (st != RK_OK)
+            return st;
+    }
     if (pr->layer == l)
         return RK_OK;
     size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
@@ -241,6 +257,8 @@ static const float *cached_row(const eng_model_info *mi, const struct prompt *pr
     size_t len = sg->n;
     if (sg->kv)
         return sg->kv + (((size_t)l * 2 + (size_t)which) * len + pr->kv_row[r]) * w;
+    if (sg->container)
+        return bl_loader_layer(pr->ld, (size_t)(sg - pr->segs), l) + ((size_t)which * len + pr->kv_row[r]) * w;
     return pr->layer_kv[sg - pr->segs] + ((size_t)which * len + pr->kv_row[r]) * w;
 }
 
@@ -253,6 +271,11 @@ static rk_status run_layers(eng_seq *s, eng_hidden *h, const size_t *idx, size_t
     for (size_t i = 0; i < k; i++)
         pos_buf[i] = pr->pos[idx[i]];
     for (int l = l0; l < l1; l++) {
+        if (pr->ld && s == pr->seq) { /* the reused rows' KV of layer l must be in place */
+            rk_status st = bl_loader_import(pr->ld, s, l, pr->pos);
+            if (st != RK_OK)
+                return st;
+        }
         rk_status st = eng_layer_forward(s, l, h, k, pos_buf, pos_buf, l == l1 - 1 ? k_fresh : NULL,
                                          l == l1 - 1 ? v_fresh : NULL);
         if (st != RK_OK)
@@ -506,6 +529,8 @@ static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const 
         eff[i] = segs[i];
         eff[i].kv = NULL;
         eff[i].block = NULL;
+        eff[i].container = NULL;
+        eff[i].container_len = 0;
         const bl_craft_segment *cs = craft ? &craft[i] : NULL;
         size_t nv = cs ? cs->n_variants : 0;
         if (!seg_cached(&segs[i]) && nv == 0)
@@ -519,6 +544,8 @@ static rk_status craft_choose(const eng_model *m, const bl_segment *segs, const 
         }
         eff[i].kv = nv ? cs->variants[v].kv : segs[i].kv;
         eff[i].block = nv ? NULL : segs[i].block;
+        eff[i].container = nv ? NULL : segs[i].container;
+        eff[i].container_len = nv ? 0 : segs[i].container_len;
         metas[i] = nv ? cs->variants[v].meta : NULL;
     }
     *eff_out = eff;
@@ -640,7 +667,7 @@ static rk_status assemble_ape(eng_model *m, eng_backend *be, eng_seq *s, const b
         pos[i] = (int32_t)(i + 1);
     for (size_t i = 0, off = 1; i < nseg && st == RK_OK; off += segs[i].n, i++) {
         if (seg_cached(&segs[i])) {
-            st = seg_import(s, off, pos, &segs[i]);
+            st = seg_import(s, off, pos, &segs[i], p->decode);
             continue;
         }
         if (!tmp && !(tmp = rk_malloc(eng_kv_floats(m, maxn) * sizeof(float)))) {
@@ -708,13 +735,17 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
     if (nseg == 0 && nquery == 0)
         return rk_error_set(RK_ERR_INVALID, "empty prompt");
     for (size_t i = 0; i < nseg; i++) {
-        if (segs[i].kv && segs[i].block)
-            return rk_error_set(RK_ERR_INVALID, "segment %zu has both KV floats and a KV block", i);
+        if (!!segs[i].kv + !!segs[i].block + !!segs[i].container > 1)
+            return rk_error_set(RK_ERR_INVALID, "segment %zu has more than one of KV floats, a KV block and a "
+                                "container", i);
+        if (segs[i].container && segs[i].container_len == 0)
+            return rk_error_set(RK_ERR_INVALID, "segment %zu: empty container", i);
         if (segs[i].block && (eng_kvblock_backend(segs[i].block) != be || eng_kvblock_tokens(segs[i].block) != segs[i].n))
             return rk_error_set(RK_ERR_INVALID, "segment %zu: its KV block holds %zu tokens on %s backend, the segment "
                                 "%zu tokens on this one", i, eng_kvblock_tokens(segs[i].block),
                                 eng_kvblock_backend(segs[i].block) == be ? "this" : "another", segs[i].n);
     }
+    bl_loader *ld = NULL;   /* container segments' layers, decoded ahead of the layer computed */
     bl_segment *eff = NULL; /* Cache-Craft: the segments with their chosen variants */
     const bl_craft_meta **metas = NULL;
     double *cfos = NULL;
@@ -742,7 +773,7 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         if (p->mode == BL_PREFIX && nseg > 0 && seg_cached(&segs[0])) {
             /* BOS, then the first chunk's cache: exactly the prompt's prefix */
             if ((st = eng_prefill(s, pr.tokens, 1, pr.pos, ENG_LOGITS_NONE, NULL)) == RK_OK)
-                st = import_cached(s, segs, 1, pr.pos, 0);
+                st = import_cached(s, segs, 1, pr.pos, p->decode, false);
             done = 1 + segs[0].n;
             local.reused_tokens = segs[0].n;
             phase_end(&local, BL_PHASE_IMPORT, &tp);
@@ -760,7 +791,16 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         size_t reused = 0;
         for (size_t i = 0; i < pr.n; i++)
             reused += pr.seg[i] != NULL;
-        st = import_cached(s, use, nseg, pr.pos, 0);
+        size_t *row0 = rk_malloc((nseg ? nseg : 1) * sizeof(size_t));
+        st = row0 ? RK_OK : RK_ERR_NOMEM;
+        for (size_t i = 0, r = 1; st == RK_OK && i < nseg; r += use[i].n, i++)
+            row0[i] = r;
+        if (st == RK_OK)
+            st = bl_loader_start(mi, use, nseg, row0, p->decode, &ld);
+        pr.ld = ld;
+        pr.seq = s;
+        if (st == RK_OK)
+            st = import_cached(s, use, nseg, pr.pos, p->decode, true);
         if (st == RK_OK && eff)
             st = craft_select(&pr, use, metas, cfos, nseg);
         phase_end(&local, BL_PHASE_IMPORT, &tp);
@@ -768,6 +808,8 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
             st = assemble_cacheblend(m, be, s, &pr, p, logits, &local);
         if (eff)
             local.reused_tokens = reused; /* before repair, as for CacheBlend */
+        bl_loader_free(ld, &local.load_wait_ms);
+        rk_free(row0);
     }
     prompt_free(&pr);
     local.ms = (double)(rk_now_ns() - t0) / 1e6;

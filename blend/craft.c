@@ -251,7 +251,7 @@ rk_status bl_segment_pick_variant(const eng_model *m, const bl_segment *seg, con
     if (!cs)
         cs = &none;
     if (cs->n_variants == 0) {
-        if (!seg->kv && !seg->block)
+        if (!seg->kv && !seg->block && !seg->container)
             return rk_error_set(RK_ERR_INVALID, "segment is not cached");
         *variant = 0;
         *cfo = bl_variant_cfo(NULL, seg->n, cs->prev_ids, cs->n_prev, alpha);

@@ -34,8 +34,9 @@ static long recomputed(const char *js, int c, const char *md)
     return p ? strtol(p + 14, NULL, 10) : -1;
 }
 
-static const char *const cache_flag[] = {NULL, "--f32", "--device", "--to-block"};
-static const char *const cache_name[] = {"host-compressed", "host-f32", "device", "host-compressed-to-block"};
+static const char *const cache_flag[] = {NULL, "--f32", "--device", "--to-block", "--pipelined"};
+static const char *const cache_name[] = {"host-compressed", "host-f32", "device", "host-compressed-to-block",
+                                         "host-compressed-pipelined"};
 
 static void run_bench(const char *model, int cache, const char *json)
 {
@@ -54,7 +55,7 @@ Test(blend_bench, modes_recompute_what_they_must, .timeout = 120)
     char json[] = "/tmp/rk_blend_bench_XXXXXX";
     int fd = mkstemp(json);
     cr_assert(fd >= 0);
-    for (int cache = 0; cache < 4; cache++) {
+    for (int cache = 0; cache < 5; cache++) {
         run_bench(model, cache, json);
         const char *js = slurp(json);
         char want[64];
@@ -88,4 +89,6 @@ Test(blend_bench, bad_options_are_refused)
     cr_assert_eq(bench_blend_main(3, a6), 2);
     char *a7[] = {"blend", "--to-block", "--device", NULL};
     cr_assert_eq(bench_blend_main(3, a7), 2);
+    char *a8[] = {"blend", "--pipelined", "--to-block", NULL};
+    cr_assert_eq(bench_blend_main(3, a8), 2);
 }

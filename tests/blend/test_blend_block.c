@@ -1,4 +1,5 @@
-/* blend/ with chunk caches given as KV blocks (eng_kvblock, what the device tier holds): every
+/* blend/ with chunk caches given as KV blocks (eng_kvblock, what the device tier holds) or as
+ * codec containers (decoded a layer at a time, ahead of the layer computed): every
  * mode — full, prefix, naive, CacheBlend (flat, and gradual with V deviation at another check
  * layer), Cache-Craft (budgets from predecessors, with and without metadata variants), APE —
  * gives the same logits, statistics, sequence KV and next step with a segment given as a block
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "ragkv/blend.h"
+#include "ragkv/thread.h"
 #include "blend_testlib.h"
 #include "testutil.h"
 
@@ -305,5 +307,154 @@ Test(blend_block, container_decoded_into_a_block)
     rk_buf_free(&other);
     free(want);
     free(got);
+    free_chunks(&c);
+}
+
+/* The chunks (make_chunks), containers of their KV (cachegen, the default level) and the floats
+ * those decode to. Skips the test without the real model. */
+struct conts {
+    rk_buf c[NSEG];
+    float *dec[NSEG];
+};
+
+static void make_conts(struct chunks *c, struct conts *o)
+{
+    if (!m)
+        cr_skip_test("skipped: no real model");
+    make_chunks(c);
+    codec_params cp = codec_params_default(CODEC_CACHEGEN);
+    for (int i = 0; i < NSEG; i++) {
+        codec_shape shape = {(uint32_t)mi->n_layers, (uint32_t)lens[i], (uint32_t)mi->n_kv_heads,
+                             (uint32_t)mi->head_dim};
+        o->c[i] = (rk_buf)RK_BUF_INIT;
+        cr_assert_eq(codec_encode(c->kv[i], &shape, &cp, &o->c[i]), RK_OK, "%s", rk_error_msg());
+        size_t nf = eng_kv_floats(m, lens[i]);
+        o->dec[i] = malloc(nf * sizeof(float));
+        cr_assert_eq(codec_decode(o->c[i].data, o->c[i].len, NULL, CODEC_F32, o->dec[i], nf * sizeof(float)), RK_OK);
+    }
+}
+
+static void free_conts(struct conts *o)
+{
+    for (int i = 0; i < NSEG; i++) {
+        rk_buf_free(&o->c[i]);
+        free(o->dec[i]);
+    }
+}
+
+/* Every mode gives, bit for bit, the same result with container segments as with the floats
+ * they decode to: alone, mixed with a block, floats and an uncached segment, and with the
+ * decoding spread over a pool. CacheBlend's gradual schedule reads cached rows at layers 2, 3
+ * and 4, each while the loader may be decoding the next. */
+Test(blend_block, every_mode_same_with_containers_as_with_floats)
+{
+    struct chunks c;
+    struct conts o;
+    make_conts(&c, &o);
+    uint64_t ids[NSEG] = {101, 102, 103};
+    bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
+    bl_params ps[8];
+    int np = param_sets(ps, craft);
+    rk_pool *pool = NULL;
+    cr_assert_eq(rk_pool_create(2, &pool), RK_OK);
+    codec_decode_opts pooled = {.pool = pool};
+    bl_segment fl[NSEG], ct[NSEG], mixed_f[NSEG], mixed_c[NSEG];
+    for (int i = 0; i < NSEG; i++) {
+        fl[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .kv = o.dec[i]};
+        ct[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .container = o.c[i].data, .container_len = o.c[i].len};
+    }
+    /* mixed: a container, then a block, then an uncached segment; the reference has the
+     * container's decoded floats and the block's floats */
+    mixed_c[0] = ct[0], mixed_f[0] = fl[0];
+    mixed_c[1] = (bl_segment){.tokens = c.tok[1], .n = lens[1], .block = c.blk[1]};
+    mixed_f[1] = (bl_segment){.tokens = c.tok[1], .n = lens[1], .kv = c.kv[1]};
+    mixed_c[2] = mixed_f[2] = (bl_segment){.tokens = c.tok[2], .n = lens[2]};
+    for (int k = 0; k < np; k++) {
+        bl_params p = ps[k];
+        for (int withpool = 0; withpool < 2; withpool++) {
+            p.decode = withpool ? &pooled : NULL;
+            char what[64];
+            snprintf(what, sizeof(what), "%s%s", bl_mode_name(p.mode), withpool ? ", pooled decode" : "");
+            struct result a, b;
+            run(&c, fl, &p, &a);
+            run(&c, ct, &p, &b);
+            expect_same(&a, &b, what);
+            cr_expect(b.st.load_wait_ms >= 0 && b.st.load_wait_ms <= b.st.ms, "%s: waited %g of %g ms", what,
+                      b.st.load_wait_ms, b.st.ms);
+            result_free(&a);
+            result_free(&b);
+            run(&c, mixed_f, &p, &a);
+            run(&c, mixed_c, &p, &b);
+            expect_same(&a, &b, what);
+            result_free(&a);
+            result_free(&b);
+        }
+    }
+    rk_pool_free(pool);
+    free_conts(&o);
+    free_chunks(&c);
+}
+
+/* A damaged container, one of another geometry or of another length fails the assembly with
+ * the codec's or an RK_ERR_INVALID error (no hang: the loader's failure reaches the engine
+ * thread), whether it is the first segment or a later one; a segment with two kinds of KV is
+ * refused before anything runs. */
+Test(blend_block, bad_containers_fail_the_assembly)
+{
+    struct chunks c;
+    struct conts o;
+    make_conts(&c, &o);
+    rk_buf damaged = RK_BUF_INIT, short_one = RK_BUF_INIT;
+    rk_buf_append(&damaged, o.c[1].data, o.c[1].len);
+    ((uint8_t *)damaged.data)[damaged.len / 2] ^= 0x5a;
+    codec_params cp = codec_params_default(CODEC_CACHEGEN);
+    codec_shape shape = {(uint32_t)mi->n_layers, (uint32_t)lens[1] - 1, (uint32_t)mi->n_kv_heads, (uint32_t)mi->head_dim};
+    cr_assert_eq(codec_encode(c.kv[1], &shape, &cp, &short_one), RK_OK); /* the first n - 1 tokens' layout differs,
+                                                                            but only its length matters here */
+    static const bl_mode modes[] = {BL_NAIVE, BL_CACHEBLEND, BL_CACHECRAFT, BL_PREFIX, BL_APE};
+    float *logits = malloc((size_t)mi->vocab * sizeof(float));
+    for (int bad = 0; bad < 2; bad++) {
+        for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
+            for (int at = 0; at < 2; at++) {
+                bl_segment segs[NSEG];
+                for (int i = 0; i < NSEG; i++)
+                    segs[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .container = o.c[i].data,
+                                           .container_len = o.c[i].len};
+                const rk_buf *b = bad ? &short_one : &damaged;
+                segs[at] = (bl_segment){.tokens = c.tok[at], .n = lens[at], .container = b->data, .container_len = b->len};
+                if (bad) /* the short container stands for a segment of its own length + 1 */
+                    segs[at].n = lens[1];
+                bl_params p;
+                bl_params_default(&p, modes[k]);
+                eng_seq *s;
+                cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+                rk_status st = bl_assemble(m, be, s, segs, NSEG, c.q, 5, &p, logits, NULL);
+                if (modes[k] == BL_PREFIX && at == 1)
+                    cr_expect_eq(st, RK_OK, "prefix reads only the first segment's cache");
+                else if (bad)
+                    cr_expect_eq(st, RK_ERR_INVALID, "%s, segment %d of another length: %s", bl_mode_name(modes[k]),
+                                 at, rk_status_name(st));
+                else
+                    cr_expect_neq(st, RK_OK, "%s, damaged segment %d", bl_mode_name(modes[k]), at);
+                eng_seq_free(s);
+            }
+        }
+    }
+    bl_segment two[NSEG];
+    for (int i = 0; i < NSEG; i++)
+        two[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .kv = c.kv[i]};
+    two[2].container = o.c[2].data;
+    two[2].container_len = o.c[2].len;
+    bl_params p;
+    bl_params_default(&p, BL_CACHEBLEND);
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_expect_eq(bl_assemble(m, be, s, two, NSEG, c.q, 5, &p, logits, NULL), RK_ERR_INVALID);
+    cr_expect_eq(eng_seq_len(s), 0);
+    eng_seq_free(s);
+    free(logits);
+    rk_buf_free(&damaged);
+    rk_buf_free(&short_one);
+    free_conts(&o);
     free_chunks(&c);
 }

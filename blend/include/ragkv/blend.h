@@ -107,17 +107,21 @@ typedef struct bl_variant {
 } bl_variant;
 
 /* One prompt segment: its tokens (no BOS) and, when cached, its chunk KV (borrowed): as floats
- * in the layout above (eng_kv_floats(model, n) floats), or as a KV block already on the
+ * in the layout above (eng_kv_floats(model, n) floats), as a KV block already on the
  * backend (eng_kvblock of n tokens on bl_assemble's backend: imported without an upload, and
- * only the layers CacheBlend measures are read back). At most one of the two; both NULL:
- * computed from the tokens. Every mode gives the same result for a block as for the floats it
- * was made from. (Cache-Craft's per-segment inputs travel beside the segments, in
+ * only the layers CacheBlend measures are read back), or as a codec container of those floats
+ * (decoded with bl_params.decode; naive, CacheBlend and Cache-Craft decode it one layer at a
+ * time on a thread of their own, a layer ahead of the layer being computed). At most one of
+ * the three; none: computed from the tokens. Every mode gives the same result for a block or
+ * a container as for the floats it was made from. (Cache-Craft's per-segment inputs travel beside the segments, in
  * bl_params.craft.) */
 typedef struct bl_segment {
     const int32_t *tokens;     /* (n) */
     size_t n;                  /* tokens (> 0) */
     const float *kv;           /* (eng_kv_floats(m, n)) or NULL */
     const eng_kvblock *block;  /* n tokens' KV on the backend, or NULL */
+    const void *container;     /* a codec container of n tokens' KV in the model's geometry, or NULL */
+    size_t container_len;      /* its bytes */
 } bl_segment;
 
 /* Cache-Craft inputs of one segment (all optional; zero = none). */
@@ -143,6 +147,7 @@ typedef struct bl_params {
                                       metadata-less variant with nothing before it (CFO 0) */
     float ape_t;          /* APE: attention temperature on the chunks (> 0) */
     float ape_s;          /* APE: scale of the chunks' attention weights (> 0) */
+    const codec_decode_opts *decode; /* for container segments (pool, codebooks); NULL: defaults */
 } bl_params;
 
 /* Defaults: ratio 0.15, check layer 1, flat schedule, K-only deviation; Cache-Craft alpha
@@ -173,6 +178,7 @@ typedef struct bl_stats {
     double ms;              /* wall time of bl_assemble */
     size_t ape_ctx_end;     /* BL_APE: the chunks occupy slots [1, ape_ctx_end); else 0 */
     double phase_ms[BL_PHASES]; /* the wall time split by phase (APE: all under full) */
+    double load_wait_ms;    /* of that, time spent waiting for container layers to be decoded */
 } bl_stats;
 
 /* Standalone chunk prefill: BOS + tokens at positions 0..n on a scratch sequence; writes the

@@ -1,0 +1,232 @@
+/* load.c — layer-pipelined loading of compressed chunk caches (see load.h). */
+#include "load.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ragkv/alloc.h"
+#include "ragkv/clock.h"
+
+struct bl_loader {
+    const bl_segment *segs;     /* (nseg) borrowed */
+    size_t nseg;
+    const size_t *row0;         /* (nseg) borrowed: first slot of each segment */
+    const codec_decode_opts *opts;
+    const eng_model_info *mi;
+    int L;                      /* layers */
+    size_t w;                   /* n_kv_heads * head_dim */
+    codec_reader **rd;          /* (nseg) open readers of the container segments (loader thread) */
+    float *buf[2];              /* per layer parity: every container segment's (2, n_i, w) floats */
+    size_t *off;                /* (nseg) offset of segment i's floats in a buffer */
+    pthread_t th;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ready;                  /* layers [0, ready] are decoded (-1: none) */
+    int held;                   /* the engine thread imported layers [0, held]; reads layer held */
+    bool stop;                  /* bl_loader_free: decode nothing more */
+    rk_status err;              /* the loader's failure, RK_OK while none */
+    char msg[256];              /* its message */
+    double wait_ms;             /* the engine thread's waits */
+};
+
+rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, size_t n_tokens)
+{
+    if (ci->shape.n_layers != (uint32_t)mi->n_layers || ci->shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
+        ci->shape.head_dim != (uint32_t)mi->head_dim || ci->shape.n_tokens == 0 ||
+        (n_tokens && ci->shape.n_tokens != n_tokens))
+        return rk_error_set(RK_ERR_INVALID, "container of %u layers x %u tokens x %u kv heads x %u dims is not the "
+                            "model's geometry (%d layers, %d kv heads, %d dims)%s", ci->shape.n_layers,
+                            ci->shape.n_tokens, ci->shape.n_kv_heads, ci->shape.head_dim, mi->n_layers,
+                            mi->n_kv_heads, mi->head_dim, n_tokens ? " or not the segment's length" : "");
+    return RK_OK;
+}
+
+rk_status bl_container_floats(const eng_model_info *mi, const bl_segment *sg, const codec_decode_opts *opts,
+                              float **out)
+{
+    *out = NULL;
+    codec_info ci;
+    rk_status st = codec_inspect(sg->container, sg->container_len, &ci);
+    if (st == RK_OK)
+        st = bl_container_check(mi, &ci, sg->n);
+    if (st != RK_OK)
+        return st;
+    size_t bytes = codec_decoded_bytes(&ci, CODEC_F32);
+    float *kv = rk_malloc(bytes ? bytes : 1);
+    if (!kv)
+        return RK_ERR_NOMEM;
+    if ((st = codec_decode(sg->container, sg->container_len, opts, CODEC_F32, kv, bytes)) != RK_OK) {
+        rk_free(kv);
+        return st;
+    }
+    *out = kv;
+    return RK_OK;
+}
+
+/* The loader thread's failure: kept with its message for the engine thread. */
+static void loader_fail(bl_loader *ld, rk_status st, size_t seg)
+{
+    pthread_mutex_lock(&ld->mu);
+    if (ld->err == RK_OK) {
+        ld->err = st;
+        snprintf(ld->msg, sizeof(ld->msg), "segment %zu: %s", seg, rk_error_msg());
+    }
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+}
+
+static void *loader_main(void *arg)
+{
+    bl_loader *ld = arg;
+    for (size_t i = 0; i < ld->nseg; i++) {
+        const bl_segment *sg = &ld->segs[i];
+        if (!sg->container)
+            continue;
+        rk_status st = codec_reader_open(sg->container, sg->container_len, ld->opts, &ld->rd[i]);
+        if (st == RK_OK)
+            st = bl_container_check(ld->mi, codec_reader_info(ld->rd[i]), sg->n);
+        if (st != RK_OK) {
+            loader_fail(ld, st, i);
+            return NULL;
+        }
+    }
+    for (int l = 0; l < ld->L; l++) {
+        pthread_mutex_lock(&ld->mu);
+        /* layer l goes where layer l - 2 was: wait until the engine thread moved past it */
+        while (!ld->stop && l >= 2 && ld->held < l - 1)
+            pthread_cond_wait(&ld->cv, &ld->mu);
+        bool stop = ld->stop;
+        pthread_mutex_unlock(&ld->mu);
+        if (stop)
+            return NULL;
+        float *buf = ld->buf[l & 1];
+        for (size_t i = 0; i < ld->nseg; i++) {
+            if (!ld->rd[i])
+                continue;
+            size_t bytes = 2 * ld->segs[i].n * ld->w * sizeof(float);
+            rk_status st = codec_reader_decode_layers(ld->rd[i], CODEC_F32, l, 1, buf + ld->off[i], bytes);
+            if (st != RK_OK) {
+                loader_fail(ld, st, i);
+                return NULL;
+            }
+        }
+        pthread_mutex_lock(&ld->mu);
+        ld->ready = l;
+        pthread_cond_broadcast(&ld->cv);
+        pthread_mutex_unlock(&ld->mu);
+    }
+    return NULL;
+}
+
+rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size_t nseg, const size_t *row0,
+                          const codec_decode_opts *opts, bl_loader **out)
+{
+    *out = NULL;
+    size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim, per = 0, ncont = 0;
+    for (size_t i = 0; i < nseg; i++)
+        if (segs[i].container) {
+            per += 2 * segs[i].n * w;
+            ncont++;
+        }
+    if (ncont == 0)
+        return RK_OK;
+    bl_loader *ld = rk_calloc(1, sizeof(*ld));
+    if (!ld)
+        return RK_ERR_NOMEM;
+    ld->segs = segs;
+    ld->nseg = nseg;
+    ld->row0 = row0;
+    ld->opts = opts;
+    ld->mi = mi;
+    ld->L = mi->n_layers;
+    ld->w = w;
+    ld->ready = -1;
+    ld->held = -1;
+    ld->rd = rk_calloc(nseg, sizeof(*ld->rd));
+    ld->off = rk_calloc(nseg, sizeof(*ld->off));
+    ld->buf[0] = rk_malloc(per * sizeof(float));
+    ld->buf[1] = rk_malloc(per * sizeof(float));
+    if (!ld->rd || !ld->off || !ld->buf[0] || !ld->buf[1]) {
+        bl_loader_free(ld, NULL);
+        return RK_ERR_NOMEM;
+    }
+    for (size_t i = 0, o = 0; i < nseg; i++)
+        if (segs[i].container) {
+            ld->off[i] = o;
+            o += 2 * segs[i].n * w;
+        }
+    pthread_mutex_init(&ld->mu, NULL);
+    pthread_cond_init(&ld->cv, NULL);
+    if (pthread_create(&ld->th, NULL, loader_main, ld) != 0) {
+        pthread_mutex_destroy(&ld->mu);
+        pthread_cond_destroy(&ld->cv);
+        bl_loader_free(ld, NULL); /* not started: frees the memory only */
+        return rk_error_set(RK_ERR_IO, "blend: cannot start the layer loader thread");
+    }
+    ld->started = true;
+    *out = ld;
+    return RK_OK;
+}
+
+rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos)
+{
+    for (int layer = ld->held + 1; layer <= l && layer < ld->L; layer++) {
+        uint64_t t0 = rk_now_ns();
+        pthread_mutex_lock(&ld->mu);
+        while (ld->err == RK_OK && ld->ready < layer)
+            pthread_cond_wait(&ld->cv, &ld->mu);
+        rk_status err = ld->err;
+        pthread_mutex_unlock(&ld->mu);
+        ld->wait_ms += (double)(rk_now_ns() - t0) / 1e6;
+        if (err != RK_OK)
+            return rk_error_set(err, "compressed chunk cache: %s", ld->msg);
+        const float *buf = ld->buf[layer & 1];
+        for (size_t i = 0; i < ld->nseg; i++) {
+            const bl_segment *sg = &ld->segs[i];
+            if (!sg->container)
+                continue;
+            rk_status st = eng_kv_import_layers(s, layer, 1, ld->row0[i], sg->n, pos + ld->row0[i], buf + ld->off[i]);
+            if (st != RK_OK)
+                return st;
+        }
+        pthread_mutex_lock(&ld->mu);
+        ld->held = layer; /* the buffer of layer - 1 is the loader's again */
+        pthread_cond_broadcast(&ld->cv);
+        pthread_mutex_unlock(&ld->mu);
+    }
+    return RK_OK;
+}
+
+const float *bl_loader_layer(const bl_loader *ld, size_t i, int l)
+{
+    if (!ld || i >= ld->nseg || !ld->segs[i].container || l != ld->held)
+        return NULL;
+    return ld->buf[l & 1] + ld->off[i];
+}
+
+void bl_loader_free(bl_loader *ld, double *wait_ms)
+{
+    if (!ld)
+        return;
+    if (ld->started) {
+        pthread_mutex_lock(&ld->mu);
+        ld->stop = true;
+        pthread_cond_broadcast(&ld->cv);
+        pthread_mutex_unlock(&ld->mu);
+        pthread_join(ld->th, NULL);
+        pthread_mutex_destroy(&ld->mu);
+        pthread_cond_destroy(&ld->cv);
+    }
+    if (wait_ms)
+        *wait_ms = ld->wait_ms;
+    for (size_t i = 0; ld->rd && i < ld->nseg; i++)
+        if (ld->rd[i])
+            codec_reader_close(ld->rd[i]);
+    rk_free(ld->rd);
+    rk_free(ld->off);
+    rk_free(ld->buf[0]);
+    rk_free(ld->buf[1]);
+    rk_free(ld);
+}

@@ -1,0 +1,56 @@
+/*
+ * load.h — private to blend/: layer-pipelined loading of chunk caches that arrive compressed.
+ *
+ * A prompt's segments may carry their KV as codec containers (bl_segment.container). Rather
+ * than decoding every layer of every container before the first layer runs, a loader decodes
+ * them one layer at a time on a thread of its own, two layers ahead at most: while the engine
+ * computes layer l, layer l + 1 is being decoded. The engine thread asks for layer l
+ * (bl_loader_import) before it runs layer l on the prompt's sequence: that waits for the
+ * layer, imports it into the sequence at the segments' slots, and lets the loader reuse the
+ * buffer of layer l - 1.
+ *
+ * Ownership: the loader borrows the segments, their containers and the decode options until
+ * bl_loader_free. Threads: every call but the loader's own thread is the engine thread's.
+ * Lock: mu guards ready, held, stop and the error; the buffers of a layer belong to the loader
+ * thread until ready says the layer is done, then to the engine thread until held passes it.
+ */
+#ifndef RAGKV_BLEND_LOAD_H
+#define RAGKV_BLEND_LOAD_H
+
+#include "ragkv/blend.h"
+
+typedef struct bl_loader bl_loader;
+
+/* Start loading the container segments among segs[0..nseg) (segment i's first token in slot
+ * and position row0[i]) for model mi. *out NULL (and RK_OK) when no segment has a container.
+ * The containers are opened (checksums verified) on the loader's thread; their errors come
+ * back from bl_loader_import. */
+rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size_t nseg, const size_t *row0,
+                          const codec_decode_opts *opts, bl_loader **out);
+
+/* Make layers up to l of every container segment present in s (slots row0[i]..., positions
+ * pos[row0[i]]...), waiting for the loader as needed; layers already imported are skipped.
+ * From then on layer l's floats are readable (bl_loader_layer) until layer l + 1 is imported.
+ * The loader's error (a damaged container, a geometry that is not the model's) once it has
+ * one. */
+rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos);
+
+/* Segment i's KV of layer l, `[K|V][token][kv_head][head_dim]` float32, while readable (see
+ * bl_loader_import); NULL for a segment without a container or a layer not held. */
+const float *bl_loader_layer(const bl_loader *ld, size_t i, int l);
+
+/* Stop the loader (layers not yet decoded are skipped), join its thread and free it; *wait_ms
+ * (when not NULL) gets the time the engine thread spent waiting for layers. NULL is a no-op. */
+void bl_loader_free(bl_loader *ld, double *wait_ms);
+
+/* RK_ERR_INVALID (with the two geometries) unless the container's shape ci is the model's, with
+ * n_tokens tokens (0: any number). */
+rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, size_t n_tokens);
+
+/* Decode a container segment's whole KV to float32 (eng_kv_floats(model, sg->n) floats, owned
+ * by the caller): for the paths that import a segment at once (prefix, APE). RK_ERR_INVALID
+ * when its geometry is not the model's; the codec's errors for damaged input. */
+rk_status bl_container_floats(const eng_model_info *mi, const bl_segment *sg, const codec_decode_opts *opts,
+                              float **out);
+
+#endif
