@@ -21,13 +21,13 @@ def main():
             ref = hf_ms.get(run["prompt_tokens"])
             rows.append(dict(run, cache=r["cache"], codec=r["codec"], math=r["math"], hf_ms=ref,
                              vs_hf=(run["ttft_ms_median"] / ref) if ref else None))
-    print(f"{'cache':16} {'chunks':>6} {'tokens':>7} {'mode':11} {'ttft ms':>9} {'decode ms':>9} "
+    print(f"{'cache':26} {'chunks':>6} {'tokens':>7} {'mode':11} {'ttft ms':>9} {'decode ms':>9} "
           f"{'recomp':>7} {'hf full ms':>10} {'x of hf':>8}")
     for w in rows:
         frac = w["recomputed"] / w["prompt_tokens"]
         hf_s = f"{w['hf_ms']:10.1f}" if w["hf_ms"] else f"{'-':>10}"
         vs = f"{w['vs_hf']:8.3f}" if w["vs_hf"] else f"{'-':>8}"
-        print(f"{w['cache']:16} {w['chunks']:6d} {w['prompt_tokens']:7d} {w['mode']:11} "
+        print(f"{w['cache']:26} {w['chunks']:6d} {w['prompt_tokens']:7d} {w['mode']:11} "
               f"{w['ttft_ms_median']:9.1f} {w['decode_ms_median']:9.1f} {frac:7.3f} {hf_s} {vs}")
     if a.json:
         with open(a.json, "w") as f:

@@ -5,7 +5,9 @@
 # r=0.15 vs naive, with the chunk caches (GPU_BLEND_CACHES) as KV blocks already on the GPU
 # ("device": the device tier), compressed in host RAM and decoded by the GPU decoder straight
 # into KV blocks ("to-block"), compressed and decoded on the CPU pool into floats then uploaded
-# ("compressed"), or as float32 in host RAM ("f32"); decoding counts in the TTFT. Beside
+# ("compressed"), compressed and decoded layer by layer during the assembly, one layer ahead of
+# the layer computed ("pipelined"), or as float32 in host RAM ("f32"); decoding counts in the
+# TTFT. Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 set -euo pipefail
@@ -14,7 +16,7 @@ trap 'rm -rf "$tmp"' EXIT
 chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
-for cache in ${GPU_BLEND_CACHES:-device to-block compressed f32}; do
+for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined f32}; do
   extra=(); [ $cache != compressed ] && extra=(--$cache)
   echo "== caches: $cache"
   "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
