@@ -84,6 +84,39 @@ rk_status svc_chunk_check(const svc_chunk_ctx *x, const uint8_t *container, size
     return st;
 }
 
+/* Unwrap the stored chunk b and check that its tokens are the ones key names: *t (rk_free) and
+ * the container inside b. */
+static rk_status unwrap_checked(const cc_key *key, const cc_record *rec, const cc_buf *b, int32_t **t, uint32_t *n,
+                                const uint8_t **cont, size_t *clen)
+{
+    *t = NULL;
+    rk_status st = svc_chunk_unwrap(b->data, b->len, t, n, cont, clen);
+    if (st == RK_OK) {
+        cc_key k;
+        st = cc_key_compute(rec->model, rec->ns, *t, *n, &k);
+        if (st == RK_OK && !cc_key_equal(&k, key))
+            st = rk_error_set(RK_ERR_CORRUPT, "stored chunk: tokens do not match the key");
+    }
+    if (st != RK_OK) {
+        rk_free(*t);
+        *t = NULL;
+    }
+    return st;
+}
+
+rk_status svc_chunk_view(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
+                         int32_t **tokens, uint32_t *n, const uint8_t **container, size_t *clen)
+{
+    int32_t *t = NULL;
+    codec_info ci;
+    rk_status st = unwrap_checked(key, rec, b, &t, n, container, clen);
+    if (st == RK_OK && (st = check_geometry(x, *container, *clen, *n, &ci)) != RK_OK)
+        rk_free(t);
+    if (st == RK_OK)
+        *tokens = t;
+    return st;
+}
+
 rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
                          int32_t **tokens, uint32_t *n, float **kv, eng_backend *be, eng_kvblock **blk)
 {
@@ -92,13 +125,7 @@ rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_rec
     int32_t *t = NULL;
     if (blk)
         *blk = NULL;
-    rk_status st = svc_chunk_unwrap(b->data, b->len, &t, n, &cont, &clen);
-    if (st == RK_OK) { /* the tokens must be the ones the key names */
-        cc_key k;
-        st = cc_key_compute(rec->model, rec->ns, t, *n, &k);
-        if (st == RK_OK && !cc_key_equal(&k, key))
-            st = rk_error_set(RK_ERR_CORRUPT, "stored chunk: tokens do not match the key");
-    }
+    rk_status st = unwrap_checked(key, rec, b, &t, n, &cont, &clen);
     if (st == RK_OK && kv) {
         st = svc_chunk_check(x, cont, clen, *n, kv);
     } else if (st == RK_OK && blk) {

@@ -74,6 +74,12 @@ rk_status svc_chunk_fetch_block(const svc_chunk_ctx *x, eng_backend *be, const c
 rk_status svc_chunk_open(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
                          int32_t **tokens, uint32_t *n, float **kv, eng_backend *be, eng_kvblock **blk);
 
+/* svc_chunk_open without decoding: *tokens (rk_free) and *n, and the container inside b
+ * (borrowed: valid while b is), its geometry checked against the model, for blend's
+ * layer-pipelined loading. RK_ERR_CORRUPT when the tokens are not the key's. */
+rk_status svc_chunk_view(const svc_chunk_ctx *x, const cc_key *key, const cc_record *rec, const cc_buf *b,
+                         int32_t **tokens, uint32_t *n, const uint8_t **container, size_t *clen);
+
 /* Prefill tokens standalone and encode their KV with the context's codec and level: the
  * container appended to *container, the prefill's time in *prefill_ms (the recompute cost a hit
  * saves). Runs the engine: executor thread only. */

@@ -18,7 +18,7 @@
 
 static struct {
     svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
-    svc_metric *hits, *misses, *puts, *busy_us;
+    svc_metric *hits, *misses, *puts, *busy_us, *layer_loads;
     svc_histogram *ttft, *step_ms, *put_ms;
 } xm;
 
@@ -39,6 +39,9 @@ static void exec_metrics(void)
     xm.busy_us = svc_metric_get(SVC_COUNTER, "executor_busy_us_total", "",
                                 "microseconds the executor (the one thread that drives the model's backend) spent "
                                 "working: GPU time, per request over a run");
+    xm.layer_loads = svc_metric_get(SVC_COUNTER, "chunk_layer_loads_total", "",
+                                    "cached chunks assembled from their compressed form, decoded a layer ahead of "
+                                    "the layer computed (chunks read from RAM or disk without a device tier)");
     xm.ttft = svc_histogram_get("ttft_ms", "time to first token: from submission to the first token sampled, ms");
     xm.step_ms = svc_histogram_get("decode_step_ms", "one batched decode step, ms");
     xm.put_ms = svc_histogram_get("chunk_prefill_ms", "PUT_CHUNK work: prefill, encode, store, ms");
@@ -315,11 +318,12 @@ static rk_status tier_tokens(const cc_devtier_entry *e, int32_t **tokens, uint32
 }
 
 /* Segment i's chunk as resolved before the executor took g (g->pre: meta.c): the device tier's
- * copy the pool referenced, or the blob it read, opened here (decoded; into a KV block offered
- * to the tier when the tier is on). RK_ERR_NOT_FOUND when the tenant may not read it or it is
+ * copy the pool referenced, or the blob it read, opened here: decoded into a KV block offered
+ * to the tier when the tier is on, else left compressed (*cont, *clen: inside the blob, which
+ * g->pre keeps until the assembly is done) for bl_assemble's layer-pipelined loading. RK_ERR_NOT_FOUND when the tenant may not read it or it is
  * gone; the loop's or the pool's failure otherwise. */
 static rk_status pre_chunk(svc_exec *x, svc_gen *g, size_t i, bool reuse, int32_t **tokens, uint32_t *n, float **kv,
-                           cc_devtier_entry **ent, eng_kvblock **own)
+                           cc_devtier_entry **ent, eng_kvblock **own, const uint8_t **cont, size_t *clen)
 {
     svc_gen_pre *p = &g->pre[i];
     const cc_key *key = &g->segs[i].key;
@@ -337,8 +341,9 @@ static rk_status pre_chunk(svc_exec *x, svc_gen *g, size_t i, bool reuse, int32_
     cc_devtier *tier = svc_devcache_tier(x->cx.dev);
     if (!reuse) /* the tokens only */
         return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, NULL, NULL);
-    if (!tier)
-        return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, kv, NULL, NULL);
+    if (!tier) /* the container itself: bl_assemble decodes it a layer ahead of the layer it
+                  computes (the blob stays until the assembly is done) */
+        return svc_chunk_view(&x->cx, key, &p->rec, p->blob, tokens, n, cont, clen);
     eng_kvblock *blk = NULL;
     rk_status st = svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, x->be, &blk);
     if (st == RK_OK && svc_devcache_admit(x->cx.dev, key, *tokens, *n, blk, &p->rec, p->ticket, ent) != RK_OK)
@@ -390,12 +395,18 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
     rk_status st = RK_OK;
     for (size_t i = 0; i < g->nsegs && st == RK_OK; i++) {
         svc_gen_seg *sg = &g->segs[i];
+        const uint8_t *cont = NULL; /* the chunk still compressed, inside g->pre[i].blob */
+        size_t clen = 0;
         if (sg->by_key || (reuse && kst[i] == RK_OK)) {
             int32_t *t = NULL;
             uint32_t n = 0;
             rk_status fs = g->pre && g->pre[i].asked
-                               ? pre_chunk(x, g, i, reuse, &t, &n, &kvs[i], &ents[i], &own[i])
+                               ? pre_chunk(x, g, i, reuse, &t, &n, &kvs[i], &ents[i], &own[i], &cont, &clen)
                                : store_chunk(x, g, i, reuse, readable, &t, &n, &kvs[i], &ents[i], &own[i]);
+            if (fs != RK_OK) {
+                cont = NULL;
+                clen = 0;
+            }
             if (sg->by_key) {
                 if (fs == RK_ERR_NOT_FOUND)
                     fs = rk_error_set(fs, "segment %zu: no such chunk", i);
@@ -430,7 +441,8 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
                 st = rk_error_set(RK_ERR_RANGE, "segment %zu: token %d outside the vocabulary of %d", i,
                                   sg->tokens[t], mi->vocab);
         const svc_devchunk *dc = ents[i] ? cc_devtier_entry_obj(ents[i]) : NULL;
-        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i], .block = dc ? dc->block : own[i]};
+        segs[i] = (bl_segment){.tokens = sg->tokens, .n = sg->n, .kv = kvs[i], .block = dc ? dc->block : own[i],
+                               .container = cont, .container_len = clen};
     }
     rk_free(readable);
     rk_free(kst);
@@ -497,7 +509,6 @@ static void start_gen(svc_exec *x, svc_gen *g)
     cc_devtier_entry **ents = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*ents));
     eng_kvblock **own = rk_calloc(g->nsegs ? g->nsegs : 1, sizeof(*own)); /* blocks the tier refused */
     rk_status st = segs && kvs && ents && own ? resolve_segments(x, g, segs, kvs, ents, own) : RK_ERR_NOMEM;
-    svc_gen_pre_free(g); /* the blobs read for it are decoded now */
     bl_stats bs = {0};
     if (st == RK_OK) {
         /* room for the prompt and the tokens asked for, never the whole context by default
@@ -528,9 +539,16 @@ static void start_gen(svc_exec *x, svc_gen *g)
         }
         g->blend.craft = craft;
     }
+    codec_decode_opts dopts = {.pool = x->cx.pool}; /* container segments (segments' blobs in g->pre) */
+    g->blend.decode = &dopts;
+    for (size_t i = 0; st == RK_OK && i < g->nsegs; i++)
+        if (segs[i].container && g->blend.mode != BL_FULL)
+            svc_metric_add(xm.layer_loads, 1);
     if (st == RK_OK)
         st = bl_assemble(x->m, x->be, a->s, segs, g->nsegs, g->query, g->nquery, &g->blend, logits, &bs);
     g->blend.craft = NULL;
+    g->blend.decode = NULL;
+    svc_gen_pre_free(g); /* the blobs read for it: decoded or assembled from now */
     rk_free(craft);
     rk_free(ids);
     for (size_t i = 0; kvs && i < g->nsegs; i++)

@@ -184,3 +184,55 @@ Test(redis_meta_gen, generate_resolves_chunks_on_the_loop, .timeout = 180)
     cr_expect_eq(rk_test_stop(&r, SIGTERM, 10000), 0);
     rk_test_rmrf(tmp);
 }
+
+/* Without a device tier, chunks the pool read reach the assembly still compressed and are
+ * decoded one layer ahead of the layer computed (blend's loader); the answers are, token for
+ * token, the ones a daemon with embedded metadata gives (it decodes every chunk whole before
+ * assembling), in CacheBlend, naive and Cache-Craft, for chunks named by key and by content. */
+Test(redis_meta_gen, compressed_chunks_load_layer_by_layer, .timeout = 180)
+{
+    const char *model = svct_need_model();
+    char tmp[256], redis[64];
+    int rport;
+    rk_test_proc r;
+    svct_private_redis(tmp, &r, &rport, redis);
+    const char *ex_redis[] = {"--model", model, "--redis", redis, NULL};
+    const char *ex_embedded[] = {"--model", model, NULL};
+    svct_daemon d1, d2;
+    svct_daemon_up(&d1, "ragkvd", ex_redis, "acme", NULL);
+    svct_daemon_up(&d2, "ragkvd", ex_embedded, "acme", NULL);
+    ragkv_conn *a1 = svct_dial(d1.port, d1.token[0]), *a2 = svct_dial(d2.port, d2.token[0]);
+    int32_t t[3][30];
+    uint8_t k1[3][32], k2[3][32];
+    for (int i = 0; i < 3; i++) {
+        svct_chunk_toks(t[i], 30, 21 + i);
+        cr_assert_eq(ragkv_put_chunk(a1, t[i], 30, k1[i], NULL, NULL), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(ragkv_put_chunk(a2, t[i], 30, k2[i], NULL, NULL), RK_OK, "%s", rk_error_msg());
+        cr_expect(memcmp(k1[i], k2[i], 32) == 0, "the same chunk key on both daemons");
+    }
+    long long l1 = svct_metric(d1.hport, "chunk_layer_loads_total");
+    ragkv_segment segs[3] = {{.key = k1[0]}, {.tokens = t[1], .ntokens = 30}, {.key = k1[2]}};
+    const uint8_t modes[3] = {3, 2, 4}; /* cacheblend, naive, cachecraft (wire numbers) */
+    for (int m = 0; m < 3; m++) {
+        ragkv_gen_params p = {.segs = segs, .nsegs = 3, .query = query, .nquery = 4, .blend = modes[m],
+                              .recompute = 0.15f, .max_tokens = 12};
+        svct_tokens o1 = {0}, o2 = {0};
+        ragkv_gen_stats s1, s2;
+        cr_assert_eq(ragkv_generate(a1, &p, svct_collect_tokens, &o1, &s1), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(ragkv_generate(a2, &p, svct_collect_tokens, &o2, &s2), RK_OK, "%s", rk_error_msg());
+        cr_expect_eq(s1.chunk_hits, 3, "mode %d: every chunk from the cache", modes[m]);
+        cr_expect_eq(s2.chunk_hits, 3);
+        cr_expect_eq(s1.recomputed, s2.recomputed, "mode %d: the same rows recomputed", modes[m]);
+        cr_expect_eq(o1.n, 12);
+        cr_expect(o1.n == o2.n && memcmp(o1.toks, o2.toks, o1.n * sizeof(int32_t)) == 0,
+                  "mode %d: the layer-by-layer answer is the whole-decode answer", modes[m]);
+    }
+    cr_expect_eq(svct_metric(d1.hport, "chunk_layer_loads_total"), l1 + 9, "3 chunks x 3 generations, layer by layer");
+    cr_expect_eq(svct_metric(d2.hport, "chunk_layer_loads_total"), 0, "embedded metadata: decoded whole");
+    ragkv_close(a1);
+    ragkv_close(a2);
+    svct_daemon_down(&d1);
+    svct_daemon_down(&d2);
+    cr_expect_eq(rk_test_stop(&r, SIGTERM, 10000), 0);
+    rk_test_rmrf(tmp);
+}
