@@ -352,15 +352,16 @@ int bench_blend_main(int argc, char **argv)
                    bl_mode_name(o.modes[k]), mt, md, mt - md, frac, (double)stored / 1048576.0);
             printf("       phases ms (last run): ");
             for (int ph = 0; ph < BL_PHASES; ph++)
-                printf("%s %.2f%s", bl_phase_name((bl_phase)ph), bs.phase_ms[ph], ph + 1 < BL_PHASES ? ", " : "\n");
+                printf("%s %.2f, ", bl_phase_name((bl_phase)ph), bs.phase_ms[ph]);
+            printf("waiting for layers %.2f\n", bs.load_wait_ms);
             fflush(stdout);
             if (jf)
                 fprintf(jf,
                         "%s{\"chunks\": %ld, \"prompt_tokens\": %zu, \"mode\": \"%s\", \"ttft_ms_median\": %.3f, "
                         "\"decode_ms_median\": %.3f, \"recomputed\": %zu, \"token_layers\": %.4f, "
-                        "\"cache_bytes\": %zu, \"phase_ms_last\": {%s}}",
+                        "\"cache_bytes\": %zu, \"load_wait_ms_last\": %.3f, \"phase_ms_last\": {%s}}",
                         nrun++ ? ", " : "", o.chunks[c], plen, bl_mode_name(o.modes[k]), mt, md, bs.recomputed,
-                        bs.token_layers, stored, phases);
+                        bs.token_layers, stored, bs.load_wait_ms, phases);
         }
         prompt_free(&p);
     }

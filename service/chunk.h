@@ -46,6 +46,8 @@ typedef struct svc_chunk_ctx {
     int level;
     struct svc_cluster *cluster; /* placement over the cluster's nodes; NULL: this node only */
     struct svc_devcache *dev;    /* the device tier (devcache.h); NULL: off */
+    bool layer_loading;          /* chunks read without a device tier go to the assembly
+                                    compressed, decoded a layer ahead of the layer computed */
 } svc_chunk_ctx;
 
 /* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,

@@ -59,6 +59,7 @@ static const struct opt_desc opts[] = {
     INT_OPT("tenant-burst", tenant_burst, 0, 10000000, "request burst per tenant (0: one second's worth)"),
     INT_OPT("tenant-max-jobs", tenant_max_jobs, 0, 100000, "generations and prefills one tenant may run at once (0: unlimited)"),
     STR_OPT("log-level", log_level, "debug, info, warn or error"),
+    STR_OPT("layer-loading", layer_loading, "auto, on or off: chunks read from RAM or disk (no device tier, Redis metadata) are decoded a layer ahead of the layer computed (on), or whole first (off); auto: on for GPU backends, off on the CPU backend, where decoding and computing share the cores"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -86,6 +87,7 @@ void svc_config_defaults(svc_config *cfg)
     cfg->idle_timeout_s = 300;
     cfg->frame_timeout_s = 10;
     snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
+    snprintf(cfg->layer_loading, sizeof(cfg->layer_loading), "auto");
 }
 
 static const struct opt_desc *opt_find(const char *name, size_t len)
@@ -109,6 +111,11 @@ static rk_status opt_set(svc_config *cfg, const struct opt_desc *o, const char *
         memcpy(field, value, strlen(value) + 1);
         if (strcmp(o->name, "log-level") == 0 && rk_log_level_parse(value) < 0) {
             snprintf(err, errlen, "log-level: '%s' is not debug, info, warn or error", value);
+            return RK_ERR_INVALID;
+        }
+        if (strcmp(o->name, "layer-loading") == 0 && strcmp(value, "auto") && strcmp(value, "on") &&
+            strcmp(value, "off")) {
+            snprintf(err, errlen, "layer-loading: '%s' is not auto, on or off", value);
             return RK_ERR_INVALID;
         }
         return RK_OK;

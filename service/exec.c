@@ -341,9 +341,12 @@ static rk_status pre_chunk(svc_exec *x, svc_gen *g, size_t i, bool reuse, int32_
     cc_devtier *tier = svc_devcache_tier(x->cx.dev);
     if (!reuse) /* the tokens only */
         return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, NULL, NULL);
-    if (!tier) /* the container itself: bl_assemble decodes it a layer ahead of the layer it
-                  computes (the blob stays until the assembly is done) */
+    if (!tier && x->cx.layer_loading) /* the container itself: bl_assemble decodes it a layer
+                                         ahead of the layer it computes (the blob stays until
+                                         the assembly is done) */
         return svc_chunk_view(&x->cx, key, &p->rec, p->blob, tokens, n, cont, clen);
+    if (!tier)
+        return svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, kv, NULL, NULL);
     eng_kvblock *blk = NULL;
     rk_status st = svc_chunk_open(&x->cx, key, &p->rec, p->blob, tokens, n, NULL, x->be, &blk);
     if (st == RK_OK && svc_devcache_admit(x->cx.dev, key, *tokens, *n, blk, &p->rec, p->ticket, ent) != RK_OK)

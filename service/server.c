@@ -511,7 +511,10 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             goto fail;
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
                             .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1,
-                            .cluster = srv->cluster, .dev = srv->devcache};
+                            .cluster = srv->cluster, .dev = srv->devcache,
+                            .layer_loading = !strcmp(cfg->layer_loading, "on") ||
+                                             (!strcmp(cfg->layer_loading, "auto") &&
+                                              strcmp(eng_backend_name(srv->backend), "cpu") != 0)};
         if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);

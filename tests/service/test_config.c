@@ -72,6 +72,12 @@ Test(config, errors_name_the_problem)
     cr_expect_eq(svc_config_parse_args(&c, 2, a2, err, sizeof(err)), RK_ERR_INVALID);
     char *a3[] = {"ragkvd", "--log-level", "loud", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a3, err, sizeof(err)), RK_ERR_INVALID);
+    char *a5[] = {"ragkvd", "--layer-loading", "sometimes", NULL};
+    cr_expect_eq(svc_config_parse_args(&c, 3, a5, err, sizeof(err)), RK_ERR_INVALID);
+    cr_expect(strstr(err, "auto, on or off"), "got: %s", err);
+    char *a6[] = {"ragkvd", "--layer-loading", "off", NULL};
+    cr_expect_eq(svc_config_parse_args(&c, 3, a6, err, sizeof(err)), RK_OK, "%s", err);
+    cr_expect_str_eq(c.layer_loading, "off");
     char *a4[] = {"ragkvd", "--config", "/nonexistent/ragkvd.conf", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a4, err, sizeof(err)), RK_ERR_IO);
     cr_expect(strstr(err, "/nonexistent/ragkvd.conf"), "got: %s", err);

@@ -196,7 +196,7 @@ Test(redis_meta_gen, compressed_chunks_load_layer_by_layer, .timeout = 180)
     int rport;
     rk_test_proc r;
     svct_private_redis(tmp, &r, &rport, redis);
-    const char *ex_redis[] = {"--model", model, "--redis", redis, NULL};
+    const char *ex_redis[] = {"--model", model, "--redis", redis, "--layer-loading", "on", NULL};
     const char *ex_embedded[] = {"--model", model, NULL};
     svct_daemon d1, d2;
     svct_daemon_up(&d1, "ragkvd", ex_redis, "acme", NULL);

@@ -73,6 +73,8 @@ typedef struct svc_config {
     int tenant_burst;            /* request burst per tenant; 0 = the rate */
     int tenant_max_jobs;         /* generations/prefills a tenant may have running; 0 = unlimited */
     char log_level[16];          /* debug|info|warn|error */
+    char layer_loading[16];      /* auto|on|off: compressed chunks decoded a layer ahead of the
+                                    layer computed (auto: on GPU backends) */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;
 
