@@ -81,6 +81,157 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t ld,
     }
 }
 
+// ---- the per-warp pieces of both flash kernels ---------------------------------------------
+//
+// A warp owns 16 query rows: rows a (lane group g) and b (g + 8) of its m16 tile; its lanes t
+// (0..3) hold columns 2t, 2t+1 of every n8 tile. Scores s are BC/8 n8 tiles, outputs o HD/8.
+
+// The warp's Q fragments from shared rows of LD elements.
+template <int HD, int LD>
+__device__ __forceinline__ void warp_load_q(const bf16 *Qs, int warp, int lane, uint32_t (&qf)[HD / 16][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
+        ldsm_x4(smem_u32(Qs + row * LD + col), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+    }
+}
+
+// S = Q K^T for the warp's 16 rows x BC keys of the shared tile K (rows of LD).
+template <int HD, int LD>
+__device__ __forceinline__ void warp_scores(const bf16 *K, const uint32_t (&qf)[HD / 16][4], int lane,
+                                            float (&s)[BC / 8][4])
+{
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+        for (int jj = 0; jj < BC / 16; jj++) {
+            int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(smem_u32(K + key * LD + col), b0, b1, b2, b3);
+            mma_bf16(s[2 * jj], qf[kk], b0, b1);
+            mma_bf16(s[2 * jj + 1], qf[kk], b2, b3);
+        }
+    }
+}
+
+// Mask by position (a key at position sp[col] is visible to rows at positions >= it), apply the
+// slot groups' modifiers (sg[col] >= 0), scale into log2 units; the rows' maxima over the tile
+// (this lane's columns only).
+__device__ __forceinline__ void warp_mask(const cu_attn_shape &a, const int *sp, const int *sg, int pa, int pb, int t,
+                                          float (&s)[BC / 8][4], float &mxa, float &mxb)
+{
+    const float sc = a.scale;
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int col = j * 8 + 2 * t + (e & 1);
+            int qp = e < 2 ? pa : pb;
+            float x = s[j][e] * sc;
+            if (sp[col] > qp) {
+                x = -INFINITY;
+            } else {
+                int gi = sg[col];
+                if (gi >= 0) {
+                    if (a.temp)
+                        x /= a.temp[gi];
+                    if (a.lscale)
+                        x += a.lscale[gi];
+                }
+            }
+            x *= LOG2E;
+            s[j][e] = x;
+            if (e < 2)
+                mxa = fmaxf(mxa, x);
+            else
+                mxb = fmaxf(mxb, x);
+        }
+    }
+}
+
+// Online softmax over one tile: the rows' maxima over the warp's lanes, the running maxima
+// (ma, mb) and per-lane partial sums (la, lb) updated, s turned into exp2 weights, o rescaled.
+template <int HD>
+__device__ __forceinline__ void warp_softmax(float (&s)[BC / 8][4], float mxa, float mxb, float &ma, float &mb,
+                                             float &la, float &lb, float (&o)[HD / 8][4])
+{
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+    float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+    float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+    float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub); // 0 while nothing was seen
+    ma = na;
+    mb = nb;
+    float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++) {
+        s[j][0] = exp2f(s[j][0] - ua);
+        s[j][1] = exp2f(s[j][1] - ua);
+        s[j][2] = exp2f(s[j][2] - ub);
+        s[j][3] = exp2f(s[j][3] - ub);
+        suma += s[j][0] + s[j][1];
+        sumb += s[j][2] + s[j][3];
+    }
+    la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
+    lb = lb * alpha_b + sumb;
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        o[j][0] *= alpha_a;
+        o[j][1] *= alpha_a;
+        o[j][2] *= alpha_b;
+        o[j][3] *= alpha_b;
+    }
+}
+
+// O += P V for the shared tile V (rows of LD): P's A fragments straight from the S accumulators.
+template <int HD, int LD>
+__device__ __forceinline__ void warp_pv(const bf16 *V, const float (&s)[BC / 8][4], int lane, float (&o)[HD / 8][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+        uint32_t pa4[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                           pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int jd = 0; jd < HD / 16; jd++) {
+            int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(smem_u32(V + key * LD + col), b0, b1, b2, b3);
+            mma_bf16(o[2 * jd], pa4, b0, b1);
+            mma_bf16(o[2 * jd + 1], pa4, b2, b3);
+        }
+    }
+}
+
+// The rows' sums over their 4 lanes, then out[row, head h] = o / sum for rows a and b (< n).
+template <int HD>
+__device__ __forceinline__ void warp_store(const cu_attn_shape &a, float la, float lb, const float (&o)[HD / 8][4],
+                                           int h, int ra, int rb, int t, bf16 *out)
+{
+    const size_t qld = (size_t)a.H * HD;
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        int col = h * HD + j * 8 + 2 * t;
+        if (ra < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)ra * qld + col) =
+                __floats2bfloat162_rn(o[j][0] * ia, o[j][1] * ia);
+        if (rb < a.n)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)rb * qld + col) =
+                __floats2bfloat162_rn(o[j][2] * ib, o[j][3] * ib);
+    }
+}
+
 template <int HD>
 __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
                                               const bf16 *__restrict__ vc, const int32_t *__restrict__ spos, int len,
@@ -114,18 +265,13 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
     const int pa = ra < a.n ? a.qpos[ra] : -1, pb = rb < a.n ? a.qpos[rb] : -1;
 
     uint32_t qf[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
-        ldsm_x4(smem_u32(Qs + row * LD + col), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-    }
+    warp_load_q<HD, LD>(Qs, warp, lane, qf);
 
     float o[HD / 8][4];
 #pragma unroll
     for (int j = 0; j < HD / 8; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
-    const float sc = a.scale;
 
     for (int k0 = 0; k0 < len; k0 += BC) {
         __syncthreads(); // every warp is done with the previous tile
@@ -143,112 +289,15 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
         load_tile<HD, LD>(Vs, vc + (size_t)k0 * kvld + (size_t)kvh * HD, kvld, BC, len - k0);
         __syncthreads();
 
-        // S = Q K^T for the warp's 16 rows x 64 keys: 8 n8 tiles
-        float s[BC / 8][4];
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-#pragma unroll
-            for (int jj = 0; jj < BC / 16; jj++) {
-                int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(smem_u32(Ks + key * LD + col), b0, b1, b2, b3);
-                mma_bf16(s[2 * jj], qf[kk], b0, b1);
-                mma_bf16(s[2 * jj + 1], qf[kk], b2, b3);
-            }
-        }
-
-        // mask, modifiers, log2 units; row maxima (rows a = g, b = g + 8 of the warp)
-        float mxa = -INFINITY, mxb = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = j * 8 + 2 * t + (e & 1);
-                int qp = e < 2 ? pa : pb;
-                float x = s[j][e] * sc;
-                if (sp[col] > qp) {
-                    x = -INFINITY;
-                } else {
-                    int gi = sg[col];
-                    if (gi >= 0) {
-                        if (a.temp)
-                            x /= a.temp[gi];
-                        if (a.lscale)
-                            x += a.lscale[gi];
-                    }
-                }
-                x *= LOG2E;
-                s[j][e] = x;
-                if (e < 2)
-                    mxa = fmaxf(mxa, x);
-                else
-                    mxb = fmaxf(mxb, x);
-            }
-        }
-        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-        float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-        float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-        float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub); // 0 while nothing was seen
-        ma = na;
-        mb = nb;
-        float suma = 0.0f, sumb = 0.0f;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            s[j][0] = exp2f(s[j][0] - ua);
-            s[j][1] = exp2f(s[j][1] - ua);
-            s[j][2] = exp2f(s[j][2] - ub);
-            s[j][3] = exp2f(s[j][3] - ub);
-            suma += s[j][0] + s[j][1];
-            sumb += s[j][2] + s[j][3];
-        }
-        la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
-        lb = lb * alpha_b + sumb;
-#pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[j][0] *= alpha_a;
-            o[j][1] *= alpha_a;
-            o[j][2] *= alpha_b;
-            o[j][3] *= alpha_b;
-        }
-
-        // O += P V: P's A fragments straight from the S accumulators
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) {
-            uint32_t pa4[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int jd = 0; jd < HD / 16; jd++) {
-                int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(smem_u32(Vs + key * LD + col), b0, b1, b2, b3);
-                mma_bf16(o[2 * jd], pa4, b0, b1);
-                mma_bf16(o[2 * jd + 1], pa4, b2, b3);
-            }
-        }
+        // S = Q K^T for the warp's 16 rows x 64 keys; mask and modifiers; online softmax; O += P V
+        float s[BC / 8][4], mxa = -INFINITY, mxb = -INFINITY;
+        warp_scores<HD, LD>(Ks, qf, lane, s);
+        warp_mask(a, sp, sg, pa, pb, t, s, mxa, mxb);
+        warp_softmax<HD>(s, mxa, mxb, ma, mb, la, lb, o);
+        warp_pv<HD, LD>(Vs, s, lane, o);
     }
 
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
-#pragma unroll
-    for (int j = 0; j < HD / 8; j++) {
-        int col = h * HD + j * 8 + 2 * t;
-        if (ra < a.n)
-            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)ra * qld + col) =
-                __floats2bfloat162_rn(o[j][0] * ia, o[j][1] * ia);
-        if (rb < a.n)
-            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)rb * qld + col) =
-                __floats2bfloat162_rn(o[j][2] * ib, o[j][3] * ib);
-    }
+    warp_store<HD>(a, la, lb, o, h, ra, rb, t, out);
 }
 
 template <int HD>
@@ -377,18 +426,14 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
         wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, off));
 
     uint32_t qf[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
-        ldsm_x4(smem_u32(Qs + row * LD + col), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-    }
+    warp_load_q<HD, LD>(Qs, warp, lane, qf);
 
     float o[HD / 8][4];
 #pragma unroll
     for (int j = 0; j < HD / 8; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
-    const float sc = a.scale, sc2 = a.scale * LOG2E;
+    const float sc2 = a.scale * LOG2E;
 
     int cur = next_visible(0, ntiles, len, spos, a.grp, qmax, sp, sg, &tmax_s[0]);
     if (cur < ntiles) {
@@ -414,23 +459,8 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
         // zero-filled keys must stay masked)
         const bool plain = !a.grp && (cur + 1) * BC <= len && tmax_s[st] <= wmin;
 
-        float s[BC / 8][4];
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-#pragma unroll
-            for (int jj = 0; jj < BC / 16; jj++) {
-                int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(smem_u32(K + key * LD + col), b0, b1, b2, b3);
-                mma_bf16(s[2 * jj], qf[kk], b0, b1);
-                mma_bf16(s[2 * jj + 1], qf[kk], b2, b3);
-            }
-        }
-
-        float mxa = -INFINITY, mxb = -INFINITY;
+        float s[BC / 8][4], mxa = -INFINITY, mxb = -INFINITY;
+        warp_scores<HD, LD>(K, qf, lane, s);
         if (plain) {
 #pragma unroll
             for (int j = 0; j < BC / 8; j++) {
@@ -442,94 +472,15 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
                 mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
             }
         } else {
-#pragma unroll
-            for (int j = 0; j < BC / 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int col = j * 8 + 2 * t + (e & 1);
-                    int qp = e < 2 ? pa : pb;
-                    float x = s[j][e] * sc;
-                    if (spt[col] > qp) {
-                        x = -INFINITY;
-                    } else {
-                        int gi = sgt[col];
-                        if (gi >= 0) {
-                            if (a.temp)
-                                x /= a.temp[gi];
-                            if (a.lscale)
-                                x += a.lscale[gi];
-                        }
-                    }
-                    x *= LOG2E;
-                    s[j][e] = x;
-                    if (e < 2)
-                        mxa = fmaxf(mxa, x);
-                    else
-                        mxb = fmaxf(mxb, x);
-                }
-            }
+            warp_mask(a, spt, sgt, pa, pb, t, s, mxa, mxb);
         }
-        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-        float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-        float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-        float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
-        ma = na;
-        mb = nb;
-        float suma = 0.0f, sumb = 0.0f;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            s[j][0] = exp2f(s[j][0] - ua);
-            s[j][1] = exp2f(s[j][1] - ua);
-            s[j][2] = exp2f(s[j][2] - ub);
-            s[j][3] = exp2f(s[j][3] - ub);
-            suma += s[j][0] + s[j][1];
-            sumb += s[j][2] + s[j][3];
-        }
-        la = la * alpha_a + suma;
-        lb = lb * alpha_b + sumb;
-#pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[j][0] *= alpha_a;
-            o[j][1] *= alpha_a;
-            o[j][2] *= alpha_b;
-            o[j][3] *= alpha_b;
-        }
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) {
-            uint32_t pa4[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int jd = 0; jd < HD / 16; jd++) {
-                int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(smem_u32(V + key * LD + col), b0, b1, b2, b3);
-                mma_bf16(o[2 * jd], pa4, b0, b1);
-                mma_bf16(o[2 * jd + 1], pa4, b2, b3);
-            }
-        }
+        warp_softmax<HD>(s, mxa, mxb, ma, mb, la, lb, o);
+        warp_pv<HD, LD>(V, s, lane, o);
         __syncthreads(); // every warp is done with this stage before it is refilled
         cur = nxt;
     }
 
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
-#pragma unroll
-    for (int j = 0; j < HD / 8; j++) {
-        int col = h * HD + j * 8 + 2 * t;
-        if (ra < a.n)
-            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)ra * qld + col) =
-                __floats2bfloat162_rn(o[j][0] * ia, o[j][1] * ia);
-        if (rb < a.n)
-            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)rb * qld + col) =
-                __floats2bfloat162_rn(o[j][2] * ib, o[j][3] * ib);
-    }
+    warp_store<HD>(a, la, lb, o, h, ra, rb, t, out);
 }
 
 template <int HD>
