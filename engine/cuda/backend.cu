@@ -1157,6 +1157,14 @@ rk_status decode_body(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *d
     return logits_compute<T>(c, x, NULL, n, lg);
 }
 
+// decode_body in the context's storage type.
+rk_status decode_step(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *dpos, const int32_t *dslots,
+                      cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float **lg)
+{
+    return c->mode == MODE_BF16 ? decode_body<bf16>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, lg)
+                                : decode_body<float>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, lg);
+}
+
 // RAGKV_CUDA_GRAPH=0 turns decode graphs off (read per call: tests compare both ways).
 bool graphs_on()
 {
@@ -1211,8 +1219,7 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
         CU(cudaStreamBeginCapture(c->gstream, cudaStreamCaptureModeThreadLocal), "begin capture");
         c->stream = c->gstream;
         cublasSetStream(c->blas, c->gstream);
-        rk_status st = c->mode == MODE_BF16 ? decode_body<bf16>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg)
-                                            : decode_body<float>(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg);
+        rk_status st = decode_step(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg);
         c->stream = 0;
         cublasSetStream(c->blas, 0);
         cudaError_t e = cudaStreamEndCapture(c->gstream, &g);
@@ -1317,23 +1324,10 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
         fprintf(stderr, "ragkv: cuda backend: decode graphs off: %s\n", rk_error_msg());
         c->graph_broken = true;
     }
-    layer_call lc;
-    memset(&lc, 0, sizeof(lc));
-    lc.x = x;
-    lc.n = n;
-    lc.dpos = dpos;
-    lc.dslots = dslots;
-    lc.ddesc = dd;
-    lc.drseq = drseq;
-    lc.max_len = max_len;
-    st = c->mode == MODE_BF16 ? embed_rows<bf16>(c, x, dtok, n) : embed_rows<float>(c, x, dtok, n);
-    for (int l = 0; l < mi->n_layers && st == RK_OK; l++) {
-        lc.layer = l;
-        st = run_layer(c, &lc, PATH_DECODE);
-    }
-    if (st == RK_OK)
-        st = c->mode == MODE_BF16 ? logits_rows<bf16>(c, x, NULL, n, logits) : logits_rows<float>(c, x, NULL, n, logits);
-    return st;
+    float *lg = NULL;
+    TRY(decode_step(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg));
+    CU(cudaMemcpy(logits, lg, n * (size_t)mi->vocab * sizeof(float), cudaMemcpyDeviceToHost), "logits");
+    return RK_OK;
 }
 
 template <typename T>
