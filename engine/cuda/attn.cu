@@ -502,6 +502,51 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, 
 }
 
 
+// ---- the pieces of both decode kernels -------------------------------------------------------
+
+// A key's score for one query head: q.k scaled, with the key's slot-group modifiers; -inf when
+// the key is not visible to the query.
+__device__ __forceinline__ float decode_score(const cu_attn_shape &a, float dot, bool visible, int gi)
+{
+    float x = -INFINITY;
+    if (visible) {
+        x = dot * a.scale;
+        if (gi >= 0) {
+            if (a.temp)
+                x /= a.temp[gi];
+            if (a.lscale)
+                x += a.lscale[gi];
+        }
+    }
+    return x;
+}
+
+// The split's softmax statistics per query head, one warp per head: the scores ps (nk, G)
+// become exp(score - max) in place; ml[2i] = the max (-inf: nothing visible), ml[2i + 1] = the
+// sum. Block-wide (every thread calls it).
+__device__ __forceinline__ void decode_split_softmax(float *ps, int nk, int G, int warp, int lane, float *ml)
+{
+    for (int i = warp; i < G; i += NT / 32) {
+        float m = -INFINITY;
+        for (int k = lane; k < nk; k += 32)
+            m = fmaxf(m, ps[k * G + i]);
+        for (int off = 16; off > 0; off >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        float mu = m == -INFINITY ? 0.0f : m, l = 0.0f;
+        for (int k = lane; k < nk; k += 32) {
+            float e = __expf(ps[k * G + i] - mu);
+            ps[k * G + i] = e;
+            l += e;
+        }
+        for (int off = 16; off > 0; off >>= 1)
+            l += __shfl_xor_sync(0xffffffffu, l, off);
+        if (lane == 0) {
+            ml[2 * i] = m;
+            ml[2 * i + 1] = l;
+        }
+    }
+}
+
 // part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
 template <typename T>
 __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
@@ -554,17 +599,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
             for (int i = 0; i < ATTN_MAX_GROUP; i++) {
                 if (i >= G)
                     break;
-                float x = -INFINITY;
-                if (visible) {
-                    x = acc[i] * a.scale;
-                    if (gi >= 0) {
-                        if (a.temp)
-                            x /= a.temp[gi];
-                        if (a.lscale)
-                            x += a.lscale[gi];
-                    }
-                }
-                ps[(tk - t0) * G + i] = x;
+                ps[(tk - t0) * G + i] = decode_score(a, acc[i], visible, gi);
             }
         }
     }
@@ -572,25 +607,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
 
     // softmax statistics per query head: one warp per head
     const int nk = t1 > t0 ? t1 - t0 : 0;
-    for (int i = warp; i < G; i += NT / 32) {
-        float m = -INFINITY;
-        for (int k = lane; k < nk; k += 32)
-            m = fmaxf(m, ps[k * G + i]);
-        for (int off = 16; off > 0; off >>= 1)
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-        float mu = m == -INFINITY ? 0.0f : m, l = 0.0f;
-        for (int k = lane; k < nk; k += 32) {
-            float e = __expf(ps[k * G + i] - mu);
-            ps[k * G + i] = e;
-            l += e;
-        }
-        for (int off = 16; off > 0; off >>= 1)
-            l += __shfl_xor_sync(0xffffffffu, l, off);
-        if (lane == 0) {
-            ml[2 * i] = m;
-            ml[2 * i + 1] = l;
-        }
-    }
+    decode_split_softmax(ps, nk, G, warp, lane, ml);
     __syncthreads();
 
     // partial outputs: one thread per dimension, every query head of the group at once
@@ -700,17 +717,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
                 for (int i = 0; i < GM; i++) {
                     if (i >= G)
                         break;
-                    float x = -INFINITY;
-                    if (visible) {
-                        x = acc[i] * a.scale;
-                        if (gi >= 0) {
-                            if (a.temp)
-                                x /= a.temp[gi];
-                            if (a.lscale)
-                                x += a.lscale[gi];
-                        }
-                    }
-                    ps[k * G + i] = x;
+                    ps[k * G + i] = decode_score(a, acc[i], visible, gi);
                 }
             }
         }
@@ -718,25 +725,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
     __syncthreads();
 
     // softmax statistics per query head: one warp per head
-    for (int i = warp; i < G; i += NT / 32) {
-        float m = -INFINITY;
-        for (int k = lane; k < nk; k += 32)
-            m = fmaxf(m, ps[k * G + i]);
-        for (int off = 16; off > 0; off >>= 1)
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-        float mu = m == -INFINITY ? 0.0f : m, l = 0.0f;
-        for (int k = lane; k < nk; k += 32) {
-            float e = __expf(ps[k * G + i] - mu);
-            ps[k * G + i] = e;
-            l += e;
-        }
-        for (int off = 16; off > 0; off >>= 1)
-            l += __shfl_xor_sync(0xffffffffu, l, off);
-        if (lane == 0) {
-            ml[2 * i] = m;
-            ml[2 * i + 1] = l;
-        }
-    }
+    decode_split_softmax(ps, nk, G, warp, lane, ml);
     __syncthreads();
 
     // V: thread (kr, kl) sums keys kr, kr + KPI, ... over its VEC dimensions
