@@ -37,9 +37,10 @@ rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, siz
         ci->shape.head_dim != (uint32_t)mi->head_dim || ci->shape.n_tokens == 0 ||
         (n_tokens && ci->shape.n_tokens != n_tokens))
         return rk_error_set(RK_ERR_INVALID, "container of %u layers x %u tokens x %u kv heads x %u dims is not the "
-                            "model's geometry (%d layers, %d kv heads, %d dims)%s", ci->shape.n_layers,
+                            "model's geometry (%d layers, %d kv heads, %d dims)%s%.0zu%s", ci->shape.n_layers,
                             ci->shape.n_tokens, ci->shape.n_kv_heads, ci->shape.head_dim, mi->n_layers,
-                            mi->n_kv_heads, mi->head_dim, n_tokens ? " or not the segment's length" : "");
+                            mi->n_kv_heads, mi->head_dim, n_tokens ? " with " : "", n_tokens,
+                            n_tokens ? " tokens" : "");
     return RK_OK;
 }
 

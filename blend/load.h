@@ -43,10 +43,6 @@ const float *bl_loader_layer(const bl_loader *ld, size_t i, int l);
  * (when not NULL) gets the time the engine thread spent waiting for layers. NULL is a no-op. */
 void bl_loader_free(bl_loader *ld, double *wait_ms);
 
-/* RK_ERR_INVALID (with the two geometries) unless the container's shape ci is the model's, with
- * n_tokens tokens (0: any number). */
-rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, size_t n_tokens);
-
 /* Decode a container segment's whole KV to float32 (eng_kv_floats(model, sg->n) floats, owned
  * by the caller): for the paths that import a segment at once (prefix, APE). RK_ERR_INVALID
  * when its geometry is not the model's; the codec's errors for damaged input. */

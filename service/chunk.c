@@ -52,13 +52,10 @@ static rk_status check_geometry(const svc_chunk_ctx *x, const uint8_t *container
     rk_status st = codec_inspect(container, clen, ci);
     if (st != RK_OK)
         return st;
-    if (ci->shape.n_layers != (uint32_t)mi->n_layers || ci->shape.n_kv_heads != (uint32_t)mi->n_kv_heads ||
-        ci->shape.head_dim != (uint32_t)mi->head_dim || ci->shape.n_tokens != n)
-        return rk_error_set(RK_ERR_INVALID,
-                            "container geometry %u layers x %u tokens x %u kv heads x %u dims does not "
-                            "match the model (%d x %u x %d x %d)",
-                            ci->shape.n_layers, ci->shape.n_tokens, ci->shape.n_kv_heads, ci->shape.head_dim,
-                            mi->n_layers, n, mi->n_kv_heads, mi->head_dim);
+    if (n == 0) /* (bl_container_check reads 0 as any length) */
+        return rk_error_set(RK_ERR_INVALID, "a chunk of 0 tokens");
+    if ((st = bl_container_check(mi, ci, n)) != RK_OK)
+        return st;
     if (ci->codebook_id)
         return rk_error_set(RK_ERR_UNSUPPORTED, "containers that need a codebook are not accepted yet");
     return RK_OK;

@@ -186,6 +186,10 @@ typedef struct bl_stats {
 rk_status bl_chunk_prefill(eng_model *m, eng_backend *be, const int32_t *tokens, size_t n,
                            float *kv_out);
 
+/* RK_ERR_INVALID (with both geometries in the message) unless the container described by ci has
+ * the model's layers, KV heads and head dim and n_tokens tokens (0: any number but 0). */
+rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, size_t n_tokens);
+
 /* Decode a codec container of one chunk's KV (canonical layout, the model's geometry) into a
  * new KV block on be, ready for bl_segment.block: on a CUDA backend that stores KV as bf16 the
  * codec's GPU decoder writes straight into the block's device memory (no float32 copy, no
