@@ -43,7 +43,8 @@ struct bench {
     double *cdf;               /* (corpus) Zipf CDF over popularity ranks */
     atomic_int next;           /* next request number */
     double *ttft, *e2e;        /* (requests) ms, client side (open loop: from the arrival time) */
-    double *arrive;            /* (requests) open loop: arrival offsets in ns from t_start, else NULL */
+    double *arrive;            /* (requests) open loop: arrival offsets in ns from t_start */
+    bool open_loop;            /* this phase: requests arrive at arrive[], else back to back */
     uint64_t t_start;          /* rk_now_ns() when the requests start */
     double *server_ttft;       /* (requests) ms, as the server measured */
     atomic_llong hits, misses, prompt_tokens, recomputed, generated;
@@ -133,7 +134,7 @@ static void *worker(void *arg)
         ragkv_gen_stats st;
         w->first_ns = 0;
         uint64_t t0 = rk_now_ns();
-        if (b->arrive) { /* open loop: the request arrives at its time; waiting for a free
+        if (b->open_loop) { /* open loop: the request arrives at its time; waiting for a free
                             connection counts in its latency */
             uint64_t due = b->t_start + (uint64_t)b->arrive[r];
             if (due > t0) {
@@ -453,8 +454,8 @@ int bench_serve_main(int argc, char **argv)
         atomic_store(&b.recomputed, 0);
         atomic_store(&b.generated, 0);
         atomic_store(&b.errors, 0);
-        int open_loop = rate > 0;
-        if (open_loop) { /* Poisson arrivals: exponential gaps of mean 1/rate, seeded */
+        b.open_loop = rate > 0;
+        if (b.open_loop) { /* Poisson arrivals: exponential gaps of mean 1/rate, seeded */
             uint64_t rng = b.seed * 0x2545f4914f6cdd1dull + 17;
             double at = 0;
             for (int i = 0; i < o.requests; i++) {
@@ -462,9 +463,6 @@ int bench_serve_main(int argc, char **argv)
                 b.arrive[i] = at;
             }
         }
-        double *arrive = b.arrive;
-        if (!open_loop)
-            b.arrive = NULL;
         double busy0 = busy_ms(&o);
         t0 = rk_now_ns();
         b.t_start = t0;
@@ -474,7 +472,6 @@ int bench_serve_main(int argc, char **argv)
         }
         for (int i = 0; i < o.conns; i++)
             pthread_join(th[i], NULL);
-        b.arrive = arrive;
         double wall = (double)(rk_now_ns() - t0) / 1e9;
         double busy1 = busy_ms(&o);
         int errors = atomic_load(&b.errors), done = o.requests - errors;
@@ -519,7 +516,7 @@ int bench_serve_main(int argc, char **argv)
                         info.model, mode, o.ratio, rate, o.tenants, o.conns, o.corpus, o.chunk_len, o.query_len, o.k,
                         o.requests, o.zipf, o.shared, o.max_tokens, errors, wall, done / wall, gen_s, ttft50, ttft99,
                         e2e50, e2e99, sttft50, hit_rate, recompute, load_s,
-                        open_loop ? b.arrive[o.requests - 1] / 1e9 : 0.0, (unsigned long long)b.seed, gpu_ms);
+                        b.open_loop ? b.arrive[o.requests - 1] / 1e9 : 0.0, (unsigned long long)b.seed, gpu_ms);
                 fclose(jf);
             }
         }
