@@ -56,27 +56,26 @@ __device__ __forceinline__ void store_out(void *out, int bf16, size_t i, float v
 
 /* ---- cachegen ---------------------------------------------------------------------------- */
 
-/* Everything the kernel reads, by value. */
+/* Everything the kernel reads, by value (uploaded once per reader). */
 struct cg_dev {
     cg_params p;              /* qmax lives here too */
     uint32_t T, H, D, C, n_tblocks, n_groups, models_per_lkv;
     size_t scale_block0, scale_block1;
-    size_t n_streams;
     const uint8_t *payload;   /* device */
     const uint64_t *offs;     /* device [n_streams + 1] */
     const float *scales;      /* device [n_scales] */
     const rans_model *models; /* device [n_models] */
-    void *out;                /* device, canonical layout */
     int bf16;
     int *failed;              /* device flag */
 };
 
-/* One thread per stream: decode_streams() of cachegen.c, operation for operation. */
-__global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
+/* One thread per stream of [s0, s1): decode_streams() of cachegen.c, operation for operation.
+ * out holds the canonical layout from (layer, K|V) index lkv0 on. */
+__global__ void cg_decode_kernel(const cg_dev *__restrict__ dp, size_t s0, size_t s1, size_t lkv0, void *out)
 {
     const cg_dev &d = *dp;
-    size_t si = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (si >= d.n_streams)
+    size_t si = s0 + (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (si >= s1)
         return;
     const cg_params &p = d.p;
     uint32_t g = (uint32_t)(si % d.n_groups);
@@ -107,7 +106,7 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
             uint32_t a = b0 + (t - b0) / p.anchor_interval * p.anchor_interval;
             res = a != t;
         }
-        size_t obase = (lkv * d.T + t) * d.C + c0;
+        size_t obase = ((lkv - lkv0) * d.T + t) * d.C + c0;
         for (uint32_t i = 0; i < nc; i++) {
             uint32_t c = c0 + i;
             const rans_model *m = &d.models[mbase + (size_t)(c / p.model_group) * (delta ? 2 : 1) + res];
@@ -130,98 +129,11 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
                 val = __fadd_rn(anchor[i], val);
             else
                 anchor[i] = val;
-            store_out(d.out, d.bf16, obase + i, val);
+            store_out(out, d.bf16, obase + i, val);
         }
     }
     if (x != RANS_L || ptr != end)
         atomicExch(d.failed, 1);
-}
-
-/* cachegen into device memory: host-side validation, uploads, the kernel, the error flag. */
-static rk_status cg_decode_cuda(const codec_view *v, const codec_codebook *cb, int bf16,
-                                void *dev_out, cudaStream_t stream, float *kernel_ms)
-{
-    cg_prepared pr;
-    rk_status st = cg_prepare(v, cb, &pr);
-    if (st != RK_OK)
-        return st;
-    uint8_t *d_payload = NULL;
-    uint64_t *d_offs = NULL;
-    float *d_scales = NULL;
-    rans_model *d_models = NULL;
-    cg_dev *d_dev = NULL;
-    int *d_failed = NULL;
-    cudaEvent_t ev0 = NULL, ev1 = NULL;
-    int failed = 0;
-    cg_dev h;
-    if (pr.p.group > CG_CUDA_MAX_GROUP) {
-        st = rk_error_set(RK_ERR_UNSUPPORTED, "codec_decode_cuda: stream group %u > %d",
-                          pr.p.group, CG_CUDA_MAX_GROUP);
-        goto done;
-    }
-    CK(cudaMalloc((void **)&d_payload, pr.payload_len ? pr.payload_len : 1), "cudaMalloc");
-    CK(cudaMalloc((void **)&d_offs, (pr.lay.n_streams + 1) * sizeof(uint64_t)), "cudaMalloc");
-    CK(cudaMalloc((void **)&d_scales, (pr.lay.n_scales + 1) * sizeof(float)), "cudaMalloc");
-    CK(cudaMalloc((void **)&d_models, pr.lay.n_models * sizeof(rans_model)), "cudaMalloc");
-    CK(cudaMalloc((void **)&d_dev, sizeof(cg_dev)), "cudaMalloc");
-    CK(cudaMalloc((void **)&d_failed, sizeof(int)), "cudaMalloc");
-    memset(&h, 0, sizeof h);
-    h.p = pr.p;
-    h.T = pr.lay.T;
-    h.H = pr.lay.H;
-    h.D = pr.lay.D;
-    h.C = pr.lay.C;
-    h.n_tblocks = pr.lay.n_tblocks;
-    h.n_groups = pr.lay.n_groups;
-    h.models_per_lkv = pr.lay.models_per_lkv;
-    h.scale_block0 = pr.lay.scale_block[0];
-    h.scale_block1 = pr.lay.scale_block[1];
-    h.n_streams = pr.lay.n_streams;
-    h.payload = d_payload;
-    h.offs = d_offs;
-    h.scales = d_scales;
-    h.models = d_models;
-    h.out = dev_out;
-    h.bf16 = bf16;
-    h.failed = d_failed;
-    CK(cudaMemcpyAsync(d_payload, pr.payload, pr.payload_len, cudaMemcpyHostToDevice, stream), "upload");
-    CK(cudaMemcpyAsync(d_offs, pr.offs, (pr.lay.n_streams + 1) * sizeof(uint64_t),
-                       cudaMemcpyHostToDevice, stream), "upload");
-    CK(cudaMemcpyAsync(d_scales, pr.scales, pr.lay.n_scales * sizeof(float),
-                       cudaMemcpyHostToDevice, stream), "upload");
-    CK(cudaMemcpyAsync(d_models, pr.models, pr.lay.n_models * sizeof(rans_model),
-                       cudaMemcpyHostToDevice, stream), "upload");
-    CK(cudaMemcpyAsync(d_dev, &h, sizeof h, cudaMemcpyHostToDevice, stream), "upload");
-    CK(cudaMemsetAsync(d_failed, 0, sizeof(int), stream), "memset");
-    CK(cudaEventCreate(&ev0), "event");
-    CK(cudaEventCreate(&ev1), "event");
-    CK(cudaEventRecord(ev0, stream), "event");
-    {
-        unsigned threads = 128;
-        size_t blocks = (pr.lay.n_streams + threads - 1) / threads;
-        cg_decode_kernel<<<(unsigned)blocks, threads, 0, stream>>>(d_dev);
-    }
-    CK(cudaGetLastError(), "cachegen kernel launch");
-    CK(cudaEventRecord(ev1, stream), "event");
-    CK(cudaMemcpyAsync(&failed, d_failed, sizeof(int), cudaMemcpyDeviceToHost, stream), "download");
-    CK(cudaStreamSynchronize(stream), "cachegen kernel");
-    if (kernel_ms)
-        CK(cudaEventElapsedTime(kernel_ms, ev0, ev1), "event");
-    if (failed)
-        st = rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
-done:
-    if (ev0)
-        cudaEventDestroy(ev0);
-    if (ev1)
-        cudaEventDestroy(ev1);
-    cudaFree(d_payload);
-    cudaFree(d_offs);
-    cudaFree(d_scales);
-    cudaFree(d_models);
-    cudaFree(d_dev);
-    cudaFree(d_failed);
-    cg_prepared_free(&pr);
-    return st;
 }
 
 /* ---- q8 and raw -------------------------------------------------------------------------- */
@@ -244,123 +156,383 @@ __global__ void f16_to_bf16_kernel(const uint16_t *in, size_t n, void *out)
         store_out(out, 1, i, __half2float(__ushort_as_half(in[i])));
 }
 
-/* raw and q8 into device memory, with the CPU decoder's checks. */
-static rk_status simple_decode_cuda(const codec_view *v, int bf16, void *dev_out,
-                                    cudaStream_t stream, float *kernel_ms)
+/* ---- the reader: a container decoded into device memory by layer ranges ---------------- */
+
+/* Layer ranges are enqueued on the reader's stream: their compressed bytes are copied up
+ * (cachegen: the range's streams; q8: scales and values; raw: the values), the kernel runs,
+ * and an event per layer marks the end of the call that decoded it, so that another stream
+ * can wait for exactly those layers (codec_cuda_reader_wait). What does not depend on the
+ * range is done once at open: the container parsed and verified (every checksum), raw's and
+ * q8's value checks, cachegen's stream offsets, scales and models built (cg_prepare) and
+ * uploaded. lz4 decodes layer ranges on the CPU (codec_reader) and copies them up. */
+struct codec_cuda_reader {
+    codec_info info;
+    codec_view v;             /* raw, q8, cachegen: the parsed container (borrows its bytes) */
+    codec_reader *host;       /* lz4: the CPU reader */
+    int bf16;
+    cudaStream_t stream;
+    bool own_stream;          /* created here (non-blocking), destroyed at close */
+    size_t layer_values;      /* values of one layer (K and V) */
+    cudaEvent_t *ev;          /* [n_layers] recorded after the call that decoded the layer */
+    bool *done;               /* [n_layers] enqueued */
+    int *d_failed;            /* cachegen: a malformed stream was met */
+    void *host_buf;           /* lz4: one range decoded on the CPU */
+    size_t host_cap;
+    /* cachegen */
+    bool cg;
+    cg_prepared pr;
+    uint8_t *d_payload;
+    uint64_t *d_offs;
+    float *d_scales;
+    rans_model *d_models;
+    cg_dev *d_dev;
+    size_t streams_per_layer; /* 2 * n_tblocks * n_groups */
+    /* q8 (scales then values) and raw (values, for the bf16 conversion) */
+    uint8_t *d_buf;
+    /* timing of the last range (codec_decode_cuda_timed) */
+    cudaEvent_t t0, t1;
+};
+
+static rk_status reader_check_simple(const codec_view *v)
 {
-    rk_status st = RK_OK;
     size_t n = codec_shape_values(&v->info.shape);
     uint32_t D = v->info.shape.head_dim;
     const codec_rsection *pay = codec_view_section(v, SEC_PAYLOAD);
     const codec_rsection *sc = codec_view_section(v, SEC_SCALES);
-    uint8_t *d_buf = NULL;
-    cudaEvent_t ev0 = NULL, ev1 = NULL;
-    unsigned threads = 256;
-    size_t blocks = (n + threads - 1) / threads;
     if (v->info.codec == CODEC_RAW) {
         if (v->info.n_sections != 1 || !pay || pay->len != 2 * n)
             return rk_error_set(RK_ERR_FORMAT, "raw: payload does not fit the geometry");
         for (size_t i = 0; i < n; i++) /* same check as the CPU decoder */
             if ((rk_get_le16(pay->data + 2 * i) & 0x7c00) == 0x7c00)
                 return rk_error_set(RK_ERR_FORMAT, "raw: Inf or NaN value");
+        return RK_OK;
+    }
+    if (v->info.n_sections != 2 || !sc || !pay || sc->len != 2 * (n / D) || pay->len != n)
+        return rk_error_set(RK_ERR_FORMAT, "q8: sections do not fit the geometry");
+    for (size_t r = 0; r < n / D; r++) { /* same check as the CPU decoder */
+        float s = rk_f16_to_f32(rk_get_le16(sc->data + 2 * r));
+        if (!(s >= 0.0f && s <= 65504.0f))
+            return rk_error_set(RK_ERR_FORMAT, "q8: invalid scale");
+    }
+    return RK_OK;
+}
+
+/* Parse, verify and upload what every range needs. stream NULL with own: a new
+ * non-blocking stream. */
+static rk_status reader_open(const void *data, size_t len, const codec_decode_opts *opts, codec_dtype dtype,
+                             void *vstream, bool own, codec_cuda_reader **out)
+{
+    *out = NULL;
+    if (dtype != CODEC_F16 && dtype != CODEC_BF16)
+        return rk_error_set(RK_ERR_INVALID, "codec_decode_cuda: dtype must be f16 or bf16");
+    if (!codec_cuda_available())
+        return rk_error_set(RK_ERR_UNAVAILABLE, "codec_decode_cuda: no CUDA device");
+    codec_cuda_reader *r = (codec_cuda_reader *)rk_calloc(1, sizeof(*r));
+    if (!r)
+        return rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: out of memory");
+    rk_status st = RK_OK;
+    size_t maxv = opts && opts->max_values ? opts->max_values : ((size_t)1 << 32);
+    uint32_t L;
+    r->bf16 = dtype == CODEC_BF16;
+    r->stream = (cudaStream_t)vstream;
+    if (own) {
+        CK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking), "stream");
+        r->own_stream = true;
+    }
+    if ((st = codec_view_parse(data, len, false, &r->v)) != RK_OK)
+        goto done;
+    if (r->v.info.codec == CODEC_LZ4) { /* the CPU reader verifies and decodes */
+        if ((st = codec_reader_open(data, len, opts, &r->host)) != RK_OK)
+            goto done;
+        r->info = *codec_reader_info(r->host);
     } else {
-        if (v->info.n_sections != 2 || !sc || !pay || sc->len != 2 * (n / D) || pay->len != n)
-            return rk_error_set(RK_ERR_FORMAT, "q8: sections do not fit the geometry");
-        for (size_t r = 0; r < n / D; r++) { /* same check as the CPU decoder */
-            float s = rk_f16_to_f32(rk_get_le16(sc->data + 2 * r));
-            if (!(s >= 0.0f && s <= 65504.0f))
-                return rk_error_set(RK_ERR_FORMAT, "q8: invalid scale");
+        if ((st = codec_view_parse(data, len, true, &r->v)) != RK_OK)
+            goto done;
+        r->info = r->v.info;
+    }
+    if (codec_shape_values(&r->info.shape) > maxv) {
+        st = rk_error_set(RK_ERR_LIMIT, "codec_decode_cuda: too many values");
+        goto done;
+    }
+    L = r->info.shape.n_layers;
+    r->layer_values = codec_shape_values(&r->info.shape) / L;
+    r->ev = (cudaEvent_t *)rk_calloc(L, sizeof(cudaEvent_t));
+    r->done = (bool *)rk_calloc(L, sizeof(bool));
+    if (!r->ev || !r->done) {
+        st = rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: out of memory");
+        goto done;
+    }
+    for (uint32_t l = 0; l < L; l++)
+        CK(cudaEventCreateWithFlags(&r->ev[l], cudaEventDisableTiming), "event");
+    CK(cudaEventCreate(&r->t0), "event");
+    CK(cudaEventCreate(&r->t1), "event");
+    if (r->info.codec == CODEC_CACHEGEN) {
+        const codec_codebook *cb;
+        if ((st = codec_resolve_codebook(&r->v, opts, &cb)) != RK_OK)
+            goto done;
+        if ((st = cg_prepare(&r->v, cb, &r->pr)) != RK_OK)
+            goto done;
+        r->cg = true;
+        cg_prepared *pr = &r->pr;
+        if (pr->p.group > CG_CUDA_MAX_GROUP) {
+            st = rk_error_set(RK_ERR_UNSUPPORTED, "codec_decode_cuda: stream group %u > %d", pr->p.group,
+                              CG_CUDA_MAX_GROUP);
+            goto done;
+        }
+        r->streams_per_layer = pr->lay.n_streams / L;
+        CK(cudaMalloc((void **)&r->d_payload, pr->payload_len ? pr->payload_len : 1), "cudaMalloc");
+        CK(cudaMalloc((void **)&r->d_offs, (pr->lay.n_streams + 1) * sizeof(uint64_t)), "cudaMalloc");
+        CK(cudaMalloc((void **)&r->d_scales, (pr->lay.n_scales + 1) * sizeof(float)), "cudaMalloc");
+        CK(cudaMalloc((void **)&r->d_models, pr->lay.n_models * sizeof(rans_model)), "cudaMalloc");
+        CK(cudaMalloc((void **)&r->d_dev, sizeof(cg_dev)), "cudaMalloc");
+        CK(cudaMalloc((void **)&r->d_failed, sizeof(int)), "cudaMalloc");
+        cg_dev h;
+        memset(&h, 0, sizeof h);
+        h.p = pr->p;
+        h.T = pr->lay.T;
+        h.H = pr->lay.H;
+        h.D = pr->lay.D;
+        h.C = pr->lay.C;
+        h.n_tblocks = pr->lay.n_tblocks;
+        h.n_groups = pr->lay.n_groups;
+        h.models_per_lkv = pr->lay.models_per_lkv;
+        h.scale_block0 = pr->lay.scale_block[0];
+        h.scale_block1 = pr->lay.scale_block[1];
+        h.payload = r->d_payload;
+        h.offs = r->d_offs;
+        h.scales = r->d_scales;
+        h.models = r->d_models;
+        h.bf16 = r->bf16;
+        h.failed = r->d_failed;
+        CK(cudaMemcpyAsync(r->d_offs, pr->offs, (pr->lay.n_streams + 1) * sizeof(uint64_t), cudaMemcpyHostToDevice,
+                           r->stream), "upload");
+        CK(cudaMemcpyAsync(r->d_scales, pr->scales, pr->lay.n_scales * sizeof(float), cudaMemcpyHostToDevice,
+                           r->stream), "upload");
+        CK(cudaMemcpyAsync(r->d_models, pr->models, pr->lay.n_models * sizeof(rans_model), cudaMemcpyHostToDevice,
+                           r->stream), "upload");
+        CK(cudaMemcpyAsync(r->d_dev, &h, sizeof h, cudaMemcpyHostToDevice, r->stream), "upload");
+        CK(cudaMemsetAsync(r->d_failed, 0, sizeof(int), r->stream), "memset");
+        /* h is on this stack frame: the copy must have left it before we return */
+        CK(cudaStreamSynchronize(r->stream), "upload");
+    } else if (r->info.codec == CODEC_RAW || r->info.codec == CODEC_Q8) {
+        if ((st = reader_check_simple(&r->v)) != RK_OK)
+            goto done;
+        size_t n = codec_shape_values(&r->info.shape);
+        if (r->info.codec == CODEC_Q8) { /* scales (fp16 per head row), then the values */
+            const codec_rsection *sc = codec_view_section(&r->v, SEC_SCALES);
+            CK(cudaMalloc((void **)&r->d_buf, sc->len + n), "cudaMalloc");
+            CK(cudaMemcpyAsync(r->d_buf, sc->data, sc->len, cudaMemcpyHostToDevice, r->stream), "upload");
+        } else if (r->bf16) {
+            CK(cudaMalloc((void **)&r->d_buf, 2 * n), "cudaMalloc");
         }
     }
-    CK(cudaEventCreate(&ev0), "event");
-    CK(cudaEventCreate(&ev1), "event");
-    if (v->info.codec == CODEC_RAW && !bf16) {
-        CK(cudaEventRecord(ev0, stream), "event");
-        CK(cudaMemcpyAsync(dev_out, pay->data, 2 * n, cudaMemcpyHostToDevice, stream), "upload");
-        CK(cudaEventRecord(ev1, stream), "event");
-    } else if (v->info.codec == CODEC_RAW) {
-        CK(cudaMalloc((void **)&d_buf, 2 * n), "cudaMalloc");
-        CK(cudaMemcpyAsync(d_buf, pay->data, 2 * n, cudaMemcpyHostToDevice, stream), "upload");
-        CK(cudaEventRecord(ev0, stream), "event");
-        f16_to_bf16_kernel<<<(unsigned)blocks, threads, 0, stream>>>((const uint16_t *)d_buf, n, dev_out);
-        CK(cudaGetLastError(), "raw kernel");
-        CK(cudaEventRecord(ev1, stream), "event");
-    } else {
-        size_t sbytes = 2 * (n / D);
-        CK(cudaMalloc((void **)&d_buf, sbytes + n), "cudaMalloc");
-        CK(cudaMemcpyAsync(d_buf, sc->data, sbytes, cudaMemcpyHostToDevice, stream), "upload");
-        CK(cudaMemcpyAsync(d_buf + sbytes, pay->data, n, cudaMemcpyHostToDevice, stream), "upload");
-        CK(cudaEventRecord(ev0, stream), "event");
-        q8_kernel<<<(unsigned)blocks, threads, 0, stream>>>((const uint16_t *)d_buf,
-                                                            (const int8_t *)(d_buf + sbytes), n, D,
-                                                            dev_out, bf16);
-        CK(cudaGetLastError(), "q8 kernel");
-        CK(cudaEventRecord(ev1, stream), "event");
-    }
-    CK(cudaStreamSynchronize(stream), "decode");
-    if (kernel_ms)
-        CK(cudaEventElapsedTime(kernel_ms, ev0, ev1), "event");
 done:
-    if (ev0)
-        cudaEventDestroy(ev0);
-    if (ev1)
-        cudaEventDestroy(ev1);
-    cudaFree(d_buf);
+    if (st != RK_OK) {
+        codec_cuda_reader_close(r);
+        return st;
+    }
+    *out = r;
+    return RK_OK;
+}
+
+extern "C" rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
+                                            codec_dtype dtype, codec_cuda_reader **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_open: no output");
+    *out = NULL;
+    if (!data)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_open: no container");
+    return reader_open(data, len, opts, dtype, NULL, true, out);
+}
+
+extern "C" const codec_info *codec_cuda_reader_info(const codec_cuda_reader *r)
+{
+    return &r->info;
+}
+
+static unsigned grid(size_t n, unsigned threads)
+{
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+/* Enqueue layers [layer0, layer0 + n) into dev_out; timed: events around the kernel. */
+static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev_out, bool timed)
+{
+    rk_status st = RK_OK;
+    cudaStream_t stream = r->stream;
+    size_t v0 = (size_t)layer0 * r->layer_values, nv = (size_t)n * r->layer_values;
+    size_t es = 2; /* f16 or bf16 */
+    uint32_t D = r->info.shape.head_dim;
+    if (r->cg) {
+        const cg_prepared *pr = &r->pr;
+        size_t s0 = (size_t)layer0 * r->streams_per_layer, s1 = s0 + (size_t)n * r->streams_per_layer;
+        size_t b0 = pr->offs[s0], b1 = pr->offs[s1];
+        if (b1 > b0)
+            CK(cudaMemcpyAsync(r->d_payload + b0, pr->payload + b0, b1 - b0, cudaMemcpyHostToDevice, stream),
+               "upload");
+        if (timed)
+            CK(cudaEventRecord(r->t0, stream), "event");
+        if (s1 > s0)
+            cg_decode_kernel<<<grid(s1 - s0, 128), 128, 0, stream>>>(r->d_dev, s0, s1, 2 * (size_t)layer0, dev_out);
+        CK(cudaGetLastError(), "cachegen kernel launch");
+    } else if (r->host) { /* lz4: decoded on the CPU, copied up */
+        size_t bytes = nv * es;
+        if (bytes > r->host_cap) {
+            void *p = rk_realloc(r->host_buf, bytes);
+            if (!p)
+                return rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: %zu bytes", bytes);
+            r->host_buf = p;
+            r->host_cap = bytes;
+        }
+        /* the buffer is reused by the next range: let the previous copy finish first */
+        CK(cudaStreamSynchronize(stream), "upload");
+        if ((st = codec_reader_decode_layers(r->host, r->bf16 ? CODEC_BF16 : CODEC_F16, layer0, n, r->host_buf,
+                                             bytes)) != RK_OK)
+            return st;
+        if (timed)
+            CK(cudaEventRecord(r->t0, stream), "event");
+        CK(cudaMemcpyAsync(dev_out, r->host_buf, bytes, cudaMemcpyHostToDevice, stream), "upload");
+    } else {
+        const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
+        if (r->info.codec == CODEC_Q8) {
+            size_t sbytes = 2 * (codec_shape_values(&r->info.shape) / D);
+            CK(cudaMemcpyAsync(r->d_buf + sbytes + v0, pay->data + v0, nv, cudaMemcpyHostToDevice, stream), "upload");
+            if (timed)
+                CK(cudaEventRecord(r->t0, stream), "event");
+            q8_kernel<<<grid(nv, 256), 256, 0, stream>>>((const uint16_t *)r->d_buf + v0 / D,
+                                                         (const int8_t *)(r->d_buf + sbytes + v0), nv, D, dev_out,
+                                                         r->bf16);
+            CK(cudaGetLastError(), "q8 kernel");
+        } else if (!r->bf16) {
+            if (timed)
+                CK(cudaEventRecord(r->t0, stream), "event");
+            CK(cudaMemcpyAsync(dev_out, pay->data + 2 * v0, 2 * nv, cudaMemcpyHostToDevice, stream), "upload");
+        } else {
+            CK(cudaMemcpyAsync(r->d_buf + 2 * v0, pay->data + 2 * v0, 2 * nv, cudaMemcpyHostToDevice, stream),
+               "upload");
+            if (timed)
+                CK(cudaEventRecord(r->t0, stream), "event");
+            f16_to_bf16_kernel<<<grid(nv, 256), 256, 0, stream>>>((const uint16_t *)(r->d_buf + 2 * v0), nv,
+                                                                  dev_out);
+            CK(cudaGetLastError(), "raw kernel");
+        }
+    }
+    if (timed)
+        CK(cudaEventRecord(r->t1, stream), "event");
+    for (int l = layer0; l < layer0 + n; l++) {
+        CK(cudaEventRecord(r->ev[l], stream), "event");
+        r->done[l] = true;
+    }
+done:
     return st;
+}
+
+extern "C" rk_status codec_cuda_reader_decode_layers(codec_cuda_reader *r, int layer0, int n_layers,
+                                                     void *dev_out, size_t out_bytes)
+{
+    if (!r || !dev_out)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_decode_layers: bad arguments");
+    uint32_t L = r->info.shape.n_layers;
+    if (layer0 < 0 || n_layers <= 0 || (uint32_t)layer0 >= L || (uint32_t)n_layers > L - (uint32_t)layer0)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_decode_layers: layers [%d, %d) outside [0, %u)",
+                            layer0, layer0 + n_layers, L);
+    size_t need = (size_t)n_layers * r->layer_values * 2;
+    if (out_bytes < need)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_decode_layers: output holds %zu bytes, needs %zu",
+                            out_bytes, need);
+    return reader_range(r, layer0, n_layers, dev_out, false);
+}
+
+extern "C" rk_status codec_cuda_reader_wait(codec_cuda_reader *r, int layer0, int n_layers, void *stream)
+{
+    if (!r || layer0 < 0 || n_layers <= 0 || (uint32_t)layer0 >= r->info.shape.n_layers ||
+        (uint32_t)n_layers > r->info.shape.n_layers - (uint32_t)layer0)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_wait: bad layer range");
+    for (int l = layer0; l < layer0 + n_layers; l++) {
+        if (!r->done[l])
+            return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_wait: layer %d was not enqueued", l);
+        cudaError_t e = cudaStreamWaitEvent((cudaStream_t)stream, r->ev[l], 0);
+        if (e != cudaSuccess)
+            return cuda_err(e, "codec_cuda_reader_wait");
+    }
+    return RK_OK;
+}
+
+extern "C" rk_status codec_cuda_reader_finish(codec_cuda_reader *r)
+{
+    if (!r)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_finish: no reader");
+    rk_status st = RK_OK;
+    int failed = 0;
+    if (r->d_failed)
+        CK(cudaMemcpyAsync(&failed, r->d_failed, sizeof(int), cudaMemcpyDeviceToHost, r->stream), "download");
+    CK(cudaStreamSynchronize(r->stream), "codec_decode_cuda");
+    if (failed)
+        st = rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
+done:
+    return st;
+}
+
+extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
+{
+    if (!r)
+        return;
+    cudaStreamSynchronize(r->stream); /* nothing may still read or write our buffers */
+    for (uint32_t l = 0; r->ev && l < r->info.shape.n_layers; l++)
+        if (r->ev[l])
+            cudaEventDestroy(r->ev[l]);
+    if (r->t0)
+        cudaEventDestroy(r->t0);
+    if (r->t1)
+        cudaEventDestroy(r->t1);
+    cudaFree(r->d_payload);
+    cudaFree(r->d_offs);
+    cudaFree(r->d_scales);
+    cudaFree(r->d_models);
+    cudaFree(r->d_dev);
+    cudaFree(r->d_failed);
+    cudaFree(r->d_buf);
+    if (r->own_stream)
+        cudaStreamDestroy(r->stream);
+    if (r->cg)
+        cg_prepared_free(&r->pr);
+    codec_reader_close(r->host);
+    rk_free(r->host_buf);
+    rk_free(r->ev);
+    rk_free(r->done);
+    rk_free(r);
 }
 
 /* ---- entry points ------------------------------------------------------------------------ */
 
 extern "C" rk_status codec_decode_cuda_timed(const void *data, size_t len,
                                              const codec_decode_opts *opts, codec_dtype dtype,
-                                             void *dev_out, size_t out_bytes, void *vstream,
+                                             void *dev_out, size_t out_bytes, void *stream,
                                              float *kernel_ms)
 {
-    cudaStream_t stream = (cudaStream_t)vstream;
     if (kernel_ms)
         *kernel_ms = 0;
-    if (dtype != CODEC_F16 && dtype != CODEC_BF16)
-        return rk_error_set(RK_ERR_INVALID, "codec_decode_cuda: dtype must be f16 or bf16");
-    if (!codec_cuda_available())
-        return rk_error_set(RK_ERR_UNAVAILABLE, "codec_decode_cuda: no CUDA device");
-    codec_view v;
-    rk_status st = codec_view_parse(data, len, true, &v);
+    if (!data)
+        return rk_error_set(RK_ERR_INVALID, "codec_decode_cuda: no container");
+    codec_cuda_reader *r;
+    rk_status st = reader_open(data, len, opts, dtype, stream, false, &r);
     if (st != RK_OK)
         return st;
-    size_t maxv = opts && opts->max_values ? opts->max_values : ((size_t)1 << 32);
-    if (codec_shape_values(&v.info.shape) > maxv)
-        return rk_error_set(RK_ERR_LIMIT, "codec_decode_cuda: too many values");
-    size_t need = codec_decoded_bytes(&v.info, dtype);
+    size_t need = codec_decoded_bytes(&r->info, dtype);
     if (!dev_out || out_bytes < need)
-        return rk_error_set(RK_ERR_INVALID, "codec_decode_cuda: output holds %zu bytes, needs %zu",
-                            out_bytes, need);
-    int bf16 = dtype == CODEC_BF16;
-    switch (v.info.codec) {
-    case CODEC_CACHEGEN: {
-        const codec_codebook *cb;
-        if ((st = codec_resolve_codebook(&v, opts, &cb)) != RK_OK)
-            return st;
-        return cg_decode_cuda(&v, cb, bf16, dev_out, stream, kernel_ms);
+        st = rk_error_set(RK_ERR_INVALID, "codec_decode_cuda: output holds %zu bytes, needs %zu", out_bytes, need);
+    if (st == RK_OK)
+        st = reader_range(r, 0, (int)r->info.shape.n_layers, dev_out, true);
+    if (st == RK_OK)
+        st = codec_cuda_reader_finish(r);
+    if (st == RK_OK && kernel_ms && r->info.codec != CODEC_LZ4) {
+        cudaError_t e = cudaEventElapsedTime(kernel_ms, r->t0, r->t1);
+        if (e != cudaSuccess)
+            st = cuda_err(e, "event");
     }
-    case CODEC_RAW:
-    case CODEC_Q8:
-        return simple_decode_cuda(&v, bf16, dev_out, stream, kernel_ms);
-    default: { /* lz4: serial per block, decoded on the CPU and copied up */
-        void *host = rk_malloc(need);
-        if (!host)
-            return rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: %zu bytes", need);
-        st = codec_decode(data, len, opts, dtype, host, need);
-        if (st == RK_OK) {
-            cudaError_t e = cudaMemcpyAsync(dev_out, host, need, cudaMemcpyHostToDevice, stream);
-            if (e == cudaSuccess)
-                e = cudaStreamSynchronize(stream);
-            if (e != cudaSuccess)
-                st = cuda_err(e, "upload");
-        }
-        rk_free(host);
-        return st;
-    }
-    }
+    codec_cuda_reader_close(r);
+    return st;
 }
 
 extern "C" rk_status codec_decode_cuda(const void *data, size_t len,

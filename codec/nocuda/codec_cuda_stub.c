@@ -19,6 +19,35 @@ rk_status codec_decode_cuda_timed(const void *data, size_t len, const codec_deco
 
 int codec_cuda_available(void) { return 0; }
 
+rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
+                                 codec_dtype dtype, codec_cuda_reader **out)
+{
+    if (out)
+        *out = NULL;
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_open: built without CUDA");
+}
+
+/* No reader can exist in this build: the functions taking one are never reached with one. */
+const codec_info *codec_cuda_reader_info(const codec_cuda_reader *r) { return NULL; }
+
+rk_status codec_cuda_reader_decode_layers(codec_cuda_reader *r, int layer0, int n_layers,
+                                          void *dev_out, size_t out_bytes)
+{
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_decode_layers: built without CUDA");
+}
+
+rk_status codec_cuda_reader_wait(codec_cuda_reader *r, int layer0, int n_layers, void *stream)
+{
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_wait: built without CUDA");
+}
+
+rk_status codec_cuda_reader_finish(codec_cuda_reader *r)
+{
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_finish: built without CUDA");
+}
+
+void codec_cuda_reader_close(codec_cuda_reader *r) {}
+
 int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
                      int iters, FILE *jf)
 {

@@ -141,4 +141,16 @@ static inline uint8_t *section(uint8_t *p, uint32_t type, size_t *len)
     return NULL;
 }
 
+/* Move the last byte of entry k of the INDEX section (lz4 blocks, cachegen streams) to entry
+ * k + 1: entry k's decoder runs out of bytes, k + 1's reads garbage; the payload still adds
+ * up. */
+static inline void move_last_byte(rk_buf *b, size_t k)
+{
+    size_t ilen;
+    uint8_t *idx = section(b->data, 4, &ilen);
+    cr_assert_lt(4 * (k + 1), ilen);
+    rk_put_le32(idx + 4 * k, rk_get_le32(idx + 4 * k) - 1);
+    rk_put_le32(idx + 4 * k + 4, rk_get_le32(idx + 4 * k + 4) + 1);
+}
+
 #endif

@@ -109,3 +109,85 @@ Test(gpu_decode, damaged_input_is_an_error)
     rk_free(kv);
 #endif
 }
+
+/* The reader: layer ranges enqueued in any order, each decoded by its own call into its place
+ * in one device buffer, give codec_decode's bytes; the legacy stream sees them after a wait. */
+Test(gpu_decode, reader_ranges_identical_to_cpu)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape shapes[] = {{5, 300, 2, 16}, {32, 256, 8, 128}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        codec_shape s = shapes[k];
+        int L = (int)s.n_layers;
+        float *kv = synth(s, 11 + k);
+        for (int c = 0; c < N_CODECS; c++)
+            for (int d = 0; d < 2; d++) {
+                codec_dtype dt = d ? CODEC_BF16 : CODEC_F16;
+                rk_buf b = enc(kv, s, all_codecs[c], -1);
+                size_t nb = codec_shape_values(&s) * 2, lb = nb / (size_t)L;
+                uint8_t *cpu = rk_malloc(nb), *gpu = rk_malloc(nb), *dev;
+                cr_assert_eq(codec_decode(b.data, b.len, NULL, dt, cpu, nb), RK_OK, "%s", rk_error_msg());
+                cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
+                cr_assert_eq(cudaMemset(dev, 0xff, nb), cudaSuccess);
+                codec_cuda_reader *r;
+                rk_status st = codec_cuda_reader_open(b.data, b.len, NULL, dt, &r);
+                cr_assert_eq(st, RK_OK, "%s: %s", codec_id_name(all_codecs[c]), rk_error_msg());
+                cr_assert_eq(codec_cuda_reader_info(r)->shape.n_layers, s.n_layers);
+                cr_assert_eq(codec_cuda_reader_wait(r, L - 1, 1, NULL), RK_ERR_INVALID,
+                             "waiting for a layer nobody enqueued must be refused");
+                /* ranges of 1, 2, 3, ... layers from the last layer down */
+                for (int hi = L, n = 1; hi > 0; n++) {
+                    int l0 = hi - n < 0 ? 0 : hi - n;
+                    st = codec_cuda_reader_decode_layers(r, l0, hi - l0, dev + (size_t)l0 * lb, (size_t)(hi - l0) * lb);
+                    cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+                    hi = l0;
+                }
+                cr_assert_eq(codec_cuda_reader_decode_layers(r, L - 1, 2, dev, nb), RK_ERR_INVALID);
+                cr_assert_eq(codec_cuda_reader_decode_layers(r, 0, 1, dev, lb - 1), RK_ERR_INVALID);
+                cr_assert_eq(codec_cuda_reader_wait(r, 0, L, NULL), RK_OK, "%s", rk_error_msg());
+                /* ordered after the wait on the legacy stream, without a host wait for the reader */
+                cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
+                cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d: reader output differs from the CPU's",
+                             codec_id_name(all_codecs[c]), (int)dt);
+                cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
+                codec_cuda_reader_close(r);
+                cudaFree(dev);
+                rk_free(cpu);
+                rk_free(gpu);
+                rk_buf_free(&b);
+            }
+        rk_free(kv);
+    }
+#endif
+}
+
+/* A malformed entropy-coded stream behind valid checksums: the reader opens (only decoding
+ * can find it) and finish reports it. */
+Test(gpu_decode, reader_finish_reports_a_malformed_stream)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape s = {4, 300, 2, 16};
+    float *kv = synth(s, 21);
+    rk_buf b = enc(kv, s, CODEC_CACHEGEN, 1);
+    size_t ilen;
+    section(b.data, 4, &ilen);
+    move_last_byte(&b, ilen / 4 / 2);
+    reseal(b.data);
+    size_t nb = codec_shape_values(&s) * 2, lb = nb / s.n_layers;
+    void *dev;
+    cr_assert_eq(cudaMalloc(&dev, nb), cudaSuccess);
+    codec_cuda_reader *r;
+    cr_assert_eq(codec_cuda_reader_open(b.data, b.len, NULL, CODEC_F16, &r), RK_OK, "%s", rk_error_msg());
+    for (uint32_t l = 0; l < s.n_layers; l++)
+        cr_assert_eq(codec_cuda_reader_decode_layers(r, (int)l, 1, (uint8_t *)dev + l * lb, lb), RK_OK);
+    cr_assert_eq(codec_cuda_reader_finish(r), RK_ERR_CORRUPT);
+    codec_cuda_reader_close(r);
+    /* and the one-call decoder says the same */
+    cr_assert_eq(codec_decode_cuda(b.data, b.len, NULL, CODEC_F16, dev, nb, NULL), RK_ERR_CORRUPT);
+    cudaFree(dev);
+    rk_buf_free(&b);
+    rk_free(kv);
+#endif
+}

@@ -428,18 +428,6 @@ static void damage_found_by_its_layers(rk_buf *b, const uint8_t *ref, uint32_t b
     rk_free(buf);
 }
 
-/* Move the last byte of entry k of the INDEX section (lz4 blocks, cachegen streams) to entry
- * k + 1: entry k's decoder runs out of bytes, k + 1's reads garbage; the payload still adds
- * up. */
-static void move_last_byte(rk_buf *b, size_t k)
-{
-    size_t ilen;
-    uint8_t *idx = section(b->data, 4, &ilen);
-    cr_assert_lt(4 * (k + 1), ilen);
-    rk_put_le32(idx + 4 * k, rk_get_le32(idx + 4 * k) - 1);
-    rk_put_le32(idx + 4 * k + 4, rk_get_le32(idx + 4 * k + 4) + 1);
-}
-
 Test(reader, damage_behind_checksums_found_by_its_layers)
 {
     codec_shape s = shapes[0];

@@ -229,6 +229,56 @@ rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opt
 /* true when this build has CUDA and a device is present. */
 int codec_cuda_available(void);
 
+/* A container decoded into device memory by layer ranges, asynchronously: layer l + 1 is
+ * copied up and decoded on a stream of the reader's own while the engine computes layer l on
+ * its stream, which waits (on the device, not the host) for exactly the layers it needs.
+ *
+ *     codec_cuda_reader *r;
+ *     codec_cuda_reader_open(rkv.data, rkv.len, &opts, CODEC_BF16, &r);    // verified here
+ *     for (int l = 0; l < L; l++)
+ *         codec_cuda_reader_decode_layers(r, l, 1, dev + l * layer_bytes, layer_bytes);
+ *     ...
+ *     codec_cuda_reader_wait(r, l, 1, engine_stream);   // before the engine reads layer l
+ *     ...
+ *     st = codec_cuda_reader_finish(r);                 // RK_ERR_CORRUPT: a malformed stream
+ *     codec_cuda_reader_close(r);
+ *
+ * The stream is non-blocking (cudaStreamNonBlocking): it neither waits for nor holds up the
+ * legacy default stream. Uses the CUDA device current for the calling thread at open; every
+ * later call must run with that device current. Output is bit-identical to codec_decode(). */
+typedef struct codec_cuda_reader codec_cuda_reader;
+
+/* Parse and verify data as codec_reader_open does (every checksum; raw's and q8's values;
+ * cachegen's streams, scales and models built and uploaded); dtype CODEC_F16 or CODEC_BF16.
+ * data and opts (and what they point to) are borrowed until close. Errors: codec_reader_open's,
+ * RK_ERR_UNAVAILABLE without a device, RK_ERR_UNSUPPORTED in builds without CUDA and for
+ * cachegen stream groups wider than 64 channels. *out owned by the caller. */
+rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
+                                 codec_dtype dtype, codec_cuda_reader **out);
+
+/* The container's description; owned by the reader. */
+const codec_info *codec_cuda_reader_info(const codec_cuda_reader *r);
+
+/* Enqueue the decoding of layers [layer0, layer0 + n_layers) into dev_out (device memory of
+ * at least n_layers / shape.n_layers of codec_decoded_bytes(): the canonical layout of those
+ * layers) on the reader's stream, and return: the range's compressed bytes may still be on
+ * their way up (lz4 is decoded on the CPU inside the call). dev_out must stay allocated until
+ * finish. A malformed entropy-coded stream is only known at codec_cuda_reader_finish. */
+rk_status codec_cuda_reader_decode_layers(codec_cuda_reader *r, int layer0, int n_layers,
+                                          void *dev_out, size_t out_bytes);
+
+/* Make stream (a cudaStream_t; NULL: the legacy default stream) wait, on the device, until
+ * layers [layer0, layer0 + n_layers) are decoded; the host does not wait. RK_ERR_INVALID for a
+ * layer not enqueued yet. */
+rk_status codec_cuda_reader_wait(codec_cuda_reader *r, int layer0, int n_layers, void *stream);
+
+/* Wait on the host for everything enqueued; RK_ERR_CORRUPT when a stream decoded so far was
+ * malformed (its layers' output is then unspecified), RK_ERR_DEVICE for a CUDA failure. */
+rk_status codec_cuda_reader_finish(codec_cuda_reader *r);
+
+/* Wait for the reader's work and free it (NULL: no-op). */
+void codec_cuda_reader_close(codec_cuda_reader *r);
+
 /* ---- codebooks (cachegen) -------------------------------------------------------------- */
 
 /* Train a codebook for (geometry without tokens, level, options in p) from n sample tensors
