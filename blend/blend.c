@@ -228,6 +228,8 @@ static rk_status prompt_load_layer(const eng_model_info *mi, struct prompt *pr, 
 {
     if (pr->ld) { /* containers: the loader holds the layer once imported */
         rk_status st = bl_loader_import(pr->ld, pr->seq, l, pr->pos);
+        if (st == RK_OK)
+            st = bl_loader_hold(pr->ld, l);
         if (st != RK_OK)
             return st;
     }
@@ -796,7 +798,7 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         for (size_t i = 0, r = 1; st == RK_OK && i < nseg; r += use[i].n, i++)
             row0[i] = r;
         if (st == RK_OK)
-            st = bl_loader_start(mi, use, nseg, row0, p->decode, &ld);
+            st = bl_loader_start(be, mi, use, nseg, row0, p->decode, &ld);
         pr.ld = ld;
         pr.seq = s;
         if (st == RK_OK)
@@ -806,6 +808,8 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         phase_end(&local, BL_PHASE_IMPORT, &tp);
         if (st == RK_OK)
             st = assemble_cacheblend(m, be, s, &pr, p, logits, &local);
+        if (st == RK_OK)
+            st = bl_loader_finish(ld);
         if (eff)
             local.reused_tokens = reused; /* before repair, as for CacheBlend */
         bl_loader_free(ld, &local.load_wait_ms);

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ragkv/alloc.h"
@@ -29,6 +30,15 @@ struct bl_loader {
     rk_status err;              /* the loader's failure, RK_OK while none */
     char msg[256];              /* its message */
     double wait_ms;             /* the engine thread's waits */
+    /* GPU mode (a CUDA backend keeping bf16 KV): each container is decoded by a
+     * codec_cuda_reader, layer after layer on the reader's stream, straight into a KV block of
+     * its own; the engine's stream waits on the device for the layer it imports. */
+    bool gpu;
+    eng_backend *be;
+    eng_kvblock **blk;          /* (nseg) the container segments' blocks (engine thread) */
+    eng_kvblock_mem *mem;       /* (nseg) where they live */
+    codec_cuda_reader **cr;     /* (nseg) opened by the loader thread */
+    int host_layer;             /* the layer whose floats buf[0] holds (bl_loader_hold), -1 */
 };
 
 rk_status bl_container_check(const eng_model_info *mi, const codec_info *ci, size_t n_tokens)
@@ -78,9 +88,53 @@ static void loader_fail(bl_loader *ld, rk_status st, size_t seg)
     pthread_mutex_unlock(&ld->mu);
 }
 
+/* GPU mode: open every reader (host checks, uploads of what every layer needs), then enqueue
+ * the layers in order as fast as they go; the engine thread waits only for "enqueued". */
+static void loader_gpu(bl_loader *ld)
+{
+    int device = eng_backend_cuda_device(ld->be);
+    for (size_t i = 0; i < ld->nseg; i++) {
+        const bl_segment *sg = &ld->segs[i];
+        if (!sg->container)
+            continue;
+        rk_status st = codec_cuda_reader_open(sg->container, sg->container_len, ld->opts, CODEC_BF16, device, &ld->cr[i]);
+        if (st == RK_OK)
+            st = bl_container_check(ld->mi, codec_cuda_reader_info(ld->cr[i]), sg->n);
+        if (st != RK_OK) {
+            loader_fail(ld, st, i);
+            return;
+        }
+    }
+    for (int l = 0; l < ld->L; l++) {
+        pthread_mutex_lock(&ld->mu);
+        bool stop = ld->stop;
+        pthread_mutex_unlock(&ld->mu);
+        if (stop)
+            return;
+        for (size_t i = 0; i < ld->nseg; i++) {
+            if (!ld->cr[i])
+                continue;
+            size_t lb = 2 * ld->segs[i].n * ld->w * 2; /* one layer's K and V in bf16 */
+            rk_status st = codec_cuda_reader_decode_layers(ld->cr[i], l, 1, (unsigned char *)ld->mem[i].data + (size_t)l * lb, lb);
+            if (st != RK_OK) {
+                loader_fail(ld, st, i);
+                return;
+            }
+        }
+        pthread_mutex_lock(&ld->mu);
+        ld->ready = l;
+        pthread_cond_broadcast(&ld->cv);
+        pthread_mutex_unlock(&ld->mu);
+    }
+}
+
 static void *loader_main(void *arg)
 {
     bl_loader *ld = arg;
+    if (ld->gpu) {
+        loader_gpu(ld);
+        return NULL;
+    }
     for (size_t i = 0; i < ld->nseg; i++) {
         const bl_segment *sg = &ld->segs[i];
         if (!sg->container)
@@ -121,8 +175,35 @@ static void *loader_main(void *arg)
     return NULL;
 }
 
-rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size_t nseg, const size_t *row0,
-                          const codec_decode_opts *opts, bl_loader **out)
+/* GPU mode when the backend keeps bf16 KV blocks in device memory and the codec has a device
+ * (RAGKV_BLEND_GPU_LOAD=0: never): a block per container segment, allocated here. false (and
+ * nothing allocated) otherwise; an allocation failure is an error. */
+static rk_status gpu_blocks(bl_loader *ld, bool *gpu)
+{
+    *gpu = false;
+    const char *env = getenv("RAGKV_BLEND_GPU_LOAD");
+    if ((env && !strcmp(env, "0")) || eng_backend_cuda_device(ld->be) < 0 || !codec_cuda_available())
+        return RK_OK;
+    ld->blk = rk_calloc(ld->nseg, sizeof(*ld->blk));
+    ld->mem = rk_calloc(ld->nseg, sizeof(*ld->mem));
+    ld->cr = rk_calloc(ld->nseg, sizeof(*ld->cr));
+    if (!ld->blk || !ld->mem || !ld->cr)
+        return RK_ERR_NOMEM;
+    for (size_t i = 0; i < ld->nseg; i++) {
+        if (!ld->segs[i].container)
+            continue;
+        rk_status st = eng_kvblock_alloc(ld->be, ld->segs[i].n, &ld->blk[i], &ld->mem[i]);
+        if (st != RK_OK)
+            return st;
+        if (!ld->mem[i].device || ld->mem[i].elem_bytes != 2)
+            return RK_OK; /* not bf16 on the device (fp32 mode): the CPU loader */
+    }
+    *gpu = true;
+    return RK_OK;
+}
+
+rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_segment *segs, size_t nseg,
+                          const size_t *row0, const codec_decode_opts *opts, bl_loader **out)
 {
     *out = NULL;
     size_t w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim, per = 0, ncont = 0;
@@ -145,11 +226,18 @@ rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size
     ld->w = w;
     ld->ready = -1;
     ld->held = -1;
+    ld->host_layer = -1;
+    ld->be = be;
+    rk_status st = gpu_blocks(ld, &ld->gpu);
+    if (st != RK_OK) {
+        bl_loader_free(ld, NULL);
+        return st;
+    }
     ld->rd = rk_calloc(nseg, sizeof(*ld->rd));
     ld->off = rk_calloc(nseg, sizeof(*ld->off));
     ld->buf[0] = rk_malloc(per * sizeof(float));
-    ld->buf[1] = rk_malloc(per * sizeof(float));
-    if (!ld->rd || !ld->off || !ld->buf[0] || !ld->buf[1]) {
+    ld->buf[1] = ld->gpu ? NULL : rk_malloc(per * sizeof(float)); /* GPU mode: buf[0] for bl_loader_hold */
+    if (!ld->rd || !ld->off || !ld->buf[0] || (!ld->gpu && !ld->buf[1])) {
         bl_loader_free(ld, NULL);
         return RK_ERR_NOMEM;
     }
@@ -183,10 +271,19 @@ rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos)
         ld->wait_ms += (double)(rk_now_ns() - t0) / 1e6;
         if (err != RK_OK)
             return rk_error_set(err, "compressed chunk cache: %s", ld->msg);
+        for (size_t i = 0; ld->gpu && i < ld->nseg; i++) {
+            if (!ld->cr[i])
+                continue;
+            rk_status st = codec_cuda_reader_wait(ld->cr[i], layer, 1, eng_backend_cuda_stream(ld->be));
+            if (st == RK_OK)
+                st = eng_kv_import_block_layers(s, ld->row0[i], pos + ld->row0[i], ld->blk[i], layer, 1);
+            if (st != RK_OK)
+                return st;
+        }
         const float *buf = ld->buf[layer & 1];
         for (size_t i = 0; i < ld->nseg; i++) {
             const bl_segment *sg = &ld->segs[i];
-            if (!sg->container)
+            if (!sg->container || ld->gpu)
                 continue;
             rk_status st = eng_kv_import_layers(s, layer, 1, ld->row0[i], sg->n, pos + ld->row0[i], buf + ld->off[i]);
             if (st != RK_OK)
@@ -200,11 +297,43 @@ rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos)
     return RK_OK;
 }
 
+rk_status bl_loader_hold(bl_loader *ld, int l)
+{
+    if (!ld->gpu || ld->host_layer == l)
+        return RK_OK;
+    if (l > ld->held)
+        return rk_error_set(RK_ERR_INVALID, "bl_loader_hold: layer %d is not imported yet", l);
+    ld->host_layer = -1;
+    for (size_t i = 0; i < ld->nseg; i++) {
+        if (!ld->blk[i])
+            continue;
+        rk_status st = eng_kvblock_read(ld->blk[i], l, 1, ld->buf[0] + ld->off[i]);
+        if (st != RK_OK)
+            return st;
+    }
+    ld->host_layer = l;
+    return RK_OK;
+}
+
 const float *bl_loader_layer(const bl_loader *ld, size_t i, int l)
 {
-    if (!ld || i >= ld->nseg || !ld->segs[i].container || l != ld->held)
+    if (!ld || i >= ld->nseg || !ld->segs[i].container)
         return NULL;
-    return ld->buf[l & 1] + ld->off[i];
+    if (ld->gpu)
+        return l == ld->host_layer ? ld->buf[0] + ld->off[i] : NULL;
+    return l == ld->held ? ld->buf[l & 1] + ld->off[i] : NULL;
+}
+
+rk_status bl_loader_finish(bl_loader *ld)
+{
+    for (size_t i = 0; ld && ld->gpu && i < ld->nseg; i++) {
+        if (!ld->cr[i])
+            continue;
+        rk_status st = codec_cuda_reader_finish(ld->cr[i]);
+        if (st != RK_OK)
+            return rk_error_set(st, "compressed chunk cache: segment %zu: %s", i, rk_error_msg());
+    }
+    return RK_OK;
 }
 
 void bl_loader_free(bl_loader *ld, double *wait_ms)
@@ -225,6 +354,13 @@ void bl_loader_free(bl_loader *ld, double *wait_ms)
     for (size_t i = 0; ld->rd && i < ld->nseg; i++)
         if (ld->rd[i])
             codec_reader_close(ld->rd[i]);
+    for (size_t i = 0; ld->cr && i < ld->nseg; i++)
+        codec_cuda_reader_close(ld->cr[i]); /* waits for its work: before the block goes */
+    for (size_t i = 0; ld->blk && i < ld->nseg; i++)
+        eng_kvblock_free(ld->blk[i]);
+    rk_free(ld->cr);
+    rk_free(ld->blk);
+    rk_free(ld->mem);
     rk_free(ld->rd);
     rk_free(ld->off);
     rk_free(ld->buf[0]);

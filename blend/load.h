@@ -9,6 +9,11 @@
  * layer, imports it into the sequence at the segments' slots, and lets the loader reuse the
  * buffer of layer l - 1.
  *
+ * On a CUDA backend keeping bf16 KV (GPU mode), the loader thread instead enqueues each layer's
+ * upload and decoding on a codec_cuda_reader's stream, straight into a KV block per segment;
+ * an import makes the engine's stream wait (on the device) for that layer, then imports it
+ * from the block. There the layers are not held back: the blocks hold every layer.
+ *
  * Ownership: the loader borrows the segments, their containers and the decode options until
  * bl_loader_free. Threads: every call but the loader's own thread is the engine thread's.
  * Lock: mu guards ready, held, stop and the error; the buffers of a layer belong to the loader
@@ -25,8 +30,8 @@ typedef struct bl_loader bl_loader;
  * and position row0[i]) for model mi. *out NULL (and RK_OK) when no segment has a container.
  * The containers are opened (checksums verified) on the loader's thread; their errors come
  * back from bl_loader_import. */
-rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size_t nseg, const size_t *row0,
-                          const codec_decode_opts *opts, bl_loader **out);
+rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_segment *segs, size_t nseg,
+                          const size_t *row0, const codec_decode_opts *opts, bl_loader **out);
 
 /* Make layers up to l of every container segment present in s (slots row0[i]..., positions
  * pos[row0[i]]...), waiting for the loader as needed; layers already imported are skipped.
@@ -35,9 +40,20 @@ rk_status bl_loader_start(const eng_model_info *mi, const bl_segment *segs, size
  * one. */
 rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos);
 
+/* Make layer l (imported already) readable as floats by bl_loader_layer: in GPU mode the
+ * layer is read back from the blocks (until another layer is held); else a no-op (the CPU
+ * loader's floats of the layer last imported are readable). */
+rk_status bl_loader_hold(bl_loader *ld, int l);
+
 /* Segment i's KV of layer l, `[K|V][token][kv_head][head_dim]` float32, while readable (see
- * bl_loader_import); NULL for a segment without a container or a layer not held. */
+ * bl_loader_import and bl_loader_hold); NULL for a segment without a container or a layer not
+ * held. */
 const float *bl_loader_layer(const bl_loader *ld, size_t i, int l);
+
+/* After the last import: in GPU mode, wait for every reader and report a malformed stream
+ * (RK_ERR_CORRUPT: only decoding finds it, and the device decoder reports it at the end);
+ * RK_OK otherwise. NULL: RK_OK. */
+rk_status bl_loader_finish(bl_loader *ld);
 
 /* Stop the loader (layers not yet decoded are skipped), join its thread and free it; *wait_ms
  * (when not NULL) gets the time the engine thread spent waiting for layers. NULL is a no-op. */

@@ -558,16 +558,29 @@ rk_status eng_kvblock_read(const eng_kvblock *b, int layer0, int n_layers, float
     return RK_OK;
 }
 
-rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+rk_status eng_kv_import_block_layers(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
+                                     int n_layers)
 {
     if (!s || !b || !pos)
         return rk_error_set(RK_ERR_INVALID, "eng_kv_import_block: bad arguments");
     if (b->be != s->be)
         return rk_error_set(RK_ERR_INVALID, "eng_kv_import_block: the block is on another backend than the sequence");
+    int L = s->be->model->info.n_layers;
+    if (layer0 < 0 || n_layers <= 0 || layer0 >= L || n_layers > L - layer0)
+        return rk_error_set(RK_ERR_RANGE, "eng_kv_import_block: layers [%d, %d) outside the model's %d", layer0,
+                            layer0 + n_layers, L);
     rk_status st = import_claim(s, slot0, b->n, pos, "eng_kv_import_block");
     if (st != RK_OK)
         return st;
     if (b->host)
-        return s->be->iface->kv_import(s->be->ctx, s, 0, s->be->model->info.n_layers, slot0, b->n, pos, b->host);
-    return s->be->iface->kvblock_import(s->be->ctx, s, slot0, pos, b);
+        return s->be->iface->kv_import(s->be->ctx, s, layer0, n_layers, slot0, b->n, pos,
+                                       b->host + (size_t)layer0 * (eng_kv_floats(s->be->model, b->n) / (size_t)L));
+    return s->be->iface->kvblock_import(s->be->ctx, s, slot0, pos, b, layer0, n_layers);
+}
+
+rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+{
+    if (!s)
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import_block: bad arguments");
+    return eng_kv_import_block_layers(s, slot0, pos, b, 0, s->be->model->info.n_layers);
 }

@@ -169,13 +169,15 @@ struct eng_backend_i {
      *                    and b->mem to where the canonical KV lives; kv NULL: allocate only
      *                    (the caller fills b->mem); on failure leave nothing allocated.
      *   kvblock_release: free b->ctx.
-     *   kvblock_import:  exactly kv_import(ctx, s, 0, n_layers, slot0, b->n, pos, <the floats
-     *                    of b>) (s->pos already holds pos; b->be == s->be checked).
+     *   kvblock_import:  exactly kv_import(ctx, s, layer0, n_layers, slot0, b->n, pos, <the
+     *                    floats of those layers of b>) (s->pos already holds pos; b->be ==
+     *                    s->be and the layer range checked).
      *   kvblock_read:    layers [layer0, layer0+n_layers) of b as canonical float32 into host
      *                    memory out (range checked). */
     rk_status (*kvblock_init)(void *ctx, eng_kvblock *b, const float *kv);
     void (*kvblock_release)(void *ctx, eng_kvblock *b);
-    rk_status (*kvblock_import)(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b);
+    rk_status (*kvblock_import)(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b,
+                                int layer0, int n_layers);
     rk_status (*kvblock_read)(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out);
 };
 

@@ -1074,7 +1074,7 @@ rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, si
     lc.v_fresh = v_fresh;
     lc.ag = ag;
     TRY(run_layer(c, &lc, choose_path(c, n, ag)));
-    CU(cudaDeviceSynchronize(), "layer");
+    CU(cudaStreamSynchronize(0), "layer");
     return RK_OK;
 }
 
@@ -1392,7 +1392,7 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
                                            mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
         CHECK_LAUNCH("import");
     }
-    CU(cudaDeviceSynchronize(), "import");
+    CU(cudaStreamSynchronize(0), "import");
     return RK_OK;
 }
 
@@ -1433,7 +1433,7 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
                 st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block conversion failed");
         }
     }
-    if (st == RK_OK && cudaDeviceSynchronize() != cudaSuccess)
+    if (st == RK_OK && cudaStreamSynchronize(0) != cudaSuccess)
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
     if (st != RK_OK) {
         cudaGetLastError();
@@ -1449,7 +1449,8 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
 }
 
 template <typename T>
-rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
+                         int n_layers)
 {
     const eng_model_info *mi = c->mi;
     size_t kvd = kv_dim(c), n = b->n, cnt = n * kvd;
@@ -1460,18 +1461,20 @@ rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos
     unsigned nb = blocks(n * mi->n_kv_heads * (mi->head_dim / 2));
     int inter = mi->rope == ENG_ROPE_INTERLEAVED;
     const T *src = (const T *)b->ctx;
-    for (int l = 0; l < mi->n_layers; l++)
+    for (int l = layer0; l < layer0 + n_layers; l++)
         k_store_kv<T><<<nb, 256>>>(dd, NULL, l, src + 2 * (size_t)l * cnt, src + (2 * (size_t)l + 1) * cnt, kvd,
                                    NULL, (int)slot0, dpos, (int)n, mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
     CHECK_LAUNCH("KV block import");
-    CU(cudaDeviceSynchronize(), "KV block import");
+    CU(cudaStreamSynchronize(0), "KV block import");
     return RK_OK;
 }
 
-rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
+rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
+                            int n_layers)
 {
     cu_ctx *c = (cu_ctx *)ctx;
-    return c->mode == MODE_BF16 ? kvblock_import<bf16>(c, s, slot0, pos, b) : kvblock_import<float>(c, s, slot0, pos, b);
+    return c->mode == MODE_BF16 ? kvblock_import<bf16>(c, s, slot0, pos, b, layer0, n_layers)
+                                : kvblock_import<float>(c, s, slot0, pos, b, layer0, n_layers);
 }
 
 rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out)
@@ -1601,6 +1604,25 @@ extern "C" int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures
     if (replays)
         *replays = c ? c->replays : 0;
     return c && c->graph_used;
+}
+
+static const cu_ctx *cuda_ctx(const eng_backend *be)
+{
+    return be && be->iface && !strcmp(be->iface->name, "cuda") ? (const cu_ctx *)be->ctx : NULL;
+}
+
+extern "C" int eng_backend_cuda_device(const eng_backend *be)
+{
+    const cu_ctx *c = cuda_ctx(be);
+    return c ? c->device : -1;
+}
+
+// Prefill, layers and imports run on the legacy default stream (c->stream is 0 outside a
+// decode graph's capture), and the backend's host waits are cudaStreamSynchronize(0).
+extern "C" void *eng_backend_cuda_stream(const eng_backend *be)
+{
+    (void)be;
+    return NULL;
 }
 
 // The storage mode a CUDA backend runs in ("fp32", "tf32", "bf16"), for tools and benchmarks.

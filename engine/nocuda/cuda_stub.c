@@ -25,3 +25,15 @@ int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t 
         *replays = 0;
     return 0;
 }
+
+int eng_backend_cuda_device(const eng_backend *be)
+{
+    (void)be;
+    return -1;
+}
+
+void *eng_backend_cuda_stream(const eng_backend *be)
+{
+    (void)be;
+    return NULL;
+}

@@ -176,6 +176,12 @@ const char *eng_backend_cuda_mode(const eng_backend *be);
  * graphs are in use, 0 when they are off (RAGKV_CUDA_GRAPH=0 at the last decode, a capture that
  * failed, a shape the graph path does not take) or for other backends (counts then 0). */
 int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays);
+/* The CUDA device ordinal of a CUDA backend, -1 for any other backend. */
+int eng_backend_cuda_device(const eng_backend *be);
+/* The cudaStream_t a CUDA backend orders its prefill, layer and import work on (NULL: the
+ * legacy default stream), for work of other streams to be waited for with events; NULL for
+ * any other backend. The backend's host waits cover that stream only, never the whole device. */
+void *eng_backend_cuda_stream(const eng_backend *be);
 
 /* Backend by name: "cpu" or "cuda" (nthreads is the CPU thread count or the CUDA device). */
 rk_status eng_backend_new(eng_model *m, const char *name, int nthreads, eng_backend **out);
@@ -358,6 +364,14 @@ rk_status eng_kvblock_read(const eng_kvblock *b, int layer0, int n_layers, float
  * (exactly on the CPU backend; within the KV storage precision on CUDA). RK_ERR_INVALID when
  * the block is on another backend than s. */
 rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b);
+
+/* The same for layers [layer0, layer0+n_layers) of the block only (positions are set for every
+ * layer, as eng_kv_import_layers does): to bring in a block whose layers are written in place
+ * one after another (blend's layer-pipelined loading). RK_ERR_RANGE for layers outside the
+ * model. On CUDA the import is ordered on eng_backend_cuda_stream(): work that stream waits for
+ * (e.g. a codec_cuda_reader's layer) is complete before the import reads the block. */
+rk_status eng_kv_import_block_layers(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
+                                     int n_layers);
 
 /* ---- the generate tool ------------------------------------------------------------------ */
 
