@@ -52,7 +52,9 @@ static int usage(FILE *f, int rc)
             "(--f32: as decoded float32; --device: as KV blocks already on the backend, the chunk\n"
             "store's device tier) and are decoded on --threads CPU threads inside the timed region\n"
             "(--to-block: into KV blocks, by the GPU decoder when the backend keeps bf16 KV;\n"
-            "--pipelined: by the assembly itself, one layer ahead of the layer it computes).\n"
+            "--pipelined: by the assembly itself, layer by layer ahead of the layer it computes: on the\n"
+            "GPU into KV blocks on a bf16 CUDA backend, else (or with RAGKV_BLEND_GPU_LOAD=0) on the\n"
+            "CPU threads, one layer ahead).\n"
             "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"
@@ -301,9 +303,12 @@ int bench_blend_main(int argc, char **argv)
         eng_model_close(m);
         return 1;
     }
+    /* the pipelined loader decodes on the GPU on a bf16 CUDA backend unless told not to */
+    const char *gl = getenv("RAGKV_BLEND_GPU_LOAD");
+    bool cpu_loader = (gl && !strcmp(gl, "0")) || strcmp(eng_backend_cuda_mode(be), "bf16") != 0;
     const char *cache = o.device ? "device" : o.f32 ? "host-f32" : o.to_block ? "host-compressed-to-block"
-                        : o.pipelined ? "host-compressed-pipelined"
-                                                                             : "host-compressed";
+                        : o.pipelined ? (cpu_loader ? "host-compressed-pipelined-cpu" : "host-compressed-pipelined-gpu")
+                                      : "host-compressed";
     fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
             eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));
     if (jf)

@@ -336,13 +336,18 @@ done:
 }
 
 extern "C" rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
-                                            codec_dtype dtype, codec_cuda_reader **out)
+                                            codec_dtype dtype, int device, codec_cuda_reader **out)
 {
     if (!out)
         return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_open: no output");
     *out = NULL;
     if (!data)
         return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_open: no container");
+    if (device >= 0 && codec_cuda_available()) {
+        cudaError_t e = cudaSetDevice(device);
+        if (e != cudaSuccess)
+            return cuda_err(e, "codec_cuda_reader_open: cudaSetDevice");
+    }
     return reader_open(data, len, opts, dtype, NULL, true, out);
 }
 

@@ -20,7 +20,7 @@ rk_status codec_decode_cuda_timed(const void *data, size_t len, const codec_deco
 int codec_cuda_available(void) { return 0; }
 
 rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
-                                 codec_dtype dtype, codec_cuda_reader **out)
+                                 codec_dtype dtype, int device, codec_cuda_reader **out)
 {
     if (out)
         *out = NULL;

@@ -6,8 +6,10 @@
 # ("device": the device tier), compressed in host RAM and decoded by the GPU decoder straight
 # into KV blocks ("to-block"), compressed and decoded on the CPU pool into floats then uploaded
 # ("compressed"), compressed and decoded layer by layer during the assembly, one layer ahead of
-# the layer computed ("pipelined"), or as float32 in host RAM ("f32"); decoding counts in the
-# TTFT. Beside
+# the layer computed: on the GPU, each layer's bytes uploaded and decoded by the codec's CUDA
+# reader on a stream of its own straight into KV blocks while the engine's stream waits per layer
+# ("pipelined"), or on the CPU pool ("pipelined-cpu", RAGKV_BLEND_GPU_LOAD=0); or as float32 in
+# host RAM ("f32", not in the default list); decoding counts in the TTFT. Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 set -euo pipefail
@@ -16,10 +18,15 @@ trap 'rm -rf "$tmp"' EXIT
 chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
-for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined f32}; do
-  extra=(); [ $cache != compressed ] && extra=(--$cache)
+for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
+  extra=(); envs=()
+  case $cache in
+    compressed) ;;
+    pipelined-cpu) extra=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;
+    *) extra=(--$cache) ;;
+  esac
   echo "== caches: $cache"
-  "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
+  env "${envs[@]}" "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
     --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$tmp/runs/$cache.json"
 done
 python3 bench/python/blend_side_by_side.py --hf "$tmp/hf.json" --runs "$tmp"/runs/*.json \

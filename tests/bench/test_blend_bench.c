@@ -36,7 +36,7 @@ static long recomputed(const char *js, int c, const char *md)
 
 static const char *const cache_flag[] = {NULL, "--f32", "--device", "--to-block", "--pipelined"};
 static const char *const cache_name[] = {"host-compressed", "host-f32", "device", "host-compressed-to-block",
-                                         "host-compressed-pipelined"};
+                                         "host-compressed-pipelined-cpu"};
 
 static void run_bench(const char *model, int cache, const char *json)
 {

@@ -131,7 +131,7 @@ Test(gpu_decode, reader_ranges_identical_to_cpu)
                 cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
                 cr_assert_eq(cudaMemset(dev, 0xff, nb), cudaSuccess);
                 codec_cuda_reader *r;
-                rk_status st = codec_cuda_reader_open(b.data, b.len, NULL, dt, &r);
+                rk_status st = codec_cuda_reader_open(b.data, b.len, NULL, dt, -1, &r);
                 cr_assert_eq(st, RK_OK, "%s: %s", codec_id_name(all_codecs[c]), rk_error_msg());
                 cr_assert_eq(codec_cuda_reader_info(r)->shape.n_layers, s.n_layers);
                 cr_assert_eq(codec_cuda_reader_wait(r, L - 1, 1, NULL), RK_ERR_INVALID,
@@ -179,7 +179,7 @@ Test(gpu_decode, reader_finish_reports_a_malformed_stream)
     void *dev;
     cr_assert_eq(cudaMalloc(&dev, nb), cudaSuccess);
     codec_cuda_reader *r;
-    cr_assert_eq(codec_cuda_reader_open(b.data, b.len, NULL, CODEC_F16, &r), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(codec_cuda_reader_open(b.data, b.len, NULL, CODEC_F16, 0, &r), RK_OK, "%s", rk_error_msg());
     for (uint32_t l = 0; l < s.n_layers; l++)
         cr_assert_eq(codec_cuda_reader_decode_layers(r, (int)l, 1, (uint8_t *)dev + l * lb, lb), RK_OK);
     cr_assert_eq(codec_cuda_reader_finish(r), RK_ERR_CORRUPT);

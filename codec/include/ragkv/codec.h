@@ -234,7 +234,7 @@ int codec_cuda_available(void);
  * its stream, which waits (on the device, not the host) for exactly the layers it needs.
  *
  *     codec_cuda_reader *r;
- *     codec_cuda_reader_open(rkv.data, rkv.len, &opts, CODEC_BF16, &r);    // verified here
+ *     codec_cuda_reader_open(rkv.data, rkv.len, &opts, CODEC_BF16, -1, &r);  // verified here
  *     for (int l = 0; l < L; l++)
  *         codec_cuda_reader_decode_layers(r, l, 1, dev + l * layer_bytes, layer_bytes);
  *     ...
@@ -244,8 +244,9 @@ int codec_cuda_available(void);
  *     codec_cuda_reader_close(r);
  *
  * The stream is non-blocking (cudaStreamNonBlocking): it neither waits for nor holds up the
- * legacy default stream. Uses the CUDA device current for the calling thread at open; every
- * later call must run with that device current. Output is bit-identical to codec_decode(). */
+ * legacy default stream. device: the CUDA device to use, made current for the calling thread
+ * (-1: the one already current); every later call must run with that device current. Output
+ * is bit-identical to codec_decode(). */
 typedef struct codec_cuda_reader codec_cuda_reader;
 
 /* Parse and verify data as codec_reader_open does (every checksum; raw's and q8's values;
@@ -254,7 +255,7 @@ typedef struct codec_cuda_reader codec_cuda_reader;
  * RK_ERR_UNAVAILABLE without a device, RK_ERR_UNSUPPORTED in builds without CUDA and for
  * cachegen stream groups wider than 64 channels. *out owned by the caller. */
 rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
-                                 codec_dtype dtype, codec_cuda_reader **out);
+                                 codec_dtype dtype, int device, codec_cuda_reader **out);
 
 /* The container's description; owned by the reader. */
 const codec_info *codec_cuda_reader_info(const codec_cuda_reader *r);
