@@ -408,14 +408,19 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
             goto out;
         if ((st = eng_hidden_gather(probe, h, sel, k)) != RK_OK)
             goto out;
-        if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, kf, vf)) != RK_OK)
+        if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, NULL, NULL)) != RK_OK)
             goto out;
         computed += (double)k; /* the probe costs a layer for every row */
         phase_end(stats, BL_PHASE_PROBE, &tp);
-        if ((st = prompt_load_layer(mi, pr, c)) != RK_OK)
+        /* deviations where the KV lives: the probe's fresh K/V (scratch, slot = row) against the
+         * cached K/V the prompt's sequence holds at the check layer (slot = row; uncached rows'
+         * values there are not looked at) */
+        if (pr->ld && (st = bl_loader_import(pr->ld, s, c, pr->pos)) != RK_OK)
+            goto out;
+        if ((st = eng_kv_deviation(scratch, s, c, 0, n, p->deviation_v, kf)) != RK_OK)
             goto out;
         for (size_t i = 0; i < k; i++)
-            dev[i] = pr->seg[sel[i]] ? deviation(mi, pr, sel[i], c, kf + i * w, vf + i * w, p->deviation_v) : 0;
+            dev[i] = pr->seg[sel[i]] ? kf[sel[i]] : 0;
         if ((st = select_rows(pr, sel, &k, dev, bl_select_count(nreused, bl_schedule_ratio(&sched, 0)))) != RK_OK)
             goto out;
         /* the selected rows' hidden states entering layer c */

@@ -433,6 +433,52 @@ rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_
     return n && n_layers ? s->be->iface->kv_export(s->be->ctx, s, layer0, n_layers, slot0, n, out) : RK_OK;
 }
 
+rk_status eng_kv_deviation(const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n, bool with_v,
+                           float *out)
+{
+    if (!a || !b || (n && !out))
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_deviation: bad arguments");
+    if (a->be != b->be)
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_deviation: the sequences are on different backends");
+    rk_status st = check_layers(a, layer, 1, "eng_kv_deviation");
+    if (st != RK_OK || n == 0)
+        return st;
+    if (layer >= a->be->model->info.n_layers)
+        return rk_error_set(RK_ERR_RANGE, "eng_kv_deviation: layer %d outside the model", layer);
+    const eng_seq *both[2] = {a, b};
+    for (int q = 0; q < 2; q++) {
+        const eng_seq *s = both[q];
+        if (slot0 > s->len || n > s->len - slot0)
+            return rk_error_set(RK_ERR_RANGE, "eng_kv_deviation: slots [%zu, +%zu) outside the length %zu", slot0, n,
+                                s->len);
+        for (size_t i = 0; i < n; i++)
+            if (s->pos[slot0 + i] == ENG_POS_EMPTY)
+                return rk_error_set(RK_ERR_INVALID, "eng_kv_deviation: slot %zu is empty", slot0 + i);
+    }
+    if (a->be->iface->kv_deviation)
+        return a->be->iface->kv_deviation(a->be->ctx, a, b, layer, slot0, n, with_v, out);
+    /* the reference: both layers exported, compared on the host */
+    size_t w = (size_t)a->be->model->info.n_kv_heads * (size_t)a->be->model->info.head_dim;
+    float *ka = rk_malloc(2 * n * w * sizeof(float)), *kb = rk_malloc(2 * n * w * sizeof(float));
+    st = ka && kb ? RK_OK : RK_ERR_NOMEM;
+    if (st == RK_OK)
+        st = a->be->iface->kv_export(a->be->ctx, a, layer, 1, slot0, n, ka);
+    if (st == RK_OK)
+        st = b->be->iface->kv_export(b->be->ctx, b, layer, 1, slot0, n, kb);
+    for (size_t i = 0; st == RK_OK && i < n; i++) {
+        double d = 0;
+        for (int kv = 0; kv < (with_v ? 2 : 1); kv++) {
+            const float *x = ka + ((size_t)kv * n + i) * w, *y = kb + ((size_t)kv * n + i) * w;
+            for (size_t j = 0; j < w; j++)
+                d += (double)(x[j] - y[j]) * (double)(x[j] - y[j]);
+        }
+        out[i] = (float)d;
+    }
+    rk_free(ka);
+    rk_free(kb);
+    return st;
+}
+
 /* Check that slots [slot0, slot0+n) fit s and claim them at positions pos (as seq_claim). */
 static rk_status import_claim(eng_seq *s, size_t slot0, size_t n, const int32_t *pos, const char *who)
 {

@@ -179,6 +179,12 @@ struct eng_backend_i {
     rk_status (*kvblock_import)(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b,
                                 int layer0, int n_layers);
     rk_status (*kvblock_read)(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out);
+
+    /* Optional (NULL: engine.c exports both sequences' layer and compares on the host, the
+     * reference): eng_kv_deviation on the backend's own storage (validated: same backend,
+     * layer, slots in range and non-empty in both). */
+    rk_status (*kv_deviation)(void *ctx, const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n,
+                              bool with_v, float *out);
 };
 
 struct eng_backend {

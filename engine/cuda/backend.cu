@@ -1498,11 +1498,67 @@ rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_lay
     return RK_OK;
 }
 
+// ---- deviation between two sequences' KV at one layer (CacheBlend's check) ---------------
+
+// One block per slot: sum of (a - b)^2 over the row's K (then V) elements, in double.
+template <typename T>
+__global__ void k_kv_deviation(const T *ka, const T *kb, const T *va, const T *vb, int kvd, float *out)
+{
+    size_t off = (size_t)blockIdx.x * kvd;
+    double acc = 0;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        float d = to_f(ka[off + j]) - to_f(kb[off + j]); // as engine.c's reference
+        acc += (double)d * (double)d;
+        if (va) {
+            float e = to_f(va[off + j]) - to_f(vb[off + j]);
+            acc += (double)e * (double)e;
+        }
+    }
+    __shared__ double part[32];
+    for (int o = 16; o > 0; o >>= 1)
+        acc += __shfl_down_sync(0xffffffffu, acc, o);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0)
+        part[wid] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)((blockDim.x + 31) >> 5); i++)
+            t += part[i];
+        out[blockIdx.x] = (float)t;
+    }
+}
+
+template <typename T>
+rk_status kv_deviation(cu_ctx *c, const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n, bool with_v,
+                       float *out)
+{
+    size_t kvd = kv_dim(c);
+    const cu_kv *xa = (const cu_kv *)a->ctx, *xb = (const cu_kv *)b->ctx;
+    size_t oa = ((size_t)layer * a->capacity + slot0) * kvd, ob = ((size_t)layer * b->capacity + slot0) * kvd;
+    unsigned char *tmp = NULL;
+    TRY(scratch(c, n * sizeof(float), &tmp));
+    k_kv_deviation<T><<<(unsigned)n, 128>>>((const T *)xa->k_raw + oa, (const T *)xb->k_raw + ob,
+                                            with_v ? (const T *)xa->v + oa : NULL, with_v ? (const T *)xb->v + ob : NULL,
+                                            (int)kvd, (float *)tmp);
+    CHECK_LAUNCH("KV deviation");
+    CU(cudaMemcpy(out, tmp, n * sizeof(float), cudaMemcpyDeviceToHost), "KV deviation");
+    return RK_OK;
+}
+
+rk_status cu_kv_deviation(void *ctx, const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n,
+                          bool with_v, float *out)
+{
+    cu_ctx *c = (cu_ctx *)ctx;
+    return c->mode == MODE_BF16 ? kv_deviation<bf16>(c, a, b, layer, slot0, n, with_v, out)
+                                : kv_deviation<float>(c, a, b, layer, slot0, n, with_v, out);
+}
+
 const struct eng_backend_i cu_iface = {
     "cuda",           cu_free,          cu_seq_init,  cu_seq_release, cu_hidden_init,
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
     cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
-    cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read,
+    cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read, cu_kv_deviation,
 };
 
 } // namespace

@@ -622,6 +622,60 @@ static void conf_kv_layers(conf_backend_ctor ctor, const char *model, double tol
  * the sequence eng_kv_import of the same floats gives: positions, exported KV, next logits
  * (bit for bit when tol is 0); one block serves several sequences; eng_kvblock_read returns
  * the floats, whole or by layer range; bad calls are refused and change nothing. */
+/* eng_kv_deviation: per slot, the squared distance of two sequences' pre-RoPE K (and V) at
+ * one layer, against the same computed from their exports; bad calls refused. */
+static void conf_kv_deviation(conf_backend_ctor ctor, const char *model, double tol)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be, *other;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ctor(m, &other), RK_OK, "%s", rk_error_msg());
+    size_t n = 24, w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
+    int32_t ta[24], tb[24];
+    conf_tokens(ta, n, mi->vocab, 31);
+    memcpy(tb, ta, sizeof(ta));
+    conf_tokens(tb + 8, 4, mi->vocab, 32); /* rows 8..11 differ, and every row after them through attention */
+    eng_seq *a = conf_seq(be, n), *b = conf_seq(be, n), *far = conf_seq(other, n);
+    cr_assert_eq(eng_prefill(a, ta, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_prefill(b, tb, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    float *xa = malloc(2 * n * w * sizeof(float)), *xb = malloc(2 * n * w * sizeof(float));
+    float got[24];
+    int layer = mi->n_layers / 2;
+    cr_assert_eq(eng_kv_export_layers(a, layer, 1, 0, n, xa), RK_OK);
+    cr_assert_eq(eng_kv_export_layers(b, layer, 1, 0, n, xb), RK_OK);
+    for (int with_v = 0; with_v < 2; with_v++) {
+        size_t slot0 = 2, cnt = n - 2;
+        cr_assert_eq(eng_kv_deviation(a, b, layer, slot0, cnt, with_v, got), RK_OK, "%s", rk_error_msg());
+        for (size_t i = 0; i < cnt; i++) {
+            double want = 0;
+            for (int kv = 0; kv <= with_v; kv++)
+                for (size_t j = 0; j < w; j++) {
+                    double d = (double)xa[((size_t)kv * n + slot0 + i) * w + j] - (double)xb[((size_t)kv * n + slot0 + i) * w + j];
+                    want += d * d;
+                }
+            if (slot0 + i < 8) /* before the changed tokens: the same K and V */
+                cr_expect(got[i] == 0.0f, "%s: slot %zu: %g, want 0", model, slot0 + i, (double)got[i]);
+            else
+                cr_expect(fabs((double)got[i] - want) <= tol * want + 1e-12, "%s: slot %zu (v %d): %g, want %g", model,
+                          slot0 + i, with_v, (double)got[i], want);
+        }
+        cr_expect(got[8 - slot0] > 0.0f, "%s: a changed token deviates", model);
+    }
+    cr_expect_eq(eng_kv_deviation(a, far, layer, 0, n, false, got), RK_ERR_INVALID, "another backend");
+    cr_expect_eq(eng_kv_deviation(a, b, mi->n_layers, 0, n, false, got), RK_ERR_RANGE);
+    cr_expect_eq(eng_kv_deviation(a, b, layer, 1, n, false, got), RK_ERR_RANGE, "past the length");
+    cr_expect_eq(eng_kv_deviation(a, b, layer, 0, n, false, NULL), RK_ERR_INVALID);
+    free(xa);
+    free(xb);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(far);
+    eng_backend_free(be);
+    eng_backend_free(other);
+    eng_model_close(m);
+}
+
 static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
 {
     eng_model *m = conf_open(model);
@@ -671,6 +725,22 @@ static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
         cr_expect(conf_rel_err(lb, la, V) <= tol, "%s: logits after the block differ", model);
     cr_assert_eq(eng_decode(be, &c, &next, 1, lb), RK_OK);
     cr_expect(conf_rel_err(lb, la, V) <= tol, "%s: the block's second import differs", model);
+
+    /* by layer ranges, last layer first: the same sequence as one import of the block */
+    eng_seq *d = conf_seq(be, 32);
+    for (int hi = mi->n_layers, step = 1; hi > 0; step++) {
+        int lo = hi - step < 0 ? 0 : hi - step;
+        cr_assert_eq(eng_kv_import_block_layers(d, slot0, pos, blk, lo, hi - lo), RK_OK, "%s", rk_error_msg());
+        hi = lo;
+    }
+    cr_expect_eq(eng_seq_len(d), slot0 + n);
+    cr_assert_eq(eng_kv_export(d, slot0, n, ka), RK_OK);
+    cr_assert_eq(eng_kv_export(b, slot0, n, kb), RK_OK);
+    cr_expect(memcmp(ka, kb, F * sizeof(float)) == 0, "%s: layer-range imports differ from one import", model);
+    cr_expect_eq(eng_kv_import_block_layers(d, slot0, pos, blk, mi->n_layers, 1), RK_ERR_RANGE);
+    cr_expect_eq(eng_kv_import_block_layers(d, slot0, pos, blk, -1, 2), RK_ERR_RANGE);
+    cr_expect_eq(eng_kv_import_block_layers(d, slot0, pos, blk, 0, 0), RK_ERR_RANGE);
+    eng_seq_free(d);
 
     /* read: every layer, then a range */
     cr_assert_eq(eng_kvblock_read(blk, 0, mi->n_layers, kb), RK_OK, "%s", rk_error_msg());

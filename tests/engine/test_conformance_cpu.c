@@ -77,6 +77,11 @@ Test(cpu_conformance, kv_by_layer_ranges)
     EACH_MODEL(conf_kv_layers(cpu_ctor, model, TOL));
 }
 
+Test(cpu_conformance, kv_deviation_between_sequences)
+{
+    EACH_MODEL(conf_kv_deviation(cpu_ctor, model, 1e-6));
+}
+
 Test(cpu_conformance, bad_calls_rejected)
 {
     EACH_MODEL(conf_bad_calls(cpu_ctor, model));

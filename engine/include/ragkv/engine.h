@@ -289,6 +289,15 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
 
 /* ---- KV export / import ---------------------------------------------------------------- */
 
+/* Per slot, the squared distance between two sequences' pre-RoPE K at one layer (plus that of
+ * V when with_v): out[i] = sum over the n_kv_heads * head_dim elements of (Ka - Kb)^2 at slot
+ * slot0 + i, accumulated in double. Computed where the KV lives (CUDA: on the device, in the KV
+ * storage's precision, nothing copied out but n floats); CacheBlend's deviation of fresh vs
+ * cached KV at its check layer. Both sequences on one backend, the slots non-empty in both
+ * (RK_ERR_INVALID otherwise), RK_ERR_RANGE for a layer or slots out of range. */
+rk_status eng_kv_deviation(const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n, bool with_v,
+                           float *out);
+
 /* Floats in the canonical KV block of n tokens: n_layers * 2 * n * n_kv_heads * head_dim. */
 size_t eng_kv_floats(const eng_model *m, size_t n);
 
