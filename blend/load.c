@@ -195,8 +195,11 @@ static rk_status gpu_blocks(bl_loader *ld, bool *gpu)
         rk_status st = eng_kvblock_alloc(ld->be, ld->segs[i].n, &ld->blk[i], &ld->mem[i]);
         if (st != RK_OK)
             return st;
-        if (!ld->mem[i].device || ld->mem[i].elem_bytes != 2)
-            return RK_OK; /* not bf16 on the device (fp32 mode): the CPU loader */
+        if (!ld->mem[i].device || ld->mem[i].elem_bytes != 2) { /* fp32 mode: the CPU loader */
+            eng_kvblock_free(ld->blk[i]);
+            ld->blk[i] = NULL;
+            return RK_OK;
+        }
     }
     *gpu = true;
     return RK_OK;
