@@ -41,7 +41,8 @@ bool cg_simd8_ok(const struct cg_dec_job *j)
     const char *e = getenv("RAGKV_CODEC_SIMD"); /* read per call: tests compare both paths */
     int avail = cpu && !(e && !strcmp(e, "0"));
     const cg_params *p = j->p;
-    return avail && p->group == 8 && !p->anchor_interval && p->k_scale_mode == CODEC_SCALE_CHANNEL &&
+    /* a transform codebook's containers decode through the scalar reference (recon tables) */
+    return avail && p->group == 8 && !p->anchor_interval && !p->transform && p->k_scale_mode == CODEC_SCALE_CHANNEL &&
            p->v_scale_mode == CODEC_SCALE_CHANNEL && j->payload_len < 0x7fff0000u &&
            j->lay->n_models * sizeof(rans_dmodel) < 0x7fff0000u;
 }
