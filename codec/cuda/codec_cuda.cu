@@ -5,7 +5,10 @@
  * parses and validates everything but the entropy-coded bytes (cg_prepare, shared with the
  * CPU path), uploads payload, stream offsets, scales and probability models, and the kernel
  * mirrors decode_streams() in cachegen.c operation for operation (__fmul_rn/__fadd_rn: no
- * fused multiply-add, like the CPU build's -ffp-contract=off). q8 and raw have elementwise
+ * fused multiply-add, like the CPU build's -ffp-contract=off). Containers of a transform
+ * codebook decode their coefficients (f32, the codebook's reconstruction points) into a
+ * device buffer, then a second kernel applies cg_transform_row()'s sums in its order, one
+ * thread per output value. q8 and raw have elementwise
  * kernels; lz4 decodes on the CPU (LZ4 is serial per block) and is copied up. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -66,6 +69,12 @@ struct cg_dev {
     const uint64_t *offs;     /* device [n_streams + 1] */
     const float *scales;      /* device [n_scales] */
     const rans_model *models; /* device [n_models] */
+    const float *recon;       /* device [n_models][CODEC_MAX_SYMBOLS] (transform), or NULL */
+    float *coef;              /* device [L][2][T][C] coefficients (transform), or NULL */
+    const float *tf_mean;     /* device [L][2][C] (transform) */
+    const float *tf_dec;      /* device [L][2][C/B][B][B] (transform) */
+    uint32_t tf_B;            /* transform block, 0: none */
+    size_t n_values;          /* L * 2 * T * C */
     void *out;                /* device, canonical layout */
     int bf16;
     int *failed;              /* device flag */
@@ -110,7 +119,8 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
         size_t obase = (lkv * d.T + t) * d.C + c0;
         for (uint32_t i = 0; i < nc; i++) {
             uint32_t c = c0 + i;
-            const rans_model *m = &d.models[mbase + (size_t)(c / p.model_group) * (delta ? 2 : 1) + res];
+            size_t mi = mbase + (size_t)(c / p.model_group) * (delta ? 2 : 1) + res;
+            const rans_model *m = &d.models[mi];
             uint32_t slot = x & (RANS_PROB_SCALE - 1);
             uint32_t s = m->bucket[slot >> 8];
             while (m->cum[s + 1] <= slot)
@@ -125,16 +135,38 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp)
             }
             float sc = mode == CODEC_SCALE_TOKEN ? d.scales[sbase + (size_t)t * d.H + c / d.D]
                                                  : d.scales[sbase + (res ? d.C : 0) + c];
-            float val = __fmul_rn((float)((int)s - qmax), sc);
+            float q = d.recon ? d.recon[mi * CODEC_MAX_SYMBOLS + s] : (float)((int)s - qmax);
+            float val = __fmul_rn(q, sc);
             if (res)
                 val = __fadd_rn(anchor[i], val);
             else
                 anchor[i] = val;
-            store_out(d.out, d.bf16, obase + i, val);
+            if (d.coef)
+                d.coef[obase + i] = val;
+            else
+                store_out(d.out, d.bf16, obase + i, val);
         }
     }
     if (x != RANS_L || ptr != end)
         atomicExch(d.failed, 1);
+}
+
+/* Transform containers: every output value from its block's coefficients, cg_transform_row()
+ * of cachegen.c operation for operation. */
+__global__ void cg_transform_kernel(const cg_dev *__restrict__ dp)
+{
+    const cg_dev &d = *dp;
+    size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= d.n_values)
+        return;
+    uint32_t B = d.tf_B, c = (uint32_t)(k % d.C), c0 = c - c % B;
+    size_t row = k / d.C, lkv = row / d.T;
+    const float *m = d.tf_dec + (lkv * d.C + c0) * B + (size_t)(c - c0) * B;
+    const float *y = d.coef + row * d.C + c0;
+    float acc = 0.0f;
+    for (uint32_t i = 0; i < B; i++)
+        acc = __fadd_rn(acc, __fmul_rn(m[i], y[i]));
+    store_out(d.out, d.bf16, k, __fadd_rn(acc, d.tf_mean[lkv * d.C + c]));
 }
 
 /* cachegen into device memory: host-side validation, uploads, the kernel, the error flag. */
@@ -149,6 +181,7 @@ static rk_status cg_decode_cuda(const codec_view *v, const codec_codebook *cb, i
     uint64_t *d_offs = NULL;
     float *d_scales = NULL;
     rans_model *d_models = NULL;
+    float *d_recon = NULL, *d_coef = NULL, *d_mean = NULL, *d_dec = NULL;
     cg_dev *d_dev = NULL;
     int *d_failed = NULL;
     cudaEvent_t ev0 = NULL, ev1 = NULL;
@@ -184,6 +217,24 @@ static rk_status cg_decode_cuda(const codec_view *v, const codec_codebook *cb, i
     h.out = dev_out;
     h.bf16 = bf16;
     h.failed = d_failed;
+    h.n_values = (size_t)pr.lay.L * 2 * pr.lay.T * pr.lay.C;
+    if (pr.tf) {
+        size_t nc = (size_t)pr.lay.L * 2 * pr.lay.C;
+        CK(cudaMalloc((void **)&d_recon, pr.lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float)), "cudaMalloc");
+        CK(cudaMalloc((void **)&d_coef, (h.n_values ? h.n_values : 1) * sizeof(float)), "cudaMalloc");
+        CK(cudaMalloc((void **)&d_mean, nc * sizeof(float)), "cudaMalloc");
+        CK(cudaMalloc((void **)&d_dec, nc * pr.tf->B * sizeof(float)), "cudaMalloc");
+        CK(cudaMemcpyAsync(d_recon, pr.tf->recon, pr.lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float),
+                           cudaMemcpyHostToDevice, stream), "upload");
+        CK(cudaMemcpyAsync(d_mean, pr.tf->mean, nc * sizeof(float), cudaMemcpyHostToDevice, stream), "upload");
+        CK(cudaMemcpyAsync(d_dec, pr.tf->dec, nc * pr.tf->B * sizeof(float), cudaMemcpyHostToDevice,
+                           stream), "upload");
+        h.recon = d_recon;
+        h.coef = d_coef;
+        h.tf_mean = d_mean;
+        h.tf_dec = d_dec;
+        h.tf_B = pr.tf->B;
+    }
     CK(cudaMemcpyAsync(d_payload, pr.payload, pr.payload_len, cudaMemcpyHostToDevice, stream), "upload");
     CK(cudaMemcpyAsync(d_offs, pr.offs, (pr.lay.n_streams + 1) * sizeof(uint64_t),
                        cudaMemcpyHostToDevice, stream), "upload");
@@ -200,6 +251,10 @@ static rk_status cg_decode_cuda(const codec_view *v, const codec_codebook *cb, i
         unsigned threads = 128;
         size_t blocks = (pr.lay.n_streams + threads - 1) / threads;
         cg_decode_kernel<<<(unsigned)blocks, threads, 0, stream>>>(d_dev);
+        if (pr.tf && h.n_values) {
+            CK(cudaGetLastError(), "cachegen kernel launch");
+            cg_transform_kernel<<<(unsigned)((h.n_values + 255) / 256), 256, 0, stream>>>(d_dev);
+        }
     }
     CK(cudaGetLastError(), "cachegen kernel launch");
     CK(cudaEventRecord(ev1, stream), "event");
@@ -218,6 +273,10 @@ done:
     cudaFree(d_offs);
     cudaFree(d_scales);
     cudaFree(d_models);
+    cudaFree(d_recon);
+    cudaFree(d_coef);
+    cudaFree(d_mean);
+    cudaFree(d_dec);
     cudaFree(d_dev);
     cudaFree(d_failed);
     cg_prepared_free(&pr);

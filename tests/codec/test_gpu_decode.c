@@ -88,6 +88,44 @@ Test(gpu_decode, codebook_container)
 #endif
 }
 
+/* Containers of a transform codebook (docs/codec.md, "Transform coding"): the coefficient
+ * kernel with reconstruction points, then the transform kernel; blocks of the whole head
+ * (16), of 8 and of 64 channels (head_dim 128), both output types. */
+Test(gpu_decode, transform_codebook_container)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    struct {
+        codec_shape s;
+        int block;
+    } cases[] = {{{4, 300, 2, 16}, 16}, {{3, 200, 3, 16}, 8}, {{2, 256, 4, 128}, 64}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        codec_shape s = cases[k].s;
+        float *tr = synth(s, 90 + k), *kv = synth(s, 95 + k);
+        size_t nw = (size_t)s.n_layers * 2 * s.n_kv_heads * s.head_dim;
+        float *w = rk_malloc(nw * sizeof *w);
+        cr_assert_not_null(w);
+        for (size_t i = 0; i < nw; i++)
+            w[i] = (float)(1 + i % 9);
+        codec_params p = codec_params_default(CODEC_CACHEGEN);
+        p.weights = w;
+        p.transform_block = cases[k].block;
+        codec_codebook *cb;
+        const float *samples[1] = {tr};
+        cr_assert_eq(codec_codebook_train(samples, &s, 1, &p, &cb), RK_OK, "%s", rk_error_msg());
+        rk_buf b = enc_cb(kv, s, cb);
+        codec_decode_opts o = {.codebook = cb};
+        compare(&b, &o, CODEC_F16);
+        compare(&b, &o, CODEC_BF16);
+        rk_buf_free(&b);
+        codec_codebook_free(cb);
+        rk_free(w);
+        rk_free(tr);
+        rk_free(kv);
+    }
+#endif
+}
+
 Test(gpu_decode, damaged_input_is_an_error)
 {
     need_device();
