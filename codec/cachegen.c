@@ -411,19 +411,52 @@ static void sym_eigen(double *a, int n, double *v)
     }
 }
 
+/* Eight floats, one IEEE operation per lane (GCC vector extension: SSE pairs on baseline
+ * x86-64; with -ffp-contract=off no fused multiply-add). */
+typedef float cg_v8 __attribute__((vector_size(32)));
+
 void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const float *y, float *x)
 {
     uint32_t B = tf->B;
     const float *mean = tf->mean + lkv * C;
+    float acc[64];
     for (uint32_t c0 = 0; c0 < C; c0 += B) {
-        const float *m = tf->dec + (lkv * C + c0) * B;
-        for (uint32_t c = 0; c < B; c++) {
-            float acc = 0.0f;
-            for (uint32_t i = 0; i < B; i++)
-                acc = acc + m[c * B + i] * y[c0 + i];
-            x[c0 + c] = acc + mean[c0 + c];
+        /* the sums of every channel of the block side by side; each channel's own sum keeps
+         * the documented order */
+        const float *mt = tf->dect + (lkv * C + c0) * B;
+        if (B % 8 == 0) {
+            for (uint32_t cb = 0; cb < B; cb += 8) {
+                cg_v8 a = {0}, m, mu;
+                for (uint32_t i = 0; i < B; i++) {
+                    memcpy(&m, mt + i * B + cb, sizeof m);
+                    a = a + m * y[c0 + i];
+                }
+                memcpy(&mu, mean + c0 + cb, sizeof mu);
+                a = a + mu;
+                memcpy(x + c0 + cb, &a, sizeof a);
+            }
+            continue;
         }
+        for (uint32_t c = 0; c < B; c++)
+            acc[c] = 0.0f;
+        for (uint32_t i = 0; i < B; i++) {
+            float yi = y[c0 + i];
+            for (uint32_t c = 0; c < B; c++)
+                acc[c] = acc[c] + mt[i * B + c] * yi;
+        }
+        for (uint32_t c = 0; c < B; c++)
+            x[c0 + c] = acc[c] + mean[c0 + c];
     }
+}
+
+/* Fill tf->dect from tf->dec (nc = L * 2 * C channels). */
+static void tf_transpose(cg_transform *tf, size_t nc)
+{
+    uint32_t B = tf->B;
+    for (size_t b = 0; b < nc / B; b++)
+        for (uint32_t c = 0; c < B; c++)
+            for (uint32_t i = 0; i < B; i++)
+                tf->dect[(b * B + i) * B + c] = tf->dec[(b * B + c) * B + i];
 }
 
 /* y = enc (x - mean) for every row of kv (canonical layout of lay); y likewise. */
@@ -447,19 +480,96 @@ static void tf_forward(const cg_transform *tf, const cg_layout *lay, const float
         }
 }
 
+/* Token range of sample s for the basis choice: part 0 all tokens, 1 the first half, 2 the
+ * second half. */
+static void tf_part(const codec_shape *sh, int part, uint32_t *t0, uint32_t *t1)
+{
+    *t0 = part == 2 ? sh->n_tokens / 2 : 0;
+    *t1 = part == 1 ? sh->n_tokens / 2 : sh->n_tokens;
+}
+
+/* Covariance (B x B) of the weighted vectors z = sw (x - mu) of block c0 of plane lkv over
+ * the tokens of part (tf_part). */
+static void tf_block_cov(const float *const *samples, const codec_shape *shapes, size_t n,
+                         uint32_t C, size_t lkv, uint32_t c0, uint32_t B, const double *sw,
+                         const double *mu, int part, double *cov)
+{
+    memset(cov, 0, sizeof(double) * B * B);
+    for (size_t s = 0; s < n; s++) {
+        uint32_t t0, t1;
+        tf_part(&shapes[s], part, &t0, &t1);
+        for (uint32_t t = t0; t < t1; t++) {
+            const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
+            double z[64];
+            for (uint32_t c = 0; c < B; c++)
+                z[c] = (x[c] - mu[c]) * sw[c];
+            for (uint32_t i = 0; i < B; i++)
+                for (uint32_t j = 0; j < B; j++)
+                    cov[i * B + j] += z[i] * z[j];
+        }
+    }
+}
+
+/* Empirical entropy in bits of the second halves of the samples' block c0 of plane lkv in
+ * basis u (columns; in the weighted domain z = sw (x - mu)), every coefficient quantized with
+ * step k (clamped to 31 levels each side, as the alphabets are), one histogram per
+ * coefficient. */
+static double tf_block_bits(const float *const *samples, const codec_shape *shapes, size_t n,
+                            uint32_t C, size_t lkv, uint32_t c0, uint32_t B, const double *sw,
+                            const double *mu, const double *u, double k, uint32_t *hist)
+{
+    double bits = 0, cnt = 0;
+    memset(hist, 0, sizeof(uint32_t) * B * 63);
+    for (size_t s = 0; s < n; s++) {
+        uint32_t t0, t1;
+        tf_part(&shapes[s], 2, &t0, &t1);
+        for (uint32_t t = t0; t < t1; t++) {
+            const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
+            double z[64];
+            for (uint32_t c = 0; c < B; c++)
+                z[c] = (x[c] - mu[c]) * sw[c];
+            for (uint32_t i = 0; i < B; i++) {
+                double y = 0;
+                for (uint32_t c = 0; c < B; c++)
+                    y += u[c * B + i] * z[c];
+                double q = k > 0 ? rint(y / k) : 0;
+                q = q > 31 ? 31 : q < -31 ? -31 : q;
+                hist[i * 63 + (uint32_t)(q + 31)]++;
+            }
+            cnt++;
+        }
+    }
+    for (uint32_t i = 0; i < B * 63; i++)
+        if (hist[i])
+            bits -= hist[i] * log2(hist[i] / cnt);
+    return bits;
+}
+
 /* Learn tf (B set; mean, enc, dec allocated by the caller, [L][2][C] and [L][2][C/B][B][B])
  * from n samples: per (layer, K|V, block) the principal axes of the channel vectors scaled by
  * sqrt(weight), so that one step for every coefficient is the weighted allocation's optimum
  * (the weighted squared error is the squared error in that domain, which an orthogonal
- * basis keeps). A weight below 10^-6 of its plane's largest counts as that. */
-static void tf_learn(const float *const *samples, const codec_shape *shapes, size_t n,
-                     const float *weights, const cg_layout *lay, cg_transform *tf)
+ * basis keeps). A weight below 10^-6 of its plane's largest counts as that. The principal
+ * axes minimise the rate of Gaussian data; channels that are independent and far from
+ * Gaussian code better alone (a rotation mixes them into more Gaussian coefficients), and a
+ * basis fitted to few tokens does not carry over: a block keeps the identity basis unless the
+ * axes learned on the first half of every sample's tokens give the second halves, quantized
+ * with step k (the weighted allocation's: the same distortion either way), a lower
+ * entropy. */
+static rk_status tf_learn(const float *const *samples, const codec_shape *shapes, size_t n,
+                          const float *weights, const cg_layout *lay, double k, cg_transform *tf)
 {
+    rk_status st = RK_OK;
     uint32_t B = tf->B, C = lay->C;
     double *cov = rk_malloc(sizeof(double) * B * B), *u = rk_malloc(sizeof(double) * B * B);
-    double sw[64], mu[64];
-    if (!cov || !u)
+    double *id = rk_calloc((size_t)B * B, sizeof(double)), sw[64], mu[64];
+    uint32_t *hist = rk_malloc(sizeof(uint32_t) * B * 63);
+    if (!cov || !u || !id || !hist) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook transform");
         goto done;
+    }
+    for (uint32_t c = 0; c < B; c++)
+        id[c * B + c] = 1;
     for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++) {
         float pmax = 0, gmax = 0;
         for (size_t i = 0; i < (size_t)lay->L * 2 * C; i++)
@@ -483,18 +593,16 @@ static void tf_learn(const float *const *samples, const codec_shape *shapes, siz
                 }
             for (uint32_t c = 0; c < B; c++)
                 mu[c] /= cnt;
-            memset(cov, 0, sizeof(double) * B * B);
-            for (size_t s = 0; s < n; s++)
-                for (uint32_t t = 0; t < shapes[s].n_tokens; t++) {
-                    const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
-                    double z[64];
-                    for (uint32_t c = 0; c < B; c++)
-                        z[c] = (x[c] - mu[c]) * sw[c];
-                    for (uint32_t i = 0; i < B; i++)
-                        for (uint32_t j = 0; j < B; j++)
-                            cov[i * B + j] += z[i] * z[j];
-                }
+            tf_block_cov(samples, shapes, n, C, lkv, c0, B, sw, mu, 1, cov);
             sym_eigen(cov, (int)B, u);
+            double bi = tf_block_bits(samples, shapes, n, C, lkv, c0, B, sw, mu, id, k, hist);
+            double bu = tf_block_bits(samples, shapes, n, C, lkv, c0, B, sw, mu, u, k, hist);
+            if (bi <= bu)
+                memcpy(u, id, sizeof(double) * B * B);
+            else { /* the axes of all the tokens */
+                tf_block_cov(samples, shapes, n, C, lkv, c0, B, sw, mu, 0, cov);
+                sym_eigen(cov, (int)B, u);
+            }
             float *enc = tf->enc + (lkv * C + c0) * B, *dec = tf->dec + (lkv * C + c0) * B;
             for (uint32_t c = 0; c < B; c++) {
                 tf->mean[lkv * C + c0 + c] = (float)mu[c];
@@ -505,9 +613,13 @@ static void tf_learn(const float *const *samples, const codec_shape *shapes, siz
             }
         }
     }
+    tf_transpose(tf, (size_t)lay->L * 2 * C);
 done:
     rk_free(cov);
     rk_free(u);
+    rk_free(id);
+    rk_free(hist);
+    return st;
 }
 
 static void tf_free(cg_transform *tf)
@@ -517,6 +629,7 @@ static void tf_free(cg_transform *tf)
     rk_free(tf->mean);
     rk_free(tf->enc);
     rk_free(tf->dec);
+    rk_free(tf->dect);
     rk_free(tf->recon);
     rk_free(tf);
 }
@@ -533,8 +646,9 @@ static cg_transform *tf_alloc(const cg_layout *lay, uint32_t B, size_t n_models)
     tf->mean = rk_malloc(nc * sizeof(float));
     tf->enc = rk_malloc(nc * B * sizeof(float));
     tf->dec = rk_malloc(nc * B * sizeof(float));
+    tf->dect = rk_malloc(nc * B * sizeof(float));
     tf->recon = rk_calloc(n_models * CODEC_MAX_SYMBOLS, sizeof(float));
-    if (!tf->mean || !tf->enc || !tf->dec || !tf->recon) {
+    if (!tf->mean || !tf->enc || !tf->dec || !tf->dect || !tf->recon) {
         tf_free(tf);
         return NULL;
     }
@@ -860,6 +974,8 @@ struct lane {
     uint32_t c0;                                 /* first channel */
     const rans_model *mod[2][CG_LANE_GROUP];     /* [residual][channel of group] */
     float csc[2][CG_LANE_GROUP];                 /* channel mode: [residual][channel] scale */
+    const float *rec[CG_LANE_GROUP];             /* transform: the model's reconstruction
+                                                    points (no delta coding), else NULL */
     uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
     float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
 };
@@ -890,6 +1006,9 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                 L->mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, L->c0 + i, rr)];
                 L->csc[r][i] = j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
             }
+            L->rec[i] = j->recon ? j->recon + cg_model_index(lay, p, l, kv, L->c0 + i, 0) *
+                                                  CODEC_MAX_SYMBOLS
+                                 : NULL;
             L->head[i] = (L->c0 + i) / lay->D;
         }
         L->ptr = j->payload + j->offs[si + (size_t)k];
@@ -918,7 +1037,8 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                 }
                 L->x = x;
                 float sc = MODE == CODEC_SCALE_TOKEN ? trow[L->head[i]] : L->csc[res][i];
-                float val = (float)((int)s - qmax) * sc;
+                float q = L->rec[i] ? L->rec[i][s] : (float)((int)s - qmax);
+                float val = q * sc;
                 if (DELTA) {
                     if (res)
                         val = L->anchor[i] + val;
@@ -949,7 +1069,7 @@ static void decode_streams(void *vctx, size_t b, size_t e)
     size_t s0 = j->lkv0 * lay->n_tblocks * lay->n_groups;
     b += s0;
     e += s0;
-    if (j->p->group > CG_LANE_GROUP || j->recon) {
+    if (j->p->group > CG_LANE_GROUP) {
         decode_streams_generic(j, b, e);
         return;
     }
@@ -1384,6 +1504,7 @@ static rk_status tf_parse(rk_reader *r, codec_codebook *cb)
                                     "%zu is %g", s, m, (double)*v);
         }
     }
+    tf_transpose(cb->tf, nc);
     return RK_OK;
 }
 
@@ -1598,7 +1719,7 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
                 st = rk_error_set(RK_ERR_NOMEM, "codebook transform");
                 goto fail;
             }
-            tf_learn(samples, shapes, n, p->weights, &cb->lay, cb->tf);
+            st = tf_learn(samples, shapes, n, p->weights, &cb->lay, k, cb->tf);
             memset(absmax, 0, nw * sizeof *absmax);
             for (size_t i = 0; i < n && st == RK_OK; i++) {
                 cg_layout lay;

@@ -276,6 +276,8 @@ typedef struct cg_transform {
     float *mean;    /* [L][2][C] */
     float *enc;     /* [L][2][C/B][B][B] row i: coefficient i from the block's channels */
     float *dec;     /* [L][2][C/B][B][B] row c: channel c from the block's coefficients */
+    float *dect;    /* dec with each block transposed ([i][c]), for the CPU's row pass (not
+                       serialised) */
     float *recon;   /* [n_models][CODEC_MAX_SYMBOLS] reconstruction point of each symbol, in
                        steps (the level's own quantizer has s - qmax) */
 } cg_transform;
