@@ -415,6 +415,9 @@ static void sym_eigen(double *a, int n, double *v)
  * x86-64; with -ffp-contract=off no fused multiply-add). */
 typedef float cg_v8 __attribute__((vector_size(32)));
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default"))) /* 8 lanes per instruction where there is AVX2 */
+#endif
 void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const float *y, float *x)
 {
     uint32_t B = tf->B;
@@ -1248,6 +1251,8 @@ struct cg_reader {
                                    NULL: the scalar decoder only */
     rans_dmodel *dm_owned;      /* per-chunk tables' decode-only models (a codebook holds its
                                    own), owned; NULL otherwise */
+    float *coef;                /* transform containers: [2][T][C] one layer's coefficients
+                                   (a reader decodes one range at a time), owned; else NULL */
 };
 
 static void cg_close(void *ctx)
@@ -1257,6 +1262,7 @@ static void cg_close(void *ctx)
         return;
     cg_prepared_free(&cr->pr);
     rk_free(cr->dm_owned);
+    rk_free(cr->coef);
     rk_free(cr);
 }
 
@@ -1273,7 +1279,8 @@ static rk_status cg_open(codec_reader *r)
         return st;
     }
     const cg_prepared *pr = &cr->pr;
-    struct dec_job probe = {.p = &pr->p, .lay = &pr->lay, .payload_len = pr->payload_len};
+    struct dec_job probe = {.p = &pr->p, .lay = &pr->lay, .payload_len = pr->payload_len,
+                            .recon = pr->tf ? pr->tf->recon : NULL};
     if (cg_simd8_ok(&probe)) {
         if (pr->p.tables == 1)
             cr->dmodels = cg_codebook_dmodels(r->cb);
@@ -1282,6 +1289,10 @@ static rk_status cg_open(codec_reader *r)
                 rans_dmodel_build(&pr->models[i], &cr->dm_owned[i]);
             cr->dmodels = cr->dm_owned;
         } /* else: the scalar decoder, which needs no more memory */
+    }
+    if (pr->tf && !(cr->coef = rk_malloc(2 * (size_t)pr->lay.T * pr->lay.C * sizeof(float)))) {
+        cg_close(cr);
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
     }
     r->ctx = cr;
     return RK_OK;
@@ -1336,11 +1347,7 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
             return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
         return RK_OK;
     }
-    size_t per_layer = 2 * (size_t)pr->lay.T * pr->lay.C;
-    float *coef = rk_malloc(per_layer * sizeof *coef);
-    if (!coef)
-        return rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
-    j.dmodels = NULL;
+    float *coef = cr->coef;
     j.recon = pr->tf->recon;
     j.dtype = CODEC_F32;
     j.out = coef;
@@ -1348,11 +1355,10 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
                         .lkv_out0 = 2 * (size_t)l0};
     for (uint32_t l = l0; l < l0 + nl && !j.failed && !tj.failed; l++) {
         j.lkv0 = tj.lkv0 = 2 * (size_t)l;
-        rk_pool_for(r->pool, streams / nl, 1, decode_streams, &j);
+        rk_pool_for(r->pool, streams / nl, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j);
         if (!j.failed)
             rk_pool_for(r->pool, 2 * (size_t)pr->lay.T, 64, tf_rows, &tj);
     }
-    rk_free(coef);
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
     if (tj.failed)

@@ -585,7 +585,8 @@ static double weighted_sq_error(const float *a, const float *b, const float *w, 
 /* A transform codebook (format version 3) on coupled channels: fewer bytes and less weighted
  * error than the weighted allocation alone at the same level; it round-trips through
  * serialisation (same id, the same containers); f16 output is the f32 output rounded; the
- * AVX2 dispatch and the scalar decoder agree; and every coefficient's error is within its
+ * AVX2 decoder (with reconstruction points; 128 channels) and the scalar decoder agree; and
+ * every coefficient's error is within its
  * step (the bin's width: the reconstruction point and the value share the bin). */
 Test(cachegen, transform_codebook)
 {
@@ -632,6 +633,28 @@ Test(cachegen, transform_codebook)
         for (int d = 0; d < 3; d++)
             cr_assert_eq(decode_both(b.data, b.len, &to, (codec_dtype)d, "transform"), RK_OK);
     cr_assert_eq(codec_decode(b.data, b.len, NULL, CODEC_F16, h, n * 2), RK_ERR_NOT_FOUND);
+    if (__builtin_cpu_supports("avx2")) { /* 128 channels: the AVX2 decoder's chains take them */
+        codec_shape wide = {2, 300, 8, 16};
+        size_t nww = (size_t)wide.n_layers * 2 * 8 * 16;
+        float *ww = rk_malloc(nww * sizeof(float)), *wk = coupled_kv(wide, 7), *wk2 = coupled_kv(wide, 8);
+        for (size_t i = 0; i < nww; i++)
+            ww[i] = (float)(1 + i % 11);
+        codec_params wp = codec_params_default(CODEC_CACHEGEN);
+        wp.weights = ww;
+        wp.transform_block = 16;
+        codec_codebook *wcb2;
+        const float *wtr[1] = {wk};
+        cr_assert_eq(codec_codebook_train(wtr, &wide, 1, &wp, &wcb2), RK_OK, "%s", rk_error_msg());
+        rk_buf wb = enc_cb(wk2, wide, wcb2);
+        codec_decode_opts wo2 = {.codebook = wcb2};
+        for (int d = 0; d < 3; d++)
+            cr_assert_eq(decode_both(wb.data, wb.len, &wo2, (codec_dtype)d, "transform, wide"), RK_OK);
+        rk_buf_free(&wb);
+        codec_codebook_free(wcb2);
+        rk_free(ww);
+        rk_free(wk);
+        rk_free(wk2);
+    }
 
     /* the bound, per coefficient: |enc (decoded - x)| <= its scale, the fp16 of
      * max(step, chunk's coefficient range / qmax) (+ the fp16 rounding and float error) */
