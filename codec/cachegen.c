@@ -58,8 +58,13 @@ rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_pa
     p->stream_tokens = rk_get_le16(d + 6);
     p->group = rk_get_le16(d + 8);
     p->model_group = rk_get_le16(d + 10);
-    if (p->k_scale_mode > 1 || p->v_scale_mode > 1 || p->tables > 1 || d[3] != 0)
+    p->transform = d[3];
+    if (p->k_scale_mode > 1 || p->v_scale_mode > 1 || p->tables > 1 || p->transform > 1)
         return rk_error_set(RK_ERR_FORMAT, "cachegen: bad mode byte");
+    if (p->transform && (p->tables != 1 || p->k_scale_mode != CODEC_SCALE_CHANNEL ||
+                         p->v_scale_mode != CODEC_SCALE_CHANNEL || p->anchor_interval))
+        return rk_error_set(RK_ERR_FORMAT, "cachegen: transform without a codebook, or with "
+                            "token scales or delta coding");
     if (!p->stream_tokens || p->stream_tokens > 256 || !p->group || !p->model_group ||
         p->anchor_interval > p->stream_tokens)
         return rk_error_set(RK_ERR_FORMAT, "cachegen: bad stream parameters");
@@ -73,7 +78,7 @@ rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_pa
 
 void cg_params_write(const cg_params *p, uint32_t n_layers, rk_buf *out)
 {
-    uint8_t f[CG_PARAMS_FIXED] = {p->k_scale_mode, p->v_scale_mode, p->tables, 0};
+    uint8_t f[CG_PARAMS_FIXED] = {p->k_scale_mode, p->v_scale_mode, p->tables, p->transform};
     rk_put_le16(f + 4, p->anchor_interval);
     rk_put_le16(f + 6, p->stream_tokens);
     rk_put_le16(f + 8, p->group);
@@ -259,15 +264,10 @@ static void channel_absmax(const float *kv, const cg_layout *lay, float *absmax)
         }
 }
 
-/* The weighted allocation (docs/codec.md, "Rate allocation"): with entropy-coded uniform
- * quantization a channel of step d costs about log2(range / d) bits and adds weight * d^2 / 12
- * to the next-token KL, so the least KL for a bit budget has d proportional to
- * 1/sqrt(weight). The budget is the level's: the product of the steps (the sum of their
- * logs) equals that of the level's own steps absmax / qmax. p->qmax holds the level's
- * alphabets on entry and, on return, the alphabet each (layer, K|V) needs for its steps
- * (1..31). absmax and weights are [L][2][C]; step out likewise. */
-static void weighted_steps(const float *absmax, const float *weights, const cg_layout *lay,
-                           cg_params *p, float *step)
+/* The step constant k of the weighted allocation: steps k / sqrt(weight) whose product equals
+ * that of the level's own steps absmax / p->qmax (the level's rate at high resolution). */
+static double weighted_k(const float *absmax, const float *weights, const cg_layout *lay,
+                         const cg_params *p)
 {
     size_t n = (size_t)lay->L * 2 * lay->C, used = 0;
     float wmax = 0;
@@ -283,12 +283,19 @@ static void weighted_steps(const float *absmax, const float *weights, const cg_l
         lsum += log(absmax[i] / p->qmax[i / lay->C]) + 0.5 * log(w);
         used++;
     }
-    double k = used ? exp(lsum / (double)used) : 0; /* step = k / sqrt(weight) */
+    return used ? exp(lsum / (double)used) : 0;
+}
+
+/* step = k / sqrt(weight) (weights NULL: all 1), and in p->qmax the alphabet each (layer,
+ * K|V) needs for its steps to cover absmax (1..31). */
+static void steps_from_k(double k, const float *absmax, const float *weights, float wmax,
+                         const cg_layout *lay, cg_params *p, float *step)
+{
     for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++) {
         int need = 1;
         for (uint32_t c = 0; c < lay->C; c++) {
             size_t i = lkv * lay->C + c;
-            double w = weights[i] > wmax * 1e-8f ? weights[i] : wmax * 1e-8;
+            double w = !weights ? 1.0 : weights[i] > wmax * 1e-8f ? weights[i] : wmax * 1e-8;
             double d = k / sqrt(w);
             step[i] = d < 65504.0 ? (float)d : 65504.0f;
             if (absmax[i] > 0 && step[i] > 0) {
@@ -299,6 +306,25 @@ static void weighted_steps(const float *absmax, const float *weights, const cg_l
         }
         p->qmax[lkv] = (uint8_t)need;
     }
+}
+
+/* The weighted allocation (docs/codec.md, "Rate allocation"): with entropy-coded uniform
+ * quantization a channel of step d costs about log2(range / d) bits and adds weight * d^2 / 12
+ * to the next-token KL, so the least KL for a bit budget has d proportional to
+ * 1/sqrt(weight). The budget is the level's: the product of the steps (the sum of their
+ * logs) equals that of the level's own steps absmax / qmax. p->qmax holds the level's
+ * alphabets on entry and, on return, the alphabet each (layer, K|V) needs for its steps
+ * (1..31). absmax and weights are [L][2][C]; step out likewise. */
+static void weighted_steps(const float *absmax, const float *weights, const cg_layout *lay,
+                           cg_params *p, float *step)
+{
+    double k = weighted_k(absmax, weights, lay, p);
+    size_t n = (size_t)lay->L * 2 * lay->C;
+    float wmax = 0;
+    for (size_t i = 0; i < n; i++)
+        if (weights[i] > wmax)
+            wmax = weights[i];
+    steps_from_k(k, absmax, weights, wmax, lay, p, step);
 }
 
 /* Weights usable for the allocation: the options it needs, finite and >= 0. */
@@ -315,6 +341,321 @@ static rk_status weights_check(const float *w, const cg_params *p, size_t n)
         wmax = w[i] > wmax ? w[i] : wmax;
     }
     return wmax > 0 ? RK_OK : rk_error_set(RK_ERR_INVALID, "cachegen: every weight is 0");
+}
+
+/* ---- transform coding (docs/codec.md, "Transform coding") -------------------------------- */
+
+/* Eigenvectors of the symmetric n x n matrix a (destroyed; cyclic Jacobi rotations) into the
+ * columns of v, by decreasing eigenvalue, each signed so that its largest component is
+ * positive (a deterministic basis for the same data). */
+static void sym_eigen(double *a, int n, double *v)
+{
+    double ev[64];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            v[i * n + j] = i == j;
+    for (int sweep = 0; sweep < 64; sweep++) {
+        double off = 0, diag = 0;
+        for (int i = 0; i < n; i++) {
+            diag += a[i * n + i] * a[i * n + i];
+            for (int j = i + 1; j < n; j++)
+                off += a[i * n + j] * a[i * n + j];
+        }
+        if (off <= 1e-24 * diag || off == 0)
+            break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                if (a[p * n + q] == 0)
+                    continue;
+                double th = (a[q * n + q] - a[p * n + p]) / (2 * a[p * n + q]);
+                double t = (th >= 0 ? 1 : -1) / (fabs(th) + sqrt(th * th + 1));
+                double c = 1 / sqrt(t * t + 1), s = t * c;
+                for (int k = 0; k < n; k++) {
+                    double akp = a[k * n + p], akq = a[k * n + q];
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) {
+                    double apk = a[p * n + k], aqk = a[q * n + k];
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double vkp = v[k * n + p], vkq = v[k * n + q];
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++)
+        ev[i] = a[i * n + i];
+    for (int i = 0; i < n; i++) {
+        int b = i;
+        for (int j = i + 1; j < n; j++)
+            if (ev[j] > ev[b])
+                b = j;
+        double t = ev[i];
+        ev[i] = ev[b];
+        ev[b] = t;
+        int big = 0;
+        for (int k = 0; k < n; k++) {
+            t = v[k * n + i];
+            v[k * n + i] = v[k * n + b];
+            v[k * n + b] = t;
+            if (fabs(v[k * n + i]) > fabs(v[big * n + i]))
+                big = k;
+        }
+        if (v[big * n + i] < 0)
+            for (int k = 0; k < n; k++)
+                v[k * n + i] = -v[k * n + i];
+    }
+}
+
+/* Eight floats, one IEEE operation per lane (GCC vector extension: SSE pairs on baseline
+ * x86-64; with -ffp-contract=off no fused multiply-add). */
+typedef float cg_v8 __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default"))) /* 8 lanes per instruction where there is AVX2 */
+#endif
+void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const float *y, float *x)
+{
+    uint32_t B = tf->B;
+    const float *mean = tf->mean + lkv * C;
+    float acc[64];
+    for (uint32_t c0 = 0; c0 < C; c0 += B) {
+        /* the sums of every channel of the block side by side; each channel's own sum keeps
+         * the documented order */
+        const float *mt = tf->dect + (lkv * C + c0) * B;
+        if (B % 8 == 0) {
+            for (uint32_t cb = 0; cb < B; cb += 8) {
+                cg_v8 a = {0}, m, mu;
+                for (uint32_t i = 0; i < B; i++) {
+                    memcpy(&m, mt + i * B + cb, sizeof m);
+                    a = a + m * y[c0 + i];
+                }
+                memcpy(&mu, mean + c0 + cb, sizeof mu);
+                a = a + mu;
+                memcpy(x + c0 + cb, &a, sizeof a);
+            }
+            continue;
+        }
+        for (uint32_t c = 0; c < B; c++)
+            acc[c] = 0.0f;
+        for (uint32_t i = 0; i < B; i++) {
+            float yi = y[c0 + i];
+            for (uint32_t c = 0; c < B; c++)
+                acc[c] = acc[c] + mt[i * B + c] * yi;
+        }
+        for (uint32_t c = 0; c < B; c++)
+            x[c0 + c] = acc[c] + mean[c0 + c];
+    }
+}
+
+/* Fill tf->dect from tf->dec (nc = L * 2 * C channels). */
+static void tf_transpose(cg_transform *tf, size_t nc)
+{
+    uint32_t B = tf->B;
+    for (size_t b = 0; b < nc / B; b++)
+        for (uint32_t c = 0; c < B; c++)
+            for (uint32_t i = 0; i < B; i++)
+                tf->dect[(b * B + i) * B + c] = tf->dec[(b * B + c) * B + i];
+}
+
+/* y = enc (x - mean) for every row of kv (canonical layout of lay); y likewise. */
+static void tf_forward(const cg_transform *tf, const cg_layout *lay, const float *kv, float *y)
+{
+    uint32_t B = tf->B, C = lay->C;
+    for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++)
+        for (uint32_t t = 0; t < lay->T; t++) {
+            const float *x = kv + (lkv * lay->T + t) * C;
+            float *o = y + (lkv * lay->T + t) * C;
+            const float *mean = tf->mean + lkv * C;
+            for (uint32_t c0 = 0; c0 < C; c0 += B) {
+                const float *m = tf->enc + (lkv * C + c0) * B;
+                for (uint32_t i = 0; i < B; i++) {
+                    double acc = 0;
+                    for (uint32_t c = 0; c < B; c++)
+                        acc += (double)m[i * B + c] * ((double)x[c0 + c] - mean[c0 + c]);
+                    o[c0 + i] = (float)acc;
+                }
+            }
+        }
+}
+
+/* Token range of sample s for the basis choice: part 0 all tokens, 1 the first half, 2 the
+ * second half. */
+static void tf_part(const codec_shape *sh, int part, uint32_t *t0, uint32_t *t1)
+{
+    *t0 = part == 2 ? sh->n_tokens / 2 : 0;
+    *t1 = part == 1 ? sh->n_tokens / 2 : sh->n_tokens;
+}
+
+/* Covariance (B x B) of the weighted vectors z = sw (x - mu) of block c0 of plane lkv over
+ * the tokens of part (tf_part). */
+static void tf_block_cov(const float *const *samples, const codec_shape *shapes, size_t n,
+                         uint32_t C, size_t lkv, uint32_t c0, uint32_t B, const double *sw,
+                         const double *mu, int part, double *cov)
+{
+    memset(cov, 0, sizeof(double) * B * B);
+    for (size_t s = 0; s < n; s++) {
+        uint32_t t0, t1;
+        tf_part(&shapes[s], part, &t0, &t1);
+        for (uint32_t t = t0; t < t1; t++) {
+            const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
+            double z[64];
+            for (uint32_t c = 0; c < B; c++)
+                z[c] = (x[c] - mu[c]) * sw[c];
+            for (uint32_t i = 0; i < B; i++)
+                for (uint32_t j = 0; j < B; j++)
+                    cov[i * B + j] += z[i] * z[j];
+        }
+    }
+}
+
+/* Empirical entropy in bits of the second halves of the samples' block c0 of plane lkv in
+ * basis u (columns; in the weighted domain z = sw (x - mu)), every coefficient quantized with
+ * step k (clamped to 31 levels each side, as the alphabets are), one histogram per
+ * coefficient. */
+static double tf_block_bits(const float *const *samples, const codec_shape *shapes, size_t n,
+                            uint32_t C, size_t lkv, uint32_t c0, uint32_t B, const double *sw,
+                            const double *mu, const double *u, double k, uint32_t *hist)
+{
+    double bits = 0, cnt = 0;
+    memset(hist, 0, sizeof(uint32_t) * B * 63);
+    for (size_t s = 0; s < n; s++) {
+        uint32_t t0, t1;
+        tf_part(&shapes[s], 2, &t0, &t1);
+        for (uint32_t t = t0; t < t1; t++) {
+            const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
+            double z[64];
+            for (uint32_t c = 0; c < B; c++)
+                z[c] = (x[c] - mu[c]) * sw[c];
+            for (uint32_t i = 0; i < B; i++) {
+                double y = 0;
+                for (uint32_t c = 0; c < B; c++)
+                    y += u[c * B + i] * z[c];
+                double q = k > 0 ? rint(y / k) : 0;
+                q = q > 31 ? 31 : q < -31 ? -31 : q;
+                hist[i * 63 + (uint32_t)(q + 31)]++;
+            }
+            cnt++;
+        }
+    }
+    for (uint32_t i = 0; i < B * 63; i++)
+        if (hist[i])
+            bits -= hist[i] * log2(hist[i] / cnt);
+    return bits;
+}
+
+/* Learn tf (B set; mean, enc, dec allocated by the caller, [L][2][C] and [L][2][C/B][B][B])
+ * from n samples: per (layer, K|V, block) the principal axes of the channel vectors scaled by
+ * sqrt(weight), so that one step for every coefficient is the weighted allocation's optimum
+ * (the weighted squared error is the squared error in that domain, which an orthogonal
+ * basis keeps). A weight below 10^-6 of its plane's largest counts as that. The principal
+ * axes minimise the rate of Gaussian data; channels that are independent and far from
+ * Gaussian code better alone (a rotation mixes them into more Gaussian coefficients), and a
+ * basis fitted to few tokens does not carry over: a block keeps the identity basis unless the
+ * axes learned on the first half of every sample's tokens give the second halves, quantized
+ * with step k (the weighted allocation's: the same distortion either way), a lower
+ * entropy. */
+static rk_status tf_learn(const float *const *samples, const codec_shape *shapes, size_t n,
+                          const float *weights, const cg_layout *lay, double k, cg_transform *tf)
+{
+    rk_status st = RK_OK;
+    uint32_t B = tf->B, C = lay->C;
+    double *cov = rk_malloc(sizeof(double) * B * B), *u = rk_malloc(sizeof(double) * B * B);
+    double *id = rk_calloc((size_t)B * B, sizeof(double)), sw[64], mu[64];
+    uint32_t *hist = rk_malloc(sizeof(uint32_t) * B * 63);
+    if (!cov || !u || !id || !hist) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook transform");
+        goto done;
+    }
+    for (uint32_t c = 0; c < B; c++)
+        id[c * B + c] = 1;
+    for (size_t lkv = 0; lkv < (size_t)lay->L * 2; lkv++) {
+        float pmax = 0, gmax = 0;
+        for (size_t i = 0; i < (size_t)lay->L * 2 * C; i++)
+            gmax = weights[i] > gmax ? weights[i] : gmax;
+        for (uint32_t c = 0; c < C; c++)
+            pmax = weights[lkv * C + c] > pmax ? weights[lkv * C + c] : pmax;
+        double floor = pmax * 1e-6 > gmax * 1e-8 ? pmax * 1e-6 : gmax * 1e-8;
+        for (uint32_t c0 = 0; c0 < C; c0 += B) {
+            double cnt = 0;
+            for (uint32_t c = 0; c < B; c++) {
+                double w = weights[lkv * C + c0 + c];
+                sw[c] = sqrt(w > floor ? w : floor);
+                mu[c] = 0;
+            }
+            for (size_t s = 0; s < n; s++)
+                for (uint32_t t = 0; t < shapes[s].n_tokens; t++) {
+                    const float *x = samples[s] + (lkv * shapes[s].n_tokens + t) * C + c0;
+                    for (uint32_t c = 0; c < B; c++)
+                        mu[c] += x[c];
+                    cnt++;
+                }
+            for (uint32_t c = 0; c < B; c++)
+                mu[c] /= cnt;
+            tf_block_cov(samples, shapes, n, C, lkv, c0, B, sw, mu, 1, cov);
+            sym_eigen(cov, (int)B, u);
+            double bi = tf_block_bits(samples, shapes, n, C, lkv, c0, B, sw, mu, id, k, hist);
+            double bu = tf_block_bits(samples, shapes, n, C, lkv, c0, B, sw, mu, u, k, hist);
+            if (bi <= bu)
+                memcpy(u, id, sizeof(double) * B * B);
+            else { /* the axes of all the tokens */
+                tf_block_cov(samples, shapes, n, C, lkv, c0, B, sw, mu, 0, cov);
+                sym_eigen(cov, (int)B, u);
+            }
+            float *enc = tf->enc + (lkv * C + c0) * B, *dec = tf->dec + (lkv * C + c0) * B;
+            for (uint32_t c = 0; c < B; c++) {
+                tf->mean[lkv * C + c0 + c] = (float)mu[c];
+                for (uint32_t i = 0; i < B; i++) {
+                    enc[i * B + c] = (float)(u[c * B + i] * sw[c]);
+                    dec[c * B + i] = (float)(u[c * B + i] / sw[c]);
+                }
+            }
+        }
+    }
+    tf_transpose(tf, (size_t)lay->L * 2 * C);
+done:
+    rk_free(cov);
+    rk_free(u);
+    rk_free(id);
+    rk_free(hist);
+    return st;
+}
+
+static void tf_free(cg_transform *tf)
+{
+    if (!tf)
+        return;
+    rk_free(tf->mean);
+    rk_free(tf->enc);
+    rk_free(tf->dec);
+    rk_free(tf->dect);
+    rk_free(tf->recon);
+    rk_free(tf);
+}
+
+/* A transform of B-channel blocks for lay's geometry with its arrays allocated; NULL: no
+ * memory. n_models models of CODEC_MAX_SYMBOLS reconstruction points. */
+static cg_transform *tf_alloc(const cg_layout *lay, uint32_t B, size_t n_models)
+{
+    cg_transform *tf = rk_calloc(1, sizeof *tf);
+    size_t nc = (size_t)lay->L * 2 * lay->C;
+    if (!tf)
+        return NULL;
+    tf->B = B;
+    tf->mean = rk_malloc(nc * sizeof(float));
+    tf->enc = rk_malloc(nc * B * sizeof(float));
+    tf->dec = rk_malloc(nc * B * sizeof(float));
+    tf->dect = rk_malloc(nc * B * sizeof(float));
+    tf->recon = rk_calloc(n_models * CODEC_MAX_SYMBOLS, sizeof(float));
+    if (!tf->mean || !tf->enc || !tf->dec || !tf->dect || !tf->recon) {
+        tf_free(tf);
+        return NULL;
+    }
+    return tf;
 }
 
 /* Add the symbol counts of one quantized tensor to counts[n_models][CODEC_MAX_SYMBOLS]. */
@@ -448,14 +789,16 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
     rans_model *models = NULL;
     rk_buf *bufs = NULL;
     uint32_t *lens = NULL;
-    float *absmax = NULL, *wsteps = NULL;
+    float *absmax = NULL, *wsteps = NULL, *coef = NULL;
     const float *steps = NULL; /* [L][2][C] channel steps of a weighted allocation */
+    const cg_transform *tf = NULL;
     const codec_codebook *cb = up->codebook;
     if (cb) {
         if ((st = cg_codebook_check(cb, shape)) != RK_OK)
             return st;
         p = *cg_codebook_params(cb);
         steps = cg_codebook_steps(cb);
+        tf = cg_codebook_transform(cb);
         *codebook_id = codec_codebook_id(cb);
     } else {
         cg_params_for_level(level, shape->n_layers, up, shape->head_dim, &p);
@@ -489,7 +832,14 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
         st = rk_error_set(RK_ERR_NOMEM, "cachegen: encode buffers");
         goto fail;
     }
-    if ((st = cg_quantize(kv, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
+    if (tf) { /* code the transform's coefficients */
+        if (!(coef = rk_malloc(nval * sizeof *coef))) {
+            st = rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
+            goto fail;
+        }
+        tf_forward(tf, &lay, kv, coef);
+    }
+    if ((st = cg_quantize(coef ? coef : kv, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
         goto fail;
     if (cb) {
         size_t nm;
@@ -548,6 +898,7 @@ fail:
     rk_free(models);
     rk_free(absmax);
     rk_free(wsteps);
+    rk_free(coef);
     return st;
 }
 
@@ -570,7 +921,7 @@ rk_status cg_models_get(const codec_view *v, const cg_params *p, const cg_layout
         const cg_params *cp = cg_codebook_params(cb);
         if (memcmp(cp->qmax, p->qmax, 2 * (size_t)lay->L) || cp->k_scale_mode != p->k_scale_mode ||
             cp->v_scale_mode != p->v_scale_mode || cp->anchor_interval != p->anchor_interval ||
-            cp->model_group != p->model_group)
+            cp->model_group != p->model_group || cp->transform != p->transform)
             return rk_error_set(RK_ERR_FORMAT, "cachegen: parameters differ from the codebook's");
         size_t nm;
         *models = cg_codebook_models(cb, &nm);
@@ -626,6 +977,8 @@ struct lane {
     uint32_t c0;                                 /* first channel */
     const rans_model *mod[2][CG_LANE_GROUP];     /* [residual][channel of group] */
     float csc[2][CG_LANE_GROUP];                 /* channel mode: [residual][channel] scale */
+    const float *rec[CG_LANE_GROUP];             /* transform: the model's reconstruction
+                                                    points (no delta coding), else NULL */
     uint32_t head[CG_LANE_GROUP];                /* token mode: head of each channel */
     float anchor[CG_LANE_GROUP];                 /* the block's current anchor row */
 };
@@ -656,6 +1009,9 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                 L->mod[r][i] = &j->models[cg_model_index(lay, p, l, kv, L->c0 + i, rr)];
                 L->csc[r][i] = j->scales[cg_scale_index(lay, p, l, kv, 0, L->c0 + i, rr)];
             }
+            L->rec[i] = j->recon ? j->recon + cg_model_index(lay, p, l, kv, L->c0 + i, 0) *
+                                                  CODEC_MAX_SYMBOLS
+                                 : NULL;
             L->head[i] = (L->c0 + i) / lay->D;
         }
         L->ptr = j->payload + j->offs[si + (size_t)k];
@@ -684,7 +1040,8 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
                 }
                 L->x = x;
                 float sc = MODE == CODEC_SCALE_TOKEN ? trow[L->head[i]] : L->csc[res][i];
-                float val = (float)((int)s - qmax) * sc;
+                float q = L->rec[i] ? L->rec[i][s] : (float)((int)s - qmax);
+                float val = q * sc;
                 if (DELTA) {
                     if (res)
                         val = L->anchor[i] + val;
@@ -786,7 +1143,8 @@ static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
             uint32_t a;
             int res = cg_is_residual(p, t, &a);
             for (uint32_t c = c0; c < c1; c++) {
-                const rans_model *m = &j->models[cg_model_index(lay, p, l, kv, c, res)];
+                size_t mi = cg_model_index(lay, p, l, kv, c, res);
+                const rans_model *m = &j->models[mi];
                 uint32_t slot = x & (RANS_PROB_SCALE - 1);
                 uint32_t s = find_sym(m, slot);
                 x = (m->cum[s + 1] - m->cum[s]) * (x >> RANS_PROB_BITS) + slot - m->cum[s];
@@ -795,7 +1153,8 @@ static void decode_streams_generic(struct dec_job *j, size_t b, size_t e)
                         goto bad;
                     x = (x << 8) | *ptr++;
                 }
-                float val = (float)((int)s - qmax) * j->scales[cg_scale_index(lay, p, l, kv, t, c, res)];
+                float q = j->recon ? j->recon[mi * CODEC_MAX_SYMBOLS + s] : (float)((int)s - qmax);
+                float val = q * j->scales[cg_scale_index(lay, p, l, kv, t, c, res)];
                 if (res)
                     val = anchor[c - c0] + val;
                 else
@@ -866,6 +1225,10 @@ rk_status cg_prepare(const codec_view *v, const codec_codebook *cb, cg_prepared 
     pr->payload_len = pay->len;
     if ((st = cg_models_get(v, &pr->p, &pr->lay, cb, &pr->models, &pr->models_owned)) != RK_OK)
         goto fail;
+    if (pr->p.transform && !(pr->tf = cg_codebook_transform(cb))) { /* the flags agreed */
+        st = rk_error_set(RK_ERR_FORMAT, "cachegen: transform container, codebook without one");
+        goto fail;
+    }
     return RK_OK;
 fail:
     cg_prepared_free(pr);
@@ -888,6 +1251,8 @@ struct cg_reader {
                                    NULL: the scalar decoder only */
     rans_dmodel *dm_owned;      /* per-chunk tables' decode-only models (a codebook holds its
                                    own), owned; NULL otherwise */
+    float *coef;                /* transform containers: [2][T][C] one layer's coefficients
+                                   (a reader decodes one range at a time), owned; else NULL */
 };
 
 static void cg_close(void *ctx)
@@ -897,6 +1262,7 @@ static void cg_close(void *ctx)
         return;
     cg_prepared_free(&cr->pr);
     rk_free(cr->dm_owned);
+    rk_free(cr->coef);
     rk_free(cr);
 }
 
@@ -913,7 +1279,8 @@ static rk_status cg_open(codec_reader *r)
         return st;
     }
     const cg_prepared *pr = &cr->pr;
-    struct dec_job probe = {.p = &pr->p, .lay = &pr->lay, .payload_len = pr->payload_len};
+    struct dec_job probe = {.p = &pr->p, .lay = &pr->lay, .payload_len = pr->payload_len,
+                            .recon = pr->tf ? pr->tf->recon : NULL};
     if (cg_simd8_ok(&probe)) {
         if (pr->p.tables == 1)
             cr->dmodels = cg_codebook_dmodels(r->cb);
@@ -923,11 +1290,47 @@ static rk_status cg_open(codec_reader *r)
             cr->dmodels = cr->dm_owned;
         } /* else: the scalar decoder, which needs no more memory */
     }
+    if (pr->tf && !(cr->coef = rk_malloc(2 * (size_t)pr->lay.T * pr->lay.C * sizeof(float)))) {
+        cg_close(cr);
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
+    }
     r->ctx = cr;
     return RK_OK;
 }
 
-/* cachegen on the CPU: the layers' streams (consecutive in the payload), in parallel. */
+/* rk_pool_for body of a transform container: planes [b, e) of j->lkv0's layer from their
+ * decoded coefficients (j->in) to channels in the output's dtype. */
+struct tf_job {
+    const cg_transform *tf;
+    const cg_layout *lay;
+    const float *in;   /* [2][T][C] coefficients of one layer */
+    void *out;         /* canonical layout output, from plane lkv0 on */
+    codec_dtype dtype;
+    size_t lkv0, lkv_out0; /* the layer's first plane; the output's first plane */
+    int failed;
+};
+
+static void tf_rows(void *vctx, size_t b, size_t e)
+{
+    struct tf_job *j = vctx;
+    uint32_t C = j->lay->C;
+    float *row = rk_malloc(C * sizeof *row);
+    if (!row) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (size_t r = b; r < e; r++) { /* r = kv * T + t */
+        size_t kv = r / j->lay->T, t = r % j->lay->T;
+        cg_transform_row(j->tf, C, j->lkv0 + kv, j->in + r * C, row);
+        codec_store_row(j->out, j->dtype,
+                        ((j->lkv0 + kv - j->lkv_out0) * j->lay->T + t) * C, row, C);
+    }
+    rk_free(row);
+}
+
+/* cachegen on the CPU: the layers' streams (consecutive in the payload), in parallel. A
+ * transform container decodes one layer at a time: its coefficients (the scalar decoder,
+ * f32, with the codebook's reconstruction points), then the inverse transform. */
 static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
                                   uint32_t nl, void *out)
 {
@@ -938,9 +1341,28 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
                         .offs = pr->offs, .payload_len = pr->payload_len, .dtype = dtype,
                         .out = out, .lkv0 = 2 * (size_t)l0, .failed = 0};
     size_t streams = 2 * (size_t)nl * pr->lay.n_tblocks * pr->lay.n_groups;
-    rk_pool_for(r->pool, streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
+    if (!pr->tf) {
+        rk_pool_for(r->pool, streams, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j); /* whole AVX2 batches */
+        if (j.failed)
+            return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
+        return RK_OK;
+    }
+    float *coef = cr->coef;
+    j.recon = pr->tf->recon;
+    j.dtype = CODEC_F32;
+    j.out = coef;
+    struct tf_job tj = {.tf = pr->tf, .lay = &pr->lay, .in = coef, .out = out, .dtype = dtype,
+                        .lkv_out0 = 2 * (size_t)l0};
+    for (uint32_t l = l0; l < l0 + nl && !j.failed && !tj.failed; l++) {
+        j.lkv0 = tj.lkv0 = 2 * (size_t)l;
+        rk_pool_for(r->pool, streams / nl, 8 * CG_SIMD_MAX_CHAINS, decode_streams, &j);
+        if (!j.failed)
+            rk_pool_for(r->pool, 2 * (size_t)pr->lay.T, 64, tf_rows, &tj);
+    }
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
+    if (tj.failed)
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: transform rows");
     return RK_OK;
 }
 
@@ -949,6 +1371,8 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
 #define CB_MAGIC 0x42434b52u /* "RKCB" */
 #define CB_VERSION 1         /* probability tables only */
 #define CB_VERSION_STEPS 2   /* and the channel steps of a weighted allocation */
+#define CB_VERSION_TRANSFORM 3 /* and a learned transform with reconstruction points */
+#define CB_MAT_MAX 16777216.0f /* |matrix entry| bound (2^24): every decoded value stays finite */
 
 struct codec_codebook {
     uint64_t id;          /* XXH3-64 of the serialised body (never 0) */
@@ -958,12 +1382,14 @@ struct codec_codebook {
     cg_layout lay;        /* of a 1-token tensor: models count */
     uint16_t *freqs;      /* [freqs_len] every model's frequencies, in model order */
     float *steps;         /* [L][2][C] channel steps (weighted allocation), or NULL */
+    cg_transform *tf;     /* transform coding (p.transform), or NULL */
     rans_model *models;   /* [lay.n_models] */
     rans_dmodel *dmodels; /* [lay.n_models] the same, decode-only (AVX2 decoder) */
 };
 
 const cg_params *cg_codebook_params(const codec_codebook *cb) { return &cb->p; }
 const float *cg_codebook_steps(const codec_codebook *cb) { return cb->steps; }
+const cg_transform *cg_codebook_transform(const codec_codebook *cb) { return cb ? cb->tf : NULL; }
 
 const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models)
 {
@@ -991,6 +1417,7 @@ void codec_codebook_free(codec_codebook *cb)
         return;
     rk_free(cb->freqs);
     rk_free(cb->steps);
+    tf_free(cb->tf);
     rk_free(cb->models);
     rk_free(cb->dmodels);
     rk_free(cb);
@@ -1000,7 +1427,7 @@ void codec_codebook_free(codec_codebook *cb)
 static void cb_body(const codec_codebook *cb, rk_buf *out)
 {
     rk_buf_put_u32(out, CB_MAGIC);
-    rk_buf_put_u16(out, cb->steps ? CB_VERSION_STEPS : CB_VERSION);
+    rk_buf_put_u16(out, cb->tf ? CB_VERSION_TRANSFORM : cb->steps ? CB_VERSION_STEPS : CB_VERSION);
     rk_buf_put_u8(out, (uint8_t)cb->level);
     rk_buf_put_u8(out, 0);
     rk_buf_put_u32(out, cb->L);
@@ -1021,6 +1448,70 @@ static void cb_body(const codec_codebook *cb, rk_buf *out)
             rk_buf_put_u32(out, u);
         }
     }
+    if (cb->tf) { /* B, then mean [L][2][C], enc and dec [L][2][C/B][B][B], recon per model */
+        size_t nc = (size_t)cb->L * 2 * cb->lay.C;
+        rk_buf_put_u32(out, cb->tf->B);
+        const float *arr[3] = {cb->tf->mean, cb->tf->enc, cb->tf->dec};
+        for (int a = 0; a < 3; a++)
+            for (size_t i = 0; i < (a ? nc * cb->tf->B : nc); i++) {
+                uint32_t u;
+                memcpy(&u, &arr[a][i], 4);
+                rk_buf_put_u32(out, u);
+            }
+        for (size_t m = 0; m < cb->lay.n_models; m++)
+            for (int s = 0; s < model_nsym(&cb->p, &cb->lay, m); s++) {
+                uint32_t u;
+                memcpy(&u, &cb->tf->recon[m * CODEC_MAX_SYMBOLS + (size_t)s], 4);
+                rk_buf_put_u32(out, u);
+            }
+    }
+}
+
+/* Bytes of a transform section for a codebook's params and layout. */
+static size_t tf_section_len(const codec_codebook *cb, uint32_t B)
+{
+    size_t nc = (size_t)cb->L * 2 * cb->lay.C, nr = 0;
+    for (size_t m = 0; m < cb->lay.n_models; m++)
+        nr += (size_t)model_nsym(&cb->p, &cb->lay, m);
+    return 4 + 4 * (nc + 2 * nc * B + nr);
+}
+
+/* Read and check the transform section (after the steps) of a version-3 codebook. */
+static rk_status tf_parse(rk_reader *r, codec_codebook *cb)
+{
+    uint32_t B = rk_reader_u32(r);
+    if (r->short_read || !B || B > 64 || cb->D % B)
+        return rk_error_set(RK_ERR_FORMAT, "codebook: transform block %u for head_dim %u", B, cb->D);
+    if (rk_reader_left(r) != tf_section_len(cb, B) - 4)
+        return rk_error_set(RK_ERR_FORMAT, "codebook: transform section of %zu bytes",
+                            rk_reader_left(r));
+    if (!(cb->tf = tf_alloc(&cb->lay, B, cb->lay.n_models)))
+        return rk_error_set(RK_ERR_NOMEM, "codebook");
+    size_t nc = (size_t)cb->L * 2 * cb->lay.C;
+    float *arr[3] = {cb->tf->mean, cb->tf->enc, cb->tf->dec};
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; i < (a ? nc * B : nc); i++) {
+            uint32_t u = rk_reader_u32(r);
+            memcpy(&arr[a][i], &u, 4);
+            float lim = a ? CB_MAT_MAX : 65504.0f;
+            if (!(fabsf(arr[a][i]) <= lim))
+                return rk_error_set(RK_ERR_FORMAT, "codebook: transform value %zu of array %d "
+                                    "is %g", i, a, (double)arr[a][i]);
+        }
+    for (size_t m = 0; m < cb->lay.n_models; m++) {
+        int ns = model_nsym(&cb->p, &cb->lay, m), qmax = (ns - 1) / 2;
+        for (int s = 0; s < ns; s++) {
+            uint32_t u = rk_reader_u32(r);
+            float *v = &cb->tf->recon[m * CODEC_MAX_SYMBOLS + (size_t)s];
+            memcpy(v, &u, 4);
+            /* within a step of its grid point (the encoder's are within half a step) */
+            if (!(fabsf(*v - (float)(s - qmax)) <= 1.0f))
+                return rk_error_set(RK_ERR_FORMAT, "codebook: reconstruction point %d of model "
+                                    "%zu is %g", s, m, (double)*v);
+        }
+    }
+    tf_transpose(cb->tf, nc);
+    return RK_OK;
 }
 
 /* Build models and the id of a codebook whose freqs, params and geometry are set. */
@@ -1070,7 +1561,7 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     if (rk_get_le32(d) != CB_MAGIC)
         return rk_error_set(RK_ERR_FORMAT, "codebook: bad magic");
     unsigned version = rk_get_le16(d + 4);
-    if (version != CB_VERSION && version != CB_VERSION_STEPS)
+    if (version != CB_VERSION && version != CB_VERSION_STEPS && version != CB_VERSION_TRANSFORM)
         return rk_error_set(RK_ERR_UNSUPPORTED, "codebook: version %u", version);
     if (rk_xxh3_64(d, len - 8) != rk_get_le64(d + len - 8))
         return rk_error_set(RK_ERR_CORRUPT, "codebook: checksum mismatch");
@@ -1091,6 +1582,12 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     if ((st = cg_params_parse(pd, plen, cb->L, &cb->p)) != RK_OK)
         goto fail;
     codec_shape s1 = {cb->L, 1, cb->H, cb->D};
+    if (cb->p.transform != (version == CB_VERSION_TRANSFORM) ||
+        (cb->p.transform && cb->p.model_group != 1)) {
+        st = rk_error_set(RK_ERR_FORMAT, "codebook: version %u with transform flag %u", version,
+                          cb->p.transform);
+        goto fail;
+    }
     if (cb->p.tables != 1) {
         st = rk_error_set(RK_ERR_FORMAT, "codebook: table source %u", cb->p.tables);
         goto fail;
@@ -1099,9 +1596,10 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
         goto fail;
     uint32_t nm = rk_reader_u32(&r);
     size_t nf = freqs_len(&cb->p, &cb->lay);
-    size_t ns = version == CB_VERSION_STEPS ? (size_t)cb->L * 2 * cb->lay.C : 0;
+    size_t ns = version >= CB_VERSION_STEPS ? (size_t)cb->L * 2 * cb->lay.C : 0;
+    size_t left = rk_reader_left(&r), need = 2 * nf + (ns ? 4 + 4 * ns : 0);
     if (r.short_read || nm != cb->lay.n_models ||
-        rk_reader_left(&r) != 2 * nf + (ns ? 4 + 4 * ns : 0)) {
+        (version == CB_VERSION_TRANSFORM ? left < need + 4 : left != need)) {
         st = rk_error_set(RK_ERR_FORMAT, "codebook: %u models / %zu bytes do not fit the "
                           "geometry", nm, rk_reader_left(&r));
         goto fail;
@@ -1133,6 +1631,8 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
             }
         }
     }
+    if (version == CB_VERSION_TRANSFORM && (st = tf_parse(&r, cb)) != RK_OK)
+        goto fail;
     if ((st = cb_finish(cb)) != RK_OK)
         goto fail;
     *out = cb;
@@ -1153,6 +1653,8 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
         return rk_error_set(RK_ERR_RANGE, "codebook train: level %d (0..%d)", level, CG_MAX_LEVEL);
     codec_codebook *cb = rk_calloc(1, sizeof *cb);
     uint64_t *counts = NULL;
+    double *rsum = NULL;   /* [n_models][CODEC_MAX_SYMBOLS] transform: sums of coefficients / step */
+    float **coefs = NULL;  /* [n] transform: the samples' coefficients */
     uint8_t *sym = NULL;
     uint16_t *scales = NULL;
     rk_status st;
@@ -1187,6 +1689,17 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
                 goto fail;
             }
     }
+    uint32_t B = p->transform_block > 0 ? (uint32_t)p->transform_block : 0;
+    if (p->transform_block < 0 || (B && (!p->weights || B > 64 || cb->D % B || cb->p.model_group != 1))) {
+        st = rk_error_set(RK_ERR_INVALID, "codebook train: transform block %d needs weights, "
+                          "divides head_dim %u, at most 64, one model per channel",
+                          p->transform_block, cb->D);
+        goto fail;
+    }
+    if (B && !(coefs = rk_calloc(n, sizeof *coefs))) {
+        st = rk_error_set(RK_ERR_NOMEM, "codebook train");
+        goto fail;
+    }
     if (p->weights) { /* the weighted allocation, from the ranges of all samples */
         size_t nw = (size_t)cb->L * 2 * cb->lay.C;
         if ((st = weights_check(p->weights, &cb->p, nw)) != RK_OK)
@@ -1203,13 +1716,40 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
             cg_layout_make(&shapes[i], &cb->p, &lay); /* succeeded above */
             channel_absmax(samples[i], &lay, absmax);
         }
-        weighted_steps(absmax, p->weights, &cb->lay, &cb->p, cb->steps);
+        if (!B)
+            weighted_steps(absmax, p->weights, &cb->lay, &cb->p, cb->steps);
+        else { /* one step, the allocation's k, for every coefficient of the weighted domain */
+            double k = weighted_k(absmax, p->weights, &cb->lay, &cb->p);
+            if (!(cb->tf = tf_alloc(&cb->lay, B, cb->lay.n_models))) {
+                rk_free(absmax);
+                st = rk_error_set(RK_ERR_NOMEM, "codebook transform");
+                goto fail;
+            }
+            st = tf_learn(samples, shapes, n, p->weights, &cb->lay, k, cb->tf);
+            memset(absmax, 0, nw * sizeof *absmax);
+            for (size_t i = 0; i < n && st == RK_OK; i++) {
+                cg_layout lay;
+                cg_layout_make(&shapes[i], &cb->p, &lay);
+                if (!(coefs[i] = rk_malloc((size_t)lay.L * 2 * lay.T * lay.C * sizeof(float))))
+                    st = rk_error_set(RK_ERR_NOMEM, "codebook transform");
+                else {
+                    tf_forward(cb->tf, &lay, samples[i], coefs[i]);
+                    channel_absmax(coefs[i], &lay, absmax);
+                }
+            }
+            steps_from_k(k, absmax, NULL, 0, &cb->lay, &cb->p, cb->steps);
+            cb->p.transform = 1;
+        }
         rk_free(absmax);
+        if (st != RK_OK)
+            goto fail;
         if ((st = cg_layout_make(&s1, &cb->p, &cb->lay)) != RK_OK) /* alphabets changed */
             goto fail;
     }
     counts = rk_calloc(cb->lay.n_models * CODEC_MAX_SYMBOLS, sizeof *counts);
-    if (!counts) {
+    if (B)
+        rsum = rk_calloc(cb->lay.n_models * CODEC_MAX_SYMBOLS, sizeof *rsum);
+    if (!counts || (B && !rsum)) {
         st = rk_error_set(RK_ERR_NOMEM, "codebook counts");
         goto fail;
     }
@@ -1218,19 +1758,38 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
         if ((st = cg_layout_make(&shapes[i], &cb->p, &lay)) != RK_OK)
             goto fail;
         size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
+        const float *in = B ? coefs[i] : samples[i];
         sym = rk_malloc(nval);
         scales = rk_malloc((lay.n_scales + 1) * sizeof *scales);
         if (!sym || !scales) {
             st = rk_error_set(RK_ERR_NOMEM, "codebook train");
             goto fail;
         }
-        if ((st = cg_quantize(samples[i], &cb->p, &lay, cb->steps, p->pool, sym, scales)) != RK_OK)
+        if ((st = cg_quantize(in, &cb->p, &lay, cb->steps, p->pool, sym, scales)) != RK_OK)
             goto fail;
         cg_count(sym, &cb->p, &lay, counts);
+        for (size_t k = 0; B && k < nval; k++) { /* each symbol's mean value, in steps */
+            uint32_t c = (uint32_t)(k % lay.C), lkv = (uint32_t)(k / lay.C / lay.T);
+            float sc = rk_f16_to_f32(scales[cg_scale_index(&lay, &cb->p, lkv / 2, lkv % 2, 0, c, 0)]);
+            if (sc > 0)
+                rsum[cg_model_index(&lay, &cb->p, lkv / 2, lkv % 2, c, 0) * CODEC_MAX_SYMBOLS + sym[k]] +=
+                    (double)in[k] / sc;
+        }
         rk_free(sym);
         rk_free(scales);
         sym = NULL;
         scales = NULL;
+    }
+    for (size_t m = 0; B && m < cb->lay.n_models; m++) { /* reconstruction points */
+        int ns = model_nsym(&cb->p, &cb->lay, m), qmax = (ns - 1) / 2;
+        for (int sy = 0; sy < ns; sy++) {
+            size_t i = m * CODEC_MAX_SYMBOLS + (size_t)sy;
+            /* counts hold the symbols seen, rsum their sum: the bin's conditional mean, kept
+             * inside the bin (rounding of the fp16 scale can put an extreme value past it) */
+            double r = counts[i] ? rsum[i] / (double)counts[i] : (double)(sy - qmax);
+            r = r < sy - qmax - 0.5 ? sy - qmax - 0.5 : r > sy - qmax + 0.5 ? sy - qmax + 0.5 : r;
+            cb->tf->recon[i] = (float)r;
+        }
     }
     cb->freqs = rk_malloc(freqs_len(&cb->p, &cb->lay) * sizeof *cb->freqs);
     if (!cb->freqs) {
@@ -1240,11 +1799,17 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
     freqs_from_counts(counts, &cb->p, &cb->lay, cb->freqs);
     if ((st = cb_finish(cb)) != RK_OK)
         goto fail;
-    rk_free(counts);
-    *out = cb;
-    return RK_OK;
+    st = RK_OK;
 fail:
+    for (size_t i = 0; coefs && i < n; i++)
+        rk_free(coefs[i]);
+    rk_free(coefs);
+    rk_free(rsum);
     rk_free(counts);
+    if (st == RK_OK) {
+        *out = cb;
+        return RK_OK;
+    }
     rk_free(sym);
     rk_free(scales);
     codec_codebook_free(cb);

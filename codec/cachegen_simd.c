@@ -11,7 +11,9 @@
  * cum[s+1] together;
  * and every second step one for the next four bytes of each stream, from which the
  * renormalisation (0, 1 or 2 bytes a step) shifts without branching. Values come out as
- * (q - qmax) * scale in float32, exactly the scalar arithmetic; an 8x8 transpose turns the
+ * (q - qmax) * scale in float32, or, for a transform codebook's coefficients, recon[s] * scale
+ * (one more gather: the model's row of 64 reconstruction points, s <= 63 as below), exactly
+ * the scalar arithmetic; an 8x8 transpose turns the
  * eight lanes' values into one row of 64 channels for codec_store_row.
  *
  * Gathers never read outside their object, whatever the input: a bucket read (4 bytes at
@@ -41,9 +43,12 @@ bool cg_simd8_ok(const struct cg_dec_job *j)
     const char *e = getenv("RAGKV_CODEC_SIMD"); /* read per call: tests compare both paths */
     int avail = cpu && !(e && !strcmp(e, "0"));
     const cg_params *p = j->p;
-    return avail && p->group == 8 && !p->anchor_interval && p->k_scale_mode == CODEC_SCALE_CHANNEL &&
+    /* a transform codebook's containers need its reconstruction points in the job */
+    return avail && p->group == 8 && !p->anchor_interval && (!p->transform || j->recon) &&
+           p->k_scale_mode == CODEC_SCALE_CHANNEL &&
            p->v_scale_mode == CODEC_SCALE_CHANNEL && j->payload_len < 0x7fff0000u &&
-           j->lay->n_models * sizeof(rans_dmodel) < 0x7fff0000u;
+           j->lay->n_models * sizeof(rans_dmodel) < 0x7fff0000u &&
+           j->lay->n_models * CODEC_MAX_SYMBOLS * sizeof(float) < 0x7fff0000u;
 }
 
 /* 8x8 transpose of eight rows of eight floats. */
@@ -82,19 +87,23 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
     const int *pbase = (const int *)(const void *)j->payload;
     /* per chain and channel-of-group i: each lane's model (byte offset) and scale */
     __m256i moff[CG_SIMD_MAX_CHAINS][8];
+    __m256i roff[CG_SIMD_MAX_CHAINS][8]; /* transform: byte offset of the model's reconstruction points */
     __m256 scale[CG_SIMD_MAX_CHAINS][8];
+    const float *recon = j->recon;
     __m256i x[CG_SIMD_MAX_CHAINS], off[CG_SIMD_MAX_CHAINS], end[CG_SIMD_MAX_CHAINS];
     __m256i ahead[CG_SIMD_MAX_CHAINS] = {0}; /* the stream's bytes from off on, first in the top byte */
     for (int h = 0; h < NCH; h++) {
         for (int i = 0; i < 8; i++) {
-            int mo[8];
+            int mo[8], ro[8];
             float sc[8];
             for (int k = 0; k < 8; k++) {
                 uint32_t c = c0 + 64 * (uint32_t)h + 8 * (uint32_t)k + (uint32_t)i;
                 mo[k] = (int)(cg_model_index(lay, p, l, kv, c, 0) * sizeof(rans_dmodel));
+                ro[k] = (int)(cg_model_index(lay, p, l, kv, c, 0) * CODEC_MAX_SYMBOLS * sizeof(float));
                 sc[k] = j->scales[cg_scale_index(lay, p, l, kv, 0, c, 0)];
             }
             moff[h][i] = _mm256_loadu_si256((const __m256i *)mo);
+            roff[h][i] = _mm256_loadu_si256((const __m256i *)ro);
             scale[h][i] = _mm256_loadu_ps(sc);
         }
         int xs[8], os[8], es[8];
@@ -168,7 +177,11 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
                 }
                 x[h] = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_sub_epi32(hi, lo), _mm256_srli_epi32(x[h], 16)),
                                         _mm256_sub_epi32(slot[h], lo));
-                v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
+                if (recon) /* the scalar decoder's recon[s] * scale */
+                    v[h][i] = _mm256_mul_ps(_mm256_i32gather_ps(recon, _mm256_add_epi32(roff[h][i], _mm256_slli_epi32(s[h], 2)), 1),
+                                            scale[h][i]);
+                else
+                    v[h][i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[h], qmax)), scale[h][i]);
                 /* renormalise: n = 0, 1 or 2 bytes (x >= 2^7 after a step from [2^23, 2^31)),
                    shifted in from the top of the look-ahead */
                 __m256i need = _mm256_cmpgt_epi32(rl, x[h]);

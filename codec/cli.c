@@ -21,15 +21,15 @@ static void usage(FILE *f)
             "  decode [--codebook FILE] [--dtype f32|f16|bf16] [--threads N] IN.rkv OUT\n"
             "  inspect IN.rkv\n"
             "  train-codebook --shape L,T,H,D [--level N] [--k-scale ...] [--anchor N]\n"
-            "         [--weights FILE]\n"
-            "         OUT.cb IN.f32...\n"
+            "         [--weights FILE [--transform B]] OUT.cb IN.f32...\n"
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
             "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
             "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
-            "is such a tensor of one token.\n");
+            "is such a tensor of one token. --transform B: learn a transform of B-channel blocks\n"
+            "(B divides head_dim; docs/codec.md, \"Transform coding\").\n");
 }
 
 /* Whole file into memory; *out owned by the caller (rk_free). */
@@ -145,6 +145,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->p.v_scale_mode = keep.v_scale_mode;
                 o->p.anchor_interval = keep.anchor_interval;
                 o->p.group = keep.group;
+                o->p.transform_block = keep.transform_block;
                 have_codec = 1;
             }
         } else if (!strcmp(a, "--level"))
@@ -153,6 +154,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->codebook = v, ok = v != NULL;
         else if (!strcmp(a, "--weights"))
             o->weights = v, ok = v != NULL;
+        else if (!strcmp(a, "--transform"))
+            ok = parse_int(v, 1, 64, &o->p.transform_block);
         else if (!strcmp(a, "--k-scale"))
             ok = parse_mode(v, &o->p.k_scale_mode);
         else if (!strcmp(a, "--v-scale"))

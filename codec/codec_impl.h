@@ -190,6 +190,8 @@ typedef struct cg_params {
     uint16_t stream_tokens;   /* tokens per stream block, 1..256 */
     uint16_t group;           /* channels per stream */
     uint16_t model_group;     /* channels per probability model */
+    uint8_t transform;        /* 1: symbols code the coefficients of the codebook's learned
+                                 transform (cg_transform; codebook containers only) */
     uint8_t qmax[2 * 1024];   /* [layer][K|V]: symbols are q + qmax, q in [-qmax, qmax] */
 } cg_params;
 
@@ -263,6 +265,26 @@ const float *cg_codebook_steps(const codec_codebook *cb);
 const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models);
 /* The same models in decode-only form, built once with the codebook. */
 const rans_dmodel *cg_codebook_dmodels(const codec_codebook *cb);
+/* A codebook's learned transform (docs/codec.md, "Transform coding"): per (layer, K|V) plane
+ * and block of B consecutive channels (B divides head_dim) an invertible B x B matrix pair
+ * and a mean. The encoder codes y = enc (x - mean); the decoder reconstructs each
+ * coefficient as recon[model][symbol] * scale and then, in this fixed order and without
+ * fused multiply-adds,
+ *     acc = 0; for i in 0..B-1: acc = acc + dec[c][i] * y[i];  x[c] = acc + mean[c].  */
+typedef struct cg_transform {
+    uint32_t B;     /* channels per block, 1..64, divides head_dim */
+    float *mean;    /* [L][2][C] */
+    float *enc;     /* [L][2][C/B][B][B] row i: coefficient i from the block's channels */
+    float *dec;     /* [L][2][C/B][B][B] row c: channel c from the block's coefficients */
+    float *dect;    /* dec with each block transposed ([i][c]), for the CPU's row pass (not
+                       serialised) */
+    float *recon;   /* [n_models][CODEC_MAX_SYMBOLS] reconstruction point of each symbol, in
+                       steps (the level's own quantizer has s - qmax) */
+} cg_transform;
+/* The codebook's transform, or NULL. */
+const cg_transform *cg_codebook_transform(const codec_codebook *cb);
+/* One row of channels of plane lkv from its coefficient row y[C] (the order above). */
+void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const float *y, float *x);
 /* Codebook geometry check against a shape; RK_ERR_INVALID on mismatch. */
 rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s);
 /* Parse the per-chunk TABLES section or take the codebook's: *models owned by caller
@@ -278,6 +300,8 @@ struct cg_dec_job {
     const struct rans_dmodel *dmodels; /* [n_models] the same, for the AVX2 decoder; NULL
                                           where it is not used */
     const float *scales;           /* [n_scales] */
+    const float *recon;            /* [n_models][CODEC_MAX_SYMBOLS] reconstruction points of a
+                                      transform codebook (scalar decoder only), or NULL: s - qmax */
     const uint8_t *payload;        /* the PAYLOAD section (borrowed) */
     const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
     size_t payload_len;
@@ -316,6 +340,7 @@ typedef struct cg_prepared {
     uint64_t *offs;          /* [n_streams + 1] owned */
     const rans_model *models;
     bool models_owned;
+    const cg_transform *tf;  /* the codebook's transform when p.transform, else NULL */
     const uint8_t *payload;  /* borrowed from the container */
     size_t payload_len;
 } cg_prepared;

@@ -199,6 +199,13 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights
         cf[nc].p.weights = weights;
         nc++;
     }
+    for (int lv = 0; weights && lv <= 3; lv++) { /* transform coding (per-head blocks) */
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook wtd transform", lv);
+        cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), 1};
+        cf[nc].p.weights = weights;
+        cf[nc].p.transform_block = src->shape.head_dim <= 64 ? (int)src->shape.head_dim : 16;
+        nc++;
+    }
     size_t n = codec_shape_values(&src->shape);
     uint32_t L = src->shape.n_layers;
     float *dec = rk_malloc(n * sizeof(float));

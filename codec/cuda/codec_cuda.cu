@@ -5,7 +5,10 @@
  * parses and validates everything but the entropy-coded bytes (cg_prepare, shared with the
  * CPU path), uploads payload, stream offsets, scales and probability models, and the kernel
  * mirrors decode_streams() in cachegen.c operation for operation (__fmul_rn/__fadd_rn: no
- * fused multiply-add, like the CPU build's -ffp-contract=off). q8 and raw have elementwise
+ * fused multiply-add, like the CPU build's -ffp-contract=off). Containers of a transform
+ * codebook decode their coefficients (f32, the codebook's reconstruction points) into a
+ * device buffer, then a second kernel applies cg_transform_row()'s sums in its order, one
+ * thread per output value. q8 and raw have elementwise
  * kernels; lz4 decodes on the CPU (LZ4 is serial per block) and is copied up. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -65,6 +68,11 @@ struct cg_dev {
     const uint64_t *offs;     /* device [n_streams + 1] */
     const float *scales;      /* device [n_scales] */
     const rans_model *models; /* device [n_models] */
+    const float *recon;       /* device [n_models][CODEC_MAX_SYMBOLS] (transform), or NULL */
+    float *coef;              /* device [L][2][T][C] coefficients (transform), or NULL */
+    const float *tf_mean;     /* device [L][2][C] (transform) */
+    const float *tf_dec;      /* device [L][2][C/B][B][B] (transform) */
+    uint32_t tf_B;            /* transform block, 0: none */
     int bf16;
     int *failed;              /* device flag */
 };
@@ -109,7 +117,8 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp, size_t s0, size_
         size_t obase = ((lkv - lkv0) * d.T + t) * d.C + c0;
         for (uint32_t i = 0; i < nc; i++) {
             uint32_t c = c0 + i;
-            const rans_model *m = &d.models[mbase + (size_t)(c / p.model_group) * (delta ? 2 : 1) + res];
+            size_t mi = mbase + (size_t)(c / p.model_group) * (delta ? 2 : 1) + res;
+            const rans_model *m = &d.models[mi];
             uint32_t slot = x & (RANS_PROB_SCALE - 1);
             uint32_t s = m->bucket[slot >> 8];
             while (m->cum[s + 1] <= slot)
@@ -124,16 +133,40 @@ __global__ void cg_decode_kernel(const cg_dev *__restrict__ dp, size_t s0, size_
             }
             float sc = mode == CODEC_SCALE_TOKEN ? d.scales[sbase + (size_t)t * d.H + c / d.D]
                                                  : d.scales[sbase + (res ? d.C : 0) + c];
-            float val = __fmul_rn((float)((int)s - qmax), sc);
+            float q = d.recon ? d.recon[mi * CODEC_MAX_SYMBOLS + s] : (float)((int)s - qmax);
+            float val = __fmul_rn(q, sc);
             if (res)
                 val = __fadd_rn(anchor[i], val);
             else
                 anchor[i] = val;
-            store_out(out, d.bf16, obase + i, val);
+            if (d.coef) /* transform: coefficients, at their place in the whole container */
+                d.coef[obase + lkv0 * d.T * d.C + i] = val;
+            else
+                store_out(out, d.bf16, obase + i, val);
         }
     }
     if (x != RANS_L || ptr != end)
         atomicExch(d.failed, 1);
+}
+
+/* Transform containers: the n values from value v0 on (whole (layer, K|V) planes) from their
+ * blocks' coefficients, cg_transform_row() of cachegen.c operation for operation; out holds
+ * them from v0 on. */
+__global__ void cg_transform_kernel(const cg_dev *__restrict__ dp, size_t v0, size_t n, void *out)
+{
+    const cg_dev &d = *dp;
+    size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n)
+        return;
+    size_t k = v0 + j;
+    uint32_t B = d.tf_B, c = (uint32_t)(k % d.C), c0 = c - c % B;
+    size_t row = k / d.C, lkv = row / d.T;
+    const float *m = d.tf_dec + (lkv * d.C + c0) * B + (size_t)(c - c0) * B;
+    const float *y = d.coef + row * d.C + c0;
+    float acc = 0.0f;
+    for (uint32_t i = 0; i < B; i++)
+        acc = __fadd_rn(acc, __fmul_rn(m[i], y[i]));
+    store_out(out, d.bf16, j, __fadd_rn(acc, d.tf_mean[lkv * d.C + c]));
 }
 
 /* ---- q8 and raw -------------------------------------------------------------------------- */
@@ -185,6 +218,7 @@ struct codec_cuda_reader {
     uint64_t *d_offs;
     float *d_scales;
     rans_model *d_models;
+    float *d_recon, *d_coef, *d_mean, *d_dec; /* transform codebooks */
     cg_dev *d_dev;
     size_t streams_per_layer; /* 2 * n_tblocks * n_groups */
     /* q8 (scales then values) and raw (values, for the bf16 conversion) */
@@ -304,6 +338,24 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         h.models = r->d_models;
         h.bf16 = r->bf16;
         h.failed = r->d_failed;
+        if (pr->tf) {
+            size_t nc = (size_t)pr->lay.L * 2 * pr->lay.C, nv = nc * pr->lay.T;
+            CK(cudaMalloc((void **)&r->d_recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float)), "cudaMalloc");
+            CK(cudaMalloc((void **)&r->d_coef, (nv ? nv : 1) * sizeof(float)), "cudaMalloc");
+            CK(cudaMalloc((void **)&r->d_mean, nc * sizeof(float)), "cudaMalloc");
+            CK(cudaMalloc((void **)&r->d_dec, nc * pr->tf->B * sizeof(float)), "cudaMalloc");
+            CK(cudaMemcpyAsync(r->d_recon, pr->tf->recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float),
+                               cudaMemcpyHostToDevice, r->stream), "upload");
+            CK(cudaMemcpyAsync(r->d_mean, pr->tf->mean, nc * sizeof(float), cudaMemcpyHostToDevice, r->stream),
+               "upload");
+            CK(cudaMemcpyAsync(r->d_dec, pr->tf->dec, nc * pr->tf->B * sizeof(float), cudaMemcpyHostToDevice,
+                               r->stream), "upload");
+            h.recon = r->d_recon;
+            h.coef = r->d_coef;
+            h.tf_mean = r->d_mean;
+            h.tf_dec = r->d_dec;
+            h.tf_B = pr->tf->B;
+        }
         CK(cudaMemcpyAsync(r->d_offs, pr->offs, (pr->lay.n_streams + 1) * sizeof(uint64_t), cudaMemcpyHostToDevice,
                            r->stream), "upload");
         CK(cudaMemcpyAsync(r->d_scales, pr->scales, pr->lay.n_scales * sizeof(float), cudaMemcpyHostToDevice,
@@ -381,6 +433,10 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
         if (s1 > s0)
             cg_decode_kernel<<<grid(s1 - s0, 128), 128, 0, stream>>>(r->d_dev, s0, s1, 2 * (size_t)layer0, dev_out);
         CK(cudaGetLastError(), "cachegen kernel launch");
+        if (pr->tf && nv) {
+            cg_transform_kernel<<<grid(nv, 256), 256, 0, stream>>>(r->d_dev, v0, nv, dev_out);
+            CK(cudaGetLastError(), "cachegen transform kernel launch");
+        }
     } else if (r->host) { /* lz4: decoded on the CPU, copied up */
         size_t bytes = nv * es;
         if (bytes > r->host_cap) {
@@ -495,6 +551,10 @@ extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
     cudaFree(r->d_offs);
     cudaFree(r->d_scales);
     cudaFree(r->d_models);
+    cudaFree(r->d_recon);
+    cudaFree(r->d_coef);
+    cudaFree(r->d_mean);
+    cudaFree(r->d_dec);
     cudaFree(r->d_dev);
     cudaFree(r->d_failed);
     cudaFree(r->d_buf);

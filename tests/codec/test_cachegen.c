@@ -536,3 +536,240 @@ Test(cachegen, weighted_codebook)
     rk_buf_free(&a);
     rk_buf_free(&b);
 }
+
+/* ---- transform coding (docs/codec.md, "Transform coding") ----------------------------------
+ * White-box in part: the error bound reads the codebook's transform, steps and alphabets
+ * through codec/codec_impl.h. */
+
+#include "../../codec/codec_impl.h"
+#include "ragkv/fp16.h"
+
+/* Synthetic KV whose channels are coupled within each head: synth's rows mixed by one fixed
+ * matrix (I + 0.8 R, R uniform in [-1, 1], the same for every seed: one "model"), so that
+ * a learned transform has correlations to find. */
+static float *coupled_kv(codec_shape s, uint64_t seed)
+{
+    float *kv = synth(s, seed);
+    uint32_t D = s.head_dim;
+    float A[16 * 16], tmp[16];
+    cr_assert_leq(D, 16);
+    uint64_t r = 12345;
+    for (uint32_t i = 0; i < D * D; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        A[i] = (i / D == i % D) + 0.8f * ((float)(r >> 40) / 8388608.0f - 1.0f);
+    }
+    for (size_t row = 0; row < codec_shape_values(&s) / D; row++) {
+        float *x = kv + row * D;
+        for (uint32_t d = 0; d < D; d++) {
+            tmp[d] = 0;
+            for (uint32_t e = 0; e < D; e++)
+                tmp[d] += A[d * D + e] * x[e];
+        }
+        memcpy(x, tmp, sizeof(float) * D);
+    }
+    return kv;
+}
+
+static double weighted_sq_error(const float *a, const float *b, const float *w, codec_shape s)
+{
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    double e = 0;
+    for (size_t i = 0; i < codec_shape_values(&s); i++) {
+        size_t lkv = i / ((size_t)s.n_tokens * C);
+        double d = (double)a[i] - b[i];
+        e += w[lkv * C + i % C] * d * d;
+    }
+    return e;
+}
+
+/* A transform codebook (format version 3) on coupled channels: fewer bytes and less weighted
+ * error than the weighted allocation alone at the same level; it round-trips through
+ * serialisation (same id, the same containers); f16 output is the f32 output rounded; the
+ * AVX2 decoder (with reconstruction points; 128 channels) and the scalar decoder agree; and
+ * every coefficient's error is within its
+ * step (the bin's width: the reconstruction point and the value share the bin). */
+Test(cachegen, transform_codebook)
+{
+    codec_shape s = {3, 256, 2, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim, B = 16;
+    size_t nw = (size_t)s.n_layers * 2 * C, n = codec_shape_values(&s);
+    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    codec_shape sh[2] = {s, s};
+    for (int i = 0; i < 2; i++)
+        tr[i] = coupled_kv(s, (6ull << 32) | (uint64_t)(10 + i));
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 7);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 1;
+    p.weights = w;
+    codec_codebook *wcb, *tcb, *tcb2;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &wcb), RK_OK);
+    p.transform_block = (int)B;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &tcb), RK_OK, "%s",
+                 rk_error_msg());
+    float *kv = coupled_kv(s, (6ull << 32) | 99);
+    rk_buf a = enc_cb(kv, s, wcb), b = enc_cb(kv, s, tcb);
+    codec_decode_opts wo = {.codebook = wcb}, to = {.codebook = tcb};
+    float *da = dec(&a, &wo), *db = dec(&b, &to);
+    double ea = weighted_sq_error(kv, da, w, s), eb = weighted_sq_error(kv, db, w, s);
+    cr_assert_lt(b.len, a.len * 0.85, "transform %zu bytes, weighted %zu", b.len, a.len);
+    cr_assert_lt(eb, ea, "weighted squared error: transform %g, weighted %g", eb, ea);
+
+    rk_buf ser = RK_BUF_INIT, b2 = RK_BUF_INIT;
+    cr_assert_eq(codec_codebook_serialize(tcb, &ser), RK_OK);
+    cr_assert_eq(rk_get_le16(ser.data + 4), 3);
+    cr_assert_eq(codec_codebook_parse(ser.data, ser.len, &tcb2), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(codec_codebook_id(tcb2), codec_codebook_id(tcb));
+    codec_params e = codec_params_default(CODEC_CACHEGEN);
+    e.codebook = tcb2;
+    cr_assert_eq(codec_encode(kv, &s, &e, &b2), RK_OK, "%s", rk_error_msg());
+    cr_assert(b2.len == b.len && !memcmp(b2.data, b.data, b.len), "parsed codebook codes differently");
+
+    uint16_t *h = rk_malloc(n * 2);
+    cr_assert_eq(codec_decode(b.data, b.len, &to, CODEC_F16, h, n * 2), RK_OK);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(h[i], rk_f32_to_f16(db[i]), "value %zu: f16 %04x, f32 %g", i, h[i], (double)db[i]);
+    if (__builtin_cpu_supports("avx2"))
+        for (int d = 0; d < 3; d++)
+            cr_assert_eq(decode_both(b.data, b.len, &to, (codec_dtype)d, "transform"), RK_OK);
+    cr_assert_eq(codec_decode(b.data, b.len, NULL, CODEC_F16, h, n * 2), RK_ERR_NOT_FOUND);
+    if (__builtin_cpu_supports("avx2")) { /* 128 channels: the AVX2 decoder's chains take them */
+        codec_shape wide = {2, 300, 8, 16};
+        size_t nww = (size_t)wide.n_layers * 2 * 8 * 16;
+        float *ww = rk_malloc(nww * sizeof(float)), *wk = coupled_kv(wide, 7), *wk2 = coupled_kv(wide, 8);
+        for (size_t i = 0; i < nww; i++)
+            ww[i] = (float)(1 + i % 11);
+        codec_params wp = codec_params_default(CODEC_CACHEGEN);
+        wp.weights = ww;
+        wp.transform_block = 16;
+        codec_codebook *wcb2;
+        const float *wtr[1] = {wk};
+        cr_assert_eq(codec_codebook_train(wtr, &wide, 1, &wp, &wcb2), RK_OK, "%s", rk_error_msg());
+        rk_buf wb = enc_cb(wk2, wide, wcb2);
+        codec_decode_opts wo2 = {.codebook = wcb2};
+        for (int d = 0; d < 3; d++)
+            cr_assert_eq(decode_both(wb.data, wb.len, &wo2, (codec_dtype)d, "transform, wide"), RK_OK);
+        rk_buf_free(&wb);
+        codec_codebook_free(wcb2);
+        rk_free(ww);
+        rk_free(wk);
+        rk_free(wk2);
+    }
+
+    /* the bound, per coefficient: |enc (decoded - x)| <= its scale, the fp16 of
+     * max(step, chunk's coefficient range / qmax) (+ the fp16 rounding and float error) */
+    const cg_transform *tf = cg_codebook_transform(tcb);
+    const float *steps = cg_codebook_steps(tcb);
+    const cg_params *cp = cg_codebook_params(tcb);
+    cr_assert(tf && steps && tf->B == B);
+    double *y = rk_malloc(n * sizeof(double)), *yd = rk_malloc(n * sizeof(double));
+    cr_assert(y && yd);
+    for (size_t row = 0; row < n / B; row++) {
+        size_t lkv = row * B / ((size_t)s.n_tokens * C), c0 = row * B % C;
+        const float *m = tf->enc + (lkv * C + c0) * B, *mu = tf->mean + lkv * C + c0;
+        for (uint32_t i = 0; i < B; i++) {
+            double u = 0, v = 0;
+            for (uint32_t c = 0; c < B; c++) {
+                u += (double)m[i * B + c] * ((double)kv[row * B + c] - mu[c]);
+                v += (double)m[i * B + c] * ((double)db[row * B + c] - mu[c]);
+            }
+            y[row * B + i] = u;
+            yd[row * B + i] = v;
+        }
+    }
+    for (size_t lkv = 0; lkv < 2 * (size_t)s.n_layers; lkv++)
+        for (uint32_t c = 0; c < C; c++) {
+            double cmax = 0, worst = 0;
+            for (uint32_t t = 0; t < s.n_tokens; t++)
+                cmax = fmax(cmax, fabs(y[(lkv * s.n_tokens + t) * C + c]));
+            double sc = fmax(cmax / cp->qmax[lkv], steps[lkv * C + c]);
+            for (uint32_t t = 0; t < s.n_tokens; t++) {
+                size_t i = (lkv * s.n_tokens + t) * C + c;
+                worst = fmax(worst, fabs(yd[i] - y[i]));
+            }
+            cr_assert_leq(worst, sc * (1 + 32.0 / 1024) + 1e-3 * (1 + cmax),
+                          "plane %zu coefficient %u: error %g, scale %g", lkv, c, worst, sc);
+        }
+
+    codec_codebook_free(wcb);
+    codec_codebook_free(tcb);
+    codec_codebook_free(tcb2);
+    for (int i = 0; i < 2; i++)
+        rk_free(tr[i]);
+    rk_free(w);
+    rk_free(kv);
+    rk_free(da);
+    rk_free(db);
+    rk_free(h);
+    rk_free(y);
+    rk_free(yd);
+    rk_buf_free(&a);
+    rk_buf_free(&b);
+    rk_buf_free(&b2);
+    rk_buf_free(&ser);
+}
+
+/* Refused: training a transform without weights, with a block that does not divide head_dim
+ * or exceeds 64, or with token scales; a version-3 codebook with a non-finite or too large
+ * matrix entry, a reconstruction point more than a step from its grid point, a zero block,
+ * or relabelled version 2 (each resealed, so the parser's checks and not the checksum
+ * refuse it). */
+Test(cachegen, transform_codebook_refused)
+{
+    codec_shape s = {2, 64, 2, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim, B = 8;
+    size_t nw = (size_t)s.n_layers * 2 * C, nc = nw;
+    float *kv = coupled_kv(s, 5), *w = rk_malloc(nw * sizeof(float));
+    for (size_t i = 0; i < nw; i++)
+        w[i] = 1.0f + (float)(i % 3);
+    const float *tr[1] = {kv};
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    codec_codebook *cb = NULL;
+    p.transform_block = 8;
+    cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_ERR_INVALID); /* no weights */
+    p.weights = w;
+    int bad_b[] = {5, 32, 128, -2};
+    for (int i = 0; i < 4; i++) {
+        p.transform_block = bad_b[i];
+        cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_ERR_INVALID, "block %d", bad_b[i]);
+    }
+    p.transform_block = (int)B;
+    p.k_scale_mode = CODEC_SCALE_TOKEN;
+    cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_ERR_INVALID);
+    cr_assert_null(cb);
+    p.k_scale_mode = -1;
+    cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_OK, "%s", rk_error_msg());
+    rk_buf ser = RK_BUF_INIT;
+    cr_assert_eq(codec_codebook_serialize(cb, &ser), RK_OK);
+    size_t nr = 0; /* reconstruction points: one per symbol of every (plane, channel) model */
+    for (size_t lkv = 0; lkv < 2 * (size_t)s.n_layers; lkv++)
+        nr += (size_t)C * (2 * cg_codebook_params(cb)->qmax[lkv] + 1);
+    size_t at_b = ser.len - 8 - 4 * (1 + nc + 2 * nc * B + nr);
+    size_t at_dec = at_b + 4 + 4 * (nc + nc * B), at_rec = at_b + 4 + 4 * (nc + 2 * nc * B);
+    cr_assert_eq(rk_get_le32(ser.data + at_b), B);
+    struct {
+        size_t at;
+        uint32_t v;
+        unsigned version;
+    } bad[] = {{at_dec + 4 * 3, 0x7fc00000u, 3},   /* NaN in the decoding matrix */
+               {at_dec, 0x4c000000u, 3},           /* 2^25 */
+               {at_rec + 4 * 2, 0x40a00000u, 3},   /* 5.0: symbol 2 of a model */
+               {at_b, 0, 3},                       /* block 0 */
+               {at_b, B, 2}};                      /* version 2 with a transform */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rk_buf c = RK_BUF_INIT;
+        rk_buf_append(&c, ser.data, ser.len);
+        rk_put_le32(c.data + bad[i].at, bad[i].v);
+        rk_put_le16(c.data + 4, (uint16_t)bad[i].version);
+        rk_put_le64(c.data + c.len - 8, rk_xxh3_64(c.data, c.len - 8));
+        codec_codebook *x = NULL;
+        cr_assert_eq(codec_codebook_parse(c.data, c.len, &x), RK_ERR_FORMAT, "case %zu: %s", i,
+                     rk_error_msg());
+        cr_assert_null(x);
+        rk_buf_free(&c);
+    }
+    codec_codebook_free(cb);
+    rk_buf_free(&ser);
+    rk_free(kv);
+    rk_free(w);
+}

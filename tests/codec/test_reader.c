@@ -176,6 +176,23 @@ Test(reader, cachegen_options_ranges_match_full_decode)
     ranges_match_full(&b, &o, &o, "cachegen codebook");
     rk_buf_free(&b);
     codec_codebook_free(cb);
+    /* a transform codebook (the scalar decoder, then the inverse transform, layer by layer) */
+    size_t nw = (size_t)s.n_layers * 2 * s.n_kv_heads * s.head_dim;
+    float *w = rk_malloc(nw * sizeof *w);
+    cr_assert_not_null(w);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 5);
+    codec_params tp = codec_params_default(CODEC_CACHEGEN);
+    tp.weights = w;
+    tp.transform_block = 16;
+    const float *tr[1] = {kv};
+    cr_assert_eq(codec_codebook_train(tr, &s, 1, &tp, &cb), RK_OK, "%s", rk_error_msg());
+    o.codebook = cb;
+    b = enc_cb(other, s, cb);
+    ranges_match_full(&b, &o, &o, "cachegen transform codebook");
+    rk_buf_free(&b);
+    codec_codebook_free(cb);
+    rk_free(w);
     rk_free(other);
     rk_free(kv);
 }

@@ -5,8 +5,9 @@
  * and header checksums from the documented layout (docs/format.md) before decoding, so that
  * mutations reach the parsers behind the checksums instead of stopping at them. Bit 1: parse
  * the data as a codebook instead (with bit 0, its trailing checksum recomputed first).
- * Containers decode with a small codebook (trained once on fixed synthetic KV, shape 2 layers
- * x 2 heads x 4) available, into every output dtype; then a codec_reader decodes one layer
+ * Containers decode with two small codebooks (trained once on fixed synthetic KV, shape 2
+ * layers x 2 heads x 4: the level's, and a weighted one with a transform of 4-channel blocks)
+ * available through a resolver, into every output dtype; then a codec_reader decodes one layer
  * range, its first layer chosen by control bits 2-4 and its length by bits 5-7 (each modulo
  * what the container has). Nothing may crash, a decode that succeeds must produce finite
  * values, codec_reader_open must fail exactly as codec_decode does when it fails, and where
@@ -41,18 +42,36 @@ static void reseal(uint8_t *p, size_t len)
     rk_put_le64(p + 40, rk_xxh3_64(tmp, 40 + 32 * nsec));
 }
 
-static codec_codebook *fuzz_codebook(void)
+/* The fuzzing codebooks: 0 the level's, 1 weighted with a transform (format version 3). */
+static codec_codebook *fuzz_codebook(int which)
 {
-    static codec_codebook *cb;
-    if (!cb) {
+    static codec_codebook *cb[2];
+    if (!cb[which]) {
         codec_shape s = {2, 16, 2, 4};
-        static float kv[2 * 2 * 16 * 2 * 4];
+        static float kv[2 * 2 * 16 * 2 * 4], w[2 * 2 * 2 * 4];
         codec_synth_kv(&s, 42, kv);
         codec_params p = codec_params_default(CODEC_CACHEGEN);
+        if (which) {
+            for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+                w[i] = (float)(1 + i % 3);
+            p.weights = w;
+            p.transform_block = 4;
+        }
         const float *samples[1] = {kv};
-        codec_codebook_train(samples, &s, 1, &p, &cb);
+        codec_codebook_train(samples, &s, 1, &p, &cb[which]);
     }
-    return cb;
+    return cb[which];
+}
+
+static rk_status fuzz_resolve(void *ctx, uint64_t id, const codec_codebook **out)
+{
+    (void)ctx;
+    for (int i = 0; i < 2; i++)
+        if (fuzz_codebook(i) && codec_codebook_id(fuzz_codebook(i)) == id) {
+            *out = fuzz_codebook(i);
+            return RK_OK;
+        }
+    return RK_ERR_NOT_FOUND;
 }
 
 /* Open a reader on the container and decode the layer range ctl picks; full is
@@ -112,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         codec_shape_values(&info.shape) <= MAX_VALUES) {
         size_t n = codec_shape_values(&info.shape);
         float *out = malloc(n * sizeof(float));
-        codec_decode_opts o = {.codebook = fuzz_codebook(), .max_values = MAX_VALUES};
+        codec_decode_opts o = {.resolve = fuzz_resolve, .max_values = MAX_VALUES};
         if (out) {
             rk_status full = RK_OK;
             for (int dt = CODEC_BF16; dt >= CODEC_F32; dt--) { /* f32 last: out keeps it */

@@ -110,6 +110,14 @@ typedef struct codec_params {
                             range (docs/codec.md, "Rate allocation"); needs channel scales
                             for K and V and no delta coding. Training a codebook stores the
                             steps in it; NULL: the level's steps. */
+    int transform_block; /* codebook training with weights only: 0 (default) off; B > 0
+                            learns an orthogonal transform of the sensitivity-weighted
+                            channels per (layer, K|V) and block of B consecutive channels
+                            (B divides head_dim, at most 64; head_dim itself when it is at
+                            most 64 is the measured choice) and codes its coefficients with
+                            one step in the weighted domain and learned reconstruction points
+                            (docs/codec.md, "Transform coding"). The codebook (format version
+                            3) then holds the transform; its containers need it to decode. */
     rk_pool *pool;       /* borrowed, optional: parallel encode */
 } codec_params;
 
