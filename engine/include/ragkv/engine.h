@@ -26,6 +26,8 @@
  *     eng_sampler sm;  eng_sampler_init(&sm, 0.0f, 0, 1.0f, 42);  // greedy
  *     int32_t tok = eng_sample(&sm, logits, mi->vocab);
  *     eng_decode(be, &s, &tok, 1, logits);            // one step, next position
+ *     eng_sampler *sp = &sm;  int32_t next;           // or a step and its token at once,
+ *     eng_decode_sample(be, &s, &tok, 1, &sp, &next, NULL); // chosen where the logits are
  *     ...
  *     eng_seq_free(s);  eng_backend_free(be);  eng_model_close(m);
  *
