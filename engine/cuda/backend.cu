@@ -1295,11 +1295,11 @@ rk_status sample_rows_up(cu_ctx *c, const eng_sample_row *rows, size_t n)
 // What a step hands back from its device logits lg (n, vocab), rows [r0, r0+n) of the call, on
 // stream: the logits when wanted (logits: that row block's host memory), the sampled tokens
 // when sampling (out: host, n), then waits for the stream.
-rk_status rows_back(cu_ctx *c, const float *lg, size_t r0, size_t n, bool sample, int32_t *out, float *logits,
+rk_status rows_back(cu_ctx *c, float *lg, size_t r0, size_t n, bool sample, int32_t *out, float *logits,
                     cudaStream_t stream)
 {
     size_t V = (size_t)c->mi->vocab;
-    if (logits)
+    if (logits) // before the sampler, which overwrites lg with probabilities
         CU(cudaMemcpyAsync(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream), "logits");
     if (sample) {
         CU(sample_launch(lg, (int)V, c->srows + r0, (int)n, c->sout + r0, stream), "sampling");

@@ -13,22 +13,12 @@ constexpr int BINS = 256; // radix digit: 8 bits of the 64-bit key per pass
 constexpr float FIX_ONE = 4503599627370496.0f; // 2^52: probabilities as 2^-52 fixed point
 constexpr unsigned FULL = 0xffffffffu;
 
-// What the passes over one row share: the row, the temperature, the softmax's max and sum.
-struct row_ctx {
-    const float *l; // (vocab) logits
-    int V;
-    float T;    // temperature (> 0)
-    float maxv; // the argmax's logit / T (finite)
-    float sum;  // sum of expf(l / T - maxv) (>= 1)
-};
-
-// eng_sample's probability of id i: expf(x - maxv) / sum with x = l / T, NaN weighing 0. The same
-// float operations as the host; expf may differ from the host's libm by an ulp or two.
-__device__ __forceinline__ float prob_at(const row_ctx &c, int i)
+// eng_sample's probability of a logit v: expf(x - maxv) / sum with x = v / T, NaN weighing 0.
+// The same float operations as the host; expf may differ from the host's libm by an ulp or two.
+__device__ __forceinline__ float prob_of(float v, float T, float maxv, float sum)
 {
-    float v = c.l[i];
-    float x = isnan(v) ? -INFINITY : v / c.T;
-    return expf(x - c.maxv) / c.sum;
+    float x = isnan(v) ? -INFINITY : v / T;
+    return expf(x - maxv) / sum;
 }
 
 __device__ __forceinline__ unsigned long long fix_of(float p) { return (unsigned long long)(p * FIX_ONE); }
@@ -191,7 +181,7 @@ struct walk_res {
 };
 
 template <typename Stop>
-__device__ walk_res radix_walk(const row_ctx &c, float cutoff, unsigned long long minkey, Stop stop)
+__device__ walk_res radix_walk(const float *pr, int V, float cutoff, unsigned long long minkey, Stop stop)
 {
     __shared__ unsigned h_cnt[BINS];
     __shared__ unsigned long long h_mass[BINS];
@@ -207,8 +197,8 @@ __device__ walk_res radix_walk(const row_ctx &c, float cutoff, unsigned long lon
             h_mass[b] = 0;
         }
         __syncthreads();
-        for (int i = tid; i < c.V; i += nt) {
-            float p = prob_at(c, i);
+        for (int i = tid; i < V; i += nt) {
+            float p = pr[i];
             unsigned long long k = key_of(p, i);
             if (!(p >= cutoff) || k < minkey)
                 continue;
@@ -258,8 +248,8 @@ __device__ walk_res radix_walk(const row_ctx &c, float cutoff, unsigned long lon
             break; // block-uniform
     }
     // the one domain id whose key has the digits found (from bit `shift` up)
-    for (int i = tid; i < c.V; i += nt) {
-        float p = prob_at(c, i);
+    for (int i = tid; i < V; i += nt) {
+        float p = pr[i];
         unsigned long long k = key_of(p, i);
         if (!(p >= cutoff) || k < minkey)
             continue;
@@ -274,12 +264,13 @@ __device__ walk_res radix_walk(const row_ctx &c, float cutoff, unsigned long lon
     return r;
 }
 
-// One block per row: see sample.h for what a row gets.
+// One block per row: see sample.h for what a row gets. A stochastic row's logits are replaced by
+// its probabilities, each computed once, which every later pass reads.
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-    k_sample(const float *logits, int V, const eng_sample_row *rows, int32_t *out)
+    k_sample(float *logits, int V, const eng_sample_row *rows, int32_t *out)
 {
     const int row = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
-    const float *l = logits + (size_t)row * (size_t)V;
+    float *l = logits + (size_t)row * (size_t)V;
     const eng_sample_row sr = rows[row];
     // argmax: within a thread ids ascend, so the strict > keeps the lowest id of equal values
     float bv = 0.0f;
@@ -297,24 +288,21 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
             out[row] = top;
         return;
     }
-    row_ctx c;
-    c.l = l;
-    c.V = V;
-    c.T = sr.temperature;
-    c.maxv = l[top] / c.T;
-    c.sum = 1.0f;
-    if (!isfinite(c.maxv)) { // +-inf at the top: the host's softmax is NaN; take the argmax
+    const float T = sr.temperature, maxv = l[top] / T;
+    if (!isfinite(maxv)) { // +-inf at the top: the host's softmax is NaN; take the argmax
         if (tid == 0)
             out[row] = top;
         return;
     }
     float s = 0.0f;
-    for (int i = tid; i < V; i += nt) {
-        float v = l[i];
-        float x = isnan(v) ? -INFINITY : v / c.T;
-        s += expf(x - c.maxv);
-    }
-    c.sum = block_sum_f(s); // >= 1: the top's term is 1
+    for (int i = tid; i < V; i += nt)
+        s += prob_of(l[i], T, maxv, 1.0f);
+    const float sum = block_sum_f(s); // >= 1: the top's term is 1; every l[top] read is done
+    // the probabilities in place of the logits: each thread rewrites the ids it read
+    for (int i = tid; i < V; i += nt)
+        l[i] = prob_of(l[i], T, maxv, sum);
+    __syncthreads();
+    const float *pr = l;
     if (sr.top_k <= 0 && !(sr.top_p < 1.0f)) {
         // plain sampling in id order: the id whose cumulative mass passes r * total. Each thread
         // owns a contiguous run of ids; a scan of the runs' masses finds the one run that holds
@@ -323,7 +311,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         int lo = min(V, tid * seg), hi = min(V, lo + seg);
         unsigned long long mine = 0, total = 0;
         for (int i = lo; i < hi; i++)
-            mine += fix_of(prob_at(c, i));
+            mine += fix_of(pr[i]);
         unsigned long long before = block_excl_scan(mine, &total);
         unsigned long long target = (unsigned long long)((double)sr.r * (double)total);
         if (target >= total) // r < 1 keeps it below; guard against a bad r
@@ -331,7 +319,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (before <= target && target < before + mine) { // exactly one thread
             unsigned long long cum = before;
             for (int i = lo; i < hi; i++) {
-                cum += fix_of(prob_at(c, i));
+                cum += fix_of(pr[i]);
                 if (cum > target) {
                     out[row] = i;
                     break;
@@ -346,7 +334,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (cutoff > 0.0f) {
         unsigned cnt = 0;
         for (int i = tid; i < V; i += nt)
-            cnt += prob_at(c, i) >= cutoff;
+            cnt += pr[i] >= cutoff;
         m = block_sum_u(cnt);
         if (m == 0) {
             cutoff = 0.0f;
@@ -357,7 +345,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     const unsigned long long tp =
         sr.top_p < 1.0f ? (unsigned long long)((double)sr.top_p * 4503599627370496.0) : ~0ull;
     // the last kept candidate: the first at which the count reaches top_k or the mass top_p
-    walk_res keep = radix_walk(c, cutoff, 0ull, [=](unsigned long long cc, unsigned long long cm) {
+    walk_res keep = radix_walk(pr, V, cutoff, 0ull, [=](unsigned long long cc, unsigned long long cm) {
         return cc >= K || cm >= tp;
     });
     if (!keep.ok) { // cannot happen (the top is a candidate); keep the contract anyway
@@ -370,7 +358,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (target >= mass)
         target = mass - 1;
     // the kept candidate at which the cumulative mass passes r * mass
-    walk_res pick = radix_walk(c, cutoff, keep.key, [=](unsigned long long cc, unsigned long long cm) {
+    walk_res pick = radix_walk(pr, V, cutoff, keep.key, [=](unsigned long long cc, unsigned long long cm) {
         (void)cc;
         return cm > target;
     });
@@ -380,7 +368,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 } // namespace
 
-cudaError_t sample_launch(const float *logits, int vocab, const eng_sample_row *rows, int n, int32_t *out,
+cudaError_t sample_launch(float *logits, int vocab, const eng_sample_row *rows, int n, int32_t *out,
                           cudaStream_t stream)
 {
     if (n <= 0)

@@ -28,8 +28,10 @@ extern "C" {
 #define SAMPLE_THREADS 1024 // threads per row (a power of two, multiple of 32)
 
 // out[r] (device, n) = row r's token of logits (n, vocab) device float32 under rows[r]
-// (device, n), for r < n. Enqueued on stream; the launch's error is returned.
-cudaError_t sample_launch(const float *logits, int vocab, const eng_sample_row *rows, int n, int32_t *out,
+// (device, n), for r < n. Stochastic rows of logits are overwritten with their probabilities
+// (work that reads the logits must be ordered before). Enqueued on stream; the launch's error
+// is returned.
+cudaError_t sample_launch(float *logits, int vocab, const eng_sample_row *rows, int n, int32_t *out,
                           cudaStream_t stream);
 
 #endif
