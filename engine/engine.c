@@ -452,7 +452,7 @@ static rk_status decode_sample_host(eng_backend *be, eng_seq *const *seqs, const
 {
     int V = be->model->info.vocab;
     for (size_t i = 0; i < n; i++) /* no eng_sample below may fail for memory once the step ran */
-        if (!eng_sampler_reserve(sm[i], V))
+        if (sm[i]->temperature > 0.0f && !eng_sampler_reserve(sm[i], V))
             return rk_error_set(RK_ERR_NOMEM, "eng_decode_sample: out of memory for sampler scratch");
     float *lg = logits ? logits : rk_malloc(n * (size_t)V * sizeof(float));
     if (!lg)
