@@ -28,15 +28,22 @@ int bench_engine_main(int argc, char **argv)
     const char *model = NULL, *shape = "llama3-8b", *backend = "cpu", *json = NULL;
     long prefill[8] = {1024}, batches[8] = {1}, ctx = 1024, iters = 3;
     int nprefill = 1, nbatch = 1;
+    float s_temp = 0.8f, s_topp = 0.95f; /* --sample: the samplers of the decode+sample timings */
+    int s_topk = 40;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help")) {
             printf("usage: ragkv bench engine [--model PATH | --shape NAME] [--backend cpu|cuda]\n"
                    "                          [--prefill N,N...] [--ctx N] [--batch B,B...] [--iters N] [--json FILE]\n"
+                   "                          [--sample T,K,P]\n"
                    "Full prefill of N random tokens (time to the last row's logits) and one decode step at\n"
                    "--ctx tokens of context for each batch size; median of --iters runs after a warm-up.\n"
+                   "Each decode is timed three ways: the step with its logits to the host (decode), and the\n"
+                   "step with every row's next token chosen by eng_decode_sample (temperature T, top-k K,\n"
+                   "top-p P; T 0: greedy) on the device where the backend can (sample dev) and on the host\n"
+                   "(sample host: RAGKV_DEVICE_SAMPLE=0, logits copied and eng_sample per row).\n"
                    "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --prefill 1024\n"
-                   "          --ctx 1024 --batch 1 --iters 3\n");
+                   "          --ctx 1024 --batch 1 --iters 3 --sample 0.8,40,0.95\n");
             return 0;
         }
         if (i + 1 >= argc) {
@@ -60,6 +67,12 @@ int bench_engine_main(int argc, char **argv)
             ctx = strtol(v, NULL, 10);
         else if (!strcmp(a, "--iters"))
             iters = strtol(v, NULL, 10);
+        else if (!strcmp(a, "--sample")) {
+            if (sscanf(v, "%f,%d,%f", &s_temp, &s_topk, &s_topp) != 3 || s_temp < 0 || s_topk < 0 || !(s_topp > 0)) {
+                fprintf(stderr, "ragkv bench engine: --sample T,K,P (T >= 0, K >= 0, P > 0)\n");
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "ragkv bench engine: unknown option %s\n", a);
             return 2;
@@ -128,10 +141,17 @@ int bench_engine_main(int argc, char **argv)
         eng_seq **seqs = rk_calloc(b, sizeof(eng_seq *));
         int32_t *tok = rk_malloc((size_t)ctx * sizeof(int32_t)), *next = rk_malloc(b * sizeof(int32_t));
         float *lg = rk_malloc(b * (size_t)mi->vocab * sizeof(float));
+        eng_sampler *sm = rk_calloc(b, sizeof(eng_sampler));
+        eng_sampler **psm = rk_calloc(b, sizeof(eng_sampler *));
+        int32_t *chosen = rk_malloc(b * sizeof(int32_t));
+        for (size_t i = 0; i < b; i++) {
+            eng_sampler_init(&sm[i], s_temp, s_topk, s_topp, 1 + i);
+            psm[i] = &sm[i];
+        }
         for (long i = 0; i < ctx; i++)
             tok[i] = (int32_t)(3 + (i * 7919) % (mi->vocab - 3));
         for (size_t i = 0; i < b && st == RK_OK; i++) {
-            st = eng_seq_new(be, (size_t)ctx + (size_t)iters + 2, &seqs[i]);
+            st = eng_seq_new(be, (size_t)ctx + 3 * ((size_t)iters + 1) + 2, &seqs[i]);
             if (st == RK_OK)
                 st = eng_prefill(seqs[i], tok, (size_t)ctx, NULL, ENG_LOGITS_NONE, NULL);
             next[i] = 5;
@@ -143,14 +163,41 @@ int bench_engine_main(int argc, char **argv)
             if (it > 0)
                 t[it - 1] = (double)(rk_now_ns() - a) / 1e6;
         }
+        /* the same step with the tokens chosen: on the device (where the backend can), then on
+         * the host; the chosen tokens are fed back */
+        double ts[2][100], med_s[2] = {0, 0};
+        for (int way = 0; way < 2 && st == RK_OK; way++) {
+            setenv("RAGKV_DEVICE_SAMPLE", way == 0 ? "1" : "0", 1);
+            for (long it = 0; it <= iters && st == RK_OK; it++) {
+                uint64_t a = rk_now_ns();
+                st = eng_decode_sample(be, seqs, next, b, psm, chosen, NULL);
+                if (it > 0)
+                    ts[way][it - 1] = (double)(rk_now_ns() - a) / 1e6;
+                for (size_t i = 0; i < b && st == RK_OK; i++)
+                    next[i] = chosen[i] >= 0 ? chosen[i] : 5;
+            }
+            if (st == RK_OK)
+                med_s[way] = bench_median(ts[way], (int)iters);
+        }
+        unsetenv("RAGKV_DEVICE_SAMPLE");
         if (st == RK_OK) {
             double med = bench_median(t, (int)iters);
             printf("%-8s decode batch %3zu @%5ld %10.2f\n", backend, b, ctx, med);
+            printf("%-8s  +sample dev  %3zu @%5ld %10.2f\n", backend, b, ctx, med_s[0]);
+            printf("%-8s  +sample host %3zu @%5ld %10.2f\n", backend, b, ctx, med_s[1]);
             if (jf)
-                fprintf(jf, "%s{\"batch\": %zu, \"ctx\": %ld, \"ms_median\": %.3f}", k ? ", " : "", b, ctx, med);
+                fprintf(jf,
+                        "%s{\"batch\": %zu, \"ctx\": %ld, \"ms_median\": %.3f, \"ms_sample_device\": %.3f, "
+                        "\"ms_sample_host\": %.3f, \"sample\": [%g, %d, %g]}",
+                        k ? ", " : "", b, ctx, med, med_s[0], med_s[1], (double)s_temp, s_topk, (double)s_topp);
         }
-        for (size_t i = 0; i < b; i++)
+        for (size_t i = 0; i < b; i++) {
             eng_seq_free(seqs[i]);
+            eng_sampler_free(&sm[i]);
+        }
+        rk_free(sm);
+        rk_free(psm);
+        rk_free(chosen);
         rk_free(seqs);
         rk_free(tok);
         rk_free(next);

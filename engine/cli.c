@@ -286,12 +286,19 @@ int eng_cli_generate_with(int argc, char **argv, eng_prompt_fn fn, void *fn_ctx)
     fflush(stdout);
     size_t n_tok = n_pre, n_gen = 0;
     uint64_t t1 = rk_now_ns();
+    /* the first token from the prompt's logits, the others chosen by eng_decode_sample with
+     * each step (on the device where the backend can: the logits cross over only for
+     * --logits-out) */
+    int32_t next = -1;
+    bool chosen = false; /* next already chosen by the last decode step */
+    eng_sampler *smp = &sm;
     while (want) {
         if (lf && fwrite(logits, sizeof(float), (size_t)mi->vocab, lf) != (size_t)mi->vocab) {
             fprintf(stderr, "ragkv generate: cannot write %s\n", logits_out);
             goto out;
         }
-        int32_t next = eng_sample(&sm, logits, mi->vocab);
+        if (!chosen)
+            next = eng_sample(&sm, logits, mi->vocab);
         if (next < 0) {
             fprintf(stderr, "ragkv generate: sampling failed (NaN logits or out of memory)\n");
             goto out;
@@ -313,10 +320,12 @@ int eng_cli_generate_with(int argc, char **argv, eng_prompt_fn fn, void *fn_ctx)
         fflush(stdout);
         if (eng_seq_len(s) >= (size_t)steps) /* every position processed */
             break;
-        if ((st = eng_decode(be, &s, &next, 1, logits)) != RK_OK) {
+        int32_t fed = next;
+        if ((st = eng_decode_sample(be, &s, &fed, 1, &smp, &next, lf ? logits : NULL)) != RK_OK) {
             rc = fail_st("decode", st);
             goto out;
         }
+        chosen = true;
     }
     printf("\n");
     fflush(stdout);

@@ -4,6 +4,7 @@
  * fallback) built from the layer-granular ones.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine_impl.h"
@@ -330,34 +331,32 @@ out:
     return st;
 }
 
-rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n, float *logits)
+/* Check a decode step's arguments: eng_decode's rules. */
+static rk_status decode_check(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n, const char *who)
 {
-    if (!be || (n && (!seqs || !tokens || !logits)))
-        return rk_error_set(RK_ERR_INVALID, "eng_decode: bad arguments");
-    if (n == 0)
-        return RK_OK;
     const eng_model_info *mi = &be->model->info;
-    rk_status st = check_tokens(mi, tokens, n, "eng_decode");
+    rk_status st = check_tokens(mi, tokens, n, who);
     if (st != RK_OK)
         return st;
     for (size_t i = 0; i < n; i++) {
         if (!seqs[i] || seqs[i]->be != be)
-            return rk_error_set(RK_ERR_INVALID, "eng_decode: sequence %zu is not on this backend", i);
+            return rk_error_set(RK_ERR_INVALID, "%s: sequence %zu is not on this backend", who, i);
         for (size_t j = 0; j < i; j++)
             if (seqs[j] == seqs[i])
-                return rk_error_set(RK_ERR_INVALID, "eng_decode: sequence appears twice in the batch");
+                return rk_error_set(RK_ERR_INVALID, "%s: sequence appears twice in the batch", who);
         if (seqs[i]->len >= seqs[i]->capacity)
-            return rk_error_set(RK_ERR_LIMIT, "eng_decode: sequence %zu is full (%zu slots)", i, seqs[i]->capacity);
+            return rk_error_set(RK_ERR_LIMIT, "%s: sequence %zu is full (%zu slots)", who, i, seqs[i]->capacity);
         if (eng_seq_next_pos(seqs[i]) >= mi->max_seq)
-            return rk_error_set(RK_ERR_RANGE, "eng_decode: sequence %zu reached the model's context (%d)", i,
+            return rk_error_set(RK_ERR_RANGE, "%s: sequence %zu reached the model's context (%d)", who, i,
                                 mi->max_seq);
     }
-    int32_t *ps = rk_malloc(n * sizeof(int32_t));
-    int32_t *sl = rk_malloc(n * sizeof(int32_t));
-    if (!ps || !sl) {
-        st = rk_error_set(RK_ERR_NOMEM, "out of memory");
-        goto out;
-    }
+    return RK_OK;
+}
+
+/* Give each sequence of a checked step its next slot (len) at its next position: ps, sl (n
+ * each) receive them. */
+static void decode_claim(eng_seq *const *seqs, size_t n, int32_t *ps, int32_t *sl)
+{
     for (size_t i = 0; i < n; i++) {
         ps[i] = eng_seq_next_pos(seqs[i]);
         sl[i] = (int32_t)seqs[i]->len;
@@ -366,10 +365,30 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
             seqs[i]->pos_dirty = (size_t)sl[i];
         seqs[i]->len++;
     }
+}
+
+/* Undo decode_claim after a failed step: it appends nothing. */
+static void decode_unclaim(eng_seq *const *seqs, size_t n, const int32_t *sl)
+{
+    for (size_t i = 0; i < n; i++)
+        eng_seq_truncate(seqs[i], (size_t)sl[i]);
+}
+
+/* A checked decode step (n > 0) with its logits to host memory. */
+static rk_status decode_run(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n, float *logits)
+{
+    const eng_model_info *mi = &be->model->info;
+    rk_status st = RK_OK;
+    int32_t *ps = rk_malloc(n * sizeof(int32_t));
+    int32_t *sl = rk_malloc(n * sizeof(int32_t));
+    if (!ps || !sl) {
+        rk_free(ps);
+        rk_free(sl);
+        return rk_error_set(RK_ERR_NOMEM, "out of memory");
+    }
+    decode_claim(seqs, n, ps, sl);
     if (be->iface->decode) {
         st = be->iface->decode(be->ctx, seqs, tokens, ps, sl, n, logits);
-        if (st != RK_OK)
-            goto out;
     } else {
         for (size_t i = 0; i < n && st == RK_OK; i++) {
             eng_hidden *h = NULL;
@@ -381,10 +400,119 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
             eng_hidden_free(h);
         }
     }
-out:
-    if (st != RK_OK && ps && sl)
+    if (st != RK_OK)
+        decode_unclaim(seqs, n, sl);
+    rk_free(ps);
+    rk_free(sl);
+    return st;
+}
+
+rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n, float *logits)
+{
+    if (!be || (n && (!seqs || !tokens || !logits)))
+        return rk_error_set(RK_ERR_INVALID, "eng_decode: bad arguments");
+    if (n == 0)
+        return RK_OK;
+    rk_status st = decode_check(be, seqs, tokens, n, "eng_decode");
+    return st != RK_OK ? st : decode_run(be, seqs, tokens, n, logits);
+}
+
+/* RAGKV_DEVICE_SAMPLE=0 sends eng_decode_sample to the host path (read per call: tests and
+ * benchmarks compare both ways). */
+static bool device_sample_on(void)
+{
+    const char *e = getenv("RAGKV_DEVICE_SAMPLE");
+    return !(e && !strcmp(e, "0"));
+}
+
+static rk_status check_samplers(eng_sampler *const *sm, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const eng_sampler *s = sm[i];
+        if (!s)
+            return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: no sampler for row %zu", i);
+        if (!(s->temperature >= 0.0f && isfinite(s->temperature)))
+            return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: sampler %zu: temperature %g (need finite, >= 0)",
+                                i, (double)s->temperature);
+        if (s->top_k < 0)
+            return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: sampler %zu: top_k %d (need >= 0)", i, s->top_k);
+        if (!(s->top_p > 0.0f))
+            return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: sampler %zu: top_p %g (need > 0)", i,
+                                (double)s->top_p);
+        for (size_t j = 0; j < i; j++)
+            if (sm[j] == s)
+                return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: rows %zu and %zu share a sampler", j, i);
+    }
+    return RK_OK;
+}
+
+/* The reference: the step's logits to the host, eng_sample per row. */
+static rk_status decode_sample_host(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
+                                    eng_sampler *const *sm, int32_t *out, float *logits)
+{
+    int V = be->model->info.vocab;
+    for (size_t i = 0; i < n; i++) /* no eng_sample below may fail for memory once the step ran */
+        if (sm[i]->temperature > 0.0f && !eng_sampler_reserve(sm[i], V))
+            return rk_error_set(RK_ERR_NOMEM, "eng_decode_sample: out of memory for sampler scratch");
+    float *lg = logits ? logits : rk_malloc(n * (size_t)V * sizeof(float));
+    if (!lg)
+        return rk_error_set(RK_ERR_NOMEM, "eng_decode_sample: out of memory for %zu rows of logits", n);
+    rk_status st = decode_run(be, seqs, tokens, n, lg);
+    for (size_t i = 0; st == RK_OK && i < n; i++)
+        out[i] = eng_sample(sm[i], lg + i * (size_t)V, V);
+    if (lg != logits)
+        rk_free(lg);
+    return st;
+}
+
+rk_status eng_decode_sample(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
+                            eng_sampler *const *samplers, int32_t *out, float *logits)
+{
+    if (!be || (n && (!seqs || !tokens || !samplers || !out)))
+        return rk_error_set(RK_ERR_INVALID, "eng_decode_sample: bad arguments");
+    if (n == 0)
+        return RK_OK;
+    rk_status st = decode_check(be, seqs, tokens, n, "eng_decode_sample");
+    if (st != RK_OK || (st = check_samplers(samplers, n)) != RK_OK)
+        return st;
+    if (!be->iface->decode_sample || !device_sample_on())
+        return decode_sample_host(be, seqs, tokens, n, samplers, out, logits);
+    /* the device path: the uniforms are drawn here, in row order, exactly as eng_sample would
+     * draw them; a row that gets no token (all NaN) gives its uniform back */
+    int V = be->model->info.vocab;
+    eng_sample_row *rows = rk_malloc(n * sizeof(*rows));
+    uint64_t *saved = rk_malloc(n * sizeof(uint64_t));
+    int32_t *ps = rk_malloc(n * sizeof(int32_t));
+    int32_t *sl = rk_malloc(n * sizeof(int32_t));
+    if (!rows || !saved || !ps || !sl) {
+        st = rk_error_set(RK_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        eng_sampler *s = samplers[i];
+        saved[i] = s->state;
+        rows[i] = (eng_sample_row){s->temperature, s->top_k, s->top_p, 0.0f};
+        if (s->temperature > 0.0f)
+            rows[i].r = eng_sampler_uniform(s);
+    }
+    decode_claim(seqs, n, ps, sl);
+    st = be->iface->decode_sample(be->ctx, seqs, tokens, ps, sl, n, rows, out, logits);
+    for (size_t i = 0; st == RK_OK && i < n; i++)
+        if (out[i] < -1 || out[i] >= V)
+            st = rk_error_set(RK_ERR_DEVICE, "eng_decode_sample: the backend chose token %d for row %zu (vocab %d)",
+                              out[i], i, V);
+    if (st != RK_OK) {
+        decode_unclaim(seqs, n, sl);
         for (size_t i = 0; i < n; i++)
-            eng_seq_truncate(seqs[i], (size_t)sl[i]); /* a failed step appends nothing */
+            samplers[i]->state = saved[i];
+    } else {
+        for (size_t i = 0; i < n; i++)
+            if (out[i] < 0)
+                samplers[i]->state = saved[i];
+    }
+out:
+    rk_free(rows);
+    rk_free(saved);
     rk_free(ps);
     rk_free(sl);
     return st;

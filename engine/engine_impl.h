@@ -121,6 +121,25 @@ struct eng_kvblock {
     eng_kvblock_mem mem; /* where the KV lives (set by kvblock_init on a native backend) */
 };
 
+/* One row of a decode_sample call: its sampler's settings and the uniform engine.c drew from
+ * the sampler's stream for it (as eng_sample would; unused when temperature is 0). */
+typedef struct eng_sample_row {
+    float temperature; /* 0: greedy */
+    int top_k;         /* 0: off */
+    float top_p;       /* >= 1: off */
+    float r;           /* uniform in [0, 1) */
+} eng_sample_row;
+
+/* White-box test hook (tests/engine/test_gpu_sample.c), not API: the CUDA backend's device
+ * sampler on given logits, (n, vocab) host float32 of any vocab > 0, one token per row into
+ * out (n) under rows (n). RK_ERR_UNSUPPORTED without CUDA or on another backend. */
+rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, size_t n, const eng_sample_row *rows,
+                               int32_t *out);
+
+/* Grow a sampler's scratch for vocab-sized rows, so that eng_sample cannot then fail for
+ * memory. false when out of memory. */
+bool eng_sampler_reserve(eng_sampler *s, int vocab);
+
 /* The backend interface. Every entry is required unless marked optional. All calls are
  * validated by engine.c first. */
 struct eng_backend_i {
@@ -185,6 +204,14 @@ struct eng_backend_i {
      * layer, slots in range and non-empty in both). */
     rk_status (*kv_deviation)(void *ctx, const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n,
                               bool with_v, float *out);
+
+    /* eng_decode_sample on the device: decode as `decode` does, then out[i] = the token row i's
+     * logits give under rows[i] (-1 for an all-NaN row), with greedy rows exactly eng_argmax;
+     * logits (n, vocab) host float32 filled only when not NULL. Optional (NULL: engine.c runs
+     * decode and eng_sample per row on the host, the reference). Kept last, as above. */
+    rk_status (*decode_sample)(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos,
+                               const int32_t *slots, size_t n, const eng_sample_row *rows, int32_t *out,
+                               float *logits);
 };
 
 struct eng_backend {

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_impl.h"
 #include "ragkv/alloc.h"
-#include "ragkv/engine.h"
 
 /* PCG32 (O'Neill): 64-bit LCG state, xorshift-rotate output. */
 static uint32_t pcg32(eng_sampler *s)
@@ -100,6 +100,22 @@ static size_t select_best(int *ids, size_t m, size_t k, const float *p)
     return k;
 }
 
+bool eng_sampler_reserve(eng_sampler *s, int vocab)
+{
+    if (vocab <= 0 || (size_t)vocab <= s->cap)
+        return true;
+    float *p = rk_realloc(s->scratch, (size_t)vocab * sizeof(float));
+    if (p)
+        s->scratch = p;
+    int *o = rk_realloc(s->order, (size_t)vocab * sizeof(int));
+    if (o)
+        s->order = o;
+    if (!p || !o)
+        return false;
+    s->cap = (size_t)vocab;
+    return true;
+}
+
 int32_t eng_sample(eng_sampler *s, const float *logits, int vocab)
 {
     if (vocab <= 0)
@@ -107,17 +123,8 @@ int32_t eng_sample(eng_sampler *s, const float *logits, int vocab)
     int32_t top = eng_argmax(logits, vocab);
     if (top < 0 || s->temperature == 0.0f)
         return top;
-    if ((size_t)vocab > s->cap) {
-        float *p = rk_realloc(s->scratch, (size_t)vocab * sizeof(float));
-        if (p)
-            s->scratch = p;
-        int *o = rk_realloc(s->order, (size_t)vocab * sizeof(int));
-        if (o)
-            s->order = o;
-        if (!p || !o)
-            return -1;
-        s->cap = (size_t)vocab;
-    }
+    if (!eng_sampler_reserve(s, vocab))
+        return -1;
     float *prob = s->scratch;
     /* softmax of logits / temperature, as llama2.c (max subtracted, float sums) */
     float maxv = logits[top] / s->temperature;

@@ -69,9 +69,11 @@ struct svc_exec {
     /* executor thread only */
     struct active *act;        /* (max_batch) */
     size_t nact;
-    float *logits;             /* (max_batch, vocab) */
-    eng_seq **seqs;            /* (max_batch) batch view for eng_decode */
-    int32_t *toks;             /* (max_batch) */
+    float *logits;             /* (max_batch, vocab): a starting generation's prompt logits */
+    eng_seq **seqs;            /* (max_batch) batch view for eng_decode_sample */
+    int32_t *toks;             /* (max_batch) the tokens fed */
+    eng_sampler **sms;         /* (max_batch) the rows' samplers (act[i].sm, rebuilt each step) */
+    int32_t *next;             /* (max_batch) the tokens chosen */
 };
 
 svc_gen *svc_gen_new(void)
@@ -586,6 +588,13 @@ static void start_gen(svc_exec *x, svc_gen *g)
     a->g = g;
     x->nact++;
     int32_t t = eng_sample(&a->sm, logits, mi->vocab);
+    if (t < 0) { /* all NaN (the sampler's scratch failing for memory reads the same) */
+        x->nact--;
+        eng_sampler_free(&a->sm);
+        eng_seq_free(a->s);
+        finish(x, g, RK_ERR_INTERNAL, "sampling: no token (NaN logits or out of memory)", 0);
+        return;
+    }
     if (g->max_tokens == 0 || is_stop(mi, t)) {
         x->nact--;
         eng_sampler_free(&a->sm);
@@ -629,9 +638,11 @@ static void step(svc_exec *x)
     for (size_t i = 0; i < x->nact; i++) {
         x->seqs[i] = x->act[i].s;
         x->toks[i] = x->act[i].last;
+        x->sms[i] = &x->act[i].sm;
     }
     uint64_t t0 = rk_now_ns();
-    rk_status st = eng_decode(x->be, x->seqs, x->toks, x->nact, x->logits);
+    /* the tokens are chosen where the logits are (on the GPU only n ids come back) */
+    rk_status st = eng_decode_sample(x->be, x->seqs, x->toks, x->nact, x->sms, x->next, NULL);
     svc_histogram_observe(xm.step_ms, (double)(rk_now_ns() - t0) / 1e6);
     svc_metric_add(xm.steps, 1);
     svc_metric_add(xm.step_tokens, (int64_t)x->nact);
@@ -645,15 +656,14 @@ static void step(svc_exec *x)
     }
     for (size_t i = 0; i < x->nact;) {
         struct active *a = &x->act[i];
-        int32_t t = eng_sample(&a->sm, x->logits + i * (size_t)mi->vocab, mi->vocab);
-        if (is_stop(mi, t)) {
-            /* the logits rows after i move with the swap; keep them consistent */
-            size_t last = x->nact - 1;
-            if (i != last)
-                memcpy(x->logits + i * (size_t)mi->vocab, x->logits + last * (size_t)mi->vocab,
-                       (size_t)mi->vocab * sizeof(float));
-            drop_active(x, i, RK_OK, NULL, SVC_FINISH_STOP);
-            continue; /* slot i now holds the former last one, not yet sampled */
+        int32_t t = x->next[i];
+        if (t < 0 || is_stop(mi, t)) {
+            if (t < 0)
+                drop_active(x, i, RK_ERR_INTERNAL, "sampling: no token (NaN logits)", 0);
+            else
+                drop_active(x, i, RK_OK, NULL, SVC_FINISH_STOP);
+            x->next[i] = x->next[x->nact]; /* the former last moved to slot i: so does its token */
+            continue;
         }
         emit(a->g, t);
         a->last = t;
@@ -724,6 +734,8 @@ static void exec_free(svc_exec *x)
     rk_free(x->logits);
     rk_free(x->seqs);
     rk_free(x->toks);
+    rk_free(x->sms);
+    rk_free(x->next);
     rk_free(x);
 }
 
@@ -747,7 +759,9 @@ rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **
     x->logits = rk_malloc((size_t)x->max_batch * (size_t)mi->vocab * sizeof(float));
     x->seqs = rk_calloc((size_t)x->max_batch, sizeof(eng_seq *));
     x->toks = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
-    if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks ||
+    x->sms = rk_calloc((size_t)x->max_batch, sizeof(eng_sampler *));
+    x->next = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
+    if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks || !x->sms || !x->next ||
         pthread_create(&x->thread, NULL, exec_main, x) != 0) {
         exec_free(x);
         return RK_ERR_NOMEM;

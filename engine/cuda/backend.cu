@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "attn.h"
+#include "sample.h"
 
 extern "C" {
 #include "engine_impl.h"
@@ -94,6 +95,9 @@ struct cu_ctx {
     bool graph_broken;        // capturing failed once: this context decodes without graphs
     bool graph_used;          // the last decode step went through the graph
     uint64_t captures, replays; // decode graph captures, and steps run through a graph
+    eng_sample_row *srows;    // (srows_n) device: the rows' sampling settings of a decode_sample
+    int32_t *sout;            // (srows_n) device: the tokens chosen
+    size_t srows_n;
 };
 
 struct cu_kv {
@@ -668,6 +672,8 @@ void cu_free(void *ctx)
     cudaFree(c->iscratch);
     cudaFree(c->ddesc);
     cudaFree(c->xdec);
+    cudaFree(c->srows);
+    cudaFree(c->sout);
     for (int i = 0; i < DECODE_GRAPHS; i++)
         if (c->graphs[i].exec)
             cudaGraphExecDestroy(c->graphs[i].exec);
@@ -1176,9 +1182,10 @@ bool graphs_on()
 // replayed while the key (rows, attention grid, scratch and descriptor addresses) holds; every
 // per-step value (tokens, positions, slots, sequence lengths) is read from device memory the
 // host filled before the replay. The context keeps the last DECODE_GRAPHS graphs by key, so a
-// batch whose size alternates does not re-capture at every step.
+// batch whose size alternates does not re-capture at every step. Returns with the replay
+// enqueued on c->gstream and *lg_out where its logits will be; the caller reads them there.
 rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *dpos, const int32_t *dslots,
-                       cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float *logits, bool *capture_failed)
+                       cu_kvdesc *dd, const int32_t *drseq, size_t n, int max_len, float **lg_out, bool *capture_failed)
 {
     *capture_failed = false;
     const eng_model_info *mi = c->mi;
@@ -1256,32 +1263,84 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
     CU(cudaStreamWaitEvent(c->gstream, c->gready, 0), "graph inputs");
     CU(cudaGraphLaunch(ge->exec, c->gstream), "decode graph");
     c->replays++;
-    CU(cudaMemcpyAsync(logits, lg, n * (size_t)mi->vocab * sizeof(float), cudaMemcpyDeviceToHost, c->gstream),
-       "logits");
-    CU(cudaStreamSynchronize(c->gstream), "decode graph");
+    *lg_out = lg; // (n, vocab) once the graph ran: read it on c->gstream
     return RK_OK;
 }
 
-// Batched decode: one embedding, one pass per layer over all n rows (each row attends over its
-// own sequence by the split-key kernel), one classifier product.
-rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos, const int32_t *slots,
-                    size_t n, float *logits)
+// Device room for n rows' sampling settings and tokens, and the settings copied in (on the
+// legacy stream, before the step's inputs are released to the graph's stream).
+rk_status sample_rows_up(cu_ctx *c, const eng_sample_row *rows, size_t n)
 {
-    cu_ctx *c = (cu_ctx *)ctx;
+    if (n > c->srows_n) {
+        cudaFree(c->srows);
+        cudaFree(c->sout);
+        c->srows = NULL;
+        c->sout = NULL;
+        c->srows_n = 0;
+        eng_sample_row *r = NULL;
+        int32_t *o = NULL;
+        if (cudaMalloc(&r, n * sizeof(eng_sample_row)) != cudaSuccess || cudaMalloc(&o, n * sizeof(int32_t)) != cudaSuccess) {
+            cudaGetLastError();
+            cudaFree(r); // NULL (the failed one) is a no-op
+            return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for %zu sampled rows", n);
+        }
+        c->srows = r;
+        c->sout = o;
+        c->srows_n = n;
+    }
+    CU(cudaMemcpy(c->srows, rows, n * sizeof(eng_sample_row), cudaMemcpyHostToDevice), "sampling settings");
+    return RK_OK;
+}
+
+// What a step hands back from its device logits lg (n, vocab), rows [r0, r0+n) of the call, on
+// stream: the logits when wanted (logits: that row block's host memory), the sampled tokens
+// when sampling (out: host, n), then waits for the stream.
+rk_status rows_back(cu_ctx *c, float *lg, size_t r0, size_t n, bool sample, int32_t *out, float *logits,
+                    cudaStream_t stream)
+{
+    size_t V = (size_t)c->mi->vocab;
+    if (logits) // before the sampler, which overwrites lg with probabilities
+        CU(cudaMemcpyAsync(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream), "logits");
+    if (sample) {
+        CU(sample_launch(lg, (int)V, c->srows + r0, (int)n, c->sout + r0, stream), "sampling");
+        CU(cudaMemcpyAsync(out, c->sout + r0, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "sampled tokens");
+    }
+    CU(cudaStreamSynchronize(stream), "decode");
+    return RK_OK;
+}
+
+// The classifier of one device hidden row into the scratch: *lg (1, vocab) device.
+rk_status row_logits(cu_ctx *c, const float *x, float **lg)
+{
+    return c->mode == MODE_BF16 ? logits_compute<bf16>(c, x, NULL, 1, lg) : logits_compute<float>(c, x, NULL, 1, lg);
+}
+
+// Batched decode: one embedding, one pass per layer over all n rows (each row attends over its
+// own sequence by the split-key kernel), one classifier product; then the logits to the host
+// (logits not NULL) and/or each row's token chosen on the device (rows not NULL: out[i]).
+rk_status decode_rows(cu_ctx *c, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos,
+                      const int32_t *slots, size_t n, const eng_sample_row *rows, int32_t *out, float *logits)
+{
     const eng_model_info *mi = c->mi;
+    const size_t V = (size_t)mi->vocab;
     c->graph_used = false;
+    if (rows)
+        TRY(sample_rows_up(c, rows, n));
     if (mi->n_heads / mi->n_kv_heads > ATTN_MAX_GROUP) { // the split-key kernel cannot: one by one
         rk_status st = RK_OK;
         eng_hidden h = {NULL, 1, NULL}; // be, rows, ctx
-        TRY(cu_hidden_init(ctx, &h));
+        TRY(cu_hidden_init(c, &h));
         for (size_t i = 0; i < n && st == RK_OK; i++) {
-            st = cu_embed(ctx, &h, 0, &tokens[i], 1);
+            st = cu_embed(c, &h, 0, &tokens[i], 1);
             for (int l = 0; l < mi->n_layers && st == RK_OK; l++)
-                st = cu_layer_forward(ctx, seqs[i], l, &h, 1, &pos[i], &slots[i], NULL, NULL, NULL);
+                st = cu_layer_forward(c, seqs[i], l, &h, 1, &pos[i], &slots[i], NULL, NULL, NULL);
+            float *lg = NULL;
             if (st == RK_OK)
-                st = cu_logits(ctx, &h, NULL, 1, logits + i * (size_t)mi->vocab);
+                st = row_logits(c, (const float *)h.ctx, &lg);
+            if (st == RK_OK)
+                st = rows_back(c, lg, i, 1, rows != NULL, out ? out + i : NULL, logits ? logits + i * V : NULL, 0);
         }
-        cu_hidden_release(ctx, &h);
+        cu_hidden_release(c, &h);
         return st;
     }
     // ints: tokens (n), pos (n), slots (n), row -> sequence (n)
@@ -1312,11 +1371,15 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
         CU(cudaMalloc(&c->xdec, n * mi->dim * sizeof(float)), "decode hidden rows");
         c->xdec_rows = n;
     }
-    float *x = c->xdec;
+    float *x = c->xdec, *lg = NULL;
     if (!c->graph_broken && graphs_on()) {
         bool failed = false;
-        st = decode_graph(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, logits, &failed);
+        st = decode_graph(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg, &failed);
         if (!failed) {
+            // sampling (if any) runs after the replay on the graph's stream: outside the
+            // graph, so a step that samples and one that does not share the captured graph
+            if (st == RK_OK)
+                st = rows_back(c, lg, 0, n, rows != NULL, out, logits, c->gstream);
             c->graph_used = st == RK_OK;
             return st;
         }
@@ -1324,10 +1387,20 @@ rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, cons
         fprintf(stderr, "ragkv: cuda backend: decode graphs off: %s\n", rk_error_msg());
         c->graph_broken = true;
     }
-    float *lg = NULL;
     TRY(decode_step(c, x, dtok, dpos, dslots, dd, drseq, n, max_len, &lg));
-    CU(cudaMemcpy(logits, lg, n * (size_t)mi->vocab * sizeof(float), cudaMemcpyDeviceToHost), "logits");
-    return RK_OK;
+    return rows_back(c, lg, 0, n, rows != NULL, out, logits, 0);
+}
+
+rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos, const int32_t *slots,
+                    size_t n, float *logits)
+{
+    return decode_rows((cu_ctx *)ctx, seqs, tokens, pos, slots, n, NULL, NULL, logits);
+}
+
+rk_status cu_decode_sample(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos,
+                           const int32_t *slots, size_t n, const eng_sample_row *rows, int32_t *out, float *logits)
+{
+    return decode_rows((cu_ctx *)ctx, seqs, tokens, pos, slots, n, rows, out, logits);
 }
 
 template <typename T>
@@ -1558,7 +1631,7 @@ const struct eng_backend_i cu_iface = {
     "cuda",           cu_free,          cu_seq_init,  cu_seq_release, cu_hidden_init,
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
     cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
-    cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read, cu_kv_deviation,
+    cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read, cu_kv_deviation, cu_decode_sample,
 };
 
 } // namespace
@@ -1688,4 +1761,35 @@ extern "C" const char *eng_backend_cuda_mode(const eng_backend *be)
         return "";
     const cu_ctx *c = (const cu_ctx *)be->ctx;
     return c->mode == MODE_BF16 ? "bf16" : c->mode == MODE_TF32 ? "tf32" : "fp32";
+}
+
+// The device sampler on host logits (engine_impl.h: a test hook).
+extern "C" rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, size_t n,
+                                          const eng_sample_row *rows, int32_t *out)
+{
+    if (!be || !be->iface || strcmp(be->iface->name, "cuda") != 0)
+        return rk_error_set(RK_ERR_UNSUPPORTED, "eng_cuda_sample_rows: not a CUDA backend");
+    if (!logits || vocab <= 0 || !rows || !out || n == 0 || n > (size_t)INT32_MAX)
+        return rk_error_set(RK_ERR_INVALID, "eng_cuda_sample_rows: bad arguments");
+    cu_ctx *c = (cu_ctx *)be->ctx;
+    float *d = NULL;
+    size_t bytes = n * (size_t)vocab * sizeof(float);
+    if (cudaMalloc(&d, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return rk_error_set(RK_ERR_NOMEM, "eng_cuda_sample_rows: no device memory for %zu bytes", bytes);
+    }
+    rk_status st = RK_OK;
+    cudaError_t e = cudaMemcpy(d, logits, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess)
+        st = cuda_fail(e, "sample rows: logits");
+    if (st == RK_OK)
+        st = sample_rows_up(c, rows, n);
+    if (st == RK_OK) {
+        // rows_back's stream and copies, with this call's vocab
+        if ((e = sample_launch(d, vocab, c->srows, (int)n, c->sout, 0)) != cudaSuccess ||
+            (e = cudaMemcpy(out, c->sout, n * sizeof(int32_t), cudaMemcpyDeviceToHost)) != cudaSuccess)
+            st = cuda_fail(e, "sample rows");
+    }
+    cudaFree(d);
+    return st;
 }

@@ -1,5 +1,5 @@
 /* cuda_stub.c — builds without CUDA: the CUDA backend does not exist here. */
-#include "ragkv/engine.h"
+#include "engine_impl.h"
 
 rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out)
 {
@@ -36,4 +36,16 @@ void *eng_backend_cuda_stream(const eng_backend *be)
 {
     (void)be;
     return NULL;
+}
+
+rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, size_t n, const eng_sample_row *rows,
+                               int32_t *out)
+{
+    (void)be;
+    (void)logits;
+    (void)vocab;
+    (void)n;
+    (void)rows;
+    (void)out;
+    return rk_error_set(RK_ERR_UNSUPPORTED, "this build of ragkv has no CUDA support");
 }

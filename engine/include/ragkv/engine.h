@@ -26,6 +26,8 @@
  *     eng_sampler sm;  eng_sampler_init(&sm, 0.0f, 0, 1.0f, 42);  // greedy
  *     int32_t tok = eng_sample(&sm, logits, mi->vocab);
  *     eng_decode(be, &s, &tok, 1, logits);            // one step, next position
+ *     eng_sampler *sp = &sm;  int32_t next;           // or a step and its token at once,
+ *     eng_decode_sample(be, &s, &tok, 1, &sp, &next, NULL); // chosen where the logits are
  *     ...
  *     eng_seq_free(s);  eng_backend_free(be);  eng_model_close(m);
  *
@@ -287,6 +289,32 @@ rk_status eng_prefill(eng_seq *s, const int32_t *tokens, size_t n, const int32_t
 rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
                      float *logits);
 
+typedef struct eng_sampler eng_sampler;
+
+/* eng_decode, then row i's next token chosen by samplers[i] into out[i]: what
+ * `eng_decode(be, seqs, tokens, n, logits); out[i] = eng_sample(samplers[i], <row i>, vocab)`
+ * gives, without the (n, vocab) logits crossing to the host where the backend samples on its
+ * device. out[i] is -1 when row i's logits are all NaN. logits, when not NULL, receives the
+ * (n, vocab) float32 rows as eng_decode would (the caller pays for their copy); NULL: not
+ * returned. samplers: n distinct samplers (the same one twice is RK_ERR_INVALID), each
+ * temperature >= 0, top_k >= 0, top_p > 0 as eng_sampler_init leaves them; each advances its
+ * PCG32 stream exactly as eng_sample would (one uniform for a stochastic row with a token,
+ * none for greedy or all-NaN rows), so a sequence may switch between this call and
+ * eng_decode + eng_sample freely.
+ *
+ * Exactness: on the CPU backend (and every backend without device sampling, or with
+ * RAGKV_DEVICE_SAMPLE=0 in the environment) this is literally eng_decode + eng_sample. On the
+ * CUDA backend, greedy rows are exactly eng_argmax of the device's logits (lowest id on ties,
+ * NaN never wins); stochastic rows use the same uniform and the same softmax, top-k and top-p
+ * rules, with sums in another order (see docs/engine.md), so a token can differ from the
+ * host's only where float rounding moves a boundary (a cumulative probability within ~1e-6 of
+ * the uniform, or of top_p). Rows whose largest logit / temperature is infinite get their
+ * argmax on the device (the host's softmax is NaN there).
+ *
+ * On failure no sequence grows and no sampler's stream moves. */
+rk_status eng_decode_sample(eng_backend *be, eng_seq *const *seqs, const int32_t *tokens, size_t n,
+                            eng_sampler *const *samplers, int32_t *out, float *logits);
+
 /* ---- KV export / import ---------------------------------------------------------------- */
 
 /* Per slot, the squared distance between two sequences' pre-RoPE K at one layer (plus that of
@@ -398,7 +426,7 @@ int eng_cli_generate_with(int argc, char **argv, eng_prompt_fn fn, void *ctx);
  * logits/temperature, restricted to the top_k most likely (0: no limit), then to the smallest
  * set whose mass reaches top_p (>= 1: no limit), sampled with its own PCG32 stream: the same
  * seed and logits give the same tokens on every machine. */
-typedef struct eng_sampler {
+struct eng_sampler {
     float temperature; /* 0: greedy */
     int top_k;         /* 0: off */
     float top_p;       /* >= 1: off */
@@ -407,7 +435,7 @@ typedef struct eng_sampler {
     float *scratch;    /* (vocab) probabilities; owned, grown on demand */
     int *order;        /* (vocab) candidate ids; owned */
     size_t cap;        /* floats/ints allocated in scratch/order */
-} eng_sampler;
+};
 
 void eng_sampler_init(eng_sampler *s, float temperature, int top_k, float top_p, uint64_t seed);
 void eng_sampler_free(eng_sampler *s); /* frees scratch; the struct itself is the caller's */
