@@ -5,9 +5,10 @@
  * function statics (one block at a time), shared atomics as __atomic builtins. It checks the
  * kernel's logic, reductions and barrier placement against eng_argmax / eng_sample on machines
  * without a GPU; it does not check the CUDA compiler, device expf, or the backend's streams
- * (tests/engine/test_gpu_sample.c does, on a device). Not part of the CTest suite (it needs
- * C++20 and spawns a thread per emulated CUDA thread); build and run it by hand, block sizes 96
- * (three warps), 32 and the real 1024, and under ThreadSanitizer for races between barriers:
+ * (tests/engine/test_gpu_sample.c does, on a device). CTest runs it as
+ * engine_test_sample_kernel_emu (-DQUICK, 96 threads: three warps) wherever g++ >= 11 exists
+ * (C++20 for std::barrier). The full runs, block sizes 96, 32 and the real 1024, and under
+ * ThreadSanitizer for races between barriers, are by hand:
  *
  *   b=build-cu; I="-Iengine -Iengine/include -Icommon/include -I$b/generated"
  *   gcc -O2 $I -c engine/sample.c -o /tmp/sample.o
