@@ -214,7 +214,7 @@ struct codec_cuda_reader {
     /* cachegen */
     bool cg;
     cg_prepared pr;
-    uint8_t *d_payload;
+    uint8_t *d_payload;       /* (cachegen streams of more than 64 channels decode on the CPU, as lz4) */
     uint64_t *d_offs;
     float *d_scales;
     rans_model *d_models;
@@ -308,9 +308,10 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
             goto done;
         r->cg = true;
         cg_prepared *pr = &r->pr;
-        if (pr->p.group > CG_CUDA_MAX_GROUP) {
-            st = rk_error_set(RK_ERR_UNSUPPORTED, "codec_decode_cuda: stream group %u > %d", pr->p.group,
-                              CG_CUDA_MAX_GROUP);
+        if (pr->p.group > CG_CUDA_MAX_GROUP) { /* too wide for a thread's registers: the CPU decodes */
+            cg_prepared_free(pr);
+            r->cg = false;
+            st = codec_reader_open(data, len, opts, &r->host);
             goto done;
         }
         r->streams_per_layer = pr->lay.n_streams / L;

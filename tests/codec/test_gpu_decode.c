@@ -203,6 +203,19 @@ Test(gpu_decode, reader_ranges_identical_to_cpu)
         }
         rk_free(kv);
     }
+    /* stream groups of 128 channels, wider than the kernel takes: decoded on the CPU, copied up */
+    {
+        codec_shape s = {3, 100, 2, 128};
+        float *kv = synth(s, 43);
+        codec_params p = codec_params_default(CODEC_CACHEGEN);
+        p.group = 128;
+        rk_buf b = RK_BUF_INIT;
+        cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+        compare_ranges(&b, NULL, CODEC_BF16);
+        compare(&b, NULL, CODEC_F16);
+        rk_buf_free(&b);
+        rk_free(kv);
+    }
     /* a transform codebook: coefficients, then the transform kernel, range by range */
     codec_shape s = {4, 300, 2, 16};
     float *tr = synth(s, 41), *kv = synth(s, 42);

@@ -99,8 +99,8 @@ typedef struct codec_params {
     int v_scale_mode;    /* codec_scale_mode for V; -1: default (channel) */
     int anchor_interval; /* delta coding against an anchor token every n tokens; 0 off;
                             -1: default (off) */
-    int group;           /* channels per independent stream (1..1024; the CUDA decoder takes
-                            up to 64); -1: default 8 */
+    int group;           /* channels per independent stream (1..1024; the CUDA kernel takes
+                            up to 64, wider groups decode on the CPU there); -1: default 8 */
     int model_group;     /* channels sharing one probability model in per-chunk tables;
                             -1: default (head_dim) */
     const float *weights; /* borrowed, optional: sensitivity of every channel, [layer][K|V]
@@ -228,9 +228,9 @@ void codec_reader_close(codec_reader *r); /* NULL is a no-op */
  * thread: dev_out (canonical layout, dtype CODEC_F16 or CODEC_BF16) must hold
  * codec_decoded_bytes(). stream is a cudaStream_t (NULL: the default stream); the call
  * returns when the output is complete. Output is bit-identical to codec_decode(). Builds
- * without CUDA return RK_ERR_UNSUPPORTED; no device gives RK_ERR_UNAVAILABLE; cachegen
- * containers with stream groups wider than 64 channels give RK_ERR_UNSUPPORTED. Device
- * buffers for the compressed data are allocated and freed inside the call. */
+ * without CUDA return RK_ERR_UNSUPPORTED; no device gives RK_ERR_UNAVAILABLE. lz4 containers
+ * and cachegen containers with stream groups wider than 64 channels are decoded on the CPU and
+ * copied up. Device buffers for the compressed data are allocated and freed inside the call. */
 rk_status codec_decode_cuda(const void *data, size_t len, const codec_decode_opts *opts,
                             codec_dtype dtype, void *dev_out, size_t out_bytes, void *stream);
 
@@ -260,8 +260,9 @@ typedef struct codec_cuda_reader codec_cuda_reader;
 /* Parse and verify data as codec_reader_open does (every checksum; raw's and q8's values;
  * cachegen's streams, scales and models built and uploaded); dtype CODEC_F16 or CODEC_BF16.
  * data and opts (and what they point to) are borrowed until close. Errors: codec_reader_open's,
- * RK_ERR_UNAVAILABLE without a device, RK_ERR_UNSUPPORTED in builds without CUDA and for
- * cachegen stream groups wider than 64 channels. *out owned by the caller. */
+ * RK_ERR_UNAVAILABLE without a device, RK_ERR_UNSUPPORTED in builds without CUDA. lz4 and
+ * cachegen with stream groups wider than 64 channels decode their ranges on the CPU (inside
+ * codec_cuda_reader_decode_layers) and copy them up. *out owned by the caller. */
 rk_status codec_cuda_reader_open(const void *data, size_t len, const codec_decode_opts *opts,
                                  codec_dtype dtype, int device, codec_cuda_reader **out);
 
