@@ -81,11 +81,12 @@ __device__ int block_argmax(float v, int i)
     return r;
 }
 
-// Sum in a fixed tree order (the same result every run).
-__device__ float block_sum_f(float v)
+// Sum in a fixed tree order (the same result every run); T float or unsigned.
+template <typename T>
+__device__ T block_sum(T v)
 {
-    __shared__ float part[32];
-    __shared__ float res;
+    __shared__ T part[32];
+    __shared__ T res;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_down_sync(FULL, v, o);
@@ -93,37 +94,14 @@ __device__ float block_sum_f(float v)
         part[w] = v;
     __syncthreads();
     if (w == 0) {
-        v = lane < nw ? part[lane] : 0.0f;
+        v = lane < nw ? part[lane] : T(0);
         for (int o = 16; o > 0; o >>= 1)
             v += __shfl_down_sync(FULL, v, o);
         if (lane == 0)
             res = v;
     }
     __syncthreads();
-    float r = res;
-    __syncthreads();
-    return r;
-}
-
-__device__ unsigned block_sum_u(unsigned v)
-{
-    __shared__ unsigned part[32];
-    __shared__ unsigned res;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_down_sync(FULL, v, o);
-    if (lane == 0)
-        part[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        v = lane < nw ? part[lane] : 0u;
-        for (int o = 16; o > 0; o >>= 1)
-            v += __shfl_down_sync(FULL, v, o);
-        if (lane == 0)
-            res = v;
-    }
-    __syncthreads();
-    unsigned r = res;
+    T r = res;
     __syncthreads();
     return r;
 }
@@ -295,7 +273,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     float s = 0.0f;
     for (int i = tid; i < V; i += nt)
         s += prob_of(l[i], T, maxv, 1.0f);
-    const float sum = block_sum_f(s); // >= 1: the top's term is 1; every l[top] read is done
+    const float sum = block_sum<float>(s); // >= 1: the top's term is 1; every l[top] read is done
     // the probabilities in place of the logits: each thread rewrites the ids it read
     for (int i = tid; i < V; i += nt)
         l[i] = prob_of(l[i], T, maxv, sum);
@@ -333,7 +311,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         unsigned cnt = 0;
         for (int i = tid; i < V; i += nt)
             cnt += pr[i] >= cutoff;
-        m = block_sum_u(cnt);
+        m = block_sum<unsigned>(cnt);
         if (m == 0) {
             cutoff = 0.0f;
             m = (unsigned)V;
