@@ -2,6 +2,7 @@
  * shapes of every architecture (f32, f16, bf16 weights; GQA; Qwen2 biases; llama3 RoPE
  * scaling) and the real stories260K model when present. */
 #include "conformance.h"
+#include "each_model.h"
 #include "testutil.h"
 
 static rk_status cpu_ctor(eng_model *m, eng_backend **out)
@@ -10,21 +11,9 @@ static rk_status cpu_ctor(eng_model *m, eng_backend **out)
 }
 
 static const char *const synth_models[] = {"test-llama", "test-llama3", "test-qwen2", "test-mistral", "demo"};
-#define N_SYNTH (sizeof(synth_models) / sizeof(synth_models[0]))
 
 /* Run check on every synthetic shape, then on the real model if present. */
-#define EACH_MODEL(call)                                                     \
-    do {                                                                     \
-        for (size_t mi_ = 0; mi_ < N_SYNTH; mi_++) {                         \
-            const char *model = synth_models[mi_];                           \
-            call;                                                            \
-        }                                                                    \
-        const char *real_ = rk_test_model_path("stories260K.bin");           \
-        if (real_) {                                                         \
-            const char *model = real_;                                       \
-            call;                                                            \
-        }                                                                    \
-    } while (0)
+#define EACH_MODEL(call) EACH_MODEL_OF(synth_models, call)
 
 /* The CPU backend computes every row with the same operations in the same order whatever
  * the batch, so these are exact in practice; the bound is the issue's 1e-5 relative. */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "ragkv/tokenizer.h"
+#include "each_model.h"
 #include "testutil.h"
 
 static rk_status cuda_ctor(eng_model *m, eng_backend **out)
@@ -36,15 +37,7 @@ static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", 
     do {                                                                    \
         need_cuda();                                                        \
         cr_assert_eq(setenv("RAGKV_CUDA_MATH", mode, 1), 0);                \
-        for (size_t i_ = 0; i_ < sizeof(models) / sizeof(models[0]); i_++) { \
-            const char *model = models[i_];                                 \
-            call;                                                           \
-        }                                                                   \
-        const char *real_ = rk_test_model_path("stories260K.bin");          \
-        if (real_) {                                                        \
-            const char *model = real_;                                      \
-            call;                                                           \
-        }                                                                   \
+        EACH_MODEL_OF(models, call);                                        \
     } while (0)
 #define EACH(call) EACH_IN("fp32", call)
 #define EACH_BF16(call) EACH_IN("bf16", call)

@@ -3,6 +3,7 @@
  * batch that changes, with and without the logits returned, and with a sequence switching
  * between the API and the two calls. The same checks run on CUDA in test_gpu_sample.c. */
 #include "sample_decode.h"
+#include "each_model.h"
 #include "testutil.h"
 
 static rk_status cpu_ctor(eng_model *m, eng_backend **out)
@@ -11,20 +12,8 @@ static rk_status cpu_ctor(eng_model *m, eng_backend **out)
 }
 
 static const char *const synth_models[] = {"test-llama", "test-llama3", "test-qwen2", "test-mistral"};
-#define N_SYNTH (sizeof(synth_models) / sizeof(synth_models[0]))
 
-#define EACH_MODEL(call)                                                     \
-    do {                                                                     \
-        for (size_t mi_ = 0; mi_ < N_SYNTH; mi_++) {                         \
-            const char *model = synth_models[mi_];                           \
-            call;                                                            \
-        }                                                                    \
-        const char *real_ = rk_test_model_path("stories260K.bin");           \
-        if (real_) {                                                         \
-            const char *model = real_;                                       \
-            call;                                                            \
-        }                                                                    \
-    } while (0)
+#define EACH_MODEL(call) EACH_MODEL_OF(synth_models, call)
 
 Test(sample_decode, equals_decode_then_sample_with_logits) { EACH_MODEL(sd_twins(cpu_ctor, model, 40, true, false)); }
 
