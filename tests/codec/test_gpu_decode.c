@@ -36,6 +36,46 @@ static void compare(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
 }
 #endif
 
+#ifdef RAGKV_HAVE_CUDA
+/* The reader over b: layer ranges of 1, 2, 3, ... layers enqueued from the last layer down,
+ * each by its own call into its place in one device buffer, give codec_decode's bytes; the
+ * legacy stream sees them after a wait, without a host wait for the reader. */
+static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
+{
+    codec_info info;
+    cr_assert_eq(codec_inspect(b->data, b->len, &info), RK_OK);
+    int L = (int)info.shape.n_layers;
+    size_t nb = codec_decoded_bytes(&info, dt), lb = nb / (size_t)L;
+    uint8_t *cpu = rk_malloc(nb), *gpu = rk_malloc(nb), *dev;
+    cr_assert_eq(codec_decode(b->data, b->len, o, dt, cpu, nb), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
+    cr_assert_eq(cudaMemset(dev, 0xff, nb), cudaSuccess);
+    codec_cuda_reader *r;
+    rk_status st = codec_cuda_reader_open(b->data, b->len, o, dt, -1, &r);
+    cr_assert_eq(st, RK_OK, "%s: %s", codec_id_name(info.codec), rk_error_msg());
+    cr_assert_eq(codec_cuda_reader_info(r)->shape.n_layers, info.shape.n_layers);
+    cr_assert_eq(codec_cuda_reader_wait(r, L - 1, 1, NULL), RK_ERR_INVALID,
+                 "waiting for a layer nobody enqueued must be refused");
+    for (int hi = L, n = 1; hi > 0; n++) {
+        int l0 = hi - n < 0 ? 0 : hi - n;
+        st = codec_cuda_reader_decode_layers(r, l0, hi - l0, dev + (size_t)l0 * lb, (size_t)(hi - l0) * lb);
+        cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+        hi = l0;
+    }
+    cr_assert_eq(codec_cuda_reader_decode_layers(r, L - 1, 2, dev, nb), RK_ERR_INVALID);
+    cr_assert_eq(codec_cuda_reader_decode_layers(r, 0, 1, dev, lb - 1), RK_ERR_INVALID);
+    cr_assert_eq(codec_cuda_reader_wait(r, 0, L, NULL), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d: reader output differs from the CPU's",
+                 codec_id_name(info.codec), (int)dt);
+    cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
+    codec_cuda_reader_close(r);
+    cudaFree(dev);
+    rk_free(cpu);
+    rk_free(gpu);
+}
+#endif
+
 Test(gpu_decode, identical_to_cpu_all_codecs)
 {
     need_device();
@@ -117,6 +157,7 @@ Test(gpu_decode, transform_codebook_container)
         codec_decode_opts o = {.codebook = cb};
         compare(&b, &o, CODEC_F16);
         compare(&b, &o, CODEC_BF16);
+        compare_ranges(&b, &o, CODEC_BF16); /* the transform kernel range by range */
         rk_buf_free(&b);
         codec_codebook_free(cb);
         rk_free(w);
@@ -148,46 +189,6 @@ Test(gpu_decode, damaged_input_is_an_error)
 #endif
 }
 
-#ifdef RAGKV_HAVE_CUDA
-/* The reader over b: layer ranges of 1, 2, 3, ... layers enqueued from the last layer down,
- * each by its own call into its place in one device buffer, give codec_decode's bytes; the
- * legacy stream sees them after a wait, without a host wait for the reader. */
-static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
-{
-    codec_info info;
-    cr_assert_eq(codec_inspect(b->data, b->len, &info), RK_OK);
-    int L = (int)info.shape.n_layers;
-    size_t nb = codec_decoded_bytes(&info, dt), lb = nb / (size_t)L;
-    uint8_t *cpu = rk_malloc(nb), *gpu = rk_malloc(nb), *dev;
-    cr_assert_eq(codec_decode(b->data, b->len, o, dt, cpu, nb), RK_OK, "%s", rk_error_msg());
-    cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
-    cr_assert_eq(cudaMemset(dev, 0xff, nb), cudaSuccess);
-    codec_cuda_reader *r;
-    rk_status st = codec_cuda_reader_open(b->data, b->len, o, dt, -1, &r);
-    cr_assert_eq(st, RK_OK, "%s: %s", codec_id_name(info.codec), rk_error_msg());
-    cr_assert_eq(codec_cuda_reader_info(r)->shape.n_layers, info.shape.n_layers);
-    cr_assert_eq(codec_cuda_reader_wait(r, L - 1, 1, NULL), RK_ERR_INVALID,
-                 "waiting for a layer nobody enqueued must be refused");
-    for (int hi = L, n = 1; hi > 0; n++) {
-        int l0 = hi - n < 0 ? 0 : hi - n;
-        st = codec_cuda_reader_decode_layers(r, l0, hi - l0, dev + (size_t)l0 * lb, (size_t)(hi - l0) * lb);
-        cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
-        hi = l0;
-    }
-    cr_assert_eq(codec_cuda_reader_decode_layers(r, L - 1, 2, dev, nb), RK_ERR_INVALID);
-    cr_assert_eq(codec_cuda_reader_decode_layers(r, 0, 1, dev, lb - 1), RK_ERR_INVALID);
-    cr_assert_eq(codec_cuda_reader_wait(r, 0, L, NULL), RK_OK, "%s", rk_error_msg());
-    cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
-    cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d: reader output differs from the CPU's",
-                 codec_id_name(info.codec), (int)dt);
-    cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
-    codec_cuda_reader_close(r);
-    cudaFree(dev);
-    rk_free(cpu);
-    rk_free(gpu);
-}
-#endif
-
 Test(gpu_decode, reader_ranges_identical_to_cpu)
 {
     need_device();
@@ -216,27 +217,6 @@ Test(gpu_decode, reader_ranges_identical_to_cpu)
         rk_buf_free(&b);
         rk_free(kv);
     }
-    /* a transform codebook: coefficients, then the transform kernel, range by range */
-    codec_shape s = {4, 300, 2, 16};
-    float *tr = synth(s, 41), *kv = synth(s, 42);
-    size_t nw = (size_t)s.n_layers * 2 * s.n_kv_heads * s.head_dim;
-    float *w = rk_malloc(nw * sizeof *w);
-    for (size_t i = 0; i < nw; i++)
-        w[i] = (float)(1 + i % 7);
-    codec_params p = codec_params_default(CODEC_CACHEGEN);
-    p.weights = w;
-    p.transform_block = 16;
-    codec_codebook *cb;
-    const float *samples[1] = {tr};
-    cr_assert_eq(codec_codebook_train(samples, &s, 1, &p, &cb), RK_OK, "%s", rk_error_msg());
-    rk_buf b = enc_cb(kv, s, cb);
-    codec_decode_opts o = {.codebook = cb};
-    compare_ranges(&b, &o, CODEC_BF16);
-    rk_buf_free(&b);
-    codec_codebook_free(cb);
-    rk_free(w);
-    rk_free(tr);
-    rk_free(kv);
 #endif
 }
 
