@@ -39,6 +39,17 @@ static void close_all(void)
     m = NULL;
 }
 
+/* A second CUDA backend on the model, keeping bf16 KV (blocks the codec's GPU decoder fills). */
+static eng_backend *bf16_backend(void)
+{
+    eng_backend *bf = NULL;
+    setenv("RAGKV_CUDA_MATH", "bf16", 1);
+    rk_status st = eng_backend_cuda_new(m, 0, &bf);
+    unsetenv("RAGKV_CUDA_MATH");
+    cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+    return bf;
+}
+
 TestSuite(gpu_blend, .fini = close_all, .timeout = 120);
 
 static void tokens(int32_t *t, size_t n, unsigned seed)
@@ -160,11 +171,7 @@ Test(gpu_blend, kv_blocks_equal_floats_on_the_gpu)
 Test(gpu_blend, container_decoded_on_the_gpu_into_a_block)
 {
     open_all();
-    eng_backend *bf = NULL;
-    setenv("RAGKV_CUDA_MATH", "bf16", 1);
-    rk_status st = eng_backend_cuda_new(m, 0, &bf);
-    unsetenv("RAGKV_CUDA_MATH");
-    cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+    eng_backend *bf = bf16_backend();
     int32_t t[48];
     tokens(t, 48, 7);
     size_t nf = eng_kv_floats(m, 48);
@@ -200,11 +207,7 @@ Test(gpu_blend, container_decoded_on_the_gpu_into_a_block)
 Test(gpu_blend, containers_loaded_layer_by_layer_on_the_gpu)
 {
     open_all();
-    eng_backend *bf = NULL;
-    setenv("RAGKV_CUDA_MATH", "bf16", 1);
-    rk_status st = eng_backend_cuda_new(m, 0, &bf);
-    unsetenv("RAGKV_CUDA_MATH");
-    cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+    eng_backend *bf = bf16_backend();
     int32_t ch[3][30], q[5];
     for (int i = 0; i < 3; i++)
         tokens(ch[i], 30, 300 + (unsigned)i);
