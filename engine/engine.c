@@ -545,6 +545,17 @@ static rk_status check_layers(const eng_seq *s, int layer0, int n_layers, const 
     return RK_OK;
 }
 
+/* Slots [slot0, slot0+n) lie within s's length and none is empty. */
+static rk_status check_filled(const eng_seq *s, size_t slot0, size_t n, const char *who)
+{
+    if (slot0 > s->len || n > s->len - slot0)
+        return rk_error_set(RK_ERR_RANGE, "%s: slots [%zu, +%zu) outside the length %zu", who, slot0, n, s->len);
+    for (size_t i = 0; i < n; i++)
+        if (s->pos[slot0 + i] == ENG_POS_EMPTY)
+            return rk_error_set(RK_ERR_INVALID, "%s: slot %zu is empty", who, slot0 + i);
+    return RK_OK;
+}
+
 rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
 {
     if (!s || (n && !out))
@@ -552,12 +563,8 @@ rk_status eng_kv_export_layers(const eng_seq *s, int layer0, int n_layers, size_
     rk_status st = check_layers(s, layer0, n_layers, "eng_kv_export");
     if (st != RK_OK)
         return st;
-    if (slot0 > s->len || n > s->len - slot0)
-        return rk_error_set(RK_ERR_RANGE, "eng_kv_export: slots [%zu, +%zu) outside the length %zu", slot0, n,
-                            s->len);
-    for (size_t i = 0; i < n; i++)
-        if (s->pos[slot0 + i] == ENG_POS_EMPTY)
-            return rk_error_set(RK_ERR_INVALID, "eng_kv_export: slot %zu is empty", slot0 + i);
+    if ((st = check_filled(s, slot0, n, "eng_kv_export")) != RK_OK)
+        return st;
     return n && n_layers ? s->be->iface->kv_export(s->be->ctx, s, layer0, n_layers, slot0, n, out) : RK_OK;
 }
 
@@ -571,18 +578,9 @@ rk_status eng_kv_deviation(const eng_seq *a, const eng_seq *b, int layer, size_t
     rk_status st = check_layers(a, layer, 1, "eng_kv_deviation");
     if (st != RK_OK || n == 0)
         return st;
-    if (layer >= a->be->model->info.n_layers)
-        return rk_error_set(RK_ERR_RANGE, "eng_kv_deviation: layer %d outside the model", layer);
-    const eng_seq *both[2] = {a, b};
-    for (int q = 0; q < 2; q++) {
-        const eng_seq *s = both[q];
-        if (slot0 > s->len || n > s->len - slot0)
-            return rk_error_set(RK_ERR_RANGE, "eng_kv_deviation: slots [%zu, +%zu) outside the length %zu", slot0, n,
-                                s->len);
-        for (size_t i = 0; i < n; i++)
-            if (s->pos[slot0 + i] == ENG_POS_EMPTY)
-                return rk_error_set(RK_ERR_INVALID, "eng_kv_deviation: slot %zu is empty", slot0 + i);
-    }
+    if ((st = check_filled(a, slot0, n, "eng_kv_deviation")) != RK_OK ||
+        (st = check_filled(b, slot0, n, "eng_kv_deviation")) != RK_OK)
+        return st;
     if (a->be->iface->kv_deviation)
         return a->be->iface->kv_deviation(a->be->ctx, a, b, layer, slot0, n, with_v, out);
     /* the reference: both layers exported, compared on the host */
