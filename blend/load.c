@@ -18,7 +18,9 @@ struct bl_loader {
     int L;                      /* layers */
     size_t w;                   /* n_kv_heads * head_dim */
     codec_reader **rd;          /* (nseg) open readers of the container segments (loader thread) */
-    float *buf[2];              /* per layer parity: every container segment's (2, n_i, w) floats */
+    float *buf[2];              /* per layer parity: every container segment's (2, n_i, w) floats
+                                   (GPU mode: buf[0] only, allocated by bl_loader_hold) */
+    size_t per;                 /* floats of one such buffer */
     size_t *off;                /* (nseg) offset of segment i's floats in a buffer */
     pthread_t th;
     bool started;
@@ -236,11 +238,14 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
         bl_loader_free(ld, NULL);
         return st;
     }
-    ld->rd = rk_calloc(nseg, sizeof(*ld->rd));
+    ld->per = per;
     ld->off = rk_calloc(nseg, sizeof(*ld->off));
-    ld->buf[0] = rk_malloc(per * sizeof(float));
-    ld->buf[1] = ld->gpu ? NULL : rk_malloc(per * sizeof(float)); /* GPU mode: buf[0] for bl_loader_hold */
-    if (!ld->rd || !ld->off || !ld->buf[0] || (!ld->gpu && !ld->buf[1])) {
+    if (!ld->gpu) {
+        ld->rd = rk_calloc(nseg, sizeof(*ld->rd));
+        ld->buf[0] = rk_malloc(per * sizeof(float));
+        ld->buf[1] = rk_malloc(per * sizeof(float));
+    }
+    if (!ld->off || (!ld->gpu && (!ld->rd || !ld->buf[0] || !ld->buf[1]))) {
         bl_loader_free(ld, NULL);
         return RK_ERR_NOMEM;
     }
@@ -306,6 +311,8 @@ rk_status bl_loader_hold(bl_loader *ld, int l)
         return RK_OK;
     if (l > ld->held)
         return rk_error_set(RK_ERR_INVALID, "bl_loader_hold: layer %d is not imported yet", l);
+    if (!ld->buf[0] && !(ld->buf[0] = rk_malloc(ld->per * sizeof(float))))
+        return RK_ERR_NOMEM;
     ld->host_layer = -1;
     for (size_t i = 0; i < ld->nseg; i++) {
         if (!ld->blk[i])
