@@ -1,6 +1,7 @@
 /* record.c — chunk record encoding (see ragkv/record.h). */
 #include "ragkv/record.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "ragkv/alloc.h"
@@ -95,13 +96,18 @@ rk_status cc_record_encode(const cc_record *r, rk_buf *b)
     return b->failed ? rk_error_set(RK_ERR_NOMEM, "record: encode") : RK_OK;
 }
 
-static void read_name(rk_reader *rd, char *out)
+/* A name is 1..CC_NAME_MAX bytes with no NUL inside: one with a NUL would decode into a shorter
+ * C string than its bytes and so re-encode differently (returns false; `out` is then ""). */
+static bool read_name(rk_reader *rd, char *out)
 {
     uint8_t n = rk_reader_u8(rd);
     const uint8_t *p = rk_reader_take(rd, n);
-    if (p)
-        memcpy(out, p, n);
-    out[p ? n : 0] = 0;
+    out[0] = 0;
+    if (!p || memchr(p, 0, n))
+        return false;
+    memcpy(out, p, n);
+    out[n] = 0;
+    return true;
 }
 
 rk_status cc_record_decode(const uint8_t *p, size_t n, cc_record *out, size_t *used)
@@ -120,8 +126,8 @@ rk_status cc_record_decode(const uint8_t *p, size_t n, cc_record *out, size_t *u
     const uint8_t *k = rk_reader_take(&rd, CC_KEY_BYTES);
     if (k)
         memcpy(out->key.b, k, CC_KEY_BYTES);
-    read_name(&rd, out->ns);
-    read_name(&rd, out->model);
+    bool names_ok = read_name(&rd, out->ns);
+    names_ok = read_name(&rd, out->model) && names_ok;
     out->ntokens = rk_reader_u32(&rd);
     out->codec = rk_reader_u16(&rd);
     out->level = rk_reader_u16(&rd);
@@ -140,9 +146,9 @@ rk_status cc_record_decode(const uint8_t *p, size_t n, cc_record *out, size_t *u
         cc_record_init(out);
         return rk_error_set(RK_ERR_FORMAT, "record: body fields do not match its length");
     }
-    if (!out->ns[0] || !out->model[0] || !(out->cost == out->cost)) {
+    if (!names_ok || !out->ns[0] || !out->model[0] || !(out->cost == out->cost)) {
         cc_record_init(out);
-        return rk_error_set(RK_ERR_FORMAT, "record: empty name or NaN cost");
+        return rk_error_set(RK_ERR_FORMAT, "record: empty name, NUL byte in a name, or NaN cost");
     }
     if (dup_bytes(&out->craft, cp, cl) != RK_OK || dup_bytes(&out->variants, vp, vl) != RK_OK) {
         cc_record_clear(out);

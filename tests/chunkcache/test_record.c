@@ -1,8 +1,11 @@
 /* Chunk record encoding: round trip, and every malformed input is an error, never a crash. */
+#define _GNU_SOURCE /* memmem */
 #include <criterion/criterion.h>
 #include <string.h>
 
 #include "ragkv/alloc.h"
+#include "ragkv/bytes.h"
+#include "ragkv/hash.h"
 #include "ragkv/record.h"
 
 static void sample(cc_record *r, uint8_t *craft)
@@ -80,6 +83,32 @@ Test(record, every_truncation_and_bit_flip_is_rejected)
         }
     }
     rk_buf_free(&b);
+}
+
+/* A name with a NUL byte inside, under a valid checksum (what the fuzzer found): as a C string it
+ * would be shorter than its bytes, so it could never re-encode to them; decode must refuse it. */
+Test(record, a_nul_byte_inside_a_name_is_rejected)
+{
+    cc_record r, back;
+    uint8_t craft[10];
+    sample(&r, craft);
+    for (int which = 0; which < 2; which++) {
+        const char *name = which ? "stories260K" : "tenant-a";
+        rk_buf b = RK_BUF_INIT;
+        cr_assert_eq(cc_record_encode(&r, &b), RK_OK);
+        uint8_t *at = memmem(b.data, b.len, name, strlen(name));
+        cr_assert_not_null(at);
+        at[3] = 0;
+        uint32_t blen = rk_get_le32(b.data + 4);
+        rk_put_le64(b.data + 8 + blen, rk_xxh3_64(b.data + 8, blen));
+        size_t used = 0;
+        rk_status st = cc_record_decode(b.data, b.len, &back, &used);
+        cr_expect_eq(st, RK_ERR_FORMAT, "%s with a NUL inside: status %d", name, st);
+        cr_expect_eq(back.ns[0], 0, "a refused record leaves nothing behind");
+        if (st == RK_OK)
+            cc_record_clear(&back);
+        rk_buf_free(&b);
+    }
 }
 
 Test(record, bad_fields_are_refused_at_encode)
