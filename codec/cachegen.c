@@ -267,7 +267,7 @@ static void channel_absmax(const float *kv, const cg_layout *lay, float *absmax)
 /* The step constant k of the weighted allocation: steps k / sqrt(weight) whose product equals
  * that of the level's own steps absmax / p->qmax (the level's rate at high resolution). */
 static double weighted_k(const float *absmax, const float *weights, const cg_layout *lay,
-                         const cg_params *p)
+                         const cg_params *p, float step_scale)
 {
     size_t n = (size_t)lay->L * 2 * lay->C, used = 0;
     float wmax = 0;
@@ -283,7 +283,7 @@ static double weighted_k(const float *absmax, const float *weights, const cg_lay
         lsum += log(absmax[i] / p->qmax[i / lay->C]) + 0.5 * log(w);
         used++;
     }
-    return used ? exp(lsum / (double)used) : 0;
+    return used ? exp(lsum / (double)used) * (step_scale > 0 ? step_scale : 1.0) : 0;
 }
 
 /* step = k / sqrt(weight) (weights NULL: all 1), and in p->qmax the alphabet each (layer,
@@ -312,19 +312,35 @@ static void steps_from_k(double k, const float *absmax, const float *weights, fl
  * quantization a channel of step d costs about log2(range / d) bits and adds weight * d^2 / 12
  * to the next-token KL, so the least KL for a bit budget has d proportional to
  * 1/sqrt(weight). The budget is the level's: the product of the steps (the sum of their
- * logs) equals that of the level's own steps absmax / qmax. p->qmax holds the level's
+ * logs) equals that of the level's own steps absmax / qmax, times step_scale (0: 1) to the
+ * power of their count (codec_params.step_scale). p->qmax holds the level's
  * alphabets on entry and, on return, the alphabet each (layer, K|V) needs for its steps
  * (1..31). absmax and weights are [L][2][C]; step out likewise. */
 static void weighted_steps(const float *absmax, const float *weights, const cg_layout *lay,
-                           cg_params *p, float *step)
+                           cg_params *p, float step_scale, float *step)
 {
-    double k = weighted_k(absmax, weights, lay, p);
+    double k = weighted_k(absmax, weights, lay, p, step_scale);
     size_t n = (size_t)lay->L * 2 * lay->C;
     float wmax = 0;
     for (size_t i = 0; i < n; i++)
         if (weights[i] > wmax)
             wmax = weights[i];
     steps_from_k(k, absmax, weights, wmax, lay, p, step);
+}
+
+/* codec_params.step_scale: 0 (the level's rate) or within [1/64, 64], and only with weights. */
+static rk_status step_scale_check(const codec_params *up)
+{
+    float s = up->step_scale;
+    if (s == 0.0f)
+        return RK_OK;
+    if (!(s >= 1.0f / 64 && s <= 64.0f))
+        return rk_error_set(RK_ERR_INVALID, "cachegen: step scale %g (1/64..64, 0: the level's)",
+                            (double)s);
+    if (!up->weights)
+        return rk_error_set(RK_ERR_INVALID, "cachegen: a step scale needs weights (it scales "
+                            "the weighted allocation's steps)");
+    return RK_OK;
 }
 
 /* Weights usable for the allocation: the options it needs, finite and >= 0. */
@@ -805,6 +821,8 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
         if (up->k_scale_mode > 1 || up->v_scale_mode > 1 || up->anchor_interval > 256 ||
             up->group > 1024 || up->model_group > 65535)
             return rk_error_set(RK_ERR_INVALID, "cachegen: option out of range");
+        if ((st = step_scale_check(up)) != RK_OK)
+            return st;
     }
     if ((st = cg_layout_make(shape, &p, &lay)) != RK_OK)
         return st;
@@ -819,7 +837,7 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
             goto fail;
         }
         channel_absmax(kv, &lay, absmax);
-        weighted_steps(absmax, up->weights, &lay, &p, wsteps);
+        weighted_steps(absmax, up->weights, &lay, &p, up->step_scale, wsteps);
         steps = wsteps;
     }
     size_t nval = (size_t)lay.L * 2 * lay.T * lay.C;
@@ -1689,6 +1707,8 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
                 goto fail;
             }
     }
+    if ((st = step_scale_check(p)) != RK_OK)
+        goto fail;
     uint32_t B = p->transform_block > 0 ? (uint32_t)p->transform_block : 0;
     if (p->transform_block < 0 || (B && (!p->weights || B > 64 || cb->D % B || cb->p.model_group != 1))) {
         st = rk_error_set(RK_ERR_INVALID, "codebook train: transform block %d needs weights, "
@@ -1717,9 +1737,9 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
             channel_absmax(samples[i], &lay, absmax);
         }
         if (!B)
-            weighted_steps(absmax, p->weights, &cb->lay, &cb->p, cb->steps);
+            weighted_steps(absmax, p->weights, &cb->lay, &cb->p, p->step_scale, cb->steps);
         else { /* one step, the allocation's k, for every coefficient of the weighted domain */
-            double k = weighted_k(absmax, p->weights, &cb->lay, &cb->p);
+            double k = weighted_k(absmax, p->weights, &cb->lay, &cb->p, p->step_scale);
             if (!(cb->tf = tf_alloc(&cb->lay, B, cb->lay.n_models))) {
                 rk_free(absmax);
                 st = rk_error_set(RK_ERR_NOMEM, "codebook transform");

@@ -15,21 +15,24 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: ragkv codec COMMAND ...\n"
-            "  encode --codec raw|lz4|q8|cachegen [--level N] [--codebook FILE] [--weights FILE]\n"
-            "         [--k-scale token|channel] [--v-scale token|channel] [--anchor N]\n"
+            "  encode --codec raw|lz4|q8|cachegen [--level N] [--codebook FILE]\n"
+            "         [--weights FILE [--step-scale S]] [--k-scale token|channel] [--v-scale token|channel] [--anchor N]\n"
             "         [--group N] [--threads N] --shape L,T,H,D IN.f32 OUT.rkv\n"
             "  decode [--codebook FILE] [--dtype f32|f16|bf16] [--threads N] IN.rkv OUT\n"
             "  inspect IN.rkv\n"
             "  train-codebook --shape L,T,H,D [--level N] [--k-scale ...] [--anchor N]\n"
-            "         [--weights FILE [--transform B]] OUT.cb IN.f32...\n"
+            "         [--weights FILE [--transform B] [--step-scale S]] OUT.cb IN.f32...\n"
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
+            "         [--step-scale S] [--rows TEXT (only rows whose label has TEXT, and q8)]\n"
             "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
             "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
             "is such a tensor of one token. --transform B: learn a transform of B-channel blocks\n"
-            "(B divides head_dim; docs/codec.md, \"Transform coding\").\n");
+            "(B divides head_dim; docs/codec.md, \"Transform coding\"). --step-scale S (with\n"
+            "weights; 1/64..64): multiply the weighted allocation's steps by S, a rate between\n"
+            "and beyond the levels (S = 2: about one bit per value fewer).\n");
 }
 
 /* Whole file into memory; *out owned by the caller (rk_free). */
@@ -91,6 +94,20 @@ static int parse_int(const char *s, int lo, int hi, int *out)
     return 1;
 }
 
+/* A float in [lo, hi]; 0 when absent, not a number or out of range. */
+static int parse_float(const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    if (!s)
+        return 0;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi))
+        return 0;
+    *out = v;
+    return 1;
+}
+
 /* "token" or "channel" into a codec_scale_mode; 0 otherwise. */
 static int parse_mode(const char *s, int *out)
 {
@@ -115,7 +132,7 @@ struct opts {
     codec_params p;
     codec_shape shape;
     int have_shape;
-    const char *codebook, *json, *model, *dtype, *weights;
+    const char *codebook, *json, *model, *dtype, *weights, *rows;
     int threads, synthetic, tokens, seed, layers, heads, dim;
     const char *pos[64];
     int npos;
@@ -146,6 +163,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->p.anchor_interval = keep.anchor_interval;
                 o->p.group = keep.group;
                 o->p.transform_block = keep.transform_block;
+                o->p.step_scale = keep.step_scale;
                 have_codec = 1;
             }
         } else if (!strcmp(a, "--level"))
@@ -154,6 +172,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->codebook = v, ok = v != NULL;
         else if (!strcmp(a, "--weights"))
             o->weights = v, ok = v != NULL;
+        else if (!strcmp(a, "--step-scale"))
+            ok = parse_float(v, 1.0f / 64, 64.0f, &o->p.step_scale);
+        else if (!strcmp(a, "--rows"))
+            o->rows = v, ok = v != NULL;
         else if (!strcmp(a, "--transform"))
             ok = parse_int(v, 1, 64, &o->p.transform_block);
         else if (!strcmp(a, "--k-scale"))
@@ -471,7 +493,13 @@ static int cmd_eval(struct opts *o)
         if (st != RK_OK)
             goto done;
     }
-    st = codec_eval_run(&src, o->threads, w, o->json, stdout);
+    codec_eval_opts eo = {.threads = o->threads, .weights = w, .step_scale = o->p.step_scale,
+                          .rows = o->rows, .json_path = o->json};
+    if (eo.step_scale > 0 && !w) {
+        st = rk_error_set(RK_ERR_INVALID, "--step-scale scales the weighted rows: give --weights");
+        goto done;
+    }
+    st = codec_eval_run(&src, &eo, stdout);
 done:
     rk_free(w);
     codec_kv_source_free(&src);

@@ -165,10 +165,15 @@ static codec_params cfg(codec_id id, int level, int kmode, int anchor)
     return p;
 }
 
-rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights,
-                         const char *json_path, FILE *out)
+rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *eo, FILE *out)
 {
     static char labels[64][64];
+    const float *weights = eo->weights;
+    const char *json_path = eo->json_path;
+    int threads = eo->threads;
+    char scaled[16] = "";
+    if (eo->step_scale > 0)
+        snprintf(scaled, sizeof scaled, " x%.2f", (double)eo->step_scale);
     struct config cf[64];
     int nc = 0;
     cf[nc++] = (struct config){"raw", cfg(CODEC_RAW, 0, -1, -1), 0};
@@ -194,17 +199,26 @@ rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights
     cf[nc].p.v_scale_mode = CODEC_SCALE_TOKEN;
     nc++;
     for (int lv = 0; weights && lv <= 4; lv++) { /* the weighted rate allocation */
-        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook weighted", lv);
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook weighted%s", lv, scaled);
         cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), 1};
         cf[nc].p.weights = weights;
+        cf[nc].p.step_scale = eo->step_scale;
         nc++;
     }
     for (int lv = 0; weights && lv <= 3; lv++) { /* transform coding (per-head blocks) */
-        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook wtd transform", lv);
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook wtd transform%s", lv, scaled);
         cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), 1};
         cf[nc].p.weights = weights;
+        cf[nc].p.step_scale = eo->step_scale;
         cf[nc].p.transform_block = src->shape.head_dim <= 64 ? (int)src->shape.head_dim : 16;
         nc++;
+    }
+    if (eo->rows) { /* keep the asked rows, and q8 for the ratios */
+        int kept = 0;
+        for (int i = 0; i < nc; i++)
+            if (cf[i].p.codec == CODEC_Q8 || strstr(cf[i].label, eo->rows))
+                cf[kept++] = cf[i];
+        nc = kept;
     }
     size_t n = codec_shape_values(&src->shape);
     uint32_t L = src->shape.n_layers;

@@ -773,3 +773,82 @@ Test(cachegen, transform_codebook_refused)
     rk_free(kv);
     rk_free(w);
 }
+
+/* codec_params.step_scale: every step of the weighted allocation times S, per chunk and in a
+ * codebook (its stored steps exactly S times the unscaled ones, transform or not); a larger S
+ * costs fewer bytes and more error; refused without weights or out of [1/64, 64]. */
+Test(cachegen, step_scale)
+{
+    codec_shape s = {2, 128, 2, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    size_t nw = (size_t)s.n_layers * 2 * C, n = codec_shape_values(&s);
+    float *kv = synth(s, (12ull << 32) | 5), *w = rk_malloc(nw * sizeof(float));
+    cr_assert_not_null(w);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 7);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 1;
+    p.weights = w;
+    const float scale[3] = {0.5f, 0.0f, 2.0f};
+    size_t bytes[3];
+    double err[3];
+    for (int k = 0; k < 3; k++) {
+        rk_buf b = RK_BUF_INIT;
+        p.step_scale = scale[k];
+        cr_assert_eq(codec_encode(kv, &s, &p, &b), RK_OK, "%s", rk_error_msg());
+        float *out = dec(&b, NULL);
+        err[k] = 0;
+        for (size_t i = 0; i < n; i++)
+            err[k] += (out[i] - kv[i]) * (double)(out[i] - kv[i]);
+        bytes[k] = b.len;
+        rk_free(out);
+        rk_buf_free(&b);
+    }
+    for (int k = 0; k < 2; k++) {
+        cr_assert_gt(bytes[k], bytes[k + 1], "scale %g: %zu bytes, next %zu", (double)scale[k],
+                     bytes[k], bytes[k + 1]);
+        cr_assert_lt(err[k], err[k + 1], "scale %g: error %g, next %g", (double)scale[k],
+                     err[k], err[k + 1]);
+    }
+    /* doubling the steps saves about a bit per value of the payload, more than half a bit */
+    cr_assert_gt(8.0 * (double)(bytes[1] - bytes[2]) / (double)n, 0.5);
+
+    /* codebooks: the stored steps scale exactly */
+    float *tr = synth(s, (12ull << 32) | 6);
+    const float *trp = tr;
+    for (int transform = 0; transform < 2; transform++) {
+        codec_codebook *a = NULL, *b = NULL;
+        p.transform_block = transform ? (int)s.head_dim : 0;
+        p.step_scale = 0.0f;
+        cr_assert_eq(codec_codebook_train(&trp, &s, 1, &p, &a), RK_OK, "%s", rk_error_msg());
+        p.step_scale = 2.0f;
+        cr_assert_eq(codec_codebook_train(&trp, &s, 1, &p, &b), RK_OK, "%s", rk_error_msg());
+        const float *sa = cg_codebook_steps(a), *sb = cg_codebook_steps(b);
+        cr_assert(sa && sb);
+        for (size_t i = 0; i < nw; i++)
+            cr_assert_eq(sb[i], 2.0f * sa[i], "transform %d step %zu: %g vs %g", transform, i,
+                         (double)sb[i], (double)sa[i]);
+        codec_codebook_free(a);
+        codec_codebook_free(b);
+    }
+    p.transform_block = 0;
+
+    /* refused: out of range, NaN, or without weights (encode and training) */
+    const float bad[] = {-1.0f, 1.0f / 128, 65.0f, NAN, INFINITY};
+    rk_buf x = RK_BUF_INIT;
+    codec_codebook *cb = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        p.step_scale = bad[i];
+        cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID, "scale %g", (double)bad[i]);
+        cr_assert_eq(codec_codebook_train(&trp, &s, 1, &p, &cb), RK_ERR_INVALID);
+    }
+    p.step_scale = 2.0f;
+    p.weights = NULL;
+    cr_assert_eq(codec_encode(kv, &s, &p, &x), RK_ERR_INVALID);
+    cr_assert_eq(codec_codebook_train(&trp, &s, 1, &p, &cb), RK_ERR_INVALID);
+    cr_assert_eq(x.len, 0);
+    cr_assert_null(cb);
+    rk_free(kv);
+    rk_free(tr);
+    rk_free(w);
+}

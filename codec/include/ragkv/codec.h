@@ -118,6 +118,12 @@ typedef struct codec_params {
                             one step in the weighted domain and learned reconstruction points
                             (docs/codec.md, "Transform coding"). The codebook (format version
                             3) then holds the transform; its containers need it to decode. */
+    float step_scale;    /* with weights only (per-chunk or codebook training): multiplies
+                            every step of the weighted allocation, a continuous rate knob
+                            between and beyond the levels (2: about one bit per value fewer;
+                            alphabets still capped at 63 symbols). 0 (default): the level's
+                            rate; else within [1/64, 64]. No format change: the steps are
+                            what a codebook or container already stores. */
     rk_pool *pool;       /* borrowed, optional: parallel encode */
 } codec_params;
 

@@ -64,13 +64,23 @@ rk_status codec_kv_source_model(const char *model_path, uint64_t seed, codec_kv_
 rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out);
 void codec_kv_source_free(codec_kv_source *src);
 
+/* What codec_eval_run measures and where it writes. */
+typedef struct codec_eval_opts {
+    int threads;            /* 1: one core; 0: all */
+    const float *weights;   /* optional, [L][2][C], borrowed: also the weighted allocation
+                               with a codebook at every level (codec_params.weights) and
+                               transform coding */
+    float step_scale;       /* 0: the levels' rates; else the weighted and transform rows'
+                               codec_params.step_scale (their labels say "x<scale>") */
+    const char *rows;       /* NULL: every row; else only rows whose label contains it (and
+                               q8, the ratios' reference) */
+    const char *json_path;  /* NULL: no JSON */
+} codec_eval_opts;
+
 /* Encode/decode the source's KV with every codec, level and the cachegen variants; print
  * the table (bits per value with every overhead, ratio vs fp16 and q8, relative L2 per
- * layer for K and V, fidelity when the source scores it) and write JSON when json_path.
- * weights (optional, [L][2][C], borrowed): also the weighted allocation with a codebook at
- * every level (codec_params.weights). */
-rk_status codec_eval_run(codec_kv_source *src, int threads, const float *weights,
-                         const char *json_path, FILE *out);
+ * layer for K and V, fidelity when the source scores it) and write JSON when asked. */
+rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *o, FILE *out);
 
 /* `--cuda` part of the benchmark: time codec_decode_cuda (kernel and end to end, best of
  * iters) and check it is bit-identical to the CPU decoder, on the source's KV or, with
