@@ -84,6 +84,42 @@ Test(cli, codebook_flow)
     cr_assert_eq(run("decode w2.rkv dw2.f32"), 0);
     cr_assert_eq(codec_f32_file_write(path("short.f32"), w, 8), RK_OK);
     cr_assert_eq(run("encode --codec cachegen --weights short.f32 --shape 2,50,2,8 a.f32 x.rkv"), 1);
+    /* --step-scale: coarser steps, a smaller container, per chunk and through a codebook */
+    cr_assert_eq(run("encode --codec cachegen --weights w.f32 --step-scale 2 --shape 2,50,2,8 a.f32 s2.rkv"), 0);
+    cr_assert_eq(run("train-codebook --shape 2,50,2,8 --weights w.f32 --step-scale 2 ms.cb a.f32"), 0);
+    cr_assert_eq(run("encode --codec cachegen --codebook ms.cb --shape 2,50,2,8 a.f32 s2cb.rkv"), 0);
+    cr_assert_eq(run("decode --codebook ms.cb s2cb.rkv ds.f32"), 0);
+    struct { const char *big, *small; } pairs[] = {{"w2.rkv", "s2.rkv"}, {"w.rkv", "s2cb.rkv"}};
+    for (int i = 0; i < 2; i++) {
+        FILE *a = fopen(path(pairs[i].big), "rb"), *b = fopen(path(pairs[i].small), "rb");
+        cr_assert(a && b);
+        fseek(a, 0, SEEK_END);
+        fseek(b, 0, SEEK_END);
+        cr_assert_lt(ftell(b), ftell(a), "%s is not smaller than %s", pairs[i].small, pairs[i].big);
+        fclose(a);
+        fclose(b);
+    }
+    /* refused: without weights (1), a value out of range or not a number (2) */
+    cr_assert_eq(run("encode --codec cachegen --step-scale 2 --shape 2,50,2,8 a.f32 x.rkv"), 1);
+    cr_assert_eq(run("encode --codec cachegen --weights w.f32 --step-scale 100 --shape 2,50,2,8 a.f32 x.rkv"), 2);
+    cr_assert_eq(run("train-codebook --shape 2,50,2,8 --weights w.f32 --step-scale x m.cb a.f32"), 2);
+    cr_assert_eq(run("eval --synthetic --layers 2 --heads 2 --dim 8 --tokens 16 --step-scale 2"), 1);
+    /* eval --rows: q8 (the ratios' reference) and the rows asked for, nothing else */
+    cr_assert_eq(run("eval --synthetic --layers 2 --heads 2 --dim 8 --tokens 16 --rows \"L2 codebook\""), 0);
+    FILE *o = fopen(path("out.txt"), "r");
+    cr_assert_not_null(o);
+    char line[512];
+    int q8 = 0, l2 = 0, other = 0;
+    while (fgets(line, sizeof line, o)) {
+        if (!strncmp(line, "q8 ", 3))
+            q8++;
+        else if (!strncmp(line, "cachegen L2 codebook", 20))
+            l2++;
+        else if (!strncmp(line, "cachegen", 8) || !strncmp(line, "raw", 3) || !strncmp(line, "lz4", 3))
+            other++;
+    }
+    fclose(o);
+    cr_assert(q8 == 1 && l2 == 1 && other == 0, "q8 %d, L2 codebook %d, other rows %d", q8, l2, other);
     rk_free(kv);
 }
 
