@@ -81,6 +81,9 @@ rk_status eng_tokenizer_from_bytes(const uint8_t *data, size_t len, int vocab, e
         if (vocab == 0)
             return rk_error_set(RK_ERR_FORMAT, "tokenizer: no pieces");
     }
+    if (vocab < 3) /* ids 0, 1, 2 are <unk>, <s> (BOS, which encode emits) and </s> */
+        return rk_error_set(RK_ERR_FORMAT, "tokenizer: %d pieces, fewer than the 3 special ones",
+                            vocab);
     eng_tokenizer *t = rk_calloc(1, sizeof(*t));
     if (!t)
         return rk_error_set(RK_ERR_NOMEM, "out of memory");

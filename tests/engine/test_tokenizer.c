@@ -78,3 +78,32 @@ Test(tokenizer, tok105_character_level)
     cr_expect_eq(eng_tokenizer_encode(t, "\xe2\x98\x83", true, ids, 64, &n), RK_ERR_RANGE);
     eng_tokenizer_free(t);
 }
+
+/* A file of fewer than the three special pieces is refused at load (fuzz_tokenizer found a
+ * one-piece file whose BOS, id 1, the encoder emitted outside the vocabulary). */
+Test(tokenizer, fewer_than_three_pieces_is_a_format_error)
+{
+    uint8_t file[4 + 3 * 9];
+    size_t len = 4;
+    memset(file, 0, 4);
+    file[0] = 1; /* max piece length */
+    for (int pieces = 1; pieces <= 3; pieces++) {
+        memset(file + len, 0, 8); /* score 0, length 1 */
+        file[len + 4] = 1;
+        file[len + 8] = (uint8_t)('a' + pieces);
+        len += 9;
+        eng_tokenizer *t = NULL;
+        rk_status st = eng_tokenizer_from_bytes(file, len, 0, &t);
+        if (pieces < 3) {
+            cr_expect_eq(st, RK_ERR_FORMAT, "%d pieces: %d", pieces, st);
+            cr_expect_null(t);
+        } else {
+            cr_assert_eq(st, RK_OK, "%s", rk_error_msg());
+            int32_t ids[4];
+            size_t n;
+            cr_assert_eq(eng_tokenizer_encode(t, "", true, ids, 4, &n), RK_OK);
+            cr_expect(n == 1 && ids[0] == 1 && eng_tokenizer_vocab(t) == 3);
+        }
+        eng_tokenizer_free(t);
+    }
+}

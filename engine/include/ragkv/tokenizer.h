@@ -29,7 +29,7 @@ typedef struct eng_tokenizer eng_tokenizer;
 
 /* Load a tokenizer.bin with `vocab` pieces (the model's vocabulary size; <= 0: every piece
  * in the file). *out owned by the caller (eng_tokenizer_free). RK_ERR_TRUNCATED or
- * RK_ERR_FORMAT on a bad file. */
+ * RK_ERR_FORMAT on a bad file (fewer than the 3 special pieces <unk>, <s>, </s> included). */
 rk_status eng_tokenizer_open(const char *path, int vocab, eng_tokenizer **out);
 
 /* Build one from memory (same format); used for synthetic models. */
