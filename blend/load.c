@@ -69,7 +69,7 @@ rk_status bl_container_floats(const eng_model_info *mi, const bl_segment *sg, co
     size_t bytes = codec_decoded_bytes(&ci, CODEC_F32);
     float *kv = rk_malloc(bytes ? bytes : 1);
     if (!kv)
-        return RK_ERR_NOMEM;
+        return rk_error_set(RK_ERR_NOMEM, "compressed chunk cache: %zu bytes", bytes);
     if ((st = codec_decode(sg->container, sg->container_len, opts, CODEC_F32, kv, bytes)) != RK_OK) {
         rk_free(kv);
         return st;
@@ -190,7 +190,7 @@ static rk_status gpu_blocks(bl_loader *ld, bool *gpu)
     ld->mem = rk_calloc(ld->nseg, sizeof(*ld->mem));
     ld->cr = rk_calloc(ld->nseg, sizeof(*ld->cr));
     if (!ld->blk || !ld->mem || !ld->cr)
-        return RK_ERR_NOMEM;
+        return rk_error_set(RK_ERR_NOMEM, "compressed chunk cache: block tables");
     for (size_t i = 0; i < ld->nseg; i++) {
         if (!ld->segs[i].container)
             continue;
@@ -221,7 +221,7 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
         return RK_OK;
     bl_loader *ld = rk_calloc(1, sizeof(*ld));
     if (!ld)
-        return RK_ERR_NOMEM;
+        return rk_error_set(RK_ERR_NOMEM, "compressed chunk cache: loader");
     ld->segs = segs;
     ld->nseg = nseg;
     ld->row0 = row0;
@@ -247,7 +247,7 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
     }
     if (!ld->off || (!ld->gpu && (!ld->rd || !ld->buf[0] || !ld->buf[1]))) {
         bl_loader_free(ld, NULL);
-        return RK_ERR_NOMEM;
+        return rk_error_set(RK_ERR_NOMEM, "compressed chunk cache: layer buffers");
     }
     for (size_t i = 0, o = 0; i < nseg; i++)
         if (segs[i].container) {
@@ -312,7 +312,7 @@ rk_status bl_loader_hold(bl_loader *ld, int l)
     if (l > ld->held)
         return rk_error_set(RK_ERR_INVALID, "bl_loader_hold: layer %d is not imported yet", l);
     if (!ld->buf[0] && !(ld->buf[0] = rk_malloc(ld->per * sizeof(float))))
-        return RK_ERR_NOMEM;
+        return rk_error_set(RK_ERR_NOMEM, "bl_loader_hold: %zu floats", ld->per);
     ld->host_layer = -1;
     for (size_t i = 0; i < ld->nseg; i++) {
         if (!ld->blk[i])
@@ -336,7 +336,19 @@ const float *bl_loader_layer(const bl_loader *ld, size_t i, int l)
 
 rk_status bl_loader_finish(bl_loader *ld)
 {
-    for (size_t i = 0; ld && ld->gpu && i < ld->nseg; i++) {
+    if (!ld || !ld->gpu)
+        return RK_OK;
+    /* every layer enqueued (or the loader's failure) before the readers are asked: a caller
+     * that stopped importing early must not miss a damaged stream of a later layer, nor call
+     * a reader's finish while the loader thread still enqueues on its stream */
+    pthread_mutex_lock(&ld->mu);
+    while (ld->err == RK_OK && ld->ready < ld->L - 1 && !ld->stop)
+        pthread_cond_wait(&ld->cv, &ld->mu);
+    rk_status err = ld->err;
+    pthread_mutex_unlock(&ld->mu);
+    if (err != RK_OK)
+        return rk_error_set(err, "compressed chunk cache: %s", ld->msg);
+    for (size_t i = 0; i < ld->nseg; i++) {
         if (!ld->cr[i])
             continue;
         rk_status st = codec_cuda_reader_finish(ld->cr[i]);

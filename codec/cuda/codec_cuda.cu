@@ -288,6 +288,18 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         st = rk_error_set(RK_ERR_LIMIT, "codec_decode_cuda: too many values");
         goto done;
     }
+    /* before an event per layer: no encoder writes more layers (codec.c), and a container
+     * that claims millions of tiny ones must not cost as many events */
+    if (r->info.shape.n_layers > CG_MAX_LAYERS) {
+        st = rk_error_set(RK_ERR_LIMIT, "codec_decode_cuda: %u layers (at most %d)",
+                          r->info.shape.n_layers, CG_MAX_LAYERS);
+        goto done;
+    }
+    if (r->info.codec != CODEC_RAW && r->info.codec != CODEC_LZ4 && r->info.codec != CODEC_Q8 &&
+        r->info.codec != CODEC_CACHEGEN) {
+        st = rk_error_set(RK_ERR_UNSUPPORTED, "codec_decode_cuda: codec %d", (int)r->info.codec);
+        goto done;
+    }
     L = r->info.shape.n_layers;
     r->layer_values = codec_shape_values(&r->info.shape) / L;
     r->ev = (cudaEvent_t *)rk_calloc(L, sizeof(cudaEvent_t));
@@ -440,6 +452,9 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
         }
     } else if (r->host) { /* lz4: decoded on the CPU, copied up */
         size_t bytes = nv * es;
+        /* the buffer is reused by the next range: let the previous copy finish before it is
+         * written or reallocated */
+        CK(cudaStreamSynchronize(stream), "upload");
         if (bytes > r->host_cap) {
             void *p = rk_realloc(r->host_buf, bytes);
             if (!p)
@@ -447,8 +462,6 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
             r->host_buf = p;
             r->host_cap = bytes;
         }
-        /* the buffer is reused by the next range: let the previous copy finish first */
-        CK(cudaStreamSynchronize(stream), "upload");
         if ((st = codec_reader_decode_layers(r->host, r->bf16 ? CODEC_BF16 : CODEC_F16, layer0, n, r->host_buf,
                                              bytes)) != RK_OK)
             return st;

@@ -300,18 +300,27 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
     warp_store<HD>(a, la, lb, o, h, ra, rb, t, out);
 }
 
+constexpr int SMEM_OPT_DEVICES = 64; // devices whose shared-memory opt-in is remembered
+
 template <int HD>
 cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
                          int len, bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR + 2 * BC) * LD * sizeof(bf16) + 2 * BC * sizeof(int);
-    static bool configured = false; // per instantiation; the attribute is per device function
-    if (!configured) {
-        cudaError_t e = cudaFuncSetAttribute(k_flash<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    // the opt-in is per device function and per device: once for each (a benign race sets it
+    // twice); devices past the table ask every time
+    static bool configured[SMEM_OPT_DEVICES] = {};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess)
+        return e;
+    if (dev < 0 || dev >= SMEM_OPT_DEVICES || !configured[dev]) {
+        e = cudaFuncSetAttribute(k_flash<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
-        configured = true;
+        if (dev >= 0 && dev < SMEM_OPT_DEVICES)
+            configured[dev] = true;
     }
     dim3 grid((unsigned)((a->n + BR - 1) / BR), (unsigned)a->H);
     k_flash<HD><<<grid, NT, smem>>>(*a, q, k, v, spos, len, out);
@@ -489,12 +498,19 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, 
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR2 + 4 * BC) * LD * sizeof(bf16) + 4 * BC * sizeof(int);
-    static bool configured = false; // per instantiation; the attribute is per device function
-    if (!configured) {
-        cudaError_t e = cudaFuncSetAttribute(k_flash2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    // the opt-in is per device function and per device: once for each (a benign race sets it
+    // twice); devices past the table ask every time
+    static bool configured[SMEM_OPT_DEVICES] = {};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess)
+        return e;
+    if (dev < 0 || dev >= SMEM_OPT_DEVICES || !configured[dev]) {
+        e = cudaFuncSetAttribute(k_flash2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
-        configured = true;
+        if (dev >= 0 && dev < SMEM_OPT_DEVICES)
+            configured[dev] = true;
     }
     dim3 grid((unsigned)((a->n + BR2 - 1) / BR2), (unsigned)a->H);
     k_flash2<HD><<<grid, NT2, smem>>>(*a, q, k, v, spos, len, out);

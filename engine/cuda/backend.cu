@@ -116,6 +116,15 @@ rk_status blas_fail(cublasStatus_t s, const char *what)
     return rk_error_set(RK_ERR_DEVICE, "cuda backend: %s: cuBLAS status %d", what, (int)s);
 }
 
+// Every entry point makes the backend's device current on the calling thread first: the
+// thread that drives a backend (the service's executor, a blend loader) need not be the one
+// that created it, and CUDA's current device is per thread. Cheap when it already is.
+rk_status cu_enter(void *ctx)
+{
+    cudaError_t e = cudaSetDevice(((const cu_ctx *)ctx)->device);
+    return e == cudaSuccess ? RK_OK : cuda_fail(e, "cudaSetDevice");
+}
+
 #define CU(call, what)                                                                                     \
     do {                                                                                                   \
         cudaError_t e_ = (call);                                                                           \
@@ -599,12 +608,24 @@ enum attn_path { PATH_REFERENCE, PATH_FLASH, PATH_DECODE };
 
 constexpr size_t DECODE_ROWS = 16; // at most this many rows: the split-key kernel
 
+// Rows up to which a layer call takes the split-key decode kernel instead of flash:
+// DECODE_ROWS, or RAGKV_ATTN_DECODE_ROWS (read at every call; 0: flash for every call it
+// supports), which lets tests drive the flash kernels with a few rows.
+size_t decode_rows_max()
+{
+    const char *e = getenv("RAGKV_ATTN_DECODE_ROWS");
+    if (!e || !*e)
+        return DECODE_ROWS;
+    long v = strtol(e, NULL, 10);
+    return v < 0 ? 0 : v > (long)DECODE_ROWS ? DECODE_ROWS : (size_t)v;
+}
+
 attn_path choose_path(const cu_ctx *c, size_t n, const eng_attn_groups *ag)
 {
     const eng_model_info *mi = c->mi;
     if (c->mode != MODE_BF16 || (ag && ag->mass))
         return PATH_REFERENCE;
-    if (n > DECODE_ROWS && attn_flash_supported(mi->head_dim, mi->n_heads, mi->n_kv_heads))
+    if (n > decode_rows_max() && attn_flash_supported(mi->head_dim, mi->n_heads, mi->n_kv_heads))
         return PATH_FLASH;
     if (mi->n_heads / mi->n_kv_heads <= ATTN_MAX_GROUP)
         return PATH_DECODE;
@@ -666,6 +687,7 @@ void cu_free(void *ctx)
     cu_ctx *c = (cu_ctx *)ctx;
     if (!c)
         return;
+    cu_enter(ctx); // best effort: a release cannot fail
     for (size_t i = 0; i < c->n_owned; i++)
         cudaFree(c->owned[i]);
     cudaFree(c->scratch);
@@ -700,6 +722,7 @@ void kv_free(cu_kv *kv)
 
 rk_status cu_seq_init(void *ctx, eng_seq *s)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t bytes = (size_t)c->mi->n_layers * s->capacity * kv_dim(c) * esize(c);
     cu_kv *kv = (cu_kv *)rk_calloc(1, sizeof(*kv));
@@ -727,6 +750,7 @@ rk_status cu_seq_init(void *ctx, eng_seq *s)
 
 void cu_seq_release(void *ctx, eng_seq *s)
 {
+    cu_enter(ctx); // best effort: a release cannot fail
     (void)ctx;
     if (s->ctx)
         kv_free((cu_kv *)s->ctx);
@@ -735,6 +759,7 @@ void cu_seq_release(void *ctx, eng_seq *s)
 
 rk_status cu_hidden_init(void *ctx, eng_hidden *h)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     void *p = NULL;
     if (cudaMalloc(&p, (h->rows ? h->rows : 1) * (size_t)c->mi->dim * sizeof(float)) != cudaSuccess) {
@@ -747,6 +772,7 @@ rk_status cu_hidden_init(void *ctx, eng_hidden *h)
 
 void cu_hidden_release(void *ctx, eng_hidden *h)
 {
+    cu_enter(ctx); // best effort: a release cannot fail
     (void)ctx;
     cudaFree(h->ctx);
     h->ctx = NULL;
@@ -754,6 +780,7 @@ void cu_hidden_release(void *ctx, eng_hidden *h)
 
 rk_status cu_hidden_write(void *ctx, eng_hidden *h, size_t row0, size_t n, const float *src)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t d = (size_t)c->mi->dim;
     CU(cudaMemcpy((float *)h->ctx + row0 * d, src, n * d * sizeof(float), cudaMemcpyHostToDevice), "hidden write");
@@ -762,6 +789,7 @@ rk_status cu_hidden_write(void *ctx, eng_hidden *h, size_t row0, size_t n, const
 
 rk_status cu_hidden_read(void *ctx, const eng_hidden *h, size_t row0, size_t n, float *dst)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t d = (size_t)c->mi->dim;
     CU(cudaMemcpy(dst, (const float *)h->ctx + row0 * d, n * d * sizeof(float), cudaMemcpyDeviceToHost), "hidden read");
@@ -770,6 +798,7 @@ rk_status cu_hidden_read(void *ctx, const eng_hidden *h, size_t row0, size_t n, 
 
 rk_status cu_hidden_gather(void *ctx, eng_hidden *dst, const eng_hidden *src, const size_t *idx, size_t n)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
@@ -808,6 +837,7 @@ rk_status embed_rows(cu_ctx *c, float *x, const int32_t *dtok, size_t n)
 
 rk_status cu_embed(void *ctx, eng_hidden *h, size_t row0, const int32_t *tokens, size_t n)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
@@ -1056,6 +1086,7 @@ rk_status run_layer(cu_ctx *c, const layer_call *lc, attn_path path)
 rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, size_t n, const int32_t *pos,
                            const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t G = ag ? ag->n_groups : 0;
     // ints: pos (n), slots (n), then group per slot (len) and bounds (G+1); reserved at once
@@ -1122,6 +1153,7 @@ rk_status logits_rows(cu_ctx *c, const float *x, const int32_t *drows, size_t n,
 
 rk_status cu_logits(void *ctx, const eng_hidden *h, const size_t *rows, size_t n, float *logits)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     if (n == 0)
         return RK_OK;
@@ -1299,13 +1331,23 @@ rk_status rows_back(cu_ctx *c, float *lg, size_t r0, size_t n, bool sample, int3
                     cudaStream_t stream)
 {
     size_t V = (size_t)c->mi->vocab;
+    cudaError_t e = cudaSuccess;
+    const char *what = "decode";
     if (logits) // before the sampler, which overwrites lg with probabilities
-        CU(cudaMemcpyAsync(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream), "logits");
-    if (sample) {
-        CU(sample_launch(lg, (int)V, c->srows + r0, (int)n, c->sout + r0, stream), "sampling");
-        CU(cudaMemcpyAsync(out, c->sout + r0, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "sampled tokens");
+        e = cudaMemcpyAsync(logits, lg, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream), what = "logits";
+    if (e == cudaSuccess && sample) {
+        e = sample_launch(lg, (int)V, c->srows + r0, (int)n, c->sout + r0, stream), what = "sampling";
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(out, c->sout + r0, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream),
+            what = "sampled tokens";
     }
-    CU(cudaStreamSynchronize(stream), "decode");
+    // on every path: the host waits cover the legacy stream only, so the next call's scratch
+    // writes must not race work still queued on this one
+    cudaError_t es = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess)
+        return cuda_fail(e, what);
+    if (es != cudaSuccess)
+        return cuda_fail(es, "decode");
     return RK_OK;
 }
 
@@ -1394,12 +1436,14 @@ rk_status decode_rows(cu_ctx *c, eng_seq *const *seqs, const int32_t *tokens, co
 rk_status cu_decode(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos, const int32_t *slots,
                     size_t n, float *logits)
 {
+    TRY(cu_enter(ctx));
     return decode_rows((cu_ctx *)ctx, seqs, tokens, pos, slots, n, NULL, NULL, logits);
 }
 
 rk_status cu_decode_sample(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos,
                            const int32_t *slots, size_t n, const eng_sample_row *rows, int32_t *out, float *logits)
 {
+    TRY(cu_enter(ctx));
     return decode_rows((cu_ctx *)ctx, seqs, tokens, pos, slots, n, rows, out, logits);
 }
 
@@ -1433,6 +1477,7 @@ rk_status export_layers(cu_ctx *c, const eng_seq *s, int layer0, int n_layers, s
 
 rk_status cu_kv_export(void *ctx, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     return c->mode == MODE_BF16 ? export_layers<bf16>(c, s, layer0, n_layers, slot0, n, out)
                                 : export_layers<float>(c, s, layer0, n_layers, slot0, n, out);
@@ -1441,6 +1486,7 @@ rk_status cu_kv_export(void *ctx, const eng_seq *s, int layer0, int n_layers, si
 rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, const int32_t *pos,
                        const float *kv_in)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     const eng_model_info *mi = c->mi;
     size_t kvd = kv_dim(c), cnt = n * kvd;
@@ -1477,6 +1523,7 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
 
 void cu_kvblock_release(void *ctx, eng_kvblock *b)
 {
+    cu_enter(ctx); // best effort: a release cannot fail
     (void)ctx;
     cudaFree(b->ctx);
     b->ctx = NULL;
@@ -1484,6 +1531,7 @@ void cu_kvblock_release(void *ctx, eng_kvblock *b)
 
 rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t per = 2 * b->n * kv_dim(c), size = (size_t)c->mi->n_layers * per * esize(c);
     void *d = NULL;
@@ -1545,6 +1593,7 @@ rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos
 rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
                             int n_layers)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     return c->mode == MODE_BF16 ? kvblock_import<bf16>(c, s, slot0, pos, b, layer0, n_layers)
                                 : kvblock_import<float>(c, s, slot0, pos, b, layer0, n_layers);
@@ -1552,6 +1601,7 @@ rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *
 
 rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t per = 2 * b->n * kv_dim(c);
     if (c->mode != MODE_BF16) {
@@ -1622,6 +1672,7 @@ rk_status kv_deviation(cu_ctx *c, const eng_seq *a, const eng_seq *b, int layer,
 rk_status cu_kv_deviation(void *ctx, const eng_seq *a, const eng_seq *b, int layer, size_t slot0, size_t n,
                           bool with_v, float *out)
 {
+    TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     return c->mode == MODE_BF16 ? kv_deviation<bf16>(c, a, b, layer, slot0, n, with_v, out)
                                 : kv_deviation<float>(c, a, b, layer, slot0, n, with_v, out);
@@ -1772,6 +1823,7 @@ extern "C" rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, 
     if (!logits || vocab <= 0 || !rows || !out || n == 0 || n > (size_t)INT32_MAX)
         return rk_error_set(RK_ERR_INVALID, "eng_cuda_sample_rows: bad arguments");
     cu_ctx *c = (cu_ctx *)be->ctx;
+    TRY(cu_enter(c));
     float *d = NULL;
     size_t bytes = n * (size_t)vocab * sizeof(float);
     if (cudaMalloc(&d, bytes) != cudaSuccess) {

@@ -50,6 +50,8 @@ static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dt
     cr_assert_eq(codec_decode(b->data, b->len, o, dt, cpu, nb), RK_OK, "%s", rk_error_msg());
     cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
     cr_assert_eq(cudaMemset(dev, 0xff, nb), cudaSuccess);
+    /* the reader's stream is non-blocking: not ordered after the legacy stream's memset */
+    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
     codec_cuda_reader *r;
     rk_status st = codec_cuda_reader_open(b->data, b->len, o, dt, -1, &r);
     cr_assert_eq(st, RK_OK, "%s: %s", codec_id_name(info.codec), rk_error_msg());

@@ -222,14 +222,30 @@ Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_lo
 Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 
 /* The second flash-attention kernel (RAGKV_ATTN_FLASH=2: 128-row blocks, double-buffered
- * async copies, an unmasked path for tiles every row sees) under the checks that reach the
- * flash path: prefills longer than the decode kernel's 16 rows. Criterion runs every test in
- * its own process, so the variable does not leak. */
+ * async copies, an unmasked path for tiles every row sees) under the conformance checks, with
+ * every layer call of any row count on the flash path (RAGKV_ATTN_DECODE_ROWS=0: otherwise
+ * calls of up to 16 rows, such as the causal-rule and slot-group checks, take the decode
+ * kernel). Criterion runs every test in its own process, so the variables do not leak. */
 #define FLASH2(call)                                                \
     do {                                                            \
         cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "2", 1), 0);        \
+        cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
         call;                                                       \
     } while (0)
+/* The first flash kernel likewise on the checks of few rows (slot groups: APE's temperature
+ * and log-scale; the exact causal rule by position; KV imported at shifted positions). */
+#define FLASH1(call)                                                \
+    do {                                                            \
+        cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
+        call;                                                       \
+    } while (0)
+Test(gpu_flash1_few_rows, causal_rule_by_position) { FLASH1(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash1_few_rows, attention_group_modifiers) { FLASH1(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
+Test(gpu_flash1_few_rows, layer_steps_equal_prefill) { FLASH1(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
+Test(gpu_flash1_few_rows, kv_import_at_shifted_positions)
+{
+    FLASH1(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
+}
 Test(gpu_flash2, hd128_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash2, hd64_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd64", 900)); }
 Test(gpu_flash2, prefill_equals_token_by_token_decode)

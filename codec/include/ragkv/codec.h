@@ -260,7 +260,10 @@ int codec_cuda_available(void);
  * The stream is non-blocking (cudaStreamNonBlocking): it neither waits for nor holds up the
  * legacy default stream. device: the CUDA device to use, made current for the calling thread
  * (-1: the one already current); every later call must run with that device current. Output
- * is bit-identical to codec_decode(). */
+ * is bit-identical to codec_decode(). A reader has no lock: calls on one reader may come from
+ * different threads (blend's loader enqueues, its engine thread waits and finishes) only when
+ * the caller orders them. Containers of more than 1024 layers (more than any encoder writes)
+ * are refused with RK_ERR_LIMIT. */
 typedef struct codec_cuda_reader codec_cuda_reader;
 
 /* Parse and verify data as codec_reader_open does (every checksum; raw's and q8's values;
