@@ -503,7 +503,9 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
             rk_error_set(st, "model %s: %s", cfg->model, rk_error_msg());
             goto fail;
         }
-        if ((st = eng_backend_new(srv->model, cfg->backend, cfg->compute_threads, &srv->backend)) != RK_OK) {
+        /* eng_backend_new's third argument: threads for cpu, the device ordinal for cuda */
+        int arg = !strcmp(cfg->backend, "cuda") ? cfg->device : cfg->compute_threads;
+        if ((st = eng_backend_new(srv->model, cfg->backend, arg, &srv->backend)) != RK_OK) {
             rk_error_set(st, "backend %s: %s", cfg->backend, rk_error_msg());
             goto fail;
         }

@@ -38,7 +38,7 @@ Test(config, defaults)
 Test(config, file_then_flags_override)
 {
     write_conf("# comment\n\nport = 9000\nhttp-port=9001  # trailing comment\n"
-               "data-dir = \"/tmp/x y\"\nlog-level = warn\n");
+               "data-dir = \"/tmp/x y\"\nlog-level = warn\ndevice = 1\ncompute-threads = 4\n");
     char *argv[] = {"ragkvd", "--config", path, "--port", "9100", "--workers=3", NULL};
     svc_config c;
     char err[256] = "";
@@ -49,6 +49,8 @@ Test(config, file_then_flags_override)
     cr_expect_eq(c.workers, 3);
     cr_expect_str_eq(c.data_dir, "/tmp/x y");
     cr_expect_str_eq(c.log_level, "warn");
+    cr_expect_eq(c.device, 1, "the GPU ordinal is its own option");
+    cr_expect_eq(c.compute_threads, 4);
     cr_expect_str_eq(c.config_file, path);
 }
 

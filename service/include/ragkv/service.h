@@ -62,7 +62,8 @@ typedef struct svc_config {
                                     as KV blocks, MiB; 0 = off (the default) */
     int workers;                 /* connection worker threads; 0 = number of CPUs */
     char backend[16];            /* compute backend: cpu (cuda once built) */
-    int compute_threads;         /* CPU backend threads; 0 = number of CPUs */
+    int compute_threads;         /* CPU backend threads, and the codec pool's; 0 = number of CPUs */
+    int device;                  /* GPU ordinal of the cuda backend; default 0 */
     int max_batch;               /* generations decoded together; default 32 */
     int max_connections;         /* accepted at once; extra connections are refused */
     int max_frame_mb;            /* largest frame payload after AUTH, MiB; default 64 */
