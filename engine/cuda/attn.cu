@@ -302,26 +302,33 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
 
 constexpr int SMEM_OPT_DEVICES = 64; // devices whose shared-memory opt-in is remembered
 
+// Let kernel f use smem bytes of dynamic shared memory on the current device. The opt-in is
+// per device function and per device: once for each (a benign race sets it twice; each f is
+// its own instantiation, with its own table); devices past the table ask every time.
+template <auto F>
+cudaError_t smem_opt_in(size_t smem)
+{
+    static bool configured[SMEM_OPT_DEVICES] = {};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess || (dev >= 0 && dev < SMEM_OPT_DEVICES && configured[dev]))
+        return e;
+    if ((e = cudaFuncSetAttribute(F, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) != cudaSuccess)
+        return e;
+    if (dev >= 0 && dev < SMEM_OPT_DEVICES)
+        configured[dev] = true;
+    return cudaSuccess;
+}
+
 template <int HD>
 cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
                          int len, bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR + 2 * BC) * LD * sizeof(bf16) + 2 * BC * sizeof(int);
-    // the opt-in is per device function and per device: once for each (a benign race sets it
-    // twice); devices past the table ask every time
-    static bool configured[SMEM_OPT_DEVICES] = {};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
+    cudaError_t e = smem_opt_in<k_flash<HD>>(smem);
     if (e != cudaSuccess)
         return e;
-    if (dev < 0 || dev >= SMEM_OPT_DEVICES || !configured[dev]) {
-        e = cudaFuncSetAttribute(k_flash<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess)
-            return e;
-        if (dev >= 0 && dev < SMEM_OPT_DEVICES)
-            configured[dev] = true;
-    }
     dim3 grid((unsigned)((a->n + BR - 1) / BR), (unsigned)a->H);
     k_flash<HD><<<grid, NT, smem>>>(*a, q, k, v, spos, len, out);
     return cudaGetLastError();
@@ -498,20 +505,9 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, 
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR2 + 4 * BC) * LD * sizeof(bf16) + 4 * BC * sizeof(int);
-    // the opt-in is per device function and per device: once for each (a benign race sets it
-    // twice); devices past the table ask every time
-    static bool configured[SMEM_OPT_DEVICES] = {};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
+    cudaError_t e = smem_opt_in<k_flash2<HD>>(smem);
     if (e != cudaSuccess)
         return e;
-    if (dev < 0 || dev >= SMEM_OPT_DEVICES || !configured[dev]) {
-        e = cudaFuncSetAttribute(k_flash2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess)
-            return e;
-        if (dev >= 0 && dev < SMEM_OPT_DEVICES)
-            configured[dev] = true;
-    }
     dim3 grid((unsigned)((a->n + BR2 - 1) / BR2), (unsigned)a->H);
     k_flash2<HD><<<grid, NT2, smem>>>(*a, q, k, v, spos, len, out);
     return cudaGetLastError();
