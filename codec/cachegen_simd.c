@@ -14,7 +14,9 @@
  * (q - qmax) * scale in float32, or, for a transform codebook's coefficients, recon[s] * scale
  * (one more gather: the model's row of 64 reconstruction points, s <= 63 as below), exactly
  * the scalar arithmetic; an 8x8 transpose turns the
- * eight lanes' values into one row of 64 channels for codec_store_row.
+ * eight lanes' values into one row of 64 channels for codec_store_row. A transform
+ * container's coefficient rows (j->tf) go through the inverse transform four tokens at a
+ * time, straight from L1, before they are stored (cg_transform_rows_avx2).
  *
  * Gathers never read outside their object, whatever the input: a bucket read (4 bytes at
  * bucket + 2*(slot >> 9)) ends at most 2 bytes into cum; a cum read (4 bytes at cum + 2*s)
@@ -70,6 +72,70 @@ __attribute__((target("avx2"))) static inline void transpose8(__m256 r[8])
     r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Channels [cb, cb + 8 NV) of one transform block (dect block mt, B x B, [i][c]; means mu)
+ * for R rows: R x NV sums in flight (up to eight), each in cg_transform's order — from 0,
+ * plus dect[i][c] * y[i] for i = 0..B-1, then plus the mean; separate multiply and add, as
+ * cg_transform_row. */
+static inline __attribute__((always_inline, target("avx2"))) void
+tf_cols(const float *mt, uint32_t B, uint32_t cb, const float *mu, const float *y, size_t ys,
+        float *x, size_t xs, const int R, const int NV)
+{
+    __m256 a[4][2]; /* in registers: the constant loops below are unrolled */
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            a[r][v] = _mm256_setzero_ps();
+    for (uint32_t i = 0; i < B; i++) {
+        __m256 m[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            m[v] = _mm256_loadu_ps(mt + (size_t)i * B + cb + 8 * (uint32_t)v);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m256 yi = _mm256_broadcast_ss(y + (size_t)r * ys + i);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                a[r][v] = _mm256_add_ps(a[r][v], _mm256_mul_ps(m[v], yi));
+        }
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+        __m256 m = _mm256_loadu_ps(mu + cb + 8 * (uint32_t)v);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            _mm256_storeu_ps(x + (size_t)r * xs + cb + 8 * (uint32_t)v, _mm256_add_ps(a[r][v], m));
+    }
+}
+
+/* One block's columns for R rows, sixteen at a time while they last. */
+static inline __attribute__((always_inline, target("avx2"))) void
+tf_block(const float *mt, uint32_t B, const float *mu, const float *y, size_t ys, float *x,
+         size_t xs, const int R)
+{
+    uint32_t cb = 0;
+    for (; cb + 16 <= B; cb += 16)
+        tf_cols(mt, B, cb, mu, y, ys, x, xs, R, 2);
+    if (cb < B)
+        tf_cols(mt, B, cb, mu, y, ys, x, xs, R, 1);
+}
+
+__attribute__((target("avx2"))) void cg_transform_rows_avx2(const cg_transform *tf, uint32_t C,
+                                                          size_t lkv, uint32_t c0, uint32_t n,
+                                                          const float *y, size_t ys, float *x,
+                                                          size_t xs, uint32_t rows)
+{
+    uint32_t B = tf->B;
+    for (uint32_t c = c0; c < c0 + n; c += B) {
+        const float *mt = tf->dect + (lkv * C + c) * B, *mu = tf->mean + lkv * C + c;
+        uint32_t r = 0;
+        for (; r + 4 <= rows; r += 4)
+            tf_block(mt, B, mu, y + r * ys + c - c0, ys, x + r * xs + c - c0, xs, 4);
+        for (; r < rows; r++)
+            tf_block(mt, B, mu, y + r * ys + c - c0, ys, x + r * xs + c - c0, xs, 1);
+    }
 }
 
 /* The decoder for NCH chains of 8 lanes (a constant after inlining: one straight-line body per
@@ -133,6 +199,9 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
     const __m256i qmax = _mm256_set1_epi32(p->qmax[lkv]);
     __m256i bad = _mm256_setzero_si256();
     float row[64 * CG_SIMD_MAX_CHAINS];
+    /* one pass (j->tf): coefficient rows of up to four tokens, then their channels */
+    const uint32_t W = 64 * (uint32_t)NCH;
+    float yb[4][64 * CG_SIMD_MAX_CHAINS], xb[4][64 * CG_SIMD_MAX_CHAINS];
     for (uint32_t t = t0; t < t1; t++) {
         __m256 v[CG_SIMD_MAX_CHAINS][8];
         for (int i = 0; i < 8; i++) {
@@ -196,12 +265,21 @@ static inline __attribute__((always_inline, target("avx2"))) int decode_chains(c
             }
         }
         /* v[h][i] lane k = channel c0 + 64h + 8k + i: transpose to lane-major rows */
+        float *dst = j->tf ? yb[(t - t0) % 4] : row;
         for (int h = 0; h < NCH; h++) {
             transpose8(v[h]);
             for (int k = 0; k < 8; k++)
-                _mm256_storeu_ps(row + 64 * h + 8 * k, v[h][k]);
+                _mm256_storeu_ps(dst + 64 * h + 8 * k, v[h][k]);
         }
-        codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, t, c0), row, 64 * (size_t)NCH);
+        if (!j->tf)
+            codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, t, c0), row, W);
+        else if ((t - t0) % 4 == 3 || t + 1 == t1) {
+            uint32_t nr = (t - t0) % 4 + 1, ta = t + 1 - nr;
+            cg_transform_rows_avx2(j->tf, lay->C, lkv, c0, W, yb[0], sizeof yb[0] / sizeof(float),
+                                   xb[0], sizeof xb[0] / sizeof(float), nr);
+            for (uint32_t r = 0; r < nr; r++)
+                codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, ta + r, c0), xb[r], W);
+        }
     }
     /* the encoder's initial state, every byte used, no lane ran dry */
     int ok = _mm256_testz_si256(bad, bad);
@@ -236,6 +314,14 @@ int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains)
     (void)si;
     (void)chains;
     return false;
+}
+
+void cg_transform_rows_avx2(const struct cg_transform *tf, uint32_t C, size_t lkv, uint32_t c0,
+                            uint32_t n, const float *y, size_t ys, float *x, size_t xs,
+                            uint32_t rows)
+{
+    (void)tf, (void)C, (void)lkv, (void)c0, (void)n, (void)y, (void)ys, (void)x, (void)xs;
+    (void)rows;
 }
 
 #endif
