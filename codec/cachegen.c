@@ -1415,6 +1415,7 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
     j.recon = pr->tf->recon;
     if (tf_one_pass(&j, pr->tf)) {
         j.tf = pr->tf;
+        j.tf_tiles = cg_avx512_ok();
         rk_pool_for(r->pool, streams / 8, CG_SIMD_MAX_CHAINS, decode_stream_batches, &j);
         if (j.failed == 2)
             return rk_error_set(RK_ERR_NOMEM, "cachegen: transform rows");

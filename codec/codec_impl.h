@@ -308,6 +308,9 @@ struct cg_dec_job {
                                       they are in L1, and out gets channels in dtype; pool
                                       ranges then count batches of 8 streams. NULL: rows are
                                       stored as decoded */
+    int tf_tiles;                  /* with tf: the AVX-512 stage (cg_avx512_ok) looks up the
+                                      reconstruction points and transforms 16 tokens at a
+                                      time; 0: the AVX2 gather and row transform */
     const uint8_t *payload;        /* the PAYLOAD section (borrowed) */
     const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
     size_t payload_len;
@@ -333,6 +336,9 @@ static inline size_t cg_out_index(const struct cg_dec_job *j, size_t lkv, uint32
  * (cachegen_simd.c) */
 #define CG_SIMD_MAX_CHAINS 8
 bool cg_simd8_ok(const struct cg_dec_job *j);
+/* Whether this CPU has AVX-512 F and VL for the one-pass transform decoder's tiles, and
+ * RAGKV_CODEC_SIMD is not "avx2". */
+bool cg_avx512_ok(void);
 /* 1: decoded; 0: malformed; -1: a stream's initial state is outside [2^23, 2^31), where a
  * step may need more than two bytes: decode these streams with the scalar decoder. */
 int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains);
