@@ -318,7 +318,8 @@ struct cg_dec_job {
     void *out;                     /* canonical layout output, from (layer, K|V) plane lkv0 on */
     size_t lkv0;                   /* 2 * the first layer decoded; pool ranges count streams
                                       from that plane's first */
-    int failed;                    /* a stream was malformed */
+    int failed;                    /* 1: a stream was malformed; 2: out of memory (one pass
+                                      only) */
 };
 
 /* Index in j->out of (layer, K|V) plane lkv (absolute), token t, channel c. */
