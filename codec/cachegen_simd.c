@@ -195,6 +195,26 @@ __attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16])
     }
 }
 
+/* Store 16 floats at element `at` of out in dtype: codec_store_row's bits (F16C's round to
+ * nearest even; bf16 as rk_f32_to_bf16, quiet NaNs included). */
+__attribute__((target("avx2,avx512f,avx512vl"))) static inline void store16(void *out, codec_dtype dtype,
+                                                                         size_t at, __m512 v)
+{
+    if (dtype == CODEC_F32)
+        _mm512_storeu_ps((float *)out + at, v);
+    else if (dtype == CODEC_F16)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    else {
+        __m512i x = _mm512_castps_si512(v);
+        __m512i r = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
+                                     _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1)));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(x, _mm512_set1_epi32(0x400000)));
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+}
+
 /* The AVX-512 stage of a one-pass transform batch (cg_dec_job.tf_tiles), CG_TILE tokens
  * [ta, ta + nt) of chains 0..nch-1 at once, tokens in the lanes of 512-bit vectors:
  * - the symbols (sym[token][chain][i][lane k]: channel c0 + 64 chain + 8k + i) turn into
@@ -215,7 +235,9 @@ tf_tile_avx512(const struct cg_dec_job *j, const int32_t (*sym)[CG_SIMD_MAX_CHAI
 {
     const cg_transform *tf = j->tf;
     const uint32_t C = j->lay->C, B = tf->B, W = 64 * (uint32_t)nch;
+    /* [token][c - c0] the rows in dtype (2 or 4 bytes a value) */
     float xr[CG_TILE][64 * CG_SIMD_MAX_CHAINS] __attribute__((aligned(64)));
+    const size_t es = j->dtype == CODEC_F32 ? 4 : 2;
     float yt[64][CG_TILE] __attribute__((aligned(64))), xt[64][CG_TILE] __attribute__((aligned(64)));
     const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
     const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
@@ -285,12 +307,12 @@ tf_tile_avx512(const struct cg_dec_job *j, const int32_t (*sym)[CG_SIMD_MAX_CHAI
                 r[q] = _mm512_load_ps(xt[16 * g + q]);
             transpose16(r);
 #pragma GCC unroll 16
-            for (int t = 0; t < CG_TILE; t++) /* rows from nt on are not stored below */
-                _mm512_store_ps(&xr[t][64 * h + 16 * g], r[t]);
+            for (int t = 0; t < CG_TILE; t++) /* rows from nt on are not copied below */
+                store16(xr[t], j->dtype, 64 * (size_t)h + 16 * (size_t)g, r[t]);
         }
     }
     for (uint32_t t = 0; t < nt; t++)
-        codec_store_row(j->out, j->dtype, cg_out_index(j, lkv, ta + t, c0), xr[t], W);
+        memcpy((char *)j->out + cg_out_index(j, lkv, ta + t, c0) * es, xr[t], W * es);
 }
 
 /* The decoder for NCH chains of 8 lanes (a constant after inlining: one straight-line body per
