@@ -1081,6 +1081,45 @@ decode_lanes(const struct dec_job *j, size_t si, const int NL, const int MODE, c
  * and width. Groups wider than CG_LANE_GROUP use the reference loop below. */
 static void decode_streams_generic(struct dec_job *j, size_t b, size_t e);
 
+static void decode_streams(void *vctx, size_t b, size_t e);
+
+/* A one-pass transform job's batch of 8 * ch streams from si that the AVX2 decoder handed
+ * back (an initial state it does not take): the scalar decoder writes their coefficients
+ * (f32) into a scratch plane, then the inverse transform of those channels goes to j->out.
+ * Only damaged or foreign containers come here. */
+static void decode_tf_batch_scalar(struct dec_job *j, size_t si, int ch)
+{
+    const cg_layout *lay = j->lay;
+    const cg_stream_pos sp = cg_stream_at(lay, j->p, si);
+    uint32_t c0 = sp.g * 8, n = 64 * (uint32_t)ch;
+    /* [t1][C] coefficients of plane sp.lkv: no larger than the output's two planes */
+    float *y = rk_malloc((size_t)sp.t1 * lay->C * sizeof *y), *x = rk_malloc(n * sizeof *x);
+    if (!y || !x) {
+        __atomic_store_n(&j->failed, 2, __ATOMIC_RELAXED);
+        goto done;
+    }
+    struct dec_job sj = *j;
+    sj.tf = NULL;
+    sj.dmodels = NULL; /* the scalar decoder */
+    sj.dtype = CODEC_F32;
+    sj.out = y;
+    sj.lkv0 = sp.lkv;
+    sj.failed = 0;
+    size_t s0 = sp.lkv * lay->n_tblocks * lay->n_groups;
+    decode_streams(&sj, si - s0, si - s0 + 8 * (size_t)ch);
+    if (sj.failed) {
+        __atomic_store_n(&j->failed, sj.failed, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (uint32_t t = sp.t0; t < sp.t1; t++) {
+        cg_transform_rows_avx2(j->tf, lay->C, sp.lkv, c0, n, y + (size_t)t * lay->C + c0, 0, x, 0, 1);
+        codec_store_row(j->out, j->dtype, cg_out_index(j, sp.lkv, t, c0), x, n);
+    }
+done:
+    rk_free(y);
+    rk_free(x);
+}
+
 /* rk_pool_for body: decode streams [b, e), counted from plane j->lkv0's first, into j->out;
  * any malformed stream sets j->failed. */
 static void decode_streams(void *vctx, size_t b, size_t e)
@@ -1096,11 +1135,12 @@ static void decode_streams(void *vctx, size_t b, size_t e)
     }
     struct lane ln[4];
     size_t si = b;
-    bool simd8 = j->dmodels && cg_simd8_ok(j);
+    bool simd8 = j->tf || (j->dmodels && cg_simd8_ok(j)); /* one pass: chosen for AVX2 */
     size_t scalar_end = si; /* streams before this one go to the scalar decoder */
     while (si < e) {
         uint32_t g = (uint32_t)(si % lay->n_groups);
-        /* 8, 16, 32 or 64 full 8-channel groups of one block: the AVX2 decoder */
+        /* 8, 16, 32 or 64 full 8-channel groups of one block: the AVX2 decoder (one pass:
+           every batch qualifies, see cg_decode_layers) */
         int ch = CG_SIMD_MAX_CHAINS;
         while (simd8 && ch && (si + 8 * (size_t)ch > e || ((size_t)g + 8 * (size_t)ch) * 8 > lay->C))
             ch /= 2;
@@ -1110,7 +1150,9 @@ static void decode_streams(void *vctx, size_t b, size_t e)
                 __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
                 return;
             }
-            if (r > 0) {
+            if (r < 0 && j->tf)
+                decode_tf_batch_scalar(j, si, ch);
+            if (r > 0 || j->tf) {
                 si += 8 * (size_t)ch;
                 continue;
             }
@@ -1262,6 +1304,15 @@ void cg_prepared_free(cg_prepared *pr)
     memset(pr, 0, sizeof *pr);
 }
 
+/* Whether a transform container decodes in one pass (cg_decode_layers): the AVX2 decoder
+ * takes every stream (8-channel streams in whole batches of 64 channels; j's dmodels set and
+ * cg_simd8_ok) and blocks of 8, 16, 32 or 64 channels never straddle a batch. */
+static bool tf_one_pass(const struct dec_job *j, const cg_transform *tf)
+{
+    return j->dmodels && cg_simd8_ok(j) && j->lay->C % 64 == 0 && tf->B % 8 == 0 &&
+           64 % tf->B == 0;
+}
+
 /* What a cachegen reader keeps (codec_reader.ctx). */
 struct cg_reader {
     cg_prepared pr;             /* params, layout, float scales, stream offsets, models */
@@ -1269,8 +1320,9 @@ struct cg_reader {
                                    NULL: the scalar decoder only */
     rans_dmodel *dm_owned;      /* per-chunk tables' decode-only models (a codebook holds its
                                    own), owned; NULL otherwise */
-    float *coef;                /* transform containers: [2][T][C] one layer's coefficients
-                                   (a reader decodes one range at a time), owned; else NULL */
+    float *coef;                /* transform containers decoded in two passes: [2][T][C] one
+                                   layer's coefficients (a reader decodes one range at a
+                                   time), owned; else NULL */
 };
 
 static void cg_close(void *ctx)
@@ -1308,7 +1360,9 @@ static rk_status cg_open(codec_reader *r)
             cr->dmodels = cr->dm_owned;
         } /* else: the scalar decoder, which needs no more memory */
     }
-    if (pr->tf && !(cr->coef = rk_malloc(2 * (size_t)pr->lay.T * pr->lay.C * sizeof(float)))) {
+    probe.dmodels = cr->dmodels;
+    if (pr->tf && !tf_one_pass(&probe, pr->tf) &&
+        !(cr->coef = rk_malloc(2 * (size_t)pr->lay.T * pr->lay.C * sizeof(float)))) {
         cg_close(cr);
         return rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
     }
@@ -1346,9 +1400,20 @@ static void tf_rows(void *vctx, size_t b, size_t e)
     rk_free(row);
 }
 
+/* rk_pool_for body of a one-pass transform job: batches [b, e) of 8 streams, so that every
+ * piece starts and ends on a 64-channel boundary (whole transform blocks). */
+static void decode_stream_batches(void *vctx, size_t b, size_t e)
+{
+    decode_streams(vctx, 8 * b, 8 * e);
+}
+
 /* cachegen on the CPU: the layers' streams (consecutive in the payload), in parallel. A
- * transform container decodes one layer at a time: its coefficients (the scalar decoder,
- * f32, with the codebook's reconstruction points), then the inverse transform. */
+ * transform container, where the AVX2 decoder takes every stream (8-channel streams,
+ * 64-channel multiples) and blocks of 8, 16, 32 or 64 channels, decodes in one pass: each
+ * token row's coefficients go through the inverse transform as soon as they are decoded.
+ * Otherwise (the reference, and the scalar decoder's way) one layer at a time: its
+ * coefficients (f32, with the codebook's reconstruction points), then the inverse transform
+ * row by row (cg_transform_row). The two give the same bits. */
 static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint32_t l0,
                                   uint32_t nl, void *out)
 {
@@ -1365,8 +1430,22 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
             return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
         return RK_OK;
     }
-    float *coef = cr->coef;
     j.recon = pr->tf->recon;
+    if (tf_one_pass(&j, pr->tf)) {
+        j.tf = pr->tf;
+        j.tf_tiles = cg_avx512_ok();
+        rk_pool_for(r->pool, streams / 8, CG_SIMD_MAX_CHAINS, decode_stream_batches, &j);
+        if (j.failed == 2)
+            return rk_error_set(RK_ERR_NOMEM, "cachegen: transform rows");
+        if (j.failed)
+            return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
+        return RK_OK;
+    }
+    /* the reader's buffer, or this call's where the reader expected one pass (the AVX2
+       decoder was turned off since: RAGKV_CODEC_SIMD=0) */
+    float *coef = cr->coef ? cr->coef : rk_malloc(2 * (size_t)pr->lay.T * pr->lay.C * sizeof(float));
+    if (!coef)
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
     j.dtype = CODEC_F32;
     j.out = coef;
     struct tf_job tj = {.tf = pr->tf, .lay = &pr->lay, .in = coef, .out = out, .dtype = dtype,
@@ -1377,6 +1456,8 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
         if (!j.failed)
             rk_pool_for(r->pool, 2 * (size_t)pr->lay.T, 64, tf_rows, &tj);
     }
+    if (coef != cr->coef)
+        rk_free(coef);
     if (j.failed)
         return rk_error_set(RK_ERR_CORRUPT, "cachegen: malformed entropy-coded stream");
     if (tj.failed)

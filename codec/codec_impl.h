@@ -301,7 +301,16 @@ struct cg_dec_job {
                                           where it is not used */
     const float *scales;           /* [n_scales] */
     const float *recon;            /* [n_models][CODEC_MAX_SYMBOLS] reconstruction points of a
-                                      transform codebook (scalar decoder only), or NULL: s - qmax */
+                                      transform codebook, or NULL: s - qmax */
+    const struct cg_transform *tf; /* a transform container decoded in one pass (the AVX2
+                                      decoder, cg_decode_layers says when): each token row's
+                                      coefficients go through the inverse transform while
+                                      they are in L1, and out gets channels in dtype; pool
+                                      ranges then count batches of 8 streams. NULL: rows are
+                                      stored as decoded */
+    int tf_tiles;                  /* with tf: the AVX-512 stage (cg_avx512_ok) looks up the
+                                      reconstruction points and transforms 16 tokens at a
+                                      time; 0: the AVX2 gather and row transform */
     const uint8_t *payload;        /* the PAYLOAD section (borrowed) */
     const uint64_t *offs;          /* [n_streams + 1] stream offsets in payload */
     size_t payload_len;
@@ -309,7 +318,8 @@ struct cg_dec_job {
     void *out;                     /* canonical layout output, from (layer, K|V) plane lkv0 on */
     size_t lkv0;                   /* 2 * the first layer decoded; pool ranges count streams
                                       from that plane's first */
-    int failed;                    /* a stream was malformed */
+    int failed;                    /* 1: a stream was malformed; 2: out of memory (one pass
+                                      only) */
 };
 
 /* Index in j->out of (layer, K|V) plane lkv (absolute), token t, channel c. */
@@ -327,9 +337,19 @@ static inline size_t cg_out_index(const struct cg_dec_job *j, size_t lkv, uint32
  * (cachegen_simd.c) */
 #define CG_SIMD_MAX_CHAINS 8
 bool cg_simd8_ok(const struct cg_dec_job *j);
+/* Whether this CPU has AVX-512 F and VL for the one-pass transform decoder's tiles, and
+ * RAGKV_CODEC_SIMD is not "avx2". */
+bool cg_avx512_ok(void);
 /* 1: decoded; 0: malformed; -1: a stream's initial state is outside [2^23, 2^31), where a
  * step may need more than two bytes: decode these streams with the scalar decoder. */
 int cg_decode_avx2(const struct cg_dec_job *j, size_t si, int chains);
+/* The inverse transform (cg_transform's order, bit for bit the same as cg_transform_row) of
+ * channels [c0, c0 + n) of `rows` rows of plane lkv, AVX2, several rows and columns at once
+ * so that the sums' additions overlap: y (ys floats from one row to the next) to x (xs). c0
+ * and n are multiples of tf->B, and tf->B of 8; needs AVX2 (cg_simd8_ok). */
+void cg_transform_rows_avx2(const struct cg_transform *tf, uint32_t C, size_t lkv, uint32_t c0,
+                            uint32_t n, const float *y, size_t ys, float *x, size_t xs,
+                            uint32_t rows);
 
 /* Everything the CPU and CUDA decoders share: params, layout, float scales, stream offsets,
  * models. Filled by cg_prepare, released by cg_prepared_free. */
