@@ -517,7 +517,7 @@ int codec_bench_main(int argc, char **argv)
     if (jf)
         fprintf(jf, "]");
     if (cuda) {
-        int ok = codec_bench_cuda(&src, cb, pool, cuda_tokens, iters, jf);
+        int ok = codec_bench_cuda(&src, cb, cbt, pool, cuda_tokens, iters, jf);
         if (!ok)
             goto done;
     }

@@ -9,8 +9,8 @@
 #include "ragkv/alloc.h"
 #include "ragkv/clock.h"
 
-int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
-                     int iters, FILE *jf)
+int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, const codec_codebook *cbt,
+                     rk_pool *pool, int tokens, int iters, FILE *jf)
 {
     if (!codec_cuda_available()) {
         fprintf(stderr, "ragkv bench codec --cuda: no CUDA device\n");
@@ -47,15 +47,19 @@ int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *po
                  {"cachegen L0 tables", CODEC_CACHEGEN, 0, 0},
                  {"cachegen L1 tables", CODEC_CACHEGEN, 1, 0},
                  {"cachegen L1 codebook", CODEC_CACHEGEN, 1, 1},
+                 {"cachegen L1 cb transform", CODEC_CACHEGEN, 1, 2},
                  {"cachegen L3 tables", CODEC_CACHEGEN, 3, 0}};
     size_t nc = sizeof cases / sizeof cases[0];
     for (size_t c = 0; c < nc; c++) {
+        const codec_codebook *cbs[3] = {NULL, cb, cbt};
+        if (cases[c].codebook == 2 && !cbt)
+            continue;
         codec_params p = codec_params_default(cases[c].id);
         p.level = cases[c].level;
         p.pool = pool;
-        p.codebook = cases[c].codebook ? cb : NULL;
+        p.codebook = cbs[cases[c].codebook];
         rk_buf b = RK_BUF_INIT;
-        codec_decode_opts o = {.pool = pool, .codebook = cb};
+        codec_decode_opts o = {.pool = pool, .codebook = p.codebook};
         rk_status st = codec_encode(kv, &shape, &p, &b);
         if (st == RK_OK)
             st = codec_decode(b.data, b.len, &o, CODEC_F16, cpu, n * 2);

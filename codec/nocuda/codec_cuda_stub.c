@@ -48,8 +48,8 @@ rk_status codec_cuda_reader_finish(codec_cuda_reader *r)
 
 void codec_cuda_reader_close(codec_cuda_reader *r) {}
 
-int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
-                     int iters, FILE *jf)
+int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, const codec_codebook *cbt,
+                     rk_pool *pool, int tokens, int iters, FILE *jf)
 {
     fprintf(stderr, "ragkv bench codec --cuda: built without CUDA\n");
     return 0;

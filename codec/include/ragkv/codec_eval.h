@@ -85,9 +85,10 @@ rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *o, FILE *o
 /* `--cuda` part of the benchmark: time codec_decode_cuda (kernel and end to end, best of
  * iters) and check it is bit-identical to the CPU decoder, on the source's KV or, with
  * tokens > 0 and a synthetic source, on a fresh synthetic tensor of that many tokens.
+ * cb: the codebook of the codebook row; cbt (NULL: no such row): a transform codebook's.
  * Prints a table, appends ",\"cuda\":[...]" to jf when set. Returns 1 on success. */
-int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, rk_pool *pool, int tokens,
-                     int iters, FILE *jf);
+int codec_bench_cuda(codec_kv_source *src, const codec_codebook *cb, const codec_codebook *cbt,
+                     rk_pool *pool, int tokens, int iters, FILE *jf);
 
 #ifdef __cplusplus
 }
