@@ -235,8 +235,8 @@ tf_tile_avx512(const struct cg_dec_job *j, const int32_t (*sym)[CG_SIMD_MAX_CHAI
 {
     const cg_transform *tf = j->tf;
     const uint32_t C = j->lay->C, B = tf->B, W = 64 * (uint32_t)nch;
-    /* [token][c - c0] the rows in dtype (2 or 4 bytes a value) */
-    float xr[CG_TILE][64 * CG_SIMD_MAX_CHAINS] __attribute__((aligned(64)));
+    /* [token][c - c0] the rows in dtype (es bytes a value) */
+    uint8_t xr[CG_TILE][4 * 64 * CG_SIMD_MAX_CHAINS] __attribute__((aligned(64)));
     const size_t es = j->dtype == CODEC_F32 ? 4 : 2;
     float yt[64][CG_TILE] __attribute__((aligned(64))), xt[64][CG_TILE] __attribute__((aligned(64)));
     const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
