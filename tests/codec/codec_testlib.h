@@ -141,6 +141,38 @@ static inline uint8_t *section(uint8_t *p, uint32_t type, size_t *len)
     return NULL;
 }
 
+/* Damage one cachegen stream of container c in place and reseal it (so the decoder, not the
+ * checksum, must notice): a stream with a right neighbour chosen by the LCG *r, then by kind —
+ * 0: its initial state becomes the it-th of eight out-of-range or edge values; 1: one of its
+ * bytes flips; 2: one byte moves to the neighbour (it odd) or back; 3: it becomes shorter
+ * than a state (it % 4 bytes). */
+static inline void damage_stream(uint8_t *c, int kind, int it, uint64_t *r)
+{
+    size_t plen, ilen;
+    uint8_t *pay = section(c, 5, &plen), *idx = section(c, 4, &ilen);
+    size_t ns = ilen / 4;
+    *r = *r * 6364136223846793005ull + 1442695040888963407ull;
+    size_t k = (size_t)(*r >> 33) % (ns - 1), at = 0;
+    for (size_t i = 0; i < k; i++)
+        at += rk_get_le32(idx + 4 * i);
+    uint32_t len = rk_get_le32(idx + 4 * k), next = rk_get_le32(idx + 4 * k + 4);
+    static const uint32_t states[8] = {0, 1, 0x7fffff, 0x80000000u, 0xffffffffu, 0x800000,
+                                       0x7fffffff, 0x12345};
+    if (kind == 0)
+        rk_put_le32(pay + at, states[it % 8]);
+    else if (kind == 1)
+        pay[at + (*r >> 20) % len] ^= (uint8_t)(1 + (*r >> 12) % 255);
+    else if (kind == 2) {
+        int d = it % 2 ? 1 : -1;
+        rk_put_le32(idx + 4 * k, len + (uint32_t)d);
+        rk_put_le32(idx + 4 * k + 4, next - (uint32_t)d);
+    } else {
+        rk_put_le32(idx + 4 * k, (uint32_t)it % 4);
+        rk_put_le32(idx + 4 * k + 4, next + len - (uint32_t)it % 4);
+    }
+    reseal(c);
+}
+
 /* Move the last byte of entry k of the INDEX section (lz4 blocks, cachegen streams) to entry
  * k + 1: entry k's decoder runs out of bytes, k + 1's reads garbage; the payload still adds
  * up. */

@@ -143,30 +143,7 @@ Test(cachegen, simd_and_scalar_agree_on_damaged_streams)
         for (int kind = 0; kind < 4; kind++)
             for (int it = 0; it < 8; it++) {
                 memcpy(c, b.data, b.len);
-                size_t plen, ilen;
-                uint8_t *pay = section(c, 5, &plen), *idx = section(c, 4, &ilen);
-                size_t ns = ilen / 4;
-                r = r * 6364136223846793005ull + 1442695040888963407ull;
-                size_t k = (size_t)(r >> 33) % (ns - 1); /* a stream with a right neighbour */
-                size_t at = 0;
-                for (size_t i = 0; i < k; i++)
-                    at += rk_get_le32(idx + 4 * i);
-                uint32_t len = rk_get_le32(idx + 4 * k), next = rk_get_le32(idx + 4 * k + 4);
-                const uint32_t states[8] = {0, 1, 0x7fffff, 0x80000000u, 0xffffffffu, 0x800000,
-                                            0x7fffffff, 0x12345};
-                if (kind == 0) /* initial state */
-                    rk_put_le32(pay + at, states[it]);
-                else if (kind == 1) /* a flipped byte of the stream */
-                    pay[at + (r >> 20) % len] ^= (uint8_t)(1 + (r >> 12) % 255);
-                else if (kind == 2) { /* one byte moves to the neighbour, or back */
-                    int d = it % 2 ? 1 : -1;
-                    rk_put_le32(idx + 4 * k, len + (uint32_t)d);
-                    rk_put_le32(idx + 4 * k + 4, next - (uint32_t)d);
-                } else { /* shorter than a state */
-                    rk_put_le32(idx + 4 * k, (uint32_t)it % 4);
-                    rk_put_le32(idx + 4 * k + 4, next + len - (uint32_t)it % 4);
-                }
-                reseal(c);
+                damage_stream(c, kind, it, &r);
                 tries++;
                 failed += decode_both(c, b.len, &o, CODEC_F16, withcb ? "codebook" : "tables") != RK_OK;
             }

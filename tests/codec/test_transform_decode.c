@@ -228,26 +228,7 @@ Test(transform_decode, damaged_streams_as_the_reference, .timeout = 300)
     for (int kind = 0; kind < 3; kind++)
         for (int it = 0; it < 8; it++) {
             memcpy(c, b.data, b.len);
-            size_t plen, ilen;
-            uint8_t *pay = section(c, 5, &plen), *idx = section(c, 4, &ilen);
-            size_t ns = ilen / 4;
-            r = r * 6364136223846793005ull + 1442695040888963407ull;
-            size_t k = (size_t)(r >> 33) % (ns - 1), at = 0;
-            for (size_t i = 0; i < k; i++)
-                at += rk_get_le32(idx + 4 * i);
-            uint32_t len = rk_get_le32(idx + 4 * k), next = rk_get_le32(idx + 4 * k + 4);
-            const uint32_t states[8] = {0, 1, 0x7fffff, 0x80000000u, 0xffffffffu, 0x800000,
-                                        0x7fffffff, 0x12345};
-            if (kind == 0)
-                rk_put_le32(pay + at, states[it]);
-            else if (kind == 1)
-                pay[at + (r >> 20) % len] ^= (uint8_t)(1 + (r >> 12) % 255);
-            else {
-                int d = it % 2 ? 1 : -1;
-                rk_put_le32(idx + 4 * k, len + (uint32_t)d);
-                rk_put_le32(idx + 4 * k + 4, next - (uint32_t)d);
-            }
-            reseal(c);
+            damage_stream(c, kind, it, &r);
             rk_buf d = {.data = c, .len = b.len};
             for (int dt = 0; dt < 3; dt += 2) {
                 size_t n, m;
