@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "det_tokens.h"
 #include "ragkv/engine.h"
 
 typedef rk_status (*conf_backend_ctor)(eng_model *m, eng_backend **out);
@@ -26,18 +27,6 @@ static eng_model *conf_open(const char *what)
     rk_status st = strchr(what, '/') ? eng_model_open(what, &m) : eng_model_synth(what, 7, &m);
     cr_assert_eq(st, RK_OK, "open %s: %s", what, rk_error_msg());
     return m;
-}
-
-/* Deterministic token ids in [3, vocab). */
-static void conf_tokens(int32_t *t, size_t n, int vocab, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 1;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        t[i] = 3 + (int32_t)(x % (uint32_t)(vocab - 3));
-    }
 }
 
 /* max |a-b| / max(1e-3, max |b|) over n values: relative to the row's scale */
@@ -71,7 +60,7 @@ static void conf_prefill_equals_decode(conf_backend_ctor ctor, const char *model
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 24, V = (size_t)mi->vocab;
     int32_t tok[24];
-    conf_tokens(tok, n, mi->vocab, 1);
+    det_tokens(tok, n, mi->vocab, 1);
     tok[0] = mi->bos;
     float *all = malloc(n * V * sizeof(float)), *one = malloc(V * sizeof(float));
     eng_seq *a, *b;
@@ -103,7 +92,7 @@ static void conf_layers_equal_prefill(conf_backend_ctor ctor, const char *model,
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 16, V = (size_t)mi->vocab, kvd = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
     int32_t tok[16], pos[16], slots[16];
-    conf_tokens(tok, n, mi->vocab, 2);
+    det_tokens(tok, n, mi->vocab, 2);
     for (size_t i = 0; i < n; i++) {
         pos[i] = (int32_t)i;
         slots[i] = (int32_t)i;
@@ -152,7 +141,7 @@ static void conf_row_subset(conf_backend_ctor ctor, const char *model, double to
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 20, V = (size_t)mi->vocab;
     int32_t tok[20];
-    conf_tokens(tok, n, mi->vocab, 3);
+    det_tokens(tok, n, mi->vocab, 3);
     float *ref = malloc(n * V * sizeof(float)), *got = malloc(n * V * sizeof(float));
     float *kv = malloc(eng_kv_floats(m, n) * sizeof(float));
     eng_seq *a;
@@ -213,8 +202,8 @@ static void conf_export_import_shift(conf_backend_ctor ctor, const char *model, 
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 12, V = (size_t)mi->vocab, F = eng_kv_floats(m, n);
     int32_t tok[12], shift = 37, pos[12], next;
-    conf_tokens(tok, n, mi->vocab, 4);
-    conf_tokens(&next, 1, mi->vocab, 5);
+    det_tokens(tok, n, mi->vocab, 4);
+    det_tokens(&next, 1, mi->vocab, 5);
     for (size_t i = 0; i < n; i++)
         pos[i] = shift + (int32_t)i;
     float *kv_a = malloc(F * sizeof(float)), *kv_b = malloc(F * sizeof(float)), *kv_c = malloc(F * sizeof(float));
@@ -275,8 +264,8 @@ static void conf_batched_decode(conf_backend_ctor ctor, const char *model, doubl
     float *lb = malloc(NS * V * sizeof(float)), *ls = malloc(V * sizeof(float));
     for (int i = 0; i < NS; i++) {
         int32_t p[16];
-        conf_tokens(p, plen[i], mi->vocab, 10 + (uint32_t)i);
-        conf_tokens(steps_tok[i], STEPS, mi->vocab, 20 + (uint32_t)i);
+        det_tokens(p, plen[i], mi->vocab, 10 + (uint32_t)i);
+        det_tokens(steps_tok[i], STEPS, mi->vocab, 20 + (uint32_t)i);
         cr_assert_eq(eng_seq_new(be, 32, &bat[i]), RK_OK);
         cr_assert_eq(eng_seq_new(be, 32, &solo[i]), RK_OK);
         cr_assert_eq(eng_prefill(bat[i], p, plen[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
@@ -327,7 +316,7 @@ static void conf_causal_by_position(conf_backend_ctor ctor, const char *model, d
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 10, V = (size_t)mi->vocab;
     int32_t tok[10];
-    conf_tokens(tok, n, mi->vocab, 6);
+    det_tokens(tok, n, mi->vocab, 6);
     float *ref = malloc(n * V * sizeof(float)), *got = malloc(n * V * sizeof(float));
     eng_seq *a, *b;
     cr_assert_eq(eng_seq_new(be, 32, &a), RK_OK);
@@ -418,7 +407,7 @@ static void conf_attention_mass(conf_backend_ctor ctor, const char *model, doubl
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 12, d = (size_t)mi->dim;
     int32_t tok[12], pos[4], sl[4];
-    conf_tokens(tok, n, mi->vocab, 8);
+    det_tokens(tok, n, mi->vocab, 8);
     float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float));
     eng_seq *a, *b, *c;
     cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
@@ -493,8 +482,8 @@ static void conf_attention_modifiers(conf_backend_ctor ctor, const char *model, 
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t d = (size_t)mi->dim;
     int32_t tok[10], junk[4];
-    conf_tokens(tok, 10, mi->vocab, 12);
-    conf_tokens(junk, 4, mi->vocab, 13);
+    det_tokens(tok, 10, mi->vocab, 12);
+    det_tokens(junk, 4, mi->vocab, 13);
     float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float)), *kvj = malloc(eng_kv_floats(m, 4) * sizeof(float));
     eng_seq *a, *j, *b, *c, *e, *f;
     cr_assert_eq(eng_seq_new(be, 16, &a), RK_OK);
@@ -585,7 +574,7 @@ static void conf_kv_layers(conf_backend_ctor ctor, const char *model, double tol
     cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
     size_t n = 6, V = (size_t)mi->vocab, F = eng_kv_floats(m, n), per = F / (size_t)mi->n_layers;
     int32_t tok[6], pos[6], next = 4;
-    conf_tokens(tok, n, mi->vocab, 14);
+    det_tokens(tok, n, mi->vocab, 14);
     for (size_t i = 0; i < n; i++)
         pos[i] = 3 + (int32_t)i;
     float *full = malloc(F * sizeof(float)), *part = malloc(F * sizeof(float));
@@ -633,9 +622,9 @@ static void conf_kv_deviation(conf_backend_ctor ctor, const char *model, double 
     cr_assert_eq(ctor(m, &other), RK_OK, "%s", rk_error_msg());
     size_t n = 24, w = (size_t)mi->n_kv_heads * (size_t)mi->head_dim;
     int32_t ta[24], tb[24];
-    conf_tokens(ta, n, mi->vocab, 31);
+    det_tokens(ta, n, mi->vocab, 31);
     memcpy(tb, ta, sizeof(ta));
-    conf_tokens(tb + 8, 4, mi->vocab, 32); /* rows 8..11 differ, and every row after them through attention */
+    det_tokens(tb + 8, 4, mi->vocab, 32); /* rows 8..11 differ, and every row after them through attention */
     eng_seq *a = conf_seq(be, n), *b = conf_seq(be, n), *far = conf_seq(other, n);
     cr_assert_eq(eng_prefill(a, ta, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
     cr_assert_eq(eng_prefill(b, tb, n, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
@@ -685,8 +674,8 @@ static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
     cr_assert_eq(ctor(m, &other), RK_OK, "%s", rk_error_msg());
     size_t n = 10, slot0 = 3, V = (size_t)mi->vocab, F = eng_kv_floats(m, n), per = F / (size_t)mi->n_layers;
     int32_t tok[10], pos[10], next;
-    conf_tokens(tok, n, mi->vocab, 21);
-    conf_tokens(&next, 1, mi->vocab, 22);
+    det_tokens(tok, n, mi->vocab, 21);
+    det_tokens(&next, 1, mi->vocab, 22);
     for (size_t i = 0; i < n; i++)
         pos[i] = 5 + 2 * (int32_t)i; /* shifted and spread: RoPE at positions other than the export's */
     float *kv = malloc(F * sizeof(float)), *ka = malloc(F * sizeof(float)), *kb = malloc(F * sizeof(float));

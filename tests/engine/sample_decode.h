@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "det_tokens.h"
 #include "ragkv/engine.h"
 
 typedef rk_status (*sd_backend_ctor)(eng_model *m, eng_backend **out);
@@ -24,18 +25,6 @@ static inline eng_model *sd_open(const char *what)
     rk_status st = strchr(what, '/') ? eng_model_open(what, &m) : eng_model_synth(what, 7, &m);
     cr_assert_eq(st, RK_OK, "open %s: %s", what, rk_error_msg());
     return m;
-}
-
-/* Deterministic token ids in [3, vocab). */
-static inline void sd_tokens(int32_t *t, size_t n, int vocab, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 1;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        t[i] = 3 + (int32_t)(x % (uint32_t)(vocab - 3));
-    }
 }
 
 static inline eng_seq *sd_seq(eng_backend *be, size_t cap)
@@ -77,7 +66,7 @@ static inline void sd_start(eng_backend *be, size_t cap, eng_seq **seqs, int32_t
     cr_assert_not_null(lg);
     for (size_t i = 0; i < SD_SEQS; i++) {
         int32_t tok[8];
-        sd_tokens(tok, 8, mi->vocab, 100 + (uint32_t)i);
+        det_tokens(tok, 8, mi->vocab, 100 + (uint32_t)i);
         tok[0] = mi->bos;
         seqs[i] = sd_seq(be, cap);
         cr_assert_eq(eng_prefill(seqs[i], tok, 3 + i % 5, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());

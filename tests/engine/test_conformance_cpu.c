@@ -85,7 +85,7 @@ Test(cpu_conformance, single_thread_equals_multithread)
     cr_assert_eq(eng_backend_cpu_new(m, 4, &b4), RK_OK);
     size_t n = 16, V = (size_t)eng_model_get_info(m)->vocab;
     int32_t tok[16];
-    conf_tokens(tok, n, (int)V, 9);
+    det_tokens(tok, n, (int)V, 9);
     float *l1 = malloc(n * V * sizeof(float)), *l4 = malloc(n * V * sizeof(float));
     eng_seq *s1, *s4;
     cr_assert_eq(eng_seq_new(b1, 0, &s1), RK_OK);

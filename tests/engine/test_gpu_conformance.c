@@ -93,7 +93,7 @@ static void bf16_long_vs_cpu(const char *shape, size_t n)
     int32_t *toks = malloc((n + STEPS) * sizeof(int32_t)), *pos = malloc(n * sizeof(int32_t));
     float *lc = malloc(n * V * sizeof(float)), *lg = malloc(n * V * sizeof(float));
     cr_assert(toks && pos && lc && lg);
-    conf_tokens(toks, n + STEPS, mi->vocab, 11);
+    det_tokens(toks, n + STEPS, mi->vocab, 11);
     for (size_t i = 0; i < n; i++)
         pos[i] = (int32_t)(i + 37);
     eng_backend *cpu, *gpu;
@@ -170,7 +170,7 @@ static void graphs_equal_eager(const char *mode)
     enum { STEPS = 80 };
     const size_t lens[2] = {200, 90};
     int32_t toks[400];
-    conf_tokens(toks, 400, eng_model_get_info(m)->vocab, 3);
+    det_tokens(toks, 400, eng_model_get_info(m)->vocab, 3);
     eng_backend *gpu;
     cr_assert_eq(cuda_ctor(m, &gpu), RK_OK, "%s", rk_error_msg());
     eng_seq *g[2], *e[2];
