@@ -40,7 +40,7 @@ struct run {
     bl_mode mode;
     float ratio;          /* CacheBlend ratio, or Cache-Craft alpha */
     int craft_src;        /* Cache-Craft variants: 0 standalone, 1 captured in another context */
-    double kl, agree, matched, recomputed, token_layers, ms;
+    double kl, agree, agree_tf, matched, recomputed, token_layers, ms;
     double *kv_dev;   /* (n_layers) mean relative L2 of the layer's KV vs full */
 };
 
@@ -54,8 +54,10 @@ static void usage(FILE *f)
             "                        [--threads N] [--json FILE]\n\n"
             "Builds N prompts of K chunks (T tokens each, sampled from the model itself) and a\n"
             "query, and compares every mode with full prefill of the same prompt: next-token KL,\n"
-            "top-1 agreement over a %d-token greedy continuation, mean matched continuation\n"
-            "length, relative KV deviation per layer, tokens recomputed, time.\n"
+            "top-1 agreement over a %d-token greedy continuation (top1: each mode's own\n"
+            "continuation against full's, position by position; top1-tf: teacher-forced, fed\n"
+            "full's continuation), mean matched continuation length, relative KV deviation\n"
+            "per layer, tokens recomputed, time.\n"
             "cachecraft runs twice per alpha: craft-sa with standalone variants, craft-ctx with\n"
             "variants captured in a different random context (a random subset of the prompt's\n"
             "other chunks in random order, plus one unrelated chunk); ratio column = alpha.\n"
@@ -155,6 +157,22 @@ static rk_status greedy(eng_backend *be, eng_seq *s, float *logits, int vocab, i
     for (int i = 0; i < n; i++) {
         out[i] = eng_argmax(logits, vocab);
         rk_status st = eng_decode(be, &s, &out[i], 1, logits);
+        if (st != RK_OK)
+            return st;
+    }
+    return RK_OK;
+}
+
+/* Teacher-forced top-1 agreement: feeds ref[0..n) (full prefill's greedy continuation) to s
+ * from its last-row logits (consumed), counting the steps whose argmax equals ref[i]. Unlike
+ * a free-running continuation, one early mismatch does not change what later steps see. */
+static rk_status forced_agree(eng_backend *be, eng_seq *s, float *logits, int vocab, const int32_t *ref, int n,
+                              int *agree)
+{
+    *agree = 0;
+    for (int i = 0; i < n; i++) {
+        *agree += eng_argmax(logits, vocab) == ref[i];
+        rk_status st = eng_decode(be, &s, &ref[i], 1, logits);
         if (st != RK_OK)
             return st;
     }
@@ -428,6 +446,18 @@ static int eval_main(int argc, char **argv)
                 runs[r].matched += (double)bl_matched_prefix(cfull, cb, CONT);
             }
             eng_seq_free(s);
+            /* the same assembly again (deterministic), fed full's continuation */
+            s = NULL;
+            if (st == RK_OK)
+                st = eng_seq_new(be, nprompt + CONT + 1, &s);
+            if (st == RK_OK)
+                st = bl_assemble(m, be, s, segs, (size_t)o.chunks, query, (size_t)o.query_len, &p, lb, NULL);
+            if (st == RK_OK) {
+                int agree = 0;
+                st = forced_agree(be, s, lb, (int)V, cfull, CONT, &agree);
+                runs[r].agree_tf += (double)agree / CONT;
+            }
+            eng_seq_free(s);
         }
         fprintf(stderr, "blend eval: case %d/%d done\n", c + 1, o.cases);
     }
@@ -436,13 +466,13 @@ static int eval_main(int argc, char **argv)
         fprintf(stderr, "ragkv blend eval: %s (%s)\n", rk_strerror(st), rk_error_msg());
         rc = 1;
     } else {
-        printf("%-11s %6s %10s %11s %8s %8s %11s %10s %9s\n", "mode", "ratio", "recomputed", "token-layers",
-               "KL", "top1", "matched", "kv-dev-L1", "ms");
+        printf("%-11s %6s %10s %11s %8s %8s %8s %11s %10s %9s\n", "mode", "ratio", "recomputed", "token-layers",
+               "KL", "top1", "top1-tf", "matched", "kv-dev-L1", "ms");
         for (int r = 0; r < nruns; r++) {
             double n = o.cases;
-            printf("%-11s %6.2f %10.3f %11.3f %8.5f %8.3f %11.2f %10.4f %9.2f\n", run_label(&runs[r]),
+            printf("%-11s %6.2f %10.3f %11.3f %8.5f %8.3f %8.3f %11.2f %10.4f %9.2f\n", run_label(&runs[r]),
                    runs[r].ratio, runs[r].recomputed / n, runs[r].token_layers / n, runs[r].kl / n,
-                   runs[r].agree / n, runs[r].matched / n, L > 1 ? runs[r].kv_dev[1] / n : runs[r].kv_dev[0] / n,
+                   runs[r].agree / n, runs[r].agree_tf / n, runs[r].matched / n, L > 1 ? runs[r].kv_dev[1] / n : runs[r].kv_dev[0] / n,
                    runs[r].ms / n);
         }
         if (o.json) {
@@ -458,9 +488,11 @@ static int eval_main(int argc, char **argv)
                 for (int r = 0; r < nruns; r++) {
                     double n = o.cases;
                     fprintf(f, "%s\n {\"mode\": \"%s\", \"ratio\": %.4f, \"recomputed\": %.5f, \"token_layers\": %.5f, "
-                               "\"kl\": %.7f, \"top1\": %.5f, \"matched\": %.3f, \"ms\": %.4f, \"kv_dev\": [",
+                               "\"kl\": %.7f, \"top1\": %.5f, \"top1_forced\": %.5f, \"matched\": %.3f, \"ms\": %.4f, "
+                               "\"kv_dev\": [",
                             r ? "," : "", run_label(&runs[r]), runs[r].ratio, runs[r].recomputed / n,
-                            runs[r].token_layers / n, runs[r].kl / n, runs[r].agree / n, runs[r].matched / n,
+                            runs[r].token_layers / n, runs[r].kl / n, runs[r].agree / n, runs[r].agree_tf / n,
+                            runs[r].matched / n,
                             runs[r].ms / n);
                     for (size_t l = 0; l < L; l++)
                         fprintf(f, "%s%.6f", l ? ", " : "", runs[r].kv_dev[l] / n);

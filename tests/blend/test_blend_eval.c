@@ -37,6 +37,14 @@ Test(blend_eval, runs_and_reference_points_hold, .timeout = 120)
     cr_assert_not_null(r1, "%s", buf);
     cr_expect(strstr(r1, "\"kl\": 0.0000000") == strstr(r1, "\"kl\""), "r = 1 is exact: %s", r1);
     cr_expect(strstr(r1, "\"top1\": 1.00000") == strstr(r1, "\"top1\""), "%s", r1);
+    cr_expect(strstr(r1, "\"top1_forced\": 1.00000") == strstr(r1, "\"top1_forced\""), "%s", r1);
+    /* prefix mode is exact too, and naive is not (its teacher-forced agreement is below 1) */
+    char *pr = strstr(buf, "\"mode\": \"prefix\""), *nv = strstr(buf, "\"mode\": \"naive\"");
+    cr_assert(pr && nv, "%s", buf);
+    cr_expect(strstr(pr, "\"top1_forced\": 1.00000") == strstr(pr, "\"top1_forced\""), "%s", pr);
+    double tf = 2;
+    cr_assert_eq(sscanf(strstr(nv, "\"top1_forced\""), "\"top1_forced\": %lf", &tf), 1);
+    cr_expect(tf > 0 && tf < 1, "naive top1_forced %f", tf);
     rk_test_rmrf(tmp);
 }
 
