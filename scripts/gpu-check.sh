@@ -11,7 +11,11 @@
 #   GPU_CHECK_SANITIZER=1  also run each gpu test binary under compute-sanitizer memcheck
 #                      (appends to ctest-gpu.log; slow: allow ~10 minutes)
 #   GPU_CHECK_SANITIZER_TOOLS="memcheck racecheck"  the tools to run (racecheck is slower still)
-#   GPU_CHECK_BENCHES="10 30"  only the benchmarks whose file names start so (default: all)
+#   GPU_CHECK_BENCHES="35 10 30"  only the benchmarks whose file names start so, in that order
+#                      (default: all, in file-name order)
+#   GPU_CHECK_DEADLINE_S=540  stop starting benchmarks this many seconds after the script
+#                      started, and stop a running one at it (timeout), so that the results
+#                      are still packed inside a device call's limit (default: none)
 #   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R; the sanitizer runs too)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,16 +81,26 @@ if [ "${GPU_CHECK_FULL:-1}" = 1 ]; then
 fi
 
 if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
-  # benchmarks register themselves in scripts/gpu-bench.d/*.sh; each writes into $OUT
-  for b in scripts/gpu-bench.d/*.sh; do
-    [ -f "$b" ] || continue
-    # GPU_CHECK_BENCHES: space-separated name prefixes to run (default: all)
-    if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
-      keep=0; for p in $GPU_CHECK_BENCHES; do case "$(basename "$b")" in "$p"*) keep=1 ;; esac; done
-      [ $keep = 1 ] || continue
+  # benchmarks register themselves in scripts/gpu-bench.d/*.sh; each writes into $OUT.
+  # GPU_CHECK_BENCHES: space-separated name prefixes, run in that order (default: all)
+  benches=()
+  if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
+    for p in $GPU_CHECK_BENCHES; do
+      for b in scripts/gpu-bench.d/"$p"*.sh; do [ -f "$b" ] && benches+=("$b"); done
+    done
+  else
+    for b in scripts/gpu-bench.d/*.sh; do [ -f "$b" ] && benches+=("$b"); done
+  fi
+  for b in "${benches[@]}"; do
+    limit=()
+    if [ -n "${GPU_CHECK_DEADLINE_S:-}" ]; then
+      left=$((GPU_CHECK_DEADLINE_S - SECONDS))
+      if [ "$left" -lt 20 ]; then log "benchmark $(basename "$b"): skipped (deadline)"; continue; fi
+      limit=(timeout "$left")
     fi
     log "benchmark $(basename "$b")"
-    BUILD="$build" OUT="$out" bash "$b" 2>&1 | tee -a "$out/bench.log" || { log "benchmark $b failed"; rc=1; }
+    BUILD="$build" OUT="$out" "${limit[@]}" bash "$b" 2>&1 | tee -a "$out/bench.log" ||
+      { log "benchmark $b failed or ran out of time"; rc=1; }
   done
 fi
 if [ "${GPU_CHECK_PACK:-1}" = 1 ]; then
