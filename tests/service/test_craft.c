@@ -201,8 +201,8 @@ static void used_and_closer(const char *const *flags, bool lossless)
     last_logits(m, be, k1, q[NQ - 1], l1);
     last_logits(m, be, k2, q[NQ - 1], l2);
     double e1 = rel_l2(lf, l1, (size_t)vocab), e2 = rel_l2(lf, l2, (size_t)vocab);
-    fprintf(stderr, "cachecraft vs full (%s): KV rel-L2 %.4g -> %.4g, last-row logits rel-L2 %.4g -> %.4g\n",
-            lossless ? "fp16 chunks" : "default codec", d1, d2, e1, e2);
+    fprintf(stderr, "cachecraft vs full (%s): recomputed %u -> %u, KV rel-L2 %.4g -> %.4g, last-row logits rel-L2 "
+            "%.4g -> %.4g\n", lossless ? "fp16 chunks" : "default codec", r1, r2, d1, d2, e1, e2);
     if (lossless) {
         /* the variant is the prompt's own KV up to fp16: logits as full's, up to that */
         cr_expect_lt(e2, e1, "last-row logits closer to full (%g < %g)", e2, e1);
