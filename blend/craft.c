@@ -124,6 +124,116 @@ fail:
     return st;
 }
 
+rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
+                                 const uint64_t *ids, float *const *kv_out, bl_craft_meta *metas)
+{
+    if (!m || !be || !segs || nseg == 0 || !kv_out || !metas || (nseg > 1 && !ids))
+        return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: bad arguments");
+    for (size_t i = 0; i < nseg; i++)
+        memset(&metas[i], 0, sizeof(metas[i]));
+    const eng_model_info *mi = eng_model_get_info(m);
+    const size_t L = (size_t)mi->n_layers;
+    size_t n = 1, last = 0; /* last: one past the last segment captured (the prefill stops there) */
+    for (size_t i = 0; i < nseg; i++) {
+        if (!segs[i].tokens || segs[i].n == 0)
+            return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: segment %zu is empty", i);
+        if (segs[i].n > CRAFT_MAX_TOKENS)
+            return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture_all: segment %zu too large for metadata", i);
+        n += segs[i].n;
+        if (kv_out[i])
+            last = i + 1;
+    }
+    if (last == 0)
+        return RK_OK; /* nothing asked */
+    if (n > (size_t)mi->max_seq)
+        return rk_error_set(RK_ERR_RANGE, "bl_variant_capture_all: %zu tokens exceed the context of %d", n, mi->max_seq);
+    if (nseg - 1 > CRAFT_MAX_PREV || L > CRAFT_MAX_LAYERS)
+        return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture_all: context or model too large for metadata");
+    rk_status st = RK_OK;
+    size_t prev_tokens = 0;
+    for (size_t i = 0; i < nseg && st == RK_OK; i++) {
+        if (kv_out[i]) {
+            metas[i].n_tokens = (uint32_t)segs[i].n;
+            metas[i].n_layers = (uint32_t)L;
+            metas[i].n_prev = (uint32_t)i;
+            metas[i].prev_tokens = (uint32_t)prev_tokens;
+            if ((st = meta_alloc(&metas[i])) == RK_OK && i)
+                memcpy(metas[i].prev_ids, ids, i * sizeof(uint64_t));
+        }
+        prev_tokens += segs[i].n;
+    }
+
+    eng_seq *s = NULL;
+    eng_hidden *h = NULL;
+    int32_t *tok = rk_malloc(n * sizeof(int32_t)), *pos = rk_malloc(n * sizeof(int32_t));
+    size_t *bounds = rk_malloc((nseg + 2) * sizeof(size_t));
+    const size_t G = last + 1; /* attention groups: BOS, then segments 0..last-1 */
+    float *mass = rk_malloc(n * G * sizeof(float));
+    double *tsum = rk_calloc(n, sizeof(double)); /* per row: its mass on the segments before its own */
+    if (st == RK_OK && (!tok || !pos || !bounds || !mass || !tsum))
+        st = RK_ERR_NOMEM;
+    if (st != RK_OK)
+        goto fail;
+    tok[0] = mi->bos;
+    bounds[0] = 0;
+    bounds[1] = 1;
+    for (size_t i = 0, r = 1; i < nseg; i++) {
+        memcpy(tok + r, segs[i].tokens, segs[i].n * sizeof(int32_t));
+        r += segs[i].n;
+        bounds[i + 2] = r;
+    }
+    for (size_t i = 0; i < n; i++)
+        pos[i] = (int32_t)i;
+    /* rows past the last segment captured change nothing before them (causal): not computed */
+    const size_t rows = bounds[last + 1];
+    if ((st = eng_seq_new(be, rows, &s)) != RK_OK || (st = eng_hidden_new(be, rows, &h)) != RK_OK ||
+        (st = eng_embed(be, h, 0, tok, rows)) != RK_OK)
+        goto fail;
+    eng_attn_groups ag = {.n_groups = G, .bounds = bounds, .mass = mass};
+    for (size_t l = 0; l < L; l++) {
+        if ((st = eng_layer_forward_ex(s, (int)l, h, rows, pos, pos, NULL, NULL, &ag)) != RK_OK)
+            goto fail;
+        for (size_t j = 0; j < last; j++) {
+            if (!kv_out[j])
+                continue;
+            /* the same sums, in the same order, as bl_variant_capture's for this segment:
+             * groups 1..j are the segments before it, group j + 1 the segment itself */
+            double inter = 0, intra = 0;
+            for (size_t t = 0; t < segs[j].n; t++) {
+                const size_t r = bounds[j + 1] + t;
+                const float *row = mass + r * G;
+                double e = 0;
+                for (size_t g = 1; g <= j; g++)
+                    e += row[g];
+                inter += e;
+                intra += row[j + 1];
+                tsum[r] += e;
+            }
+            metas[j].inter[l] = (float)inter;
+            metas[j].intra[l] = (float)intra;
+        }
+    }
+    for (size_t j = 0; j < last && st == RK_OK; j++) {
+        if (!kv_out[j])
+            continue;
+        for (size_t t = 0; t < segs[j].n; t++)
+            metas[j].token_inter[t] = (float)(tsum[bounds[j + 1] + t] / (double)L);
+        st = eng_kv_export(s, bounds[j + 1], segs[j].n, kv_out[j]);
+    }
+fail:
+    if (st != RK_OK)
+        for (size_t i = 0; i < nseg; i++)
+            bl_craft_meta_clear(&metas[i]);
+    eng_hidden_free(h);
+    eng_seq_free(s);
+    rk_free(tok);
+    rk_free(pos);
+    rk_free(bounds);
+    rk_free(mass);
+    rk_free(tsum);
+    return st;
+}
+
 static uint32_t f32_bits(float f)
 {
     uint32_t u;

@@ -48,6 +48,8 @@ typedef struct svc_chunk_ctx {
     struct svc_devcache *dev;    /* the device tier (devcache.h); NULL: off */
     bool layer_loading;          /* chunks read without a device tier go to the assembly
                                     compressed, decoded a layer ahead of the layer computed */
+    bool craft_capture;          /* capture Cache-Craft variants after cachecraft prompts */
+    size_t craft_max_tokens;     /* longest prompt prefix one capture prefills */
 } svc_chunk_ctx;
 
 /* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ragkv/codec.h"
 #include "ragkv/log.h"
 #include "ragkv/service.h"
 #include "ragkv/version.h"
@@ -60,6 +61,9 @@ static const struct opt_desc opts[] = {
     INT_OPT("tenant-burst", tenant_burst, 0, 10000000, "request burst per tenant (0: one second's worth)"),
     INT_OPT("tenant-max-jobs", tenant_max_jobs, 0, 100000, "generations and prefills one tenant may run at once (0: unlimited)"),
     STR_OPT("log-level", log_level, "debug, info, warn or error"),
+    STR_OPT("chunk-codec", chunk_codec, "codec of the KV the daemon encodes (PUT_CHUNK, prompt misses, Cache-Craft variants, PREFILL_KV): raw, lz4 (both fp16), q8 or cachegen"),
+    INT_OPT("craft-capture", craft_capture, 0, 1, "1: after a cachecraft prompt, capture its chunks' in-context Cache-Craft variants (when the executor is idle) and store them; 0: off (stored variants are still used)"),
+    INT_OPT("craft-capture-max-tokens", craft_capture_max_tokens, 1, 1 << 24, "longest prompt prefix one Cache-Craft capture prefills (chunks ending past it get no variant)"),
     STR_OPT("layer-loading", layer_loading, "auto, on or off: chunks read from RAM or disk (no device tier, Redis metadata) are decoded a layer ahead of the layer computed (on), or whole first (off); auto: on for GPU backends, off on the CPU backend, where decoding and computing share the cores"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -89,6 +93,9 @@ void svc_config_defaults(svc_config *cfg)
     cfg->frame_timeout_s = 10;
     snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
     snprintf(cfg->layer_loading, sizeof(cfg->layer_loading), "auto");
+    snprintf(cfg->chunk_codec, sizeof(cfg->chunk_codec), "cachegen");
+    cfg->craft_capture = 1;
+    cfg->craft_capture_max_tokens = 4096;
 }
 
 static const struct opt_desc *opt_find(const char *name, size_t len)
@@ -112,6 +119,11 @@ static rk_status opt_set(svc_config *cfg, const struct opt_desc *o, const char *
         memcpy(field, value, strlen(value) + 1);
         if (strcmp(o->name, "log-level") == 0 && rk_log_level_parse(value) < 0) {
             snprintf(err, errlen, "log-level: '%s' is not debug, info, warn or error", value);
+            return RK_ERR_INVALID;
+        }
+        codec_id cid;
+        if (strcmp(o->name, "chunk-codec") == 0 && codec_id_parse(value, &cid) != RK_OK) {
+            snprintf(err, errlen, "chunk-codec: '%s' is not raw, lz4, q8 or cachegen", value);
             return RK_ERR_INVALID;
         }
         if (strcmp(o->name, "layer-loading") == 0 && strcmp(value, "auto") && strcmp(value, "on") &&

@@ -3,6 +3,7 @@
 #include "exec.h"
 
 #include "cluster.h"
+#include "craft.h"
 #include "devcache.h"
 
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "ragkv/service.h"
 
 #define QUEUE_MAX 4096
+#define CRAFT_QUEUE_MAX 8 /* Cache-Craft captures waiting for an idle executor */
 
 static struct {
     svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
@@ -74,6 +76,12 @@ struct svc_exec {
     int32_t *toks;             /* (max_batch) the tokens fed */
     eng_sampler **sms;         /* (max_batch) the rows' samplers (act[i].sm, rebuilt each step) */
     int32_t *next;             /* (max_batch) the tokens chosen */
+    /* Cache-Craft captures (craft.h): low-priority work, run only when no generation is queued
+     * or active, one at a time (from its prefill until its variants are stored) */
+    svc_craft_job *cap[CRAFT_QUEUE_MAX]; /* guarded by lock: waiting captures, FIFO from cap_head */
+    size_t cap_head, ncap;     /* guarded by lock */
+    bool cap_busy;             /* guarded by lock: a capture is running or being stored */
+    rk_pool *craft_pool;       /* one thread: stores captured variants (blocking store calls) */
 };
 
 svc_gen *svc_gen_new(void)
@@ -113,6 +121,7 @@ void svc_gen_release(svc_gen *g)
     rk_free(g->in_owned);
     rk_buf_free(&g->result);
     svc_gen_pre_free(g);
+    svc_gen_vars_free(g);
     cc_evlist_free(&g->removed); /* (g->txn: every flow of meta.c finishes its put first) */
     pthread_mutex_destroy(&g->lock);
     rk_free(g);
@@ -394,6 +403,7 @@ static rk_status resolve_segments(svc_exec *x, svc_gen *g, bl_segment *segs, flo
         if (reuse && !sg->by_key && !(g->pre && g->pre[i].asked))
             kst[i] = cc_key_compute(mi->id, ns, sg->tokens, sg->n, &sg->key);
         want[i] = reuse && kst[i] == RK_OK;
+        sg->keyed = sg->by_key || want[i];
     }
     uint8_t *readable = g->pre ? NULL : device_readable(x, g, want);
     rk_free(want);
@@ -466,6 +476,67 @@ static rk_status export_prompt(svc_exec *x, svc_gen *g, eng_seq *s)
         st = svc_kv_encode(&x->cx, kv, (uint32_t)n, x->cx.codec, x->cx.level, &g->result);
     rk_free(kv);
     return st;
+}
+
+/* Queue a Cache-Craft capture (NULL: none) for when the executor is idle; a full queue drops
+ * it (counted). Executor thread. */
+static void craft_enqueue(svc_exec *x, svc_craft_job *j)
+{
+    if (!j)
+        return;
+    pthread_mutex_lock(&x->lock);
+    bool room = x->ncap < CRAFT_QUEUE_MAX && !x->stop;
+    if (room)
+        x->cap[(x->cap_head + x->ncap++) % CRAFT_QUEUE_MAX] = j;
+    pthread_mutex_unlock(&x->lock);
+    if (!room)
+        svc_craft_job_drop(j);
+}
+
+struct craft_store {
+    svc_exec *x;
+    svc_craft_job *j;
+};
+
+/* The capture's end: no longer busy; the executor may take the next one. */
+static void craft_done(svc_exec *x)
+{
+    pthread_mutex_lock(&x->lock);
+    x->cap_busy = false;
+    pthread_cond_signal(&x->wake);
+    pthread_mutex_unlock(&x->lock);
+}
+
+/* craft_pool: store a capture's variants. */
+static void craft_store_run(void *arg)
+{
+    struct craft_store *cs = arg;
+    svc_craft_job_store(&cs->x->cx, cs->j);
+    svc_craft_job_free(cs->j);
+    craft_done(cs->x);
+    rk_free(cs);
+}
+
+/* Executor, idle: run one capture (prefill, encode), then hand it to craft_pool to store. */
+static void craft_run(svc_exec *x, svc_craft_job *j)
+{
+    uint64_t t0 = rk_now_ns();
+    rk_status st = svc_craft_job_run(&x->cx, j);
+    svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
+    struct craft_store *cs = st == RK_OK ? rk_malloc(sizeof(*cs)) : NULL;
+    if (cs) {
+        *cs = (struct craft_store){x, j};
+        if (rk_pool_submit(x->craft_pool, craft_store_run, cs) == RK_OK)
+            return;
+        rk_free(cs);
+    }
+    if (st == RK_OK) {
+        svc_craft_job_drop(j); /* (no memory to hand it over) */
+    } else {
+        svc_craft_job_store(&x->cx, j); /* nothing to store (the failure was counted): done */
+        svc_craft_job_free(j);
+    }
+    craft_done(x);
 }
 
 /* Start a job: PUT runs to completion; GENERATE and PREFILL assemble their prompt (GENERATE
@@ -544,6 +615,15 @@ static void start_gen(svc_exec *x, svc_gen *g)
         }
         g->blend.craft = craft;
     }
+    /* Cache-Craft: variants captured in earlier prompts, after the chunk that precedes each
+     * segment now (the executor's own lookups for jobs it resolved itself) */
+    svc_craft_use cu = {0};
+    if (st == RK_OK && craft) {
+        for (size_t i = 1; !g->pre && !x->cx.cluster && i < g->nsegs; i++)
+            if (g->segs[i - 1].keyed && (segs[i].kv || segs[i].block || segs[i].container))
+                svc_craft_lookup(x->cx.store, mi->id, g, i, segs[i].tokens, (uint32_t)segs[i].n);
+        svc_craft_use_prepare(&x->cx, g, segs, craft, ids, g->blend.alpha, &cu);
+    }
     codec_decode_opts dopts = {.pool = x->cx.pool}; /* container segments (segments' blobs in g->pre) */
     g->blend.decode = &dopts;
     for (size_t i = 0; st == RK_OK && i < g->nsegs; i++)
@@ -554,6 +634,10 @@ static void start_gen(svc_exec *x, svc_gen *g)
     g->blend.craft = NULL;
     g->blend.decode = NULL;
     svc_gen_pre_free(g); /* the blobs read for it: decoded or assembled from now */
+    svc_gen_vars_free(g);
+    if (st == RK_OK && cu.need)
+        craft_enqueue(x, svc_craft_job_new(&x->cx, g, &cu));
+    svc_craft_use_clear(&cu);
     rk_free(craft);
     rk_free(ids);
     for (size_t i = 0; kvs && i < g->nsegs; i++)
@@ -686,7 +770,8 @@ static void *exec_main(void *arg)
     svc_exec *x = arg;
     for (;;) {
         pthread_mutex_lock(&x->lock);
-        while (!x->stop && x->nq == 0 && x->nact == 0 && !svc_devcache_pending(x->cx.dev))
+        while (!x->stop && x->nq == 0 && x->nact == 0 && !svc_devcache_pending(x->cx.dev) &&
+               !(x->ncap && !x->cap_busy))
             pthread_cond_wait(&x->wake, &x->lock);
         if (x->stop) {
             pthread_mutex_unlock(&x->lock);
@@ -707,6 +792,18 @@ static void *exec_main(void *arg)
             start_gen(x, admit[i]);
         step(x);
         svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
+        /* low priority: a Cache-Craft capture only when nothing else waits or decodes */
+        svc_craft_job *cj = NULL;
+        pthread_mutex_lock(&x->lock);
+        if (!x->stop && x->nq == 0 && x->nact == 0 && x->ncap && !x->cap_busy) {
+            cj = x->cap[x->cap_head];
+            x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
+            x->ncap--;
+            x->cap_busy = true;
+        }
+        pthread_mutex_unlock(&x->lock);
+        if (cj)
+            craft_run(x, cj);
     }
     /* shutdown: everything still here ends with RK_ERR_SHUTDOWN */
     while (x->nact)
@@ -727,6 +824,12 @@ static void *exec_main(void *arg)
 /* Release the executor's memory (its thread is not running). */
 static void exec_free(svc_exec *x)
 {
+    rk_pool_free(x->craft_pool); /* stores in flight finish (they signal x->wake) */
+    while (x->ncap) {
+        svc_craft_job_drop(x->cap[x->cap_head]);
+        x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
+        x->ncap--;
+    }
     pthread_mutex_destroy(&x->lock);
     pthread_cond_destroy(&x->wake);
     rk_free(x->queue);
@@ -745,6 +848,7 @@ rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **
     const eng_model_info *mi = eng_model_get_info(m);
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, exec_metrics);
+    svc_craft_metrics_init();
     svc_exec *x = rk_calloc(1, sizeof(*x));
     if (!x)
         return RK_ERR_NOMEM;
@@ -761,6 +865,8 @@ rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **
     x->toks = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
     x->sms = rk_calloc((size_t)x->max_batch, sizeof(eng_sampler *));
     x->next = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
+    if (x->cx.craft_capture && rk_pool_create(1, &x->craft_pool) != RK_OK)
+        x->cx.craft_capture = false; /* (a pool of one thread: only memory can fail it) */
     if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks || !x->sms || !x->next ||
         pthread_create(&x->thread, NULL, exec_main, x) != 0) {
         exec_free(x);
@@ -899,6 +1005,30 @@ static void read_resolved(svc_exec *x, cc_store *store, svc_gen *g)
                 continue;
         }
         p->read_st = cc_store_read(store, &p->rec, &p->blob);
+    }
+    /* Cache-Craft: the variant of each chunk read after the chunk that precedes it now
+     * (craft.h), here so that the executor never waits on the store for it */
+    for (size_t i = 1; x && g->blend.mode == BL_CACHECRAFT && i < g->nsegs; i++) {
+        svc_gen_pre *p = &g->pre[i];
+        const svc_gen_seg *sg = &g->segs[i];
+        if (!p->readable || !g->pre[i - 1].asked || atomic_load(&g->cancelled) || (!p->ent && p->read_st != RK_OK))
+            continue;
+        int32_t *own = NULL; /* a by-key chunk's tokens, from its blob (checked by the executor) */
+        const int32_t *t = sg->tokens;
+        uint32_t n = sg->n;
+        if (sg->by_key && p->ent) {
+            const svc_devchunk *dc = cc_devtier_entry_obj(p->ent);
+            t = dc->tokens;
+            n = dc->n;
+        } else if (sg->by_key) {
+            const uint8_t *cont;
+            size_t clen;
+            if (svc_chunk_unwrap(p->blob->data, p->blob->len, &own, &n, &cont, &clen) != RK_OK)
+                continue;
+            t = own;
+        }
+        svc_craft_lookup(store, eng_model_get_info(x->m)->id, g, i, t, n);
+        rk_free(own);
     }
 }
 

@@ -84,10 +84,22 @@ typedef struct svc_gen_pre {
     uint64_t ticket;           /* the tier's ticket, taken before the read */
 } svc_gen_pre;
 
+/* The Cache-Craft variant of a cachecraft prompt's segment i >= 1 captured right after
+ * segment i - 1 (craft.h), looked up before the executor assembles the prompt: by the pool
+ * with the segments' blobs (g->pre), else by the executor. */
+typedef struct svc_gen_var {
+    bool asked;                /* looked up: key is the variant's key */
+    cc_key key;
+    rk_status st;              /* RK_OK: found, blob and rec hold it; else why not */
+    cc_record rec;             /* its record (rec.craft: the RKCF metadata) */
+    cc_buf *blob;              /* the stored variant (tokens + container), checksum verified */
+} svc_gen_var;
+
 /* One prompt segment as the client sent it. */
 typedef struct svc_gen_seg {
     bool by_key;               /* named by key: tokens come from the store */
     bool missed;               /* literal segment not in the cache: cached when the job ends */
+    bool keyed;                /* key holds its identity (by key, or computed for the lookup) */
     cc_key key;
     int32_t *tokens;           /* (n) owned; filled from the store for by_key segments */
     uint32_t n;
@@ -158,6 +170,7 @@ typedef struct svc_gen {
     rk_status pre_st;          /* the loop's lookup failed (Redis down): by-key segments fail
                                   with it, literal ones are computed uncached */
     char pre_msg[128];         /* its message */
+    svc_gen_var *vars;         /* (nsegs) Cache-Craft variants looked up (craft.h); NULL: none */
 } svc_gen;
 
 typedef struct svc_exec svc_exec;

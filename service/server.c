@@ -511,12 +511,20 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         }
         if ((st = rk_pool_create(cfg->compute_threads, &srv->codec_pool)) != RK_OK)
             goto fail;
+        codec_id codec = CODEC_CACHEGEN;
+        if (codec_id_parse(cfg->chunk_codec, &codec) != RK_OK) {
+            st = rk_error_set(RK_ERR_INVALID, "chunk-codec: '%s' is not raw, lz4, q8 or cachegen", cfg->chunk_codec);
+            goto fail;
+        }
         svc_chunk_ctx cx = {.model = srv->model, .backend = srv->backend, .store = srv->store,
-                            .pool = srv->codec_pool, .codec = CODEC_CACHEGEN, .level = -1,
+                            .pool = srv->codec_pool, .codec = codec, .level = -1,
                             .cluster = srv->cluster, .dev = srv->devcache,
                             .layer_loading = !strcmp(cfg->layer_loading, "on") ||
                                              (!strcmp(cfg->layer_loading, "auto") &&
-                                              strcmp(eng_backend_name(srv->backend), "cpu") != 0)};
+                                              strcmp(eng_backend_name(srv->backend), "cpu") != 0),
+                            /* variants are this node's own: not in a cluster (craft.h) */
+                            .craft_capture = cfg->craft_capture && !srv->cluster,
+                            .craft_max_tokens = (size_t)cfg->craft_capture_max_tokens};
         if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);

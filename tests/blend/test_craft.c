@@ -2,7 +2,8 @@
  * equals full prefill and with alpha 0 equals naive; a chunk reused in exactly the context its
  * variant was captured in gets CFO 0 and is exact; the metadata format round-trips and rejects
  * malformed bytes; APE with T = S = 1 and one chunk equals naive; APE prompts and decoding
- * stay finite; a larger recompute budget brings the KV closer to full prefill. */
+ * stay finite; a larger recompute budget brings the KV closer to full prefill; one prefill
+ * captures every chunk's variant exactly as bl_variant_capture does per chunk. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -436,5 +437,66 @@ Test(craft, larger_budget_is_closer_to_full)
     free(lf);
     free(l);
     eng_seq_free(full);
+    free_fixture(&f);
+}
+
+/* One prefill captures every chunk's variant: each equal to bl_variant_capture's in the same
+ * context (KV and metadata), a chunk not asked for is left alone (zeroed metadata), and the
+ * prefill may stop early (only the first two asked); bad arguments are refused. */
+Test(craft, capture_all_equals_capture_per_chunk)
+{
+    open_model();
+    struct fixture f;
+    make_fixture(&f, 91, true); /* f.vkv / f.meta: bl_variant_capture in the prompt's context */
+    for (int mask = 0; mask < 3; mask++) {
+        /* mask 0: all three; 1: chunks 0 and 2; 2: chunks 0 and 1 (the prefill stops after 1) */
+        float *kv[3];
+        bl_craft_meta md[3];
+        for (int i = 0; i < 3; i++) {
+            bool want = mask == 0 || (mask == 1 && i != 1) || (mask == 2 && i != 2);
+            kv[i] = want ? malloc(eng_kv_floats(m, lens[i]) * sizeof(float)) : NULL;
+        }
+        cr_assert_eq(bl_variant_capture_all(m, be, f.seg, 3, ids, kv, md), RK_OK, "%s", rk_error_msg());
+        for (int i = 0; i < 3; i++) {
+            if (!kv[i]) {
+                cr_expect_eq(md[i].n_tokens, 0u, "chunk %d not asked: no metadata", i);
+                cr_expect_null(md[i].inter);
+                continue;
+            }
+            size_t nf = eng_kv_floats(m, lens[i]);
+            double maxd = 0;
+            for (size_t k = 0; k < nf; k++)
+                maxd = fmax(maxd, fabs((double)kv[i][k] - f.vkv[i][k]));
+            cr_expect_lt(maxd, 1e-6, "mask %d chunk %d: KV equals bl_variant_capture's (max diff %g)", mask, i, maxd);
+            cr_expect_eq(md[i].n_tokens, f.meta[i].n_tokens);
+            cr_expect_eq(md[i].n_layers, f.meta[i].n_layers);
+            cr_expect_eq(md[i].n_prev, f.meta[i].n_prev);
+            cr_expect_eq(md[i].prev_tokens, f.meta[i].prev_tokens);
+            for (uint32_t j = 0; j < md[i].n_prev; j++)
+                cr_expect_eq(md[i].prev_ids[j], f.meta[i].prev_ids[j]);
+            for (uint32_t l = 0; l < md[i].n_layers; l++) {
+                cr_expect(fabsf(md[i].inter[l] - f.meta[i].inter[l]) <= 1e-5f * (1 + f.meta[i].inter[l]),
+                          "chunk %d layer %u inter %g vs %g", i, l, (double)md[i].inter[l], (double)f.meta[i].inter[l]);
+                cr_expect(fabsf(md[i].intra[l] - f.meta[i].intra[l]) <= 1e-5f * (1 + f.meta[i].intra[l]));
+            }
+            for (uint32_t t = 0; t < md[i].n_tokens; t++)
+                cr_expect(fabsf(md[i].token_inter[t] - f.meta[i].token_inter[t]) <= 1e-6f);
+            /* and it encodes (what the daemon stores) */
+            rk_buf b = RK_BUF_INIT;
+            cr_expect_eq(bl_craft_encode(&md[i], &b), RK_OK);
+            rk_buf_free(&b);
+            bl_craft_meta_clear(&md[i]);
+            free(kv[i]);
+        }
+    }
+    /* nothing asked: nothing computed, RK_OK; bad arguments */
+    float *none[3] = {NULL, NULL, NULL};
+    bl_craft_meta md[3];
+    cr_expect_eq(bl_variant_capture_all(m, be, f.seg, 3, ids, none, md), RK_OK);
+    cr_expect_eq(bl_variant_capture_all(m, be, f.seg, 3, NULL, none, md), RK_ERR_INVALID, "ids needed with 3 segments");
+    cr_expect_eq(bl_variant_capture_all(m, be, NULL, 3, ids, none, md), RK_ERR_INVALID);
+    bl_segment empty[2] = {f.seg[0], {.tokens = f.c[1], .n = 0}};
+    float *one[2] = {NULL, f.vkv[1]};
+    cr_expect_eq(bl_variant_capture_all(m, be, empty, 2, ids, one, md), RK_ERR_INVALID, "an empty segment");
     free_fixture(&f);
 }

@@ -217,6 +217,18 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
 rk_status bl_variant_capture(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
                              const uint64_t *prev_ids, float *kv_out, bl_craft_meta *meta);
 
+/* Capture, in one prefill of BOS + segs[0..nseg) run as bl_variant_capture runs it, a variant
+ * of every segment i whose kv_out[i] is not NULL: its in-context KV (pre-RoPE,
+ * eng_kv_floats(m, segs[i].n) floats) into kv_out[i] and its metadata into metas[i] (owned by
+ * the caller afterwards: bl_craft_meta_clear), ids[0..i) being the ids of its context. The
+ * same as bl_variant_capture(m, be, segs, i + 1, ids, kv_out[i], &metas[i]) for each such i
+ * (attention is causal: later segments change nothing; tested), at the cost of one prefill;
+ * the prefill stops after the last segment asked for. metas[nseg] are zeroed first (those not
+ * captured stay zero); ids (nseg - 1 used) may be NULL when nseg == 1. On error every
+ * metadata is cleared. */
+rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
+                                 const uint64_t *ids, float *const *kv_out, bl_craft_meta *metas);
+
 /* Free a metadata's arrays and zero it. NULL is a no-op. */
 void bl_craft_meta_clear(bl_craft_meta *meta);
 

@@ -76,6 +76,14 @@ typedef struct svc_config {
     char log_level[16];          /* debug|info|warn|error */
     char layer_loading[16];      /* auto|on|off: compressed chunks decoded a layer ahead of the
                                     layer computed (auto: on GPU backends) */
+    char chunk_codec[16];        /* codec of the chunks the daemon encodes (PUT_CHUNK, prompt
+                                    misses, Cache-Craft variants, PREFILL_KV): raw, lz4, q8 or
+                                    cachegen (default) */
+    int craft_capture;           /* 1 (default): Cache-Craft variants captured after cachecraft
+                                    prompts, when the executor is idle; 0: none captured (those
+                                    stored are still used) */
+    int craft_capture_max_tokens; /* longest prompt prefix (BOS + chunks) one capture prefills;
+                                    chunks ending past it get no variant; default 4096 */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;
 
