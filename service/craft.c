@@ -150,6 +150,9 @@ void svc_craft_use_prepare(const svc_chunk_ctx *x, svc_gen *g, const bl_segment 
         return;
     }
     u->nseg = n;
+    while (u->cached_prefix < n && (segs[u->cached_prefix].kv || segs[u->cached_prefix].block ||
+                                    segs[u->cached_prefix].container))
+        u->cached_prefix++;
     for (size_t i = 1; i < n; i++) {
         if (!g->segs[i - 1].keyed || !g->segs[i].keyed)
             continue; /* no identity to key a variant by */
@@ -226,12 +229,18 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
 {
     if (!x->craft_capture || !u->need)
         return NULL;
+    /* a shared namespace keeps variants made of its own chunks only, stored by its owner */
+    bool shared = g->ns[0] && strcmp(g->ns, g->tenant) != 0;
     size_t last = 0, want = 0, tokens = 1;
-    int64_t limit = 0;
+    int64_t limit = 0, denied = 0;
     for (size_t i = 0; i < u->nseg; i++) {
         tokens += g->segs[i].n;
         if (!u->need[i])
             continue;
+        if (shared && i >= u->cached_prefix) {
+            denied++;
+            continue;
+        }
         if (tokens > x->craft_max_tokens) {
             limit++;
             continue;
@@ -240,16 +249,13 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
         last = i + 1;
     }
     svc_metric_add(cm.skipped[SKIP_LIMIT], limit);
+    svc_metric_add(cm.skipped[SKIP_DENIED], denied);
     if (!want)
         return NULL;
-    if (g->ns[0] && strcmp(g->ns, g->tenant) != 0) { /* a shared corpus is written by its owner only */
-        svc_metric_add(cm.skipped[SKIP_DENIED], (int64_t)want);
-        return NULL;
-    }
     svc_craft_job *j = rk_calloc(1, sizeof(*j));
     if (!j)
         goto nomem;
-    snprintf(j->tenant, sizeof(j->tenant), "%s", g->tenant);
+    snprintf(j->tenant, sizeof(j->tenant), "%s", shared ? g->ns : g->tenant);
     j->nseg = last;
     j->tokens = rk_calloc(last, sizeof(int32_t *));
     j->n = rk_calloc(last, sizeof(uint32_t));

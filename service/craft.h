@@ -66,6 +66,8 @@ typedef struct svc_craft_use {
     bl_variant *var;       /* (nseg) {kv, meta}: craft[i].variants points here */
     uint8_t *need;         /* (nseg) 0: no capture; 1: capture; 2: capture, replacing a stored
                               variant that could not be used */
+    size_t cached_prefix;  /* segments [0, cached_prefix) all came from the cache (none of the
+                              tenant's own text among them: what a shared namespace may keep) */
 } svc_craft_use;
 
 /* Open the variants g->vars found for a cachecraft assembly of segs (resolved) whose current
@@ -86,8 +88,11 @@ void svc_craft_use_clear(svc_craft_use *u);
 typedef struct svc_craft_job svc_craft_job;
 
 /* The capture g's assembly asks for (u->need), or NULL when there is nothing to capture (none
- * needed, capture off, the namespace not the tenant's own: skipped as denied, chunks past
- * craft_max_tokens: skipped as limit). Owned by the caller (svc_craft_job_free). */
+ * needed, capture off, chunks past craft_max_tokens: skipped as limit). In the tenant's own
+ * namespace the tenant stores the variants; in a shared namespace (g->ns another tenant's)
+ * its owner does, and only for chunks that every segment before them came from the cache
+ * (u->cached_prefix), so that no text of the requesting tenant enters a variant others read;
+ * the rest are skipped as denied. Owned by the caller (svc_craft_job_free). */
 svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const svc_craft_use *u);
 
 /* Executor: one prefill of the job's prompt prefix, the chosen chunks' KV encoded with x's

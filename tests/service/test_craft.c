@@ -8,7 +8,9 @@
  *    request unharmed;
  *  - a variant damaged on disk falls back to the standalone cache (the request unharmed) and
  *    is captured again;
- *  - a variant captured in tenant A's namespace is never used by tenant B. */
+ *  - a variant captured in tenant A's namespace is never used by tenant B;
+ *  - in a shared corpus the corpus keeps (and every granted tenant uses) variants made of its
+ *    own chunks only: a prompt whose chunk follows the tenant's own text captures nothing. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <signal.h>
@@ -60,14 +62,26 @@ static void prompt_of(int seed, int32_t *c1, int32_t *c2, int32_t *q)
 /* PREFILL_KV of BOS + [c1, c2] + q with blend mode `blend` (4 cachecraft; recompute 0: the
  * default alpha): the prompt's KV decoded to floats (rk_free) when kv is not NULL, and the
  * recomputed token count. Asserts success. */
+static uint32_t prefill_in(ragkv_conn *c, const char *ns, const int32_t *const *segs, int nsegs, const int32_t *q,
+                           uint8_t blend, float **kv);
+
 static uint32_t prefill(ragkv_conn *c, const int32_t *c1, const int32_t *c2, const int32_t *q, uint8_t blend,
                         float **kv)
 {
-    rk_buf b = RK_BUF_INIT;
-    rk_buf_put_u16(&b, 0); /* ns: the tenant's own */
-    rk_buf_put_u32(&b, 2);
     const int32_t *segs[2] = {c1, c2};
-    for (int s = 0; s < 2; s++) {
+    return prefill_in(c, "", segs, 2, q, blend, kv);
+}
+
+/* The same in namespace ns ("": the tenant's own) with nsegs literal segments of NC tokens
+ * (the prompt then has 1 + nsegs * NC + NQ tokens). */
+static uint32_t prefill_in(ragkv_conn *c, const char *ns, const int32_t *const *segs, int nsegs, const int32_t *q,
+                           uint8_t blend, float **kv)
+{
+    rk_buf b = RK_BUF_INIT;
+    rk_buf_put_u16(&b, (uint16_t)strlen(ns));
+    rk_buf_append(&b, ns, strlen(ns));
+    rk_buf_put_u32(&b, (uint32_t)nsegs);
+    for (int s = 0; s < nsegs; s++) {
         rk_buf_put_u8(&b, 1); /* tokens */
         rk_buf_put_u32(&b, NC);
         for (int i = 0; i < NC; i++)
@@ -91,7 +105,7 @@ static uint32_t prefill(ragkv_conn *c, const int32_t *c1, const int32_t *c2, con
     const uint8_t *cont = rk_reader_take(&r, clen);
     uint32_t prompt_tokens = rk_reader_u32(&r), recomputed = rk_reader_u32(&r);
     cr_assert(cont && !r.short_read, "PREFILL_KV response");
-    cr_assert_eq(prompt_tokens, NPROMPT);
+    cr_assert_eq(prompt_tokens, 1 + (uint32_t)nsegs * NC + NQ);
     if (kv) {
         codec_info ci;
         cr_assert_eq(codec_inspect(cont, clen, &ci), RK_OK);
@@ -366,5 +380,45 @@ Test(craft, a_tenants_variant_is_never_used_by_another)
     cr_expect_eq(svct_metric(dd.hport, "craft_variants_used_total"), 2);
     ragkv_close(a);
     ragkv_close(b);
+    svct_daemon_down(&dd);
+}
+
+Test(craft, a_shared_corpus_keeps_variants_of_its_own_chunks_only)
+{
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", model_flags(), "acme", "globex", "corpus", NULL);
+    ragkv_conn *a = svct_dial(dd.port, dd.token[0]), *b = svct_dial(dd.port, dd.token[1]);
+    ragkv_conn *corpus = svct_dial(dd.port, dd.token[2]), *adm = svct_dial(dd.port, dd.adm);
+    int32_t c1[NC], c2[NC], q[NQ], mine[NC];
+    prompt_of(51, c1, c2, q);
+    svct_chunk_toks(mine, NC, 57); /* acme's own text, in no namespace's cache */
+    put(corpus, c1);
+    put(corpus, c2);
+    cr_assert_eq(ragkv_admin_grant(adm, "corpus", "acme", 1), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_admin_grant(adm, "corpus", "globex", 1), RK_OK, "%s", rk_error_msg());
+    /* acme: its own text, then C2 of the corpus: C2's variant would carry acme's text */
+    const int32_t *leak[2] = {mine, c2};
+    prefill_in(a, "corpus", leak, 2, q, 4, NULL);
+    cr_expect_geq(skipped(&dd, "denied"), 1, "not kept in the corpus");
+    /* acme: C1, C2 of the corpus: C2's variant is the corpus's, stored by it */
+    const int32_t *both[2] = {c1, c2};
+    uint32_t first = prefill_in(a, "corpus", both, 2, q, 4, NULL);
+    wait_captures(&dd, 1);
+    cr_assert_eq(svct_metric(dd.hport, "craft_variants_captured_total"), 1, "C2 after C1, in the corpus");
+    /* globex, granted the corpus, finds and uses it: only BOS and the query are recomputed */
+    uint32_t again = prefill_in(b, "corpus", both, 2, q, 4, NULL);
+    cr_expect_lt(again, first, "%u vs %u", again, first);
+    cr_expect_eq(again, 1 + NQ);
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_used_total"), 1);
+    /* the variant is the corpus's chunk: charged to it, not to the tenant whose prompt made it */
+    ragkv_tenant_stats ts;
+    cr_assert_eq(ragkv_admin_tenant_stats(adm, "corpus", &ts), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(ts.chunks, 3, "C1, C2 and C2's variant");
+    cr_assert_eq(ragkv_admin_tenant_stats(adm, "acme", &ts), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(ts.chunks, 0, "acme stored nothing of its own");
+    ragkv_close(a);
+    ragkv_close(b);
+    ragkv_close(corpus);
+    ragkv_close(adm);
     svct_daemon_down(&dd);
 }
