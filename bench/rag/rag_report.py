@@ -223,9 +223,9 @@ def main():
     bpt = m.get("ragkv_store_disk_bytes", 0) / (chunks * clen) if chunks and clen else None
     if bpt:
         print(f"\nbytes per cached token (compressed KV on disk / cached tokens): {bpt:.1f}")
-    stored = {k: v for k, v in m.items() if "bytes" in k or "chunks" in k or "tokens" in k}
+    stored = {k: v for k, v in m.items() if "bytes" in k or "chunks" in k or "tokens" in k or "craft" in k}
     if stored:
-        print("\nragkvd /metrics after the runs (storage):")
+        print("\nragkvd /metrics after the runs (storage; Cache-Craft variants captured and used):")
         for k, v in sorted(stored.items()):
             print(f"  {k} {v:g}")
     qual = quality_rows(a.quality)
