@@ -17,6 +17,9 @@
 #                      started, and stop a running one at it (timeout), so that the results
 #                      are still packed inside a device call's limit (default: none)
 #   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R; the sanitizer runs too)
+#   GPU_CHECK_SANITIZER_ARGS="--filter */causal_rule_by_position"  extra arguments for each test
+#                      binary under the sanitizer (a Criterion filter: racecheck of every kernel
+#                      once, on small shapes, instead of the whole suite)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -56,11 +59,12 @@ if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; then
   if [ ! -x "$san" ]; then
     log "compute-sanitizer not found"; rc=1
   else
+    san_args=(); read -r -a san_args <<<"${GPU_CHECK_SANITIZER_ARGS:-}" # split on spaces, no globbing
     # each gpu test binary; Criterion forks a child per test and the sanitizer follows children
     for t in $(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} -N -V |
                  sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
       for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck}; do
-        if (cd "$(dirname "$t")" && "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1) \
+        if (cd "$(dirname "$t")" && "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1 "${san_args[@]}") \
              >>"$out/ctest-gpu.log" 2>&1; then
           log "compute-sanitizer $tool $(basename "$t"): clean"
         else
