@@ -44,83 +44,18 @@ rk_status bl_variant_capture(eng_model *m, eng_backend *be, const bl_segment *se
     if (!m || !be || !segs || nseg == 0 || !kv_out || !meta || (nseg > 1 && !prev_ids))
         return rk_error_set(RK_ERR_INVALID, "bl_variant_capture: bad arguments");
     memset(meta, 0, sizeof(*meta));
-    const eng_model_info *mi = eng_model_get_info(m);
-    const size_t L = (size_t)mi->n_layers, G = nseg + 1;
-    size_t n = 1, prev_tokens = 0;
-    for (size_t i = 0; i < nseg; i++) {
-        if (!segs[i].tokens || segs[i].n == 0)
-            return rk_error_set(RK_ERR_INVALID, "bl_variant_capture: segment %zu is empty", i);
-        if (i + 1 < nseg)
-            prev_tokens += segs[i].n;
-        n += segs[i].n;
+    /* the one-pass capture asked for the last segment only: the same prefill, the same sums */
+    float **outs = rk_calloc(nseg, sizeof(float *));
+    bl_craft_meta *metas = rk_calloc(nseg, sizeof(bl_craft_meta));
+    rk_status st = RK_ERR_NOMEM;
+    if (outs && metas) {
+        outs[nseg - 1] = kv_out;
+        st = bl_variant_capture_all(m, be, segs, nseg, prev_ids, outs, metas);
+        if (st == RK_OK)
+            *meta = metas[nseg - 1]; /* its arrays move to the caller */
     }
-    const size_t nt = segs[nseg - 1].n, first = n - nt; /* the chunk's rows */
-    if (n > (size_t)mi->max_seq)
-        return rk_error_set(RK_ERR_RANGE, "bl_variant_capture: %zu tokens exceed the context of %d", n, mi->max_seq);
-    if (nt > CRAFT_MAX_TOKENS || nseg - 1 > CRAFT_MAX_PREV || L > CRAFT_MAX_LAYERS)
-        return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture: chunk, context or model too large for metadata");
-    meta->n_tokens = (uint32_t)nt;
-    meta->n_layers = (uint32_t)L;
-    meta->n_prev = (uint32_t)(nseg - 1);
-    meta->prev_tokens = (uint32_t)prev_tokens;
-    rk_status st = meta_alloc(meta);
-    if (st != RK_OK)
-        return st;
-    if (nseg > 1)
-        memcpy(meta->prev_ids, prev_ids, (nseg - 1) * sizeof(uint64_t));
-
-    eng_seq *s = NULL;
-    eng_hidden *h = NULL;
-    int32_t *tok = rk_malloc(n * sizeof(int32_t)), *pos = rk_malloc(n * sizeof(int32_t));
-    size_t *bounds = rk_malloc((G + 1) * sizeof(size_t));
-    float *mass = rk_malloc(n * G * sizeof(float));
-    double *tsum = rk_calloc(nt, sizeof(double));
-    st = RK_ERR_NOMEM;
-    if (!tok || !pos || !bounds || !mass || !tsum)
-        goto fail;
-    tok[0] = mi->bos;
-    bounds[0] = 0;
-    bounds[1] = 1;
-    for (size_t i = 0, r = 1; i < nseg; i++) {
-        memcpy(tok + r, segs[i].tokens, segs[i].n * sizeof(int32_t));
-        r += segs[i].n;
-        bounds[i + 2] = r;
-    }
-    for (size_t i = 0; i < n; i++)
-        pos[i] = (int32_t)i;
-    if ((st = eng_seq_new(be, n, &s)) != RK_OK || (st = eng_hidden_new(be, n, &h)) != RK_OK ||
-        (st = eng_embed(be, h, 0, tok, n)) != RK_OK)
-        goto fail;
-    eng_attn_groups ag = {.n_groups = G, .bounds = bounds, .mass = mass};
-    for (size_t l = 0; l < L; l++) {
-        if ((st = eng_layer_forward_ex(s, (int)l, h, n, pos, pos, NULL, NULL, &ag)) != RK_OK)
-            goto fail;
-        double inter = 0, intra = 0;
-        for (size_t t = 0; t < nt; t++) {
-            const float *row = mass + (first + t) * G;
-            double e = 0;
-            for (size_t g = 1; g + 1 < G; g++) /* groups 1..nseg-1: the preceding chunks */
-                e += row[g];
-            inter += e;
-            intra += row[G - 1];
-            tsum[t] += e;
-        }
-        meta->inter[l] = (float)inter;
-        meta->intra[l] = (float)intra;
-    }
-    for (size_t t = 0; t < nt; t++)
-        meta->token_inter[t] = (float)(tsum[t] / (double)L);
-    st = eng_kv_export(s, first, nt, kv_out);
-fail:
-    if (st != RK_OK)
-        bl_craft_meta_clear(meta);
-    eng_hidden_free(h);
-    eng_seq_free(s);
-    rk_free(tok);
-    rk_free(pos);
-    rk_free(bounds);
-    rk_free(mass);
-    rk_free(tsum);
+    rk_free(outs);
+    rk_free(metas);
     return st;
 }
 
