@@ -150,9 +150,20 @@ void svc_craft_use_prepare(const svc_chunk_ctx *x, svc_gen *g, const bl_segment 
         return;
     }
     u->nseg = n;
-    while (u->cached_prefix < n && (segs[u->cached_prefix].kv || segs[u->cached_prefix].block ||
-                                    segs[u->cached_prefix].container))
+    /* the leading segments that came from the cache of the prompt's own namespace: a chunk
+     * named by key may be another namespace's (the tenant's own, in a prompt on a shared
+     * corpus), and its key binds its namespace, so it must be the key of its tokens in ns */
+    const char *ns = g->ns[0] ? g->ns : g->tenant;
+    const char *model_id = eng_model_get_info(x->model)->id;
+    while (u->cached_prefix < n) {
+        const size_t i = u->cached_prefix;
+        cc_key own;
+        if (!(segs[i].kv || segs[i].block || segs[i].container) || !g->segs[i].keyed ||
+            cc_key_compute(model_id, ns, segs[i].tokens, (uint32_t)segs[i].n, &own) != RK_OK ||
+            !cc_key_equal(&own, &g->segs[i].key))
+            break;
         u->cached_prefix++;
+    }
     for (size_t i = 1; i < n; i++) {
         if (!g->segs[i - 1].keyed || !g->segs[i].keyed)
             continue; /* no identity to key a variant by */

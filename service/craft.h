@@ -66,8 +66,9 @@ typedef struct svc_craft_use {
     bl_variant *var;       /* (nseg) {kv, meta}: craft[i].variants points here */
     uint8_t *need;         /* (nseg) 0: no capture; 1: capture; 2: capture, replacing a stored
                               variant that could not be used */
-    size_t cached_prefix;  /* segments [0, cached_prefix) all came from the cache (none of the
-                              tenant's own text among them: what a shared namespace may keep) */
+    size_t cached_prefix;  /* segments [0, cached_prefix) all came from the cache of the
+                              prompt's namespace (none of the tenant's own text or chunks among
+                              them: what a shared namespace may keep) */
 } svc_craft_use;
 
 /* Open the variants g->vars found for a cachecraft assembly of segs (resolved) whose current

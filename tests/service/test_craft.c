@@ -10,7 +10,8 @@
  *    is captured again;
  *  - a variant captured in tenant A's namespace is never used by tenant B;
  *  - in a shared corpus the corpus keeps (and every granted tenant uses) variants made of its
- *    own chunks only: a prompt whose chunk follows the tenant's own text captures nothing. */
+ *    own chunks only: a prompt whose chunk follows the tenant's own text, or the tenant's own
+ *    chunk named by key, captures nothing. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <signal.h>
@@ -64,6 +65,8 @@ static void prompt_of(int seed, int32_t *c1, int32_t *c2, int32_t *q)
  * recomputed token count. Asserts success. */
 static uint32_t prefill_in(ragkv_conn *c, const char *ns, const int32_t *const *segs, int nsegs, const int32_t *q,
                            uint8_t blend, float **kv);
+static uint32_t prefill_keys(ragkv_conn *c, const char *ns, const int32_t *const *segs, const uint8_t *const *keys,
+                             int nsegs, const int32_t *q, uint8_t blend, float **kv);
 
 static uint32_t prefill(ragkv_conn *c, const int32_t *c1, const int32_t *c2, const int32_t *q, uint8_t blend,
                         float **kv)
@@ -77,11 +80,24 @@ static uint32_t prefill(ragkv_conn *c, const int32_t *c1, const int32_t *c2, con
 static uint32_t prefill_in(ragkv_conn *c, const char *ns, const int32_t *const *segs, int nsegs, const int32_t *q,
                            uint8_t blend, float **kv)
 {
+    return prefill_keys(c, ns, segs, NULL, nsegs, q, blend, kv);
+}
+
+/* The same, segment s named by the 32-byte key keys[s] instead of its tokens where keys and
+ * keys[s] are not NULL (segs[s] unused then; the chunk has NC tokens). */
+static uint32_t prefill_keys(ragkv_conn *c, const char *ns, const int32_t *const *segs, const uint8_t *const *keys,
+                             int nsegs, const int32_t *q, uint8_t blend, float **kv)
+{
     rk_buf b = RK_BUF_INIT;
     rk_buf_put_u16(&b, (uint16_t)strlen(ns));
     rk_buf_append(&b, ns, strlen(ns));
     rk_buf_put_u32(&b, (uint32_t)nsegs);
     for (int s = 0; s < nsegs; s++) {
+        if (keys && keys[s]) {
+            rk_buf_put_u8(&b, 0); /* by key */
+            rk_buf_append(&b, keys[s], 32);
+            continue;
+        }
         rk_buf_put_u8(&b, 1); /* tokens */
         rk_buf_put_u32(&b, NC);
         for (int i = 0; i < NC; i++)
@@ -400,6 +416,15 @@ Test(craft, a_shared_corpus_keeps_variants_of_its_own_chunks_only)
     const int32_t *leak[2] = {mine, c2};
     prefill_in(a, "corpus", leak, 2, q, 4, NULL);
     cr_expect_geq(skipped(&dd, "denied"), 1, "not kept in the corpus");
+    /* acme: its own cached chunk named by key, then C2: the key is acme's namespace's, so
+     * C2's variant would carry acme's chunk: not kept in the corpus either */
+    uint8_t kmine[32];
+    cr_assert_eq(ragkv_put_chunk(a, mine, NC, kmine, NULL, NULL), RK_OK, "%s", rk_error_msg());
+    long long denied = skipped(&dd, "denied");
+    const uint8_t *bykey[2] = {kmine, NULL};
+    prefill_keys(a, "corpus", leak, bykey, 2, q, 4, NULL);
+    cr_expect_eq(skipped(&dd, "denied"), denied + 1, "acme's own chunk before C2");
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_captured_total"), 0);
     /* acme: C1, C2 of the corpus: C2's variant is the corpus's, stored by it */
     const int32_t *both[2] = {c1, c2};
     uint32_t first = prefill_in(a, "corpus", both, 2, q, 4, NULL);
@@ -415,7 +440,7 @@ Test(craft, a_shared_corpus_keeps_variants_of_its_own_chunks_only)
     cr_assert_eq(ragkv_admin_tenant_stats(adm, "corpus", &ts), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(ts.chunks, 3, "C1, C2 and C2's variant");
     cr_assert_eq(ragkv_admin_tenant_stats(adm, "acme", &ts), RK_OK, "%s", rk_error_msg());
-    cr_expect_eq(ts.chunks, 0, "acme stored nothing of its own");
+    cr_expect_eq(ts.chunks, 1, "acme's own chunk, and no variant");
     ragkv_close(a);
     ragkv_close(b);
     ragkv_close(corpus);
