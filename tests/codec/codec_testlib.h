@@ -72,6 +72,34 @@ static inline float *synth(codec_shape s, uint64_t seed)
 
 /* qmax per level as documented in docs/codec.md: {K early, K late, V early, V late};
  * early K layers are [0, ceil(L/3)), early V layers [0, 2). */
+/* Synthetic KV whose channels are coupled within each head: synth(s, seed)'s rows mixed by
+ * I + amp R, R uniform in [-1, 1] drawn from mix_seed (the same for every seed: one "model"),
+ * so that a learned transform has correlations to find. */
+static inline float *synth_coupled(codec_shape s, uint64_t seed, uint64_t mix_seed, float amp)
+{
+    float *kv = synth(s, seed);
+    uint32_t D = s.head_dim;
+    float *A = rk_malloc((size_t)D * D * sizeof *A), *tmp = rk_malloc(D * sizeof *tmp);
+    cr_assert(A && tmp);
+    uint64_t r = mix_seed;
+    for (uint32_t i = 0; i < D * D; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        A[i] = (i / D == i % D) + amp * ((float)(r >> 40) / 8388608.0f - 1.0f);
+    }
+    for (size_t row = 0; row < codec_shape_values(&s) / D; row++) {
+        float *x = kv + row * D;
+        for (uint32_t d = 0; d < D; d++) {
+            tmp[d] = 0;
+            for (uint32_t e = 0; e < D; e++)
+                tmp[d] += A[d * D + e] * x[e];
+        }
+        memcpy(x, tmp, D * sizeof *tmp);
+    }
+    rk_free(A);
+    rk_free(tmp);
+    return kv;
+}
+
 static const int doc_qmax[5][4] = {
     {31, 15, 31, 15}, {15, 7, 15, 7}, {7, 3, 7, 3}, {3, 2, 3, 1}, {2, 1, 1, 1}};
 

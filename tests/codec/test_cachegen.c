@@ -526,25 +526,8 @@ Test(cachegen, weighted_codebook)
  * a learned transform has correlations to find. */
 static float *coupled_kv(codec_shape s, uint64_t seed)
 {
-    float *kv = synth(s, seed);
-    uint32_t D = s.head_dim;
-    float A[16 * 16], tmp[16];
-    cr_assert_leq(D, 16);
-    uint64_t r = 12345;
-    for (uint32_t i = 0; i < D * D; i++) {
-        r = r * 6364136223846793005ull + 1442695040888963407ull;
-        A[i] = (i / D == i % D) + 0.8f * ((float)(r >> 40) / 8388608.0f - 1.0f);
-    }
-    for (size_t row = 0; row < codec_shape_values(&s) / D; row++) {
-        float *x = kv + row * D;
-        for (uint32_t d = 0; d < D; d++) {
-            tmp[d] = 0;
-            for (uint32_t e = 0; e < D; e++)
-                tmp[d] += A[d * D + e] * x[e];
-        }
-        memcpy(x, tmp, sizeof(float) * D);
-    }
-    return kv;
+    cr_assert_leq(s.head_dim, 16);
+    return synth_coupled(s, seed, 12345, 0.8f);
 }
 
 static double weighted_sq_error(const float *a, const float *b, const float *w, codec_shape s)

@@ -25,27 +25,7 @@ static int have_avx2(void) { return __builtin_cpu_supports("avx2"); }
  * uniform in [-0.8, 0.8] / sqrt(D), fixed), so that a learned transform is not the identity. */
 static float *coupled(codec_shape s, uint64_t seed)
 {
-    float *kv = synth(s, seed);
-    uint32_t D = s.head_dim;
-    float *A = rk_malloc((size_t)D * D * sizeof *A), *tmp = rk_malloc(D * sizeof *tmp);
-    cr_assert(A && tmp);
-    uint64_t r = 777;
-    for (uint32_t i = 0; i < D * D; i++) {
-        r = r * 6364136223846793005ull + 1442695040888963407ull;
-        A[i] = (i / D == i % D) + 0.8f / sqrtf((float)D) * ((float)(r >> 40) / 8388608.0f - 1.0f);
-    }
-    for (size_t row = 0; row < codec_shape_values(&s) / D; row++) {
-        float *x = kv + row * D;
-        for (uint32_t d = 0; d < D; d++) {
-            tmp[d] = 0;
-            for (uint32_t e = 0; e < D; e++)
-                tmp[d] += A[d * D + e] * x[e];
-        }
-        memcpy(x, tmp, D * sizeof *tmp);
-    }
-    rk_free(A);
-    rk_free(tmp);
-    return kv;
+    return synth_coupled(s, seed, 777, 0.8f / sqrtf((float)s.head_dim));
 }
 
 /* A transform codebook of B-channel blocks for s (any token count), trained on 128 tokens:
