@@ -81,6 +81,22 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t ld,
     }
 }
 
+// Copy a (rows x HD) bf16 tile of keys k0.. of KV head kvh, array arr of `layer`, from the
+// paged cache (rows >= valid zeroed) to shared memory rows of LD elements.
+template <int HD, int LD>
+__device__ __forceinline__ void load_kv_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t kvld,
+                                             int k0, int rows, int valid)
+{
+    constexpr int C8 = HD / 8;
+    for (int i = threadIdx.x; i < rows * C8; i += NT) {
+        int r = i / C8, c = (i % C8) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < valid)
+            v = *reinterpret_cast<const uint4 *>(kv_row<const bf16>(d, arr, layer, k0 + r, kvld) + (size_t)kvh * HD + c);
+        *reinterpret_cast<uint4 *>(dst + r * LD + c) = v;
+    }
+}
+
 // ---- the per-warp pieces of both flash kernels ---------------------------------------------
 //
 // A warp owns 16 query rows: rows a (lane group g) and b (g + 8) of its m16 tile; its lanes t
@@ -233,10 +249,10 @@ __device__ __forceinline__ void warp_store(const cu_attn_shape &a, float la, flo
 }
 
 template <int HD>
-__global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
-                                              const bf16 *__restrict__ vc, const int32_t *__restrict__ spos, int len,
-                                              bf16 *__restrict__ out)
+__global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d, int layer,
+                                              int len, bf16 *__restrict__ out)
 {
+    const int32_t *__restrict__ spos = d.spos;
     constexpr int LD = HD + 8; // padded row: ldmatrix rows land in distinct banks
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
@@ -285,8 +301,8 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
         }
         if (!__syncthreads_or(vis))
             continue; // no query of this block sees any key of the tile
-        load_tile<HD, LD>(Ks, kc + (size_t)k0 * kvld + (size_t)kvh * HD, kvld, BC, len - k0);
-        load_tile<HD, LD>(Vs, vc + (size_t)k0 * kvld + (size_t)kvh * HD, kvld, BC, len - k0);
+        load_kv_tile<HD, LD>(Ks, d, KV_ROT, layer, kvh, kvld, k0, BC, len - k0);
+        load_kv_tile<HD, LD>(Vs, d, KV_VAL, layer, kvh, kvld, k0, BC, len - k0);
         __syncthreads();
 
         // S = Q K^T for the warp's 16 rows x 64 keys; mask and modifiers; online softmax; O += P V
@@ -321,8 +337,7 @@ cudaError_t smem_opt_in(size_t smem)
 }
 
 template <int HD>
-cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
-                         int len, bf16 *out)
+cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR + 2 * BC) * LD * sizeof(bf16) + 2 * BC * sizeof(int);
@@ -330,7 +345,7 @@ cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, c
     if (e != cudaSuccess)
         return e;
     dim3 grid((unsigned)((a->n + BR - 1) / BR), (unsigned)a->H);
-    k_flash<HD><<<grid, NT, smem>>>(*a, q, k, v, spos, len, out);
+    k_flash<HD><<<grid, NT, smem>>>(*a, q, *d, layer, len, out);
     return cudaGetLastError();
 }
 
@@ -357,15 +372,18 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Issue the copies of a (BC x HD) K or V tile starting at key k0 into shared rows of LD.
+// Issue the copies of a (BC x HD) tile of array arr (K rotated or V) of KV head kvh at `layer`,
+// keys k0.., from the paged cache into shared rows of LD.
 template <int HD, int LD>
-__device__ __forceinline__ void async_tile(bf16 *dst, const bf16 *src, size_t ld, int k0, int len)
+__device__ __forceinline__ void async_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t ld,
+                                           int k0, int len)
 {
     constexpr int C8 = HD / 8;
     for (int i = threadIdx.x; i < BC * C8; i += NT2) {
         int r = i / C8, c = (i % C8) * 8;
         bool ok = k0 + r < len;
-        const bf16 *p = ok ? src + (size_t)(k0 + r) * ld + c : src; // a valid address either way
+        // slot 0 when out of range: a valid address either way (len > 0 here)
+        const bf16 *p = kv_row<const bf16>(d, arr, layer, ok ? k0 + r : 0, ld) + (size_t)kvh * HD + c;
         cp_async16(smem_u32(dst + r * LD + c), p, ok);
     }
 }
@@ -395,10 +413,10 @@ __device__ __forceinline__ int next_visible(int t, int ntiles, int len, const in
 }
 
 template <int HD>
-__global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__restrict__ q,
-                                                const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
-                                                const int32_t *__restrict__ spos, int len, bf16 *__restrict__ out)
+__global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
+                                                int layer, int len, bf16 *__restrict__ out)
 {
+    const int32_t *__restrict__ spos = d.spos;
     constexpr int LD = HD + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
@@ -413,7 +431,6 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
     const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
     const int r0 = qt * BR2;
     const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
-    const bf16 *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
     const int ntiles = (len + BC - 1) / BC;
 
     if (tid == 0)
@@ -453,16 +470,16 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
 
     int cur = next_visible(0, ntiles, len, spos, a.grp, qmax, sp, sg, &tmax_s[0]);
     if (cur < ntiles) {
-        async_tile<HD, LD>(Ks, kbase, kvld, cur * BC, len);
-        async_tile<HD, LD>(Vs, vbase, kvld, cur * BC, len);
+        async_tile<HD, LD>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
+        async_tile<HD, LD>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
         cp_async_commit();
     }
     for (int st = 0; cur < ntiles; st ^= 1) {
         const int nst = st ^ 1;
         int nxt = next_visible(cur + 1, ntiles, len, spos, a.grp, qmax, sp + nst * BC, sg + nst * BC, &tmax_s[nst]);
         if (nxt < ntiles) {
-            async_tile<HD, LD>(Ks + nst * BC * LD, kbase, kvld, nxt * BC, len);
-            async_tile<HD, LD>(Vs + nst * BC * LD, vbase, kvld, nxt * BC, len);
+            async_tile<HD, LD>(Ks + nst * BC * LD, d, KV_ROT, layer, kvh, kvld, nxt * BC, len);
+            async_tile<HD, LD>(Vs + nst * BC * LD, d, KV_VAL, layer, kvh, kvld, nxt * BC, len);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -500,8 +517,7 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
 }
 
 template <int HD>
-cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
-                          int len, bf16 *out)
+cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR2 + 4 * BC) * LD * sizeof(bf16) + 4 * BC * sizeof(int);
@@ -509,7 +525,7 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const bf16 *k, 
     if (e != cudaSuccess)
         return e;
     dim3 grid((unsigned)((a->n + BR2 - 1) / BR2), (unsigned)a->H);
-    k_flash2<HD><<<grid, NT2, smem>>>(*a, q, k, v, spos, len, out);
+    k_flash2<HD><<<grid, NT2, smem>>>(*a, q, *d, layer, len, out);
     return cudaGetLastError();
 }
 
@@ -571,9 +587,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
     const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
     const int t0 = sp * split, t1 = min(d.len, t0 + split);
     const size_t kvd = (size_t)a.KVH * hd;
-    const size_t loff = (size_t)layer * (size_t)d.cap * kvd + (size_t)kvh * hd;
-    const T *K = reinterpret_cast<const T *>(d.k_rot) + loff;
-    const T *V = reinterpret_cast<const T *>(d.v) + loff;
+    const size_t hoff = (size_t)kvh * hd; // the KV head's columns in a row
     const int p = a.qpos[r];
     float *qs = dsm;                // (G, hd)
     float *ps = dsm + G * hd;       // (split, G) scores, then weights
@@ -593,7 +607,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
         bool visible = d.spos[tk] <= p;
         if (visible) {
             for (int c = lane; c < hd; c += 32) {
-                float kv = to_f(K[(size_t)tk * kvd + c]);
+                float kv = to_f(kv_row<const T>(d, KV_ROT, layer, tk, kvd)[hoff + c]);
 #pragma unroll
                 for (int i = 0; i < ATTN_MAX_GROUP; i++)
                     if (i < G)
@@ -630,7 +644,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
         for (int i = 0; i < ATTN_MAX_GROUP; i++)
             acc[i] = 0.0f;
         for (int k = 0; k < nk; k++) {
-            float vv = to_f(V[(size_t)(t0 + k) * kvd + c]);
+            float vv = to_f(kv_row<const T>(d, KV_VAL, layer, t0 + k, kvd)[hoff + c]);
 #pragma unroll
             for (int i = 0; i < ATTN_MAX_GROUP; i++)
                 if (i < G)
@@ -679,9 +693,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
     const int t0 = sp * split, t1 = min(d.len, t0 + split);
     const int nk = t1 > t0 ? t1 - t0 : 0;
     const size_t kvd = (size_t)a.KVH * hd;
-    const size_t loff = (size_t)layer * (size_t)d.cap * kvd + (size_t)kvh * hd + (size_t)kl * VEC;
-    const T *K = reinterpret_cast<const T *>(d.k_rot) + loff;
-    const T *V = reinterpret_cast<const T *>(d.v) + loff;
+    const size_t hoff = (size_t)kvh * hd + (size_t)kl * VEC; // this thread's columns in a row
     const int p = a.qpos[r];
     float *ps = dsm;            // (split, G) scores, then weights
     float *ml = ps + split * G; // (G, 2)
@@ -702,7 +714,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
         for (int u = 0; u < UNR; u++) {
             int k = base + u * KPI + kr;
             if (k < nk)
-                kv[u].load(K + (size_t)(t0 + k) * kvd);
+                kv[u].load(kv_row<const T>(d, KV_ROT, layer, t0 + k, kvd) + hoff);
             else
                 kv[u].zero();
         }
@@ -753,7 +765,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
         for (int u = 0; u < UNR; u++) {
             int k = base + u * KPI + kr;
             if (k < nk)
-                vv[u].load(V + (size_t)(t0 + k) * kvd);
+                vv[u].load(kv_row<const T>(d, KV_VAL, layer, t0 + k, kvd) + hoff);
             else
                 vv[u].zero();
         }
@@ -824,8 +836,7 @@ bool attn_flash_supported(int hd, int H, int KVH)
     return (hd == 16 || hd == 32 || hd == 64 || hd == 128) && KVH > 0 && H % KVH == 0;
 }
 
-cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *spos,
-                       int len, bf16 *out)
+cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
 {
     if (a->n == 0)
         return cudaSuccess;
@@ -836,17 +847,17 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const bf16 *k, con
     }
     if (version == 2)
         switch (a->hd) {
-        case 16: return launch_flash2<16>(a, q, k, v, spos, len, out);
-        case 32: return launch_flash2<32>(a, q, k, v, spos, len, out);
-        case 64: return launch_flash2<64>(a, q, k, v, spos, len, out);
-        case 128: return launch_flash2<128>(a, q, k, v, spos, len, out);
+        case 16: return launch_flash2<16>(a, q, d, layer, len, out);
+        case 32: return launch_flash2<32>(a, q, d, layer, len, out);
+        case 64: return launch_flash2<64>(a, q, d, layer, len, out);
+        case 128: return launch_flash2<128>(a, q, d, layer, len, out);
         default: return cudaErrorInvalidValue;
         }
     switch (a->hd) {
-    case 16: return launch_flash<16>(a, q, k, v, spos, len, out);
-    case 32: return launch_flash<32>(a, q, k, v, spos, len, out);
-    case 64: return launch_flash<64>(a, q, k, v, spos, len, out);
-    case 128: return launch_flash<128>(a, q, k, v, spos, len, out);
+    case 16: return launch_flash<16>(a, q, d, layer, len, out);
+    case 32: return launch_flash<32>(a, q, d, layer, len, out);
+    case 64: return launch_flash<64>(a, q, d, layer, len, out);
+    case 128: return launch_flash<128>(a, q, d, layer, len, out);
     default: return cudaErrorInvalidValue;
     }
 }

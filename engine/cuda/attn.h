@@ -33,13 +33,26 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
                                    // (H100, 8K keys: 256 keys per split beat 64 and 32 at batch 1)
 
 // One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
+// Paged: slot t lives in block t >> bshift, a separate device allocation of B = 1 << bshift
+// slots for every layer, laid out [layer][K before RoPE | K rotated | V][B][kvd]; blk holds
+// the blocks of slots [0, cap) in order (those past the sequence's length may be NULL).
+enum { KV_RAW = 0, KV_ROT = 1, KV_VAL = 2, KV_ARRAYS = 3 };
 struct cu_kvdesc {
-    void *k_raw, *k_rot, *v; // (n_layers, cap, kvd): K before RoPE, K rotated, V
+    void *const *blk;        // (cap >> bshift, rounded up) device pointers to the blocks
     const int32_t *spos;     // (cap) position of each slot
-    long long cap;           // slots per layer
-    int len;                 // slots in use
-    int pad_;
+    long long cap;           // slots
+    int len;                 // slots in use (all of them in mapped blocks)
+    int bshift;              // log2 of the slots per block
 };
+
+// Row t (kvd elements) of array arr (KV_RAW, KV_ROT, KV_VAL) of `layer`.
+template <typename T>
+static __device__ __forceinline__ T *kv_row(const cu_kvdesc &d, int arr, int layer, long long t, size_t kvd)
+{
+    const long long B = 1LL << d.bshift;
+    return reinterpret_cast<T *>(d.blk[t >> d.bshift]) +
+           ((size_t)(layer * KV_ARRAYS + arr) * (size_t)B + (size_t)(t & (B - 1))) * kvd;
+}
 
 // What both kernels need besides the tensors.
 struct cu_attn_shape {
@@ -52,11 +65,11 @@ struct cu_attn_shape {
     const float *lscale;     // (G) group log-scale or NULL (device)
 };
 
-// flash: q (n, H*hd) rotated queries, k/v (len, KVH*hd) one layer's cache, spos (len);
-// out (n, H*hd). Returns the launch error.
+// flash: q (n, H*hd) rotated queries over the first len slots of `layer` of the bf16 cache d
+// (a host copy of the descriptor); out (n, H*hd). Returns the launch error.
 bool attn_flash_supported(int hd, int H, int KVH);
-cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                       const __nv_bfloat16 *v, const int32_t *spos, int len, __nv_bfloat16 *out);
+cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const cu_kvdesc *d, int layer, int len,
+                       __nv_bfloat16 *out);
 
 // decode: row r reads descriptor desc[rseq[r]] (rseq NULL: desc[0]) at `layer`; max_len is
 // the largest len among them. part: attn_decode_part_floats() floats of device scratch.

@@ -11,14 +11,20 @@
 // sequences (each row attends over its own sequence's cache), the slot positions kept on the
 // device and refreshed only where engine.c changed them.
 //
-// Device state per sequence, each (n_layers, capacity, kv_dim) of the storage type: k_raw (K
-// before RoPE: what export returns), k_rot (K rotated at its slot's position: what attention
-// reads), v; and dpos (capacity) slot positions. Every CUDA and cuBLAS error becomes
-// RK_ERR_DEVICE (RK_ERR_NOMEM for allocations); nothing aborts.
+// Device state per sequence: the KV cache, paged (attn.h, cu_kvdesc): blocks of B slots for
+// every layer, each holding k_raw (K before RoPE: what export returns), k_rot (K rotated at
+// its slot's position: what attention reads) and v, taken from a backend-wide pool as the
+// sequence's length grows (its capacity is a limit, not a reservation) and returned to the pool
+// when it is released; the sequence's block table (device), and dpos (capacity) slot
+// positions. B is 64, or RAGKV_CUDA_KV_BLOCK (a power of two 1..4096; the tests use small ones
+// so that every path crosses blocks). Every CUDA and cuBLAS error becomes RK_ERR_DEVICE
+// (RK_ERR_NOMEM for allocations); nothing aborts.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <mutex>
+#include <new>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,10 +104,22 @@ struct cu_ctx {
     eng_sample_row *srows;    // (srows_n) device: the rows' sampling settings of a decode_sample
     int32_t *sout;            // (srows_n) device: the tokens chosen
     size_t srows_n;
+    // the KV block pool (every sequence's blocks; guarded by pool_mu: sequences may be made and
+    // released on other threads than the one running layers)
+    std::mutex *pool_mu;
+    int kv_bshift;            // log2 of the slots per block
+    size_t kv_block_bytes;    // one block: n_layers x 3 arrays x B slots x kvd, storage type
+    void **kv_arenas;         // device allocations holding the blocks (freed at the end)
+    size_t kv_n_arenas, kv_cap_arenas;
+    void **kv_free;           // blocks not in any sequence
+    size_t kv_n_free, kv_cap_free;
+    size_t kv_blocks;         // blocks in the pool, used or not
 };
 
 struct cu_kv {
-    void *k_raw, *k_rot, *v; // (n_layers, capacity, kvd) storage type
+    void **hblk;             // (nblk) host copy of the block table; [0, mapped) set
+    void **dblk;             // (nblk) the block table on the device (what cu_kvdesc.blk points to)
+    size_t nblk, mapped;     // table entries (capacity / B, rounded up), and blocks taken
     int32_t *dpos;           // (capacity) slot positions; 0x7f7f7f7f (above any position): empty
 };
 
@@ -427,7 +445,8 @@ __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer
     int r = (int)(idx / half / nkv);
     const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
     size_t kvd = (size_t)nkv * hd;
-    size_t dst = ((size_t)layer * d.cap + (size_t)(slots ? slots[r] : slot0 + r)) * kvd + (size_t)hh * hd;
+    long long slot = slots ? slots[r] : slot0 + r;
+    size_t hoff = (size_t)hh * hd;
     const S *k = ksrc + (size_t)r * ld + (size_t)hh * hd;
     const S *v = vsrc + (size_t)r * ld + (size_t)hh * hd;
     int a, b;
@@ -435,13 +454,26 @@ __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer
     float ang = (float)pos[r] * inv_freq[i];
     float fc = cosf(ang), fs = sinf(ang);
     float k0 = to_f(k[a]), k1 = to_f(k[b]);
-    T *kraw = (T *)d.k_raw + dst, *krot = (T *)d.k_rot + dst, *vv = (T *)d.v + dst;
+    T *kraw = kv_row<T>(d, KV_RAW, layer, slot, kvd) + hoff, *krot = kv_row<T>(d, KV_ROT, layer, slot, kvd) + hoff,
+      *vv = kv_row<T>(d, KV_VAL, layer, slot, kvd) + hoff;
     kraw[a] = from_f<T>(k0);
     kraw[b] = from_f<T>(k1);
     krot[a] = from_f<T>(k0 * fc - k1 * fs);
     krot[b] = from_f<T>(k0 * fs + k1 * fc);
     vv[a] = from_f<T>(to_f(v[a]));
     vv[b] = from_f<T>(to_f(v[b]));
+}
+
+// dst (n, kvd) in float = rows slot0.. of array arr (KV_RAW, KV_ROT, KV_VAL) of `layer` of the
+// paged cache d: a layer's rows made contiguous for cuBLAS and for host copies.
+template <typename T>
+__global__ void k_gather_rows(float *dst, cu_kvdesc d, int arr, int layer, long long slot0, size_t n, size_t kvd)
+{
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= n * kvd)
+        return;
+    size_t r = idx / kvd, j = idx % kvd;
+    dst[idx] = to_f(kv_row<const T>(d, arr, layer, slot0 + (long long)r, kvd)[j]);
 }
 
 // out (n, H*hd) = q rows of src (stride ld floats) rotated at pos[r].
@@ -547,6 +579,95 @@ rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size
 
 size_t kv_dim(const cu_ctx *c) { return (size_t)c->mi->n_kv_heads * c->mi->head_dim; }
 
+// ---- the KV block pool ----------------------------------------------------------------------
+
+constexpr size_t KV_ARENA_BYTES = (size_t)64 << 20; // the pool grows by about this much at a time
+
+// Slots per KV block: RAGKV_CUDA_KV_BLOCK (a power of two 1..4096) or 64; as log2.
+rk_status kv_block_shift(int *out)
+{
+    const char *e = getenv("RAGKV_CUDA_KV_BLOCK");
+    long v = 64;
+    if (e && *e) {
+        char *end = NULL;
+        v = strtol(e, &end, 10);
+        if (*end || v < 1 || v > 4096 || (v & (v - 1)))
+            return rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_KV_BLOCK=%s: expected a power of two 1..4096",
+                                e);
+    }
+    int sh = 0;
+    while ((1L << sh) < v)
+        sh++;
+    *out = sh;
+    return RK_OK;
+}
+
+template <typename P> bool grow_array(P **a, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    P *q = (P *)rk_realloc(*a, n * sizeof(P));
+    if (!q)
+        return false;
+    *a = q;
+    *cap = n;
+    return true;
+}
+
+// Take a cleared block (finite zeros: attention multiplies unwritten slots by 0) from the pool,
+// growing it by an arena when it is empty. Caller holds pool_mu.
+rk_status pool_take(cu_ctx *c, void **out)
+{
+    if (!c->kv_n_free) {
+        size_t bb = c->kv_block_bytes, k = KV_ARENA_BYTES / bb;
+        k = k < 1 ? 1 : k > 1024 ? 1024 : k;
+        if (!grow_array(&c->kv_arenas, &c->kv_cap_arenas, c->kv_n_arenas + 1) ||
+            !grow_array(&c->kv_free, &c->kv_cap_free, c->kv_blocks + k))
+            return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+        void *a = NULL;
+        while (cudaMalloc(&a, k * bb) != cudaSuccess) { // short of memory: a smaller arena
+            cudaGetLastError();
+            a = NULL;
+            if (k == 1)
+                return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for another KV block of %zu bytes "
+                                    "(%zu blocks in use)", bb, c->kv_blocks);
+            k /= 2;
+        }
+        c->kv_arenas[c->kv_n_arenas++] = a;
+        for (size_t i = k; i-- > 0;)
+            c->kv_free[c->kv_n_free++] = (unsigned char *)a + i * bb;
+        c->kv_blocks += k;
+    }
+    void *b = c->kv_free[c->kv_n_free - 1];
+    CU(cudaMemset(b, 0, c->kv_block_bytes), "clearing a KV block");
+    c->kv_n_free--;
+    *out = b;
+    return RK_OK;
+}
+
+// Map the blocks of slots [0, s->len) of s (taking them from the pool) and publish them in its
+// device block table. Blocks mapped so far stay mapped when this fails.
+rk_status kv_map(cu_ctx *c, eng_seq *s)
+{
+    cu_kv *kv = (cu_kv *)s->ctx;
+    size_t need = (s->len + ((size_t)1 << c->kv_bshift) - 1) >> c->kv_bshift, from = kv->mapped;
+    if (need <= from)
+        return RK_OK;
+    rk_status st = RK_OK;
+    {
+        std::lock_guard<std::mutex> g(*c->pool_mu);
+        while (kv->mapped < need && (st = pool_take(c, &kv->hblk[kv->mapped])) == RK_OK)
+            kv->mapped++;
+    }
+    if (kv->mapped > from)
+        CU(cudaMemcpy(kv->dblk + from, kv->hblk + from, (kv->mapped - from) * sizeof(void *), cudaMemcpyHostToDevice),
+           "block table");
+    return st;
+}
+
 // Bring the device copy of s's slot positions up to date with engine.c's host copy.
 rk_status sync_pos(eng_seq *s)
 {
@@ -559,18 +680,26 @@ rk_status sync_pos(eng_seq *s)
     return RK_OK;
 }
 
-cu_kvdesc desc_of(const eng_seq *s)
+cu_kvdesc desc_of(const cu_ctx *c, const eng_seq *s)
 {
     const cu_kv *kv = (const cu_kv *)s->ctx;
     cu_kvdesc d;
-    d.k_raw = kv->k_raw;
-    d.k_rot = kv->k_rot;
-    d.v = kv->v;
+    d.blk = kv->dblk;
     d.spos = kv->dpos;
     d.cap = (long long)s->capacity;
     d.len = (int)s->len;
-    d.pad_ = 0;
+    d.bshift = c->kv_bshift;
     return d;
+}
+
+// Blocks mapped and positions synced: s ready for kernels (its host descriptor in *d).
+rk_status kv_ready(cu_ctx *c, eng_seq *s, cu_kvdesc *d)
+{
+    TRY(kv_map(c, s));
+    TRY(sync_pos(s));
+    if (d)
+        *d = desc_of(c, s);
+    return RK_OK;
 }
 
 // Upload descriptors of n sequences (positions synced first); *out: device array.
@@ -587,10 +716,8 @@ rk_status descs_up(cu_ctx *c, eng_seq *const *seqs, size_t n, cu_kvdesc **out)
     if (!h)
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
     rk_status st = RK_OK;
-    for (size_t i = 0; i < n && st == RK_OK; i++) {
-        st = sync_pos(seqs[i]);
-        h[i] = desc_of(seqs[i]);
-    }
+    for (size_t i = 0; i < n && st == RK_OK; i++)
+        st = kv_ready(c, seqs[i], &h[i]);
     cudaError_t e = st == RK_OK ? cudaMemcpy(c->ddesc, h, n * sizeof(cu_kvdesc), cudaMemcpyHostToDevice) : cudaSuccess;
     rk_free(h);
     if (st != RK_OK)
@@ -696,6 +823,11 @@ void cu_free(void *ctx)
     cudaFree(c->xdec);
     cudaFree(c->srows);
     cudaFree(c->sout);
+    for (size_t i = 0; i < c->kv_n_arenas; i++)
+        cudaFree(c->kv_arenas[i]);
+    rk_free(c->kv_arenas);
+    rk_free(c->kv_free);
+    delete c->pool_mu;
     for (int i = 0; i < DECODE_GRAPHS; i++)
         if (c->graphs[i].exec)
             cudaGraphExecDestroy(c->graphs[i].exec);
@@ -711,12 +843,23 @@ void cu_free(void *ctx)
     rk_free(c);
 }
 
-void kv_free(cu_kv *kv)
+// Return kv's blocks to the pool (after the work that may still read them) and free the rest.
+void kv_free(cu_ctx *c, cu_kv *kv)
 {
-    cudaFree(kv->k_raw);
-    cudaFree(kv->k_rot);
-    cudaFree(kv->v);
+    if (kv->mapped) {
+        // kernels of this backend's streams may still use the blocks: wait for them before
+        // another sequence can take and clear one (best effort: a release cannot fail)
+        cudaStreamSynchronize(0);
+        if (c->gstream)
+            cudaStreamSynchronize(c->gstream);
+        cudaGetLastError();
+        std::lock_guard<std::mutex> g(*c->pool_mu);
+        for (size_t i = 0; i < kv->mapped; i++) // kv_free has room for every block of the pool
+            c->kv_free[c->kv_n_free++] = kv->hblk[i];
+    }
+    cudaFree(kv->dblk);
     cudaFree(kv->dpos);
+    rk_free(kv->hblk);
     rk_free(kv);
 }
 
@@ -724,25 +867,28 @@ rk_status cu_seq_init(void *ctx, eng_seq *s)
 {
     TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
-    size_t bytes = (size_t)c->mi->n_layers * s->capacity * kv_dim(c) * esize(c);
     cu_kv *kv = (cu_kv *)rk_calloc(1, sizeof(*kv));
     if (!kv)
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
-    if (cudaMalloc(&kv->k_raw, bytes) != cudaSuccess || cudaMalloc(&kv->k_rot, bytes) != cudaSuccess ||
-        cudaMalloc(&kv->v, bytes) != cudaSuccess ||
+    kv->nblk = (s->capacity + ((size_t)1 << c->kv_bshift) - 1) >> c->kv_bshift;
+    kv->hblk = (void **)rk_calloc(kv->nblk, sizeof(void *));
+    if (!kv->hblk) {
+        kv_free(c, kv);
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+    }
+    if (cudaMalloc(&kv->dblk, kv->nblk * sizeof(void *)) != cudaSuccess ||
         cudaMalloc(&kv->dpos, s->capacity * sizeof(int32_t)) != cudaSuccess) {
         cudaGetLastError();
-        kv_free(kv);
-        return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV cache of %zu slots", s->capacity);
+        kv_free(c, kv);
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a sequence of %zu slots", s->capacity);
     }
-    // unwritten slots must hold finite values (attention multiplies them by 0), and positions
-    // above any real one (0x7f7f7f7f) so that they are never visible
-    if (cudaMemset(kv->k_raw, 0, bytes) != cudaSuccess || cudaMemset(kv->k_rot, 0, bytes) != cudaSuccess ||
-        cudaMemset(kv->v, 0, bytes) != cudaSuccess ||
+    // no block yet (the table's entries are set as blocks are mapped); positions above any
+    // real one (0x7f7f7f7f) so that unwritten slots are never visible
+    if (cudaMemset(kv->dblk, 0, kv->nblk * sizeof(void *)) != cudaSuccess ||
         cudaMemset(kv->dpos, 0x7f, s->capacity * sizeof(int32_t)) != cudaSuccess) {
         cudaGetLastError();
-        kv_free(kv);
-        return rk_error_set(RK_ERR_DEVICE, "cuda backend: clearing a KV cache failed");
+        kv_free(c, kv);
+        return rk_error_set(RK_ERR_DEVICE, "cuda backend: clearing a sequence failed");
     }
     s->ctx = kv;
     return RK_OK;
@@ -751,9 +897,8 @@ rk_status cu_seq_init(void *ctx, eng_seq *s)
 void cu_seq_release(void *ctx, eng_seq *s)
 {
     cu_enter(ctx); // best effort: a release cannot fail
-    (void)ctx;
     if (s->ctx)
-        kv_free((cu_kv *)s->ctx);
+        kv_free((cu_ctx *)ctx, (cu_kv *)s->ctx);
     s->ctx = NULL;
 }
 
@@ -884,9 +1029,9 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         *chunk = ch < 1 ? 1 : ch > n ? n : ch;
         cv.take<float>(*chunk * H * len);                         // scores
         cv.take<float>(n * H * G + 1);                            // mass
+        cv.take<float>(2 * len * kvd);                            // k, v fp32, contiguous
         if (c->mode == MODE_BF16) {
             cv.take<float>(n * qd);                               // q fp32
-            cv.take<float>(2 * len * kvd);                        // k, v fp32
             cv.take<float>(n * qd);                               // att fp32
         }
     } else if (path == PATH_DECODE) {
@@ -975,23 +1120,23 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         float *scores = cv.take<float>(chunk_rows * H * len);
         float *dmass = cv.take<float>(n * H * G + 1);
         cu_kv *kv = (cu_kv *)lc->s->ctx;
-        size_t loff = (size_t)lc->layer * lc->s->capacity * kvd;
+        const cu_kvdesc dh = desc_of(c, lc->s);
         ref_args ra;
         memset(&ra, 0, sizeof(ra));
         float *qf, *kf, *vf, *attf;
+        kf = cv.take<float>(2 * len * kvd); // the layer's rows, contiguous (and widened)
+        vf = kf + len * kvd;
         if (sizeof(T) == sizeof(float)) {
             qf = (float *)q;
-            kf = (float *)kv->k_rot + loff;
-            vf = (float *)kv->v + loff;
             attf = (float *)att;
         } else {
             qf = cv.take<float>(n * qd);
-            kf = cv.take<float>(2 * len * kvd);
-            vf = kf + len * kvd;
             attf = cv.take<float>(n * qd);
-            k_convert<T, float><<<blocks(len * kvd), 256>>>(kf, (const T *)kv->k_rot + loff, len * kvd);
-            k_convert<T, float><<<blocks(len * kvd), 256>>>(vf, (const T *)kv->v + loff, len * kvd);
-            CHECK_LAUNCH("widen cache");
+        }
+        if (len) {
+            k_gather_rows<T><<<blocks(len * kvd), 256>>>(kf, dh, KV_ROT, lc->layer, 0, len, kvd);
+            k_gather_rows<T><<<blocks(len * kvd), 256>>>(vf, dh, KV_VAL, lc->layer, 0, len, kvd);
+            CHECK_LAUNCH("gather cache");
         }
         k_rope_q<float><<<blocks(n * H * (hd / 2)), 256>>>(qf, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd,
                                                            c->inv_freq, inter);
@@ -1054,10 +1199,8 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         sh.lscale = dls;
         cudaError_t e;
         if (path == PATH_FLASH) {
-            cu_kv *kv = (cu_kv *)lc->s->ctx;
-            size_t loff = (size_t)lc->layer * lc->s->capacity * kvd;
-            e = attn_flash(&sh, (const bf16 *)q, (const bf16 *)kv->k_rot + loff, (const bf16 *)kv->v + loff, kv->dpos,
-                           (int)len, (bf16 *)att);
+            const cu_kvdesc dh = desc_of(c, lc->s);
+            e = attn_flash(&sh, (const bf16 *)q, &dh, lc->layer, (int)len, (bf16 *)att);
         } else {
             e = attn_decode<T>(&sh, q, lc->ddesc, lc->drseq, lc->layer, (int)len, part, att, c->stream);
         }
@@ -1450,27 +1593,19 @@ rk_status cu_decode_sample(void *ctx, eng_seq *const *seqs, const int32_t *token
 template <typename T>
 rk_status export_layers(cu_ctx *c, const eng_seq *s, int layer0, int n_layers, size_t slot0, size_t n, float *out)
 {
-    const cu_kv *kv = (const cu_kv *)s->ctx;
     size_t kvd = kv_dim(c), cnt = n * kvd;
-    float *tmp = NULL;
-    if (sizeof(T) != sizeof(float)) {
-        unsigned char *b = NULL;
-        TRY(scratch(c, 2 * cnt * sizeof(float), &b));
-        tmp = (float *)b;
-    }
-    for (int i = 0; i < n_layers; i++) {
-        size_t src = (((size_t)layer0 + i) * s->capacity + slot0) * kvd;
-        float *dk = out + (2 * (size_t)i) * cnt, *dv = out + (2 * (size_t)i + 1) * cnt;
-        if (!tmp) {
-            CU(cudaMemcpy(dk, (const float *)kv->k_raw + src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export K");
-            CU(cudaMemcpy(dv, (const float *)kv->v + src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export V");
-            continue;
-        }
-        k_convert<T, float><<<blocks(cnt), 256>>>(tmp, (const T *)kv->k_raw + src, cnt);
-        k_convert<T, float><<<blocks(cnt), 256>>>(tmp + cnt, (const T *)kv->v + src, cnt);
-        CHECK_LAUNCH("export widen");
-        CU(cudaMemcpy(dk, tmp, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export K");
-        CU(cudaMemcpy(dv, tmp + cnt, cnt * sizeof(float), cudaMemcpyDeviceToHost), "export V");
+    if (cnt == 0)
+        return RK_OK;
+    cu_kvdesc d;
+    TRY(kv_ready(c, (eng_seq *)s, &d)); // maps blocks of slots below len never written (zeros)
+    unsigned char *b = NULL;
+    TRY(scratch(c, 2 * cnt * sizeof(float), &b));
+    float *tmp = (float *)b;
+    for (int i = 0; i < n_layers; i++) { // K and V of a layer gathered (and widened), one copy
+        k_gather_rows<T><<<blocks(cnt), 256>>>(tmp, d, KV_RAW, layer0 + i, (long long)slot0, n, kvd);
+        k_gather_rows<T><<<blocks(cnt), 256>>>(tmp + cnt, d, KV_VAL, layer0 + i, (long long)slot0, n, kvd);
+        CHECK_LAUNCH("export gather");
+        CU(cudaMemcpy(out + (2 * (size_t)i) * cnt, tmp, 2 * cnt * sizeof(float), cudaMemcpyDeviceToHost), "export");
     }
     return RK_OK;
 }
@@ -1623,17 +1758,20 @@ rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_lay
 
 // ---- deviation between two sequences' KV at one layer (CacheBlend's check) ---------------
 
-// One block per slot: sum of (a - b)^2 over the row's K (then V) elements, in double.
+// One block per slot slot0 + blockIdx.x of `layer` of caches a and b: sum of (a - b)^2 over the
+// row's K (before RoPE; then V when with_v) elements, in double.
 template <typename T>
-__global__ void k_kv_deviation(const T *ka, const T *kb, const T *va, const T *vb, int kvd, float *out)
+__global__ void k_kv_deviation(cu_kvdesc da, cu_kvdesc db, int layer, long long slot0, int with_v, int kvd, float *out)
 {
-    size_t off = (size_t)blockIdx.x * kvd;
+    const long long t = slot0 + blockIdx.x;
+    const T *ka = kv_row<const T>(da, KV_RAW, layer, t, kvd), *kb = kv_row<const T>(db, KV_RAW, layer, t, kvd);
+    const T *va = kv_row<const T>(da, KV_VAL, layer, t, kvd), *vb = kv_row<const T>(db, KV_VAL, layer, t, kvd);
     double acc = 0;
     for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
-        float d = to_f(ka[off + j]) - to_f(kb[off + j]); // as engine.c's reference
+        float d = to_f(ka[j]) - to_f(kb[j]); // as engine.c's reference
         acc += (double)d * (double)d;
-        if (va) {
-            float e = to_f(va[off + j]) - to_f(vb[off + j]);
+        if (with_v) {
+            float e = to_f(va[j]) - to_f(vb[j]);
             acc += (double)e * (double)e;
         }
     }
@@ -1657,13 +1795,14 @@ rk_status kv_deviation(cu_ctx *c, const eng_seq *a, const eng_seq *b, int layer,
                        float *out)
 {
     size_t kvd = kv_dim(c);
-    const cu_kv *xa = (const cu_kv *)a->ctx, *xb = (const cu_kv *)b->ctx;
-    size_t oa = ((size_t)layer * a->capacity + slot0) * kvd, ob = ((size_t)layer * b->capacity + slot0) * kvd;
+    if (n == 0)
+        return RK_OK;
+    cu_kvdesc da, db;
+    TRY(kv_ready(c, (eng_seq *)a, &da));
+    TRY(kv_ready(c, (eng_seq *)b, &db));
     unsigned char *tmp = NULL;
     TRY(scratch(c, n * sizeof(float), &tmp));
-    k_kv_deviation<T><<<(unsigned)n, 128>>>((const T *)xa->k_raw + oa, (const T *)xb->k_raw + ob,
-                                            with_v ? (const T *)xa->v + oa : NULL, with_v ? (const T *)xb->v + ob : NULL,
-                                            (int)kvd, (float *)tmp);
+    k_kv_deviation<T><<<(unsigned)n, 128>>>(da, db, layer, (long long)slot0, with_v ? 1 : 0, (int)kvd, (float *)tmp);
     CHECK_LAUNCH("KV deviation");
     CU(cudaMemcpy(out, tmp, n * sizeof(float), cudaMemcpyDeviceToHost), "KV deviation");
     return RK_OK;
@@ -1729,6 +1868,14 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
     c->mi = &m->info;
     c->device = device;
     c->mode = mode;
+    c->pool_mu = new (std::nothrow) std::mutex;
+    if (!c->pool_mu) {
+        st = rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+        goto fail;
+    }
+    if ((st = kv_block_shift(&c->kv_bshift)) != RK_OK)
+        goto fail;
+    c->kv_block_bytes = ((size_t)m->info.n_layers * KV_ARRAYS << c->kv_bshift) * kv_dim(c) * esize(c);
     if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: cublasCreate failed");
         goto fail;
@@ -1789,6 +1936,22 @@ extern "C" int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures
 static const cu_ctx *cuda_ctx(const eng_backend *be)
 {
     return be && be->iface && !strcmp(be->iface->name, "cuda") ? (const cu_ctx *)be->ctx : NULL;
+}
+
+extern "C" int eng_backend_cuda_kv_blocks(const eng_backend *be, size_t *in_use, size_t *total)
+{
+    cu_ctx *c = (cu_ctx *)cuda_ctx(be);
+    size_t u = 0, t = 0;
+    if (c) {
+        std::lock_guard<std::mutex> g(*c->pool_mu);
+        t = c->kv_blocks;
+        u = c->kv_blocks - c->kv_n_free;
+    }
+    if (in_use)
+        *in_use = u;
+    if (total)
+        *total = t;
+    return c ? 1 << c->kv_bshift : 0;
 }
 
 extern "C" int eng_backend_cuda_device(const eng_backend *be)

@@ -26,6 +26,16 @@ int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t 
     return 0;
 }
 
+int eng_backend_cuda_kv_blocks(const eng_backend *be, size_t *in_use, size_t *total)
+{
+    (void)be;
+    if (in_use)
+        *in_use = 0;
+    if (total)
+        *total = 0;
+    return 0;
+}
+
 int eng_backend_cuda_device(const eng_backend *be)
 {
     (void)be;

@@ -215,6 +215,62 @@ static void graphs_equal_eager(const char *mode)
     unsetenv("RAGKV_CUDA_GRAPH");
 }
 
+/* Paged KV: a sequence holds the blocks of its length whatever its capacity, takes one more as
+ * decoding crosses a block's end, gives them back when released, and the next sequence reuses
+ * them (the pool does not grow). Logits after the crossing equal the CPU's (the suite above
+ * checks the values at every length; this, the bookkeeping). */
+static void paged_by_length(const char *mode)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", mode, 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-hd64", 5, &m), RK_OK);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *gpu;
+    cr_assert_eq(eng_backend_cuda_new(m, 0, &gpu), RK_OK, "%s", rk_error_msg());
+    size_t used = 9, total = 9;
+    int B = eng_backend_cuda_kv_blocks(gpu, &used, &total);
+    cr_assert(B >= 1 && (B & (B - 1)) == 0, "slots per block %d", B);
+    cr_assert_eq(used, 0);
+    size_t n = 2 * (size_t)B + 3; /* three blocks, the last holding 3 slots */
+    cr_assert(3 * (size_t)B + 2 <= (size_t)mi->max_seq, "block of %d too large for this test's model", B);
+    int32_t *toks = malloc((3 * (size_t)B + 2) * sizeof(int32_t));
+    float *lg = malloc((size_t)mi->vocab * sizeof(float));
+    cr_assert(toks && lg);
+    det_tokens(toks, 3 * (size_t)B + 2, mi->vocab, 17);
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(gpu, 0, &s), RK_OK, "%s", rk_error_msg()); /* the model's whole context */
+    eng_backend_cuda_kv_blocks(gpu, &used, &total);
+    cr_assert_eq(used, 0, "an empty sequence of %d slots holds %zu blocks", mi->max_seq, used);
+    cr_assert_eq(eng_prefill(s, toks, n, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());
+    eng_backend_cuda_kv_blocks(gpu, &used, &total);
+    cr_assert_eq(used, 3, "%zu slots hold %zu blocks of %d", n, used, B);
+    size_t grown = total;
+    /* decode up to 3B slots (still three blocks), then one more (the fourth) */
+    for (size_t t = n; t < 3 * (size_t)B + 1; t++) {
+        eng_seq *one[1] = {s};
+        cr_assert_eq(eng_decode(gpu, one, &toks[t], 1, lg), RK_OK, "%s", rk_error_msg());
+        eng_backend_cuda_kv_blocks(gpu, &used, &total);
+        cr_assert_eq(used, (t + 1 + (size_t)B - 1) / (size_t)B, "length %zu holds %zu blocks of %d", t + 1, used, B);
+    }
+    eng_seq_free(s);
+    eng_backend_cuda_kv_blocks(gpu, &used, &total);
+    cr_assert_eq(used, 0, "a released sequence left %zu blocks in use", used);
+    cr_assert_eq(total, grown, "the pool shrank or grew on release");
+    cr_assert_eq(eng_seq_new(gpu, 0, &s), RK_OK);
+    cr_assert_eq(eng_prefill(s, toks, n, NULL, ENG_LOGITS_LAST, lg), RK_OK, "%s", rk_error_msg());
+    eng_backend_cuda_kv_blocks(gpu, &used, &total);
+    cr_assert_eq(used, 3);
+    cr_assert_eq(total, grown, "the second sequence did not reuse the pool's blocks");
+    eng_seq_free(s);
+    eng_backend_free(gpu);
+    eng_model_close(m);
+    free(toks);
+    free(lg);
+}
+Test(gpu_conformance, kv_paged_by_length) { paged_by_length("fp32"); }
+Test(gpu_conformance_bf16, kv_paged_by_length) { paged_by_length("bf16"); }
+
 Test(gpu_conformance, decode_graph_equals_eager) { graphs_equal_eager("fp32"); }
 Test(gpu_conformance_bf16, decode_graph_equals_eager) { graphs_equal_eager("bf16"); }
 

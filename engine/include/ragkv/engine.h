@@ -178,6 +178,11 @@ const char *eng_backend_cuda_mode(const eng_backend *be);
  * graphs are in use, 0 when they are off (RAGKV_CUDA_GRAPH=0 at the last decode, a capture that
  * failed, a shape the graph path does not take) or for other backends (counts then 0). */
 int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays);
+/* The paged KV cache of a CUDA backend: returns the slots per block (RAGKV_CUDA_KV_BLOCK, default
+ * 64), and the blocks held by sequences now (*in_use) and in its pool, used or not (*total: the
+ * device memory it keeps for KV, in blocks of n_layers x 3 x slots x kv_dim elements). A
+ * sequence holds the blocks of its length, not of its capacity. 0 (counts 0) for other backends. */
+int eng_backend_cuda_kv_blocks(const eng_backend *be, size_t *in_use, size_t *total);
 /* The CUDA device ordinal of a CUDA backend, -1 for any other backend. */
 int eng_backend_cuda_device(const eng_backend *be);
 /* The cudaStream_t a CUDA backend orders its prefill, layer and import work on (NULL: the
