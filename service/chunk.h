@@ -50,6 +50,8 @@ typedef struct svc_chunk_ctx {
                                     compressed, decoded a layer ahead of the layer computed */
     bool craft_capture;          /* capture Cache-Craft variants after cachecraft prompts */
     size_t craft_max_tokens;     /* longest prompt prefix one capture prefills */
+    uint64_t craft_max_wait_ns;  /* a capture waiting this long runs while the executor is busy
+                                    (at most one per this interval); 0: only when idle */
 } svc_chunk_ctx;
 
 /* Check a container against the model: geometry (layers, kv heads, head dim) and n tokens,

@@ -3,7 +3,7 @@
  *
  * A chunk cached by PUT_CHUNK (or by a prompt's miss) is a standalone variant: its KV saw only
  * BOS. After a cachecraft GENERATE or PREFILL_KV, the executor captures, when it has nothing
- * else to do, the in-context KV and the Cache-Craft metadata (bl_craft_meta) of the prompt's
+ * else to do (or the capture has waited craft-capture-max-wait-ms: svc_craft_due), the in-context KV and the Cache-Craft metadata (bl_craft_meta) of the prompt's
  * chunks — one prefill of BOS + the chunks (bl_variant_capture_all) — and stores each as an
  * ordinary chunk entry of the tenant's namespace:
  *
@@ -46,6 +46,20 @@ rk_status svc_craft_model(const char *model_id, const cc_key *prev, char *out);
 rk_status svc_craft_key(const char *model_id, const char *ns, const cc_key *prev, const int32_t *tokens, uint32_t n,
                         cc_key *out);
 
+/* Whether the executor starts the oldest waiting capture (queued at queued_ns) now: when it
+ * is idle, yes; while generations are queued or decoding, once the capture has waited
+ * max_wait_ns (0: never) and the last capture started while busy (at last_forced_ns; 0: none)
+ * is at least max_wait_ns ago — at most one capture's prefill per max_wait_ns taken from the
+ * generations, and a daemon that is never idle still captures. */
+static inline bool svc_craft_due(bool idle, uint64_t now_ns, uint64_t queued_ns, uint64_t last_forced_ns,
+                                 uint64_t max_wait_ns)
+{
+    if (idle)
+        return true;
+    return max_wait_ns && now_ns - queued_ns >= max_wait_ns &&
+           (!last_forced_ns || now_ns - last_forced_ns >= max_wait_ns);
+}
+
 /* Register the metrics (once; any thread). */
 void svc_craft_metrics_init(void);
 
@@ -85,7 +99,7 @@ void svc_craft_use_prepare(const svc_chunk_ctx *x, svc_gen *g, const bl_segment 
 void svc_craft_use_clear(svc_craft_use *u);
 
 /* A capture of one prompt's chunks: made on the executor after the prompt's assembly, run
- * (prefill, encode) on the executor when it is idle, stored on a pool thread. */
+ * (prefill, encode) on the executor when svc_craft_due says, stored on a pool thread. */
 typedef struct svc_craft_job svc_craft_job;
 
 /* The capture g's assembly asks for (u->need), or NULL when there is nothing to capture (none

@@ -16,11 +16,11 @@
 #include "ragkv/service.h"
 
 #define QUEUE_MAX 4096
-#define CRAFT_QUEUE_MAX 8 /* Cache-Craft captures waiting for an idle executor */
+#define CRAFT_QUEUE_MAX 8 /* Cache-Craft captures waiting for an idle executor (or their turn) */
 
 static struct {
     svc_metric *gens, *gen_errors, *steps, *step_tokens, *prompt_tokens, *recomputed, *active;
-    svc_metric *hits, *misses, *puts, *busy_us, *layer_loads;
+    svc_metric *hits, *misses, *puts, *busy_us, *layer_loads, *cap_forced;
     svc_histogram *ttft, *step_ms, *put_ms;
 } xm;
 
@@ -38,6 +38,9 @@ static void exec_metrics(void)
     xm.hits = svc_metric_get(SVC_COUNTER, "chunk_hits_total", "", "prompt segments served from the chunk cache");
     xm.misses = svc_metric_get(SVC_COUNTER, "chunk_misses_total", "", "prompt segments not in the cache (computed in context)");
     xm.puts = svc_metric_get(SVC_COUNTER, "chunk_prefills_total", "", "chunks prefilled and stored by PUT_CHUNK");
+    xm.cap_forced = svc_metric_get(SVC_COUNTER, "craft_captures_forced_total", "",
+                                   "Cache-Craft captures run while generations were queued or decoding, having waited "
+                                   "craft-capture-max-wait-ms");
     xm.busy_us = svc_metric_get(SVC_COUNTER, "executor_busy_us_total", "",
                                 "microseconds the executor (the one thread that drives the model's backend) spent "
                                 "working: GPU time, per request over a run");
@@ -76,9 +79,14 @@ struct svc_exec {
     int32_t *toks;             /* (max_batch) the tokens fed */
     eng_sampler **sms;         /* (max_batch) the rows' samplers (act[i].sm, rebuilt each step) */
     int32_t *next;             /* (max_batch) the tokens chosen */
-    /* Cache-Craft captures (craft.h): low-priority work, run only when no generation is queued
-     * or active, one at a time (from its prefill until its variants are stored) */
+    /* Cache-Craft captures (craft.h): low-priority work, one at a time (from its prefill until
+     * its variants are stored), run when no generation is queued or active — or, so that a
+     * daemon that is never idle still captures, when the oldest has waited cx.craft_max_wait_ns,
+     * at most one such per that interval (captures then take at most about their prefill time
+     * per interval from the generations) */
     svc_craft_job *cap[CRAFT_QUEUE_MAX]; /* guarded by lock: waiting captures, FIFO from cap_head */
+    uint64_t cap_since[CRAFT_QUEUE_MAX]; /* guarded by lock: when each was queued (rk_now_ns) */
+    uint64_t cap_forced_ns;    /* executor thread: when the last capture ran while busy */
     size_t cap_head, ncap;     /* guarded by lock */
     bool cap_busy;             /* guarded by lock: a capture is running or being stored */
     rk_pool *craft_pool;       /* one thread: stores captured variants (blocking store calls) */
@@ -478,7 +486,7 @@ static rk_status export_prompt(svc_exec *x, svc_gen *g, eng_seq *s)
     return st;
 }
 
-/* Queue a Cache-Craft capture (NULL: none) for when the executor is idle; a full queue drops
+/* Queue a Cache-Craft capture (NULL: none) for when svc_craft_due says; a full queue drops
  * it (counted). Executor thread. */
 static void craft_enqueue(svc_exec *x, svc_craft_job *j)
 {
@@ -486,8 +494,11 @@ static void craft_enqueue(svc_exec *x, svc_craft_job *j)
         return;
     pthread_mutex_lock(&x->lock);
     bool room = x->ncap < CRAFT_QUEUE_MAX && !x->stop;
-    if (room)
-        x->cap[(x->cap_head + x->ncap++) % CRAFT_QUEUE_MAX] = j;
+    if (room) {
+        size_t at = (x->cap_head + x->ncap++) % CRAFT_QUEUE_MAX;
+        x->cap[at] = j;
+        x->cap_since[at] = rk_now_ns();
+    }
     pthread_mutex_unlock(&x->lock);
     if (!room)
         svc_craft_job_drop(j);
@@ -792,16 +803,27 @@ static void *exec_main(void *arg)
             start_gen(x, admit[i]);
         step(x);
         svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
-        /* low priority: a Cache-Craft capture only when nothing else waits or decodes */
+        /* low priority: a Cache-Craft capture when nothing else waits or decodes, or one that
+         * has waited its turn (x->cap's comment) */
         svc_craft_job *cj = NULL;
+        bool forced = false;
         pthread_mutex_lock(&x->lock);
-        if (!x->stop && x->nq == 0 && x->nact == 0 && x->ncap && !x->cap_busy) {
-            cj = x->cap[x->cap_head];
-            x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
-            x->ncap--;
-            x->cap_busy = true;
+        if (!x->stop && x->ncap && !x->cap_busy) {
+            uint64_t now = rk_now_ns();
+            bool idle = x->nq == 0 && x->nact == 0;
+            if (svc_craft_due(idle, now, x->cap_since[x->cap_head], x->cap_forced_ns, x->cx.craft_max_wait_ns)) {
+                forced = !idle;
+                cj = x->cap[x->cap_head];
+                x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
+                x->ncap--;
+                x->cap_busy = true;
+                if (forced)
+                    x->cap_forced_ns = now;
+            }
         }
         pthread_mutex_unlock(&x->lock);
+        if (forced)
+            svc_metric_add(xm.cap_forced, 1);
         if (cj)
             craft_run(x, cj);
     }

@@ -11,9 +11,12 @@
  *  - a variant captured in tenant A's namespace is never used by tenant B;
  *  - in a shared corpus the corpus keeps (and every granted tenant uses) variants made of its
  *    own chunks only: a prompt whose chunk follows the tenant's own text, or the tenant's own
- *    chunk named by key, captures nothing. */
+ *    chunk named by key, captures nothing;
+ *  - a daemon that is never idle still captures (craft-capture-max-wait-ms), and with 0 it
+ *    captures only once the load stops; svc_craft_due's rule itself. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,7 @@
 #include "ragkv/engine.h"
 #include "ragkv/proto.h"
 #include "ragkv/record.h"
+#include "../../service/craft.h"
 #include "svc_testlib.h"
 #include "testutil.h"
 
@@ -447,3 +451,132 @@ Test(craft, a_shared_corpus_keeps_variants_of_its_own_chunks_only)
     ragkv_close(adm);
     svct_daemon_down(&dd);
 }
+
+/* ---- captures on a busy daemon ------------------------------------------------------------ */
+
+Test(craft, capture_due_rule)
+{
+    const uint64_t ms = 1000000ull, W = 100 * ms;
+    cr_expect(svc_craft_due(true, 5 * ms, 5 * ms, 0, 0), "idle: at once, whatever the wait");
+    cr_expect(svc_craft_due(true, 5 * ms, 5 * ms, 4 * ms, W));
+    cr_expect_not(svc_craft_due(false, 10000 * ms, 0 * ms, 0, 0), "busy, max wait 0: never");
+    cr_expect_not(svc_craft_due(false, 50 * ms + 99 * ms, 50 * ms, 0, W), "busy: not before it waited W");
+    cr_expect(svc_craft_due(false, 50 * ms + W, 50 * ms, 0, W), "busy: once it waited W");
+    cr_expect_not(svc_craft_due(false, 1000 * ms, 50 * ms, 950 * ms, W), "busy: one per W (the last 50 ms ago)");
+    cr_expect(svc_craft_due(false, 1000 * ms, 50 * ms, 900 * ms, W), "busy: the last W ago");
+}
+
+/* Load: a connection that runs GENERATE (full prefill, sampled, 200 tokens) back to back until
+ * told to stop; done counts the generations finished. */
+struct busy_load {
+    int port;
+    const char *token;
+    int seed;
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    bool *stop;
+    int done;
+    rk_status st;
+};
+
+static void *busy_main(void *arg)
+{
+    struct busy_load *l = arg;
+    ragkv_conn *c = svct_dial(l->port, l->token);
+    int32_t q[8];
+    svct_chunk_toks(q, 8, 500 + l->seed);
+    for (uint64_t i = 0;; i++) {
+        pthread_mutex_lock(l->mu);
+        bool stop = *l->stop;
+        pthread_mutex_unlock(l->mu);
+        if (stop)
+            break;
+        ragkv_gen_params p = {.query = q, .nquery = 8, .max_tokens = 200, .temperature = 1.0f,
+                              .seed = (uint64_t)l->seed * 1000 + i};
+        rk_status st = ragkv_generate(c, &p, NULL, NULL, NULL);
+        pthread_mutex_lock(l->mu);
+        if (st != RK_OK && l->st == RK_OK)
+            l->st = st;
+        l->done++;
+        pthread_cond_broadcast(l->cv);
+        pthread_mutex_unlock(l->mu);
+        if (st != RK_OK)
+            break;
+    }
+    ragkv_close(c);
+    return NULL;
+}
+
+/* Under 4 connections of back-to-back generations (max-batch 4: the executor decodes from the
+ * moment the first arrives until the load stops), a cachecraft prompt's capture runs while
+ * busy once it has waited max_wait_ms (1): craft_captures_forced_total; with 0, no capture
+ * runs until the load stops, and then it does. */
+static void busy_capture(const char *max_wait_ms)
+{
+    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--craft-capture-max-wait-ms", NULL, NULL};
+    extra[1] = svct_need_model();
+    extra[5] = max_wait_ms;
+    bool forced_ok = strcmp(max_wait_ms, "0") != 0;
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
+    int32_t c1[NC], c2[NC], q[NQ];
+    prompt_of(61, c1, c2, q);
+    put(c, c1);
+    put(c, c2);
+
+    enum { NL = 4 };
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    bool stop = false;
+    struct busy_load l[NL];
+    pthread_t th[NL];
+    for (int i = 0; i < NL; i++) {
+        l[i] = (struct busy_load){.port = dd.port, .token = dd.token[0], .seed = i + 1, .mu = &mu, .cv = &cv,
+                                  .stop = &stop, .st = RK_OK};
+        cr_assert_eq(pthread_create(&th[i], NULL, busy_main, &l[i]), 0);
+    }
+    /* the load is running: every connection has finished a generation */
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < NL; i++)
+        while (l[i].done == 0 && l[i].st == RK_OK)
+            pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+
+    prefill(c, c1, c2, q, 4, NULL);
+    if (forced_ok) {
+        wait_captures(&dd, 1); /* while the load runs */
+        cr_expect_geq(svct_metric(dd.hport, "craft_captures_forced_total"), 1, "the capture ran while busy");
+    } else {
+        /* the load keeps the executor busy for a few more generations per connection (none of
+         * them may start the capture: checked below) */
+        pthread_mutex_lock(&mu);
+        int target[NL];
+        for (int i = 0; i < NL; i++)
+            target[i] = l[i].done + 3;
+        for (int i = 0; i < NL; i++)
+            while (l[i].done < target[i] && l[i].st == RK_OK)
+                pthread_cond_wait(&cv, &mu);
+        pthread_mutex_unlock(&mu);
+    }
+    pthread_mutex_lock(&mu);
+    stop = true;
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < NL; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(l[i].st, RK_OK, "load %d: %s", i, rk_status_name(l[i].st));
+    }
+    if (!forced_ok) {
+        cr_expect_eq(svct_metric(dd.hport, "craft_captures_forced_total"), 0, "max wait 0: never while busy");
+        wait_captures(&dd, 1); /* idle now: it runs */
+    }
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_captured_total"), 1, "C2's variant after C1 stored");
+    /* and it is used */
+    prefill(c, c1, c2, q, 4, NULL);
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_used_total"), 1);
+    ragkv_close(c);
+    svct_daemon_down(&dd);
+}
+
+Test(craft, busy_daemon_captures_after_max_wait) { busy_capture("1"); }
+Test(craft, busy_daemon_with_max_wait_0_captures_when_idle) { busy_capture("0"); }

@@ -80,10 +80,13 @@ typedef struct svc_config {
                                     misses, Cache-Craft variants, PREFILL_KV): raw, lz4, q8 or
                                     cachegen (default) */
     int craft_capture;           /* 1 (default): Cache-Craft variants captured after cachecraft
-                                    prompts, when the executor is idle; 0: none captured (those
+                                    prompts, when the executor is idle (or craft_capture_max_wait_ms); 0: none captured (those
                                     stored are still used) */
     int craft_capture_max_tokens; /* longest prompt prefix (BOS + chunks) one capture prefills;
                                     chunks ending past it get no variant; default 4096 */
+    int craft_capture_max_wait_ms; /* a capture waiting this long runs between decode steps even
+                                    while the executor is busy, at most one per this interval;
+                                    0: only when idle; default 2000 */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;
 
