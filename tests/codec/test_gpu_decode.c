@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 
 #include "codec_testlib.h"
+#include "testutil.h"
 
 #ifdef RAGKV_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -250,4 +251,12 @@ Test(gpu_decode, reader_finish_reports_a_malformed_stream)
     rk_buf_free(&b);
     rk_free(kv);
 #endif
+}
+
+/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
+static bool device_here(void) { return codec_cuda_available(); }
+
+int main(int argc, char *argv[])
+{
+    return rk_test_main_unless(argc, argv, device_here, "codec_test_gpu_decode", "no CUDA device here");
 }

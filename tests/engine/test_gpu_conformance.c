@@ -4,8 +4,6 @@
 #include "conformance.h"
 #include "greedy.h"
 #include <stdio.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "ragkv/tokenizer.h"
 #include "each_model.h"
@@ -441,36 +439,15 @@ Test(gpu_math, unknown_mode_refused)
     eng_model_close(m);
 }
 
-/* Without a CUDA device the whole file is skipped at once (exit 77, ctest's SKIP_RETURN_CODE):
- * Criterion starts a process per test, and with the CUDA libraries linked in each start costs
- * about a second before the test could skip itself. The probe runs in a child process: the
- * runner must not initialise CUDA, or the test processes it starts could not use it. */
+/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
 static bool cuda_here(void)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        eng_model *m;
-        eng_backend *be = NULL;
-        rk_status st = eng_model_synth("test-llama", 1, &m);
-        if (st == RK_OK)
-            st = cuda_ctor(m, &be);
-        _exit(st == RK_OK ? 0 : 1);
-    }
-    int ws = 0;
-    /* anything but a clear "no" runs the tests (and they say what is wrong) */
-    return !(pid > 0 && waitpid(pid, &ws, 0) == pid && WIFEXITED(ws) && WEXITSTATUS(ws) == 1);
+    eng_model *m;
+    eng_backend *be = NULL;
+    return eng_model_synth("test-llama", 1, &m) == RK_OK && cuda_ctor(m, &be) == RK_OK;
 }
 
 int main(int argc, char *argv[])
 {
-    struct criterion_test_set *tests = criterion_initialize();
-    int result = 0;
-    if (!cuda_here()) {
-        fprintf(stderr, "engine_test_gpu_conformance: skipped: no CUDA device or backend here\n");
-        result = 77;
-    } else if (criterion_handle_args(argc, argv, true)) {
-        result = !criterion_run_all_tests(tests);
-    }
-    criterion_finalize(tests);
-    return result;
+    return rk_test_main_unless(argc, argv, cuda_here, "engine_test_gpu_conformance", "no CUDA device or backend here");
 }

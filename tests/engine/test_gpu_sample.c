@@ -438,3 +438,16 @@ Test(gpu_sample, bad_arguments_rejected)
     need_cuda();
     sd_bad_args(cuda_ctor, "test-llama");
 }
+
+/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
+static bool cuda_here(void)
+{
+    eng_model *m;
+    eng_backend *be = NULL;
+    return eng_model_synth("test-llama", 1, &m) == RK_OK && cuda_ctor(m, &be) == RK_OK;
+}
+
+int main(int argc, char *argv[])
+{
+    return rk_test_main_unless(argc, argv, cuda_here, "engine_test_gpu_sample", "no CUDA device or backend here");
+}

@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <criterion/criterion.h>
+
 #include "ragkv/clock.h"
 
 static bool file_exists(const char *p)
@@ -344,4 +346,29 @@ bool rk_test_sentinel(rk_test_proc *p, int port, const char *dir, const char *na
     fclose(f);
     char *argv[] = {(char *)bin, conf, "--sentinel", NULL};
     return spawn_until(argv, p, "+monitor master"); /* it watches the primary */
+}
+
+int rk_test_probe(bool (*probe)(void))
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(probe() ? 0 : 1);
+    int ws = 0;
+    if (pid < 0 || waitpid(pid, &ws, 0) != pid || !WIFEXITED(ws) || WEXITSTATUS(ws) > 1)
+        return -1;
+    return WEXITSTATUS(ws) == 0;
+}
+
+int rk_test_main_unless(int argc, char *argv[], bool (*probe)(void), const char *name, const char *why)
+{
+    struct criterion_test_set *tests = criterion_initialize();
+    int result = 0;
+    if (rk_test_probe(probe) == 0) { /* a clear no; otherwise the tests run and say what is wrong */
+        fprintf(stderr, "%s: skipped: %s\n", name, why);
+        result = 77;
+    } else if (criterion_handle_args(argc, argv, true)) {
+        result = !criterion_run_all_tests(tests);
+    }
+    criterion_finalize(tests);
+    return result;
 }

@@ -23,6 +23,18 @@ const char *rk_test_bin(const char *name, char *buf, size_t len);
 char *rk_test_tmpdir(char *buf, size_t len);
 void rk_test_rmrf(const char *path);
 
+/* Whether probe() holds, asked in a child process so that this one initialises nothing (CUDA,
+ * say) that the test processes Criterion starts from it could not use: 1 yes (probe true), 0
+ * no (false), -1 when the child did not say (crashed, fork failed). */
+int rk_test_probe(bool (*probe)(void));
+
+/* A Criterion main for test files that need something the machine may lack (a GPU): when
+ * rk_test_probe(probe) is 0 it prints "<name>: skipped: <why>" and returns 77 (ctest's
+ * SKIP_RETURN_CODE, set for every test_gpu_* file) without starting a process per test
+ * (which, with the CUDA libraries linked, costs about a second each); else it runs the
+ * tests as Criterion's own main does. */
+int rk_test_main_unless(int argc, char *argv[], bool (*probe)(void), const char *name, const char *why);
+
 /* A child process whose stdout we read. */
 typedef struct rk_test_proc {
     pid_t pid;
