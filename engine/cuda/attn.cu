@@ -81,18 +81,25 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t ld,
     }
 }
 
-// Copy a (rows x HD) bf16 tile of keys k0.. of KV head kvh, array arr of `layer`, from the
-// paged cache (rows >= valid zeroed) to shared memory rows of LD elements.
+// Copy a (BC x HD) bf16 tile of keys k0.. (k0 a multiple of BC) of KV head kvh, array arr of
+// `layer`, from the paged cache (rows >= valid zeroed) to shared memory rows of LD elements.
+// With blocks of at least BC slots the tile lies in one block: one table read for the tile
+// and plain strided rows (what the kernels read before paging); smaller blocks (tests) look
+// each row up.
 template <int HD, int LD>
 __device__ __forceinline__ void load_kv_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t kvld,
-                                             int k0, int rows, int valid)
+                                             int k0, int valid)
 {
     constexpr int C8 = HD / 8;
-    for (int i = threadIdx.x; i < rows * C8; i += NT) {
+    const bool one = (1 << d.bshift) >= BC;
+    const bf16 *base = kv_row<const bf16>(d, arr, layer, k0, kvld) + (size_t)kvh * HD; // valid: k0 < len
+    for (int i = threadIdx.x; i < BC * C8; i += NT) {
         int r = i / C8, c = (i % C8) * 8;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < valid)
-            v = *reinterpret_cast<const uint4 *>(kv_row<const bf16>(d, arr, layer, k0 + r, kvld) + (size_t)kvh * HD + c);
+        if (r < valid) {
+            const bf16 *row = one ? base + (size_t)r * kvld : kv_row<const bf16>(d, arr, layer, k0 + r, kvld) + (size_t)kvh * HD;
+            v = *reinterpret_cast<const uint4 *>(row + c);
+        }
         *reinterpret_cast<uint4 *>(dst + r * LD + c) = v;
     }
 }
@@ -301,8 +308,8 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
         }
         if (!__syncthreads_or(vis))
             continue; // no query of this block sees any key of the tile
-        load_kv_tile<HD, LD>(Ks, d, KV_ROT, layer, kvh, kvld, k0, BC, len - k0);
-        load_kv_tile<HD, LD>(Vs, d, KV_VAL, layer, kvh, kvld, k0, BC, len - k0);
+        load_kv_tile<HD, LD>(Ks, d, KV_ROT, layer, kvh, kvld, k0, len - k0);
+        load_kv_tile<HD, LD>(Vs, d, KV_VAL, layer, kvh, kvld, k0, len - k0);
         __syncthreads();
 
         // S = Q K^T for the warp's 16 rows x 64 keys; mask and modifiers; online softmax; O += P V
@@ -360,7 +367,9 @@ cudaError_t launch_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc 
 //   - a tile whose largest key position is at most the warp's smallest query position (and
 //     that carries no slot groups) skips the per-element mask, and scale and log2(e) are one
 //     multiply there.
-// Selected with RAGKV_ATTN_FLASH=2 until it has been measured against the first version.
+// The default since 2026-12-07 (H100: 8K-token prefill of the Llama-3-8B shape 307 ms against
+// the first version's 428 with paged KV, docs/benchmarks.md); RAGKV_ATTN_FLASH=1 selects the
+// first.
 constexpr int BR2 = 128;     // query rows per block
 constexpr int NT2 = 256;     // threads per block (8 warps)
 
@@ -373,18 +382,21 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Issue the copies of a (BC x HD) tile of array arr (K rotated or V) of KV head kvh at `layer`,
-// keys k0.., from the paged cache into shared rows of LD.
+// keys k0.. (a multiple of BC, below len), from the paged cache into shared rows of LD; as
+// load_kv_tile, one table read per tile when blocks hold at least BC slots.
 template <int HD, int LD>
 __device__ __forceinline__ void async_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t ld,
                                            int k0, int len)
 {
     constexpr int C8 = HD / 8;
+    const bool one = (1 << d.bshift) >= BC;
+    const bf16 *base = kv_row<const bf16>(d, arr, layer, k0, ld) + (size_t)kvh * HD;
     for (int i = threadIdx.x; i < BC * C8; i += NT2) {
         int r = i / C8, c = (i % C8) * 8;
         bool ok = k0 + r < len;
-        // slot 0 when out of range: a valid address either way (len > 0 here)
-        const bf16 *p = kv_row<const bf16>(d, arr, layer, ok ? k0 + r : 0, ld) + (size_t)kvh * HD + c;
-        cp_async16(smem_u32(dst + r * LD + c), p, ok);
+        // the tile's first row when out of range: a valid address either way
+        const bf16 *row = !ok ? base : one ? base + (size_t)r * ld : kv_row<const bf16>(d, arr, layer, k0 + r, ld) + (size_t)kvh * HD;
+        cp_async16(smem_u32(dst + r * LD + c), row + c, ok);
     }
 }
 
@@ -843,7 +855,7 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
     static int version = 0; // (a benign race: every thread computes the same value)
     if (!version) {
         const char *e = getenv("RAGKV_ATTN_FLASH");
-        version = e && !strcmp(e, "2") ? 2 : 1;
+        version = e && !strcmp(e, "1") ? 1 : 2;
     }
     if (version == 2)
         switch (a->hd) {

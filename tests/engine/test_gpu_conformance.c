@@ -277,8 +277,9 @@ Test(gpu_conformance_bf16, decode_graph_equals_eager) { graphs_equal_eager("bf16
 Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd128", 700); }
 Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 
-/* The second flash-attention kernel (RAGKV_ATTN_FLASH=2: 128-row blocks, double-buffered
- * async copies, an unmasked path for tiles every row sees) under the conformance checks, with
+/* The second flash-attention kernel (the default since 2026-12-07; RAGKV_ATTN_FLASH=2: 128-row
+ * blocks, double-buffered async copies, an unmasked path for tiles every row sees) under the
+ * conformance checks, with
  * every layer call of any row count on the flash path (RAGKV_ATTN_DECODE_ROWS=0: otherwise
  * calls of up to 16 rows, such as the causal-rule and slot-group checks, take the decode
  * kernel). Criterion runs every test in its own process, so the variables do not leak. */
@@ -288,10 +289,12 @@ Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_lon
         cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
         call;                                                       \
     } while (0)
-/* The first flash kernel likewise on the checks of few rows (slot groups: APE's temperature
- * and log-scale; the exact causal rule by position; KV imported at shifted positions). */
+/* The first flash kernel (RAGKV_ATTN_FLASH=1) likewise on the checks of few rows (slot groups:
+ * APE's temperature and log-scale; the exact causal rule by position; KV imported at shifted
+ * positions) and on long prompts. */
 #define FLASH1(call)                                                \
     do {                                                            \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "1", 1), 0);        \
         cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
         call;                                                       \
     } while (0)
@@ -302,6 +305,13 @@ Test(gpu_flash1_few_rows, kv_import_at_shifted_positions)
 {
     FLASH1(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
 }
+Test(gpu_flash1, hd128_long_prefill_and_decode_close_to_cpu) { FLASH1(bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash1, hd64_long_prefill_and_decode_close_to_cpu) { FLASH1(bf16_long_vs_cpu("test-hd64", 900)); }
+Test(gpu_flash1, prefill_equals_token_by_token_decode)
+{
+    FLASH1(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
+}
+Test(gpu_flash1, row_subset_equals_full_forward) { FLASH1(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
 Test(gpu_flash2, hd128_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash2, hd64_long_prefill_and_decode_close_to_cpu) { FLASH2(bf16_long_vs_cpu("test-hd64", 900)); }
 Test(gpu_flash2, prefill_equals_token_by_token_decode)
