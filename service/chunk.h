@@ -50,6 +50,8 @@ typedef struct svc_chunk_ctx {
                                     compressed, decoded a layer ahead of the layer computed */
     bool craft_capture;          /* capture Cache-Craft variants after cachecraft prompts */
     size_t craft_max_tokens;     /* longest prompt prefix one capture prefills */
+    uint32_t craft_min_uses;     /* capture a pair once it came in this many cachecraft prompts */
+    struct svc_craft_seen *craft_seen; /* the pairs' counts (craft.h; the executor's) */
     uint64_t craft_max_wait_ns;  /* a capture waiting this long runs while the executor is busy
                                     (at most one per this interval); 0: only when idle */
 } svc_chunk_ctx;

@@ -64,6 +64,7 @@ static const struct opt_desc opts[] = {
     STR_OPT("chunk-codec", chunk_codec, "codec of the KV the daemon encodes (PUT_CHUNK, prompt misses, Cache-Craft variants, PREFILL_KV): raw, lz4 (both fp16), q8 or cachegen"),
     INT_OPT("craft-capture", craft_capture, 0, 1, "1: after a cachecraft prompt, capture its chunks' in-context Cache-Craft variants (when the executor is idle, or see craft-capture-max-wait-ms) and store them; 0: off (stored variants are still used)"),
     INT_OPT("craft-capture-max-tokens", craft_capture_max_tokens, 1, 1 << 24, "longest prompt prefix one Cache-Craft capture prefills (chunks ending past it get no variant)"),
+    INT_OPT("craft-capture-min-uses", craft_capture_min_uses, 1, 1000000, "capture a chunk's Cache-Craft variant after another chunk once the pair has come in this many cachecraft prompts (1: at the first; a pair seen once is seldom seen again)"),
     INT_OPT("craft-capture-max-wait-ms", craft_capture_max_wait_ms, 0, 3600000, "a Cache-Craft capture waiting this long runs between decode steps even while the executor is busy, at most one per this interval (0: only when idle)"),
     STR_OPT("layer-loading", layer_loading, "auto, on or off: chunks read from RAM or disk (no device tier, Redis metadata) are decoded a layer ahead of the layer computed (on), or whole first (off); auto: on for GPU backends, off on the CPU backend, where decoding and computing share the cores"),
 };
@@ -98,6 +99,7 @@ void svc_config_defaults(svc_config *cfg)
     cfg->craft_capture = 1;
     cfg->craft_capture_max_tokens = 4096;
     cfg->craft_capture_max_wait_ms = 2000;
+    cfg->craft_capture_min_uses = 2;
 }
 
 static const struct opt_desc *opt_find(const char *name, size_t len)

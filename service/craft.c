@@ -14,7 +14,7 @@
 
 #define CRAFT_MARK "|craft-after:"
 
-enum { SKIP_QUOTA, SKIP_DENIED, SKIP_CORRUPT, SKIP_LIMIT, SKIP_BUSY, SKIP_ERROR, NSKIP };
+enum { SKIP_QUOTA, SKIP_DENIED, SKIP_CORRUPT, SKIP_LIMIT, SKIP_BUSY, SKIP_ERROR, SKIP_RARE, NSKIP };
 
 static struct {
     svc_metric *found, *used, *captured, *captures, *skipped[NSKIP];
@@ -22,7 +22,7 @@ static struct {
 
 static void craft_metrics(void)
 {
-    static const char *const why[NSKIP] = {"quota", "denied", "corrupt", "limit", "busy", "error"};
+    static const char *const why[NSKIP] = {"quota", "denied", "corrupt", "limit", "busy", "error", "rare"};
     cm.found = svc_metric_get(SVC_COUNTER, "craft_variants_found_total", "",
                               "Cache-Craft variants found for a cachecraft prompt's chunk after its predecessor");
     cm.used = svc_metric_get(SVC_COUNTER, "craft_variants_used_total", "",
@@ -37,7 +37,7 @@ static void craft_metrics(void)
         cm.skipped[i] = svc_metric_get(SVC_COUNTER, "craft_variants_skipped_total", lbl,
                                        "Cache-Craft variants not used or not captured: quota, namespace not writable, "
                                        "corrupt or mismatched, beyond craft-capture-max-tokens, capture queue full, "
-                                       "other errors");
+                                       "other errors, pair not yet seen craft-capture-min-uses times");
     }
 }
 
@@ -199,8 +199,10 @@ struct svc_craft_job {
     cc_key *keys;              /* (nseg) their keys (a variant is keyed by its predecessor's) */
     uint64_t *ids;             /* (nseg) the first 8 bytes of each key: Cache-Craft chunk ids */
     uint8_t *need;             /* (nseg) as svc_craft_use.need */
-    rk_buf *cont;              /* (nseg) run: the captured variants' encoded KV */
-    rk_buf *meta;              /* (nseg) run: their RKCF metadata */
+    float **kv;                /* (nseg) run: the captured variants' KV (floats), or NULL */
+    bl_craft_meta *md;         /* (nseg) run: their metadata */
+    rk_buf *cont;              /* (nseg) store: a variant's encoded KV */
+    rk_buf *meta;              /* (nseg) store: its RKCF metadata */
     double ms;                 /* run: the prefill's wall time (the cost split over the chunks) */
     size_t prefill_tokens;     /* BOS + the segments prefilled */
 };
@@ -212,6 +214,10 @@ void svc_craft_job_free(svc_craft_job *j)
     for (size_t i = 0; i < j->nseg; i++) {
         if (j->tokens)
             rk_free(j->tokens[i]);
+        if (j->kv)
+            rk_free(j->kv[i]);
+        if (j->md)
+            bl_craft_meta_clear(&j->md[i]);
         if (j->cont)
             rk_buf_free(&j->cont[i]);
         if (j->meta)
@@ -224,7 +230,34 @@ void svc_craft_job_free(svc_craft_job *j)
     rk_free(j->need);
     rk_free(j->cont);
     rk_free(j->meta);
+    rk_free(j->kv);
+    rk_free(j->md);
     rk_free(j);
+}
+
+#define SEEN_SLOTS 4096
+struct svc_craft_seen {
+    uint64_t tag[SEEN_SLOTS];
+    uint32_t count[SEEN_SLOTS];
+};
+
+svc_craft_seen *svc_craft_seen_new(void) { return rk_calloc(1, sizeof(svc_craft_seen)); }
+void svc_craft_seen_free(svc_craft_seen *s) { rk_free(s); }
+
+uint32_t svc_craft_seen_add(svc_craft_seen *s, const cc_key *prev, const cc_key *key)
+{
+    uint64_t a, b;
+    memcpy(&a, prev->b, sizeof(a));
+    memcpy(&b, key->b, sizeof(b));
+    uint64_t tag = (a ^ (b * 0x9e3779b97f4a7c15ull)) | 1u; /* keys are hashes: their bytes mix well; 0 is empty */
+    size_t at = (size_t)((tag >> 17) % SEEN_SLOTS);
+    if (s->tag[at] != tag) {
+        s->tag[at] = tag;
+        s->count[at] = 0;
+    }
+    if (s->count[at] < UINT32_MAX)
+        s->count[at]++;
+    return s->count[at];
 }
 
 /* Candidates of a job (segments it would capture). */
@@ -243,7 +276,10 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
     /* a shared namespace keeps variants made of its own chunks only, stored by its owner */
     bool shared = g->ns[0] && strcmp(g->ns, g->tenant) != 0;
     size_t last = 0, want = 0, tokens = 1;
-    int64_t limit = 0, denied = 0;
+    int64_t limit = 0, denied = 0, rare = 0;
+    uint8_t *take = rk_calloc(u->nseg, 1); /* the candidates kept (need[i] otherwise) */
+    if (!take)
+        return NULL;
     for (size_t i = 0; i < u->nseg; i++) {
         tokens += g->segs[i].n;
         if (!u->need[i])
@@ -256,13 +292,25 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
             limit++;
             continue;
         }
+        /* a pair seen fewer than craft_min_uses times waits (a stored variant that could not be
+           used, need 2, had its pair captured before: again at once) */
+        if (u->need[i] == 1 && i > 0 && x->craft_min_uses > 1 &&
+            (!x->craft_seen || svc_craft_seen_add(x->craft_seen, &g->segs[i - 1].key, &g->segs[i].key) <
+                                   x->craft_min_uses)) {
+            rare++;
+            continue;
+        }
+        take[i] = u->need[i];
         want++;
         last = i + 1;
     }
     svc_metric_add(cm.skipped[SKIP_LIMIT], limit);
     svc_metric_add(cm.skipped[SKIP_DENIED], denied);
-    if (!want)
+    svc_metric_add(cm.skipped[SKIP_RARE], rare);
+    if (!want) {
+        rk_free(take);
         return NULL;
+    }
     svc_craft_job *j = rk_calloc(1, sizeof(*j));
     if (!j)
         goto nomem;
@@ -275,7 +323,9 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
     j->need = rk_calloc(last, 1);
     j->cont = rk_calloc(last, sizeof(rk_buf));
     j->meta = rk_calloc(last, sizeof(rk_buf));
-    if (!j->tokens || !j->n || !j->keys || !j->ids || !j->need || !j->cont || !j->meta)
+    j->kv = rk_calloc(last, sizeof(float *));
+    j->md = rk_calloc(last, sizeof(bl_craft_meta));
+    if (!j->tokens || !j->n || !j->keys || !j->ids || !j->need || !j->cont || !j->meta || !j->kv || !j->md)
         goto nomem;
     j->prefill_tokens = 1;
     for (size_t i = 0; i < last; i++) {
@@ -286,17 +336,13 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
         j->n[i] = sg->n;
         j->keys[i] = sg->key;
         memcpy(&j->ids[i], sg->key.b, sizeof(uint64_t));
-        j->need[i] = u->need[i];
+        j->need[i] = take[i]; /* (those skipped above were counted) */
         j->prefill_tokens += sg->n;
     }
-    /* those past the cap were counted as limit above: not captured */
-    for (size_t i = 0, t = 1; i < last; i++) {
-        t += j->n[i];
-        if (t > x->craft_max_tokens)
-            j->need[i] = 0;
-    }
+    rk_free(take);
     return j;
 nomem:
+    rk_free(take);
     svc_metric_add(cm.skipped[SKIP_ERROR], (int64_t)want);
     svc_craft_job_free(j);
     return NULL;
@@ -306,38 +352,25 @@ rk_status svc_craft_job_run(const svc_chunk_ctx *x, svc_craft_job *j)
 {
     uint64_t t0 = rk_now_ns();
     bl_segment *segs = rk_calloc(j->nseg, sizeof(bl_segment));
-    float **kv = rk_calloc(j->nseg, sizeof(float *));
-    bl_craft_meta *md = rk_calloc(j->nseg, sizeof(bl_craft_meta));
-    rk_status st = segs && kv && md ? RK_OK : RK_ERR_NOMEM;
+    rk_status st = segs ? RK_OK : RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < j->nseg; i++) {
         segs[i] = (bl_segment){.tokens = j->tokens[i], .n = j->n[i]};
-        if (j->need[i] && !(kv[i] = rk_malloc(eng_kv_floats(x->model, j->n[i]) * sizeof(float))))
+        if (j->need[i] && !(j->kv[i] = rk_malloc(eng_kv_floats(x->model, j->n[i]) * sizeof(float))))
             st = RK_ERR_NOMEM;
     }
     if (st == RK_OK)
-        st = bl_variant_capture_all(x->model, x->backend, segs, j->nseg, j->ids, kv, md);
+        st = bl_variant_capture_all(x->model, x->backend, segs, j->nseg, j->ids, j->kv, j->md);
     j->ms = (double)(rk_now_ns() - t0) / 1e6;
-    for (size_t i = 0; st == RK_OK && i < j->nseg; i++) {
-        if (!kv[i])
-            continue;
-        if ((st = svc_kv_encode(x, kv[i], j->n[i], x->codec, x->level, &j->cont[i])) == RK_OK)
-            st = bl_craft_encode(&md[i], &j->meta[i]);
-    }
     if (st != RK_OK) {
         RK_WARN("Cache-Craft capture failed (%s: %s)", rk_status_name(st), rk_error_msg());
         svc_metric_add(cm.skipped[SKIP_ERROR], job_candidates(j));
         for (size_t i = 0; i < j->nseg; i++) {
             j->need[i] = 0;
-            rk_buf_free(&j->cont[i]);
-            rk_buf_free(&j->meta[i]);
+            rk_free(j->kv[i]);
+            j->kv[i] = NULL;
+            bl_craft_meta_clear(&j->md[i]);
         }
     }
-    for (size_t i = 0; kv && md && i < j->nseg; i++) {
-        rk_free(kv[i]);
-        bl_craft_meta_clear(&md[i]);
-    }
-    rk_free(kv);
-    rk_free(md);
     rk_free(segs);
     return st;
 }
@@ -346,13 +379,21 @@ void svc_craft_job_store(const svc_chunk_ctx *x, svc_craft_job *j)
 {
     const char *model_id = eng_model_get_info(x->model)->id;
     for (size_t i = 1; i < j->nseg; i++) {
-        if (!j->need[i] || !j->cont[i].len)
+        if (!j->need[i] || (!j->cont[i].len && !j->kv[i]))
             continue;
         char model[CC_NAME_MAX + 1];
         rk_buf blob = RK_BUF_INIT;
         cc_put_args a;
         cc_key want, got;
-        rk_status st = svc_craft_model(model_id, &j->keys[i - 1], model);
+        rk_status st = RK_OK;
+        if (!j->cont[i].len && j->kv[i]) { /* encoded here, off the executor */
+            if ((st = svc_kv_encode(x, j->kv[i], j->n[i], x->codec, x->level, &j->cont[i])) == RK_OK)
+                st = bl_craft_encode(&j->md[i], &j->meta[i]);
+            rk_free(j->kv[i]);
+            j->kv[i] = NULL;
+        }
+        if (st == RK_OK)
+            st = svc_craft_model(model_id, &j->keys[i - 1], model);
         if (st == RK_OK)
             st = cc_key_compute(model, j->tenant, j->tokens[i], j->n[i], &want);
         if (st == RK_OK && j->need[i] == 2) /* the unusable one first (a put keeps what is there) */

@@ -21,7 +21,7 @@
  *
  * Metrics: craft_variants_found_total, craft_variants_used_total (chosen: lower CFO than the
  * standalone cache), craft_variants_captured_total, craft_variants_skipped_total{reason=
- * "quota|denied|corrupt|limit|busy|error"}, craft_captures_total (capture jobs finished,
+ * "quota|denied|corrupt|limit|busy|error|rare"}, craft_captures_total (capture jobs finished,
  * whatever their outcome: what tests wait on).
  */
 #ifndef RAGKV_SVC_CRAFT_H
@@ -98,25 +98,39 @@ void svc_craft_use_prepare(const svc_chunk_ctx *x, svc_gen *g, const bl_segment 
 /* Free u's arrays and zero it. NULL-safe. */
 void svc_craft_use_clear(svc_craft_use *u);
 
+/* How many cachecraft prompts each (chunk before, chunk) pair came in: a fixed table of 4096
+ * counters indexed by the pair's keys (a colliding pair takes the slot over and starts again
+ * from 1), so that a variant is captured only for a pair that recurs (craft_min_uses). The
+ * executor's alone (no lock). */
+typedef struct svc_craft_seen svc_craft_seen;
+svc_craft_seen *svc_craft_seen_new(void);
+void svc_craft_seen_free(svc_craft_seen *s);
+/* Count one more prompt of the pair (prev, key); returns the count, this one included. */
+uint32_t svc_craft_seen_add(svc_craft_seen *s, const cc_key *prev, const cc_key *key);
+
 /* A capture of one prompt's chunks: made on the executor after the prompt's assembly, run
- * (prefill, encode) on the executor when svc_craft_due says, stored on a pool thread. */
+ * (prefill) on the executor when svc_craft_due says, encoded and stored on a pool thread. */
 typedef struct svc_craft_job svc_craft_job;
 
 /* The capture g's assembly asks for (u->need), or NULL when there is nothing to capture (none
- * needed, capture off, chunks past craft_max_tokens: skipped as limit). In the tenant's own
+ * needed, capture off, chunks past craft_max_tokens: skipped as limit, pairs that have not yet
+ * come in x->craft_min_uses cachecraft prompts, counted in x->craft_seen: skipped as rare; a
+ * stored variant that could not be used is captured again whatever the count). In the tenant's own
  * namespace the tenant stores the variants; in a shared namespace (g->ns another tenant's)
  * its owner does, and only for chunks that every segment before them came from the cache
  * (u->cached_prefix), so that no text of the requesting tenant enters a variant others read;
  * the rest are skipped as denied. Owned by the caller (svc_craft_job_free). */
 svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const svc_craft_use *u);
 
-/* Executor: one prefill of the job's prompt prefix, the chosen chunks' KV encoded with x's
- * codec and level and their metadata with bl_craft_encode. On error nothing is stored (the
- * job's candidates are counted skipped as error). */
+/* Executor: one prefill of the job's prompt prefix; the chosen chunks' in-context KV (floats)
+ * and metadata kept in the job. On error nothing is stored (the job's candidates are counted
+ * skipped as error). */
 rk_status svc_craft_job_run(const svc_chunk_ctx *x, svc_craft_job *j);
 
-/* Pool: store the variants run produced, with the tenant's rights (a quota refusal, a tenant
- * gone: skipped, counted), then count the job in craft_captures_total. Blocking. */
+/* Pool: encode the variants run produced (x's codec and level; metadata with bl_craft_encode)
+ * and store them with the tenant's rights (a quota refusal, a tenant gone: skipped, counted),
+ * then count the job in craft_captures_total. Blocking: the encoding is kept off the
+ * executor, which only prefills. */
 void svc_craft_job_store(const svc_chunk_ctx *x, svc_craft_job *j);
 
 /* Drop a job never run (queue full, shutdown): its candidates counted skipped as busy, the

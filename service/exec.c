@@ -847,6 +847,7 @@ static void *exec_main(void *arg)
 static void exec_free(svc_exec *x)
 {
     rk_pool_free(x->craft_pool); /* stores in flight finish (they signal x->wake) */
+    svc_craft_seen_free(x->cx.craft_seen);
     while (x->ncap) {
         svc_craft_job_drop(x->cap[x->cap_head]);
         x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
@@ -887,8 +888,8 @@ rk_status svc_exec_start(const svc_chunk_ctx *chunks, int max_batch, svc_exec **
     x->toks = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
     x->sms = rk_calloc((size_t)x->max_batch, sizeof(eng_sampler *));
     x->next = rk_calloc((size_t)x->max_batch, sizeof(int32_t));
-    if (x->cx.craft_capture && rk_pool_create(1, &x->craft_pool) != RK_OK)
-        x->cx.craft_capture = false; /* (a pool of one thread: only memory can fail it) */
+    if (x->cx.craft_capture && (rk_pool_create(1, &x->craft_pool) != RK_OK || !(x->cx.craft_seen = svc_craft_seen_new())))
+        x->cx.craft_capture = false; /* (a pool of one thread, a table: only memory can fail them) */
     if (!x->queue || !x->act || !x->logits || !x->seqs || !x->toks || !x->sms || !x->next ||
         pthread_create(&x->thread, NULL, exec_main, x) != 0) {
         exec_free(x);

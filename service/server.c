@@ -525,7 +525,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
                             /* variants are this node's own: not in a cluster (craft.h) */
                             .craft_capture = cfg->craft_capture && !srv->cluster,
                             .craft_max_tokens = (size_t)cfg->craft_capture_max_tokens,
-                            .craft_max_wait_ns = (uint64_t)cfg->craft_capture_max_wait_ms * 1000000u};
+                            .craft_max_wait_ns = (uint64_t)cfg->craft_capture_max_wait_ms * 1000000u,
+                            .craft_min_uses = (uint32_t)cfg->craft_capture_min_uses};
         if ((st = svc_exec_start(&cx, cfg->max_batch, &srv->exec)) != RK_OK)
             goto fail;
         const eng_model_info *mi = eng_model_get_info(srv->model);

@@ -13,7 +13,9 @@
  *    own chunks only: a prompt whose chunk follows the tenant's own text, or the tenant's own
  *    chunk named by key, captures nothing;
  *  - a daemon that is never idle still captures (craft-capture-max-wait-ms), and with 0 it
- *    captures only once the load stops; svc_craft_due's rule itself. */
+ *    captures only once the load stops; svc_craft_due's rule itself;
+ *  - by default a pair's variant is captured at its second prompt, not its first
+ *    (craft-capture-min-uses 2; the other tests capture at the first). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
@@ -42,7 +44,8 @@ TestSuite(craft, .timeout = 240);
 
 static const char *const *model_flags(void)
 {
-    static const char *extra[] = {"--model", NULL, "--max-batch", "4", NULL};
+    /* capture at a pair's first prompt (the default waits for its second: min_uses_2 below) */
+    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--craft-capture-min-uses", "1", NULL};
     extra[1] = svct_need_model();
     return extra;
 }
@@ -51,7 +54,8 @@ static const char *const *model_flags(void)
  * lossless, for comparisons with full prefill that the default codec's loss would blur. */
 static const char *const *fp16_flags(void)
 {
-    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--chunk-codec", "lz4", NULL};
+    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--chunk-codec", "lz4",
+                                  "--craft-capture-min-uses", "1", NULL};
     extra[1] = svct_need_model();
     return extra;
 }
@@ -513,7 +517,8 @@ static void *busy_main(void *arg)
  * runs until the load stops, and then it does. */
 static void busy_capture(const char *max_wait_ms)
 {
-    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--craft-capture-max-wait-ms", NULL, NULL};
+    static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--craft-capture-max-wait-ms", NULL,
+                                  "--craft-capture-min-uses", "1", NULL};
     extra[1] = svct_need_model();
     extra[5] = max_wait_ms;
     bool forced_ok = strcmp(max_wait_ms, "0") != 0;
@@ -580,3 +585,30 @@ static void busy_capture(const char *max_wait_ms)
 
 Test(craft, busy_daemon_captures_after_max_wait) { busy_capture("1"); }
 Test(craft, busy_daemon_with_max_wait_0_captures_when_idle) { busy_capture("0"); }
+
+/* The default craft-capture-min-uses (2): the first prompt of [C1, C2] captures nothing (C2
+ * after C1 counted rare), the second captures, the third uses the variant. */
+Test(craft, default_captures_a_pair_at_its_second_prompt)
+{
+    static const char *extra[] = {"--model", NULL, "--max-batch", "4", NULL};
+    extra[1] = svct_need_model();
+    svct_daemon dd;
+    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
+    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
+    int32_t c1[NC], c2[NC], q[NQ];
+    prompt_of(71, c1, c2, q);
+    put(c, c1);
+    put(c, c2);
+    uint32_t r1 = prefill(c, c1, c2, q, 4, NULL);
+    cr_expect_eq(skipped(&dd, "rare"), 1, "C2 after C1, first seen: not captured");
+    prefill(c, c1, c2, q, 4, NULL);
+    wait_captures(&dd, 1);
+    cr_expect_eq(svct_metric(dd.hport, "craft_captures_total"), 1, "one capture job: the second prompt's");
+    cr_expect_eq(skipped(&dd, "rare"), 1);
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_captured_total"), 1);
+    uint32_t r3 = prefill(c, c1, c2, q, 4, NULL);
+    cr_expect_eq(svct_metric(dd.hport, "craft_variants_used_total"), 1, "the third uses it");
+    cr_expect_lt(r3, r1, "and recomputes less (%u < %u)", r3, r1);
+    ragkv_close(c);
+    svct_daemon_down(&dd);
+}

@@ -22,7 +22,16 @@ static long long metric(const svct_daemon *dd, const char *name)
 Test(redis_craft, variants_through_the_async_metadata_path, .timeout = 180)
 {
     svct_hflags f;
-    const char *const *flags = svct_harness_flags(&f, "craft");
+    const char *const *hf = svct_harness_flags(&f, "craft");
+    const char *flags[10]; /* + capture at a pair's first prompt */
+    int nf = 0;
+    while (hf[nf] && nf < 6) {
+        flags[nf] = hf[nf];
+        nf++;
+    }
+    flags[nf++] = "--craft-capture-min-uses";
+    flags[nf++] = "1";
+    flags[nf] = NULL;
     svct_daemon dd;
     svct_daemon_up(&dd, "ragkvd", flags, "acme", NULL);
     ragkv_conn *c = svct_dial(dd.port, dd.token[0]);

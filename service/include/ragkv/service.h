@@ -84,6 +84,8 @@ typedef struct svc_config {
                                     stored are still used) */
     int craft_capture_max_tokens; /* longest prompt prefix (BOS + chunks) one capture prefills;
                                     chunks ending past it get no variant; default 4096 */
+    int craft_capture_min_uses;  /* a chunk's variant after another is captured once that pair has
+                                    come in this many cachecraft prompts (1: the first); default 2 */
     int craft_capture_max_wait_ms; /* a capture waiting this long runs between decode steps even
                                     while the executor is busy, at most one per this interval;
                                     0: only when idle; default 2000 */
