@@ -12,8 +12,9 @@
 # printed only: a sweep for choosing the default. GPU_ENGINE_SCALAR=1 also times the decode step
 # with the first decode kernel (RAGKV_ATTN_DECODE=scalar, 256 keys per split) for comparison.
 # GPU_ENGINE_NOGRAPH=1 also times it without decode CUDA graphs (RAGKV_CUDA_GRAPH=0).
-# GPU_ENGINE_FLASH2=1 also times the prefills with the second flash-attention kernel
-# (RAGKV_ATTN_FLASH=2), printed and written to $OUT/engine_prefill_flash2.json.
+# GPU_ENGINE_FLASH1=1 also times the prefills with the first flash-attention kernel
+# (RAGKV_ATTN_FLASH=1; the second is the default since 2026-12-07), printed and written to
+# $OUT/engine_prefill_flash1.json.
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -43,11 +44,11 @@ if [ "${GPU_ENGINE_NOGRAPH:-0}" = 1 ]; then
     --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
     --json "$OUT/engine_decode_nograph.json" || echo "(no-graph run failed)"
 fi
-if [ "${GPU_ENGINE_FLASH2:-0}" = 1 ]; then
-  echo "== prefill with the second flash-attention kernel"
-  RAGKV_ATTN_FLASH=2 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+if [ "${GPU_ENGINE_FLASH1:-0}" = 1 ]; then
+  echo "== prefill with the first flash-attention kernel"
+  RAGKV_ATTN_FLASH=1 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
     --backend cuda --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3 \
-    --json "$OUT/engine_prefill_flash2.json" || echo "(flash2 run failed)"
+    --json "$OUT/engine_prefill_flash1.json" || echo "(flash1 run failed)"
 fi
 if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
   run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3
