@@ -116,8 +116,12 @@ Test(chunks, put_lookup_and_generate_from_cache)
     cr_assert_eq(ragkv_generate(c, &cc, svct_collect_tokens, &ccr, &sb), RK_OK, "%s", rk_error_msg());
     cr_expect(ccr.n == cf.n && memcmp(ccr.toks, cf.toks, cf.n * sizeof(int32_t)) == 0,
               "cachecraft at alpha 2 (standalone variants: CFO 1) equals full");
-    /* ... and leaves the second chunk's variant after the first to be captured (service/craft.h):
-     * one more chunk entry of the tenant once the capture is done */
+    /* ... and, at the pair's second prompt (craft-capture-min-uses 2), leaves the second
+     * chunk's variant after the first to be captured (service/craft.h): one more chunk entry of
+     * the tenant once the capture is done */
+    svct_tokens ccr2 = {0};
+    cr_assert_eq(ragkv_generate(c, &cc, svct_collect_tokens, &ccr2, &sb), RK_OK, "%s", rk_error_msg());
+    cr_expect(ccr2.n == cf.n && memcmp(ccr2.toks, cf.toks, cf.n * sizeof(int32_t)) == 0, "again equal to full");
     for (uint64_t end = rk_now_ns() + 60000000000ull; svct_metric(hport, "craft_captures_total") < 1 && rk_now_ns() < end;)
         cr_assert_eq(ragkv_ping(c), RK_OK); /* a round trip, not a sleep */
     cr_assert_eq(svct_metric(hport, "craft_variants_captured_total"), 1, "the variant captured");
