@@ -138,9 +138,12 @@ static rk_status seq_claim(eng_seq *s, size_t n, const int32_t *pos, const int32
     rk_free(seen);
     for (size_t i = 0; i < n; i++) {
         size_t sl = (size_t)slots[i];
-        s->pos[sl] = pos[i];
-        if (sl < s->pos_dirty)
-            s->pos_dirty = sl;
+        if (s->pos[sl] != pos[i]) { /* a row written again at its position (CacheBlend's selected
+                                       rows, layer after layer) leaves the device copy alone */
+            s->pos[sl] = pos[i];
+            if (sl < s->pos_dirty)
+                s->pos_dirty = sl;
+        }
         if (sl + 1 > s->len)
             s->len = sl + 1; /* slots skipped over keep ENG_POS_EMPTY */
     }
