@@ -9,6 +9,7 @@
 #include "blend_testlib.h"
 #include "ragkv/blend.h"
 #include "testutil.h"
+#include "../engine/gpu_probe.h"
 
 static eng_model *m;
 static eng_backend *gpu, *cpu;
@@ -278,15 +279,5 @@ Test(gpu_blend, containers_loaded_layer_by_layer_on_the_gpu)
     free(kb);
 }
 
-/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
-static bool cuda_here(void)
-{
-    eng_model *mm;
-    eng_backend *be = NULL;
-    return eng_model_synth("test-llama", 1, &mm) == RK_OK && eng_backend_cuda_new(mm, 0, &be) == RK_OK;
-}
-
-int main(int argc, char *argv[])
-{
-    return rk_test_main_unless(argc, argv, cuda_here, "blend_test_gpu_blend", "no CUDA device or backend here");
-}
+/* Without a CUDA device the whole file skips at once. */
+RK_TEST_MAIN_NEEDS_CUDA("blend_test_gpu_blend")

@@ -8,6 +8,7 @@
 #include "ragkv/tokenizer.h"
 #include "each_model.h"
 #include "testutil.h"
+#include "gpu_probe.h"
 
 static rk_status cuda_ctor(eng_model *m, eng_backend **out)
 {
@@ -449,15 +450,5 @@ Test(gpu_math, unknown_mode_refused)
     eng_model_close(m);
 }
 
-/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
-static bool cuda_here(void)
-{
-    eng_model *m;
-    eng_backend *be = NULL;
-    return eng_model_synth("test-llama", 1, &m) == RK_OK && cuda_ctor(m, &be) == RK_OK;
-}
-
-int main(int argc, char *argv[])
-{
-    return rk_test_main_unless(argc, argv, cuda_here, "engine_test_gpu_conformance", "no CUDA device or backend here");
-}
+/* Without a CUDA device the whole file skips at once. */
+RK_TEST_MAIN_NEEDS_CUDA("engine_test_gpu_conformance")

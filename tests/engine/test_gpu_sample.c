@@ -18,6 +18,7 @@
 #include "../../engine/engine_impl.h"
 #include "sample_decode.h"
 #include "testutil.h"
+#include "gpu_probe.h"
 
 static rk_status cuda_ctor(eng_model *m, eng_backend **out)
 {
@@ -523,15 +524,5 @@ Test(gpu_sample, bad_arguments_rejected)
     sd_bad_args(cuda_ctor, "test-llama");
 }
 
-/* Without a CUDA device the whole file skips at once (rk_test_main_unless). */
-static bool cuda_here(void)
-{
-    eng_model *m;
-    eng_backend *be = NULL;
-    return eng_model_synth("test-llama", 1, &m) == RK_OK && cuda_ctor(m, &be) == RK_OK;
-}
-
-int main(int argc, char *argv[])
-{
-    return rk_test_main_unless(argc, argv, cuda_here, "engine_test_gpu_sample", "no CUDA device or backend here");
-}
+/* Without a CUDA device the whole file skips at once. */
+RK_TEST_MAIN_NEEDS_CUDA("engine_test_gpu_sample")

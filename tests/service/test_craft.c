@@ -148,6 +148,19 @@ static void put(ragkv_conn *c, const int32_t *t)
     cr_assert_eq(ragkv_put_chunk(c, t, NC, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
 }
 
+/* A daemon (flags, tenant acme) with the two chunks of prompt seed cached by PUT_CHUNK: the
+ * connection of acme, and the prompt's chunks and query in c1, c2, q. */
+static ragkv_conn *up_with_pair(svct_daemon *dd, const char *const *flags, int seed, int32_t *c1, int32_t *c2,
+                                int32_t *q)
+{
+    svct_daemon_up(dd, "ragkvd", flags, "acme", NULL);
+    ragkv_conn *c = svct_dial(dd->port, dd->token[0]);
+    prompt_of(seed, c1, c2, q);
+    put(c, c1);
+    put(c, c2);
+    return c;
+}
+
 /* Poll craft_captures_total until it reaches want (deadline 60 s). */
 static void wait_captures(const svct_daemon *dd, long long want)
 {
@@ -206,12 +219,8 @@ static double rel_l2(const float *a, const float *b, size_t n)
 static void used_and_closer(const char *const *flags, bool lossless)
 {
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd", flags, "acme", NULL);
-    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
     int32_t c1[NC], c2[NC], q[NQ];
-    prompt_of(7, c1, c2, q);
-    put(c, c1);
-    put(c, c2);
+    ragkv_conn *c = up_with_pair(&dd, flags, 7, c1, c2, q);
 
     float *kf, *k1, *k2;
     prefill(c, c1, c2, q, 0, &kf); /* full: no capture */
@@ -523,12 +532,8 @@ static void busy_capture(const char *max_wait_ms)
     extra[5] = max_wait_ms;
     bool forced_ok = strcmp(max_wait_ms, "0") != 0;
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
-    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
     int32_t c1[NC], c2[NC], q[NQ];
-    prompt_of(61, c1, c2, q);
-    put(c, c1);
-    put(c, c2);
+    ragkv_conn *c = up_with_pair(&dd, extra, 61, c1, c2, q);
 
     enum { NL = 4 };
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -593,12 +598,8 @@ Test(craft, default_captures_a_pair_at_its_second_prompt)
     static const char *extra[] = {"--model", NULL, "--max-batch", "4", NULL};
     extra[1] = svct_need_model();
     svct_daemon dd;
-    svct_daemon_up(&dd, "ragkvd", extra, "acme", NULL);
-    ragkv_conn *c = svct_dial(dd.port, dd.token[0]);
     int32_t c1[NC], c2[NC], q[NQ];
-    prompt_of(71, c1, c2, q);
-    put(c, c1);
-    put(c, c2);
+    ragkv_conn *c = up_with_pair(&dd, extra, 71, c1, c2, q);
     uint32_t r1 = prefill(c, c1, c2, q, 4, NULL);
     cr_expect_eq(skipped(&dd, "rare"), 1, "C2 after C1, first seen: not captured");
     prefill(c, c1, c2, q, 4, NULL);
