@@ -278,8 +278,11 @@ svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const
     size_t last = 0, want = 0, tokens = 1;
     int64_t limit = 0, denied = 0, rare = 0;
     uint8_t *take = rk_calloc(u->nseg, 1); /* the candidates kept (need[i] otherwise) */
-    if (!take)
+    if (!take) {
+        for (size_t i = 0; i < u->nseg; i++)
+            svc_metric_add(cm.skipped[SKIP_ERROR], u->need[i] != 0);
         return NULL;
+    }
     for (size_t i = 0; i < u->nseg; i++) {
         tokens += g->segs[i].n;
         if (!u->need[i])
