@@ -90,23 +90,39 @@ static void loader_fail(bl_loader *ld, rk_status st, size_t seg)
     pthread_mutex_unlock(&ld->mu);
 }
 
-/* GPU mode: open every reader (host checks, uploads of what every layer needs), then enqueue
- * the layers in order as fast as they go; the engine thread waits only for "enqueued". */
-static void loader_gpu(bl_loader *ld)
+/* rk_pool_for body: open the readers of container segments [b, e) (host checks, uploads of
+ * what every layer needs); a failure is recorded (loader_fail) and ends nothing else. */
+static void open_readers(void *arg, size_t b, size_t e)
 {
+    bl_loader *ld = arg;
     int device = eng_backend_cuda_device(ld->be);
-    for (size_t i = 0; i < ld->nseg; i++) {
+    for (size_t i = b; i < e; i++) {
         const bl_segment *sg = &ld->segs[i];
         if (!sg->container)
             continue;
         rk_status st = codec_cuda_reader_open(sg->container, sg->container_len, ld->opts, CODEC_BF16, device, &ld->cr[i]);
         if (st == RK_OK)
             st = bl_container_check(ld->mi, codec_cuda_reader_info(ld->cr[i]), sg->n);
-        if (st != RK_OK) {
+        if (st != RK_OK)
             loader_fail(ld, st, i);
-            return;
-        }
     }
+}
+
+/* GPU mode: open every reader — one per container segment, spread over the decode options'
+ * pool when there is one (each open verifies and prepares a whole container on the host: one
+ * after another they kept the first layer waiting) — then enqueue the layers in order as fast
+ * as they go; the engine thread waits only for "enqueued". */
+static void loader_gpu(bl_loader *ld)
+{
+    if (ld->opts && ld->opts->pool)
+        rk_pool_for(ld->opts->pool, ld->nseg, 1, open_readers, ld);
+    else
+        open_readers(ld, 0, ld->nseg);
+    pthread_mutex_lock(&ld->mu);
+    bool failed = ld->err != RK_OK;
+    pthread_mutex_unlock(&ld->mu);
+    if (failed)
+        return;
     for (int l = 0; l < ld->L; l++) {
         pthread_mutex_lock(&ld->mu);
         bool stop = ld->stop;
