@@ -93,18 +93,24 @@ void svc_gen_vars_free(svc_gen *g)
     g->vars = NULL;
 }
 
+/* Free n variants' KV floats and metadata and the two arrays (either may be NULL). */
+static void kv_meta_free(float **kv, bl_craft_meta *md, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (kv)
+            rk_free(kv[i]);
+        if (md)
+            bl_craft_meta_clear(&md[i]);
+    }
+    rk_free(kv);
+    rk_free(md);
+}
+
 void svc_craft_use_clear(svc_craft_use *u)
 {
     if (!u)
         return;
-    for (size_t i = 0; i < u->nseg; i++) {
-        if (u->kv)
-            rk_free(u->kv[i]);
-        if (u->meta)
-            bl_craft_meta_clear(&u->meta[i]);
-    }
-    rk_free(u->kv);
-    rk_free(u->meta);
+    kv_meta_free(u->kv, u->meta, u->nseg);
     rk_free(u->var);
     rk_free(u->need);
     memset(u, 0, sizeof(*u));
@@ -214,10 +220,6 @@ void svc_craft_job_free(svc_craft_job *j)
     for (size_t i = 0; i < j->nseg; i++) {
         if (j->tokens)
             rk_free(j->tokens[i]);
-        if (j->kv)
-            rk_free(j->kv[i]);
-        if (j->md)
-            bl_craft_meta_clear(&j->md[i]);
         if (j->cont)
             rk_buf_free(&j->cont[i]);
         if (j->meta)
@@ -230,8 +232,7 @@ void svc_craft_job_free(svc_craft_job *j)
     rk_free(j->need);
     rk_free(j->cont);
     rk_free(j->meta);
-    rk_free(j->kv);
-    rk_free(j->md);
+    kv_meta_free(j->kv, j->md, j->nseg);
     rk_free(j);
 }
 
