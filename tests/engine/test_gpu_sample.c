@@ -70,14 +70,7 @@ static float first_uniform(uint64_t seed)
     return eng_sampler_uniform(&s);
 }
 
-/* How far token tok is from being the pick of uniform r under eng_sample's distribution,
- * computed in double: softmax(l/T); rows with top_k or top_p walk the ids best first (lower id
- * on ties), cut to top_k and to the shortest prefix reaching top_p, renormalised; plain rows
- * walk them in id order. tok covers [lo, hi) of the walk's cumulative mass; the distance is 0
- * when r lies there, else how far r is from that interval (a token outside the kept set sits
- * at 1). Host and device compute the probabilities and their sums in float and in different
- * orders, so on flat rows of a large vocabulary their picks can be neighbours in the walk: a
- * distance of about 1e-5 is rounding, a wrong sampler is off by far more. */
+/* The walk's order for rows with top_k or top_p: best first, lower id on ties. */
 struct rank_ent {
     double q;
     int id;
@@ -89,49 +82,74 @@ static int rank_cmp(const void *a, const void *b)
         return x->q > y->q ? -1 : 1;
     return x->id < y->id ? -1 : x->id > y->id;
 }
-static double pick_distance(const float *l, int V, float T, int k, float p, float r, int tok)
+
+/* The distribution eng_sample defines, in double: softmax(l/T), best first, cut to top_k and
+ * to the shortest prefix reaching top_p, renormalised. q gets it (0 outside); returns the kept
+ * count. *margin: distance of the nucleus's mass from top_p at its boundary (a test whose
+ * boundary sits within rounding of top_p would test rounding, not sampling). */
+static int expected(const float *l, int V, float T, int k, float p, double *q, double *margin)
 {
     double mx = -INFINITY, sum = 0;
     for (int i = 0; i < V; i++)
         mx = fmax(mx, (double)l[i] / T);
-    struct rank_ent *e = malloc((size_t)V * sizeof(*e));
-    cr_assert_not_null(e);
+    for (int i = 0; i < V; i++)
+        sum += exp((double)l[i] / T - mx);
+    struct rank_ent *ord = malloc((size_t)V * sizeof(*ord));
+    cr_assert_not_null(ord);
     for (int i = 0; i < V; i++) {
-        e[i] = (struct rank_ent){exp((double)l[i] / T - mx), i};
-        sum += e[i].q;
+        q[i] = exp((double)l[i] / T - mx) / sum;
+        ord[i] = (struct rank_ent){q[i], i};
     }
-    double lo = 1.0, hi = 1.0;
-    if (k <= 0 && !(p < 1.0f)) { /* id order, everything kept */
-        double c = 0;
-        for (int i = 0; i < tok; i++)
-            c += e[i].q;
-        lo = c / sum;
-        hi = (c + e[tok].q) / sum;
-    } else {
-        qsort(e, (size_t)V, sizeof(*e), rank_cmp);
-        int keep = k > 0 && k < V ? k : V;
-        double mass = 0;
-        for (int i = 0; i < keep; i++) {
-            mass += e[i].q / sum;
-            if (p < 1.0f && mass >= p) {
+    qsort(ord, (size_t)V, sizeof(*ord), rank_cmp);
+    int keep = k > 0 && k < V ? k : V;
+    double mass = 0;
+    *margin = 1;
+    for (int i = 0; i < keep; i++) {
+        mass += ord[i].q;
+        if (p < 1.0f) {
+            double d = fabs(mass - (double)p);
+            if (d < *margin)
+                *margin = d;
+            if (mass >= p) {
                 keep = i + 1;
                 break;
             }
         }
-        double kept = 0, c = 0;
-        for (int i = 0; i < keep; i++)
-            kept += e[i].q;
-        for (int i = 0; i < keep; i++) {
-            if (e[i].id == tok) {
-                lo = c / kept;
-                hi = (c + e[i].q) / kept;
-                break;
-            }
-            c += e[i].q;
-        }
     }
-    free(e);
-    double x = (double)r;
+    double kept = 0;
+    for (int i = 0; i < keep; i++)
+        kept += ord[i].q;
+    memset(q, 0, (size_t)V * sizeof(double));
+    for (int i = 0; i < keep; i++)
+        q[ord[i].id] = ord[i].q / kept;
+    free(ord);
+    return keep;
+}
+
+/* How far token tok is from being the pick of uniform r under that distribution: rows with
+ * top_k or top_p walk the kept ids best first (lower id on ties), plain rows walk the ids in
+ * id order. tok covers [lo, hi) of the walk's cumulative mass; the distance is 0 when r lies
+ * there, else how far r is from that interval (a token outside the kept set sits at 1). Host
+ * and device compute the probabilities and their sums in float and in different orders, so on
+ * flat rows of a large vocabulary their picks can be neighbours in the walk: a distance of
+ * about 1e-5 is rounding, a wrong sampler is off by far more. */
+static double pick_distance(const float *l, int V, float T, int k, float p, float r, int tok)
+{
+    double *q = malloc((size_t)V * sizeof(double)), margin, lo = 0;
+    cr_assert_not_null(q);
+    expected(l, V, T, k, p, q, &margin);
+    if (k <= 0 && !(p < 1.0f)) { /* id order, everything kept */
+        for (int i = 0; i < tok; i++)
+            lo += q[i];
+    } else if (q[tok] > 0) {
+        for (int j = 0; j < V; j++)
+            if (q[j] > q[tok] || (q[j] == q[tok] && j < tok))
+                lo += q[j];
+    } else {
+        lo = 1.0;
+    }
+    double hi = lo + q[tok], x = (double)r;
+    free(q);
     return x >= lo && x < hi ? 0.0 : x < lo ? lo - x : x - hi;
 }
 #define PICK_TOL 1e-4 /* of the walk's mass: ~5x the float rounding seen on 256K-token rows */
@@ -278,55 +296,6 @@ Test(gpu_sample, stochastic_rows_agree_with_host)
             total);
     eng_backend_free(be);
     eng_model_close(m);
-}
-
-/* The distribution eng_sample defines, in double: softmax(l/T), best first, cut to top_k and
- * to the shortest prefix reaching top_p, renormalised. q gets it (0 outside); returns the kept
- * count. *margin: distance of the nucleus's mass from top_p at its boundary (a test whose
- * boundary sits within rounding of top_p would test rounding, not sampling). */
-static int expected(const float *l, int V, float T, int k, float p, double *q, double *margin)
-{
-    double mx = -INFINITY, sum = 0;
-    for (int i = 0; i < V; i++)
-        mx = fmax(mx, (double)l[i] / T);
-    for (int i = 0; i < V; i++)
-        sum += exp((double)l[i] / T - mx);
-    int *ord = malloc((size_t)V * sizeof(int));
-    for (int i = 0; i < V; i++) {
-        ord[i] = i;
-        q[i] = exp((double)l[i] / T - mx) / sum;
-    }
-    for (int i = 1; i < V; i++) /* insertion sort, best first, lower id on ties */
-        for (int j = i; j > 0 && (q[ord[j]] > q[ord[j - 1]] || (q[ord[j]] == q[ord[j - 1]] && ord[j] < ord[j - 1])); j--) {
-            int t = ord[j];
-            ord[j] = ord[j - 1];
-            ord[j - 1] = t;
-        }
-    int keep = k > 0 && k < V ? k : V;
-    double mass = 0;
-    *margin = 1;
-    for (int i = 0; i < keep; i++) {
-        mass += q[ord[i]];
-        if (p < 1.0f) {
-            double d = fabs(mass - (double)p);
-            if (d < *margin)
-                *margin = d;
-            if (mass >= p) {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    double kept = 0;
-    for (int i = 0; i < keep; i++)
-        kept += q[ord[i]];
-    double *tmp = calloc((size_t)V, sizeof(double));
-    for (int i = 0; i < keep; i++)
-        tmp[ord[i]] = q[ord[i]] / kept;
-    memcpy(q, tmp, (size_t)V * sizeof(double));
-    free(tmp);
-    free(ord);
-    return keep;
 }
 
 Test(gpu_sample, frequencies_follow_the_restricted_softmax)
