@@ -69,6 +69,28 @@ struct decode_graph_entry {
     uint64_t used;            // graph_clock at its last replay (the least recent is replaced)
 };
 
+// Phases of a layer call timed by the profiler (RAGKV_CUDA_PROFILE=1).
+enum prof_phase { PH_NORM, PH_QKV, PH_STORE, PH_ROPE, PH_ATTN, PH_WO, PH_NORM2, PH_W13, PH_SWIGLU, PH_W2, PH_RESID, PH_N };
+const char *const prof_names[PH_N] = {"rmsnorm", "gemm qkv", "kv store", "rope q", "attention", "gemm o",
+                                      "add+rmsnorm", "gemm gate/up", "swiglu", "gemm down", "residual"};
+constexpr int PROF_MARKS = 24; // events per layer call (a phase may be marked more than once)
+
+// Per-phase GPU time of eager layer calls, from CUDA events on the legacy stream: a layer
+// call records an event after each phase and waits for the last one at its end (so profiling
+// costs a host wait per layer; timings of a profiled run are not the benchmark's). Decode
+// graphs are not profiled. Printed to stderr when the backend is freed.
+struct cu_prof {
+    bool on;                       // RAGKV_CUDA_PROFILE=1 when the backend was made
+    cudaEvent_t ev[PROF_MARKS + 1]; // ev[0] at the call's start, ev[i] after phase ph[i]
+    int ph[PROF_MARKS + 1];
+    int n;                         // events recorded in this call (0: not profiling it)
+    int kind;                      // this call's bucket: 0 up to PROF_FEW_ROWS rows, 1 more
+    double ms[2][PH_N];            // summed phase times per bucket
+    double flops[2][PH_N];         // summed matrix-product operations (2 m n k), for TFLOP/s
+    uint64_t layer_calls[2], rows[2]; // layer calls profiled and their rows
+};
+constexpr size_t PROF_FEW_ROWS = 64; // calls of at most this many rows are reported apart (decode)
+
 constexpr int DECODE_GRAPHS = 8; // executable decode graphs kept per context (batch sizes
                                  // and attention grids that alternate keep theirs)
 
@@ -114,6 +136,7 @@ struct cu_ctx {
     void **kv_free;           // blocks not in any sequence
     size_t kv_n_free, kv_cap_free;
     size_t kv_blocks;         // blocks in the pool, used or not
+    cu_prof prof;             // per-phase timings (RAGKV_CUDA_PROFILE=1)
 };
 
 struct cu_kv {
@@ -550,6 +573,99 @@ __global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const
 
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
 
+// ---- the profiler (RAGKV_CUDA_PROFILE=1) --------------------------------------------------
+
+// Starts timing a layer call of n rows: only eager calls on the legacy stream (a graph capture
+// must not be waited on). Any CUDA error turns profiling off; it never fails the call.
+void prof_begin(cu_ctx *c, size_t n)
+{
+    cu_prof *p = &c->prof;
+    p->n = 0;
+    if (!p->on || c->stream != 0)
+        return;
+    if (!p->ev[0])
+        for (int i = 0; i <= PROF_MARKS; i++)
+            if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
+                p->on = false;
+                return;
+            }
+    if (cudaEventRecord(p->ev[0], 0) != cudaSuccess) {
+        p->on = false;
+        return;
+    }
+    p->n = 1;
+    p->kind = n > PROF_FEW_ROWS;
+    p->rows[p->kind] += n;
+}
+
+// Marks the end of phase ph (the work launched since the previous mark); flops: its matrix
+// products' operations (2 m n k), for the report's TFLOP/s.
+void prof_mark(cu_ctx *c, prof_phase ph, double flops = 0.0)
+{
+    cu_prof *p = &c->prof;
+    if (!p->n || p->n > PROF_MARKS)
+        return;
+    if (cudaEventRecord(p->ev[p->n], 0) != cudaSuccess) {
+        p->on = false;
+        p->n = 0;
+        return;
+    }
+    p->ph[p->n++] = ph;
+    p->flops[p->kind][ph] += flops;
+}
+
+// Waits for the call's last mark and adds its phases' times.
+void prof_end(cu_ctx *c)
+{
+    cu_prof *p = &c->prof;
+    if (p->n < 2) {
+        p->n = 0;
+        return;
+    }
+    if (cudaEventSynchronize(p->ev[p->n - 1]) != cudaSuccess) {
+        p->on = false;
+        p->n = 0;
+        return;
+    }
+    for (int i = 1; i < p->n; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]) == cudaSuccess)
+            p->ms[p->kind][p->ph[i]] += ms;
+    }
+    p->layer_calls[p->kind]++;
+    p->n = 0;
+}
+
+// Prints the summed phase times to stderr (when any layer call was profiled) and frees the
+// events.
+void prof_report(cu_ctx *c)
+{
+    cu_prof *p = &c->prof;
+    for (int k = 0; k < 2; k++) {
+        if (!p->layer_calls[k])
+            continue;
+        double total = 0.0;
+        for (int i = 0; i < PH_N; i++)
+            total += p->ms[k][i];
+        fprintf(stderr, "cuda profile: layer calls of %s %zu rows: %llu calls, %llu rows, %.3f ms of GPU time\n",
+                k ? "more than" : "at most", PROF_FEW_ROWS, (unsigned long long)p->layer_calls[k],
+                (unsigned long long)p->rows[k], total);
+        fprintf(stderr, "cuda profile: %-14s %12s %12s %7s %9s\n", "phase", "ms", "ms/call", "share", "TFLOP/s");
+        for (int i = 0; i < PH_N; i++) {
+            if (p->ms[k][i] <= 0.0)
+                continue;
+            char tf[32] = "";
+            if (p->flops[k][i] > 0.0)
+                snprintf(tf, sizeof(tf), "%.1f", p->flops[k][i] / (p->ms[k][i] * 1e9));
+            fprintf(stderr, "cuda profile: %-14s %12.3f %12.4f %6.1f%% %9s\n", prof_names[i], p->ms[k][i],
+                    p->ms[k][i] / (double)p->layer_calls[k], 100.0 * p->ms[k][i] / total, tf);
+        }
+    }
+    for (int i = 0; i <= PROF_MARKS; i++)
+        if (p->ev[i])
+            cudaEventDestroy(p->ev[i]);
+}
+
 // ---- matrix products ----------------------------------------------------------------------
 
 // Column-major C (m x n, fp32) = op(A) op(B) with A, B of the storage type (fp32 or bf16),
@@ -815,6 +931,7 @@ void cu_free(void *ctx)
     if (!c)
         return;
     cu_enter(ctx); // best effort: a release cannot fail
+    prof_report(c);
     for (size_t i = 0; i < c->n_owned; i++)
         cudaFree(c->owned[i]);
     cudaFree(c->scratch);
@@ -1064,15 +1181,18 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     T *hb = cv.take<T>(n * f);
     float *gp = cv.take<float>(2 * G + 2);
     int inter = mi->rope == ENG_ROPE_INTERLEAVED;
+    prof_begin(c, n);
 
     // attention block: norm, q/k/v in one product, bias, cache writes with RoPE
     k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, NULL, w->attn_norm, NULL, (int)d, mi->norm_eps);
     CHECK_LAUNCH("rmsnorm");
+    prof_mark(c, PH_NORM);
     TRY(gemm(c, qkv, xb, w->wqkv, n, d, qkvd));
     if (w->bqkv) {
         k_add_bias<<<blocks(n * qkvd), 256, 0, c->stream>>>(qkv, w->bqkv, n * qkvd, (int)qkvd);
         CHECK_LAUNCH("bias");
     }
+    prof_mark(c, PH_QKV, 2.0 * n * d * qkvd);
     if (lc->k_fresh)
         CU(cudaMemcpy2D(lc->k_fresh, kvd * sizeof(float), qkv + qd, qkvd * sizeof(float), kvd * sizeof(float), n,
                         cudaMemcpyDeviceToHost),
@@ -1085,6 +1205,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
                                                                    qkv + qd + kvd, qkvd, lc->dslots, 0, lc->dpos,
                                                                    (int)n, mi->n_kv_heads, (int)hd, c->inv_freq, inter);
     CHECK_LAUNCH("cache write");
+    prof_mark(c, PH_STORE);
 
     // group parameters (layer-granular calls only)
     const int32_t *dgrp = NULL, *dgb = NULL;
@@ -1187,6 +1308,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         k_rope_q<T><<<blocks(n * H * (hd / 2)), 256, 0, c->stream>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");
+        prof_mark(c, PH_ROPE);
         cu_attn_shape sh;
         sh.n = (int)n;
         sh.H = (int)H;
@@ -1207,17 +1329,31 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         if (e != cudaSuccess)
             return cuda_fail(e, "attention");
     }
+    // attention operations if the rows are the last n of len positions, causal: 4 hd per
+    // visible (query head, key) pair
+    // (a batched decode call's rows are of different sequences: an estimate there)
+    {
+        double before = len > n ? (double)(len - n) : 0.0;
+        prof_mark(c, PH_ATTN, 4.0 * (double)hd * (double)H * ((double)n * before + 0.5 * n * (n + 1.0)));
+    }
 
     // output projection, residual + norm, FFN, residual
     TRY(gemm(c, y, att, w->wo, n, qd, d));
+    prof_mark(c, PH_WO, 2.0 * n * qd * d);
     k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, y, w->ffn_norm, NULL, (int)d, mi->norm_eps);
     CHECK_LAUNCH("residual and norm");
+    prof_mark(c, PH_NORM2);
     TRY(gemm(c, y, xb, w->w13, n, d, 2 * f));
+    prof_mark(c, PH_W13, 2.0 * n * d * 2 * f);
     k_swiglu<T><<<blocks(n * f), 256, 0, c->stream>>>(hb, y, n, (int)f);
     CHECK_LAUNCH("swiglu");
+    prof_mark(c, PH_SWIGLU);
     TRY(gemm(c, y, hb, w->w2, n, f, d));
+    prof_mark(c, PH_W2, 2.0 * n * f * d);
     k_add<<<blocks(n * d), 256, 0, c->stream>>>(lc->x, y, n * d);
     CHECK_LAUNCH("residual");
+    prof_mark(c, PH_RESID);
+    prof_end(c);
     return RK_OK;
 }
 
@@ -1868,6 +2004,10 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
     c->mi = &m->info;
     c->device = device;
     c->mode = mode;
+    {
+        const char *pe = getenv("RAGKV_CUDA_PROFILE");
+        c->prof.on = pe && strcmp(pe, "1") == 0;
+    }
     c->pool_mu = new (std::nothrow) std::mutex;
     if (!c->pool_mu) {
         st = rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");

@@ -14,7 +14,10 @@
 # GPU_ENGINE_NOGRAPH=1 also times it without decode CUDA graphs (RAGKV_CUDA_GRAPH=0).
 # GPU_ENGINE_FLASH1=1 also times the prefills with the first flash-attention kernel
 # (RAGKV_ATTN_FLASH=1; the second is the default since 2026-12-07), printed and written to
-# $OUT/engine_prefill_flash1.json.
+# $OUT/engine_prefill_flash1.json. GPU_ENGINE_PROFILE=1 also runs one prefill at the largest
+# GPU_ENGINE_PREFILL length and the batch-1 decode step without graphs under
+# RAGKV_CUDA_PROFILE=1 (the backend's per-phase GPU times: products with their TFLOP/s,
+# attention, the small kernels), printed and written to $OUT/engine_profile.txt.
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -49,6 +52,19 @@ if [ "${GPU_ENGINE_FLASH1:-0}" = 1 ]; then
   RAGKV_ATTN_FLASH=1 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
     --backend cuda --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3 \
     --json "$OUT/engine_prefill_flash1.json" || echo "(flash1 run failed)"
+fi
+if [ "${GPU_ENGINE_PROFILE:-0}" = 1 ]; then
+  plen=$(echo "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" | tr , '\n' | sort -n | tail -1)
+  {
+    echo "== profile: prefill $plen tokens (RAGKV_CUDA_PROFILE=1; a host wait per layer)"
+    RAGKV_CUDA_PROFILE=1 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+      --backend cuda --prefill "$plen" --batch 1 --ctx 16 --iters 1 --json "$tmp/profile-prefill.json" 2>&1 || echo "(profiled prefill failed)"
+    echo "== profile: decode batch 1 at ${GPU_ENGINE_CTX:-8192} context, no graphs"
+    RAGKV_CUDA_PROFILE=1 RAGKV_CUDA_GRAPH=0 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine \
+      --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch 1 \
+      --iters 5 --json "$tmp/profile-decode.json" 2>&1 || echo "(profiled decode failed)"
+  } | tee "$OUT/engine_profile.txt"
+  rm -f "$tmp/profile-prefill.json" "$tmp/profile-decode.json"
 fi
 if [ "${GPU_ENGINE_FP32:-0}" = 1 ]; then
   run fp32 fp32 --prefill 1024,4096 --ctx 4096 --batch 1 --iters 3
