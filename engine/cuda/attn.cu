@@ -384,14 +384,14 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 // Issue the copies of a (BC x HD) tile of array arr (K rotated or V) of KV head kvh at `layer`,
 // keys k0.. (a multiple of BC, below len), from the paged cache into shared rows of LD; as
 // load_kv_tile, one table read per tile when blocks hold at least BC slots.
-template <int HD, int LD>
+template <int HD, int LD, int NTH = NT2>
 __device__ __forceinline__ void async_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t ld,
                                            int k0, int len)
 {
     constexpr int C8 = HD / 8;
     const bool one = (1 << d.bshift) >= BC;
     const bf16 *base = kv_row<const bf16>(d, arr, layer, k0, ld) + (size_t)kvh * HD;
-    for (int i = threadIdx.x; i < BC * C8; i += NT2) {
+    for (int i = threadIdx.x; i < BC * C8; i += NTH) {
         int r = i / C8, c = (i % C8) * 8;
         bool ok = k0 + r < len;
         // the tile's first row when out of range: a valid address either way
@@ -538,6 +538,295 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
         return e;
     dim3 grid((unsigned)((a->n + BR2 - 1) / BR2), (unsigned)a->H);
     k_flash2<HD><<<grid, NT2, smem>>>(*a, q, *d, layer, len, out);
+    return cudaGetLastError();
+}
+
+// ---- flash, third version ----------------------------------------------------------------
+//
+// What the H100 profile of 2026-12-07 showed of the second version (RAGKV_CUDA_PROFILE=1:
+// 113 of 305 ms of an 8K-token prefill in attention, 156 TFLOP/s) and what this one changes:
+//   - every key tile began with a global read of its 64 positions (to find the next visible
+//     tile) and two block barriers before any warp could go on: a memory latency per tile on
+//     the critical path. Here a table of each tile's smallest and largest key position is
+//     built in shared memory once per window of TBL3 tiles (a few reads in flight per thread),
+//     the next visible tile comes from it without a barrier, and the next tile's positions
+//     (and slot groups) are loaded into registers while the current tile is multiplied and
+//     stored to its stage afterwards;
+//   - each warp owns 32 query rows (two m16 tiles) instead of 16, so every K and V fragment
+//     read from shared memory (ldmatrix) feeds two products: shared-memory reads per product
+//     drop from 1/2 to 5/16 (Q is read back from shared memory per tile, which the registers
+//     of two tiles' outputs and scores leave no room to hold). Four warps (128 rows) per
+//     block, two blocks per SM.
+// Otherwise the same arithmetic: m16n8k16 products, mask by position and slot-group modifiers
+// in registers, online softmax, P from the score accumulators, K/V double-buffered by cp.async.
+constexpr int BR3 = 128; // query rows per block
+constexpr int NT3 = 128; // threads per block: 4 warps of MT3 m16 tiles
+constexpr int MT3 = 2;   // m16 row tiles per warp
+constexpr int TBL3 = 256; // key tiles per window of the visibility table
+
+// The smallest and largest key position of tiles [w0, min(w0 + TBL3, ntiles)) into tmin/tmax.
+// Block-wide (barriers at both ends): every thread calls it with the same w0.
+__device__ __forceinline__ void tile_table(int w0, int ntiles, int len, const int32_t *__restrict__ spos, int *tmin,
+                                           int *tmax)
+{
+    const int nt = min(TBL3, ntiles - w0);
+    __syncthreads(); // nobody reads the previous window's entries any more
+#pragma unroll 4
+    for (int base = 0; base < nt * 16; base += NT3) { // 16 threads per tile, 4 keys each
+        const int i = base + (int)threadIdx.x, tile = i >> 4, k = (w0 + tile) * BC + (i & 15) * 4;
+        int mn = INT32_MAX, mx = INT32_MIN;
+        if (tile < nt) {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (k + e < len) {
+                    int p = spos[k + e];
+                    mn = min(mn, p);
+                    mx = max(mx, p);
+                }
+        }
+#pragma unroll
+        for (int off = 8; off > 0; off >>= 1) {
+            mn = min(mn, __shfl_xor_sync(0xffffffffu, mn, off));
+            mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        }
+        if ((i & 15) == 0 && tile < nt) {
+            tmin[tile] = mn;
+            tmax[tile] = mx;
+        }
+    }
+    __syncthreads();
+}
+
+// The first key tile at or after t with a key some query of the block (positions up to qmax)
+// can see, or ntiles; *tmx gets its largest key position. w0: the table's window (rebuilt when
+// t leaves it). Block-uniform: every thread calls it with the same arguments.
+__device__ __forceinline__ int next_visible3(int t, int ntiles, int len, const int32_t *__restrict__ spos, int qmax,
+                                             int *tmin, int *tmax, int &w0, int &tmx)
+{
+    for (; t < ntiles; t++) {
+        if (t >= w0 + TBL3) {
+            w0 = t;
+            tile_table(w0, ntiles, len, spos, tmin, tmax);
+        }
+        if (tmin[t - w0] <= qmax) {
+            tmx = tmax[t - w0];
+            return t;
+        }
+    }
+    return ntiles;
+}
+
+// S = Q K^T for the warp's MT3 m16 tiles x BC keys: Q fragments from shared rows (LD), K from
+// the shared tile; each K fragment feeds every m tile.
+template <int HD, int LD>
+__device__ __forceinline__ void warp_scores3(const bf16 *K, const bf16 *Qs, int warp, int lane,
+                                             float (&s)[MT3][BC / 8][4])
+{
+#pragma unroll
+    for (int m = 0; m < MT3; m++)
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+            s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t qf[MT3][4];
+#pragma unroll
+        for (int m = 0; m < MT3; m++) {
+            int row = warp * 16 * MT3 + m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = kk * 16 + (lane >> 4) * 8;
+            ldsm_x4(smem_u32(Qs + row * LD + col), qf[m][0], qf[m][1], qf[m][2], qf[m][3]);
+        }
+#pragma unroll
+        for (int jj = 0; jj < BC / 16; jj++) {
+            int key = jj * 16 + (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(smem_u32(K + key * LD + col), b0, b1, b2, b3);
+#pragma unroll
+            for (int m = 0; m < MT3; m++) {
+                mma_bf16(s[m][2 * jj], qf[m], b0, b1);
+                mma_bf16(s[m][2 * jj + 1], qf[m], b2, b3);
+            }
+        }
+    }
+}
+
+// O += P V for the warp's MT3 m tiles: each V fragment feeds every m tile.
+template <int HD, int LD>
+__device__ __forceinline__ void warp_pv3(const bf16 *V, const float (&s)[MT3][BC / 8][4], int lane,
+                                         float (&o)[MT3][HD / 8][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+        uint32_t pa4[MT3][4];
+#pragma unroll
+        for (int m = 0; m < MT3; m++) {
+            pa4[m][0] = pack_bf16(s[m][2 * kk][0], s[m][2 * kk][1]);
+            pa4[m][1] = pack_bf16(s[m][2 * kk][2], s[m][2 * kk][3]);
+            pa4[m][2] = pack_bf16(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+            pa4[m][3] = pack_bf16(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int jd = 0; jd < HD / 16; jd++) {
+            int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = jd * 16 + (lane >> 4) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(smem_u32(V + key * LD + col), b0, b1, b2, b3);
+#pragma unroll
+            for (int m = 0; m < MT3; m++) {
+                mma_bf16(o[m][2 * jd], pa4[m], b0, b1);
+                mma_bf16(o[m][2 * jd + 1], pa4[m], b2, b3);
+            }
+        }
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
+                                                   int layer, int len, bf16 *__restrict__ out)
+{
+    const int32_t *__restrict__ spos = d.spos;
+    constexpr int LD = HD + 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
+    bf16 *Ks = Qs + BR3 * LD;                            // 2 stages
+    bf16 *Vs = Ks + 2 * BC * LD;                         // 2 stages
+    int *sp = reinterpret_cast<int *>(Vs + 2 * BC * LD); // (2, BC) key positions per stage
+    int *sg = sp + 2 * BC;                               // (2, BC) key slot groups per stage
+    int *tmin = sg + 2 * BC;                             // (TBL3) visibility table window
+    int *tmax = tmin + TBL3;                             // (TBL3)
+    __shared__ int qmax_s, qp_s[BR3];                    // the block's query positions (-1 past n)
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int qt = gridDim.x - 1 - blockIdx.x; // heavy (late) tiles first
+    const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
+    const int r0 = qt * BR3;
+    const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
+    const int ntiles = (len + BC - 1) / BC;
+
+    if (tid == 0)
+        qmax_s = -1;
+    __syncthreads();
+    { // NT3 == BR3: a thread per row
+        int p = r0 + tid < a.n ? a.qpos[r0 + tid] : -1;
+        qp_s[tid] = p;
+        if (p >= 0)
+            atomicMax(&qmax_s, p);
+    }
+    {
+        constexpr int C8 = HD / 8;
+        const bf16 *src = q + (size_t)r0 * qld + (size_t)h * HD;
+        for (int i = tid; i < BR3 * C8; i += NT3) {
+            int r = i / C8, c = (i % C8) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r0 + r < a.n)
+                v = *reinterpret_cast<const uint4 *>(src + (size_t)r * qld + c);
+            *reinterpret_cast<uint4 *>(Qs + r * LD + c) = v;
+        }
+    }
+    __syncthreads();
+    const int qmax = qmax_s;
+    // the warp's rows: m tile m holds block rows wr + m * 16 + g (a) and + 8 (b); their
+    // positions stay in qp_s (registers are short)
+    const int wr = warp * 16 * MT3;
+    int wmin = INT32_MAX; // the warp's smallest real query position (rows past n do not count)
+    {
+        int p = qp_s[wr + lane];
+        wmin = p >= 0 ? p : INT32_MAX;
+    }
+    for (int off = 16; off > 0; off >>= 1)
+        wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, off));
+
+    float o[MT3][HD / 8][4];
+    float ma[MT3], mb[MT3], la[MT3], lb[MT3];
+#pragma unroll
+    for (int m = 0; m < MT3; m++) {
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++)
+            o[m][j][0] = o[m][j][1] = o[m][j][2] = o[m][j][3] = 0.0f;
+        ma[m] = mb[m] = -INFINITY;
+        la[m] = lb[m] = 0.0f;
+    }
+    const float sc2 = a.scale * LOG2E;
+
+    int w0 = -TBL3, tmx_cur = 0, tmx_nxt = 0;
+    int cur = next_visible3(0, ntiles, len, spos, qmax, tmin, tmax, w0, tmx_cur);
+    if (cur < ntiles) {
+        async_tile<HD, LD, NT3>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
+        async_tile<HD, LD, NT3>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
+        cp_async_commit();
+        if (tid < BC) { // (made visible by the loop's first barrier)
+            int key = cur * BC + tid;
+            sp[tid] = key < len ? spos[key] : INT32_MAX;
+            sg[tid] = (a.grp && key < len) ? a.grp[key] : -1;
+        }
+    }
+    for (int st = 0; cur < ntiles; st ^= 1) {
+        const int nst = st ^ 1;
+        const int nxt = next_visible3(cur + 1, ntiles, len, spos, qmax, tmin, tmax, w0, tmx_nxt);
+        int pn = INT32_MAX, gn = -1; // the next tile's key position and group of this thread's key
+        if (nxt < ntiles) {
+            async_tile<HD, LD, NT3>(Ks + nst * BC * LD, d, KV_ROT, layer, kvh, kvld, nxt * BC, len);
+            async_tile<HD, LD, NT3>(Vs + nst * BC * LD, d, KV_VAL, layer, kvh, kvld, nxt * BC, len);
+            cp_async_commit();
+            if (tid < BC && nxt * BC + tid < len) {
+                pn = spos[nxt * BC + tid];
+                if (a.grp)
+                    gn = a.grp[nxt * BC + tid];
+            }
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); // the current stage's copies and positions are visible to every warp
+        const bf16 *K = Ks + st * BC * LD, *V = Vs + st * BC * LD;
+        const int *spt = sp + st * BC, *sgt = sg + st * BC;
+        // every key of a whole tile visible to every row of the warp (a partial last tile's
+        // zero-filled keys must stay masked)
+        const bool plain = !a.grp && (cur + 1) * BC <= len && tmx_cur <= wmin;
+
+        float s[MT3][BC / 8][4];
+        warp_scores3<HD, LD>(K, Qs, warp, lane, s);
+#pragma unroll
+        for (int m = 0; m < MT3; m++) {
+            float mxa = -INFINITY, mxb = -INFINITY;
+            if (plain) {
+#pragma unroll
+                for (int j = 0; j < BC / 8; j++) {
+                    s[m][j][0] *= sc2;
+                    s[m][j][1] *= sc2;
+                    s[m][j][2] *= sc2;
+                    s[m][j][3] *= sc2;
+                    mxa = fmaxf(mxa, fmaxf(s[m][j][0], s[m][j][1]));
+                    mxb = fmaxf(mxb, fmaxf(s[m][j][2], s[m][j][3]));
+                }
+            } else {
+                warp_mask(a, spt, sgt, qp_s[wr + m * 16 + g], qp_s[wr + m * 16 + g + 8], t, s[m], mxa, mxb);
+            }
+            warp_softmax<HD>(s[m], mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
+        }
+        warp_pv3<HD, LD>(V, s, lane, o);
+        if (tid < BC) { // stage nst's positions: nobody reads them until the next barrier
+            sp[nst * BC + tid] = pn;
+            sg[nst * BC + tid] = gn;
+        }
+        __syncthreads(); // every warp is done with this stage before it is refilled
+        cur = nxt;
+        tmx_cur = tmx_nxt;
+    }
+
+#pragma unroll
+    for (int m = 0; m < MT3; m++)
+        warp_store<HD>(a, la[m], lb[m], o[m], h, r0 + wr + m * 16 + g, r0 + wr + m * 16 + g + 8, t, out);
+}
+
+template <int HD>
+cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
+{
+    constexpr int LD = HD + 8;
+    size_t smem = (size_t)(BR3 + 4 * BC) * LD * sizeof(bf16) + (4 * BC + 2 * TBL3) * sizeof(int);
+    cudaError_t e = smem_opt_in<k_flash3<HD>>(smem);
+    if (e != cudaSuccess)
+        return e;
+    dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H);
+    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, out);
     return cudaGetLastError();
 }
 
@@ -855,8 +1144,16 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
     static int version = 0; // (a benign race: every thread computes the same value)
     if (!version) {
         const char *e = getenv("RAGKV_ATTN_FLASH");
-        version = e && !strcmp(e, "1") ? 1 : 2;
+        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 3;
     }
+    if (version == 3)
+        switch (a->hd) {
+        case 16: return launch_flash3<16>(a, q, d, layer, len, out);
+        case 32: return launch_flash3<32>(a, q, d, layer, len, out);
+        case 64: return launch_flash3<64>(a, q, d, layer, len, out);
+        case 128: return launch_flash3<128>(a, q, d, layer, len, out);
+        default: return cudaErrorInvalidValue;
+        }
     if (version == 2)
         switch (a->hd) {
         case 16: return launch_flash2<16>(a, q, d, layer, len, out);

@@ -70,9 +70,9 @@ struct decode_graph_entry {
 };
 
 // Phases of a layer call timed by the profiler (RAGKV_CUDA_PROFILE=1).
-enum prof_phase { PH_NORM, PH_QKV, PH_STORE, PH_ROPE, PH_ATTN, PH_WO, PH_NORM2, PH_W13, PH_SWIGLU, PH_W2, PH_RESID, PH_N };
-const char *const prof_names[PH_N] = {"rmsnorm", "gemm qkv", "kv store", "rope q", "attention", "gemm o",
-                                      "add+rmsnorm", "gemm gate/up", "swiglu", "gemm down", "residual"};
+enum prof_phase { PH_NORM, PH_QKV, PH_STORE, PH_ROPE, PH_ATTN, PH_WO, PH_NORM2, PH_W13, PH_SWIGLU, PH_W2, PH_N };
+const char *const prof_names[PH_N] = {"rmsnorm", "gemm qkv", "kv store", "rope q", "attention", "gemm o +x",
+                                      "rmsnorm 2", "gemm gate/up", "swiglu", "gemm down +x"};
 constexpr int PROF_MARKS = 24; // events per layer call (a phase may be marked more than once)
 
 // Per-phase GPU time of eager layer calls, from CUDA events on the legacy stream: a layer
@@ -137,6 +137,8 @@ struct cu_ctx {
     size_t kv_n_free, kv_cap_free;
     size_t kv_blocks;         // blocks in the pool, used or not
     cu_prof prof;             // per-phase timings (RAGKV_CUDA_PROFILE=1)
+    bool gemv;                // bf16 products of up to GEMV_MAX_ROWS rows by k_gemv, not cuBLAS
+                              // (RAGKV_CUDA_GEMV=0 turns it off, read when the backend is made)
 };
 
 struct cu_kv {
@@ -391,11 +393,70 @@ __global__ void k_add_rmsnorm(TO *out, float *x, const float *add, const float *
         out[(size_t)r * d + j] = from_f<TO>(w[j] * (inv * xr[j]));
 }
 
-__global__ void k_add(float *x, const float *y, size_t n)
+// ---- few-row products (decode) ----------------------------------------------------------------
+//
+// y (NR, out) fp32 = x (NR, in) W^T (+ y with acc) for bf16 x and W, NR <= GEMV_MAX_ROWS: the
+// decode step's products, which stream the weights once and so are bound by memory bandwidth.
+// One warp per output: each lane reads 16 bytes of the weight row at a time (coalesced 512 B
+// per warp), several in flight, and multiplies them with the same 8 inputs of every row (read
+// through L1: all warps share x); fp32 sums, reduced across the warp. in must be a multiple
+// of 8 (16-byte rows); callers check gemv_ok().
+constexpr int GEMV_MAX_ROWS = 8;
+constexpr int GEMV_WARPS = 8; // warps (outputs) per block
+
+__device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x)
 {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n)
-        x[i] += y[i];
+    const __nv_bfloat162 *wp = reinterpret_cast<const __nv_bfloat162 *>(&w);
+    const __nv_bfloat162 *xp = reinterpret_cast<const __nv_bfloat162 *>(&x);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 a = __bfloat1622float2(wp[i]), b = __bfloat1622float2(xp[i]);
+        s = fmaf(a.x, b.x, s);
+        s = fmaf(a.y, b.y, s);
+    }
+    return s;
+}
+
+template <int NR>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(float *__restrict__ y, const bf16 *__restrict__ x,
+                                                          const bf16 *__restrict__ w, int in, int out, int acc)
+{
+    const int lane = threadIdx.x & 31;
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (o >= out)
+        return;
+    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)o * in);
+    const int n8 = in / 8; // 16-byte pieces per row
+    float s[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        s[r] = 0.0f;
+    int i = lane;
+    for (; i + 96 < n8; i += 128) { // four pieces in flight per lane
+        uint4 w0 = __ldcs(wr + i), w1 = __ldcs(wr + i + 32), w2 = __ldcs(wr + i + 64), w3 = __ldcs(wr + i + 96);
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)r * in);
+            s[r] += dot8_bf16(w0, __ldg(xr + i)) + dot8_bf16(w1, __ldg(xr + i + 32)) +
+                    dot8_bf16(w2, __ldg(xr + i + 64)) + dot8_bf16(w3, __ldg(xr + i + 96));
+        }
+    }
+    for (; i < n8; i += 32) {
+        uint4 w0 = __ldcs(wr + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            s[r] += dot8_bf16(w0, __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * in) + i));
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float v = s[r];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+            v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0)
+            y[(size_t)r * out + o] = acc ? y[(size_t)r * out + o] + v : v;
+    }
 }
 
 __global__ void k_add_bias(float *y, const float *b, size_t n, int cols)
@@ -405,16 +466,18 @@ __global__ void k_add_bias(float *y, const float *b, size_t n, int cols)
         y[i] += b[i % cols];
 }
 
-// out (n, f) = silu(y[:, :f]) * y[:, f:]  (y (n, 2f): gate then up)
-template <typename T>
-__global__ void k_swiglu(T *out, const float *y, size_t n, int f)
+// out (n, f) = silu(y[:, :f]) * y[:, f:]  (y (n, 2f): gate then up, fp32 or bf16)
+template <typename T, typename TI>
+__global__ void k_swiglu(T *out, const TI *y, int f)
 {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= n * (size_t)f)
-        return;
-    size_t r = i / f, j = i % f;
-    float a = y[r * 2 * f + j], b = y[r * 2 * f + f + j];
-    out[i] = from_f<T>(a / (1.0f + expf(-a)) * b);
+    // one block per row (no index division): y row r is [gate (f) | up (f)]
+    const size_t r = blockIdx.x;
+    const TI *gate = y + r * 2 * (size_t)f, *up = gate + f;
+    T *o = out + r * (size_t)f;
+    for (int j = threadIdx.x; j < f; j += blockDim.x) {
+        float a = to_f(gate[j]), b = to_f(up[j]);
+        o[j] = from_f<T>(a / (1.0f + expf(-a)) * b);
+    }
 }
 
 template <typename T>
@@ -668,26 +731,55 @@ void prof_report(cu_ctx *c)
 
 // ---- matrix products ----------------------------------------------------------------------
 
-// Column-major C (m x n, fp32) = op(A) op(B) with A, B of the storage type (fp32 or bf16),
-// accumulation in fp32 (tf32 tensor cores in MODE_TF32).
+// Column-major C (m x n, fp32) = op(A) op(B) + beta C with A, B of the storage type (fp32 or
+// bf16), accumulation in fp32 (tf32 tensor cores in MODE_TF32). beta is 0 or 1: with 1 the
+// product is added to C in fp32 (one rounding, as a separate add of an fp32 product would).
 cublasStatus_t mm(cu_ctx *c, bool storage, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                  const void *a, int lda, const void *b, int ldb, float *cm, int ldc)
+                  const void *a, int lda, const void *b, int ldb, float *cm, int ldc, float beta = 0.0f)
 {
-    const float one = 1.0f, zero = 0.0f;
+    const float one = 1.0f;
     if (storage && c->mode == MODE_BF16)
-        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &zero, cm,
+        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, cm,
                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (c->mode == MODE_TF32)
-        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &zero, cm,
+        return cublasGemmEx(c->blas, ta, tb, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &beta, cm,
                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
-    return cublasSgemm(c->blas, ta, tb, m, n, k, &one, (const float *)a, lda, (const float *)b, ldb, &zero, cm, ldc);
+    return cublasSgemm(c->blas, ta, tb, m, n, k, &one, (const float *)a, lda, (const float *)b, ldb, &beta, cm, ldc);
 }
 
-// y (n, out) fp32 = x (n, in) W^T, W (out, in) row-major, x and W of the storage type.
-rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size_t in, size_t out)
+// y (n, out) fp32 = x (n, in) W^T, W (out, in) row-major, x and W of the storage type; with
+// acc, y += x W^T instead (the residual adds: y is the hidden state).
+rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size_t in, size_t out, bool acc = false)
 {
-    cublasStatus_t s =
-        mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y, (int)out);
+    if (c->mode == MODE_BF16 && c->gemv && n >= 1 && n <= (size_t)GEMV_MAX_ROWS && in % 8 == 0) {
+        unsigned g = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+        const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
+        switch (n) {
+        case 1: k_gemv<1><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 2: k_gemv<2><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 3: k_gemv<3><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 4: k_gemv<4><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 5: k_gemv<5><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 6: k_gemv<6><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        case 7: k_gemv<7><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        default: k_gemv<8><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
+        }
+        CU(cudaGetLastError(), "gemv");
+        return RK_OK;
+    }
+    cublasStatus_t s = mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y,
+                          (int)out, acc ? 1.0f : 0.0f);
+    return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
+}
+
+// y (n, out) bf16 = x (n, in) W^T in MODE_BF16 (fp32 accumulation, one rounding to bf16 at the
+// end): the gate/up product, whose only reader (SwiGLU) takes bf16 at half the traffic.
+rk_status gemm_bf16_out(cu_ctx *c, bf16 *y, const void *x, const void *w, size_t n, size_t in, size_t out)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, w,
+                                    CUDA_R_16BF, (int)in, x, CUDA_R_16BF, (int)in, &zero, y, CUDA_R_16BF, (int)out,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
 }
 
@@ -1338,21 +1430,25 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     }
 
     // output projection, residual + norm, FFN, residual
-    TRY(gemm(c, y, att, w->wo, n, qd, d));
+    // the residual adds are the products' own (x += ... in fp32, beta 1): no separate pass
+    TRY(gemm(c, lc->x, att, w->wo, n, qd, d, true));
     prof_mark(c, PH_WO, 2.0 * n * qd * d);
-    k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, y, w->ffn_norm, NULL, (int)d, mi->norm_eps);
-    CHECK_LAUNCH("residual and norm");
+    k_add_rmsnorm<T><<<(unsigned)n, 256, 0, c->stream>>>(xb, lc->x, NULL, w->ffn_norm, NULL, (int)d, mi->norm_eps);
+    CHECK_LAUNCH("norm");
     prof_mark(c, PH_NORM2);
-    TRY(gemm(c, y, xb, w->w13, n, d, 2 * f));
-    prof_mark(c, PH_W13, 2.0 * n * d * 2 * f);
-    k_swiglu<T><<<blocks(n * f), 256, 0, c->stream>>>(hb, y, n, (int)f);
+    if (c->mode == MODE_BF16) { // gate/up rounded to bf16 once, as the SwiGLU input
+        TRY(gemm_bf16_out(c, (bf16 *)y, xb, w->w13, n, d, 2 * f));
+        prof_mark(c, PH_W13, 2.0 * n * d * 2 * f);
+        k_swiglu<T, bf16><<<(unsigned)n, 256, 0, c->stream>>>(hb, (const bf16 *)y, (int)f);
+    } else {
+        TRY(gemm(c, y, xb, w->w13, n, d, 2 * f));
+        prof_mark(c, PH_W13, 2.0 * n * d * 2 * f);
+        k_swiglu<T, float><<<(unsigned)n, 256, 0, c->stream>>>(hb, y, (int)f);
+    }
     CHECK_LAUNCH("swiglu");
     prof_mark(c, PH_SWIGLU);
-    TRY(gemm(c, y, hb, w->w2, n, f, d));
+    TRY(gemm(c, lc->x, hb, w->w2, n, f, d, true));
     prof_mark(c, PH_W2, 2.0 * n * f * d);
-    k_add<<<blocks(n * d), 256, 0, c->stream>>>(lc->x, y, n * d);
-    CHECK_LAUNCH("residual");
-    prof_mark(c, PH_RESID);
     prof_end(c);
     return RK_OK;
 }
@@ -2007,6 +2103,8 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
     {
         const char *pe = getenv("RAGKV_CUDA_PROFILE");
         c->prof.on = pe && strcmp(pe, "1") == 0;
+        const char *ge = getenv("RAGKV_CUDA_GEMV");
+        c->gemv = !(ge && strcmp(ge, "0") == 0);
     }
     c->pool_mu = new (std::nothrow) std::mutex;
     if (!c->pool_mu) {

@@ -12,9 +12,11 @@
 # printed only: a sweep for choosing the default. GPU_ENGINE_SCALAR=1 also times the decode step
 # with the first decode kernel (RAGKV_ATTN_DECODE=scalar, 256 keys per split) for comparison.
 # GPU_ENGINE_NOGRAPH=1 also times it without decode CUDA graphs (RAGKV_CUDA_GRAPH=0).
-# GPU_ENGINE_FLASH1=1 also times the prefills with the first flash-attention kernel
-# (RAGKV_ATTN_FLASH=1; the second is the default since 2026-12-07), printed and written to
-# $OUT/engine_prefill_flash1.json. GPU_ENGINE_PROFILE=1 also runs one prefill at the largest
+# GPU_ENGINE_FLASH_ALSO="1 2" also times the prefills with those earlier flash-attention kernels
+# (RAGKV_ATTN_FLASH=V; the third is the default), printed and written to
+# $OUT/engine_prefill_flashV.json (GPU_ENGINE_FLASH1=1 is GPU_ENGINE_FLASH_ALSO=1).
+# GPU_ENGINE_NOGEMV=1 also times the decode step with cuBLAS for its few-row products
+# (RAGKV_CUDA_GEMV=0) instead of the backend's k_gemv. GPU_ENGINE_PROFILE=1 also runs one prefill at the largest
 # GPU_ENGINE_PREFILL length and the batch-1 decode step without graphs under
 # RAGKV_CUDA_PROFILE=1 (the backend's per-phase GPU times: products with their TFLOP/s,
 # attention, the small kernels), printed and written to $OUT/engine_profile.txt.
@@ -47,11 +49,19 @@ if [ "${GPU_ENGINE_NOGRAPH:-0}" = 1 ]; then
     --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
     --json "$OUT/engine_decode_nograph.json" || echo "(no-graph run failed)"
 fi
-if [ "${GPU_ENGINE_FLASH1:-0}" = 1 ]; then
-  echo "== prefill with the first flash-attention kernel"
-  RAGKV_ATTN_FLASH=1 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+also="${GPU_ENGINE_FLASH_ALSO:-}"
+[ "${GPU_ENGINE_FLASH1:-0}" = 1 ] && also="1 $also"
+for v in $also; do
+  echo "== prefill with flash-attention kernel $v (RAGKV_ATTN_FLASH=$v)"
+  RAGKV_ATTN_FLASH=$v RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
     --backend cuda --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3 \
-    --json "$OUT/engine_prefill_flash1.json" || echo "(flash1 run failed)"
+    --json "$OUT/engine_prefill_flash$v.json" || echo "(flash $v run failed)"
+done
+if [ "${GPU_ENGINE_NOGEMV:-0}" = 1 ]; then
+  echo "== decode with cuBLAS for the few-row products (RAGKV_CUDA_GEMV=0)"
+  RAGKV_CUDA_GEMV=0 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+    --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
+    --json "$OUT/engine_decode_nogemv.json" || echo "(cuBLAS decode run failed)"
 fi
 if [ "${GPU_ENGINE_PROFILE:-0}" = 1 ]; then
   plen=$(echo "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" | tr , '\n' | sort -n | tail -1)

@@ -278,12 +278,19 @@ Test(gpu_conformance_bf16, decode_graph_equals_eager) { graphs_equal_eager("bf16
 Test(gpu_conformance_bf16, hd128_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd128", 700); }
 Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_long_vs_cpu("test-hd64", 900); }
 
-/* The second flash-attention kernel (the default since 2026-12-07; RAGKV_ATTN_FLASH=2: 128-row
- * blocks, double-buffered async copies, an unmasked path for tiles every row sees) under the
- * conformance checks, with
+/* The second flash-attention kernel (RAGKV_ATTN_FLASH=2: 128-row blocks, double-buffered async
+ * copies, an unmasked path for tiles every row sees) under the conformance checks, with
  * every layer call of any row count on the flash path (RAGKV_ATTN_DECODE_ROWS=0: otherwise
  * calls of up to 16 rows, such as the causal-rule and slot-group checks, take the decode
- * kernel). Criterion runs every test in its own process, so the variables do not leak. */
+ * kernel). Criterion runs every test in its own process, so the variables do not leak. The
+ * third kernel is the default, which every other bf16 test runs; FLASH3 puts it under the
+ * checks of few rows as well. */
+#define FLASH3(call)                                                \
+    do {                                                            \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "3", 1), 0);        \
+        cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
+        call;                                                       \
+    } while (0)
 #define FLASH2(call)                                                \
     do {                                                            \
         cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "2", 1), 0);        \
@@ -299,6 +306,26 @@ Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_lon
         cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
         call;                                                       \
     } while (0)
+Test(gpu_flash3_few_rows, causal_rule_by_position) { FLASH3(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash3_few_rows, attention_group_modifiers) { FLASH3(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
+Test(gpu_flash3_few_rows, layer_steps_equal_prefill) { FLASH3(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
+Test(gpu_flash3_few_rows, row_subset_equals_full_forward) { FLASH3(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
+Test(gpu_flash3_few_rows, kv_import_at_shifted_positions)
+{
+    FLASH3(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
+}
+/* The decode step's few-row products through cuBLAS (RAGKV_CUDA_GEMV=0) instead of the
+ * backend's own k_gemv (the default for bf16 calls of up to 8 rows). */
+Test(gpu_gemv_off, batched_decode_equals_alone)
+{
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMV", "0", 1), 0);
+    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
+}
+Test(gpu_gemv_off, hd128_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMV", "0", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
 Test(gpu_flash1_few_rows, causal_rule_by_position) { FLASH1(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, attention_group_modifiers) { FLASH1(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, layer_steps_equal_prefill) { FLASH1(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }

@@ -152,7 +152,15 @@ static double pick_distance(const float *l, int V, float T, int k, float p, floa
     free(q);
     return x >= lo && x < hi ? 0.0 : x < lo ? lo - x : x - hi;
 }
-#define PICK_TOL 1e-4 /* of the walk's mass: ~5x the float rounding seen on 256K-token rows */
+/* The device's pick: its probabilities are floats within a few ulps of q, their cumulative
+ * sums exact (fixed point) and its softmax denominator a tree sum (relative error about
+ * log2(V) 2^-24), so r lies within about 1e-6 of its interval; 1e-5 of the walk's mass. */
+#define PICK_TOL_DEVICE 1e-5
+/* The host's pick (eng_sample, the reference the device is compared with, not the code under
+ * test): it adds V floats one at a time, whose rounding is bounded by V 2^-24 of the mass
+ * (the recursive-summation bound; on the H100 run of 2026-12-07 a 128K-token row's host pick
+ * was 1.0e-4 off). */
+static double pick_tol_host(int V) { return fmax(PICK_TOL_DEVICE, (double)V * 0x1p-24); }
 
 static const int vocabs[] = {1, 2, 31, 1000, 1023, 1024, 1025, 4097, 32000, 128256, 262144};
 #define N_VOCABS (sizeof(vocabs) / sizeof(vocabs[0]))
@@ -284,8 +292,8 @@ Test(gpu_sample, stochastic_rows_agree_with_host)
                 fprintf(stderr, "gpu_sample: vocab %d row %zu (T %g k %d p %g): device %d host %d, off the exact "
                         "pick by %.2g and %.2g of the mass\n", V, r, (double)sr->temperature, sr->top_k,
                         (double)sr->top_p, out[r], h, dd, dh);
-                cr_assert_leq(dd, PICK_TOL, "vocab %d row %zu: the device's pick is off by %g", V, r, dd);
-                cr_assert_leq(dh, PICK_TOL, "vocab %d row %zu: the host's pick is off by %g", V, r, dh);
+                cr_assert_leq(dd, PICK_TOL_DEVICE, "vocab %d row %zu: the device's pick is off by %g", V, r, dd);
+                cr_assert_leq(dh, pick_tol_host(V), "vocab %d row %zu: the host's pick is off by %g", V, r, dh);
             }
         }
         free(l);
@@ -391,8 +399,8 @@ Test(gpu_sample, batch_256_of_vocab_256k)
         const eng_sample_row *sr = &rows[r];
         double dd = pick_distance(l + (size_t)r * V, V, sr->temperature, sr->top_k, sr->top_p, sr->r, out[r]);
         double dh = pick_distance(l + (size_t)r * V, V, sr->temperature, sr->top_k, sr->top_p, sr->r, h);
-        cr_assert_leq(dd, PICK_TOL, "row %d: the device's pick (%d) is off by %g", r, out[r], dd);
-        cr_assert_leq(dh, PICK_TOL, "row %d: the host's pick (%d) is off by %g", r, h, dh);
+        cr_assert_leq(dd, PICK_TOL_DEVICE, "row %d: the device's pick (%d) is off by %g", r, out[r], dd);
+        cr_assert_leq(dh, pick_tol_host(V), "row %d: the host's pick (%d) is off by %g", r, h, dh);
     }
     fprintf(stderr, "gpu_sample: vocab %d: %zu of %zu stochastic rows agree with eng_sample (the rest within "
             "rounding)\n", V, same, stoch);
