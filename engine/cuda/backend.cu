@@ -395,7 +395,7 @@ __global__ void k_add_rmsnorm(TO *out, float *x, const float *add, const float *
 
 // ---- few-row products (decode) ----------------------------------------------------------------
 //
-// y (NR, out) fp32 = x (NR, in) W^T (+ y with acc) for bf16 x and W, NR <= GEMV_MAX_ROWS: the
+// y (NR, out) fp32 or bf16 = x (NR, in) W^T (+ y with acc) for bf16 x and W, NR <= GEMV_MAX_ROWS: the
 // decode step's products, which stream the weights once and so are bound by memory bandwidth.
 // One warp per output: each lane reads 16 bytes of the weight row at a time (coalesced 512 B
 // per warp), several in flight, and multiplies them with the same 8 inputs of every row (read
@@ -418,8 +418,8 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x)
     return s;
 }
 
-template <int NR>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(float *__restrict__ y, const bf16 *__restrict__ x,
+template <int NR, typename TO>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(TO *__restrict__ y, const bf16 *__restrict__ x,
                                                           const bf16 *__restrict__ w, int in, int out, int acc)
 {
     const int lane = threadIdx.x & 31;
@@ -455,7 +455,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(float *__restrict__ y,
         for (int off = 16; off > 0; off >>= 1)
             v += __shfl_xor_sync(0xffffffffu, v, off);
         if (lane == 0)
-            y[(size_t)r * out + o] = acc ? y[(size_t)r * out + o] + v : v;
+            y[(size_t)r * out + o] = from_f<TO>(acc ? to_f(y[(size_t)r * out + o]) + v : v);
     }
 }
 
@@ -747,26 +747,40 @@ cublasStatus_t mm(cu_ctx *c, bool storage, cublasOperation_t ta, cublasOperation
     return cublasSgemm(c->blas, ta, tb, m, n, k, &one, (const float *)a, lda, (const float *)b, ldb, &beta, cm, ldc);
 }
 
+// Whether a product of n rows of in inputs goes to k_gemv: bf16, at most GEMV_MAX_ROWS rows,
+// 16-byte weight rows, and not turned off.
+bool gemv_ok(const cu_ctx *c, size_t n, size_t in)
+{
+    return c->mode == MODE_BF16 && c->gemv && n >= 1 && n <= (size_t)GEMV_MAX_ROWS && in % 8 == 0;
+}
+
+// k_gemv for n rows (gemv_ok): y (n, out) of TO = x (n, in) W^T (+ y with acc).
+template <typename TO>
+rk_status gemv(cu_ctx *c, TO *y, const void *x, const void *w, size_t n, size_t in, size_t out, bool acc)
+{
+    unsigned g = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+    const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
+    const int a = acc, i = (int)in, o = (int)out;
+    switch (n) {
+    case 1: k_gemv<1, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 2: k_gemv<2, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 3: k_gemv<3, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 4: k_gemv<4, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 5: k_gemv<5, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 6: k_gemv<6, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    case 7: k_gemv<7, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    default: k_gemv<8, TO><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, i, o, a); break;
+    }
+    CU(cudaGetLastError(), "gemv");
+    return RK_OK;
+}
+
 // y (n, out) fp32 = x (n, in) W^T, W (out, in) row-major, x and W of the storage type; with
 // acc, y += x W^T instead (the residual adds: y is the hidden state).
 rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size_t in, size_t out, bool acc = false)
 {
-    if (c->mode == MODE_BF16 && c->gemv && n >= 1 && n <= (size_t)GEMV_MAX_ROWS && in % 8 == 0) {
-        unsigned g = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
-        const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
-        switch (n) {
-        case 1: k_gemv<1><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 2: k_gemv<2><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 3: k_gemv<3><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 4: k_gemv<4><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 5: k_gemv<5><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 6: k_gemv<6><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        case 7: k_gemv<7><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        default: k_gemv<8><<<g, GEMV_WARPS * 32, 0, c->stream>>>(y, xb, wb, (int)in, (int)out, acc); break;
-        }
-        CU(cudaGetLastError(), "gemv");
-        return RK_OK;
-    }
+    if (gemv_ok(c, n, in))
+        return gemv(c, y, x, w, n, in, out, acc);
     cublasStatus_t s = mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y,
                           (int)out, acc ? 1.0f : 0.0f);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
@@ -776,6 +790,8 @@ rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size
 // end): the gate/up product, whose only reader (SwiGLU) takes bf16 at half the traffic.
 rk_status gemm_bf16_out(cu_ctx *c, bf16 *y, const void *x, const void *w, size_t n, size_t in, size_t out)
 {
+    if (gemv_ok(c, n, in)) // (cuBLAS took twice as long as with fp32 output at one row on the H100)
+        return gemv(c, y, x, w, n, in, out, false);
     const float one = 1.0f, zero = 0.0f;
     cublasStatus_t s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, w,
                                     CUDA_R_16BF, (int)in, x, CUDA_R_16BF, (int)in, &zero, y, CUDA_R_16BF, (int)out,
