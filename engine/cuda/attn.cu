@@ -970,8 +970,7 @@ __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restr
 // block's query heads (at most GM) live in registers. Scores, then the softmax statistics as in
 // k_decode, then V: each thread sums its keys' rows for its VEC dimensions, and the NT / LPK
 // key rows are added up through shared memory.
-constexpr int UNR = 8; // the default; RAGKV_ATTN_DECODE_UNR=4 selects the earlier 4 (H100, 8K keys,
-                       // batch 1: the step's attention read 0.68 TB/s with 4, latency-bound)
+constexpr int UNR = 4;
 
 template <typename T> struct vec16 {
     static constexpr int N = 16 / sizeof(T);
@@ -981,7 +980,7 @@ template <typename T> struct vec16 {
     __device__ __forceinline__ float at(int j) const { return to_f(reinterpret_cast<const T *>(&raw)[j]); }
 };
 
-template <typename T, int GM, int UNR>
+template <typename T, int GM>
 __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
                                                    const int32_t *rseq, int layer, int splits, int split,
                                                    float *part)
@@ -1225,8 +1224,8 @@ template <typename T> static bool decode_vec_ok(int hd, int G)
     return !off && G >= 1 && G <= 8 && hd % VEC == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0;
 }
 
-template <typename T, int GM, int U>
-static cudaError_t launch_decode_vec1(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
+template <typename T, int GM>
+static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
                                      int layer, int splits, int split, float *part, dim3 grid,
                                      cudaStream_t stream)
 {
@@ -1236,29 +1235,13 @@ static cudaError_t launch_decode_vec1(const cu_attn_shape *a, const T *q, const 
     static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
     if (smem > allowed) {
         cudaError_t e =
-            cudaFuncSetAttribute(k_decode_vec<T, GM, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(k_decode_vec<T, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
         allowed = smem;
     }
-    k_decode_vec<T, GM, U><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
+    k_decode_vec<T, GM><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
     return cudaGetLastError();
-}
-
-// k_decode_vec with UNR key rows of loads in flight per thread, or 4 where RAGKV_ATTN_DECODE_UNR=4
-// (read once: a knob for comparisons).
-template <typename T, int GM>
-static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
-                                     int layer, int splits, int split, float *part, dim3 grid,
-                                     cudaStream_t stream)
-{
-    static int unr = 0; // (a benign race: every thread computes the same value)
-    if (!unr) {
-        const char *e = getenv("RAGKV_ATTN_DECODE_UNR");
-        unr = e && !strcmp(e, "4") ? 4 : UNR;
-    }
-    return unr == 4 ? launch_decode_vec1<T, GM, 4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
-                    : launch_decode_vec1<T, GM, UNR>(a, q, desc, rseq, layer, splits, split, part, grid, stream);
 }
 
 template <typename T>

@@ -16,8 +16,7 @@
 # (RAGKV_ATTN_FLASH=V; the third is the default), printed and written to
 # $OUT/engine_prefill_flashV.json (GPU_ENGINE_FLASH1=1 is GPU_ENGINE_FLASH_ALSO=1).
 # GPU_ENGINE_NOGEMV=1 also times the decode step with cuBLAS for its few-row products
-# (RAGKV_CUDA_GEMV=0) instead of the backend's k_gemv. GPU_ENGINE_UNR4=1 also times it with the
-# decode attention kernel's earlier 4 key rows in flight per thread (RAGKV_ATTN_DECODE_UNR=4). GPU_ENGINE_PROFILE=1 also runs one prefill at the largest
+# (RAGKV_CUDA_GEMV=0) instead of the backend's k_gemv. GPU_ENGINE_PROFILE=1 also runs one prefill at the largest
 # GPU_ENGINE_PREFILL length and the batch-1 decode step without graphs under
 # RAGKV_CUDA_PROFILE=1 (the backend's per-phase GPU times: products with their TFLOP/s,
 # attention, the small kernels), printed and written to $OUT/engine_profile.txt.
@@ -58,12 +57,6 @@ for v in $also; do
     --backend cuda --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3 \
     --json "$OUT/engine_prefill_flash$v.json" || echo "(flash $v run failed)"
 done
-if [ "${GPU_ENGINE_UNR4:-0}" = 1 ]; then
-  echo "== decode with 4 key rows of loads in flight in the decode kernel (RAGKV_ATTN_DECODE_UNR=4)"
-  RAGKV_ATTN_DECODE_UNR=4 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
-    --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
-    --json "$OUT/engine_decode_unr4.json" || echo "(UNR 4 decode run failed)"
-fi
 if [ "${GPU_ENGINE_NOGEMV:-0}" = 1 ]; then
   echo "== decode with cuBLAS for the few-row products (RAGKV_CUDA_GEMV=0)"
   RAGKV_CUDA_GEMV=0 RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \

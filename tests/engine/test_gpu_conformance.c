@@ -326,13 +326,6 @@ Test(gpu_gemv_off, hd128_long_prefill_and_decode_close_to_cpu)
     cr_assert_eq(setenv("RAGKV_CUDA_GEMV", "0", 1), 0);
     bf16_long_vs_cpu("test-hd128", 700);
 }
-/* The decode kernel with its earlier 4 key rows of loads in flight (RAGKV_ATTN_DECODE_UNR=4; 8
- * is the default). */
-Test(gpu_decode_unr4, batched_decode_equals_alone)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_DECODE_UNR", "4", 1), 0);
-    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
-}
 Test(gpu_flash1_few_rows, causal_rule_by_position) { FLASH1(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, attention_group_modifiers) { FLASH1(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, layer_steps_equal_prefill) { FLASH1(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
