@@ -7,7 +7,10 @@
 // from the S accumulators in registers (the C fragment of two n8 tiles is the A fragment of
 // one k16 step) and V fragments by ldmatrix.trans. Key tiles no query of the block can see
 // (all positions above the block's largest query position) are skipped, which halves the work
-// of a causal prefill; heavier query tiles (later positions) are scheduled first.
+// of a causal prefill; heavier query tiles (later positions) are scheduled first. Three
+// versions (RAGKV_ATTN_FLASH=1, 2, 3; the third is the default): the first as just described,
+// the second with 128-row blocks and double-buffered async copies, the third with a per-block
+// table of the key tiles' positions and 32 rows per warp (see each below).
 //
 // decode: one block per (key split, KV head, query row); the block's query heads (those
 // sharing the KV head) are scored against the split's keys, softmax'd and summed over V;

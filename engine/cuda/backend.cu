@@ -7,7 +7,8 @@
 //     matrix inputs in bfloat16, fp32 accumulation and fp32 hidden states; attention by the
 //     fused kernels of attn.cu (flash for many rows, split-key decode for few).
 // Both: q/k/v and gate/up projections as one matrix product each (weights concatenated at
-// load), RMSNorm fused with the residual add, batched decode in one pass per layer for all
+// load), residual adds done by the o and down products (beta 1), bf16 products of up to 8 rows
+// by k_gemv instead of cuBLAS, batched decode in one pass per layer for all
 // sequences (each row attends over its own sequence's cache), the slot positions kept on the
 // device and refreshed only where engine.c changed them.
 //
