@@ -621,6 +621,54 @@ __device__ __forceinline__ int next_visible3(int t, int ntiles, int len, const i
     return ntiles;
 }
 
+__device__ __forceinline__ float ex2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// warp_softmax for the third kernel, in fewer instructions: s holds scores times f (f = 1 for
+// masked tiles, already in log2 units; f = scale log2(e) for plain tiles, raw products), mxa /
+// mxb the rows' maxima of s (this lane's columns); each weight is one fused multiply-add and
+// one ex2 (flush to zero below 2^-126, where the weight is negligible), and o is rescaled only
+// when some row of the warp saw a new maximum (as the tiles go on, most do not).
+template <int HD>
+__device__ __forceinline__ void warp_softmax3(float (&s)[BC / 8][4], float f, float mxa, float mxb, float &ma,
+                                              float &mb, float &la, float &lb, float (&o)[HD / 8][4])
+{
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+    float na = fmaxf(ma, mxa * f), nb = fmaxf(mb, mxb * f);
+    float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+    float alpha_a = ex2_ftz(ma - ua), alpha_b = ex2_ftz(mb - ub); // 0 while nothing was seen
+    ma = na;
+    mb = nb;
+    float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++) {
+        s[j][0] = ex2_ftz(fmaf(s[j][0], f, -ua));
+        s[j][1] = ex2_ftz(fmaf(s[j][1], f, -ua));
+        s[j][2] = ex2_ftz(fmaf(s[j][2], f, -ub));
+        s[j][3] = ex2_ftz(fmaf(s[j][3], f, -ub));
+        suma += s[j][0] + s[j][1];
+        sumb += s[j][2] + s[j][3];
+    }
+    la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
+    lb = lb * alpha_b + sumb;
+    if (!__all_sync(0xffffffffu, alpha_a == 1.0f && alpha_b == 1.0f)) {
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= alpha_a;
+            o[j][1] *= alpha_a;
+            o[j][2] *= alpha_b;
+            o[j][3] *= alpha_b;
+        }
+    }
+}
+
 // S = Q K^T for the warp's MT3 m16 tiles x BC keys: Q fragments from shared rows (LD), K from
 // the shared tile; each K fragment feeds every m tile.
 template <int HD, int LD>
@@ -792,20 +840,16 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
 #pragma unroll
         for (int m = 0; m < MT3; m++) {
             float mxa = -INFINITY, mxb = -INFINITY;
-            if (plain) {
+            if (plain) { // raw products: the scale goes into the exponent's multiply-add
 #pragma unroll
                 for (int j = 0; j < BC / 8; j++) {
-                    s[m][j][0] *= sc2;
-                    s[m][j][1] *= sc2;
-                    s[m][j][2] *= sc2;
-                    s[m][j][3] *= sc2;
                     mxa = fmaxf(mxa, fmaxf(s[m][j][0], s[m][j][1]));
                     mxb = fmaxf(mxb, fmaxf(s[m][j][2], s[m][j][3]));
                 }
             } else {
                 warp_mask(a, spt, sgt, qp_s[wr + m * 16 + g], qp_s[wr + m * 16 + g + 8], t, s[m], mxa, mxb);
             }
-            warp_softmax<HD>(s[m], mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
+            warp_softmax3<HD>(s[m], plain ? sc2 : 1.0f, mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
         }
         warp_pv3<HD, LD>(V, s, lane, o);
         if (tid < BC) { // stage nst's positions: nobody reads them until the next barrier

@@ -404,6 +404,10 @@ __global__ void k_add_rmsnorm(TO *out, float *x, const float *add, const float *
 // of 8 (16-byte rows); callers check gemv_ok().
 constexpr int GEMV_MAX_ROWS = 8;
 constexpr int GEMV_WARPS = 8; // warps (outputs) per block
+// (16-byte weight pieces in flight per lane, GEMV_UNR in k_gemv: 8 for one or two rows — a
+// 4096-wide row is then two round trips to memory; with 4, the small products of the H100 run
+// of 2026-12-07 moved 2.3-2.5 TB/s — and 4 for more rows: 8 would take 160 registers at 8 rows,
+// one block per SM.)
 
 __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x)
 {
@@ -434,13 +438,20 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(TO *__restrict__ y, co
     for (int r = 0; r < NR; r++)
         s[r] = 0.0f;
     int i = lane;
-    for (; i + 96 < n8; i += 128) { // four pieces in flight per lane
-        uint4 w0 = __ldcs(wr + i), w1 = __ldcs(wr + i + 32), w2 = __ldcs(wr + i + 64), w3 = __ldcs(wr + i + 96);
+    constexpr int GEMV_UNR = NR <= 2 ? 8 : 4;
+    for (; i + 32 * (GEMV_UNR - 1) < n8; i += 32 * GEMV_UNR) {
+        uint4 wv[GEMV_UNR];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNR; u++)
+            wv[u] = __ldcs(wr + i + 32 * u);
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)r * in);
-            s[r] += dot8_bf16(w0, __ldg(xr + i)) + dot8_bf16(w1, __ldg(xr + i + 32)) +
-                    dot8_bf16(w2, __ldg(xr + i + 64)) + dot8_bf16(w3, __ldg(xr + i + 96));
+            float acc = 0.0f;
+#pragma unroll
+            for (int u = 0; u < GEMV_UNR; u++)
+                acc += dot8_bf16(wv[u], __ldg(xr + i + 32 * u));
+            s[r] += acc;
         }
     }
     for (; i < n8; i += 32) {
