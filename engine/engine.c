@@ -420,12 +420,24 @@ rk_status eng_decode(eng_backend *be, eng_seq *const *seqs, const int32_t *token
     return st != RK_OK ? st : decode_run(be, seqs, tokens, n, logits);
 }
 
-/* RAGKV_DEVICE_SAMPLE=0 sends eng_decode_sample to the host path (read per call: tests and
- * benchmarks compare both ways). */
-static bool device_sample_on(void)
+/* Rows from which eng_decode_sample chooses tokens on the device by default. The device kernel
+ * gives each row one block, whose passes over the vocabulary take about the same time however
+ * many rows run beside it: on the H100 (2026-12-07, Llama-3 vocabulary of 128K, 8K context) it
+ * added 2.5 ms to a batch-1 step and 1.5-1.8 ms to a batch of 32, where copying the logits and
+ * eng_sample on the host added 0.7-0.9 ms per row (26-32 ms at 32). */
+#define DEVICE_SAMPLE_MIN_ROWS 3
+
+/* Whether eng_decode_sample of n rows samples on the device (where the backend can):
+ * RAGKV_DEVICE_SAMPLE=0 never, =1 always, otherwise from DEVICE_SAMPLE_MIN_ROWS rows up (read
+ * per call: tests and benchmarks compare the ways). */
+static bool device_sample_on(size_t n)
 {
     const char *e = getenv("RAGKV_DEVICE_SAMPLE");
-    return !(e && !strcmp(e, "0"));
+    if (e && !strcmp(e, "0"))
+        return false;
+    if (e && !strcmp(e, "1"))
+        return true;
+    return n >= DEVICE_SAMPLE_MIN_ROWS;
 }
 
 static rk_status check_samplers(eng_sampler *const *sm, size_t n)
@@ -478,7 +490,7 @@ rk_status eng_decode_sample(eng_backend *be, eng_seq *const *seqs, const int32_t
     rk_status st = decode_check(be, seqs, tokens, n, "eng_decode_sample");
     if (st != RK_OK || (st = check_samplers(samplers, n)) != RK_OK)
         return st;
-    if (!be->iface->decode_sample || !device_sample_on())
+    if (!be->iface->decode_sample || !device_sample_on(n))
         return decode_sample_host(be, seqs, tokens, n, samplers, out, logits);
     /* the device path: the uniforms are drawn here, in row order, exactly as eng_sample would
      * draw them; a row that gets no token (all NaN) gives its uniform back */

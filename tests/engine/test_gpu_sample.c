@@ -22,6 +22,10 @@
 
 static rk_status cuda_ctor(eng_model *m, eng_backend **out)
 {
+    /* eng_decode_sample on the device whatever the batch (calls of fewer than 3 rows take the
+     * host path by default), unless a test chose otherwise */
+    if (setenv("RAGKV_DEVICE_SAMPLE", "1", 0) != 0)
+        return rk_error_set(RK_ERR_INTERNAL, "setenv failed");
     return eng_backend_cuda_new(m, 0, out);
 }
 

@@ -307,9 +307,10 @@ typedef struct eng_sampler eng_sampler;
  * none for greedy or all-NaN rows), so a sequence may switch between this call and
  * eng_decode + eng_sample freely.
  *
- * Exactness: on the CPU backend (and every backend without device sampling, or with
- * RAGKV_DEVICE_SAMPLE=0 in the environment) this is literally eng_decode + eng_sample. On the
- * CUDA backend, greedy rows are exactly eng_argmax of the device's logits (lowest id on ties,
+ * Exactness: on the CPU backend (and every backend without device sampling, with
+ * RAGKV_DEVICE_SAMPLE=0 in the environment, or for calls of fewer than 3 rows unless
+ * RAGKV_DEVICE_SAMPLE=1: there the host is faster) this is literally eng_decode + eng_sample.
+ * On the CUDA backend, greedy rows are exactly eng_argmax of the device's logits (lowest id on ties,
  * NaN never wins); stochastic rows use the same uniform and the same softmax, top-k and top-p
  * rules, with sums in another order (see docs/engine.md), so a token can differ from the
  * host's only where float rounding moves a boundary (a cumulative probability within ~1e-6 of
