@@ -179,39 +179,53 @@ __device__ __forceinline__ void warp_mask(const cu_attn_shape &a, const int *sp,
     }
 }
 
+__device__ __forceinline__ float ex2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Online softmax over one tile: the rows' maxima over the warp's lanes, the running maxima
 // (ma, mb) and per-lane partial sums (la, lb) updated, s turned into exp2 weights, o rescaled.
+// s holds scores times f in log2 units (f = 1 for masked tiles, already scaled; the third
+// kernel passes raw products of plain tiles with f = scale log2(e)), mxa / mxb the rows'
+// maxima of s over this lane's columns. Each weight is one fused multiply-add and one ex2
+// (flushed to zero below 2^-126, where a weight is negligible); o is rescaled only when some
+// row of the warp saw a new maximum (multiplying by exactly 1 changes nothing).
 template <int HD>
-__device__ __forceinline__ void warp_softmax(float (&s)[BC / 8][4], float mxa, float mxb, float &ma, float &mb,
-                                             float &la, float &lb, float (&o)[HD / 8][4])
+__device__ __forceinline__ void warp_softmax(float (&s)[BC / 8][4], float f, float mxa, float mxb, float &ma,
+                                              float &mb, float &la, float &lb, float (&o)[HD / 8][4])
 {
     mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
     mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
     mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
     mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+    float na = fmaxf(ma, mxa * f), nb = fmaxf(mb, mxb * f);
     float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-    float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub); // 0 while nothing was seen
+    float alpha_a = ex2_ftz(ma - ua), alpha_b = ex2_ftz(mb - ub); // 0 while nothing was seen
     ma = na;
     mb = nb;
     float suma = 0.0f, sumb = 0.0f;
 #pragma unroll
     for (int j = 0; j < BC / 8; j++) {
-        s[j][0] = exp2f(s[j][0] - ua);
-        s[j][1] = exp2f(s[j][1] - ua);
-        s[j][2] = exp2f(s[j][2] - ub);
-        s[j][3] = exp2f(s[j][3] - ub);
+        s[j][0] = ex2_ftz(fmaf(s[j][0], f, -ua));
+        s[j][1] = ex2_ftz(fmaf(s[j][1], f, -ua));
+        s[j][2] = ex2_ftz(fmaf(s[j][2], f, -ub));
+        s[j][3] = ex2_ftz(fmaf(s[j][3], f, -ub));
         suma += s[j][0] + s[j][1];
         sumb += s[j][2] + s[j][3];
     }
     la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
     lb = lb * alpha_b + sumb;
+    if (!__all_sync(0xffffffffu, alpha_a == 1.0f && alpha_b == 1.0f)) {
 #pragma unroll
-    for (int j = 0; j < HD / 8; j++) {
-        o[j][0] *= alpha_a;
-        o[j][1] *= alpha_a;
-        o[j][2] *= alpha_b;
-        o[j][3] *= alpha_b;
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= alpha_a;
+            o[j][1] *= alpha_a;
+            o[j][2] *= alpha_b;
+            o[j][3] *= alpha_b;
+        }
     }
 }
 
@@ -319,7 +333,7 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
         float s[BC / 8][4], mxa = -INFINITY, mxb = -INFINITY;
         warp_scores<HD, LD>(Ks, qf, lane, s);
         warp_mask(a, sp, sg, pa, pb, t, s, mxa, mxb);
-        warp_softmax<HD>(s, mxa, mxb, ma, mb, la, lb, o);
+        warp_softmax<HD>(s, 1.0f, mxa, mxb, ma, mb, la, lb, o);
         warp_pv<HD, LD>(Vs, s, lane, o);
     }
 
@@ -523,7 +537,7 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
         } else {
             warp_mask(a, spt, sgt, pa, pb, t, s, mxa, mxb);
         }
-        warp_softmax<HD>(s, mxa, mxb, ma, mb, la, lb, o);
+        warp_softmax<HD>(s, 1.0f, mxa, mxb, ma, mb, la, lb, o);
         warp_pv<HD, LD>(V, s, lane, o);
         __syncthreads(); // every warp is done with this stage before it is refilled
         cur = nxt;
@@ -619,54 +633,6 @@ __device__ __forceinline__ int next_visible3(int t, int ntiles, int len, const i
         }
     }
     return ntiles;
-}
-
-__device__ __forceinline__ float ex2_ftz(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// warp_softmax for the third kernel, in fewer instructions: s holds scores times f (f = 1 for
-// masked tiles, already in log2 units; f = scale log2(e) for plain tiles, raw products), mxa /
-// mxb the rows' maxima of s (this lane's columns); each weight is one fused multiply-add and
-// one ex2 (flush to zero below 2^-126, where the weight is negligible), and o is rescaled only
-// when some row of the warp saw a new maximum (as the tiles go on, most do not).
-template <int HD>
-__device__ __forceinline__ void warp_softmax3(float (&s)[BC / 8][4], float f, float mxa, float mxb, float &ma,
-                                              float &mb, float &la, float &lb, float (&o)[HD / 8][4])
-{
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    float na = fmaxf(ma, mxa * f), nb = fmaxf(mb, mxb * f);
-    float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-    float alpha_a = ex2_ftz(ma - ua), alpha_b = ex2_ftz(mb - ub); // 0 while nothing was seen
-    ma = na;
-    mb = nb;
-    float suma = 0.0f, sumb = 0.0f;
-#pragma unroll
-    for (int j = 0; j < BC / 8; j++) {
-        s[j][0] = ex2_ftz(fmaf(s[j][0], f, -ua));
-        s[j][1] = ex2_ftz(fmaf(s[j][1], f, -ua));
-        s[j][2] = ex2_ftz(fmaf(s[j][2], f, -ub));
-        s[j][3] = ex2_ftz(fmaf(s[j][3], f, -ub));
-        suma += s[j][0] + s[j][1];
-        sumb += s[j][2] + s[j][3];
-    }
-    la = la * alpha_a + suma; // per-thread partial sums: reduced over the row's 4 lanes at the end
-    lb = lb * alpha_b + sumb;
-    if (!__all_sync(0xffffffffu, alpha_a == 1.0f && alpha_b == 1.0f)) {
-#pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[j][0] *= alpha_a;
-            o[j][1] *= alpha_a;
-            o[j][2] *= alpha_b;
-            o[j][3] *= alpha_b;
-        }
-    }
 }
 
 // S = Q K^T for the warp's MT3 m16 tiles x BC keys: Q fragments from shared rows (LD), K from
@@ -849,7 +815,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
             } else {
                 warp_mask(a, spt, sgt, qp_s[wr + m * 16 + g], qp_s[wr + m * 16 + g + 8], t, s[m], mxa, mxb);
             }
-            warp_softmax3<HD>(s[m], plain ? sc2 : 1.0f, mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
+            warp_softmax<HD>(s[m], plain ? sc2 : 1.0f, mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
         }
         warp_pv3<HD, LD>(V, s, lane, o);
         if (tid < BC) { // stage nst's positions: nobody reads them until the next barrier
