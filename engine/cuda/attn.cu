@@ -71,11 +71,11 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 
 // Copy a (rows x HD) bf16 tile from global rows (stride ld elements, rows >= valid zeroed) to
 // shared memory rows of LD elements.
-template <int HD, int LD>
+template <int HD, int LD, int NTH = NT>
 __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t ld, int rows, int valid)
 {
-    constexpr int C8 = HD / 8; // 16-byte pieces per row
-    for (int i = threadIdx.x; i < rows * C8; i += NT) {
+    constexpr int C8 = HD / 8; // 16-byte pieces per row (NTH: the block's threads)
+    for (int i = threadIdx.x; i < rows * C8; i += NTH) {
         int r = i / C8, c = (i % C8) * 8;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < valid)
@@ -468,17 +468,7 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
     __syncthreads();
     if (tid < BR2 && r0 + tid < a.n)
         atomicMax(&qmax_s, a.qpos[r0 + tid]);
-    {
-        constexpr int C8 = HD / 8;
-        const bf16 *src = q + (size_t)r0 * qld + (size_t)h * HD;
-        for (int i = tid; i < BR2 * C8; i += NT2) {
-            int r = i / C8, c = (i % C8) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r0 + r < a.n)
-                v = *reinterpret_cast<const uint4 *>(src + (size_t)r * qld + c);
-            *reinterpret_cast<uint4 *>(Qs + r * LD + c) = v;
-        }
-    }
+    load_tile<HD, LD, NT2>(Qs, q + (size_t)r0 * qld + (size_t)h * HD, qld, BR2, a.n - r0);
     __syncthreads();
     const int qmax = qmax_s;
     const int ra = r0 + warp * 16 + g, rb = ra + 8;
@@ -729,17 +719,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
         if (p >= 0)
             atomicMax(&qmax_s, p);
     }
-    {
-        constexpr int C8 = HD / 8;
-        const bf16 *src = q + (size_t)r0 * qld + (size_t)h * HD;
-        for (int i = tid; i < BR3 * C8; i += NT3) {
-            int r = i / C8, c = (i % C8) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r0 + r < a.n)
-                v = *reinterpret_cast<const uint4 *>(src + (size_t)r * qld + c);
-            *reinterpret_cast<uint4 *>(Qs + r * LD + c) = v;
-        }
-    }
+    load_tile<HD, LD, NT3>(Qs, q + (size_t)r0 * qld + (size_t)h * HD, qld, BR3, a.n - r0);
     __syncthreads();
     const int qmax = qmax_s;
     // the warp's rows: m tile m holds block rows wr + m * 16 + g (a) and + 8 (b); their
