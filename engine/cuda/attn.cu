@@ -570,15 +570,16 @@ cudaError_t launch_flash2(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
 constexpr int BR3 = 128; // query rows per block
 constexpr int NT3 = 128; // threads per block: 4 warps of MT3 m16 tiles
 constexpr int MT3 = 2;   // m16 row tiles per warp
-constexpr int TBL3 = 256; // key tiles per window of the visibility table
+constexpr int TBL3 = 256; // key tiles per window of the visibility table (at most; see win)
 
-// The smallest and largest key position of tiles [w0, min(w0 + TBL3, ntiles)) into tmin/tmax.
-// Block-wide (barriers at both ends): every thread calls it with the same w0. Not inlined: in
-// line, its registers pushed the kernel's loop into spilling (ptxas: 108 bytes; 20 as a call).
-__device__ __noinline__ void tile_table(int w0, int ntiles, int len, const int32_t *__restrict__ spos, int *tmin,
-                                           int *tmax)
+// The smallest and largest key position of tiles [w0, min(w0 + win, ntiles)) into tmin/tmax
+// (win <= TBL3). Block-wide (barriers at both ends): every thread calls it with the same w0.
+// Not inlined: in line, its registers pushed the kernel's loop into spilling (ptxas: 108
+// bytes; 20 as a call).
+__device__ __noinline__ void tile_table(int w0, int win, int ntiles, int len, const int32_t *__restrict__ spos,
+                                        int *tmin, int *tmax)
 {
-    const int nt = min(TBL3, ntiles - w0);
+    const int nt = min(win, ntiles - w0);
     __syncthreads(); // nobody reads the previous window's entries any more
 #pragma unroll 4
     for (int base = 0; base < nt * 16; base += NT3) { // 16 threads per tile, 4 keys each
@@ -607,15 +608,15 @@ __device__ __noinline__ void tile_table(int w0, int ntiles, int len, const int32
 }
 
 // The first key tile at or after t with a key some query of the block (positions up to qmax)
-// can see, or ntiles; *tmx gets its largest key position. w0: the table's window (rebuilt when
-// t leaves it). Block-uniform: every thread calls it with the same arguments.
+// can see, or ntiles; *tmx gets its largest key position. w0: the table's window of win tiles
+// (rebuilt when t leaves it). Block-uniform: every thread calls it with the same arguments.
 __device__ __forceinline__ int next_visible3(int t, int ntiles, int len, const int32_t *__restrict__ spos, int qmax,
-                                             int *tmin, int *tmax, int &w0, int &tmx)
+                                             int *tmin, int *tmax, int win, int &w0, int &tmx)
 {
     for (; t < ntiles; t++) {
-        if (t >= w0 + TBL3) {
+        if (t >= w0 + win) {
             w0 = t;
-            tile_table(w0, ntiles, len, spos, tmin, tmax);
+            tile_table(w0, win, ntiles, len, spos, tmin, tmax);
         }
         if (tmin[t - w0] <= qmax) {
             tmx = tmax[t - w0];
@@ -689,7 +690,7 @@ __device__ __forceinline__ void warp_pv3(const bf16 *V, const float (&s)[MT3][BC
 
 template <int HD>
 __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
-                                                   int layer, int len, bf16 *__restrict__ out)
+                                                   int layer, int len, int win, bf16 *__restrict__ out)
 {
     const int32_t *__restrict__ spos = d.spos;
     constexpr int LD = HD + 8;
@@ -745,8 +746,8 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     }
     const float sc2 = a.scale * LOG2E;
 
-    int w0 = -TBL3, tmx_cur = 0, tmx_nxt = 0;
-    int cur = next_visible3(0, ntiles, len, spos, qmax, tmin, tmax, w0, tmx_cur);
+    int w0 = -win, tmx_cur = 0, tmx_nxt = 0;
+    int cur = next_visible3(0, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_cur);
     if (cur < ntiles) {
         async_tile<HD, LD, NT3>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
         async_tile<HD, LD, NT3>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
@@ -759,7 +760,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     }
     for (int st = 0; cur < ntiles; st ^= 1) {
         const int nst = st ^ 1;
-        const int nxt = next_visible3(cur + 1, ntiles, len, spos, qmax, tmin, tmax, w0, tmx_nxt);
+        const int nxt = next_visible3(cur + 1, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_nxt);
         int pn = INT32_MAX, gn = -1; // the next tile's key position and group of this thread's key
         if (nxt < ntiles) {
             async_tile<HD, LD, NT3>(Ks + nst * BC * LD, d, KV_ROT, layer, kvh, kvld, nxt * BC, len);
@@ -820,8 +821,16 @@ cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
     cudaError_t e = smem_opt_in<k_flash3<HD>>(smem);
     if (e != cudaSuccess)
         return e;
+    // tiles per window of the visibility table: TBL3, or RAGKV_ATTN_FLASH_WINDOW (1..TBL3, read
+    // once; the tests use a small one so that prompts of a few hundred tokens cross windows)
+    static int win = 0; // (a benign race: every thread computes the same value)
+    if (!win) {
+        const char *w = getenv("RAGKV_ATTN_FLASH_WINDOW");
+        int v = w ? atoi(w) : 0;
+        win = v >= 1 && v <= TBL3 ? v : TBL3;
+    }
     dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H);
-    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, out);
+    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, out);
     return cudaGetLastError();
 }
 

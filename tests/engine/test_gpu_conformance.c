@@ -314,6 +314,17 @@ Test(gpu_flash3_few_rows, kv_import_at_shifted_positions)
 {
     FLASH3(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
 }
+/* The third kernel with a visibility table of 2 key tiles per window (RAGKV_ATTN_FLASH_WINDOW;
+ * 256 by default, which prompts under 16K tokens never leave), so that these prompts rebuild
+ * it several times in every block. */
+#define FLASH3_WINDOW2(call)                                            \
+    do {                                                                \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);     \
+        FLASH3(call);                                                   \
+    } while (0)
+Test(gpu_flash3_window2, hd128_long_prefill_and_decode_close_to_cpu) { FLASH3_WINDOW2(bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash3_window2, causal_rule_by_position) { FLASH3_WINDOW2(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash3_window2, row_subset_equals_full_forward) { FLASH3_WINDOW2(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
 /* The decode step's few-row products through cuBLAS (RAGKV_CUDA_GEMV=0) instead of the
  * backend's own k_gemv (the default for bf16 calls of up to 8 rows). */
 Test(gpu_gemv_off, batched_decode_equals_alone)
