@@ -85,12 +85,14 @@ struct cu_prof {
     cudaEvent_t ev[PROF_MARKS + 1]; // ev[0] at the call's start, ev[i] after phase ph[i]
     int ph[PROF_MARKS + 1];
     int n;                         // events recorded in this call (0: not profiling it)
-    int kind;                      // this call's bucket: 0 up to PROF_FEW_ROWS rows, 1 more
-    double ms[2][PH_N];            // summed phase times per bucket
-    double flops[2][PH_N];         // summed matrix-product operations (2 m n k), for TFLOP/s
-    uint64_t layer_calls[2], rows[2]; // layer calls profiled and their rows
+    int kind;                      // this call's bucket of rows (prof_bucket)
+    double ms[3][PH_N];            // summed phase times per bucket
+    double flops[3][PH_N];         // summed matrix-product operations (2 m n k), for TFLOP/s
+    uint64_t layer_calls[3], rows[3]; // layer calls profiled and their rows
 };
-constexpr size_t PROF_FEW_ROWS = 64; // calls of at most this many rows are reported apart (decode)
+// Layer calls are reported in three buckets by rows: up to PROF_FEW_ROWS (decode), up to
+// PROF_MID_ROWS (row subsets: CacheBlend's partial layers), more (prefills).
+constexpr size_t PROF_FEW_ROWS = 64, PROF_MID_ROWS = 4096;
 
 constexpr int DECODE_GRAPHS = 8; // executable decode graphs kept per context (batch sizes
                                  // and attention grids that alternate keep theirs)
@@ -669,7 +671,7 @@ void prof_begin(cu_ctx *c, size_t n)
         return;
     }
     p->n = 1;
-    p->kind = n > PROF_FEW_ROWS;
+    p->kind = n <= PROF_FEW_ROWS ? 0 : n <= PROF_MID_ROWS ? 1 : 2;
     p->rows[p->kind] += n;
 }
 
@@ -716,15 +718,20 @@ void prof_end(cu_ctx *c)
 void prof_report(cu_ctx *c)
 {
     cu_prof *p = &c->prof;
-    for (int k = 0; k < 2; k++) {
+    static const size_t lo[3] = {1, PROF_FEW_ROWS + 1, PROF_MID_ROWS + 1};
+    for (int k = 0; k < 3; k++) {
         if (!p->layer_calls[k])
             continue;
         double total = 0.0;
         for (int i = 0; i < PH_N; i++)
             total += p->ms[k][i];
-        fprintf(stderr, "cuda profile: layer calls of %s %zu rows: %llu calls, %llu rows, %.3f ms of GPU time\n",
-                k ? "more than" : "at most", PROF_FEW_ROWS, (unsigned long long)p->layer_calls[k],
-                (unsigned long long)p->rows[k], total);
+        char span[64];
+        if (k < 2)
+            snprintf(span, sizeof(span), "%zu to %zu", lo[k], k ? PROF_MID_ROWS : PROF_FEW_ROWS);
+        else
+            snprintf(span, sizeof(span), "more than %zu", PROF_MID_ROWS);
+        fprintf(stderr, "cuda profile: layer calls of %s rows: %llu calls, %llu rows, %.3f ms of GPU time\n", span,
+                (unsigned long long)p->layer_calls[k], (unsigned long long)p->rows[k], total);
         fprintf(stderr, "cuda profile: %-14s %12s %12s %7s %9s\n", "phase", "ms", "ms/call", "share", "TFLOP/s");
         for (int i = 0; i < PH_N; i++) {
             if (p->ms[k][i] <= 0.0)

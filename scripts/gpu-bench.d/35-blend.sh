@@ -12,6 +12,9 @@
 # host RAM ("f32", not in the default list); decoding counts in the TTFT. Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
+# GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier
+# under RAGKV_CUDA_PROFILE=1 (per-phase GPU time of its layer calls: the full layers and the
+# partial ones of the selected rows apart), printed and written to $OUT/blend_profile.txt.
 set -euo pipefail
 tmp=$(mktemp -d); mkdir "$tmp/runs"
 trap 'rm -rf "$tmp"' EXIT
@@ -31,3 +34,10 @@ for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-
 done
 python3 bench/python/blend_side_by_side.py --hf "$tmp/hf.json" --runs "$tmp"/runs/*.json \
   --json "$OUT/blend_bench.json"
+if [ "${GPU_BLEND_PROFILE:-0}" = 1 ]; then
+  big=$(echo "$chunks" | tr , '\n' | sort -n | tail -1)
+  echo "== profile: cacheblend, $big chunks from the device tier (RAGKV_CUDA_PROFILE=1; a host wait per layer)"
+  RAGKV_CUDA_PROFILE=1 "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$big" \
+    --chunk-tokens 512 --query 64 --modes cacheblend --ratio 0.15 --iters 1 --device --json "$tmp/profile.json" 2>&1 |
+    tee "$OUT/blend_profile.txt" || echo "(profiled blend failed)"
+fi
