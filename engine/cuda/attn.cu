@@ -571,6 +571,7 @@ constexpr int BR3 = 128; // query rows per block
 constexpr int NT3 = 128; // threads per block: 4 warps of MT3 m16 tiles
 constexpr int MT3 = 2;   // m16 row tiles per warp
 constexpr int TBL3 = 256; // key tiles per window of the visibility table (at most; see win)
+static_assert(NT3 == BR3 && BR3 == 4 * 16 * MT3, "k_flash3: a thread per query row, 4 warps of MT3 m16 tiles");
 
 // The smallest and largest key position of tiles [w0, min(w0 + win, ntiles)) into tmin/tmax
 // (win <= TBL3). Block-wide (barriers at both ends): every thread calls it with the same w0.
