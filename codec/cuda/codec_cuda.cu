@@ -14,6 +14,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "codec_impl.h"
@@ -225,7 +227,71 @@ struct codec_cuda_reader {
     uint8_t *d_buf;
     /* timing of the last range (codec_decode_cuda_timed) */
     cudaEvent_t t0, t1;
+    bool pooled;              /* device buffers from the stream-ordered pool (reader_alloc) */
 };
+
+/* Device buffers of a reader: by default from the device's stream-ordered memory pool
+ * (cudaMallocAsync / cudaFreeAsync on the reader's stream, the pool keeping up to
+ * POOL_KEEP_BYTES of freed memory for the next readers), so that opening and closing the
+ * containers of a prompt neither maps memory nor waits for the whole device, as cudaMalloc /
+ * cudaFree do (a blend opens one reader per chunk while the engine computes; a 512-token
+ * chunk of the Llama-3-8B shape at the default level needs about 16 MB). Memory kept above
+ * the bound goes back at the next synchronisation, so the engine's own allocations do not
+ * find it held. RAGKV_CODEC_CUDA_POOL=0 (read once) or a device without memory pools:
+ * cudaMalloc / cudaFree. */
+constexpr uint64_t POOL_KEEP_BYTES = (uint64_t)512 << 20;
+static bool pool_wanted(void)
+{
+    static int on = -1; /* (a benign race: every thread computes the same value) */
+    if (on < 0) {
+        const char *e = getenv("RAGKV_CODEC_CUDA_POOL");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
+constexpr int POOL_DEVICES = 64; /* devices whose pool was set up (per process) */
+
+/* Whether the current device takes stream-ordered allocations; the first time per device, its
+ * default pool is told to keep up to POOL_KEEP_BYTES of freed memory (its release threshold). */
+static bool pool_ready(void)
+{
+    static signed char state[POOL_DEVICES]; /* 0 unknown, 1 ready, -1 not supported */
+    int dev = 0;
+    if (!pool_wanted() || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= POOL_DEVICES)
+        return false;
+    if (state[dev])
+        return state[dev] > 0;
+    int supported = 0;
+    cudaMemPool_t pool;
+    uint64_t keep = POOL_KEEP_BYTES;
+    if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess || !supported ||
+        cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess) {
+        cudaGetLastError();
+        state[dev] = -1;
+        return false;
+    }
+    state[dev] = 1;
+    return true;
+}
+
+/* n bytes of device memory for reader r (see pool_ready), usable on r->stream. */
+static cudaError_t reader_alloc(codec_cuda_reader *r, void **p, size_t n)
+{
+    return r->pooled ? cudaMallocAsync(p, n, r->stream) : cudaMalloc(p, n);
+}
+
+/* Returns what reader_alloc gave (NULL: nothing), after the work queued on r->stream. */
+static void reader_free(codec_cuda_reader *r, void *p)
+{
+    if (!p)
+        return;
+    if (r->pooled)
+        cudaFreeAsync(p, r->stream);
+    else
+        cudaFree(p);
+}
 
 static rk_status reader_check_simple(const codec_view *v)
 {
@@ -273,6 +339,7 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         CK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking), "stream");
         r->own_stream = true;
     }
+    r->pooled = pool_ready();
     if ((st = codec_view_parse(data, len, false, &r->v)) != RK_OK)
         goto done;
     if (r->v.info.codec == CODEC_LZ4) { /* the CPU reader verifies and decodes */
@@ -327,12 +394,12 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
             goto done;
         }
         r->streams_per_layer = pr->lay.n_streams / L;
-        CK(cudaMalloc((void **)&r->d_payload, pr->payload_len ? pr->payload_len : 1), "cudaMalloc");
-        CK(cudaMalloc((void **)&r->d_offs, (pr->lay.n_streams + 1) * sizeof(uint64_t)), "cudaMalloc");
-        CK(cudaMalloc((void **)&r->d_scales, (pr->lay.n_scales + 1) * sizeof(float)), "cudaMalloc");
-        CK(cudaMalloc((void **)&r->d_models, pr->lay.n_models * sizeof(rans_model)), "cudaMalloc");
-        CK(cudaMalloc((void **)&r->d_dev, sizeof(cg_dev)), "cudaMalloc");
-        CK(cudaMalloc((void **)&r->d_failed, sizeof(int)), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_payload, pr->payload_len ? pr->payload_len : 1), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_offs, (pr->lay.n_streams + 1) * sizeof(uint64_t)), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_scales, (pr->lay.n_scales + 1) * sizeof(float)), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_models, pr->lay.n_models * sizeof(rans_model)), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_dev, sizeof(cg_dev)), "cudaMalloc");
+        CK(reader_alloc(r, (void **)&r->d_failed, sizeof(int)), "cudaMalloc");
         cg_dev h;
         memset(&h, 0, sizeof h);
         h.p = pr->p;
@@ -353,10 +420,10 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         h.failed = r->d_failed;
         if (pr->tf) {
             size_t nc = (size_t)pr->lay.L * 2 * pr->lay.C, nv = nc * pr->lay.T;
-            CK(cudaMalloc((void **)&r->d_recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float)), "cudaMalloc");
-            CK(cudaMalloc((void **)&r->d_coef, (nv ? nv : 1) * sizeof(float)), "cudaMalloc");
-            CK(cudaMalloc((void **)&r->d_mean, nc * sizeof(float)), "cudaMalloc");
-            CK(cudaMalloc((void **)&r->d_dec, nc * pr->tf->B * sizeof(float)), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float)), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_coef, (nv ? nv : 1) * sizeof(float)), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_mean, nc * sizeof(float)), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_dec, nc * pr->tf->B * sizeof(float)), "cudaMalloc");
             CK(cudaMemcpyAsync(r->d_recon, pr->tf->recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float),
                                cudaMemcpyHostToDevice, r->stream), "upload");
             CK(cudaMemcpyAsync(r->d_mean, pr->tf->mean, nc * sizeof(float), cudaMemcpyHostToDevice, r->stream),
@@ -385,10 +452,10 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         size_t n = codec_shape_values(&r->info.shape);
         if (r->info.codec == CODEC_Q8) { /* scales (fp16 per head row), then the values */
             const codec_rsection *sc = codec_view_section(&r->v, SEC_SCALES);
-            CK(cudaMalloc((void **)&r->d_buf, sc->len + n), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_buf, sc->len + n), "cudaMalloc");
             CK(cudaMemcpyAsync(r->d_buf, sc->data, sc->len, cudaMemcpyHostToDevice, r->stream), "upload");
         } else if (r->bf16) {
-            CK(cudaMalloc((void **)&r->d_buf, 2 * n), "cudaMalloc");
+            CK(reader_alloc(r, (void **)&r->d_buf, 2 * n), "cudaMalloc");
         }
     }
 done:
@@ -561,17 +628,17 @@ extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
         cudaEventDestroy(r->t0);
     if (r->t1)
         cudaEventDestroy(r->t1);
-    cudaFree(r->d_payload);
-    cudaFree(r->d_offs);
-    cudaFree(r->d_scales);
-    cudaFree(r->d_models);
-    cudaFree(r->d_recon);
-    cudaFree(r->d_coef);
-    cudaFree(r->d_mean);
-    cudaFree(r->d_dec);
-    cudaFree(r->d_dev);
-    cudaFree(r->d_failed);
-    cudaFree(r->d_buf);
+    reader_free(r, r->d_payload);
+    reader_free(r, r->d_offs);
+    reader_free(r, r->d_scales);
+    reader_free(r, r->d_models);
+    reader_free(r, r->d_recon);
+    reader_free(r, r->d_coef);
+    reader_free(r, r->d_mean);
+    reader_free(r, r->d_dec);
+    reader_free(r, r->d_dev);
+    reader_free(r, r->d_failed);
+    reader_free(r, r->d_buf);
     if (r->own_stream)
         cudaStreamDestroy(r->stream);
     if (r->cg)

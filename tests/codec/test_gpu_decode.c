@@ -1,5 +1,6 @@
 /* test_gpu_decode.c — the CUDA decoder against the CPU decoder, bit for bit, for every codec
  * and both 16-bit output types; damaged streams are errors on the GPU too. Needs a device. */
+#include <stdlib.h>
 #include <criterion/criterion.h>
 
 #include "codec_testlib.h"
@@ -220,6 +221,26 @@ Test(gpu_decode, reader_ranges_identical_to_cpu)
         rk_buf_free(&b);
         rk_free(kv);
     }
+#endif
+}
+
+/* Readers with cudaMalloc / cudaFree instead of the stream-ordered pool (RAGKV_CODEC_CUDA_POOL=0,
+ * read once per process; Criterion runs each test in its own): every codec, both output
+ * types, whole containers and layer ranges, still identical to the CPU decoder. */
+Test(gpu_decode, without_the_memory_pool)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    cr_assert_eq(setenv("RAGKV_CODEC_CUDA_POOL", "0", 1), 0);
+    codec_shape s = {32, 256, 8, 128};
+    float *kv = synth(s, 17);
+    for (int c = 0; c < N_CODECS; c++) {
+        rk_buf b = enc(kv, s, all_codecs[c], -1);
+        compare(&b, NULL, CODEC_BF16);
+        compare_ranges(&b, NULL, CODEC_F16);
+        rk_buf_free(&b);
+    }
+    rk_free(kv);
 #endif
 }
 
