@@ -285,27 +285,18 @@ Test(gpu_conformance_bf16, hd64_long_prefill_and_decode_close_to_cpu) { bf16_lon
  * kernel). Criterion runs every test in its own process, so the variables do not leak. The
  * third kernel is the default, which every other bf16 test runs; FLASH3 puts it under the
  * checks of few rows as well. */
-#define FLASH3(call)                                                \
+#define WITH_FLASH(version, call)                                   \
     do {                                                            \
-        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "3", 1), 0);        \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", version, 1), 0);    \
         cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
         call;                                                       \
     } while (0)
-#define FLASH2(call)                                                \
-    do {                                                            \
-        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "2", 1), 0);        \
-        cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
-        call;                                                       \
-    } while (0)
+#define FLASH3(call) WITH_FLASH("3", call)
+#define FLASH2(call) WITH_FLASH("2", call)
 /* The first flash kernel (RAGKV_ATTN_FLASH=1) likewise on the checks of few rows (slot groups:
  * APE's temperature and log-scale; the exact causal rule by position; KV imported at shifted
  * positions) and on long prompts. */
-#define FLASH1(call)                                                \
-    do {                                                            \
-        cr_assert_eq(setenv("RAGKV_ATTN_FLASH", "1", 1), 0);        \
-        cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);  \
-        call;                                                       \
-    } while (0)
+#define FLASH1(call) WITH_FLASH("1", call)
 Test(gpu_flash3_few_rows, causal_rule_by_position) { FLASH3(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash3_few_rows, attention_group_modifiers) { FLASH3(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
 Test(gpu_flash3_few_rows, layer_steps_equal_prefill) { FLASH3(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
