@@ -449,11 +449,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(TO *__restrict__ y, co
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)r * in);
-            float acc = 0.0f;
+            float part = 0.0f; // (not `acc`: that is the kernel's add-to-y flag)
 #pragma unroll
             for (int u = 0; u < GEMV_UNR; u++)
-                acc += dot8_bf16(wv[u], __ldg(xr + i + 32 * u));
-            s[r] += acc;
+                part += dot8_bf16(wv[u], __ldg(xr + i + 32 * u));
+            s[r] += part;
         }
     }
     for (; i < n8; i += 32) {
