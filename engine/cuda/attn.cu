@@ -689,9 +689,47 @@ __device__ __forceinline__ void warp_pv3(const bf16 *V, const float (&s)[MT3][BC
     }
 }
 
+// The rows' partial softmax of one key split (blockIdx.z of gridDim.z) for rows a and b (< n):
+// the unnormalised output and, from the lane t == 0 of each row, the running maximum (log2
+// units, stored in natural units) and the sum, in the decode kernel's part layout so that
+// k_decode_combine merges the splits.
+template <int HD>
+__device__ __forceinline__ void warp_store_part(const cu_attn_shape &a, float ma, float mb, float la, float lb,
+                                                const float (&o)[HD / 8][4], int h, int ra, int rb, int t,
+                                                float *part)
+{
+    constexpr float LN2 = 0.6931471805599453f;
+    const int splits = (int)gridDim.z, z = (int)blockIdx.z;
+    const size_t nparts = (size_t)a.n * a.H * splits;
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = r ? rb : ra;
+        if (row >= a.n)
+            continue;
+        const size_t i = ((size_t)row * a.H + h) * splits + z;
+        float *po = part + i * HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++)
+            *reinterpret_cast<float2 *>(po + j * 8 + 2 * t) = r ? make_float2(o[j][2], o[j][3])
+                                                                 : make_float2(o[j][0], o[j][1]);
+        if (t == 0) {
+            const float m = r ? mb : ma;
+            part[nparts * HD + 2 * i] = m == -INFINITY ? -INFINITY : m * LN2;
+            part[nparts * HD + 2 * i + 1] = r ? lb : la;
+        }
+    }
+}
+
+// blockIdx.z: the key split (tiles [z tps, (z + 1) tps)); with part (gridDim.z > 1) the
+// block writes its partial softmax there for k_decode_combine, else the rows' output.
 template <int HD>
 __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
-                                                   int layer, int len, int win, bf16 *__restrict__ out)
+                                                   int layer, int len, int win, int tps, float *__restrict__ part,
+                                                   bf16 *__restrict__ out)
 {
     const int32_t *__restrict__ spos = d.spos;
     constexpr int LD = HD + 8;
@@ -710,7 +748,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
     const int r0 = qt * BR3;
     const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
-    const int ntiles = (len + BC - 1) / BC;
+    const int t0 = (int)blockIdx.z * tps, ntiles = min((len + BC - 1) / BC, t0 + tps); // this split's tiles
 
     if (tid == 0)
         qmax_s = -1;
@@ -747,8 +785,8 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     }
     const float sc2 = a.scale * LOG2E;
 
-    int w0 = -win, tmx_cur = 0, tmx_nxt = 0;
-    int cur = next_visible3(0, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_cur);
+    int w0 = t0 - win, tmx_cur = 0, tmx_nxt = 0;
+    int cur = next_visible3(t0, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_cur);
     if (cur < ntiles) {
         async_tile<HD, LD, NT3>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
         async_tile<HD, LD, NT3>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
@@ -810,12 +848,75 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     }
 
 #pragma unroll
-    for (int m = 0; m < MT3; m++)
-        warp_store<HD>(a, la[m], lb[m], o[m], h, r0 + wr + m * 16 + g, r0 + wr + m * 16 + g + 8, t, out);
+    for (int m = 0; m < MT3; m++) {
+        const int ra = r0 + wr + m * 16 + g, rb = ra + 8;
+        if (part)
+            warp_store_part<HD>(a, ma[m], mb[m], la[m], lb[m], o[m], h, ra, rb, t, part);
+        else
+            warp_store<HD>(a, la[m], lb[m], o[m], h, ra, rb, t, out);
+    }
+}
+
+template <typename T>
+__global__ void k_decode_combine(const float *part, int n, int H, int hd, int splits, T *out);
+
+// The multiprocessors of the current device (132 when it cannot be asked).
+int device_sms()
+{
+    static int sms = 0; // (a benign race: every thread computes the same value)
+    if (!sms) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
+            v = 132;
+        sms = v;
+    }
+    return sms;
+}
+
+// The flash kernel in use: RAGKV_ATTN_FLASH=1|2, else the third (read once).
+int flash_version()
+{
+    static int version = 0; // (a benign race: every thread computes the same value)
+    if (!version) {
+        const char *e = getenv("RAGKV_ATTN_FLASH");
+        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 3;
+    }
+    return version;
+}
+
+// Key splits of the third flash kernel for n query rows over len keys (flash-decoding for
+// prefill-shaped calls of few rows: a blend's query rows or its selected rows see thousands
+// of keys, and ceil(n / BR3) x H blocks alone leave most SMs idle, each block walking every
+// key tile). Splits are added until the grid has FLASH_SPLIT_WAVES blocks per SM, keeping at
+// least FLASH_SPLIT_TILES key tiles per split, at most FLASH_SPLIT_MAX; RAGKV_ATTN_FLASH_SPLIT=N
+// (1..64, read once) fixes the count (at most one per tile; 1: never split).
+constexpr int FLASH_SPLIT_WAVES = 4, FLASH_SPLIT_TILES = 4, FLASH_SPLIT_MAX = 32;
+int flash_splits(int n, int H, int len)
+{
+    static int fixed = -1; // (a benign race: every thread computes the same value)
+    if (fixed < 0) {
+        const char *e = getenv("RAGKV_ATTN_FLASH_SPLIT");
+        int v = e ? atoi(e) : 0;
+        fixed = v >= 1 && v <= 64 ? v : 0;
+    }
+    const int ntiles = (len + BC - 1) / BC;
+    if (ntiles <= 1 || n <= 0)
+        return 1;
+    if (fixed)
+        return min(fixed, ntiles);
+    const long long blocks = (long long)((n + BR3 - 1) / BR3) * H, want = (long long)FLASH_SPLIT_WAVES * device_sms();
+    if (blocks >= want)
+        return 1;
+    long long s = (want + blocks - 1) / blocks;
+    s = min(s, (long long)(ntiles / FLASH_SPLIT_TILES));
+    s = min(s, (long long)FLASH_SPLIT_MAX);
+    return s > 1 ? (int)s : 1;
 }
 
 template <int HD>
-cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
+cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *part,
+                          bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR3 + 4 * BC) * LD * sizeof(bf16) + (4 * BC + 2 * TBL3) * sizeof(int);
@@ -830,8 +931,18 @@ cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
         int v = w ? atoi(w) : 0;
         win = v >= 1 && v <= TBL3 ? v : TBL3;
     }
-    dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H);
-    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, out);
+    const int ntiles = (len + BC - 1) / BC, splits = part ? flash_splits(a->n, a->H, len) : 1;
+    const int tps = splits > 1 ? (ntiles + splits - 1) / splits : ntiles > 0 ? ntiles : 1;
+    const int nz = splits > 1 ? (ntiles + tps - 1) / tps : 1; // (flash_splits' count, or fewer)
+    dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H, (unsigned)nz);
+    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, tps, nz > 1 ? part : nullptr, out);
+    if (nz > 1) {
+        e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+        k_decode_combine<bf16><<<(unsigned)((size_t)a->n * a->H), HD < NT ? 32 * ((HD + 31) / 32) : NT>>>(
+            part, a->n, a->H, HD, nz, out);
+    }
     return cudaGetLastError();
 }
 
@@ -1142,21 +1253,26 @@ bool attn_flash_supported(int hd, int H, int KVH)
     return (hd == 16 || hd == 32 || hd == 64 || hd == 128) && KVH > 0 && H % KVH == 0;
 }
 
-cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, bf16 *out)
+size_t attn_flash_part_floats(int n, int H, int hd, int len)
+{
+    if (flash_version() != 3)
+        return 0;
+    int s = flash_splits(n, H, len);
+    return s > 1 ? (size_t)n * H * s * ((size_t)hd + 2) : 0;
+}
+
+cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *part,
+                       bf16 *out)
 {
     if (a->n == 0)
         return cudaSuccess;
-    static int version = 0; // (a benign race: every thread computes the same value)
-    if (!version) {
-        const char *e = getenv("RAGKV_ATTN_FLASH");
-        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 3;
-    }
+    const int version = flash_version();
     if (version == 3)
         switch (a->hd) {
-        case 16: return launch_flash3<16>(a, q, d, layer, len, out);
-        case 32: return launch_flash3<32>(a, q, d, layer, len, out);
-        case 64: return launch_flash3<64>(a, q, d, layer, len, out);
-        case 128: return launch_flash3<128>(a, q, d, layer, len, out);
+        case 16: return launch_flash3<16>(a, q, d, layer, len, part, out);
+        case 32: return launch_flash3<32>(a, q, d, layer, len, part, out);
+        case 64: return launch_flash3<64>(a, q, d, layer, len, part, out);
+        case 128: return launch_flash3<128>(a, q, d, layer, len, part, out);
         default: return cudaErrorInvalidValue;
         }
     if (version == 2)
@@ -1178,7 +1294,7 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
 
 int attn_decode_split(int n, int KVH, int max_len)
 {
-    static int fixed = -1, sms = 0; // (a benign race: every thread computes the same values)
+    static int fixed = -1; // (a benign race: every thread computes the same value)
     if (fixed < 0) {
         const char *e = getenv("RAGKV_ATTN_SPLIT");
         int v = e ? atoi(e) : 0;
@@ -1186,16 +1302,9 @@ int attn_decode_split(int n, int KVH, int max_len)
     }
     if (fixed)
         return fixed;
-    if (!sms) {
-        int dev = 0, v = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
-            v = 132;
-        sms = v;
-    }
     // halve the split while the grid has fewer than ATTN_SPLIT_BLOCKS_PER_SM blocks per SM
     int split = ATTN_SPLIT;
-    size_t want = (size_t)ATTN_SPLIT_BLOCKS_PER_SM * (size_t)sms;
+    size_t want = (size_t)ATTN_SPLIT_BLOCKS_PER_SM * (size_t)device_sms();
     while (split > ATTN_SPLIT_MIN) {
         size_t splits = max_len > 0 ? ((size_t)max_len + split - 1) / split : 1;
         if (splits * (size_t)KVH * (size_t)(n > 0 ? n : 1) >= want)

@@ -66,10 +66,14 @@ struct cu_attn_shape {
 };
 
 // flash: q (n, H*hd) rotated queries over the first len slots of `layer` of the bf16 cache d
-// (a host copy of the descriptor); out (n, H*hd). Returns the launch error.
+// (a host copy of the descriptor); out (n, H*hd). part: attn_flash_part_floats() floats of
+// device scratch (calls of few rows over many keys split the keys, flash-decoding style, and
+// merge the splits' partial softmaxes; 0 floats: no split), or NULL: never split. Launches on
+// the legacy default stream. Returns the launch error.
 bool attn_flash_supported(int hd, int H, int KVH);
+size_t attn_flash_part_floats(int n, int H, int hd, int len);
 cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const cu_kvdesc *d, int layer, int len,
-                       __nv_bfloat16 *out);
+                       float *part, __nv_bfloat16 *out);
 
 // decode: row r reads descriptor desc[rseq[r]] (rseq NULL: desc[0]) at `layer`; max_len is
 // the largest len among them. part: attn_decode_part_floats() floats of device scratch.

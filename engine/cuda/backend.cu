@@ -1280,6 +1280,8 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         }
     } else if (path == PATH_DECODE) {
         cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, mi->head_dim, (int)len));
+    } else {
+        cv.take<float>(attn_flash_part_floats((int)n, (int)H, mi->head_dim, (int)len));
     }
     return cv.off;
 }
@@ -1429,9 +1431,9 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             rk_free(mh);
         }
     } else {
-        float *part = path == PATH_DECODE
-                          ? cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len))
-                          : NULL;
+        size_t nf = path == PATH_DECODE ? attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len)
+                                        : attn_flash_part_floats((int)n, (int)H, (int)hd, (int)len);
+        float *part = nf ? cv.take<float>(nf) : NULL;
         k_rope_q<T><<<blocks(n * H * (hd / 2)), 256, 0, c->stream>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");
@@ -1449,7 +1451,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         cudaError_t e;
         if (path == PATH_FLASH) {
             const cu_kvdesc dh = desc_of(c, lc->s);
-            e = attn_flash(&sh, (const bf16 *)q, &dh, lc->layer, (int)len, (bf16 *)att);
+            e = attn_flash(&sh, (const bf16 *)q, &dh, lc->layer, (int)len, part, (bf16 *)att);
         } else {
             e = attn_decode<T>(&sh, q, lc->ddesc, lc->drseq, lc->layer, (int)len, part, att, c->stream);
         }

@@ -316,6 +316,83 @@ Test(gpu_flash3_few_rows, kv_import_at_shifted_positions)
 Test(gpu_flash3_window2, hd128_long_prefill_and_decode_close_to_cpu) { FLASH3_WINDOW2(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash3_window2, causal_rule_by_position) { FLASH3_WINDOW2(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash3_window2, row_subset_equals_full_forward) { FLASH3_WINDOW2(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
+/* Few query rows over many keys: a prompt of n tokens prefilled as a head of n - tail tokens,
+ * then a call of the last `tail` rows, which see every key (the shape of a blend's query and
+ * selected rows; RAGKV_ATTN_DECODE_ROWS=0 so that calls of up to 16 rows take the flash kernel
+ * too). The third flash kernel splits such calls over the keys and merges the splits'
+ * partial softmaxes (flash_splits in engine/cuda/attn.cu); every row's logits on both backends
+ * within TOLB, each call's tail rows included. */
+static void bf16_tail_vs_cpu(const char *shape, size_t n, size_t tail)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "bf16", 1), 0);
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);
+    cr_assert(tail > 0 && tail < n);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth(shape, 5, &m), RK_OK);
+    size_t V = (size_t)eng_model_get_info(m)->vocab;
+    int32_t *toks = malloc(n * sizeof(int32_t)), *pos = malloc(n * sizeof(int32_t));
+    float *lc = malloc(n * V * sizeof(float)), *lg = malloc(n * V * sizeof(float));
+    cr_assert(toks && pos && lc && lg);
+    det_tokens(toks, n, eng_model_get_info(m)->vocab, 19);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = (int32_t)(i + 5);
+    eng_backend *cpu, *gpu;
+    cr_assert_eq(eng_backend_cpu_new(m, 2, &cpu), RK_OK);
+    cr_assert_eq(cuda_ctor(m, &gpu), RK_OK, "%s", rk_error_msg());
+    eng_seq *sc, *sg;
+    cr_assert_eq(eng_seq_new(cpu, n, &sc), RK_OK);
+    cr_assert_eq(eng_seq_new(gpu, n, &sg), RK_OK);
+    size_t head = n - tail, at[2] = {0, head}, cnt[2] = {head, tail};
+    double worst = 0;
+    for (int c = 0; c < 2; c++) {
+        cr_assert_eq(eng_prefill(sc, toks + at[c], cnt[c], pos + at[c], ENG_LOGITS_ALL, lc), RK_OK);
+        cr_assert_eq(eng_prefill(sg, toks + at[c], cnt[c], pos + at[c], ENG_LOGITS_ALL, lg), RK_OK, "%s",
+                     rk_error_msg());
+        for (size_t i = 0; i < cnt[c]; i++) {
+            double e = conf_rel_err(lg + i * V, lc + i * V, V);
+            cr_assert(e <= TOLB, "%s: call %d row %zu (position %d): relative error %g", shape, c, i, pos[at[c] + i], e);
+            worst = e > worst ? e : worst;
+        }
+    }
+    fprintf(stderr, "%s bf16, %zu + %zu tokens: largest relative logit error against the CPU %.3g\n", shape, head,
+            tail, worst);
+    eng_seq_free(sc);
+    eng_seq_free(sg);
+    eng_backend_free(cpu);
+    eng_backend_free(gpu);
+    eng_model_close(m);
+    free(toks);
+    free(pos);
+    free(lc);
+    free(lg);
+}
+/* automatic splits (on an H100, 2 for these shapes: 11-15 key tiles, 4 per split at least) */
+Test(gpu_flash3_split, hd128_few_rows_over_long_prompt) { bf16_tail_vs_cpu("test-hd128", 700, 40); }
+Test(gpu_flash3_split, hd64_few_rows_over_long_prompt) { bf16_tail_vs_cpu("test-hd64", 900, 7); }
+/* splits fixed (RAGKV_ATTN_FLASH_SPLIT): 5 asked, 11 tiles in 3-tile splits, the last short;
+ * 64 asked: one per tile; 1: never split, the same call shape unsplit */
+Test(gpu_flash3_split, hd128_five_splits)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
+    bf16_tail_vs_cpu("test-hd128", 700, 40);
+}
+Test(gpu_flash3_split, hd64_split_per_tile)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "64", 1), 0);
+    bf16_tail_vs_cpu("test-hd64", 900, 7);
+}
+Test(gpu_flash3_split, hd128_never_split)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "1", 1), 0);
+    bf16_tail_vs_cpu("test-hd128", 700, 40);
+}
+/* a whole prompt in one call with splits: early row blocks' later splits see nothing */
+Test(gpu_flash3_split, hd128_long_prefill_five_splits)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
 /* The decode step's few-row products through cuBLAS (RAGKV_CUDA_GEMV=0) instead of the
  * backend's own k_gemv (the default for bf16 calls of up to 8 rows). */
 Test(gpu_gemv_off, batched_decode_equals_alone)
