@@ -367,7 +367,7 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     for (size_t i = 0; i < n; i++)
         nreused += pr->seg[i] != NULL;
 
-    eng_hidden *h = NULL, *hs = NULL, *probe = NULL;
+    eng_hidden *h = NULL, *hs = NULL;
     eng_seq *scratch = NULL;
     size_t *sel = rk_malloc(n * sizeof(size_t));
     int32_t *posb = rk_malloc(n * sizeof(int32_t));
@@ -402,15 +402,16 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     phase_end(stats, BL_PHASE_FULL, &tp);
 
     if (!naive && c < L) {
-        /* fresh K/V of every row at the check layer, measured on a scratch copy so that the
-         * real cache keeps its cached K/V for the rows that are not selected */
-        if ((st = eng_hidden_new(be, n, &probe)) != RK_OK || (st = eng_seq_new(be, n, &scratch)) != RK_OK)
+        /* fresh K/V of every row at the check layer, written into a scratch sequence so that
+         * the real cache keeps its cached K/V for the rows that are not selected: the layer's
+         * norm and K/V projection only (eng_layer_kv; the selected rows run the whole layer
+         * below), not counted as a computed layer */
+        if ((st = eng_seq_new(be, n, &scratch)) != RK_OK)
             goto out;
-        if ((st = eng_hidden_gather(probe, h, sel, k)) != RK_OK)
+        for (size_t i = 0; i < k; i++)
+            posb[i] = pr->pos[sel[i]];
+        if ((st = eng_layer_kv(scratch, c, h, k, posb, posb)) != RK_OK)
             goto out;
-        if ((st = run_layers(scratch, probe, sel, k, pr, c, c + 1, posb, NULL, NULL)) != RK_OK)
-            goto out;
-        computed += (double)k; /* the probe costs a layer for every row */
         phase_end(stats, BL_PHASE_PROBE, &tp);
         /* deviations where the KV lives: the probe's fresh K/V (scratch, slot = row) against the
          * cached K/V the prompt's sequence holds at the check layer (slot = row; uncached rows'
@@ -504,7 +505,6 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
 out:
     eng_hidden_free(h);
     eng_hidden_free(hs);
-    eng_hidden_free(probe);
     eng_seq_free(scratch);
     rk_free(sel);
     rk_free(posb);

@@ -381,8 +381,10 @@ static void attn_range(void *arg, size_t b, size_t e)
 
 /* Layer `layer` over n rows x (n, d) in place; row i belongs to seqs[i] at pos[i], slot
  * slots[i] (already recorded in seqs[i]->pos). */
+/* kv_only: stop once the rows' K and V are stored (eng_layer_kv; x is not changed) */
 static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, float *x, size_t n, const int32_t *pos,
-                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag,
+                                bool kv_only)
 {
     const eng_model_info *mi = c->mi;
     const cpu_layer *w = &c->layers[layer];
@@ -425,6 +427,10 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
         rope(k + i * kvd, mi->n_kv_heads, mi->head_dim, pos[i], c->m->inv_freq, mi->rope);
         memcpy(kv->k_rot + off, k + i * kvd, kvd * sizeof(float));
         rope(q + i * qd, mi->n_heads, mi->head_dim, pos[i], c->m->inv_freq, mi->rope);
+    }
+    if (kv_only) {
+        rk_aligned_free(buf);
+        return RK_OK;
     }
     /* attention over each row's whole sequence */
     size_t pairs = n * (size_t)mi->n_heads;
@@ -502,7 +508,20 @@ static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden 
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
     for (size_t i = 0; i < n; i++)
         seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag);
+    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag, false);
+    rk_free(seqs);
+    return st;
+}
+
+static rk_status cpu_layer_kv(void *ctx, eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
+                              const int32_t *slots)
+{
+    eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
+    if (!seqs)
+        return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
+    for (size_t i = 0; i < n; i++)
+        seqs[i] = s;
+    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, NULL, NULL, NULL, true);
     rk_free(seqs);
     return st;
 }
@@ -570,7 +589,7 @@ static rk_status cpu_decode(void *ctx, eng_seq *const *seqs, const int32_t *toke
         memcpy(x + i * d, c->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
     rk_status st = RK_OK;
     for (int l = 0; l < c->mi->n_layers && st == RK_OK; l++)
-        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL, NULL);
+        st = cpu_layer_rows(c, seqs, l, x, n, pos, slots, NULL, NULL, NULL, false);
     if (st == RK_OK)
         st = logits_rows(c, x, NULL, n, logits);
     rk_aligned_free(x);
@@ -593,6 +612,7 @@ static const struct eng_backend_i cpu_iface = {
     .kv_export = cpu_kv_export,
     .kv_import = cpu_kv_import,
     .decode = cpu_decode,
+    .layer_kv = cpu_layer_kv,
 };
 
 rk_status eng_backend_cpu_new(eng_model *m, int nthreads, eng_backend **out)

@@ -267,6 +267,38 @@ rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, c
     return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh, ag);
 }
 
+rk_status eng_layer_kv(eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
+                       const int32_t *slots)
+{
+    if (!s || !h || h->be != s->be)
+        return rk_error_set(RK_ERR_INVALID, "eng_layer_kv: sequence and hidden block of different backends");
+    const eng_model_info *mi = &s->be->model->info;
+    if (layer < 0 || layer >= mi->n_layers)
+        return rk_error_set(RK_ERR_RANGE, "eng_layer_kv: layer %d outside 0..%d", layer, mi->n_layers - 1);
+    if (n == 0)
+        return RK_OK;
+    if (n > h->rows)
+        return rk_error_set(RK_ERR_RANGE, "eng_layer_kv: %zu rows but the block has %zu", n, h->rows);
+    rk_status st = seq_claim(s, n, pos, slots, "eng_layer_kv");
+    if (st != RK_OK)
+        return st;
+    const struct eng_backend_i *i = s->be->iface;
+    if (i->layer_kv)
+        return i->layer_kv(s->be->ctx, s, layer, h, n, pos, slots);
+    /* the reference: the whole layer on a copy of the rows, the copy thrown away */
+    eng_hidden *t = NULL;
+    size_t *idx = rk_malloc(n * sizeof(size_t));
+    if (!idx)
+        return rk_error_set(RK_ERR_NOMEM, "eng_layer_kv: out of memory");
+    for (size_t r = 0; r < n; r++)
+        idx[r] = r;
+    if ((st = eng_hidden_new(s->be, n, &t)) == RK_OK && (st = eng_hidden_gather(t, h, idx, n)) == RK_OK)
+        st = i->layer_forward(s->be->ctx, s, layer, t, n, pos, slots, NULL, NULL, NULL);
+    eng_hidden_free(t);
+    rk_free(idx);
+    return st;
+}
+
 rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n, float *logits)
 {
     if (!be || !h || h->be != be || (n && !logits))

@@ -212,6 +212,12 @@ struct eng_backend_i {
     rk_status (*decode_sample)(void *ctx, eng_seq *const *seqs, const int32_t *tokens, const int32_t *pos,
                                const int32_t *slots, size_t n, const eng_sample_row *rows, int32_t *out,
                                float *logits);
+
+    /* eng_layer_kv: the rows' fresh K and V of `layer` into `slots` as layer_forward writes
+     * them, h unchanged (s->pos already holds the positions). Optional (NULL: engine.c runs
+     * layer_forward on a copy of the rows, the reference). Kept last, as above. */
+    rk_status (*layer_kv)(void *ctx, eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
+                          const int32_t *slots);
 };
 
 struct eng_backend {

@@ -1249,6 +1249,7 @@ struct layer_call {
     eng_seq *s;               // the single sequence (layer-granular call), NULL in batched decode
     float *k_fresh, *v_fresh; // host outputs or NULL
     const eng_attn_groups *ag;
+    bool kv_only;             // stop once K/V are stored (eng_layer_kv; x unchanged)
 };
 
 // Bytes of scratch a layer of n rows needs on the given attention path.
@@ -1335,6 +1336,10 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
                                                                    (int)n, mi->n_kv_heads, (int)hd, c->inv_freq, inter);
     CHECK_LAUNCH("cache write");
     prof_mark(c, PH_STORE);
+    if (lc->kv_only) {
+        prof_end(c);
+        return RK_OK;
+    }
 
     // group parameters (layer-granular calls only)
     const int32_t *dgrp = NULL, *dgb = NULL;
@@ -1495,11 +1500,10 @@ rk_status run_layer(cu_ctx *c, const layer_call *lc, attn_path path)
     return c->mode == MODE_BF16 ? layer_run<bf16>(c, lc, path) : layer_run<float>(c, lc, path);
 }
 
-rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, size_t n, const int32_t *pos,
-                           const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+// The layer call both entry points make for one sequence's rows.
+rk_status layer_of_seq(cu_ctx *c, eng_seq *s, int layer, const eng_hidden *hid, size_t n, const int32_t *pos,
+                       const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag, bool kv_only)
 {
-    TRY(cu_enter(ctx));
-    cu_ctx *c = (cu_ctx *)ctx;
     size_t G = ag ? ag->n_groups : 0;
     // ints: pos (n), slots (n), then group per slot (len) and bounds (G+1); reserved at once
     // (growing the scratch would move what ints_up handed out before)
@@ -1522,9 +1526,24 @@ rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, si
     lc.k_fresh = k_fresh;
     lc.v_fresh = v_fresh;
     lc.ag = ag;
+    lc.kv_only = kv_only;
     TRY(run_layer(c, &lc, choose_path(c, n, ag)));
     CU(cudaStreamSynchronize(0), "layer");
     return RK_OK;
+}
+
+rk_status cu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *hid, size_t n, const int32_t *pos,
+                           const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+{
+    TRY(cu_enter(ctx));
+    return layer_of_seq((cu_ctx *)ctx, s, layer, hid, n, pos, slots, k_fresh, v_fresh, ag, false);
+}
+
+rk_status cu_layer_kv(void *ctx, eng_seq *s, int layer, const eng_hidden *hid, size_t n, const int32_t *pos,
+                      const int32_t *slots)
+{
+    TRY(cu_enter(ctx));
+    return layer_of_seq((cu_ctx *)ctx, s, layer, hid, n, pos, slots, NULL, NULL, NULL, true);
 }
 
 size_t logits_scratch(const cu_ctx *c, size_t n)
@@ -2091,6 +2110,7 @@ const struct eng_backend_i cu_iface = {
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
     cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
     cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read, cu_kv_deviation, cu_decode_sample,
+    cu_layer_kv,
 };
 
 } // namespace

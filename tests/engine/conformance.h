@@ -84,6 +84,61 @@ static void conf_prefill_equals_decode(conf_backend_ctor ctor, const char *model
 
 /* Prefill == the layer-granular steps (embed, layer_forward per layer, logits); and the
  * fresh K/V the layer op reports == what export returns. */
+/* eng_layer_kv writes exactly the K/V eng_layer_forward writes for the same rows (a sequence fed
+ * layer by layer both ways, KV exported bit for bit equal, deviation 0), leaves the hidden
+ * states as they were, and rejects what eng_layer_forward rejects. */
+static void conf_layer_kv(conf_backend_ctor ctor, const char *model)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    size_t n = 24, d = (size_t)mi->dim;
+    int32_t tok[24], pos[24], slots[24];
+    det_tokens(tok, n, mi->vocab, 9);
+    for (size_t i = 0; i < n; i++) {
+        pos[i] = (int32_t)(i + 3);
+        slots[i] = (int32_t)((i * 5 + 2) % n); /* 5 is coprime with 24: a permutation */
+    }
+    float *before = malloc(n * d * sizeof(float)), *after = malloc(n * d * sizeof(float)), dev[24];
+    float *ka = malloc(eng_kv_floats(m, n) * sizeof(float)), *kb = malloc(eng_kv_floats(m, n) * sizeof(float));
+    eng_seq *full, *kvo;
+    eng_hidden *h;
+    cr_assert_eq(eng_seq_new(be, n, &full), RK_OK);
+    cr_assert_eq(eng_seq_new(be, n, &kvo), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, n, &h), RK_OK);
+    cr_assert_eq(eng_embed(be, h, 0, tok, n), RK_OK);
+    cr_assert_eq(eng_layer_kv(kvo, mi->n_layers, h, n, pos, slots), RK_ERR_RANGE);
+    cr_assert_eq(eng_layer_kv(kvo, 0, h, n + 1, pos, slots), RK_ERR_RANGE);
+    cr_assert_eq(eng_layer_kv(kvo, 0, h, n, pos, NULL), RK_ERR_INVALID);
+    cr_assert_eq(eng_seq_len(kvo), 0, "a rejected call changes nothing");
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_hidden_read(h, 0, n, before), RK_OK);
+        cr_assert_eq(eng_layer_kv(kvo, l, h, n, pos, slots), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_hidden_read(h, 0, n, after), RK_OK);
+        cr_assert(memcmp(before, after, n * d * sizeof(float)) == 0, "layer %d: eng_layer_kv changed h", l);
+        cr_assert_eq(eng_layer_forward(full, l, h, n, pos, slots, NULL, NULL), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_kv_deviation(kvo, full, l, 0, n, true, dev), RK_OK, "%s", rk_error_msg());
+        for (size_t i = 0; i < n; i++)
+            cr_assert_eq(dev[i], 0.0f, "layer %d slot %zu: deviation %g", l, i, dev[i]);
+    }
+    cr_assert_eq(eng_seq_len(kvo), n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(eng_seq_pos(kvo, (size_t)slots[i]), pos[i]);
+    cr_assert_eq(eng_kv_export(full, 0, n, ka), RK_OK);
+    cr_assert_eq(eng_kv_export(kvo, 0, n, kb), RK_OK);
+    cr_assert(memcmp(ka, kb, eng_kv_floats(m, n) * sizeof(float)) == 0, "%s: K/V of eng_layer_kv differ", model);
+    free(before);
+    free(after);
+    free(ka);
+    free(kb);
+    eng_hidden_free(h);
+    eng_seq_free(full);
+    eng_seq_free(kvo);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
 static void conf_layers_equal_prefill(conf_backend_ctor ctor, const char *model, double tol)
 {
     eng_model *m = conf_open(model);

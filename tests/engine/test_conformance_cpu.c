@@ -29,6 +29,11 @@ Test(cpu_conformance, layer_steps_equal_prefill)
     EACH_MODEL(conf_layers_equal_prefill(cpu_ctor, model, TOL));
 }
 
+Test(cpu_conformance, layer_kv_equals_layer_forward_kv)
+{
+    EACH_MODEL(conf_layer_kv(cpu_ctor, model));
+}
+
 Test(cpu_conformance, row_subset_equals_full_forward)
 {
     EACH_MODEL(conf_row_subset(cpu_ctor, model, TOL));

@@ -50,6 +50,55 @@ Test(frontend, hidden_write_read_gather)
     eng_model_close(m);
 }
 
+/* eng_layer_kv on a backend without its own (engine.c's reference: the whole layer on a copy
+ * of the rows) writes the K/V the backend's own writes, bit for bit, and leaves h alone. */
+Test(frontend, layer_kv_reference_equals_backend_layer_kv)
+{
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-qwen2", 4, &m), RK_OK);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *a, *b;
+    cr_assert_eq(eng_backend_cpu_new(m, 1, &a), RK_OK);
+    cr_assert_eq(eng_backend_cpu_new(m, 1, &b), RK_OK);
+    struct eng_backend_i no_kv = *b->iface;
+    no_kv.layer_kv = NULL;
+    b->iface = &no_kv;
+    enum { N = 6 };
+    size_t d = (size_t)mi->dim;
+    int32_t tok[N] = {3, 9, 4, 1, 7, 2}, pos[N] = {0, 1, 2, 5, 6, 7}, slots[N] = {1, 0, 2, 5, 3, 4};
+    float *xa = malloc(N * d * sizeof(float)), *xb = malloc(N * d * sizeof(float));
+    float *ka = malloc(eng_kv_floats(m, N) * sizeof(float)), *kb = malloc(eng_kv_floats(m, N) * sizeof(float));
+    eng_seq *sa, *sb;
+    eng_hidden *ha, *hb;
+    cr_assert_eq(eng_seq_new(a, N, &sa), RK_OK);
+    cr_assert_eq(eng_seq_new(b, N, &sb), RK_OK);
+    cr_assert_eq(eng_hidden_new(a, N, &ha), RK_OK);
+    cr_assert_eq(eng_hidden_new(b, N, &hb), RK_OK);
+    cr_assert_eq(eng_embed(a, ha, 0, tok, N), RK_OK);
+    cr_assert_eq(eng_embed(b, hb, 0, tok, N), RK_OK);
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_kv(sa, l, ha, N, pos, slots), RK_OK);
+        cr_assert_eq(eng_layer_kv(sb, l, hb, N, pos, slots), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_hidden_read(ha, 0, N, xa), RK_OK);
+        cr_assert_eq(eng_hidden_read(hb, 0, N, xb), RK_OK);
+        cr_assert(memcmp(xa, xb, N * d * sizeof(float)) == 0, "layer %d: h changed", l);
+    }
+    cr_assert_eq(eng_kv_export(sa, 0, N, ka), RK_OK);
+    cr_assert_eq(eng_kv_export(sb, 0, N, kb), RK_OK);
+    cr_assert(memcmp(ka, kb, eng_kv_floats(m, N) * sizeof(float)) == 0);
+    free(xa);
+    free(xb);
+    free(ka);
+    free(kb);
+    eng_hidden_free(ha);
+    eng_hidden_free(hb);
+    eng_seq_free(sa);
+    eng_seq_free(sb);
+    eng_backend_free(a);
+    eng_backend_free(b);
+    eng_model_close(m);
+}
+
 Test(frontend, composed_decode_equals_backend_decode)
 {
     eng_model *m;

@@ -48,6 +48,7 @@ static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", 
 
 Test(gpu_conformance, prefill_equals_token_by_token_decode) { EACH(conf_prefill_equals_decode(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, layer_steps_equal_prefill) { EACH(conf_layers_equal_prefill(cuda_ctor, model, TOL)); }
+Test(gpu_conformance, layer_kv_equals_layer_forward_kv) { EACH(conf_layer_kv(cuda_ctor, model)); }
 Test(gpu_conformance, row_subset_equals_full_forward) { EACH(conf_row_subset(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, kv_import_at_shifted_positions) { EACH(conf_export_import_shift(cuda_ctor, model, TOL, TOL)); }
 Test(gpu_conformance, batched_decode_equals_alone) { EACH(conf_batched_decode(cuda_ctor, model, TOL)); }
@@ -64,6 +65,7 @@ Test(gpu_conformance_bf16, prefill_equals_token_by_token_decode)
     EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB));
 }
 Test(gpu_conformance_bf16, layer_steps_equal_prefill) { EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, layer_kv_equals_layer_forward_kv) { EACH_BF16(conf_layer_kv(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, row_subset_equals_full_forward) { EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, kv_import_at_shifted_positions)
 {

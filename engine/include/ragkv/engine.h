@@ -270,6 +270,14 @@ typedef struct eng_attn_groups {
 rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag);
 
+/* The start of layer `layer` alone: the first n rows of h (the layer's input) give their fresh
+ * K (pre-RoPE) and V, written into slots `slots` of s at positions pos exactly as
+ * eng_layer_forward writes them; h is not changed and no attention or MLP runs (a norm and a
+ * projection: CacheBlend's probe of fresh against cached K/V at its check layer). Arguments
+ * and failures as eng_layer_forward's. */
+rk_status eng_layer_kv(eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
+                       const int32_t *slots);
+
 /* Final RMSNorm and classifier for chosen rows of h: logits row i (vocab floats) for h row
  * rows[i] (rows NULL: rows 0..n-1). logits is (n, vocab) float32 host memory. */
 rk_status eng_logits(eng_backend *be, const eng_hidden *h, const size_t *rows, size_t n,
