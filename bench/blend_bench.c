@@ -338,6 +338,8 @@ int bench_blend_main(int argc, char **argv)
             bl_stats bs = {0};
             for (long it = 0; it <= o.iters && st == RK_OK; it++) {
                 double d = 0, t = 0;
+                if (it == 1) /* RAGKV_CUDA_PROFILE=1: the set-up and the warm-up stay out of the report */
+                    eng_backend_cuda_profile_reset(be);
                 st = ttft_once(m, be, &o, &p, o.modes[k], pool, logits, &d, &t, &bs);
                 if (it > 0) { /* the first run warms up */
                     td[it - 1] = d;

@@ -2263,6 +2263,19 @@ extern "C" void *eng_backend_cuda_stream(const eng_backend *be)
     return NULL;
 }
 
+// Forgets the profiler's sums so far (RAGKV_CUDA_PROFILE=1): a benchmark's set-up stays out
+// of the report.
+extern "C" void eng_backend_cuda_profile_reset(eng_backend *be)
+{
+    if (!be || !be->iface || strcmp(be->iface->name, "cuda") != 0)
+        return;
+    cu_prof *p = &((cu_ctx *)be->ctx)->prof;
+    memset(p->ms, 0, sizeof(p->ms));
+    memset(p->flops, 0, sizeof(p->flops));
+    memset(p->layer_calls, 0, sizeof(p->layer_calls));
+    memset(p->rows, 0, sizeof(p->rows));
+}
+
 // The storage mode a CUDA backend runs in ("fp32", "tf32", "bf16"), for tools and benchmarks.
 extern "C" const char *eng_backend_cuda_mode(const eng_backend *be)
 {

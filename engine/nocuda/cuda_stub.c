@@ -16,6 +16,11 @@ const char *eng_backend_cuda_mode(const eng_backend *be)
     return "";
 }
 
+void eng_backend_cuda_profile_reset(eng_backend *be)
+{
+    (void)be;
+}
+
 int eng_backend_cuda_graphs(const eng_backend *be, uint64_t *captures, uint64_t *replays)
 {
     (void)be;

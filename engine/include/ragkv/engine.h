@@ -173,6 +173,11 @@ rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend **out);
 /* The mode a CUDA backend runs in: "fp32", "tf32" or "bf16" ("" for other backends). */
 const char *eng_backend_cuda_mode(const eng_backend *be);
 
+/* A CUDA backend's layer profiler (RAGKV_CUDA_PROFILE=1: per-phase GPU time, reported on
+ * stderr when the backend is freed) forgets what it summed so far, so that a benchmark's
+ * set-up stays out of the report. A no-op for other backends and without the variable. */
+void eng_backend_cuda_profile_reset(eng_backend *be);
+
 /* Decode-step CUDA graphs of a CUDA backend: how many times eng_decode captured its step (a new
  * batch size, attention grid or buffer address) and how many steps it replayed. Returns 1 while
  * graphs are in use, 0 when they are off (RAGKV_CUDA_GRAPH=0 at the last decode, a capture that
