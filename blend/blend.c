@@ -210,16 +210,33 @@ static rk_status prompt_build(const eng_model_info *mi, const bl_segment *segs, 
 static rk_status import_cached(eng_seq *s, const bl_segment *segs, size_t nseg, const int32_t *pos,
                                const codec_decode_opts *opts, bool defer)
 {
+    /* the segments in KV blocks go in one call (on CUDA one upload of positions and one wait
+     * for all of them), the others one by one */
+    size_t *slot = rk_malloc((nseg ? nseg : 1) * sizeof(size_t)), nb = 0;
+    const int32_t **bp = rk_malloc((nseg ? nseg : 1) * sizeof(int32_t *));
+    const eng_kvblock **bb = rk_malloc((nseg ? nseg : 1) * sizeof(eng_kvblock *));
+    rk_status st = slot && bp && bb ? RK_OK : RK_ERR_NOMEM;
     size_t row = 1;
-    for (size_t i = 0; i < nseg; i++) {
-        if (seg_cached(&segs[i]) && !(defer && segs[i].container)) {
-            rk_status st = seg_import(s, row, pos + row, &segs[i], opts);
-            if (st != RK_OK)
-                return st;
+    for (size_t i = 0; i < nseg && st == RK_OK; i++) {
+        const bl_segment *sg = &segs[i];
+        if (seg_cached(sg) && !(defer && sg->container)) {
+            if (!sg->container && !sg->kv) {
+                slot[nb] = row;
+                bp[nb] = pos + row;
+                bb[nb++] = sg->block;
+            } else {
+                st = seg_import(s, row, pos + row, sg, opts);
+            }
         }
-        row += segs[i].n;
+        row += sg->n;
     }
-    return RK_OK;
+    if (st == RK_OK && nb)
+        st = eng_kv_import_blocks_layers(s, nb, slot, bp, bb, 0,
+                                         eng_model_get_info(eng_backend_model(eng_seq_backend(s)))->n_layers);
+    rk_free(slot);
+    rk_free(bp);
+    rk_free(bb);
+    return st;
 }
 
 /* Make layer l of every block segment readable by cached_row: only that layer is read back

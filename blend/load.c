@@ -40,6 +40,9 @@ struct bl_loader {
     eng_kvblock **blk;          /* (nseg) the container segments' blocks (engine thread) */
     eng_kvblock_mem *mem;       /* (nseg) where they live */
     codec_cuda_reader **cr;     /* (nseg) opened by the loader thread */
+    size_t *islot;              /* (nseg) a layer's import of every block at once: slots, */
+    const int32_t **ipos;       /* positions */
+    const eng_kvblock **iblk;   /* and blocks (engine thread) */
     int host_layer;             /* the layer whose floats buf[0] holds (bl_loader_hold), -1 */
 };
 
@@ -205,7 +208,10 @@ static rk_status gpu_blocks(bl_loader *ld, bool *gpu)
     ld->blk = rk_calloc(ld->nseg, sizeof(*ld->blk));
     ld->mem = rk_calloc(ld->nseg, sizeof(*ld->mem));
     ld->cr = rk_calloc(ld->nseg, sizeof(*ld->cr));
-    if (!ld->blk || !ld->mem || !ld->cr)
+    ld->islot = rk_calloc(ld->nseg, sizeof(*ld->islot));
+    ld->ipos = rk_calloc(ld->nseg, sizeof(*ld->ipos));
+    ld->iblk = rk_calloc(ld->nseg, sizeof(*ld->iblk));
+    if (!ld->blk || !ld->mem || !ld->cr || !ld->islot || !ld->ipos || !ld->iblk)
         return rk_error_set(RK_ERR_NOMEM, "compressed chunk cache: block tables");
     for (size_t i = 0; i < ld->nseg; i++) {
         if (!ld->segs[i].container)
@@ -295,12 +301,19 @@ rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos)
         ld->wait_ms += (double)(rk_now_ns() - t0) / 1e6;
         if (err != RK_OK)
             return rk_error_set(err, "compressed chunk cache: %s", ld->msg);
-        for (size_t i = 0; ld->gpu && i < ld->nseg; i++) {
-            if (!ld->cr[i])
-                continue;
-            rk_status st = codec_cuda_reader_wait(ld->cr[i], layer, 1, eng_backend_cuda_stream(ld->be));
-            if (st == RK_OK)
-                st = eng_kv_import_block_layers(s, ld->row0[i], pos + ld->row0[i], ld->blk[i], layer, 1);
+        if (ld->gpu) { /* the engine's stream waits for every reader's layer, then one import */
+            size_t nb = 0;
+            for (size_t i = 0; i < ld->nseg; i++) {
+                if (!ld->cr[i])
+                    continue;
+                rk_status st = codec_cuda_reader_wait(ld->cr[i], layer, 1, eng_backend_cuda_stream(ld->be));
+                if (st != RK_OK)
+                    return st;
+                ld->islot[nb] = ld->row0[i];
+                ld->ipos[nb] = pos + ld->row0[i];
+                ld->iblk[nb++] = ld->blk[i];
+            }
+            rk_status st = eng_kv_import_blocks_layers(s, nb, ld->islot, ld->ipos, ld->iblk, layer, 1);
             if (st != RK_OK)
                 return st;
         }
@@ -398,6 +411,9 @@ void bl_loader_free(bl_loader *ld, double *wait_ms)
         eng_kvblock_free(ld->blk[i]);
     rk_free(ld->cr);
     rk_free(ld->blk);
+    rk_free(ld->islot);
+    rk_free(ld->ipos);
+    rk_free(ld->iblk);
     rk_free(ld->mem);
     rk_free(ld->rd);
     rk_free(ld->off);

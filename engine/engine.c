@@ -797,6 +797,40 @@ rk_status eng_kv_import_block_layers(eng_seq *s, size_t slot0, const int32_t *po
     return s->be->iface->kvblock_import(s->be->ctx, s, slot0, pos, b, layer0, n_layers);
 }
 
+rk_status eng_kv_import_blocks_layers(eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
+                                      const eng_kvblock *const *b, int layer0, int n_layers)
+{
+    if (!s || (nb && (!slot0 || !pos || !b)))
+        return rk_error_set(RK_ERR_INVALID, "eng_kv_import_blocks: bad arguments");
+    int L = s->be->model->info.n_layers;
+    if (layer0 < 0 || n_layers <= 0 || layer0 >= L || n_layers > L - layer0)
+        return rk_error_set(RK_ERR_RANGE, "eng_kv_import_blocks: layers [%d, %d) outside the model's %d", layer0,
+                            layer0 + n_layers, L);
+    bool batched = s->be->iface->kvblocks_import != NULL;
+    for (size_t i = 0; i < nb; i++) {
+        if (!b[i] || !pos[i])
+            return rk_error_set(RK_ERR_INVALID, "eng_kv_import_blocks: block %zu: bad arguments", i);
+        if (b[i]->be != s->be)
+            return rk_error_set(RK_ERR_INVALID, "eng_kv_import_blocks: block %zu is on another backend than the "
+                                "sequence", i);
+        batched = batched && !b[i]->host;
+    }
+    if (!batched) { /* the reference: block after block */
+        for (size_t i = 0; i < nb; i++) {
+            rk_status st = eng_kv_import_block_layers(s, slot0[i], pos[i], b[i], layer0, n_layers);
+            if (st != RK_OK)
+                return st;
+        }
+        return RK_OK;
+    }
+    for (size_t i = 0; i < nb; i++) {
+        rk_status st = import_claim(s, slot0[i], b[i]->n, pos[i], "eng_kv_import_blocks");
+        if (st != RK_OK)
+            return st;
+    }
+    return nb ? s->be->iface->kvblocks_import(s->be->ctx, s, nb, slot0, pos, b, layer0, n_layers) : RK_OK;
+}
+
 rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b)
 {
     if (!s)

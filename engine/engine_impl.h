@@ -218,6 +218,11 @@ struct eng_backend_i {
      * layer_forward on a copy of the rows, the reference). Kept last, as above. */
     rk_status (*layer_kv)(void *ctx, eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
                           const int32_t *slots);
+
+    /* eng_kv_import_blocks_layers: kvblock_import of nb blocks (slots claimed already; none
+     * with a host copy) in one call. Optional (NULL: engine.c imports block after block). */
+    rk_status (*kvblocks_import)(void *ctx, eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
+                                 const eng_kvblock *const *b, int layer0, int n_layers);
 };
 
 struct eng_backend {

@@ -2013,6 +2013,51 @@ rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos
     return RK_OK;
 }
 
+// kvblock_import of nb blocks: every block's positions up in one copy, one launch per block
+// and layer, one wait.
+template <typename T>
+rk_status kvblocks_import(cu_ctx *c, eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
+                          const eng_kvblock *const *b, int layer0, int n_layers)
+{
+    const eng_model_info *mi = c->mi;
+    size_t kvd = kv_dim(c), total = 0;
+    for (size_t i = 0; i < nb; i++)
+        total += b[i]->n;
+    int32_t *hp = (int32_t *)rk_malloc((total ? total : 1) * sizeof(int32_t)), *dpos;
+    if (!hp)
+        return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
+    for (size_t i = 0, off = 0; i < nb; off += b[i]->n, i++)
+        memcpy(hp + off, pos[i], b[i]->n * sizeof(int32_t));
+    rk_status st = ints_up(c, hp, total, 0, &dpos);
+    rk_free(hp);
+    TRY(st);
+    cu_kvdesc *dd;
+    TRY(descs_up(c, &s, 1, &dd));
+    int inter = mi->rope == ENG_ROPE_INTERLEAVED;
+    for (int l = layer0; l < layer0 + n_layers; l++)
+        for (size_t i = 0, off = 0; i < nb; off += b[i]->n, i++) {
+            size_t n = b[i]->n, cnt = n * kvd;
+            if (!n)
+                continue;
+            const T *src = (const T *)b[i]->ctx;
+            k_store_kv<T><<<blocks(n * mi->n_kv_heads * (mi->head_dim / 2)), 256>>>(
+                dd, NULL, l, src + 2 * (size_t)l * cnt, src + (2 * (size_t)l + 1) * cnt, kvd, NULL, (int)slot0[i],
+                dpos + off, (int)n, mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
+        }
+    CHECK_LAUNCH("KV blocks import");
+    CU(cudaStreamSynchronize(0), "KV blocks import");
+    return RK_OK;
+}
+
+rk_status cu_kvblocks_import(void *ctx, eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
+                             const eng_kvblock *const *b, int layer0, int n_layers)
+{
+    TRY(cu_enter(ctx));
+    cu_ctx *c = (cu_ctx *)ctx;
+    return c->mode == MODE_BF16 ? kvblocks_import<bf16>(c, s, nb, slot0, pos, b, layer0, n_layers)
+                                : kvblocks_import<float>(c, s, nb, slot0, pos, b, layer0, n_layers);
+}
+
 rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
                             int n_layers)
 {
@@ -2110,7 +2155,7 @@ const struct eng_backend_i cu_iface = {
     cu_hidden_release, cu_hidden_write, cu_hidden_read, cu_hidden_gather, cu_embed,
     cu_layer_forward, cu_logits,        cu_kv_export, cu_kv_import,     cu_decode,
     cu_kvblock_init,  cu_kvblock_release, cu_kvblock_import, cu_kvblock_read, cu_kv_deviation, cu_decode_sample,
-    cu_layer_kv,
+    cu_layer_kv,      cu_kvblocks_import,
 };
 
 } // namespace

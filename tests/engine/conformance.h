@@ -720,6 +720,86 @@ static void conf_kv_deviation(conf_backend_ctor ctor, const char *model, double 
     eng_model_close(m);
 }
 
+/* eng_kv_import_blocks_layers: three blocks of different lengths at spread slots and shifted
+ * positions in one call (all layers; then layer 0 and the rest in two calls) leave a sequence
+ * bit for bit equal to one import per block; bad calls are rejected before anything changes. */
+static void conf_kvblocks(conf_backend_ctor ctor, const char *model)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be, *other;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ctor(m, &other), RK_OK, "%s", rk_error_msg());
+    enum { NB = 3 };
+    const size_t len[NB] = {7, 12, 5}, slot0[NB] = {20, 2, 40};
+    int32_t tok[12], posv[NB][12];
+    const int32_t *pos[NB];
+    eng_kvblock *blk[NB], *far;
+    eng_seq *src = conf_seq(be, 16), *a = conf_seq(be, 64), *b = conf_seq(be, 64), *c = conf_seq(be, 64);
+    float *kv = malloc(eng_kv_floats(m, 12) * sizeof(float));
+    for (int i = 0; i < NB; i++) {
+        det_tokens(tok, len[i], mi->vocab, 40 + i);
+        cr_assert_eq(eng_seq_truncate(src, 0), RK_OK);
+        cr_assert_eq(eng_prefill(src, tok, len[i], NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+        cr_assert_eq(eng_kv_export(src, 0, len[i], kv), RK_OK);
+        cr_assert_eq(eng_kvblock_new(be, len[i], kv, &blk[i]), RK_OK, "%s", rk_error_msg());
+        for (size_t t = 0; t < len[i]; t++)
+            posv[i][t] = (int32_t)(30 * i + 2 * t + 1); /* distinct, not in slot order */
+        pos[i] = posv[i];
+    }
+    cr_assert_eq(eng_kvblock_new(other, len[2], kv, &far), RK_OK);
+    const eng_kvblock *bl[NB] = {blk[0], blk[1], blk[2]}, *bad[NB] = {blk[0], far, blk[2]};
+    cr_expect_eq(eng_kv_import_blocks_layers(a, NB, slot0, pos, bad, 0, mi->n_layers), RK_ERR_INVALID);
+    cr_expect_eq(eng_kv_import_blocks_layers(a, NB, slot0, pos, bl, 0, mi->n_layers + 1), RK_ERR_RANGE);
+    cr_expect_eq(eng_kv_import_blocks_layers(a, NB, slot0, NULL, bl, 0, 1), RK_ERR_INVALID);
+    cr_expect_eq(eng_seq_len(a), 0, "rejected calls change nothing");
+    cr_expect_eq(eng_kv_import_blocks_layers(a, 0, NULL, NULL, NULL, 0, 1), RK_OK);
+
+    cr_assert_eq(eng_kv_import_blocks_layers(a, NB, slot0, pos, bl, 0, mi->n_layers), RK_OK, "%s", rk_error_msg());
+    for (int i = NB - 1; i >= 0; i--)
+        cr_assert_eq(eng_kv_import_block(b, slot0[i], pos[i], blk[i]), RK_OK);
+    cr_assert_eq(eng_kv_import_blocks_layers(c, NB, slot0, pos, bl, 0, 1), RK_OK);
+    if (mi->n_layers > 1)
+        cr_assert_eq(eng_kv_import_blocks_layers(c, NB, slot0, pos, bl, 1, mi->n_layers - 1), RK_OK);
+    cr_expect_eq(eng_seq_len(a), eng_seq_len(b));
+    cr_expect_eq(eng_seq_len(c), eng_seq_len(b));
+    float *ka = malloc(eng_kv_floats(m, 12) * sizeof(float)), *kb = malloc(eng_kv_floats(m, 12) * sizeof(float));
+    for (int i = 0; i < NB; i++) {
+        for (size_t t = 0; t < len[i]; t++) {
+            cr_expect_eq(eng_seq_pos(a, slot0[i] + t), pos[i][t]);
+            cr_expect_eq(eng_seq_pos(c, slot0[i] + t), pos[i][t]);
+        }
+        size_t F = eng_kv_floats(m, len[i]);
+        cr_assert_eq(eng_kv_export(b, slot0[i], len[i], kb), RK_OK);
+        cr_assert_eq(eng_kv_export(a, slot0[i], len[i], ka), RK_OK);
+        cr_expect(memcmp(ka, kb, F * sizeof(float)) == 0, "%s: block %d differs (one call)", model, i);
+        cr_assert_eq(eng_kv_export(c, slot0[i], len[i], ka), RK_OK);
+        cr_expect(memcmp(ka, kb, F * sizeof(float)) == 0, "%s: block %d differs (by layers)", model, i);
+    }
+    /* and the next token sees the same cache (rotated K included) */
+    int32_t next = 5;
+    size_t V = (size_t)mi->vocab;
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    cr_assert_eq(eng_decode(be, &a, &next, 1, la), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_decode(be, &b, &next, 1, lb), RK_OK, "%s", rk_error_msg());
+    cr_expect(memcmp(la, lb, V * sizeof(float)) == 0, "%s: logits after the blocks differ", model);
+    free(la);
+    free(lb);
+    free(ka);
+    free(kb);
+    free(kv);
+    for (int i = 0; i < NB; i++)
+        eng_kvblock_free(blk[i]);
+    eng_kvblock_free(far);
+    eng_seq_free(src);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_backend_free(be);
+    eng_backend_free(other);
+    eng_model_close(m);
+}
+
 static void conf_kvblock(conf_backend_ctor ctor, const char *model, double tol)
 {
     eng_model *m = conf_open(model);

@@ -107,6 +107,11 @@ Test(cpu_conformance, single_thread_equals_multithread)
     eng_model_close(m);
 }
 
+Test(cpu_conformance, kv_blocks_in_one_call_equal_one_by_one)
+{
+    EACH_MODEL(conf_kvblocks(cpu_ctor, model));
+}
+
 Test(cpu_conformance, kv_block_equals_kv_import)
 {
     /* the CPU backend keeps blocks through the generic host copy: bit for bit */

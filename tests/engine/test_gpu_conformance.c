@@ -58,6 +58,7 @@ Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers
 Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }
 Test(gpu_conformance, kv_block_equals_kv_import) { EACH(conf_kvblock(cuda_ctor, model, TOL)); }
+Test(gpu_conformance, kv_blocks_in_one_call_equal_one_by_one) { EACH(conf_kvblocks(cuda_ctor, model)); }
 Test(gpu_conformance, kv_deviation_between_sequences) { EACH(conf_kv_deviation(cuda_ctor, model, 1e-6)); }
 
 Test(gpu_conformance_bf16, prefill_equals_token_by_token_decode)
@@ -78,6 +79,7 @@ Test(gpu_conformance_bf16, attention_group_modifiers) { EACH_BF16(conf_attention
 Test(gpu_conformance_bf16, kv_by_layer_ranges) { EACH_BF16(conf_kv_layers(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, bad_calls_rejected) { EACH_BF16(conf_bad_calls(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, kv_block_equals_kv_import) { EACH_BF16(conf_kvblock(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, kv_blocks_in_one_call_equal_one_by_one) { EACH_BF16(conf_kvblocks(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, kv_deviation_between_sequences) { EACH_BF16(conf_kv_deviation(cuda_ctor, model, 1e-6)); }
 
 /* bf16 at lengths that cross many flash tiles (64 rows x 64 keys) and decode splits (256

@@ -429,6 +429,17 @@ rk_status eng_kv_import_block(eng_seq *s, size_t slot0, const int32_t *pos, cons
 rk_status eng_kv_import_block_layers(eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
                                      int n_layers);
 
+/* eng_kv_import_block_layers of nb blocks in one call: block b[i] into slots [slot0[i],
+ * slot0[i] + n_i) at positions pos[i][0..n_i) (n_i its tokens). Where the backend keeps blocks
+ * (CUDA) the positions go up once and the host waits once for all of them, instead of once
+ * per block: a prompt of many cached chunks, or one layer of every chunk of a layer-pipelined
+ * load. Every block's backend and the layer range are checked before anything changes; the
+ * slots are then claimed block after block, so a failure on block i (slots out of range, a
+ * position clash) leaves blocks before it claimed but not imported, as a failed
+ * eng_kv_import_block_layers would. nb = 0 is a no-op. */
+rk_status eng_kv_import_blocks_layers(eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
+                                      const eng_kvblock *const *b, int layer0, int n_layers);
+
 /* ---- the generate tool ------------------------------------------------------------------ */
 
 /* Computes a prompt's KV into the empty sequence s and the last row's logits, in place of one
