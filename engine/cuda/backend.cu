@@ -529,8 +529,11 @@ __device__ __forceinline__ void rope_pair(int i, int hd, int inter, int *a, int 
 
 // Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld elements) into the
 // cache of sequence desc[rseq ? rseq[r] : 0] at `layer`, slot slots ? slots[r] : slot0 + r:
-// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, kv head, pair). S, the
-// source's element type, is float (fresh rows, host imports) or T (a kvblock on the device).
+// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, pair), over every KV
+// head: the row's descriptor, slot, block addresses and the pair's angle (sincos) once, not
+// once per head (a thread per head made the import of a prompt's cached chunks run at about a
+// fifth of the memory's speed; store_kv_blocks() gives the grid). S, the source's element
+// type, is float (fresh rows, host imports) or T (a kvblock on the device).
 template <typename T, typename S>
 __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer, const S *ksrc,
                            const S *vsrc, size_t ld, const int32_t *slots, int slot0, const int32_t *pos, int n,
@@ -538,31 +541,35 @@ __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer
 {
     int half = hd / 2;
     size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= (size_t)n * nkv * half)
+    if (idx >= (size_t)n * half)
         return;
     int i = (int)(idx % half);
-    int hh = (int)((idx / half) % nkv);
-    int r = (int)(idx / half / nkv);
+    int r = (int)(idx / half);
     const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
     size_t kvd = (size_t)nkv * hd;
     long long slot = slots ? slots[r] : slot0 + r;
-    size_t hoff = (size_t)hh * hd;
-    const S *k = ksrc + (size_t)r * ld + (size_t)hh * hd;
-    const S *v = vsrc + (size_t)r * ld + (size_t)hh * hd;
+    const S *k = ksrc + (size_t)r * ld, *v = vsrc + (size_t)r * ld;
     int a, b;
     rope_pair(i, hd, inter, &a, &b);
     float ang = (float)pos[r] * inv_freq[i];
     float fc = cosf(ang), fs = sinf(ang);
-    float k0 = to_f(k[a]), k1 = to_f(k[b]);
-    T *kraw = kv_row<T>(d, KV_RAW, layer, slot, kvd) + hoff, *krot = kv_row<T>(d, KV_ROT, layer, slot, kvd) + hoff,
-      *vv = kv_row<T>(d, KV_VAL, layer, slot, kvd) + hoff;
-    kraw[a] = from_f<T>(k0);
-    kraw[b] = from_f<T>(k1);
-    krot[a] = from_f<T>(k0 * fc - k1 * fs);
-    krot[b] = from_f<T>(k0 * fs + k1 * fc);
-    vv[a] = from_f<T>(to_f(v[a]));
-    vv[b] = from_f<T>(to_f(v[b]));
+    T *kraw = kv_row<T>(d, KV_RAW, layer, slot, kvd), *krot = kv_row<T>(d, KV_ROT, layer, slot, kvd),
+      *vv = kv_row<T>(d, KV_VAL, layer, slot, kvd);
+#pragma unroll 4
+    for (int hh = 0; hh < nkv; hh++) {
+        const size_t o = (size_t)hh * hd;
+        float k0 = to_f(k[o + a]), k1 = to_f(k[o + b]), v0 = to_f(v[o + a]), v1 = to_f(v[o + b]);
+        kraw[o + a] = from_f<T>(k0);
+        kraw[o + b] = from_f<T>(k1);
+        krot[o + a] = from_f<T>(k0 * fc - k1 * fs);
+        krot[o + b] = from_f<T>(k0 * fs + k1 * fc);
+        vv[o + a] = from_f<T>(v0);
+        vv[o + b] = from_f<T>(v1);
+    }
 }
+
+// Blocks of 256 threads for k_store_kv over n rows of head dim hd.
+unsigned store_kv_blocks(size_t n, int hd) { return (unsigned)((n * (size_t)(hd / 2) + 255) / 256); }
 
 // dst (n, kvd) in float = rows slot0.. of array arr (KV_RAW, KV_ROT, KV_VAL) of `layer` of the
 // paged cache d: a layer's rows made contiguous for cuBLAS and for host copies.
@@ -1331,7 +1338,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         CU(cudaMemcpy2D(lc->v_fresh, kvd * sizeof(float), qkv + qd + kvd, qkvd * sizeof(float), kvd * sizeof(float),
                         n, cudaMemcpyDeviceToHost),
            "fresh V");
-    k_store_kv<T><<<blocks(n * mi->n_kv_heads * (hd / 2)), 256, 0, c->stream>>>(lc->ddesc, lc->drseq, lc->layer, qkv + qd,
+    k_store_kv<T><<<store_kv_blocks(n, (int)hd), 256, 0, c->stream>>>(lc->ddesc, lc->drseq, lc->layer, qkv + qd,
                                                                    qkv + qd + kvd, qkvd, lc->dslots, 0, lc->dpos,
                                                                    (int)n, mi->n_kv_heads, (int)hd, c->inv_freq, inter);
     CHECK_LAUNCH("cache write");
@@ -1924,7 +1931,7 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
     float *tmp = (float *)b;
     for (int i = 0; i < n_layers; i++) {
         CU(cudaMemcpy(tmp, kv_in + (2 * (size_t)i) * cnt, 2 * cnt * sizeof(float), cudaMemcpyHostToDevice), "import");
-        unsigned nb = blocks(n * mi->n_kv_heads * (mi->head_dim / 2));
+        unsigned nb = store_kv_blocks(n, mi->head_dim);
         int inter = mi->rope == ENG_ROPE_INTERLEAVED;
         if (c->mode == MODE_BF16)
             k_store_kv<bf16><<<nb, 256>>>(dd, NULL, layer0 + i, tmp, tmp + cnt, kvd, NULL, (int)slot0, dpos, (int)n,
@@ -2002,7 +2009,7 @@ rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos
     TRY(ints_up(c, pos, n, 0, &dpos));
     cu_kvdesc *dd;
     TRY(descs_up(c, &s, 1, &dd));
-    unsigned nb = blocks(n * mi->n_kv_heads * (mi->head_dim / 2));
+    unsigned nb = store_kv_blocks(n, mi->head_dim);
     int inter = mi->rope == ENG_ROPE_INTERLEAVED;
     const T *src = (const T *)b->ctx;
     for (int l = layer0; l < layer0 + n_layers; l++)
@@ -2040,7 +2047,7 @@ rk_status kvblocks_import(cu_ctx *c, eng_seq *s, size_t nb, const size_t *slot0,
             if (!n)
                 continue;
             const T *src = (const T *)b[i]->ctx;
-            k_store_kv<T><<<blocks(n * mi->n_kv_heads * (mi->head_dim / 2)), 256>>>(
+            k_store_kv<T><<<store_kv_blocks(n, mi->head_dim), 256>>>(
                 dd, NULL, l, src + 2 * (size_t)l * cnt, src + (2 * (size_t)l + 1) * cnt, kvd, NULL, (int)slot0[i],
                 dpos + off, (int)n, mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
         }
