@@ -888,9 +888,12 @@ int flash_version()
 // Key splits of the third flash kernel for n query rows over len keys (flash-decoding for
 // prefill-shaped calls of few rows: a blend's query rows or its selected rows see thousands
 // of keys, and ceil(n / BR3) x H blocks alone leave most SMs idle, each block walking every
-// key tile). Splits are added until the grid has FLASH_SPLIT_WAVES blocks per SM, keeping at
-// least FLASH_SPLIT_TILES key tiles per split, at most FLASH_SPLIT_MAX; RAGKV_ATTN_FLASH_SPLIT=N
-// (1..64, read once) fixes the count (at most one per tile; 1: never split).
+// key tile). Only calls of at most half as many rows as keys split: a whole prompt's causal
+// prefill of 1K or 2K tokens has few blocks too, but its early blocks see few keys and merging
+// every row's splits made it 2-3% slower on the H100 (2026-12-07). Splits are added until the
+// grid has FLASH_SPLIT_WAVES blocks per SM, keeping at least FLASH_SPLIT_TILES key tiles per
+// split, at most FLASH_SPLIT_MAX; RAGKV_ATTN_FLASH_SPLIT=N (1..64, read once) fixes the count
+// (at most one per tile; 1: never split).
 constexpr int FLASH_SPLIT_WAVES = 4, FLASH_SPLIT_TILES = 4, FLASH_SPLIT_MAX = 32;
 int flash_splits(int n, int H, int len)
 {
@@ -905,6 +908,8 @@ int flash_splits(int n, int H, int len)
         return 1;
     if (fixed)
         return min(fixed, ntiles);
+    if ((long long)n * 2 > len)
+        return 1;
     const long long blocks = (long long)((n + BR3 - 1) / BR3) * H, want = (long long)FLASH_SPLIT_WAVES * device_sms();
     if (blocks >= want)
         return 1;
