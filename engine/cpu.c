@@ -500,30 +500,31 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
     return RK_OK;
 }
 
-static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
-                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+/* cpu_layer_rows with every row in sequence s */
+static rk_status layer_of_seq(cpu_ctx *c, eng_seq *s, int layer, float *x, size_t n, const int32_t *pos,
+                              const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag,
+                              bool kv_only)
 {
     eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
     if (!seqs)
         return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
     for (size_t i = 0; i < n; i++)
         seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag, false);
+    rk_status st = cpu_layer_rows(c, seqs, layer, x, n, pos, slots, k_fresh, v_fresh, ag, kv_only);
     rk_free(seqs);
     return st;
+}
+
+static rk_status cpu_layer_forward(void *ctx, eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
+                                   const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
+{
+    return layer_of_seq(ctx, s, layer, h->ctx, n, pos, slots, k_fresh, v_fresh, ag, false);
 }
 
 static rk_status cpu_layer_kv(void *ctx, eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
                               const int32_t *slots)
 {
-    eng_seq **seqs = rk_malloc(n * sizeof(eng_seq *));
-    if (!seqs)
-        return rk_error_set(RK_ERR_NOMEM, "cpu backend: out of memory");
-    for (size_t i = 0; i < n; i++)
-        seqs[i] = s;
-    rk_status st = cpu_layer_rows(ctx, seqs, layer, h->ctx, n, pos, slots, NULL, NULL, NULL, true);
-    rk_free(seqs);
-    return st;
+    return layer_of_seq(ctx, s, layer, h->ctx, n, pos, slots, NULL, NULL, NULL, true);
 }
 
 static rk_status logits_rows(cpu_ctx *c, const float *x, const size_t *rows, size_t n, float *logits)

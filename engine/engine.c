@@ -236,18 +236,25 @@ rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, cons
     return eng_layer_forward_ex(s, layer, h, n, pos, slots, k_fresh, v_fresh, NULL);
 }
 
+/* The checks eng_layer_forward and eng_layer_kv share (who: the caller's name for messages). */
+static rk_status layer_args(const eng_seq *s, int layer, const eng_hidden *h, size_t n, const char *who)
+{
+    if (!s || !h || h->be != s->be)
+        return rk_error_set(RK_ERR_INVALID, "%s: sequence and hidden block of different backends", who);
+    const eng_model_info *mi = &s->be->model->info;
+    if (layer < 0 || layer >= mi->n_layers)
+        return rk_error_set(RK_ERR_RANGE, "%s: layer %d outside 0..%d", who, layer, mi->n_layers - 1);
+    if (n > h->rows)
+        return rk_error_set(RK_ERR_RANGE, "%s: %zu rows but the block has %zu", who, n, h->rows);
+    return RK_OK;
+}
+
 rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, const int32_t *pos,
                                const int32_t *slots, float *k_fresh, float *v_fresh, const eng_attn_groups *ag)
 {
-    if (!s || !h || h->be != s->be)
-        return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: sequence and hidden block of different backends");
-    const eng_model_info *mi = &s->be->model->info;
-    if (layer < 0 || layer >= mi->n_layers)
-        return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: layer %d outside 0..%d", layer, mi->n_layers - 1);
-    if (n == 0)
-        return RK_OK;
-    if (n > h->rows)
-        return rk_error_set(RK_ERR_RANGE, "eng_layer_forward: %zu rows but the block has %zu", n, h->rows);
+    rk_status st = layer_args(s, layer, h, n, "eng_layer_forward");
+    if (st != RK_OK || n == 0)
+        return st;
     if (ag) {
         if (ag->n_groups == 0 || !ag->bounds)
             return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: attention groups need n_groups > 0 and bounds");
@@ -261,8 +268,7 @@ rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, c
                 return rk_error_set(RK_ERR_INVALID, "eng_layer_forward: group %zu log_scale must be finite or -inf", g);
         }
     }
-    rk_status st = seq_claim(s, n, pos, slots, "eng_layer_forward");
-    if (st != RK_OK)
+    if ((st = seq_claim(s, n, pos, slots, "eng_layer_forward")) != RK_OK)
         return st;
     return s->be->iface->layer_forward(s->be->ctx, s, layer, h, n, pos, slots, k_fresh, v_fresh, ag);
 }
@@ -270,17 +276,8 @@ rk_status eng_layer_forward_ex(eng_seq *s, int layer, eng_hidden *h, size_t n, c
 rk_status eng_layer_kv(eng_seq *s, int layer, const eng_hidden *h, size_t n, const int32_t *pos,
                        const int32_t *slots)
 {
-    if (!s || !h || h->be != s->be)
-        return rk_error_set(RK_ERR_INVALID, "eng_layer_kv: sequence and hidden block of different backends");
-    const eng_model_info *mi = &s->be->model->info;
-    if (layer < 0 || layer >= mi->n_layers)
-        return rk_error_set(RK_ERR_RANGE, "eng_layer_kv: layer %d outside 0..%d", layer, mi->n_layers - 1);
-    if (n == 0)
-        return RK_OK;
-    if (n > h->rows)
-        return rk_error_set(RK_ERR_RANGE, "eng_layer_kv: %zu rows but the block has %zu", n, h->rows);
-    rk_status st = seq_claim(s, n, pos, slots, "eng_layer_kv");
-    if (st != RK_OK)
+    rk_status st = layer_args(s, layer, h, n, "eng_layer_kv");
+    if (st != RK_OK || n == 0 || (st = seq_claim(s, n, pos, slots, "eng_layer_kv")) != RK_OK)
         return st;
     const struct eng_backend_i *i = s->be->iface;
     if (i->layer_kv)
