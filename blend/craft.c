@@ -59,16 +59,60 @@ rk_status bl_variant_capture(eng_model *m, eng_backend *be, const bl_segment *se
     return st;
 }
 
-rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
-                                 const uint64_t *ids, float *const *kv_out, bl_craft_meta *metas)
+/* A capture in progress (bl_capture_start .. bl_capture_free). */
+struct bl_capture {
+    eng_backend *be;
+    bl_segment *segs;        /* (nseg) a copy of the caller's array (tokens borrowed) */
+    size_t nseg, last;       /* last: one past the last segment captured (the prefill stops there) */
+    size_t L, rows, G;       /* layers, rows prefilled (BOS + segments through last), groups */
+    float *const *kv_out;    /* borrowed, (nseg) */
+    bl_craft_meta *metas;    /* borrowed, (nseg) */
+    eng_seq *s;
+    eng_hidden *h;
+    int32_t *pos;            /* (rows) positions = slots */
+    size_t *bounds;          /* (nseg + 2) group boundaries: BOS, then each segment */
+    float *mass;             /* (rows, G) the layer's attention mass per group */
+    double *tsum;            /* (rows) per row: its mass on the segments before its own */
+    size_t next;             /* the next layer to run; L: done */
+    rk_status err;           /* a failed step's status, returned by every later step */
+};
+
+void bl_capture_free(bl_capture *c)
 {
+    if (!c)
+        return;
+    eng_hidden_free(c->h);
+    eng_seq_free(c->s);
+    rk_free(c->segs);
+    rk_free(c->pos);
+    rk_free(c->bounds);
+    rk_free(c->mass);
+    rk_free(c->tsum);
+    rk_free(c);
+}
+
+/* A step's failure: every metadata cleared, the status kept for later steps. */
+static rk_status capture_fail(bl_capture *c, rk_status st)
+{
+    for (size_t i = 0; i < c->nseg; i++)
+        bl_craft_meta_clear(&c->metas[i]);
+    c->err = st;
+    return st;
+}
+
+rk_status bl_capture_start(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg, const uint64_t *ids,
+                           float *const *kv_out, bl_craft_meta *metas, bl_capture **out)
+{
+    if (!out)
+        return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: bad arguments");
+    *out = NULL;
     if (!m || !be || !segs || nseg == 0 || !kv_out || !metas || (nseg > 1 && !ids))
         return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: bad arguments");
     for (size_t i = 0; i < nseg; i++)
         memset(&metas[i], 0, sizeof(metas[i]));
     const eng_model_info *mi = eng_model_get_info(m);
     const size_t L = (size_t)mi->n_layers;
-    size_t n = 1, last = 0; /* last: one past the last segment captured (the prefill stops there) */
+    size_t n = 1, last = 0;
     for (size_t i = 0; i < nseg; i++) {
         if (!segs[i].tokens || segs[i].n == 0)
             return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: segment %zu is empty", i);
@@ -84,9 +128,22 @@ rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment
         return rk_error_set(RK_ERR_RANGE, "bl_variant_capture_all: %zu tokens exceed the context of %d", n, mi->max_seq);
     if (nseg - 1 > CRAFT_MAX_PREV || L > CRAFT_MAX_LAYERS)
         return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture_all: context or model too large for metadata");
-    rk_status st = RK_OK;
+    bl_capture *c = rk_calloc(1, sizeof(*c));
+    if (!c)
+        return RK_ERR_NOMEM;
+    c->be = be;
+    c->nseg = nseg;
+    c->last = last;
+    c->L = L;
+    c->G = last + 1; /* attention groups: BOS, then segments 0..last-1 */
+    c->kv_out = kv_out;
+    c->metas = metas;
+    c->segs = rk_malloc(nseg * sizeof(bl_segment));
+    c->bounds = rk_malloc((nseg + 2) * sizeof(size_t));
+    rk_status st = c->segs && c->bounds ? RK_OK : RK_ERR_NOMEM;
     size_t prev_tokens = 0;
     for (size_t i = 0; i < nseg && st == RK_OK; i++) {
+        c->segs[i] = segs[i];
         if (kv_out[i]) {
             metas[i].n_tokens = (uint32_t)segs[i].n;
             metas[i].n_layers = (uint32_t)L;
@@ -97,75 +154,98 @@ rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment
         }
         prev_tokens += segs[i].n;
     }
-
-    eng_seq *s = NULL;
-    eng_hidden *h = NULL;
-    int32_t *tok = rk_malloc(n * sizeof(int32_t)), *pos = rk_malloc(n * sizeof(int32_t));
-    size_t *bounds = rk_malloc((nseg + 2) * sizeof(size_t));
-    const size_t G = last + 1; /* attention groups: BOS, then segments 0..last-1 */
-    float *mass = rk_malloc(n * G * sizeof(float));
-    double *tsum = rk_calloc(n, sizeof(double)); /* per row: its mass on the segments before its own */
-    if (st == RK_OK && (!tok || !pos || !bounds || !mass || !tsum))
-        st = RK_ERR_NOMEM;
-    if (st != RK_OK)
-        goto fail;
-    tok[0] = mi->bos;
-    bounds[0] = 0;
-    bounds[1] = 1;
-    for (size_t i = 0, r = 1; i < nseg; i++) {
-        memcpy(tok + r, segs[i].tokens, segs[i].n * sizeof(int32_t));
-        r += segs[i].n;
-        bounds[i + 2] = r;
-    }
-    for (size_t i = 0; i < n; i++)
-        pos[i] = (int32_t)i;
-    /* rows past the last segment captured change nothing before them (causal): not computed */
-    const size_t rows = bounds[last + 1];
-    if ((st = eng_seq_new(be, rows, &s)) != RK_OK || (st = eng_hidden_new(be, rows, &h)) != RK_OK ||
-        (st = eng_embed(be, h, 0, tok, rows)) != RK_OK)
-        goto fail;
-    eng_attn_groups ag = {.n_groups = G, .bounds = bounds, .mass = mass};
-    for (size_t l = 0; l < L; l++) {
-        if ((st = eng_layer_forward_ex(s, (int)l, h, rows, pos, pos, NULL, NULL, &ag)) != RK_OK)
-            goto fail;
-        for (size_t j = 0; j < last; j++) {
-            if (!kv_out[j])
-                continue;
-            /* the same sums, in the same order, as bl_variant_capture's for this segment:
-             * groups 1..j are the segments before it, group j + 1 the segment itself */
-            double inter = 0, intra = 0;
-            for (size_t t = 0; t < segs[j].n; t++) {
-                const size_t r = bounds[j + 1] + t;
-                const float *row = mass + r * G;
-                double e = 0;
-                for (size_t g = 1; g <= j; g++)
-                    e += row[g];
-                inter += e;
-                intra += row[j + 1];
-                tsum[r] += e;
-            }
-            metas[j].inter[l] = (float)inter;
-            metas[j].intra[l] = (float)intra;
+    int32_t *tok = NULL;
+    if (st == RK_OK) {
+        c->bounds[0] = 0;
+        c->bounds[1] = 1;
+        for (size_t i = 0, r = 1; i < nseg; i++) {
+            r += segs[i].n;
+            c->bounds[i + 2] = r;
         }
+        /* rows past the last segment captured change nothing before them (causal): not computed */
+        c->rows = c->bounds[last + 1];
+        tok = rk_malloc(c->rows * sizeof(int32_t));
+        c->pos = rk_malloc(c->rows * sizeof(int32_t));
+        c->mass = rk_malloc(c->rows * c->G * sizeof(float));
+        c->tsum = rk_calloc(c->rows, sizeof(double));
+        if (!tok || !c->pos || !c->mass || !c->tsum)
+            st = RK_ERR_NOMEM;
     }
-    for (size_t j = 0; j < last && st == RK_OK; j++) {
-        if (!kv_out[j])
-            continue;
-        for (size_t t = 0; t < segs[j].n; t++)
-            metas[j].token_inter[t] = (float)(tsum[bounds[j + 1] + t] / (double)L);
-        st = eng_kv_export(s, bounds[j + 1], segs[j].n, kv_out[j]);
+    if (st == RK_OK) {
+        tok[0] = mi->bos;
+        for (size_t i = 0, r = 1; i < last; i++) {
+            memcpy(tok + r, segs[i].tokens, segs[i].n * sizeof(int32_t));
+            r += segs[i].n;
+        }
+        for (size_t i = 0; i < c->rows; i++)
+            c->pos[i] = (int32_t)i;
+        if ((st = eng_seq_new(be, c->rows, &c->s)) == RK_OK && (st = eng_hidden_new(be, c->rows, &c->h)) == RK_OK)
+            st = eng_embed(be, c->h, 0, tok, c->rows);
     }
-fail:
-    if (st != RK_OK)
-        for (size_t i = 0; i < nseg; i++)
-            bl_craft_meta_clear(&metas[i]);
-    eng_hidden_free(h);
-    eng_seq_free(s);
     rk_free(tok);
-    rk_free(pos);
-    rk_free(bounds);
-    rk_free(mass);
-    rk_free(tsum);
+    if (st != RK_OK) {
+        capture_fail(c, st);
+        bl_capture_free(c);
+        return st;
+    }
+    *out = c;
+    return RK_OK;
+}
+
+rk_status bl_capture_step(bl_capture *c, bool *done)
+{
+    if (!c || !done)
+        return rk_error_set(RK_ERR_INVALID, "bl_capture_step: bad arguments");
+    *done = c->next >= c->L;
+    if (c->err != RK_OK || *done)
+        return c->err;
+    const size_t l = c->next, G = c->G;
+    eng_attn_groups ag = {.n_groups = G, .bounds = c->bounds, .mass = c->mass};
+    rk_status st = eng_layer_forward_ex(c->s, (int)l, c->h, c->rows, c->pos, c->pos, NULL, NULL, &ag);
+    if (st != RK_OK)
+        return capture_fail(c, st);
+    for (size_t j = 0; j < c->last; j++) {
+        if (!c->kv_out[j])
+            continue;
+        /* the same sums, in the same order, as bl_variant_capture's for this segment:
+         * groups 1..j are the segments before it, group j + 1 the segment itself */
+        double inter = 0, intra = 0;
+        for (size_t t = 0; t < c->segs[j].n; t++) {
+            const size_t r = c->bounds[j + 1] + t;
+            const float *row = c->mass + r * G;
+            double e = 0;
+            for (size_t g = 1; g <= j; g++)
+                e += row[g];
+            inter += e;
+            intra += row[j + 1];
+            c->tsum[r] += e;
+        }
+        c->metas[j].inter[l] = (float)inter;
+        c->metas[j].intra[l] = (float)intra;
+    }
+    if (++c->next < c->L)
+        return RK_OK;
+    /* the last layer: the variants' KV and their tokens' mean inter-chunk attention */
+    for (size_t j = 0; j < c->last; j++) {
+        if (!c->kv_out[j])
+            continue;
+        for (size_t t = 0; t < c->segs[j].n; t++)
+            c->metas[j].token_inter[t] = (float)(c->tsum[c->bounds[j + 1] + t] / (double)c->L);
+        if ((st = eng_kv_export(c->s, c->bounds[j + 1], c->segs[j].n, c->kv_out[j])) != RK_OK)
+            return capture_fail(c, st);
+    }
+    *done = true;
+    return RK_OK;
+}
+
+rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
+                                 const uint64_t *ids, float *const *kv_out, bl_craft_meta *metas)
+{
+    bl_capture *c = NULL;
+    rk_status st = bl_capture_start(m, be, segs, nseg, ids, kv_out, metas, &c);
+    for (bool done = c == NULL; st == RK_OK && !done;)
+        st = bl_capture_step(c, &done);
+    bl_capture_free(c);
     return st;
 }
 

@@ -65,7 +65,7 @@ static const struct opt_desc opts[] = {
     INT_OPT("craft-capture", craft_capture, 0, 1, "1: after a cachecraft prompt, capture its chunks' in-context Cache-Craft variants (when the executor is idle, or see craft-capture-max-wait-ms) and store them; 0: off (stored variants are still used)"),
     INT_OPT("craft-capture-max-tokens", craft_capture_max_tokens, 1, 1 << 24, "longest prompt prefix one Cache-Craft capture prefills (chunks ending past it get no variant)"),
     INT_OPT("craft-capture-min-uses", craft_capture_min_uses, 1, 1000000, "capture a chunk's Cache-Craft variant after another chunk once the pair has come in this many cachecraft prompts (1: at the first; a pair seen once is seldom seen again)"),
-    INT_OPT("craft-capture-max-wait-ms", craft_capture_max_wait_ms, 0, 3600000, "a Cache-Craft capture waiting this long runs between decode steps even while the executor is busy, at most one per this interval (0: only when idle)"),
+    INT_OPT("craft-capture-max-wait-ms", craft_capture_max_wait_ms, 0, 3600000, "a Cache-Craft capture waiting this long takes a layer of its prefill between decode steps even while the executor is busy, at most one forced per this interval (0: only when idle)"),
     STR_OPT("layer-loading", layer_loading, "auto, on or off: chunks read from RAM or disk (no device tier, Redis metadata) are decoded a layer ahead of the layer computed (on), or whole first (off); auto: on for GPU backends, off on the CPU backend, where decoding and computing share the cores"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))

@@ -209,8 +209,9 @@ struct svc_craft_job {
     bl_craft_meta *md;         /* (nseg) run: their metadata */
     rk_buf *cont;              /* (nseg) store: a variant's encoded KV */
     rk_buf *meta;              /* (nseg) store: its RKCF metadata */
-    double ms;                 /* run: the prefill's wall time (the cost split over the chunks) */
+    double ms;                 /* run: the prefill's time, its steps summed (the cost split over the chunks) */
     size_t prefill_tokens;     /* BOS + the segments prefilled */
+    bl_capture *cap;           /* run: the prefill in progress (svc_craft_job_begin .. its last step) */
 };
 
 void svc_craft_job_free(svc_craft_job *j)
@@ -232,6 +233,7 @@ void svc_craft_job_free(svc_craft_job *j)
     rk_free(j->need);
     rk_free(j->cont);
     rk_free(j->meta);
+    bl_capture_free(j->cap); /* (before the KV and metadata it borrows) */
     kv_meta_free(j->kv, j->md, j->nseg);
     rk_free(j);
 }
@@ -352,9 +354,26 @@ nomem:
     return NULL;
 }
 
-rk_status svc_craft_job_run(const svc_chunk_ctx *x, svc_craft_job *j)
+/* A capture that failed: nothing will be stored (its candidates counted skipped as error). */
+static rk_status job_failed(svc_craft_job *j, rk_status st)
+{
+    RK_WARN("Cache-Craft capture failed (%s: %s)", rk_status_name(st), rk_error_msg());
+    svc_metric_add(cm.skipped[SKIP_ERROR], job_candidates(j));
+    bl_capture_free(j->cap);
+    j->cap = NULL;
+    for (size_t i = 0; i < j->nseg; i++) {
+        j->need[i] = 0;
+        rk_free(j->kv[i]);
+        j->kv[i] = NULL;
+        bl_craft_meta_clear(&j->md[i]);
+    }
+    return st;
+}
+
+rk_status svc_craft_job_begin(const svc_chunk_ctx *x, svc_craft_job *j, bool *done)
 {
     uint64_t t0 = rk_now_ns();
+    *done = false;
     bl_segment *segs = rk_calloc(j->nseg, sizeof(bl_segment));
     rk_status st = segs ? RK_OK : RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < j->nseg; i++) {
@@ -362,22 +381,30 @@ rk_status svc_craft_job_run(const svc_chunk_ctx *x, svc_craft_job *j)
         if (j->need[i] && !(j->kv[i] = rk_malloc(eng_kv_floats(x->model, j->n[i]) * sizeof(float))))
             st = RK_ERR_NOMEM;
     }
-    if (st == RK_OK)
-        st = bl_variant_capture_all(x->model, x->backend, segs, j->nseg, j->ids, j->kv, j->md);
-    j->ms = (double)(rk_now_ns() - t0) / 1e6;
-    if (st != RK_OK) {
-        RK_WARN("Cache-Craft capture failed (%s: %s)", rk_status_name(st), rk_error_msg());
-        svc_metric_add(cm.skipped[SKIP_ERROR], job_candidates(j));
-        for (size_t i = 0; i < j->nseg; i++) {
-            j->need[i] = 0;
-            rk_free(j->kv[i]);
-            j->kv[i] = NULL;
-            bl_craft_meta_clear(&j->md[i]);
-        }
-    }
+    if (st == RK_OK) /* (the capture copies segs) */
+        st = bl_capture_start(x->model, x->backend, segs, j->nseg, j->ids, j->kv, j->md, &j->cap);
     rk_free(segs);
-    return st;
+    j->ms += (double)(rk_now_ns() - t0) / 1e6;
+    if (st != RK_OK)
+        return job_failed(j, st);
+    *done = j->cap == NULL;
+    return RK_OK;
 }
+
+rk_status svc_craft_job_step(svc_craft_job *j, bool *done)
+{
+    uint64_t t0 = rk_now_ns();
+    rk_status st = bl_capture_step(j->cap, done);
+    j->ms += (double)(rk_now_ns() - t0) / 1e6;
+    if (st != RK_OK)
+        return job_failed(j, st);
+    if (*done) {
+        bl_capture_free(j->cap);
+        j->cap = NULL;
+    }
+    return RK_OK;
+}
+
 
 void svc_craft_job_store(const svc_chunk_ctx *x, svc_craft_job *j)
 {

@@ -122,10 +122,14 @@ typedef struct svc_craft_job svc_craft_job;
  * the rest are skipped as denied. Owned by the caller (svc_craft_job_free). */
 svc_craft_job *svc_craft_job_new(const svc_chunk_ctx *x, const svc_gen *g, const svc_craft_use *u);
 
-/* Executor: one prefill of the job's prompt prefix; the chosen chunks' in-context KV (floats)
- * and metadata kept in the job. On error nothing is stored (the job's candidates are counted
- * skipped as error). */
-rk_status svc_craft_job_run(const svc_chunk_ctx *x, svc_craft_job *j);
+/* Executor: one prefill of the job's prompt prefix, in steps so that requests run between them
+ * (bl_capture_step: a layer a step); the chosen chunks' in-context KV (floats) and metadata
+ * kept in the job. begin allocates and starts it (*done at once when nothing is to be
+ * captured), each step runs the next layer, *done after the last. On error nothing is stored
+ * (the job's candidates are counted skipped as error). The job's cost (its ms) is the steps'
+ * time, not the wall time between them. */
+rk_status svc_craft_job_begin(const svc_chunk_ctx *x, svc_craft_job *j, bool *done);
+rk_status svc_craft_job_step(svc_craft_job *j, bool *done);
 
 /* Pool: encode the variants run produced (x's codec and level; metadata with bl_craft_encode)
  * and store them with the tenant's rights (a quota refusal, a tenant gone: skipped, counted),

@@ -80,13 +80,18 @@ struct svc_exec {
     eng_sampler **sms;         /* (max_batch) the rows' samplers (act[i].sm, rebuilt each step) */
     int32_t *next;             /* (max_batch) the tokens chosen */
     /* Cache-Craft captures (craft.h): low-priority work, one at a time (from its prefill until
-     * its variants are stored), run when no generation is queued or active — or, so that a
-     * daemon that is never idle still captures, when the oldest has waited cx.craft_max_wait_ns,
-     * at most one such per that interval (captures then take at most about their prefill time
-     * per interval from the generations) */
+     * its variants are stored). The prefill runs one layer per turn of the executor's loop
+     * (svc_craft_job_step), so a request that arrives meanwhile waits at most a layer, not a
+     * whole prefill: a turn with no generation queued or active runs the next layer; so that a
+     * daemon that is never idle still captures, a capture waiting (queued or started) for
+     * cx.craft_max_wait_ns is forced — it then takes a layer every turn, beside the decode
+     * steps, until done — at most one forced per that interval */
     svc_craft_job *cap[CRAFT_QUEUE_MAX]; /* guarded by lock: waiting captures, FIFO from cap_head */
     uint64_t cap_since[CRAFT_QUEUE_MAX]; /* guarded by lock: when each was queued (rk_now_ns) */
-    uint64_t cap_forced_ns;    /* executor thread: when the last capture ran while busy */
+    uint64_t cap_forced_ns;    /* executor thread: when a capture was last forced */
+    svc_craft_job *cap_cur;    /* executor thread (read under lock by it): the capture in progress */
+    uint64_t cap_cur_since;    /* executor thread: when it was queued */
+    bool cap_cur_forced;       /* executor thread: it takes a layer every turn */
     size_t cap_head, ncap;     /* guarded by lock */
     bool cap_busy;             /* guarded by lock: a capture is running or being stored */
     rk_pool *craft_pool;       /* one thread: stores captured variants (blocking store calls) */
@@ -528,12 +533,12 @@ static void craft_store_run(void *arg)
     rk_free(cs);
 }
 
-/* Executor, idle: run one capture (prefill, encode), then hand it to craft_pool to store. */
-static void craft_run(svc_exec *x, svc_craft_job *j)
+/* Executor: the capture in progress is over (st: its prefill's outcome); hand it to
+ * craft_pool to store (encoding included). */
+static void craft_end(svc_exec *x, rk_status st)
 {
-    uint64_t t0 = rk_now_ns();
-    rk_status st = svc_craft_job_run(&x->cx, j);
-    svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
+    svc_craft_job *j = x->cap_cur;
+    x->cap_cur = NULL;
     struct craft_store *cs = st == RK_OK ? rk_malloc(sizeof(*cs)) : NULL;
     if (cs) {
         *cs = (struct craft_store){x, j};
@@ -548,6 +553,19 @@ static void craft_run(svc_exec *x, svc_craft_job *j)
         svc_craft_job_free(j);
     }
     craft_done(x);
+}
+
+/* Executor: the next layer of the capture in progress (the first turn also starts it). */
+static void craft_step(svc_exec *x, bool start)
+{
+    uint64_t t0 = rk_now_ns();
+    bool done = false;
+    rk_status st = start ? svc_craft_job_begin(&x->cx, x->cap_cur, &done) : RK_OK;
+    if (st == RK_OK && !done)
+        st = svc_craft_job_step(x->cap_cur, &done);
+    svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
+    if (st != RK_OK || done)
+        craft_end(x, st);
 }
 
 /* Start a job: PUT runs to completion; GENERATE and PREFILL assemble their prompt (GENERATE
@@ -782,7 +800,7 @@ static void *exec_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&x->lock);
         while (!x->stop && x->nq == 0 && x->nact == 0 && !svc_devcache_pending(x->cx.dev) &&
-               !(x->ncap && !x->cap_busy))
+               !(x->ncap && !x->cap_busy) && !x->cap_cur)
             pthread_cond_wait(&x->wake, &x->lock);
         if (x->stop) {
             pthread_mutex_unlock(&x->lock);
@@ -803,29 +821,40 @@ static void *exec_main(void *arg)
             start_gen(x, admit[i]);
         step(x);
         svc_metric_add(xm.busy_us, (int64_t)((rk_now_ns() - t0) / 1000));
-        /* low priority: a Cache-Craft capture when nothing else waits or decodes, or one that
-         * has waited its turn (x->cap's comment) */
-        svc_craft_job *cj = NULL;
-        bool forced = false;
+        /* low priority: a layer of a Cache-Craft capture when nothing else waits or decodes,
+         * or every turn for one that has waited its turn (x->cap's comment) */
+        bool start = false, forced = false, run = false;
         pthread_mutex_lock(&x->lock);
-        if (!x->stop && x->ncap && !x->cap_busy) {
+        if (!x->stop && (x->cap_cur || (x->ncap && !x->cap_busy))) {
             uint64_t now = rk_now_ns();
             bool idle = x->nq == 0 && x->nact == 0;
-            if (svc_craft_due(idle, now, x->cap_since[x->cap_head], x->cap_forced_ns, x->cx.craft_max_wait_ns)) {
+            if (x->cap_cur) {
+                run = idle || x->cap_cur_forced ||
+                      (forced = svc_craft_due(false, now, x->cap_cur_since, x->cap_forced_ns, x->cx.craft_max_wait_ns));
+            } else if (svc_craft_due(idle, now, x->cap_since[x->cap_head], x->cap_forced_ns, x->cx.craft_max_wait_ns)) {
                 forced = !idle;
-                cj = x->cap[x->cap_head];
+                x->cap_cur = x->cap[x->cap_head];
+                x->cap_cur_since = x->cap_since[x->cap_head];
+                x->cap_cur_forced = false;
                 x->cap_head = (x->cap_head + 1) % CRAFT_QUEUE_MAX;
                 x->ncap--;
                 x->cap_busy = true;
-                if (forced)
-                    x->cap_forced_ns = now;
+                run = start = true;
+            }
+            if (forced) {
+                x->cap_cur_forced = true;
+                x->cap_forced_ns = now;
             }
         }
         pthread_mutex_unlock(&x->lock);
         if (forced)
             svc_metric_add(xm.cap_forced, 1);
-        if (cj)
-            craft_run(x, cj);
+        if (run)
+            craft_step(x, start);
+    }
+    if (x->cap_cur) { /* stopped half-way: its candidates counted skipped, as a queued one's */
+        svc_craft_job_drop(x->cap_cur);
+        x->cap_cur = NULL;
     }
     /* shutdown: everything still here ends with RK_ERR_SHUTDOWN */
     while (x->nact)

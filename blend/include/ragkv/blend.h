@@ -229,6 +229,23 @@ rk_status bl_variant_capture(eng_model *m, eng_backend *be, const bl_segment *se
 rk_status bl_variant_capture_all(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg,
                                  const uint64_t *ids, float *const *kv_out, bl_craft_meta *metas);
 
+/* bl_variant_capture_all in steps, so that the backend serves other work between them (a
+ * daemon's executor runs one step between its decode steps, instead of stalling every request
+ * for a whole prefill): bl_capture_start checks the arguments as bl_variant_capture_all does,
+ * zeroes metas, allocates and embeds the prompt (*out NULL and RK_OK when no segment is asked
+ * for); each bl_capture_step runs one layer — the last one also exports the variants' KV and
+ * finishes their metadata — and sets *done once the capture is complete, after which kv_out
+ * and metas hold exactly what bl_variant_capture_all gives. A failed step clears every
+ * metadata and every later step returns its status. The segs array and ids are copied at
+ * start; the segments' tokens, kv_out and metas stay borrowed until bl_capture_free (any time;
+ * NULL is a no-op; a capture freed before it is done leaves metas partly filled, the caller's
+ * to clear). Between steps the backend may run anything else. */
+typedef struct bl_capture bl_capture;
+rk_status bl_capture_start(eng_model *m, eng_backend *be, const bl_segment *segs, size_t nseg, const uint64_t *ids,
+                           float *const *kv_out, bl_craft_meta *metas, bl_capture **out);
+rk_status bl_capture_step(bl_capture *c, bool *done);
+void bl_capture_free(bl_capture *c);
+
 /* Free a metadata's arrays and zero it. NULL is a no-op. */
 void bl_craft_meta_clear(bl_craft_meta *meta);
 

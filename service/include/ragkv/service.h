@@ -86,9 +86,10 @@ typedef struct svc_config {
                                     chunks ending past it get no variant; default 4096 */
     int craft_capture_min_uses;  /* a chunk's variant after another is captured once that pair has
                                     come in this many cachecraft prompts (1: the first); default 2 */
-    int craft_capture_max_wait_ms; /* a capture waiting this long runs between decode steps even
-                                    while the executor is busy, at most one per this interval;
-                                    0: only when idle; default 2000 */
+    int craft_capture_max_wait_ms; /* a capture waiting this long goes on a layer at a time
+                                    between decode steps even while the executor is busy, at
+                                    most one forced per this interval; 0: only when idle;
+                                    default 2000 */
     char config_file[SVC_PATH_MAX]; /* the file the options came from, "" when none */
 } svc_config;
 
