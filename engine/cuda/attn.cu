@@ -249,16 +249,21 @@ __device__ __forceinline__ void warp_pv(const bf16 *V, const float (&s)[BC / 8][
     }
 }
 
+// A row's per-lane partial sum totalled over the row's 4 lanes (t = 0..3 of lane group g).
+__device__ __forceinline__ float row_total(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
 // The rows' sums over their 4 lanes, then out[row, head h] = o / sum for rows a and b (< n).
 template <int HD>
 __device__ __forceinline__ void warp_store(const cu_attn_shape &a, float la, float lb, const float (&o)[HD / 8][4],
                                            int h, int ra, int rb, int t, bf16 *out)
 {
     const size_t qld = (size_t)a.H * HD;
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    la = row_total(la);
+    lb = row_total(lb);
     float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
 #pragma unroll
     for (int j = 0; j < HD / 8; j++) {
@@ -701,10 +706,8 @@ __device__ __forceinline__ void warp_store_part(const cu_attn_shape &a, float ma
     constexpr float LN2 = 0.6931471805599453f;
     const int splits = (int)gridDim.z, z = (int)blockIdx.z;
     const size_t nparts = (size_t)a.n * a.H * splits;
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    la = row_total(la);
+    lb = row_total(lb);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = r ? rb : ra;

@@ -1999,29 +1999,8 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
     return RK_OK;
 }
 
-template <typename T>
-rk_status kvblock_import(cu_ctx *c, eng_seq *s, size_t slot0, const int32_t *pos, const eng_kvblock *b, int layer0,
-                         int n_layers)
-{
-    const eng_model_info *mi = c->mi;
-    size_t kvd = kv_dim(c), n = b->n, cnt = n * kvd;
-    int32_t *dpos;
-    TRY(ints_up(c, pos, n, 0, &dpos));
-    cu_kvdesc *dd;
-    TRY(descs_up(c, &s, 1, &dd));
-    unsigned nb = store_kv_blocks(n, mi->head_dim);
-    int inter = mi->rope == ENG_ROPE_INTERLEAVED;
-    const T *src = (const T *)b->ctx;
-    for (int l = layer0; l < layer0 + n_layers; l++)
-        k_store_kv<T><<<nb, 256>>>(dd, NULL, l, src + 2 * (size_t)l * cnt, src + (2 * (size_t)l + 1) * cnt, kvd,
-                                   NULL, (int)slot0, dpos, (int)n, mi->n_kv_heads, mi->head_dim, c->inv_freq, inter);
-    CHECK_LAUNCH("KV block import");
-    CU(cudaStreamSynchronize(0), "KV block import");
-    return RK_OK;
-}
-
-// kvblock_import of nb blocks: every block's positions up in one copy, one launch per block
-// and layer, one wait.
+// Copy nb KV blocks into s (K rotated at their positions): every block's positions up in one
+// copy, one k_store_kv launch per block and layer, one wait (kvblock_import is nb = 1).
 template <typename T>
 rk_status kvblocks_import(cu_ctx *c, eng_seq *s, size_t nb, const size_t *slot0, const int32_t *const *pos,
                           const eng_kvblock *const *b, int layer0, int n_layers)
@@ -2070,8 +2049,8 @@ rk_status cu_kvblock_import(void *ctx, eng_seq *s, size_t slot0, const int32_t *
 {
     TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
-    return c->mode == MODE_BF16 ? kvblock_import<bf16>(c, s, slot0, pos, b, layer0, n_layers)
-                                : kvblock_import<float>(c, s, slot0, pos, b, layer0, n_layers);
+    return c->mode == MODE_BF16 ? kvblocks_import<bf16>(c, s, 1, &slot0, &pos, &b, layer0, n_layers)
+                                : kvblocks_import<float>(c, s, 1, &slot0, &pos, &b, layer0, n_layers);
 }
 
 rk_status cu_kvblock_read(void *ctx, const eng_kvblock *b, int layer0, int n_layers, float *out)
