@@ -15,9 +15,11 @@
 // decode: one block per (key split, KV head, query row); the block's query heads (those
 // sharing the KV head) are scored against the split's keys, softmax'd and summed over V;
 // partial (max, sum, output) per split are merged by a second kernel. Arithmetic in fp32
-// whatever the cache's storage type. k_decode_vec (the default) loads 16 bytes per thread,
-// several keys per thread in flight, query heads in registers; k_decode (one warp per key,
-// one thread per dimension) serves the shapes it cannot. The split shrinks for short batches
+// whatever the cache's storage type. k_decode_smem (the default for bf16 caches) copies its
+// split's K and V rows into shared memory all at once; k_decode_vec (fp32 caches, or
+// RAGKV_ATTN_DECODE=vec) loads 16 bytes per thread, several keys per thread in flight, query
+// heads in registers; k_decode (one warp per key, one thread per dimension) serves the shapes
+// neither can. The split shrinks for short batches
 // so that a single long sequence still has blocks for every SM (attn_decode_split).
 #include "attn.h"
 
@@ -25,6 +27,8 @@
 #include <string.h>
 
 #include <math.h>
+
+#include <type_traits>
 
 namespace {
 
@@ -192,16 +196,22 @@ __device__ __forceinline__ float ex2_ftz(float x)
 // kernel passes raw products of plain tiles with f = scale log2(e)), mxa / mxb the rows'
 // maxima of s over this lane's columns. Each weight is one fused multiply-add and one ex2
 // (flushed to zero below 2^-126, where a weight is negligible); o is rescaled only when some
-// row of the warp saw a new maximum (multiplying by exactly 1 changes nothing).
+// row of the warp moved its maximum (multiplying by exactly 1 changes nothing). lazy: a row
+// keeps its running maximum unless the tile's passes it by more than lazy (log2 units), so
+// weights reach at most 2^lazy (fp32 sums and bf16 weights hold that with the same relative
+// precision) and after the first tiles the rescale of o is almost never needed: the result is
+// the same, since the sums and the outputs share whatever maximum the row keeps.
 template <int HD>
-__device__ __forceinline__ void warp_softmax(float (&s)[BC / 8][4], float f, float mxa, float mxb, float &ma,
-                                              float &mb, float &la, float &lb, float (&o)[HD / 8][4])
+__device__ __forceinline__ void warp_softmax(float (&s)[BC / 8][4], float f, float lazy, float mxa, float mxb,
+                                              float &ma, float &mb, float &la, float &lb, float (&o)[HD / 8][4])
 {
     mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
     mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
     mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
     mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    float na = fmaxf(ma, mxa * f), nb = fmaxf(mb, mxb * f);
+    const float ca = mxa * f, cb = mxb * f;
+    // (a row that has seen nothing has ma = -inf: any finite maximum passes it)
+    float na = ca > ma + lazy ? ca : ma, nb = cb > mb + lazy ? cb : mb;
     float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
     float alpha_a = ex2_ftz(ma - ua), alpha_b = ex2_ftz(mb - ub); // 0 while nothing was seen
     ma = na;
@@ -338,7 +348,7 @@ __global__ void __launch_bounds__(NT) k_flash(cu_attn_shape a, const bf16 *__res
         float s[BC / 8][4], mxa = -INFINITY, mxb = -INFINITY;
         warp_scores<HD, LD>(Ks, qf, lane, s);
         warp_mask(a, sp, sg, pa, pb, t, s, mxa, mxb);
-        warp_softmax<HD>(s, 1.0f, mxa, mxb, ma, mb, la, lb, o);
+        warp_softmax<HD>(s, 1.0f, a.lazy, mxa, mxb, ma, mb, la, lb, o);
         warp_pv<HD, LD>(Vs, s, lane, o);
     }
 
@@ -532,7 +542,7 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
         } else {
             warp_mask(a, spt, sgt, pa, pb, t, s, mxa, mxb);
         }
-        warp_softmax<HD>(s, 1.0f, mxa, mxb, ma, mb, la, lb, o);
+        warp_softmax<HD>(s, 1.0f, a.lazy, mxa, mxb, ma, mb, la, lb, o);
         warp_pv<HD, LD>(V, s, lane, o);
         __syncthreads(); // every warp is done with this stage before it is refilled
         cur = nxt;
@@ -838,7 +848,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
             } else {
                 warp_mask(a, spt, sgt, qp_s[wr + m * 16 + g], qp_s[wr + m * 16 + g + 8], t, s[m], mxa, mxb);
             }
-            warp_softmax<HD>(s[m], plain ? sc2 : 1.0f, mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
+            warp_softmax<HD>(s[m], plain ? sc2 : 1.0f, a.lazy, mxa, mxb, ma[m], mb[m], la[m], lb[m], o[m]);
         }
         warp_pv3<HD, LD>(V, s, lane, o);
         if (tid < BC) { // stage nst's positions: nobody reads them until the next barrier
@@ -861,7 +871,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
 }
 
 template <typename T>
-__global__ void k_decode_combine(const float *part, int n, int H, int hd, int splits, T *out);
+cudaError_t launch_combine(const float *part, int n, int H, int hd, int splits, T *out, cudaStream_t stream);
 
 // The multiprocessors of the current device (132 when it cannot be asked).
 int device_sms()
@@ -886,6 +896,20 @@ int flash_version()
         version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 3;
     }
     return version;
+}
+
+// How far a flash row's running maximum may lag a tile's maximum before it moves (log2 units;
+// warp_softmax): RAGKV_ATTN_LAZY (read once; 0 moves it on every new maximum, as before
+// 2026-12-07's eleventh session), default 8 (weights up to 256, FlashAttention-4's choice).
+float flash_lazy()
+{
+    static float lazy = -1.0f; // (a benign race: every thread computes the same value)
+    if (lazy < 0.0f) {
+        const char *e = getenv("RAGKV_ATTN_LAZY");
+        float v = e ? (float)atof(e) : 8.0f;
+        lazy = v >= 0.0f && v <= 16.0f ? v : 8.0f;
+    }
+    return lazy;
 }
 
 // Key splits of the third flash kernel for n query rows over len keys (flash-decoding for
@@ -948,8 +972,7 @@ cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
         e = cudaGetLastError();
         if (e != cudaSuccess)
             return e;
-        k_decode_combine<bf16><<<(unsigned)((size_t)a->n * a->H), HD < NT ? 32 * ((HD + 31) / 32) : NT>>>(
-            part, a->n, a->H, HD, nz, out);
+        return launch_combine<bf16>(part, a->n, a->H, HD, nz, out, 0);
     }
     return cudaGetLastError();
 }
@@ -1231,27 +1254,240 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
     }
 }
 
-// out[r, h] = merge of the splits' partial softmaxes. One block per (row, head).
+// The shared-memory decode kernel (bf16 caches; the default for them since 2026-12-07's
+// eleventh session): same grid, arrangement and part layout as k_decode_vec, but the block
+// first issues asynchronous copies of its split's every K and V row (and reads the keys'
+// positions and groups) at once, so the whole split is in flight together — one memory round
+// trip per block where k_decode_vec waited for UNR keys of K at a time and then again for V —
+// and scores, softmax statistics and sums over V come from shared memory. Shared memory:
+// K and V (split, hd) bf16 each, scores (split, G), statistics (GM, 2), key visibility
+// (split), and the per-key-row partial outputs (KPI, G, hd) fp32 in K's place once the scores
+// are done (or after the rest when they do not fit there): decode_smem_bytes().
+__host__ __device__ inline bool decode_smem_red_in_k(int split, int hd, int G)
+{
+    return (size_t)(NT / (hd / 8)) * G * hd * sizeof(float) <= (size_t)split * hd * sizeof(bf16);
+}
+
+__host__ __device__ inline size_t decode_smem_bytes(int split, int hd, int G, int GM)
+{
+    size_t b = 2 * (size_t)split * hd * sizeof(bf16) + ((size_t)split * G + 2 * (size_t)GM) * sizeof(float) +
+               (size_t)split * sizeof(int);
+    if (!decode_smem_red_in_k(split, hd, G))
+        b += (size_t)(NT / (hd / 8)) * G * hd * sizeof(float);
+    return b;
+}
+
+template <int GM>
+__global__ void __launch_bounds__(NT) k_decode_smem(cu_attn_shape a, const bf16 *__restrict__ q,
+                                                    const cu_kvdesc *desc, const int32_t *rseq, int layer,
+                                                    int splits, int split, float *part)
+{
+    constexpr int VEC = 8; // bf16 per 16 bytes
+    extern __shared__ __align__(16) unsigned char dsm_raw[];
+    const int r = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int hd = a.hd, G = a.H / a.KVH, h0 = kvh * G;
+    const int LPK = hd / VEC, KPI = NT / LPK;
+    const int kl = tid % LPK, kr = tid / LPK;
+    const cu_kvdesc d = desc[rseq ? rseq[r] : 0];
+    const int t0 = sp * split, t1 = min(d.len, t0 + split);
+    const int nk = t1 > t0 ? t1 - t0 : 0;
+    const size_t kvd = (size_t)a.KVH * hd;
+    const int p = a.qpos[r];
+    bf16 *Ks = reinterpret_cast<bf16 *>(dsm_raw);                   // (split, hd)
+    bf16 *Vs = Ks + (size_t)split * hd;                             // (split, hd)
+    float *ps = reinterpret_cast<float *>(Vs + (size_t)split * hd); // (split, G) scores, then weights
+    float *ml = ps + (size_t)split * G;                             // (GM, 2)
+    int *kg = reinterpret_cast<int *>(ml + 2 * GM);                 // (split) -2 hidden, -1 visible, >= 0 group
+    float *red = decode_smem_red_in_k(split, hd, G) ? reinterpret_cast<float *>(Ks)
+                                                    : reinterpret_cast<float *>(kg + split); // (KPI, G, hd)
+    const size_t pidx = ((size_t)r * a.H + h0) * splits + sp; // part index of head h0; head h0+i adds i*splits
+
+    // every copy of the split at once: C8 pieces of 16 bytes per row, K and V
+    const int C8 = LPK;
+#pragma unroll 4
+    for (int i = tid; i < nk * C8; i += NT) {
+        const int k = i / C8, c = (i % C8) * VEC;
+        const bf16 *kp = kv_row<const bf16>(d, KV_ROT, layer, t0 + k, kvd) + (size_t)kvh * hd + c;
+        const bf16 *vp = kv_row<const bf16>(d, KV_VAL, layer, t0 + k, kvd) + (size_t)kvh * hd + c;
+        cp_async16(smem_u32(Ks + (size_t)k * hd + c), kp, true);
+        cp_async16(smem_u32(Vs + (size_t)k * hd + c), vp, true);
+    }
+    cp_async_commit();
+    for (int k = tid; k < nk; k += NT) {
+        const int tk = t0 + k;
+        kg[k] = d.spos[tk] > p ? -2 : a.grp ? max(a.grp[tk], -1) : -1;
+    }
+    float qr[GM][VEC];
+    {
+        const uint4 *qv = reinterpret_cast<const uint4 *>(q + (size_t)r * a.H * hd + (size_t)kl * VEC);
+#pragma unroll
+        for (int i = 0; i < GM; i++) {
+            uint4 raw = i < G ? __ldg(qv + (size_t)(h0 + i) * (hd / VEC)) : make_uint4(0u, 0u, 0u, 0u);
+            const bf16 *e = reinterpret_cast<const bf16 *>(&raw);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                qr[i][j] = to_f(e[j]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // scores: LPK threads per key
+#pragma unroll 4
+    for (int k = kr; k < nk; k += KPI) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(Ks + (size_t)k * hd + kl * VEC);
+        const bf16 *e = reinterpret_cast<const bf16 *>(&raw);
+        float acc[GM];
+#pragma unroll
+        for (int i = 0; i < GM; i++) {
+            acc[i] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                acc[i] = fmaf(qr[i][j], to_f(e[j]), acc[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < GM; i++)
+            for (int off = LPK >> 1; off > 0; off >>= 1)
+                acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+        if (kl == 0) {
+            const int gk = kg[k];
+#pragma unroll
+            for (int i = 0; i < GM; i++)
+                if (i < G)
+                    ps[k * G + i] = decode_score(a, acc[i], gk != -2, gk);
+        }
+    }
+    __syncthreads(); // (K is dead from here: red may take its place)
+
+    decode_split_softmax(ps, nk, G, warp, lane, ml);
+    __syncthreads();
+
+    // V: thread (kr, kl) sums keys kr, kr + KPI, ... over its VEC dimensions
+    float acc[GM][VEC];
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+#pragma unroll
+        for (int j = 0; j < VEC; j++)
+            acc[i][j] = 0.0f;
+#pragma unroll 4
+    for (int k = kr; k < nk; k += KPI) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(Vs + (size_t)k * hd + kl * VEC);
+        const bf16 *e = reinterpret_cast<const bf16 *>(&raw);
+#pragma unroll
+        for (int i = 0; i < GM; i++) {
+            if (i >= G)
+                break;
+            const float w = ps[k * G + i];
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                acc[i][j] = fmaf(w, to_f(e[j]), acc[i][j]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+        if (i < G)
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                red[((size_t)kr * G + i) * hd + kl * VEC + j] = acc[i][j];
+    __syncthreads();
+    for (int e = tid; e < G * hd; e += NT) {
+        const int i = e / hd, c = e % hd;
+        float sum = 0.0f;
+        for (int row = 0; row < KPI; row++)
+            sum += red[((size_t)row * G + i) * hd + c];
+        part[(pidx + (size_t)i * splits) * hd + c] = sum;
+    }
+    if (tid < G) {
+        const size_t nparts = (size_t)a.n * a.H * splits;
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
+    }
+}
+
+// A block-wide reduction (max or sum) of one value per thread (blockDim.x a multiple of 32,
+// at most 1024); every thread gets the result. scratch: 33 floats of shared memory.
+template <bool MAX> __device__ __forceinline__ float block_reduce(float v, float *scratch)
+{
+    for (int off = 16; off > 0; off >>= 1) {
+        float o = __shfl_xor_sync(0xffffffffu, v, off);
+        v = MAX ? fmaxf(v, o) : v + o;
+    }
+    const int warp = threadIdx.x >> 5, nw = (int)blockDim.x >> 5;
+    __syncthreads(); // scratch's previous use is over
+    if ((threadIdx.x & 31) == 0)
+        scratch[warp] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = scratch[0];
+        for (int w = 1; w < nw; w++)
+            t = MAX ? fmaxf(t, scratch[w]) : t + scratch[w];
+        scratch[32] = t;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+// out[r, h] = merge of the splits' partial softmaxes. One block per (row, head): the block
+// reads the splits' (max, sum) pairs once, keeps every split's weight exp(max_s - M) in
+// shared memory (splits <= COMBINE_SMEM_SPLITS; the launcher's dynamic shared memory), and
+// each thread sums its dimensions over the splits with several loads in flight.
+constexpr int COMBINE_SMEM_SPLITS = 8192;
 template <typename T>
 __global__ void k_decode_combine(const float *part, int n, int H, int hd, int splits, T *out)
 {
-    size_t rh = blockIdx.x;
-    size_t nparts = (size_t)n * H * splits;
+    extern __shared__ float cw[]; // (splits) weights, then 33 floats of reduction scratch
+    float *scratch = cw + splits;
+    const size_t rh = blockIdx.x;
+    const size_t nparts = (size_t)n * H * splits;
     const float *mlp = part + nparts * hd + 2 * rh * splits;
-    float M = -INFINITY;
-    for (int s = 0; s < splits; s++)
-        M = fmaxf(M, mlp[2 * s]);
-    float L = 0.0f;
-    for (int s = 0; s < splits; s++)
-        if (mlp[2 * s] != -INFINITY)
-            L += __expf(mlp[2 * s] - M) * mlp[2 * s + 1];
+    float m = -INFINITY;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x)
+        m = fmaxf(m, mlp[2 * s]);
+    const float M = block_reduce<true>(m, scratch);
+    float l = 0.0f;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float ms = mlp[2 * s];
+        const float w = ms == -INFINITY ? 0.0f : __expf(ms - M);
+        cw[s] = w;
+        l += w * mlp[2 * s + 1];
+    }
+    const float L = block_reduce<false>(l, scratch); // (its barriers publish cw too)
+    const float *po = part + rh * splits * hd;
     for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < splits; s++)
-            if (mlp[2 * s] != -INFINITY)
-                acc += __expf(mlp[2 * s] - M) * part[(rh * splits + s) * hd + c];
+        float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+        int s = 0;
+        for (; s + 4 <= splits; s += 4) {
+            acc0 = fmaf(cw[s], po[(size_t)s * hd + c], acc0);
+            acc1 = fmaf(cw[s + 1], po[(size_t)(s + 1) * hd + c], acc1);
+            acc2 = fmaf(cw[s + 2], po[(size_t)(s + 2) * hd + c], acc2);
+            acc3 = fmaf(cw[s + 3], po[(size_t)(s + 3) * hd + c], acc3);
+        }
+        for (; s < splits; s++)
+            acc0 = fmaf(cw[s], po[(size_t)s * hd + c], acc0);
+        const float acc = (acc0 + acc1) + (acc2 + acc3);
         out[rh * hd + c] = from_f<T>(L > 0.0f ? acc / L : 0.0f);
     }
+}
+
+// Launch k_decode_combine for n rows of H heads (hd dims) over `splits` partial softmaxes.
+template <typename T>
+cudaError_t launch_combine(const float *part, int n, int H, int hd, int splits, T *out, cudaStream_t stream)
+{
+    if (splits > COMBINE_SMEM_SPLITS)
+        return cudaErrorInvalidValue;
+    const unsigned threads = hd < NT ? 32 * ((hd + 31) / 32) : NT;
+    const size_t smem = ((size_t)splits + 33) * sizeof(float);
+    static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
+    if (smem > allowed) {
+        cudaError_t e =
+            cudaFuncSetAttribute(k_decode_combine<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        allowed = smem;
+    }
+    k_decode_combine<T><<<(unsigned)((size_t)n * H), threads, smem, stream>>>(part, n, H, hd, splits, out);
+    return cudaGetLastError();
 }
 
 } // namespace
@@ -1274,6 +1510,9 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
 {
     if (a->n == 0)
         return cudaSuccess;
+    cu_attn_shape b = *a;
+    b.lazy = flash_lazy();
+    a = &b;
     const int version = flash_version();
     if (version == 3)
         switch (a->hd) {
@@ -1364,9 +1603,71 @@ static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const c
     return cudaGetLastError();
 }
 
+// The shared-memory decode kernel takes bf16 caches whose head dim is 8 x a power of two up to
+// 256, up to 8 query heads per KV head, and a split whose rows fit the device's shared memory
+// per block; RAGKV_ATTN_DECODE=vec or =scalar keeps the earlier kernels (read once; for
+// comparisons).
+static bool decode_smem_ok(int hd, int G, int split)
+{
+    static int off = -1, optin = 0; // (a benign race: every thread computes the same values)
+    if (off < 0) {
+        const char *e = getenv("RAGKV_ATTN_DECODE");
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+            optin = 48 << 10;
+        off = e && (!strcmp(e, "vec") || !strcmp(e, "scalar"));
+    }
+    int lpk = hd / 8;
+    int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+    return !off && G >= 1 && G <= 8 && hd % 8 == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0 &&
+           decode_smem_bytes(split, hd, G, gm) <= (size_t)optin;
+}
+
+template <int GM>
+static cudaError_t launch_decode_smem(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *desc,
+                                      const int32_t *rseq, int layer, int splits, int split, float *part, dim3 grid,
+                                      cudaStream_t stream)
+{
+    const size_t smem = decode_smem_bytes(split, a->hd, a->H / a->KVH, GM);
+    static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
+    if (smem > allowed) {
+        cudaError_t e =
+            cudaFuncSetAttribute(k_decode_smem<GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        allowed = smem;
+    }
+    k_decode_smem<GM><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
+    return cudaGetLastError();
+}
+
+// The per-split partial softmaxes of attn_decode into part, by the best kernel for the shape.
 template <typename T>
-cudaError_t attn_decode(
-const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
+static cudaError_t decode_parts(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
+                                int layer, int splits, int split, float *part, cudaStream_t stream)
+{
+    const int G = a->H / a->KVH, gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+    const dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (decode_smem_ok(a->hd, G, split))
+            return gm == 1   ? launch_decode_smem<1>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+                   : gm == 2 ? launch_decode_smem<2>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+                   : gm == 4 ? launch_decode_smem<4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+                             : launch_decode_smem<8>(a, q, desc, rseq, layer, splits, split, part, grid, stream);
+    }
+    if (decode_vec_ok<T>(a->hd, G))
+        return gm == 1   ? launch_decode_vec<T, 1>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+               : gm == 2 ? launch_decode_vec<T, 2>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+               : gm == 4 ? launch_decode_vec<T, 4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
+                         : launch_decode_vec<T, 8>(a, q, desc, rseq, layer, splits, split, part, grid, stream);
+    size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
+    k_decode<T><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, int layer,
                         int max_len, float *part, T *out, cudaStream_t stream)
 {
     if (a->n == 0)
@@ -1376,24 +1677,10 @@ const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq, 
         return cudaErrorInvalidValue;
     int split = attn_decode_split(a->n, a->KVH, max_len);
     int splits = max_len > 0 ? (max_len + split - 1) / split : 1;
-    dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
-    cudaError_t e;
-    if (decode_vec_ok<T>(a->hd, G)) {
-        int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-        e = gm == 1   ? launch_decode_vec<T, 1>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
-            : gm == 2 ? launch_decode_vec<T, 2>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
-            : gm == 4 ? launch_decode_vec<T, 4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
-                      : launch_decode_vec<T, 8>(a, q, desc, rseq, layer, splits, split, part, grid, stream);
-    } else {
-        size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
-        k_decode<T><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
-        e = cudaGetLastError();
-    }
+    cudaError_t e = decode_parts<T>(a, q, desc, rseq, layer, splits, split, part, stream);
     if (e != cudaSuccess)
         return e;
-    k_decode_combine<T><<<(unsigned)((size_t)a->n * a->H), a->hd < NT ? 32 * ((a->hd + 31) / 32) : NT, 0, stream>>>(
-        part, a->n, a->H, a->hd, splits, out);
-    return cudaGetLastError();
+    return launch_combine<T>(part, a->n, a->H, a->hd, splits, out, stream);
 }
 
 template cudaError_t attn_decode<float>(const cu_attn_shape *, const float *, const cu_kvdesc *, const int32_t *, int,

@@ -8,7 +8,8 @@
 //     32, 64, 128.
 //   - decode: few query rows, each of its own sequence (batched decode), split over the keys
 //     (flash-decoding): partial softmax per split, then a combine step. fp32 or bf16 caches,
-//     any head dim, query heads per KV head up to ATTN_MAX_GROUP.
+//     any head dim, query heads per KV head up to ATTN_MAX_GROUP. For bf16 caches a block
+//     copies its whole split of K and V into shared memory at once (k_decode_smem).
 // Neither reports attention mass per slot group: the backend's reference path (cuBLAS scores)
 // does that.
 #ifndef RAGKV_ENGINE_CUDA_ATTN_H
@@ -27,10 +28,11 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 #define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
-#define ATTN_SPLIT 256     // the most keys per split of the decode kernel (see attn_decode_split)
+#define ATTN_SPLIT 128     // the most keys per split of the decode kernel (see attn_decode_split;
+                           // the shared-memory kernel holds a split's K and V: 64 KiB at 128 keys
+                           // of head dim 128, three blocks per SM; k_decode_vec liked 256 better)
 #define ATTN_SPLIT_MIN 32  // the fewest
 #define ATTN_SPLIT_BLOCKS_PER_SM 1 // splits shrink until the grid has this many blocks per SM
-                                   // (H100, 8K keys: 256 keys per split beat 64 and 32 at batch 1)
 
 // One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
 // Paged: slot t lives in block t >> bshift, a separate device allocation of B = 1 << bshift
@@ -63,6 +65,9 @@ struct cu_attn_shape {
     const int32_t *grp;      // (len) slot group, -1 none; NULL: no groups (device)
     const float *temp;       // (G) group temperature or NULL (device)
     const float *lscale;     // (G) group log-scale or NULL (device)
+    float lazy;              // flash: a row's running max moves only when a tile's max passes it
+                             // by more than this (log2 units; exact either way: the sums and
+                             // outputs use the same max); set by attn_flash itself
 };
 
 // flash: q (n, H*hd) rotated queries over the first len slots of `layer` of the bf16 cache d

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
 
 #include "attn.h"
 #include "sample.h"
@@ -488,6 +489,25 @@ __global__ void k_swiglu(T *out, const TI *y, int f)
     const size_t r = blockIdx.x;
     const TI *gate = y + r * 2 * (size_t)f, *up = gate + f;
     T *o = out + r * (size_t)f;
+    if constexpr (std::is_same<T, bf16>::value && std::is_same<TI, bf16>::value) {
+        if (f % 8 == 0) { // 16 bytes of gate, of up and of the output per thread and step
+            const uint4 *g4 = reinterpret_cast<const uint4 *>(gate), *u4 = reinterpret_cast<const uint4 *>(up);
+            uint4 *o4 = reinterpret_cast<uint4 *>(o);
+            for (int j = threadIdx.x; j < f / 8; j += blockDim.x) {
+                uint4 gv = g4[j], uv = u4[j], ov;
+                const __nv_bfloat162 *gp = reinterpret_cast<const __nv_bfloat162 *>(&gv);
+                const __nv_bfloat162 *up2 = reinterpret_cast<const __nv_bfloat162 *>(&uv);
+                __nv_bfloat162 *op = reinterpret_cast<__nv_bfloat162 *>(&ov);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float2 a = __bfloat1622float2(gp[k]), b = __bfloat1622float2(up2[k]);
+                    op[k] = __floats2bfloat162_rn(a.x / (1.0f + expf(-a.x)) * b.x, a.y / (1.0f + expf(-a.y)) * b.y);
+                }
+                o4[j] = ov;
+            }
+            return;
+        }
+    }
     for (int j = threadIdx.x; j < f; j += blockDim.x) {
         float a = to_f(gate[j]), b = to_f(up[j]);
         o[j] = from_f<T>(a / (1.0f + expf(-a)) * b);
@@ -583,27 +603,38 @@ __global__ void k_gather_rows(float *dst, cu_kvdesc d, int arr, int layer, long 
     dst[idx] = to_f(kv_row<const T>(d, arr, layer, slot0 + (long long)r, kvd)[j]);
 }
 
-// out (n, H*hd) = q rows of src (stride ld floats) rotated at pos[r].
+// out (n, H*hd) = q rows of src (stride ld floats) rotated at pos[r]. A thread per (row, pair,
+// group of ROPE_HEADS heads): the pair's angle, cosine and sine (accurate: positions reach
+// tens of thousands of radians) once for the group's heads instead of once per head; the
+// threads of a warp take consecutive pairs, so every head's reads and writes stay coalesced.
+constexpr int ROPE_HEADS = 8;
+unsigned rope_q_threads(size_t n, int H, int hd) { return (unsigned)(n * (size_t)((H + ROPE_HEADS - 1) / ROPE_HEADS) * (size_t)(hd / 2)); }
 template <typename T>
 __global__ void k_rope_q(T *out, const float *src, size_t ld, const int32_t *pos, int n, int H, int hd,
                          const float *inv_freq, int inter)
 {
-    int half = hd / 2;
-    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= (size_t)n * H * half)
+    const int half = hd / 2, hg = (H + ROPE_HEADS - 1) / ROPE_HEADS;
+    const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * hg * half)
         return;
-    int i = (int)(idx % half);
-    int h = (int)((idx / half) % H);
-    int r = (int)(idx / half / H);
-    const float *q = src + (size_t)r * ld + (size_t)h * hd;
-    T *o = out + ((size_t)r * H + h) * hd;
+    const int i = (int)(idx % half);
+    const int h0 = (int)((idx / half) % hg) * ROPE_HEADS;
+    const int r = (int)(idx / half / hg);
     int a, b;
     rope_pair(i, hd, inter, &a, &b);
-    float ang = (float)pos[r] * inv_freq[i];
-    float fc = cosf(ang), fs = sinf(ang);
-    float q0 = q[a], q1 = q[b];
-    o[a] = from_f<T>(q0 * fc - q1 * fs);
-    o[b] = from_f<T>(q0 * fs + q1 * fc);
+    float fs, fc;
+    sincosf((float)pos[r] * inv_freq[i], &fs, &fc);
+#pragma unroll
+    for (int k = 0; k < ROPE_HEADS; k++) {
+        const int h = h0 + k;
+        if (h >= H)
+            break;
+        const float *q = src + (size_t)r * ld + (size_t)h * hd;
+        T *o = out + ((size_t)r * H + h) * hd;
+        const float q0 = q[a], q1 = q[b];
+        o[a] = from_f<T>(q0 * fc - q1 * fs);
+        o[b] = from_f<T>(q0 * fs + q1 * fc);
+    }
 }
 
 // The reference softmax: exact causal rule by position, slot groups (temperature,
@@ -1400,7 +1431,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             k_gather_rows<T><<<blocks(len * kvd), 256>>>(vf, dh, KV_VAL, lc->layer, 0, len, kvd);
             CHECK_LAUNCH("gather cache");
         }
-        k_rope_q<float><<<blocks(n * H * (hd / 2)), 256>>>(qf, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd,
+        k_rope_q<float><<<blocks(rope_q_threads(n, (int)H, (int)hd)), 256>>>(qf, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd,
                                                            c->inv_freq, inter);
         CHECK_LAUNCH("rope q");
         ra.q = qf;
@@ -1446,7 +1477,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         size_t nf = path == PATH_DECODE ? attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len)
                                         : attn_flash_part_floats((int)n, (int)H, (int)hd, (int)len);
         float *part = nf ? cv.take<float>(nf) : NULL;
-        k_rope_q<T><<<blocks(n * H * (hd / 2)), 256, 0, c->stream>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
+        k_rope_q<T><<<blocks(rope_q_threads(n, (int)H, (int)hd)), 256, 0, c->stream>>>(q, qkv, qkvd, lc->dpos, (int)n, (int)H, (int)hd, c->inv_freq,
                                                        inter);
         CHECK_LAUNCH("rope q");
         prof_mark(c, PH_ROPE);
@@ -1460,6 +1491,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         sh.grp = dgrp;
         sh.temp = dtemp;
         sh.lscale = dls;
+        sh.lazy = 0.0f;
         cudaError_t e;
         if (path == PATH_FLASH) {
             const cu_kvdesc dh = desc_of(c, lc->s);

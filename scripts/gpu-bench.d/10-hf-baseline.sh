@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
 # The outside baseline: transformers' full prefill and decode on this GPU (bench/python/hf_baseline.py).
+# HF_PREFILL="1024 4096 8192" times only those prompt lengths (default 1K, 4K, 8K, 16K).
 set -euo pipefail
-PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --json "$OUT/hf_baseline.json"
+read -r -a lens <<< "${HF_PREFILL:-1024 4096 8192 16384}"
+PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill "${lens[@]}" --json "$OUT/hf_baseline.json"

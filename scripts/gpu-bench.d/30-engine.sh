@@ -20,6 +20,10 @@
 # GPU_ENGINE_PREFILL length and the batch-1 decode step without graphs under
 # RAGKV_CUDA_PROFILE=1 (the backend's per-phase GPU times: products with their TFLOP/s,
 # attention, the small kernels), printed and written to $OUT/engine_profile.txt.
+# GPU_ENGINE_ENV_ALSO="A=1 B=2,C=3" also times the prefills and the decode steps once per
+# word with those variables set (commas separate several), printed and written to
+# $OUT/engine_env_<word>.json: an A/B of the backend's knobs (RAGKV_ATTN_DECODE=vec,
+# RAGKV_ATTN_LAZY=0, ...) on the same machine in the same call.
 set -euo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -49,6 +53,20 @@ if [ "${GPU_ENGINE_NOGRAPH:-0}" = 1 ]; then
     --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
     --json "$OUT/engine_decode_nograph.json" || echo "(no-graph run failed)"
 fi
+for word in ${GPU_ENGINE_ENV_ALSO:-}; do
+  echo "== prefill and decode with $word"
+  tag=$(echo "$word" | tr -c 'A-Za-z0-9_\n' _)
+  (
+    IFS=, read -r -a assigns <<< "$word"
+    for kv in "${assigns[@]}"; do export "${kv?}"; done
+    RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+      --backend cuda --prefill "${GPU_ENGINE_PREFILL:-1024,4096,8192,16384}" --batch 1 --ctx 16 --iters 3 \
+      --json "$OUT/engine_env_${tag}_prefill.json"
+    RAGKV_CUDA_MATH=bf16 "$BUILD/clients/ragkv" bench engine --shape "${GPU_ENGINE_SHAPE:-llama3.1-8b}" \
+      --backend cuda --prefill 16 --ctx "${GPU_ENGINE_CTX:-8192}" --batch "${GPU_ENGINE_BATCH:-1,32}" --iters 5 \
+      --json "$OUT/engine_env_${tag}_decode.json"
+  ) || echo "($word run failed)"
+done
 also="${GPU_ENGINE_FLASH_ALSO:-}"
 [ "${GPU_ENGINE_FLASH1:-0}" = 1 ] && also="1 $also"
 for v in $also; do

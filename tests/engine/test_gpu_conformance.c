@@ -449,6 +449,61 @@ Test(gpu_flash2, kv_import_at_shifted_positions)
 {
     FLASH2(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
 }
+/* The vectorised decode kernel (RAGKV_ATTN_DECODE=vec), the default for bf16 caches until the
+ * shared-memory one (every bf16 test above runs that), and still the one of fp32 caches. */
+Test(gpu_decode_vec, hd128_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "vec", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
+Test(gpu_decode_vec, batched_decode_equals_alone)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "vec", 1), 0);
+    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
+}
+Test(gpu_decode_vec, attention_group_modifiers)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "vec", 1), 0);
+    EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB));
+}
+/* The shared-memory decode kernel with its split fixed (RAGKV_ATTN_SPLIT): 32 keys (many
+ * splits, a short last one) and 256 (more than the default 48 KiB of shared memory per block,
+ * which the launcher must ask for); sequences of different lengths in one batch leave splits
+ * with no keys. */
+Test(gpu_decode_smem, split32_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "32", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
+Test(gpu_decode_smem, split256_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "256", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
+Test(gpu_decode_smem, split32_batched_decode_equals_alone)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "32", 1), 0);
+    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
+}
+/* The flash kernels' running maximum moved on every new maximum (RAGKV_ATTN_LAZY=0, as before
+ * the lazy rescale) and after a lag of only 1 (log2 units: rows both keep and move their
+ * maximum within one prompt); the default lag of 8 runs in every other bf16 test. */
+#define WITH_LAZY(v, call)                                          \
+    do {                                                            \
+        cr_assert_eq(setenv("RAGKV_ATTN_LAZY", v, 1), 0);           \
+        call;                                                       \
+    } while (0)
+Test(gpu_flash_lazy, off_long_prefill_close_to_cpu) { WITH_LAZY("0", bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash_lazy, lag1_long_prefill_close_to_cpu) { WITH_LAZY("1", bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash_lazy, lag1_few_rows_split_over_keys) { WITH_LAZY("1", bf16_tail_vs_cpu("test-hd128", 700, 40)); }
+Test(gpu_flash_lazy, lag1_row_subset_equals_full_forward)
+{
+    WITH_LAZY("1", FLASH3(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))));
+}
+Test(gpu_flash_lazy, lag1_causal_rule_by_position)
+{
+    WITH_LAZY("1", FLASH3(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))));
+}
 
 /* The real trained models: the CUDA backend's greedy tokens equal the CPU reference's over 200
  * positions (the CPU's are checked against the golden text and an independent scalar forward
