@@ -8,7 +8,8 @@
 // one k16 step) and V fragments by ldmatrix.trans. Key tiles no query of the block can see
 // (all positions above the block's largest query position) are skipped, which halves the work
 // of a causal prefill; heavier query tiles (later positions) are scheduled first. Three
-// versions (RAGKV_ATTN_FLASH=1, 2, 3; the third is the default): the first as just described,
+// versions (RAGKV_ATTN_FLASH=1, 2, 3; the third is the default; 4 is the third with one block
+// barrier per key tile instead of two): the first as just described,
 // the second with 128-row blocks and double-buffered async copies, the third with a per-block
 // table of the key tiles' positions and 32 rows per warp (see each below).
 //
@@ -739,7 +740,12 @@ __device__ __forceinline__ void warp_store_part(const cu_attn_shape &a, float ma
 
 // blockIdx.z: the key split (tiles [z tps, (z + 1) tps)); with part (gridDim.z > 1) the
 // block writes its partial softmax there for k_decode_combine, else the rows' output.
-template <int HD>
+// ONEBAR (RAGKV_ATTN_FLASH=4; 2026-12-07, eleventh session): one block barrier per key tile
+// instead of two. The next tile's copies are issued after the tile's barrier rather than
+// before it: every warp has then passed that barrier, so all are done with the previous tile,
+// whose stage the copies refill — the barrier at the end of each tile is not needed. The
+// copies still have the whole tile's products to land in.
+template <int HD, bool ONEBAR>
 __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
                                                    int layer, int len, int win, int tps, float *__restrict__ part,
                                                    bf16 *__restrict__ out)
@@ -812,6 +818,12 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     }
     for (int st = 0; cur < ntiles; st ^= 1) {
         const int nst = st ^ 1;
+        if (ONEBAR) {
+            cp_async_wait<0>();
+            __syncthreads(); // the current stage is visible to every warp; every warp is done
+                             // with the previous tile (stage nst)
+        }
+        // (next_visible3 may rebuild the table, which has barriers of its own: block-uniform)
         const int nxt = next_visible3(cur + 1, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_nxt);
         int pn = INT32_MAX, gn = -1; // the next tile's key position and group of this thread's key
         if (nxt < ntiles) {
@@ -823,11 +835,13 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
                 if (a.grp)
                     gn = a.grp[nxt * BC + tid];
             }
-            cp_async_wait<1>();
-        } else {
+            if (!ONEBAR)
+                cp_async_wait<1>();
+        } else if (!ONEBAR) {
             cp_async_wait<0>();
         }
-        __syncthreads(); // the current stage's copies and positions are visible to every warp
+        if (!ONEBAR)
+            __syncthreads(); // the current stage's copies and positions are visible to every warp
         const bf16 *K = Ks + st * BC * LD, *V = Vs + st * BC * LD;
         const int *spt = sp + st * BC, *sgt = sg + st * BC;
         // every key of a whole tile visible to every row of the warp (a partial last tile's
@@ -855,7 +869,8 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
             sp[nst * BC + tid] = pn;
             sg[nst * BC + tid] = gn;
         }
-        __syncthreads(); // every warp is done with this stage before it is refilled
+        if (!ONEBAR)
+            __syncthreads(); // every warp is done with this stage before it is refilled
         cur = nxt;
         tmx_cur = tmx_nxt;
     }
@@ -887,13 +902,14 @@ int device_sms()
     return sms;
 }
 
-// The flash kernel in use: RAGKV_ATTN_FLASH=1|2, else the third (read once).
+// The flash kernel in use: RAGKV_ATTN_FLASH=1|2|4 (4: the third with one barrier per tile),
+// else the third (read once).
 int flash_version()
 {
     static int version = 0; // (a benign race: every thread computes the same value)
     if (!version) {
         const char *e = getenv("RAGKV_ATTN_FLASH");
-        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 3;
+        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : e && !strcmp(e, "4") ? 4 : 3;
     }
     return version;
 }
@@ -946,13 +962,13 @@ int flash_splits(int n, int H, int len)
     return s > 1 ? (int)s : 1;
 }
 
-template <int HD>
+template <int HD, bool ONEBAR>
 cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *part,
                           bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR3 + 4 * BC) * LD * sizeof(bf16) + (4 * BC + 2 * TBL3) * sizeof(int);
-    cudaError_t e = smem_opt_in<k_flash3<HD>>(smem);
+    cudaError_t e = smem_opt_in<k_flash3<HD, ONEBAR>>(smem);
     if (e != cudaSuccess)
         return e;
     // tiles per window of the visibility table: TBL3, or RAGKV_ATTN_FLASH_WINDOW (1..TBL3, read
@@ -967,7 +983,7 @@ cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
     const int tps = splits > 1 ? (ntiles + splits - 1) / splits : ntiles > 0 ? ntiles : 1;
     const int nz = splits > 1 ? (ntiles + tps - 1) / tps : 1; // (flash_splits' count, or fewer)
     dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H, (unsigned)nz);
-    k_flash3<HD><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, tps, nz > 1 ? part : nullptr, out);
+    k_flash3<HD, ONEBAR><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, tps, nz > 1 ? part : nullptr, out);
     if (nz > 1) {
         e = cudaGetLastError();
         if (e != cudaSuccess)
@@ -1499,7 +1515,7 @@ bool attn_flash_supported(int hd, int H, int KVH)
 
 size_t attn_flash_part_floats(int n, int H, int hd, int len)
 {
-    if (flash_version() != 3)
+    if (flash_version() < 3) // (the third kernel and its one-barrier variant split)
         return 0;
     int s = flash_splits(n, H, len);
     return s > 1 ? (size_t)n * H * s * ((size_t)hd + 2) : 0;
@@ -1516,10 +1532,18 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
     const int version = flash_version();
     if (version == 3)
         switch (a->hd) {
-        case 16: return launch_flash3<16>(a, q, d, layer, len, part, out);
-        case 32: return launch_flash3<32>(a, q, d, layer, len, part, out);
-        case 64: return launch_flash3<64>(a, q, d, layer, len, part, out);
-        case 128: return launch_flash3<128>(a, q, d, layer, len, part, out);
+        case 16: return launch_flash3<16, false>(a, q, d, layer, len, part, out);
+        case 32: return launch_flash3<32, false>(a, q, d, layer, len, part, out);
+        case 64: return launch_flash3<64, false>(a, q, d, layer, len, part, out);
+        case 128: return launch_flash3<128, false>(a, q, d, layer, len, part, out);
+        default: return cudaErrorInvalidValue;
+        }
+    if (version == 4)
+        switch (a->hd) {
+        case 16: return launch_flash3<16, true>(a, q, d, layer, len, part, out);
+        case 32: return launch_flash3<32, true>(a, q, d, layer, len, part, out);
+        case 64: return launch_flash3<64, true>(a, q, d, layer, len, part, out);
+        case 128: return launch_flash3<128, true>(a, q, d, layer, len, part, out);
         default: return cudaErrorInvalidValue;
         }
     if (version == 2)

@@ -485,6 +485,32 @@ Test(gpu_decode_smem, split32_batched_decode_equals_alone)
     cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "32", 1), 0);
     EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
 }
+/* The third flash kernel with one block barrier per key tile (RAGKV_ATTN_FLASH=4): the whole
+ * prompt, few rows, small visibility-table windows and key splits. */
+#define FLASH4(call) WITH_FLASH("4", call)
+Test(gpu_flash4, hd128_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash4, hd64_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd64", 900)); }
+Test(gpu_flash4, prefill_equals_token_by_token_decode)
+{
+    FLASH4(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
+}
+Test(gpu_flash4, row_subset_equals_full_forward) { FLASH4(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
+Test(gpu_flash4, causal_rule_by_position) { FLASH4(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash4, attention_group_modifiers) { FLASH4(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
+Test(gpu_flash4, kv_import_at_shifted_positions)
+{
+    FLASH4(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
+}
+Test(gpu_flash4, window2_long_prefill)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
+    FLASH4(bf16_long_vs_cpu("test-hd128", 700));
+}
+Test(gpu_flash4, five_splits_few_rows)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
+    FLASH4(bf16_tail_vs_cpu("test-hd128", 700, 40));
+}
 /* The flash kernels' running maximum moved on every new maximum (RAGKV_ATTN_LAZY=0, as before
  * the lazy rescale) and after a lag of only 1 (log2 units: rows both keep and move their
  * maximum within one prompt); the default lag of 8 runs in every other bf16 test. */
