@@ -17,6 +17,8 @@
 #                      started, and stop a running one at it (timeout), so that the results
 #                      are still packed inside a device call's limit (default: none)
 #   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R; the sanitizer runs too)
+#   GPU_CHECK_TEST_TIMEOUT=300  seconds a gpu test binary may run before ctest stops it (a hung
+#                      kernel must not take the whole device call)
 #   GPU_CHECK_SANITIZER_ARGS="--filter */causal_rule_by_position"  extra arguments for each test
 #                      binary under the sanitizer (a Criterion filter: racecheck of every kernel
 #                      once, on small shapes, instead of the whole suite)
@@ -50,7 +52,7 @@ fi
 log "built with CUDA in $build"
 
 rc=0
-(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
+(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} --timeout "${GPU_CHECK_TEST_TIMEOUT:-300}" --output-on-failure -V) >"$out/ctest-gpu.log" 2>&1 || rc=1
 grep -E "Passed|Failed|skipped|tests passed|device 0" "$out/ctest-gpu.log" | tee -a "$out/gpu-check.log"
 log "gpu tests: $([ $rc = 0 ] && echo PASSED || echo FAILED)"
 

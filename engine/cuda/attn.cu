@@ -1349,10 +1349,12 @@ __global__ void __launch_bounds__(NT) k_decode_smem(cu_attn_shape a, const bf16 
     cp_async_wait<0>();
     __syncthreads();
 
-    // scores: LPK threads per key
+    // scores: LPK threads per key. The loop runs the same steps in every lane of a warp (keys
+    // past nk read row 0 and are not stored): the shuffles below need the whole warp.
 #pragma unroll 4
-    for (int k = kr; k < nk; k += KPI) {
-        const uint4 raw = *reinterpret_cast<const uint4 *>(Ks + (size_t)k * hd + kl * VEC);
+    for (int k0 = 0; k0 < nk; k0 += KPI) {
+        const int k = k0 + kr;
+        const uint4 raw = *reinterpret_cast<const uint4 *>(Ks + (size_t)(k < nk ? k : 0) * hd + kl * VEC);
         const bf16 *e = reinterpret_cast<const bf16 *>(&raw);
         float acc[GM];
 #pragma unroll
@@ -1366,7 +1368,7 @@ __global__ void __launch_bounds__(NT) k_decode_smem(cu_attn_shape a, const bf16 
         for (int i = 0; i < GM; i++)
             for (int off = LPK >> 1; off > 0; off >>= 1)
                 acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
-        if (kl == 0) {
+        if (kl == 0 && k < nk) {
             const int gk = kg[k];
 #pragma unroll
             for (int i = 0; i < GM; i++)
