@@ -1492,18 +1492,10 @@ __global__ void k_decode_combine(const float *part, int n, int H, int hd, int sp
 template <typename T>
 cudaError_t launch_combine(const float *part, int n, int H, int hd, int splits, T *out, cudaStream_t stream)
 {
-    if (splits > COMBINE_SMEM_SPLITS)
+    if (splits > COMBINE_SMEM_SPLITS) // (32.9 KB of shared memory at most: no opt-in needed)
         return cudaErrorInvalidValue;
     const unsigned threads = hd < NT ? 32 * ((hd + 31) / 32) : NT;
     const size_t smem = ((size_t)splits + 33) * sizeof(float);
-    static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
-    if (smem > allowed) {
-        cudaError_t e =
-            cudaFuncSetAttribute(k_decode_combine<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess)
-            return e;
-        allowed = smem;
-    }
     k_decode_combine<T><<<(unsigned)((size_t)n * H), threads, smem, stream>>>(part, n, H, hd, splits, out);
     return cudaGetLastError();
 }
@@ -1629,6 +1621,16 @@ static cudaError_t launch_decode_vec(const cu_attn_shape *a, const T *q, const c
     return cudaGetLastError();
 }
 
+// The current device's largest dynamic shared memory per block (with the opt-in).
+static size_t smem_optin_max()
+{
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0)
+        v = 48 << 10;
+    return (size_t)v;
+}
+
 // The shared-memory decode kernel takes bf16 caches whose head dim is 8 x a power of two up to
 // 256, up to 8 query heads per KV head, and a split whose rows fit the device's shared memory
 // per block; RAGKV_ATTN_DECODE=vec or =scalar keeps the earlier kernels (read once; for
@@ -1656,14 +1658,9 @@ static cudaError_t launch_decode_smem(const cu_attn_shape *a, const bf16 *q, con
                                       cudaStream_t stream)
 {
     const size_t smem = decode_smem_bytes(split, a->hd, a->H / a->KVH, GM);
-    static size_t allowed = 48 << 10; // per instantiation: the dynamic shared memory allowed so far
-    if (smem > allowed) {
-        cudaError_t e =
-            cudaFuncSetAttribute(k_decode_smem<GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess)
-            return e;
-        allowed = smem;
-    }
+    cudaError_t e = smem_opt_in<k_decode_smem<GM>>(smem_optin_max()); // (attn_prepare did it already)
+    if (e != cudaSuccess)
+        return e;
     k_decode_smem<GM><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
     return cudaGetLastError();
 }
@@ -1690,6 +1687,16 @@ static cudaError_t decode_parts(const cu_attn_shape *a, const T *q, const cu_kvd
     size_t smem = ((size_t)G * a->hd + (size_t)split * G + 2 * (size_t)G) * sizeof(float);
     k_decode<T><<<grid, NT, smem, stream>>>(*a, q, desc, rseq, layer, splits, split, part);
     return cudaGetLastError();
+}
+
+cudaError_t attn_prepare(void)
+{
+    const size_t mx = smem_optin_max();
+    cudaError_t e;
+    if ((e = smem_opt_in<k_decode_smem<1>>(mx)) != cudaSuccess || (e = smem_opt_in<k_decode_smem<2>>(mx)) != cudaSuccess ||
+        (e = smem_opt_in<k_decode_smem<4>>(mx)) != cudaSuccess || (e = smem_opt_in<k_decode_smem<8>>(mx)) != cudaSuccess)
+        return e;
+    return cudaSuccess;
 }
 
 template <typename T>

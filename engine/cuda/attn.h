@@ -89,6 +89,11 @@ size_t attn_decode_part_floats(int n, int H, int KVH, int hd, int max_len);
 // per SM, so that one long sequence still fills the card; or RAGKV_ATTN_SPLIT (a power of two
 // in 16..1024, read once: a knob for benchmarks).
 int attn_decode_split(int n, int KVH, int max_len);
+// Per-device set-up the kernels need before any launch (the shared-memory opt-in of the decode
+// kernels, which must not first happen inside a stream capture); call once per device, with
+// it current, outside any capture. Returns the first error.
+cudaError_t attn_prepare(void);
+
 template <typename T>
 cudaError_t attn_decode(const cu_attn_shape *a, const T *q, const cu_kvdesc *desc, const int32_t *rseq,
                         int layer, int max_len, float *part, T *out, cudaStream_t stream);

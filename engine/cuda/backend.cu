@@ -2193,6 +2193,8 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
         return rk_error_set(RK_ERR_INVALID, "cuda backend: device %d of %d", device, count);
     if ((e = cudaSetDevice(device)) != cudaSuccess)
         return cuda_fail(e, "cudaSetDevice");
+    if ((e = attn_prepare()) != cudaSuccess) // (outside any capture: decode graphs launch its kernels)
+        return cuda_fail(e, "attention kernels' set-up");
     // storage and math: fp32 (exact reference), tf32 (fp32 storage, tensor-core products) or
     // bf16 (bf16 storage, fused attention); by default bf16 for bf16/f16 checkpoints, else fp32
     cu_mode mode = m->info.dtype == ENG_DTYPE_F32 ? MODE_FP32 : MODE_BF16;
