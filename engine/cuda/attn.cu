@@ -16,11 +16,11 @@
 // decode: one block per (key split, KV head, query row); the block's query heads (those
 // sharing the KV head) are scored against the split's keys, softmax'd and summed over V;
 // partial (max, sum, output) per split are merged by a second kernel. Arithmetic in fp32
-// whatever the cache's storage type. k_decode_smem (the default for bf16 caches) copies its
-// split's K and V rows into shared memory all at once; k_decode_vec (fp32 caches, or
-// RAGKV_ATTN_DECODE=vec) loads 16 bytes per thread, several keys per thread in flight, query
-// heads in registers; k_decode (one warp per key, one thread per dimension) serves the shapes
-// neither can. The split shrinks for short batches
+// whatever the cache's storage type. k_decode_vec (the default) loads 16 bytes per thread,
+// several keys per thread in flight, query heads in registers; k_decode (one warp per key,
+// one thread per dimension) serves the shapes it cannot; k_decode_smem (bf16 caches, only
+// with RAGKV_ATTN_DECODE=smem: measured no faster) copies its split's K and V rows into
+// shared memory all at once. The split shrinks for short batches
 // so that a single long sequence still has blocks for every SM (attn_decode_split).
 #include "attn.h"
 
@@ -1270,15 +1270,20 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
     }
 }
 
-// The shared-memory decode kernel (bf16 caches; the default for them since 2026-12-07's
-// eleventh session): same grid, arrangement and part layout as k_decode_vec, but the block
+// The shared-memory decode kernel (bf16 caches; RAGKV_ATTN_DECODE=smem): same grid,
+// arrangement and part layout as k_decode_vec, but the block
 // first issues asynchronous copies of its split's every K and V row (and reads the keys'
 // positions and groups) at once, so the whole split is in flight together — one memory round
 // trip per block where k_decode_vec waited for UNR keys of K at a time and then again for V —
 // and scores, softmax statistics and sums over V come from shared memory. Shared memory:
 // K and V (split, hd) bf16 each, scores (split, G), statistics (GM, 2), key visibility
 // (split), and the per-key-row partial outputs (KPI, G, hd) fp32 in K's place once the scores
-// are done (or after the rest when they do not fit there): decode_smem_bytes().
+// are done (or after the rest when they do not fit there): decode_smem_bytes(). Written on
+// 2026-12-07 (eleventh session) for the decode step's attention at 8K context, which moves
+// about 0.7 TB/s; on the H100 it was no faster than k_decode_vec at the same split (batch 1,
+// 8K context: 7.90 against 7.78 ms at 64 keys per split, 8.52 against 8.17 at 128 / 256;
+// batch 32: 35.1 against 36.1 at 64): the split's size, not the kernel, moved the step
+// (ATTN_SPLIT_BLOCKS_PER_SM), so it stays an option.
 __host__ __device__ inline bool decode_smem_red_in_k(int split, int hd, int G)
 {
     return (size_t)(NT / (hd / 8)) * G * hd * sizeof(float) <= (size_t)split * hd * sizeof(bf16);
@@ -1631,24 +1636,23 @@ static size_t smem_optin_max()
     return (size_t)v;
 }
 
-// The shared-memory decode kernel takes bf16 caches whose head dim is 8 x a power of two up to
-// 256, up to 8 query heads per KV head, and a split whose rows fit the device's shared memory
-// per block; RAGKV_ATTN_DECODE=vec or =scalar keeps the earlier kernels (read once; for
-// comparisons).
+// The shared-memory decode kernel, when RAGKV_ATTN_DECODE=smem (read once), takes bf16 caches
+// whose head dim is 8 x a power of two up to 256, up to 8 query heads per KV head, and a split
+// whose rows fit the device's shared memory per block.
 static bool decode_smem_ok(int hd, int G, int split)
 {
-    static int off = -1, optin = 0; // (a benign race: every thread computes the same values)
-    if (off < 0) {
+    static int on = -1, optin = 0; // (a benign race: every thread computes the same values)
+    if (on < 0) {
         const char *e = getenv("RAGKV_ATTN_DECODE");
         int dev = 0;
         if (cudaGetDevice(&dev) != cudaSuccess ||
             cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
             optin = 48 << 10;
-        off = e && (!strcmp(e, "vec") || !strcmp(e, "scalar"));
+        on = e && !strcmp(e, "smem");
     }
     int lpk = hd / 8;
     int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-    return !off && G >= 1 && G <= 8 && hd % 8 == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0 &&
+    return on && G >= 1 && G <= 8 && hd % 8 == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0 &&
            decode_smem_bytes(split, hd, G, gm) <= (size_t)optin;
 }
 

@@ -8,8 +8,7 @@
 //     32, 64, 128.
 //   - decode: few query rows, each of its own sequence (batched decode), split over the keys
 //     (flash-decoding): partial softmax per split, then a combine step. fp32 or bf16 caches,
-//     any head dim, query heads per KV head up to ATTN_MAX_GROUP. For bf16 caches a block
-//     copies its whole split of K and V into shared memory at once (k_decode_smem).
+//     any head dim, query heads per KV head up to ATTN_MAX_GROUP.
 // Neither reports attention mass per slot group: the backend's reference path (cuBLAS scores)
 // does that.
 #ifndef RAGKV_ENGINE_CUDA_ATTN_H
@@ -28,11 +27,12 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 #define ATTN_MAX_GROUP 16  // query heads per KV head the decode kernel handles
-#define ATTN_SPLIT 128     // the most keys per split of the decode kernel (see attn_decode_split;
-                           // the shared-memory kernel holds a split's K and V: 64 KiB at 128 keys
-                           // of head dim 128, three blocks per SM; k_decode_vec liked 256 better)
+#define ATTN_SPLIT 256     // the most keys per split of the decode kernel (see attn_decode_split)
 #define ATTN_SPLIT_MIN 32  // the fewest
-#define ATTN_SPLIT_BLOCKS_PER_SM 1 // splits shrink until the grid has this many blocks per SM
+#define ATTN_SPLIT_BLOCKS_PER_SM 4 // splits shrink until the grid has this many blocks per SM
+                                   // (H100, 8K context, 2026-12-07: batch 1 7.78 ms at 64 keys per
+                                   // split against 8.17 at 256, which batch 32 keeps: 30.6 ms
+                                   // against 36.1 at 64)
 
 // One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
 // Paged: slot t lives in block t >> bshift, a separate device allocation of B = 1 << bshift

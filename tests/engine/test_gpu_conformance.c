@@ -449,8 +449,8 @@ Test(gpu_flash2, kv_import_at_shifted_positions)
 {
     FLASH2(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
 }
-/* The vectorised decode kernel (RAGKV_ATTN_DECODE=vec), the default for bf16 caches until the
- * shared-memory one (every bf16 test above runs that), and still the one of fp32 caches. */
+/* The vectorised decode kernel (the default; RAGKV_ATTN_DECODE=vec names it) under a few checks
+ * with the variable set, as a guard that the name keeps selecting it. */
 Test(gpu_decode_vec, hd128_long_prefill_and_decode_close_to_cpu)
 {
     cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "vec", 1), 0);
@@ -466,24 +466,25 @@ Test(gpu_decode_vec, attention_group_modifiers)
     cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "vec", 1), 0);
     EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB));
 }
-/* The shared-memory decode kernel with its split fixed (RAGKV_ATTN_SPLIT): 32 keys (many
- * splits, a short last one) and 256 (more than the default 48 KiB of shared memory per block,
- * which the launcher must ask for); sequences of different lengths in one batch leave splits
- * with no keys. */
-Test(gpu_decode_smem, split32_long_prefill_and_decode_close_to_cpu)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "32", 1), 0);
-    bf16_long_vs_cpu("test-hd128", 700);
-}
-Test(gpu_decode_smem, split256_long_prefill_and_decode_close_to_cpu)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "256", 1), 0);
-    bf16_long_vs_cpu("test-hd128", 700);
-}
+/* The shared-memory decode kernel (RAGKV_ATTN_DECODE=smem) with its split fixed
+ * (RAGKV_ATTN_SPLIT): 32 keys (many splits, a short last one) and 256 (more than the default
+ * 48 KiB of shared memory per block, which attn_prepare opts into); sequences of different
+ * lengths in one batch leave splits with no keys; slot groups. */
+#define WITH_SMEM(split, call)                                          \
+    do {                                                                \
+        cr_assert_eq(setenv("RAGKV_ATTN_DECODE", "smem", 1), 0);        \
+        cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", split, 1), 0);          \
+        call;                                                           \
+    } while (0)
+Test(gpu_decode_smem, split32_long_prefill_and_decode_close_to_cpu) { WITH_SMEM("32", bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_decode_smem, split256_long_prefill_and_decode_close_to_cpu) { WITH_SMEM("256", bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_decode_smem, split32_batched_decode_equals_alone)
 {
-    cr_assert_eq(setenv("RAGKV_ATTN_SPLIT", "32", 1), 0);
-    EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB));
+    WITH_SMEM("32", EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB)));
+}
+Test(gpu_decode_smem, split64_attention_group_modifiers)
+{
+    WITH_SMEM("64", EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)));
 }
 /* The third flash kernel with one block barrier per key tile (RAGKV_ATTN_FLASH=4): the whole
  * prompt, few rows, small visibility-table windows and key splits. */
