@@ -414,23 +414,51 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Issue the copies of a (BC x HD) tile of array arr (K rotated or V) of KV head kvh at `layer`,
-// keys k0.. (a multiple of BC, below len), from the paged cache into shared rows of LD; as
-// load_kv_tile, one table read per tile when blocks hold at least BC slots.
+// Issue the copies of the (BC x HD) tiles of K (rotated) and V of KV head kvh at `layer`, keys
+// k0.. (a multiple of BC, below len), from the paged cache into shared rows of LD (rows at or
+// past len are zero-filled). When blocks hold at least BC slots the tile lies in one block:
+// one table read for both arrays (V sits a fixed distance after K in a block), and each
+// thread copies the same 16-byte column of rows r0, r0 + RPS, ... with addresses a constant
+// stride apart — a handful of instructions per copy. Until 2026-12-07 (eleventh session) the
+// copies were a loop that recomputed the row, the column and the 64-bit source address of
+// every copy and read the block table again for V: some 800 instructions per thread and key
+// tile against about 700 for the tile's products and softmax (Hopper SASS of k_flash3<128>).
+// Smaller blocks (tests) look each row up.
 template <int HD, int LD, int NTH = NT2>
-__device__ __forceinline__ void async_tile(bf16 *dst, const cu_kvdesc &d, int arr, int layer, int kvh, size_t ld,
-                                           int k0, int len)
+__device__ __forceinline__ void async_kv_tile(bf16 *Kd, bf16 *Vd, const cu_kvdesc &d, int layer, int kvh, size_t ld,
+                                              int k0, int len)
 {
-    constexpr int C8 = HD / 8;
-    const bool one = (1 << d.bshift) >= BC;
-    const bf16 *base = kv_row<const bf16>(d, arr, layer, k0, ld) + (size_t)kvh * HD;
-#pragma unroll 1 // unrolled, the compiler keeps every copy's addresses in registers across tiles
-    for (int i = threadIdx.x; i < BC * C8; i += NTH) {
-        int r = i / C8, c = (i % C8) * 8;
-        bool ok = k0 + r < len;
-        // the tile's first row when out of range: a valid address either way
-        const bf16 *row = !ok ? base : one ? base + (size_t)r * ld : kv_row<const bf16>(d, arr, layer, k0 + r, ld) + (size_t)kvh * HD;
-        cp_async16(smem_u32(dst + r * LD + c), row + c, ok);
+    constexpr int C8 = HD / 8;     // 16-byte pieces per row
+    constexpr int RPS = NTH / C8;  // rows one pass of the block covers
+    static_assert(NTH % C8 == 0 && (BC % RPS == 0 || RPS % BC == 0), "async_kv_tile: whole rows per pass");
+    constexpr int PASSES = RPS <= BC ? BC / RPS : 1; // (more rows than BC per pass: threads past it idle)
+    const int c = (threadIdx.x % C8) * 8, r0 = threadIdx.x / C8;
+    if (RPS > BC && r0 >= BC)
+        return;
+    if ((1 << d.bshift) >= BC) {
+        const long long B = 1LL << d.bshift;
+        const bf16 *ks = kv_row<const bf16>(d, KV_ROT, layer, k0, ld) + (size_t)kvh * HD + (size_t)r0 * ld + c;
+        const size_t vo = (size_t)(KV_VAL - KV_ROT) * (size_t)B * ld; // V's rows, in elements after K's
+        const uint32_t kd = smem_u32(Kd + r0 * LD + c), vd = smem_u32(Vd + r0 * LD + c);
+#pragma unroll
+        for (int j = 0; j < PASSES; j++) {
+            const bool ok = k0 + r0 + j * RPS < len;
+            const bf16 *src = ok ? ks + (size_t)j * RPS * ld : ks - (size_t)r0 * ld; // row 0: valid either way
+            cp_async16(kd + (uint32_t)(j * RPS * LD * sizeof(bf16)), src, ok);
+            cp_async16(vd + (uint32_t)(j * RPS * LD * sizeof(bf16)), src + vo, ok);
+        }
+        return;
+    }
+    const bf16 *kbase = kv_row<const bf16>(d, KV_ROT, layer, k0, ld) + (size_t)kvh * HD;
+    const bf16 *vbase = kv_row<const bf16>(d, KV_VAL, layer, k0, ld) + (size_t)kvh * HD;
+#pragma unroll 1
+    for (int j = 0; j < PASSES; j++) {
+        const int r = r0 + j * RPS;
+        const bool ok = k0 + r < len;
+        const bf16 *kr = ok ? kv_row<const bf16>(d, KV_ROT, layer, k0 + r, ld) + (size_t)kvh * HD : kbase;
+        const bf16 *vr = ok ? kv_row<const bf16>(d, KV_VAL, layer, k0 + r, ld) + (size_t)kvh * HD : vbase;
+        cp_async16(smem_u32(Kd + r * LD + c), kr + c, ok);
+        cp_async16(smem_u32(Vd + r * LD + c), vr + c, ok);
     }
 }
 
@@ -506,16 +534,14 @@ __global__ void __launch_bounds__(NT2) k_flash2(cu_attn_shape a, const bf16 *__r
 
     int cur = next_visible(0, ntiles, len, spos, a.grp, qmax, sp, sg, &tmax_s[0]);
     if (cur < ntiles) {
-        async_tile<HD, LD>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
-        async_tile<HD, LD>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
+        async_kv_tile<HD, LD>(Ks, Vs, d, layer, kvh, kvld, cur * BC, len);
         cp_async_commit();
     }
     for (int st = 0; cur < ntiles; st ^= 1) {
         const int nst = st ^ 1;
         int nxt = next_visible(cur + 1, ntiles, len, spos, a.grp, qmax, sp + nst * BC, sg + nst * BC, &tmax_s[nst]);
         if (nxt < ntiles) {
-            async_tile<HD, LD>(Ks + nst * BC * LD, d, KV_ROT, layer, kvh, kvld, nxt * BC, len);
-            async_tile<HD, LD>(Vs + nst * BC * LD, d, KV_VAL, layer, kvh, kvld, nxt * BC, len);
+            async_kv_tile<HD, LD>(Ks + nst * BC * LD, Vs + nst * BC * LD, d, layer, kvh, kvld, nxt * BC, len);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -807,8 +833,7 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
     int w0 = t0 - win, tmx_cur = 0, tmx_nxt = 0;
     int cur = next_visible3(t0, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_cur);
     if (cur < ntiles) {
-        async_tile<HD, LD, NT3>(Ks, d, KV_ROT, layer, kvh, kvld, cur * BC, len);
-        async_tile<HD, LD, NT3>(Vs, d, KV_VAL, layer, kvh, kvld, cur * BC, len);
+        async_kv_tile<HD, LD, NT3>(Ks, Vs, d, layer, kvh, kvld, cur * BC, len);
         cp_async_commit();
         if (tid < BC) { // (made visible by the loop's first barrier)
             int key = cur * BC + tid;
@@ -827,8 +852,8 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
         const int nxt = next_visible3(cur + 1, ntiles, len, spos, qmax, tmin, tmax, win, w0, tmx_nxt);
         int pn = INT32_MAX, gn = -1; // the next tile's key position and group of this thread's key
         if (nxt < ntiles) {
-            async_tile<HD, LD, NT3>(Ks + nst * BC * LD, d, KV_ROT, layer, kvh, kvld, nxt * BC, len);
-            async_tile<HD, LD, NT3>(Vs + nst * BC * LD, d, KV_VAL, layer, kvh, kvld, nxt * BC, len);
+            async_kv_tile<HD, LD, NT3>(Ks + nst * BC * LD, Vs + nst * BC * LD, d, layer, kvh, kvld, nxt * BC,
+                                       len);
             cp_async_commit();
             if (tid < BC && nxt * BC + tid < len) {
                 pn = spos[nxt * BC + tid];
