@@ -1064,6 +1064,37 @@ __device__ __forceinline__ void decode_split_softmax(float *ps, int nk, int G, i
     }
 }
 
+// The end of both vectorised decode kernels: each thread's sums over its keys (acc, the
+// group's query heads x its VEC dimensions) are added up over the block's KPI key rows
+// through red (KPI, G, hd) in shared memory and written to part with the split's softmax
+// statistics ml. Block-wide.
+template <int GM, int VEC>
+__device__ __forceinline__ void decode_store_parts(const cu_attn_shape &a, const float (&acc)[GM][VEC], float *red,
+                                                   const float *ml, int kr, int kl, int KPI, int G, int hd,
+                                                   size_t pidx, int splits, float *part)
+{
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < GM; i++)
+        if (i < G)
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                red[((size_t)kr * G + i) * hd + kl * VEC + j] = acc[i][j];
+    __syncthreads();
+    for (int e = tid; e < G * hd; e += NT) {
+        const int i = e / hd, c = e % hd;
+        float sum = 0.0f;
+        for (int row = 0; row < KPI; row++)
+            sum += red[((size_t)row * G + i) * hd + c];
+        part[(pidx + (size_t)i * splits) * hd + c] = sum;
+    }
+    if (tid < G) {
+        const size_t nparts = (size_t)a.n * a.H * splits;
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
+        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
+    }
+}
+
 // part layout: o (n, H, splits, hd) then (m, l) pairs (n, H, splits)
 template <typename T>
 __global__ void __launch_bounds__(NT) k_decode(cu_attn_shape a, const T *__restrict__ q, const cu_kvdesc *desc,
@@ -1274,25 +1305,7 @@ __global__ void __launch_bounds__(NT) k_decode_vec(cu_attn_shape a, const T *__r
             }
         }
     }
-#pragma unroll
-    for (int i = 0; i < GM; i++)
-        if (i < G)
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                red[((size_t)kr * G + i) * hd + kl * VEC + j] = acc[i][j];
-    __syncthreads();
-    for (int e = tid; e < G * hd; e += NT) {
-        int i = e / hd, c = e % hd;
-        float s = 0.0f;
-        for (int row = 0; row < KPI; row++)
-            s += red[((size_t)row * G + i) * hd + c];
-        part[(pidx + (size_t)i * splits) * hd + c] = s;
-    }
-    if (tid < G) {
-        size_t nparts = (size_t)a.n * a.H * splits;
-        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
-        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
-    }
+    decode_store_parts<GM, VEC>(a, acc, red, ml, kr, kl, KPI, G, hd, pidx, splits, part);
 }
 
 // The shared-memory decode kernel (bf16 caches; RAGKV_ATTN_DECODE=smem): same grid,
@@ -1432,25 +1445,7 @@ __global__ void __launch_bounds__(NT) k_decode_smem(cu_attn_shape a, const bf16 
                 acc[i][j] = fmaf(w, to_f(e[j]), acc[i][j]);
         }
     }
-#pragma unroll
-    for (int i = 0; i < GM; i++)
-        if (i < G)
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                red[((size_t)kr * G + i) * hd + kl * VEC + j] = acc[i][j];
-    __syncthreads();
-    for (int e = tid; e < G * hd; e += NT) {
-        const int i = e / hd, c = e % hd;
-        float sum = 0.0f;
-        for (int row = 0; row < KPI; row++)
-            sum += red[((size_t)row * G + i) * hd + c];
-        part[(pidx + (size_t)i * splits) * hd + c] = sum;
-    }
-    if (tid < G) {
-        const size_t nparts = (size_t)a.n * a.H * splits;
-        part[nparts * hd + 2 * (pidx + (size_t)tid * splits)] = ml[2 * tid];
-        part[nparts * hd + 2 * (pidx + (size_t)tid * splits) + 1] = ml[2 * tid + 1];
-    }
+    decode_store_parts<GM, VEC>(a, acc, red, ml, kr, kl, KPI, G, hd, pidx, splits, part);
 }
 
 // A block-wide reduction (max or sum) of one value per thread (blockDim.x a multiple of 32,
