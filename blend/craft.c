@@ -104,10 +104,10 @@ rk_status bl_capture_start(eng_model *m, eng_backend *be, const bl_segment *segs
                            float *const *kv_out, bl_craft_meta *metas, bl_capture **out)
 {
     if (!out)
-        return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: bad arguments");
+        return rk_error_set(RK_ERR_INVALID, "bl_capture_start: bad arguments");
     *out = NULL;
     if (!m || !be || !segs || nseg == 0 || !kv_out || !metas || (nseg > 1 && !ids))
-        return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: bad arguments");
+        return rk_error_set(RK_ERR_INVALID, "bl_capture_start: bad arguments");
     for (size_t i = 0; i < nseg; i++)
         memset(&metas[i], 0, sizeof(metas[i]));
     const eng_model_info *mi = eng_model_get_info(m);
@@ -115,9 +115,9 @@ rk_status bl_capture_start(eng_model *m, eng_backend *be, const bl_segment *segs
     size_t n = 1, last = 0;
     for (size_t i = 0; i < nseg; i++) {
         if (!segs[i].tokens || segs[i].n == 0)
-            return rk_error_set(RK_ERR_INVALID, "bl_variant_capture_all: segment %zu is empty", i);
+            return rk_error_set(RK_ERR_INVALID, "bl_capture_start: segment %zu is empty", i);
         if (segs[i].n > CRAFT_MAX_TOKENS)
-            return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture_all: segment %zu too large for metadata", i);
+            return rk_error_set(RK_ERR_LIMIT, "bl_capture_start: segment %zu too large for metadata", i);
         n += segs[i].n;
         if (kv_out[i])
             last = i + 1;
@@ -125,9 +125,9 @@ rk_status bl_capture_start(eng_model *m, eng_backend *be, const bl_segment *segs
     if (last == 0)
         return RK_OK; /* nothing asked */
     if (n > (size_t)mi->max_seq)
-        return rk_error_set(RK_ERR_RANGE, "bl_variant_capture_all: %zu tokens exceed the context of %d", n, mi->max_seq);
+        return rk_error_set(RK_ERR_RANGE, "bl_capture_start: %zu tokens exceed the context of %d", n, mi->max_seq);
     if (nseg - 1 > CRAFT_MAX_PREV || L > CRAFT_MAX_LAYERS)
-        return rk_error_set(RK_ERR_LIMIT, "bl_variant_capture_all: context or model too large for metadata");
+        return rk_error_set(RK_ERR_LIMIT, "bl_capture_start: context or model too large for metadata");
     bl_capture *c = rk_calloc(1, sizeof(*c));
     if (!c)
         return RK_ERR_NOMEM;

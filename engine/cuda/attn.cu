@@ -1659,21 +1659,16 @@ static size_t smem_optin_max()
 // The shared-memory decode kernel, when RAGKV_ATTN_DECODE=smem (read once), takes bf16 caches
 // whose head dim is 8 x a power of two up to 256, up to 8 query heads per KV head, and a split
 // whose rows fit the device's shared memory per block.
-static bool decode_smem_ok(int hd, int G, int split)
+static bool decode_smem_ok(int hd, int G, int gm, int split)
 {
-    static int on = -1, optin = 0; // (a benign race: every thread computes the same values)
+    static int on = -1; // (a benign race: every thread computes the same value)
     if (on < 0) {
         const char *e = getenv("RAGKV_ATTN_DECODE");
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-            optin = 48 << 10;
         on = e && !strcmp(e, "smem");
     }
     int lpk = hd / 8;
-    int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
     return on && G >= 1 && G <= 8 && hd % 8 == 0 && lpk >= 1 && lpk <= 32 && (lpk & (lpk - 1)) == 0 &&
-           decode_smem_bytes(split, hd, G, gm) <= (size_t)optin;
+           decode_smem_bytes(split, hd, G, gm) <= smem_optin_max();
 }
 
 template <int GM>
@@ -1697,7 +1692,7 @@ static cudaError_t decode_parts(const cu_attn_shape *a, const T *q, const cu_kvd
     const int G = a->H / a->KVH, gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
     const dim3 grid((unsigned)splits, (unsigned)a->KVH, (unsigned)a->n);
     if constexpr (std::is_same<T, bf16>::value) {
-        if (decode_smem_ok(a->hd, G, split))
+        if (decode_smem_ok(a->hd, G, gm, split))
             return gm == 1   ? launch_decode_smem<1>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
                    : gm == 2 ? launch_decode_smem<2>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
                    : gm == 4 ? launch_decode_smem<4>(a, q, desc, rseq, layer, splits, split, part, grid, stream)
