@@ -32,6 +32,7 @@
 #include <type_traits>
 
 #include "attn.h"
+#include "gemm_lt.h"
 #include "sample.h"
 
 extern "C" {
@@ -143,6 +144,8 @@ struct cu_ctx {
     cu_prof prof;             // per-phase timings (RAGKV_CUDA_PROFILE=1)
     bool gemv;                // bf16 products of up to GEMV_MAX_ROWS rows by k_gemv, not cuBLAS
                               // (RAGKV_CUDA_GEMV=0 turns it off, read when the backend is made)
+    gemm_tuner *tuner;        // bf16 products of many rows by timed cuBLASLt algorithms (gemm_lt.h;
+                              // NULL: RAGKV_CUDA_GEMM_TUNE=0, or not bf16)
 };
 
 struct cu_kv {
@@ -838,6 +841,12 @@ rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size
 {
     if (gemv_ok(c, n, in))
         return gemv(c, y, x, w, n, in, out, acc);
+    if (c->mode == MODE_BF16) {
+        bool ran = false;
+        TRY(gemm_tuned(c->tuner, c->stream, y, CUDA_R_32F, x, w, n, in, out, acc, &ran));
+        if (ran)
+            return RK_OK;
+    }
     cublasStatus_t s = mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y,
                           (int)out, acc ? 1.0f : 0.0f);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");
@@ -849,6 +858,10 @@ rk_status gemm_bf16_out(cu_ctx *c, bf16 *y, const void *x, const void *w, size_t
 {
     if (gemv_ok(c, n, in)) // (cuBLAS took twice as long as with fp32 output at one row on the H100)
         return gemv(c, y, x, w, n, in, out, false);
+    bool ran = false;
+    TRY(gemm_tuned(c->tuner, c->stream, y, CUDA_R_16BF, x, w, n, in, out, false, &ran));
+    if (ran)
+        return RK_OK;
     const float one = 1.0f, zero = 0.0f;
     cublasStatus_t s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, w,
                                     CUDA_R_16BF, (int)in, x, CUDA_R_16BF, (int)in, &zero, y, CUDA_R_16BF, (int)out,
@@ -1120,6 +1133,7 @@ void cu_free(void *ctx)
     if (c->blas)
         cublasDestroy(c->blas);
     cudaFree(c->blas_ws);
+    gemm_tuner_free(c->tuner);
     rk_free(c->owned);
     rk_free(c->layers);
     rk_free(c);
@@ -2241,6 +2255,16 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
         goto fail;
     }
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); // the compute type in mm() alone picks the math
+    if (c->mode == MODE_BF16) {
+        const int tm = gemm_tune_mode_from_env();
+        const char *tl = getenv("RAGKV_CUDA_GEMM_TUNE_LOG");
+        if (tm < 0) {
+            st = RK_ERR_INVALID;
+            goto fail;
+        }
+        if ((st = gemm_tuner_new(tm, c->prof.on || (tl && strcmp(tl, "1") == 0), &c->tuner)) != RK_OK)
+            goto fail;
+    }
     c->layers = (cu_layer *)rk_calloc((size_t)m->info.n_layers, sizeof(cu_layer));
     be = (eng_backend *)rk_calloc(1, sizeof(*be));
     if (!c->layers || !be) {

@@ -409,6 +409,40 @@ Test(gpu_gemv_off, hd128_long_prefill_and_decode_close_to_cpu)
     cr_assert_eq(setenv("RAGKV_CUDA_GEMV", "0", 1), 0);
     bf16_long_vs_cpu("test-hd128", 700);
 }
+/* Products of many rows (prefill) with the three choices of gemm_lt.h: cublasGemmEx alone
+ * (RAGKV_CUDA_GEMM_TUNE=0), cuBLASLt's first heuristic (2); timed (1) is the default every
+ * other bf16 test runs. 700 and 900 rows tune the q/k/v, o (+x), gate/up (bf16 out) and down
+ * (+x) shapes; the o and down products accumulate into the hidden state, so a tuning run that
+ * touched it would show in the logits. */
+Test(gpu_gemm_tune, off_hd128_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE", "0", 1), 0);
+    bf16_long_vs_cpu("test-hd128", 700);
+}
+Test(gpu_gemm_tune, first_heuristic_hd64_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE", "2", 1), 0);
+    bf16_long_vs_cpu("test-hd64", 900);
+}
+Test(gpu_gemm_tune, timed_with_log_hd64_long_prefill_and_decode_close_to_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE", "1", 1), 0);
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE_LOG", "1", 1), 0);
+    bf16_long_vs_cpu("test-hd64", 900);
+}
+Test(gpu_gemm_tune, unknown_value_refused)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "bf16", 1), 0);
+    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE", "yes", 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-llama", 1, &m), RK_OK);
+    eng_backend *be = NULL;
+    cr_assert_eq(cuda_ctor(m, &be), RK_ERR_INVALID);
+    cr_assert_null(be);
+    cr_assert(strstr(rk_error_msg(), "RAGKV_CUDA_GEMM_TUNE=yes") != NULL, "message: %s", rk_error_msg());
+    eng_model_close(m);
+}
 Test(gpu_flash1_few_rows, causal_rule_by_position) { FLASH1(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, attention_group_modifiers) { FLASH1(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, layer_steps_equal_prefill) { FLASH1(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
