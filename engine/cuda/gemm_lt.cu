@@ -89,7 +89,7 @@ int gemm_tune_mode_from_env(void)
 {
     const char *v = getenv("RAGKV_CUDA_GEMM_TUNE");
     if (!v || !*v)
-        return 1;
+        return 0; // off until an A/B on the H100 shows a gain (docs/engine.md)
     if ((v[0] == '0' || v[0] == '1' || v[0] == '2') && !v[1])
         return v[0] - '0';
     rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_GEMM_TUNE=%s: expected 0 (off), 1 (timed) or 2 "

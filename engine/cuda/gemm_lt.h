@@ -1,10 +1,10 @@
 // gemm_lt.h — private to engine/cuda: matrix products of many rows through cuBLASLt with an
 // algorithm chosen by timing (gemm_lt.cu).
 //
-// cuBLAS picks one algorithm per product from its heuristics. On the H100 (2026-12-07) that
-// choice ran the 8K prefill's q/k/v product (8192 x 4096 -> 6144, bf16 in, fp32 out) at 311
-// TFLOP/s while the o product of the same rows ran at 672: the first heuristic is not always
-// the fastest. The tuner asks cuBLASLt for its candidates for a product's shape, times each on
+// cuBLAS picks one algorithm per product from its heuristics, and the first heuristic is not
+// always the fastest: on the H100 (2026-12-07) an 8K prefill's products ran at 573 (q/k/v,
+// 8192 x 4096 -> 6144, bf16 in, fp32 out), 605 (o), 747 (gate/up) and 768 TFLOP/s (down). The
+// tuner asks cuBLASLt for its candidates for a product's shape, times each on
 // the product's own stream once, and keeps the fastest for every later product of that shape.
 //
 // Shape key: (out, in, output type, accumulate, rows bucket); rows are bucketed by powers of
@@ -13,9 +13,10 @@
 // GEMM_TUNE_MIN_ROWS rows, and products issued while the stream is being captured into a graph
 // (nothing may be timed there), are not handled: the caller runs them through cuBLAS.
 //
-// Modes (RAGKV_CUDA_GEMM_TUNE, read when the backend is made): 0 off (every product through
-// cublasGemmEx, as before), 1 (default) timed, 2 cuBLASLt's first heuristic without timing
-// (to compare the two libraries' choices). RAGKV_CUDA_GEMM_TUNE_LOG=1 prints each choice on
+// Modes (RAGKV_CUDA_GEMM_TUNE, read when the backend is made): 0 (default) off, every product
+// through cublasGemmEx; 1 timed; 2 cuBLASLt's first heuristic without timing (to compare the
+// two libraries' choices). Off by default until a side-by-side run on the H100 shows the timed
+// choice faster end to end (not yet measured). RAGKV_CUDA_GEMM_TUNE_LOG=1 prints each choice on
 // stderr (also with RAGKV_CUDA_PROFILE=1).
 //
 // A tuner belongs to one backend context and is used by the thread that runs its layers.
@@ -43,7 +44,7 @@ rk_status gemm_tuner_new(int mode, bool log, gemm_tuner **out);
 // products t ran (the backend's end).
 void gemm_tuner_free(gemm_tuner *t);
 
-// Mode from RAGKV_CUDA_GEMM_TUNE (unset: 1); -1 with an error set when the value is not 0, 1
+// Mode from RAGKV_CUDA_GEMM_TUNE (unset: 0); -1 with an error set when the value is not 0, 1
 // or 2.
 int gemm_tune_mode_from_env(void);
 

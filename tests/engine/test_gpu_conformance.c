@@ -410,8 +410,8 @@ Test(gpu_gemv_off, hd128_long_prefill_and_decode_close_to_cpu)
     bf16_long_vs_cpu("test-hd128", 700);
 }
 /* Products of many rows (prefill) with the three choices of gemm_lt.h: cublasGemmEx alone
- * (RAGKV_CUDA_GEMM_TUNE=0), cuBLASLt's first heuristic (2); timed (1) is the default every
- * other bf16 test runs. 700 and 900 rows tune the q/k/v, o (+x), gate/up (bf16 out) and down
+ * (RAGKV_CUDA_GEMM_TUNE=0, the default every other bf16 test runs), cuBLASLt's first
+ * heuristic (2), timed (1). 700 and 900 rows tune the q/k/v, o (+x), gate/up (bf16 out) and down
  * (+x) shapes; the o and down products accumulate into the hidden state, so a tuning run that
  * touched it would show in the logits. */
 Test(gpu_gemm_tune, off_hd128_long_prefill_and_decode_close_to_cpu)
