@@ -13,9 +13,13 @@
 #   GPU_CHECK_SANITIZER_TOOLS="memcheck racecheck"  the tools to run (racecheck is slower still)
 #   GPU_CHECK_BENCHES="35 10 30"  only the benchmarks whose file names start so, in that order
 #                      (default: all, in file-name order)
-#   GPU_CHECK_DEADLINE_S=540  stop starting benchmarks this many seconds after the script
-#                      started, and stop a running one at it (timeout), so that the results
-#                      are still packed inside a device call's limit (default: none)
+#   GPU_CHECK_DEADLINE_S=540  stop starting sanitizer runs and benchmarks this many seconds
+#                      after the script started, and stop a running one at it (timeout), so
+#                      that the results are still packed inside a device call's limit
+#                      (default: none)
+#   GPU_CHECK_SANITIZER_TIMEOUT=300  seconds one test binary may run under one sanitizer tool
+#                      (on 2026-12-07 memcheck of the conformance binary, 98 tests, took most
+#                      of 330 s: give each binary its own call or a deadline)
 #   GPU_CHECK_TESTS=REGEX  only the gpu tests matching REGEX (ctest -R; the sanitizer runs too)
 #   GPU_CHECK_TEST_TIMEOUT=300  seconds a gpu test binary may run before ctest stops it (a hung
 #                      kernel must not take the whole device call)
@@ -66,11 +70,22 @@ if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; then
     for t in $(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} -N -V |
                  sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
       for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck}; do
-        if (cd "$(dirname "$t")" && "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1 "${san_args[@]}") \
-             >>"$out/ctest-gpu.log" 2>&1; then
-          log "compute-sanitizer $tool $(basename "$t"): clean"
+        limit=${GPU_CHECK_SANITIZER_TIMEOUT:-300}
+        if [ -n "${GPU_CHECK_DEADLINE_S:-}" ]; then
+          left=$((GPU_CHECK_DEADLINE_S - SECONDS))
+          if [ "$left" -lt 20 ]; then log "compute-sanitizer $tool $(basename "$t"): skipped (deadline)"; rc=1; continue; fi
+          [ "$left" -lt "$limit" ] && limit=$left
+        fi
+        t0=$SECONDS
+        (cd "$(dirname "$t")" && timeout "$limit" "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1 "${san_args[@]}") \
+          >>"$out/ctest-gpu.log" 2>&1
+        src=$?
+        if [ $src = 0 ]; then
+          log "compute-sanitizer $tool $(basename "$t"): clean ($((SECONDS - t0)) s)"
+        elif [ $src = 124 ]; then
+          log "compute-sanitizer $tool $(basename "$t"): stopped after $limit s (no verdict)"; rc=1
         else
-          log "compute-sanitizer $tool $(basename "$t"): ERRORS (see ctest-gpu.log)"; rc=1
+          log "compute-sanitizer $tool $(basename "$t"): ERRORS or a failed test, exit $src (see ctest-gpu.log)"; rc=1
         fi
       done
     done

@@ -56,15 +56,20 @@ for line in text:
     if m:
         cur = m.group(1); funcs[cur] = []
         continue
+    m = re.match(r'^(\.L_x_\d+):', line.strip())
+    if m and cur:
+        funcs[cur].append(m.group(1) + ':') # branch targets, kept for reading loops
+        continue
     m = re.match(r'\s*/\*([0-9a-f]{4,})\*/\s+(.*?);', line)
     if m and cur:
         funcs[cur].append(m.group(2).strip())
 for name, ins in funcs.items():
     if pat and not re.search(pat, name):
         continue
-    ops = Counter((t.split(None, 1)[1] if t.startswith('@') else t).split()[0].split('.')[0] for t in ins)
-    print(f"{name}: {len(ins)} instructions; " + ", ".join(f"{k} {v}" for k, v in ops.most_common(10)))
+    ins_only = [t for t in ins if not t.endswith(':')]
+    ops = Counter((t.split(None, 1)[1] if t.startswith('@') else t).split()[0].split('.')[0] for t in ins_only)
+    print(f"{name}: {len(ins_only)} instructions; " + ", ".join(f"{k} {v}" for k, v in ops.most_common(10)))
     if pat:
         for t in ins:
-            print("    " + t)
+            print(t if t.endswith(':') else "    " + t)
 PY
