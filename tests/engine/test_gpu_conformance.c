@@ -409,6 +409,24 @@ Test(gpu_gemv_off, hd128_long_prefill_and_decode_close_to_cpu)
     cr_assert_eq(setenv("RAGKV_CUDA_GEMV", "0", 1), 0);
     bf16_long_vs_cpu("test-hd128", 700);
 }
+/* A backend variable with a value the backend does not know (in bf16 mode otherwise): making
+ * the backend fails with RK_ERR_INVALID, nothing made, and the message names VAR=VALUE. */
+static void env_value_refused(const char *var, const char *value)
+{
+    need_cuda();
+    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "bf16", 1), 0);
+    cr_assert_eq(setenv(var, value, 1), 0);
+    eng_model *m;
+    cr_assert_eq(eng_model_synth("test-llama", 1, &m), RK_OK);
+    eng_backend *be = NULL;
+    cr_assert_eq(cuda_ctor(m, &be), RK_ERR_INVALID);
+    cr_assert_null(be);
+    char needle[128];
+    snprintf(needle, sizeof(needle), "%s=%s", var, value);
+    cr_assert(strstr(rk_error_msg(), needle) != NULL, "message: %s", rk_error_msg());
+    eng_model_close(m);
+}
+
 /* Products of many rows (prefill) with the three choices of gemm_lt.h: cublasGemmEx alone
  * (RAGKV_CUDA_GEMM_TUNE=0, the default every other bf16 test runs), cuBLASLt's first
  * heuristic (2), timed (1). 700 and 900 rows tune the q/k/v, o (+x), gate/up (bf16 out) and down
@@ -430,19 +448,7 @@ Test(gpu_gemm_tune, timed_with_log_hd64_long_prefill_and_decode_close_to_cpu)
     cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE_LOG", "1", 1), 0);
     bf16_long_vs_cpu("test-hd64", 900);
 }
-Test(gpu_gemm_tune, unknown_value_refused)
-{
-    need_cuda();
-    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "bf16", 1), 0);
-    cr_assert_eq(setenv("RAGKV_CUDA_GEMM_TUNE", "yes", 1), 0);
-    eng_model *m;
-    cr_assert_eq(eng_model_synth("test-llama", 1, &m), RK_OK);
-    eng_backend *be = NULL;
-    cr_assert_eq(cuda_ctor(m, &be), RK_ERR_INVALID);
-    cr_assert_null(be);
-    cr_assert(strstr(rk_error_msg(), "RAGKV_CUDA_GEMM_TUNE=yes") != NULL, "message: %s", rk_error_msg());
-    eng_model_close(m);
-}
+Test(gpu_gemm_tune, unknown_value_refused) { env_value_refused("RAGKV_CUDA_GEMM_TUNE", "yes"); }
 Test(gpu_flash1_few_rows, causal_rule_by_position) { FLASH1(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, attention_group_modifiers) { FLASH1(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
 Test(gpu_flash1_few_rows, layer_steps_equal_prefill) { FLASH1(EACH_BF16(conf_layers_equal_prefill(cuda_ctor, model, TOLB))); }
@@ -663,18 +669,7 @@ static void math_mode_close_to_cpu(const char *mode, double tol)
 Test(gpu_math, tf32_close_to_cpu) { math_mode_close_to_cpu("tf32", 1e-2); }
 Test(gpu_math, bf16_close_to_cpu) { math_mode_close_to_cpu("bf16", TOLB); }
 
-Test(gpu_math, unknown_mode_refused)
-{
-    need_cuda();
-    cr_assert_eq(setenv("RAGKV_CUDA_MATH", "fp8", 1), 0);
-    eng_model *m;
-    cr_assert_eq(eng_model_synth("test-llama", 1, &m), RK_OK);
-    eng_backend *be = NULL;
-    cr_assert_eq(cuda_ctor(m, &be), RK_ERR_INVALID);
-    cr_assert_null(be);
-    cr_assert(strstr(rk_error_msg(), "RAGKV_CUDA_MATH=fp8") != NULL, "message: %s", rk_error_msg());
-    eng_model_close(m);
-}
+Test(gpu_math, unknown_mode_refused) { env_value_refused("RAGKV_CUDA_MATH", "fp8"); }
 
 /* Without a CUDA device the whole file skips at once. */
 RK_TEST_MAIN_NEEDS_CUDA("engine_test_gpu_conformance")
