@@ -40,6 +40,9 @@ static const synth_shape shapes[] = {
     /* head dims the CUDA backend's fused attention tiles (64, 128), long enough for many tiles */
     {"test-hd64", "llama", 256, 384, 2, 4, 2, 64, 96, 1024, 500000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
     {"test-hd128", "llama", 256, 384, 2, 2, 1, 128, 96, 1024, 10000.0f, 1e-5f, false, true, false, ENG_DTYPE_BF16},
+    /* grouped-query shapes for the flash kernel that packs a KV head's query heads in a block */
+    {"test-hd128-g4", "llama", 512, 384, 2, 4, 1, 128, 96, 1024, 10000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
+    {"test-hd64-g8", "llama", 512, 384, 2, 8, 1, 64, 96, 1024, 500000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
     /* real shapes (random weights) for benchmarks */
     {"llama2-7b", "llama", 4096, 11008, 32, 32, 32, 128, 32000, 4096, 10000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},
     {"llama3-8b", "llama", 4096, 14336, 32, 32, 8, 128, 128256, 8192, 500000.0f, 1e-5f, false, false, false, ENG_DTYPE_BF16},

@@ -771,7 +771,13 @@ __device__ __forceinline__ void warp_store_part(const cu_attn_shape &a, float ma
 // before it: every warp has then passed that barrier, so all are done with the previous tile,
 // whose stage the copies refill — the barrier at the end of each tile is not needed. The
 // copies still have the whole tile's products to land in.
-template <int HD, bool ONEBAR>
+// PACK (RAGKV_ATTN_FLASH=5; twelfth session, not yet measured): a block holds the G = H / KVH
+// query heads of one KV head (blockIdx.y) for P = BR3 / G positions — block row i is query
+// head kvh G + i / P at row r0 + i % P — so every K/V tile copied to shared memory (and read
+// from L2) serves G heads instead of one: a quarter of the copies per product for Llama-3's
+// G = 4. G must be a power of two up to 8 (P a multiple of 16: an m16 tile never straddles two
+// heads); the masks read each row's own position, so nothing else changes.
+template <int HD, bool ONEBAR, bool PACK = false>
 __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *__restrict__ q, const cu_kvdesc d,
                                                    int layer, int len, int win, int tps, float *__restrict__ part,
                                                    bf16 *__restrict__ out)
@@ -790,21 +796,29 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int qt = gridDim.x - 1 - blockIdx.x; // heavy (late) tiles first
-    const int h = blockIdx.y, kvh = h / (a.H / a.KVH);
-    const int r0 = qt * BR3;
+    const int G = a.H / a.KVH, P = PACK ? BR3 / G : BR3; // (PACK) heads per block, positions per head
+    const int h = blockIdx.y, kvh = PACK ? h : h / G;   // (PACK: h is the KV head)
+    const int r0 = qt * P;
     const size_t qld = (size_t)a.H * HD, kvld = (size_t)a.KVH * HD;
     const int t0 = (int)blockIdx.z * tps, ntiles = min((len + BC - 1) / BC, t0 + tps); // this split's tiles
 
     if (tid == 0)
         qmax_s = -1;
     __syncthreads();
-    { // NT3 == BR3: a thread per row
-        int p = r0 + tid < a.n ? a.qpos[r0 + tid] : -1;
+    { // NT3 == BR3: a thread per block row
+        const int row = r0 + (PACK ? tid % P : tid);
+        int p = row < a.n ? a.qpos[row] : -1;
         qp_s[tid] = p;
         if (p >= 0)
             atomicMax(&qmax_s, p);
     }
-    load_tile<HD, LD, NT3>(Qs, q + (size_t)r0 * qld + (size_t)h * HD, qld, BR3, a.n - r0);
+    if (PACK) {
+        for (int hs = 0; hs < G; hs++) // block rows [hs P, (hs + 1) P): query head kvh G + hs
+            load_tile<HD, LD, NT3>(Qs + hs * P * LD, q + (size_t)r0 * qld + (size_t)(kvh * G + hs) * HD, qld, P,
+                                   a.n - r0);
+    } else {
+        load_tile<HD, LD, NT3>(Qs, q + (size_t)r0 * qld + (size_t)h * HD, qld, BR3, a.n - r0);
+    }
     __syncthreads();
     const int qmax = qmax_s;
     // the warp's rows: m tile m holds block rows wr + m * 16 + g (a) and + 8 (b); their
@@ -902,11 +916,12 @@ __global__ void __launch_bounds__(NT3, 2) k_flash3(cu_attn_shape a, const bf16 *
 
 #pragma unroll
     for (int m = 0; m < MT3; m++) {
-        const int ra = r0 + wr + m * 16 + g, rb = ra + 8;
+        const int br = wr + m * 16; // the m tile's first block row
+        const int hm = PACK ? kvh * G + br / P : h, ra = r0 + (PACK ? br % P : br) + g, rb = ra + 8;
         if (part)
-            warp_store_part<HD>(a, ma[m], mb[m], la[m], lb[m], o[m], h, ra, rb, t, part);
+            warp_store_part<HD>(a, ma[m], mb[m], la[m], lb[m], o[m], hm, ra, rb, t, part);
         else
-            warp_store<HD>(a, la[m], lb[m], o[m], h, ra, rb, t, out);
+            warp_store<HD>(a, la[m], lb[m], o[m], hm, ra, rb, t, out);
     }
 }
 
@@ -934,7 +949,8 @@ int flash_version()
     static int version = 0; // (a benign race: every thread computes the same value)
     if (!version) {
         const char *e = getenv("RAGKV_ATTN_FLASH");
-        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : e && !strcmp(e, "4") ? 4 : 3;
+        version = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : e && !strcmp(e, "4") ? 4
+                : e && !strcmp(e, "5") ? 5 : 3;
     }
     return version;
 }
@@ -987,13 +1003,21 @@ int flash_splits(int n, int H, int len)
     return s > 1 ? (int)s : 1;
 }
 
-template <int HD, bool ONEBAR>
+// Whether the third kernel can pack a KV head's query heads into one block (PACK): G = H / KVH
+// a power of two from 2 to 8.
+bool flash_pack_ok(const cu_attn_shape *a)
+{
+    const int G = a->KVH > 0 && a->H % a->KVH == 0 ? a->H / a->KVH : 0;
+    return G >= 2 && G <= 8 && (G & (G - 1)) == 0;
+}
+
+template <int HD, bool ONEBAR, bool PACK = false>
 cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *part,
                           bf16 *out)
 {
     constexpr int LD = HD + 8;
     size_t smem = (size_t)(BR3 + 4 * BC) * LD * sizeof(bf16) + (4 * BC + 2 * TBL3) * sizeof(int);
-    cudaError_t e = smem_opt_in<k_flash3<HD, ONEBAR>>(smem);
+    cudaError_t e = smem_opt_in<k_flash3<HD, ONEBAR, PACK>>(smem);
     if (e != cudaSuccess)
         return e;
     // tiles per window of the visibility table: TBL3, or RAGKV_ATTN_FLASH_WINDOW (1..TBL3, read
@@ -1007,8 +1031,9 @@ cudaError_t launch_flash3(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc
     const int ntiles = (len + BC - 1) / BC, splits = part ? flash_splits(a->n, a->H, len) : 1;
     const int tps = splits > 1 ? (ntiles + splits - 1) / splits : ntiles > 0 ? ntiles : 1;
     const int nz = splits > 1 ? (ntiles + tps - 1) / tps : 1; // (flash_splits' count, or fewer)
-    dim3 grid((unsigned)((a->n + BR3 - 1) / BR3), (unsigned)a->H, (unsigned)nz);
-    k_flash3<HD, ONEBAR><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, tps, nz > 1 ? part : nullptr, out);
+    const int P = PACK ? BR3 / (a->H / a->KVH) : BR3; // positions per block
+    dim3 grid((unsigned)((a->n + P - 1) / P), (unsigned)(PACK ? a->KVH : a->H), (unsigned)nz);
+    k_flash3<HD, ONEBAR, PACK><<<grid, NT3, smem>>>(*a, q, *d, layer, len, win, tps, nz > 1 ? part : nullptr, out);
     if (nz > 1) {
         e = cudaGetLastError();
         if (e != cudaSuccess)
@@ -1548,13 +1573,23 @@ cudaError_t attn_flash(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d
     cu_attn_shape b = *a;
     b.lazy = flash_lazy();
     a = &b;
-    const int version = flash_version();
+    int version = flash_version();
+    if (version == 5 && !flash_pack_ok(a)) // heads per KV head not packable: the third kernel as it is
+        version = 3;
     if (version == 3)
         switch (a->hd) {
         case 16: return launch_flash3<16, false>(a, q, d, layer, len, part, out);
         case 32: return launch_flash3<32, false>(a, q, d, layer, len, part, out);
         case 64: return launch_flash3<64, false>(a, q, d, layer, len, part, out);
         case 128: return launch_flash3<128, false>(a, q, d, layer, len, part, out);
+        default: return cudaErrorInvalidValue;
+        }
+    if (version == 5)
+        switch (a->hd) {
+        case 16: return launch_flash3<16, false, true>(a, q, d, layer, len, part, out);
+        case 32: return launch_flash3<32, false, true>(a, q, d, layer, len, part, out);
+        case 64: return launch_flash3<64, false, true>(a, q, d, layer, len, part, out);
+        case 128: return launch_flash3<128, false, true>(a, q, d, layer, len, part, out);
         default: return cudaErrorInvalidValue;
         }
     if (version == 4)

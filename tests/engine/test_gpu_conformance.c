@@ -552,6 +552,38 @@ Test(gpu_flash4, five_splits_few_rows)
     cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
     FLASH4(bf16_tail_vs_cpu("test-hd128", 700, 40));
 }
+/* The third flash kernel with a KV head's query heads packed into one block
+ * (RAGKV_ATTN_FLASH=5): G = 2 (test-hd64, test-hd128: 64 positions per block), 4 (test-llama3
+ * at head dim 16, test-hd128-g4: 32), 8 (test-hd64-g8: 16); test-qwen2's 7 heads per KV head
+ * cannot be packed and take the unpacked kernel. The whole prompt, few rows, key splits,
+ * small visibility-table windows. */
+#define FLASH5(call) WITH_FLASH("5", call)
+Test(gpu_flash5, hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd128", 700)); }
+Test(gpu_flash5, hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64", 900)); }
+Test(gpu_flash5, g4_hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd128-g4", 700)); }
+Test(gpu_flash5, g8_hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64-g8", 900)); }
+Test(gpu_flash5, prefill_equals_token_by_token_decode)
+{
+    FLASH5(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
+}
+Test(gpu_flash5, row_subset_equals_full_forward) { FLASH5(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
+Test(gpu_flash5, causal_rule_by_position) { FLASH5(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
+Test(gpu_flash5, attention_group_modifiers) { FLASH5(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
+Test(gpu_flash5, kv_import_at_shifted_positions)
+{
+    FLASH5(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
+}
+Test(gpu_flash5, g4_window2_long_prefill)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
+    FLASH5(bf16_long_vs_cpu("test-hd128-g4", 700));
+}
+Test(gpu_flash5, g4_five_splits_few_rows)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
+    FLASH5(bf16_tail_vs_cpu("test-hd128-g4", 700, 40));
+}
+Test(gpu_flash5, g8_automatic_splits_few_rows) { FLASH5(bf16_tail_vs_cpu("test-hd64-g8", 900, 7)); }
 /* The flash kernels' running maximum moved on every new maximum (RAGKV_ATTN_LAZY=0, as before
  * the lazy rescale) and after a lag of only 1 (log2 units: rows both keep and move their
  * maximum within one prompt); the default lag of 8 runs in every other bf16 test. */
