@@ -1,6 +1,7 @@
 // gemm_lt.cu — products of many rows through cuBLASLt with a timed choice of algorithm (see
 // gemm_lt.h).
 #include <cublasLt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +24,17 @@ struct tuned_entry {
     bool acc;                 // beta 1
     int bucket;               // floor(log2(rows))
     bool ok;                  // algo usable (false: this shape goes through cuBLAS)
+    unsigned align;           // the pointer alignment (bytes) the candidates were asked for
     cublasLtMatmulAlgo_t algo; // the chosen algorithm
 };
+
+// The alignment of the product's pointers in bytes (the largest power of two dividing every
+// address, at most 256: cuBLASLt's default assumption, which its faster algorithms may need).
+unsigned ptr_align(const void *y, const void *x, const void *w)
+{
+    uintptr_t v = (uintptr_t)y | (uintptr_t)x | (uintptr_t)w | 256u;
+    return (unsigned)(v & (~v + 1));
+}
 
 int rows_bucket(size_t n)
 {
@@ -192,6 +202,14 @@ rk_status lt_tune(gemm_tuner *t, const lt_desc *d, tuned_entry *ent, cudaStream_
     cublasStatus_t bs = cublasLtMatmulPreferenceCreate(&pref);
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb));
+    // only algorithms that work at this product's pointer alignment (later products of the
+    // shape with less aligned pointers go through cuBLAS: gemm_tuned)
+    const uint32_t al = ent->align;
+    const cublasLtMatmulPreferenceAttributes_t aligns[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4 && bs == CUBLAS_STATUS_SUCCESS; i++)
+        bs = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al, sizeof(al));
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasLtMatmulAlgoGetHeuristic(t->lt, d->op, d->a, d->b, d->c, d->c, pref,
                                             t->mode == 2 ? 1 : GEMM_TUNE_CANDIDATES, cand, &nc);
@@ -259,8 +277,9 @@ rk_status gemm_tuned(gemm_tuner *t, cudaStream_t s, void *y, cudaDataType_t yt, 
         if (e->out == out && e->in == in && e->yt == (int)yt && e->acc == acc && e->bucket == bucket)
             ent = e;
     }
-    if (ent && !ent->ok)
-        return RK_OK;
+    const unsigned align = ptr_align(y, x, w);
+    if (ent && (!ent->ok || align < ent->align))
+        return RK_OK; // no algorithm, or this call's pointers are less aligned than it was chosen for
     if (!t->ws) {
         if (cudaMalloc(&t->ws, LT_WORKSPACE) != cudaSuccess) {
             cudaGetLastError();
@@ -292,6 +311,7 @@ rk_status gemm_tuned(gemm_tuner *t, cudaStream_t s, void *y, cudaDataType_t yt, 
         ent->yt = (int)yt;
         ent->acc = acc;
         ent->bucket = bucket;
+        ent->align = align;
         st = lt_tune(t, &d, ent, s, y, x, w, n, acc);
         t->n_e++;
     }

@@ -9,7 +9,9 @@
 //
 // Shape key: (out, in, output type, accumulate, rows bucket); rows are bucketed by powers of
 // two (the first product of a bucket decides for all), so a service that sees every prompt
-// length tunes a few dozen times in its life, not once per request. Products of fewer than
+// length tunes a few dozen times in its life, not once per request. The candidates are asked
+// for at the first product's pointer alignment (at most 256 bytes); a later product of the
+// shape whose pointers are less aligned goes through cuBLAS. Products of fewer than
 // GEMM_TUNE_MIN_ROWS rows, and products issued while the stream is being captured into a graph
 // (nothing may be timed there), are not handled: the caller runs them through cuBLAS.
 //
