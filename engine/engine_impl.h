@@ -136,6 +136,13 @@ typedef struct eng_sample_row {
 rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, size_t n, const eng_sample_row *rows,
                                int32_t *out);
 
+/* White-box test hook (tests/engine/test_gpu_wgmma.c), not API: c (64 x 64, row-major f32) =
+ * a (64 x k) b (64 x k)^T, a and b row-major bf16 bit patterns, through the Hopper warpgroup
+ * product of engine/cuda/wgmma.cuh on CUDA device `device`; k a multiple of 16 up to 256.
+ * RK_ERR_UNSUPPORTED without CUDA or when the device ran code without sm_90a; RK_ERR_DEVICE
+ * on a CUDA error; RK_ERR_INVALID for another k. */
+rk_status eng_cuda_wgmma_check(int device, size_t k, const uint16_t *a, const uint16_t *b, float *c);
+
 /* Grow a sampler's scratch for vocab-sized rows, so that eng_sample cannot then fail for
  * memory. false when out of memory. */
 bool eng_sampler_reserve(eng_sampler *s, int vocab);

@@ -64,3 +64,13 @@ rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, 
     (void)out;
     return rk_error_set(RK_ERR_UNSUPPORTED, "this build of ragkv has no CUDA support");
 }
+
+rk_status eng_cuda_wgmma_check(int device, size_t k, const uint16_t *a, const uint16_t *b, float *c)
+{
+    (void)device;
+    (void)k;
+    (void)a;
+    (void)b;
+    (void)c;
+    return rk_error_set(RK_ERR_UNSUPPORTED, "this build of ragkv has no CUDA support");
+}
