@@ -526,22 +526,33 @@ Test(gpu_decode_smem, split64_attention_group_modifiers)
 {
     WITH_SMEM("64", EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)));
 }
+/* The conformance checks every flash-kernel variant runs (with every layer call on the
+ * flash path, RAGKV_ATTN_DECODE_ROWS=0), in Criterion suite `suite` under RAGKV_ATTN_FLASH=v. */
+#define FLASH_CONFORMANCE(suite, v)                                                                           \
+    Test(suite, prefill_equals_token_by_token_decode)                                                         \
+    {                                                                                                         \
+        WITH_FLASH(v, EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));                         \
+    }                                                                                                         \
+    Test(suite, row_subset_equals_full_forward) { WITH_FLASH(v, EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); } \
+    Test(suite, causal_rule_by_position)                                                                      \
+    {                                                                                                         \
+        WITH_FLASH(v, EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB)));                            \
+    }                                                                                                         \
+    Test(suite, attention_group_modifiers)                                                                    \
+    {                                                                                                         \
+        WITH_FLASH(v, EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)));                           \
+    }                                                                                                         \
+    Test(suite, kv_import_at_shifted_positions)                                                               \
+    {                                                                                                         \
+        WITH_FLASH(v, EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));                     \
+    }
+
 /* The third flash kernel with one block barrier per key tile (RAGKV_ATTN_FLASH=4): the whole
  * prompt, few rows, small visibility-table windows and key splits. */
 #define FLASH4(call) WITH_FLASH("4", call)
+FLASH_CONFORMANCE(gpu_flash4, "4")
 Test(gpu_flash4, hd128_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash4, hd64_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd64", 900)); }
-Test(gpu_flash4, prefill_equals_token_by_token_decode)
-{
-    FLASH4(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
-}
-Test(gpu_flash4, row_subset_equals_full_forward) { FLASH4(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
-Test(gpu_flash4, causal_rule_by_position) { FLASH4(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
-Test(gpu_flash4, attention_group_modifiers) { FLASH4(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
-Test(gpu_flash4, kv_import_at_shifted_positions)
-{
-    FLASH4(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
-}
 Test(gpu_flash4, window2_long_prefill)
 {
     cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
@@ -558,21 +569,11 @@ Test(gpu_flash4, five_splits_few_rows)
  * cannot be packed and take the unpacked kernel. The whole prompt, few rows, key splits,
  * small visibility-table windows. */
 #define FLASH5(call) WITH_FLASH("5", call)
+FLASH_CONFORMANCE(gpu_flash5, "5")
 Test(gpu_flash5, hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash5, hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64", 900)); }
 Test(gpu_flash5, g4_hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd128-g4", 700)); }
 Test(gpu_flash5, g8_hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64-g8", 900)); }
-Test(gpu_flash5, prefill_equals_token_by_token_decode)
-{
-    FLASH5(EACH_BF16(conf_prefill_equals_decode(cuda_ctor, model, TOLB)));
-}
-Test(gpu_flash5, row_subset_equals_full_forward) { FLASH5(EACH_BF16(conf_row_subset(cuda_ctor, model, TOLB))); }
-Test(gpu_flash5, causal_rule_by_position) { FLASH5(EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB))); }
-Test(gpu_flash5, attention_group_modifiers) { FLASH5(EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB))); }
-Test(gpu_flash5, kv_import_at_shifted_positions)
-{
-    FLASH5(EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));
-}
 Test(gpu_flash5, g4_window2_long_prefill)
 {
     cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
