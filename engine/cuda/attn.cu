@@ -1559,7 +1559,7 @@ bool attn_flash_supported(int hd, int H, int KVH)
 
 size_t attn_flash_part_floats(int n, int H, int hd, int len)
 {
-    if (flash_version() < 3) // (the third kernel and its one-barrier variant split)
+    if (flash_version() < 3) // (the third kernel and its variants, 4 and 5, split)
         return 0;
     int s = flash_splits(n, H, len);
     return s > 1 ? (size_t)n * H * s * ((size_t)hd + 2) : 0;
