@@ -240,12 +240,15 @@ rk_status lt_tune(gemm_tuner *t, const lt_desc *d, tuned_entry *ent, cudaStream_
             return st;
         if (best < 0)
             return RK_OK;
-        if (t->log)
+        if (t->log && !dst)
+            fprintf(stderr, "cuda gemm tune: %zu rows x %zu -> %zu: no memory to time on, cuBLASLt's first heuristic\n",
+                    n, ent->in, ent->out);
+        else if (t->log)
             fprintf(stderr,
                     "cuda gemm tune: %zu rows x %zu -> %zu (%s out%s): %d candidates, first %.3f ms, chose #%d "
                     "%.3f ms (%.0f TFLOP/s)\n",
-                    n, ent->in, ent->out, type_name((cudaDataType_t)ent->yt), acc ? ", accumulate" : "", nc, ms[0],
-                    best, ms[best], 2.0 * n * ent->in * ent->out / (ms[best] * 1e9));
+                    n, ent->in, ent->out, type_name((cudaDataType_t)ent->yt), acc ? ", accumulate" : "", nc,
+                    ms[0] >= 0.0f ? ms[0] : 0.0f, best, ms[best], 2.0 * n * ent->in * ent->out / (ms[best] * 1e9));
     } else if (t->log) {
         fprintf(stderr, "cuda gemm tune: %zu rows x %zu -> %zu (%s out%s): cuBLASLt's first heuristic\n", n, ent->in,
                 ent->out, type_name((cudaDataType_t)ent->yt), acc ? ", accumulate" : "");
