@@ -139,7 +139,8 @@ rk_status eng_cuda_sample_rows(eng_backend *be, const float *logits, int vocab, 
 /* White-box test hook (tests/engine/test_gpu_wgmma.c), not API: c (64 x 64, row-major f32) =
  * a (64 x k) b (64 x k)^T, a and b row-major bf16 bit patterns, through the Hopper warpgroup
  * product of engine/cuda/wgmma.cuh on CUDA device `device`; k a multiple of 16 up to 256.
- * RK_ERR_UNSUPPORTED without CUDA or when the device ran code without sm_90a; RK_ERR_DEVICE
+ * RK_ERR_UNSUPPORTED without CUDA, on a device other than compute capability 9.0, or when the
+ * device ran code without sm_90a; RK_ERR_DEVICE
  * on a CUDA error; RK_ERR_INVALID for another k. */
 rk_status eng_cuda_wgmma_check(int device, size_t k, const uint16_t *a, const uint16_t *b, float *c);
 

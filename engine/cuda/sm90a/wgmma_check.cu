@@ -76,6 +76,13 @@ extern "C" rk_status eng_cuda_wgmma_check(int device, size_t k, const uint16_t *
     cudaError_t e = cudaSetDevice(device);
     if (e != cudaSuccess)
         return fail(e, "cudaSetDevice");
+    int major = 0, minor = 0;
+    if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess)
+        return fail(e, "compute capability");
+    if (major != 9 || minor != 0) // sm_90a code runs on compute capability 9.0 alone
+        return rk_error_set(RK_ERR_UNSUPPORTED, "wgmma check: needs compute capability 9.0 (this device: %d.%d)",
+                            major, minor);
     const size_t nab = (size_t)WG_ROWS * k * sizeof(bf16), nc = (size_t)WG_ROWS * 64 * sizeof(float);
     bf16 *da = NULL, *db = NULL;
     float *dc = NULL;
