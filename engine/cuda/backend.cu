@@ -841,12 +841,10 @@ rk_status gemm(cu_ctx *c, float *y, const void *x, const void *w, size_t n, size
 {
     if (gemv_ok(c, n, in))
         return gemv(c, y, x, w, n, in, out, acc);
-    if (c->mode == MODE_BF16) {
-        bool ran = false;
-        TRY(gemm_tuned(c->tuner, c->stream, y, CUDA_R_32F, x, w, n, in, out, acc, &ran));
-        if (ran)
-            return RK_OK;
-    }
+    bool ran = false; // (c->tuner is NULL outside bf16 mode: gemm_tuned then leaves it to cuBLAS)
+    TRY(gemm_tuned(c->tuner, c->stream, y, CUDA_R_32F, x, w, n, in, out, acc, &ran));
+    if (ran)
+        return RK_OK;
     cublasStatus_t s = mm(c, true, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, w, (int)in, x, (int)in, y,
                           (int)out, acc ? 1.0f : 0.0f);
     return s == CUBLAS_STATUS_SUCCESS ? RK_OK : blas_fail(s, "gemm");

@@ -547,22 +547,27 @@ Test(gpu_decode_smem, split64_attention_group_modifiers)
         WITH_FLASH(v, EACH_BF16(conf_export_import_shift(cuda_ctor, model, TOLB, TOLB)));                     \
     }
 
+/* A flash variant (RAGKV_ATTN_FLASH=v, suite `suite`) on `shape` (700 tokens) with a
+ * visibility-table window of 2 tiles over a whole prompt, and with 5 key splits under 40 rows. */
+#define FLASH_WINDOW_AND_SPLITS(suite, v, shape)                                                              \
+    Test(suite, window2_long_prefill)                                                                         \
+    {                                                                                                         \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);                                           \
+        WITH_FLASH(v, bf16_long_vs_cpu(shape, 700));                                                          \
+    }                                                                                                         \
+    Test(suite, five_splits_few_rows)                                                                         \
+    {                                                                                                         \
+        cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);                                            \
+        WITH_FLASH(v, bf16_tail_vs_cpu(shape, 700, 40));                                                      \
+    }
+
 /* The third flash kernel with one block barrier per key tile (RAGKV_ATTN_FLASH=4): the whole
  * prompt, few rows, small visibility-table windows and key splits. */
 #define FLASH4(call) WITH_FLASH("4", call)
 FLASH_CONFORMANCE(gpu_flash4, "4")
 Test(gpu_flash4, hd128_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd128", 700)); }
 Test(gpu_flash4, hd64_long_prefill_and_decode_close_to_cpu) { FLASH4(bf16_long_vs_cpu("test-hd64", 900)); }
-Test(gpu_flash4, window2_long_prefill)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
-    FLASH4(bf16_long_vs_cpu("test-hd128", 700));
-}
-Test(gpu_flash4, five_splits_few_rows)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
-    FLASH4(bf16_tail_vs_cpu("test-hd128", 700, 40));
-}
+FLASH_WINDOW_AND_SPLITS(gpu_flash4, "4", "test-hd128")
 /* The third flash kernel with a KV head's query heads packed into one block
  * (RAGKV_ATTN_FLASH=5): G = 2 (test-hd64, test-hd128: 64 positions per block), 4 (test-llama3
  * at head dim 16, test-hd128-g4: 32), 8 (test-hd64-g8: 16); test-qwen2's 7 heads per KV head
@@ -574,16 +579,7 @@ Test(gpu_flash5, hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_
 Test(gpu_flash5, hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64", 900)); }
 Test(gpu_flash5, g4_hd128_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd128-g4", 700)); }
 Test(gpu_flash5, g8_hd64_long_prefill_and_decode_close_to_cpu) { FLASH5(bf16_long_vs_cpu("test-hd64-g8", 900)); }
-Test(gpu_flash5, g4_window2_long_prefill)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_WINDOW", "2", 1), 0);
-    FLASH5(bf16_long_vs_cpu("test-hd128-g4", 700));
-}
-Test(gpu_flash5, g4_five_splits_few_rows)
-{
-    cr_assert_eq(setenv("RAGKV_ATTN_FLASH_SPLIT", "5", 1), 0);
-    FLASH5(bf16_tail_vs_cpu("test-hd128-g4", 700, 40));
-}
+FLASH_WINDOW_AND_SPLITS(gpu_flash5, "5", "test-hd128-g4")
 Test(gpu_flash5, g8_automatic_splits_few_rows) { FLASH5(bf16_tail_vs_cpu("test-hd64-g8", 900, 7)); }
 /* The flash kernels' running maximum moved on every new maximum (RAGKV_ATTN_LAZY=0, as before
  * the lazy rescale) and after a lag of only 1 (log2 units: rows both keep and move their
