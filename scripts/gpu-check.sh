@@ -66,29 +66,40 @@ if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; then
     log "compute-sanitizer not found"; rc=1
   else
     san_args=(); read -r -a san_args <<<"${GPU_CHECK_SANITIZER_ARGS:-}" # split on spaces, no globbing
-    # each gpu test binary; Criterion forks a child per test and the sanitizer follows children
-    for t in $(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} -N -V |
-                 sed -n 's/^.*Test command: \([^ ]*\).*$/\1/p'); do
+    # each gpu test as ctest runs it: its binary and its ENVIRONMENT property (the kvblock16
+    # run is the conformance binary with RAGKV_CUDA_KV_BLOCK=16), one line per test:
+    # NAME<TAB>BINARY<TAB>VAR=VALUE ...; Criterion forks a child per test and the sanitizer
+    # follows children
+    san_list=$(cd "$build" && ctest -L gpu ${GPU_CHECK_TESTS:+-R "$GPU_CHECK_TESTS"} --show-only=json-v1 |
+      python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["tests"]:
+    env = [v for p in t.get("properties", []) if p["name"] == "ENVIRONMENT" for v in p["value"]]
+    print(t["name"], t["command"][0], " ".join(env), sep="\t")')
+    while IFS=$'\t' read -r name t envs; do
+      [ -n "$name" ] || continue
+      san_env=(); read -r -a san_env <<<"$envs"
       for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck}; do
         limit=${GPU_CHECK_SANITIZER_TIMEOUT:-300}
         if [ -n "${GPU_CHECK_DEADLINE_S:-}" ]; then
           left=$((GPU_CHECK_DEADLINE_S - SECONDS))
-          if [ "$left" -lt 20 ]; then log "compute-sanitizer $tool $(basename "$t"): skipped (deadline)"; rc=1; continue; fi
+          if [ "$left" -lt 20 ]; then log "compute-sanitizer $tool $name: skipped (deadline)"; rc=1; continue; fi
           [ "$left" -lt "$limit" ] && limit=$left
         fi
         t0=$SECONDS
-        (cd "$(dirname "$t")" && timeout "$limit" "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1 "${san_args[@]}") \
+        echo "## compute-sanitizer $tool $name ${envs:-}" >>"$out/ctest-gpu.log"
+        (cd "$(dirname "$t")" && env "${san_env[@]}" timeout "$limit" "$san" --tool "$tool" --error-exitcode 99 --target-processes all "$t" --jobs 1 "${san_args[@]}") \
           >>"$out/ctest-gpu.log" 2>&1
         src=$?
         if [ $src = 0 ]; then
-          log "compute-sanitizer $tool $(basename "$t"): clean ($((SECONDS - t0)) s)"
+          log "compute-sanitizer $tool $name: clean ($((SECONDS - t0)) s)"
         elif [ $src = 124 ]; then
-          log "compute-sanitizer $tool $(basename "$t"): stopped after $limit s (no verdict)"; rc=1
+          log "compute-sanitizer $tool $name: stopped after $limit s (no verdict)"; rc=1
         else
-          log "compute-sanitizer $tool $(basename "$t"): ERRORS or a failed test, exit $src (see ctest-gpu.log)"; rc=1
+          log "compute-sanitizer $tool $name: ERRORS or a failed test, exit $src (see ctest-gpu.log)"; rc=1
         fi
       done
-    done
+    done <<<"$san_list"
   fi
 fi
 
