@@ -18,6 +18,7 @@
 #include "ragkv/clock.h"
 #include "ragkv/codec.h"
 #include "ragkv/engine.h"
+#include "ragkv/gpu.h"
 #include "ragkv/thread.h"
 
 #define BB_MAX_LIST 8
@@ -36,6 +37,8 @@ typedef struct bb_opts {
                       when the backend keeps bf16 KV) instead of CPU floats + upload */
     bool pipelined; /* compressed caches handed to bl_assemble as containers: decoded a layer
                        at a time while the previous layer computes */
+    bool page_locked; /* the containers in page-locked host memory, as ragkvd's RAM tier keeps
+                         them with a cuda backend (ram-page-locked) */
 } bb_opts;
 
 static int usage(FILE *f, int rc)
@@ -44,7 +47,7 @@ static int usage(FILE *f, int rc)
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
             "                         [--ratio R] [--codec NAME] [--level N]\n"
-            "                         [--f32 | --device | --to-block | --pipelined]\n"
+            "                         [--f32 | --device | --to-block | --pipelined] [--page-locked]\n"
             "                         [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
             "Time to first token of BOS + C chunks of N random tokens + a query, per blend mode: the\n"
@@ -54,7 +57,8 @@ static int usage(FILE *f, int rc)
             "(--to-block: into KV blocks, by the GPU decoder when the backend keeps bf16 KV;\n"
             "--pipelined: by the assembly itself, layer by layer ahead of the layer it computes: on the\n"
             "GPU into KV blocks on a bf16 CUDA backend, else (or with RAGKV_BLEND_GPU_LOAD=0) on the\n"
-            "CPU threads, one layer ahead).\n"
+            "CPU threads, one layer ahead). --page-locked: the containers wait in page-locked host\n"
+            "memory, as ragkvd's RAM tier keeps them with a cuda backend (GPU uploads by DMA).\n"
             "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"
@@ -70,6 +74,10 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             return usage(stdout, 0) - 1; /* -1: stop, exit 0 */
         if (!strcmp(a, "--f32") || !strcmp(a, "--device") || !strcmp(a, "--to-block") || !strcmp(a, "--pipelined")) {
             *(a[2] == 'f' ? &o->f32 : a[2] == 'd' ? &o->device : a[2] == 't' ? &o->to_block : &o->pipelined) = true;
+            continue;
+        }
+        if (!strcmp(a, "--page-locked")) {
+            o->page_locked = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -136,6 +144,10 @@ static int parse_args(int argc, char **argv, bb_opts *o)
         fprintf(stderr, "ragkv bench blend: --f32, --device, --to-block and --pipelined exclude each other\n");
         return 2;
     }
+    if (o->page_locked && (o->f32 || o->device)) {
+        fprintf(stderr, "ragkv bench blend: --page-locked is about compressed caches, not --f32 or --device\n");
+        return 2;
+    }
     if (o->nchunks < 1 || o->nmodes < 1 || o->chunk_tokens < 1 || o->query < 1 || o->iters < 1 ||
         o->iters > 100 || o->threads < 0 || !(o->ratio >= 0 && o->ratio <= 1)) {
         fprintf(stderr, "ragkv bench blend: a count is out of range (see --help)\n");
@@ -149,6 +161,9 @@ typedef struct bb_prompt {
     size_t nseg;
     int32_t **tokens;
     rk_buf *cont;  /* (nseg) compressed containers (unless f32) */
+    const uint8_t **cdata; /* (nseg) where the requests read them: cont[i].data, or its copy in
+                              page-locked memory (--page-locked) */
+    void **locked; /* (nseg) those copies (rk_gpu_host_free) */
     float **kv;    /* (nseg) decoded KV: the caches with --f32, else the decode buffers */
     eng_kvblock **blk; /* (nseg) --device: the caches as KV blocks */
     int32_t *query;
@@ -160,12 +175,15 @@ static void prompt_free(bb_prompt *p)
         rk_free(p->tokens ? p->tokens[i] : NULL);
         if (p->cont)
             rk_buf_free(&p->cont[i]);
+        rk_gpu_host_free(p->locked ? p->locked[i] : NULL);
         rk_free(p->kv ? p->kv[i] : NULL);
         eng_kvblock_free(p->blk ? p->blk[i] : NULL);
     }
     rk_free(p->blk);
     rk_free(p->tokens);
     rk_free(p->cont);
+    rk_free(p->cdata);
+    rk_free(p->locked);
     rk_free(p->kv);
     rk_free(p->query);
     memset(p, 0, sizeof(*p));
@@ -187,10 +205,12 @@ static rk_status prompt_build(eng_model *m, eng_backend *be, const bb_opts *o, s
     p->nseg = nseg;
     p->tokens = rk_calloc(nseg, sizeof(int32_t *));
     p->cont = rk_calloc(nseg, sizeof(rk_buf));
+    p->cdata = rk_calloc(nseg, sizeof(uint8_t *));
+    p->locked = rk_calloc(nseg, sizeof(void *));
     p->kv = rk_calloc(nseg, sizeof(float *));
     p->blk = rk_calloc(nseg, sizeof(eng_kvblock *));
     p->query = rk_malloc((size_t)o->query * sizeof(int32_t));
-    if (!p->tokens || !p->cont || !p->kv || !p->blk || !p->query)
+    if (!p->tokens || !p->cont || !p->cdata || !p->locked || !p->kv || !p->blk || !p->query)
         return RK_ERR_NOMEM;
     for (long j = 0; j < o->query; j++)
         p->query[j] = rand_token(rng, mi->vocab);
@@ -212,6 +232,12 @@ static rk_status prompt_build(eng_model *m, eng_backend *be, const bb_opts *o, s
             st = eng_kvblock_new(be, n, p->kv[i], &p->blk[i]);
         else if (st == RK_OK && !o->f32)
             st = codec_encode(p->kv[i], &shape, &cp, &p->cont[i]);
+        if (st == RK_OK && o->page_locked) {
+            if (!(p->locked[i] = rk_gpu_host_alloc(p->cont[i].len)))
+                return rk_error_set(RK_ERR_UNSUPPORTED, "--page-locked: %s", rk_error_msg());
+            memcpy(p->locked[i], p->cont[i].data, p->cont[i].len);
+        }
+        p->cdata[i] = p->locked[i] ? p->locked[i] : p->cont[i].data;
         if (st != RK_OK)
             return st;
         *stored_bytes += o->device ? eng_kvblock_bytes(p->blk[i]) : o->f32 ? kvf * sizeof(float) : p->cont[i].len;
@@ -237,8 +263,8 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     if (o->to_block && !tmp)
         return RK_ERR_NOMEM;
     for (size_t i = 0; reads && !o->f32 && !o->device && !o->pipelined && st == RK_OK && i < p->nseg; i++)
-        st = o->to_block ? bl_kvblock_decode(be, p->cont[i].data, p->cont[i].len, &dopt, &tmp[i])
-                         : codec_decode(p->cont[i].data, p->cont[i].len, &dopt, CODEC_F32, p->kv[i],
+        st = o->to_block ? bl_kvblock_decode(be, p->cdata[i], p->cont[i].len, &dopt, &tmp[i])
+                         : codec_decode(p->cdata[i], p->cont[i].len, &dopt, CODEC_F32, p->kv[i],
                                         kvf * sizeof(float));
     *decode_ms = (double)(rk_now_ns() - t0) / 1e6;
     bl_segment *segs = rk_calloc(p->nseg, sizeof(bl_segment));
@@ -246,7 +272,7 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     if (!segs)
         st = RK_ERR_NOMEM;
     for (size_t i = 0; st == RK_OK && i < p->nseg; i++)
-        segs[i] = o->pipelined ? (bl_segment){.tokens = p->tokens[i], .n = n, .container = reads ? p->cont[i].data : NULL,
+        segs[i] = o->pipelined ? (bl_segment){.tokens = p->tokens[i], .n = n, .container = reads ? p->cdata[i] : NULL,
                                               .container_len = reads ? p->cont[i].len : 0}
                                : (bl_segment){.tokens = p->tokens[i], .n = n, .kv = reads && !tmp ? p->kv[i] : NULL,
                                               .block = !reads ? NULL : tmp ? tmp[i] : p->blk[i]};
@@ -309,6 +335,9 @@ int bench_blend_main(int argc, char **argv)
     const char *cache = o.device ? "device" : o.f32 ? "host-f32" : o.to_block ? "host-compressed-to-block"
                         : o.pipelined ? (cpu_loader ? "host-compressed-pipelined-cpu" : "host-compressed-pipelined-gpu")
                                       : "host-compressed";
+    char cache_name[64]; /* the JSON's cache form: "-locked" for page-locked containers */
+    snprintf(cache_name, sizeof(cache_name), "%s%s", cache, o.page_locked ? "-locked" : "");
+    cache = cache_name;
     fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
             eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));
     if (jf)

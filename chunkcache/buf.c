@@ -3,6 +3,7 @@
 
 #include "ragkv/alloc.h"
 #include "ragkv/blobstore.h"
+#include "ragkv/gpu.h"
 
 static void destroy_owned(cc_buf *b)
 {
@@ -33,6 +34,32 @@ cc_buf *cc_buf_copy(const void *data, size_t n)
     cc_buf *b = cc_buf_wrap(p, n);
     if (!b)
         rk_free(p);
+    return b;
+}
+
+static void destroy_locked(cc_buf *b)
+{
+    rk_gpu_host_free(b->owner);
+    rk_free(b);
+}
+
+cc_buf *cc_buf_copy_locked(const void *data, size_t n)
+{
+    void *p = rk_gpu_host_alloc(n);
+    if (!p)
+        return NULL;
+    cc_buf *b = rk_malloc(sizeof(*b));
+    if (!b) {
+        rk_gpu_host_free(p);
+        return NULL;
+    }
+    if (n)
+        memcpy(p, data, n);
+    b->data = p;
+    b->len = n;
+    atomic_init(&b->refs, 1);
+    b->destroy = destroy_locked;
+    b->owner = p;
     return b;
 }
 

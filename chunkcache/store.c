@@ -54,6 +54,7 @@ struct cc_store {
     bool flusher_on;         /* the flusher thread was started */
     bool stopping;           /* close asked the flusher to exit (under ram_mu) */
     atomic_uint_fast64_t disk_bytes; /* blob bytes accounted on disk (sum over tenants) */
+    atomic_bool lock_warned; /* a page-locked RAM copy failed once (logged once) */
     counters st;             /* statistics */
 };
 
@@ -131,6 +132,23 @@ static void ram_touch(cc_store *s, ram_ent *e)
     e->hits++;
     e->hn.prio = ram_prio(s, e);
     cc_heap_fix(&s->heap, &e->hn);
+}
+
+/* The form blob takes in the RAM tier (takes over the reference): with ram_page_locked, a copy
+ * in page-locked memory, which a GPU loader uploads by DMA while the host goes on; the blob
+ * itself when the tier would not take it or no such memory is to be had (logged once). */
+static cc_buf *ram_form(cc_store *s, cc_buf *blob)
+{
+    if (!s->cfg.ram_page_locked || !s->cfg.ram_budget_bytes || blob->len > s->cfg.ram_budget_bytes)
+        return blob;
+    cc_buf *l = cc_buf_copy_locked(blob->data, blob->len);
+    if (!l) {
+        if (!atomic_exchange(&s->lock_warned, true))
+            RK_WARN("RAM tier: no page-locked memory (%s); chunks stay in pageable memory", rk_error_msg());
+        return blob;
+    }
+    cc_buf_release(blob);
+    return l;
 }
 
 /* Admit blob (takes over the reference) for rec. Lowest-priority entries leave first. */
@@ -489,7 +507,7 @@ static rk_status put_finish(cc_store *s, cc_put_txn *t, cc_key *out)
             cc_buf *blob = whole ? cc_buf_slice(whole, hdr, r.size) : NULL;
             cc_buf_release(whole);
             if (blob)
-                ram_admit(s, &r, blob);
+                ram_admit(s, &r, ram_form(s, blob));
         }
     }
     cc_evlist_free(&ev);
@@ -595,6 +613,7 @@ static rk_status read_blob(cc_store *s, const cc_record *r, cc_buf **blob)
     cc_buf_release(whole);
     if (!b)
         return rk_error_set(RK_ERR_NOMEM, "get: buffer");
+    b = ram_form(s, b); /* this read gets the tier's form too */
     ram_admit(s, r, cc_buf_ref(b));
     count_hit(s, &r->key);
     BUMP(s, disk_hits, 1);

@@ -337,6 +337,8 @@ static rk_status open_store(struct svc_server *srv)
     cc_config cc = cc_config_default();
     cc.data_dir = dir;
     cc.ram_budget_bytes = (uint64_t)cfg->ram_budget_mb << 20;
+    cc.ram_page_locked = !strcmp(cfg->ram_page_locked, "on") ||
+                         (!strcmp(cfg->ram_page_locked, "auto") && cfg->model[0] && !strcmp(cfg->backend, "cuda"));
     cc.disk_budget_bytes = (uint64_t)cfg->disk_budget_mb << 20;
     /* the device tier holds decoded chunks on the model's backend: only with a model */
     if (cfg->model[0] && cfg->device_budget_mb > 0) {

@@ -90,3 +90,37 @@ out:
     free(hy);
     return st;
 }
+
+extern "C" void *rk_gpu_host_alloc(size_t n)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        cudaGetLastError(); /* clear a sticky "no device" */
+        rk_error_set(RK_ERR_UNSUPPORTED, "page-locked host memory: no CUDA device");
+        return NULL;
+    }
+    void *p = NULL;
+    if ((e = cudaHostAlloc(&p, n ? n : 1, cudaHostAllocPortable)) != cudaSuccess) {
+        cudaGetLastError();
+        cuda_err(e, "cudaHostAlloc");
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void rk_gpu_host_free(void *p)
+{
+    if (p)
+        cudaFreeHost(p);
+}
+
+extern "C" bool rk_gpu_host_locked(const void *p)
+{
+    cudaPointerAttributes a;
+    if (!p || cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+}

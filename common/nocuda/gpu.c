@@ -14,3 +14,21 @@ rk_status rk_gpu_selftest(size_t n)
     (void)n;
     return rk_error_set(RK_ERR_UNSUPPORTED, "built without CUDA (RAGKV_CUDA=OFF or no nvcc)");
 }
+
+void *rk_gpu_host_alloc(size_t n)
+{
+    (void)n;
+    rk_error_set(RK_ERR_UNSUPPORTED, "built without CUDA (RAGKV_CUDA=OFF or no nvcc)");
+    return NULL;
+}
+
+void rk_gpu_host_free(void *p)
+{
+    (void)p;
+}
+
+bool rk_gpu_host_locked(const void *p)
+{
+    (void)p;
+    return false;
+}

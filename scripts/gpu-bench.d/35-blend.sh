@@ -9,7 +9,9 @@
 # the layer computed: on the GPU, each layer's bytes uploaded and decoded by the codec's CUDA
 # reader on a stream of its own straight into KV blocks while the engine's stream waits per layer
 # ("pipelined"), or on the CPU pool ("pipelined-cpu", RAGKV_BLEND_GPU_LOAD=0); or as float32 in
-# host RAM ("f32", not in the default list); decoding counts in the TTFT. Beside
+# host RAM ("f32", not in the default list); decoding counts in the TTFT. A compressed form
+# with "-locked" appended ("pipelined-locked", "to-block-locked") keeps the containers in
+# page-locked host memory, as ragkvd's RAM tier does with a cuda backend. Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 # GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier
@@ -23,11 +25,12 @@ lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
 for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
   extra=(); envs=()
-  case $cache in
+  case ${cache%-locked} in
     compressed) ;;
     pipelined-cpu) extra=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;
-    *) extra=(--$cache) ;;
+    *) extra=(--${cache%-locked}) ;;
   esac
+  [ "$cache" = "${cache%-locked}" ] || extra+=(--page-locked)
   echo "== caches: $cache"
   env "${envs[@]}" "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
     --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$tmp/runs/$cache.json"

@@ -3,6 +3,7 @@
  * TTL, RAM tier value-aware eviction, disk budget, restart persistence. */
 #include "cc_testlib.h"
 
+#include "ragkv/gpu.h"
 #include "ragkv/hash.h"
 
 #define COMBOS(X)                                                                                  \
@@ -349,3 +350,40 @@ static void t_ttl_ram_disk(cct_bs_kind bk, cct_ms_kind mk)
     Test(store_##name, repair_gc_rebuild) { t_repair_gc_rebuild(bk, mk); }                         \
     Test(store_##name, ttl_ram_tier_disk_budget_restart) { t_ttl_ram_disk(bk, mk); }
 COMBOS(DEFINE)
+
+/* ram_page_locked: the RAM tier's blobs (from a put, and from a disk read) sit in page-locked
+ * memory where a CUDA device gives it, in ordinary memory where none does; the bytes are the
+ * same either way, and the tier still evicts and serves. */
+Test(store_ram_page_locked, blobs_locked_where_a_device_is)
+{
+    rk_gpu_info gi;
+    bool device = rk_gpu_query(&gi) == RK_OK && gi.count > 0;
+    cct_env e;
+    cct_env_init(&e, CCT_BS_ROCKS, CCT_EMB_ROCKS);
+    cc_config cfg = cc_config_default();
+    cfg.ram_page_locked = true;
+    cfg.ram_budget_bytes = 3 * 70000;
+    cc_store *s = cct_open_store(&e, &cfg);
+    cct_make_tenant(s, "acme", 0, 0, CC_QUOTA_REJECT);
+    cc_key k[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(cct_put(s, "acme", 40 + (uint64_t)i, 70000, 1.0, &k[i]), RK_OK, "%s", rk_error_msg());
+    cc_stats st;
+    cc_store_stats(s, &st);
+    cr_expect_eq(st.ram_chunks, 3, "the budget holds three");
+    for (int pass = 0; pass < 2; pass++) { /* from RAM, then from disk after the tier is dropped */
+        for (int i = 0; i < 4; i++) {
+            cct_expect_blob(s, "acme", &k[i], 40 + (uint64_t)i, 70000);
+            cc_buf *b;
+            cr_assert_eq(cc_store_get(s, "acme", &k[i], &b, NULL), RK_OK);
+            cr_expect_eq(rk_gpu_host_locked(b->data), device, "pass %d chunk %d: page-locked %d, device %d", pass,
+                         i, rk_gpu_host_locked(b->data), device);
+            cc_buf_release(b);
+        }
+        cc_store_drop_ram(s);
+    }
+    cc_store_stats(s, &st);
+    cr_expect(st.disk_hits >= 4 && st.ram_hits >= 4);
+    cc_store_close(s);
+    cct_env_fini(&e);
+}

@@ -53,6 +53,11 @@ typedef struct cc_buf {
 /* A buffer holding a copy of n bytes (refs = 1). NULL when out of memory. */
 cc_buf *cc_buf_copy(const void *data, size_t n);
 
+/* A buffer holding a copy of n bytes in page-locked host memory (rk_gpu_host_alloc: a CUDA
+ * device copies out of it by DMA, asynchronously). NULL when there is no such memory (no
+ * device, no CUDA in the build, the driver refuses; rk_error_msg() says) or out of memory. */
+cc_buf *cc_buf_copy_locked(const void *data, size_t n);
+
 /* A buffer that owns `data` (allocated with rk_malloc) and frees it at the end. */
 cc_buf *cc_buf_wrap(void *data, size_t n);
 

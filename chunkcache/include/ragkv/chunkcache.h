@@ -84,6 +84,10 @@ typedef struct cc_config {
     uint32_t touch_batch;         /* reads buffered before a background thread sends their hit
                                      counts to metadata (default 64; 1 = each read, inline) */
     bool ram_on_put;              /* admit new chunks to the RAM tier (default true) */
+    bool ram_page_locked;         /* keep the RAM tier's blobs in page-locked host memory, so
+                                     that a CUDA loader's uploads from them are DMA, not staged
+                                     (default false; ragkvd turns it on with a CUDA backend).
+                                     Without a device the blobs stay where they are */
 } cc_config;
 
 cc_config cc_config_default(void);

@@ -12,6 +12,7 @@
 #ifndef RAGKV_GPU_H
 #define RAGKV_GPU_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,22 @@ rk_status rk_gpu_query(rk_gpu_info *info);
  * proves the build's machine code or PTX runs on this device. RK_ERR_DEVICE on any CUDA
  * error, RK_ERR_INTERNAL on a wrong result. */
 rk_status rk_gpu_selftest(size_t n);
+
+/* n bytes of page-locked ("pinned") host memory, visible to every device: copies between it
+ * and a device run as DMA, asynchronously to the host thread and at the bus's full rate,
+ * where copies from ordinary (pageable) memory go through the driver's staging buffers with
+ * the host thread waiting. Allocating it is slow (the pages are locked one by one) and it
+ * cannot be swapped: hold long-lived buffers in it (the chunk store's RAM tier), not scratch.
+ * NULL, with the reason in rk_error_msg(), when there is no device, the build has no CUDA or
+ * the driver refuses; free with rk_gpu_host_free. */
+void *rk_gpu_host_alloc(size_t n);
+
+/* Free what rk_gpu_host_alloc returned; NULL is a no-op. */
+void rk_gpu_host_free(void *p);
+
+/* Whether p points into page-locked host memory that CUDA knows (rk_gpu_host_alloc's, or
+ * registered); false without a device or CUDA. For checks and diagnostics. */
+bool rk_gpu_host_locked(const void *p);
 
 #ifdef __cplusplus
 }
