@@ -38,7 +38,7 @@ typedef struct bb_opts {
     bool pipelined; /* compressed caches handed to bl_assemble as containers: decoded a layer
                        at a time while the previous layer computes */
     bool page_locked; /* the containers in page-locked host memory, as ragkvd's RAM tier keeps
-                         them with a cuda backend (ram-page-locked) */
+                         them with ram-page-locked on */
 } bb_opts;
 
 static int usage(FILE *f, int rc)
@@ -58,7 +58,7 @@ static int usage(FILE *f, int rc)
             "--pipelined: by the assembly itself, layer by layer ahead of the layer it computes: on the\n"
             "GPU into KV blocks on a bf16 CUDA backend, else (or with RAGKV_BLEND_GPU_LOAD=0) on the\n"
             "CPU threads, one layer ahead). --page-locked: the containers wait in page-locked host\n"
-            "memory, as ragkvd's RAM tier keeps them with a cuda backend (GPU uploads by DMA).\n"
+            "memory, as ragkvd's RAM tier keeps them with ram-page-locked on (GPU uploads by DMA).\n"
             "Median of --iters runs after a warm-up. `full` reads no cache.\n"
             "Defaults: --shape llama3-8b (seeded synthetic weights) --backend cpu --chunks 4\n"
             "          --chunk-tokens 512 --query 64 --modes full,cacheblend,naive --ratio 0.15\n"

@@ -11,7 +11,7 @@
 # ("pipelined"), or on the CPU pool ("pipelined-cpu", RAGKV_BLEND_GPU_LOAD=0); or as float32 in
 # host RAM ("f32", not in the default list); decoding counts in the TTFT. A compressed form
 # with "-locked" appended ("pipelined-locked", "to-block-locked") keeps the containers in
-# page-locked host memory, as ragkvd's RAM tier does with a cuda backend. Beside
+# page-locked host memory, as ragkvd's RAM tier does with ram-page-locked on. Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 # GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier

@@ -86,7 +86,7 @@ typedef struct cc_config {
     bool ram_on_put;              /* admit new chunks to the RAM tier (default true) */
     bool ram_page_locked;         /* keep the RAM tier's blobs in page-locked host memory, so
                                      that a CUDA loader's uploads from them are DMA, not staged
-                                     (default false; ragkvd turns it on with a CUDA backend).
+                                     (default false; ragkvd's ram-page-locked).
                                      Without a device the blobs stay where they are */
 } cc_config;
 
