@@ -390,14 +390,19 @@ int bench_blend_main(int argc, char **argv)
             for (int ph = 0; ph < BL_PHASES; ph++)
                 printf("%s %.2f, ", bl_phase_name((bl_phase)ph), bs.phase_ms[ph]);
             printf("waiting for layers %.2f\n", bs.load_wait_ms);
+            if (o.pipelined)
+                printf("       loader ms (last run): set-up %.2f, opens %.2f, layers %.2f, release %.2f\n",
+                       bs.load_setup_ms, bs.load_open_ms, bs.load_enqueue_ms, bs.load_free_ms);
             fflush(stdout);
             if (jf)
                 fprintf(jf,
                         "%s{\"chunks\": %ld, \"prompt_tokens\": %zu, \"mode\": \"%s\", \"ttft_ms_median\": %.3f, "
                         "\"decode_ms_median\": %.3f, \"recomputed\": %zu, \"token_layers\": %.4f, "
-                        "\"cache_bytes\": %zu, \"load_wait_ms_last\": %.3f, \"phase_ms_last\": {%s}}",
+                        "\"cache_bytes\": %zu, \"load_wait_ms_last\": %.3f, \"loader_ms_last\": {\"setup\": %.3f, "
+                        "\"open\": %.3f, \"layers\": %.3f, \"release\": %.3f}, \"phase_ms_last\": {%s}}",
                         nrun++ ? ", " : "", o.chunks[c], plen, bl_mode_name(o.modes[k]), mt, md, bs.recomputed,
-                        bs.token_layers, stored, bs.load_wait_ms, phases);
+                        bs.token_layers, stored, bs.load_wait_ms, bs.load_setup_ms, bs.load_open_ms,
+                        bs.load_enqueue_ms, bs.load_free_ms, phases);
         }
         prompt_free(&p);
     }

@@ -834,7 +834,7 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
             st = bl_loader_finish(ld);
         if (eff)
             local.reused_tokens = reused; /* before repair, as for CacheBlend */
-        bl_loader_free(ld, &local.load_wait_ms);
+        bl_loader_free(ld, &local);
         rk_free(row0);
     }
     prompt_free(&pr);

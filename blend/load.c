@@ -32,6 +32,9 @@ struct bl_loader {
     rk_status err;              /* the loader's failure, RK_OK while none */
     char msg[256];              /* its message */
     double wait_ms;             /* the engine thread's waits */
+    uint64_t setup_ns, open_ns, enqueue_ns; /* bl_stats.load_*_ms: set-up (engine thread), the
+                                               opens and the layers (loader thread, read after
+                                               the join) */
     /* GPU mode (a CUDA backend keeping bf16 KV): each container is decoded by a
      * codec_cuda_reader, layer after layer on the reader's stream, straight into a KV block of
      * its own; the engine's stream waits on the device for the layer it imports. */
@@ -117,10 +120,13 @@ static void open_readers(void *arg, size_t b, size_t e)
  * as they go; the engine thread waits only for "enqueued". */
 static void loader_gpu(bl_loader *ld)
 {
+    uint64_t t0 = rk_now_ns();
     if (ld->opts && ld->opts->pool)
         rk_pool_for(ld->opts->pool, ld->nseg, 1, open_readers, ld);
     else
         open_readers(ld, 0, ld->nseg);
+    uint64_t t1 = rk_now_ns();
+    ld->open_ns = t1 - t0;
     pthread_mutex_lock(&ld->mu);
     bool failed = ld->err != RK_OK;
     pthread_mutex_unlock(&ld->mu);
@@ -147,6 +153,7 @@ static void loader_gpu(bl_loader *ld)
         pthread_cond_broadcast(&ld->cv);
         pthread_mutex_unlock(&ld->mu);
     }
+    ld->enqueue_ns = rk_now_ns() - t1;
 }
 
 static void *loader_main(void *arg)
@@ -156,6 +163,7 @@ static void *loader_main(void *arg)
         loader_gpu(ld);
         return NULL;
     }
+    uint64_t t0 = rk_now_ns();
     for (size_t i = 0; i < ld->nseg; i++) {
         const bl_segment *sg = &ld->segs[i];
         if (!sg->container)
@@ -168,6 +176,8 @@ static void *loader_main(void *arg)
             return NULL;
         }
     }
+    uint64_t t1 = rk_now_ns();
+    ld->open_ns = t1 - t0;
     for (int l = 0; l < ld->L; l++) {
         pthread_mutex_lock(&ld->mu);
         /* layer l goes where layer l - 2 was: wait until the engine thread moved past it */
@@ -193,6 +203,7 @@ static void *loader_main(void *arg)
         pthread_cond_broadcast(&ld->cv);
         pthread_mutex_unlock(&ld->mu);
     }
+    ld->enqueue_ns = rk_now_ns() - t1;
     return NULL;
 }
 
@@ -255,6 +266,7 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
     ld->held = -1;
     ld->host_layer = -1;
     ld->be = be;
+    uint64_t t0 = rk_now_ns();
     rk_status st = gpu_blocks(ld, &ld->gpu);
     if (st != RK_OK) {
         bl_loader_free(ld, NULL);
@@ -276,6 +288,7 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
             ld->off[i] = o;
             o += 2 * segs[i].n * w;
         }
+    ld->setup_ns = rk_now_ns() - t0;
     pthread_mutex_init(&ld->mu, NULL);
     pthread_cond_init(&ld->cv, NULL);
     if (pthread_create(&ld->th, NULL, loader_main, ld) != 0) {
@@ -387,10 +400,11 @@ rk_status bl_loader_finish(bl_loader *ld)
     return RK_OK;
 }
 
-void bl_loader_free(bl_loader *ld, double *wait_ms)
+void bl_loader_free(bl_loader *ld, bl_stats *st)
 {
     if (!ld)
         return;
+    uint64_t t0 = rk_now_ns();
     if (ld->started) {
         pthread_mutex_lock(&ld->mu);
         ld->stop = true;
@@ -400,8 +414,6 @@ void bl_loader_free(bl_loader *ld, double *wait_ms)
         pthread_mutex_destroy(&ld->mu);
         pthread_cond_destroy(&ld->cv);
     }
-    if (wait_ms)
-        *wait_ms = ld->wait_ms;
     for (size_t i = 0; ld->rd && i < ld->nseg; i++)
         if (ld->rd[i])
             codec_reader_close(ld->rd[i]);
@@ -409,6 +421,13 @@ void bl_loader_free(bl_loader *ld, double *wait_ms)
         codec_cuda_reader_close(ld->cr[i]); /* waits for its work: before the block goes */
     for (size_t i = 0; ld->blk && i < ld->nseg; i++)
         eng_kvblock_free(ld->blk[i]);
+    if (st) { /* the loader thread's times: read after the join */
+        st->load_wait_ms = ld->wait_ms;
+        st->load_setup_ms = (double)ld->setup_ns / 1e6;
+        st->load_open_ms = (double)ld->open_ns / 1e6;
+        st->load_enqueue_ms = (double)ld->enqueue_ns / 1e6;
+        st->load_free_ms = (double)(rk_now_ns() - t0) / 1e6;
+    }
     rk_free(ld->cr);
     rk_free(ld->blk);
     rk_free(ld->islot);

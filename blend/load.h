@@ -55,9 +55,10 @@ const float *bl_loader_layer(const bl_loader *ld, size_t i, int l);
  * RK_OK otherwise. NULL: RK_OK. */
 rk_status bl_loader_finish(bl_loader *ld);
 
-/* Stop the loader (layers not yet decoded are skipped), join its thread and free it; *wait_ms
- * (when not NULL) gets the time the engine thread spent waiting for layers. NULL is a no-op. */
-void bl_loader_free(bl_loader *ld, double *wait_ms);
+/* Stop the loader (layers not yet decoded are skipped), join its thread and free it; st (when
+ * not NULL) gets the time the engine thread spent waiting for layers and the loader's own
+ * times (bl_stats.load_*_ms). NULL is a no-op. */
+void bl_loader_free(bl_loader *ld, bl_stats *st);
 
 /* Decode a container segment's whole KV to float32 (eng_kv_floats(model, sg->n) floats, owned
  * by the caller): for the paths that import a segment at once (prefix, APE). RK_ERR_INVALID

@@ -381,6 +381,17 @@ Test(blend_block, every_mode_same_with_containers_as_with_floats)
             expect_same(&a, &b, what);
             cr_expect(b.st.load_wait_ms >= 0 && b.st.load_wait_ms <= b.st.ms, "%s: waited %g of %g ms", what,
                       b.st.load_wait_ms, b.st.ms);
+            /* the loader's own times: only where it ran (every mode but full, prefix and APE,
+             * which decode a container whole), its thread's opens and layers inside the call */
+            bool loads = p.mode != BL_FULL && p.mode != BL_PREFIX && p.mode != BL_APE;
+            cr_expect(a.st.load_setup_ms == 0 && a.st.load_open_ms == 0 && a.st.load_enqueue_ms == 0 &&
+                          a.st.load_free_ms == 0, "%s: no containers, no loader", what);
+            cr_expect(loads ? b.st.load_open_ms > 0 && b.st.load_enqueue_ms > 0 && b.st.load_free_ms > 0
+                            : b.st.load_open_ms == 0 && b.st.load_enqueue_ms == 0,
+                      "%s: loader opens %g, layers %g, release %g ms", what, b.st.load_open_ms, b.st.load_enqueue_ms,
+                      b.st.load_free_ms);
+            cr_expect(b.st.load_setup_ms + b.st.load_open_ms + b.st.load_enqueue_ms <= b.st.ms + 1e-3,
+                      "%s: the loader's times lie inside the call's %g ms", what, b.st.ms);
             result_free(&a);
             result_free(&b);
             run(&c, mixed_f, &p, &a);

@@ -179,6 +179,14 @@ typedef struct bl_stats {
     size_t ape_ctx_end;     /* BL_APE: the chunks occupy slots [1, ape_ctx_end); else 0 */
     double phase_ms[BL_PHASES]; /* the wall time split by phase (APE: all under full) */
     double load_wait_ms;    /* of that, time spent waiting for container layers to be decoded */
+    /* the layer loader's own times (compressed containers handed over whole; 0 without):
+     * wall times, the set-up and the release on the calling thread (in `ms`; the set-up
+     * inside the import phase), the opening and the enqueueing on the loader's thread, which
+     * overlap the layers computed */
+    double load_setup_ms;   /* making the decode targets (GPU: a KV block per container) */
+    double load_open_ms;    /* opening every container (checks, tables; GPU: readers, uploads) */
+    double load_enqueue_ms; /* decoding (CPU) or enqueueing (GPU) every layer, after the opens */
+    double load_free_ms;    /* closing the readers and releasing the targets */
 } bl_stats;
 
 /* Standalone chunk prefill: BOS + tokens at positions 0..n on a scratch sequence; writes the
