@@ -5,6 +5,21 @@
 #include "ragkv/blobstore.h"
 #include "ragkv/gpu.h"
 
+/* A buffer (refs = 1) over n bytes at data, released by destroy with owner; NULL when out of
+ * memory (nothing is released then). */
+static cc_buf *buf_new(const void *data, size_t n, void (*destroy)(cc_buf *), void *owner)
+{
+    cc_buf *b = rk_malloc(sizeof(*b));
+    if (!b)
+        return NULL;
+    b->data = data;
+    b->len = n;
+    atomic_init(&b->refs, 1);
+    b->destroy = destroy;
+    b->owner = owner;
+    return b;
+}
+
 static void destroy_owned(cc_buf *b)
 {
     rk_free(b->owner);
@@ -13,15 +28,7 @@ static void destroy_owned(cc_buf *b)
 
 cc_buf *cc_buf_wrap(void *data, size_t n)
 {
-    cc_buf *b = rk_malloc(sizeof(*b));
-    if (!b)
-        return NULL;
-    b->data = data;
-    b->len = n;
-    atomic_init(&b->refs, 1);
-    b->destroy = destroy_owned;
-    b->owner = data;
-    return b;
+    return buf_new(data, n, destroy_owned, data);
 }
 
 cc_buf *cc_buf_copy(const void *data, size_t n)
@@ -48,18 +55,11 @@ cc_buf *cc_buf_copy_locked(const void *data, size_t n)
     void *p = rk_gpu_host_alloc(n);
     if (!p)
         return NULL;
-    cc_buf *b = rk_malloc(sizeof(*b));
-    if (!b) {
-        rk_gpu_host_free(p);
-        return NULL;
-    }
     if (n)
         memcpy(p, data, n);
-    b->data = p;
-    b->len = n;
-    atomic_init(&b->refs, 1);
-    b->destroy = destroy_locked;
-    b->owner = p;
+    cc_buf *b = buf_new(p, n, destroy_locked, p);
+    if (!b)
+        rk_gpu_host_free(p);
     return b;
 }
 
@@ -73,14 +73,9 @@ cc_buf *cc_buf_slice(cc_buf *parent, size_t off, size_t n)
 {
     if (off > parent->len || n > parent->len - off)
         return NULL;
-    cc_buf *b = rk_malloc(sizeof(*b));
-    if (!b)
-        return NULL;
-    b->data = parent->data + off;
-    b->len = n;
-    atomic_init(&b->refs, 1);
-    b->destroy = destroy_slice;
-    b->owner = cc_buf_ref(parent);
+    cc_buf *b = buf_new(parent->data + off, n, destroy_slice, parent);
+    if (b)
+        cc_buf_ref(parent);
     return b;
 }
 
