@@ -99,6 +99,11 @@ constexpr size_t PROF_FEW_ROWS = 64, PROF_MID_ROWS = 4096;
 constexpr int DECODE_GRAPHS = 8; // executable decode graphs kept per context (batch sizes
                                  // and attention grids that alternate keep theirs)
 
+struct cu_blk_mem {           // a released KV block's allocation (see cu_ctx.blk_cache)
+    void *p;
+    size_t bytes;
+};
+
 struct cu_ctx {
     eng_model *m;
     const eng_model_info *mi;
@@ -146,6 +151,12 @@ struct cu_ctx {
                               // (RAGKV_CUDA_GEMV=0 turns it off, read when the backend is made)
     gemm_tuner *tuner;        // bf16 products of many rows by timed cuBLASLt algorithms (gemm_lt.h;
                               // NULL: RAGKV_CUDA_GEMM_TUNE=0, or not bf16)
+    // released chunk KV blocks' device memory kept for the next block of the same size
+    // (RAGKV_CUDA_KVBLOCK_CACHE_MB; 0, the default: every block is cudaMalloc'd and cudaFree'd);
+    // guarded by pool_mu
+    cu_blk_mem *blk_cache;
+    size_t blk_n, blk_cap;
+    size_t blk_cached, blk_limit; // bytes kept, and the most to keep
 };
 
 struct cu_kv {
@@ -1157,6 +1168,9 @@ void cu_free(void *ctx)
     for (size_t i = 0; i < c->kv_n_arenas; i++)
         cudaFree(c->kv_arenas[i]);
     rk_free(c->kv_arenas);
+    for (size_t i = 0; i < c->blk_n; i++)
+        cudaFree(c->blk_cache[i].p);
+    rk_free(c->blk_cache);
     rk_free(c->kv_free);
     delete c->pool_mu;
     for (int i = 0; i < DECODE_GRAPHS; i++)
@@ -2033,11 +2047,77 @@ rk_status cu_kv_import(void *ctx, eng_seq *s, int layer0, int n_layers, size_t s
 // an import is one kernel per layer from device memory (K copied and rotated at the new
 // positions, V copied), with no host copy. Contracts: engine_impl.h.
 
+// A chunk KV block's device memory. With RAGKV_CUDA_KVBLOCK_CACHE_MB > 0, released blocks'
+// allocations are kept (up to that many MiB, the oldest freed first) and the next block of the
+// same size takes one: a blend from compressed caches allocates a block per container (67 MB
+// for 512 tokens of the Llama-3-8B shape) and frees them all at the end, and each cudaFree
+// waits for the whole device. An allocation kept was released only after the legacy stream's
+// work was done (blk_put), and the engine's readers of a block all run there or wait there
+// (imports, reads, deviations; the codec's readers close before their blocks go).
+static void *blk_take(cu_ctx *c, size_t bytes)
+{
+    std::lock_guard<std::mutex> g(*c->pool_mu);
+    for (size_t i = c->blk_n; i-- > 0;)
+        if (c->blk_cache[i].bytes == bytes) {
+            void *p = c->blk_cache[i].p;
+            memmove(c->blk_cache + i, c->blk_cache + i + 1, (c->blk_n - i - 1) * sizeof(cu_blk_mem));
+            c->blk_n--;
+            c->blk_cached -= bytes;
+            return p;
+        }
+    return NULL;
+}
+
+static void blk_put(cu_ctx *c, void *p, size_t bytes)
+{
+    if (!p)
+        return;
+    if (!bytes || bytes > c->blk_limit || cudaStreamSynchronize(0) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(p);
+        return;
+    }
+    void *drop = NULL; // one allocation pushed out per round, freed outside the lock
+    for (;;) {
+        {
+            std::lock_guard<std::mutex> g(*c->pool_mu);
+            if (!c->blk_n || c->blk_cached + bytes <= c->blk_limit) { // room now: keep p
+                if (grow_array(&c->blk_cache, &c->blk_cap, c->blk_n + 1)) {
+                    c->blk_cache[c->blk_n++] = cu_blk_mem{p, bytes};
+                    c->blk_cached += bytes;
+                    p = NULL;
+                }
+                break;
+            }
+            drop = c->blk_cache[0].p; // the oldest goes first
+            c->blk_cached -= c->blk_cache[0].bytes;
+            memmove(c->blk_cache, c->blk_cache + 1, (c->blk_n - 1) * sizeof(cu_blk_mem));
+            c->blk_n--;
+        }
+        cudaFree(drop);
+    }
+    cudaFree(p); // NULL when kept
+}
+
+// RAGKV_CUDA_KVBLOCK_CACHE_MB: 0..1048576 MiB of released chunk KV blocks kept (default 0).
+static rk_status blk_cache_limit(size_t *out)
+{
+    const char *e = getenv("RAGKV_CUDA_KVBLOCK_CACHE_MB");
+    *out = 0;
+    if (!e || !*e)
+        return RK_OK;
+    char *end = NULL;
+    long v = strtol(e, &end, 10);
+    if (*end || v < 0 || v > (1L << 20))
+        return rk_error_set(RK_ERR_INVALID, "cuda backend: RAGKV_CUDA_KVBLOCK_CACHE_MB=%s: expected 0..1048576", e);
+    *out = (size_t)v << 20;
+    return RK_OK;
+}
+
 void cu_kvblock_release(void *ctx, eng_kvblock *b)
 {
     cu_enter(ctx); // best effort: a release cannot fail
-    (void)ctx;
-    cudaFree(b->ctx);
+    blk_put((cu_ctx *)ctx, b->ctx, b->bytes);
     b->ctx = NULL;
 }
 
@@ -2046,8 +2126,8 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
     TRY(cu_enter(ctx));
     cu_ctx *c = (cu_ctx *)ctx;
     size_t per = 2 * b->n * kv_dim(c), size = (size_t)c->mi->n_layers * per * esize(c);
-    void *d = NULL;
-    if (cudaMalloc(&d, size) != cudaSuccess) {
+    void *d = blk_take(c, size);
+    if (!d && cudaMalloc(&d, size) != cudaSuccess) {
         cudaGetLastError();
         return rk_error_set(RK_ERR_NOMEM, "cuda backend: no device memory for a KV block of %zu tokens", b->n);
     }
@@ -2070,7 +2150,7 @@ rk_status cu_kvblock_init(void *ctx, eng_kvblock *b, const float *kv)
         st = rk_error_set(RK_ERR_DEVICE, "cuda backend: KV block upload failed");
     if (st != RK_OK) {
         cudaGetLastError();
-        cudaFree(d);
+        blk_put(c, d, size);
         return st;
     }
     b->ctx = d;
@@ -2290,7 +2370,7 @@ extern "C" rk_status eng_backend_cuda_new(eng_model *m, int device, eng_backend 
         st = rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
         goto fail;
     }
-    if ((st = kv_block_shift(&c->kv_bshift)) != RK_OK)
+    if ((st = kv_block_shift(&c->kv_bshift)) != RK_OK || (st = blk_cache_limit(&c->blk_limit)) != RK_OK)
         goto fail;
     c->kv_block_bytes = ((size_t)m->info.n_layers * KV_ARRAYS << c->kv_bshift) * kv_dim(c) * esize(c);
     if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {

@@ -702,3 +702,58 @@ Test(gpu_math, unknown_mode_refused) { env_value_refused("RAGKV_CUDA_MATH", "fp8
 
 /* Without a CUDA device the whole file skips at once. */
 RK_TEST_MAIN_NEEDS_CUDA("engine_test_gpu_conformance")
+
+/* RAGKV_CUDA_KVBLOCK_CACHE_MB: released chunk KV blocks' memory serves the next block of the
+ * same size. A block made in memory that held another block reads back its own KV (the same as
+ * a block in fresh memory), and the block conformance checks pass with the cache on. */
+static void kvblock_cache_reuse(const char *model)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(cuda_ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    enum { N = 12 };
+    size_t F = eng_kv_floats(m, N);
+    float *kv[2], *got = malloc(F * sizeof(float)), *want = malloc(F * sizeof(float));
+    eng_seq *src = conf_seq(be, 16);
+    int32_t tok[N];
+    for (int i = 0; i < 2; i++) {
+        kv[i] = malloc(F * sizeof(float));
+        det_tokens(tok, N, mi->vocab, 70 + i);
+        cr_assert_eq(eng_seq_truncate(src, 0), RK_OK);
+        cr_assert_eq(eng_prefill(src, tok, N, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+        cr_assert_eq(eng_kv_export(src, 0, N, kv[i]), RK_OK);
+    }
+    eng_kvblock *a, *b, *fresh;
+    cr_assert_eq(eng_kvblock_new(be, N, kv[0], &a), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kvblock_read(a, 0, mi->n_layers, got), RK_OK);
+    eng_kvblock_free(a);                                      /* its memory is kept ... */
+    cr_assert_eq(eng_kvblock_new(be, N, kv[1], &b), RK_OK); /* ... and taken here */
+    cr_assert_eq(eng_kvblock_new(be, N, kv[1], &fresh), RK_OK); /* new memory: b still holds the kept one */
+    cr_assert_eq(eng_kvblock_read(b, 0, mi->n_layers, got), RK_OK);
+    cr_assert_eq(eng_kvblock_read(fresh, 0, mi->n_layers, want), RK_OK);
+    cr_expect(memcmp(got, want, F * sizeof(float)) == 0, "%s: a block in reused memory reads back its own KV",
+              model);
+    cr_expect(memcmp(kv[0], kv[1], F * sizeof(float)) != 0, "the two blocks' KV differ");
+    eng_kvblock_free(b);
+    eng_kvblock_free(fresh);
+    eng_seq_free(src);
+    free(kv[0]);
+    free(kv[1]);
+    free(got);
+    free(want);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+#define KVBLOCK_CACHE(call)                                                      \
+    do {                                                                         \
+        cr_assert_eq(setenv("RAGKV_CUDA_KVBLOCK_CACHE_MB", "64", 1), 0);         \
+        call;                                                                    \
+    } while (0)
+Test(gpu_kvblock_cache, reused_memory_holds_the_new_block) { KVBLOCK_CACHE(EACH_BF16(kvblock_cache_reuse(model))); }
+Test(gpu_kvblock_cache, kv_blocks_in_one_call_equal_one_by_one)
+{
+    KVBLOCK_CACHE(EACH_BF16(conf_kvblocks(cuda_ctor, model)));
+}
+Test(gpu_kvblock_cache, kv_block_equals_kv_import) { KVBLOCK_CACHE(EACH_BF16(conf_kvblock(cuda_ctor, model, TOLB))); }
+Test(gpu_kvblock_cache, unknown_value_refused) { env_value_refused("RAGKV_CUDA_KVBLOCK_CACHE_MB", "-1"); }
