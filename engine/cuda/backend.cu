@@ -561,13 +561,6 @@ __device__ __forceinline__ void rope_pair(int i, int hd, int inter, int *a, int 
     *b = inter ? 2 * i + 1 : i + hd / 2;
 }
 
-// Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld elements) into the
-// cache of sequence desc[rseq ? rseq[r] : 0] at `layer`, slot slots ? slots[r] : slot0 + r:
-// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, pair), over every KV
-// head: the row's descriptor, slot, block addresses and the pair's angle (sincos) once, not
-// once per head (a thread per head made the import of a prompt's cached chunks run at about a
-// fifth of the memory's speed; store_kv_blocks() gives the grid). S, the source's element
-// type, is float (fresh rows, host imports) or T (a kvblock on the device).
 // One (row, pair) of k_store_kv and k_import_blocks: K row k and V row v (pre-RoPE) into slot
 // `slot` of `layer` of d, K also rotated at position p, pair i of every KV head.
 template <typename T, typename S>
@@ -595,6 +588,13 @@ __device__ __forceinline__ void store_kv_pair(const cu_kvdesc &d, int layer, lon
     }
 }
 
+// Row r of (n rows): K (pre-RoPE) from ksrc, V from vsrc (row stride ld elements) into the
+// cache of sequence desc[rseq ? rseq[r] : 0] at `layer`, slot slots ? slots[r] : slot0 + r:
+// k_raw = K, k_rot = K rotated at pos[r], v = V. One thread per (row, pair), over every KV
+// head: the row's descriptor, slot, block addresses and the pair's angle (sincos) once, not
+// once per head (a thread per head made the import of a prompt's cached chunks run at about a
+// fifth of the memory's speed; store_kv_blocks() gives the grid). S, the source's element
+// type, is float (fresh rows, host imports) or T (a kvblock on the device).
 template <typename T, typename S>
 __global__ void k_store_kv(const cu_kvdesc *desc, const int32_t *rseq, int layer, const S *ksrc,
                            const S *vsrc, size_t ld, const int32_t *slots, int slot0, const int32_t *pos, int n,
