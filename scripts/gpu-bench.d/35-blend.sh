@@ -11,7 +11,9 @@
 # ("pipelined"), or on the CPU pool ("pipelined-cpu", RAGKV_BLEND_GPU_LOAD=0); or as float32 in
 # host RAM ("f32", not in the default list); decoding counts in the TTFT. A compressed form
 # with "-locked" appended ("pipelined-locked", "to-block-locked") keeps the containers in
-# page-locked host memory, as ragkvd's RAM tier does with ram-page-locked on. Beside
+# page-locked host memory, as ragkvd's RAM tier does with ram-page-locked on. A form followed
+# by @VAR=VALUE runs with that environment variable (and its rows' cache name says so), e.g.
+# "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 # GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier
@@ -23,17 +25,21 @@ trap 'rm -rf "$tmp"' EXIT
 chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
-for cache in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
-  extra=(); envs=()
+for form in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
+  cache=${form%%@*}; extra=(); envs=()
   case ${cache%-locked} in
     compressed) ;;
     pipelined-cpu) extra=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;
     *) extra=(--${cache%-locked}) ;;
   esac
   [ "$cache" = "${cache%-locked}" ] || extra+=(--page-locked)
-  echo "== caches: $cache"
+  [ "$form" = "$cache" ] || envs+=("${form#*@}")
+  echo "== caches: $form"
+  json="$tmp/runs/${form//[^A-Za-z0-9_.=-]/_}.json"
   env "${envs[@]}" "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
-    --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$tmp/runs/$cache.json"
+    --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$json"
+  # a form with a variable: its rows say so ("cache": "...+VAR=VALUE")
+  [ "$form" = "$cache" ] || python3 -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['cache'] += '+' + sys.argv[2]; json.dump(d, open(p, 'w'))" "$json" "${form#*@}"
 done
 python3 bench/python/blend_side_by_side.py --hf "$tmp/hf.json" --runs "$tmp"/runs/*.json \
   --json "$OUT/blend_bench.json"
