@@ -8,10 +8,47 @@
 _Static_assert(sizeof(((rk_blake2b_state *)0)->opaque) >= sizeof(crypto_generichash_state),
                "rk_blake2b_state too small for libsodium's state");
 
+#if RK_XXH3_AVX2
+uint64_t rk_xxh3_64_avx2(const void *data, size_t n); /* hash_avx2.c */
+#endif
+
+/* Whether rk_xxh3_64 takes hash_avx2.c's build. */
+static int xxh3_avx2(void)
+{
+#if RK_XXH3_AVX2
+    static int on = -1; /* every thread that races here stores the same answer */
+    int v = __atomic_load_n(&on, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&on, v, __ATOMIC_RELAXED);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
 uint64_t rk_xxh3_64(const void *data, size_t n)
 {
     static const unsigned char empty[1];
+    if (!n)
+        data = empty;
+#if RK_XXH3_AVX2
+    if (xxh3_avx2())
+        return rk_xxh3_64_avx2(data, n);
+#endif
+    return XXH3_64bits(data, n);
+}
+
+uint64_t rk_xxh3_64_lib(const void *data, size_t n)
+{
+    static const unsigned char empty[1];
     return XXH3_64bits(n ? data : empty, n);
+}
+
+int rk_xxh3_64_simd(void)
+{
+    return xxh3_avx2();
 }
 
 rk_status rk_blake2b_init(rk_blake2b_state *st, size_t outlen)

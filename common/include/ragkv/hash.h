@@ -1,7 +1,7 @@
 /*
  * ragkv/hash.h — the two hashes ragkv uses.
  *
- * - XXH3-64 (libxxhash): fast, non-cryptographic; checksums of container sections and blobs.
+ * - XXH3-64 (libxxhash; an AVX2 build of it where the CPU has AVX2): fast, non-cryptographic; checksums of container sections and blobs.
  * - BLAKE2b (libsodium): cryptographic; content-addressed chunk identity, so that a chunk key
  *   cannot be forged to collide with another tenant's chunk.
  *
@@ -28,6 +28,10 @@ extern "C" {
 
 /* XXH3 64-bit hash of n bytes (seed 0). data may be NULL when n == 0. */
 uint64_t rk_xxh3_64(const void *data, size_t n);
+/* The same hash by libxxhash's own build, and whether rk_xxh3_64 takes a faster one (an AVX2
+ * build of the same code, chosen at run time): for tests and benchmarks. */
+uint64_t rk_xxh3_64_lib(const void *data, size_t n);
+int rk_xxh3_64_simd(void);
 
 /* Opaque-sized BLAKE2b streaming state; large enough for libsodium's state. */
 typedef struct rk_blake2b_state {
