@@ -366,6 +366,66 @@ static rk_status select_rows(const struct prompt *pr, size_t *sel, size_t *k, co
     return st;
 }
 
+rk_status bl_select_parse(const char *name, bl_select *out)
+{
+    if (name && !strcmp(name, "deviation"))
+        *out = BL_SELECT_DEVIATION;
+    else if (name && !strcmp(name, "attention"))
+        *out = BL_SELECT_ATTENTION;
+    else
+        return rk_error_set(RK_ERR_INVALID, "unknown selection '%s' (deviation, attention)", name ? name : "");
+    return RK_OK;
+}
+
+const char *bl_select_name(bl_select s)
+{
+    return s == BL_SELECT_DEVIATION ? "deviation" : s == BL_SELECT_ATTENTION ? "attention" : "unknown";
+}
+
+/* BL_SELECT_ATTENTION: att[r] (n floats) = the attention the query's rows pay row r at layer c,
+ * summed over those rows (each row's mean over heads). The query's rows are the prompt's
+ * trailing uncached rows (at most BL_SELECT_QUERY_ROWS, the last ones; the last row alone when
+ * it is cached). Their states entering layer c are rows of h (every row ran the layers before
+ * c), and scratch holds every row's fresh K/V of layer c (the probe; slot = position = row), so
+ * these weights are exactly a full prefill's at layer c. The rows run layer c on a copy of their
+ * states (their K/V written into scratch again: the same values); *nq is how many ran. */
+static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hidden *h, const struct prompt *pr,
+                                 int c, float *att, size_t *nq)
+{
+    const size_t n = pr->n;
+    size_t q0 = n - 1;
+    if (!pr->seg[n - 1])
+        while (q0 > 0 && !pr->seg[q0 - 1] && n - q0 < BL_SELECT_QUERY_ROWS)
+            q0--;
+    size_t k = n - q0;
+    *nq = k;
+    eng_hidden *hq = NULL;
+    size_t *idx = rk_malloc(k * sizeof(size_t)), *bounds = rk_malloc((n + 1) * sizeof(size_t));
+    float *mass = rk_malloc(k * n * sizeof(float));
+    rk_status st = RK_ERR_NOMEM;
+    if (!idx || !bounds || !mass)
+        goto out;
+    for (size_t i = 0; i < k; i++)
+        idx[i] = q0 + i;
+    for (size_t i = 0; i <= n; i++)
+        bounds[i] = i;
+    if ((st = eng_hidden_new(be, k, &hq)) != RK_OK || (st = eng_hidden_gather(hq, h, idx, k)) != RK_OK)
+        goto out;
+    eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
+    if ((st = eng_layer_forward_ex(scratch, c, hq, k, pr->pos + q0, pr->pos + q0, NULL, NULL, &ag)) != RK_OK)
+        goto out;
+    memset(att, 0, n * sizeof(float));
+    for (size_t i = 0; i < k; i++)
+        for (size_t r = 0; r < n; r++)
+            att[r] += mass[i * n + r];
+out:
+    eng_hidden_free(hq);
+    rk_free(idx);
+    rk_free(bounds);
+    rk_free(mass);
+    return st;
+}
+
 static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
                                      struct prompt *pr, const bl_params *p, float *logits,
                                      bl_stats *stats)
@@ -439,6 +499,17 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
             goto out;
         for (size_t i = 0; i < k; i++)
             dev[i] = pr->seg[sel[i]] ? kf[sel[i]] : 0;
+        if (p->select == BL_SELECT_ATTENTION) { /* weighted by the query's attention */
+            size_t nq = 0;
+            float *att = rk_malloc(n * sizeof(float));
+            st = att ? query_attention(be, scratch, h, pr, c, att, &nq) : RK_ERR_NOMEM;
+            for (size_t i = 0; st == RK_OK && i < k; i++)
+                dev[i] *= att[sel[i]];
+            rk_free(att);
+            if (st != RK_OK)
+                goto out;
+            computed += (double)nq;
+        }
         if ((st = select_rows(pr, sel, &k, dev, bl_select_count(nreused, bl_schedule_ratio(&sched, 0)))) != RK_OK)
             goto out;
         /* the selected rows' hidden states entering layer c */
@@ -751,6 +822,8 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         return rk_error_set(RK_ERR_INVALID, "unknown blend mode %d", (int)p->mode);
     if (!(p->ratio >= 0.0f && p->ratio <= 1.0f) || p->check_layer < 1)
         return rk_error_set(RK_ERR_INVALID, "ratio %g or check layer %d out of range", (double)p->ratio, p->check_layer);
+    if ((unsigned)p->select > BL_SELECT_ATTENTION)
+        return rk_error_set(RK_ERR_INVALID, "unknown selection %d", (int)p->select);
     if (p->mode == BL_CACHECRAFT && !(p->alpha >= 0.0f && isfinite(p->alpha)))
         return rk_error_set(RK_ERR_INVALID, "cachecraft alpha %g must be finite and >= 0", (double)p->alpha);
     if (p->mode == BL_APE && !ape_params_ok(p))

@@ -25,6 +25,7 @@ struct eval_opts {
     const char *json;
     int check_layer;   /* CacheBlend check layer */
     int deviation_v;   /* count V's deviation too */
+    bl_select select;  /* CacheBlend's ranking at the check layer */
     float g_first, g_step; /* gradual schedule (g_first 0: flat) */
     bl_mode modes[8];
     int nmodes;
@@ -50,6 +51,7 @@ static void usage(FILE *f)
             "usage: ragkv blend eval --model PATH [--cases N] [--chunks K] [--chunk-len T]\n"
             "                        [--query-len Q] [--seed S] [--modes LIST] [--ratios LIST]\n"
             "                        [--check-layer N] [--deviation-v 0|1] [--gradual FIRST,STEP]\n"
+            "                        [--select deviation|attention]\n"
             "                        [--alpha LIST] [--ape-t T] [--ape-s S]\n"
             "                        [--threads N] [--json FILE]\n\n"
             "Builds N prompts of K chunks (T tokens each, sampled from the model itself) and a\n"
@@ -212,6 +214,11 @@ static int eval_main(int argc, char **argv)
             o.check_layer = atoi(v);
         } else if (!strcmp(a, "--deviation-v")) {
             o.deviation_v = atoi(v);
+        } else if (!strcmp(a, "--select")) {
+            if (bl_select_parse(v, &o.select) != RK_OK) {
+                fprintf(stderr, "ragkv blend eval: --select deviation|attention\n");
+                return 2;
+            }
         } else if (!strcmp(a, "--gradual")) {
             if (sscanf(v, "%f,%f", &o.g_first, &o.g_step) != 2 || !(o.g_first > 0 && o.g_first <= 1) ||
                 !(o.g_step > 0 && o.g_step <= 1)) {
@@ -333,8 +340,9 @@ static int eval_main(int argc, char **argv)
         fprintf(stderr, "ragkv blend eval: out of memory\n");
         return 1;
     }
-    fprintf(stderr, "blend eval: %s, %d cases x %d chunks x %d tokens + %d query tokens (%zu tokens)\n",
-            mi->id, o.cases, o.chunks, o.chunk_len, o.query_len, nprompt);
+    fprintf(stderr, "blend eval: %s, %d cases x %d chunks x %d tokens + %d query tokens (%zu tokens); "
+            "cacheblend selects by %s\n", mi->id, o.cases, o.chunks, o.chunk_len, o.query_len, nprompt,
+            bl_select_name(o.select));
     for (int c = 0; c < o.cases && st == RK_OK; c++) {
         uint64_t base = o.seed * 1000003ull + (uint64_t)c * 7919ull;
         for (int k = 0; k < o.chunks && st == RK_OK; k++) {
@@ -413,6 +421,7 @@ static int eval_main(int argc, char **argv)
             if (o.check_layer > 0)
                 p.check_layer = o.check_layer;
             p.deviation_v = o.deviation_v != 0;
+            p.select = o.select;
             p.alpha = runs[r].ratio;
             p.craft = cseg + (runs[r].craft_src ? K : 0);
             p.ape_t = o.ape_t;
@@ -482,9 +491,10 @@ static int eval_main(int argc, char **argv)
                 rc = 1;
             } else {
                 fprintf(f, "{\"model\": \"%s\", \"cases\": %d, \"chunks\": %d, \"chunk_len\": %d, \"query_len\": %d, "
-                           "\"prompt_tokens\": %zu, \"continuation\": %d, \"ape_t\": %g, \"ape_s\": %g, \"runs\": [",
+                           "\"prompt_tokens\": %zu, \"continuation\": %d, \"ape_t\": %g, \"ape_s\": %g, "
+                           "\"check_layer\": %d, \"deviation_v\": %d, \"select\": \"%s\", \"runs\": [",
                         mi->id, o.cases, o.chunks, o.chunk_len, o.query_len, nprompt, CONT, (double)o.ape_t,
-                        (double)o.ape_s);
+                        (double)o.ape_s, o.check_layer > 0 ? o.check_layer : 1, o.deviation_v != 0, bl_select_name(o.select));
                 for (int r = 0; r < nruns; r++) {
                     double n = o.cases;
                     fprintf(f, "%s\n {\"mode\": \"%s\", \"ratio\": %.4f, \"recomputed\": %.5f, \"token_layers\": %.5f, "
@@ -627,6 +637,7 @@ int bl_cli_generate(int argc, char **argv)
     memset(&g, 0, sizeof(g));
     bl_params_default(&g.p, BL_FULL);
     const char *query = NULL;
+    bl_select sel = BL_SELECT_DEVIATION;
     int blended = 0, rc = 2;
     char **rest = rk_calloc((size_t)argc + 3, sizeof(char *));
     int nrest = 0;
@@ -637,7 +648,8 @@ int bl_cli_generate(int argc, char **argv)
     rest[nrest++] = argv[0];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int takes = !strcmp(a, "--chunk") || !strcmp(a, "--query") || !strcmp(a, "--blend") || !strcmp(a, "--recompute");
+        int takes = !strcmp(a, "--chunk") || !strcmp(a, "--query") || !strcmp(a, "--blend") || !strcmp(a, "--recompute") ||
+                    !strcmp(a, "--select");
         if (!takes) {
             rest[nrest++] = argv[i];
             continue;
@@ -673,6 +685,11 @@ int bl_cli_generate(int argc, char **argv)
             float r = g.p.ratio;
             bl_params_default(&g.p, (bl_mode)mode);
             g.p.ratio = r;
+        } else if (!strcmp(a, "--select")) {
+            if (bl_select_parse(v, &sel) != RK_OK) {
+                fprintf(stderr, "ragkv generate: --select deviation|attention\n");
+                goto out;
+            }
         } else {
             char *end;
             float r = strtof(v, &end);
@@ -683,6 +700,7 @@ int bl_cli_generate(int argc, char **argv)
             g.p.ratio = r;
         }
     }
+    g.p.select = sel;
     if (!blended) { /* a plain prompt: the engine's tool as it is */
         rk_free(rest);
         rc = eng_cli_generate(argc, argv);
@@ -693,6 +711,8 @@ int bl_cli_generate(int argc, char **argv)
                        "  --query FILE     the query's token ids\n"
                        "  --blend MODE     full, prefix, naive, cacheblend, cachecraft or ape (default full)\n"
                        "  --recompute R    CacheBlend's ratio (default 0.15)\n"
+                       "  --select S       CacheBlend's ranking: deviation (default) or attention (the\n"
+                       "                   deviations weighted by the query's attention at the check layer)\n"
                        "  Chunk caches are computed standalone first; a last line reports\n"
                        "  'blend: recomputed=<fraction> ttft_ms=<t>'.\n");
         return rc;

@@ -80,6 +80,8 @@ static void free_fixture(struct fixture *f)
         free(f->kv[i]);
 }
 
+static bl_select g_select; /* CacheBlend's ranking in assemble() (0: deviation) */
+
 /* Assemble into a fresh sequence; returns it (caller frees) and the last-row logits. */
 static eng_seq *assemble(struct fixture *f, bl_mode mode, float ratio, float *logits, bl_stats *st)
 {
@@ -88,6 +90,7 @@ static eng_seq *assemble(struct fixture *f, bl_mode mode, float ratio, float *lo
     bl_params p;
     bl_params_default(&p, mode);
     p.ratio = ratio;
+    p.select = g_select;
     cr_assert_eq(bl_assemble(m, be, s, f->seg, 3, f->q, 6, &p, logits, st), RK_OK, "%s: %s",
                  bl_mode_name(mode), rk_error_msg());
     return s;
@@ -143,9 +146,8 @@ Test(blend, cacheblend_r1_equals_full_rotate_half)
     check_r1_equals_full();
 }
 
-Test(blend, cacheblend_r0_equals_naive)
+static void check_r0_equals_naive(void)
 {
-    open_model("stories260K.bin", false);
     struct fixture f;
     make_fixture(&f, 11);
     size_t n = 1 + 40 + 23 + 31 + 6;
@@ -165,6 +167,64 @@ Test(blend, cacheblend_r0_equals_naive)
     free(lb);
     eng_seq_free(naive);
     eng_seq_free(blend);
+    free_fixture(&f);
+}
+
+Test(blend, cacheblend_r0_equals_naive)
+{
+    open_model("stories260K.bin", false);
+    check_r0_equals_naive();
+}
+
+/* The selection by the query's attention changes which tokens are chosen, never what r = 1
+ * and r = 0 mean. */
+Test(blend, attention_selection_r1_equals_full)
+{
+    g_select = BL_SELECT_ATTENTION;
+    open_model("stories260K.bin", false);
+    check_r1_equals_full();
+    g_select = BL_SELECT_DEVIATION;
+}
+
+Test(blend, attention_selection_r0_equals_naive)
+{
+    g_select = BL_SELECT_ATTENTION;
+    open_model("stories260K.bin", false);
+    check_r0_equals_naive();
+    g_select = BL_SELECT_DEVIATION;
+}
+
+/* At r = 0.15 both rankings recompute the same number of tokens (the query's rows run the
+ * check layer once more: a little more work), choose different ones, and names parse. */
+Test(blend, attention_selection_counts_and_names)
+{
+    open_model("stories260K.bin", false);
+    struct fixture f;
+    make_fixture(&f, 41);
+    size_t n = 1 + 40 + 23 + 31 + 6;
+    float *ld = malloc(mi->vocab * sizeof(float)), *la = malloc(mi->vocab * sizeof(float));
+    bl_stats sd, sa;
+    eng_seq *dv = assemble(&f, BL_CACHEBLEND, 0.15f, ld, &sd);
+    g_select = BL_SELECT_ATTENTION;
+    eng_seq *at = assemble(&f, BL_CACHEBLEND, 0.15f, la, &sa);
+    g_select = BL_SELECT_DEVIATION;
+    cr_expect_eq(sa.recomputed, sd.recomputed);
+    /* six query rows run the check layer once more: 6 token-layers over n x L */
+    cr_expect_float_eq(sa.token_layers - sd.token_layers, 6.0 / ((double)n * mi->n_layers), 1e-9);
+    float *kd = export_all_kv(m, dv, n), *ka = export_all_kv(m, at, n);
+    cr_expect_gt(max_rel(kd, ka, eng_kv_floats(m, n)), 1e-3, "another selection, another cache");
+    bl_select x = BL_SELECT_DEVIATION;
+    cr_expect_eq(bl_select_parse("attention", &x), RK_OK);
+    cr_expect_eq(x, BL_SELECT_ATTENTION);
+    cr_expect_str_eq(bl_select_name(x), "attention");
+    cr_expect_eq(bl_select_parse("entropy", &x), RK_ERR_INVALID);
+    cr_expect_eq(bl_select_parse(NULL, &x), RK_ERR_INVALID);
+    free(kd);
+    free(ka);
+    free(ld);
+    free(la);
+    eng_seq_free(dv);
+    eng_seq_free(at);
     free_fixture(&f);
 }
 
@@ -219,6 +279,9 @@ Test(blend, selection_and_errors)
     cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_RANGE, "too small");
     p.ratio = 1.5f;
     cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_INVALID);
+    p.ratio = 0.15f;
+    p.select = (bl_select)7;
+    cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, l, NULL), RK_ERR_INVALID, "unknown selection");
     eng_seq_free(s);
     free(l);
     free_fixture(&f);

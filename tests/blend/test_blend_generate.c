@@ -88,9 +88,25 @@ Test(blend_generate, chunk_prompts_through_the_tool, .timeout = 120)
     char *nv[] = {"--chunk", "C1", "--chunk", "C2", "--query", "Q", "--blend", "naive", NULL};
     char nl[256];
     run(model, "o-naive", nv, nl, sizeof(nl));
-    char *tp = slurp("o-plain"), *tf = slurp("o-full"), *tc = slurp("o-cb");
+    /* --select before --blend still holds (the ranking does not change what r = 1 means) */
+    char *ca[] = {"--select", "attention", "--chunk", "C1", "--chunk", "C2", "--query", "Q", "--blend", "cacheblend",
+                  "--recompute", "1", NULL};
+    run(model, "o-cba", ca, bl, sizeof(bl));
+    char *tp = slurp("o-plain"), *tf = slurp("o-full"), *tc = slurp("o-cb"), *ta = slurp("o-cba");
     cr_expect_str_eq(tf, tp, "assembled full = plain prefill of the same tokens");
     cr_expect_str_eq(tc, tf, "CacheBlend at r = 1 = full");
+    cr_expect_str_eq(ta, tf, "CacheBlend by the query's attention at r = 1 = full");
+    /* an unknown ranking is a usage error */
+    char bin[1024], c1p[512];
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    snprintf(c1p, sizeof(c1p), "%s/c1", tmp);
+    char *bad[] = {bin, "generate", "--model", (char *)model, "--chunk", c1p, "--select", "entropy", NULL};
+    rk_test_proc bp;
+    cr_assert(rk_test_spawn(bad, &bp));
+    char line[200];
+    while (rk_test_read_line(&bp, line, sizeof(line), 60000))
+        ;
+    cr_expect_eq(rk_test_wait(&bp, 60000), 2, "--select entropy is refused");
     double frac = -1;
     cr_assert_eq(sscanf(nl, "blend: recomputed=%lf", &frac), 1, "%s", nl);
     cr_expect_float_eq(frac, 5.0 / 19.0, 1e-3, "naive computes BOS and the query only");

@@ -2,6 +2,7 @@
  * too (CacheBlend at r = 1 equals full, r = 0 equals naive), and the CUDA results match the CPU
  * backend's within float tolerances. Skips without a CUDA build or device. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +61,8 @@ static void tokens(int32_t *t, size_t n, unsigned seed)
         t[i] = 3 + rand() % (mi->vocab - 3);
 }
 
+static bl_select g_select; /* CacheBlend's ranking in assemble() (0: deviation) */
+
 /* Assemble on backend be with chunk caches computed on the same backend. */
 static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, bl_mode mode, float r, float *logits,
                          float **kvs)
@@ -75,8 +78,56 @@ static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, b
     bl_params p;
     bl_params_default(&p, mode);
     p.ratio = r;
+    p.select = g_select;
     cr_assert_eq(bl_assemble(m, be, s, segs, 3, q, 5, &p, logits, NULL), RK_OK, "%s", rk_error_msg());
     return s;
+}
+
+/* CacheBlend ranked by the query's attention (the attention mass of the query's rows over every
+ * slot: the reference attention path on the device) chooses and computes the same on the GPU
+ * as on the CPU, r = 1 stays full, and the bf16 backend runs it too. */
+Test(gpu_blend, attention_selection_agrees_with_the_cpu)
+{
+    open_all();
+    int32_t ch[3][30], q[5];
+    for (int i = 0; i < 3; i++)
+        tokens(ch[i], 30, 300 + (unsigned)i);
+    tokens(q, 5, 400);
+    const size_t V = (size_t)mi->vocab;
+    float *lc = malloc(V * sizeof(float)), *lg = malloc(V * sizeof(float)), *lf = malloc(V * sizeof(float)),
+          *l1 = malloc(V * sizeof(float));
+    float *k1[3], *k2[3], *k3[3], *k4[3], *k5[3];
+    g_select = BL_SELECT_ATTENTION;
+    eng_seq *c = assemble(cpu, ch, q, BL_CACHEBLEND, 0.15f, lc, k1);
+    eng_seq *g = assemble(gpu, ch, q, BL_CACHEBLEND, 0.15f, lg, k2);
+    cr_expect_leq(max_rel(lc, lg, V), 1e-3, "the same selection and logits on CPU and GPU");
+    eng_seq *f = assemble(gpu, ch, q, BL_FULL, 0, lf, k3);
+    eng_seq *r1 = assemble(gpu, ch, q, BL_CACHEBLEND, 1.0f, l1, k4);
+    cr_expect_leq(max_rel(lf, l1, V), 1e-3, "r = 1 equals full");
+    eng_backend *bf = bf16_backend();
+    eng_seq *b = assemble(bf, ch, q, BL_CACHEBLEND, 0.15f, lg, k5);
+    g_select = BL_SELECT_DEVIATION;
+    size_t finite = 0;
+    for (size_t i = 0; i < V; i++)
+        finite += isfinite(lg[i]) != 0;
+    cr_expect_eq(finite, V, "bf16: finite logits");
+    eng_seq_free(c);
+    eng_seq_free(g);
+    eng_seq_free(f);
+    eng_seq_free(r1);
+    eng_seq_free(b);
+    eng_backend_free(bf);
+    for (int i = 0; i < 3; i++) {
+        free(k1[i]);
+        free(k2[i]);
+        free(k3[i]);
+        free(k4[i]);
+        free(k5[i]);
+    }
+    free(lc);
+    free(lg);
+    free(lf);
+    free(l1);
 }
 
 Test(gpu_blend, exactness_and_agreement_with_the_cpu)
@@ -134,7 +185,7 @@ Test(gpu_blend, kv_blocks_equal_floats_on_the_gpu)
     for (int i = 0; i < 3; i++)
         tokens(ch[i], 30, 300 + (unsigned)i);
     tokens(q, 5, 400);
-    size_t V = (size_t)mi->vocab;
+    const size_t V = (size_t)mi->vocab;
     float *lf = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *kv[3];
     eng_kvblock *blk[3];
     bl_segment fl[3], bk[3];

@@ -19,7 +19,8 @@
  *                  writing fresh K/V over the cached ones; attention always follows the exact
  *                  causal rule (a row at position p sees keys at positions <= p). With a
  *                  gradual schedule the selection shrinks layer by layer, by the deviation
- *                  measured at each layer.
+ *                  measured at each layer. bl_params.select = BL_SELECT_ATTENTION weights the
+ *                  check layer's deviations by the attention the query pays each token.
  *   BL_CACHECRAFT  per chunk, a recompute budget CFO from the Cache-Craft metadata of the
  *                  chunk's cached variant (captured by bl_variant_capture, in whatever context
  *                  the chunk was first seen) and the chunks that precede it now; the variant
@@ -135,12 +136,32 @@ typedef struct bl_craft_segment {
     size_t n_prev;
 } bl_craft_segment;
 
+/* CacheBlend: how the check layer ranks the reused tokens (docs/blend.md, "Selection by the
+ * query's attention"). */
+typedef enum bl_select {
+    BL_SELECT_DEVIATION = 0, /* the largest deviation of fresh from cached K (and V): CacheBlend's
+                                rule, the default */
+    BL_SELECT_ATTENTION = 1, /* the largest deviation times the attention the query's rows pay the
+                                token at the check layer: the query's rows (the prompt's trailing
+                                uncached rows, at most BL_SELECT_QUERY_ROWS of them; the last row
+                                when the prompt ends in a chunk) run the check layer once more on
+                                the probe's fresh keys, which are exact there, so the weights are
+                                a full prefill's at that layer; costs those rows one layer */
+} bl_select;
+#define BL_SELECT_QUERY_ROWS 64
+
+/* "deviation" / "attention" -> bl_select; RK_ERR_INVALID otherwise. */
+rk_status bl_select_parse(const char *name, bl_select *out);
+const char *bl_select_name(bl_select s); /* "deviation", "attention" or "unknown" */
+
 typedef struct bl_params {
     bl_mode mode;
     float ratio;          /* CacheBlend: share of reused tokens recomputed (0..1) */
     int check_layer;      /* CacheBlend: layer where deviations are measured (>= 1) */
     bl_schedule schedule; /* gradual filtering; first == 0 means flat at `ratio` */
     bool deviation_v;     /* also count V's deviation, not only K's */
+    bl_select select;     /* CacheBlend: the check layer's ranking (default BL_SELECT_DEVIATION;
+                             a gradual schedule's later shrinking stays by deviation) */
     float alpha;          /* Cache-Craft: CFO = clamp(alpha * CCI * (1 - beta'), 0, 1); >= 0 */
     const bl_craft_segment *craft; /* Cache-Craft: (nseg) per-segment variants and current
                                       predecessors, borrowed; NULL: every cached segment is one
