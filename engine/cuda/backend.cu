@@ -738,6 +738,22 @@ __global__ void k_softmax(float *scores_all, const int32_t *spos, int len, const
     }
 }
 
+// The attention mass of every (row, group) averaged over heads, summed in head order from 0 and
+// divided by H (the CPU backend's order): one thread per (row, group), so that only (n, G)
+// floats go to the host, not (n, H, G) — with a group per slot that is H times less to copy
+// and to add up there.
+__global__ void k_mass_mean(const float *mass_h, size_t n, int H, int G, float *out)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * (size_t)G)
+        return;
+    size_t r = i / (size_t)G, g = i % (size_t)G;
+    float m = 0.0f;
+    for (int h = 0; h < H; h++)
+        m += mass_h[(r * (size_t)H + (size_t)h) * (size_t)G + g];
+    out[i] = m / (float)H;
+}
+
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
 
 // ---- the profiler (RAGKV_CUDA_PROFILE=1) --------------------------------------------------
@@ -1376,6 +1392,7 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         *chunk = ch < 1 ? 1 : ch > n ? n : ch;
         cv.take<float>(*chunk * H * len);                         // scores
         cv.take<float>(n * H * G + 1);                            // mass
+        cv.take<float>(n * G + 1);                                // mass, mean over heads
         cv.take<float>(2 * len * kvd);                            // k, v fp32, contiguous
         if (c->mode == MODE_BF16) {
             cv.take<float>(n * qd);                               // q fp32
@@ -1476,6 +1493,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         size_t chunk_rows = chunk;
         float *scores = cv.take<float>(chunk_rows * H * len);
         float *dmass = cv.take<float>(n * H * G + 1);
+        float *dmean = cv.take<float>(n * G + 1);
         cu_kv *kv = (cu_kv *)lc->s->ctx;
         const cu_kvdesc dh = desc_of(c, lc->s);
         ref_args ra;
@@ -1519,23 +1537,14 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             k_convert<float, T><<<blocks(n * qd), 256>>>(att, attf, n * qd);
             CHECK_LAUNCH("narrow attention");
         }
-        if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend)
-            float *mh = (float *)rk_malloc(n * H * G * sizeof(float));
-            if (!mh)
-                return rk_error_set(RK_ERR_NOMEM, "cuda backend: out of host memory");
-            cudaError_t e = cudaMemcpy(mh, dmass, n * H * G * sizeof(float), cudaMemcpyDeviceToHost);
-            if (e != cudaSuccess) {
-                rk_free(mh);
-                return cuda_fail(e, "attention mass");
+        if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend), on the device
+            if (n > 0 && G > 0) {
+                k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+                CHECK_LAUNCH("attention mass");
             }
-            for (size_t r = 0; r < n; r++)
-                for (size_t g = 0; g < G; g++) {
-                    float m = 0.0f;
-                    for (size_t hh = 0; hh < H; hh++)
-                        m += mh[(r * H + hh) * G + g];
-                    ag->mass[r * G + g] = m / (float)H;
-                }
-            rk_free(mh);
+            cudaError_t e = cudaMemcpy(ag->mass, dmean, n * G * sizeof(float), cudaMemcpyDeviceToHost);
+            if (e != cudaSuccess)
+                return cuda_fail(e, "attention mass");
         }
     } else {
         size_t nf = path == PATH_DECODE ? attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len)
