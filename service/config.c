@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ragkv/blend.h"
 #include "ragkv/codec.h"
 #include "ragkv/log.h"
 #include "ragkv/service.h"
@@ -67,6 +68,7 @@ static const struct opt_desc opts[] = {
     INT_OPT("craft-capture-min-uses", craft_capture_min_uses, 1, 1000000, "capture a chunk's Cache-Craft variant after another chunk once the pair has come in this many cachecraft prompts (1: at the first; a pair seen once is seldom seen again)"),
     INT_OPT("craft-capture-max-wait-ms", craft_capture_max_wait_ms, 0, 3600000, "a Cache-Craft capture waiting this long takes a layer of its prefill between decode steps even while the executor is busy, at most one forced per this interval (0: only when idle)"),
     STR_OPT("ram-page-locked", ram_page_locked, "auto, on or off: keep the RAM tier's compressed chunks in page-locked host memory, which the GPU reads by DMA while the host goes on (uploads from ordinary memory are staged by the driver, the loading thread waiting); it cannot be swapped out. auto: on with a cuda backend. Default off: on the H200 (2026-12-07) it did not shorten blends from RAM, whose cost is elsewhere in the loader"),
+    STR_OPT("blend-select", blend_select, "deviation or attention: how cacheblend prompts rank the reused tokens at the check layer — by the deviation of fresh from cached K (CacheBlend's rule), or by that deviation times the attention the query pays each token there (lower KL at the same ratio on the test models, docs/blend.md; not yet timed on a GPU)"),
     STR_OPT("layer-loading", layer_loading, "auto, on or off: chunks read from RAM or disk (no device tier, Redis metadata) are decoded a layer ahead of the layer computed (on), or whole first (off); auto: on for GPU backends, off on the CPU backend, where decoding and computing share the cores"),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -97,6 +99,7 @@ void svc_config_defaults(svc_config *cfg)
     snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
     snprintf(cfg->layer_loading, sizeof(cfg->layer_loading), "auto");
     snprintf(cfg->ram_page_locked, sizeof(cfg->ram_page_locked), "off");
+    snprintf(cfg->blend_select, sizeof(cfg->blend_select), "deviation");
     snprintf(cfg->chunk_codec, sizeof(cfg->chunk_codec), "cachegen");
     cfg->craft_capture = 1;
     cfg->craft_capture_max_tokens = 4096;
@@ -130,6 +133,11 @@ static rk_status opt_set(svc_config *cfg, const struct opt_desc *o, const char *
         codec_id cid;
         if (strcmp(o->name, "chunk-codec") == 0 && codec_id_parse(value, &cid) != RK_OK) {
             snprintf(err, errlen, "chunk-codec: '%s' is not raw, lz4, q8 or cachegen", value);
+            return RK_ERR_INVALID;
+        }
+        bl_select bs;
+        if (strcmp(o->name, "blend-select") == 0 && bl_select_parse(value, &bs) != RK_OK) {
+            snprintf(err, errlen, "blend-select: '%s' is not deviation or attention", value);
             return RK_ERR_INVALID;
         }
         if ((strcmp(o->name, "layer-loading") == 0 || strcmp(o->name, "ram-page-locked") == 0) &&

@@ -659,6 +659,7 @@ static void do_submit_job(struct svc_conn *c, svc_request *rq, uint8_t kind)
         static const bl_mode bm[] = {BL_FULL, BL_PREFIX, BL_NAIVE, BL_CACHEBLEND, BL_CACHECRAFT, BL_APE};
         bl_params_default(&g->blend, bm[rq->blend]);
         g->blend.ratio = rq->recompute;
+        g->blend.select = c->w->srv->blend_select;
         if (rq->blend == SVC_BLEND_CACHECRAFT && rq->recompute > 0)
             g->blend.alpha = 2.0f * rq->recompute; /* the wire's 0..1 scale: alpha 0..2 */
     }

@@ -481,6 +481,8 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     pthread_cond_init(&srv->usage_cv, NULL);
     svc_request_limits_default(&srv->limits);
     srv->max_frame = (uint32_t)cfg->max_frame_mb << 20;
+    if (bl_select_parse(cfg->blend_select, &srv->blend_select) != RK_OK) /* checked when the option was set */
+        srv->blend_select = BL_SELECT_DEVIATION;
     srv->start_ns = rk_now_ns();
     int lvl = rk_log_level_parse(cfg->log_level);
     if (lvl >= 0)

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "ragkv/blend.h"
 #include "ragkv/service.h"
 #include "ragkv/svc_auth.h"
 #include "ragkv/svc_request.h"
@@ -82,6 +83,7 @@ struct svc_server {
     bool usage_running;                 /* guarded by usage_mu */
     uint64_t usage_done;                /* refreshes finished; guarded by usage_mu */
     uint32_t max_frame;                 /* payload cap after AUTH, bytes */
+    bl_select blend_select;             /* cacheblend prompts' ranking (config blend-select) */
     atomic_int active;                  /* live protocol connections */
     uint64_t start_ns;
 };

@@ -18,9 +18,11 @@ static rk_test_proc daemon;
 static int port, hport;
 static const char *model;
 
+static const char *blend_select = "deviation"; /* the daemon's blend-select */
+
 static void start(void)
 {
-    const char *extra[] = {"--model", model, NULL};
+    const char *extra[] = {"--model", model, "--blend-select", blend_select, NULL};
     cr_assert(rk_test_daemon_start(tmp, extra, &daemon, &port, &hport), "ragkvd did not start");
 }
 
@@ -318,4 +320,49 @@ Test(chunks, get_kv_put_kv_quota_and_restart)
     cr_assert_eq(ragkv_lookup(a, key, 1, &present), RK_OK, "%s", rk_error_msg());
     cr_expect_eq(present, 1, "durable across restarts");
     ragkv_close(a);
+}
+
+/* blend-select = attention: cacheblend prompts still answer, r = 1 still equals full, and a
+ * partial recompute keeps the ratio's count (the query's attention changes which tokens, not how
+ * many) but, on this prompt at r = 0.5, not the continuation the default ranking gives on the
+ * same store: the daemon passes the option on. */
+Test(chunks, cacheblend_ranked_by_the_querys_attention)
+{
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    ragkv_conn *c = dial(tok_a);
+    int32_t ch[3][30];
+    ragkv_segment segs[3];
+    for (int i = 0; i < 3; i++) {
+        chunk_tokens(ch[i], 30, i + 11);
+        uint8_t key[32];
+        cr_assert_eq(ragkv_put_chunk(c, ch[i], 30, key, NULL, NULL), RK_OK, "%s", rk_error_msg());
+        segs[i] = (ragkv_segment){.tokens = ch[i], .ntokens = 30};
+    }
+    ragkv_gen_params full = {.segs = segs, .nsegs = 3, .query = query, .nquery = 4, .blend = 0, .max_tokens = 16};
+    ragkv_gen_params r1 = full, part = full;
+    r1.blend = part.blend = 3;
+    r1.recompute = 1.0f;
+    part.recompute = 0.5f;
+    svct_tokens tf = {0}, t1 = {0}, tp = {0}, td = {0};
+    ragkv_gen_stats sf, s1, sp;
+    /* the same prompt on this daemon (deviation, the default), then on one ranking by attention
+     * over the same store */
+    cr_assert_eq(ragkv_generate(c, &part, svct_collect_tokens, &td, &sp), RK_OK, "%s", rk_error_msg());
+    ragkv_close(c);
+    cr_assert_eq(rk_test_stop(&daemon, SIGTERM, 20000), 0);
+    blend_select = "attention";
+    start();
+    blend_select = "deviation";
+    c = dial(tok_a);
+    cr_assert_eq(ragkv_generate(c, &full, svct_collect_tokens, &tf, &sf), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(ragkv_generate(c, &r1, svct_collect_tokens, &t1, &s1), RK_OK, "%s", rk_error_msg());
+    cr_expect(tf.n == t1.n && memcmp(tf.toks, t1.toks, tf.n * sizeof(int32_t)) == 0, "r = 1 equals full");
+    cr_assert_eq(ragkv_generate(c, &part, svct_collect_tokens, &tp, &sp), RK_OK, "%s", rk_error_msg());
+    cr_expect_eq(sp.chunk_hits, 3);
+    cr_expect_eq(tp.n, 16);
+    cr_expect_eq(sp.recomputed, 1 + 45 + 4, "BOS, half of the 90 reused tokens, the query");
+    cr_expect(td.n != tp.n || memcmp(td.toks, tp.toks, td.n * sizeof(int32_t)) != 0,
+              "another ranking, another continuation (this prompt's, measured)");
+    ragkv_close(c);
 }

@@ -79,6 +79,8 @@ typedef struct svc_config {
     char ram_page_locked[16];    /* auto|on|off: the RAM tier's chunks in page-locked memory,
                                     uploaded to the GPU by DMA (auto: with a cuda backend;
                                     default off) */
+    char blend_select[16];       /* deviation|attention: CacheBlend's ranking of reused tokens at the
+                                    check layer (bl_params.select; default deviation) */
     char chunk_codec[16];        /* codec of the chunks the daemon encodes (PUT_CHUNK, prompt
                                     misses, Cache-Craft variants, PREFILL_KV): raw, lz4, q8 or
                                     cachegen (default) */
