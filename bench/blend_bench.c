@@ -31,6 +31,7 @@ typedef struct bb_opts {
     int nmodes;
     long chunk_tokens, query, iters, threads, level;
     float ratio;
+    bl_select select; /* CacheBlend's ranking (--select) */
     bool f32;    /* caches as decoded float32 (no codec) */
     bool device; /* caches as KV blocks on the backend (the chunk store's device tier) */
     bool to_block; /* compressed caches decoded into KV blocks (bl_kvblock_decode: on the GPU
@@ -46,7 +47,7 @@ static int usage(FILE *f, int rc)
     fprintf(f,
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
-            "                         [--ratio R] [--codec NAME] [--level N]\n"
+            "                         [--ratio R] [--select deviation|attention] [--codec NAME] [--level N]\n"
             "                         [--f32 | --device | --to-block | --pipelined] [--page-locked]\n"
             "                         [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
@@ -116,6 +117,12 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             }
         } else if (!strcmp(a, "--ratio"))
             o->ratio = strtof(v, &end);
+        else if (!strcmp(a, "--select")) {
+            if (bl_select_parse(v, &o->select) != RK_OK) {
+                fprintf(stderr, "ragkv bench blend: --select deviation|attention\n");
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--chunk-tokens"))
             o->chunk_tokens = strtol(v, &end, 10);
         else if (!strcmp(a, "--query"))
@@ -281,6 +288,7 @@ static rk_status ttft_once(eng_model *m, eng_backend *be, const bb_opts *o, cons
     bl_params bp;
     bl_params_default(&bp, mode);
     bp.ratio = o->ratio;
+    bp.select = o->select;
     bp.decode = &dopt;
     if (st == RK_OK)
         st = bl_assemble(m, be, s, segs, p->nseg, p->query, (size_t)o->query, &bp, logits, bs);
@@ -338,14 +346,15 @@ int bench_blend_main(int argc, char **argv)
     char cache_name[64]; /* the JSON's cache form: "-locked" for page-locked containers */
     snprintf(cache_name, sizeof(cache_name), "%s%s", cache, o.page_locked ? "-locked" : "");
     cache = cache_name;
-    fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads\n", mi->id, eng_backend_name(be),
-            eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, rk_pool_size(pool));
+    fprintf(stderr, "bench blend: %s on %s (%s), caches %s (%s), %d threads, cacheblend by %s\n", mi->id,
+            eng_backend_name(be), eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec,
+            rk_pool_size(pool), bl_select_name(o.select));
     if (jf)
         fprintf(jf,
                 "{\"model\": \"%s\", \"backend\": \"%s\", \"math\": \"%s\", \"cache\": \"%s\", \"codec\": \"%s\", "
-                "\"chunk_tokens\": %ld, \"query\": %ld, \"ratio\": %.3f, \"runs\": [",
+                "\"chunk_tokens\": %ld, \"query\": %ld, \"ratio\": %.3f, \"select\": \"%s\", \"runs\": [",
                 mi->id, o.backend, eng_backend_cuda_mode(be), cache, o.f32 || o.device ? "none" : o.codec, o.chunk_tokens,
-                o.query, o.ratio);
+                o.query, o.ratio, bl_select_name(o.select));
     printf("%-6s %-8s %-11s %10s %10s %10s %10s %12s\n", "chunks", "tokens", "mode", "ttft ms", "decode ms",
            "blend ms", "recomp", "cache MiB");
     float *logits = rk_malloc((size_t)mi->vocab * sizeof(float));

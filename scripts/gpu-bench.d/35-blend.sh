@@ -13,7 +13,9 @@
 # with "-locked" appended ("pipelined-locked", "to-block-locked") keeps the containers in
 # page-locked host memory, as ragkvd's RAM tier does with ram-page-locked on. A form followed
 # by @VAR=VALUE runs with that environment variable (and its rows' cache name says so), e.g.
-# "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". Beside
+# "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". A form ending in "+attention" (before any @)
+# ranks cacheblend's tokens by the query's attention (--select attention, docs/blend.md), e.g.
+# "device+attention". Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 # GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier
@@ -26,20 +28,22 @@ chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
 for form in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
-  cache=${form%%@*}; extra=(); envs=()
+  cache=${form%%@*}; extra=(); envs=(); sel=""
+  case $cache in *+attention) sel=attention; cache=${cache%+attention}; extra=(--select attention) ;; esac
   case ${cache%-locked} in
     compressed) ;;
-    pipelined-cpu) extra=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;
-    *) extra=(--${cache%-locked}) ;;
+    pipelined-cpu) extra+=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;
+    *) extra+=(--${cache%-locked}) ;;
   esac
   [ "$cache" = "${cache%-locked}" ] || extra+=(--page-locked)
-  [ "$form" = "$cache" ] || envs+=("${form#*@}")
+  [ "${form%%@*}" = "$form" ] || envs+=("${form#*@}")
   echo "== caches: $form"
   json="$tmp/runs/${form//[^A-Za-z0-9_.=-]/_}.json"
   env "${envs[@]}" "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
     --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$json"
-  # a form with a variable: its rows say so ("cache": "...+VAR=VALUE")
-  [ "$form" = "$cache" ] || python3 -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['cache'] += '+' + sys.argv[2]; json.dump(d, open(p, 'w'))" "$json" "${form#*@}"
+  # a form with a ranking or a variable: its rows say so ("cache": "...+attention+VAR=VALUE")
+  tag="${sel:++$sel}"; [ "${form%%@*}" = "$form" ] || tag="$tag+${form#*@}"
+  [ -z "$tag" ] || python3 -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['cache'] += sys.argv[2]; json.dump(d, open(p, 'w'))" "$json" "$tag"
 done
 python3 bench/python/blend_side_by_side.py --hf "$tmp/hf.json" --runs "$tmp"/runs/*.json \
   --json "$OUT/blend_bench.json"
