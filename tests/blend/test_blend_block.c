@@ -110,7 +110,7 @@ static void expect_same(const struct result *a, const struct result *b, const ch
 }
 
 /* The parameter sets checked: every mode, with settings that exercise its cached-row reads. */
-static int param_sets(bl_params *ps, const bl_craft_segment *craft)
+static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room for 8 */
 {
     int n = 0;
     bl_params_default(&ps[n++], BL_FULL);
@@ -121,6 +121,8 @@ static int param_sets(bl_params *ps, const bl_craft_segment *craft)
     ps[n].check_layer = 2;
     ps[n].deviation_v = true;
     ps[n++].schedule = (bl_schedule){.first = 0.6f, .step = 0.5f, .final = 0.1f};
+    bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by the query's attention at the check layer */
+    ps[n++].select = BL_SELECT_ATTENTION;
     bl_params_default(&ps[n], BL_CACHECRAFT);
     ps[n++].craft = craft;
     bl_params_default(&ps[n++], BL_APE);
