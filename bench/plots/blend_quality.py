@@ -8,6 +8,13 @@ recomputed, one series per mode (CacheBlend's ratios and Cache-Craft's alphas fo
 naive, prefix, APE are single points). Needs gnuplot (Debian: gnuplot-nox).
 
     python3 bench/plots/blend_quality.py docs/results/blend-craft-stories260K.json --out docs/blend-quality-stories260K.png
+
+--also FILE:SUFFIX (repeatable) adds another run's rows with SUFFIX appended to their mode
+names (the same prompts under other options, e.g. CacheBlend's ranking by attention):
+
+    python3 bench/plots/blend_quality.py docs/results/blend-eval-select-stories260K-deviation-s1.json \
+        --also docs/results/blend-eval-select-stories260K-attention-s1.json:-attention \
+        --out docs/blend-select-stories260K.png
 """
 import argparse
 import json
@@ -22,9 +29,20 @@ def main():
     ap.add_argument("json")
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default=None)
+    ap.add_argument("--also", action="append", default=[], metavar="FILE:SUFFIX")
     a = ap.parse_args()
     with open(a.json) as f:
         d = json.load(f)
+    for extra in a.also:
+        path, sep, suffix = extra.rpartition(":")
+        if not sep or not path:
+            sys.exit(f"--also {extra}: expected FILE:SUFFIX")
+        with open(path) as f:
+            e = json.load(f)
+        for r in e["runs"]:
+            if r["mode"] in ("naive", "prefix", "full"):  # the same points as the first file's
+                continue
+            d["runs"].append(dict(r, mode=r["mode"] + suffix))
     modes = []
     for r in d["runs"]:
         if r["mode"] not in modes:
