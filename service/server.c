@@ -470,6 +470,9 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     pthread_once(&once, metrics_register);
     if (evthread_use_pthreads() != 0)
         return rk_error_set(RK_ERR_INTERNAL, "libevent: no pthreads support");
+    bl_select blend_select;
+    if (bl_select_parse(cfg->blend_select, &blend_select) != RK_OK) /* a config not made by the parser */
+        return rk_error_set(RK_ERR_INVALID, "blend-select: '%s' is not deviation or attention", cfg->blend_select);
     rk_status st = RK_ERR_NOMEM;
     struct svc_server *srv = rk_calloc(1, sizeof(*srv));
     if (!srv)
@@ -481,8 +484,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
     pthread_cond_init(&srv->usage_cv, NULL);
     svc_request_limits_default(&srv->limits);
     srv->max_frame = (uint32_t)cfg->max_frame_mb << 20;
-    if (bl_select_parse(cfg->blend_select, &srv->blend_select) != RK_OK) /* checked when the option was set */
-        srv->blend_select = BL_SELECT_DEVIATION;
+    srv->blend_select = blend_select;
     srv->start_ns = rk_now_ns();
     int lvl = rk_log_level_parse(cfg->log_level);
     if (lvl >= 0)
