@@ -63,7 +63,14 @@ static void tokens(int32_t *t, size_t n, unsigned seed)
 
 static bl_select g_select; /* CacheBlend's ranking in assemble() (0: deviation) */
 
-/* Assemble on backend be with chunk caches computed on the same backend. */
+/* Free the three chunk caches assemble() made. */
+static void free_kvs(float **kvs)
+{
+    for (int i = 0; i < 3; i++)
+        free(kvs[i]);
+}
+
+/* Assemble on backend be with chunk caches computed on the same backend (kvs: free_kvs). */
 static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, bl_mode mode, float r, float *logits,
                          float **kvs)
 {
@@ -117,13 +124,11 @@ Test(gpu_blend, attention_selection_agrees_with_the_cpu)
     eng_seq_free(r1);
     eng_seq_free(b);
     eng_backend_free(bf);
-    for (int i = 0; i < 3; i++) {
-        free(k1[i]);
-        free(k2[i]);
-        free(k3[i]);
-        free(k4[i]);
-        free(k5[i]);
-    }
+    free_kvs(k1);
+    free_kvs(k2);
+    free_kvs(k3);
+    free_kvs(k4);
+    free_kvs(k5);
     free(lc);
     free(lg);
     free(lf);
@@ -159,14 +164,12 @@ Test(gpu_blend, exactness_and_agreement_with_the_cpu)
     free(lb);
     free(ln);
     free(lc);
-    for (int i = 0; i < 3; i++) {
-        free(k1[i]);
-        free(k2[i]);
-        free(k3[i]);
-        free(k4[i]);
-        free(k5[i]);
-        free(k6[i]);
-    }
+    free_kvs(k1);
+    free_kvs(k2);
+    free_kvs(k3);
+    free_kvs(k4);
+    free_kvs(k5);
+    free_kvs(k6);
     eng_seq_free(full);
     eng_seq_free(r1);
     eng_seq_free(naive);
@@ -185,7 +188,7 @@ Test(gpu_blend, kv_blocks_equal_floats_on_the_gpu)
     for (int i = 0; i < 3; i++)
         tokens(ch[i], 30, 300 + (unsigned)i);
     tokens(q, 5, 400);
-    const size_t V = (size_t)mi->vocab;
+    size_t V = (size_t)mi->vocab;
     float *lf = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float)), *kv[3];
     eng_kvblock *blk[3];
     bl_segment fl[3], bk[3];
