@@ -96,8 +96,23 @@ static void loader_fail(bl_loader *ld, rk_status st, size_t seg)
     pthread_mutex_unlock(&ld->mu);
 }
 
+/* Whether the GPU loader copies each container's compressed bytes up in one copy when it
+ * opens it (the default) rather than a copy per layer as the layers are enqueued
+ * (RAGKV_BLEND_UPLOAD=layer, read once). */
+static bool upload_whole(void)
+{
+    static int on = -1; /* (a benign race: every thread computes the same value) */
+    if (on < 0) {
+        const char *e = getenv("RAGKV_BLEND_UPLOAD");
+        on = !(e && !strcmp(e, "layer"));
+    }
+    return on;
+}
+
 /* rk_pool_for body: open the readers of container segments [b, e) (host checks, uploads of
- * what every layer needs); a failure is recorded (loader_fail) and ends nothing else. */
+ * what every layer needs, and by default the whole compressed payload, so that the loader
+ * thread then only launches kernels); a failure is recorded (loader_fail) and ends nothing
+ * else. */
 static void open_readers(void *arg, size_t b, size_t e)
 {
     bl_loader *ld = arg;
@@ -109,6 +124,8 @@ static void open_readers(void *arg, size_t b, size_t e)
         rk_status st = codec_cuda_reader_open(sg->container, sg->container_len, ld->opts, CODEC_BF16, device, &ld->cr[i]);
         if (st == RK_OK)
             st = bl_container_check(ld->mi, codec_cuda_reader_info(ld->cr[i]), sg->n);
+        if (st == RK_OK && upload_whole())
+            st = codec_cuda_reader_upload(ld->cr[i], 0, ld->L);
         if (st != RK_OK)
             loader_fail(ld, st, i);
     }

@@ -210,6 +210,7 @@ struct codec_cuda_reader {
     size_t layer_values;      /* values of one layer (K and V) */
     cudaEvent_t *ev;          /* [n_layers] recorded after the call that decoded the layer */
     bool *done;               /* [n_layers] enqueued */
+    bool *up;                 /* [n_layers] compressed bytes copied up (or on their way) */
     int *d_failed;            /* cachegen: a malformed stream was met */
     void *host_buf;           /* lz4: one range decoded on the CPU */
     size_t host_cap;
@@ -371,7 +372,8 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
     r->layer_values = codec_shape_values(&r->info.shape) / L;
     r->ev = (cudaEvent_t *)rk_calloc(L, sizeof(cudaEvent_t));
     r->done = (bool *)rk_calloc(L, sizeof(bool));
-    if (!r->ev || !r->done) {
+    r->up = (bool *)rk_calloc(L, sizeof(bool));
+    if (!r->ev || !r->done || !r->up) {
         st = rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: out of memory");
         goto done;
     }
@@ -493,6 +495,50 @@ static unsigned grid(size_t n, unsigned threads)
     return (unsigned)((n + threads - 1) / threads);
 }
 
+/* Enqueue on the reader's stream the copies up of the compressed bytes of layers [layer0,
+ * layer0 + n) not copied yet, a copy per run of such layers, and mark them. Only the paths that
+ * stage their input in device memory copy here (cachegen's payload, q8's values, raw's bf16
+ * conversion); raw into f16 and the CPU-decoded ones copy their output in reader_range. */
+static rk_status upload_layers(codec_cuda_reader *r, int layer0, int n)
+{
+    rk_status st = RK_OK;
+    const codec_rsection *pay = r->cg || r->host ? NULL : codec_view_section(&r->v, SEC_PAYLOAD);
+    size_t sbytes = r->info.codec == CODEC_Q8 ? 2 * (codec_shape_values(&r->info.shape) / r->info.shape.head_dim) : 0;
+    bool staged = r->cg || (pay && (r->info.codec == CODEC_Q8 || r->bf16));
+    for (int l = layer0; l < layer0 + n;) {
+        if (r->up[l] || !staged) {
+            l++;
+            continue;
+        }
+        int e = l;
+        while (e < layer0 + n && !r->up[e])
+            r->up[e++] = true;
+        if (r->cg) {
+            const cg_prepared *pr = &r->pr;
+            size_t b0 = pr->offs[(size_t)l * r->streams_per_layer], b1 = pr->offs[(size_t)e * r->streams_per_layer];
+            if (b1 > b0)
+                CK(cudaMemcpyAsync(r->d_payload + b0, pr->payload + b0, b1 - b0, cudaMemcpyHostToDevice, r->stream),
+                   "upload");
+        } else {
+            size_t v0 = (size_t)l * r->layer_values, nv = (size_t)(e - l) * r->layer_values;
+            size_t es = r->info.codec == CODEC_Q8 ? 1 : 2; /* q8's int8 values, raw's f16 */
+            CK(cudaMemcpyAsync(r->d_buf + sbytes + es * v0, pay->data + es * v0, es * nv, cudaMemcpyHostToDevice,
+                               r->stream), "upload");
+        }
+        l = e;
+    }
+done:
+    return st;
+}
+
+extern "C" rk_status codec_cuda_reader_upload(codec_cuda_reader *r, int layer0, int n_layers)
+{
+    if (!r || layer0 < 0 || n_layers <= 0 || (uint32_t)layer0 >= r->info.shape.n_layers ||
+        (uint32_t)n_layers > r->info.shape.n_layers - (uint32_t)layer0)
+        return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_upload: bad layer range");
+    return upload_layers(r, layer0, n_layers);
+}
+
 /* Enqueue layers [layer0, layer0 + n) into dev_out; timed: events around the kernel. */
 static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev_out, bool timed)
 {
@@ -504,10 +550,8 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
     if (r->cg) {
         const cg_prepared *pr = &r->pr;
         size_t s0 = (size_t)layer0 * r->streams_per_layer, s1 = s0 + (size_t)n * r->streams_per_layer;
-        size_t b0 = pr->offs[s0], b1 = pr->offs[s1];
-        if (b1 > b0)
-            CK(cudaMemcpyAsync(r->d_payload + b0, pr->payload + b0, b1 - b0, cudaMemcpyHostToDevice, stream),
-               "upload");
+        if ((st = upload_layers(r, layer0, n)) != RK_OK)
+            return st;
         if (timed)
             CK(cudaEventRecord(r->t0, stream), "event");
         if (s1 > s0)
@@ -539,7 +583,8 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
         const codec_rsection *pay = codec_view_section(&r->v, SEC_PAYLOAD);
         if (r->info.codec == CODEC_Q8) {
             size_t sbytes = 2 * (codec_shape_values(&r->info.shape) / D);
-            CK(cudaMemcpyAsync(r->d_buf + sbytes + v0, pay->data + v0, nv, cudaMemcpyHostToDevice, stream), "upload");
+            if ((st = upload_layers(r, layer0, n)) != RK_OK)
+                return st;
             if (timed)
                 CK(cudaEventRecord(r->t0, stream), "event");
             q8_kernel<<<grid(nv, 256), 256, 0, stream>>>((const uint16_t *)r->d_buf + v0 / D,
@@ -551,8 +596,8 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
                 CK(cudaEventRecord(r->t0, stream), "event");
             CK(cudaMemcpyAsync(dev_out, pay->data + 2 * v0, 2 * nv, cudaMemcpyHostToDevice, stream), "upload");
         } else {
-            CK(cudaMemcpyAsync(r->d_buf + 2 * v0, pay->data + 2 * v0, 2 * nv, cudaMemcpyHostToDevice, stream),
-               "upload");
+            if ((st = upload_layers(r, layer0, n)) != RK_OK)
+                return st;
             if (timed)
                 CK(cudaEventRecord(r->t0, stream), "event");
             f16_to_bf16_kernel<<<grid(nv, 256), 256, 0, stream>>>((const uint16_t *)(r->d_buf + 2 * v0), nv,
@@ -647,6 +692,7 @@ extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
     rk_free(r->host_buf);
     rk_free(r->ev);
     rk_free(r->done);
+    rk_free(r->up);
     rk_free(r);
 }
 

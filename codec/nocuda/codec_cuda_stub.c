@@ -36,6 +36,11 @@ rk_status codec_cuda_reader_decode_layers(codec_cuda_reader *r, int layer0, int 
     return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_decode_layers: built without CUDA");
 }
 
+rk_status codec_cuda_reader_upload(codec_cuda_reader *r, int layer0, int n_layers)
+{
+    return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_upload: built without CUDA");
+}
+
 rk_status codec_cuda_reader_wait(codec_cuda_reader *r, int layer0, int n_layers, void *stream)
 {
     return rk_error_set(RK_ERR_UNSUPPORTED, "codec_cuda_reader_wait: built without CUDA");

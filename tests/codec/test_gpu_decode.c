@@ -41,8 +41,11 @@ static void compare(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
 #ifdef RAGKV_HAVE_CUDA
 /* The reader over b: layer ranges of 1, 2, 3, ... layers enqueued from the last layer down,
  * each by its own call into its place in one device buffer, give codec_decode's bytes; the
- * legacy stream sees them after a wait, without a host wait for the reader. */
-static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
+ * legacy stream sees them after a wait, without a host wait for the reader. upload: 0, the
+ * ranges copy their own bytes up; 1, every layer copied up first
+ * (codec_cuda_reader_upload), twice; 2, the upper half first, so that ranges of copied and
+ * not yet copied layers mix. */
+static void compare_ranges_up(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt, int upload)
 {
     codec_info info;
     cr_assert_eq(codec_inspect(b->data, b->len, &info), RK_OK);
@@ -60,6 +63,14 @@ static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dt
     cr_assert_eq(codec_cuda_reader_info(r)->shape.n_layers, info.shape.n_layers);
     cr_assert_eq(codec_cuda_reader_wait(r, L - 1, 1, NULL), RK_ERR_INVALID,
                  "waiting for a layer nobody enqueued must be refused");
+    cr_assert_eq(codec_cuda_reader_upload(r, 0, L + 1), RK_ERR_INVALID);
+    cr_assert_eq(codec_cuda_reader_upload(r, -1, 1), RK_ERR_INVALID);
+    cr_assert_eq(codec_cuda_reader_upload(r, L, 1), RK_ERR_INVALID);
+    if (upload == 1)
+        for (int k = 0; k < 2; k++)
+            cr_assert_eq(codec_cuda_reader_upload(r, 0, L), RK_OK, "%s", rk_error_msg());
+    if (upload == 2)
+        cr_assert_eq(codec_cuda_reader_upload(r, L / 2, L - L / 2), RK_OK, "%s", rk_error_msg());
     for (int hi = L, n = 1; hi > 0; n++) {
         int l0 = hi - n < 0 ? 0 : hi - n;
         st = codec_cuda_reader_decode_layers(r, l0, hi - l0, dev + (size_t)l0 * lb, (size_t)(hi - l0) * lb);
@@ -70,13 +81,19 @@ static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dt
     cr_assert_eq(codec_cuda_reader_decode_layers(r, 0, 1, dev, lb - 1), RK_ERR_INVALID);
     cr_assert_eq(codec_cuda_reader_wait(r, 0, L, NULL), RK_OK, "%s", rk_error_msg());
     cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
-    cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d: reader output differs from the CPU's",
-                 codec_id_name(info.codec), (int)dt);
+    cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s dtype %d upload %d: reader output differs from the CPU's",
+                 codec_id_name(info.codec), (int)dt, upload);
     cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
     codec_cuda_reader_close(r);
     cudaFree(dev);
     rk_free(cpu);
     rk_free(gpu);
+}
+
+static void compare_ranges(const rk_buf *b, const codec_decode_opts *o, codec_dtype dt)
+{
+    for (int upload = 0; upload < 3; upload++)
+        compare_ranges_up(b, o, dt, upload);
 }
 #endif
 
@@ -221,6 +238,46 @@ Test(gpu_decode, reader_ranges_identical_to_cpu)
         rk_buf_free(&b);
         rk_free(kv);
     }
+#endif
+}
+
+/* After codec_cuda_reader_upload of every layer (and a host wait), the reader reads nothing
+ * more of the container's bytes for the paths that stage them (cachegen, q8, raw into bf16):
+ * the container is overwritten, and decoding layer by layer still gives codec_decode's bytes
+ * of the original. */
+Test(gpu_decode, uploaded_layers_are_not_read_again)
+{
+    need_device();
+#ifdef RAGKV_HAVE_CUDA
+    codec_shape s = {32, 256, 8, 128};
+    float *kv = synth(s, 29);
+    codec_id ids[] = {CODEC_CACHEGEN, CODEC_Q8, CODEC_RAW};
+    for (size_t c = 0; c < sizeof ids / sizeof ids[0]; c++) {
+        rk_buf b = enc(kv, s, ids[c], -1);
+        size_t nb = codec_shape_values(&s) * 2, lb = nb / s.n_layers;
+        uint8_t *cpu = rk_malloc(nb), *gpu = rk_malloc(nb), *copy = rk_malloc(b.len), *dev;
+        cr_assert_eq(codec_decode(b.data, b.len, NULL, CODEC_BF16, cpu, nb), RK_OK, "%s", rk_error_msg());
+        memcpy(copy, b.data, b.len);
+        cr_assert_eq(cudaMalloc((void **)&dev, nb), cudaSuccess);
+        codec_cuda_reader *r;
+        cr_assert_eq(codec_cuda_reader_open(copy, b.len, NULL, CODEC_BF16, -1, &r), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(codec_cuda_reader_upload(r, 0, (int)s.n_layers), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
+        memset(copy, 0x5a, b.len);
+        for (uint32_t l = 0; l < s.n_layers; l++)
+            cr_assert_eq(codec_cuda_reader_decode_layers(r, (int)l, 1, dev + l * lb, lb), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(codec_cuda_reader_finish(r), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(cudaMemcpy(gpu, dev, nb, cudaMemcpyDeviceToHost), cudaSuccess);
+        cr_assert_eq(memcmp(cpu, gpu, nb), 0, "%s: a layer was read again from the container after its upload",
+                     codec_id_name(ids[c]));
+        codec_cuda_reader_close(r);
+        cudaFree(dev);
+        rk_free(cpu);
+        rk_free(gpu);
+        rk_free(copy);
+        rk_buf_free(&b);
+    }
+    rk_free(kv);
 #endif
 }
 

@@ -286,6 +286,14 @@ const codec_info *codec_cuda_reader_info(const codec_cuda_reader *r);
 rk_status codec_cuda_reader_decode_layers(codec_cuda_reader *r, int layer0, int n_layers,
                                           void *dev_out, size_t out_bytes);
 
+/* Enqueue now, on the reader's stream, the copy up of the compressed bytes of layers [layer0,
+ * layer0 + n_layers), so that codec_cuda_reader_decode_layers of those layers enqueues only
+ * kernels: one large copy instead of a copy per layer (from pageable memory each copy also
+ * holds the calling thread while the driver stages it). Layers already copied are skipped;
+ * paths that decode on the CPU or copy their output as it is (lz4, raw into f16) copy
+ * nothing here. RK_ERR_INVALID for a range outside the container. */
+rk_status codec_cuda_reader_upload(codec_cuda_reader *r, int layer0, int n_layers);
+
 /* Make stream (a cudaStream_t; NULL: the legacy default stream) wait, on the device, until
  * layers [layer0, layer0 + n_layers) are decoded; the host does not wait. RK_ERR_INVALID for a
  * layer not enqueued yet. */
