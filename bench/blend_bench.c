@@ -305,7 +305,7 @@ int bench_blend_main(int argc, char **argv)
 {
     bb_opts o = {.shape = "llama3-8b", .backend = "cpu", .codec = "cachegen", .chunks = {4}, .nchunks = 1,
                  .modes = {BL_FULL, BL_CACHEBLEND, BL_NAIVE}, .nmodes = 3, .chunk_tokens = 512, .query = 64,
-                 .iters = 3, .level = -1, .ratio = 0.15f};
+                 .iters = 3, .level = -1, .ratio = 0.15f, .select = BL_SELECT_DEFAULT};
     int rc = parse_args(argc, argv, &o);
     if (rc)
         return rc < 0 ? 0 : rc;

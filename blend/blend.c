@@ -31,6 +31,7 @@ void bl_params_default(bl_params *p, bl_mode mode)
     p->mode = mode;
     p->ratio = 0.15f;
     p->check_layer = 1;
+    p->select = BL_SELECT_DEFAULT;
     p->alpha = BL_CRAFT_ALPHA;
     p->ape_t = 0.9f;
     p->ape_s = 0.9f;

@@ -184,7 +184,7 @@ static rk_status forced_agree(eng_backend *be, eng_seq *s, float *logits, int vo
 static int eval_main(int argc, char **argv)
 {
     struct eval_opts o = {.cases = 8, .chunks = 4, .chunk_len = 48, .query_len = 16, .seed = 1,
-                          .ape_t = 0.9f, .ape_s = 0.9f};
+                          .ape_t = 0.9f, .ape_s = 0.9f, .select = BL_SELECT_DEFAULT};
     parse_list_modes("naive,cacheblend,prefix", &o);
     parse_list_ratios("0.05,0.15,0.3,0.5,1", &o);
     parse_list_floats("0.25,0.5,1,2", 1000.0f, "alpha", o.alphas, &o.nalphas);
@@ -637,7 +637,7 @@ int bl_cli_generate(int argc, char **argv)
     memset(&g, 0, sizeof(g));
     bl_params_default(&g.p, BL_FULL);
     const char *query = NULL;
-    bl_select sel = BL_SELECT_DEVIATION;
+    bl_select sel = BL_SELECT_DEFAULT;
     int blended = 0, rc = 2;
     char **rest = rk_calloc((size_t)argc + 3, sizeof(char *));
     int nrest = 0;
@@ -711,8 +711,8 @@ int bl_cli_generate(int argc, char **argv)
                        "  --query FILE     the query's token ids\n"
                        "  --blend MODE     full, prefix, naive, cacheblend, cachecraft or ape (default full)\n"
                        "  --recompute R    CacheBlend's ratio (default 0.15)\n"
-                       "  --select S       CacheBlend's ranking: deviation (default) or attention (the\n"
-                       "                   deviations weighted by the query's attention at the check layer)\n"
+                       "  --select S       CacheBlend's ranking: attention (default: the deviations weighted\n"
+                       "                   by the query's attention at the check layer) or deviation\n"
                        "  Chunk caches are computed standalone first; a last line reports\n"
                        "  'blend: recomputed=<fraction> ttft_ms=<t>'.\n");
         return rc;

@@ -219,6 +219,9 @@ Test(blend, attention_selection_counts_and_names)
     cr_expect_str_eq(bl_select_name(x), "attention");
     cr_expect_eq(bl_select_parse("entropy", &x), RK_ERR_INVALID);
     cr_expect_eq(bl_select_parse(NULL, &x), RK_ERR_INVALID);
+    bl_params dp;
+    bl_params_default(&dp, BL_CACHEBLEND);
+    cr_expect_eq(dp.select, BL_SELECT_ATTENTION, "the query's attention ranks by default");
     free(kd);
     free(ka);
     free(ld);
