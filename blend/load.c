@@ -96,9 +96,11 @@ static void loader_fail(bl_loader *ld, rk_status st, size_t seg)
     pthread_mutex_unlock(&ld->mu);
 }
 
-/* Whether the GPU loader copies each container's compressed bytes up in one copy when it
- * opens it (the default) rather than a copy per layer as the layers are enqueued
- * (RAGKV_BLEND_UPLOAD=layer, read once). */
+/* Whether the GPU loader enqueues a container's whole work when it opens it (the default):
+ * layer 0's compressed bytes copied up and decoded, then every other layer's in one copy and
+ * one kernel, so that a prompt's containers are on the device after a few large copies and
+ * two kernels each. RAGKV_BLEND_UPLOAD=layer (read once): a copy and a kernel per layer,
+ * enqueued layer after layer over all containers by the loader thread. */
 static bool upload_whole(void)
 {
     static int on = -1; /* (a benign race: every thread computes the same value) */
@@ -109,10 +111,25 @@ static bool upload_whole(void)
     return on;
 }
 
+/* Enqueue every layer of container segment i (upload_whole): layer 0 first, alone, so that
+ * it does not wait for the others' bytes. */
+static rk_status enqueue_whole(bl_loader *ld, size_t i)
+{
+    size_t lb = 2 * ld->segs[i].n * ld->w * 2; /* one layer's K and V in bf16 */
+    unsigned char *dst = ld->mem[i].data;
+    rk_status st = codec_cuda_reader_upload(ld->cr[i], 0, 1);
+    if (st == RK_OK)
+        st = codec_cuda_reader_decode_layers(ld->cr[i], 0, 1, dst, lb);
+    if (st == RK_OK && ld->L > 1)
+        st = codec_cuda_reader_upload(ld->cr[i], 1, ld->L - 1);
+    if (st == RK_OK && ld->L > 1)
+        st = codec_cuda_reader_decode_layers(ld->cr[i], 1, ld->L - 1, dst + lb, (size_t)(ld->L - 1) * lb);
+    return st;
+}
+
 /* rk_pool_for body: open the readers of container segments [b, e) (host checks, uploads of
- * what every layer needs, and by default the whole compressed payload, so that the loader
- * thread then only launches kernels); a failure is recorded (loader_fail) and ends nothing
- * else. */
+ * what every layer needs) and, by default, enqueue all their work (enqueue_whole); a failure
+ * is recorded (loader_fail) and ends nothing else. */
 static void open_readers(void *arg, size_t b, size_t e)
 {
     bl_loader *ld = arg;
@@ -125,7 +142,7 @@ static void open_readers(void *arg, size_t b, size_t e)
         if (st == RK_OK)
             st = bl_container_check(ld->mi, codec_cuda_reader_info(ld->cr[i]), sg->n);
         if (st == RK_OK && upload_whole())
-            st = codec_cuda_reader_upload(ld->cr[i], 0, ld->L);
+            st = enqueue_whole(ld, i);
         if (st != RK_OK)
             loader_fail(ld, st, i);
     }
@@ -149,6 +166,14 @@ static void loader_gpu(bl_loader *ld)
     pthread_mutex_unlock(&ld->mu);
     if (failed)
         return;
+    if (upload_whole()) { /* every layer is enqueued */
+        pthread_mutex_lock(&ld->mu);
+        ld->ready = ld->L - 1;
+        pthread_cond_broadcast(&ld->cv);
+        pthread_mutex_unlock(&ld->mu);
+        ld->enqueue_ns = 0;
+        return;
+    }
     for (int l = 0; l < ld->L; l++) {
         pthread_mutex_lock(&ld->mu);
         bool stop = ld->stop;

@@ -255,11 +255,11 @@ Test(gpu_blend, container_decoded_on_the_gpu_into_a_block)
 }
 
 /* Layer-pipelined loading on the GPU: container segments on the bf16 CUDA backend are decoded
- * by the codec's CUDA reader a layer at a time straight into KV blocks, each layer imported
- * after the engine's stream waited for it. The result is bit for bit that of the same
- * containers decoded whole into blocks first (bl_kvblock_decode): same bf16 values, same
- * import kernel. A malformed stream behind valid checksums fails the assembly. */
-Test(gpu_blend, containers_loaded_layer_by_layer_on_the_gpu)
+ * by the codec's CUDA reader straight into KV blocks, each layer imported after the engine's
+ * stream waited for it. The result is bit for bit that of the same containers decoded whole
+ * into blocks first (bl_kvblock_decode): same bf16 values, same import kernel. A malformed
+ * stream behind valid checksums fails the assembly. */
+static void containers_loaded_on_the_gpu(void)
 {
     open_all();
     eng_backend *bf = bf16_backend();
@@ -331,6 +331,18 @@ Test(gpu_blend, containers_loaded_layer_by_layer_on_the_gpu)
     free(lb);
     free(ka);
     free(kb);
+}
+
+/* The default: each container's work enqueued when it is opened (layer 0, then the rest in one
+ * copy and one kernel). */
+Test(gpu_blend, containers_loaded_whole_on_the_gpu) { containers_loaded_on_the_gpu(); }
+
+/* RAGKV_BLEND_UPLOAD=layer (read once per process; Criterion runs each test in its own): a
+ * copy and a kernel per layer, enqueued layer after layer over the containers. */
+Test(gpu_blend, containers_loaded_layer_by_layer_on_the_gpu)
+{
+    cr_assert_eq(setenv("RAGKV_BLEND_UPLOAD", "layer", 1), 0);
+    containers_loaded_on_the_gpu();
 }
 
 /* Without a CUDA device the whole file skips at once. */
