@@ -291,7 +291,9 @@ static rk_status run_layers(eng_seq *s, eng_hidden *h, const size_t *idx, size_t
     for (size_t i = 0; i < k; i++)
         pos_buf[i] = pr->pos[idx[i]];
     for (int l = l0; l < l1; l++) {
-        if (pr->ld && s == pr->seq) { /* the reused rows' KV of layer l must be in place */
+        if (pr->ld && s == pr->seq && k == pr->n) /* every row computes layer l: its cached KV */
+            bl_loader_skip(pr->ld, l);           /* would only be overwritten */
+        else if (pr->ld && s == pr->seq) { /* the reused rows' KV of layer l must be in place */
             rk_status st = bl_loader_import(pr->ld, s, l, pr->pos);
             if (st != RK_OK)
                 return st;

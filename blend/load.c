@@ -28,6 +28,7 @@ struct bl_loader {
     pthread_cond_t cv;
     int ready;                  /* layers [0, ready] are decoded (-1: none) */
     int held;                   /* the engine thread imported layers [0, held]; reads layer held */
+    int skipped;                /* layers [0, skipped] were passed over (bl_loader_skip), -1 */
     bool stop;                  /* bl_loader_free: decode nothing more */
     rk_status err;              /* the loader's failure, RK_OK while none */
     char msg[256];              /* its message */
@@ -306,6 +307,7 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
     ld->w = w;
     ld->ready = -1;
     ld->held = -1;
+    ld->skipped = -1;
     ld->host_layer = -1;
     ld->be = be;
     uint64_t t0 = rk_now_ns();
@@ -389,8 +391,23 @@ rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos)
     return RK_OK;
 }
 
+void bl_loader_skip(bl_loader *ld, int l)
+{
+    if (l >= ld->L)
+        l = ld->L - 1;
+    if (l <= ld->held)
+        return;
+    pthread_mutex_lock(&ld->mu);
+    ld->held = l; /* the CPU loader may reuse the buffers of layers up to l - 1 */
+    ld->skipped = l;
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+}
+
 rk_status bl_loader_hold(bl_loader *ld, int l)
 {
+    if (l <= ld->skipped)
+        return rk_error_set(RK_ERR_INVALID, "bl_loader_hold: layer %d was skipped", l);
     if (!ld->gpu || ld->host_layer == l)
         return RK_OK;
     if (l > ld->held)
@@ -411,7 +428,7 @@ rk_status bl_loader_hold(bl_loader *ld, int l)
 
 const float *bl_loader_layer(const bl_loader *ld, size_t i, int l)
 {
-    if (!ld || i >= ld->nseg || !ld->segs[i].container)
+    if (!ld || i >= ld->nseg || !ld->segs[i].container || l <= ld->skipped)
         return NULL;
     if (ld->gpu)
         return l == ld->host_layer ? ld->buf[0] + ld->off[i] : NULL;

@@ -40,6 +40,11 @@ rk_status bl_loader_start(eng_backend *be, const eng_model_info *mi, const bl_se
  * one. */
 rk_status bl_loader_import(bl_loader *ld, eng_seq *s, int l, const int32_t *pos);
 
+/* Layers up to l will be computed for every row, so their cached KV is not needed: mark them
+ * imported without waiting for them or importing them (a later bl_loader_import starts after
+ * l). Layers already imported are left as they are. Their floats are not readable. */
+void bl_loader_skip(bl_loader *ld, int l);
+
 /* Make layer l (imported already) readable as floats by bl_loader_layer: in GPU mode the
  * layer is read back from the blocks (until another layer is held); else a no-op (the CPU
  * loader's floats of the layer last imported are readable). */

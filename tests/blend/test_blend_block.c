@@ -121,8 +121,9 @@ static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room 
     ps[n].check_layer = 2;
     ps[n].deviation_v = true;
     ps[n++].schedule = (bl_schedule){.first = 0.6f, .step = 0.5f, .final = 0.1f};
-    bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by the query's attention at the check layer */
-    ps[n++].select = BL_SELECT_ATTENTION;
+    bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by deviation alone (the default: by the
+                                                 query's attention at the check layer too) */
+    ps[n++].select = BL_SELECT_DEVIATION;
     bl_params_default(&ps[n], BL_CACHECRAFT);
     ps[n++].craft = craft;
     bl_params_default(&ps[n++], BL_APE);

@@ -80,7 +80,7 @@ Test(config, errors_name_the_problem)
     char *a6[] = {"ragkvd", "--layer-loading", "off", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a6, err, sizeof(err)), RK_OK, "%s", err);
     cr_expect_str_eq(c.layer_loading, "off");
-    cr_expect_str_eq(c.ram_page_locked, "off", "the default");
+    cr_expect_str_eq(c.ram_page_locked, "auto", "the default");
     char *a7[] = {"ragkvd", "--ram-page-locked", "yes", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a7, err, sizeof(err)), RK_ERR_INVALID);
     cr_expect(strstr(err, "ram-page-locked: 'yes' is not auto, on or off"), "got: %s", err);

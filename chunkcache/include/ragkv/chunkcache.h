@@ -86,7 +86,8 @@ typedef struct cc_config {
     bool ram_on_put;              /* admit new chunks to the RAM tier (default true) */
     bool ram_page_locked;         /* keep the RAM tier's blobs in page-locked host memory, so
                                      that a CUDA loader's uploads from them are DMA, not staged
-                                     (default false; ragkvd's ram-page-locked).
+                                     (default false; ragkvd's ram-page-locked, whose
+                                     default auto turns it on with a cuda backend).
                                      Without a device the blobs stay where they are */
 } cc_config;
 
