@@ -208,7 +208,12 @@ struct codec_cuda_reader {
     cudaStream_t stream;
     bool own_stream;          /* created here (non-blocking), destroyed at close */
     size_t layer_values;      /* values of one layer (K and V) */
-    cudaEvent_t *ev;          /* [n_layers] recorded after the call that decoded the layer */
+    cudaEvent_t *ev;          /* [n_layers] recorded after the range that decoded the layer (one
+                                 event per range, shared by its layers; NULL before) */
+    cudaEvent_t *evs;         /* (n_evs) the events created so far, destroyed at close */
+    size_t n_evs, cap_evs;
+    cudaEvent_t waited;       /* the event codec_cuda_reader_wait last made `waited_on` wait */
+    cudaStream_t waited_on;   /* for: waiting on it again from that stream is already done */
     bool *done;               /* [n_layers] enqueued */
     bool *up;                 /* [n_layers] compressed bytes copied up (or on their way) */
     int *d_failed;            /* cachegen: a malformed stream was met */
@@ -377,10 +382,6 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         st = rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: out of memory");
         goto done;
     }
-    for (uint32_t l = 0; l < L; l++)
-        CK(cudaEventCreateWithFlags(&r->ev[l], cudaEventDisableTiming), "event");
-    CK(cudaEventCreate(&r->t0), "event");
-    CK(cudaEventCreate(&r->t1), "event");
     if (r->info.codec == CODEC_CACHEGEN) {
         const codec_codebook *cb;
         if ((st = codec_resolve_codebook(&r->v, opts, &cb)) != RK_OK)
@@ -547,6 +548,19 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
     size_t v0 = (size_t)layer0 * r->layer_values, nv = (size_t)n * r->layer_values;
     size_t es = 2; /* f16 or bf16 */
     uint32_t D = r->info.shape.head_dim;
+    cudaEvent_t ev = NULL;
+    if (timed && !r->t0) {
+        CK(cudaEventCreate(&r->t0), "event");
+        CK(cudaEventCreate(&r->t1), "event");
+    }
+    if (r->n_evs == r->cap_evs) { /* room for the range's event first: nothing to undo later */
+        size_t cap = r->cap_evs ? 2 * r->cap_evs : 4;
+        cudaEvent_t *p = (cudaEvent_t *)rk_realloc(r->evs, cap * sizeof(cudaEvent_t));
+        if (!p)
+            return rk_error_set(RK_ERR_NOMEM, "codec_decode_cuda: out of memory");
+        r->evs = p;
+        r->cap_evs = cap;
+    }
     if (r->cg) {
         const cg_prepared *pr = &r->pr;
         size_t s0 = (size_t)layer0 * r->streams_per_layer, s1 = s0 + (size_t)n * r->streams_per_layer;
@@ -607,8 +621,13 @@ static rk_status reader_range(codec_cuda_reader *r, int layer0, int n, void *dev
     }
     if (timed)
         CK(cudaEventRecord(r->t1, stream), "event");
+    /* one event marks the whole range: fewer driver calls to create, record and wait for
+     * than one per layer, when a caller enqueues many layers at once */
+    CK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
+    r->evs[r->n_evs++] = ev;
+    CK(cudaEventRecord(ev, stream), "event");
     for (int l = layer0; l < layer0 + n; l++) {
-        CK(cudaEventRecord(r->ev[l], stream), "event");
+        r->ev[l] = ev;
         r->done[l] = true;
     }
 done:
@@ -639,9 +658,13 @@ extern "C" rk_status codec_cuda_reader_wait(codec_cuda_reader *r, int layer0, in
     for (int l = layer0; l < layer0 + n_layers; l++) {
         if (!r->done[l])
             return rk_error_set(RK_ERR_INVALID, "codec_cuda_reader_wait: layer %d was not enqueued", l);
+        if (r->ev[l] == r->waited && (cudaStream_t)stream == r->waited_on)
+            continue; /* the layers of one range share an event: that stream waits already */
         cudaError_t e = cudaStreamWaitEvent((cudaStream_t)stream, r->ev[l], 0);
         if (e != cudaSuccess)
             return cuda_err(e, "codec_cuda_reader_wait");
+        r->waited = r->ev[l];
+        r->waited_on = (cudaStream_t)stream;
     }
     return RK_OK;
 }
@@ -666,9 +689,9 @@ extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
     if (!r)
         return;
     cudaStreamSynchronize(r->stream); /* nothing may still read or write our buffers */
-    for (uint32_t l = 0; r->ev && l < r->info.shape.n_layers; l++)
-        if (r->ev[l])
-            cudaEventDestroy(r->ev[l]);
+    for (size_t i = 0; i < r->n_evs; i++)
+        cudaEventDestroy(r->evs[i]);
+    rk_free(r->evs);
     if (r->t0)
         cudaEventDestroy(r->t0);
     if (r->t1)
