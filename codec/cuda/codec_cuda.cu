@@ -222,6 +222,8 @@ struct codec_cuda_reader {
     /* cachegen */
     bool cg;
     cg_prepared pr;
+    uint8_t *d_cg;            /* the one allocation that d_payload .. d_dec point into */
+    cg_dev h;                 /* what d_dev holds, kept for the copy up (reader_open) */
     uint8_t *d_payload;       /* (cachegen streams of more than 64 channels decode on the CPU, as lz4) */
     uint64_t *d_offs;
     float *d_scales;
@@ -397,13 +399,36 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
             goto done;
         }
         r->streams_per_layer = pr->lay.n_streams / L;
-        CK(reader_alloc(r, (void **)&r->d_payload, pr->payload_len ? pr->payload_len : 1), "cudaMalloc");
-        CK(reader_alloc(r, (void **)&r->d_offs, (pr->lay.n_streams + 1) * sizeof(uint64_t)), "cudaMalloc");
-        CK(reader_alloc(r, (void **)&r->d_scales, (pr->lay.n_scales + 1) * sizeof(float)), "cudaMalloc");
-        CK(reader_alloc(r, (void **)&r->d_models, pr->lay.n_models * sizeof(rans_model)), "cudaMalloc");
-        CK(reader_alloc(r, (void **)&r->d_dev, sizeof(cg_dev)), "cudaMalloc");
-        CK(reader_alloc(r, (void **)&r->d_failed, sizeof(int)), "cudaMalloc");
-        cg_dev h;
+        /* every device buffer of the container in one allocation (each part 256-byte aligned):
+         * one call to allocate and one to free instead of six to ten of each, made while the
+         * engine computes */
+        size_t nc = (size_t)pr->lay.L * 2 * pr->lay.C, nv = nc * pr->lay.T;
+        struct {
+            void **p;
+            size_t n;
+        } parts[] = {
+            {(void **)&r->d_payload, pr->payload_len ? pr->payload_len : 1},
+            {(void **)&r->d_offs, (pr->lay.n_streams + 1) * sizeof(uint64_t)},
+            {(void **)&r->d_scales, (pr->lay.n_scales + 1) * sizeof(float)},
+            {(void **)&r->d_models, (pr->lay.n_models ? pr->lay.n_models : 1) * sizeof(rans_model)},
+            {(void **)&r->d_dev, sizeof(cg_dev)},
+            {(void **)&r->d_failed, sizeof(int)},
+            {(void **)&r->d_recon, pr->tf ? pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float) : 0},
+            {(void **)&r->d_coef, pr->tf ? (nv ? nv : 1) * sizeof(float) : 0},
+            {(void **)&r->d_mean, pr->tf ? nc * sizeof(float) : 0},
+            {(void **)&r->d_dec, pr->tf ? nc * pr->tf->B * sizeof(float) : 0},
+        };
+        size_t off[sizeof parts / sizeof parts[0]], total = 0;
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            total = (total + 255) & ~(size_t)255;
+            off[i] = total;
+            total += parts[i].n;
+        }
+        CK(reader_alloc(r, (void **)&r->d_cg, total), "cudaMalloc");
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+            *parts[i].p = parts[i].n ? r->d_cg + off[i] : NULL;
+        cg_dev *hp = &r->h; /* the copy up reads it after we return: it lives in the reader */
+        cg_dev &h = *hp;
         memset(&h, 0, sizeof h);
         h.p = pr->p;
         h.T = pr->lay.T;
@@ -422,11 +447,6 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         h.bf16 = r->bf16;
         h.failed = r->d_failed;
         if (pr->tf) {
-            size_t nc = (size_t)pr->lay.L * 2 * pr->lay.C, nv = nc * pr->lay.T;
-            CK(reader_alloc(r, (void **)&r->d_recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float)), "cudaMalloc");
-            CK(reader_alloc(r, (void **)&r->d_coef, (nv ? nv : 1) * sizeof(float)), "cudaMalloc");
-            CK(reader_alloc(r, (void **)&r->d_mean, nc * sizeof(float)), "cudaMalloc");
-            CK(reader_alloc(r, (void **)&r->d_dec, nc * pr->tf->B * sizeof(float)), "cudaMalloc");
             CK(cudaMemcpyAsync(r->d_recon, pr->tf->recon, pr->lay.n_models * CODEC_MAX_SYMBOLS * sizeof(float),
                                cudaMemcpyHostToDevice, r->stream), "upload");
             CK(cudaMemcpyAsync(r->d_mean, pr->tf->mean, nc * sizeof(float), cudaMemcpyHostToDevice, r->stream),
@@ -447,8 +467,8 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
                            r->stream), "upload");
         CK(cudaMemcpyAsync(r->d_dev, &h, sizeof h, cudaMemcpyHostToDevice, r->stream), "upload");
         CK(cudaMemsetAsync(r->d_failed, 0, sizeof(int), r->stream), "memset");
-        /* h is on this stack frame: the copy must have left it before we return */
-        CK(cudaStreamSynchronize(r->stream), "upload");
+        /* no host wait: the tables copied up are the prepared container's and h is the
+         * reader's, both kept until close, which waits for the stream */
     } else if (r->info.codec == CODEC_RAW || r->info.codec == CODEC_Q8) {
         if ((st = reader_check_simple(&r->v)) != RK_OK)
             goto done;
@@ -696,16 +716,7 @@ extern "C" void codec_cuda_reader_close(codec_cuda_reader *r)
         cudaEventDestroy(r->t0);
     if (r->t1)
         cudaEventDestroy(r->t1);
-    reader_free(r, r->d_payload);
-    reader_free(r, r->d_offs);
-    reader_free(r, r->d_scales);
-    reader_free(r, r->d_models);
-    reader_free(r, r->d_recon);
-    reader_free(r, r->d_coef);
-    reader_free(r, r->d_mean);
-    reader_free(r, r->d_dec);
-    reader_free(r, r->d_dev);
-    reader_free(r, r->d_failed);
+    reader_free(r, r->d_cg); /* d_payload .. d_dec live inside it */
     reader_free(r, r->d_buf);
     if (r->own_stream)
         cudaStreamDestroy(r->stream);
