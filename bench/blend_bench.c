@@ -47,7 +47,7 @@ static int usage(FILE *f, int rc)
     fprintf(f,
             "usage: ragkv bench blend [--model PATH | --shape NAME] [--backend cpu|cuda] [--chunks C,C...]\n"
             "                         [--chunk-tokens N] [--query N] [--modes full,cacheblend,naive,...]\n"
-            "                         [--ratio R] [--select deviation|attention] [--codec NAME] [--level N]\n"
+            "                         [--ratio R] [--select attention|deviation|lookahead] [--codec NAME] [--level N]\n"
             "                         [--f32 | --device | --to-block | --pipelined] [--page-locked]\n"
             "                         [--threads N]\n"
             "                         [--iters N] [--json FILE]\n"
@@ -119,7 +119,7 @@ static int parse_args(int argc, char **argv, bb_opts *o)
             o->ratio = strtof(v, &end);
         else if (!strcmp(a, "--select")) {
             if (bl_select_parse(v, &o->select) != RK_OK) {
-                fprintf(stderr, "ragkv bench blend: --select deviation|attention\n");
+                fprintf(stderr, "ragkv bench blend: --select attention|deviation|lookahead\n");
                 return 2;
             }
         }

@@ -375,14 +375,20 @@ rk_status bl_select_parse(const char *name, bl_select *out)
         *out = BL_SELECT_DEVIATION;
     else if (name && !strcmp(name, "attention"))
         *out = BL_SELECT_ATTENTION;
+    else if (name && !strcmp(name, "lookahead"))
+        *out = BL_SELECT_LOOKAHEAD;
     else
-        return rk_error_set(RK_ERR_INVALID, "unknown selection '%s' (deviation, attention)", name ? name : "");
+        return rk_error_set(RK_ERR_INVALID, "unknown selection '%s' (deviation, attention, lookahead)",
+                            name ? name : "");
     return RK_OK;
 }
 
 const char *bl_select_name(bl_select s)
 {
-    return s == BL_SELECT_DEVIATION ? "deviation" : s == BL_SELECT_ATTENTION ? "attention" : "unknown";
+    return s == BL_SELECT_DEVIATION   ? "deviation"
+           : s == BL_SELECT_ATTENTION ? "attention"
+           : s == BL_SELECT_LOOKAHEAD ? "lookahead"
+                                      : "unknown";
 }
 
 /* BL_SELECT_ATTENTION: att[r] (n floats) = the attention the query's rows pay row r at layer c,
@@ -392,14 +398,23 @@ const char *bl_select_name(bl_select s)
  * c), and scratch holds every row's fresh K/V of layer c (the probe; slot = position = row), so
  * these weights are exactly a full prefill's at layer c. The rows run layer c on a copy of their
  * states (their K/V written into scratch again: the same values); *nq is how many ran. */
-static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hidden *h, const struct prompt *pr,
-                                 int c, float *att, size_t *nq)
+/* The first of the query's rows: the prompt's trailing uncached rows (at most
+ * BL_SELECT_QUERY_ROWS), or the last row alone when it is cached. */
+static size_t query_row0(const struct prompt *pr)
 {
     const size_t n = pr->n;
     size_t q0 = n - 1;
     if (!pr->seg[n - 1])
         while (q0 > 0 && !pr->seg[q0 - 1] && n - q0 < BL_SELECT_QUERY_ROWS)
             q0--;
+    return q0;
+}
+
+static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hidden *h, const struct prompt *pr,
+                                 int c, float *att, size_t *nq)
+{
+    const size_t n = pr->n;
+    size_t q0 = query_row0(pr);
     size_t k = n - q0;
     *nq = k;
     eng_hidden *hq = NULL;
@@ -425,6 +440,63 @@ out:
     eng_hidden_free(hq);
     rk_free(idx);
     rk_free(bounds);
+    rk_free(mass);
+    return st;
+}
+
+/* BL_SELECT_LOOKAHEAD: att[r] (n floats) = the attention the query's rows (query_row0) pay row
+ * r, summed over layers c .. L-1 of a naive pass and over those rows (each row's mean over
+ * heads). The pass: the uncached rows before the query's (they only give keys), then the
+ * query's rows, from their states entering layer c (rows of h: every row ran the layers
+ * before c, so those states are exact), run each later layer on s against the cached rows'
+ * K/V as they are (every layer imported), as naive reuse computes them. Their K/V, written
+ * into s at their slots, are overwritten when the selected rows (every uncached row and the
+ * last row among them) run those layers; the cached rows' are not touched. *tl: token-layers
+ * computed. */
+static rk_status lookahead_attention(eng_backend *be, eng_seq *s, const eng_hidden *h, const struct prompt *pr,
+                                     int c, int L, float *att, double *tl)
+{
+    const size_t n = pr->n;
+    const size_t q0 = query_row0(pr), kq = n - q0;
+    size_t ku = 0; /* uncached rows before the query's */
+    for (size_t i = 0; i < q0; i++)
+        ku += !pr->seg[i];
+    eng_hidden *hu = NULL, *hq = NULL;
+    size_t *idx = rk_malloc((ku + kq) * sizeof(size_t)), *bounds = rk_malloc((n + 1) * sizeof(size_t));
+    int32_t *pos = rk_malloc((ku + kq) * sizeof(int32_t));
+    float *mass = rk_malloc(kq * n * sizeof(float));
+    rk_status st = RK_ERR_NOMEM;
+    if (!idx || !bounds || !pos || !mass)
+        goto out;
+    for (size_t i = 0, j = 0; i < n; i++)
+        if ((i < q0 && !pr->seg[i]) || i >= q0) {
+            idx[j] = i;
+            pos[j++] = pr->pos[i];
+        }
+    for (size_t i = 0; i <= n; i++)
+        bounds[i] = i;
+    if ((st = eng_hidden_new(be, kq, &hq)) != RK_OK || (st = eng_hidden_gather(hq, h, idx + ku, kq)) != RK_OK)
+        goto out;
+    if (ku && ((st = eng_hidden_new(be, ku, &hu)) != RK_OK || (st = eng_hidden_gather(hu, h, idx, ku)) != RK_OK))
+        goto out;
+    memset(att, 0, n * sizeof(float));
+    for (int l = c; l < L; l++) {
+        if (ku && (st = eng_layer_forward(s, l, hu, ku, pos, pos, NULL, NULL)) != RK_OK)
+            goto out;
+        eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
+        if ((st = eng_layer_forward_ex(s, l, hq, kq, pos + ku, pos + ku, NULL, NULL, &ag)) != RK_OK)
+            goto out;
+        for (size_t i = 0; i < kq; i++)
+            for (size_t r = 0; r < n; r++)
+                att[r] += mass[i * n + r];
+    }
+    *tl = (double)(ku + kq) * (L - c);
+out:
+    eng_hidden_free(hu);
+    eng_hidden_free(hq);
+    rk_free(idx);
+    rk_free(bounds);
+    rk_free(pos);
     rk_free(mass);
     return st;
 }
@@ -512,6 +584,20 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
             if (st != RK_OK)
                 goto out;
             computed += (double)nq;
+        } else if (p->select == BL_SELECT_LOOKAHEAD) { /* weighted by a naive pass's attention */
+            double tl = 0;
+            float *att = rk_malloc(n * sizeof(float));
+            st = att ? RK_OK : RK_ERR_NOMEM;
+            if (st == RK_OK && pr->ld) /* the cached rows' K/V of every later layer */
+                st = bl_loader_import(pr->ld, s, L - 1, pr->pos);
+            if (st == RK_OK)
+                st = lookahead_attention(be, s, h, pr, c, L, att, &tl);
+            for (size_t i = 0; st == RK_OK && i < k; i++)
+                dev[i] *= att[sel[i]];
+            rk_free(att);
+            if (st != RK_OK)
+                goto out;
+            computed += tl;
         }
         if ((st = select_rows(pr, sel, &k, dev, bl_select_count(nreused, bl_schedule_ratio(&sched, 0)))) != RK_OK)
             goto out;
@@ -825,8 +911,11 @@ rk_status bl_assemble(eng_model *m, eng_backend *be, eng_seq *s, const bl_segmen
         return rk_error_set(RK_ERR_INVALID, "unknown blend mode %d", (int)p->mode);
     if (!(p->ratio >= 0.0f && p->ratio <= 1.0f) || p->check_layer < 1)
         return rk_error_set(RK_ERR_INVALID, "ratio %g or check layer %d out of range", (double)p->ratio, p->check_layer);
-    if ((unsigned)p->select > BL_SELECT_ATTENTION)
+    if ((unsigned)p->select > BL_SELECT_LOOKAHEAD)
         return rk_error_set(RK_ERR_INVALID, "unknown selection %d", (int)p->select);
+    if (p->mode == BL_CACHEBLEND && p->select == BL_SELECT_LOOKAHEAD && p->schedule.first > 0)
+        return rk_error_set(RK_ERR_INVALID, "the lookahead selection ranks once, at the check layer: no gradual "
+                            "schedule with it");
     if (p->mode == BL_CACHECRAFT && !(p->alpha >= 0.0f && isfinite(p->alpha)))
         return rk_error_set(RK_ERR_INVALID, "cachecraft alpha %g must be finite and >= 0", (double)p->alpha);
     if (p->mode == BL_APE && !ape_params_ok(p))

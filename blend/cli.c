@@ -51,7 +51,7 @@ static void usage(FILE *f)
             "usage: ragkv blend eval --model PATH [--cases N] [--chunks K] [--chunk-len T]\n"
             "                        [--query-len Q] [--seed S] [--modes LIST] [--ratios LIST]\n"
             "                        [--check-layer N] [--deviation-v 0|1] [--gradual FIRST,STEP]\n"
-            "                        [--select deviation|attention]\n"
+            "                        [--select attention|deviation|lookahead]\n"
             "                        [--alpha LIST] [--ape-t T] [--ape-s S]\n"
             "                        [--threads N] [--json FILE]\n\n"
             "Builds N prompts of K chunks (T tokens each, sampled from the model itself) and a\n"
@@ -216,7 +216,7 @@ static int eval_main(int argc, char **argv)
             o.deviation_v = atoi(v);
         } else if (!strcmp(a, "--select")) {
             if (bl_select_parse(v, &o.select) != RK_OK) {
-                fprintf(stderr, "ragkv blend eval: --select deviation|attention\n");
+                fprintf(stderr, "ragkv blend eval: --select attention|deviation|lookahead\n");
                 return 2;
             }
         } else if (!strcmp(a, "--gradual")) {
@@ -687,7 +687,7 @@ int bl_cli_generate(int argc, char **argv)
             g.p.ratio = r;
         } else if (!strcmp(a, "--select")) {
             if (bl_select_parse(v, &sel) != RK_OK) {
-                fprintf(stderr, "ragkv generate: --select deviation|attention\n");
+                fprintf(stderr, "ragkv generate: --select attention|deviation|lookahead\n");
                 goto out;
             }
         } else {
@@ -712,7 +712,9 @@ int bl_cli_generate(int argc, char **argv)
                        "  --blend MODE     full, prefix, naive, cacheblend, cachecraft or ape (default full)\n"
                        "  --recompute R    CacheBlend's ratio (default 0.15)\n"
                        "  --select S       CacheBlend's ranking: attention (default: the deviations weighted\n"
-                       "                   by the query's attention at the check layer) or deviation\n"
+                       "                   by the query's attention at the check layer), deviation, or\n"
+                       "                   lookahead (weighted by the query's attention over every later\n"
+                       "                   layer of a naive pass)\n"
                        "  Chunk caches are computed standalone first; a last line reports\n"
                        "  'blend: recomputed=<fraction> ttft_ms=<t>'.\n");
         return rc;

@@ -137,7 +137,7 @@ static rk_status opt_set(svc_config *cfg, const struct opt_desc *o, const char *
         }
         bl_select bs;
         if (strcmp(o->name, "blend-select") == 0 && bl_select_parse(value, &bs) != RK_OK) {
-            snprintf(err, errlen, "blend-select: '%s' is not deviation or attention", value);
+            snprintf(err, errlen, "blend-select: '%s' is not attention, deviation or lookahead", value);
             return RK_ERR_INVALID;
         }
         if ((strcmp(o->name, "layer-loading") == 0 || strcmp(o->name, "ram-page-locked") == 0) &&

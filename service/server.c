@@ -472,7 +472,7 @@ rk_status svc_server_open(const svc_config *cfg, svc_server **out)
         return rk_error_set(RK_ERR_INTERNAL, "libevent: no pthreads support");
     bl_select blend_select;
     if (bl_select_parse(cfg->blend_select, &blend_select) != RK_OK) /* a config not made by the parser */
-        return rk_error_set(RK_ERR_INVALID, "blend-select: '%s' is not deviation or attention", cfg->blend_select);
+        return rk_error_set(RK_ERR_INVALID, "blend-select: '%s' is not attention, deviation or lookahead", cfg->blend_select);
     rk_status st = RK_ERR_NOMEM;
     struct svc_server *srv = rk_calloc(1, sizeof(*srv));
     if (!srv)

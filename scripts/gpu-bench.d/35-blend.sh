@@ -13,7 +13,7 @@
 # with "-locked" appended ("pipelined-locked", "to-block-locked") keeps the containers in
 # page-locked host memory, as ragkvd's RAM tier does with ram-page-locked on. A form followed
 # by @VAR=VALUE runs with that environment variable (and its rows' cache name says so), e.g.
-# "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". A form ending in "+deviation" or "+attention"
+# "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". A form ending in "+deviation", "+attention" or "+lookahead"
 # (before any @) ranks cacheblend's tokens by that rule (--select, docs/blend.md; attention is
 # the default), e.g. "device+deviation". Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
@@ -29,7 +29,7 @@ lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
 for form in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
   cache=${form%%@*}; extra=(); envs=(); sel=""
-  case $cache in *+attention|*+deviation) sel=${cache##*+}; cache=${cache%+*}; extra=(--select "$sel") ;; esac
+  case $cache in *+attention|*+deviation|*+lookahead) sel=${cache##*+}; cache=${cache%+*}; extra=(--select "$sel") ;; esac
   case ${cache%-locked} in
     compressed) ;;
     pipelined-cpu) extra+=(--pipelined); envs=(RAGKV_BLEND_GPU_LOAD=0) ;;

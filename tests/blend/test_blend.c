@@ -231,6 +231,70 @@ Test(blend, attention_selection_counts_and_names)
     free_fixture(&f);
 }
 
+/* The lookahead selection (the query's attention over every later layer of a naive pass)
+ * keeps r = 1 and r = 0 what they are. */
+Test(blend, lookahead_selection_r1_equals_full)
+{
+    g_select = BL_SELECT_LOOKAHEAD;
+    open_model("stories260K.bin", false);
+    check_r1_equals_full();
+    g_select = BL_SELECT_DEVIATION;
+}
+
+Test(blend, lookahead_selection_r0_equals_naive)
+{
+    g_select = BL_SELECT_LOOKAHEAD;
+    open_model("stories260K.bin", false);
+    check_r0_equals_naive();
+    g_select = BL_SELECT_DEVIATION;
+}
+
+/* At r = 0.15 lookahead recomputes as many tokens as attention, with the uncached rows running
+ * every layer after the check layer once more, chooses others, parses, and refuses a gradual
+ * schedule (it ranks once). */
+Test(blend, lookahead_selection_counts_names_and_limits)
+{
+    open_model("stories260K.bin", false);
+    struct fixture f;
+    make_fixture(&f, 41);
+    size_t n = 1 + 40 + 23 + 31 + 6;
+    float *la = malloc(mi->vocab * sizeof(float)), *lk = malloc(mi->vocab * sizeof(float));
+    bl_stats sa, sk, sd;
+    g_select = BL_SELECT_ATTENTION;
+    eng_seq *at = assemble(&f, BL_CACHEBLEND, 0.15f, la, &sa);
+    g_select = BL_SELECT_LOOKAHEAD;
+    eng_seq *lo = assemble(&f, BL_CACHEBLEND, 0.15f, lk, &sk);
+    g_select = BL_SELECT_DEVIATION;
+    eng_seq_free(assemble(&f, BL_CACHEBLEND, 0.15f, lk, &sd));
+    cr_expect_eq(sk.recomputed, sa.recomputed);
+    /* the uncached rows (BOS, the uncached segment, the query) run layers 1 .. L-1 again */
+    size_t uncached = n - sd.reused_tokens;
+    cr_expect_float_eq(sk.token_layers - sd.token_layers,
+                       (double)uncached * (mi->n_layers - 1) / ((double)n * mi->n_layers), 1e-9);
+    float *ka = export_all_kv(m, at, n), *kk = export_all_kv(m, lo, n);
+    cr_expect_gt(max_rel(ka, kk, eng_kv_floats(m, n)), 1e-3, "another selection, another cache");
+    bl_select x = BL_SELECT_DEVIATION;
+    cr_expect_eq(bl_select_parse("lookahead", &x), RK_OK);
+    cr_expect_eq(x, BL_SELECT_LOOKAHEAD);
+    cr_expect_str_eq(bl_select_name(x), "lookahead");
+    bl_params p;
+    bl_params_default(&p, BL_CACHEBLEND);
+    p.select = BL_SELECT_LOOKAHEAD;
+    p.schedule = (bl_schedule){.first = 0.5f, .step = 0.1f, .final = 0.15f};
+    eng_seq *s;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, lk, NULL), RK_ERR_INVALID);
+    cr_expect(strstr(rk_error_msg(), "gradual"), "got: %s", rk_error_msg());
+    eng_seq_free(s);
+    free(ka);
+    free(kk);
+    free(la);
+    free(lk);
+    eng_seq_free(at);
+    eng_seq_free(lo);
+    free_fixture(&f);
+}
+
 Test(blend, true_prefix_chunk_is_exact_and_prefix_mode_equals_full)
 {
     open_model("stories260K.bin", false);

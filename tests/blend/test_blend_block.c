@@ -110,7 +110,7 @@ static void expect_same(const struct result *a, const struct result *b, const ch
 }
 
 /* The parameter sets checked: every mode, with settings that exercise its cached-row reads. */
-static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room for 8 */
+static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room for 9 */
 {
     int n = 0;
     bl_params_default(&ps[n++], BL_FULL);
@@ -124,6 +124,9 @@ static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room 
     bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by deviation alone (the default: by the
                                                  query's attention at the check layer too) */
     ps[n++].select = BL_SELECT_DEVIATION;
+    bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by a naive pass's attention over every
+                                                 later layer: containers imported whole first */
+    ps[n++].select = BL_SELECT_LOOKAHEAD;
     bl_params_default(&ps[n], BL_CACHECRAFT);
     ps[n++].craft = craft;
     bl_params_default(&ps[n++], BL_APE);
@@ -147,7 +150,7 @@ Test(blend_block, every_mode_same_with_blocks_as_with_floats)
     bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
     bl_craft_segment craft_var[NSEG] = {{0}, {.variants = &var, .n_variants = 1, .prev_ids = ids, .n_prev = 1},
                                         {.prev_ids = ids, .n_prev = 2}};
-    bl_params ps[8], pv;
+    bl_params ps[9], pv;
     int np = param_sets(ps, craft);
     bl_params_default(&pv, BL_CACHECRAFT);
     pv.craft = craft_var;
@@ -228,7 +231,7 @@ Test(blend_block, phase_times_add_up_to_the_assembly)
     bl_segment segs[NSEG];
     for (int i = 0; i < NSEG; i++)
         segs[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = c.blk[i]};
-    bl_params ps[8];
+    bl_params ps[9];
     int np = param_sets(ps, NULL);
     for (int k = 0; k < np; k++) {
         if (ps[k].mode == BL_CACHECRAFT)
@@ -356,7 +359,7 @@ Test(blend_block, every_mode_same_with_containers_as_with_floats)
     make_conts(&c, &o);
     uint64_t ids[NSEG] = {101, 102, 103};
     bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
-    bl_params ps[8];
+    bl_params ps[9];
     int np = param_sets(ps, craft);
     rk_pool *pool = NULL;
     cr_assert_eq(rk_pool_create(2, &pool), RK_OK);

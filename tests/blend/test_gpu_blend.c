@@ -91,9 +91,10 @@ static eng_seq *assemble(eng_backend *be, int32_t (*ch)[30], const int32_t *q, b
 }
 
 /* CacheBlend ranked by the query's attention (the attention mass of the query's rows over every
- * slot: the reference attention path on the device) chooses and computes the same on the GPU
- * as on the CPU, r = 1 stays full, and the bf16 backend runs it too. */
-Test(gpu_blend, attention_selection_agrees_with_the_cpu)
+ * slot: the reference attention path on the device), at the check layer or over every later
+ * layer of a naive pass (lookahead), chooses and computes the same on the GPU as on the CPU,
+ * r = 1 stays full, and the bf16 backend runs it too. */
+static void selection_agrees_with_the_cpu(bl_select sel)
 {
     open_all();
     int32_t ch[3][30], q[5];
@@ -104,7 +105,7 @@ Test(gpu_blend, attention_selection_agrees_with_the_cpu)
     float *lc = malloc(V * sizeof(float)), *lg = malloc(V * sizeof(float)), *lf = malloc(V * sizeof(float)),
           *l1 = malloc(V * sizeof(float));
     float *k1[3], *k2[3], *k3[3], *k4[3], *k5[3];
-    g_select = BL_SELECT_ATTENTION;
+    g_select = sel;
     eng_seq *c = assemble(cpu, ch, q, BL_CACHEBLEND, 0.15f, lc, k1);
     eng_seq *g = assemble(gpu, ch, q, BL_CACHEBLEND, 0.15f, lg, k2);
     cr_expect_leq(max_rel(lc, lg, V), 1e-3, "the same selection and logits on CPU and GPU");
@@ -134,6 +135,10 @@ Test(gpu_blend, attention_selection_agrees_with_the_cpu)
     free(lf);
     free(l1);
 }
+
+Test(gpu_blend, attention_selection_agrees_with_the_cpu) { selection_agrees_with_the_cpu(BL_SELECT_ATTENTION); }
+
+Test(gpu_blend, lookahead_selection_agrees_with_the_cpu) { selection_agrees_with_the_cpu(BL_SELECT_LOOKAHEAD); }
 
 Test(gpu_blend, exactness_and_agreement_with_the_cpu)
 {
@@ -281,8 +286,8 @@ static void containers_loaded_on_the_gpu(void)
     }
     float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
     float *ka = malloc(eng_kv_floats(m, n) * sizeof(float)), *kb = malloc(eng_kv_floats(m, n) * sizeof(float));
-    bl_mode modes[] = {BL_CACHEBLEND, BL_NAIVE};
-    for (int k = 0; k < 2; k++) {
+    bl_mode modes[] = {BL_CACHEBLEND, BL_NAIVE, BL_CACHEBLEND}; /* the last: lookahead, which */
+    for (int k = 0; k < 3; k++) {                              /* imports every layer first */
         bl_segment by_block[3], by_cont[3];
         for (int i = 0; i < 3; i++) {
             by_block[i] = (bl_segment){.tokens = ch[i], .n = 30, .block = blk[i]};
@@ -291,6 +296,8 @@ static void containers_loaded_on_the_gpu(void)
         bl_params p;
         bl_params_default(&p, modes[k]);
         p.ratio = 0.3f;
+        if (k == 2)
+            p.select = BL_SELECT_LOOKAHEAD;
         eng_seq *sa, *sb;
         cr_assert_eq(eng_seq_new(bf, n, &sa), RK_OK);
         cr_assert_eq(eng_seq_new(bf, n, &sb), RK_OK);

@@ -90,7 +90,7 @@ Test(config, errors_name_the_problem)
     cr_expect_str_eq(c.blend_select, "attention", "the default");
     char *a9[] = {"ragkvd", "--blend-select", "entropy", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a9, err, sizeof(err)), RK_ERR_INVALID);
-    cr_expect(strstr(err, "blend-select: 'entropy' is not deviation or attention"), "got: %s", err);
+    cr_expect(strstr(err, "blend-select: 'entropy' is not attention, deviation or lookahead"), "got: %s", err);
     char *a10[] = {"ragkvd", "--blend-select", "attention", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a10, err, sizeof(err)), RK_OK, "%s", err);
     cr_expect_str_eq(c.blend_select, "attention");

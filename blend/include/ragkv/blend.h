@@ -149,13 +149,20 @@ typedef enum bl_select {
                                 a full prefill's at that layer; costs those rows one layer (the
                                 default: 1.4-2x lower KL than by deviation on the test models,
                                 about 1 ms more at 8K tokens on an H100, docs/blend.md) */
+    BL_SELECT_LOOKAHEAD = 2, /* the largest deviation times the attention the query's rows pay the
+                                token summed over the check layer and every later one, from a
+                                naive pass: the prompt's uncached rows run those layers once
+                                against the cached chunks' K/V as they are (from their exact
+                                states entering the check layer); costs those rows L - c layers
+                                and, when loading layer by layer, waits for every layer before
+                                the partial layers start (docs/blend.md, "Lookahead") */
 } bl_select;
 #define BL_SELECT_DEFAULT BL_SELECT_ATTENTION
 #define BL_SELECT_QUERY_ROWS 64
 
-/* "deviation" / "attention" -> bl_select; RK_ERR_INVALID otherwise. */
+/* "deviation" / "attention" / "lookahead" -> bl_select; RK_ERR_INVALID otherwise. */
 rk_status bl_select_parse(const char *name, bl_select *out);
-const char *bl_select_name(bl_select s); /* "deviation", "attention" or "unknown" */
+const char *bl_select_name(bl_select s); /* "deviation", "attention", "lookahead" or "unknown" */
 
 typedef struct bl_params {
     bl_mode mode;

@@ -77,10 +77,11 @@ typedef struct svc_config {
     char layer_loading[16];      /* auto|on|off: compressed chunks decoded a layer ahead of the
                                     layer computed (auto: on GPU backends) */
     char ram_page_locked[16];    /* auto|on|off: the RAM tier's chunks in page-locked memory,
-                                    uploaded to the GPU by DMA (auto: with a cuda backend;
-                                    default off) */
-    char blend_select[16];       /* deviation|attention: CacheBlend's ranking of reused tokens at the
-                                    check layer (bl_params.select; default deviation) */
+                                    uploaded to the GPU by DMA (default auto: with a cuda
+                                    backend) */
+    char blend_select[16];       /* attention|deviation|lookahead: CacheBlend's ranking of reused
+                                    tokens at the check layer (bl_params.select; default
+                                    attention) */
     char chunk_codec[16];        /* codec of the chunks the daemon encodes (PUT_CHUNK, prompt
                                     misses, Cache-Craft variants, PREFILL_KV): raw, lz4, q8 or
                                     cachegen (default) */
