@@ -91,9 +91,12 @@ Test(config, errors_name_the_problem)
     char *a9[] = {"ragkvd", "--blend-select", "entropy", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a9, err, sizeof(err)), RK_ERR_INVALID);
     cr_expect(strstr(err, "blend-select: 'entropy' is not attention, deviation or lookahead"), "got: %s", err);
-    char *a10[] = {"ragkvd", "--blend-select", "attention", NULL};
+    char *a10[] = {"ragkvd", "--blend-select", "deviation", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a10, err, sizeof(err)), RK_OK, "%s", err);
-    cr_expect_str_eq(c.blend_select, "attention");
+    cr_expect_str_eq(c.blend_select, "deviation");
+    char *a11[] = {"ragkvd", "--blend-select", "lookahead", NULL};
+    cr_expect_eq(svc_config_parse_args(&c, 3, a11, err, sizeof(err)), RK_OK, "%s", err);
+    cr_expect_str_eq(c.blend_select, "lookahead");
     char *a4[] = {"ragkvd", "--config", "/nonexistent/ragkvd.conf", NULL};
     cr_expect_eq(svc_config_parse_args(&c, 3, a4, err, sizeof(err)), RK_ERR_IO);
     cr_expect(strstr(err, "/nonexistent/ragkvd.conf"), "got: %s", err);
