@@ -391,13 +391,19 @@ const char *bl_select_name(bl_select s)
                                       : "unknown";
 }
 
-/* BL_SELECT_ATTENTION: att[r] (n floats) = the attention the query's rows pay row r at layer c,
- * summed over those rows (each row's mean over heads). The query's rows are the prompt's
- * trailing uncached rows (at most BL_SELECT_QUERY_ROWS, the last ones; the last row alone when
- * it is cached). Their states entering layer c are rows of h (every row ran the layers before
- * c), and scratch holds every row's fresh K/V of layer c (the probe; slot = position = row), so
- * these weights are exactly a full prefill's at layer c. The rows run layer c on a copy of their
- * states (their K/V written into scratch again: the same values); *nq is how many ran. */
+/* The query's rows (hq, k of them at positions = slots pos) run layer l of s with one attention
+ * group per slot (bounds: 0..n); att[r] += the mass they pay slot r (mass: k x n scratch). */
+static rk_status query_mass_layer(eng_seq *s, int l, eng_hidden *hq, size_t k, const int32_t *pos, size_t n,
+                                  const size_t *bounds, float *mass, float *att)
+{
+    eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
+    rk_status st = eng_layer_forward_ex(s, l, hq, k, pos, pos, NULL, NULL, &ag);
+    for (size_t i = 0; st == RK_OK && i < k; i++)
+        for (size_t r = 0; r < n; r++)
+            att[r] += mass[i * n + r];
+    return st;
+}
+
 /* The first of the query's rows: the prompt's trailing uncached rows (at most
  * BL_SELECT_QUERY_ROWS), or the last row alone when it is cached. */
 static size_t query_row0(const struct prompt *pr)
@@ -410,6 +416,13 @@ static size_t query_row0(const struct prompt *pr)
     return q0;
 }
 
+/* BL_SELECT_ATTENTION: att[r] (n floats) = the attention the query's rows pay row r at layer c,
+ * summed over those rows (each row's mean over heads). The query's rows are the prompt's
+ * trailing uncached rows (at most BL_SELECT_QUERY_ROWS, the last ones; the last row alone when
+ * it is cached). Their states entering layer c are rows of h (every row ran the layers before
+ * c), and scratch holds every row's fresh K/V of layer c (the probe; slot = position = row), so
+ * these weights are exactly a full prefill's at layer c. The rows run layer c on a copy of their
+ * states (their K/V written into scratch again: the same values); *nq is how many ran. */
 static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hidden *h, const struct prompt *pr,
                                  int c, float *att, size_t *nq)
 {
@@ -429,13 +442,8 @@ static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hi
         bounds[i] = i;
     if ((st = eng_hidden_new(be, k, &hq)) != RK_OK || (st = eng_hidden_gather(hq, h, idx, k)) != RK_OK)
         goto out;
-    eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
-    if ((st = eng_layer_forward_ex(scratch, c, hq, k, pr->pos + q0, pr->pos + q0, NULL, NULL, &ag)) != RK_OK)
-        goto out;
     memset(att, 0, n * sizeof(float));
-    for (size_t i = 0; i < k; i++)
-        for (size_t r = 0; r < n; r++)
-            att[r] += mass[i * n + r];
+    st = query_mass_layer(scratch, c, hq, k, pr->pos + q0, n, bounds, mass, att);
 out:
     eng_hidden_free(hq);
     rk_free(idx);
@@ -483,12 +491,8 @@ static rk_status lookahead_attention(eng_backend *be, eng_seq *s, const eng_hidd
     for (int l = c; l < L; l++) {
         if (ku && (st = eng_layer_forward(s, l, hu, ku, pos, pos, NULL, NULL)) != RK_OK)
             goto out;
-        eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
-        if ((st = eng_layer_forward_ex(s, l, hq, kq, pos + ku, pos + ku, NULL, NULL, &ag)) != RK_OK)
+        if ((st = query_mass_layer(s, l, hq, kq, pos + ku, n, bounds, mass, att)) != RK_OK)
             goto out;
-        for (size_t i = 0; i < kq; i++)
-            for (size_t r = 0; r < n; r++)
-                att[r] += mass[i * n + r];
     }
     *tl = (double)(ku + kq) * (L - c);
 out:

@@ -176,23 +176,20 @@ Test(blend, cacheblend_r0_equals_naive)
     check_r0_equals_naive();
 }
 
-/* The selection by the query's attention changes which tokens are chosen, never what r = 1
- * and r = 0 mean. */
-Test(blend, attention_selection_r1_equals_full)
+/* check() on stories260K with CacheBlend ranking by sel. */
+static void with_selection(bl_select sel, void (*check)(void))
 {
-    g_select = BL_SELECT_ATTENTION;
+    g_select = sel;
     open_model("stories260K.bin", false);
-    check_r1_equals_full();
+    check();
     g_select = BL_SELECT_DEVIATION;
 }
 
-Test(blend, attention_selection_r0_equals_naive)
-{
-    g_select = BL_SELECT_ATTENTION;
-    open_model("stories260K.bin", false);
-    check_r0_equals_naive();
-    g_select = BL_SELECT_DEVIATION;
-}
+/* The selection by the query's attention changes which tokens are chosen, never what r = 1
+ * and r = 0 mean. */
+Test(blend, attention_selection_r1_equals_full) { with_selection(BL_SELECT_ATTENTION, check_r1_equals_full); }
+
+Test(blend, attention_selection_r0_equals_naive) { with_selection(BL_SELECT_ATTENTION, check_r0_equals_naive); }
 
 /* At r = 0.15 both rankings recompute the same number of tokens (the query's rows run the
  * check layer once more: a little more work), choose different ones, and names parse. */
@@ -233,21 +230,9 @@ Test(blend, attention_selection_counts_and_names)
 
 /* The lookahead selection (the query's attention over every later layer of a naive pass)
  * keeps r = 1 and r = 0 what they are. */
-Test(blend, lookahead_selection_r1_equals_full)
-{
-    g_select = BL_SELECT_LOOKAHEAD;
-    open_model("stories260K.bin", false);
-    check_r1_equals_full();
-    g_select = BL_SELECT_DEVIATION;
-}
+Test(blend, lookahead_selection_r1_equals_full) { with_selection(BL_SELECT_LOOKAHEAD, check_r1_equals_full); }
 
-Test(blend, lookahead_selection_r0_equals_naive)
-{
-    g_select = BL_SELECT_LOOKAHEAD;
-    open_model("stories260K.bin", false);
-    check_r0_equals_naive();
-    g_select = BL_SELECT_DEVIATION;
-}
+Test(blend, lookahead_selection_r0_equals_naive) { with_selection(BL_SELECT_LOOKAHEAD, check_r0_equals_naive); }
 
 /* At r = 0.15 lookahead recomputes as many tokens as attention, with the uncached rows running
  * every layer after the check layer once more, chooses others, parses, and refuses a gradual
@@ -286,6 +271,25 @@ Test(blend, lookahead_selection_counts_names_and_limits)
     cr_expect_eq(bl_assemble(m, be, s, f.seg, 3, f.q, 6, &p, lk, NULL), RK_ERR_INVALID);
     cr_expect(strstr(rk_error_msg(), "gradual"), "got: %s", rk_error_msg());
     eng_seq_free(s);
+    /* a prompt that ends in a chunk: the last row (cached) is the query; r = 1 is still full */
+    bl_segment two[2] = {f.seg[0], f.seg[1]};
+    float *lf = malloc(mi->vocab * sizeof(float));
+    bl_params_default(&p, BL_FULL);
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_assert_eq(bl_assemble(m, be, s, two, 2, f.q, 0, &p, lf, NULL), RK_OK, "%s", rk_error_msg());
+    eng_seq_free(s);
+    bl_params_default(&p, BL_CACHEBLEND);
+    p.select = BL_SELECT_LOOKAHEAD;
+    p.ratio = 1.0f;
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_assert_eq(bl_assemble(m, be, s, two, 2, f.q, 0, &p, lk, NULL), RK_OK, "%s", rk_error_msg());
+    cr_expect_leq(max_rel(lf, lk, mi->vocab), 1e-5, "ends in a chunk: r = 1 equals full");
+    p.ratio = 0.15f;
+    eng_seq_free(s);
+    cr_assert_eq(eng_seq_new(be, 0, &s), RK_OK);
+    cr_assert_eq(bl_assemble(m, be, s, two, 2, f.q, 0, &p, lk, NULL), RK_OK, "%s", rk_error_msg());
+    eng_seq_free(s);
+    free(lf);
     free(ka);
     free(kk);
     free(la);
