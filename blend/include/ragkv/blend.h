@@ -216,8 +216,10 @@ typedef struct bl_stats {
      * inside the import phase), the opening and the enqueueing on the loader's thread, which
      * overlap the layers computed */
     double load_setup_ms;   /* making the decode targets (GPU: a KV block per container) */
-    double load_open_ms;    /* opening every container (checks, tables; GPU: readers, uploads) */
-    double load_enqueue_ms; /* decoding (CPU) or enqueueing (GPU) every layer, after the opens */
+    double load_open_ms;    /* opening every container (checks, tables; GPU: readers, uploads,
+                               and by default every layer's copy and kernel enqueued) */
+    double load_enqueue_ms; /* decoding (CPU) or enqueueing (GPU, RAGKV_BLEND_UPLOAD=layer;
+                               else 0) every layer, after the opens */
     double load_free_ms;    /* closing the readers and releasing the targets */
 } bl_stats;
 
