@@ -322,11 +322,11 @@ Test(chunks, get_kv_put_kv_quota_and_restart)
     ragkv_close(a);
 }
 
-/* blend-select = attention: cacheblend prompts still answer, r = 1 still equals full, and a
- * partial recompute keeps the ratio's count (the query's attention changes which tokens, not how
- * many) but, on this prompt at r = 0.5, not the continuation the default ranking gives on the
- * same store: the daemon passes the option on. */
-Test(chunks, cacheblend_ranked_by_the_querys_attention)
+/* blend-select = attention or lookahead: cacheblend prompts still answer, r = 1 still equals
+ * full, and a partial recompute keeps the ratio's count (the query's attention changes which
+ * tokens, not how many) but, on this prompt at r = 0.5, not the continuation the deviation's
+ * ranking gives on the same store: the daemon passes the option on. */
+static void cacheblend_ranked_by(const char *select)
 {
     if (!model)
         cr_skip_test("skipped: no real model");
@@ -351,7 +351,7 @@ Test(chunks, cacheblend_ranked_by_the_querys_attention)
     cr_assert_eq(ragkv_generate(c, &part, svct_collect_tokens, &td, &sp), RK_OK, "%s", rk_error_msg());
     ragkv_close(c);
     cr_assert_eq(rk_test_stop(&daemon, SIGTERM, 20000), 0);
-    blend_select = "attention";
+    blend_select = select;
     start();
     blend_select = "deviation";
     c = dial(tok_a);
@@ -363,6 +363,10 @@ Test(chunks, cacheblend_ranked_by_the_querys_attention)
     cr_expect_eq(tp.n, 16);
     cr_expect_eq(sp.recomputed, 1 + 45 + 4, "BOS, half of the 90 reused tokens, the query");
     cr_expect(td.n != tp.n || memcmp(td.toks, tp.toks, td.n * sizeof(int32_t)) != 0,
-              "another ranking, another continuation (this prompt's, measured)");
+              "%s: another ranking, another continuation (this prompt's, measured)", select);
     ragkv_close(c);
 }
+
+Test(chunks, cacheblend_ranked_by_the_querys_attention) { cacheblend_ranked_by("attention"); }
+
+Test(chunks, cacheblend_ranked_by_lookahead) { cacheblend_ranked_by("lookahead"); }
