@@ -12,6 +12,7 @@
 #   RAG_DEVICE_MB (16384: the device tier's budget, room for the whole default corpus of 96
 #   chunks at 64 MiB of bf16 KV each; 0 turns the tier off)
 #   RAG_QUALITY_CASES (16: prompts per real model for the quality runs)
+#   RAG_BLEND_SELECT (attention: ragkvd's blend-select, how cacheblend ranks; deviation, lookahead)
 # Then the quality runs on the real test models ($RAGKV_TEST_MODELS) and the codec's bytes per
 # token per level. Writes $OUT/rag.json (every run and the report) and $OUT/rag-*.png (with
 # matplotlib or gnuplot; else $OUT/rag-*.gp and .dat to render with gnuplot elsewhere).
@@ -27,7 +28,8 @@ trap cleanup EXIT
 mkdir -p "$tmp/runs"
 echo "== ragkvd --backend cuda --model $model"
 "$BUILD/service/ragkvd" --data-dir "$tmp/var" --port 0 --http-port 0 --model "$model" --backend cuda \
-  --ram-budget-mb 16384 --device-budget-mb "${RAG_DEVICE_MB:-16384}" --max-batch 32 >"$tmp/ragkvd.log" 2>&1 &
+  --ram-budget-mb 16384 --device-budget-mb "${RAG_DEVICE_MB:-16384}" --max-batch 32 \
+  --blend-select "${RAG_BLEND_SELECT:-attention}" >"$tmp/ragkvd.log" 2>&1 &
 pid=$!
 port=""
 for _ in $(seq 1 600); do # model generation and upload take a while at 8B
@@ -64,7 +66,8 @@ for m in stories260K babyllama105; do
   echo "== quality vs full on $m (ragkv blend eval)"
   "$BUILD/clients/ragkv" blend eval --model "$models/$m.bin" --cases "${RAG_QUALITY_CASES:-16}" --chunks 4 \
     --chunk-len 40 --query-len 16 --modes naive,cacheblend,cachecraft,prefix --ratios 0.05,0.15,0.3,0.5 \
-    --alpha 0.3,1.4 --json "$tmp/quality-$m.json" | tail -11 && quality+=("$tmp/quality-$m.json")
+    --alpha 0.3,1.4 --select "${RAG_BLEND_SELECT:-attention}" --json "$tmp/quality-$m.json" | tail -11 &&
+    quality+=("$tmp/quality-$m.json")
 done
 echo "== bytes per token per codec level (ragkv codec eval --synthetic, Llama-3-8B shape)"
 "$BUILD/clients/ragkv" codec eval --synthetic --tokens 256 --json "$tmp/codec.json" >/dev/null || echo "(codec eval failed)"
