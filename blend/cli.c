@@ -260,6 +260,10 @@ static int eval_main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (o.select == BL_SELECT_LOOKAHEAD && o.g_first > 0) {
+        fprintf(stderr, "ragkv blend eval: --select lookahead ranks once, at the check layer: no --gradual with it\n");
+        return 2;
+    }
     eng_model *m = NULL;
     eng_backend *be = NULL;
     rk_status st = eng_model_open(o.model, &m);

@@ -111,6 +111,27 @@ static double cacheblend_kl(const char *json, const char *ratio)
     return kl;
 }
 
+/* --select lookahead ranks once: with --gradual the command refuses before any work (exit 2,
+ * the reason on stderr, nothing on stdout). */
+Test(blend_eval, lookahead_with_gradual_is_refused, .timeout = 120)
+{
+    const char *model = rk_test_model_path("stories260K.bin");
+    if (!model)
+        cr_skip_test("skipped: no real model");
+    char bin[1024];
+    rk_test_bin("ragkv", bin, sizeof(bin));
+    char *argv[] = {bin, "blend", "eval", "--model", (char *)model, "--cases", "2", "--modes", "cacheblend",
+                    "--gradual", "0.3,0.05", "--select", "lookahead", NULL};
+    rk_test_proc p;
+    cr_assert(rk_test_spawn(argv, &p));
+    char line[512];
+    size_t lines = 0; /* stdout: nothing, not even a first case */
+    while (rk_test_read_line(&p, line, sizeof(line), 60000))
+        lines++;
+    cr_expect_eq(rk_test_wait(&p, 60000), 2);
+    cr_expect_eq(lines, 0u, "refused before any work");
+}
+
 /* --select attention (CacheBlend's deviations weighted by the query's attention at the check
  * layer) and --select lookahead (weighted by the query's attention over every later layer of
  * a naive pass) against CacheBlend's own ranking on the same eight prompts: their KL against
