@@ -291,9 +291,7 @@ static rk_status run_layers(eng_seq *s, eng_hidden *h, const size_t *idx, size_t
     for (size_t i = 0; i < k; i++)
         pos_buf[i] = pr->pos[idx[i]];
     for (int l = l0; l < l1; l++) {
-        if (pr->ld && s == pr->seq && k == pr->n) /* every row computes layer l: its cached KV */
-            bl_loader_skip(pr->ld, l);           /* would only be overwritten */
-        else if (pr->ld && s == pr->seq) { /* the reused rows' KV of layer l must be in place */
+        if (pr->ld && s == pr->seq) { /* the reused rows' KV of layer l must be in place */
             rk_status st = bl_loader_import(pr->ld, s, l, pr->pos);
             if (st != RK_OK)
                 return st;
@@ -551,7 +549,10 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
     if ((st = eng_embed(be, h, 0, posb, k)) != RK_OK)
         goto out;
     /* layers before the check layer: every row (their KV is exact there; layer 0's K/V do not
-     * depend on context at all) */
+     * depend on context at all), so the containers' KV of those layers would only be
+     * overwritten: neither waited for nor imported */
+    if (pr->ld && k == n && c > 0)
+        bl_loader_skip(pr->ld, c - 1);
     if ((st = run_layers(s, h, sel, k, pr, 0, c, posb, NULL, NULL)) != RK_OK)
         goto out;
     computed += (double)k * c;

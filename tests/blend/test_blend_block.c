@@ -110,7 +110,7 @@ static void expect_same(const struct result *a, const struct result *b, const ch
 }
 
 /* The parameter sets checked: every mode, with settings that exercise its cached-row reads. */
-static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room for 9 */
+static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room for 10 */
 {
     int n = 0;
     bl_params_default(&ps[n++], BL_FULL);
@@ -121,6 +121,10 @@ static int param_sets(bl_params *ps, const bl_craft_segment *craft) /* ps: room 
     ps[n].check_layer = 2;
     ps[n].deviation_v = true;
     ps[n++].schedule = (bl_schedule){.first = 0.6f, .step = 0.5f, .final = 0.1f};
+    bl_params_default(&ps[n], BL_CACHEBLEND); /* gradual from every row: the check layer's
+                                                 partial layer runs every row, then shrinks by
+                                                 its cached rows */
+    ps[n++].schedule = (bl_schedule){.first = 1.0f, .step = 0.5f, .final = 0.1f};
     bl_params_default(&ps[n], BL_CACHEBLEND); /* ranked by deviation alone (the default: by the
                                                  query's attention at the check layer too) */
     ps[n++].select = BL_SELECT_DEVIATION;
@@ -150,7 +154,7 @@ Test(blend_block, every_mode_same_with_blocks_as_with_floats)
     bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
     bl_craft_segment craft_var[NSEG] = {{0}, {.variants = &var, .n_variants = 1, .prev_ids = ids, .n_prev = 1},
                                         {.prev_ids = ids, .n_prev = 2}};
-    bl_params ps[9], pv;
+    bl_params ps[10], pv;
     int np = param_sets(ps, craft);
     bl_params_default(&pv, BL_CACHECRAFT);
     pv.craft = craft_var;
@@ -231,7 +235,7 @@ Test(blend_block, phase_times_add_up_to_the_assembly)
     bl_segment segs[NSEG];
     for (int i = 0; i < NSEG; i++)
         segs[i] = (bl_segment){.tokens = c.tok[i], .n = lens[i], .block = c.blk[i]};
-    bl_params ps[9];
+    bl_params ps[10];
     int np = param_sets(ps, NULL);
     for (int k = 0; k < np; k++) {
         if (ps[k].mode == BL_CACHECRAFT)
@@ -359,7 +363,7 @@ Test(blend_block, every_mode_same_with_containers_as_with_floats)
     make_conts(&c, &o);
     uint64_t ids[NSEG] = {101, 102, 103};
     bl_craft_segment craft[NSEG] = {{0}, {.prev_ids = ids, .n_prev = 1}, {.prev_ids = ids, .n_prev = 2}};
-    bl_params ps[9];
+    bl_params ps[10];
     int np = param_sets(ps, craft);
     rk_pool *pool = NULL;
     cr_assert_eq(rk_pool_create(2, &pool), RK_OK);
