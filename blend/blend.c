@@ -389,19 +389,6 @@ const char *bl_select_name(bl_select s)
                                       : "unknown";
 }
 
-/* The query's rows (hq, k of them at positions = slots pos) run layer l of s with one attention
- * group per slot (bounds: 0..n); att[r] += the mass they pay slot r (mass: k x n scratch). */
-static rk_status query_mass_layer(eng_seq *s, int l, eng_hidden *hq, size_t k, const int32_t *pos, size_t n,
-                                  const size_t *bounds, float *mass, float *att)
-{
-    eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
-    rk_status st = eng_layer_forward_ex(s, l, hq, k, pos, pos, NULL, NULL, &ag);
-    for (size_t i = 0; st == RK_OK && i < k; i++)
-        for (size_t r = 0; r < n; r++)
-            att[r] += mass[i * n + r];
-    return st;
-}
-
 /* The first of the query's rows: the prompt's trailing uncached rows (at most
  * BL_SELECT_QUERY_ROWS), or the last row alone when it is cached. */
 static size_t query_row0(const struct prompt *pr)
@@ -414,58 +401,29 @@ static size_t query_row0(const struct prompt *pr)
     return q0;
 }
 
-/* BL_SELECT_ATTENTION: att[r] (n floats) = the attention the query's rows pay row r at layer c,
- * summed over those rows (each row's mean over heads). The query's rows are the prompt's
- * trailing uncached rows (at most BL_SELECT_QUERY_ROWS, the last ones; the last row alone when
- * it is cached). Their states entering layer c are rows of h (every row ran the layers before
- * c), and scratch holds every row's fresh K/V of layer c (the probe; slot = position = row), so
- * these weights are exactly a full prefill's at layer c. The rows run layer c on a copy of their
- * states (their K/V written into scratch again: the same values); *nq is how many ran. */
-static rk_status query_attention(eng_backend *be, eng_seq *scratch, const eng_hidden *h, const struct prompt *pr,
-                                 int c, float *att, size_t *nq)
-{
-    const size_t n = pr->n;
-    size_t q0 = query_row0(pr);
-    size_t k = n - q0;
-    *nq = k;
-    eng_hidden *hq = NULL;
-    size_t *idx = rk_malloc(k * sizeof(size_t)), *bounds = rk_malloc((n + 1) * sizeof(size_t));
-    float *mass = rk_malloc(k * n * sizeof(float));
-    rk_status st = RK_ERR_NOMEM;
-    if (!idx || !bounds || !mass)
-        goto out;
-    for (size_t i = 0; i < k; i++)
-        idx[i] = q0 + i;
-    for (size_t i = 0; i <= n; i++)
-        bounds[i] = i;
-    if ((st = eng_hidden_new(be, k, &hq)) != RK_OK || (st = eng_hidden_gather(hq, h, idx, k)) != RK_OK)
-        goto out;
-    memset(att, 0, n * sizeof(float));
-    st = query_mass_layer(scratch, c, hq, k, pr->pos + q0, n, bounds, mass, att);
-out:
-    eng_hidden_free(hq);
-    rk_free(idx);
-    rk_free(bounds);
-    rk_free(mass);
-    return st;
-}
-
-/* BL_SELECT_LOOKAHEAD: att[r] (n floats) = the attention the query's rows (query_row0) pay row
- * r, summed over layers c .. L-1 of a naive pass and over those rows (each row's mean over
- * heads). The pass: the uncached rows before the query's (they only give keys), then the
- * query's rows, from their states entering layer c (rows of h: every row ran the layers
- * before c, so those states are exact), run each later layer on s against the cached rows'
- * K/V as they are (every layer imported), as naive reuse computes them. Their K/V, written
- * into s at their slots, are overwritten when the selected rows (every uncached row and the
- * last row among them) run those layers; the cached rows' are not touched. *tl: token-layers
- * computed. */
-static rk_status lookahead_attention(eng_backend *be, eng_seq *s, const eng_hidden *h, const struct prompt *pr,
-                                     int c, int L, float *att, double *tl)
+/* att[r] (n floats) = the attention the query's rows (query_row0) pay row r, summed over
+ * layers [l0, l1) of seq and over those rows (each row's mean over heads). The rows start from
+ * their states entering l0 (rows of h: every row ran the layers before the check layer, so
+ * those states are exact) and run each layer on seq, their K/V written into seq at their
+ * slots (slot = position = row). With `before`, the uncached rows ahead of the query's run
+ * each layer first, only to give their keys; without it, seq must hold those already. *tl:
+ * token-layers computed.
+ *
+ * BL_SELECT_ATTENTION: seq is the probe's scratch sequence, which holds every row's fresh K/V
+ * of the check layer c, and [l0, l1) = [c, c + 1): the weights are exactly a full prefill's at
+ * layer c (the query's K/V written again are the same values).
+ * BL_SELECT_LOOKAHEAD: seq is the prompt's sequence with the cached rows' K/V of every layer
+ * imported, [l0, l1) = [c, L) and `before`: a naive pass, as naive reuse computes those
+ * layers. The uncached rows' K/V it writes are overwritten when the selected rows (every
+ * uncached row and the last row among them) run those layers; the cached rows' are not
+ * touched. */
+static rk_status query_attention(eng_backend *be, eng_seq *seq, const eng_hidden *h, const struct prompt *pr,
+                                 int l0, int l1, bool before, float *att, double *tl)
 {
     const size_t n = pr->n;
     const size_t q0 = query_row0(pr), kq = n - q0;
-    size_t ku = 0; /* uncached rows before the query's */
-    for (size_t i = 0; i < q0; i++)
+    size_t ku = 0; /* uncached rows before the query's that run too */
+    for (size_t i = 0; before && i < q0; i++)
         ku += !pr->seg[i];
     eng_hidden *hu = NULL, *hq = NULL;
     size_t *idx = rk_malloc((ku + kq) * sizeof(size_t)), *bounds = rk_malloc((n + 1) * sizeof(size_t));
@@ -475,7 +433,7 @@ static rk_status lookahead_attention(eng_backend *be, eng_seq *s, const eng_hidd
     if (!idx || !bounds || !pos || !mass)
         goto out;
     for (size_t i = 0, j = 0; i < n; i++)
-        if ((i < q0 && !pr->seg[i]) || i >= q0) {
+        if ((before && i < q0 && !pr->seg[i]) || i >= q0) {
             idx[j] = i;
             pos[j++] = pr->pos[i];
         }
@@ -486,13 +444,17 @@ static rk_status lookahead_attention(eng_backend *be, eng_seq *s, const eng_hidd
     if (ku && ((st = eng_hidden_new(be, ku, &hu)) != RK_OK || (st = eng_hidden_gather(hu, h, idx, ku)) != RK_OK))
         goto out;
     memset(att, 0, n * sizeof(float));
-    for (int l = c; l < L; l++) {
-        if (ku && (st = eng_layer_forward(s, l, hu, ku, pos, pos, NULL, NULL)) != RK_OK)
+    for (int l = l0; l < l1; l++) {
+        if (ku && (st = eng_layer_forward(seq, l, hu, ku, pos, pos, NULL, NULL)) != RK_OK)
             goto out;
-        if ((st = query_mass_layer(s, l, hq, kq, pos + ku, n, bounds, mass, att)) != RK_OK)
+        eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
+        if ((st = eng_layer_forward_ex(seq, l, hq, kq, pos + ku, pos + ku, NULL, NULL, &ag)) != RK_OK)
             goto out;
+        for (size_t i = 0; i < kq; i++)
+            for (size_t r = 0; r < n; r++)
+                att[r] += mass[i * n + r];
     }
-    *tl = (double)(ku + kq) * (L - c);
+    *tl = (double)(ku + kq) * (l1 - l0);
 out:
     eng_hidden_free(hu);
     eng_hidden_free(hq);
@@ -579,24 +541,16 @@ static rk_status assemble_cacheblend(eng_model *m, eng_backend *be, eng_seq *s,
             goto out;
         for (size_t i = 0; i < k; i++)
             dev[i] = pr->seg[sel[i]] ? kf[sel[i]] : 0;
-        if (p->select == BL_SELECT_ATTENTION) { /* weighted by the query's attention */
-            size_t nq = 0;
-            float *att = rk_malloc(n * sizeof(float));
-            st = att ? query_attention(be, scratch, h, pr, c, att, &nq) : RK_ERR_NOMEM;
-            for (size_t i = 0; st == RK_OK && i < k; i++)
-                dev[i] *= att[sel[i]];
-            rk_free(att);
-            if (st != RK_OK)
-                goto out;
-            computed += (double)nq;
-        } else if (p->select == BL_SELECT_LOOKAHEAD) { /* weighted by a naive pass's attention */
+        if (p->select != BL_SELECT_DEVIATION) { /* weighted by the query's attention */
+            const bool ahead = p->select == BL_SELECT_LOOKAHEAD;
             double tl = 0;
             float *att = rk_malloc(n * sizeof(float));
             st = att ? RK_OK : RK_ERR_NOMEM;
-            if (st == RK_OK && pr->ld) /* the cached rows' K/V of every later layer */
+            if (st == RK_OK && ahead && pr->ld) /* the cached rows' K/V of every later layer */
                 st = bl_loader_import(pr->ld, s, L - 1, pr->pos);
             if (st == RK_OK)
-                st = lookahead_attention(be, s, h, pr, c, L, att, &tl);
+                st = ahead ? query_attention(be, s, h, pr, c, L, true, att, &tl)
+                           : query_attention(be, scratch, h, pr, c, c + 1, false, att, &tl);
             for (size_t i = 0; st == RK_OK && i < k; i++)
                 dev[i] *= att[sel[i]];
             rk_free(att);
