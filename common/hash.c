@@ -28,22 +28,21 @@ static int xxh3_avx2(void)
 #endif
 }
 
-uint64_t rk_xxh3_64(const void *data, size_t n)
-{
-    static const unsigned char empty[1];
-    if (!n)
-        data = empty;
-#if RK_XXH3_AVX2
-    if (xxh3_avx2())
-        return rk_xxh3_64_avx2(data, n);
-#endif
-    return XXH3_64bits(data, n);
-}
-
 uint64_t rk_xxh3_64_lib(const void *data, size_t n)
 {
     static const unsigned char empty[1];
     return XXH3_64bits(n ? data : empty, n);
+}
+
+uint64_t rk_xxh3_64(const void *data, size_t n)
+{
+#if RK_XXH3_AVX2
+    if (xxh3_avx2()) {
+        static const unsigned char empty[1];
+        return rk_xxh3_64_avx2(n ? data : empty, n);
+    }
+#endif
+    return rk_xxh3_64_lib(data, n);
 }
 
 int rk_xxh3_64_simd(void)
