@@ -15,7 +15,8 @@
 # by @VAR=VALUE runs with that environment variable (and its rows' cache name says so), e.g.
 # "pipelined@RAGKV_CUDA_KVBLOCK_CACHE_MB=4096". A form ending in "+deviation", "+attention" or "+lookahead"
 # (before any @) ranks cacheblend's tokens by that rule (--select, docs/blend.md; attention is
-# the default), e.g. "device+deviation". Beside
+# the default), e.g. "device+deviation". A form with "/R" after the ranking (before any @) runs
+# cacheblend at ratio R instead of 0.15, e.g. "device+lookahead/0.10". Beside
 # transformers' full prefill of the same prompt lengths in the same run. Writes
 # $OUT/blend_bench.json and prints the table (bench/python/blend_side_by_side.py).
 # GPU_BLEND_PROFILE=1 then runs cacheblend once more on the largest prompt from the device tier
@@ -28,7 +29,8 @@ chunks=${GPU_BLEND_CHUNKS:-4,8,16}
 lens=$(python3 -c "print(' '.join(str(1 + int(c) * 512 + 64) for c in '$chunks'.split(',')))")
 PYTHONUNBUFFERED=1 python3 bench/python/hf_baseline.py --prefill $lens --batches --iters 3 --json "$tmp/hf.json"
 for form in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-cpu}; do
-  cache=${form%%@*}; extra=(); envs=(); sel=""
+  cache=${form%%@*}; extra=(); envs=(); sel=""; ratio=0.15
+  case $cache in */*) ratio=${cache##*/}; cache=${cache%/*} ;; esac
   case $cache in *+attention|*+deviation|*+lookahead) sel=${cache##*+}; cache=${cache%+*}; extra=(--select "$sel") ;; esac
   case ${cache%-locked} in
     compressed) ;;
@@ -40,9 +42,9 @@ for form in ${GPU_BLEND_CACHES:-device to-block compressed pipelined pipelined-c
   echo "== caches: $form"
   json="$tmp/runs/${form//[^A-Za-z0-9_.=-]/_}.json"
   env "${envs[@]}" "$BUILD/clients/ragkv" bench blend --shape llama3.1-8b --backend cuda --chunks "$chunks" --chunk-tokens 512 \
-    --query 64 --modes full,cacheblend,naive --ratio 0.15 --iters 3 "${extra[@]}" --json "$json"
+    --query 64 --modes full,cacheblend,naive --ratio "$ratio" --iters 3 "${extra[@]}" --json "$json"
   # a form with a ranking or a variable: its rows say so ("cache": "...+attention+VAR=VALUE")
-  tag="${sel:++$sel}"; [ "${form%%@*}" = "$form" ] || tag="$tag+${form#*@}"
+  tag="${sel:++$sel}"; [ "$ratio" = 0.15 ] || tag="$tag/r=$ratio"; [ "${form%%@*}" = "$form" ] || tag="$tag+${form#*@}"
   [ -z "$tag" ] || python3 -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['cache'] += sys.argv[2]; json.dump(d, open(p, 'w'))" "$json" "$tag"
 done
 python3 bench/python/blend_side_by_side.py --hf "$tmp/hf.json" --runs "$tmp"/runs/*.json \
