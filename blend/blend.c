@@ -428,9 +428,8 @@ static rk_status query_attention(eng_backend *be, eng_seq *seq, const eng_hidden
     eng_hidden *hu = NULL, *hq = NULL;
     size_t *idx = rk_malloc((ku + kq) * sizeof(size_t)), *bounds = rk_malloc((n + 1) * sizeof(size_t));
     int32_t *pos = rk_malloc((ku + kq) * sizeof(int32_t));
-    float *mass = rk_malloc(kq * n * sizeof(float));
     rk_status st = RK_ERR_NOMEM;
-    if (!idx || !bounds || !pos || !mass)
+    if (!idx || !bounds || !pos)
         goto out;
     for (size_t i = 0, j = 0; i < n; i++)
         if ((before && i < q0 && !pr->seg[i]) || i >= q0) {
@@ -447,12 +446,10 @@ static rk_status query_attention(eng_backend *be, eng_seq *seq, const eng_hidden
     for (int l = l0; l < l1; l++) {
         if (ku && (st = eng_layer_forward(seq, l, hu, ku, pos, pos, NULL, NULL)) != RK_OK)
             goto out;
-        eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = mass};
+        /* every query row's mass added to att, row by row, by the backend */
+        eng_attn_groups ag = {.n_groups = n, .bounds = bounds, .mass = att, .mass_add_rows = true};
         if ((st = eng_layer_forward_ex(seq, l, hq, kq, pos + ku, pos + ku, NULL, NULL, &ag)) != RK_OK)
             goto out;
-        for (size_t i = 0; i < kq; i++)
-            for (size_t r = 0; r < n; r++)
-                att[r] += mass[i * n + r];
     }
     *tl = (double)(ku + kq) * (l1 - l0);
 out:
@@ -461,7 +458,6 @@ out:
     rk_free(idx);
     rk_free(bounds);
     rk_free(pos);
-    rk_free(mass);
     return st;
 }
 

@@ -475,7 +475,10 @@ static rk_status cpu_layer_rows(cpu_ctx *c, eng_seq *const *seqs, int layer, flo
                 float m = 0.0f;
                 for (size_t h = 0; h < H; h++)
                     m += mass_h[(r * H + h) * G + g];
-                ag->mass[r * G + g] = m / (float)H;
+                if (ag->mass_add_rows)
+                    ag->mass[g] += m / (float)H;
+                else
+                    ag->mass[r * G + g] = m / (float)H;
             }
         rk_free(mass_h);
     }

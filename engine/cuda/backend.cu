@@ -754,6 +754,23 @@ __global__ void k_mass_mean(const float *mass_h, size_t n, int H, int G, float *
     out[i] = m / (float)H;
 }
 
+// The same means added row by row, in row order, to a running sum per group (acc holds the
+// caller's sum on entry): the floats of k_mass_mean's output added up on the host row by row.
+__global__ void k_mass_add_rows(const float *mass_h, size_t n, int H, int G, float *acc)
+{
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= G)
+        return;
+    float a = acc[g];
+    for (size_t r = 0; r < n; r++) {
+        float m = 0.0f;
+        for (int h = 0; h < H; h++)
+            m += mass_h[(r * (size_t)H + (size_t)h) * (size_t)G + g];
+        a += m / (float)H;
+    }
+    acc[g] = a;
+}
+
 unsigned blocks(size_t n, unsigned t = 256) { return (unsigned)((n + t - 1) / t); }
 
 // ---- the profiler (RAGKV_CUDA_PROFILE=1) --------------------------------------------------
@@ -1537,7 +1554,17 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             k_convert<float, T><<<blocks(n * qd), 256>>>(att, attf, n * qd);
             CHECK_LAUNCH("narrow attention");
         }
-        if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend), on the device
+        if (ag && ag->mass && ag->mass_add_rows) { // added to the caller's sums: G floats each way
+            cudaError_t e = cudaMemcpy(dmean, ag->mass, G * sizeof(float), cudaMemcpyHostToDevice);
+            if (e != cudaSuccess)
+                return cuda_fail(e, "attention mass");
+            if (n > 0 && G > 0) {
+                k_mass_add_rows<<<blocks(G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+                CHECK_LAUNCH("attention mass");
+            }
+            if ((e = cudaMemcpy(ag->mass, dmean, G * sizeof(float), cudaMemcpyDeviceToHost)) != cudaSuccess)
+                return cuda_fail(e, "attention mass");
+        } else if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend), on the device
             if (n > 0 && G > 0) {
                 k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
                 CHECK_LAUNCH("attention mass");

@@ -484,7 +484,7 @@ static void conf_attention_mass(conf_backend_ctor ctor, const char *model, doubl
     cr_assert_eq(eng_embed(be, hc, 0, tok + 8, 4), RK_OK);
     const size_t bounds3[4] = {0, 4, 8, 12}, bounds_late[2] = {9, 12};
     float mass3[4 * 3], late[4];
-    eng_attn_groups am3 = {3, bounds3, NULL, NULL, mass3}, aml = {1, bounds_late, NULL, NULL, late};
+    eng_attn_groups am3 = {3, bounds3, NULL, NULL, mass3, false}, aml = {1, bounds_late, NULL, NULL, late, false};
     for (int l = 0; l < mi->n_layers; l++) {
         cr_assert_eq(eng_layer_forward_ex(b, l, hb, 4, pos, sl, NULL, NULL, l % 2 ? &aml : &am3), RK_OK, "%s",
                      rk_error_msg());
@@ -512,11 +512,71 @@ static void conf_attention_mass(conf_backend_ctor ctor, const char *model, doubl
     cr_assert_eq(eng_hidden_read(hc, 0, 4, xc), RK_OK);
     cr_expect(conf_rel_err(xb, xc, 4 * d) <= tol, "asking for masses changed the hidden states");
     const size_t badb[2] = {5, 3};
-    eng_attn_groups bad = {1, badb, NULL, NULL, late};
+    eng_attn_groups bad = {1, badb, NULL, NULL, late, false};
     cr_expect_eq(eng_layer_forward_ex(c, 0, hc, 1, pos, sl, NULL, NULL, &bad), RK_ERR_RANGE);
     free(kv);
     free(xb);
     free(xc);
+    eng_hidden_free(hb);
+    eng_hidden_free(hc);
+    eng_seq_free(a);
+    eng_seq_free(b);
+    eng_seq_free(c);
+    eng_backend_free(be);
+    eng_model_close(m);
+}
+
+/* mass_add_rows: the backend adds every row's masses to the caller's running sums, rows in
+ * order, giving the very floats of adding up the (n, n_groups) masses on the host row by row
+ * (two sequences in the same state, every layer, a sum that starts non-zero). */
+static void conf_attention_mass_rows(conf_backend_ctor ctor, const char *model)
+{
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *be;
+    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
+    enum { N = 12, C = 8, R = 4, G = 5 };
+    int32_t tok[N], pos[R];
+    det_tokens(tok, N, mi->vocab, 9);
+    float *kv = malloc(eng_kv_floats(m, C) * sizeof(float));
+    eng_seq *a, *b, *c;
+    cr_assert_eq(eng_seq_new(be, N, &a), RK_OK);
+    cr_assert_eq(eng_seq_new(be, N, &b), RK_OK);
+    cr_assert_eq(eng_seq_new(be, N, &c), RK_OK);
+    cr_assert_eq(eng_prefill(a, tok, C, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, C, kv), RK_OK);
+    int32_t pc[C];
+    for (int i = 0; i < C; i++)
+        pc[i] = i;
+    cr_assert_eq(eng_kv_import(b, 0, C, pc, kv), RK_OK);
+    cr_assert_eq(eng_kv_import(c, 0, C, pc, kv), RK_OK);
+    for (int i = 0; i < R; i++)
+        pos[i] = C + i;
+    eng_hidden *hb, *hc;
+    cr_assert_eq(eng_hidden_new(be, R, &hb), RK_OK);
+    cr_assert_eq(eng_hidden_new(be, R, &hc), RK_OK);
+    cr_assert_eq(eng_embed(be, hb, 0, tok + C, R), RK_OK);
+    cr_assert_eq(eng_embed(be, hc, 0, tok + C, R), RK_OK);
+    const size_t bounds[G + 1] = {0, 2, 5, 8, 10, 12};
+    float rows[R * G], host[G], dev[G];
+    for (int g = 0; g < G; g++)
+        host[g] = dev[g] = 0.25f * (float)(g + 1);
+    eng_attn_groups per_row = {.n_groups = G, .bounds = bounds, .mass = rows};
+    eng_attn_groups added = {.n_groups = G, .bounds = bounds, .mass = dev, .mass_add_rows = true};
+    for (int l = 0; l < mi->n_layers; l++) {
+        cr_assert_eq(eng_layer_forward_ex(b, l, hb, R, pos, pos, NULL, NULL, &per_row), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_layer_forward_ex(c, l, hc, R, pos, pos, NULL, NULL, &added), RK_OK, "%s", rk_error_msg());
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++)
+                host[g] += rows[r * G + g];
+        for (int g = 0; g < G; g++)
+            cr_expect_eq(dev[g], host[g], "%s: layer %d group %d: added %.9g, host %.9g", model, l, g, dev[g],
+                         host[g]);
+    }
+    /* the sums moved: the last group (slots 10, 11) is seen by the rows at 10 and 11 only */
+    cr_expect_gt(dev[4], 0.25f * 5);
+    cr_expect_gt(dev[0], 0.25f);
+    free(kv);
     eng_hidden_free(hb);
     eng_hidden_free(hc);
     eng_seq_free(a);
@@ -568,7 +628,7 @@ static void conf_attention_modifiers(conf_backend_ctor ctor, const char *model, 
     }
     const size_t bj[2] = {8, 12}, ball[3] = {0, 8, 12};
     const float ninf[1] = {-INFINITY}, one[2] = {1.0f, 1.0f}, zero[2] = {0.0f, 0.0f};
-    eng_attn_groups hide = {1, bj, NULL, ninf, NULL}, ident = {2, ball, one, zero, NULL};
+    eng_attn_groups hide = {1, bj, NULL, ninf, NULL, false}, ident = {2, ball, one, zero, NULL, false};
     for (int l = 0; l < mi->n_layers; l++) {
         cr_assert_eq(eng_layer_forward_ex(b, l, h[0], 2, qpos, slots_far, NULL, NULL, &hide), RK_OK, "%s",
                      rk_error_msg());
@@ -593,14 +653,14 @@ static void conf_attention_modifiers(conf_backend_ctor ctor, const char *model, 
     cr_assert_eq(eng_hidden_new(be, 2, &hg), RK_OK);
     cr_assert_eq(eng_embed(be, hg, 0, tok + 8, 2), RK_OK);
     const float temp[1] = {0.5f};
-    eng_attn_groups hot = {1, bj, temp, NULL, NULL};
+    eng_attn_groups hot = {1, bj, temp, NULL, NULL, false};
     for (int l = 0; l < mi->n_layers; l++)
         cr_assert_eq(eng_layer_forward_ex(g, l, hg, 2, qpos, slots_far, NULL, NULL, &hot), RK_OK);
     float *xg = malloc(2 * d * sizeof(float));
     cr_assert_eq(eng_hidden_read(hg, 0, 2, xg), RK_OK);
     cr_expect(conf_rel_err(xg, x[3], 2 * d) > 1e-4, "%s: temperature had no effect", model);
     const float badt[1] = {0.0f}, badl[1] = {INFINITY};
-    eng_attn_groups bt = {1, bj, badt, NULL, NULL}, bl = {1, bj, NULL, badl, NULL};
+    eng_attn_groups bt = {1, bj, badt, NULL, NULL, false}, bl = {1, bj, NULL, badl, NULL, false};
     cr_expect_eq(eng_layer_forward_ex(g, 0, hg, 1, qpos, slots_far, NULL, NULL, &bt), RK_ERR_INVALID);
     cr_expect_eq(eng_layer_forward_ex(g, 0, hg, 1, qpos, slots_far, NULL, NULL, &bl), RK_ERR_INVALID);
     for (int i = 0; i < 4; i++) {

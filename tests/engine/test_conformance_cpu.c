@@ -61,6 +61,11 @@ Test(cpu_conformance, attention_mass_by_slot_group)
     EACH_MODEL(conf_attention_mass(cpu_ctor, model, TOL));
 }
 
+Test(cpu_conformance, attention_mass_added_row_by_row)
+{
+    EACH_MODEL(conf_attention_mass_rows(cpu_ctor, model));
+}
+
 Test(cpu_conformance, attention_group_modifiers)
 {
     EACH_MODEL(conf_attention_modifiers(cpu_ctor, model, TOL));

@@ -54,6 +54,7 @@ Test(gpu_conformance, kv_import_at_shifted_positions) { EACH(conf_export_import_
 Test(gpu_conformance, batched_decode_equals_alone) { EACH(conf_batched_decode(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, causal_rule_by_position) { EACH(conf_causal_by_position(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, attention_mass_by_slot_group) { EACH(conf_attention_mass(cuda_ctor, model, TOL)); }
+Test(gpu_conformance, attention_mass_added_row_by_row) { EACH(conf_attention_mass_rows(cuda_ctor, model)); }
 Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }
@@ -75,6 +76,7 @@ Test(gpu_conformance_bf16, kv_import_at_shifted_positions)
 Test(gpu_conformance_bf16, batched_decode_equals_alone) { EACH_BF16(conf_batched_decode(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, causal_rule_by_position) { EACH_BF16(conf_causal_by_position(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, attention_mass_by_slot_group) { EACH_BF16(conf_attention_mass(cuda_ctor, model, TOLB)); }
+Test(gpu_conformance_bf16, attention_mass_added_row_by_row) { EACH_BF16(conf_attention_mass_rows(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, attention_group_modifiers) { EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, kv_by_layer_ranges) { EACH_BF16(conf_kv_layers(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, bad_calls_rejected) { EACH_BF16(conf_bad_calls(cuda_ctor, model)); }

@@ -262,13 +262,18 @@ rk_status eng_layer_forward(eng_seq *s, int layer, eng_hidden *h, size_t n, cons
  *   - mass (n, n_groups): the attention probability each row puts on each group's slots,
  *     averaged over heads (Cache-Craft's inter/intra-chunk attention), from the very
  *     probabilities the layer used. A row's masses sum to 1 when the groups cover every slot
- *     it sees. A row that sees no key at all (all hidden) gets zero attention output. */
+ *     it sees. A row that sees no key at all (all hidden) gets zero attention output.
+ *   - mass_add_rows: mass is (n_groups) instead, a running sum the caller keeps: each row's
+ *     masses (as above) are added to it, rows in order, group by group, so that calls over
+ *     several layers give the very floats of adding up the (n, n_groups) masses on the host
+ *     row by row, without their copy (CacheBlend's lookahead ranking). */
 typedef struct eng_attn_groups {
     size_t n_groups;          /* groups (> 0) */
     const size_t *bounds;     /* (n_groups + 1) non-decreasing slot boundaries, <= capacity */
     const float *temperature; /* optional (n_groups), each > 0; NULL: 1 */
     const float *log_scale;   /* optional (n_groups), finite or -INFINITY; NULL: 0 */
     float *mass;              /* optional out: (n, n_groups) float32, host memory */
+    bool mass_add_rows;       /* mass is (n_groups), in and out: every row's masses added */
 } eng_attn_groups;
 
 /* eng_layer_forward with slot groups (ag may be NULL: then exactly eng_layer_forward). */
