@@ -9,6 +9,8 @@
 #   RAG_MODEL (synth:llama3-8b)  RAG_K (8)  RAG_CHUNK (512)  RAG_QUERY (32)  RAG_GEN (16)
 #   RAG_CORPUS (96)  RAG_REQUESTS (32)  RAG_RATES ("2 4 8 16")  RAG_MODES ("full prefix cacheblend cachecraft")
 #   RAG_SLO_MS (1000: the TTFT p99 bound of "throughput at SLO")  RAG_SKIP_HF (0)
+#   RAG_HF_REQUESTS (RAG_REQUESTS: requests per rate for transformers, which saturates at about
+#   2 req/s, so that more requests for ragkvd's throughput do not cost minutes there)
 #   RAG_DEVICE_MB (16384: the device tier's budget, room for the whole default corpus of 96
 #   chunks at 64 MiB of bf16 KV each; 0 turns the tier off)
 #   RAG_QUALITY_CASES (16: prompts per real model for the quality runs)
@@ -52,7 +54,7 @@ kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 if [ "${RAG_SKIP_HF:-0}" != 1 ]; then
   echo "== transformers full prefill on the same prompts"
   PYTHONUNBUFFERED=1 python3 bench/rag/rag_hf.py --k "$k" --chunk "$chunk" --query "$query" --gen "$gen" \
-    --rates $rates --requests "$requests" --json "$tmp/hf.json" || echo "(transformers baseline failed)"
+    --rates $rates --requests "${RAG_HF_REQUESTS:-$requests}" --json "$tmp/hf.json" || echo "(transformers baseline failed)"
 fi
 # quality against full prefill on the real test models (their own text as chunks; CPU, seconds):
 # Cache-Craft at alpha 0.3 with standalone variants (craft-sa) is what ragkvd serves above (its
