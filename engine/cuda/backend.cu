@@ -754,20 +754,16 @@ __global__ void k_mass_mean(const float *mass_h, size_t n, int H, int G, float *
     out[i] = m / (float)H;
 }
 
-// The same means added row by row, in row order, to a running sum per group (acc holds the
-// caller's sum on entry): the floats of k_mass_mean's output added up on the host row by row.
-__global__ void k_mass_add_rows(const float *mass_h, size_t n, int H, int G, float *acc)
+// k_mass_mean's output (n, G) added row by row, in row order, to a running sum per group
+// (acc holds the caller's sums on entry): the floats of adding it up on the host row by row.
+__global__ void k_mass_add_rows(const float *mean, size_t n, int G, float *acc)
 {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= G)
         return;
     float a = acc[g];
-    for (size_t r = 0; r < n; r++) {
-        float m = 0.0f;
-        for (int h = 0; h < H; h++)
-            m += mass_h[(r * (size_t)H + (size_t)h) * (size_t)G + g];
-        a += m / (float)H;
-    }
+    for (size_t r = 0; r < n; r++)
+        a += mean[r * (size_t)G + g];
     acc[g] = a;
 }
 
@@ -1409,7 +1405,7 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
         *chunk = ch < 1 ? 1 : ch > n ? n : ch;
         cv.take<float>(*chunk * H * len);                         // scores
         cv.take<float>(n * H * G + 1);                            // mass
-        cv.take<float>(n * G + 1);                                // mass, mean over heads
+        cv.take<float>(n * G + G + 1);                            // mass, mean over heads; sums
         cv.take<float>(2 * len * kvd);                            // k, v fp32, contiguous
         if (c->mode == MODE_BF16) {
             cv.take<float>(n * qd);                               // q fp32
@@ -1510,7 +1506,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         size_t chunk_rows = chunk;
         float *scores = cv.take<float>(chunk_rows * H * len);
         float *dmass = cv.take<float>(n * H * G + 1);
-        float *dmean = cv.take<float>(n * G + 1);
+        float *dmean = cv.take<float>(n * G + G + 1);
         cu_kv *kv = (cu_kv *)lc->s->ctx;
         const cu_kvdesc dh = desc_of(c, lc->s);
         ref_args ra;
@@ -1555,14 +1551,14 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             CHECK_LAUNCH("narrow attention");
         }
         if (ag && ag->mass && ag->mass_add_rows) { // added to the caller's sums: G floats each way
-            cudaError_t e = cudaMemcpy(dmean, ag->mass, G * sizeof(float), cudaMemcpyHostToDevice);
-            if (e != cudaSuccess)
-                return cuda_fail(e, "attention mass");
-            if (n > 0 && G > 0) {
-                k_mass_add_rows<<<blocks(G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+            float *dsum = dmean + n * G; // after the (n, G) means
+            cudaError_t e = cudaMemcpy(dsum, ag->mass, G * sizeof(float), cudaMemcpyHostToDevice);
+            if (e == cudaSuccess && n > 0 && G > 0) {
+                k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+                k_mass_add_rows<<<blocks(G), 256>>>(dmean, n, (int)G, dsum);
                 CHECK_LAUNCH("attention mass");
             }
-            if ((e = cudaMemcpy(ag->mass, dmean, G * sizeof(float), cudaMemcpyDeviceToHost)) != cudaSuccess)
+            if (e != cudaSuccess || (e = cudaMemcpy(ag->mass, dsum, G * sizeof(float), cudaMemcpyDeviceToHost)) != cudaSuccess)
                 return cuda_fail(e, "attention mass");
         } else if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend), on the device
             if (n > 0 && G > 0) {
