@@ -452,43 +452,69 @@ static void conf_bad_calls(conf_backend_ctor ctor, const char *model)
     eng_model_close(m);
 }
 
+/* Two sequences b and c holding the same 8 cached slots (tokens 0..7 prefilled in a third),
+ * and two hidden states hb and hc of tokens 8..11 entering layer 0, for the mass tests. */
+struct mass_fixture {
+    eng_model *m;
+    eng_backend *be;
+    eng_seq *a, *b, *c;
+    eng_hidden *hb, *hc;
+    float *kv;
+    int32_t pos[4]; /* 8..11: the rows' positions and slots */
+};
+
+static void mass_fixture_open(struct mass_fixture *f, conf_backend_ctor ctor, const char *model, uint32_t seed)
+{
+    f->m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(f->m);
+    cr_assert_eq(ctor(f->m, &f->be), RK_OK, "%s", rk_error_msg());
+    int32_t tok[12];
+    det_tokens(tok, 12, mi->vocab, seed);
+    f->kv = malloc(eng_kv_floats(f->m, 8) * sizeof(float));
+    cr_assert_eq(eng_seq_new(f->be, 12, &f->a), RK_OK);
+    cr_assert_eq(eng_seq_new(f->be, 12, &f->b), RK_OK);
+    cr_assert_eq(eng_seq_new(f->be, 12, &f->c), RK_OK);
+    cr_assert_eq(eng_prefill(f->a, tok, 8, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(f->a, 0, 8, f->kv), RK_OK);
+    int32_t p8[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    cr_assert_eq(eng_kv_import(f->b, 0, 8, p8, f->kv), RK_OK);
+    cr_assert_eq(eng_kv_import(f->c, 0, 8, p8, f->kv), RK_OK);
+    for (int i = 0; i < 4; i++)
+        f->pos[i] = 8 + i;
+    cr_assert_eq(eng_hidden_new(f->be, 4, &f->hb), RK_OK);
+    cr_assert_eq(eng_hidden_new(f->be, 4, &f->hc), RK_OK);
+    cr_assert_eq(eng_embed(f->be, f->hb, 0, tok + 8, 4), RK_OK);
+    cr_assert_eq(eng_embed(f->be, f->hc, 0, tok + 8, 4), RK_OK);
+}
+
+static void mass_fixture_close(struct mass_fixture *f)
+{
+    free(f->kv);
+    eng_hidden_free(f->hb);
+    eng_hidden_free(f->hc);
+    eng_seq_free(f->a);
+    eng_seq_free(f->b);
+    eng_seq_free(f->c);
+    eng_backend_free(f->be);
+    eng_model_close(f->m);
+}
+
 /* Attention mass by slot group: non-negative, sums to 1 over groups covering every slot,
  * zero on slots a row cannot see, and asking for it changes no hidden state. */
 static void conf_attention_mass(conf_backend_ctor ctor, const char *model, double tol)
 {
-    eng_model *m = conf_open(model);
-    const eng_model_info *mi = eng_model_get_info(m);
-    eng_backend *be;
-    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
-    size_t n = 12, d = (size_t)mi->dim;
-    int32_t tok[12], pos[4], sl[4];
-    det_tokens(tok, n, mi->vocab, 8);
-    float *kv = malloc(eng_kv_floats(m, 8) * sizeof(float));
-    eng_seq *a, *b, *c;
-    cr_assert_eq(eng_seq_new(be, n, &a), RK_OK);
-    cr_assert_eq(eng_seq_new(be, n, &b), RK_OK);
-    cr_assert_eq(eng_seq_new(be, n, &c), RK_OK);
-    cr_assert_eq(eng_prefill(a, tok, 8, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
-    cr_assert_eq(eng_kv_export(a, 0, 8, kv), RK_OK);
-    int32_t p8[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    cr_assert_eq(eng_kv_import(b, 0, 8, p8, kv), RK_OK);
-    cr_assert_eq(eng_kv_import(c, 0, 8, p8, kv), RK_OK);
-    for (int i = 0; i < 4; i++) {
-        pos[i] = 8 + i;
-        sl[i] = 8 + i;
-    }
-    eng_hidden *hb, *hc;
-    cr_assert_eq(eng_hidden_new(be, 4, &hb), RK_OK);
-    cr_assert_eq(eng_hidden_new(be, 4, &hc), RK_OK);
-    cr_assert_eq(eng_embed(be, hb, 0, tok + 8, 4), RK_OK);
-    cr_assert_eq(eng_embed(be, hc, 0, tok + 8, 4), RK_OK);
+    struct mass_fixture f;
+    mass_fixture_open(&f, ctor, model, 8);
+    const eng_model_info *mi = eng_model_get_info(f.m);
+    size_t d = (size_t)mi->dim;
+    const int32_t *pos = f.pos, *sl = f.pos;
     const size_t bounds3[4] = {0, 4, 8, 12}, bounds_late[2] = {9, 12};
     float mass3[4 * 3], late[4];
     eng_attn_groups am3 = {3, bounds3, NULL, NULL, mass3, false}, aml = {1, bounds_late, NULL, NULL, late, false};
     for (int l = 0; l < mi->n_layers; l++) {
-        cr_assert_eq(eng_layer_forward_ex(b, l, hb, 4, pos, sl, NULL, NULL, l % 2 ? &aml : &am3), RK_OK, "%s",
+        cr_assert_eq(eng_layer_forward_ex(f.b, l, f.hb, 4, pos, sl, NULL, NULL, l % 2 ? &aml : &am3), RK_OK, "%s",
                      rk_error_msg());
-        cr_assert_eq(eng_layer_forward(c, l, hc, 4, pos, sl, NULL, NULL), RK_OK);
+        cr_assert_eq(eng_layer_forward(f.c, l, f.hc, 4, pos, sl, NULL, NULL), RK_OK);
         for (int r = 0; r < 4; r++) {
             if (l % 2) {
                 /* slots 9..11 hold positions 9..11: invisible to the row at 8, visible after */
@@ -508,22 +534,15 @@ static void conf_attention_mass(conf_backend_ctor ctor, const char *model, doubl
         }
     }
     float *xb = malloc(4 * d * sizeof(float)), *xc = malloc(4 * d * sizeof(float));
-    cr_assert_eq(eng_hidden_read(hb, 0, 4, xb), RK_OK);
-    cr_assert_eq(eng_hidden_read(hc, 0, 4, xc), RK_OK);
+    cr_assert_eq(eng_hidden_read(f.hb, 0, 4, xb), RK_OK);
+    cr_assert_eq(eng_hidden_read(f.hc, 0, 4, xc), RK_OK);
     cr_expect(conf_rel_err(xb, xc, 4 * d) <= tol, "asking for masses changed the hidden states");
     const size_t badb[2] = {5, 3};
     eng_attn_groups bad = {1, badb, NULL, NULL, late, false};
-    cr_expect_eq(eng_layer_forward_ex(c, 0, hc, 1, pos, sl, NULL, NULL, &bad), RK_ERR_RANGE);
-    free(kv);
+    cr_expect_eq(eng_layer_forward_ex(f.c, 0, f.hc, 1, pos, sl, NULL, NULL, &bad), RK_ERR_RANGE);
     free(xb);
     free(xc);
-    eng_hidden_free(hb);
-    eng_hidden_free(hc);
-    eng_seq_free(a);
-    eng_seq_free(b);
-    eng_seq_free(c);
-    eng_backend_free(be);
-    eng_model_close(m);
+    mass_fixture_close(&f);
 }
 
 /* mass_add_rows: the backend adds every row's masses to the caller's running sums, rows in
@@ -531,32 +550,10 @@ static void conf_attention_mass(conf_backend_ctor ctor, const char *model, doubl
  * (two sequences in the same state, every layer, a sum that starts non-zero). */
 static void conf_attention_mass_rows(conf_backend_ctor ctor, const char *model)
 {
-    eng_model *m = conf_open(model);
-    const eng_model_info *mi = eng_model_get_info(m);
-    eng_backend *be;
-    cr_assert_eq(ctor(m, &be), RK_OK, "%s", rk_error_msg());
-    enum { N = 12, C = 8, R = 4, G = 5 };
-    int32_t tok[N], pos[R];
-    det_tokens(tok, N, mi->vocab, 9);
-    float *kv = malloc(eng_kv_floats(m, C) * sizeof(float));
-    eng_seq *a, *b, *c;
-    cr_assert_eq(eng_seq_new(be, N, &a), RK_OK);
-    cr_assert_eq(eng_seq_new(be, N, &b), RK_OK);
-    cr_assert_eq(eng_seq_new(be, N, &c), RK_OK);
-    cr_assert_eq(eng_prefill(a, tok, C, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
-    cr_assert_eq(eng_kv_export(a, 0, C, kv), RK_OK);
-    int32_t pc[C];
-    for (int i = 0; i < C; i++)
-        pc[i] = i;
-    cr_assert_eq(eng_kv_import(b, 0, C, pc, kv), RK_OK);
-    cr_assert_eq(eng_kv_import(c, 0, C, pc, kv), RK_OK);
-    for (int i = 0; i < R; i++)
-        pos[i] = C + i;
-    eng_hidden *hb, *hc;
-    cr_assert_eq(eng_hidden_new(be, R, &hb), RK_OK);
-    cr_assert_eq(eng_hidden_new(be, R, &hc), RK_OK);
-    cr_assert_eq(eng_embed(be, hb, 0, tok + C, R), RK_OK);
-    cr_assert_eq(eng_embed(be, hc, 0, tok + C, R), RK_OK);
+    struct mass_fixture f;
+    mass_fixture_open(&f, ctor, model, 9);
+    const eng_model_info *mi = eng_model_get_info(f.m);
+    enum { R = 4, G = 5 };
     const size_t bounds[G + 1] = {0, 2, 5, 8, 10, 12};
     float rows[R * G], host[G], dev[G];
     for (int g = 0; g < G; g++)
@@ -564,8 +561,10 @@ static void conf_attention_mass_rows(conf_backend_ctor ctor, const char *model)
     eng_attn_groups per_row = {.n_groups = G, .bounds = bounds, .mass = rows};
     eng_attn_groups added = {.n_groups = G, .bounds = bounds, .mass = dev, .mass_add_rows = true};
     for (int l = 0; l < mi->n_layers; l++) {
-        cr_assert_eq(eng_layer_forward_ex(b, l, hb, R, pos, pos, NULL, NULL, &per_row), RK_OK, "%s", rk_error_msg());
-        cr_assert_eq(eng_layer_forward_ex(c, l, hc, R, pos, pos, NULL, NULL, &added), RK_OK, "%s", rk_error_msg());
+        cr_assert_eq(eng_layer_forward_ex(f.b, l, f.hb, R, f.pos, f.pos, NULL, NULL, &per_row), RK_OK, "%s",
+                     rk_error_msg());
+        cr_assert_eq(eng_layer_forward_ex(f.c, l, f.hc, R, f.pos, f.pos, NULL, NULL, &added), RK_OK, "%s",
+                     rk_error_msg());
         for (int r = 0; r < R; r++)
             for (int g = 0; g < G; g++)
                 host[g] += rows[r * G + g];
@@ -576,14 +575,7 @@ static void conf_attention_mass_rows(conf_backend_ctor ctor, const char *model)
     /* the sums moved: the last group (slots 10, 11) is seen by the rows at 10 and 11 only */
     cr_expect_gt(dev[4], 0.25f * 5);
     cr_expect_gt(dev[0], 0.25f);
-    free(kv);
-    eng_hidden_free(hb);
-    eng_hidden_free(hc);
-    eng_seq_free(a);
-    eng_seq_free(b);
-    eng_seq_free(c);
-    eng_backend_free(be);
-    eng_model_close(m);
+    mass_fixture_close(&f);
 }
 
 /* Score modifiers on slot groups: temperature 1 and log-scale 0 change nothing; log-scale
