@@ -208,16 +208,25 @@ def main():
             if not base or r["rate"] < base["rate"]:
                 base = r
     summary = []
-    print(f"\n| mode | throughput at TTFT p99 <= {a.slo_ms:g} ms (req/s) | TTFT p50 at the lowest rate | vs full |")
-    print("|---|---:|---:|---:|")
+    # throughput at the SLO is a lower bound where even the highest offered rate met it ("+"):
+    # more load might have been served; the most achieved at any rate bounds it from above
+    # where the SLO failed at the top rate (the mode saturated)
+    print(f"\n| mode | throughput at TTFT p99 <= {a.slo_ms:g} ms (req/s) | most achieved (req/s) "
+          "| TTFT p50 at the lowest rate | vs full |")
+    print("|---|---:|---:|---:|---:|")
     for mode in modes:
         rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rate"])
         ok = [r for r in rs if r.get("errors", 0) == 0 and r["ttft_ms_p99"] <= a.slo_ms]
         thr = max((r["req_per_s"] for r in ok), default=0.0)
+        top = bool(rs) and rs[-1] in ok
+        most = max((r["req_per_s"] for r in rs if r.get("errors", 0) == 0), default=0.0)
         low = rs[0]["ttft_ms_p50"] if rs else float("nan")
         vs = base["ttft_ms_p50"] / low if base and low > 0 else None
-        summary.append({"mode": mode, "throughput_at_slo": thr, "ttft_p50_low_rate_ms": low, "speedup_vs_full": vs})
-        print(f"| {mode} | {thr:.2f} | {low:.1f} | {f'{vs:.2f}x' if vs else '-'} |")
+        summary.append({"mode": mode, "throughput_at_slo": thr, "slo_met_at_top_rate": top,
+                        "most_achieved_req_s": most, "ttft_p50_low_rate_ms": low, "speedup_vs_full": vs})
+        print(f"| {mode} | {thr:.2f}{'+' if top else ''} | {most:.2f} | {low:.1f} | {f'{vs:.2f}x' if vs else '-'} |")
+    if any(x["slo_met_at_top_rate"] for x in summary):
+        print("(+: the SLO held at the highest rate offered, so the throughput at the SLO is at least this)")
     chunks = sum(v for k, v in m.items() if k.startswith("ragkv_tenant_chunks"))
     clen = next((r["chunk_len"] for r in runs if "chunk_len" in r), 0)
     bpt = m.get("ragkv_store_disk_bytes", 0) / (chunks * clen) if chunks and clen else None
