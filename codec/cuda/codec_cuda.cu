@@ -427,8 +427,7 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
         CK(reader_alloc(r, (void **)&r->d_cg, total), "cudaMalloc");
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
             *parts[i].p = parts[i].n ? r->d_cg + off[i] : NULL;
-        cg_dev *hp = &r->h; /* the copy up reads it after we return: it lives in the reader */
-        cg_dev &h = *hp;
+        cg_dev &h = r->h; /* the copy up reads it after we return: it lives in the reader */
         memset(&h, 0, sizeof h);
         h.p = pr->p;
         h.T = pr->lay.T;

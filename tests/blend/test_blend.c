@@ -185,6 +185,35 @@ static void with_selection(bl_select sel, void (*check)(void))
     g_select = BL_SELECT_DEVIATION;
 }
 
+/* Cacheblend at r = 0.15 on f with the ranking a, then b (stats of each; the mode's selection
+ * back to the deviation after): two rankings choose other tokens, so their caches differ. */
+static void two_selections(struct fixture *f, size_t n, bl_select a, bl_select b, bl_stats *sa, bl_stats *sb)
+{
+    float *lg = malloc(mi->vocab * sizeof(float));
+    g_select = a;
+    eng_seq *sqa = assemble(f, BL_CACHEBLEND, 0.15f, lg, sa);
+    g_select = b;
+    eng_seq *sqb = assemble(f, BL_CACHEBLEND, 0.15f, lg, sb);
+    g_select = BL_SELECT_DEVIATION;
+    float *ka = export_all_kv(m, sqa, n), *kb = export_all_kv(m, sqb, n);
+    cr_expect_gt(max_rel(ka, kb, eng_kv_floats(m, n)), 1e-3, "%s and %s: another selection, another cache",
+                 bl_select_name(a), bl_select_name(b));
+    free(ka);
+    free(kb);
+    free(lg);
+    eng_seq_free(sqa);
+    eng_seq_free(sqb);
+}
+
+/* name parses to sel, and sel's name is name */
+static void expect_select_name(const char *name, bl_select sel)
+{
+    bl_select x = BL_SELECT_DEVIATION;
+    cr_expect_eq(bl_select_parse(name, &x), RK_OK);
+    cr_expect_eq(x, sel);
+    cr_expect_str_eq(bl_select_name(x), name);
+}
+
 /* The selection by the query's attention changes which tokens are chosen, never what r = 1
  * and r = 0 mean. */
 Test(blend, attention_selection_r1_equals_full) { with_selection(BL_SELECT_ATTENTION, check_r1_equals_full); }
@@ -199,32 +228,18 @@ Test(blend, attention_selection_counts_and_names)
     struct fixture f;
     make_fixture(&f, 41);
     size_t n = 1 + 40 + 23 + 31 + 6;
-    float *ld = malloc(mi->vocab * sizeof(float)), *la = malloc(mi->vocab * sizeof(float));
     bl_stats sd, sa;
-    eng_seq *dv = assemble(&f, BL_CACHEBLEND, 0.15f, ld, &sd);
-    g_select = BL_SELECT_ATTENTION;
-    eng_seq *at = assemble(&f, BL_CACHEBLEND, 0.15f, la, &sa);
-    g_select = BL_SELECT_DEVIATION;
+    two_selections(&f, n, BL_SELECT_DEVIATION, BL_SELECT_ATTENTION, &sd, &sa);
     cr_expect_eq(sa.recomputed, sd.recomputed);
     /* six query rows run the check layer once more: 6 token-layers over n x L */
     cr_expect_float_eq(sa.token_layers - sd.token_layers, 6.0 / ((double)n * mi->n_layers), 1e-9);
-    float *kd = export_all_kv(m, dv, n), *ka = export_all_kv(m, at, n);
-    cr_expect_gt(max_rel(kd, ka, eng_kv_floats(m, n)), 1e-3, "another selection, another cache");
+    expect_select_name("attention", BL_SELECT_ATTENTION);
     bl_select x = BL_SELECT_DEVIATION;
-    cr_expect_eq(bl_select_parse("attention", &x), RK_OK);
-    cr_expect_eq(x, BL_SELECT_ATTENTION);
-    cr_expect_str_eq(bl_select_name(x), "attention");
     cr_expect_eq(bl_select_parse("entropy", &x), RK_ERR_INVALID);
     cr_expect_eq(bl_select_parse(NULL, &x), RK_ERR_INVALID);
     bl_params dp;
     bl_params_default(&dp, BL_CACHEBLEND);
     cr_expect_eq(dp.select, BL_SELECT_ATTENTION, "the query's attention ranks by default");
-    free(kd);
-    free(ka);
-    free(ld);
-    free(la);
-    eng_seq_free(dv);
-    eng_seq_free(at);
     free_fixture(&f);
 }
 
@@ -243,25 +258,16 @@ Test(blend, lookahead_selection_counts_names_and_limits)
     struct fixture f;
     make_fixture(&f, 41);
     size_t n = 1 + 40 + 23 + 31 + 6;
-    float *la = malloc(mi->vocab * sizeof(float)), *lk = malloc(mi->vocab * sizeof(float));
+    float *lk = malloc(mi->vocab * sizeof(float));
     bl_stats sa, sk, sd;
-    g_select = BL_SELECT_ATTENTION;
-    eng_seq *at = assemble(&f, BL_CACHEBLEND, 0.15f, la, &sa);
-    g_select = BL_SELECT_LOOKAHEAD;
-    eng_seq *lo = assemble(&f, BL_CACHEBLEND, 0.15f, lk, &sk);
-    g_select = BL_SELECT_DEVIATION;
+    two_selections(&f, n, BL_SELECT_ATTENTION, BL_SELECT_LOOKAHEAD, &sa, &sk);
     eng_seq_free(assemble(&f, BL_CACHEBLEND, 0.15f, lk, &sd));
     cr_expect_eq(sk.recomputed, sa.recomputed);
     /* the uncached rows (BOS, the uncached segment, the query) run layers 1 .. L-1 again */
     size_t uncached = n - sd.reused_tokens;
     cr_expect_float_eq(sk.token_layers - sd.token_layers,
                        (double)uncached * (mi->n_layers - 1) / ((double)n * mi->n_layers), 1e-9);
-    float *ka = export_all_kv(m, at, n), *kk = export_all_kv(m, lo, n);
-    cr_expect_gt(max_rel(ka, kk, eng_kv_floats(m, n)), 1e-3, "another selection, another cache");
-    bl_select x = BL_SELECT_DEVIATION;
-    cr_expect_eq(bl_select_parse("lookahead", &x), RK_OK);
-    cr_expect_eq(x, BL_SELECT_LOOKAHEAD);
-    cr_expect_str_eq(bl_select_name(x), "lookahead");
+    expect_select_name("lookahead", BL_SELECT_LOOKAHEAD);
     bl_params p;
     bl_params_default(&p, BL_CACHEBLEND);
     p.select = BL_SELECT_LOOKAHEAD;
@@ -290,12 +296,7 @@ Test(blend, lookahead_selection_counts_names_and_limits)
     cr_assert_eq(bl_assemble(m, be, s, two, 2, f.q, 0, &p, lk, NULL), RK_OK, "%s", rk_error_msg());
     eng_seq_free(s);
     free(lf);
-    free(ka);
-    free(kk);
-    free(la);
     free(lk);
-    eng_seq_free(at);
-    eng_seq_free(lo);
     free_fixture(&f);
 }
 
