@@ -1550,7 +1550,39 @@ cudaError_t launch_combine(const float *part, int n, int H, int hd, int splits, 
     return cudaGetLastError();
 }
 
+#include "scores_kernel.cuh" // k_scores (in this namespace)
+
+template <int HD>
+cudaError_t launch_scores(int n, int H, int KVH, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *out,
+                          cudaStream_t stream)
+{
+    dim3 grid((unsigned)((len + ST - 1) / ST), (unsigned)H, (unsigned)((n + SR - 1) / SR));
+    k_scores<HD><<<grid, SNT, 0, stream>>>(n, H, KVH, q, *d, layer, len, out);
+    return cudaGetLastError();
+}
+
 } // namespace
+
+bool attn_scores_supported(int hd, int H, int KVH)
+{
+    return attn_flash_supported(hd, H, KVH);
+}
+
+cudaError_t attn_scores(const cu_attn_shape *a, const bf16 *q, const cu_kvdesc *d, int layer, int len, float *out,
+                        cudaStream_t stream)
+{
+    if (a->n == 0 || len == 0)
+        return cudaSuccess;
+    if (!attn_scores_supported(a->hd, a->H, a->KVH) || a->n > 65535 * SR)
+        return cudaErrorInvalidValue;
+    switch (a->hd) {
+    case 16: return launch_scores<16>(a->n, a->H, a->KVH, q, d, layer, len, out, stream);
+    case 32: return launch_scores<32>(a->n, a->H, a->KVH, q, d, layer, len, out, stream);
+    case 64: return launch_scores<64>(a->n, a->H, a->KVH, q, d, layer, len, out, stream);
+    case 128: return launch_scores<128>(a->n, a->H, a->KVH, q, d, layer, len, out, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
 
 bool attn_flash_supported(int hd, int H, int KVH)
 {

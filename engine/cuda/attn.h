@@ -9,8 +9,9 @@
 //   - decode: few query rows, each of its own sequence (batched decode), split over the keys
 //     (flash-decoding): partial softmax per split, then a combine step. fp32 or bf16 caches,
 //     any head dim, query heads per KV head up to ATTN_MAX_GROUP.
-// Neither reports attention mass per slot group: the backend's reference path (cuBLAS scores)
-// does that.
+// Neither reports attention mass per slot group: the backend takes it from attn_scores (raw
+// q.k from the same bf16 queries and cache) and the reference softmax, or from the reference
+// path (cuBLAS scores) for everything.
 #ifndef RAGKV_ENGINE_CUDA_ATTN_H
 #define RAGKV_ENGINE_CUDA_ATTN_H
 
@@ -34,27 +35,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
                                    // split against 8.17 at 256, which batch 32 keeps: 30.6 ms
                                    // against 36.1 at 64)
 
-// One sequence's KV cache as the kernels see it (device memory, storage type of the backend).
-// Paged: slot t lives in block t >> bshift, a separate device allocation of B = 1 << bshift
-// slots for every layer, laid out [layer][K before RoPE | K rotated | V][B][kvd]; blk holds
-// the blocks of slots [0, cap) in order (those past the sequence's length may be NULL).
-enum { KV_RAW = 0, KV_ROT = 1, KV_VAL = 2, KV_ARRAYS = 3 };
-struct cu_kvdesc {
-    void *const *blk;        // (cap >> bshift, rounded up) device pointers to the blocks
-    const int32_t *spos;     // (cap) position of each slot
-    long long cap;           // slots
-    int len;                 // slots in use (all of them in mapped blocks)
-    int bshift;              // log2 of the slots per block
-};
-
-// Row t (kvd elements) of array arr (KV_RAW, KV_ROT, KV_VAL) of `layer`.
-template <typename T>
-static __device__ __forceinline__ T *kv_row(const cu_kvdesc &d, int arr, int layer, long long t, size_t kvd)
-{
-    const long long B = 1LL << d.bshift;
-    return reinterpret_cast<T *>(d.blk[t >> d.bshift]) +
-           ((size_t)(layer * KV_ARRAYS + arr) * (size_t)B + (size_t)(t & (B - 1))) * kvd;
-}
+#include "kvdesc.h"
 
 // What both kernels need besides the tensors.
 struct cu_attn_shape {
@@ -79,6 +60,15 @@ bool attn_flash_supported(int hd, int H, int KVH);
 size_t attn_flash_part_floats(int n, int H, int hd, int len);
 cudaError_t attn_flash(const cu_attn_shape *a, const __nv_bfloat16 *q, const cu_kvdesc *d, int layer, int len,
                        float *part, __nv_bfloat16 *out);
+
+// scores for the attention mass: out (n, H, len) float32, out[(r*H + h)*len + t] = q[r, h] . k[t]
+// for the bf16 rotated queries q (n, H*hd) and the rotated keys of the first len slots of
+// `layer` of the bf16 cache d (a host copy of the descriptor): raw products, unscaled and
+// unmasked, as the reference path's products are before its softmax (fp32 sums of bf16
+// inputs, so within rounding of them, not bit for bit). Only a->n, H, KVH and hd are read.
+bool attn_scores_supported(int hd, int H, int KVH);
+cudaError_t attn_scores(const cu_attn_shape *a, const __nv_bfloat16 *q, const cu_kvdesc *d, int layer, int len,
+                        float *out, cudaStream_t stream);
 
 // decode: row r reads descriptor desc[rseq[r]] (rseq NULL: desc[0]) at `layer`; max_len is
 // the largest len among them. part: attn_decode_part_floats() floats of device scratch.

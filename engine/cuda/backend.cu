@@ -1117,10 +1117,23 @@ size_t decode_rows_max()
     return v < 0 ? 0 : v > (long)DECODE_ROWS ? DECODE_ROWS : (size_t)v;
 }
 
+// Whether a layer that reports attention mass keeps its fused attention kernel and takes the
+// mass from attn_scores and the reference softmax (bf16 storage, the head dims the scores
+// kernel takes), or runs the reference path for everything: RAGKV_ATTN_MASS=reference (read
+// at every call) forces the latter, to compare the two.
+bool mass_fast(const cu_ctx *c)
+{
+    const eng_model_info *mi = c->mi;
+    const char *e = getenv("RAGKV_ATTN_MASS");
+    if (e && strcmp(e, "reference") == 0)
+        return false;
+    return c->mode == MODE_BF16 && attn_scores_supported(mi->head_dim, mi->n_heads, mi->n_kv_heads);
+}
+
 attn_path choose_path(const cu_ctx *c, size_t n, const eng_attn_groups *ag)
 {
     const eng_model_info *mi = c->mi;
-    if (c->mode != MODE_BF16 || (ag && ag->mass))
+    if (c->mode != MODE_BF16 || (ag && ag->mass && !mass_fast(c)))
         return PATH_REFERENCE;
     if (n > decode_rows_max() && attn_flash_supported(mi->head_dim, mi->n_heads, mi->n_kv_heads))
         return PATH_FLASH;
@@ -1383,8 +1396,44 @@ struct layer_call {
     bool kv_only;             // stop once K/V are stored (eng_layer_kv; x unchanged)
 };
 
-// Bytes of scratch a layer of n rows needs on the given attention path.
-size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size_t G, size_t *chunk)
+// The per-head masses (n, H, G) on the device to the caller's ag->mass: the mean over heads
+// per (row, group), in head order (as the CPU backend), copied out, or with mass_add_rows
+// added row by row to the caller's sums (G floats each way). dmean: n * G + G floats.
+rk_status mass_out(const eng_attn_groups *ag, const float *dmass, float *dmean, size_t n, size_t H, size_t G)
+{
+    if (ag->mass_add_rows) {
+        float *dsum = dmean + n * G; // after the (n, G) means
+        cudaError_t e = cudaMemcpy(dsum, ag->mass, G * sizeof(float), cudaMemcpyHostToDevice);
+        if (e == cudaSuccess && n > 0 && G > 0) {
+            k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+            k_mass_add_rows<<<blocks(G), 256>>>(dmean, n, (int)G, dsum);
+            CHECK_LAUNCH("attention mass");
+        }
+        if (e != cudaSuccess || (e = cudaMemcpy(ag->mass, dsum, G * sizeof(float), cudaMemcpyDeviceToHost)) != cudaSuccess)
+            return cuda_fail(e, "attention mass");
+        return RK_OK;
+    }
+    if (n > 0 && G > 0) {
+        k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
+        CHECK_LAUNCH("attention mass");
+    }
+    cudaError_t e = cudaMemcpy(ag->mass, dmean, n * G * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "attention mass");
+    return RK_OK;
+}
+
+// Rows per pass of a (rows, H, len) float32 scores buffer: ~512 MiB at most, at least one row.
+size_t score_rows(size_t n, size_t H, size_t len)
+{
+    size_t per_row = H * (len ? len : 1) * sizeof(float);
+    size_t ch = ((size_t)512 << 20) / per_row;
+    return ch < 1 ? 1 : ch > n ? n : ch;
+}
+
+// Bytes of scratch a layer of n rows needs on the given attention path (mass: the call
+// reports attention mass over G groups). *chunk: rows per pass of the scores buffer.
+size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size_t G, bool mass, size_t *chunk)
 {
     const eng_model_info *mi = c->mi;
     size_t d = mi->dim, qd = (size_t)mi->n_heads * mi->head_dim, kvd = kv_dim(c), f = mi->hidden, H = mi->n_heads;
@@ -1399,10 +1448,7 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
     cv.take<float>(2 * G + 2);                                    // temperature, log-scale
     *chunk = n;
     if (path == PATH_REFERENCE) {
-        // scores of at most ~512 MiB at once
-        size_t per_row = H * (len ? len : 1) * sizeof(float);
-        size_t ch = ((size_t)512 << 20) / per_row;
-        *chunk = ch < 1 ? 1 : ch > n ? n : ch;
+        *chunk = score_rows(n, H, len);
         cv.take<float>(*chunk * H * len);                         // scores
         cv.take<float>(n * H * G + 1);                            // mass
         cv.take<float>(n * G + G + 1);                            // mass, mean over heads; sums
@@ -1411,10 +1457,17 @@ size_t layer_scratch(const cu_ctx *c, size_t n, size_t len, attn_path path, size
             cv.take<float>(n * qd);                               // q fp32
             cv.take<float>(n * qd);                               // att fp32
         }
-    } else if (path == PATH_DECODE) {
-        cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, mi->head_dim, (int)len));
     } else {
-        cv.take<float>(attn_flash_part_floats((int)n, (int)H, mi->head_dim, (int)len));
+        if (path == PATH_DECODE)
+            cv.take<float>(attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, mi->head_dim, (int)len));
+        else
+            cv.take<float>(attn_flash_part_floats((int)n, (int)H, mi->head_dim, (int)len));
+        if (mass) { // attn_scores, then the reference softmax's masses (layer_run's order)
+            *chunk = score_rows(n, H, len);
+            cv.take<float>(*chunk * H * len);                     // scores
+            cv.take<float>(n * H * G + 1);                        // mass
+            cv.take<float>(n * G + G + 1);                        // mass, mean over heads; sums
+        }
     }
     return cv.off;
 }
@@ -1430,7 +1483,7 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
     const eng_attn_groups *ag = lc->ag;
     size_t G = ag ? ag->n_groups : 0;
     size_t chunk = n;
-    size_t need = layer_scratch(c, n, len, path, G, &chunk);
+    size_t need = layer_scratch(c, n, len, path, G, ag && ag->mass, &chunk);
     unsigned char *base = NULL;
     TRY(scratch(c, need, &base));
     carver cv;
@@ -1550,25 +1603,8 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
             k_convert<float, T><<<blocks(n * qd), 256>>>(att, attf, n * qd);
             CHECK_LAUNCH("narrow attention");
         }
-        if (ag && ag->mass && ag->mass_add_rows) { // added to the caller's sums: G floats each way
-            float *dsum = dmean + n * G; // after the (n, G) means
-            cudaError_t e = cudaMemcpy(dsum, ag->mass, G * sizeof(float), cudaMemcpyHostToDevice);
-            if (e == cudaSuccess && n > 0 && G > 0) {
-                k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
-                k_mass_add_rows<<<blocks(G), 256>>>(dmean, n, (int)G, dsum);
-                CHECK_LAUNCH("attention mass");
-            }
-            if (e != cudaSuccess || (e = cudaMemcpy(ag->mass, dsum, G * sizeof(float), cudaMemcpyDeviceToHost)) != cudaSuccess)
-                return cuda_fail(e, "attention mass");
-        } else if (ag && ag->mass) { // mean over heads, in head order (as the CPU backend), on the device
-            if (n > 0 && G > 0) {
-                k_mass_mean<<<blocks(n * G), 256>>>(dmass, n, (int)H, (int)G, dmean);
-                CHECK_LAUNCH("attention mass");
-            }
-            cudaError_t e = cudaMemcpy(ag->mass, dmean, n * G * sizeof(float), cudaMemcpyDeviceToHost);
-            if (e != cudaSuccess)
-                return cuda_fail(e, "attention mass");
-        }
+        if (ag && ag->mass)
+            TRY(mass_out(ag, dmass, dmean, n, H, G));
     } else {
         size_t nf = path == PATH_DECODE ? attn_decode_part_floats((int)n, (int)H, mi->n_kv_heads, (int)hd, (int)len)
                                         : attn_flash_part_floats((int)n, (int)H, (int)hd, (int)len);
@@ -1597,6 +1633,31 @@ rk_status layer_run(cu_ctx *c, const layer_call *lc, attn_path path)
         }
         if (e != cudaSuccess)
             return cuda_fail(e, "attention");
+        if (ag && ag->mass) { // the fused kernels' output stands; the masses come from the same q and K
+            if (sizeof(T) != sizeof(bf16)) // (mass_fast: bf16 storage only)
+                return rk_error_set(RK_ERR_INTERNAL, "cuda backend: attention mass without bf16 storage");
+            float *scores = cv.take<float>(chunk * H * len);
+            float *dmass = cv.take<float>(n * H * G + 1);
+            float *dmean = cv.take<float>(n * G + G + 1);
+            const cu_kvdesc dh = desc_of(c, lc->s);
+            const int32_t *dspos = ((cu_kv *)lc->s->ctx)->dpos;
+            for (size_t r0 = 0; r0 < n; r0 += chunk) {
+                size_t m = n - r0 < chunk ? n - r0 : chunk;
+                cu_attn_shape sc = sh;
+                sc.n = (int)m;
+                e = attn_scores(&sc, reinterpret_cast<const bf16 *>(q) + r0 * qd, &dh, lc->layer, (int)len, scores,
+                                c->stream);
+                if (e != cudaSuccess)
+                    return cuda_fail(e, "attention mass scores");
+                if (G > 0) {
+                    k_softmax<<<(unsigned)(m * H), 256, 0, c->stream>>>(scores, dspos, (int)len, lc->dpos + r0, (int)H,
+                                                                       sqrtf((float)hd), dgrp, dtemp, dls, (int)G,
+                                                                       dmass + r0 * H * G, dgb);
+                    CHECK_LAUNCH("attention mass softmax");
+                }
+            }
+            TRY(mass_out(ag, dmass, dmean, n, H, G));
+        }
     }
     // attention operations if the rows are the last n of len positions, causal: 4 hd per
     // visible (query head, key) pair
@@ -1789,7 +1850,7 @@ rk_status decode_graph(cu_ctx *c, float *x, const int32_t *dtok, const int32_t *
     const eng_model_info *mi = c->mi;
     // grow the scratch now: nothing may allocate while capturing
     size_t chunk = 0;
-    size_t need = layer_scratch(c, n, (size_t)max_len, PATH_DECODE, 0, &chunk), lneed = logits_scratch(c, n);
+    size_t need = layer_scratch(c, n, (size_t)max_len, PATH_DECODE, 0, false, &chunk), lneed = logits_scratch(c, n);
     unsigned char *base = NULL;
     TRY(scratch(c, need > lneed ? need : lneed, &base));
     if (!c->gstream)

@@ -578,6 +578,93 @@ static void conf_attention_mass_rows(conf_backend_ctor ctor, const char *model)
     mass_fixture_close(&f);
 }
 
+/* The attention mass against the CPU backend's on the same cached slots and rows, through
+ * every layer: a group per slot (CacheBlend's lookahead) on even layers, three groups with a
+ * temperature and a log-scale on odd ones (Cache-Craft, APE), mass_add_rows on the last. The
+ * rows go through each backend's own layers, so the bound is the storage's: per row, the L1
+ * distance of the two distributions over the groups (a wrong score or a wrong slot moves
+ * whole probabilities: masses here are 1/60 and up). Slots a row cannot see have exactly 0 in
+ * both. rows: a few take the decode kernel, more than 16 the flash kernel. */
+static void conf_attention_mass_twin(conf_backend_ctor ctor, const char *model, size_t rows, double tol)
+{
+    enum { P = 40, RMAX = 32 };
+    cr_assert(rows > 0 && rows <= RMAX);
+    eng_model *m = conf_open(model);
+    const eng_model_info *mi = eng_model_get_info(m);
+    eng_backend *bd, *bc;
+    cr_assert_eq(ctor(m, &bd), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_backend_cpu_new(m, 1, &bc), RK_OK, "%s", rk_error_msg());
+    const size_t len = P + rows, d = (size_t)mi->dim;
+    int32_t tok[P + RMAX], pos[RMAX], p40[P];
+    det_tokens(tok, len, mi->vocab, 21);
+    for (int i = 0; i < P; i++)
+        p40[i] = i;
+    for (size_t i = 0; i < rows; i++)
+        pos[i] = (int32_t)(P + i);
+    float *kv = malloc(eng_kv_floats(m, P) * sizeof(float));
+    eng_seq *a = conf_seq(bc, P), *sd = conf_seq(bd, len), *sc = conf_seq(bc, len);
+    cr_assert_eq(eng_prefill(a, tok, P, NULL, ENG_LOGITS_NONE, NULL), RK_OK);
+    cr_assert_eq(eng_kv_export(a, 0, P, kv), RK_OK);
+    cr_assert_eq(eng_kv_import(sd, 0, P, p40, kv), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(eng_kv_import(sc, 0, P, p40, kv), RK_OK);
+    eng_hidden *hd, *hc;
+    cr_assert_eq(eng_hidden_new(bd, rows, &hd), RK_OK);
+    cr_assert_eq(eng_hidden_new(bc, rows, &hc), RK_OK);
+    cr_assert_eq(eng_embed(bd, hd, 0, tok + P, rows), RK_OK);
+    cr_assert_eq(eng_embed(bc, hc, 0, tok + P, rows), RK_OK);
+    size_t slot_bounds[P + RMAX + 1];
+    for (size_t g = 0; g <= len; g++)
+        slot_bounds[g] = g;
+    const size_t b3[4] = {0, 13, P, len};
+    const float temp3[3] = {1.0f, 0.7f, 1.3f}, ls3[3] = {0.0f, -0.5f, 0.25f};
+    float *md = malloc(rows * len * sizeof(float)), *mc = malloc(rows * len * sizeof(float));
+    for (int l = 0; l < mi->n_layers; l++) {
+        bool per_slot = l % 2 == 0, added = l == mi->n_layers - 1;
+        size_t G = per_slot ? len : 3, nr = added ? 1 : rows;
+        eng_attn_groups gd = {G, per_slot ? slot_bounds : b3, per_slot ? NULL : temp3, per_slot ? NULL : ls3, md, added};
+        eng_attn_groups gc = gd;
+        gc.mass = mc;
+        if (added) { /* the same non-zero start in both */
+            for (size_t g = 0; g < G; g++)
+                md[g] = mc[g] = 0.5f;
+        }
+        cr_assert_eq(eng_layer_forward_ex(sd, l, hd, rows, pos, pos, NULL, NULL, &gd), RK_OK, "%s: %s", model,
+                     rk_error_msg());
+        cr_assert_eq(eng_layer_forward_ex(sc, l, hc, rows, pos, pos, NULL, NULL, &gc), RK_OK, "%s", rk_error_msg());
+        for (size_t r = 0; r < nr; r++) {
+            double l1 = 0, sum = 0;
+            for (size_t g = 0; g < G; g++) {
+                double x = md[r * G + g], y = mc[r * G + g];
+                l1 += fabs(x - y);
+                sum += y;
+                if (per_slot && !added && g > (size_t)pos[r])
+                    cr_expect(x == 0.0f && y == 0.0f, "%s layer %d row %zu: slot %zu is after the row: %g / %g", model,
+                              l, r, g, x, y);
+            }
+            cr_expect(l1 <= tol * (added ? (double)rows : 1.0), "%s layer %d row %zu (%zu rows): masses %.3g apart (L1)",
+                      model, l, r, rows, l1);
+            cr_expect(sum > 0.5, "%s layer %d: the CPU's masses are empty", model, l);
+        }
+    }
+    float *xd = malloc(rows * d * sizeof(float)), *xc = malloc(rows * d * sizeof(float));
+    cr_assert_eq(eng_hidden_read(hd, 0, rows, xd), RK_OK);
+    cr_assert_eq(eng_hidden_read(hc, 0, rows, xc), RK_OK);
+    cr_expect(conf_rel_err(xd, xc, rows * d) <= tol, "%s: hidden states after the layers differ", model);
+    free(xd);
+    free(xc);
+    free(md);
+    free(mc);
+    free(kv);
+    eng_hidden_free(hd);
+    eng_hidden_free(hc);
+    eng_seq_free(a);
+    eng_seq_free(sd);
+    eng_seq_free(sc);
+    eng_backend_free(bd);
+    eng_backend_free(bc);
+    eng_model_close(m);
+}
+
 /* Score modifiers on slot groups: temperature 1 and log-scale 0 change nothing; log-scale
  * -inf on a group equals a sequence without those slots; another temperature changes the
  * result. */

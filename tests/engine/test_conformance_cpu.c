@@ -61,6 +61,14 @@ Test(cpu_conformance, attention_mass_by_slot_group)
     EACH_MODEL(conf_attention_mass(cpu_ctor, model, TOL));
 }
 
+/* conf_attention_mass_twin compares with a one-thread CPU backend: here, the two-thread one
+ * (rows split over the threads) against it, a few rows and more than a tile's. */
+Test(cpu_conformance, attention_mass_equals_one_thread)
+{
+    EACH_MODEL(conf_attention_mass_twin(cpu_ctor, model, 4, TOL));
+    EACH_MODEL(conf_attention_mass_twin(cpu_ctor, model, 24, TOL));
+}
+
 Test(cpu_conformance, attention_mass_added_row_by_row)
 {
     EACH_MODEL(conf_attention_mass_rows(cpu_ctor, model));

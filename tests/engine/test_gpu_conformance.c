@@ -45,6 +45,7 @@ static const char *const models[] = {"test-llama", "test-llama3", "test-qwen2", 
 
 #define TOL 1e-3
 #define TOLB 3e-2
+#define TOLM 5e-2 /* attention mass in bf16: L1 distance per row (conf_attention_mass_twin) */
 
 Test(gpu_conformance, prefill_equals_token_by_token_decode) { EACH(conf_prefill_equals_decode(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, layer_steps_equal_prefill) { EACH(conf_layers_equal_prefill(cuda_ctor, model, TOL)); }
@@ -56,6 +57,11 @@ Test(gpu_conformance, causal_rule_by_position) { EACH(conf_causal_by_position(cu
 Test(gpu_conformance, attention_mass_by_slot_group) { EACH(conf_attention_mass(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, attention_mass_added_row_by_row) { EACH(conf_attention_mass_rows(cuda_ctor, model)); }
 Test(gpu_conformance, attention_group_modifiers) { EACH(conf_attention_modifiers(cuda_ctor, model, TOL)); }
+Test(gpu_conformance, attention_mass_equals_the_cpu)
+{
+    EACH(conf_attention_mass_twin(cuda_ctor, model, 4, TOL));
+    EACH(conf_attention_mass_twin(cuda_ctor, model, 24, TOL));
+}
 Test(gpu_conformance, kv_by_layer_ranges) { EACH(conf_kv_layers(cuda_ctor, model, TOL)); }
 Test(gpu_conformance, bad_calls_rejected) { EACH(conf_bad_calls(cuda_ctor, model)); }
 Test(gpu_conformance, kv_block_equals_kv_import) { EACH(conf_kvblock(cuda_ctor, model, TOL)); }
@@ -78,6 +84,23 @@ Test(gpu_conformance_bf16, causal_rule_by_position) { EACH_BF16(conf_causal_by_p
 Test(gpu_conformance_bf16, attention_mass_by_slot_group) { EACH_BF16(conf_attention_mass(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, attention_mass_added_row_by_row) { EACH_BF16(conf_attention_mass_rows(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, attention_group_modifiers) { EACH_BF16(conf_attention_modifiers(cuda_ctor, model, TOLB)); }
+/* bf16: the fused kernels with attn_scores' masses (head dims 16, 64, 128 here), the reference
+ * path's elsewhere; RAGKV_ATTN_DECODE_ROWS=0 below sends the 4-row calls to flash too. */
+Test(gpu_conformance_bf16, attention_mass_equals_the_cpu)
+{
+    EACH_BF16(conf_attention_mass_twin(cuda_ctor, model, 4, TOLM));
+    EACH_BF16(conf_attention_mass_twin(cuda_ctor, model, 24, TOLM));
+}
+Test(gpu_conformance_bf16, attention_mass_equals_the_cpu_flash_few_rows)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_DECODE_ROWS", "0", 1), 0);
+    EACH_BF16(conf_attention_mass_twin(cuda_ctor, model, 4, TOLM));
+}
+Test(gpu_conformance_bf16, attention_mass_reference_path_equals_the_cpu)
+{
+    cr_assert_eq(setenv("RAGKV_ATTN_MASS", "reference", 1), 0);
+    EACH_BF16(conf_attention_mass_twin(cuda_ctor, model, 24, TOLM));
+}
 Test(gpu_conformance_bf16, kv_by_layer_ranges) { EACH_BF16(conf_kv_layers(cuda_ctor, model, TOLB)); }
 Test(gpu_conformance_bf16, bad_calls_rejected) { EACH_BF16(conf_bad_calls(cuda_ctor, model)); }
 Test(gpu_conformance_bf16, kv_block_equals_kv_import) { EACH_BF16(conf_kvblock(cuda_ctor, model, TOLB)); }
