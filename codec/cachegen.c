@@ -1579,8 +1579,9 @@ static size_t tf_section_len(const codec_codebook *cb, uint32_t B)
 static rk_status tf_parse(rk_reader *r, codec_codebook *cb)
 {
     uint32_t B = rk_reader_u32(r);
-    if (r->short_read || !B || B > 64 || cb->D % B)
-        return rk_error_set(RK_ERR_FORMAT, "codebook: transform block %u for head_dim %u", B, cb->D);
+    if (r->short_read || !B || B > 64 || (cb->H * cb->D) % B)
+        return rk_error_set(RK_ERR_FORMAT, "codebook: transform block %u for %u x %u channels", B, cb->H,
+                            cb->D);
     if (rk_reader_left(r) != tf_section_len(cb, B) - 4)
         return rk_error_set(RK_ERR_FORMAT, "codebook: transform section of %zu bytes",
                             rk_reader_left(r));
@@ -1791,10 +1792,11 @@ rk_status codec_codebook_train(const float *const *samples, const codec_shape *s
     if ((st = step_scale_check(p)) != RK_OK)
         goto fail;
     uint32_t B = p->transform_block > 0 ? (uint32_t)p->transform_block : 0;
-    if (p->transform_block < 0 || (B && (!p->weights || B > 64 || cb->D % B || cb->p.model_group != 1))) {
+    if (p->transform_block < 0 ||
+        (B && (!p->weights || B > 64 || (cb->H * cb->D) % B || cb->p.model_group != 1))) {
         st = rk_error_set(RK_ERR_INVALID, "codebook train: transform block %d needs weights, "
-                          "divides head_dim %u, at most 64, one model per channel",
-                          p->transform_block, cb->D);
+                          "divides kv_heads x head_dim (%u x %u), at most 64, one model per channel",
+                          p->transform_block, cb->H, cb->D);
         goto fail;
     }
     if (B && !(coefs = rk_calloc(n, sizeof *coefs))) {

@@ -25,14 +25,17 @@ static void usage(FILE *f)
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
-            "         [--step-scale S] [--rows TEXT (only rows whose label has TEXT, and q8)]\n"
+            "         [--step-scale S] [--transform B] [--rows TEXT (only rows whose label has\n"
+            "         TEXT, and q8)]\n"
             "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
             "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
             "is such a tensor of one token. --transform B: learn a transform of B-channel blocks\n"
-            "(B divides head_dim; docs/codec.md, \"Transform coding\"). --step-scale S (with\n"
-            "weights; 1/64..64): multiply the weighted allocation's steps by S, a rate between\n"
-            "and beyond the levels (S = 2: about one bit per value fewer).\n");
+            "(B divides kv_heads x head_dim: blocks may span heads; docs/codec.md, \"Transform\n"
+            "coding\"); with eval, the transform rows' B (default: every channel of a token up\n"
+            "to 64, else the head up to 64, else 16). --step-scale S (with weights; 1/64..64):\n"
+            "multiply the weighted allocation's steps by S, a rate between and beyond the levels\n"
+            "(S = 2: about one bit per value fewer).\n");
 }
 
 /* Whole file into memory; *out owned by the caller (rk_free). */
@@ -494,7 +497,7 @@ static int cmd_eval(struct opts *o)
             goto done;
     }
     codec_eval_opts eo = {.threads = o->threads, .weights = w, .step_scale = o->p.step_scale,
-                          .rows = o->rows, .json_path = o->json};
+                          .transform_block = o->p.transform_block, .rows = o->rows, .json_path = o->json};
     if (eo.step_scale > 0 && !w) {
         st = rk_error_set(RK_ERR_INVALID, "--step-scale scales the weighted rows: give --weights");
         goto done;

@@ -59,6 +59,14 @@ codec_params codec_params_default(codec_id codec)
     return p;
 }
 
+int codec_transform_block_default(const codec_shape *s)
+{
+    uint64_t C = (uint64_t)s->n_kv_heads * s->head_dim;
+    if (C > 0 && C <= 64)
+        return (int)C;
+    return s->head_dim <= 64 ? (int)s->head_dim : 16;
+}
+
 /* Input check shared by every codec: finite values within the fp16 range. */
 struct check_ctx {
     const float *kv;

@@ -266,13 +266,14 @@ const rans_model *cg_codebook_models(const codec_codebook *cb, size_t *n_models)
 /* The same models in decode-only form, built once with the codebook. */
 const rans_dmodel *cg_codebook_dmodels(const codec_codebook *cb);
 /* A codebook's learned transform (docs/codec.md, "Transform coding"): per (layer, K|V) plane
- * and block of B consecutive channels (B divides head_dim) an invertible B x B matrix pair
+ * and block of B consecutive channels of the token (B divides kv_heads x head_dim: a block
+ * may span heads) an invertible B x B matrix pair
  * and a mean. The encoder codes y = enc (x - mean); the decoder reconstructs each
  * coefficient as recon[model][symbol] * scale and then, in this fixed order and without
  * fused multiply-adds,
  *     acc = 0; for i in 0..B-1: acc = acc + dec[c][i] * y[i];  x[c] = acc + mean[c].  */
 typedef struct cg_transform {
-    uint32_t B;     /* channels per block, 1..64, divides head_dim */
+    uint32_t B;     /* channels per block, 1..64, divides kv_heads x head_dim */
     float *mean;    /* [L][2][C] */
     float *enc;     /* [L][2][C/B][B][B] row i: coefficient i from the block's channels */
     float *dec;     /* [L][2][C/B][B][B] row c: channel c from the block's coefficients */

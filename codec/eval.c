@@ -205,12 +205,12 @@ rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *eo, FILE *
         cf[nc].p.step_scale = eo->step_scale;
         nc++;
     }
-    for (int lv = 0; weights && lv <= 3; lv++) { /* transform coding (per-head blocks) */
+    for (int lv = 0; weights && lv <= 3; lv++) { /* transform coding */
         snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook wtd transform%s", lv, scaled);
         cf[nc] = (struct config){labels[nc], cfg(CODEC_CACHEGEN, lv, -1, -1), 1};
         cf[nc].p.weights = weights;
         cf[nc].p.step_scale = eo->step_scale;
-        cf[nc].p.transform_block = src->shape.head_dim <= 64 ? (int)src->shape.head_dim : 16;
+        cf[nc].p.transform_block = eo->transform_block > 0 ? eo->transform_block : codec_transform_block_default(&src->shape);
         nc++;
     }
     if (eo->rows) { /* keep the asked rows, and q8 for the ratios */

@@ -100,6 +100,17 @@ static inline float *synth_coupled(codec_shape s, uint64_t seed, uint64_t mix_se
     return kv;
 }
 
+/* synth's KV with every token's kv_heads x head_dim channels of a (layer, K|V) mixed by one
+ * fixed matrix I + amp * U(-1, 1) (mix_seed): channels coupled across heads too. */
+static inline float *synth_coupled_heads(codec_shape s, uint64_t seed, uint64_t mix_seed, float amp)
+{
+    codec_shape t = s;
+    t.head_dim = s.n_kv_heads * s.head_dim; /* the same values, one "head" per token */
+    t.n_kv_heads = 1;
+    float *kv = synth_coupled(t, seed, mix_seed, amp);
+    return kv;
+}
+
 static const int doc_qmax[5][4] = {
     {31, 15, 31, 15}, {15, 7, 15, 7}, {7, 3, 7, 3}, {3, 2, 3, 1}, {2, 1, 1, 1}};
 

@@ -688,8 +688,8 @@ Test(cachegen, transform_codebook_refused)
     p.transform_block = 8;
     cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_ERR_INVALID); /* no weights */
     p.weights = w;
-    int bad_b[] = {5, 32, 128, -2};
-    for (int i = 0; i < 4; i++) {
+    int bad_b[] = {5, 24, 64, 128, -2}; /* 2 x 16 = 32 channels: B must divide 32 */
+    for (int i = 0; i < 5; i++) {
         p.transform_block = bad_b[i];
         cr_assert_eq(codec_codebook_train(tr, &s, 1, &p, &cb), RK_ERR_INVALID, "block %d", bad_b[i]);
     }
@@ -730,6 +730,60 @@ Test(cachegen, transform_codebook_refused)
     }
     codec_codebook_free(cb);
     rk_buf_free(&ser);
+    rk_free(kv);
+    rk_free(w);
+}
+
+/* Transform blocks across heads: where channels are coupled across heads (one mixing of the
+ * token's 4 x 16 channels), a block of all 64 codes in fewer bytes than blocks of one head, at
+ * no more weighted error; both decode on the AVX2 decoder as on the scalar one; and
+ * codec_transform_block_default picks such blocks for small tokens only. */
+Test(cachegen, transform_blocks_across_heads)
+{
+    codec_shape s = {2, 256, 4, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    size_t nw = (size_t)s.n_layers * 2 * C;
+    const float amp = 3.0f / sqrtf((float)C); /* strong enough that 64 x 64 axes pay for their estimate */
+    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    codec_shape sh[2] = {s, s};
+    for (int i = 0; i < 2; i++)
+        tr[i] = synth_coupled_heads(s, (13ull << 32) | (uint64_t)(20 + i), 4242, amp);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 5);
+    float *kv = synth_coupled_heads(s, (13ull << 32) | 99, 4242, amp);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 1;
+    p.weights = w;
+    size_t bytes[2];
+    double err[2];
+    const uint32_t blocks[2] = {16, 64};
+    for (int k = 0; k < 2; k++) {
+        codec_codebook *cb;
+        p.transform_block = (int)blocks[k];
+        cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb), RK_OK, "%s", rk_error_msg());
+        rk_buf b = enc_cb(kv, s, cb);
+        codec_decode_opts o = {.codebook = cb};
+        float *d = dec(&b, &o);
+        bytes[k] = b.len;
+        err[k] = weighted_sq_error(kv, d, w, s);
+        if (__builtin_cpu_supports("avx2"))
+            for (int t = 0; t < 3; t++)
+                cr_assert_eq(decode_both(b.data, b.len, &o, (codec_dtype)t, "blocks across heads"), RK_OK);
+        rk_free(d);
+        rk_buf_free(&b);
+        codec_codebook_free(cb);
+    }
+    cr_expect_lt(bytes[1], bytes[0] * 0.95, "block of 64: %zu bytes, of 16: %zu", bytes[1], bytes[0]);
+    cr_expect_leq(err[1], err[0] * 1.05, "weighted squared error: block of 64 %g, of 16 %g", err[1], err[0]);
+    const struct {
+        codec_shape s;
+        int B;
+    } def[] = {{{5, 1, 4, 8}, 32}, {{5, 1, 4, 16}, 64}, {{2, 1, 2, 64}, 64}, {{32, 1, 8, 128}, 16}, {{2, 1, 1, 128}, 16}};
+    for (size_t i = 0; i < sizeof def / sizeof def[0]; i++)
+        cr_expect_eq(codec_transform_block_default(&def[i].s), def[i].B, "%u x %u: %d", def[i].s.n_kv_heads,
+                     def[i].s.head_dim, codec_transform_block_default(&def[i].s));
+    for (int i = 0; i < 2; i++)
+        rk_free(tr[i]);
     rk_free(kv);
     rk_free(w);
 }

@@ -170,7 +170,8 @@ Test(gpu_decode, transform_codebook_container)
     struct {
         codec_shape s;
         int block;
-    } cases[] = {{{4, 300, 2, 16}, 16}, {{3, 200, 3, 16}, 8}, {{2, 256, 4, 128}, 64}};
+    } cases[] = {{{4, 300, 2, 16}, 16}, {{3, 200, 3, 16}, 8}, {{2, 256, 4, 128}, 64},
+                 {{2, 256, 4, 16}, 64} /* a block over every head */, {{3, 100, 4, 8}, 32}};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         codec_shape s = cases[k].s;
         float *tr = synth(s, 90 + k), *kv = synth(s, 95 + k);

@@ -3,8 +3,8 @@
  * coefficients with the codebook's reconstruction points, then cg_transform_row row by row);
  * the one-pass decoders must give its bits: AVX2 rows (RAGKV_CODEC_SIMD=avx2) and, where the
  * CPU has AVX-512, the 16-token tiles (the default). Every dtype, 1, 7, 256 and 300 tokens
- * (a partial tile, a partial second stream block), blocks of the whole head and smaller
- * ones, 64 to 512 channels (one to eight AVX2 chains), a shape that stays on two passes,
+ * (a partial tile, a partial second stream block), blocks of the whole head, smaller ones
+ * and ones across heads, 32 to 512 channels (one to eight AVX2 chains), a shape that stays on two passes,
  * codec_decode, a thread pool and layer ranges; damaged streams get the same status.
  * White-box in part: the alphabets and the matrices are read through codec/codec_impl.h to
  * check that the cases exercise what they are meant to. */
@@ -157,6 +157,9 @@ Test(transform_decode, one_pass_equals_reference, .timeout = 300)
         {{2, 0, 8, 16}, 16, 0, 2},  /* B = head_dim = 16 */
         {{2, 0, 8, 8}, 8, 1, 0},    /* B = head_dim = 8, 64 channels: one chain; level 0 */
         {{2, 0, 9, 16}, 16, 0, 1},  /* 144 channels: stays on two passes, same bits */
+        {{2, 0, 4, 16}, 64, 0, 1},  /* a block over all four heads (babyllama105's shape) */
+        {{2, 0, 4, 8}, 32, 0, 1},   /* the same on 32 channels (stories260K's): two passes */
+        {{2, 0, 8, 16}, 32, 0, 2},  /* blocks of two heads */
     };
     const uint32_t tokens[4] = {1, 7, 256, 300};
     rk_pool *pool;

@@ -112,9 +112,10 @@ typedef struct codec_params {
                             steps in it; NULL: the level's steps. */
     int transform_block; /* codebook training with weights only: 0 (default) off; B > 0
                             learns an orthogonal transform of the sensitivity-weighted
-                            channels per (layer, K|V) and block of B consecutive channels
-                            (B divides head_dim, at most 64; head_dim itself when it is at
-                            most 64 is the measured choice) and codes its coefficients with
+                            channels per (layer, K|V) and block of B consecutive channels of
+                            the token's kv_heads x head_dim (B divides that, at most 64; a
+                            block may span heads: codec_transform_block_default is the
+                            measured choice) and codes its coefficients with
                             one step in the weighted domain and learned reconstruction points
                             (docs/codec.md, "Transform coding"). The codebook (format version
                             3) then holds the transform; its containers need it to decode. */
@@ -129,6 +130,13 @@ typedef struct codec_params {
 
 /* Defaults for a codec (level -1, every option -1, no codebook, no pool). */
 codec_params codec_params_default(codec_id codec);
+
+/* The transform block to train with for a shape (codec_params.transform_block): every
+ * channel of a token, kv_heads x head_dim, when that is at most 64 (blocks across heads:
+ * measured 2026-12-08 on the real models, 25% fewer bits than per-head blocks on
+ * babyllama105 at equal next-token KL, 8-13% on stories260K; docs/codec.md), else the head
+ * when head_dim is at most 64, else 16 (the Llama-3-8B shape's measured choice). */
+int codec_transform_block_default(const codec_shape *s);
 
 /* Codec by name ("raw", "lz4", "q8", "cachegen"); RK_ERR_NOT_FOUND otherwise. */
 rk_status codec_id_parse(const char *name, codec_id *out);

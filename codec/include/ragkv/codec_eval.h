@@ -72,6 +72,8 @@ typedef struct codec_eval_opts {
                                transform coding */
     float step_scale;       /* 0: the levels' rates; else the weighted and transform rows'
                                codec_params.step_scale (their labels say "x<scale>") */
+    int transform_block;    /* 0: the transform rows' blocks are the head (16 channels when
+                               head_dim is above 64); else B channels (codec_params) */
     const char *rows;       /* NULL: every row; else only rows whose label contains it (and
                                q8, the ratios' reference) */
     const char *json_path;  /* NULL: no JSON */
