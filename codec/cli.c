@@ -26,7 +26,8 @@ static void usage(FILE *f)
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
             "         [--step-scale S] [--transform B] [--rows TEXT (only rows whose label has\n"
-            "         TEXT, and q8)]\n"
+            "         TEXT, and q8)] [--seeds N (seeds --seed .. --seed+N-1, then the means;\n"
+            "         --json gets the means)]\n"
             "  bench  (see ragkv codec bench --help; same as ragkv bench codec)\n"
             "Raw tensors (.f32) are little-endian float32 [layer][K|V][token][kv_head][head_dim],\n"
             "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
@@ -136,7 +137,7 @@ struct opts {
     codec_shape shape;
     int have_shape;
     const char *codebook, *json, *model, *dtype, *weights, *rows;
-    int threads, synthetic, tokens, seed, layers, heads, dim;
+    int threads, synthetic, tokens, seed, seeds, layers, heads, dim;
     const char *pos[64];
     int npos;
 };
@@ -203,6 +204,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             ok = parse_int(v, 1, 1 << 20, &o->tokens);
         else if (!strcmp(a, "--seed"))
             ok = parse_int(v, 0, 1 << 30, &o->seed);
+        else if (!strcmp(a, "--seeds"))
+            ok = parse_int(v, 1, 64, &o->seeds);
         else if (!strcmp(a, "--layers"))
             ok = parse_int(v, 1, CG_MAX_LAYERS, &o->layers);
         else if (!strcmp(a, "--heads"))
@@ -459,24 +462,51 @@ done:
     return rc;
 }
 
-/* `ragkv codec eval`: the compression/fidelity table over a KV source. */
+/* The eval's KV source for seed `seed` (a model's prompts, synthetic KV, or a file). */
+static rk_status eval_source(const struct opts *o, uint64_t seed, codec_kv_source *src)
+{
+    if (o->model) /* llama2.c checkpoints; the engine becomes the source for other formats */
+        return codec_kv_source_model(o->model, seed, src);
+    if (o->synthetic) {
+        codec_shape s = {(uint32_t)o->layers, (uint32_t)o->tokens, (uint32_t)o->heads,
+                         (uint32_t)o->dim};
+        return codec_kv_source_synthetic(&s, seed, src);
+    }
+    return codec_kv_source_file(o->pos[0], &o->shape, src);
+}
+
+/* --seeds: source i is seed o->seed + i; the first was made already (for the weights). */
+struct eval_seeds {
+    const struct opts *o;
+    codec_kv_source *first; /* handed over as source 0, then NULL */
+};
+
+static rk_status eval_seed_source(void *ctx, int i, codec_kv_source *out)
+{
+    struct eval_seeds *es = ctx;
+    if (i == 0 && es->first) {
+        *out = *es->first;
+        es->first = NULL;
+        return RK_OK;
+    }
+    return eval_source(es->o, (uint64_t)es->o->seed + (uint64_t)i, out);
+}
+
+/* `ragkv codec eval`: the compression/fidelity table over a KV source (or, with --seeds N,
+ * over N seeds' sources and their means). */
 static int cmd_eval(struct opts *o)
 {
     codec_kv_source src;
     rk_status st;
-    if (o->model) /* llama2.c checkpoints; the engine becomes the source for other formats */
-        st = codec_kv_source_model(o->model, (uint64_t)o->seed, &src);
-    else if (o->synthetic) {
-        codec_shape s = {(uint32_t)o->layers, (uint32_t)o->tokens, (uint32_t)o->heads,
-                         (uint32_t)o->dim};
-        st = codec_kv_source_synthetic(&s, (uint64_t)o->seed, &src);
-    } else if (o->have_shape && o->npos == 1)
-        st = codec_kv_source_file(o->pos[0], &o->shape, &src);
-    else {
+    if (!o->model && !o->synthetic && !(o->have_shape && o->npos == 1)) {
         usage(stderr);
         return 2;
     }
-    if (st != RK_OK)
+    if (o->seeds > 1 && !o->model && !o->synthetic) {
+        fprintf(stderr, "ragkv codec eval: --seeds needs --model or --synthetic (a file has no seed)\n");
+        return 2;
+    }
+    if ((st = eval_source(o, (uint64_t)o->seed, &src)) != RK_OK)
         return fail("eval", st);
     float *w = NULL;
     if (o->weights && load_weights(o->weights, &src.shape, &w) != RK_OK) {
@@ -502,7 +532,13 @@ static int cmd_eval(struct opts *o)
         st = rk_error_set(RK_ERR_INVALID, "--step-scale scales the weighted rows: give --weights");
         goto done;
     }
-    st = codec_eval_run(&src, &eo, stdout);
+    if (o->seeds > 1) {
+        struct eval_seeds es = {o, &src};
+        st = codec_eval_many(eval_seed_source, &es, o->seeds, &eo, stdout);
+        if (!es.first) /* handed over (and freed) */
+            memset(&src, 0, sizeof src);
+    } else
+        st = codec_eval_run(&src, &eo, stdout);
 done:
     rk_free(w);
     codec_kv_source_free(&src);

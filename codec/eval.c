@@ -256,6 +256,19 @@ rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *eo, FILE *
                     res[i].fid.greedy_match);
         fprintf(out, "\n");
         fflush(out);
+        if (eo->rows_out && i < eo->max_rows) {
+            codec_eval_row *row = &eo->rows_out[i];
+            memset(row, 0, sizeof *row);
+            snprintf(row->label, sizeof row->label, "%s", cf[i].label);
+            row->bytes = res[i].bytes;
+            row->bits = res[i].bits;
+            row->ratio_q8 = q8_bytes ? (double)q8_bytes / (double)res[i].bytes : 0.0;
+            row->rel_l2 = res[i].rel_l2;
+            row->has_fid = res[i].has_fid;
+            row->fid = res[i].fid;
+            if (eo->n_rows)
+                *eo->n_rows = i + 1;
+        }
     }
     if (!src->fidelity)
         fprintf(out, "(generation fidelity: not measured; this KV source has no model)\n");
@@ -295,6 +308,109 @@ done:
     rk_free(res);
     rk_free(layers);
     rk_pool_free(pool);
+    return st;
+}
+
+#define EVAL_MAX_ROWS 64
+
+rk_status codec_eval_many(codec_eval_source_fn make, void *ctx, int n, const codec_eval_opts *o, FILE *out)
+{
+    if (n < 1 || !make)
+        return rk_error_set(RK_ERR_INVALID, "eval: %d sources", n);
+    codec_eval_row *rows = rk_calloc(EVAL_MAX_ROWS, sizeof *rows), *sum = rk_calloc(EVAL_MAX_ROWS, sizeof *sum);
+    double *worst = rk_calloc(EVAL_MAX_ROWS, sizeof *worst);
+    int nr = 0, nfid = 0;
+    double q8_bits = 0;
+    rk_status st = RK_OK;
+    char src_name[256] = "";
+    if (!rows || !sum || !worst) {
+        st = rk_error_set(RK_ERR_NOMEM, "eval");
+        goto done;
+    }
+    for (int k = 0; k < n && st == RK_OK; k++) {
+        codec_kv_source src;
+        if ((st = make(ctx, k, &src)) != RK_OK)
+            goto done;
+        snprintf(src_name, sizeof src_name, "%s", src.name ? src.name : "");
+        codec_eval_opts one = *o;
+        int got = 0;
+        one.json_path = NULL;
+        one.rows_out = rows;
+        one.max_rows = EVAL_MAX_ROWS;
+        one.n_rows = &got;
+        fprintf(out, "== source %d of %d\n", k + 1, n);
+        st = codec_eval_run(&src, &one, out);
+        codec_kv_source_free(&src);
+        if (st != RK_OK)
+            goto done;
+        if (k == 0)
+            nr = got;
+        if (got != nr) {
+            st = rk_error_set(RK_ERR_INTERNAL, "eval: source %d gave %d rows, the first %d", k + 1, got, nr);
+            goto done;
+        }
+        for (int i = 0; i < nr; i++) {
+            if (k > 0 && strcmp(rows[i].label, sum[i].label)) {
+                st = rk_error_set(RK_ERR_INTERNAL, "eval: source %d row %d is %s, not %s", k + 1, i, rows[i].label,
+                                  sum[i].label);
+                goto done;
+            }
+            if (k == 0) {
+                memcpy(sum[i].label, rows[i].label, sizeof sum[i].label);
+                sum[i].has_fid = rows[i].has_fid;
+                worst[i] = rows[i].fid.top1;
+            }
+            sum[i].bits += rows[i].bits;
+            sum[i].rel_l2 += rows[i].rel_l2;
+            sum[i].fid.kl += rows[i].fid.kl;
+            sum[i].fid.top1 += rows[i].fid.top1;
+            sum[i].fid.greedy_match += rows[i].fid.greedy_match;
+            sum[i].has_fid &= rows[i].has_fid;
+            if (rows[i].fid.top1 < worst[i])
+                worst[i] = rows[i].fid.top1;
+            if (!strcmp(rows[i].label, "q8"))
+                q8_bits += rows[i].bits;
+        }
+    }
+    for (int i = 0; i < nr; i++)
+        nfid |= sum[i].has_fid;
+    fprintf(out, "== means over %d sources\n%-36s %8s %7s %8s", n, "codec", "bits/val", "x q8", "relL2");
+    if (nfid)
+        fprintf(out, " %9s %7s %7s %7s", "KL", "top1", "worst", "greedy");
+    fprintf(out, "\n");
+    for (int i = 0; i < nr; i++) {
+        double b = sum[i].bits / n;
+        fprintf(out, "%-36s %8.3f %7.2f %8.4f", sum[i].label, b, q8_bits > 0 ? q8_bits / n / b : 0.0,
+                sum[i].rel_l2 / n);
+        if (sum[i].has_fid)
+            fprintf(out, " %9.5f %7.4f %7.4f %7.1f", sum[i].fid.kl / n, sum[i].fid.top1 / n, worst[i],
+                    sum[i].fid.greedy_match / n);
+        fprintf(out, "\n");
+    }
+    if (o->json_path) {
+        FILE *jf = fopen(o->json_path, "w");
+        if (!jf) {
+            st = rk_error_set(RK_ERR_IO, "%s: cannot write", o->json_path);
+            goto done;
+        }
+        fprintf(jf, "{\"source\":\"%s\",\"sources\":%d,\"means\":[\n", src_name, n);
+        for (int i = 0; i < nr; i++) {
+            double b = sum[i].bits / n;
+            fprintf(jf, "{\"label\":\"%s\",\"bits_per_value\":%.5f,\"ratio_q8\":%.4f,\"rel_l2\":%.6f",
+                    sum[i].label, b, q8_bits > 0 ? q8_bits / n / b : 0.0, sum[i].rel_l2 / n);
+            if (sum[i].has_fid)
+                fprintf(jf, ",\"kl\":%.6f,\"top1\":%.6f,\"top1_worst\":%.6f,\"greedy_match\":%.3f",
+                        sum[i].fid.kl / n, sum[i].fid.top1 / n, worst[i], sum[i].fid.greedy_match / n);
+            fprintf(jf, "}%s\n", i + 1 < nr ? "," : "");
+        }
+        fprintf(jf, "]}\n");
+        if (fclose(jf) != 0)
+            st = rk_error_set(RK_ERR_IO, "%s: write failed", o->json_path);
+    }
+done:
+    rk_free(rows);
+    rk_free(sum);
+    rk_free(worst);
     return st;
 }
 

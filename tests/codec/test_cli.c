@@ -138,4 +138,28 @@ Test(cli, bad_input)
     cr_assert_eq(codec_f32_file_write(path("short.f32"), one, 8), RK_OK);
     cr_assert_eq(run("encode --codec raw --shape 1,2,1,4 short.f32 o.rkv"), 1); /* 16 needed */
     cr_assert_eq(run("frobnicate"), 2);
+    cr_assert_eq(run("eval --seeds 2 --shape 1,2,1,4 short.f32"), 2); /* a file has no seed */
+    cr_assert_eq(run("eval --synthetic --seeds 0"), 2);
+}
+
+/* eval --seeds: a table per seed, then the means (the form of docs/codec.md's tables) */
+Test(cli, eval_over_seeds)
+{
+    cr_assert_eq(run("eval --synthetic --layers 2 --heads 2 --dim 8 --tokens 32 --seeds 2 --rows 'L1 chunk-tables' "
+                     "--json means.json"),
+                 0);
+    FILE *f = fopen(path("out.txt"), "r");
+    cr_assert_not_null(f);
+    char text[8192] = {0};
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    cr_assert(n > 0);
+    cr_assert(strstr(text, "== source 2 of 2"), "%s", text);
+    cr_assert(strstr(text, "== means over 2 sources"), "%s", text);
+    f = fopen(path("means.json"), "r");
+    cr_assert_not_null(f, "no means.json");
+    n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    fclose(f);
+    cr_assert(strstr(text, "\"sources\":2") && strstr(text, "cachegen L1 chunk-tables"), "%s", text);
 }

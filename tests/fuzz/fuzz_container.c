@@ -5,8 +5,9 @@
  * and header checksums from the documented layout (docs/format.md) before decoding, so that
  * mutations reach the parsers behind the checksums instead of stopping at them. Bit 1: parse
  * the data as a codebook instead (with bit 0, its trailing checksum recomputed first).
- * Containers decode with two small codebooks (trained once on fixed synthetic KV, shape 2
- * layers x 2 heads x 4: the level's, and a weighted one with a transform of 4-channel blocks)
+ * Containers decode with three small codebooks (trained once on fixed synthetic KV, shape 2
+ * layers x 2 heads x 4: the level's, and weighted ones with a transform of 4-channel blocks
+ * and of 8-channel blocks across both heads)
  * available through a resolver, into every output dtype; then a codec_reader decodes one layer
  * range, its first layer chosen by control bits 2-4 and its length by bits 5-7 (each modulo
  * what the container has). Nothing may crash, a decode that succeeds must produce finite
@@ -42,10 +43,12 @@ static void reseal(uint8_t *p, size_t len)
     rk_put_le64(p + 40, rk_xxh3_64(tmp, 40 + 32 * nsec));
 }
 
-/* The fuzzing codebooks: 0 the level's, 1 weighted with a transform (format version 3). */
+/* The fuzzing codebooks: 0 the level's, 1 and 2 weighted with a transform (format version 3)
+ * of one head's 4 channels and of both heads' 8. */
+#define FUZZ_CODEBOOKS 3
 static codec_codebook *fuzz_codebook(int which)
 {
-    static codec_codebook *cb[2];
+    static codec_codebook *cb[FUZZ_CODEBOOKS];
     if (!cb[which]) {
         codec_shape s = {2, 16, 2, 4};
         static float kv[2 * 2 * 16 * 2 * 4], w[2 * 2 * 2 * 4];
@@ -55,7 +58,7 @@ static codec_codebook *fuzz_codebook(int which)
             for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
                 w[i] = (float)(1 + i % 3);
             p.weights = w;
-            p.transform_block = 4;
+            p.transform_block = which == 1 ? 4 : 8;
         }
         const float *samples[1] = {kv};
         codec_codebook_train(samples, &s, 1, &p, &cb[which]);
@@ -66,7 +69,7 @@ static codec_codebook *fuzz_codebook(int which)
 static rk_status fuzz_resolve(void *ctx, uint64_t id, const codec_codebook **out)
 {
     (void)ctx;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < FUZZ_CODEBOOKS; i++)
         if (fuzz_codebook(i) && codec_codebook_id(fuzz_codebook(i)) == id) {
             *out = fuzz_codebook(i);
             return RK_OK;

@@ -64,6 +64,17 @@ rk_status codec_kv_source_model(const char *model_path, uint64_t seed, codec_kv_
 rk_status codec_kv_source_file(const char *path, const codec_shape *s, codec_kv_source *out);
 void codec_kv_source_free(codec_kv_source *src);
 
+/* One row of an evaluation's table, for callers that combine several. */
+typedef struct codec_eval_row {
+    char label[64];       /* the row's label ("cachegen L1 codebook wtd transform", ...) */
+    size_t bytes;         /* the container, every overhead counted */
+    double bits;          /* bits per value */
+    double ratio_q8;      /* q8's bytes over this row's (0: no q8 row before it) */
+    double rel_l2;        /* relative L2 error of the decoded KV */
+    int has_fid;          /* fid measured (a model source) */
+    codec_fidelity fid;
+} codec_eval_row;
+
 /* What codec_eval_run measures and where it writes. */
 typedef struct codec_eval_opts {
     int threads;            /* 1: one core; 0: all */
@@ -77,12 +88,26 @@ typedef struct codec_eval_opts {
     const char *rows;       /* NULL: every row; else only rows whose label contains it (and
                                q8, the ratios' reference) */
     const char *json_path;  /* NULL: no JSON */
+    codec_eval_row *rows_out; /* optional: the table's rows, at most max_rows of them */
+    int max_rows;
+    int *n_rows;            /* with rows_out: how many were written */
 } codec_eval_opts;
 
 /* Encode/decode the source's KV with every codec, level and the cachegen variants; print
  * the table (bits per value with every overhead, ratio vs fp16 and q8, relative L2 per
  * layer for K and V, fidelity when the source scores it) and write JSON when asked. */
 rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *o, FILE *out);
+
+/* Source i (0 <= i < n) of a multi-source evaluation, e.g. one model's prompts under seed
+ * first + i; the caller frees it (codec_kv_source_free). */
+typedef rk_status (*codec_eval_source_fn)(void *ctx, int i, codec_kv_source *out);
+
+/* codec_eval_run on n sources, one after another (each table printed as it is done, with
+ * o->json_path ignored there), then the rows' means over the n: bits per value, x q8 (q8's
+ * mean bits over the row's), relative L2, KL and top-1 with the lowest top-1 of any source
+ * ("worst") — the form of docs/codec.md's tables over eight seeds. o->json_path, when set,
+ * receives those means. Every source must give the same rows. */
+rk_status codec_eval_many(codec_eval_source_fn make, void *ctx, int n, const codec_eval_opts *o, FILE *out);
 
 /* `--cuda` part of the benchmark: time codec_decode_cuda (kernel and end to end, best of
  * iters) and check it is bit-identical to the CPU decoder, on the source's KV or, with
