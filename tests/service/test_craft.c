@@ -479,8 +479,9 @@ Test(craft, capture_due_rule)
     cr_expect(svc_craft_due(false, 1000 * ms, 50 * ms, 900 * ms, W), "busy: the last W ago");
 }
 
-/* Load: a connection that runs GENERATE (full prefill, sampled, 200 tokens) back to back until
- * told to stop; done counts the generations finished. */
+/* Load: a connection that runs GENERATE (full prefill, sampled, 150-249 tokens, the length
+ * varying with the connection and the round so that the connections do not finish together)
+ * back to back until told to stop; done counts the generations finished. */
 struct busy_load {
     int port;
     const char *token;
@@ -504,7 +505,8 @@ static void *busy_main(void *arg)
         pthread_mutex_unlock(l->mu);
         if (stop)
             break;
-        ragkv_gen_params p = {.query = q, .nquery = 8, .max_tokens = 200, .temperature = 1.0f,
+        uint32_t len = 150 + (uint32_t)((l->seed * 37 + (int)(i % 1000) * 53) % 100);
+        ragkv_gen_params p = {.query = q, .nquery = 8, .max_tokens = len, .temperature = 1.0f,
                               .seed = (uint64_t)l->seed * 1000 + i};
         rk_status st = ragkv_generate(c, &p, NULL, NULL, NULL);
         pthread_mutex_lock(l->mu);
@@ -520,10 +522,13 @@ static void *busy_main(void *arg)
     return NULL;
 }
 
-/* Under 4 connections of back-to-back generations (max-batch 4: the executor decodes from the
- * moment the first arrives until the load stops), a cachecraft prompt's capture runs while
- * busy once it has waited max_wait_ms (1): craft_captures_forced_total; with 0, no capture
- * runs until the load stops, and then it does. */
+/* Under 5 connections of back-to-back generations (max-batch 4: one more than the batch, so a
+ * request is nearly always queued, and lengths that differ, so that the batch does not finish
+ * all at once: the executor is busy from the moment the first arrives until the load stops;
+ * with 4 connections of equal lengths it could fall idle between two batches and run the
+ * capture there, a flake seen under load on 2026-12-08), a cachecraft prompt's capture runs
+ * while busy once it has waited max_wait_ms (1): craft_captures_forced_total; with 0, no
+ * capture runs until the load stops, and then it does. */
 static void busy_capture(const char *max_wait_ms)
 {
     static const char *extra[] = {"--model", NULL, "--max-batch", "4", "--craft-capture-max-wait-ms", NULL,
@@ -535,7 +540,7 @@ static void busy_capture(const char *max_wait_ms)
     int32_t c1[NC], c2[NC], q[NQ];
     ragkv_conn *c = up_with_pair(&dd, extra, 61, c1, c2, q);
 
-    enum { NL = 4 };
+    enum { NL = 5 };
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
     bool stop = false;
