@@ -25,6 +25,7 @@ static void usage(FILE *f)
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
+            "         [--weight-sets K (measure on K held-out prompt sets, geometric mean)]\n"
             "         [--step-scale S] [--transform B] [--rows TEXT (only rows whose label has\n"
             "         TEXT, and q8)] [--seeds N (seeds --seed .. --seed+N-1, then the means;\n"
             "         --json gets the means)]\n"
@@ -137,7 +138,7 @@ struct opts {
     codec_shape shape;
     int have_shape;
     const char *codebook, *json, *model, *dtype, *weights, *rows;
-    int threads, synthetic, tokens, seed, seeds, layers, heads, dim;
+    int threads, synthetic, tokens, seed, seeds, weight_sets, layers, heads, dim;
     const char *pos[64];
     int npos;
 };
@@ -206,6 +207,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             ok = parse_int(v, 0, 1 << 30, &o->seed);
         else if (!strcmp(a, "--seeds"))
             ok = parse_int(v, 1, 64, &o->seeds);
+        else if (!strcmp(a, "--weight-sets"))
+            ok = parse_int(v, 1, 64, &o->weight_sets);
         else if (!strcmp(a, "--layers"))
             ok = parse_int(v, 1, CG_MAX_LAYERS, &o->layers);
         else if (!strcmp(a, "--heads"))
@@ -492,6 +495,40 @@ static rk_status eval_seed_source(void *ctx, int i, codec_kv_source *out)
     return eval_source(es->o, (uint64_t)es->o->seed + (uint64_t)i, out);
 }
 
+/* Channel sensitivities into w (nw values): src's measurement on its held-out prompts, or
+ * with --weight-sets K the geometric mean of K of them (the sources of seeds --seed ..
+ * --seed+K-1, each with its own held-out prompts), with progress on stderr. */
+static rk_status measure_weights(const struct opts *o, codec_kv_source *src, float *w, size_t nw)
+{
+    int k = o->weight_sets > 1 ? o->weight_sets : 1;
+    float **sets = rk_calloc((size_t)k, sizeof *sets);
+    rk_status st = sets ? RK_OK : rk_error_set(RK_ERR_NOMEM, "weights");
+    for (int i = 0; i < k && st == RK_OK; i++) {
+        fprintf(stderr, "ragkv codec eval: measuring channel sensitivities into %s (set %d of %d)\n", o->weights,
+                i + 1, k);
+        if (!(sets[i] = rk_malloc(nw * sizeof *sets[i]))) {
+            st = rk_error_set(RK_ERR_NOMEM, "weights");
+            break;
+        }
+        if (i == 0) {
+            st = src->sensitivity(src, sets[i]);
+            continue;
+        }
+        codec_kv_source other;
+        if ((st = eval_source(o, (uint64_t)o->seed + (uint64_t)i, &other)) != RK_OK)
+            break;
+        st = other.sensitivity ? other.sensitivity(&other, sets[i])
+                               : rk_error_set(RK_ERR_UNSUPPORTED, "this source cannot measure sensitivities");
+        codec_kv_source_free(&other);
+    }
+    if (st == RK_OK)
+        st = codec_weights_combine((const float *const *)sets, k, nw, w);
+    for (int i = 0; sets && i < k; i++)
+        rk_free(sets[i]);
+    rk_free(sets);
+    return st;
+}
+
 /* `ragkv codec eval`: the compression/fidelity table over a KV source (or, with --seeds N,
  * over N seeds' sources and their means). */
 static int cmd_eval(struct opts *o)
@@ -518,10 +555,11 @@ static int cmd_eval(struct opts *o)
                               "measure sensitivities", o->weights);
             goto done;
         }
-        fprintf(stderr, "ragkv codec eval: measuring channel sensitivities into %s\n", o->weights);
         if (!(w = rk_malloc(nw * sizeof *w)))
             st = rk_error_set(RK_ERR_NOMEM, "weights");
-        else if ((st = src.sensitivity(&src, w)) == RK_OK)
+        else
+            st = measure_weights(o, &src, w, nw);
+        if (st == RK_OK)
             st = codec_f32_file_write(o->weights, w, nw);
         if (st != RK_OK)
             goto done;

@@ -311,6 +311,27 @@ done:
     return st;
 }
 
+rk_status codec_weights_combine(const float *const *w, int k, size_t n, float *out)
+{
+    if (k < 1 || !w)
+        return rk_error_set(RK_ERR_INVALID, "weights: %d measurements", k);
+    for (int m = 0; m < k; m++)
+        for (size_t i = 0; i < n; i++)
+            if (!(w[m][i] >= 0.0f) || isinf(w[m][i]))
+                return rk_error_set(RK_ERR_INVALID, "weights: measurement %d value %zu is %g", m, i, (double)w[m][i]);
+    for (size_t i = 0; i < n; i++) {
+        double s = 0;
+        int c = 0;
+        for (int m = 0; m < k; m++)
+            if (w[m][i] > 0.0f) {
+                s += log((double)w[m][i]);
+                c++;
+            }
+        out[i] = c ? (float)exp(s / c) : 0.0f;
+    }
+    return RK_OK;
+}
+
 #define EVAL_MAX_ROWS 64
 
 rk_status codec_eval_many(codec_eval_source_fn make, void *ctx, int n, const codec_eval_opts *o, FILE *out)

@@ -75,8 +75,11 @@ Test(rag_report, report_over_real_runs, .timeout = 300)
     char script[512];
     snprintf(script, sizeof(script), "%s/bench/rag/rag_report.py", RAGKV_SOURCE_DIR);
     snprintf(path[3], sizeof(path[3]), "%s/rag.json", tmp);
+    /* an SLO that any machine meets for these 12 short requests, however loaded (the test is of
+     * the report's logic, not of this machine's speed: with the default 1 s the sanitizer
+     * build on a busy 2-core machine missed it once, 2026-12-08) */
     char *rp[] = {"/usr/bin/env", "python3", script, "--runs", path[0], "--quality", path[1], "--codec", path[2], "--json", path[3],
-                  NULL};
+                  "--slo-ms", "60000", NULL};
     cr_assert_eq(run(rp, 60000), 0, "rag_report.py");
     FILE *f = fopen(path[3], "r");
     cr_assert_not_null(f);
@@ -98,7 +101,7 @@ Test(rag_report, report_over_real_runs, .timeout = 300)
     cr_assert_not_null(v);
     cr_expect_gt(atof(v), 0.0, "cacheblend's TTFT ratio to full");
     double thr = atof(after(js, cm, "throughput_at_slo"));
-    cr_expect_gt(thr, 0.0, "12 requests at 10/s meet a 1 s p99 on this model");
+    cr_expect_gt(thr, 0.0, "12 requests at 10/s meet a 60 s p99");
     /* that rate was the highest offered, so the throughput is a lower bound; the most achieved
      * at any rate is at least it */
     v = after(js, cm, "slo_met_at_top_rate");

@@ -96,3 +96,26 @@ Test(eval, a_source_that_cannot_be_made_stops_the_runs)
     cr_expect_eq(codec_eval_many(make_synth, &c, 0, &o, sink), RK_ERR_INVALID);
     fclose(sink);
 }
+
+/* codec_weights_combine: the geometric mean of the measurements, over the positive ones (0
+ * where a channel is constant on every set), and a bad measurement refused. */
+Test(eval, weights_combined_by_geometric_mean)
+{
+    const float a[4] = {1.0f, 4.0f, 0.0f, 0.0f}, b[4] = {4.0f, 1.0f, 9.0f, 0.0f}, c[4] = {16.0f, 16.0f, 0.0f, 0.0f};
+    const float *w[3] = {a, b, c};
+    float out[4] = {-1, -1, -1, -1};
+    cr_assert_eq(codec_weights_combine(w, 3, 4, out), RK_OK, "%s", rk_error_msg());
+    cr_expect_float_eq(out[0], 4.0f, 1e-5f); /* (1 * 4 * 16)^(1/3) */
+    cr_expect_float_eq(out[1], 4.0f, 1e-5f);
+    cr_expect_float_eq(out[2], 9.0f, 1e-5f, "the one set where the channel varies");
+    cr_expect_eq(out[3], 0.0f);
+    cr_assert_eq(codec_weights_combine(w, 1, 4, out), RK_OK);
+    cr_expect(out[0] == 1.0f && out[1] == 4.0f && out[2] == 0.0f, "one measurement is itself");
+    const float bad[4] = {1.0f, -2.0f, 1.0f, 1.0f}, inf[4] = {1.0f, INFINITY, 1.0f, 1.0f};
+    const float *wb[2] = {a, bad}, *wi[2] = {inf, a};
+    float keep[4] = {7, 7, 7, 7};
+    cr_expect_eq(codec_weights_combine(wb, 2, 4, keep), RK_ERR_INVALID);
+    cr_expect_eq(codec_weights_combine(wi, 2, 4, keep), RK_ERR_INVALID);
+    cr_expect(keep[0] == 7 && keep[3] == 7, "out unchanged on a refusal");
+    cr_expect_eq(codec_weights_combine(w, 0, 4, keep), RK_ERR_INVALID);
+}

@@ -98,6 +98,15 @@ typedef struct codec_eval_opts {
  * layer for K and V, fidelity when the source scores it) and write JSON when asked. */
 rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *o, FILE *out);
 
+/* Channel sensitivities from k independent measurements (codec_kv_source.sensitivity on k
+ * held-out prompt sets), each of n values: out[i] is the geometric mean of w[0..k)[i] over
+ * the measurements where it is > 0 (0 where none is: a channel constant on every set). One
+ * measurement of 4 prompts is noisy (two sets' values of the same channel differ 3x either
+ * way at the 10th and 90th percentiles on stories260K), and rate allocation follows their
+ * ratios: docs/codec.md, "Better sensitivities". RK_ERR_INVALID on a negative or non-finite
+ * value (out unchanged). */
+rk_status codec_weights_combine(const float *const *w, int k, size_t n, float *out);
+
 /* Source i (0 <= i < n) of a multi-source evaluation, e.g. one model's prompts under seed
  * first + i; the caller frees it (codec_kv_source_free). */
 typedef rk_status (*codec_eval_source_fn)(void *ctx, int i, codec_kv_source *out);
