@@ -59,7 +59,7 @@ rk_status cg_params_parse(const uint8_t *d, size_t len, uint32_t n_layers, cg_pa
     p->group = rk_get_le16(d + 8);
     p->model_group = rk_get_le16(d + 10);
     p->transform = d[3];
-    if (p->k_scale_mode > 1 || p->v_scale_mode > 1 || p->tables > 1 || p->transform > 1)
+    if (p->k_scale_mode > 1 || p->v_scale_mode > 1 || p->tables > 1 || p->transform > 2)
         return rk_error_set(RK_ERR_FORMAT, "cachegen: bad mode byte");
     if (p->transform && (p->tables != 1 || p->k_scale_mode != CODEC_SCALE_CHANNEL ||
                          p->v_scale_mode != CODEC_SCALE_CHANNEL || p->anchor_interval))
@@ -468,6 +468,20 @@ void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const floa
     }
 }
 
+void cg_predict_row(const cg_transform *tf, uint32_t C, uint32_t l, const float *v, float *x)
+{
+    uint32_t B = tf->B;
+    for (uint32_t c0 = 0; c0 < C; c0 += B) {
+        const float *m = tf->pred + ((size_t)l * C + c0) * B;
+        for (uint32_t j = 0; j < B; j++) {
+            float acc = 0.0f;
+            for (uint32_t i = 0; i < B; i++)
+                acc = acc + m[j * B + i] * v[c0 + i];
+            x[c0 + j] = x[c0 + j] + acc;
+        }
+    }
+}
+
 /* Fill tf->dect from tf->dec (nc = L * 2 * C channels). */
 static void tf_transpose(cg_transform *tf, size_t nc)
 {
@@ -650,6 +664,7 @@ static void tf_free(cg_transform *tf)
     rk_free(tf->dec);
     rk_free(tf->dect);
     rk_free(tf->recon);
+    rk_free(tf->pred);
     rk_free(tf);
 }
 
@@ -791,6 +806,51 @@ static void freqs_from_counts(const uint64_t *counts, const cg_params *p, const 
     }
 }
 
+/* Where predict_residuals takes V from: the symbols and scales of a quantized tensor (the V
+ * planes as a decoder reconstructs them), or, when NULL, the exact V. */
+struct vrec_src {
+    const cg_params *p;
+    const uint8_t *sym;
+    const uint16_t *scales;
+};
+
+/* K from V (tf->pred): out = kv with every K row replaced by its residual K - prediction,
+ * the prediction (cg_predict_row) from the same token's V row: kv's own V, or with vs the V
+ * a decoder reconstructs from vs's symbols (each coefficient its reconstruction point times
+ * the channel's scale, then cg_transform_row: the decoders' operations), so that the decoder
+ * adds back the prediction it can make. V rows are copied. */
+static rk_status predict_residuals(const cg_transform *tf, const cg_layout *lay, const float *kv,
+                                   const struct vrec_src *vs, float *out)
+{
+    uint32_t C = lay->C;
+    size_t plane = (size_t)lay->T * C;
+    float *buf = rk_malloc(3 * (size_t)C * sizeof *buf);
+    if (!buf)
+        return rk_error_set(RK_ERR_NOMEM, "cachegen: prediction rows");
+    float *y = buf, *v = buf + C, *pr = buf + 2 * C;
+    memcpy(out, kv, 2 * (size_t)lay->L * plane * sizeof *out);
+    for (uint32_t l = 0; l < lay->L; l++)
+        for (uint32_t t = 0; t < lay->T; t++) {
+            const float *krow = kv + (2 * (size_t)l * lay->T + t) * C;
+            const float *vrow = kv + ((2 * (size_t)l + 1) * lay->T + t) * C;
+            if (vs) {
+                const uint8_t *s = vs->sym + ((2 * (size_t)l + 1) * lay->T + t) * C;
+                for (uint32_t c = 0; c < C; c++)
+                    y[c] = tf->recon[cg_model_index(lay, vs->p, l, 1, c, 0) * CODEC_MAX_SYMBOLS + s[c]] *
+                           rk_f16_to_f32(vs->scales[cg_scale_index(lay, vs->p, l, 1, t, c, 0)]);
+                cg_transform_row(tf, C, 2 * (size_t)l + 1, y, v);
+                vrow = v;
+            }
+            memset(pr, 0, C * sizeof *pr);
+            cg_predict_row(tf, C, l, vrow, pr);
+            float *o = out + (2 * (size_t)l * lay->T + t) * C;
+            for (uint32_t c = 0; c < C; c++)
+                o[c] = krow[c] - pr[c];
+        }
+    rk_free(buf);
+    return RK_OK;
+}
+
 /* cachegen: quantize, pick tables (codebook or per chunk), entropy-code the streams, emit the
  * sections. */
 static rk_status cg_encode(const float *kv, const codec_shape *shape, const codec_params *up,
@@ -805,7 +865,7 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
     rans_model *models = NULL;
     rk_buf *bufs = NULL;
     uint32_t *lens = NULL;
-    float *absmax = NULL, *wsteps = NULL, *coef = NULL;
+    float *absmax = NULL, *wsteps = NULL, *coef = NULL, *resid = NULL;
     const float *steps = NULL; /* [L][2][C] channel steps of a weighted allocation */
     const cg_transform *tf = NULL;
     const codec_codebook *cb = up->codebook;
@@ -855,7 +915,21 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
             st = rk_error_set(RK_ERR_NOMEM, "cachegen: coefficients");
             goto fail;
         }
-        tf_forward(tf, &lay, kv, coef);
+        if (tf->pred) { /* K as residuals of the prediction from the V the decoder will have */
+            if (!(resid = rk_malloc(nval * sizeof *resid))) {
+                st = rk_error_set(RK_ERR_NOMEM, "cachegen: residuals");
+                goto fail;
+            }
+            if ((st = predict_residuals(tf, &lay, kv, NULL, resid)) != RK_OK) /* the exact V, to code V */
+                goto fail;
+            tf_forward(tf, &lay, resid, coef);
+            if ((st = cg_quantize(coef, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
+                goto fail;
+            if ((st = predict_residuals(tf, &lay, kv, &(struct vrec_src){&p, sym, scales}, resid)) != RK_OK)
+                goto fail;
+            tf_forward(tf, &lay, resid, coef); /* V's coefficients come out the same */
+        } else
+            tf_forward(tf, &lay, kv, coef);
     }
     if ((st = cg_quantize(coef ? coef : kv, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
         goto fail;
@@ -917,6 +991,7 @@ fail:
     rk_free(absmax);
     rk_free(wsteps);
     rk_free(coef);
+    rk_free(resid);
     return st;
 }
 
@@ -1309,8 +1384,8 @@ void cg_prepared_free(cg_prepared *pr)
  * cg_simd8_ok) and blocks of 8, 16, 32 or 64 channels never straddle a batch. */
 static bool tf_one_pass(const struct dec_job *j, const cg_transform *tf)
 {
-    return j->dmodels && cg_simd8_ok(j) && j->lay->C % 64 == 0 && tf->B % 8 == 0 &&
-           64 % tf->B == 0;
+    return !tf->pred && j->dmodels && cg_simd8_ok(j) && j->lay->C % 64 == 0 && tf->B % 8 == 0 &&
+           64 % tf->B == 0; /* K from V: the two passes (a K row needs its token's V row) */
 }
 
 /* What a cachegen reader keeps (codec_reader.ctx). */
@@ -1386,7 +1461,7 @@ static void tf_rows(void *vctx, size_t b, size_t e)
 {
     struct tf_job *j = vctx;
     uint32_t C = j->lay->C;
-    float *row = rk_malloc(C * sizeof *row);
+    float *row = rk_malloc(2 * (size_t)C * sizeof *row), *vrow = row + C;
     if (!row) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -1394,6 +1469,10 @@ static void tf_rows(void *vctx, size_t b, size_t e)
     for (size_t r = b; r < e; r++) { /* r = kv * T + t */
         size_t kv = r / j->lay->T, t = r % j->lay->T;
         cg_transform_row(j->tf, C, j->lkv0 + kv, j->in + r * C, row);
+        if (j->tf->pred && kv == 0) { /* K from V: the token's V row, computed again */
+            cg_transform_row(j->tf, C, j->lkv0 + 1, j->in + (j->lay->T + t) * C, vrow);
+            cg_predict_row(j->tf, C, (uint32_t)(j->lkv0 / 2), vrow, row);
+        }
         codec_store_row(j->out, j->dtype,
                         ((j->lkv0 + kv - j->lkv_out0) * j->lay->T + t) * C, row, C);
     }
@@ -1471,6 +1550,7 @@ static rk_status cg_decode_layers(const codec_reader *r, codec_dtype dtype, uint
 #define CB_VERSION 1         /* probability tables only */
 #define CB_VERSION_STEPS 2   /* and the channel steps of a weighted allocation */
 #define CB_VERSION_TRANSFORM 3 /* and a learned transform with reconstruction points */
+#define CB_VERSION_PREDICT 4   /* and K predicted from V (params.transform 2) */
 #define CB_MAT_MAX 16777216.0f /* |matrix entry| bound (2^24): every decoded value stays finite */
 
 struct codec_codebook {
@@ -1526,7 +1606,10 @@ void codec_codebook_free(codec_codebook *cb)
 static void cb_body(const codec_codebook *cb, rk_buf *out)
 {
     rk_buf_put_u32(out, CB_MAGIC);
-    rk_buf_put_u16(out, cb->tf ? CB_VERSION_TRANSFORM : cb->steps ? CB_VERSION_STEPS : CB_VERSION);
+    rk_buf_put_u16(out, cb->tf && cb->tf->pred ? CB_VERSION_PREDICT
+                        : cb->tf               ? CB_VERSION_TRANSFORM
+                        : cb->steps            ? CB_VERSION_STEPS
+                                               : CB_VERSION);
     rk_buf_put_u8(out, (uint8_t)cb->level);
     rk_buf_put_u8(out, 0);
     rk_buf_put_u32(out, cb->L);
@@ -1563,26 +1646,32 @@ static void cb_body(const codec_codebook *cb, rk_buf *out)
                 memcpy(&u, &cb->tf->recon[m * CODEC_MAX_SYMBOLS + (size_t)s], 4);
                 rk_buf_put_u32(out, u);
             }
+        for (size_t i = 0; cb->tf->pred && i < (size_t)cb->L * cb->lay.C * cb->tf->B; i++) {
+            uint32_t u; /* version 4: pred [L][C/B][B][B] */
+            memcpy(&u, &cb->tf->pred[i], 4);
+            rk_buf_put_u32(out, u);
+        }
     }
 }
 
-/* Bytes of a transform section for a codebook's params and layout. */
-static size_t tf_section_len(const codec_codebook *cb, uint32_t B)
+/* Bytes of a transform section for a codebook's params and layout (with the prediction
+ * matrices of version 4 when pred). */
+static size_t tf_section_len(const codec_codebook *cb, uint32_t B, bool pred)
 {
     size_t nc = (size_t)cb->L * 2 * cb->lay.C, nr = 0;
     for (size_t m = 0; m < cb->lay.n_models; m++)
         nr += (size_t)model_nsym(&cb->p, &cb->lay, m);
-    return 4 + 4 * (nc + 2 * nc * B + nr);
+    return 4 + 4 * (nc + 2 * nc * B + nr + (pred ? nc / 2 * B : 0));
 }
 
-/* Read and check the transform section (after the steps) of a version-3 codebook. */
-static rk_status tf_parse(rk_reader *r, codec_codebook *cb)
+/* Read and check the transform section (after the steps) of a version-3 or -4 codebook. */
+static rk_status tf_parse(rk_reader *r, codec_codebook *cb, bool pred)
 {
     uint32_t B = rk_reader_u32(r);
     if (r->short_read || !B || B > 64 || (cb->H * cb->D) % B)
         return rk_error_set(RK_ERR_FORMAT, "codebook: transform block %u for %u x %u channels", B, cb->H,
                             cb->D);
-    if (rk_reader_left(r) != tf_section_len(cb, B) - 4)
+    if (rk_reader_left(r) != tf_section_len(cb, B, pred) - 4)
         return rk_error_set(RK_ERR_FORMAT, "codebook: transform section of %zu bytes",
                             rk_reader_left(r));
     if (!(cb->tf = tf_alloc(&cb->lay, B, cb->lay.n_models)))
@@ -1610,7 +1699,35 @@ static rk_status tf_parse(rk_reader *r, codec_codebook *cb)
                                     "%zu is %g", s, m, (double)*v);
         }
     }
+    if (pred) {
+        size_t np = nc / 2 * B;
+        if (!(cb->tf->pred = rk_malloc(np * sizeof(float))))
+            return rk_error_set(RK_ERR_NOMEM, "codebook");
+        for (size_t i = 0; i < np; i++) {
+            uint32_t u = rk_reader_u32(r);
+            memcpy(&cb->tf->pred[i], &u, 4);
+            if (!(fabsf(cb->tf->pred[i]) <= CB_MAT_MAX))
+                return rk_error_set(RK_ERR_FORMAT, "codebook: prediction value %zu is %g", i,
+                                    (double)cb->tf->pred[i]);
+        }
+    }
     tf_transpose(cb->tf, nc);
+    return RK_OK;
+}
+
+/* The id of a codebook: the XXH3-64 of its serialised body, never 0. */
+static rk_status cb_set_id(codec_codebook *cb)
+{
+    rk_buf b = RK_BUF_INIT;
+    cb_body(cb, &b);
+    if (b.failed) {
+        rk_buf_free(&b);
+        return rk_error_set(RK_ERR_NOMEM, "codebook");
+    }
+    cb->id = rk_xxh3_64(b.data, b.len);
+    if (!cb->id)
+        cb->id = 1;
+    rk_buf_free(&b);
     return RK_OK;
 }
 
@@ -1626,17 +1743,7 @@ static rk_status cb_finish(codec_codebook *cb)
         return st;
     for (size_t i = 0; i < cb->lay.n_models; i++)
         rans_dmodel_build(&cb->models[i], &cb->dmodels[i]);
-    rk_buf b = RK_BUF_INIT;
-    cb_body(cb, &b);
-    if (b.failed) {
-        rk_buf_free(&b);
-        return rk_error_set(RK_ERR_NOMEM, "codebook");
-    }
-    cb->id = rk_xxh3_64(b.data, b.len);
-    if (!cb->id)
-        cb->id = 1;
-    rk_buf_free(&b);
-    return RK_OK;
+    return cb_set_id(cb);
 }
 
 rk_status codec_codebook_serialize(const codec_codebook *cb, rk_buf *out)
@@ -1661,7 +1768,8 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     if (rk_get_le32(d) != CB_MAGIC)
         return rk_error_set(RK_ERR_FORMAT, "codebook: bad magic");
     unsigned version = rk_get_le16(d + 4);
-    if (version != CB_VERSION && version != CB_VERSION_STEPS && version != CB_VERSION_TRANSFORM)
+    if (version != CB_VERSION && version != CB_VERSION_STEPS && version != CB_VERSION_TRANSFORM &&
+        version != CB_VERSION_PREDICT)
         return rk_error_set(RK_ERR_UNSUPPORTED, "codebook: version %u", version);
     if (rk_xxh3_64(d, len - 8) != rk_get_le64(d + len - 8))
         return rk_error_set(RK_ERR_CORRUPT, "codebook: checksum mismatch");
@@ -1682,7 +1790,7 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     if ((st = cg_params_parse(pd, plen, cb->L, &cb->p)) != RK_OK)
         goto fail;
     codec_shape s1 = {cb->L, 1, cb->H, cb->D};
-    if (cb->p.transform != (version == CB_VERSION_TRANSFORM) ||
+    if (cb->p.transform != (version == CB_VERSION_TRANSFORM ? 1 : version == CB_VERSION_PREDICT ? 2 : 0) ||
         (cb->p.transform && cb->p.model_group != 1)) {
         st = rk_error_set(RK_ERR_FORMAT, "codebook: version %u with transform flag %u", version,
                           cb->p.transform);
@@ -1699,7 +1807,7 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
     size_t ns = version >= CB_VERSION_STEPS ? (size_t)cb->L * 2 * cb->lay.C : 0;
     size_t left = rk_reader_left(&r), need = 2 * nf + (ns ? 4 + 4 * ns : 0);
     if (r.short_read || nm != cb->lay.n_models ||
-        (version == CB_VERSION_TRANSFORM ? left < need + 4 : left != need)) {
+        (version >= CB_VERSION_TRANSFORM ? left < need + 4 : left != need)) {
         st = rk_error_set(RK_ERR_FORMAT, "codebook: %u models / %zu bytes do not fit the "
                           "geometry", nm, rk_reader_left(&r));
         goto fail;
@@ -1731,7 +1839,7 @@ rk_status codec_codebook_parse(const void *data, size_t len, codec_codebook **ou
             }
         }
     }
-    if (version == CB_VERSION_TRANSFORM && (st = tf_parse(&r, cb)) != RK_OK)
+    if (version >= CB_VERSION_TRANSFORM && (st = tf_parse(&r, cb, version == CB_VERSION_PREDICT)) != RK_OK)
         goto fail;
     if ((st = cb_finish(cb)) != RK_OK)
         goto fail;
@@ -1742,8 +1850,181 @@ fail:
     return st;
 }
 
+/* Solve (A + ridge * trace(A) / n * I) X = Bm for X in place of Bm (A n x n symmetric,
+ * destroyed; Bm n x m), Gaussian elimination with partial pivoting. */
+static void ridge_solve(double *A, double *Bm, int n, int m, double ridge)
+{
+    double tr = 0;
+    for (int i = 0; i < n; i++)
+        tr += A[i * n + i];
+    for (int i = 0; i < n; i++)
+        A[i * n + i] += ridge * tr / n + 1e-30;
+    for (int i = 0; i < n; i++) {
+        int pv = i;
+        for (int r = i + 1; r < n; r++)
+            if (fabs(A[r * n + i]) > fabs(A[pv * n + i]))
+                pv = r;
+        for (int k = 0; pv != i && k < n; k++) {
+            double t = A[i * n + k];
+            A[i * n + k] = A[pv * n + k];
+            A[pv * n + k] = t;
+        }
+        for (int k = 0; pv != i && k < m; k++) {
+            double t = Bm[i * m + k];
+            Bm[i * m + k] = Bm[pv * m + k];
+            Bm[pv * m + k] = t;
+        }
+        double d = A[i * n + i];
+        if (d == 0)
+            continue; /* a zero column: its coefficients stay 0 below */
+        for (int r = 0; r < n; r++) {
+            if (r == i || A[r * n + i] == 0)
+                continue;
+            double f = A[r * n + i] / d;
+            for (int k = i; k < n; k++)
+                A[r * n + k] -= f * A[i * n + k];
+            for (int k = 0; k < m; k++)
+                Bm[r * m + k] -= f * Bm[i * m + k];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < m; k++)
+            Bm[i * m + k] = A[i * n + i] != 0 ? Bm[i * m + k] / A[i * n + i] : 0.0;
+}
+
+#define PRED_RIDGE 1e-3 /* of the mean variance: the closed loop amplifies ill-conditioned fits */
+
+/* K from V: per (layer, block of B channels) the least-squares (ridge) prediction of the K
+ * block from the same token's V block over every sample's tokens, into pred [L][C/B][B][B]
+ * (row j: K channel c0 + j). */
+static rk_status pred_fit(const float *const *samples, const codec_shape *shapes, size_t n,
+                          const cg_layout *lay1, uint32_t B, float *pred)
+{
+    uint32_t C = lay1->C;
+    double *A = rk_malloc((size_t)B * B * sizeof *A), *Bm = rk_malloc((size_t)B * B * sizeof *Bm);
+    double *mx = rk_malloc(2 * (size_t)B * sizeof *mx), *my = mx + B;
+    if (!A || !Bm || !mx) {
+        rk_free(A);
+        rk_free(Bm);
+        rk_free(mx);
+        return rk_error_set(RK_ERR_NOMEM, "codebook prediction");
+    }
+    for (uint32_t l = 0; l < lay1->L; l++)
+        for (uint32_t c0 = 0; c0 < C; c0 += B) {
+            double cnt = 0;
+            memset(mx, 0, 2 * (size_t)B * sizeof *mx);
+            memset(A, 0, (size_t)B * B * sizeof *A);
+            memset(Bm, 0, (size_t)B * B * sizeof *Bm);
+            for (int pass = 0; pass < 2; pass++) /* means, then the centred products */
+                for (size_t s = 0; s < n; s++) {
+                    size_t T = shapes[s].n_tokens;
+                    const float *K = samples[s] + 2 * (size_t)l * T * C, *V = K + T * C;
+                    for (size_t t = 0; t < T; t++) {
+                        const float *k = K + t * C + c0, *v = V + t * C + c0;
+                        if (!pass) {
+                            for (uint32_t i = 0; i < B; i++) {
+                                mx[i] += v[i];
+                                my[i] += k[i];
+                            }
+                            cnt++;
+                            continue;
+                        }
+                        for (uint32_t i = 0; i < B; i++) {
+                            double a = v[i] - mx[i];
+                            for (uint32_t j = 0; j < B; j++) {
+                                A[i * B + j] += a * (v[j] - mx[j]);
+                                Bm[i * B + j] += a * (k[j] - my[j]);
+                            }
+                        }
+                    }
+                    if (!pass && s + 1 == n)
+                        for (uint32_t i = 0; i < 2 * B; i++)
+                            mx[i] /= cnt;
+                }
+            ridge_solve(A, Bm, (int)B, (int)B, PRED_RIDGE); /* Bm[i][j]: K j from V i */
+            float *m = pred + ((size_t)l * C + c0) * B;
+            for (uint32_t j = 0; j < B; j++)
+                for (uint32_t i = 0; i < B; i++) {
+                    double x = Bm[i * B + j];
+                    m[j * B + i] = (float)(x > CB_MAT_MAX ? CB_MAT_MAX : x < -CB_MAT_MAX ? -CB_MAT_MAX : x);
+                }
+        }
+    rk_free(A);
+    rk_free(Bm);
+    rk_free(mx);
+    return RK_OK;
+}
+
+static rk_status codebook_train(const float *const *samples, const codec_shape *shapes, size_t n,
+                                const codec_params *p, codec_codebook **out);
+
+/* K from V (p->predict_k): the prediction fitted on the samples, a transform codebook trained
+ * on the samples with K replaced by its residuals from the exact V, the prediction attached
+ * (params.transform 2, version 4). */
+static rk_status codebook_train_predict(const float *const *samples, const codec_shape *shapes, size_t n,
+                                        const codec_params *p, codec_codebook **out)
+{
+    if (p->transform_block <= 0)
+        return rk_error_set(RK_ERR_INVALID, "codebook train: K from V needs a transform (transform_block)");
+    codec_params q = *p;
+    q.predict_k = 0;
+    /* the plain codebook first: it checks the arguments and shapes, and gives the layout */
+    codec_codebook *cb = NULL;
+    rk_status st = codebook_train(samples, shapes, n, &q, &cb);
+    if (st != RK_OK)
+        return st;
+    float **res = rk_calloc(n, sizeof *res);
+    float *pred = rk_malloc((size_t)cb->L * cb->lay.C * cb->tf->B * sizeof *pred);
+    if (!res || !pred)
+        st = rk_error_set(RK_ERR_NOMEM, "codebook prediction");
+    if (st == RK_OK)
+        st = pred_fit(samples, shapes, n, &cb->lay, cb->tf->B, pred);
+    cg_transform tmp = *cb->tf;
+    tmp.pred = pred;
+    for (size_t i = 0; i < n && st == RK_OK; i++) {
+        cg_layout lay;
+        cg_layout_make(&shapes[i], &cb->p, &lay); /* succeeded in training */
+        if (!(res[i] = rk_malloc(codec_shape_values(&shapes[i]) * sizeof(float))))
+            st = rk_error_set(RK_ERR_NOMEM, "codebook prediction");
+        else
+            st = predict_residuals(&tmp, &lay, samples[i], NULL, res[i]);
+    }
+    codec_codebook_free(cb);
+    cb = NULL;
+    if (st == RK_OK)
+        st = codebook_train((const float *const *)res, shapes, n, &q, &cb);
+    for (size_t i = 0; res && i < n; i++)
+        rk_free(res[i]);
+    rk_free(res);
+    if (st == RK_OK) {
+        cb->tf->pred = pred;
+        pred = NULL;
+        cb->p.transform = 2;
+        st = cb_set_id(cb);
+    }
+    rk_free(pred);
+    if (st != RK_OK) {
+        codec_codebook_free(cb);
+        return st;
+    }
+    *out = cb;
+    return RK_OK;
+}
+
 rk_status codec_codebook_train(const float *const *samples, const codec_shape *shapes,
                                size_t n, const codec_params *p, codec_codebook **out)
+{
+    if (out)
+        *out = NULL;
+    if (!samples || !shapes || !n || !p || !out)
+        return rk_error_set(RK_ERR_INVALID, "codebook train: bad arguments");
+    if (p->predict_k)
+        return codebook_train_predict(samples, shapes, n, p, out);
+    return codebook_train(samples, shapes, n, p, out);
+}
+
+static rk_status codebook_train(const float *const *samples, const codec_shape *shapes, size_t n,
+                                const codec_params *p, codec_codebook **out)
 {
     *out = NULL;
     if (!samples || !shapes || !n || !p || p->codec != CODEC_CACHEGEN || p->codebook)

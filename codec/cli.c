@@ -21,7 +21,7 @@ static void usage(FILE *f)
             "  decode [--codebook FILE] [--dtype f32|f16|bf16] [--threads N] IN.rkv OUT\n"
             "  inspect IN.rkv\n"
             "  train-codebook --shape L,T,H,D [--level N] [--k-scale ...] [--anchor N]\n"
-            "         [--weights FILE [--transform B] [--step-scale S]] OUT.cb IN.f32...\n"
+            "         [--weights FILE [--transform B [--predict]] [--step-scale S]] OUT.cb IN.f32...\n"
             "  eval (--synthetic [--tokens N] [--seed S] | --shape L,T,H,D IN.f32)\n"
             "         [--layers L --heads H --dim D] [--json FILE] [--model PATH]\n"
             "         [--weights FILE (read; with --model measured and written if absent)]\n"
@@ -34,8 +34,10 @@ static void usage(FILE *f)
             "K before RoPE. A weights file (channel sensitivities for a weighted rate allocation)\n"
             "is such a tensor of one token. --transform B: learn a transform of B-channel blocks\n"
             "(B divides kv_heads x head_dim: blocks may span heads; docs/codec.md, \"Transform\n"
-            "coding\"); with eval, the transform rows' B (default: every channel of a token up\n"
-            "to 64, else the head up to 64, else 16). --step-scale S (with weights; 1/64..64):\n"
+            "coding\"); --predict: K coded as residuals of a prediction from the same token's\n"
+            "V (docs/codec.md, \"K predicted from V\"); with eval, the transform rows' B\n"
+            "(default: every channel of a token up to 64, else the head up to 64, else 16).\n"
+            "--step-scale S (with weights; 1/64..64):\n"
             "multiply the weighted allocation's steps by S, a rate between and beyond the levels\n"
             "(S = 2: about one bit per value fewer).\n");
 }
@@ -168,6 +170,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->p.anchor_interval = keep.anchor_interval;
                 o->p.group = keep.group;
                 o->p.transform_block = keep.transform_block;
+                o->p.predict_k = keep.predict_k;
                 o->p.step_scale = keep.step_scale;
                 have_codec = 1;
             }
@@ -217,6 +220,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             ok = parse_int(v, 1, 4096, &o->dim);
         else if (!strcmp(a, "--synthetic"))
             o->synthetic = 1, takes = 0;
+        else if (!strcmp(a, "--predict"))
+            o->p.predict_k = 1, takes = 0;
         else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "ragkv codec %s: unknown option %s\n", argv[0], a);
             return 0;

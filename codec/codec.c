@@ -55,7 +55,7 @@ codec_params codec_params_default(codec_id codec)
     codec_params p = {.codec = codec, .level = -1, .codebook = NULL, .k_scale_mode = -1,
                       .v_scale_mode = -1, .anchor_interval = -1, .group = -1,
                       .model_group = -1, .weights = NULL, .transform_block = 0,
-                      .step_scale = 0.0f, .pool = NULL};
+                      .step_scale = 0.0f, .predict_k = 0, .pool = NULL};
     return p;
 }
 

@@ -191,7 +191,8 @@ typedef struct cg_params {
     uint16_t group;           /* channels per stream */
     uint16_t model_group;     /* channels per probability model */
     uint8_t transform;        /* 1: symbols code the coefficients of the codebook's learned
-                                 transform (cg_transform; codebook containers only) */
+                                 transform (cg_transform; codebook containers only); 2: and
+                                 K rows are residuals of a prediction from V (tf->pred) */
     uint8_t qmax[2 * 1024];   /* [layer][K|V]: symbols are q + qmax, q in [-qmax, qmax] */
 } cg_params;
 
@@ -281,11 +282,20 @@ typedef struct cg_transform {
                        serialised) */
     float *recon;   /* [n_models][CODEC_MAX_SYMBOLS] reconstruction point of each symbol, in
                        steps (the level's own quantizer has s - qmax) */
+    float *pred;    /* K from V (params.transform 2, codebook version 4), or NULL:
+                       [L][C/B][B][B], row j of a block: K channel c0 + j gains
+                       sum_i pred[..][j][i] * v[c0 + i], v the same token's decoded V row
+                       (cg_predict_row) */
 } cg_transform;
 /* The codebook's transform, or NULL. */
 const cg_transform *cg_codebook_transform(const codec_codebook *cb);
 /* One row of channels of plane lkv from its coefficient row y[C] (the order above). */
 void cg_transform_row(const cg_transform *tf, uint32_t C, size_t lkv, const float *y, float *x);
+/* K from V (tf->pred set): x, a decoded K row of layer l, gains its prediction from v, the
+ * same token's decoded V row: per block c0 and row j, in binary32 with every product and sum
+ * rounded separately, acc = 0; for i in 0..B-1: acc = acc + pred[l][c0/B][j][i] * v[c0 + i];
+ * then x[c0 + j] = x[c0 + j] + acc. */
+void cg_predict_row(const cg_transform *tf, uint32_t C, uint32_t l, const float *v, float *x);
 /* Codebook geometry check against a shape; RK_ERR_INVALID on mismatch. */
 rk_status cg_codebook_check(const codec_codebook *cb, const codec_shape *s);
 /* Parse the per-chunk TABLES section or take the codebook's: *models owned by caller

@@ -213,6 +213,13 @@ rk_status codec_eval_run(codec_kv_source *src, const codec_eval_opts *eo, FILE *
         cf[nc].p.transform_block = eo->transform_block > 0 ? eo->transform_block : codec_transform_block_default(&src->shape);
         nc++;
     }
+    for (int lv = 0; weights && lv <= 3; lv++) { /* and K predicted from V */
+        snprintf(labels[nc], sizeof labels[nc], "cachegen L%d codebook wtd transform K|V%s", lv, scaled);
+        cf[nc] = cf[nc - 4];
+        cf[nc].label = labels[nc];
+        cf[nc].p.predict_k = 1;
+        nc++;
+    }
     if (eo->rows) { /* keep the asked rows, and q8 for the ratios */
         int kept = 0;
         for (int i = 0; i < nc; i++)

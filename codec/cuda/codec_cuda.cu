@@ -392,7 +392,9 @@ static rk_status reader_open(const void *data, size_t len, const codec_decode_op
             goto done;
         r->cg = true;
         cg_prepared *pr = &r->pr;
-        if (pr->p.group > CG_CUDA_MAX_GROUP) { /* too wide for a thread's registers: the CPU decodes */
+        /* too wide for a thread's registers, or K predicted from V (no kernel for it yet): the
+           CPU decodes, and the layers are copied up */
+        if (pr->p.group > CG_CUDA_MAX_GROUP || (pr->tf && pr->tf->pred)) {
             cg_prepared_free(pr);
             r->cg = false;
             st = codec_reader_open(data, len, opts, &r->host);

@@ -788,6 +788,131 @@ Test(cachegen, transform_blocks_across_heads)
     rk_free(w);
 }
 
+/* synth's KV with every K channel leaning on a V channel of its block (K = 0.1 K + V of
+ * the neighbouring channel): what a prediction of K from V has to find. */
+static float *k_from_v_kv(codec_shape s, uint64_t seed)
+{
+    float *kv = synth(s, seed);
+    size_t C = (size_t)s.n_kv_heads * s.head_dim, T = s.n_tokens;
+    for (size_t l = 0; l < s.n_layers; l++)
+        for (size_t t = 0; t < T; t++) {
+            float *k = kv + (2 * l * T + t) * C;
+            const float *v = kv + ((2 * l + 1) * T + t) * C;
+            for (size_t c = 0; c < C; c++)
+                k[c] = 0.1f * k[c] + v[c ^ 1];
+        }
+    return kv;
+}
+
+/* K predicted from V (codec_params.predict_k; params.transform 2, codebook version 4): on KV
+ * whose K leans on V it codes in fewer bytes at less weighted error than the transform alone;
+ * the codebook round-trips (same id, same containers) and its damaged prediction section is
+ * refused; every decoder mode and the layer-range reader give the same bits; without a
+ * transform the option is refused. */
+Test(cachegen, transform_predicts_k_from_v)
+{
+    codec_shape s = {3, 256, 2, 16};
+    uint32_t C = s.n_kv_heads * s.head_dim;
+    size_t nw = (size_t)s.n_layers * 2 * C, n = codec_shape_values(&s);
+    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    codec_shape sh[2] = {s, s};
+    for (int i = 0; i < 2; i++)
+        tr[i] = k_from_v_kv(s, (14ull << 32) | (uint64_t)(30 + i));
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 7);
+    float *kv = k_from_v_kv(s, (14ull << 32) | 77);
+    codec_params p = codec_params_default(CODEC_CACHEGEN);
+    p.level = 1;
+    p.weights = w;
+    p.predict_k = 1;
+    codec_codebook *cb[2];
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb[0]), RK_ERR_INVALID,
+                 "K from V without a transform");
+    p.transform_block = 16;
+    p.predict_k = 0;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb[0]), RK_OK, "%s", rk_error_msg());
+    p.predict_k = 1;
+    cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb[1]), RK_OK, "%s", rk_error_msg());
+    rk_buf b[2];
+    double err[2];
+    for (int k = 0; k < 2; k++) {
+        b[k] = enc_cb(kv, s, cb[k]);
+        codec_decode_opts o = {.codebook = cb[k]};
+        float *d = dec(&b[k], &o);
+        err[k] = weighted_sq_error(kv, d, w, s);
+        rk_free(d);
+    }
+    /* a level keeps its rate (its steps follow the ranges, which the residuals shrink): the
+     * gain is in the error */
+    cr_expect_lt(b[1].len, b[0].len * 1.05, "K from V %zu bytes, the transform alone %zu", b[1].len, b[0].len);
+    cr_expect_lt(err[1], err[0] * 0.5, "weighted squared error: K from V %g, the transform alone %g", err[1], err[0]);
+
+    /* the codebook: version 4, round trip, the same containers */
+    rk_buf ser = RK_BUF_INIT, b2 = RK_BUF_INIT;
+    cr_assert_eq(codec_codebook_serialize(cb[1], &ser), RK_OK);
+    cr_assert_eq(rk_get_le16(ser.data + 4), 4);
+    codec_codebook *cb2;
+    cr_assert_eq(codec_codebook_parse(ser.data, ser.len, &cb2), RK_OK, "%s", rk_error_msg());
+    cr_assert_eq(codec_codebook_id(cb2), codec_codebook_id(cb[1]));
+    codec_params e = codec_params_default(CODEC_CACHEGEN);
+    e.codebook = cb2;
+    cr_assert_eq(codec_encode(kv, &s, &e, &b2), RK_OK, "%s", rk_error_msg());
+    cr_assert(b2.len == b[1].len && !memcmp(b2.data, b[1].data, b2.len), "parsed codebook codes differently");
+    size_t np = (size_t)s.n_layers * C * 16, at_pred = ser.len - 8 - 4 * np;
+    const struct {
+        size_t at;
+        uint32_t v;
+        unsigned version;
+    } bad[] = {{at_pred + 4 * 5, 0x7fc00000u, 4}, /* NaN in a prediction matrix */
+               {at_pred, 0x4c000000u, 4},         /* 2^25 */
+               {at_pred, 0, 3}};                  /* version 3 with the prediction's flag */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rk_buf c = RK_BUF_INIT;
+        rk_buf_append(&c, ser.data, ser.len);
+        rk_put_le32(c.data + bad[i].at, bad[i].v);
+        rk_put_le16(c.data + 4, (uint16_t)bad[i].version);
+        rk_put_le64(c.data + c.len - 8, rk_xxh3_64(c.data, c.len - 8));
+        codec_codebook *x = NULL;
+        cr_expect_eq(codec_codebook_parse(c.data, c.len, &x), RK_ERR_FORMAT, "case %zu: %s", i, rk_error_msg());
+        cr_expect_null(x);
+        codec_codebook_free(x);
+        rk_buf_free(&c);
+    }
+
+    /* decoders: every mode, every dtype; a container of the transform codebook is refused by
+     * this one (the ids differ) */
+    codec_decode_opts o = {.codebook = cb[1]};
+    if (__builtin_cpu_supports("avx2"))
+        for (int d = 0; d < 3; d++)
+            cr_assert_eq(decode_both(b[1].data, b[1].len, &o, (codec_dtype)d, "K from V"), RK_OK);
+    float *whole = dec(&b[1], &o);
+    codec_reader *r;
+    cr_assert_eq(codec_reader_open(b[1].data, b[1].len, &o, &r), RK_OK, "%s", rk_error_msg());
+    size_t per = n / s.n_layers;
+    float *part = rk_malloc(per * sizeof(float));
+    for (int l = (int)s.n_layers - 1; l >= 0; l--) { /* ranges in any order */
+        cr_assert_eq(codec_reader_decode_layers(r, CODEC_F32, l, 1, part, per * sizeof(float)), RK_OK);
+        cr_assert_eq(memcmp(part, whole + per * (size_t)l, per * sizeof(float)), 0, "layer %d alone", l);
+    }
+    codec_reader_close(r);
+    uint16_t *h = rk_malloc(n * 2);
+    codec_decode_opts wrong = {.codebook = cb[0]};
+    cr_expect_neq(codec_decode(b[1].data, b[1].len, &wrong, CODEC_F16, h, n * 2), RK_OK);
+    rk_free(h);
+    rk_free(part);
+    rk_free(whole);
+    rk_buf_free(&b2);
+    rk_buf_free(&ser);
+    for (int k = 0; k < 2; k++) {
+        rk_buf_free(&b[k]);
+        codec_codebook_free(cb[k]);
+        rk_free(tr[k]);
+    }
+    codec_codebook_free(cb2);
+    rk_free(kv);
+    rk_free(w);
+}
+
 /* codec_params.step_scale: every step of the weighted allocation times S, per chunk and in a
  * codebook (its stored steps exactly S times the unscaled ones, transform or not); a larger S
  * costs fewer bytes and more error; refused without weights or out of [1/64, 64]. */

@@ -169,9 +169,10 @@ Test(gpu_decode, transform_codebook_container)
 #ifdef RAGKV_HAVE_CUDA
     struct {
         codec_shape s;
-        int block;
-    } cases[] = {{{4, 300, 2, 16}, 16}, {{3, 200, 3, 16}, 8}, {{2, 256, 4, 128}, 64},
-                 {{2, 256, 4, 16}, 64} /* a block over every head */, {{3, 100, 4, 8}, 32}};
+        int block, predict_k;
+    } cases[] = {{{4, 300, 2, 16}, 16, 0}, {{3, 200, 3, 16}, 8, 0}, {{2, 256, 4, 128}, 64, 0},
+                 {{2, 256, 4, 16}, 64, 0} /* a block over every head */, {{3, 100, 4, 8}, 32, 0},
+                 {{2, 256, 4, 16}, 64, 1} /* K from V: decoded on the CPU, copied up */};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         codec_shape s = cases[k].s;
         float *tr = synth(s, 90 + k), *kv = synth(s, 95 + k);
@@ -183,6 +184,7 @@ Test(gpu_decode, transform_codebook_container)
         codec_params p = codec_params_default(CODEC_CACHEGEN);
         p.weights = w;
         p.transform_block = cases[k].block;
+        p.predict_k = cases[k].predict_k;
         codec_codebook *cb;
         const float *samples[1] = {tr};
         cr_assert_eq(codec_codebook_train(samples, &s, 1, &p, &cb), RK_OK, "%s", rk_error_msg());

@@ -4,7 +4,7 @@
  * the one-pass decoders must give its bits: AVX2 rows (RAGKV_CODEC_SIMD=avx2) and, where the
  * CPU has AVX-512, the 16-token tiles (the default). Every dtype, 1, 7, 256 and 300 tokens
  * (a partial tile, a partial second stream block), blocks of the whole head, smaller ones
- * and ones across heads, 32 to 512 channels (one to eight AVX2 chains), a shape that stays on two passes,
+ * and ones across heads, 32 to 512 channels, K predicted from V (one to eight AVX2 chains), a shape that stays on two passes,
  * codec_decode, a thread pool and layer ranges; damaged streams get the same status.
  * White-box in part: the alphabets and the matrices are read through codec/codec_impl.h to
  * check that the cases exercise what they are meant to. */
@@ -31,7 +31,7 @@ static float *coupled(codec_shape s, uint64_t seed)
 /* A transform codebook of B-channel blocks for s (any token count), trained on 128 tokens:
  * coupled channels and varied weights, or (equal) synth's KV with equal weights, whose
  * outlier channels fill 63-symbol alphabets. */
-static codec_codebook *train_tf(codec_shape s, uint32_t B, int equal, int level)
+static codec_codebook *train_tf(codec_shape s, uint32_t B, int equal, int level, int predict_k)
 {
     s.n_tokens = 128;
     size_t nw = (size_t)s.n_layers * 2 * s.n_kv_heads * s.head_dim;
@@ -43,6 +43,7 @@ static codec_codebook *train_tf(codec_shape s, uint32_t B, int equal, int level)
     p.level = level;
     p.weights = w;
     p.transform_block = (int)B;
+    p.predict_k = predict_k;
     codec_codebook *cb = NULL;
     const float *samples[1] = {tr};
     cr_assert_eq(codec_codebook_train(samples, &s, 1, &p, &cb), RK_OK, "%s", rk_error_msg());
@@ -149,24 +150,26 @@ Test(transform_decode, one_pass_equals_reference, .timeout = 300)
     struct {
         codec_shape s; /* n_tokens set below */
         uint32_t B;
-        int equal, level;
+        int equal, level, predict_k;
     } cases[] = {
-        {{2, 0, 2, 64}, 64, 0, 1},  /* B = head_dim, 128 channels: two chains */
-        {{2, 0, 4, 128}, 16, 0, 1}, /* B < head_dim, 512 channels: eight chains */
-        {{2, 0, 4, 128}, 32, 1, 1}, /* equal weights: 63-symbol alphabets */
-        {{2, 0, 8, 16}, 16, 0, 2},  /* B = head_dim = 16 */
-        {{2, 0, 8, 8}, 8, 1, 0},    /* B = head_dim = 8, 64 channels: one chain; level 0 */
-        {{2, 0, 9, 16}, 16, 0, 1},  /* 144 channels: stays on two passes, same bits */
-        {{2, 0, 4, 16}, 64, 0, 1},  /* a block over all four heads (babyllama105's shape) */
-        {{2, 0, 4, 8}, 32, 0, 1},   /* the same on 32 channels (stories260K's): two passes */
-        {{2, 0, 8, 16}, 32, 0, 2},  /* blocks of two heads */
+        {{2, 0, 2, 64}, 64, 0, 1, 0},  /* B = head_dim, 128 channels: two chains */
+        {{2, 0, 4, 128}, 16, 0, 1, 0}, /* B < head_dim, 512 channels: eight chains */
+        {{2, 0, 4, 128}, 32, 1, 1, 0}, /* equal weights: 63-symbol alphabets */
+        {{2, 0, 8, 16}, 16, 0, 2, 0},  /* B = head_dim = 16 */
+        {{2, 0, 8, 8}, 8, 1, 0, 0},    /* B = head_dim = 8, 64 channels: one chain; level 0 */
+        {{2, 0, 9, 16}, 16, 0, 1, 0},  /* 144 channels: stays on two passes, same bits */
+        {{2, 0, 4, 16}, 64, 0, 1, 0},  /* a block over all four heads (babyllama105's shape) */
+        {{2, 0, 4, 8}, 32, 0, 1, 0},   /* the same on 32 channels (stories260K's): two passes */
+        {{2, 0, 8, 16}, 32, 0, 2, 0},  /* blocks of two heads */
+        {{2, 0, 4, 16}, 64, 0, 1, 1}, /* K from V: two passes in every mode, K rows from V rows */
+        {{2, 0, 4, 128}, 16, 0, 1, 1},
     };
     const uint32_t tokens[4] = {1, 7, 256, 300};
     rk_pool *pool;
     cr_assert_eq(rk_pool_create(2, &pool), RK_OK);
     int saw_wide = 0, saw_narrow = 0;
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        codec_codebook *cb = train_tf(cases[k].s, cases[k].B, cases[k].equal, cases[k].level);
+        codec_codebook *cb = train_tf(cases[k].s, cases[k].B, cases[k].equal, cases[k].level, cases[k].predict_k);
         int wide, narrow;
         alphabets(cb, &wide, &narrow);
         saw_wide |= wide;
@@ -201,7 +204,7 @@ Test(transform_decode, damaged_streams_as_the_reference, .timeout = 300)
     if (!have_avx2())
         cr_skip_test("skipped: this CPU has no AVX2, only the reference decoder runs");
     codec_shape s = {2, 300, 4, 128};
-    codec_codebook *cb = train_tf(s, 16, 0, 1);
+    codec_codebook *cb = train_tf(s, 16, 0, 1, 0);
     float *kv = coupled(s, 91);
     rk_buf b = enc_cb(kv, s, cb);
     uint8_t *c = rk_malloc(b.len);

@@ -6,8 +6,8 @@
  * mutations reach the parsers behind the checksums instead of stopping at them. Bit 1: parse
  * the data as a codebook instead (with bit 0, its trailing checksum recomputed first).
  * Containers decode with three small codebooks (trained once on fixed synthetic KV, shape 2
- * layers x 2 heads x 4: the level's, and weighted ones with a transform of 4-channel blocks
- * and of 8-channel blocks across both heads)
+ * layers x 2 heads x 4: the level's, and weighted ones with a transform of 4-channel blocks,
+ * of 8-channel blocks across both heads, and of those with K predicted from V)
  * available through a resolver, into every output dtype; then a codec_reader decodes one layer
  * range, its first layer chosen by control bits 2-4 and its length by bits 5-7 (each modulo
  * what the container has). Nothing may crash, a decode that succeeds must produce finite
@@ -44,8 +44,9 @@ static void reseal(uint8_t *p, size_t len)
 }
 
 /* The fuzzing codebooks: 0 the level's, 1 and 2 weighted with a transform (format version 3)
- * of one head's 4 channels and of both heads' 8. */
-#define FUZZ_CODEBOOKS 3
+ * of one head's 4 channels and of both heads' 8, 3 the latter with K predicted from V
+ * (version 4). */
+#define FUZZ_CODEBOOKS 4
 static codec_codebook *fuzz_codebook(int which)
 {
     static codec_codebook *cb[FUZZ_CODEBOOKS];
@@ -59,6 +60,7 @@ static codec_codebook *fuzz_codebook(int which)
                 w[i] = (float)(1 + i % 3);
             p.weights = w;
             p.transform_block = which == 1 ? 4 : 8;
+            p.predict_k = which == 3;
         }
         const float *samples[1] = {kv};
         codec_codebook_train(samples, &s, 1, &p, &cb[which]);

@@ -125,6 +125,13 @@ typedef struct codec_params {
                             alphabets still capped at 63 symbols). 0 (default): the level's
                             rate; else within [1/64, 64]. No format change: the steps are
                             what a codebook or container already stores. */
+    int predict_k;       /* codebook training with a transform only: 0 (default) off; 1 codes
+                            each K row as the residual of a linear prediction from the same
+                            token's decoded V row, one B x B matrix per (layer, transform
+                            block) fitted on the samples (docs/codec.md, "K predicted from
+                            V"). The codebook (format version 4) holds the matrices; its
+                            containers (params.transform 2) need it to decode; the CUDA
+                            reader has them decoded on the CPU and copied up for now. */
     rk_pool *pool;       /* borrowed, optional: parallel encode */
 } codec_params;
 
