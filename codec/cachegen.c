@@ -881,6 +881,9 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
         if (up->k_scale_mode > 1 || up->v_scale_mode > 1 || up->anchor_interval > 256 ||
             up->group > 1024 || up->model_group > 65535)
             return rk_error_set(RK_ERR_INVALID, "cachegen: option out of range");
+        if (up->predict_k || up->transform_block)
+            return rk_error_set(RK_ERR_INVALID, "cachegen: a transform and K from V are codebook "
+                                "options (train a codebook with them)");
         if ((st = step_scale_check(up)) != RK_OK)
             return st;
     }

@@ -828,6 +828,9 @@ Test(cachegen, transform_predicts_k_from_v)
     codec_codebook *cb[2];
     cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb[0]), RK_ERR_INVALID,
                  "K from V without a transform");
+    rk_buf none = RK_BUF_INIT;
+    cr_assert_eq(codec_encode(kv, &s, &p, &none), RK_ERR_INVALID, "K from V is a codebook option");
+    rk_buf_free(&none);
     p.transform_block = 16;
     p.predict_k = 0;
     cr_assert_eq(codec_codebook_train((const float *const *)tr, sh, 2, &p, &cb[0]), RK_OK, "%s", rk_error_msg());
