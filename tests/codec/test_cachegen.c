@@ -542,6 +542,43 @@ static double weighted_sq_error(const float *a, const float *b, const float *w, 
     return e;
 }
 
+/* A serialised codebook with the u32 at `at` set to v and the version set to `version`,
+ * resealed (so the parser's checks, not the checksum, decide): refused as a format error. */
+struct cb_damage {
+    size_t at;
+    uint32_t v;
+    unsigned version;
+};
+
+static void expect_damage_refused(const rk_buf *ser, const struct cb_damage *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        rk_buf c = RK_BUF_INIT;
+        rk_buf_append(&c, ser->data, ser->len);
+        rk_put_le32(c.data + bad[i].at, bad[i].v);
+        rk_put_le16(c.data + 4, (uint16_t)bad[i].version);
+        rk_put_le64(c.data + c.len - 8, rk_xxh3_64(c.data, c.len - 8));
+        codec_codebook *x = NULL;
+        cr_expect_eq(codec_codebook_parse(c.data, c.len, &x), RK_ERR_FORMAT, "case %zu: %s", i, rk_error_msg());
+        cr_expect_null(x);
+        codec_codebook_free(x);
+        rk_buf_free(&c);
+    }
+}
+
+/* Two training tensors from gen (seeds seed0, seed0 + 1) and weights 1 + i % 7 for s. */
+static float *train_pair(codec_shape s, float *(*gen)(codec_shape, uint64_t), uint64_t seed0, float *tr[2])
+{
+    size_t nw = (size_t)s.n_layers * 2 * s.n_kv_heads * s.head_dim;
+    float *w = rk_malloc(nw * sizeof(float));
+    cr_assert_not_null(w);
+    for (int i = 0; i < 2; i++)
+        tr[i] = gen(s, seed0 + (uint64_t)i);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (float)(1 + i % 7);
+    return w;
+}
+
 /* A transform codebook (format version 3) on coupled channels: fewer bytes and less weighted
  * error than the weighted allocation alone at the same level; it round-trips through
  * serialisation (same id, the same containers); f16 output is the f32 output rounded; the
@@ -552,13 +589,9 @@ Test(cachegen, transform_codebook)
 {
     codec_shape s = {3, 256, 2, 16};
     uint32_t C = s.n_kv_heads * s.head_dim, B = 16;
-    size_t nw = (size_t)s.n_layers * 2 * C, n = codec_shape_values(&s);
-    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    size_t n = codec_shape_values(&s);
+    float *tr[2], *w = train_pair(s, coupled_kv, (6ull << 32) | 10, tr);
     codec_shape sh[2] = {s, s};
-    for (int i = 0; i < 2; i++)
-        tr[i] = coupled_kv(s, (6ull << 32) | (uint64_t)(10 + i));
-    for (size_t i = 0; i < nw; i++)
-        w[i] = (float)(1 + i % 7);
     codec_params p = codec_params_default(CODEC_CACHEGEN);
     p.level = 1;
     p.weights = w;
@@ -707,27 +740,13 @@ Test(cachegen, transform_codebook_refused)
     size_t at_b = ser.len - 8 - 4 * (1 + nc + 2 * nc * B + nr);
     size_t at_dec = at_b + 4 + 4 * (nc + nc * B), at_rec = at_b + 4 + 4 * (nc + 2 * nc * B);
     cr_assert_eq(rk_get_le32(ser.data + at_b), B);
-    struct {
-        size_t at;
-        uint32_t v;
-        unsigned version;
-    } bad[] = {{at_dec + 4 * 3, 0x7fc00000u, 3},   /* NaN in the decoding matrix */
-               {at_dec, 0x4c000000u, 3},           /* 2^25 */
-               {at_rec + 4 * 2, 0x40a00000u, 3},   /* 5.0: symbol 2 of a model */
-               {at_b, 0, 3},                       /* block 0 */
-               {at_b, B, 2}};                      /* version 2 with a transform */
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        rk_buf c = RK_BUF_INIT;
-        rk_buf_append(&c, ser.data, ser.len);
-        rk_put_le32(c.data + bad[i].at, bad[i].v);
-        rk_put_le16(c.data + 4, (uint16_t)bad[i].version);
-        rk_put_le64(c.data + c.len - 8, rk_xxh3_64(c.data, c.len - 8));
-        codec_codebook *x = NULL;
-        cr_assert_eq(codec_codebook_parse(c.data, c.len, &x), RK_ERR_FORMAT, "case %zu: %s", i,
-                     rk_error_msg());
-        cr_assert_null(x);
-        rk_buf_free(&c);
-    }
+    const struct cb_damage bad[] = {{at_dec + 4 * 3, 0x7fc00000u, 3}, /* NaN in the decoding matrix */
+                                    {at_dec, 0x4c000000u, 3},         /* 2^25 */
+                                    {at_rec + 4 * 2, 0x40a00000u, 3}, /* 5.0: symbol 2 of a model */
+                                    {at_b, 0, 3},                     /* block 0 */
+                                    {at_b, B, 2},                     /* version 2 with a transform */
+                                    {at_b, B, 4}};                    /* version 4 without a prediction */
+    expect_damage_refused(&ser, bad, sizeof bad / sizeof bad[0]);
     codec_codebook_free(cb);
     rk_buf_free(&ser);
     rk_free(kv);
@@ -813,13 +832,9 @@ Test(cachegen, transform_predicts_k_from_v)
 {
     codec_shape s = {3, 256, 2, 16};
     uint32_t C = s.n_kv_heads * s.head_dim;
-    size_t nw = (size_t)s.n_layers * 2 * C, n = codec_shape_values(&s);
-    float *tr[2], *w = rk_malloc(nw * sizeof(float));
+    size_t n = codec_shape_values(&s);
+    float *tr[2], *w = train_pair(s, k_from_v_kv, (14ull << 32) | 30, tr);
     codec_shape sh[2] = {s, s};
-    for (int i = 0; i < 2; i++)
-        tr[i] = k_from_v_kv(s, (14ull << 32) | (uint64_t)(30 + i));
-    for (size_t i = 0; i < nw; i++)
-        w[i] = (float)(1 + i % 7);
     float *kv = k_from_v_kv(s, (14ull << 32) | 77);
     codec_params p = codec_params_default(CODEC_CACHEGEN);
     p.level = 1;
@@ -862,25 +877,10 @@ Test(cachegen, transform_predicts_k_from_v)
     cr_assert_eq(codec_encode(kv, &s, &e, &b2), RK_OK, "%s", rk_error_msg());
     cr_assert(b2.len == b[1].len && !memcmp(b2.data, b[1].data, b2.len), "parsed codebook codes differently");
     size_t np = (size_t)s.n_layers * C * 16, at_pred = ser.len - 8 - 4 * np;
-    const struct {
-        size_t at;
-        uint32_t v;
-        unsigned version;
-    } bad[] = {{at_pred + 4 * 5, 0x7fc00000u, 4}, /* NaN in a prediction matrix */
-               {at_pred, 0x4c000000u, 4},         /* 2^25 */
-               {at_pred, 0, 3}};                  /* version 3 with the prediction's flag */
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        rk_buf c = RK_BUF_INIT;
-        rk_buf_append(&c, ser.data, ser.len);
-        rk_put_le32(c.data + bad[i].at, bad[i].v);
-        rk_put_le16(c.data + 4, (uint16_t)bad[i].version);
-        rk_put_le64(c.data + c.len - 8, rk_xxh3_64(c.data, c.len - 8));
-        codec_codebook *x = NULL;
-        cr_expect_eq(codec_codebook_parse(c.data, c.len, &x), RK_ERR_FORMAT, "case %zu: %s", i, rk_error_msg());
-        cr_expect_null(x);
-        codec_codebook_free(x);
-        rk_buf_free(&c);
-    }
+    const struct cb_damage bad[] = {{at_pred + 4 * 5, 0x7fc00000u, 4}, /* NaN in a prediction matrix */
+                                    {at_pred, 0x4c000000u, 4},         /* 2^25 */
+                                    {at_pred, 0, 3}};                  /* version 3 with the prediction's flag */
+    expect_damage_refused(&ser, bad, sizeof bad / sizeof bad[0]);
 
     /* decoders: every mode, every dtype; a container of the transform codebook is refused by
      * this one (the ids differ) */
