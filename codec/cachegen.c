@@ -923,9 +923,9 @@ static rk_status cg_encode(const float *kv, const codec_shape *shape, const code
                 st = rk_error_set(RK_ERR_NOMEM, "cachegen: residuals");
                 goto fail;
             }
-            if ((st = predict_residuals(tf, &lay, kv, NULL, resid)) != RK_OK) /* the exact V, to code V */
-                goto fail;
-            tf_forward(tf, &lay, resid, coef);
+            /* V's symbols first (a plane's symbols depend on that plane alone, so K as it is
+               does for this pass), then K's residuals from the V they decode to */
+            tf_forward(tf, &lay, kv, coef);
             if ((st = cg_quantize(coef, &p, &lay, steps, up->pool, sym, scales)) != RK_OK)
                 goto fail;
             if ((st = predict_residuals(tf, &lay, kv, &(struct vrec_src){&p, sym, scales}, resid)) != RK_OK)
@@ -1918,21 +1918,17 @@ static rk_status pred_fit(const float *const *samples, const codec_shape *shapes
             memset(mx, 0, 2 * (size_t)B * sizeof *mx);
             memset(A, 0, (size_t)B * B * sizeof *A);
             memset(Bm, 0, (size_t)B * B * sizeof *Bm);
-            for (int pass = 0; pass < 2; pass++) /* means, then the centred products */
+            for (int pass = 0; pass < 2; pass++) { /* means, then the centred products */
                 for (size_t s = 0; s < n; s++) {
                     size_t T = shapes[s].n_tokens;
                     const float *K = samples[s] + 2 * (size_t)l * T * C, *V = K + T * C;
                     for (size_t t = 0; t < T; t++) {
                         const float *k = K + t * C + c0, *v = V + t * C + c0;
-                        if (!pass) {
-                            for (uint32_t i = 0; i < B; i++) {
-                                mx[i] += v[i];
-                                my[i] += k[i];
-                            }
-                            cnt++;
-                            continue;
+                        for (uint32_t i = 0; i < B && !pass; i++) {
+                            mx[i] += v[i];
+                            my[i] += k[i];
                         }
-                        for (uint32_t i = 0; i < B; i++) {
+                        for (uint32_t i = 0; i < B && pass; i++) {
                             double a = v[i] - mx[i];
                             for (uint32_t j = 0; j < B; j++) {
                                 A[i * B + j] += a * (v[j] - mx[j]);
@@ -1940,10 +1936,11 @@ static rk_status pred_fit(const float *const *samples, const codec_shape *shapes
                             }
                         }
                     }
-                    if (!pass && s + 1 == n)
-                        for (uint32_t i = 0; i < 2 * B; i++)
-                            mx[i] /= cnt;
+                    cnt += pass ? 0 : (double)T;
                 }
+                for (uint32_t i = 0; i < 2 * B && !pass; i++)
+                    mx[i] /= cnt;
+            }
             ridge_solve(A, Bm, (int)B, (int)B, PRED_RIDGE); /* Bm[i][j]: K j from V i */
             float *m = pred + ((size_t)l * C + c0) * B;
             for (uint32_t j = 0; j < B; j++)
